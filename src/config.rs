@@ -1,0 +1,48 @@
+//! Runtime limits and timings, the library's view of the command line.
+//!
+//! `main.rs` turns clap arguments into a [`Config`]; tests build one directly, so the
+//! library never sees clap and every knob has one default, here.
+
+use std::time::Duration;
+
+/// Every limit the daemon enforces. All are bounded by default.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Longest push line accepted on the internal port, in bytes (terminator excluded).
+    pub max_line_bytes: usize,
+    /// Longest uid a browser may bind, in bytes.
+    pub max_uid_bytes: usize,
+    /// How long a fresh WebSocket may take to complete its handshake and send its uid.
+    pub bind_timeout: Duration,
+    /// How often the server pings a bound browser.
+    pub ping_interval: Duration,
+    /// How long a pinged browser has to answer (with any frame) before it is dropped.
+    pub pong_timeout: Duration,
+    /// Messages a connection may have waiting to be written before it counts as stuck.
+    pub queue_depth: usize,
+    /// Bytes a connection may have waiting to be written before it counts as stuck.
+    pub queue_bytes: usize,
+    /// WebSocket connections held at once (handshaking or bound); more wait in the backlog.
+    pub max_ws_connections: usize,
+    /// Backend connections on the internal port held at once.
+    pub max_push_connections: usize,
+    /// How long a shutdown may take to drain before connections are dropped.
+    pub shutdown_timeout: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            max_line_bytes: 1024 * 1024,
+            max_uid_bytes: 256,
+            bind_timeout: Duration::from_secs(10),
+            ping_interval: Duration::from_secs(30),
+            pong_timeout: Duration::from_secs(10),
+            queue_depth: 256,
+            queue_bytes: 8 * 1024 * 1024,
+            max_ws_connections: 16_384,
+            max_push_connections: 1024,
+            shutdown_timeout: Duration::from_secs(5),
+        }
+    }
+}
