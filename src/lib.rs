@@ -1,21 +1,27 @@
-//! pushwire: push lines from any backend to browsers over WebSocket.
+//! pushwire: any backend pushes a line, the right browsers get it over WebSocket.
+//!
+//! # Layout (the data path, in order)
+//! - [`server`]: accept loops, connection limits, shutdown order.
+//! - [`ws`]: browser handshake, uid bind, per-socket write/read/ping loop.
+//! - [`push`]: backend line reader, one reply per line.
+//! - [`registry`]: the shared uid → connections map (fan-out happens here).
+//! - [`outbox`]: each connection's bounded queue and its full-queue policy.
+//! - [`protocol`]: line framing, push parsing, replies, close codes.
+//! - [`config`], [`metrics`]: limits and counters.
+//!
+//! The library never binds a socket and never sees the command line: `main.rs` does both
+//! and calls [`run`], so tests run the real server in-process on port 0.
 #![forbid(unsafe_code)]
+#![warn(missing_docs)]
 
 pub mod config;
+pub mod metrics;
+pub mod outbox;
+pub mod protocol;
+mod push;
+pub mod registry;
+mod server;
+mod ws;
 
 pub use config::Config;
-
-use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
-
-/// Serve browsers on `ws` and backends on `push` until `shutdown` is cancelled.
-pub async fn run(
-    config: Config,
-    ws: TcpListener,
-    push: TcpListener,
-    shutdown: CancellationToken,
-) -> std::io::Result<()> {
-    let _ = (config, ws, push);
-    shutdown.cancelled().await;
-    Ok(())
-}
+pub use server::run;

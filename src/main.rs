@@ -1,3 +1,222 @@
-fn main() {
-    println!("Hello, world!");
+//! The `pushwire` binary: parse flags, set up logging and limits, bind, run, exit.
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+use tokio::net::{TcpListener, TcpSocket};
+use tokio::signal::unix::{SignalKind, signal};
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+use tracing_subscriber::EnvFilter;
+
+/// Push messages from any backend to browsers in real time.
+///
+/// Browsers connect over WebSocket and send their uid as the first frame; backends write
+/// one JSON object per line (`{"uid":"uid1","percent":"88%"}`) to the push port and read
+/// `ok` or `fail`. Every flag can also be set from the environment variable shown.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Args {
+    /// Address browsers connect to (WebSocket, any path).
+    #[arg(long, env = "PUSHWIRE_WS_LISTEN", default_value = "0.0.0.0:1234")]
+    ws_listen: SocketAddr,
+
+    /// Address backends push to. Loopback by default: whoever can reach this port can push
+    /// to any user, so binding a public address is an explicit choice.
+    #[arg(long, env = "PUSHWIRE_PUSH_LISTEN", default_value = "127.0.0.1:5678")]
+    push_listen: SocketAddr,
+
+    /// Longest push line accepted, in bytes; longer lines get `fail`.
+    #[arg(long, env = "PUSHWIRE_MAX_LINE_BYTES", default_value_t = 1024 * 1024)]
+    max_line_bytes: usize,
+
+    /// Longest uid a browser may bind, in bytes; longer ones are closed with 1008.
+    #[arg(long, env = "PUSHWIRE_MAX_UID_BYTES", default_value_t = 256)]
+    max_uid_bytes: usize,
+
+    /// Time a new WebSocket has to finish its handshake and send its uid, in ms.
+    #[arg(long, env = "PUSHWIRE_BIND_TIMEOUT_MS", default_value_t = 10_000)]
+    bind_timeout_ms: u64,
+
+    /// How often bound browsers are pinged, in ms.
+    #[arg(long, env = "PUSHWIRE_PING_INTERVAL_MS", default_value_t = 30_000)]
+    ping_interval_ms: u64,
+
+    /// How long a pinged browser has to answer before it is dropped, in ms.
+    #[arg(long, env = "PUSHWIRE_PONG_TIMEOUT_MS", default_value_t = 10_000)]
+    pong_timeout_ms: u64,
+
+    /// Messages one connection may have queued; past it the connection is closed (1013).
+    #[arg(long, env = "PUSHWIRE_QUEUE_DEPTH", default_value_t = 256)]
+    queue_depth: usize,
+
+    /// Bytes one connection may have queued; past it the connection is closed (1013).
+    #[arg(long, env = "PUSHWIRE_QUEUE_BYTES", default_value_t = 8 * 1024 * 1024)]
+    queue_bytes: usize,
+
+    /// Most WebSocket connections at once [default: what the open-files limit allows].
+    #[arg(long, env = "PUSHWIRE_MAX_WS_CONNECTIONS")]
+    max_ws_connections: Option<usize>,
+
+    /// Most backend connections at once on the push port.
+    #[arg(long, env = "PUSHWIRE_MAX_PUSH_CONNECTIONS", default_value_t = 1024)]
+    max_push_connections: usize,
+
+    /// How long SIGTERM/SIGINT may take to drain before connections are dropped, in ms.
+    #[arg(long, env = "PUSHWIRE_SHUTDOWN_TIMEOUT_MS", default_value_t = 5_000)]
+    shutdown_timeout_ms: u64,
+
+    /// Listen backlog of both ports (the kernel caps it at net.core.somaxconn).
+    #[arg(long, env = "PUSHWIRE_LISTEN_BACKLOG", default_value_t = 4096)]
+    listen_backlog: u32,
+
+    /// Log format; the filter comes from RUST_LOG (default `info`).
+    #[arg(long, env = "PUSHWIRE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Human)]
+    log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Human,
+    Json,
+}
+
+/// File descriptors kept back for listeners, logs and the runtime itself.
+const FD_RESERVE: usize = 64;
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    init_logging(args.log_format);
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(err) => {
+            error!(%err, "cannot start the runtime");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(serve(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            error!(%err, "fatal");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(args: Args) -> std::io::Result<()> {
+    let config = config_from(&args);
+    let ws = listen(args.ws_listen, args.listen_backlog)?;
+    let push = listen(args.push_listen, args.listen_backlog)?;
+    if !args.push_listen.ip().is_loopback() {
+        warn!(addr = %args.push_listen, "push port is not on loopback: anyone who can reach it can push to any user");
+    }
+    info!(
+        ws = %ws.local_addr()?,
+        push = %push.local_addr()?,
+        max_ws_connections = config.max_ws_connections,
+        "listening"
+    );
+
+    let shutdown = CancellationToken::new();
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let server = tokio::spawn(pushwire::run(config, ws, push, shutdown.clone()));
+    sd_notify("READY=1");
+    tokio::select! {
+        _ = term.recv() => info!("SIGTERM received"),
+        _ = int.recv() => info!("SIGINT received"),
+    }
+    sd_notify("STOPPING=1");
+    shutdown.cancel();
+    server.await.map_err(std::io::Error::other)?
+}
+
+fn config_from(args: &Args) -> pushwire::Config {
+    // Raise the soft open-files limit to the hard one: each socket is one descriptor.
+    let nofile = match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(n) => n,
+        Err(err) => {
+            warn!(%err, "cannot raise the open-files limit");
+            rlimit::getrlimit(rlimit::Resource::NOFILE).map_or(1024, |(soft, _)| soft)
+        }
+    };
+    let capacity = usize::try_from(nofile)
+        .unwrap_or(usize::MAX)
+        .saturating_sub(args.max_push_connections + FD_RESERVE)
+        .max(1);
+    let max_ws = match args.max_ws_connections {
+        Some(n) if n > capacity => {
+            warn!(
+                requested = n,
+                capacity, nofile, "--max-ws-connections exceeds what the open-files limit allows"
+            );
+            n
+        }
+        Some(n) => n,
+        None => capacity,
+    };
+    info!(nofile, max_ws_connections = max_ws, "connection capacity");
+    pushwire::Config {
+        max_line_bytes: args.max_line_bytes,
+        max_uid_bytes: args.max_uid_bytes,
+        bind_timeout: Duration::from_millis(args.bind_timeout_ms),
+        ping_interval: Duration::from_millis(args.ping_interval_ms),
+        pong_timeout: Duration::from_millis(args.pong_timeout_ms),
+        queue_depth: args.queue_depth.max(1),
+        queue_bytes: args.queue_bytes,
+        max_ws_connections: max_ws,
+        max_push_connections: args.max_push_connections,
+        shutdown_timeout: Duration::from_millis(args.shutdown_timeout_ms),
+    }
+}
+
+/// Binds with an explicit backlog: tokio's `bind` uses 128, and a connect storm past that
+/// loses SYNs that then wait a full second for retransmission.
+fn listen(addr: SocketAddr, backlog: u32) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket
+        .bind(addr)
+        .map_err(|e| std::io::Error::new(e.kind(), format!("bind {addr}: {e}")))?;
+    socket.listen(backlog)
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    match format {
+        LogFormat::Human => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+/// Tells systemd (Type=notify) about readiness, via the `$NOTIFY_SOCKET` datagram protocol.
+/// A no-op when not started by systemd.
+fn sd_notify(state: &str) {
+    use std::os::unix::net::UnixDatagram;
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    let result = UnixDatagram::unbound().and_then(|sock| {
+        let bytes = path.as_encoded_bytes();
+        if let Some(name) = bytes.strip_prefix(b"@") {
+            use std::os::linux::net::SocketAddrExt;
+            let addr = std::os::unix::net::SocketAddr::from_abstract_name(name)?;
+            sock.send_to_addr(state.as_bytes(), &addr)
+        } else {
+            sock.send_to(state.as_bytes(), &path)
+        }
+    });
+    if let Err(err) = result {
+        warn!(%err, state, "sd_notify failed");
+    }
 }

@@ -1,0 +1,268 @@
+//! The one shared map from uid to live connections, used by both listeners.
+//!
+//! # Locking
+//! The map is split into shards, each behind a std `Mutex`. Every operation touches one
+//! shard (broadcast walks them one at a time), holds it for a few pointer moves and a
+//! non-blocking [`Outbox::offer`] per recipient, and never across an `.await`; so a std
+//! mutex is cheaper than an async one and a push to one uid never waits on another
+//! connection's socket. Lock order is always shard, then outbox.
+//!
+//! # Growth
+//! Entries are per uid rather than per socket so that later per-uid state (groups, the
+//! offline grace period, a Redis backplane's subscription) hangs off the same entry.
+
+use std::collections::HashMap;
+use std::hash::{BuildHasher, RandomState};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use tokio_tungstenite::tungstenite::Utf8Bytes;
+use tracing::warn;
+
+use crate::metrics::Metrics;
+use crate::outbox::{Offer, Outbox, QueueLimits};
+use crate::protocol::CloseNotice;
+
+/// Enough shards that two cores rarely meet on one lock; each is a small `HashMap`.
+const SHARDS: usize = 64;
+
+/// A bound user id, shared between the map key and the connection's [`Binding`].
+pub type Uid = Arc<str>;
+
+/// Identifies one connection within this process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ConnId(u64);
+
+/// How many of a uid's connections took a message.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Delivery {
+    /// Connections that queued it.
+    pub queued: usize,
+    /// Connections that refused it (queue full, or already closing).
+    pub refused: usize,
+}
+
+impl Delivery {
+    /// The seed's `ok`: at least one live connection took the message.
+    pub fn ok(self) -> bool {
+        self.queued > 0
+    }
+}
+
+/// Cheap-clone handle to the shared registry.
+#[derive(Debug, Clone)]
+pub struct Registry {
+    shared: Arc<Shared>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    shards: Box<[Mutex<Shard>]>,
+    hasher: RandomState,
+    next_id: AtomicU64,
+    limits: QueueLimits,
+    metrics: Metrics,
+}
+
+#[derive(Debug, Default)]
+struct Shard {
+    uids: HashMap<Uid, UidEntry>,
+    connections: usize,
+}
+
+/// Everything known about one online uid.
+#[derive(Debug, Default)]
+struct UidEntry {
+    conns: Vec<Member>,
+}
+
+#[derive(Debug)]
+struct Member {
+    id: ConnId,
+    outbox: Arc<Outbox>,
+}
+
+/// A connection's place in the registry; dropping it unregisters the connection, on every
+/// exit path of the WebSocket task (close, error, panic, shutdown).
+#[must_use = "dropping the binding unregisters the connection"]
+#[derive(Debug)]
+pub struct Binding {
+    registry: Registry,
+    uid: Uid,
+    id: ConnId,
+    outbox: Arc<Outbox>,
+}
+
+impl Binding {
+    /// The queue this connection's writer drains.
+    pub fn outbox(&self) -> &Outbox {
+        &self.outbox
+    }
+
+    /// The uid this connection bound.
+    pub fn uid(&self) -> &str {
+        &self.uid
+    }
+}
+
+impl Drop for Binding {
+    fn drop(&mut self) {
+        self.registry.unbind(&self.uid, self.id);
+    }
+}
+
+impl Registry {
+    /// An empty registry whose connections queue up to `limits`.
+    pub fn new(limits: QueueLimits) -> Self {
+        let shards = (0..SHARDS).map(|_| Mutex::default()).collect();
+        Registry {
+            shared: Arc::new(Shared {
+                shards,
+                hasher: RandomState::new(),
+                next_id: AtomicU64::new(1),
+                limits,
+                metrics: Metrics::default(),
+            }),
+        }
+    }
+
+    /// Process-wide counters.
+    pub fn metrics(&self) -> &Metrics {
+        &self.shared.metrics
+    }
+
+    /// Registers a new connection for `uid`; other connections of the same uid stay.
+    pub fn bind(&self, uid: &str) -> Binding {
+        let id = ConnId(self.shared.next_id.fetch_add(1, Relaxed));
+        let outbox = Arc::new(Outbox::new(self.shared.limits));
+        let member = Member {
+            id,
+            outbox: outbox.clone(),
+        };
+        let mut shard = self.shard(uid);
+        let uid = match shard.uids.get_key_value(uid) {
+            Some((key, _)) => key.clone(),
+            None => Uid::from(uid),
+        };
+        shard
+            .uids
+            .entry(uid.clone())
+            .or_default()
+            .conns
+            .push(member);
+        shard.connections += 1;
+        drop(shard);
+        Metrics::incr(&self.shared.metrics.binds);
+        Binding {
+            registry: self.clone(),
+            uid,
+            id,
+            outbox,
+        }
+    }
+
+    fn unbind(&self, uid: &str, id: ConnId) {
+        let mut shard = self.shard(uid);
+        let Some(entry) = shard.uids.get_mut(uid) else {
+            return;
+        };
+        let Some(pos) = entry.conns.iter().position(|m| m.id == id) else {
+            return;
+        };
+        entry.conns.swap_remove(pos);
+        if entry.conns.is_empty() {
+            shard.uids.remove(uid);
+        }
+        shard.connections -= 1;
+    }
+
+    /// Offers `msg` to every connection of `uid`. The payload is shared, not copied.
+    pub fn push(&self, uid: &str, msg: &Utf8Bytes) -> Delivery {
+        let mut delivery = Delivery::default();
+        let shard = self.shard(uid);
+        if let Some(entry) = shard.uids.get(uid) {
+            for member in &entry.conns {
+                self.offer(uid, member, msg, &mut delivery);
+            }
+        }
+        delivery
+    }
+
+    fn offer(&self, uid: &str, member: &Member, msg: &Utf8Bytes, delivery: &mut Delivery) {
+        match member.outbox.offer(msg) {
+            Offer::Queued => delivery.queued += 1,
+            Offer::Closed => delivery.refused += 1,
+            Offer::Full => {
+                delivery.refused += 1;
+                Metrics::incr(&self.shared.metrics.evicted);
+                warn!(
+                    uid,
+                    conn = member.id.0,
+                    "evicting slow consumer: send queue full"
+                );
+            }
+        }
+    }
+
+    /// Marks every connection of `uid` for closing with `notice`; returns how many.
+    pub fn close_uid(&self, uid: &str, notice: &CloseNotice) -> usize {
+        let shard = self.shard(uid);
+        shard.uids.get(uid).map_or(0, |entry| {
+            entry
+                .conns
+                .iter()
+                .filter(|m| m.outbox.close(notice.clone()))
+                .count()
+        })
+    }
+
+    /// Live connections of `uid`.
+    pub fn connections_of(&self, uid: &str) -> usize {
+        self.shard(uid).uids.get(uid).map_or(0, |e| e.conns.len())
+    }
+
+    /// Totals across all shards: (online uids, bound connections).
+    pub fn totals(&self) -> (usize, usize) {
+        self.shared.shards.iter().fold((0, 0), |(u, c), shard| {
+            let shard = lock(shard);
+            (u + shard.uids.len(), c + shard.connections)
+        })
+    }
+
+    fn shard(&self, uid: &str) -> MutexGuard<'_, Shard> {
+        let idx = self.shared.hasher.hash_one(uid) as usize % SHARDS;
+        lock(&self.shared.shards[idx])
+    }
+}
+
+/// Every shard update is a single insert/remove, so a poisoned shard is still consistent.
+fn lock(shard: &Mutex<Shard>) -> MutexGuard<'_, Shard> {
+    shard.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn registry() -> Registry {
+        Registry::new(QueueLimits {
+            depth: 4,
+            bytes: 1 << 20,
+        })
+    }
+
+    #[test]
+    fn tabs_share_a_uid_and_leave_alone() {
+        let reg = registry();
+        let a = reg.bind("u");
+        let b = reg.bind("u");
+        let msg = Utf8Bytes::from_static("hi");
+        assert_eq!(reg.push("u", &msg).queued, 2);
+        assert_eq!(reg.totals(), (1, 2));
+        drop(a);
+        assert_eq!(reg.push("u", &msg).queued, 1);
+        drop(b);
+        assert!(!reg.push("u", &msg).ok());
+        assert_eq!(reg.totals(), (0, 0));
+    }
+}
