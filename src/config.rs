@@ -28,6 +28,14 @@ pub struct Config {
     pub max_push_connections: usize,
     /// How long a shutdown may take to drain before connections are dropped.
     pub shutdown_timeout: Duration,
+    /// How long a uid that lost its last connection keeps its group memberships.
+    pub group_grace: Duration,
+    /// Groups that may exist at once.
+    pub max_groups: usize,
+    /// Members one group may have.
+    pub max_group_members: usize,
+    /// Uids one command may name (`/send`, `/join`, `/leave`, `/kick`).
+    pub max_list_uids: usize,
 }
 
 impl Default for Config {
@@ -43,6 +51,10 @@ impl Default for Config {
             max_ws_connections: 16_384,
             max_push_connections: 1024,
             shutdown_timeout: Duration::from_secs(5),
+            group_grace: Duration::from_secs(60),
+            max_groups: 100_000,
+            max_group_members: 100_000,
+            max_list_uids: 1000,
         }
     }
 }

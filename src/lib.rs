@@ -4,6 +4,8 @@
 //! - [`server`]: accept loops, connection limits, shutdown order.
 //! - [`ws`]: browser handshake, uid bind, per-socket write/read/ping loop.
 //! - [`push`]: backend line reader, one reply per line.
+//! - [`command`]: `/`-commands on the push port: routing, groups, presence, kick, stats.
+//! - [`groups`]: group membership owned by uids, with an offline grace period.
 //! - [`registry`]: the shared uid → connections map (fan-out happens here).
 //! - [`outbox`]: each connection's bounded queue and its full-queue policy.
 //! - [`protocol`]: line framing, push parsing, replies, close codes.
@@ -14,7 +16,9 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod command;
 pub mod config;
+pub mod groups;
 pub mod metrics;
 pub mod outbox;
 pub mod protocol;

@@ -68,6 +68,22 @@ struct Args {
     #[arg(long, env = "PUSHWIRE_SHUTDOWN_TIMEOUT_MS", default_value_t = 5_000)]
     shutdown_timeout_ms: u64,
 
+    /// How long a uid that lost its last connection keeps its groups, in ms.
+    #[arg(long, env = "PUSHWIRE_GROUP_GRACE_MS", default_value_t = 60_000)]
+    group_grace_ms: u64,
+
+    /// Groups that may exist at once.
+    #[arg(long, env = "PUSHWIRE_MAX_GROUPS", default_value_t = 100_000)]
+    max_groups: usize,
+
+    /// Members one group may have.
+    #[arg(long, env = "PUSHWIRE_MAX_GROUP_MEMBERS", default_value_t = 100_000)]
+    max_group_members: usize,
+
+    /// Uids one command may name (/send, /join, /leave, /kick).
+    #[arg(long, env = "PUSHWIRE_MAX_LIST_UIDS", default_value_t = 1000)]
+    max_list_uids: usize,
+
     /// Listen backlog of both ports (the kernel caps it at net.core.somaxconn).
     #[arg(long, env = "PUSHWIRE_LISTEN_BACKLOG", default_value_t = 4096)]
     listen_backlog: u32,
@@ -169,6 +185,10 @@ fn config_from(args: &Args) -> pushwire::Config {
         max_ws_connections: max_ws,
         max_push_connections: args.max_push_connections,
         shutdown_timeout: Duration::from_millis(args.shutdown_timeout_ms),
+        group_grace: Duration::from_millis(args.group_grace_ms),
+        max_groups: args.max_groups,
+        max_group_members: args.max_group_members,
+        max_list_uids: args.max_list_uids,
     }
 }
 

@@ -11,6 +11,8 @@ pub struct Metrics {
     pub(crate) pushes_fail: AtomicU64,
     pub(crate) bad_lines: AtomicU64,
     pub(crate) evicted: AtomicU64,
+    pub(crate) commands: AtomicU64,
+    pub(crate) kicked: AtomicU64,
     pub(crate) frames_out: AtomicU64,
     pub(crate) bytes_out: AtomicU64,
     pub(crate) ws_accepted: AtomicU64,
@@ -30,6 +32,10 @@ pub struct MetricsSnapshot {
     pub bad_lines: u64,
     /// Connections closed because their queue filled up.
     pub evicted: u64,
+    /// Command lines (`/...`) handled.
+    pub commands: u64,
+    /// Connections closed by `/kick`.
+    pub kicked: u64,
     /// Text frames written to browsers.
     pub frames_out: u64,
     /// Payload bytes written to browsers.
@@ -48,6 +54,8 @@ impl Default for Metrics {
             pushes_fail: AtomicU64::new(0),
             bad_lines: AtomicU64::new(0),
             evicted: AtomicU64::new(0),
+            commands: AtomicU64::new(0),
+            kicked: AtomicU64::new(0),
             frames_out: AtomicU64::new(0),
             bytes_out: AtomicU64::new(0),
             ws_accepted: AtomicU64::new(0),
@@ -70,6 +78,8 @@ impl Metrics {
             pushes_fail: self.pushes_fail.load(Relaxed),
             bad_lines: self.bad_lines.load(Relaxed),
             evicted: self.evicted.load(Relaxed),
+            commands: self.commands.load(Relaxed),
+            kicked: self.kicked.load(Relaxed),
             frames_out: self.frames_out.load(Relaxed),
             bytes_out: self.bytes_out.load(Relaxed),
             ws_accepted: self.ws_accepted.load(Relaxed),

@@ -335,6 +335,20 @@ impl CloseNotice {
         }
     }
 
+    /// 4001: a backend kicked the uid (`/kick`), with its reason or "kicked".
+    pub fn kicked(reason: Option<&str>) -> Self {
+        let reason = reason.unwrap_or("kicked");
+        // A close reason may be at most 123 bytes; cut on a char boundary.
+        let mut end = reason.len().min(123);
+        while !reason.is_char_boundary(end) {
+            end -= 1;
+        }
+        CloseNotice {
+            code: 4001,
+            reason: Cow::Owned(reason[..end].to_owned()),
+        }
+    }
+
     /// 1008: the uid is longer than the configured limit.
     pub fn uid_too_long(max: usize) -> Self {
         CloseNotice {

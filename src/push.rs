@@ -12,9 +12,10 @@ use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 use tracing::debug;
 
+use crate::command;
 use crate::metrics::Metrics;
 use crate::protocol::{BadLine, Frame, LineFramer, Reply, push_target};
-use crate::registry::Registry;
+use crate::registry::{Delivery, Registry};
 use crate::server::Context;
 
 /// Bytes requested per `read`; also the most a buffer exceeds the line limit by.
@@ -28,7 +29,7 @@ pub(crate) async fn serve(mut stream: TcpStream, ctx: Arc<Context>) -> std::io::
     let mut out = BytesMut::new();
     loop {
         while let Some(frame) = framer.next_frame(&mut buf) {
-            handle(frame, &ctx.registry).encode(&mut out);
+            handle(frame, &ctx, &mut out);
         }
         if !out.is_empty() {
             wr.write_all(&out).await?;
@@ -44,7 +45,7 @@ pub(crate) async fn serve(mut stream: TcpStream, ctx: Arc<Context>) -> std::io::
         if n == 0 {
             // Half-close: answer the unterminated tail, if any, then close our side.
             if let Some(frame) = framer.finish(&mut buf) {
-                handle(frame, &ctx.registry).encode(&mut out);
+                handle(frame, &ctx, &mut out);
                 wr.write_all(&out).await?;
             }
             break;
@@ -53,12 +54,27 @@ pub(crate) async fn serve(mut stream: TcpStream, ctx: Arc<Context>) -> std::io::
     wr.shutdown().await
 }
 
-/// One line in, one reply out.
-fn handle(frame: Frame, registry: &Registry) -> Reply {
+/// One line in, one reply out: a command (`/...`) or a plain push.
+fn handle(frame: Frame, ctx: &Context, out: &mut BytesMut) {
+    let registry = &ctx.registry;
     let metrics = registry.metrics();
-    let reply = match push(frame, registry) {
-        Ok(true) => Reply::Ok,
-        Ok(false) => Reply::Fail,
+    let line = match frame {
+        Frame::Line(line) if command::is_command(&line) => {
+            Metrics::incr(&metrics.commands);
+            let reply = match std::str::from_utf8(&line) {
+                Ok(text) => command::execute(text, &line, registry, &ctx.config),
+                Err(_) => r#"{"ok":false,"error":"command is not UTF-8"}"#.to_owned(),
+            };
+            out.extend_from_slice(reply.as_bytes());
+            out.extend_from_slice(b"\n");
+            return;
+        }
+        Frame::Line(line) => Utf8Bytes::try_from(line).map_err(|_| BadLine::NotUtf8),
+        Frame::TooLong => Err(BadLine::TooLong),
+    };
+    let reply = match line.and_then(|line| push_line(line, registry)) {
+        Ok(delivery) if delivery.ok() => Reply::Ok,
+        Ok(_) => Reply::Fail,
         Err(bad) => {
             debug!(%bad, "bad push line");
             Metrics::incr(&metrics.bad_lines);
@@ -69,17 +85,12 @@ fn handle(frame: Frame, registry: &Registry) -> Reply {
         Reply::Ok => &metrics.pushes_ok,
         Reply::Fail => &metrics.pushes_fail,
     });
-    reply
+    reply.encode(out);
 }
 
-/// Pushes the line, exactly as received, to every connection of its uid.
-fn push(frame: Frame, registry: &Registry) -> Result<bool, BadLine> {
-    let line = match frame {
-        Frame::Line(line) => line,
-        Frame::TooLong => return Err(BadLine::TooLong),
-    };
-    // A refcount on the read buffer, not a copy: this is the payload every recipient shares.
-    let text = Utf8Bytes::try_from(line).map_err(|_| BadLine::NotUtf8)?;
-    let uid = push_target(text.as_bytes())?;
-    Ok(registry.push(&uid, &text).ok())
+/// Pushes a plain push line, exactly as received, to every connection of its uid.
+/// `line` shares the read buffer: it is the payload every recipient gets, not a copy.
+pub(crate) fn push_line(line: Utf8Bytes, registry: &Registry) -> Result<Delivery, BadLine> {
+    let uid = push_target(line.as_bytes())?;
+    Ok(registry.push(&uid, &line))
 }

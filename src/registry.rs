@@ -16,9 +16,12 @@ use std::hash::{BuildHasher, RandomState};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use std::time::Instant;
+
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 use tracing::warn;
 
+use crate::groups::{GroupError, GroupLimits, Groups};
 use crate::metrics::Metrics;
 use crate::outbox::{Offer, Outbox, QueueLimits};
 use crate::protocol::CloseNotice;
@@ -62,6 +65,8 @@ struct Shared {
     next_id: AtomicU64,
     limits: QueueLimits,
     metrics: Metrics,
+    /// One lock for all groups; always taken after a shard lock, never before.
+    groups: Mutex<Groups>,
 }
 
 #[derive(Debug, Default)]
@@ -113,7 +118,7 @@ impl Drop for Binding {
 
 impl Registry {
     /// An empty registry whose connections queue up to `limits`.
-    pub fn new(limits: QueueLimits) -> Self {
+    pub fn new(limits: QueueLimits, group_limits: GroupLimits) -> Self {
         let shards = (0..SHARDS).map(|_| Mutex::default()).collect();
         Registry {
             shared: Arc::new(Shared {
@@ -122,6 +127,7 @@ impl Registry {
                 next_id: AtomicU64::new(1),
                 limits,
                 metrics: Metrics::default(),
+                groups: Mutex::new(Groups::new(group_limits)),
             }),
         }
     }
@@ -144,12 +150,12 @@ impl Registry {
             Some((key, _)) => key.clone(),
             None => Uid::from(uid),
         };
-        shard
-            .uids
-            .entry(uid.clone())
-            .or_default()
-            .conns
-            .push(member);
+        let entry = shard.uids.entry(uid.clone()).or_default();
+        entry.conns.push(member);
+        if entry.conns.len() == 1 {
+            // Under the shard lock, so online/offline transitions reach groups in order.
+            self.groups().came_online(&uid);
+        }
         shard.connections += 1;
         drop(shard);
         Metrics::incr(&self.shared.metrics.binds);
@@ -170,8 +176,10 @@ impl Registry {
             return;
         };
         entry.conns.swap_remove(pos);
-        if entry.conns.is_empty() {
-            shard.uids.remove(uid);
+        if entry.conns.is_empty()
+            && let Some((key, _)) = shard.uids.remove_entry(uid)
+        {
+            self.groups().went_offline(&key, Instant::now());
         }
         shard.connections -= 1;
     }
@@ -204,16 +212,110 @@ impl Registry {
         }
     }
 
-    /// Marks every connection of `uid` for closing with `notice`; returns how many.
-    pub fn close_uid(&self, uid: &str, notice: &CloseNotice) -> usize {
+    /// Offers `msg` to every bound connection, one shard at a time.
+    pub fn broadcast(&self, msg: &Utf8Bytes) -> Delivery {
+        let mut delivery = Delivery::default();
+        for shard in self.shared.shards.iter() {
+            let shard = lock(shard);
+            for (uid, entry) in &shard.uids {
+                for member in &entry.conns {
+                    self.offer(uid, member, msg, &mut delivery);
+                }
+            }
+        }
+        delivery
+    }
+
+    /// Offers `msg` to every connection of every member of `group`.
+    /// `None` if the group does not exist; otherwise (members, uids reached, delivery).
+    pub fn push_group(&self, group: &str, msg: &Utf8Bytes) -> Option<(usize, usize, Delivery)> {
+        let members = self.groups().members(group)?;
+        let mut total = Delivery::default();
+        let mut reached = 0;
+        for uid in &members {
+            let d = self.push(uid, msg);
+            reached += usize::from(d.ok());
+            total.queued += d.queued;
+            total.refused += d.refused;
+        }
+        Some((members.len(), reached, total))
+    }
+
+    /// Adds uids to `group`. Returns (newly added, members after).
+    pub fn join(&self, group: &str, uids: &[Uid]) -> Result<(usize, usize), GroupError> {
+        // Presence is read before the groups lock (lock order: shard, then groups). A uid
+        // that binds in between may be marked offline here; expiry re-checks the shard
+        // before dropping anything, so that mark is harmless.
+        let online: HashMap<&str, bool> = uids
+            .iter()
+            .map(|u| (u.as_ref(), self.connections_of(u) > 0))
+            .collect();
+        let now = Instant::now();
+        self.groups().join(
+            group,
+            uids,
+            |u| online.get(u).copied().unwrap_or(false),
+            now,
+        )
+    }
+
+    /// Removes uids from `group`. Returns (removed, members after).
+    pub fn leave(&self, group: &str, uids: &[Uid]) -> (usize, usize) {
+        self.groups().leave(group, uids)
+    }
+
+    /// The members of `group` (online or within their grace period).
+    pub fn members(&self, group: &str) -> Option<Vec<Uid>> {
+        self.groups().members(group)
+    }
+
+    /// Groups that exist.
+    pub fn group_count(&self) -> usize {
+        self.groups().len()
+    }
+
+    /// Drops memberships of uids offline past the grace period; returns how many uids.
+    pub fn expire_groups(&self, now: Instant) -> usize {
+        let due = self.groups().due(now);
+        let mut dropped = 0;
+        for (since, uid) in due {
+            let shard = self.shard(&uid);
+            let online = shard.uids.contains_key(uid.as_ref());
+            dropped += usize::from(self.groups().expire(&uid, since, online));
+            drop(shard);
+        }
+        dropped
+    }
+
+    /// Closes every connection of `uid` with `notice` and drops its groups at once (no
+    /// grace period: a kick is deliberate). Returns how many connections were closed.
+    pub fn kick(&self, uid: &str, notice: &CloseNotice) -> usize {
         let shard = self.shard(uid);
-        shard.uids.get(uid).map_or(0, |entry| {
+        let closed = shard.uids.get(uid).map_or(0, |entry| {
             entry
                 .conns
                 .iter()
                 .filter(|m| m.outbox.close(notice.clone()))
                 .count()
-        })
+        });
+        self.groups().forget(uid);
+        drop(shard);
+        self.shared.metrics.kicked.fetch_add(closed as u64, Relaxed);
+        closed
+    }
+
+    /// One page of online uids: whole shards from `cursor` on until at least `limit` uids.
+    /// Returns the uids and the cursor of the next page (`None` at the end). A uid online
+    /// for the whole walk is listed exactly once, however others come and go.
+    pub fn uids_page(&self, cursor: usize, limit: usize) -> (Vec<Uid>, Option<usize>) {
+        let mut out = Vec::new();
+        let mut next = cursor;
+        while next < SHARDS && out.len() < limit.max(1) {
+            let shard = lock(&self.shared.shards[next]);
+            out.extend(shard.uids.keys().cloned());
+            next += 1;
+        }
+        (out, (next < SHARDS).then_some(next))
     }
 
     /// Live connections of `uid`.
@@ -227,6 +329,10 @@ impl Registry {
             let shard = lock(shard);
             (u + shard.uids.len(), c + shard.connections)
         })
+    }
+
+    fn groups(&self) -> MutexGuard<'_, Groups> {
+        self.shared.groups.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn shard(&self, uid: &str) -> MutexGuard<'_, Shard> {
@@ -245,10 +351,17 @@ mod tests {
     use super::*;
 
     fn registry() -> Registry {
-        Registry::new(QueueLimits {
-            depth: 4,
-            bytes: 1 << 20,
-        })
+        Registry::new(
+            QueueLimits {
+                depth: 4,
+                bytes: 1 << 20,
+            },
+            GroupLimits {
+                max_groups: 10,
+                max_members: 10,
+                grace: std::time::Duration::from_secs(60),
+            },
+        )
     }
 
     #[test]

@@ -14,6 +14,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, debug_span, info, warn};
 
 use crate::config::Config;
+use crate::groups::GroupLimits;
 use crate::outbox::QueueLimits;
 use crate::registry::Registry;
 use crate::{push, ws};
@@ -41,10 +42,17 @@ pub async fn run(
     push: TcpListener,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    let registry = Registry::new(QueueLimits {
-        depth: config.queue_depth,
-        bytes: config.queue_bytes,
-    });
+    let registry = Registry::new(
+        QueueLimits {
+            depth: config.queue_depth,
+            bytes: config.queue_bytes,
+        },
+        GroupLimits {
+            max_groups: config.max_groups,
+            max_members: config.max_group_members,
+            grace: config.group_grace,
+        },
+    );
     let ctx = Arc::new(Context {
         ws_config: ws::ws_config(config.max_uid_bytes),
         registry,
@@ -92,7 +100,10 @@ pub async fn run(
         },
     ));
 
+    let sweeper = tokio::spawn(sweep_groups(ctx.clone(), shutdown.clone()));
+
     shutdown.cancelled().await;
+    let _ = sweeper.await;
     info!("shutting down: draining backends, then closing browsers");
     let deadline = Instant::now() + ctx.config.shutdown_timeout;
     let _ = tokio::join!(ws_accept, push_accept);
@@ -117,6 +128,25 @@ pub async fn run(
 }
 
 use crate::metrics::Metrics;
+
+/// Drops group memberships of uids offline past the grace period, a few times per period.
+async fn sweep_groups(ctx: Arc<Context>, stop: CancellationToken) {
+    let every =
+        (ctx.config.group_grace / 4).clamp(Duration::from_millis(10), Duration::from_secs(1));
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                let dropped = ctx.registry.expire_groups(std::time::Instant::now());
+                if dropped > 0 {
+                    debug!(uids = dropped, "group memberships expired after the grace period");
+                }
+            }
+            () = stop.cancelled() => return,
+        }
+    }
+}
 
 struct Listener {
     kind: &'static str,

@@ -1,0 +1,445 @@
+//! Commands on the push port: routing (several uids, groups, broadcast), presence, kick,
+//! stats, ping.
+//!
+//! # Grammar
+//! A line whose first byte is `/` is a command; anything else is a push, exactly as in the
+//! seed. JSON text never starts with `/`, so no push can be taken for a command and no
+//! command for a push, whatever fields the application's JSON carries.
+//!
+//! ```text
+//! /verb ARG... [PAYLOAD]
+//! ```
+//! An ARG is a bare word (no spaces; cannot start with `"` or `[`) or one JSON value: a
+//! string (`"a b"`) or, where a list of uids is allowed, an array (`["u1","u2",3]`).
+//! PAYLOAD is the rest of the line, verbatim, after the spaces that follow the last ARG.
+//! Replies are one line: `pong` for `/ping`, otherwise one JSON object with `"ok"`; a
+//! malformed command gets `{"ok":false,"error":"..."}`.
+
+use std::borrow::Cow;
+
+use bytes::Bytes;
+use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::Utf8Bytes;
+
+use crate::config::Config;
+use crate::protocol::CloseNotice;
+use crate::registry::{Delivery, Registry, Uid};
+
+/// Largest page `/uids` returns, whatever the caller asks for.
+pub const MAX_UIDS_PAGE: usize = 10_000;
+/// Page size of `/uids` without a LIMIT.
+pub const DEFAULT_UIDS_PAGE: usize = 1000;
+
+/// One parsed command. Payloads are byte offsets into the line, so nothing is copied.
+/// (Fields are named after the grammar's placeholders in each variant's doc.)
+#[allow(missing_docs)]
+#[derive(Debug, PartialEq, Eq)]
+pub enum Command<'a> {
+    /// `/ping` → `pong`.
+    Ping,
+    /// `/send TARGETS PAYLOAD`: PAYLOAD to every connection of every listed uid.
+    Send { uids: Vec<Uid>, payload: usize },
+    /// `/push ID LINE`: a plain push line, answered with its detailed outcome and ID.
+    Push { id: Cow<'a, str>, line: usize },
+    /// `/group GROUP PAYLOAD`: PAYLOAD to every connection of every member.
+    Group { group: Cow<'a, str>, payload: usize },
+    /// `/broadcast PAYLOAD`: PAYLOAD to every bound connection.
+    Broadcast { payload: usize },
+    /// `/join GROUP TARGETS`.
+    Join { group: Cow<'a, str>, uids: Vec<Uid> },
+    /// `/leave GROUP TARGETS`.
+    Leave { group: Cow<'a, str>, uids: Vec<Uid> },
+    /// `/online UID`: is it online, with how many connections.
+    Online { uid: Cow<'a, str> },
+    /// `/count`: online uids, connections, groups.
+    Count,
+    /// `/members GROUP`.
+    Members { group: Cow<'a, str> },
+    /// `/uids [CURSOR [LIMIT]]`: one page of online uids.
+    Uids { cursor: usize, limit: usize },
+    /// `/kick TARGETS [REASON]`: close every connection of the uids (4001).
+    Kick {
+        uids: Vec<Uid>,
+        reason: Option<&'a str>,
+    },
+    /// `/stats`: counters.
+    Stats,
+}
+
+/// Parses a command line (starting with `/`). `Err` is the message for the error reply.
+/// Payload fields are byte offsets into `line`.
+pub fn parse<'a>(line: &'a str, max_list: usize) -> Result<Command<'a>, String> {
+    let mut args = Args { line, pos: 0 };
+    let verb = args.word().unwrap_or("");
+    let cmd = match verb {
+        "/ping" => Command::Ping,
+        "/send" => Command::Send {
+            uids: args.uids("TARGETS", max_list)?,
+            payload: args.payload()?,
+        },
+        "/push" => Command::Push {
+            id: args.string("ID")?,
+            line: args.payload()?,
+        },
+        "/group" => Command::Group {
+            group: args.string("GROUP")?,
+            payload: args.payload()?,
+        },
+        "/broadcast" => Command::Broadcast {
+            payload: args.payload()?,
+        },
+        "/join" => Command::Join {
+            group: args.string("GROUP")?,
+            uids: args.uids("TARGETS", max_list)?,
+        },
+        "/leave" => Command::Leave {
+            group: args.string("GROUP")?,
+            uids: args.uids("TARGETS", max_list)?,
+        },
+        "/online" => Command::Online {
+            uid: args.string("UID")?,
+        },
+        "/count" => Command::Count,
+        "/members" => Command::Members {
+            group: args.string("GROUP")?,
+        },
+        "/uids" => {
+            let cursor = args.number("CURSOR")?.unwrap_or(0);
+            let limit = args.number("LIMIT")?.unwrap_or(DEFAULT_UIDS_PAGE);
+            Command::Uids {
+                cursor,
+                limit: limit.clamp(1, MAX_UIDS_PAGE),
+            }
+        }
+        "/kick" => Command::Kick {
+            uids: args.uids("TARGETS", max_list)?,
+            reason: args.rest(),
+        },
+        "/stats" => Command::Stats,
+        _ => return Err(format!("unknown command {:?}", truncate(verb, 40))),
+    };
+    let fixed = !matches!(
+        cmd,
+        Command::Send { .. }
+            | Command::Push { .. }
+            | Command::Group { .. }
+            | Command::Broadcast { .. }
+            | Command::Kick { .. }
+    );
+    if fixed && args.rest().is_some() {
+        return Err(format!("{verb}: unexpected argument"));
+    }
+    Ok(cmd)
+}
+
+/// A cursor over the arguments of one command line.
+struct Args<'a> {
+    line: &'a str,
+    pos: usize,
+}
+
+impl<'a> Args<'a> {
+    fn skip_spaces(&mut self) {
+        let rest = &self.line[self.pos..];
+        self.pos += rest.len() - rest.trim_start_matches(' ').len();
+    }
+
+    fn word(&mut self) -> Option<&'a str> {
+        self.skip_spaces();
+        let rest = &self.line[self.pos..];
+        let len = rest.find(' ').unwrap_or(rest.len());
+        self.pos += len;
+        (len > 0).then(|| &rest[..len])
+    }
+
+    /// One JSON value (for args starting with `"` or `[`) or a bare word.
+    fn token(&mut self, what: &str) -> Result<Token<'a>, String> {
+        self.skip_spaces();
+        let rest = &self.line[self.pos..];
+        if rest.starts_with('"') || rest.starts_with('[') {
+            let mut stream = serde_json::Deserializer::from_str(rest).into_iter::<Value>();
+            let value = match stream.next() {
+                Some(Ok(v)) => v,
+                Some(Err(e)) => return Err(format!("{what}: invalid JSON: {e}")),
+                None => return Err(format!("missing {what}")),
+            };
+            self.pos += stream.byte_offset();
+            if !self.line[self.pos..].is_empty() && !self.line[self.pos..].starts_with(' ') {
+                return Err(format!("{what}: expected a space after the JSON value"));
+            }
+            return Ok(Token::Json(value));
+        }
+        self.word()
+            .map(Token::Word)
+            .ok_or_else(|| format!("missing {what}"))
+    }
+
+    fn string(&mut self, what: &str) -> Result<Cow<'a, str>, String> {
+        match self.token(what)? {
+            Token::Word(w) => Ok(Cow::Borrowed(w)),
+            Token::Json(Value::String(s)) => Ok(Cow::Owned(s)),
+            Token::Json(_) => Err(format!("{what} must be a word or a JSON string")),
+        }
+    }
+
+    fn uids(&mut self, what: &str, max: usize) -> Result<Vec<Uid>, String> {
+        let list = match self.token(what)? {
+            Token::Word(w) => vec![Uid::from(w)],
+            Token::Json(Value::Array(items)) => {
+                if items.len() > max {
+                    return Err(format!(
+                        "{what}: too many uids ({}, max {max})",
+                        items.len()
+                    ));
+                }
+                items
+                    .into_iter()
+                    .map(|v| uid_of(&v, what))
+                    .collect::<Result<_, _>>()?
+            }
+            Token::Json(v) => vec![uid_of(&v, what)?],
+        };
+        if list.is_empty() {
+            return Err(format!("{what}: empty list"));
+        }
+        Ok(dedup(list))
+    }
+
+    fn number(&mut self, what: &str) -> Result<Option<usize>, String> {
+        match self.word() {
+            None => Ok(None),
+            Some(w) => w
+                .parse()
+                .map(Some)
+                .map_err(|_| format!("{what} must be a non-negative integer")),
+        }
+    }
+
+    /// The offset of the payload: everything after the spaces that follow the last arg.
+    fn payload(&mut self) -> Result<usize, String> {
+        self.skip_spaces();
+        if self.pos == self.line.len() {
+            return Err("missing payload".into());
+        }
+        let start = self.pos;
+        self.pos = self.line.len();
+        Ok(start)
+    }
+
+    fn rest(&mut self) -> Option<&'a str> {
+        self.skip_spaces();
+        let rest = &self.line[self.pos..];
+        self.pos = self.line.len();
+        (!rest.is_empty()).then_some(rest)
+    }
+}
+
+enum Token<'a> {
+    Word(&'a str),
+    Json(Value),
+}
+
+fn uid_of(v: &Value, what: &str) -> Result<Uid, String> {
+    match v {
+        Value::String(s) => Ok(Uid::from(s.as_str())),
+        Value::Number(n) if n.is_i64() || n.is_u64() => Ok(Uid::from(n.to_string())),
+        _ => Err(format!("{what}: each uid must be a string or an integer")),
+    }
+}
+
+fn dedup(mut list: Vec<Uid>) -> Vec<Uid> {
+    let mut seen = std::collections::HashSet::with_capacity(list.len());
+    list.retain(|u| seen.insert(u.clone()));
+    list
+}
+
+fn truncate(s: &str, max: usize) -> &str {
+    let mut end = s.len().min(max);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+/// Runs a command line; `bytes` is the same line as `line`, for zero-copy payload slices.
+/// Returns the reply line without its `\n`.
+pub fn execute(line: &str, bytes: &Bytes, registry: &Registry, config: &Config) -> String {
+    let cmd = match parse(line, config.max_list_uids) {
+        Ok(cmd) => cmd,
+        Err(error) => return json!({"ok": false, "error": error}).to_string(),
+    };
+    let payload = |at: usize| -> Utf8Bytes {
+        // `at` is a char boundary of a str, so the slice is UTF-8 too.
+        Utf8Bytes::try_from(bytes.slice(at..)).unwrap_or_else(|_| Utf8Bytes::from(&line[at..]))
+    };
+    let reply = match cmd {
+        Command::Ping => return "pong".into(),
+        Command::Send { uids, payload: at } => {
+            let msg = payload(at);
+            let mut total = Delivery::default();
+            let mut reached = 0;
+            for uid in &uids {
+                let d = registry.push(uid, &msg);
+                reached += usize::from(d.ok());
+                total.queued += d.queued;
+                total.refused += d.refused;
+            }
+            json!({"ok": reached > 0, "uids": uids.len(), "reached": reached,
+                   "connections": total.queued, "refused": total.refused})
+        }
+        Command::Push { id, line: at } => {
+            let outcome = crate::push::push_line(payload(at), registry);
+            let mut v = match &outcome {
+                Ok(d) if d.ok() => json!({"ok": true, "result": "delivered"}),
+                Ok(d) if d.refused > 0 => json!({"ok": false, "result": "refused"}),
+                Ok(_) => json!({"ok": false, "result": "offline"}),
+                Err(bad) => json!({"ok": false, "result": "malformed", "error": bad.to_string()}),
+            };
+            if let Ok(d) = &outcome {
+                v["connections"] = json!(d.queued);
+                v["refused"] = json!(d.refused);
+            }
+            v["id"] = json!(id);
+            v
+        }
+        Command::Group { group, payload: at } => match registry.push_group(&group, &payload(at)) {
+            None => {
+                json!({"ok": false, "group": group, "members": 0, "reached": 0, "connections": 0, "refused": 0})
+            }
+            Some((members, reached, d)) => json!({"ok": reached > 0, "group": group,
+                "members": members, "reached": reached, "connections": d.queued, "refused": d.refused}),
+        },
+        Command::Broadcast { payload: at } => {
+            let d = registry.broadcast(&payload(at));
+            json!({"ok": d.ok(), "connections": d.queued, "refused": d.refused})
+        }
+        Command::Join { group, uids } => match registry.join(&group, &uids) {
+            Ok((added, members)) => {
+                json!({"ok": true, "group": group, "added": added, "members": members})
+            }
+            Err(e) => json!({"ok": false, "error": e.to_string()}),
+        },
+        Command::Leave { group, uids } => {
+            let (removed, members) = registry.leave(&group, &uids);
+            json!({"ok": true, "group": group, "removed": removed, "members": members})
+        }
+        Command::Online { uid } => {
+            let n = registry.connections_of(&uid);
+            json!({"ok": true, "uid": uid, "online": n > 0, "connections": n})
+        }
+        Command::Count => {
+            let (uids, connections) = registry.totals();
+            json!({"ok": true, "uids": uids, "connections": connections, "groups": registry.group_count()})
+        }
+        Command::Members { group } => {
+            let members = registry.members(&group).unwrap_or_default();
+            let names: Vec<&str> = members.iter().map(|u| u.as_ref()).collect();
+            json!({"ok": true, "group": group, "count": names.len(), "uids": names})
+        }
+        Command::Uids { cursor, limit } => {
+            let (page, next) = registry.uids_page(cursor, limit);
+            let names: Vec<&str> = page.iter().map(|u| u.as_ref()).collect();
+            json!({"ok": true, "count": names.len(), "uids": names, "next": next})
+        }
+        Command::Kick { uids, reason } => {
+            let notice = CloseNotice::kicked(reason);
+            let closed: usize = uids.iter().map(|u| registry.kick(u, &notice)).sum();
+            json!({"ok": true, "uids": uids.len(), "connections": closed})
+        }
+        Command::Stats => stats(registry),
+    };
+    reply.to_string()
+}
+
+fn stats(registry: &Registry) -> Value {
+    let m = registry.metrics().snapshot();
+    let (uids, connections) = registry.totals();
+    json!({
+        "ok": true,
+        "uptime_secs": m.uptime_secs,
+        "connections": connections,
+        "uids": uids,
+        "groups": registry.group_count(),
+        "pushes_ok": m.pushes_ok,
+        "pushes_fail": m.pushes_fail,
+        "bad_lines": m.bad_lines,
+        "commands": m.commands,
+        "evicted": m.evicted,
+        "kicked": m.kicked,
+        "frames_out": m.frames_out,
+        "bytes_out": m.bytes_out,
+        "ws_accepted": m.ws_accepted,
+        "binds": m.binds,
+    })
+}
+
+/// True for a command line: its first byte is `/`, which no JSON text starts with.
+pub fn is_command(line: &[u8]) -> bool {
+    line.first() == Some(&b'/')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn uids(list: &[&str]) -> Vec<Uid> {
+        list.iter().map(|u| Uid::from(*u)).collect()
+    }
+
+    #[test]
+    fn grammar() {
+        assert_eq!(parse("/ping", 10), Ok(Command::Ping));
+        let line = r#"/send ["a b",3,"a b"]   {"x":1} tail"#;
+        let Ok(Command::Send { uids: got, payload }) = parse(line, 10) else {
+            panic!("parse failed");
+        };
+        assert_eq!(got, uids(&["a b", "3"]));
+        assert_eq!(&line[payload..], r#"{"x":1} tail"#);
+        assert_eq!(
+            parse("/join room u1", 10),
+            Ok(Command::Join {
+                group: "room".into(),
+                uids: uids(&["u1"])
+            })
+        );
+        assert_eq!(
+            parse("/uids 3 99999", 10),
+            Ok(Command::Uids {
+                cursor: 3,
+                limit: MAX_UIDS_PAGE
+            })
+        );
+        assert_eq!(
+            parse(r#"/kick u1 bye now"#, 10),
+            Ok(Command::Kick {
+                uids: uids(&["u1"]),
+                reason: Some("bye now")
+            })
+        );
+        assert!(parse("/nope", 10).unwrap_err().contains("unknown command"));
+        assert!(
+            parse("/send u1", 10)
+                .unwrap_err()
+                .contains("missing payload")
+        );
+        assert!(
+            parse("/send [1,2,3] x", 2)
+                .unwrap_err()
+                .contains("too many uids")
+        );
+        assert!(
+            parse("/send [1.5] x", 2)
+                .unwrap_err()
+                .contains("string or an integer")
+        );
+        assert!(parse("/send [] x", 2).unwrap_err().contains("empty list"));
+        assert!(parse(r#"/send ["a"]x y"#, 2).unwrap_err().contains("space"));
+        assert!(
+            parse("/count extra", 2)
+                .unwrap_err()
+                .contains("unexpected argument")
+        );
+        assert!(parse("/uids x", 2).unwrap_err().contains("CURSOR"));
+        assert!(is_command(b"/ping") && !is_command(br#"{"uid":"/ping"}"#));
+    }
+}

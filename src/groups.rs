@@ -1,0 +1,283 @@
+//! Group membership: rooms and topics that belong to uids, not to sockets.
+//!
+//! A uid keeps its groups while it has at least one connection and for a grace period
+//! after its last one closes, so a reconnect (page reload, network blip) does not cut a user
+//! out of a room. Past the grace period its memberships are dropped, so memory follows who
+//! is online. Offline transitions are queued in time order; [`Groups::expire`] pops only
+//! what is due, so a sweep costs nothing when nobody left.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::registry::Uid;
+
+/// A group name, shared between the name index and each member's list.
+pub type GroupName = Arc<str>;
+
+/// Bounds on what backends may create.
+#[derive(Debug, Clone, Copy)]
+pub struct GroupLimits {
+    /// Groups that may exist at once.
+    pub max_groups: usize,
+    /// Members one group may have.
+    pub max_members: usize,
+    /// How long an offline uid keeps its memberships.
+    pub grace: Duration,
+}
+
+/// Why a join was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GroupError {
+    /// `max_groups` groups already exist.
+    TooManyGroups(usize),
+    /// The group would exceed `max_members`.
+    GroupFull(usize),
+}
+
+impl std::fmt::Display for GroupError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            GroupError::TooManyGroups(n) => write!(f, "too many groups (max {n})"),
+            GroupError::GroupFull(n) => write!(f, "group full (max {n} members)"),
+        }
+    }
+}
+
+/// All groups. Lives behind one mutex in the registry, always locked after a shard.
+#[derive(Debug)]
+pub struct Groups {
+    limits: GroupLimits,
+    by_name: HashMap<GroupName, HashSet<Uid>>,
+    by_uid: HashMap<Uid, Membership>,
+    /// Offline transitions in time order: (when, uid). Stale entries are skipped.
+    expiring: VecDeque<(Instant, Uid)>,
+}
+
+#[derive(Debug, Default)]
+struct Membership {
+    groups: Vec<GroupName>,
+    /// Set while the uid has no connection.
+    offline_since: Option<Instant>,
+}
+
+impl Groups {
+    /// No groups yet.
+    pub fn new(limits: GroupLimits) -> Self {
+        Groups {
+            limits,
+            by_name: HashMap::new(),
+            by_uid: HashMap::new(),
+            expiring: VecDeque::new(),
+        }
+    }
+
+    /// Adds each uid to `group`; `online(uid)` says whether it has a connection now (an
+    /// offline uid starts its grace period). All or nothing: limits are checked first.
+    /// Returns (newly added, members after).
+    pub fn join(
+        &mut self,
+        group: &str,
+        uids: &[Uid],
+        online: impl Fn(&str) -> bool,
+        now: Instant,
+    ) -> Result<(usize, usize), GroupError> {
+        let existing = self.by_name.get(group);
+        if existing.is_none() && self.by_name.len() >= self.limits.max_groups {
+            return Err(GroupError::TooManyGroups(self.limits.max_groups));
+        }
+        let current = existing.map_or(0, HashSet::len);
+        let new: HashSet<&Uid> = uids
+            .iter()
+            .filter(|u| existing.is_none_or(|m| !m.contains(u.as_ref())))
+            .collect();
+        if current + new.len() > self.limits.max_members {
+            return Err(GroupError::GroupFull(self.limits.max_members));
+        }
+        let name = match self.by_name.get_key_value(group) {
+            Some((name, _)) => name.clone(),
+            None => GroupName::from(group),
+        };
+        let set = self.by_name.entry(name.clone()).or_default();
+        for uid in &new {
+            set.insert((*uid).clone());
+        }
+        let total = set.len();
+        for uid in new {
+            let membership = self.by_uid.entry(uid.clone()).or_default();
+            membership.groups.push(name.clone());
+            if membership.groups.len() == 1 && !online(uid) {
+                membership.offline_since = Some(now);
+                self.expiring.push_back((now, uid.clone()));
+            }
+        }
+        Ok((total - current, total))
+    }
+
+    /// Removes each uid from `group`. Returns (removed, members after).
+    pub fn leave(&mut self, group: &str, uids: &[Uid]) -> (usize, usize) {
+        let mut removed = 0;
+        for uid in uids {
+            if self.remove_member(group, uid) {
+                removed += 1;
+            }
+        }
+        (removed, self.by_name.get(group).map_or(0, HashSet::len))
+    }
+
+    fn remove_member(&mut self, group: &str, uid: &str) -> bool {
+        let Some(set) = self.by_name.get_mut(group) else {
+            return false;
+        };
+        if !set.remove(uid) {
+            return false;
+        }
+        if set.is_empty() {
+            self.by_name.remove(group);
+        }
+        if let Some(m) = self.by_uid.get_mut(uid) {
+            m.groups.retain(|g| g.as_ref() != group);
+            if m.groups.is_empty() {
+                self.by_uid.remove(uid);
+            }
+        }
+        true
+    }
+
+    /// Drops every membership of `uid` at once (kick, expiry). Returns how many.
+    pub fn forget(&mut self, uid: &str) -> usize {
+        let Some(m) = self.by_uid.remove(uid) else {
+            return 0;
+        };
+        for group in &m.groups {
+            if let Some(set) = self.by_name.get_mut(group) {
+                set.remove(uid);
+                if set.is_empty() {
+                    self.by_name.remove(group);
+                }
+            }
+        }
+        m.groups.len()
+    }
+
+    /// `uid` got its first connection: its memberships stop expiring.
+    pub fn came_online(&mut self, uid: &str) {
+        if let Some(m) = self.by_uid.get_mut(uid) {
+            m.offline_since = None;
+        }
+    }
+
+    /// `uid` lost its last connection: its grace period starts.
+    pub fn went_offline(&mut self, uid: &Uid, now: Instant) {
+        if let Some(m) = self.by_uid.get_mut(uid.as_ref()) {
+            m.offline_since = Some(now);
+            self.expiring.push_back((now, uid.clone()));
+        }
+    }
+
+    /// Takes the offline transitions older than the grace period, oldest first.
+    pub fn due(&mut self, now: Instant) -> Vec<(Instant, Uid)> {
+        let mut due = Vec::new();
+        while let Some((since, _)) = self.expiring.front() {
+            if now.duration_since(*since) < self.limits.grace {
+                break;
+            }
+            due.extend(self.expiring.pop_front());
+        }
+        due
+    }
+
+    /// Settles one due transition: drops `uid`'s groups if it is still offline since
+    /// `since`. `online` is the registry's word, read under the uid's shard lock, and wins
+    /// over a stale mark. Returns true if the memberships were dropped.
+    pub fn expire(&mut self, uid: &str, since: Instant, online: bool) -> bool {
+        let Some(m) = self.by_uid.get_mut(uid) else {
+            return false;
+        };
+        if online {
+            m.offline_since = None;
+            return false;
+        }
+        if m.offline_since != Some(since) {
+            return false;
+        }
+        self.forget(uid);
+        true
+    }
+
+    /// The members of `group`, cloned out so the caller pushes without this lock.
+    pub fn members(&self, group: &str) -> Option<Vec<Uid>> {
+        self.by_name.get(group).map(|s| s.iter().cloned().collect())
+    }
+
+    /// Groups that exist.
+    pub fn len(&self) -> usize {
+        self.by_name.len()
+    }
+
+    /// True when no group exists.
+    pub fn is_empty(&self) -> bool {
+        self.by_name.is_empty()
+    }
+
+    /// Memberships held by uids (online or in their grace period).
+    pub fn memberships(&self) -> usize {
+        self.by_uid.values().map(|m| m.groups.len()).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn groups(max_groups: usize, max_members: usize) -> Groups {
+        Groups::new(GroupLimits {
+            max_groups,
+            max_members,
+            grace: Duration::from_secs(60),
+        })
+    }
+
+    fn uids(list: &[&str]) -> Vec<Uid> {
+        list.iter().map(|u| Uid::from(*u)).collect()
+    }
+
+    #[test]
+    fn limits_are_all_or_nothing() {
+        let mut g = groups(1, 2);
+        let now = Instant::now();
+        assert_eq!(
+            g.join("a", &uids(&["x", "y", "z"]), |_| true, now),
+            Err(GroupError::GroupFull(2))
+        );
+        assert!(g.is_empty());
+        assert_eq!(g.join("a", &uids(&["x", "x"]), |_| true, now), Ok((1, 1)));
+        assert_eq!(
+            g.join("b", &uids(&["x"]), |_| true, now),
+            Err(GroupError::TooManyGroups(1))
+        );
+        assert_eq!(g.leave("a", &uids(&["x"])), (1, 0));
+        assert!(g.is_empty());
+        assert_eq!(g.memberships(), 0);
+    }
+
+    #[test]
+    fn grace_period_keeps_then_drops() {
+        let mut g = groups(10, 10);
+        let t0 = Instant::now();
+        let u = Uid::from("u");
+        g.join("room", std::slice::from_ref(&u), |_| true, t0)
+            .unwrap();
+        g.went_offline(&u, t0);
+        assert!(g.due(t0 + Duration::from_secs(59)).is_empty());
+        g.came_online("u");
+        let due = g.due(t0 + Duration::from_secs(61));
+        assert_eq!(due.len(), 1);
+        assert!(!g.expire(&u, due[0].0, false), "came back in time");
+        let t1 = t0 + Duration::from_secs(100);
+        g.went_offline(&u, t1);
+        let due = g.due(t1 + Duration::from_secs(61));
+        assert!(g.expire(&u, due[0].0, false));
+        assert!(g.members("room").is_none());
+    }
+}
