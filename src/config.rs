@@ -46,7 +46,7 @@ impl Default for Config {
             bind_timeout: Duration::from_secs(10),
             ping_interval: Duration::from_secs(30),
             pong_timeout: Duration::from_secs(10),
-            queue_depth: 256,
+            queue_depth: 1024,
             queue_bytes: 8 * 1024 * 1024,
             max_ws_connections: 16_384,
             max_push_connections: 1024,

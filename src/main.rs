@@ -49,7 +49,7 @@ struct Args {
     pong_timeout_ms: u64,
 
     /// Messages one connection may have queued; past it the connection is closed (1013).
-    #[arg(long, env = "PUSHWIRE_QUEUE_DEPTH", default_value_t = 256)]
+    #[arg(long, env = "PUSHWIRE_QUEUE_DEPTH", default_value_t = 1024)]
     queue_depth: usize,
 
     /// Bytes one connection may have queued; past it the connection is closed (1013).
