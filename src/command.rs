@@ -370,6 +370,7 @@ fn stats(registry: &Registry) -> Value {
         "bytes_out": m.bytes_out,
         "ws_accepted": m.ws_accepted,
         "binds": m.binds,
+        "refused_per_ip": m.refused_per_ip,
     })
 }
 

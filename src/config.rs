@@ -5,6 +5,9 @@
 
 use std::time::Duration;
 
+use crate::access::Cidr;
+use crate::auth::Secret;
+
 /// Every limit the daemon enforces. All are bounded by default.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -36,6 +39,18 @@ pub struct Config {
     pub max_group_members: usize,
     /// Uids one command may name (`/send`, `/join`, `/leave`, `/kick`).
     pub max_list_uids: usize,
+    /// When set, a browser binds only with an HS256 JWT whose `sub` is its uid.
+    pub jwt_secret: Option<Secret>,
+    /// When set, a WebSocket handshake carrying an `Origin` header outside this list is
+    /// refused with 403 (cross-site WebSocket hijacking). Clients without `Origin`
+    /// (non-browsers) are not affected.
+    pub allowed_origins: Option<Vec<String>>,
+    /// WebSocket connections one source address may hold.
+    pub max_connections_per_ip: usize,
+    /// When set, TCP backends must connect from one of these networks.
+    pub push_allow: Option<Vec<Cidr>>,
+    /// When set, a TCP backend's first line must be `/auth SECRET`.
+    pub push_secret: Option<Secret>,
 }
 
 impl Default for Config {
@@ -55,6 +70,11 @@ impl Default for Config {
             max_groups: 100_000,
             max_group_members: 100_000,
             max_list_uids: 1000,
+            jwt_secret: None,
+            allowed_origins: None,
+            max_connections_per_ip: 1024,
+            push_allow: None,
+            push_secret: None,
         }
     }
 }

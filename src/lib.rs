@@ -16,6 +16,8 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod access;
+pub mod auth;
 pub mod command;
 pub mod config;
 pub mod groups;
@@ -28,4 +30,4 @@ mod server;
 mod ws;
 
 pub use config::Config;
-pub use server::run;
+pub use server::{Listeners, run, serve};

@@ -1,11 +1,14 @@
 //! The `pushwire` binary: parse flags, set up logging and limits, bind, run, exit.
 
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
-use tokio::net::{TcpListener, TcpSocket};
+use pushwire::access::Cidr;
+use pushwire::auth::Secret;
+use tokio::net::{TcpListener, TcpSocket, UnixListener};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
@@ -84,6 +87,57 @@ struct Args {
     #[arg(long, env = "PUSHWIRE_MAX_LIST_UIDS", default_value_t = 1000)]
     max_list_uids: usize,
 
+    /// File holding the HS256 secret that signs uid tokens (JWT, `sub` = uid). With a
+    /// secret, browsers bind only with a valid token (first frame or `?token=`).
+    #[arg(long, env = "PUSHWIRE_JWT_SECRET_FILE")]
+    jwt_secret_file: Option<PathBuf>,
+
+    /// The JWT secret itself. Prefer the env var or --jwt-secret-file: a command-line
+    /// literal shows in `ps`.
+    #[arg(
+        long,
+        env = "PUSHWIRE_JWT_SECRET",
+        hide_env_values = true,
+        conflicts_with = "jwt_secret_file"
+    )]
+    jwt_secret: Option<String>,
+
+    /// Comma-separated Origins allowed to open a WebSocket (e.g. https://app.example.com);
+    /// a browser handshake from any other Origin gets 403. Default: any.
+    #[arg(long, env = "PUSHWIRE_ALLOWED_ORIGINS", value_delimiter = ',')]
+    allowed_origins: Option<Vec<String>>,
+
+    /// WebSocket connections one source address may hold; more get HTTP 429.
+    #[arg(long, env = "PUSHWIRE_MAX_CONNECTIONS_PER_IP", default_value_t = 1024)]
+    max_connections_per_ip: usize,
+
+    /// Comma-separated networks (CIDR) TCP backends may push from; others get a refusal
+    /// line and are closed. Default: anyone who can reach --push-listen.
+    #[arg(long, env = "PUSHWIRE_PUSH_ALLOW", value_parser = pushwire::access::parse_cidrs)]
+    push_allow: Option<Vec<Cidr>>,
+
+    /// File holding a shared secret TCP backends must send first as `/auth SECRET`.
+    #[arg(long, env = "PUSHWIRE_PUSH_SECRET_FILE")]
+    push_secret_file: Option<PathBuf>,
+
+    /// The push secret itself (prefer the env var or --push-secret-file).
+    #[arg(
+        long,
+        env = "PUSHWIRE_PUSH_SECRET",
+        hide_env_values = true,
+        conflicts_with = "push_secret_file"
+    )]
+    push_secret: Option<String>,
+
+    /// Also accept backends on this Unix socket (e.g. /run/pushwire/push.sock); its file
+    /// permissions decide who may push, and no /auth line is needed on it.
+    #[arg(long, env = "PUSHWIRE_PUSH_UNIX")]
+    push_unix: Option<PathBuf>,
+
+    /// Permissions of the --push-unix socket file, in octal.
+    #[arg(long, env = "PUSHWIRE_PUSH_UNIX_MODE", default_value = "660", value_parser = parse_mode)]
+    push_unix_mode: u32,
+
     /// Listen backlog of both ports (the kernel caps it at net.core.somaxconn).
     #[arg(long, env = "PUSHWIRE_LISTEN_BACKLOG", default_value_t = 4096)]
     listen_backlog: u32,
@@ -122,15 +176,23 @@ fn main() -> ExitCode {
 }
 
 async fn serve(args: Args) -> std::io::Result<()> {
-    let config = config_from(&args);
+    let config = config_from(&args)?;
     let ws = listen(args.ws_listen, args.listen_backlog)?;
     let push = listen(args.push_listen, args.listen_backlog)?;
-    if !args.push_listen.ip().is_loopback() {
+    let push_unix = match &args.push_unix {
+        Some(path) => Some(listen_unix(path, args.push_unix_mode)?),
+        None => None,
+    };
+    if !args.push_listen.ip().is_loopback()
+        && config.push_allow.is_none()
+        && config.push_secret.is_none()
+    {
         warn!(addr = %args.push_listen, "push port is not on loopback: anyone who can reach it can push to any user");
     }
     info!(
         ws = %ws.local_addr()?,
         push = %push.local_addr()?,
+        push_unix = ?args.push_unix,
         max_ws_connections = config.max_ws_connections,
         "listening"
     );
@@ -138,7 +200,12 @@ async fn serve(args: Args) -> std::io::Result<()> {
     let shutdown = CancellationToken::new();
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
-    let server = tokio::spawn(pushwire::run(config, ws, push, shutdown.clone()));
+    let listeners = pushwire::Listeners {
+        ws,
+        push,
+        push_unix,
+    };
+    let server = tokio::spawn(pushwire::serve(config, listeners, shutdown.clone()));
     sd_notify("READY=1");
     tokio::select! {
         _ = term.recv() => info!("SIGTERM received"),
@@ -146,10 +213,37 @@ async fn serve(args: Args) -> std::io::Result<()> {
     }
     sd_notify("STOPPING=1");
     shutdown.cancel();
-    server.await.map_err(std::io::Error::other)?
+    let result = server.await.map_err(std::io::Error::other)?;
+    if let Some(path) = &args.push_unix {
+        let _ = std::fs::remove_file(path);
+    }
+    result
 }
 
-fn config_from(args: &Args) -> pushwire::Config {
+fn parse_mode(s: &str) -> Result<u32, String> {
+    u32::from_str_radix(s, 8).map_err(|e| format!("{s:?} is not an octal mode: {e}"))
+}
+
+/// A secret from a file (trailing newline ignored) or a literal.
+fn secret(file: Option<&PathBuf>, literal: Option<&String>) -> std::io::Result<Option<Secret>> {
+    if let Some(path) = file {
+        let bytes = std::fs::read(path)
+            .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
+        let trimmed = bytes.trim_ascii_end();
+        if trimmed.is_empty() {
+            return Err(std::io::Error::other(format!(
+                "{}: empty secret",
+                path.display()
+            )));
+        }
+        return Ok(Some(Secret::new(trimmed)));
+    }
+    Ok(literal
+        .filter(|s| !s.is_empty())
+        .map(|s| Secret::new(s.as_bytes())))
+}
+
+fn config_from(args: &Args) -> std::io::Result<pushwire::Config> {
     // Raise the soft open-files limit to the hard one: each socket is one descriptor.
     let nofile = match rlimit::increase_nofile_limit(u64::MAX) {
         Ok(n) => n,
@@ -174,7 +268,12 @@ fn config_from(args: &Args) -> pushwire::Config {
         None => capacity,
     };
     info!(nofile, max_ws_connections = max_ws, "connection capacity");
-    pushwire::Config {
+    let jwt_secret = secret(args.jwt_secret_file.as_ref(), args.jwt_secret.as_ref())?;
+    let push_secret = secret(args.push_secret_file.as_ref(), args.push_secret.as_ref())?;
+    if jwt_secret.is_none() {
+        info!("no JWT secret: the first frame is trusted as the uid");
+    }
+    Ok(pushwire::Config {
         max_line_bytes: args.max_line_bytes,
         max_uid_bytes: args.max_uid_bytes,
         bind_timeout: Duration::from_millis(args.bind_timeout_ms),
@@ -189,7 +288,24 @@ fn config_from(args: &Args) -> pushwire::Config {
         max_groups: args.max_groups,
         max_group_members: args.max_group_members,
         max_list_uids: args.max_list_uids,
+        jwt_secret,
+        allowed_origins: args.allowed_origins.clone(),
+        max_connections_per_ip: args.max_connections_per_ip.max(1),
+        push_allow: args.push_allow.clone(),
+        push_secret,
+    })
+}
+
+/// Binds the Unix push socket, replacing a stale file, with the given permissions.
+fn listen_unix(path: &Path, mode: u32) -> std::io::Result<UnixListener> {
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    if std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_socket()) {
+        std::fs::remove_file(path)?;
     }
+    let listener = UnixListener::bind(path)
+        .map_err(|e| std::io::Error::new(e.kind(), format!("bind {}: {e}", path.display())))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
+    Ok(listener)
 }
 
 /// Binds with an explicit backlog: tokio's `bind` uses 128, and a connect storm past that

@@ -17,6 +17,9 @@ pub struct Metrics {
     pub(crate) bytes_out: AtomicU64,
     pub(crate) ws_accepted: AtomicU64,
     pub(crate) binds: AtomicU64,
+    pub(crate) refused_per_ip: AtomicU64,
+    /// Milliseconds since `started` of the last refusal warning, to rate-limit it.
+    last_refusal_warn: AtomicU64,
 }
 
 /// A point-in-time copy of [`Metrics`].
@@ -44,6 +47,8 @@ pub struct MetricsSnapshot {
     pub ws_accepted: u64,
     /// Successful uid binds.
     pub binds: u64,
+    /// WebSocket connections refused by the per-address cap.
+    pub refused_per_ip: u64,
 }
 
 impl Default for Metrics {
@@ -60,6 +65,8 @@ impl Default for Metrics {
             bytes_out: AtomicU64::new(0),
             ws_accepted: AtomicU64::new(0),
             binds: AtomicU64::new(0),
+            refused_per_ip: AtomicU64::new(0),
+            last_refusal_warn: AtomicU64::new(0),
         }
     }
 }
@@ -84,11 +91,23 @@ impl Metrics {
             bytes_out: self.bytes_out.load(Relaxed),
             ws_accepted: self.ws_accepted.load(Relaxed),
             binds: self.binds.load(Relaxed),
+            refused_per_ip: self.refused_per_ip.load(Relaxed),
         }
     }
 }
 
 impl Metrics {
+    /// True at most once per 10 s: refusals during a flood log one warning, not thousands.
+    pub(crate) fn should_warn_refusal(&self) -> bool {
+        let now = self.started.elapsed().as_millis() as u64 + 10_000;
+        let last = self.last_refusal_warn.load(Relaxed);
+        now.saturating_sub(last) >= 10_000
+            && self
+                .last_refusal_warn
+                .compare_exchange(last, now, Relaxed, Relaxed)
+                .is_ok()
+    }
+
     /// Counts frames written to browsers.
     pub(crate) fn add_out(&self, frames: u64, bytes: u64) {
         self.frames_out.fetch_add(frames, Relaxed);

@@ -349,6 +349,14 @@ impl CloseNotice {
         }
     }
 
+    /// 1008: the JWT did not prove a uid; the reason says why.
+    pub fn token(err: crate::auth::TokenError) -> Self {
+        CloseNotice {
+            code: 1008,
+            reason: Cow::Owned(err.to_string()),
+        }
+    }
+
     /// 1008: the uid is longer than the configured limit.
     pub fn uid_too_long(max: usize) -> Self {
         CloseNotice {

@@ -4,54 +4,164 @@
 //! produced in order by construction; all replies for what one `read` brought in are
 //! written with one `write` (pipelined backends pay one syscall per batch, not per line).
 
+use std::io;
 use std::sync::Arc;
 
 use bytes::BytesMut;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
-use tracing::debug;
+use tracing::{debug, info, warn};
 
 use crate::command;
+use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::protocol::{BadLine, Frame, LineFramer, Reply, push_target};
 use crate::registry::{Delivery, Registry};
-use crate::server::Context;
+use crate::server::{Context, Peer};
 
 /// Bytes requested per `read`; also the most a buffer exceeds the line limit by.
 const READ_CHUNK: usize = 8 * 1024;
 
 /// Serves one backend connection until EOF, error, or shutdown.
-pub(crate) async fn serve(mut stream: TcpStream, ctx: Arc<Context>) -> std::io::Result<()> {
-    let (mut rd, mut wr) = stream.split();
+///
+/// Reads and writes alternate on one stream (answer what was read, then read more), so
+/// no split is needed and a backend that stops reading its replies stops being read:
+/// its memory stays bounded by one read buffer and one batch of replies.
+pub(crate) async fn serve<S>(mut stream: S, peer: Peer, ctx: Arc<Context>) -> io::Result<()>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut auth = Auth::new(peer, &ctx.config);
+    if let Auth::Refused(why) = auth {
+        info!(%peer, why, "push connection refused");
+        stream.write_all(refusal(why).as_bytes()).await?;
+        return stream.shutdown().await;
+    }
     let mut framer = LineFramer::new(ctx.config.max_line_bytes);
     let mut buf = BytesMut::new();
     let mut out = BytesMut::new();
+    let mut closing = false;
     loop {
-        while let Some(frame) = framer.next_frame(&mut buf) {
-            handle(frame, &ctx, &mut out);
+        while !closing && let Some(frame) = framer.next_frame(&mut buf) {
+            match auth.check(&frame, &ctx.config, &mut out, peer) {
+                Step::Proceed => handle(frame, &ctx, &mut out),
+                Step::Answered => {}
+                Step::Close => closing = true,
+            }
         }
         if !out.is_empty() {
-            wr.write_all(&out).await?;
+            stream.write_all(&out).await?;
             out.clear();
+        }
+        if closing {
+            break;
         }
         buf.reserve(READ_CHUNK);
         // Shutdown stops reading; every complete line already read was answered above.
         let n = tokio::select! {
             biased;
-            r = rd.read_buf(&mut buf) => r?,
+            r = stream.read_buf(&mut buf) => r?,
             () = ctx.push_stop.cancelled() => break,
         };
         if n == 0 {
             // Half-close: answer the unterminated tail, if any, then close our side.
-            if let Some(frame) = framer.finish(&mut buf) {
+            if let Some(frame) = framer.finish(&mut buf)
+                && auth.check(&frame, &ctx.config, &mut out, peer) == Step::Proceed
+            {
                 handle(frame, &ctx, &mut out);
-                wr.write_all(&out).await?;
             }
+            stream.write_all(&out).await?;
             break;
         }
     }
-    wr.shutdown().await
+    stream.shutdown().await
+}
+
+/// Access state of one backend connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Auth {
+    /// May push.
+    Open,
+    /// Must send `/auth SECRET` first.
+    Pending,
+    /// Refused before reading anything.
+    Refused(&'static str),
+}
+
+impl Auth {
+    fn new(peer: Peer, config: &Config) -> Self {
+        let Some(ip) = peer.ip() else {
+            // Unix socket: file permissions already decided who may connect.
+            return Auth::Open;
+        };
+        if let Some(allow) = &config.push_allow
+            && !allow.iter().any(|net| net.contains(ip))
+        {
+            return Auth::Refused("address not allowed");
+        }
+        if config.push_secret.is_some() {
+            Auth::Pending
+        } else {
+            Auth::Open
+        }
+    }
+
+    /// Handles `/auth` lines and gates everything else on them. On an open connection
+    /// `/auth` is answered `{"ok":true}`, so backends may always send it.
+    fn check(&mut self, frame: &Frame, config: &Config, out: &mut BytesMut, peer: Peer) -> Step {
+        let line = match frame {
+            Frame::Line(line) => Some(&line[..]),
+            Frame::TooLong => None,
+        };
+        let given = line.and_then(|l| l.strip_prefix(b"/auth ".as_slice()));
+        match (*self, given) {
+            (Auth::Open, Some(_)) => {
+                out.extend_from_slice(b"{\"ok\":true}\n");
+                Step::Answered
+            }
+            (Auth::Open, None) => Step::Proceed,
+            (Auth::Pending, Some(secret)) => {
+                if config
+                    .push_secret
+                    .as_ref()
+                    .is_some_and(|s| s.matches(secret))
+                {
+                    out.extend_from_slice(b"{\"ok\":true}\n");
+                    *self = Auth::Open;
+                    Step::Answered
+                } else {
+                    warn!(%peer, "push connection refused: bad secret");
+                    out.extend_from_slice(refusal("bad secret").as_bytes());
+                    Step::Close
+                }
+            }
+            (Auth::Pending, None) => {
+                warn!(%peer, "push connection refused: no /auth line");
+                let why = "authentication required: send /auth SECRET first";
+                out.extend_from_slice(refusal(why).as_bytes());
+                Step::Close
+            }
+            (Auth::Refused(why), _) => {
+                out.extend_from_slice(refusal(why).as_bytes());
+                Step::Close
+            }
+        }
+    }
+}
+
+/// What to do with a line after the access check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Step {
+    /// Handle it as a push or command.
+    Proceed,
+    /// It was an `/auth` line and has been answered.
+    Answered,
+    /// Refused: write what is in `out`, then close.
+    Close,
+}
+
+fn refusal(why: &str) -> String {
+    format!("{}\n", serde_json::json!({"ok": false, "error": why}))
 }
 
 /// One line in, one reply out: a command (`/...`) or a plain push.

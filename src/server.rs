@@ -1,11 +1,12 @@
 //! Accept loops, connection limits, and the shutdown order.
 
 use std::future::Future;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 use tokio::sync::Semaphore;
 use tokio::time::{Instant, sleep, timeout_at};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
@@ -13,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, debug_span, info, warn};
 
+use crate::access::PerIp;
 use crate::config::Config;
 use crate::groups::GroupLimits;
 use crate::outbox::QueueLimits;
@@ -32,16 +34,44 @@ pub(crate) struct Context {
     pub(crate) ws_stop: CancellationToken,
 }
 
+/// The sockets pushwire serves, bound by the caller (tests use port 0).
+#[derive(Debug)]
+pub struct Listeners {
+    /// Browsers.
+    pub ws: TcpListener,
+    /// Backends over TCP.
+    pub push: TcpListener,
+    /// Backends over a Unix socket (file permissions decide who may push).
+    pub push_unix: Option<UnixListener>,
+}
+
 /// Serves browsers on `ws` and backends on `push` until `shutdown` is cancelled, then
 /// drains within `config.shutdown_timeout` and returns.
-///
-/// Takes bound listeners so callers choose addresses (tests use port 0) and backlog.
 pub async fn run(
     config: Config,
     ws: TcpListener,
     push: TcpListener,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
+    let listeners = Listeners {
+        ws,
+        push,
+        push_unix: None,
+    };
+    serve(config, listeners, shutdown).await
+}
+
+/// Like [`run`], with every listener kind.
+pub async fn serve(
+    config: Config,
+    listeners: Listeners,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    let Listeners {
+        ws,
+        push,
+        push_unix,
+    } = listeners;
     let registry = Registry::new(
         QueueLimits {
             depth: config.queue_depth,
@@ -63,6 +93,7 @@ pub async fn run(
     let ws_tasks = TaskTracker::new();
     let push_tasks = TaskTracker::new();
 
+    let per_ip = PerIp::new(ctx.config.max_connections_per_ip);
     let ws_accept = tokio::spawn(accept_loop(
         Listener {
             kind: "ws",
@@ -73,9 +104,22 @@ pub async fn run(
         },
         {
             let ctx = ctx.clone();
-            move |stream| {
+            move |stream, peer| {
                 Metrics::incr(&ctx.registry.metrics().ws_accepted);
-                ws::serve(stream, ctx.clone())
+                let ctx = ctx.clone();
+                let slot = match peer.ip() {
+                    Some(ip) => match per_ip.try_acquire(ip) {
+                        Some(slot) => Ok(Some(slot)),
+                        None => Err(ip),
+                    },
+                    None => Ok(None),
+                };
+                async move {
+                    match slot {
+                        Ok(_slot) => ws::serve(stream, ctx).await,
+                        Err(ip) => ws::refuse_busy_address(stream, ip, &ctx).await,
+                    }
+                }
             }
         },
     ));
@@ -87,18 +131,20 @@ pub async fn run(
             stop: shutdown.clone(),
             tasks: push_tasks.clone(),
         },
-        {
-            let ctx = ctx.clone();
-            move |stream| {
-                let ctx = ctx.clone();
-                async move {
-                    if let Err(err) = push::serve(stream, ctx).await {
-                        debug!(%err, "push connection ended with an error");
-                    }
-                }
-            }
-        },
+        push_handler(ctx.clone()),
     ));
+    let unix_accept = push_unix.map(|listener| {
+        tokio::spawn(accept_loop(
+            Listener {
+                kind: "push-unix",
+                listener,
+                limit: Arc::new(Semaphore::new(ctx.config.max_push_connections)),
+                stop: shutdown.clone(),
+                tasks: push_tasks.clone(),
+            },
+            push_handler(ctx.clone()),
+        ))
+    });
 
     let sweeper = tokio::spawn(sweep_groups(ctx.clone(), shutdown.clone()));
 
@@ -107,6 +153,9 @@ pub async fn run(
     info!("shutting down: draining backends, then closing browsers");
     let deadline = Instant::now() + ctx.config.shutdown_timeout;
     let _ = tokio::join!(ws_accept, push_accept);
+    if let Some(unix) = unix_accept {
+        let _ = unix.await;
+    }
     ctx.push_stop.cancel();
     push_tasks.close();
     if timeout_at(deadline, push_tasks.wait()).await.is_err() {
@@ -148,9 +197,50 @@ async fn sweep_groups(ctx: Arc<Context>, stop: CancellationToken) {
     }
 }
 
-struct Listener {
+/// One backend connection, of either socket kind.
+fn push_handler<S>(ctx: Arc<Context>) -> impl Fn(S, Peer) -> BoxedTask
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    move |stream, peer| {
+        let ctx = ctx.clone();
+        Box::pin(async move {
+            if let Err(err) = push::serve(stream, peer, ctx).await {
+                debug!(%err, "push connection ended with an error");
+            }
+        })
+    }
+}
+
+type BoxedTask = std::pin::Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// A listening socket of either kind.
+trait Accept: Send + 'static {
+    type Stream: Send + 'static;
+    fn accept(&self) -> impl Future<Output = std::io::Result<(Self::Stream, Peer)>> + Send;
+}
+
+impl Accept for TcpListener {
+    type Stream = TcpStream;
+    async fn accept(&self) -> std::io::Result<(TcpStream, Peer)> {
+        let (stream, addr) = TcpListener::accept(self).await?;
+        // Replies and pushes are tiny; Nagle would hold them back for an ACK.
+        let _ = stream.set_nodelay(true);
+        Ok((stream, Peer::Tcp(addr)))
+    }
+}
+
+impl Accept for UnixListener {
+    type Stream = UnixStream;
+    async fn accept(&self) -> std::io::Result<(UnixStream, Peer)> {
+        let (stream, _) = UnixListener::accept(self).await?;
+        Ok((stream, Peer::Unix))
+    }
+}
+
+struct Listener<L> {
     kind: &'static str,
-    listener: TcpListener,
+    listener: L,
     limit: Arc<Semaphore>,
     stop: CancellationToken,
     tasks: TaskTracker,
@@ -161,9 +251,10 @@ struct Listener {
 /// The permit is taken before `accept()`, so past the limit new peers wait in the kernel
 /// backlog instead of being accepted and dropped. Accept errors (EMFILE above all) back
 /// off and retry: the loop never ends on its own.
-async fn accept_loop<F, Fut>(l: Listener, handler: F)
+async fn accept_loop<L, F, Fut>(l: Listener<L>, handler: F)
 where
-    F: Fn(TcpStream) -> Fut,
+    L: Accept,
+    F: Fn(L::Stream, Peer) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
     let mut warned_full = false;
@@ -203,10 +294,8 @@ where
             },
             () = l.stop.cancelled() => return,
         };
-        // Replies and pushes are tiny; Nagle would hold them back for an ACK.
-        let _ = stream.set_nodelay(true);
-        let task = handler(stream);
-        let span = debug_span!("conn", kind = l.kind, peer = %Peer(peer));
+        let span = debug_span!("conn", kind = l.kind, %peer);
+        let task = handler(stream, peer);
         l.tasks.spawn(
             async move {
                 task.await;
@@ -217,10 +306,27 @@ where
     }
 }
 
-struct Peer(SocketAddr);
+/// Where a connection came from.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Peer {
+    Tcp(SocketAddr),
+    Unix,
+}
+
+impl Peer {
+    pub(crate) fn ip(self) -> Option<IpAddr> {
+        match self {
+            Peer::Tcp(addr) => Some(addr.ip()),
+            Peer::Unix => None,
+        }
+    }
+}
 
 impl std::fmt::Display for Peer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        self.0.fmt(f)
+        match self {
+            Peer::Tcp(addr) => addr.fmt(f),
+            Peer::Unix => f.write_str("unix"),
+        }
     }
 }

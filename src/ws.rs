@@ -1,17 +1,21 @@
 //! The browser side: handshake, uid bind, then one `select!` loop per socket that writes the
 //! outbox, reads (and ignores) frames, pings, and watches for shutdown.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::time::{Instant, sleep, timeout, timeout_at};
 use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
+use tokio_tungstenite::tungstenite::http::StatusCode;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Bytes, Error as WsError, Message, Utf8Bytes};
-use tracing::{debug, trace};
+use tracing::{debug, info, trace, warn};
 
 use crate::metrics::Metrics;
 use crate::outbox::Outbox;
@@ -57,7 +61,25 @@ enum End {
 /// Serves one browser connection from TCP accept to close.
 pub(crate) async fn serve(stream: TcpStream, ctx: Arc<Context>) {
     let deadline = Instant::now() + ctx.config.bind_timeout;
-    let accept = tokio_tungstenite::accept_async_with_config(stream, Some(ctx.ws_config));
+    let mut query_token = None;
+    let origins = ctx.config.allowed_origins.as_deref();
+    // The callback's signature (and its large error type) is tungstenite's.
+    #[allow(clippy::result_large_err)]
+    let check = |req: &Request, resp: Response| {
+        if let Some(allowed) = origins
+            && let Some(origin) = req.headers().get("origin")
+            && !allowed
+                .iter()
+                .any(|a| a.as_bytes().eq_ignore_ascii_case(origin.as_bytes()))
+        {
+            info!(origin = ?origin, "handshake refused: origin not allowed");
+            return Err(http_error(StatusCode::FORBIDDEN, "origin not allowed"));
+        }
+        query_token = req.uri().query().and_then(token_param);
+        Ok(resp)
+    };
+    let accept =
+        tokio_tungstenite::accept_hdr_async_with_config(stream, check, Some(ctx.ws_config));
     let mut ws = tokio::select! {
         r = timeout_at(deadline, accept) => match r {
             Ok(Ok(ws)) => ws,
@@ -67,10 +89,10 @@ pub(crate) async fn serve(stream: TcpStream, ctx: Arc<Context>) {
         () = ctx.ws_stop.cancelled() => return,
     };
     let uid = tokio::select! {
-        r = timeout_at(deadline, first_uid(&mut ws, ctx.config.max_uid_bytes)) => match r {
+        r = timeout_at(deadline, identify(&mut ws, query_token, &ctx)) => match r {
             Ok(Ok(uid)) => uid,
             Ok(Err(Some(notice))) => {
-                debug!(code = notice.code, reason = %notice.reason, "bind refused");
+                info!(code = notice.code, reason = %notice.reason, "bind refused");
                 return close(&mut ws, &notice).await;
             }
             Ok(Err(None)) => return debug!("closed before binding"),
@@ -100,9 +122,79 @@ pub(crate) async fn serve(stream: TcpStream, ctx: Arc<Context>) {
     debug!(%uid, ?end, "closed");
 }
 
-/// Reads the first data frame: a text frame is the uid, exactly as sent.
+/// Answers a connection over the per-address cap with HTTP 429 and closes it.
+pub(crate) async fn refuse_busy_address(mut stream: TcpStream, ip: IpAddr, ctx: &Context) {
+    Metrics::incr(&ctx.registry.metrics().refused_per_ip);
+    debug!(%ip, "refused: too many connections from this address");
+    if ctx.registry.metrics().should_warn_refusal() {
+        warn!(%ip, limit = ctx.config.max_connections_per_ip, "refusing connections: too many from one address");
+    }
+    let body = "too many connections from your address\n";
+    let resp = format!(
+        "HTTP/1.1 429 Too Many Requests\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = timeout(CLOSE_GRACE, stream.write_all(resp.as_bytes())).await;
+}
+
+fn http_error(status: StatusCode, why: &str) -> ErrorResponse {
+    let mut resp = ErrorResponse::new(Some(why.to_owned()));
+    *resp.status_mut() = status;
+    resp
+}
+
+/// The `token` parameter of a query string, percent-decoded.
+fn token_param(query: &str) -> Option<String> {
+    let raw = query.split('&').find_map(|kv| kv.strip_prefix("token="))?;
+    let bytes = raw.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        match bytes[i] {
+            b'%' if i + 2 < bytes.len() => match (hex(bytes[i + 1]), hex(bytes[i + 2])) {
+                (Some(h), Some(l)) => {
+                    out.push((h * 16 + l) as u8);
+                    i += 3;
+                    continue;
+                }
+                _ => out.push(b'%'),
+            },
+            b'+' => out.push(b' '),
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8(out).ok()
+}
+
+/// Decides who this connection is: the uid from its first frame, or, with a JWT secret,
+/// the `sub` of a valid token from the URL (`?token=`) or the first frame.
 /// `Err(None)` means the peer went away; `Err(Some)` says how to refuse it.
-async fn first_uid(ws: &mut Ws, max: usize) -> Result<String, Option<CloseNotice>> {
+async fn identify(
+    ws: &mut Ws,
+    query_token: Option<String>,
+    ctx: &Context,
+) -> Result<String, Option<CloseNotice>> {
+    let max_uid = ctx.config.max_uid_bytes;
+    let Some(secret) = &ctx.config.jwt_secret else {
+        return first_text(ws, max_uid).await;
+    };
+    let token = match query_token {
+        Some(token) => token,
+        None => first_text(ws, ws.get_config().max_message_size.unwrap_or(max_uid)).await?,
+    };
+    let uid = secret
+        .verify(&token, std::time::SystemTime::now())
+        .map_err(|e| Some(CloseNotice::token(e)))?;
+    if uid.len() > max_uid {
+        return Err(Some(CloseNotice::uid_too_long(max_uid)));
+    }
+    Ok(uid)
+}
+
+/// Reads the first data frame: a text frame of at most `max` bytes, exactly as sent.
+async fn first_text(ws: &mut Ws, max: usize) -> Result<String, Option<CloseNotice>> {
     loop {
         match ws.next().await {
             Some(Ok(Message::Text(uid))) if uid.is_empty() => {
@@ -220,4 +312,16 @@ async fn close(ws: &mut Ws, notice: &CloseNotice) {
     }
     // Give the peer a moment to answer, so it sees a clean close rather than a reset.
     let _ = timeout_at(deadline, async { while ws.next().await.is_some() {} }).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::token_param;
+
+    #[test]
+    fn query_token() {
+        assert_eq!(token_param("a=1&token=x.y.z"), Some("x.y.z".into()));
+        assert_eq!(token_param("token=a%2Eb%zz%4"), Some("a.b%zz%4".into()));
+        assert_eq!(token_param("tokens=1"), None);
+    }
 }

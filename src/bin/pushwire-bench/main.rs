@@ -1,0 +1,279 @@
+//! pushwire-bench: load generator and correctness checker for a *running* pushwire.
+//!
+//! ```text
+//! pushwire-bench --ws ws://127.0.0.1:1234 --push 127.0.0.1:5678 [--server-pid PID] \
+//!     <storm|throughput|churn|latency|fanout|idle-mem|all> [options]
+//! ```
+//!
+//! Every scenario checks what it measures: each push answered `ok` must reach its client
+//! exactly once and byte-exact, no unexpected `fail`, no unexpected close. Any violation is
+//! printed to stderr and the process exits 1. Results go to stdout as a table per scenario
+//! plus one JSON line per scenario (`--json-only` keeps just the JSON). Progress goes to
+//! stderr. See `--help` and `docs` at the top of `scenarios.rs` for what each scenario times.
+
+mod client;
+mod procstat;
+mod push;
+mod report;
+mod scenarios;
+mod track;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+#[derive(Parser, Debug, Clone)]
+#[command(
+    name = "pushwire-bench",
+    version,
+    about = "Load generator and correctness checker for a running pushwire",
+    long_about = "Drives a running pushwire over real sockets: WebSocket clients bind uids, backend \
+connections push JSON lines, and every delivery is checked (each `ok` delivered exactly once, \
+byte-exact; no unexpected `fail`). Reports a table and one JSON line per scenario on stdout and \
+exits non-zero on any correctness error. Give --server-pid to get the server's CPU time per push \
+(utime+stime from /proc) and its RSS.\n\nThe clients are created once (a connect storm) and reused by \
+every later scenario; `all` runs storm, idle-mem, fanout, latency, throughput and churn in that order."
+)]
+pub struct Opts {
+    #[command(subcommand)]
+    pub scenario: Scenario,
+
+    /// WebSocket URL of the server (any path).
+    #[arg(
+        long,
+        global = true,
+        env = "PUSHWIRE_BENCH_WS",
+        default_value = "ws://127.0.0.1:1234"
+    )]
+    pub ws: String,
+    /// Push (backend) address of the server, host:port.
+    #[arg(
+        long,
+        global = true,
+        env = "PUSHWIRE_BENCH_PUSH",
+        default_value = "127.0.0.1:5678"
+    )]
+    pub push: String,
+    /// PID of the server process: enables server CPU per push and RSS figures.
+    #[arg(long, global = true, env = "PUSHWIRE_BENCH_SERVER_PID")]
+    pub server_pid: Option<u32>,
+
+    /// Number of WebSocket clients (one uid each).
+    #[arg(long, global = true, default_value_t = 1000)]
+    pub clients: usize,
+    /// Connect storm: clients connecting (TCP + handshake + uid) at the same time.
+    #[arg(long, global = true, default_value_t = 1000)]
+    pub connect_concurrency: usize,
+    /// Loopback source addresses 127.0.0.2.. to spread client sockets over (0 = don't bind).
+    #[arg(long, global = true, default_value_t = 32)]
+    pub source_addrs: u32,
+    /// tungstenite read buffer per client, bytes (zero-filled, so resident).
+    #[arg(long, global = true, default_value_t = 4096)]
+    pub ws_read_buffer: usize,
+    /// Extra padding bytes in every pushed JSON line (`"p":"xxx…"`).
+    #[arg(long, global = true, default_value_t = 0)]
+    pub pad: usize,
+
+    /// Small sizes for CI (fewer pushes, shorter phases); explicit options still win.
+    #[arg(long, global = true)]
+    pub smoke: bool,
+
+    /// throughput: backend connections.
+    #[arg(long, global = true, default_value_t = 4)]
+    pub conns: usize,
+    /// throughput: maximum unanswered pushes per backend connection.
+    #[arg(long, global = true, default_value_t = 256)]
+    pub window: usize,
+    /// throughput: total pushes [default: 100 per client, 100k..2M; smoke 20k].
+    #[arg(long, global = true)]
+    pub pushes: Option<u64>,
+    /// throughput/latency/churn: push to random uids among the first N clients [default: all].
+    #[arg(long, global = true)]
+    pub targets: Option<usize>,
+
+    /// churn: pushes, each on a new TCP connection [default: 5000; smoke 500].
+    #[arg(long, global = true)]
+    pub churn_pushes: Option<u64>,
+    /// churn: concurrent workers.
+    #[arg(long, global = true, default_value_t = 4)]
+    pub churn_workers: usize,
+
+    /// latency: paced pushes per second [default: 2000; smoke 500].
+    #[arg(long, global = true)]
+    pub rate: Option<u64>,
+    /// latency: duration of the paced phase, ms [default: 5000; smoke 1000].
+    #[arg(long, global = true)]
+    pub duration_ms: Option<u64>,
+
+    /// fanout: rounds (one push per uid each) [default: 3; smoke 1].
+    #[arg(long, global = true)]
+    pub rounds: Option<u32>,
+    /// fanout: what to push (broadcast/group are reserved until the server has them).
+    #[arg(long, global = true, value_enum, default_value_t = FanoutMode::PerUid)]
+    pub fanout_mode: FanoutMode,
+
+    /// idle-mem: wait after the storm before reading RSS, ms [default: 2000; smoke 300].
+    #[arg(long, global = true)]
+    pub settle_ms: Option<u64>,
+    /// How long to wait for frames after the last reply, ms.
+    #[arg(long, global = true, default_value_t = 10_000)]
+    pub drain_timeout_ms: u64,
+    /// Give up the connect storm after this long, ms.
+    #[arg(long, global = true, default_value_t = 60_000)]
+    pub storm_timeout_ms: u64,
+
+    /// Tokio worker threads of the bench [default: number of CPUs].
+    #[arg(long, global = true)]
+    pub threads: Option<usize>,
+    /// Progress line interval on stderr, ms (0 = none).
+    #[arg(long, global = true, default_value_t = 1000)]
+    pub progress_ms: u64,
+    /// Print only the JSON lines on stdout.
+    #[arg(long, global = true)]
+    pub json_only: bool,
+}
+
+#[derive(Subcommand, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scenario {
+    /// N clients connect and bind concurrently; time until all are bound.
+    Storm,
+    /// K backend connections pipelining pushes to random bound uids.
+    Throughput,
+    /// A new TCP connection per push (connect, write, read reply, close).
+    Churn,
+    /// Paced pushes at a fixed rate; push→frame latency percentiles.
+    Latency,
+    /// One push per uid to all N clients from one connection; time to the last delivery.
+    Fanout,
+    /// Server RSS per bound idle client (needs --server-pid).
+    IdleMem,
+    /// Every scenario in sequence with one set of clients.
+    All,
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FanoutMode {
+    /// One line per uid, pipelined on one connection.
+    PerUid,
+    /// Reserved: one broadcast command reaching every client (not in the server yet).
+    Broadcast,
+    /// Reserved: one group push (not in the server yet).
+    Group,
+}
+
+impl Opts {
+    fn pick<T>(&self, explicit: Option<T>, normal: T, smoke: T) -> T {
+        explicit.unwrap_or(if self.smoke { smoke } else { normal })
+    }
+    pub fn throughput_pushes(&self) -> u64 {
+        let normal = (self.clients as u64 * 100).clamp(100_000, 2_000_000);
+        self.pick(self.pushes, normal, 20_000).max(1)
+    }
+    pub fn churn_pushes(&self) -> u64 {
+        self.pick(self.churn_pushes, 5000, 500).max(1)
+    }
+    pub fn latency_rate(&self) -> u64 {
+        self.pick(self.rate, 2000, 500).max(1)
+    }
+    pub fn latency_duration(&self) -> Duration {
+        Duration::from_millis(self.pick(self.duration_ms, 5000, 1000).max(1))
+    }
+    pub fn fanout_rounds(&self) -> u32 {
+        self.pick(self.rounds, 3, 1).max(1)
+    }
+    pub fn settle(&self) -> Duration {
+        Duration::from_millis(self.pick(self.settle_ms, 2000, 300))
+    }
+    pub fn drain_timeout(&self) -> Duration {
+        Duration::from_millis(self.drain_timeout_ms)
+    }
+    pub fn progress(&self) -> Option<Duration> {
+        (self.progress_ms > 0).then(|| Duration::from_millis(self.progress_ms))
+    }
+}
+
+/// `ws://host:port/path` → (host:port) resolved.
+fn ws_target(url: &str) -> Result<SocketAddr, String> {
+    let rest = url
+        .strip_prefix("ws://")
+        .ok_or_else(|| format!("--ws must be a ws:// URL (no TLS), got {url:?}"))?;
+    let hostport = rest.split('/').next().unwrap_or(rest);
+    resolve(hostport)
+}
+
+fn resolve(hostport: &str) -> Result<SocketAddr, String> {
+    use std::net::ToSocketAddrs as _;
+    hostport
+        .to_socket_addrs()
+        .map_err(|e| format!("cannot resolve {hostport:?}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("{hostport:?} resolves to nothing"))
+}
+
+fn main() {
+    let o = Opts::parse();
+    track::now_ns(); // start the clock
+    let code = match setup_and_run(o) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("pushwire-bench: {e}");
+            2
+        }
+    };
+    std::process::exit(code);
+}
+
+fn setup_and_run(o: Opts) -> Result<i32, String> {
+    let ws_addr = ws_target(&o.ws)?;
+    let push_addr = resolve(&o.push)?;
+    if o.clients == 0 {
+        return Err("--clients must be at least 1".into());
+    }
+    if o.clients > u32::MAX as usize {
+        return Err("--clients is too large".into());
+    }
+    let limit = rlimit::increase_nofile_limit(u64::MAX)
+        .map_err(|e| format!("raising RLIMIT_NOFILE: {e}"))?;
+    let need = o.clients as u64 + o.conns as u64 + o.churn_workers as u64 + 64;
+    if need > limit {
+        return Err(format!(
+            "{} clients need about {need} open files but the limit is {limit} (hard limit reached); \
+             use fewer --clients or raise the hard limit",
+            o.clients
+        ));
+    }
+    if let Some(pid) = o.server_pid
+        && !procstat::alive(pid)
+    {
+        return Err(format!("--server-pid {pid}: no such process"));
+    }
+    let threads = o
+        .threads
+        .unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(2)
+        })
+        .max(1);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads)
+        .enable_all()
+        .build()
+        .map_err(|e| format!("tokio runtime: {e}"))?;
+    let net: &'static client::Net = Box::leak(Box::new(client::Net::new(
+        o.ws.clone(),
+        ws_addr,
+        push_addr,
+        o.source_addrs,
+        o.ws_read_buffer.max(64),
+    )));
+    let ok = rt.block_on(scenarios::main(o, net))?;
+    let errors = track::error_count();
+    if ok && errors == 0 {
+        eprintln!("pushwire-bench: all checks passed");
+        Ok(0)
+    } else {
+        eprintln!("pushwire-bench: FAILED ({errors} error(s); see above)");
+        Ok(1)
+    }
+}
