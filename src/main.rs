@@ -113,7 +113,7 @@ struct Args {
 
     /// Comma-separated networks (CIDR) TCP backends may push from; others get a refusal
     /// line and are closed. Default: anyone who can reach --push-listen.
-    #[arg(long, env = "PUSHWIRE_PUSH_ALLOW", value_parser = pushwire::access::parse_cidrs)]
+    #[arg(long, env = "PUSHWIRE_PUSH_ALLOW", value_delimiter = ',', value_parser = parse_cidr)]
     push_allow: Option<Vec<Cidr>>,
 
     /// File holding a shared secret TCP backends must send first as `/auth SECRET`.
@@ -218,6 +218,10 @@ async fn serve(args: Args) -> std::io::Result<()> {
         let _ = std::fs::remove_file(path);
     }
     result
+}
+
+fn parse_cidr(s: &str) -> Result<Cidr, String> {
+    s.trim().parse()
 }
 
 fn parse_mode(s: &str) -> Result<u32, String> {

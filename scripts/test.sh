@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# The project's test command: make sure the real clients the tests drive exist
+# (php, OpenBSD nc, chromium), then run every cargo test.
+#
+# Usage: scripts/test.sh [extra cargo test args...]
+#   e.g. scripts/test.sh chromium -- --nocapture   (a name filter, applied to every target)
+#
+# Missing packages are installed with apt-get (as root, or through sudo). The
+# tests never skip: if a client cannot be provided, this script fails.
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+export DEBIAN_FRONTEND=noninteractive
+
+die() {
+	echo "test.sh: $*" >&2
+	exit 1
+}
+
+# nc must be the OpenBSD netcat: the tests use -N (shut down the write side at EOF).
+nc_is_openbsd() {
+	local help
+	command -v nc >/dev/null 2>&1 || return 1
+	help="$(nc -h 2>&1 || true)"
+	grep -qE '^[[:space:]]+-N[[:space:]]' <<<"$help"
+}
+
+missing_packages() {
+	command -v php >/dev/null 2>&1 || echo php-cli
+	nc_is_openbsd || echo netcat-openbsd
+	command -v chromium >/dev/null 2>&1 || echo chromium
+}
+
+as_root() {
+	if ((EUID == 0)); then
+		"$@"
+	elif command -v sudo >/dev/null 2>&1; then
+		sudo env DEBIAN_FRONTEND=noninteractive "$@"
+	else
+		die "not root and no sudo: cannot run '$*'; install ${missing[*]} yourself"
+	fi
+}
+
+mapfile -t missing < <(missing_packages)
+if ((${#missing[@]})); then
+	command -v apt-get >/dev/null 2>&1 ||
+		die "missing ${missing[*]} and no apt-get here; install them yourself"
+	echo "test.sh: installing ${missing[*]}" >&2
+	as_root apt-get update -q
+	as_root apt-get install -y -q "${missing[@]}"
+fi
+
+# netcat-traditional may still own the `nc` alternative after netcat-openbsd is in.
+if ! nc_is_openbsd && [[ -x /bin/nc.openbsd ]]; then
+	as_root update-alternatives --set nc /bin/nc.openbsd
+fi
+
+mapfile -t missing < <(missing_packages)
+((${#missing[@]} == 0)) || die "still missing after install: ${missing[*]}"
+
+# --no-fail-fast: one failing target must not hide the results of the others.
+exec cargo test --all-targets --no-fail-fast "$@"

@@ -1,0 +1,565 @@
+//! Shared test harness: an in-process server on port 0 and small clients for both ports.
+//!
+//! Every helper that waits has a deadline and panics when it passes, so a broken server makes
+//! a test fail instead of hang. Nothing here sleeps to synchronise: waiting for a condition is
+//! always a poll with a deadline.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
+use tokio::time::{Instant, timeout};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use tokio_util::sync::CancellationToken;
+
+/// How long any single expected event may take before a helper panics.
+pub const STEP: Duration = Duration::from_secs(5);
+
+/// A pushwire server running in-process on two ephemeral ports.
+///
+/// Dropping it cancels the server; [`TestServer::shutdown`] also waits for `run` to return.
+pub struct TestServer {
+    pub ws_addr: SocketAddr,
+    pub push_addr: SocketAddr,
+    shutdown: CancellationToken,
+    handle: Option<JoinHandle<std::io::Result<()>>>,
+}
+
+impl TestServer {
+    /// A server with `Config::default()`.
+    pub async fn start() -> TestServer {
+        TestServer::start_with(pushwire::Config::default()).await
+    }
+
+    /// A server with `config`, both listeners on 127.0.0.1:0.
+    pub async fn start_with(config: pushwire::Config) -> TestServer {
+        let ws = TcpListener::bind("127.0.0.1:0").await.expect("bind ws");
+        let push = TcpListener::bind("127.0.0.1:0").await.expect("bind push");
+        let ws_addr = ws.local_addr().unwrap();
+        let push_addr = push.local_addr().unwrap();
+        let shutdown = CancellationToken::new();
+        let handle = tokio::spawn(pushwire::run(config, ws, push, shutdown.clone()));
+        TestServer {
+            ws_addr,
+            push_addr,
+            shutdown,
+            handle: Some(handle),
+        }
+    }
+
+    /// `ws://127.0.0.1:P/`
+    pub fn ws_url(&self) -> String {
+        format!("ws://{}/", self.ws_addr)
+    }
+
+    /// `ws://127.0.0.1:P` + `path` (path starts with `/`).
+    pub fn ws_url_path(&self, path: &str) -> String {
+        format!("ws://{}{}", self.ws_addr, path)
+    }
+
+    /// The cancellation token `run` was started with, to start a shutdown without waiting.
+    pub fn token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// True once `run` has returned (for tests that check the server ends by itself).
+    pub fn is_finished(&self) -> bool {
+        self.handle.as_ref().is_none_or(|h| h.is_finished())
+    }
+
+    /// Cancels the token and waits (at most 10 s) for `run` to return its result.
+    pub async fn shutdown(mut self) -> std::io::Result<()> {
+        self.shutdown.cancel();
+        let handle = self.handle.take().expect("server handle");
+        match timeout(Duration::from_secs(10), handle).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(join)) => panic!("server task failed: {join}"),
+            Err(_) => panic!("server did not shut down within 10 s"),
+        }
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+static PROBE: AtomicU64 = AtomicU64::new(1);
+
+/// The probe line `bind` pushes: `{"uid":<uid as JSON string>,"probe":N}`.
+pub fn probe_line(uid: &str, n: u64) -> String {
+    format!(
+        "{{\"uid\":{},\"probe\":{n}}}",
+        serde_json::to_string(uid).unwrap()
+    )
+}
+
+/// True if `text` is a probe frame pushed by some [`WsClient::bind`] (they are skipped by
+/// [`WsClient::recv_text`], since a bind on one tab also reaches every other tab of that uid).
+pub fn is_probe(text: &str) -> bool {
+    probe_number(text).is_some()
+}
+
+fn probe_number(text: &str) -> Option<u64> {
+    let v: serde_json::Value = serde_json::from_str(text).ok()?;
+    let obj = v.as_object()?;
+    if obj.len() != 2 || !obj.get("uid")?.is_string() {
+        return None;
+    }
+    let n = obj.get("probe")?.as_u64()?;
+    (text == probe_line(obj["uid"].as_str()?, n)).then_some(n)
+}
+
+type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// A well-behaved browser: a tokio-tungstenite client.
+///
+/// Reading helpers keep polling the stream, so tungstenite answers the server's pings.
+pub struct WsClient {
+    pub ws: Ws,
+}
+
+impl WsClient {
+    /// Opens a WebSocket to `url` (5 s deadline).
+    pub async fn connect(url: &str) -> WsClient {
+        let (ws, _resp) = timeout(STEP, tokio_tungstenite::connect_async(url))
+            .await
+            .unwrap_or_else(|_| panic!("connect {url}: timed out"))
+            .unwrap_or_else(|e| panic!("connect {url}: {e}"));
+        WsClient { ws }
+    }
+
+    /// Sends one Text frame.
+    pub async fn send_text(&mut self, s: &str) {
+        self.ws
+            .send(Message::text(s))
+            .await
+            .unwrap_or_else(|e| panic!("send text: {e}"));
+    }
+
+    /// Sends one Binary frame.
+    pub async fn send_binary(&mut self, b: &[u8]) {
+        self.ws
+            .send(Message::binary(b.to_vec()))
+            .await
+            .unwrap_or_else(|e| panic!("send binary: {e}"));
+    }
+
+    /// Sends `uid` as the first frame, then makes sure the server has bound it: pushes probe
+    /// lines `{"uid":<uid>,"probe":N}` on a fresh push connection until one reaches *this*
+    /// client (an `ok` alone is not enough when another tab already holds the uid). Returns
+    /// when the next push to this uid will reach this client. Probe frames that arrive later
+    /// (here or at other tabs of the uid) are skipped by `recv_text`.
+    pub async fn bind(&mut self, uid: &str, push_addr: SocketAddr) {
+        self.send_text(uid).await;
+        self.wait_bound(uid, push_addr).await;
+    }
+
+    /// The probing half of [`WsClient::bind`], for a uid already sent some other way.
+    pub async fn wait_bound(&mut self, uid: &str, push_addr: SocketAddr) {
+        let deadline = Instant::now() + STEP;
+        let mut push = PushClient::connect(push_addr).await;
+        let mut first_sent = None;
+        loop {
+            assert!(
+                Instant::now() < deadline,
+                "uid {uid:?} was not bound within {STEP:?}"
+            );
+            let n = PROBE.fetch_add(1, Ordering::Relaxed);
+            first_sent.get_or_insert(n);
+            let reply = push.request(&probe_line(uid, n)).await;
+            match reply.as_str() {
+                "ok\n" => {
+                    // Delivered somewhere; wait briefly for it (or an earlier probe of ours) here.
+                    let wait_until = Instant::now() + Duration::from_millis(200);
+                    while let Some(text) = self.next_text_until(wait_until).await {
+                        match probe_number(&text) {
+                            Some(m) if m >= first_sent.unwrap() && m <= n => return,
+                            Some(_) => {}
+                            None => panic!("while binding {uid:?}: unexpected frame {text:?}"),
+                        }
+                    }
+                }
+                "fail\n" => {
+                    // Not bound anywhere yet: poll again shortly.
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                other => panic!("probe reply {other:?}"),
+            }
+        }
+    }
+
+    /// Next Text frame before `until`, skipping probes' Ping/Pong; None at the deadline.
+    /// Panics on Close, Binary, error or end of stream.
+    async fn next_text_until(&mut self, until: Instant) -> Option<String> {
+        loop {
+            let msg = match tokio::time::timeout_at(until, self.ws.next()).await {
+                Err(_) => return None,
+                Ok(None) => panic!("websocket ended while waiting for a text frame"),
+                Ok(Some(Err(e))) => panic!("websocket error while waiting for a text frame: {e}"),
+                Ok(Some(Ok(m))) => m,
+            };
+            match msg {
+                Message::Text(t) => return Some(t.as_str().to_owned()),
+                Message::Ping(_) | Message::Pong(_) => {}
+                Message::Close(c) => panic!("expected a text frame, got Close {c:?}"),
+                other => panic!("expected a text frame, got {other:?}"),
+            }
+        }
+    }
+
+    /// The next Text, Close or end of stream (no deadline: wrap it in a timeout). Ping/Pong
+    /// are skipped; bind probes are returned like any text (see [`is_probe`]).
+    pub async fn next_event(&mut self) -> WsEvent {
+        loop {
+            match self.ws.next().await {
+                None => return WsEvent::End,
+                Some(Err(e)) => panic!("websocket error: {e}"),
+                Some(Ok(Message::Text(t))) => return WsEvent::Text(t.as_str().to_owned()),
+                Some(Ok(Message::Close(Some(CloseFrame { code, reason })))) => {
+                    return WsEvent::Close(u16::from(code), reason.as_str().to_owned());
+                }
+                Some(Ok(Message::Close(None))) => return WsEvent::Close(1005, String::new()),
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+                Some(Ok(other)) => panic!("unexpected frame {other:?}"),
+            }
+        }
+    }
+
+    /// Next Text frame (5 s deadline), skipping Ping/Pong and bind probes.
+    pub async fn recv_text(&mut self) -> String {
+        let until = Instant::now() + STEP;
+        loop {
+            match self.next_text_until(until).await {
+                None => panic!("no text frame within {STEP:?}"),
+                Some(t) if is_probe(&t) => {}
+                Some(t) => return t,
+            }
+        }
+    }
+
+    /// Next frame must be a Close (5 s deadline; Ping/Pong and bind probes are skipped).
+    /// Returns its code and reason (1005 and "" for a Close without payload).
+    pub async fn expect_close(&mut self) -> (u16, String) {
+        let until = Instant::now() + STEP;
+        loop {
+            let msg = match tokio::time::timeout_at(until, self.ws.next()).await {
+                Err(_) => panic!("no Close frame within {STEP:?}"),
+                Ok(None) => panic!("websocket ended without a Close frame"),
+                Ok(Some(Err(e))) => panic!("websocket error instead of a Close frame: {e}"),
+                Ok(Some(Ok(m))) => m,
+            };
+            match msg {
+                Message::Close(Some(CloseFrame { code, reason })) => {
+                    return (u16::from(code), reason.as_str().to_owned());
+                }
+                Message::Close(None) => return (1005, String::new()),
+                Message::Ping(_) | Message::Pong(_) => {}
+                Message::Text(t) if is_probe(t.as_str()) => {}
+                other => panic!("expected Close, got {other:?}"),
+            }
+        }
+    }
+
+    /// Keeps reading for `d`; panics if a Text frame (other than a bind probe), a Binary frame,
+    /// a Close, an error or the end of the stream arrives meanwhile.
+    pub async fn expect_silence(&mut self, d: Duration) {
+        let until = Instant::now() + d;
+        while let Some(t) = self.next_text_until(until).await {
+            assert!(is_probe(&t), "expected silence, got text frame {t:?}");
+        }
+    }
+
+    /// Sends a normal Close and waits (bounded) for the server's answer or the end of stream.
+    pub async fn close(mut self) {
+        let _ = self.ws.close(None).await;
+        let _ = timeout(STEP, async {
+            while let Some(Ok(_)) = self.ws.next().await {}
+        })
+        .await;
+    }
+}
+
+/// What a [`WsClient`] saw next.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WsEvent {
+    Text(String),
+    Close(u16, String),
+    End,
+}
+
+/// A backend on the push port.
+pub struct PushClient {
+    pub stream: BufReader<TcpStream>,
+}
+
+impl PushClient {
+    /// Connects (5 s deadline) and sets nodelay.
+    pub async fn connect(addr: SocketAddr) -> PushClient {
+        let tcp = timeout(STEP, TcpStream::connect(addr))
+            .await
+            .unwrap_or_else(|_| panic!("connect push {addr}: timed out"))
+            .unwrap_or_else(|e| panic!("connect push {addr}: {e}"));
+        tcp.set_nodelay(true).unwrap();
+        PushClient {
+            stream: BufReader::new(tcp),
+        }
+    }
+
+    /// Writes `bytes` as they are (60 s deadline, for the multi-MiB tests).
+    pub async fn send_raw(&mut self, bytes: &[u8]) {
+        timeout(
+            Duration::from_secs(60),
+            self.stream.get_mut().write_all(bytes),
+        )
+        .await
+        .expect("push write timed out")
+        .unwrap_or_else(|e| panic!("push write: {e}"));
+    }
+
+    /// One reply line including its `\n` (5 s deadline). Panics at EOF or on a partial line.
+    pub async fn read_reply(&mut self) -> String {
+        self.read_reply_within(STEP).await
+    }
+
+    /// Like [`PushClient::read_reply`] with a custom deadline.
+    pub async fn read_reply_within(&mut self, d: Duration) -> String {
+        let mut line = Vec::new();
+        let n = timeout(d, self.stream.read_until(b'\n', &mut line))
+            .await
+            .unwrap_or_else(|_| panic!("no push reply within {d:?} (got {line:?} so far)"))
+            .unwrap_or_else(|e| panic!("push read: {e}"));
+        assert!(n > 0, "push connection closed while a reply was expected");
+        assert!(
+            line.ends_with(b"\n"),
+            "push connection closed mid-reply: {line:?}"
+        );
+        String::from_utf8(line).unwrap_or_else(|e| panic!("non-UTF-8 reply: {e}"))
+    }
+
+    /// Writes `line` + `\n` and returns the reply.
+    pub async fn request(&mut self, line: &str) -> String {
+        let mut buf = Vec::with_capacity(line.len() + 1);
+        buf.extend_from_slice(line.as_bytes());
+        buf.push(b'\n');
+        self.send_raw(&buf).await;
+        self.read_reply().await
+    }
+
+    /// Writes `line` + `\n` and returns the reply, which must come within `d`.
+    pub async fn request_within(&mut self, line: &str, d: Duration) -> String {
+        let mut buf = Vec::with_capacity(line.len() + 1);
+        buf.extend_from_slice(line.as_bytes());
+        buf.push(b'\n');
+        self.send_raw(&buf).await;
+        self.read_reply_within(d).await
+    }
+
+    /// Shuts down the write side (half-close).
+    pub async fn shutdown_write(&mut self) {
+        self.stream
+            .get_mut()
+            .shutdown()
+            .await
+            .unwrap_or_else(|e| panic!("push shutdown: {e}"));
+    }
+
+    /// Everything the server sends until it closes the connection (5 s deadline).
+    pub async fn read_to_eof(&mut self) -> Vec<u8> {
+        let mut all = Vec::new();
+        timeout(STEP, self.stream.read_to_end(&mut all))
+            .await
+            .unwrap_or_else(|_| panic!("push connection not closed within {STEP:?}; got {all:?}"))
+            .unwrap_or_else(|e| panic!("push read to eof: {e}"));
+        all
+    }
+}
+
+/// A browser written by hand over raw TCP: it does the upgrade and sends frames, and after
+/// that reads only when asked, so it can play a dead peer (never answers pings) or a stuck
+/// one (never reads, so its TCP buffers fill).
+pub struct RawWsClient {
+    pub tcp: TcpStream,
+}
+
+impl RawWsClient {
+    /// TCP connect + HTTP upgrade to `path`, reading the response head up to its blank line.
+    pub async fn connect(addr: SocketAddr, path: &str) -> RawWsClient {
+        let tcp = timeout(STEP, TcpStream::connect(addr))
+            .await
+            .expect("raw ws connect timed out")
+            .expect("raw ws connect");
+        RawWsClient::upgrade(tcp, addr, path).await
+    }
+
+    /// Like [`RawWsClient::connect`] with a small receive buffer set before connecting, so a
+    /// client that never reads fills up after little data.
+    pub async fn connect_small_rcvbuf(addr: SocketAddr, path: &str) -> RawWsClient {
+        let sock = tokio::net::TcpSocket::new_v4().unwrap();
+        sock.set_recv_buffer_size(4096).unwrap();
+        let tcp = timeout(STEP, sock.connect(addr))
+            .await
+            .expect("raw ws connect timed out")
+            .expect("raw ws connect");
+        RawWsClient::upgrade(tcp, addr, path).await
+    }
+
+    async fn upgrade(mut tcp: TcpStream, addr: SocketAddr, path: &str) -> RawWsClient {
+        tcp.set_nodelay(true).unwrap();
+        let req = format!(
+            "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        );
+        tcp.write_all(req.as_bytes()).await.unwrap();
+        // Read byte by byte so nothing after the head is consumed.
+        let mut head = Vec::new();
+        let read_head = async {
+            while !head.ends_with(b"\r\n\r\n") {
+                let mut b = [0u8; 1];
+                let n = tcp.read(&mut b).await.expect("raw ws read head");
+                assert!(n == 1, "connection closed during upgrade: {head:?}");
+                head.push(b[0]);
+            }
+        };
+        timeout(STEP, read_head)
+            .await
+            .expect("no upgrade response within 5 s");
+        let head = String::from_utf8_lossy(&head);
+        assert!(
+            head.starts_with("HTTP/1.1 101"),
+            "upgrade refused: {head:?}"
+        );
+        assert!(
+            head.contains("s3pPLMBiTxaQ9kYGzzhZRbK+xOo="),
+            "bad Sec-WebSocket-Accept: {head:?}"
+        );
+        RawWsClient { tcp }
+    }
+
+    /// Sends one masked Text frame.
+    pub async fn send_text(&mut self, s: &str) {
+        self.tcp
+            .write_all(&masked_frame(0x1, s.as_bytes()))
+            .await
+            .unwrap();
+    }
+
+    /// Reads one server frame (unmasked, FIN assumed) within `d`: `Some((opcode, payload))`,
+    /// or None at EOF / connection reset. Panics at the deadline.
+    pub async fn read_frame(&mut self, d: Duration) -> Option<(u8, Vec<u8>)> {
+        let read = async {
+            let mut h = [0u8; 2];
+            self.tcp.read_exact(&mut h).await.ok()?;
+            assert_eq!(h[1] & 0x80, 0, "server frames must not be masked");
+            let len = match h[1] & 0x7f {
+                126 => {
+                    let mut b = [0u8; 2];
+                    self.tcp.read_exact(&mut b).await.ok()?;
+                    u16::from_be_bytes(b) as usize
+                }
+                127 => {
+                    let mut b = [0u8; 8];
+                    self.tcp.read_exact(&mut b).await.ok()?;
+                    u64::from_be_bytes(b) as usize
+                }
+                n => n as usize,
+            };
+            let mut payload = vec![0u8; len];
+            self.tcp.read_exact(&mut payload).await.ok()?;
+            Some((h[0] & 0x0f, payload))
+        };
+        timeout(d, read)
+            .await
+            .unwrap_or_else(|_| panic!("no frame (or EOF) within {d:?}"))
+    }
+
+    /// Reads frames until a Close (returns its code and reason) or EOF (returns None), within
+    /// `d` overall. Text, Binary and Ping frames on the way are discarded.
+    pub async fn drain_until_close(&mut self, d: Duration) -> Option<(u16, String)> {
+        let until = Instant::now() + d;
+        loop {
+            let left = until.saturating_duration_since(Instant::now());
+            match self.read_frame(left).await {
+                None => return None,
+                Some((0x8, p)) if p.len() >= 2 => {
+                    let code = u16::from_be_bytes([p[0], p[1]]);
+                    return Some((code, String::from_utf8_lossy(&p[2..]).into_owned()));
+                }
+                Some((0x8, _)) => return Some((1005, String::new())),
+                Some(_) => {}
+            }
+        }
+    }
+
+    /// Reads everything until EOF (or reset) within `d`; panics at the deadline.
+    pub async fn expect_eof(&mut self, d: Duration) {
+        let until = Instant::now() + d;
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            match tokio::time::timeout_at(until, self.tcp.read(&mut buf)).await {
+                Err(_) => panic!("connection still open after {d:?}"),
+                Ok(Ok(0)) | Ok(Err(_)) => return,
+                Ok(Ok(_)) => {}
+            }
+        }
+    }
+}
+
+/// A client-to-server frame (FIN set, masked) with `opcode` and `payload`.
+pub fn masked_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
+    let mask = [0x37u8, 0xfa, 0x21, 0x3d];
+    let mut f = vec![0x80 | opcode];
+    let len = payload.len();
+    if len < 126 {
+        f.push(0x80 | len as u8);
+    } else if len <= 0xffff {
+        f.push(0x80 | 126);
+        f.extend_from_slice(&(len as u16).to_be_bytes());
+    } else {
+        f.push(0x80 | 127);
+        f.extend_from_slice(&(len as u64).to_be_bytes());
+    }
+    f.extend_from_slice(&mask);
+    f.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    f
+}
+
+/// Polls `f` every 10 ms until it returns true; panics with `what` after `d`.
+pub async fn poll_until<F, Fut>(d: Duration, what: &str, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + d;
+    loop {
+        if f().await {
+            return;
+        }
+        assert!(Instant::now() < deadline, "timed out after {d:?}: {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Pushes `line` on `push` every 10 ms until the reply is `want`; panics after `d`.
+pub async fn push_until(push: &mut PushClient, line: &str, want: &str, d: Duration) {
+    let deadline = Instant::now() + d;
+    loop {
+        let got = push.request(line).await;
+        if got == want {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "push {line:?} still answered {got:?} after {d:?} (wanted {want:?})"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
