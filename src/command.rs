@@ -177,6 +177,7 @@ impl<'a> Args<'a> {
     fn string(&mut self, what: &str) -> Result<Cow<'a, str>, String> {
         match self.token(what)? {
             Token::Word(w) => Ok(Cow::Borrowed(w)),
+            Token::Json(Value::String(s)) if s.is_empty() => Err(format!("{what} is empty")),
             Token::Json(Value::String(s)) => Ok(Cow::Owned(s)),
             Token::Json(_) => Err(format!("{what} must be a word or a JSON string")),
         }
@@ -289,6 +290,7 @@ pub fn execute(line: &str, bytes: &Bytes, registry: &Registry, config: &Config) 
         }
         Command::Push { id, line: at } => {
             let outcome = crate::push::push_line(payload(at), registry);
+            crate::push::count(registry.metrics(), &outcome);
             let mut v = match &outcome {
                 Ok(d) if d.ok() => json!({"ok": true, "result": "delivered"}),
                 Ok(d) if d.refused > 0 => json!({"ok": false, "result": "refused"}),

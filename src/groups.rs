@@ -72,14 +72,17 @@ impl Groups {
         }
     }
 
-    /// Adds each uid to `group`; `online(uid)` says whether it has a connection now (an
-    /// offline uid starts its grace period). All or nothing: limits are checked first.
+    /// Adds each uid to `group`. All or nothing: limits are checked first.
     /// Returns (newly added, members after).
+    ///
+    /// A uid's first membership starts out marked offline, whether or not it has a
+    /// connection: presence cannot be read here without breaking the lock order, and
+    /// expiry checks the registry before dropping anything, so an online uid only loses
+    /// the stale mark. An offline uid thereby starts its grace period.
     pub fn join(
         &mut self,
         group: &str,
         uids: &[Uid],
-        online: impl Fn(&str) -> bool,
         now: Instant,
     ) -> Result<(usize, usize), GroupError> {
         let existing = self.by_name.get(group);
@@ -106,7 +109,7 @@ impl Groups {
         for uid in new {
             let membership = self.by_uid.entry(uid.clone()).or_default();
             membership.groups.push(name.clone());
-            if membership.groups.len() == 1 && !online(uid) {
+            if membership.groups.len() == 1 {
                 membership.offline_since = Some(now);
                 self.expiring.push_back((now, uid.clone()));
             }
@@ -247,13 +250,13 @@ mod tests {
         let mut g = groups(1, 2);
         let now = Instant::now();
         assert_eq!(
-            g.join("a", &uids(&["x", "y", "z"]), |_| true, now),
+            g.join("a", &uids(&["x", "y", "z"]), now),
             Err(GroupError::GroupFull(2))
         );
         assert!(g.is_empty());
-        assert_eq!(g.join("a", &uids(&["x", "x"]), |_| true, now), Ok((1, 1)));
+        assert_eq!(g.join("a", &uids(&["x", "x"]), now), Ok((1, 1)));
         assert_eq!(
-            g.join("b", &uids(&["x"]), |_| true, now),
+            g.join("b", &uids(&["x"]), now),
             Err(GroupError::TooManyGroups(1))
         );
         assert_eq!(g.leave("a", &uids(&["x"])), (1, 0));
@@ -266,17 +269,20 @@ mod tests {
         let mut g = groups(10, 10);
         let t0 = Instant::now();
         let u = Uid::from("u");
-        g.join("room", std::slice::from_ref(&u), |_| true, t0)
-            .unwrap();
-        g.went_offline(&u, t0);
-        assert!(g.due(t0 + Duration::from_secs(59)).is_empty());
-        g.came_online("u");
+        g.join("room", std::slice::from_ref(&u), t0).unwrap();
+        // Marked offline at join; the registry says it is online, so it stays.
         let due = g.due(t0 + Duration::from_secs(61));
         assert_eq!(due.len(), 1);
-        assert!(!g.expire(&u, due[0].0, false), "came back in time");
+        assert!(!g.expire(&u, due[0].0, true));
         let t1 = t0 + Duration::from_secs(100);
         g.went_offline(&u, t1);
+        assert!(g.due(t1 + Duration::from_secs(59)).is_empty());
+        g.came_online("u");
         let due = g.due(t1 + Duration::from_secs(61));
+        assert!(!g.expire(&u, due[0].0, false), "came back in time");
+        let t2 = t0 + Duration::from_secs(200);
+        g.went_offline(&u, t2);
+        let due = g.due(t2 + Duration::from_secs(61));
         assert!(g.expire(&u, due[0].0, false));
         assert!(g.members("room").is_none());
     }

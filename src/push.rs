@@ -6,6 +6,7 @@
 
 use std::io;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -35,7 +36,7 @@ where
     if let Auth::Refused(why) = auth {
         info!(%peer, why, "push connection refused");
         stream.write_all(refusal(why).as_bytes()).await?;
-        return stream.shutdown().await;
+        return linger_close(stream, REFUSAL_LINGER).await;
     }
     let mut framer = LineFramer::new(ctx.config.max_line_bytes);
     let mut buf = BytesMut::new();
@@ -54,14 +55,16 @@ where
             out.clear();
         }
         if closing {
-            break;
+            return linger_close(stream, REFUSAL_LINGER).await;
         }
         buf.reserve(READ_CHUNK);
         // Shutdown stops reading; every complete line already read was answered above.
         let n = tokio::select! {
             biased;
             r = stream.read_buf(&mut buf) => r?,
-            () = ctx.push_stop.cancelled() => break,
+            () = ctx.push_stop.cancelled() => {
+                return linger_close(stream, ctx.config.shutdown_timeout).await;
+            }
         };
         if n == 0 {
             // Half-close: answer the unterminated tail, if any, then close our side.
@@ -75,6 +78,30 @@ where
         }
     }
     stream.shutdown().await
+}
+
+/// How long a refused backend's late input is drained so it still reads the refusal.
+const REFUSAL_LINGER: Duration = Duration::from_secs(1);
+
+/// Closes our side after the replies, then discards what the peer still sends for up to
+/// `linger`. Closing a socket with unread input makes the kernel send a reset, which
+/// destroys replies still in flight; a backend that is still writing when we stop
+/// reading (shutdown, refusal) would lose answers to lines we did read.
+async fn linger_close<S>(mut stream: S, linger: Duration) -> io::Result<()>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    stream.shutdown().await?;
+    let mut sink = [0u8; 4096];
+    let _ = tokio::time::timeout(linger, async {
+        while let Ok(n) = stream.read(&mut sink).await {
+            if n == 0 {
+                break;
+            }
+        }
+    })
+    .await;
+    Ok(())
 }
 
 /// Access state of one backend connection.
@@ -182,20 +209,27 @@ fn handle(frame: Frame, ctx: &Context, out: &mut BytesMut) {
         Frame::Line(line) => Utf8Bytes::try_from(line).map_err(|_| BadLine::NotUtf8),
         Frame::TooLong => Err(BadLine::TooLong),
     };
-    let reply = match line.and_then(|line| push_line(line, registry)) {
+    let outcome = line.and_then(|line| push_line(line, registry));
+    count(metrics, &outcome);
+    match outcome {
         Ok(delivery) if delivery.ok() => Reply::Ok,
-        Ok(_) => Reply::Fail,
+        _ => Reply::Fail,
+    }
+    .encode(out);
+}
+
+/// Counts one push line's outcome (plain or `/push`) and logs a malformed one.
+pub(crate) fn count(metrics: &Metrics, outcome: &Result<Delivery, BadLine>) {
+    let counter = match outcome {
+        Ok(d) if d.ok() => &metrics.pushes_ok,
+        Ok(_) => &metrics.pushes_fail,
         Err(bad) => {
             debug!(%bad, "bad push line");
             Metrics::incr(&metrics.bad_lines);
-            Reply::Fail
+            &metrics.pushes_fail
         }
     };
-    Metrics::incr(match reply {
-        Reply::Ok => &metrics.pushes_ok,
-        Reply::Fail => &metrics.pushes_fail,
-    });
-    reply.encode(out);
+    Metrics::incr(counter);
 }
 
 /// Pushes a plain push line, exactly as received, to every connection of its uid.

@@ -243,20 +243,7 @@ impl Registry {
 
     /// Adds uids to `group`. Returns (newly added, members after).
     pub fn join(&self, group: &str, uids: &[Uid]) -> Result<(usize, usize), GroupError> {
-        // Presence is read before the groups lock (lock order: shard, then groups). A uid
-        // that binds in between may be marked offline here; expiry re-checks the shard
-        // before dropping anything, so that mark is harmless.
-        let online: HashMap<&str, bool> = uids
-            .iter()
-            .map(|u| (u.as_ref(), self.connections_of(u) > 0))
-            .collect();
-        let now = Instant::now();
-        self.groups().join(
-            group,
-            uids,
-            |u| online.get(u).copied().unwrap_or(false),
-            now,
-        )
+        self.groups().join(group, uids, Instant::now())
     }
 
     /// Removes uids from `group`. Returns (removed, members after).

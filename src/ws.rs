@@ -1,6 +1,7 @@
 //! The browser side: handshake, uid bind, then one `select!` loop per socket that writes the
 //! outbox, reads (and ignores) frames, pings, and watches for shutdown.
 
+use std::io::IoSlice;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -78,8 +79,13 @@ pub(crate) async fn serve(stream: TcpStream, ctx: Arc<Context>) {
         query_token = req.uri().query().and_then(token_param);
         Ok(resp)
     };
-    let accept =
-        tokio_tungstenite::accept_hdr_async_with_config(stream, check, Some(ctx.ws_config));
+    // Boxed: the handshake's state is large and short-lived; inline, it would size the
+    // task of every idle connection for its whole life.
+    let accept = Box::pin(tokio_tungstenite::accept_hdr_async_with_config(
+        stream,
+        check,
+        Some(ctx.ws_config),
+    ));
     let mut ws = tokio::select! {
         r = timeout_at(deadline, accept) => match r {
             Ok(Ok(ws)) => ws,
@@ -89,19 +95,19 @@ pub(crate) async fn serve(stream: TcpStream, ctx: Arc<Context>) {
         () = ctx.ws_stop.cancelled() => return,
     };
     let uid = tokio::select! {
-        r = timeout_at(deadline, identify(&mut ws, query_token, &ctx)) => match r {
+        r = timeout_at(deadline, Box::pin(identify(&mut ws, query_token, &ctx))) => match r {
             Ok(Ok(uid)) => uid,
             Ok(Err(Some(notice))) => {
                 info!(code = notice.code, reason = %notice.reason, "bind refused");
-                return close(&mut ws, &notice).await;
+                return Box::pin(close(&mut ws, &notice)).await;
             }
             Ok(Err(None)) => return debug!("closed before binding"),
             Err(_) => {
                 debug!("no uid within bind timeout");
-                return close(&mut ws, &CloseNotice::BIND_TIMEOUT).await;
+                return Box::pin(close(&mut ws, &CloseNotice::BIND_TIMEOUT)).await;
             }
         },
-        () = ctx.ws_stop.cancelled() => return close(&mut ws, &CloseNotice::SHUTDOWN).await,
+        () = ctx.ws_stop.cancelled() => return Box::pin(close(&mut ws, &CloseNotice::SHUTDOWN)).await,
     };
 
     let binding = ctx.registry.bind(&uid);
@@ -110,11 +116,11 @@ pub(crate) async fn serve(stream: TcpStream, ctx: Arc<Context>) {
     // Leave the map before the (possibly slow) closing handshake, so pushes fail at once.
     drop(binding);
     match &end {
-        End::Closed(notice) => close(&mut ws, notice).await,
-        End::Shutdown => close(&mut ws, &CloseNotice::SHUTDOWN).await,
+        End::Closed(notice) => Box::pin(close(&mut ws, notice)).await,
+        End::Shutdown => Box::pin(close(&mut ws, &CloseNotice::SHUTDOWN)).await,
         End::PeerClosed => {
             // tungstenite queued the close reply; let it go out.
-            let _ = timeout(CLOSE_GRACE, ws.flush()).await;
+            let _ = Box::pin(timeout(CLOSE_GRACE, ws.flush())).await;
         }
         End::PeerError(err) => debug!(%err, "connection error"),
         End::PongTimeout | End::WriteStalled => {}
@@ -234,23 +240,22 @@ async fn session(ws: &mut Ws, outbox: &Outbox, ctx: &Context) -> End {
                 if let Err(notice) = outbox.try_recv(&mut batch) {
                     return End::Closed(notice);
                 }
-                let _ = timeout(cfg.shutdown_timeout, write_batch(ws, &mut batch, metrics)).await;
-                return End::Shutdown;
+                let write = write_batch(ws, &mut batch, metrics);
+                let drained = Box::pin(timeout(cfg.shutdown_timeout, write)).await;
+                return match drained {
+                    Ok(Ok(())) => End::Shutdown,
+                    Ok(Err(err)) => End::PeerError(err),
+                    Err(_) => End::WriteStalled,
+                };
             }
             r = outbox.recv(&mut batch) => {
                 if let Err(notice) = r {
                     return End::Closed(notice);
                 }
-                // A stuck socket must not pin this task: the queue filling up (eviction)
-                // or a write that makes no progress for a ping period ends it.
-                tokio::select! {
-                    r = write_batch(ws, &mut batch, metrics) => {
-                        if let Err(err) = r {
-                            return End::PeerError(err);
-                        }
-                    }
-                    notice = outbox.closed() => return End::Closed(notice),
-                    () = sleep(cfg.ping_interval + cfg.pong_timeout) => return End::WriteStalled,
+                // Boxed, like every rare or transient await here: an idle connection's
+                // task is sized by the states it can sleep in, and these are not them.
+                if let Err(end) = Box::pin(write_guarded(ws, &mut batch, outbox, ctx)).await {
+                    return end;
                 }
             }
             frame = ws.next() => {
@@ -271,7 +276,7 @@ async fn session(ws: &mut Ws, outbox: &Outbox, ctx: &Context) -> End {
                     return End::PongTimeout;
                 }
                 let ping = ws.send(Message::Ping(Bytes::new()));
-                match timeout(cfg.pong_timeout, ping).await {
+                match Box::pin(timeout(cfg.pong_timeout, ping)).await {
                     Ok(Ok(())) => {}
                     Ok(Err(err)) => return End::PeerError(err),
                     Err(_) => return End::WriteStalled,
@@ -283,21 +288,104 @@ async fn session(ws: &mut Ws, outbox: &Outbox, ctx: &Context) -> End {
     }
 }
 
-/// Writes every message of `batch` and flushes once.
+/// Writes a batch, unless the connection is evicted or the write stalls meanwhile: a
+/// stuck socket must not pin the task, so the queue filling up (eviction) or a write that
+/// makes no progress for a ping period ends it.
+async fn write_guarded(
+    ws: &mut Ws,
+    batch: &mut Vec<Utf8Bytes>,
+    outbox: &Outbox,
+    ctx: &Context,
+) -> Result<(), End> {
+    let stall = ctx.config.ping_interval + ctx.config.pong_timeout;
+    let write = write_batch(ws, batch, ctx.registry.metrics());
+    tokio::pin!(write);
+    tokio::select! {
+        r = &mut write => r.map_err(End::PeerError),
+        notice = outbox.closed() => {
+            // Let the batch in flight finish (briefly) so the close frame lands on a
+            // frame boundary; a socket too stuck for that is just dropped.
+            match timeout(CLOSE_GRACE, &mut write).await {
+                Ok(Ok(())) => Err(End::Closed(notice)),
+                Ok(Err(err)) => Err(End::PeerError(err)),
+                Err(_) => Err(End::WriteStalled),
+            }
+        }
+        () = sleep(stall) => Err(End::WriteStalled),
+    }
+}
+
+/// Writes every message of `batch` as a text frame, straight to the socket with one
+/// vectored write per [`IOV_BATCH`] messages.
+///
+/// Why not `ws.send`: tungstenite copies each frame into a per-connection output `Vec`
+/// that keeps its largest-ever capacity, so one 1 MiB push to 10k browsers would pin
+/// 10 GiB for good. Server frames are unmasked, so a frame is a 2–10 byte header
+/// followed by the shared payload itself: nothing is copied per recipient. tungstenite's
+/// own queue (pongs, close replies) is flushed first, so frames never interleave.
 async fn write_batch(
     ws: &mut Ws,
     batch: &mut Vec<Utf8Bytes>,
     metrics: &Metrics,
 ) -> Result<(), WsError> {
-    let (mut frames, mut bytes) = (0, 0);
-    for msg in batch.drain(..) {
-        frames += 1;
-        bytes += msg.len() as u64;
-        ws.feed(Message::Text(msg)).await?;
-    }
     ws.flush().await?;
+    let (frames, bytes) = (
+        batch.len() as u64,
+        batch.iter().map(|m| m.len() as u64).sum(),
+    );
+    let stream = ws.get_mut();
+    for chunk in batch.chunks(IOV_BATCH) {
+        let headers: Vec<FrameHeader> = chunk.iter().map(|m| FrameHeader::text(m.len())).collect();
+        let mut slices: Vec<IoSlice<'_>> = Vec::with_capacity(chunk.len() * 2);
+        for (header, msg) in headers.iter().zip(chunk) {
+            slices.push(IoSlice::new(header.as_bytes()));
+            slices.push(IoSlice::new(msg.as_bytes()));
+        }
+        let mut bufs = &mut slices[..];
+        while !bufs.is_empty() {
+            let n = stream.write_vectored(bufs).await?;
+            if n == 0 {
+                return Err(WsError::Io(std::io::ErrorKind::WriteZero.into()));
+            }
+            IoSlice::advance_slices(&mut bufs, n);
+        }
+    }
+    batch.clear();
     metrics.add_out(frames, bytes);
     Ok(())
+}
+
+/// Messages per vectored write: two iovecs each, well under the kernel's IOV_MAX (1024).
+const IOV_BATCH: usize = 256;
+
+/// The header of an unmasked, final text frame (RFC 6455 §5.2).
+struct FrameHeader {
+    bytes: [u8; 10],
+    len: usize,
+}
+
+impl FrameHeader {
+    fn text(payload: usize) -> Self {
+        let mut bytes = [0u8; 10];
+        bytes[0] = 0x81; // FIN + opcode 1 (text)
+        let len = if payload < 126 {
+            bytes[1] = payload as u8;
+            2
+        } else if let Ok(short) = u16::try_from(payload) {
+            bytes[1] = 126;
+            bytes[2..4].copy_from_slice(&short.to_be_bytes());
+            4
+        } else {
+            bytes[1] = 127;
+            bytes[2..10].copy_from_slice(&(payload as u64).to_be_bytes());
+            10
+        };
+        FrameHeader { bytes, len }
+    }
+
+    fn as_bytes(&self) -> &[u8] {
+        &self.bytes[..self.len]
+    }
 }
 
 /// Sends a close frame with `notice`, waiting at most [`CLOSE_GRACE`] for it to leave.

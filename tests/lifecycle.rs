@@ -362,11 +362,17 @@ async fn graceful_shutdown_flushes_queued_messages_to_a_slow_reader() {
     server.shutdown().await.expect("run returns Ok");
 }
 
-/// Shutdown while push replies are blocked (the backend has sent its lines and half-closed,
-/// but is not reading replies yet): once it reads, it gets whole reply lines, then a clean
-/// EOF, never a reset.
+/// KNOWN ISSUE, ignored (fails ~1 run in 3 against the server as of this writing): a
+/// backend that is still writing when shutdown starts and reads its replies late. The
+/// server answers every line it read, then closes the socket while input it did not read is
+/// still arriving; the kernel then sends a reset instead of a FIN, discarding replies still in
+/// the server's send buffer, so the backend sees ECONNRESET and loses answers to lines that
+/// were read. Draining (reading and discarding) input after `shutdown(Write)`, bounded by
+/// `shutdown_timeout`, would turn this into a clean EOF.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn graceful_shutdown_while_push_replies_are_blocked() {
+async fn graceful_shutdown_with_a_backend_still_writing_ends_in_eof_not_reset() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     let server = TestServer::start_with(pushwire::Config {
@@ -376,23 +382,46 @@ async fn graceful_shutdown_while_push_replies_are_blocked() {
     .await;
     let sock = tokio::net::TcpSocket::new_v4().unwrap();
     sock.set_recv_buffer_size(4096).unwrap();
-    let mut tcp = sock.connect(server.push_addr).await.unwrap();
+    sock.set_send_buffer_size(4096).unwrap();
+    let tcp = sock.connect(server.push_addr).await.unwrap();
+    let (mut rd, mut wr) = tcp.into_split();
 
-    // Empty lines: 1 byte in, 5 bytes ("fail\n") out. 48 KiB in fits the server's receive
-    // window at once (so nothing is still in flight when it closes: no reset from that),
-    // while 240 KiB of replies back up against our 4 KiB receive buffer.
-    const LINES: usize = 48 * 1024;
-    tcp.write_all(&[b'\n'; LINES]).await.unwrap();
-    tcp.shutdown().await.unwrap();
-    // A window for the server to read and get stuck writing; it cannot finish meanwhile.
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Empty lines (1 byte in, "fail\n" out) written until the server stops reading because
+    // its replies back up.
+    let written = Arc::new(AtomicUsize::new(0));
+    let progress = written.clone();
+    let writer = tokio::spawn(async move {
+        let chunk = vec![b'\n'; 16 * 1024];
+        for _ in 0..4096 {
+            if wr.write_all(&chunk).await.is_err() {
+                break;
+            }
+            progress.fetch_add(1, Ordering::Relaxed);
+        }
+        wr
+    });
+    let mut seen = (usize::MAX, 0);
+    poll_until(Duration::from_secs(10), "replies to back up", || {
+        let now = written.load(Ordering::Relaxed);
+        if now == seen.0 {
+            seen.1 += 1;
+        } else {
+            seen = (now, 0);
+        }
+        let stuck = seen.1 >= 20 && !writer.is_finished(); // no progress for 200 ms
+        async move { stuck }
+    })
+    .await;
+    // Stop writing (dropping the write half sends FIN after what our kernel holds); shut down.
+    writer.abort();
+    let _ = writer.await;
     server.token().cancel();
 
     let mut buf = vec![0u8; 64 * 1024];
     let mut total = 0usize;
     let read_all = async {
         loop {
-            let n = tcp.read(&mut buf).await?;
+            let n = rd.read(&mut buf).await?;
             if n == 0 {
                 return Ok::<(), std::io::Error>(());
             }
@@ -407,16 +436,11 @@ async fn graceful_shutdown_while_push_replies_are_blocked() {
             total += n;
         }
     };
-    tokio::time::timeout(Duration::from_secs(10), read_all)
+    tokio::time::timeout(Duration::from_secs(20), read_all)
         .await
         .expect("push connection not closed after shutdown")
-        .expect("push connection reset instead of closed");
+        .unwrap_or_else(|e| panic!("reset instead of EOF after {} replies: {e}", total / 5));
+    assert!(total > 0, "no replies at all");
     assert_eq!(total % 5, 0, "last reply cut");
-    assert!(total / 5 <= LINES, "more replies than lines");
-    // Stricter than "every line already read is answered": all of them were sitting in the
-    // server's socket buffer, followed by our FIN, before shutdown began. Dropping them would
-    // mean closing with unread input (a reset, caught above) or discarding lines the backend
-    // believes were delivered; pushwire reads on to the FIN and answers them all.
-    assert_eq!(total / 5, LINES, "lines read but not answered");
     server.shutdown().await.expect("run returns Ok");
 }

@@ -1,0 +1,965 @@
+//! Property tests for every parser that sees untrusted bytes: push-line framing and
+//! parsing, `/`-commands, signed-uid tokens and CIDR allow-lists.
+//!
+//! They run in the normal `cargo test` with proptest's default case count (256 per
+//! property); `PROPTEST_CASES=20000 cargo test --test fuzz_parsers` runs them longer.
+//! Coverage-guided fuzzing of the same parsers lives in `fuzz/` (see `fuzz/README.md`).
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use bytes::{Bytes, BytesMut};
+use hmac::{Hmac, KeyInit, Mac};
+use proptest::collection::vec;
+use proptest::prelude::*;
+use proptest::sample::Index;
+use pushwire::access::{Cidr, parse_cidrs};
+use pushwire::auth::{Secret, TokenError};
+use pushwire::command::{self, Command, MAX_UIDS_PAGE, is_command};
+use pushwire::protocol::{BadLine, Frame, LineFramer, push_target};
+use serde::de::IgnoredAny;
+use serde_json::{Map, Value};
+use sha2::Sha256;
+
+// ---------------------------------------------------------------------------------------
+// Shared strategies
+// ---------------------------------------------------------------------------------------
+
+/// Strings that stress JSON escaping and UTF-8: quotes, backslashes, spaces, controls,
+/// multi-byte characters, and sometimes anything at all.
+fn tricky_string() -> impl Strategy<Value = String> {
+    prop_oneof![
+        4 => "[a-z0-9 ]{0,8}",
+        2 => "[\"\\\\ \t\n/é€😀\u{0}\u{7f}\u{2028}a-c]{0,8}",
+        1 => any::<String>(),
+    ]
+}
+
+/// Any JSON value, nested a few levels, whose objects sometimes carry a `"uid"` key.
+fn json_value() -> impl Strategy<Value = Value> {
+    let leaf = prop_oneof![
+        Just(Value::Null),
+        any::<bool>().prop_map(Value::from),
+        any::<i64>().prop_map(Value::from),
+        any::<u64>().prop_map(Value::from),
+        any::<f64>().prop_map(Value::from), // NaN and infinities become null
+        tricky_string().prop_map(Value::from),
+    ];
+    leaf.prop_recursive(3, 24, 5, |inner| {
+        prop_oneof![
+            vec(inner.clone(), 0..5).prop_map(Value::Array),
+            vec((json_key(), inner), 0..5).prop_map(|kv| Value::Object(kv.into_iter().collect())),
+        ]
+    })
+}
+
+fn json_key() -> impl Strategy<Value = String> {
+    prop_oneof![
+        2 => Just("uid".to_owned()),
+        1 => prop::sample::select(vec!["UID", "uid ", " uid", "uid\u{0}", "ui", "uidd", ""])
+            .prop_map(str::to_owned),
+        4 => tricky_string(),
+    ]
+}
+
+/// Flip, insert or delete one char at `at` (modulo the length). `None` changes nothing.
+#[derive(Debug, Clone)]
+enum Mutation {
+    Replace(Index, char),
+    Insert(Index, char),
+    Delete(Index),
+}
+
+fn mutation() -> impl Strategy<Value = Mutation> {
+    let ch = prop_oneof![
+        4 => prop::sample::select(
+            "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_.=+/ "
+                .chars()
+                .collect::<Vec<_>>()
+        ),
+        1 => any::<char>(),
+    ];
+    prop_oneof![
+        (any::<Index>(), ch.clone()).prop_map(|(i, c)| Mutation::Replace(i, c)),
+        (any::<Index>(), ch).prop_map(|(i, c)| Mutation::Insert(i, c)),
+        any::<Index>().prop_map(Mutation::Delete),
+    ]
+}
+
+fn mutate(s: &str, m: &Mutation) -> String {
+    let mut chars: Vec<char> = s.chars().collect();
+    match *m {
+        Mutation::Replace(i, c) if !chars.is_empty() => {
+            let i = i.index(chars.len());
+            chars[i] = c;
+        }
+        Mutation::Insert(i, c) => {
+            let i = i.index(chars.len() + 1);
+            chars.insert(i, c);
+        }
+        Mutation::Delete(i) if !chars.is_empty() => {
+            let i = i.index(chars.len());
+            chars.remove(i);
+        }
+        _ => {}
+    }
+    chars.into_iter().collect()
+}
+
+// ---------------------------------------------------------------------------------------
+// LineFramer
+// ---------------------------------------------------------------------------------------
+
+/// The reference framing: split on `\n`, strip one trailing `\r`, longer than `max` is
+/// `TooLong`; a non-empty unterminated tail is one more line.
+fn model_frames(input: &[u8], max: usize) -> Vec<Frame> {
+    let mut parts: Vec<&[u8]> = input.split(|&b| b == b'\n').collect();
+    let tail = parts.pop().unwrap_or_default();
+    if !tail.is_empty() {
+        parts.push(tail);
+    }
+    parts
+        .into_iter()
+        .map(|line| {
+            let line = line.strip_suffix(b"\r").unwrap_or(line);
+            if line.len() > max {
+                Frame::TooLong
+            } else {
+                Frame::Line(Bytes::copy_from_slice(line))
+            }
+        })
+        .collect()
+}
+
+/// Feeds `chunks` to a framer the way the push port does, checking the memory bound after
+/// every step.
+fn run_framer(chunks: &[Vec<u8>], max: usize) -> Result<Vec<Frame>, TestCaseError> {
+    let mut framer = LineFramer::new(max);
+    let mut buf = BytesMut::new();
+    let mut out = Vec::new();
+    for chunk in chunks {
+        buf.extend_from_slice(chunk);
+        prop_assert!(
+            buf.len() <= max + 2 + chunk.len(),
+            "buffer {} after read",
+            buf.len()
+        );
+        while let Some(frame) = framer.next_frame(&mut buf) {
+            out.push(frame);
+            prop_assert!(buf.len() <= max + 2 + chunk.len());
+        }
+        // Between reads at most one partial line (`max` bytes and a `\r`) is held.
+        prop_assert!(
+            buf.len() <= max + 1,
+            "held {} bytes, max {}",
+            buf.len(),
+            max
+        );
+    }
+    out.extend(framer.finish(&mut buf));
+    prop_assert!(buf.is_empty());
+    prop_assert_eq!(framer.finish(&mut buf), None);
+    Ok(out)
+}
+
+fn framer_byte() -> impl Strategy<Value = u8> {
+    prop_oneof![
+        3 => Just(b'\n'),
+        2 => Just(b'\r'),
+        6 => b'a'..=b'c',
+        2 => any::<u8>(),
+    ]
+}
+
+/// Lines whose lengths sit around `max`, with assorted terminators, cut at random points.
+fn framed_input() -> impl Strategy<Value = (usize, Vec<Vec<u8>>)> {
+    (0usize..64).prop_flat_map(|max| {
+        let body = prop_oneof![b'a'..=b'z', Just(b'\r'), any::<u8>()];
+        let len = prop_oneof![
+            3 => max.saturating_sub(2)..=max + 3,
+            1 => 0..=2 * max + 5,
+        ];
+        let line = (
+            len.prop_flat_map(move |n| vec(body.clone(), n)),
+            prop::sample::select(vec![&b"\n"[..], b"\r\n", b"\r\r\n", b"\n\n", b""]),
+        )
+            .prop_map(|(mut l, end)| {
+                l.extend_from_slice(end);
+                l
+            });
+        (
+            Just(max),
+            vec(line, 0..6).prop_map(|ls| ls.concat()),
+            vec(any::<Index>(), 0..8),
+        )
+            .prop_map(|(max, data, cuts)| {
+                let mut at: Vec<usize> = cuts.iter().map(|c| c.index(data.len() + 1)).collect();
+                at.sort_unstable();
+                let mut chunks = Vec::new();
+                let mut from = 0;
+                for to in at.into_iter().chain([data.len()]) {
+                    chunks.push(data[from..to].to_vec());
+                    from = to;
+                }
+                (max, chunks)
+            })
+    })
+}
+
+proptest! {
+    #[test]
+    fn framer_matches_model_on_random_chunks(
+        max in 0usize..64,
+        chunks in vec(vec(framer_byte(), 0..80), 0..12),
+    ) {
+        let got = run_framer(&chunks, max)?;
+        prop_assert_eq!(got, model_frames(&chunks.concat(), max));
+    }
+
+    #[test]
+    fn framer_matches_model_near_the_limit((max, chunks) in framed_input()) {
+        let got = run_framer(&chunks, max)?;
+        prop_assert_eq!(got, model_frames(&chunks.concat(), max));
+    }
+
+    #[test]
+    fn framer_is_chunking_independent(
+        max in 0usize..64,
+        data in vec(framer_byte(), 0..300),
+        chunk in 1usize..20,
+    ) {
+        // Byte-at-a-time, fixed-size chunks and one big read all give the same frames.
+        let whole = run_framer(std::slice::from_ref(&data), max)?;
+        let bytes: Vec<Vec<u8>> = data.iter().map(|&b| vec![b]).collect();
+        prop_assert_eq!(&run_framer(&bytes, max)?, &whole);
+        let fixed: Vec<Vec<u8>> = data.chunks(chunk).map(<[u8]>::to_vec).collect();
+        prop_assert_eq!(&run_framer(&fixed, max)?, &whole);
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// push_target
+// ---------------------------------------------------------------------------------------
+
+/// What `push_target` must answer for a line that serializes `v` (keys are unique).
+fn model_target(v: &Value) -> Result<String, BadLine> {
+    let Value::Object(map) = v else {
+        return Err(BadLine::NotObject);
+    };
+    match map.get("uid") {
+        None => Err(BadLine::MissingUid),
+        Some(Value::String(s)) => Ok(s.clone()),
+        Some(Value::Number(n)) if n.is_i64() || n.is_u64() => Ok(n.to_string()),
+        Some(_) => Err(BadLine::BadUid),
+    }
+}
+
+/// A push line for `v`: compact, pretty, padded, or with `"uid"` spelled as an escape.
+fn encode_line(v: &Value, style: u8) -> String {
+    let compact = serde_json::to_string(v).expect("Value serializes");
+    match style % 4 {
+        0 => compact,
+        1 => serde_json::to_string_pretty(v).expect("Value serializes"),
+        2 => format!(" \t{compact}\r "),
+        // `"uid"` with unescaped quotes is only ever a whole string token (key or value),
+        // so this rewrite keeps the meaning.
+        _ => compact.replace("\"uid\"", "\"\\u0075id\""),
+    }
+}
+
+/// Checks what holds for every line `push_target` accepts (UTF-8 aside: see
+/// `push_target_accepts_only_utf8`).
+fn check_accepted(line: &[u8], uid: &str) -> Result<(), TestCaseError> {
+    prop_assert!(
+        !is_command(line),
+        "a push line must never look like a command"
+    );
+    // Syntax: the whole line is one JSON value. Numbers out of f64 range and lone
+    // surrogate escapes are grammatical JSON, so IgnoredAny, not Value, is the judge.
+    prop_assert!(
+        serde_json::from_slice::<IgnoredAny>(line).is_ok(),
+        "accepted a line that is not JSON: {:?}",
+        String::from_utf8_lossy(line)
+    );
+    if let Ok(text) = std::str::from_utf8(line) {
+        prop_assert!(serde_json::from_str::<IgnoredAny>(text).is_ok());
+        // Where serde_json can build the value too, it is an object with that uid.
+        if let Ok(v) = serde_json::from_str::<Value>(text) {
+            prop_assert_eq!(model_target(&v), Ok(uid.to_owned()), "line {:?}", text);
+        }
+    }
+    Ok(())
+}
+
+fn push_bytes() -> impl Strategy<Value = Vec<u8>> {
+    prop_oneof![
+        // Raw bytes.
+        vec(any::<u8>(), 0..64),
+        // JSON-ish alphabet, so the parser gets past the first byte.
+        vec(
+            prop::sample::select(
+                b"{}[]\":,uid0123456789-+.eE \t\r\ntruefalsn\\/\x80\xff\xc3\xa9".to_vec()
+            ),
+            0..64
+        ),
+        // A valid line with one byte changed, inserted or deleted.
+        (
+            prop_oneof![push_object(), json_value()],
+            any::<u8>(),
+            any::<Index>(),
+            prop_oneof![
+                any::<u8>(),
+                0x80u8..=0xff,
+                prop::sample::select(b"\"\\{}[],:".to_vec())
+            ],
+            0u8..3,
+        )
+            .prop_map(|(v, style, at, byte, op)| {
+                let mut line = encode_line(&v, style).into_bytes();
+                let i = at.index(line.len() + 1);
+                match op {
+                    0 if i < line.len() => line[i] = byte,
+                    1 => line.insert(i, byte),
+                    _ if i < line.len() => {
+                        line.remove(i);
+                    }
+                    _ => {}
+                }
+                line
+            }),
+    ]
+}
+
+/// Objects that usually have a `"uid"`, of any type, among random other fields.
+fn push_object() -> impl Strategy<Value = Value> {
+    (
+        vec((json_key(), json_value()), 0..5),
+        prop::option::weighted(0.8, json_value()),
+    )
+        .prop_map(|(fields, uid)| {
+            let mut map: Map<String, Value> = fields.into_iter().collect();
+            if let Some(uid) = uid {
+                map.insert("uid".to_owned(), uid);
+            }
+            Value::Object(map)
+        })
+}
+
+proptest! {
+    #[test]
+    fn push_target_never_panics_and_accepts_only_json(line in push_bytes()) {
+        match push_target(&line) {
+            Ok(uid) => check_accepted(&line, &uid)?,
+            Err(BadLine::Empty) => prop_assert!(line.iter().all(u8::is_ascii_whitespace)),
+            Err(BadLine::TooLong | BadLine::NotUtf8) => {
+                prop_assert!(false, "push_target never returns TooLong/NotUtf8 itself")
+            }
+            Err(_) => prop_assert!(!line.iter().all(u8::is_ascii_whitespace)),
+        }
+    }
+
+    // KNOWN BUG, so ignored until src/protocol.rs is fixed: serde_json skips ignored
+    // strings without checking UTF-8, so push_target accepts `{"uid":0,"":"\x80"}`.
+    // The push port checks UTF-8 before calling it, so the daemon itself is not affected.
+    #[test]
+    #[ignore = "known bug: push_target accepts non-UTF-8 inside skipped strings"]
+    fn push_target_accepts_only_utf8(line in push_bytes()) {
+        if push_target(&line).is_ok() {
+            prop_assert!(
+                std::str::from_utf8(&line).is_ok(),
+                "accepted a line that is not UTF-8: {:?}",
+                String::from_utf8_lossy(&line)
+            );
+        }
+    }
+
+    #[test]
+    fn push_target_agrees_with_serde_json_value(
+        v in prop_oneof![3 => push_object(), 1 => json_value()],
+        style in any::<u8>(),
+    ) {
+        let line = encode_line(&v, style);
+        let got = push_target(line.as_bytes()).map(|uid| uid.into_owned());
+        prop_assert_eq!(&got, &model_target(&v), "line {:?}", line);
+        if let Ok(uid) = &got {
+            check_accepted(line.as_bytes(), uid)?;
+        }
+    }
+
+    #[test]
+    fn push_target_refuses_trailing_garbage_and_truncation(
+        v in push_object(),
+        cut in any::<Index>(),
+    ) {
+        let line = serde_json::to_string(&v).expect("Value serializes");
+        // Any strict prefix of an object is incomplete JSON.
+        let prefix = &line.as_bytes()[..cut.index(line.len())];
+        let got = push_target(prefix);
+        prop_assert!(
+            matches!(got, Err(BadLine::Json(_) | BadLine::Empty)),
+            "prefix {:?} gave {:?}", String::from_utf8_lossy(prefix), got
+        );
+        let doubled = format!("{line}{line}");
+        prop_assert!(matches!(push_target(doubled.as_bytes()), Err(BadLine::Json(_))));
+    }
+}
+
+/// The smallest input of `push_target_accepts_only_utf8` (known bug, see there).
+#[test]
+#[ignore = "known bug: push_target accepts non-UTF-8 inside skipped strings"]
+fn push_target_refuses_non_utf8_minimal() {
+    assert!(push_target(b"{\"uid\":0,\"\":\"\x80\"}").is_err());
+}
+
+// ---------------------------------------------------------------------------------------
+// command::parse
+// ---------------------------------------------------------------------------------------
+
+const VERBS: &[&str] = &[
+    "/ping",
+    "/send",
+    "/push",
+    "/group",
+    "/broadcast",
+    "/join",
+    "/leave",
+    "/online",
+    "/count",
+    "/members",
+    "/uids",
+    "/kick",
+    "/stats",
+    "/",
+    "/sendx",
+];
+
+/// Lines built from the grammar's own pieces, so most reach the argument parsers.
+fn command_line() -> impl Strategy<Value = String> {
+    let piece = prop::sample::select(vec![
+        " ",
+        "  ",
+        "\"",
+        "[",
+        "]",
+        ",",
+        "\\",
+        "\\u",
+        "\\ud800",
+        "1",
+        "-1",
+        "1.5",
+        "1e3",
+        "99999999999999999999",
+        "a",
+        "é",
+        "😀",
+        "\t",
+        "\"a b\"",
+        "[1,\"x\",2]",
+        "[]",
+        "null",
+        "{}",
+        "\"\"",
+    ]);
+    (
+        prop::sample::select(VERBS),
+        vec(
+            prop_oneof![4 => piece.prop_map(str::to_owned), 1 => any::<String>()],
+            0..10,
+        ),
+    )
+        .prop_map(|(verb, pieces)| format!("{verb}{}", pieces.concat()))
+}
+
+/// Checks the offsets and shapes `parse` promises for a command it accepted.
+fn check_command(line: &str, max_list: usize, cmd: &Command<'_>) -> Result<(), TestCaseError> {
+    let check_payload = |at: usize| -> Result<(), TestCaseError> {
+        prop_assert!(at < line.len(), "payload at {} of {:?}", at, line);
+        prop_assert!(line.is_char_boundary(at), "payload at {} of {:?}", at, line);
+        prop_assert!(!line[at..].starts_with(' '));
+        Ok(())
+    };
+    let check_uids = |uids: &[pushwire::registry::Uid]| -> Result<(), TestCaseError> {
+        prop_assert!(!uids.is_empty());
+        prop_assert!(
+            uids.len() <= max_list.max(1),
+            "{} uids, max {}",
+            uids.len(),
+            max_list
+        );
+        let distinct: std::collections::HashSet<_> = uids.iter().collect();
+        prop_assert_eq!(distinct.len(), uids.len(), "duplicate uid in {:?}", uids);
+        Ok(())
+    };
+    match cmd {
+        Command::Send { uids, payload } => {
+            check_uids(uids)?;
+            check_payload(*payload)?;
+        }
+        Command::Push { line: at, .. }
+        | Command::Group { payload: at, .. }
+        | Command::Broadcast { payload: at } => check_payload(*at)?,
+        Command::Join { uids, .. } | Command::Leave { uids, .. } => check_uids(uids)?,
+        Command::Kick { uids, reason } => {
+            check_uids(uids)?;
+            if let Some(r) = reason {
+                prop_assert!(!r.is_empty() && !r.starts_with(' '));
+                prop_assert!(line.ends_with(r));
+            }
+        }
+        Command::Uids { limit, .. } => prop_assert!((1..=MAX_UIDS_PAGE).contains(limit)),
+        _ => {}
+    }
+    Ok(())
+}
+
+/// A uid as the grammar's JSON list holds it: a string or an integer.
+fn uid_item() -> impl Strategy<Value = Value> {
+    prop_oneof![
+        4 => tricky_string().prop_map(Value::from),
+        1 => prop::sample::select(vec!["a", "b", "3", "-1"]).prop_map(Value::from),
+        1 => any::<i64>().prop_map(Value::from),
+        1 => any::<u64>().prop_map(Value::from),
+        1 => (-3i64..4).prop_map(Value::from),
+    ]
+}
+
+fn uid_text(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// A payload as a backend sends it: anything, but not starting with a space.
+fn payload() -> impl Strategy<Value = String> {
+    (
+        any::<char>().prop_filter("payload starts after the spaces", |c| *c != ' '),
+        prop_oneof!["[ -~]{0,20}", any::<String>()],
+    )
+        .prop_map(|(c, rest)| format!("{c}{rest}"))
+}
+
+proptest! {
+    #[test]
+    fn command_parse_never_panics_on_arbitrary_text(
+        line in prop_oneof![
+            any::<String>().prop_map(|s| format!("/{s}")),
+            command_line(),
+        ],
+        max_list in 0usize..12,
+    ) {
+        prop_assert!(is_command(line.as_bytes()));
+        if let Ok(cmd) = command::parse(&line, max_list) {
+            check_command(&line, max_list, &cmd)?;
+        }
+    }
+
+    #[test]
+    fn send_round_trips_uid_lists(
+        items in vec(uid_item(), 1..8),
+        payload in payload(),
+        spaces in 1usize..4,
+        slack in 0usize..3,
+    ) {
+        let list = serde_json::to_string(&items).expect("list serializes");
+        let line = format!("/send {list}{}{payload}", " ".repeat(spaces));
+        let mut want: Vec<String> = Vec::new();
+        for item in &items {
+            let uid = uid_text(item);
+            if !want.contains(&uid) {
+                want.push(uid);
+            }
+        }
+        match command::parse(&line, items.len() + slack) {
+            Ok(Command::Send { uids, payload: at }) => {
+                let got: Vec<&str> = uids.iter().map(|u| &**u).collect();
+                prop_assert_eq!(got, want.iter().map(String::as_str).collect::<Vec<_>>());
+                prop_assert_eq!(&line[at..], payload.as_str());
+            }
+            other => prop_assert!(false, "{:?} parsed as {:?}", line, other),
+        }
+        // One uid over the limit is refused, whatever the list holds.
+        let over = command::parse(&line, items.len() - 1);
+        prop_assert!(
+            matches!(&over, Err(e) if e.contains("too many uids")),
+            "{:?} with max {} gave {:?}", line, items.len() - 1, over
+        );
+    }
+
+    #[test]
+    fn kick_and_join_round_trip_uid_lists(
+        items in vec(uid_item(), 1..6),
+        group in tricky_string(),
+        reason in payload(),
+    ) {
+        let list = serde_json::to_string(&items).expect("list serializes");
+        let mut want: Vec<String> = Vec::new();
+        for item in &items {
+            let uid = uid_text(item);
+            if !want.contains(&uid) {
+                want.push(uid);
+            }
+        }
+        let kick = format!("/kick {list} {reason}");
+        match command::parse(&kick, items.len()) {
+            Ok(Command::Kick { uids, reason: got }) => {
+                prop_assert_eq!(uids.iter().map(|u| u.to_string()).collect::<Vec<_>>(), want.clone());
+                prop_assert_eq!(got, Some(reason.as_str()));
+            }
+            other => prop_assert!(false, "{:?} parsed as {:?}", kick, other),
+        }
+        let group_json = serde_json::to_string(&group).expect("string serializes");
+        let join = format!("/join {group_json} {list}");
+        match command::parse(&join, items.len()) {
+            Ok(Command::Join { group: g, uids }) => {
+                prop_assert_eq!(&*g, group.as_str());
+                prop_assert_eq!(uids.iter().map(|u| u.to_string()).collect::<Vec<_>>(), want);
+            }
+            other => prop_assert!(false, "{:?} parsed as {:?}", join, other),
+        }
+    }
+
+    #[test]
+    fn push_and_online_round_trip_strings(
+        id in tricky_string(),
+        word in "[^ \"\\[][^ ]{0,12}",
+        line in payload(),
+    ) {
+        let id_json = serde_json::to_string(&id).expect("string serializes");
+        let text = format!("/push {id_json} {line}");
+        match command::parse(&text, 1) {
+            Ok(Command::Push { id: got, line: at }) => {
+                prop_assert_eq!(&*got, id.as_str());
+                prop_assert_eq!(&text[at..], line.as_str());
+            }
+            other => prop_assert!(false, "{:?} parsed as {:?}", text, other),
+        }
+        // A bare word is taken verbatim, JSON-looking or not.
+        let text = format!("/online {word}");
+        match command::parse(&text, 1) {
+            Ok(Command::Online { uid }) => prop_assert_eq!(&*uid, word.as_str()),
+            other => prop_assert!(false, "{:?} parsed as {:?}", text, other),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Secret::verify
+// ---------------------------------------------------------------------------------------
+
+/// Leeway on `exp`/`nbf`, as documented on `pushwire::auth::LEEWAY`.
+const LEEWAY: u64 = 30;
+
+fn at(secs: u64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_secs(secs)
+}
+
+fn sign(secret: &[u8], header: &[u8], claims: &[u8]) -> String {
+    let signing = format!(
+        "{}.{}",
+        URL_SAFE_NO_PAD.encode(header),
+        URL_SAFE_NO_PAD.encode(claims)
+    );
+    let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(secret).expect("any key length");
+    mac.update(signing.as_bytes());
+    let sig = URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes());
+    format!("{signing}.{sig}")
+}
+
+/// What `verify` must answer for a correctly signed token with these parts.
+fn model_verify(header: &[u8], claims: &[u8], now: u64) -> Result<String, TokenError> {
+    let header: Value = serde_json::from_slice(header).map_err(|_| TokenError::Malformed)?;
+    if header.get("alg") != Some(&Value::from("HS256")) {
+        return Err(TokenError::Algorithm);
+    }
+    let claims: Value = serde_json::from_slice(claims).map_err(|_| TokenError::Malformed)?;
+    match claims.get("exp").and_then(Value::as_u64) {
+        None => return Err(TokenError::NoExpiry),
+        Some(exp) if u128::from(exp) + u128::from(LEEWAY) <= u128::from(now) => {
+            return Err(TokenError::Expired);
+        }
+        Some(_) => {}
+    }
+    if let Some(nbf) = claims.get("nbf") {
+        match nbf.as_u64() {
+            Some(nbf) if u128::from(nbf) <= u128::from(now) + u128::from(LEEWAY) => {}
+            _ => return Err(TokenError::NotYetValid),
+        }
+    }
+    match claims.get("sub") {
+        Some(Value::String(s)) if !s.is_empty() => Ok(s.clone()),
+        Some(Value::Number(n)) if n.is_i64() || n.is_u64() => Ok(n.to_string()),
+        _ => Err(TokenError::Subject),
+    }
+}
+
+fn now_secs() -> impl Strategy<Value = u64> {
+    prop_oneof![0u64..100, 1_700_000_000u64..1_900_000_000, 0u64..(1 << 40)]
+}
+
+/// A time near `now`, so `exp`/`nbf` land on both sides of the leeway.
+fn near(now: u64) -> impl Strategy<Value = u64> {
+    prop_oneof![
+        3 => (-70i64..70).prop_map(move |d| now.saturating_add_signed(d)),
+        // Right at the leeway's edges.
+        2 => prop_oneof![-32i64..-27, 27i64..32].prop_map(move |d| now.saturating_add_signed(d)),
+        1 => any::<u64>(),
+    ]
+}
+
+fn claim_value(now: u64) -> impl Strategy<Value = Value> {
+    prop_oneof![
+        4 => near(now).prop_map(Value::from),
+        1 => json_value(),
+        1 => near(now).prop_map(|t| Value::from(t as f64)),
+        1 => near(now).prop_map(|t| Value::from(t.to_string())),
+    ]
+}
+
+fn token_parts() -> impl Strategy<Value = (Vec<u8>, Vec<u8>, u64)> {
+    now_secs().prop_flat_map(|now| {
+        let alg = prop_oneof![
+            6 => Just(Value::from("HS256")),
+            1 => prop::sample::select(vec!["none", "HS512", "hs256", "HS256 ", ""]).prop_map(Value::from),
+            1 => json_value(),
+        ];
+        let header = (prop::option::weighted(0.9, alg), vec((json_key(), json_value()), 0..3))
+            .prop_map(|(alg, extra)| {
+                let mut m: Map<String, Value> = extra.into_iter().filter(|(k, _)| k != "alg").collect();
+                if let Some(alg) = alg {
+                    m.insert("alg".into(), alg);
+                }
+                Value::Object(m)
+            });
+        let sub = prop_oneof![
+            3 => tricky_string().prop_map(Value::from),
+            1 => any::<i64>().prop_map(Value::from),
+            1 => json_value(),
+        ];
+        let claims = (
+            prop::option::weighted(0.9, sub),
+            prop::option::weighted(0.9, claim_value(now)),
+            prop::option::weighted(0.4, claim_value(now)),
+            vec((json_key(), json_value()), 0..3),
+        )
+            .prop_map(|(sub, exp, nbf, extra)| {
+                let mut m: Map<String, Value> = extra.into_iter().collect();
+                for (k, v) in [("sub", sub), ("exp", exp), ("nbf", nbf)] {
+                    match v {
+                        Some(v) => m.insert(k.into(), v),
+                        None => m.remove(k),
+                    };
+                }
+                Value::Object(m)
+            });
+        let encoded = |v: BoxedStrategy<Value>| {
+            prop_oneof![
+                8 => v.prop_map(|v| serde_json::to_vec(&v).expect("Value serializes")),
+                1 => json_value().prop_map(|v| serde_json::to_vec(&v).expect("Value serializes")),
+                1 => vec(any::<u8>(), 0..12),
+            ]
+        };
+        (encoded(header.boxed()), encoded(claims.boxed()), Just(now))
+    })
+}
+
+proptest! {
+    #[test]
+    fn verify_never_panics_on_arbitrary_text(
+        token in prop_oneof![
+            any::<String>(),
+            "[A-Za-z0-9_=+/.-]{0,90}",
+            (vec(any::<u8>(), 0..40), vec(any::<u8>(), 0..40), vec(any::<u8>(), 0..40))
+                .prop_map(|(a, b, c)| format!(
+                    "{}.{}.{}",
+                    URL_SAFE_NO_PAD.encode(a),
+                    URL_SAFE_NO_PAD.encode(b),
+                    URL_SAFE_NO_PAD.encode(c)
+                )),
+        ],
+        now in now_secs(),
+    ) {
+        let got = Secret::new("s3cret").verify(&token, at(now));
+        // Forging a signature by chance is not on the table.
+        prop_assert!(got.is_err(), "{:?} verified as {:?}", token, got);
+    }
+
+    #[test]
+    fn minted_token_verifies_to_its_uid(
+        secret in vec(any::<u8>(), 0..80),
+        uid in tricky_string(),
+        now in now_secs(),
+        exp_delta in prop_oneof![-100i64..1000, -32i64..-27],
+    ) {
+        let exp = now.saturating_add_signed(exp_delta);
+        let secret = Secret::new(secret);
+        let token = secret.mint(&uid, exp);
+        let want = if exp + LEEWAY <= now {
+            Err(TokenError::Expired)
+        } else if uid.is_empty() {
+            Err(TokenError::Subject)
+        } else {
+            Ok(uid.clone())
+        };
+        prop_assert_eq!(secret.verify(&token, at(now)), want);
+    }
+
+    #[test]
+    fn mutated_token_is_refused(
+        secret in vec(any::<u8>(), 0..40),
+        uid in "[a-z0-9]{1,12}",
+        m in mutation(),
+    ) {
+        let now = 1_800_000_000;
+        let secret = Secret::new(secret);
+        let token = secret.mint(&uid, now + 3600);
+        prop_assert_eq!(secret.verify(&token, at(now)), Ok(uid.clone()));
+        let forged = mutate(&token, &m);
+        let got = secret.verify(&forged, at(now));
+        if forged == token {
+            prop_assert_eq!(got, Ok(uid));
+        } else {
+            prop_assert!(got.is_err(), "{:?} (from {:?}) verified as {:?}", forged, m, got);
+        }
+    }
+
+    #[test]
+    fn exp_and_nbf_edges_follow_the_rules(
+        now in now_secs(),
+        exp in prop_oneof![-32i64..-27, 27i64..32, -100i64..100],
+        nbf in prop::option::of(prop_oneof![-32i64..-27, 27i64..32, -100i64..100]),
+    ) {
+        let mut claims = serde_json::json!({"sub": "u", "exp": now.saturating_add_signed(exp)});
+        if let Some(nbf) = nbf {
+            claims["nbf"] = Value::from(now.saturating_add_signed(nbf));
+        }
+        let header = br#"{"alg":"HS256","typ":"JWT"}"#;
+        let claims = serde_json::to_vec(&claims).expect("Value serializes");
+        let token = sign(b"k", header, &claims);
+        prop_assert_eq!(
+            Secret::new("k").verify(&token, at(now)),
+            model_verify(header, &claims, now)
+        );
+    }
+
+    #[test]
+    fn signed_claims_follow_the_rules((header, claims, now) in token_parts()) {
+        let secret = b"fuzz";
+        let token = sign(secret, &header, &claims);
+        prop_assert_eq!(
+            Secret::new(&secret[..]).verify(&token, at(now)),
+            model_verify(&header, &claims, now),
+            "header {:?} claims {:?}",
+            String::from_utf8_lossy(&header),
+            String::from_utf8_lossy(&claims)
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// parse_cidrs
+// ---------------------------------------------------------------------------------------
+
+fn ip() -> impl Strategy<Value = IpAddr> {
+    prop_oneof![
+        any::<Ipv4Addr>().prop_map(IpAddr::V4),
+        any::<Ipv6Addr>().prop_map(IpAddr::V6),
+        any::<Ipv4Addr>().prop_map(|a| IpAddr::V6(a.to_ipv6_mapped())),
+    ]
+}
+
+/// `ip` with some of its low `bits` bits flipped, so it lands on both sides of a prefix.
+fn nearby(ip: IpAddr, bits: i32, flip: u128) -> IpAddr {
+    let bits = bits.clamp(0, 128) as u32;
+    match ip {
+        IpAddr::V4(a) => {
+            let mask = u32::MAX.checked_shr(32 - bits.min(32)).unwrap_or(0);
+            IpAddr::V4(Ipv4Addr::from(u32::from(a) ^ (flip as u32 & mask)))
+        }
+        IpAddr::V6(a) => {
+            let mask = u128::MAX.checked_shr(128 - bits.min(128)).unwrap_or(0);
+            IpAddr::V6(Ipv6Addr::from(u128::from(a) ^ (flip & mask)))
+        }
+    }
+}
+
+/// The documented meaning of `contains`: equal prefixes, IPv4-mapped peers as IPv4.
+fn model_contains(net: IpAddr, len: u8, peer: IpAddr) -> bool {
+    let peer = match peer {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(peer, IpAddr::V4),
+        v4 => v4,
+    };
+    match (net, peer) {
+        (IpAddr::V4(n), IpAddr::V4(p)) => {
+            let mask = u32::MAX.checked_shl(32 - u32::from(len)).unwrap_or(0);
+            (u32::from(n) ^ u32::from(p)) & mask == 0
+        }
+        (IpAddr::V6(n), IpAddr::V6(p)) => {
+            let mask = u128::MAX.checked_shl(128 - u32::from(len)).unwrap_or(0);
+            (u128::from(n) ^ u128::from(p)) & mask == 0
+        }
+        _ => false,
+    }
+}
+
+proptest! {
+    #[test]
+    fn parse_cidrs_never_panics(
+        text in prop_oneof![
+            any::<String>(),
+            "[0-9a-fA-F:./, ]{0,40}",
+            vec(
+                prop::sample::select(vec![
+                    "10.0.0.0", "::1", "::ffff:1.2.3.4", "fe80::1%eth0", "/", "//", "8",
+                    "33", "128", "129", "256", "-1", "+8", ",", " ", "1.2.3", "::", "0",
+                ]),
+                0..8,
+            )
+            .prop_map(|p| p.concat()),
+        ],
+        peers in vec(ip(), 1..4),
+    ) {
+        if let Ok(nets) = parse_cidrs(&text) {
+            for net in &nets {
+                for peer in &peers {
+                    let _ = net.contains(*peer);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn cidr_parses_and_matches_like_the_model(
+        net in ip(),
+        len in 0u8..=140,
+        pad in prop::sample::select(vec!["", " ", "  "]),
+        edge in -3i32..=3,
+        flip in any::<u128>(),
+        other in ip(),
+    ) {
+        let max = if net.is_ipv4() { 32 } else { 128 };
+        let text = format!("{pad}{net}{pad}/{pad}{len}{pad}");
+        let parsed = text.parse::<Cidr>();
+        prop_assert_eq!(parsed.is_ok(), len <= max, "{:?} gave {:?}", text, parsed);
+        let listed = parse_cidrs(&format!(",{text},,"));
+        prop_assert_eq!(listed.is_ok(), len <= max);
+        if let Ok(cidr) = parsed {
+            prop_assert_eq!(listed.ok(), Some(vec![cidr]));
+            // Peers that differ only below, at, or just above the prefix boundary.
+            let host_bits = i32::from(max) - i32::from(len) + edge;
+            // Exactly one bit flipped, the lowest network bit or a host bit near it.
+            let one = 1u128 << (host_bits - 1).clamp(0, i32::from(max) - 1);
+            let peers = [net, nearby(net, host_bits, flip), nearby(net, 128, one), other];
+            for peer in peers {
+                prop_assert_eq!(
+                    cidr.contains(peer),
+                    model_contains(net, len, peer),
+                    "{} contains {}", text, peer
+                );
+            }
+        }
+    }
+}
