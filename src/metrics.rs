@@ -109,8 +109,9 @@ impl Metrics {
     }
 
     /// Counts frames written to browsers.
-    pub(crate) fn add_out(&self, frames: u64, bytes: u64) {
-        self.frames_out.fetch_add(frames, Relaxed);
-        self.bytes_out.fetch_add(bytes, Relaxed);
+    pub(crate) fn add_out(&self, frames: &[tokio_tungstenite::tungstenite::Utf8Bytes]) {
+        let bytes: usize = frames.iter().map(|m| m.len()).sum();
+        self.frames_out.fetch_add(frames.len() as u64, Relaxed);
+        self.bytes_out.fetch_add(bytes as u64, Relaxed);
     }
 }

@@ -80,6 +80,9 @@ where
     stream.shutdown().await
 }
 
+/// A lingering close ends after this long without input from the peer.
+const LINGER_QUIET: Duration = Duration::from_millis(200);
+
 /// How long a refused backend's late input is drained so it still reads the refusal.
 const REFUSAL_LINGER: Duration = Duration::from_secs(1);
 
@@ -93,8 +96,10 @@ where
 {
     stream.shutdown().await?;
     let mut sink = [0u8; 4096];
+    // Only a peer that is still sending needs this: an idle one (a pooled connection)
+    // must not hold shutdown for the whole linger, so a quiet spell ends it.
     let _ = tokio::time::timeout(linger, async {
-        while let Ok(n) = stream.read(&mut sink).await {
+        while let Ok(Ok(n)) = tokio::time::timeout(LINGER_QUIET, stream.read(&mut sink)).await {
             if n == 0 {
                 break;
             }

@@ -6,7 +6,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::{SinkExt, StreamExt};
+use futures_util::{FutureExt, SinkExt, StreamExt};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::time::{Instant, sleep, timeout, timeout_at};
@@ -242,8 +242,10 @@ async fn session(ws: &mut Ws, outbox: &Outbox, ctx: &Context) -> End {
                 if let Err(notice) = outbox.try_recv(&mut batch) {
                     return End::Closed(notice);
                 }
-                let write = write_batch(ws, &mut batch, metrics);
+                let mut at = Progress::default();
+                let write = write_all(ws, &batch, &mut at);
                 let drained = Box::pin(timeout(cfg.shutdown_timeout, write)).await;
+                metrics.add_out(&batch[..at.frame]);
                 return match drained {
                     Ok(Ok(())) => End::Shutdown,
                     Ok(Err(err)) => End::PeerError(err),
@@ -256,9 +258,11 @@ async fn session(ws: &mut Ws, outbox: &Outbox, ctx: &Context) -> End {
                 }
                 // Boxed, like every rare or transient await here: an idle connection's
                 // task is sized by the states it can sleep in, and these are not them.
-                if let Err(end) = Box::pin(write_guarded(ws, &mut batch, outbox, ctx)).await {
+                if let Err(end) = deliver(ws, &batch, outbox, ctx).await {
                     return end;
                 }
+                metrics.add_out(&batch);
+                batch.clear();
             }
             frame = ws.next() => {
                 if awaiting_pong {
@@ -290,17 +294,40 @@ async fn session(ws: &mut Ws, outbox: &Outbox, ctx: &Context) -> End {
     }
 }
 
-/// Writes a batch, unless the connection is evicted or the write stalls meanwhile: a
-/// stuck socket must not pin the task, so the queue filling up (eviction) or a write that
-/// makes no progress for a ping period ends it.
+/// Writes a batch of text frames. The common case (the socket takes it all at once)
+/// costs one `writev` and nothing else: no timer, no allocation for a future.
+async fn deliver(
+    ws: &mut Ws,
+    batch: &[Utf8Bytes],
+    outbox: &Outbox,
+    ctx: &Context,
+) -> Result<(), End> {
+    let mut at = Progress::default();
+    // tungstenite's own queue (pong and close replies) goes first, so frames never
+    // interleave; it is almost always empty. Dropping an unfinished flush is harmless:
+    // tungstenite keeps its buffer and the slow path flushes again.
+    if let Some(Ok(())) = ws.flush().now_or_never() {
+        match try_write(ws.get_ref(), batch, &mut at) {
+            Ok(true) => return Ok(()),
+            Ok(false) => {}
+            Err(err) => return Err(End::PeerError(WsError::Io(err))),
+        }
+    }
+    Box::pin(write_guarded(ws, batch, &mut at, outbox, ctx)).await
+}
+
+/// The slow path: the socket is full. A stuck socket must not pin this task, so the
+/// queue filling up (eviction) or a write that makes no progress for a ping period ends
+/// it.
 async fn write_guarded(
     ws: &mut Ws,
-    batch: &mut Vec<Utf8Bytes>,
+    batch: &[Utf8Bytes],
+    at: &mut Progress,
     outbox: &Outbox,
     ctx: &Context,
 ) -> Result<(), End> {
     let stall = ctx.config.ping_interval + ctx.config.pong_timeout;
-    let write = write_batch(ws, batch, ctx.registry.metrics());
+    let write = write_all(ws, batch, at);
     tokio::pin!(write);
     tokio::select! {
         r = &mut write => r.map_err(End::PeerError),
@@ -317,26 +344,32 @@ async fn write_guarded(
     }
 }
 
-/// Writes every message of `batch` as a text frame, straight to the socket with one
-/// vectored write per [`IOV_BATCH`] messages.
+/// Writes the rest of `batch`, waiting for the socket as needed.
+async fn write_all(ws: &mut Ws, batch: &[Utf8Bytes], at: &mut Progress) -> Result<(), WsError> {
+    ws.flush().await?;
+    while !try_write(ws.get_ref(), batch, at)? {
+        ws.get_ref().writable().await?;
+    }
+    Ok(())
+}
+
+/// How far a batch has been written: the next frame, and bytes of it already sent.
+#[derive(Debug, Default)]
+struct Progress {
+    frame: usize,
+    offset: usize,
+}
+
+/// Writes as much of `batch` as the socket takes without waiting, as unmasked text
+/// frames: a 2–10 byte header, then the payload itself, in one vectored write per
+/// [`IOV_BATCH`] frames. Returns true once everything is written.
 ///
 /// Why not `ws.send`: tungstenite copies each frame into a per-connection output `Vec`
 /// that keeps its largest-ever capacity, so one 1 MiB push to 10k browsers would pin
-/// 10 GiB for good. Server frames are unmasked, so a frame is a 2–10 byte header
-/// followed by the shared payload itself: nothing is copied per recipient. tungstenite's
-/// own queue (pongs, close replies) is flushed first, so frames never interleave.
-async fn write_batch(
-    ws: &mut Ws,
-    batch: &mut Vec<Utf8Bytes>,
-    metrics: &Metrics,
-) -> Result<(), WsError> {
-    ws.flush().await?;
-    let (frames, bytes) = (
-        batch.len() as u64,
-        batch.iter().map(|m| m.len() as u64).sum(),
-    );
-    let stream = ws.get_mut();
-    for chunk in batch.chunks(IOV_BATCH) {
+/// 10 GiB for good. Here the payload shared by all recipients is never copied.
+fn try_write(stream: &TcpStream, batch: &[Utf8Bytes], at: &mut Progress) -> std::io::Result<bool> {
+    while at.frame < batch.len() {
+        let chunk = &batch[at.frame..batch.len().min(at.frame + IOV_BATCH)];
         let headers: Vec<FrameHeader> = chunk.iter().map(|m| FrameHeader::text(m.len())).collect();
         let mut slices: Vec<IoSlice<'_>> = Vec::with_capacity(chunk.len() * 2);
         for (header, msg) in headers.iter().zip(chunk) {
@@ -344,17 +377,26 @@ async fn write_batch(
             slices.push(IoSlice::new(msg.as_bytes()));
         }
         let mut bufs = &mut slices[..];
-        while !bufs.is_empty() {
-            let n = stream.write_vectored(bufs).await?;
-            if n == 0 {
-                return Err(WsError::Io(std::io::ErrorKind::WriteZero.into()));
+        IoSlice::advance_slices(&mut bufs, at.offset);
+        let written = match stream.try_write_vectored(bufs) {
+            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(false),
+            Err(e) => return Err(e),
+        };
+        // Advance past every frame this write completed.
+        let mut done = at.offset + written;
+        for (header, msg) in headers.iter().zip(chunk) {
+            let len = header.as_bytes().len() + msg.len();
+            if done < len {
+                break;
             }
-            IoSlice::advance_slices(&mut bufs, n);
+            done -= len;
+            at.frame += 1;
         }
+        at.offset = done;
     }
-    batch.clear();
-    metrics.add_out(frames, bytes);
-    Ok(())
+    Ok(true)
 }
 
 /// Messages per vectored write: two iovecs each, well under the kernel's IOV_MAX (1024).
