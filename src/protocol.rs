@@ -149,6 +149,11 @@ impl std::error::Error for BadLine {}
 /// The whole line is validated as JSON (so a push is never half-understood), but only the
 /// uid is materialised; other fields are skipped without allocating.
 pub fn push_target(line: &[u8]) -> Result<Cow<'_, str>, BadLine> {
+    // serde_json does not check UTF-8 inside the strings it skips; the line is what
+    // browsers get as a text frame, so all of it must be UTF-8.
+    let line = std::str::from_utf8(line)
+        .map_err(|_| BadLine::NotUtf8)?
+        .as_bytes();
     if line.iter().all(u8::is_ascii_whitespace) {
         return Err(BadLine::Empty);
     }
@@ -433,10 +438,11 @@ mod tests {
             push_target(br#"{"uid":"a"} x"#),
             Err(BadLine::Json(_))
         ));
-        assert!(matches!(
-            push_target(b"{\"uid\":\"\xff\"}"),
-            Err(BadLine::Json(_))
-        ));
+        assert_eq!(push_target(b"{\"uid\":\"\xff\"}"), Err(BadLine::NotUtf8));
+        assert_eq!(
+            push_target(b"{\"uid\":0,\"\":\"\x80\"}"),
+            Err(BadLine::NotUtf8)
+        );
         assert!(matches!(
             push_target(br#"{"uid":"a""#),
             Err(BadLine::Json(_))

@@ -353,18 +353,17 @@ proptest! {
         match push_target(&line) {
             Ok(uid) => check_accepted(&line, &uid)?,
             Err(BadLine::Empty) => prop_assert!(line.iter().all(u8::is_ascii_whitespace)),
-            Err(BadLine::TooLong | BadLine::NotUtf8) => {
-                prop_assert!(false, "push_target never returns TooLong/NotUtf8 itself")
+            Err(BadLine::TooLong) => {
+                prop_assert!(false, "push_target never returns TooLong itself")
             }
+            Err(BadLine::NotUtf8) => prop_assert!(std::str::from_utf8(&line).is_err()),
             Err(_) => prop_assert!(!line.iter().all(u8::is_ascii_whitespace)),
         }
     }
 
-    // KNOWN BUG, so ignored until src/protocol.rs is fixed: serde_json skips ignored
-    // strings without checking UTF-8, so push_target accepts `{"uid":0,"":"\x80"}`.
-    // The push port checks UTF-8 before calling it, so the daemon itself is not affected.
+    // Was a bug: serde_json skips ignored strings without checking UTF-8, so push_target
+    // accepted `{"uid":0,"":"\x80"}`; it now checks the whole line first.
     #[test]
-    #[ignore = "known bug: push_target accepts non-UTF-8 inside skipped strings"]
     fn push_target_accepts_only_utf8(line in push_bytes()) {
         if push_target(&line).is_ok() {
             prop_assert!(
@@ -394,11 +393,12 @@ proptest! {
         cut in any::<Index>(),
     ) {
         let line = serde_json::to_string(&v).expect("Value serializes");
-        // Any strict prefix of an object is incomplete JSON.
+        // Any strict prefix of an object is incomplete JSON (or, cut inside a multi-byte
+        // character, not UTF-8).
         let prefix = &line.as_bytes()[..cut.index(line.len())];
         let got = push_target(prefix);
         prop_assert!(
-            matches!(got, Err(BadLine::Json(_) | BadLine::Empty)),
+            matches!(got, Err(BadLine::Json(_) | BadLine::Empty | BadLine::NotUtf8)),
             "prefix {:?} gave {:?}", String::from_utf8_lossy(prefix), got
         );
         let doubled = format!("{line}{line}");
@@ -406,9 +406,8 @@ proptest! {
     }
 }
 
-/// The smallest input of `push_target_accepts_only_utf8` (known bug, see there).
+/// The smallest input of `push_target_accepts_only_utf8` (a fixed bug, kept as a regression).
 #[test]
-#[ignore = "known bug: push_target accepts non-UTF-8 inside skipped strings"]
 fn push_target_refuses_non_utf8_minimal() {
     assert!(push_target(b"{\"uid\":0,\"\":\"\x80\"}").is_err());
 }
@@ -510,6 +509,18 @@ fn check_command(line: &str, max_list: usize, cmd: &Command<'_>) -> Result<(), T
             }
         }
         Command::Uids { limit, .. } => prop_assert!((1..=MAX_UIDS_PAGE).contains(limit)),
+        _ => {}
+    }
+    // Names taken by `string` (a word or a JSON string) are never empty.
+    match cmd {
+        Command::Push { id: name, .. }
+        | Command::Group { group: name, .. }
+        | Command::Join { group: name, .. }
+        | Command::Leave { group: name, .. }
+        | Command::Members { group: name }
+        | Command::Online { uid: name } => {
+            prop_assert!(!name.is_empty(), "empty name in {:?}", line)
+        }
         _ => {}
     }
     Ok(())
@@ -614,6 +625,8 @@ proptest! {
         let group_json = serde_json::to_string(&group).expect("string serializes");
         let join = format!("/join {group_json} {list}");
         match command::parse(&join, items.len()) {
+            // A name (group, id, uid) given as a JSON string must not be empty.
+            Err(e) if group.is_empty() => prop_assert_eq!(e, "GROUP is empty"),
             Ok(Command::Join { group: g, uids }) => {
                 prop_assert_eq!(&*g, group.as_str());
                 prop_assert_eq!(uids.iter().map(|u| u.to_string()).collect::<Vec<_>>(), want);
@@ -631,6 +644,7 @@ proptest! {
         let id_json = serde_json::to_string(&id).expect("string serializes");
         let text = format!("/push {id_json} {line}");
         match command::parse(&text, 1) {
+            Err(e) if id.is_empty() => prop_assert_eq!(e, "ID is empty"),
             Ok(Command::Push { id: got, line: at }) => {
                 prop_assert_eq!(&*got, id.as_str());
                 prop_assert_eq!(&text[at..], line.as_str());
