@@ -2,10 +2,12 @@
 
 use crate::push::Item;
 use crate::track::{self, now_ns};
-use futures_util::{SinkExt, StreamExt};
+use crate::wsread::{FrameReader, masked_frame};
+use futures_util::SinkExt;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
 use tokio_tungstenite::WebSocketStream;
@@ -19,6 +21,8 @@ pub struct Net {
     pub push_addr: SocketAddr,
     /// Number of 127.0.0.X source addresses (X = 2, 3, …) to rotate over; 0 = let the kernel pick.
     pub spread: u32,
+    /// Set when binding a 127.0.0.X source failed (no such local address here).
+    spread_off: AtomicBool,
     pub ws_read_buffer: usize,
     next_src: AtomicU64,
 }
@@ -36,6 +40,7 @@ impl Net {
             ws_addr,
             push_addr,
             spread: spread.min(250),
+            spread_off: AtomicBool::new(false),
             ws_read_buffer,
             next_src: AtomicU64::new(0),
         }
@@ -48,7 +53,7 @@ impl Net {
         let IpAddr::V4(ip) = target.ip() else {
             return None;
         };
-        if self.spread == 0 || !ip.is_loopback() {
+        if self.spread == 0 || !ip.is_loopback() || self.spread_off.load(Ordering::Relaxed) {
             return None;
         }
         let k = self.next_src.fetch_add(1, Ordering::Relaxed) % u64::from(self.spread);
@@ -65,8 +70,19 @@ impl Net {
         } else {
             TcpSocket::new_v6()?
         };
-        if let Some(src) = self.source_for(target) {
-            sock.bind(src)?;
+        if let Some(src) = self.source_for(target)
+            && let Err(e) = sock.bind(src)
+        {
+            if e.kind() != std::io::ErrorKind::AddrNotAvailable {
+                return Err(e);
+            }
+            if !self.spread_off.swap(true, Ordering::AcqRel) {
+                eprintln!(
+                    "pushwire-bench: warning: cannot bind source address {}: {e}; \
+                     not spreading sockets over 127.0.0.0/8",
+                    src.ip()
+                );
+            }
         }
         let s = sock.connect(target).await?;
         s.set_nodelay(true)?;
@@ -94,6 +110,8 @@ pub struct Fleet {
     pub took_ns: Box<[AtomicU64]>,
     /// Per client: bench-clock time its uid frame was written.
     pub ready_ns: Box<[AtomicU64]>,
+    /// Per client: connected and not (yet) dropped.
+    pub up: Box<[AtomicBool]>,
     pub closing: AtomicBool,
 }
 
@@ -107,6 +125,7 @@ impl Fleet {
             dropped: AtomicUsize::new(0),
             took_ns: (0..n).map(|_| AtomicU64::new(0)).collect(),
             ready_ns: (0..n).map(|_| AtomicU64::new(0)).collect(),
+            up: (0..n).map(|_| AtomicBool::new(false)).collect(),
             closing: AtomicBool::new(false),
         }
     }
@@ -148,7 +167,7 @@ pub async fn client(
     let uid = &fleet.uids[i];
     let res = tokio::time::timeout(Duration::from_secs(30), connect_ws(net, uid)).await;
     drop(permit);
-    let mut ws = match res {
+    let ws = match res {
         Ok(Ok(ws)) => ws,
         Ok(Err(e)) => {
             fleet.failed.fetch_add(1, Ordering::AcqRel);
@@ -166,6 +185,7 @@ pub async fn client(
     let end = now_ns();
     fleet.ready_ns[i].store(end, Ordering::Release);
     fleet.took_ns[i].store(end - start, Ordering::Release);
+    fleet.up[i].store(true, Ordering::Release);
     fleet.alive.fetch_add(1, Ordering::AcqRel);
     fleet.connected.fetch_add(1, Ordering::AcqRel);
     let _ = probe.send(Item {
@@ -174,31 +194,52 @@ pub async fn client(
     });
     drop(probe);
 
-    let why = loop {
-        match ws.next().await {
-            Some(Ok(Message::Text(t))) => track::on_frame(uid, t.as_str()),
-            Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
-            Some(Ok(Message::Close(cf))) => {
-                break match cf {
-                    Some(cf) => format!(
-                        "closed by server: {} {:?}",
-                        u16::from(cf.code),
-                        cf.reason.as_str()
-                    ),
-                    None => "closed by server (no close frame payload)".to_string(),
-                };
-            }
-            Some(Ok(Message::Binary(_))) => {
-                track::error(format!("client {uid}: unexpected binary frame"))
-            }
-            Some(Ok(Message::Frame(_))) => {}
-            Some(Err(e)) => break format!("read error: {e}"),
-            None => break "connection ended".to_string(),
-        }
-    };
+    // From here on only server frames are read, by the lean reader (the handshake left
+    // nothing buffered: the server sends nothing before it has the uid).
+    let why = receive(ws.into_inner(), uid, i).await;
+    fleet.up[i].store(false, Ordering::Release);
     fleet.alive.fetch_sub(1, Ordering::AcqRel);
     if !fleet.closing.load(Ordering::Acquire) {
         fleet.dropped.fetch_add(1, Ordering::AcqRel);
         track::error(format!("client {uid}: {why}"));
     }
+}
+
+/// Reads server frames until the connection ends; returns why it ended.
+async fn receive(mut s: TcpStream, uid: &str, i: usize) -> String {
+    let mut r = FrameReader::default();
+    let mut pongs = Vec::new();
+    let mut rng = track::Rng::new(i as u64 + 1);
+    loop {
+        let spare = r.buf.capacity() - r.buf.len();
+        if spare < 256 || spare < r.need {
+            r.buf.reserve(r.need.max(1024));
+        }
+        match s.read_buf(&mut r.buf).await {
+            Ok(0) => return "connection ended".into(),
+            Ok(_) => {}
+            Err(e) => return format!("read error: {e}"),
+        }
+        match r.process(|t| track::on_frame(uid, i, t), &mut pongs) {
+            Ok(None) => {}
+            Ok(Some(close)) => {
+                let _ = s.write_all(&masked_frame(0x8, &[], key(&mut rng))).await;
+                return close;
+            }
+            Err(e) => return format!("protocol error: {e}"),
+        }
+        for p in pongs.drain(..) {
+            if let Err(e) = s.write_all(&masked_frame(0xA, &p, key(&mut rng))).await {
+                return format!("writing pong: {e}");
+            }
+        }
+        // Give back the memory of an unusually large message.
+        if r.buf.is_empty() && r.buf.capacity() > 64 * 1024 {
+            r.buf = Vec::new();
+        }
+    }
+}
+
+fn key(rng: &mut track::Rng) -> [u8; 4] {
+    (rng.next_u64() as u32).to_ne_bytes()
 }

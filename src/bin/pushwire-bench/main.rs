@@ -17,6 +17,7 @@ mod push;
 mod report;
 mod scenarios;
 mod track;
+mod wsread;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use std::net::SocketAddr;
@@ -64,10 +65,17 @@ pub struct Opts {
     /// Connect storm: clients connecting (TCP + handshake + uid) at the same time.
     #[arg(long, global = true, default_value_t = 1000)]
     pub connect_concurrency: usize,
-    /// Loopback source addresses 127.0.0.2.. to spread client sockets over (0 = don't bind).
-    #[arg(long, global = true, default_value_t = 32)]
-    pub source_addrs: u32,
-    /// tungstenite read buffer per client, bytes (zero-filled, so resident).
+    /// Loopback source addresses 127.0.0.2.. to spread client sockets over (0 = don't bind)
+    /// [default: enough for at most 500 clients per address, at least 32; max 250].
+    #[arg(long, global = true)]
+    pub source_addrs: Option<u32>,
+    /// How the storm knows every client is bound: a probe push to each uid answered `ok`
+    /// (each client then has received one message), or the server's `/count` command
+    /// (no message at all: the idle-mem figure is then for never-used sockets).
+    #[arg(long, global = true, value_enum, default_value_t = BindCheck::Probe)]
+    pub bind_check: BindCheck,
+    /// tungstenite read buffer per client during the handshake, bytes (frames are read by
+    /// the bench's own lean reader afterwards).
     #[arg(long, global = true, default_value_t = 4096)]
     pub ws_read_buffer: usize,
     /// Extra padding bytes in every pushed JSON line (`"p":"xxx…"`).
@@ -108,8 +116,9 @@ pub struct Opts {
     /// fanout: rounds (one push per uid each) [default: 3; smoke 1].
     #[arg(long, global = true)]
     pub rounds: Option<u32>,
-    /// fanout: what to push (broadcast/group are reserved until the server has them).
-    #[arg(long, global = true, value_enum, default_value_t = FanoutMode::PerUid)]
+    /// fanout: one line per uid, one `/broadcast`, one `/group` to a group of every client, or
+    /// all three (one report each).
+    #[arg(long, global = true, value_enum, default_value_t = FanoutMode::All)]
     pub fanout_mode: FanoutMode,
 
     /// idle-mem: wait after the storm before reading RSS, ms [default: 2000; smoke 300].
@@ -152,13 +161,23 @@ pub enum Scenario {
 }
 
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BindCheck {
+    /// Pipelined probe push per uid, retried on `fail`, until every one is `ok`.
+    Probe,
+    /// Poll `/count` until it shows every client's connection.
+    Count,
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FanoutMode {
     /// One line per uid, pipelined on one connection.
     PerUid,
-    /// Reserved: one broadcast command reaching every client (not in the server yet).
+    /// One `/broadcast PAYLOAD` command reaching every connection.
     Broadcast,
-    /// Reserved: one group push (not in the server yet).
+    /// One `/group G PAYLOAD` to a group every client's uid joined beforehand.
     Group,
+    /// per-uid, then broadcast, then group.
+    All,
 }
 
 impl Opts {
@@ -183,6 +202,12 @@ impl Opts {
     }
     pub fn settle(&self) -> Duration {
         Duration::from_millis(self.pick(self.settle_ms, 2000, 300))
+    }
+    /// Source addresses: the per-address connection cap of the server (1024 by default) and
+    /// the ~28k ephemeral ports of each address must not be reached.
+    pub fn source_addrs(&self) -> u32 {
+        let need = self.clients.div_ceil(500).clamp(32, 250) as u32;
+        self.source_addrs.unwrap_or(need)
     }
     pub fn drain_timeout(&self) -> Duration {
         Duration::from_millis(self.drain_timeout_ms)
@@ -264,7 +289,7 @@ fn setup_and_run(o: Opts) -> Result<i32, String> {
         o.ws.clone(),
         ws_addr,
         push_addr,
-        o.source_addrs,
+        o.source_addrs(),
         o.ws_read_buffer.max(64),
     )));
     let ok = rt.block_on(scenarios::main(o, net))?;

@@ -81,6 +81,53 @@ pub fn tcp_mem_pages() -> Option<u64> {
     None
 }
 
+/// Kernel slab memory (/proc/meminfo `Slab:`), KiB: socket, inode, file and epoll objects.
+pub fn slab_kib() -> Option<u64> {
+    let s = read("/proc/meminfo")?;
+    s.lines()
+        .find_map(|l| l.strip_prefix("Slab:"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// Busy CPU time of the whole machine (all CPUs, every state but idle and iowait), in ticks.
+pub fn system_busy_ticks() -> Option<u64> {
+    let s = read("/proc/stat")?;
+    let line = s.lines().next()?.strip_prefix("cpu ")?;
+    let v: Vec<u64> = line
+        .split_whitespace()
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal (guest time is already in user)
+    let busy = v.first()? + v.get(1)? + v.get(2)? + v.get(5)? + v.get(6)? + v.get(7).unwrap_or(&0);
+    Some(busy)
+}
+
+/// CPU ticks of the kernel's softirq threads (ksoftirqd/N): network receive work that the
+/// kernel deferred out of the processes' own context, mostly the bench's and the server's
+/// own loopback traffic under load.
+pub fn ksoftirqd_ticks() -> Option<u64> {
+    static PIDS: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+    let pids = PIDS.get_or_init(|| {
+        let Ok(dir) = std::fs::read_dir("/proc") else {
+            return Vec::new();
+        };
+        dir.flatten()
+            .filter_map(|e| e.file_name().into_string().ok())
+            .filter(|p| p.bytes().all(|b| b.is_ascii_digit()))
+            .filter(|p| {
+                read(&format!("/proc/{p}/comm")).is_some_and(|c| c.starts_with("ksoftirqd/"))
+            })
+            .collect()
+    });
+    if pids.is_empty() {
+        return None;
+    }
+    Some(pids.iter().filter_map(|p| cpu_ticks(p)).sum())
+}
+
 /// Whether /proc/PID exists.
 pub fn alive(pid: u32) -> bool {
     std::path::Path::new(&format!("/proc/{pid}")).exists()
@@ -93,6 +140,8 @@ pub struct Snap {
     srv_ns: Option<u64>,
     self_ticks: Option<u64>,
     self_ns: Option<u64>,
+    sys_ticks: Option<u64>,
+    softirqd_ticks: Option<u64>,
 }
 
 /// CPU used during a measured phase.
@@ -106,6 +155,11 @@ pub struct Usage {
     /// The bench's own CPU (utime+stime), milliseconds.
     pub bench_ms: Option<f64>,
     pub bench_ms_hires: Option<f64>,
+    /// CPU used by ksoftirqd (deferred network processing, largely this run's traffic), ms.
+    pub softirqd_ms: Option<f64>,
+    /// CPU used by everything else on the machine (other processes and kernel threads), ms:
+    /// a large value means the measurement was disturbed.
+    pub other_ms: Option<f64>,
 }
 
 /// Start of a measured phase.
@@ -134,6 +188,13 @@ impl Meter {
             server_ms_hires: ns(s.srv_ns, end.srv_ns),
             bench_ms: ticks(s.self_ticks, end.self_ticks),
             bench_ms_hires: ns(s.self_ns, end.self_ns),
+            softirqd_ms: ticks(s.softirqd_ticks, end.softirqd_ticks),
+            other_ms: ticks(s.sys_ticks, end.sys_ticks).map(|all| {
+                let srv = ticks(s.srv_ticks, end.srv_ticks).unwrap_or(0.0);
+                let me = ticks(s.self_ticks, end.self_ticks).unwrap_or(0.0);
+                let sirq = ticks(s.softirqd_ticks, end.softirqd_ticks).unwrap_or(0.0);
+                (all - srv - me - sirq).max(0.0)
+            }),
         }
     }
 }
@@ -145,5 +206,7 @@ fn snap(pid: Option<&str>) -> Snap {
         srv_ns: pid.and_then(sched_ns),
         self_ticks: cpu_ticks("self"),
         self_ns: sched_ns("self"),
+        sys_ticks: system_busy_ticks(),
+        softirqd_ticks: ksoftirqd_ticks(),
     }
 }

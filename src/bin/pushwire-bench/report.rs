@@ -124,6 +124,29 @@ impl Report {
             }
         }
         self.opt_num("bench_cpu_ms", "bench's own CPU", u.bench_ms, 0, "ms");
+        self.opt_num(
+            "ksoftirqd_cpu_ms",
+            "ksoftirqd CPU (deferred network work)",
+            u.softirqd_ms,
+            0,
+            "ms",
+        );
+        self.opt_num(
+            "other_cpu_ms",
+            "other CPU on the machine (noise)",
+            u.other_ms,
+            0,
+            "ms",
+        );
+        if let Some(o) = u.other_ms
+            && u.wall_s > 0.0
+            && o > 50.0 + 0.1 * u.wall_s * 1000.0
+        {
+            self.note(format!(
+                "other processes used {o:.0} ms of CPU during the {:.2} s phase: figures are disturbed",
+                u.wall_s
+            ));
+        }
         if pushes > 0 {
             self.opt_num(
                 "bench_cpu_us_per_push",
@@ -190,7 +213,8 @@ pub fn pct(sorted: &[u64], p: f64) -> u64 {
     if sorted.is_empty() {
         return 0;
     }
-    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    // The epsilon keeps 99.9% of 1000 at rank 999 despite floating-point rounding.
+    let rank = (p * sorted.len() as f64 / 100.0 - 1e-9).ceil() as usize;
     sorted[rank.clamp(1, sorted.len()) - 1]
 }
 

@@ -33,7 +33,7 @@ use crate::procstat::{self, Mem, Meter};
 use crate::push::{self, Item, PipeOpts, Reply, ReplyParser, Source};
 use crate::report::{Progress, Report, pct};
 use crate::track::{self, Rng, Run, now_ns};
-use crate::{FanoutMode, Opts, Scenario};
+use crate::{BindCheck, FanoutMode, Opts, Scenario};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -97,12 +97,14 @@ impl Ctx {
 pub struct Baseline {
     mem: Option<Mem>,
     tcp_pages: Option<u64>,
+    slab_kib: Option<u64>,
 }
 
 fn baseline(pid: Option<u32>) -> Baseline {
     Baseline {
         mem: pid.and_then(|p| procstat::mem(&p.to_string())),
         tcp_pages: procstat::tcp_mem_pages(),
+        slab_kib: procstat::slab_kib(),
     }
 }
 
@@ -149,8 +151,7 @@ pub async fn main(o: Opts, net: &'static Net) -> Result<bool, String> {
             ctx.emit(r);
         }
         Scenario::Fanout => {
-            let r = fanout(&mut ctx).await;
-            ctx.emit(r);
+            fanout(&mut ctx).await;
         }
         Scenario::Latency => {
             let r = latency(&mut ctx).await;
@@ -170,8 +171,7 @@ pub async fn main(o: Opts, net: &'static Net) -> Result<bool, String> {
             ctx.emit(r);
             let r = idle_mem(&mut ctx, b).await;
             ctx.emit(r);
-            let r = fanout(&mut ctx).await;
-            ctx.emit(r);
+            fanout(&mut ctx).await;
             let r = latency(&mut ctx).await;
             ctx.emit(r);
             let r = throughput(&mut ctx).await;
@@ -215,6 +215,16 @@ pub async fn storm(ctx: &mut Ctx) -> Report {
         u64::from(ctx.net.spread),
     );
 
+    let probe_mode = ctx.o.bind_check == BindCheck::Probe;
+    rep.text(
+        "bind_check",
+        "bound = ",
+        if probe_mode {
+            "a probe push to each uid answered ok"
+        } else {
+            "/count shows every connection"
+        },
+    );
     let run = Run::start("storm-probe", n, 0);
     let push_conn = match ctx.net.tcp(ctx.net.push_addr).await {
         Ok(s) => s,
@@ -223,6 +233,23 @@ pub async fn storm(ctx: &mut Ctx) -> Report {
             return rep.finish();
         }
     };
+    // --bind-check count: no probe pushes (so no message ever reaches the clients); the
+    // server's own `/count` says when every connection is bound.
+    let mut counter = None;
+    let mut base_conns = 0;
+    let mut push_conn = Some(push_conn);
+    if !probe_mode && let Some(conn) = push_conn.take() {
+        let (rd, wr) = conn.into_split();
+        let mut c = (tokio::io::BufReader::new(rd), wr);
+        match count_connections(&mut c).await {
+            Ok(v) => base_conns = v,
+            Err(e) => {
+                track::error(format!("storm: /count: {e}"));
+                return rep.finish();
+            }
+        }
+        counter = Some(c);
+    }
     let (tx, rx) = mpsc::unbounded_channel::<Item>();
     let (retry_tx, mut retry_rx) = mpsc::unbounded_channel::<Item>();
     let stop = Arc::new(Notify::new());
@@ -236,18 +263,21 @@ pub async fn storm(ctx: &mut Ctx) -> Report {
             }
         }
     });
-    let prober = tokio::spawn(push::pipeline(
-        push_conn,
-        run,
-        fleet,
-        Source::Chan(rx, stop.clone()),
-        PipeOpts {
-            window: 1024,
-            batch: 256,
-            prebuild: false,
-            retry: Some(retry_tx),
-        },
-    ));
+    // The prober (probe mode only): the clients' items are simply dropped otherwise.
+    let prober = push_conn.map(|conn| {
+        tokio::spawn(push::pipeline(
+            conn,
+            run,
+            fleet,
+            Source::Chan(rx, stop.clone()),
+            PipeOpts {
+                window: 1024,
+                batch: 256,
+                prebuild: false,
+                retry: Some(retry_tx),
+            },
+        ))
+    });
 
     let pid = ctx.pid();
     let meter = Meter::start(pid);
@@ -277,9 +307,22 @@ pub async fn storm(ctx: &mut Ctx) -> Report {
     }
     drop(tx);
     let deadline = Instant::now() + Duration::from_millis(ctx.o.storm_timeout_ms);
+    let mut counted_at = 0;
     loop {
-        let bound = run.oks.load(Ordering::Acquire) as usize;
+        let mut bound = run.oks.load(Ordering::Acquire) as usize;
         let failed = fleet.failed.load(Ordering::Acquire);
+        if let Some(c) = counter.as_mut()
+            && fleet.connected.load(Ordering::Acquire) + failed >= n
+        {
+            match count_connections(c).await {
+                Ok(v) => bound = v.saturating_sub(base_conns) as usize,
+                Err(e) => {
+                    track::error(format!("storm: /count: {e}"));
+                    break;
+                }
+            }
+            counted_at = now_ns();
+        }
         if bound + failed >= n {
             break;
         }
@@ -293,14 +336,19 @@ pub async fn storm(ctx: &mut Ctx) -> Report {
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
     stop.notify_one();
-    let st = prober.await.unwrap_or_default();
+    let st = match prober {
+        Some(p) => p.await.unwrap_or_default(),
+        None => push::PipeStats::default(),
+    };
     let drained = run.drain(ctx.o.drain_timeout()).await;
     let usage = meter.stop();
     track::clear_current();
     if !drained {
         track::error("storm: probe frames still missing after the drain timeout".into());
     }
-    run.check(true);
+    if probe_mode {
+        run.check(true);
+    }
 
     let connected = fleet.connected.load(Ordering::Acquire);
     let mut took: Vec<u64> = (0..n)
@@ -314,7 +362,12 @@ pub async fn storm(ctx: &mut Ctx) -> Report {
         .map(|a| a.load(Ordering::Acquire))
         .max()
         .unwrap_or(t0);
-    let bound_s = st.last_ok_ns.saturating_sub(t0) as f64 / 1e9;
+    let bound_at = if probe_mode {
+        st.last_ok_ns
+    } else {
+        counted_at
+    };
+    let bound_s = bound_at.saturating_sub(t0) as f64 / 1e9;
     rep.num(
         "connected_s",
         "all connected (handshake + uid written)",
@@ -322,13 +375,7 @@ pub async fn storm(ctx: &mut Ctx) -> Report {
         3,
         "s",
     );
-    rep.num(
-        "bound_s",
-        "ALL BOUND (last probe answered ok)",
-        bound_s,
-        3,
-        "s",
-    );
+    rep.num("bound_s", "ALL BOUND", bound_s, 3, "s");
     if bound_s > 0.0 {
         rep.num(
             "clients_per_s",
@@ -371,6 +418,22 @@ pub async fn storm(ctx: &mut Ctx) -> Report {
     rep.finish()
 }
 
+type Counter = (
+    tokio::io::BufReader<tokio::net::tcp::OwnedReadHalf>,
+    tokio::net::tcp::OwnedWriteHalf,
+);
+
+/// The server's `/count` of WebSocket connections.
+async fn count_connections(c: &mut Counter) -> Result<u64, String> {
+    c.1.write_all(b"/count\n")
+        .await
+        .map_err(|e| format!("write: {e}"))?;
+    let v = command_reply(&mut c.0).await?;
+    v.get("connections")
+        .and_then(serde_json::Value::as_u64)
+        .ok_or_else(|| format!("no connections in {v}"))
+}
+
 // ---------------------------------------------------------------------------------------------
 
 pub async fn idle_mem(ctx: &mut Ctx, before: Baseline) -> Report {
@@ -386,6 +449,7 @@ pub async fn idle_mem(ctx: &mut Ctx, before: Baseline) -> Report {
     let n = fleet.alive.load(Ordering::Acquire) as u64;
     let after = procstat::mem(&pid.to_string());
     let tcp_after = procstat::tcp_mem_pages();
+    let slab_after = procstat::slab_kib();
     rep.int("clients", "bound idle clients", n);
     rep.int(
         "settle_ms",
@@ -418,19 +482,34 @@ pub async fn idle_mem(ctx: &mut Ctx, before: Baseline) -> Report {
             track::error("idle-mem: could not read the server's RSS".into());
         }
     }
+    if let (Some(b), Some(a)) = (before.slab_kib, slab_after)
+        && n > 0
+    {
+        let per = (a as f64 - b as f64) * 1024.0 / (2 * n) as f64;
+        rep.num(
+            "kernel_slab_per_socket_bytes",
+            "kernel slab per socket (meminfo Slab)",
+            per,
+            0,
+            "B",
+        );
+    }
     if let (Some(b), Some(a)) = (before.tcp_pages, tcp_after)
         && n > 0
     {
         let per = (a as f64 - b as f64) * 4096.0 / (2 * n) as f64;
         rep.num(
-            "kernel_tcp_mem_per_socket_bytes",
-            "kernel TCP memory per socket (sockstat)",
+            "kernel_tcp_buf_per_socket_bytes",
+            "kernel TCP buffers per socket (sockstat mem)",
             per,
             0,
             "B",
         );
-        rep.note("kernel TCP memory is system-wide: both the server's and the bench's socket of each pair are counted, hence / 2N");
     }
+    rep.note(
+        "kernel figures are system-wide deltas: both ends of each connection live on this machine, \
+         hence divided by 2N (and disturbed by anything else running)",
+    );
     if let Some(m) = procstat::mem("self") {
         rep.num(
             "bench_rss_per_client_kib",
@@ -446,38 +525,141 @@ pub async fn idle_mem(ctx: &mut Ctx, before: Baseline) -> Report {
 
 // ---------------------------------------------------------------------------------------------
 
-pub async fn fanout(ctx: &mut Ctx) -> Report {
-    let mut rep = Report::new("fanout");
-    match ctx.o.fanout_mode {
-        FanoutMode::PerUid => {}
-        FanoutMode::Broadcast | FanoutMode::Group => {
-            // HOOK for broadcast/group fan-out, once the server has such a command:
-            //  1. write the one command line on a push connection, t0 = just before write();
-            //  2. the frame carries no per-client uid, so track deliveries per *client* rather
-            //     than per push: a Run of n = clients where index = client index, with a frame
-            //     form like {"bcast":<run seq>,"t":..,"k":..} parsed in track::on_frame and
-            //     attributed to the receiving client's index (client::client knows `i`);
-            //  3. expect exactly one reply (`ok`) and exactly one delivery per bound client
-            //     (per group member), then report last delivery - t0 like the per-uid mode.
-            track::error(format!(
-                "fanout: mode {:?} is not supported by the server yet",
-                ctx.o.fanout_mode
-            ));
-            return rep.finish();
-        }
+/// Runs the fan-out mode(s) chosen by `--fanout-mode`, emitting one report per mode.
+pub async fn fanout(ctx: &mut Ctx) {
+    let modes: &[FanoutMode] = match ctx.o.fanout_mode {
+        FanoutMode::All => &[FanoutMode::PerUid, FanoutMode::Broadcast, FanoutMode::Group],
+        FanoutMode::PerUid => &[FanoutMode::PerUid],
+        FanoutMode::Broadcast => &[FanoutMode::Broadcast],
+        FanoutMode::Group => &[FanoutMode::Group],
+    };
+    for &m in modes {
+        let r = match m {
+            FanoutMode::Group => fanout_command(ctx, true).await,
+            FanoutMode::Broadcast => fanout_command(ctx, false).await,
+            _ => fanout_per_uid(ctx).await,
+        };
+        ctx.emit(r);
     }
+}
+
+/// What the fan-out rounds collected.
+#[derive(Default)]
+struct Rounds {
+    last_delivery: Vec<u64>,
+    last_reply: Vec<u64>,
+    deliveries: Vec<u64>,
+    usage: procstat::Usage,
+    frames: u64,
+}
+
+impl Rounds {
+    /// Records one round whose first byte was written at `t0`.
+    fn add(&mut self, run: &Run, t0: u64, last_reply: u64, u: &procstat::Usage) {
+        self.last_delivery
+            .push(run.last_recv_ns().saturating_sub(t0));
+        self.last_reply.push(last_reply.saturating_sub(t0));
+        self.deliveries.extend(
+            run.recv_ns
+                .iter()
+                .map(|a| a.load(Ordering::Acquire))
+                .filter(|&r| r > 0)
+                .map(|r| r.saturating_sub(t0)),
+        );
+        self.frames += run.delivered_total.load(Ordering::Acquire);
+        let add = |a: &mut Option<f64>, b: Option<f64>| {
+            if let Some(b) = b {
+                *a = Some(a.unwrap_or(0.0) + b);
+            }
+        };
+        self.usage.wall_s += u.wall_s;
+        add(&mut self.usage.server_ms, u.server_ms);
+        add(&mut self.usage.server_ms_hires, u.server_ms_hires);
+        add(&mut self.usage.bench_ms, u.bench_ms);
+        add(&mut self.usage.bench_ms_hires, u.bench_ms_hires);
+        add(&mut self.usage.other_ms, u.other_ms);
+        add(&mut self.usage.softirqd_ms, u.softirqd_ms);
+    }
+
+    /// `pushes`: push lines written (per-uid: one per client; broadcast/group: one per round).
+    fn report(mut self, rep: &mut Report, pushes: u64, pid: Option<u32>) {
+        let mut sorted = self.last_delivery.clone();
+        sorted.sort_unstable();
+        if !sorted.is_empty() {
+            let list: Vec<String> = self
+                .last_delivery
+                .iter()
+                .map(|&v| format!("{:.1}", ms(v)))
+                .collect();
+            rep.text(
+                "last_delivery_ms_rounds",
+                "last delivery per round (ms)",
+                &list.join(", "),
+            );
+            rep.num(
+                "last_delivery_ms",
+                "LAST DELIVERY (median of rounds)",
+                ms(sorted[sorted.len() / 2]),
+                1,
+                "ms",
+            );
+            rep.num(
+                "last_delivery_ms_best",
+                "last delivery (best round)",
+                ms(sorted[0]),
+                1,
+                "ms",
+            );
+            self.last_reply.sort_unstable();
+            rep.num(
+                "last_reply_ms",
+                "last reply (median of rounds)",
+                ms(self.last_reply[self.last_reply.len() / 2]),
+                1,
+                "ms",
+            );
+        }
+        self.deliveries.sort_unstable();
+        rep.percentiles_ms(
+            "delivery_ms",
+            "per-client delivery time since first write",
+            &self.deliveries,
+        );
+        rep.usage(&self.usage, pushes, pid);
+        if let Some(ms) = self
+            .usage
+            .server_ms_hires
+            .or(self.usage.server_ms)
+            .filter(|_| self.frames > 0)
+        {
+            rep.num(
+                "server_cpu_us_per_frame",
+                "server CPU per delivered frame (schedstat)",
+                ms * 1000.0 / self.frames as f64,
+                2,
+                "µs",
+            );
+        }
+        rep.server_rss(pid);
+    }
+}
+
+/// One line per uid, all written at once on one push connection.
+async fn fanout_per_uid(ctx: &mut Ctx) -> Report {
+    let mut rep = Report::new("fanout");
     let Some(fleet) = ctx.fleet().await else {
         return rep.finish();
     };
     let n = fleet.len();
     let rounds = ctx.o.fanout_rounds();
     let pid = ctx.pid();
-    rep.int("clients", "clients (one push each per round)", n as u64);
+    rep.int(
+        "clients",
+        "clients (one push line each per round)",
+        n as u64,
+    );
     rep.int("rounds", "rounds", u64::from(rounds));
-    let mut last_delivery = Vec::new();
-    let mut last_reply = Vec::new();
-    let mut deliveries: Vec<u64> = Vec::new();
-    let mut usage_total = procstat::Usage::default();
+    let mut acc = Rounds::default();
     for round in 0..rounds {
         if round > 0 {
             tokio::time::sleep(Duration::from_millis(200)).await;
@@ -527,73 +709,175 @@ pub async fn fanout(ctx: &mut Ctx) -> Report {
             ));
         }
         run.check(false);
-        let t0 = st.first_write_ns;
-        last_delivery.push(run.last_recv_ns().saturating_sub(t0));
-        last_reply.push(st.last_reply_ns.saturating_sub(t0));
-        deliveries.extend(
-            run.recv_ns
-                .iter()
-                .map(|a| a.load(Ordering::Acquire))
-                .filter(|&r| r > 0)
-                .map(|r| r.saturating_sub(t0)),
-        );
-        usage_total.wall_s += u.wall_s;
-        let add =
-            |a: &mut Option<f64>, b: Option<f64>| *a = Some(a.unwrap_or(0.0) + b.unwrap_or(0.0));
-        add(&mut usage_total.server_ms, u.server_ms);
-        add(&mut usage_total.server_ms_hires, u.server_ms_hires);
-        add(&mut usage_total.bench_ms, u.bench_ms);
-        add(&mut usage_total.bench_ms_hires, u.bench_ms_hires);
+        acc.add(run, st.first_write_ns, st.last_reply_ns, &u);
     }
-    if pid.is_none() {
-        usage_total.server_ms = None;
-        usage_total.server_ms_hires = None;
+    acc.report(&mut rep, n as u64 * u64::from(rounds), pid);
+    rep.finish()
+}
+
+/// Reads one reply line (a command's JSON answer).
+async fn read_line<R: tokio::io::AsyncBufRead + Unpin>(rd: &mut R) -> Result<String, String> {
+    let mut line = String::new();
+    let fut = tokio::io::AsyncBufReadExt::read_line(rd, &mut line);
+    match tokio::time::timeout(Duration::from_secs(30), fut).await {
+        Ok(Ok(0)) => Err("server closed the push connection".into()),
+        Ok(Ok(_)) if line.ends_with('\n') => Ok(line.trim_end_matches('\n').to_string()),
+        Ok(Ok(_)) => Err("unterminated reply at EOF".into()),
+        Ok(Err(e)) => Err(format!("read: {e}")),
+        Err(_) => Err("no reply within 30 s".into()),
     }
-    let mut sorted = last_delivery.clone();
-    sorted.sort_unstable();
-    if !sorted.is_empty() {
-        let list: Vec<String> = last_delivery
-            .iter()
-            .map(|&v| format!("{:.1}", ms(v)))
-            .collect();
-        rep.text(
-            "last_delivery_ms_rounds",
-            "last delivery per round (ms)",
-            &list.join(", "),
-        );
-        rep.num(
-            "last_delivery_ms",
-            "LAST DELIVERY (median of rounds)",
-            ms(sorted[sorted.len() / 2]),
-            1,
-            "ms",
-        );
-        rep.num(
-            "last_delivery_ms_best",
-            "last delivery (best round)",
-            ms(sorted[0]),
-            1,
-            "ms",
-        );
-        let mut lr = last_reply.clone();
-        lr.sort_unstable();
-        rep.num(
-            "last_reply_ms",
-            "last ok reply (median of rounds)",
-            ms(lr[lr.len() / 2]),
-            1,
-            "ms",
-        );
+}
+
+/// A command reply as JSON, which must say `"ok":true`.
+async fn command_reply<R: tokio::io::AsyncBufRead + Unpin>(
+    rd: &mut R,
+) -> Result<serde_json::Value, String> {
+    let line = read_line(rd).await?;
+    let v: serde_json::Value =
+        serde_json::from_str(&line).map_err(|_| format!("reply is not JSON: {line:?}"))?;
+    if v.get("ok") != Some(&serde_json::Value::Bool(true)) {
+        return Err(format!("command refused: {line}"));
     }
-    deliveries.sort_unstable();
-    rep.percentiles_ms(
-        "delivery_ms",
-        "per-client delivery time since first write",
-        &deliveries,
+    Ok(v)
+}
+
+fn field(v: &serde_json::Value, k: &str) -> u64 {
+    v.get(k).and_then(serde_json::Value::as_u64).unwrap_or(0)
+}
+
+/// `/broadcast PAYLOAD` (group = false) or `/group G PAYLOAD` to a group that every client's
+/// uid joined first (group = true): one line, every client must receive it exactly once.
+async fn fanout_command(ctx: &mut Ctx, group: bool) -> Report {
+    let name = if group {
+        "fanout-group"
+    } else {
+        "fanout-broadcast"
+    };
+    let mut rep = Report::new(name);
+    let Some(fleet) = ctx.fleet().await else {
+        return rep.finish();
+    };
+    let n = fleet.len();
+    let rounds = ctx.o.fanout_rounds();
+    let pid = ctx.pid();
+    let conn = match ctx.net.tcp(ctx.net.push_addr).await {
+        Ok(s) => s,
+        Err(e) => {
+            track::error(format!("{name}: push connection: {e}"));
+            return rep.finish();
+        }
+    };
+    let (rd, mut wr) = conn.into_split();
+    let mut rd = tokio::io::BufReader::new(rd);
+    let gname = format!("{}-all", ctx.tag);
+    if group {
+        // Not measured: every uid joins the group, 500 per /join (the server's default
+        // --max-list-uids is 1000), pipelined.
+        let mut buf = Vec::new();
+        let mut lines = 0;
+        for chunk in fleet.uids.chunks(500) {
+            buf.extend_from_slice(format!("/join {gname} ").as_bytes());
+            buf.extend_from_slice(serde_json::json!(chunk).to_string().as_bytes());
+            buf.push(b'\n');
+            lines += 1;
+        }
+        if let Err(e) = wr.write_all(&buf).await {
+            track::error(format!("{name}: writing /join: {e}"));
+            return rep.finish();
+        }
+        let mut added = 0;
+        for _ in 0..lines {
+            match command_reply(&mut rd).await {
+                Ok(v) => added += field(&v, "added"),
+                Err(e) => {
+                    track::error(format!("{name}: /join: {e}"));
+                    return rep.finish();
+                }
+            }
+        }
+        if added != n as u64 {
+            track::error(format!("{name}: /join added {added} members, expected {n}"));
+        }
+        rep.text("group", "group (every client's uid)", &gname);
+    }
+    rep.int("clients", "clients", n as u64);
+    rep.int(
+        "rounds",
+        "rounds (one command line each)",
+        u64::from(rounds),
     );
-    let pushes = (n as u64) * u64::from(rounds);
-    rep.usage(&usage_total, pushes, pid);
-    rep.server_rss(pid);
+    let mut acc = Rounds::default();
+    for round in 0..rounds {
+        tokio::time::sleep(Duration::from_millis(if round > 0 { 200 } else { 50 })).await;
+        let run = Run::start_per_client(name, n, ctx.o.pad);
+        let mut expected = 0u64;
+        for i in 0..n {
+            if fleet.up[i].load(Ordering::Acquire) {
+                run.expect_client(i);
+                expected += 1;
+            }
+        }
+        let mut line = if group {
+            format!("/group {gname} ")
+        } else {
+            "/broadcast ".to_string()
+        }
+        .into_bytes();
+        track::write_bcast(&mut line, run.base, now_ns(), ctx.o.pad);
+        line.push(b'\n');
+        let _p = ctx.progress(name, move || {
+            format!(
+                "round {}: delivered {}/{expected}",
+                round + 1,
+                run.delivered_total.load(Ordering::Relaxed)
+            )
+        });
+        let meter = Meter::start(pid);
+        let t0 = now_ns();
+        if let Err(e) = wr.write_all(&line).await {
+            track::error(format!("{name}: write: {e}"));
+            break;
+        }
+        let reply = command_reply(&mut rd).await;
+        let t_reply = now_ns();
+        match reply {
+            Ok(v) => {
+                let (conns, refused) = (field(&v, "connections"), field(&v, "refused"));
+                if refused > 0 {
+                    track::error(format!(
+                        "{name}: {refused} connection(s) refused the message (queue full)"
+                    ));
+                }
+                // Broadcast also reaches connections that are not the bench's.
+                let short = if group {
+                    field(&v, "reached") != expected
+                } else {
+                    conns < expected
+                };
+                if short {
+                    track::error(format!(
+                        "{name}: reply {v} but {expected} bench clients are bound"
+                    ));
+                }
+            }
+            Err(e) => {
+                track::error(format!("{name}: {e}"));
+                break;
+            }
+        }
+        let drained = run.drain(ctx.o.drain_timeout()).await;
+        let u = meter.stop();
+        track::clear_current();
+        if !drained {
+            track::error(format!(
+                "{name} round {}: frames missing after the drain timeout",
+                round + 1
+            ));
+        }
+        run.check(false);
+        acc.add(run, t0, t_reply, &u);
+    }
+    acc.report(&mut rep, 0, pid);
     rep.finish()
 }
 

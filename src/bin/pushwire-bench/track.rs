@@ -23,21 +23,19 @@ pub fn now_ns() -> u64 {
     EPOCH.get_or_init(Instant::now).elapsed().as_nanos() as u64
 }
 
-/// The `Instant` that corresponds to `ns` on the bench clock.
-pub fn instant_at(ns: u64) -> Instant {
-    *EPOCH.get_or_init(Instant::now) + Duration::from_nanos(ns)
-}
-
 pub const R_NONE: u8 = 0;
 pub const R_OK: u8 = 1;
 pub const R_FAIL: u8 = 2;
 
-/// One measured batch of pushes, with a contiguous range of sequence numbers.
+/// One measured batch of pushes, with a contiguous range of sequence numbers; or, for a
+/// *per-client* run (broadcast / group), one single payload (seq `base`) that every client
+/// must receive once, with the slots indexed by client.
 pub struct Run {
     pub name: &'static str,
     pub base: u64,
     pub n: usize,
     pub pad: usize,
+    pub per_client: bool,
     /// R_NONE / R_OK / R_FAIL per push, written by the sender when the reply arrives.
     pub reply: Box<[AtomicU8]>,
     /// Number of frames received per push.
@@ -63,12 +61,24 @@ impl Run {
     /// Allocates a run of `n` pushes, makes it the current one and returns it. Runs are leaked
     /// on purpose: they live until the process exits so late frames can still be attributed.
     pub fn start(name: &'static str, n: usize, pad: usize) -> &'static Run {
-        let base = NEXT_SEQ.fetch_add(n as u64, Ordering::Relaxed);
+        Run::alloc(name, n, pad, false)
+    }
+
+    /// A run for one payload that each of `clients` clients must receive exactly once. The
+    /// caller marks the clients expected to get it with [`Run::expect_client`].
+    pub fn start_per_client(name: &'static str, clients: usize, pad: usize) -> &'static Run {
+        Run::alloc(name, clients, pad, true)
+    }
+
+    fn alloc(name: &'static str, n: usize, pad: usize, per_client: bool) -> &'static Run {
+        let seqs = if per_client { 1 } else { n as u64 };
+        let base = NEXT_SEQ.fetch_add(seqs, Ordering::Relaxed);
         let run: &'static Run = Box::leak(Box::new(Run {
             name,
             base,
             n,
             pad,
+            per_client,
             reply: atomics(n, || AtomicU8::new(R_NONE)),
             delivered: atomics(n, || AtomicU8::new(0)),
             recv_ns: atomics(n, || AtomicU64::new(0)),
@@ -100,7 +110,26 @@ impl Run {
         true
     }
 
+    /// Per-client run: client `i` must receive the payload (counted as an `ok`).
+    pub fn expect_client(&self, i: usize) {
+        if i < self.n {
+            self.reply[i].store(R_OK, Ordering::Release);
+            self.oks.fetch_add(1, Ordering::AcqRel);
+        }
+    }
+
+    fn covers(&self, seq: u64) -> bool {
+        if self.per_client {
+            seq == self.base
+        } else {
+            self.index(seq).is_some()
+        }
+    }
+
     fn index(&self, seq: u64) -> Option<usize> {
+        if self.per_client {
+            return None;
+        }
         let i = seq.checked_sub(self.base)?;
         if i < self.n as u64 {
             Some(i as usize)
@@ -131,7 +160,12 @@ impl Run {
         for i in 0..self.n {
             let r = self.reply[i].load(Ordering::Acquire);
             let d = self.delivered[i].load(Ordering::Acquire);
-            let seq = self.seq(i);
+            // Per-client runs report the client index instead of a seq.
+            let seq = if self.per_client {
+                i as u64
+            } else {
+                self.seq(i)
+            };
             let mut mark = |k: usize, ctr: &mut u64| {
                 *ctr += 1;
                 first[k].get_or_insert(seq);
@@ -141,17 +175,28 @@ impl Run {
                 R_OK if d > 1 => mark(1, &mut c.duplicated),
                 R_FAIL if d > 0 => mark(2, &mut c.fail_but_delivered),
                 R_FAIL if !fail_expected => mark(3, &mut c.unexpected_fail),
-                R_NONE => mark(4, &mut c.unanswered),
+                R_NONE if self.per_client && d > 0 => mark(2, &mut c.fail_but_delivered),
+                R_NONE if !self.per_client => mark(4, &mut c.unanswered),
                 _ => {}
             }
         }
-        let what = [
-            "answered ok but never delivered",
-            "delivered more than once",
-            "answered fail but delivered",
-            "answered fail although the uid was bound",
-            "never answered",
-        ];
+        let what = if self.per_client {
+            [
+                "never received the payload",
+                "received it more than once",
+                "received it although not expected (not bound when sent)",
+                "",
+                "",
+            ]
+        } else {
+            [
+                "answered ok but never delivered",
+                "delivered more than once",
+                "answered fail but delivered",
+                "answered fail although the uid was bound",
+                "never answered",
+            ]
+        };
         let counts = [
             c.lost,
             c.duplicated,
@@ -162,10 +207,16 @@ impl Run {
         for k in 0..5 {
             if counts[k] > 0 {
                 error(format!(
-                    "{}: {} push(es) {} (first seq {})",
+                    "{}: {} {} {} (first {} {})",
                     self.name,
                     counts[k],
+                    if self.per_client {
+                        "client(s)"
+                    } else {
+                        "push(es)"
+                    },
                     what[k],
+                    if self.per_client { "client" } else { "seq" },
                     first[k].unwrap_or(0)
                 ));
             }
@@ -202,17 +253,6 @@ pub struct Check {
     pub unanswered: u64,
 }
 
-impl Check {
-    pub fn is_clean(&self) -> bool {
-        self.lost
-            + self.duplicated
-            + self.fail_but_delivered
-            + self.unexpected_fail
-            + self.unanswered
-            == 0
-    }
-}
-
 fn lock_runs() -> std::sync::MutexGuard<'static, Vec<&'static Run>> {
     ALL_RUNS.lock().unwrap_or_else(|e| e.into_inner())
 }
@@ -227,11 +267,11 @@ fn find_run(seq: u64) -> Option<&'static Run> {
     if !p.is_null() {
         // SAFETY: CURRENT only ever holds pointers to leaked (never freed) runs.
         let run: &'static Run = unsafe { &*p };
-        if run.index(seq).is_some() {
+        if run.covers(seq) {
             return Some(run);
         }
     }
-    lock_runs().iter().copied().find(|r| r.index(seq).is_some())
+    lock_runs().iter().copied().find(|r| r.covers(seq))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -283,6 +323,22 @@ pub fn write_line(buf: &mut Vec<u8>, uid: &str, seq: u64, t: u64, pad: usize) {
     buf.extend_from_slice(b"}\n");
 }
 
+/// The payload of a broadcast / group push (no line terminator, no uid):
+/// `{"bcast":<seq>,"t":<t_ns>,"k":<check>[,"p":"xxx…"]}`.
+pub fn write_bcast(buf: &mut Vec<u8>, seq: u64, t: u64, pad: usize) {
+    let _ = write!(
+        buf,
+        "{{\"bcast\":{seq},\"t\":{t},\"k\":{}",
+        check_value(seq, t)
+    );
+    if pad > 0 {
+        buf.extend_from_slice(b",\"p\":\"");
+        buf.resize(buf.len() + pad, b'x');
+        buf.push(b'"');
+    }
+    buf.push(b'}');
+}
+
 #[derive(Debug, PartialEq)]
 pub struct Parsed<'a> {
     pub uid: &'a str,
@@ -314,6 +370,17 @@ pub fn parse(s: &str) -> Option<Parsed<'_>> {
     let uid = s.get(HEAD.len()..HEAD.len() + q)?;
     let rest = rest[q..].strip_prefix(b"\",\"seq\":")?;
     let (seq, rest) = num(rest)?;
+    parse_tail(uid, seq, rest)
+}
+
+/// Parses a broadcast payload written by [`write_bcast`]; `uid` is returned empty.
+pub fn parse_bcast(s: &str) -> Option<Parsed<'_>> {
+    let rest = s.as_bytes().strip_prefix(b"{\"bcast\":")?;
+    let (seq, rest) = num(rest)?;
+    parse_tail("", seq, rest)
+}
+
+fn parse_tail<'a>(uid: &'a str, seq: u64, rest: &[u8]) -> Option<Parsed<'a>> {
     let (t, rest) = num(rest.strip_prefix(b",\"t\":")?)?;
     let (k, rest) = num(rest.strip_prefix(b",\"k\":")?)?;
     let (pad, rest) = match rest.strip_prefix(b",\"p\":\"") {
@@ -339,9 +406,13 @@ fn excerpt(s: &str) -> String {
     s.chars().take(120).collect()
 }
 
-/// Called by a client for every text frame it receives.
-pub fn on_frame(own_uid: &str, text: &str) {
+/// Called by client number `client` for every text frame it receives.
+pub fn on_frame(own_uid: &str, client: usize, text: &str) {
     let now = now_ns();
+    if text.starts_with("{\"bcast\":") {
+        on_bcast(own_uid, client, text, now);
+        return;
+    }
     let Some(p) = parse(text) else {
         error(format!(
             "client {own_uid}: frame not byte-exact / malformed: {:?}",
@@ -390,6 +461,47 @@ pub fn on_frame(own_uid: &str, text: &str) {
     run.delivered_total.fetch_add(1, Ordering::AcqRel);
 }
 
+fn on_bcast(own_uid: &str, client: usize, text: &str, now: u64) {
+    let Some(p) = parse_bcast(text) else {
+        error(format!(
+            "client {own_uid}: broadcast frame not byte-exact / malformed: {:?}",
+            excerpt(text)
+        ));
+        return;
+    };
+    if p.k != check_value(p.seq, p.t) {
+        error(format!(
+            "client {own_uid}: broadcast seq {} fails its check value (altered)",
+            p.seq
+        ));
+        return;
+    }
+    let Some(run) = find_run(p.seq).filter(|r| r.per_client && client < r.n) else {
+        error(format!(
+            "client {own_uid}: broadcast frame with unknown seq {}",
+            p.seq
+        ));
+        return;
+    };
+    if p.pad != run.pad {
+        error(format!(
+            "client {own_uid}: broadcast seq {} has padding {} instead of {}",
+            p.seq, p.pad, run.pad
+        ));
+        return;
+    }
+    if run.delivered[client].fetch_add(1, Ordering::AcqRel) != 0 {
+        error(format!(
+            "{}: client {own_uid}: duplicate delivery of broadcast seq {}",
+            run.name, p.seq
+        ));
+        return;
+    }
+    run.recv_ns[client].store(now, Ordering::Release);
+    run.lat_ns[client].store(now.saturating_sub(p.t), Ordering::Release);
+    run.delivered_total.fetch_add(1, Ordering::AcqRel);
+}
+
 /// A tiny xorshift64* generator (uids to push to, run tags).
 pub struct Rng(u64);
 
@@ -433,6 +545,17 @@ mod tests {
                     pad
                 }
             );
+        }
+    }
+
+    #[test]
+    fn bcast_roundtrip() {
+        for pad in [0, 5] {
+            let mut b = Vec::new();
+            write_bcast(&mut b, 9, 77, pad);
+            let p = parse_bcast(std::str::from_utf8(&b).unwrap()).unwrap();
+            assert_eq!((p.seq, p.t, p.k, p.pad), (9, 77, check_value(9, 77), pad));
+            assert!(parse_bcast("{\"bcast\":9,\"t\":77,\"k\":1} ").is_none());
         }
     }
 

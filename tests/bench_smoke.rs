@@ -1,0 +1,93 @@
+//! CI smoke run of the load tool: every scenario once, at 500 clients, against the real
+//! daemon binary. No timing assertions: the tool itself checks correctness (every `ok`
+//! delivered exactly once, byte-exact) and exits non-zero otherwise.
+
+use std::net::TcpListener;
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::Command;
+
+fn free_port() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind :0");
+    l.local_addr().expect("local addr").port()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_scenario_passes_its_own_checks_at_500_clients() {
+    let (ws, push) = (free_port(), free_port());
+    let mut daemon = Command::new(env!("CARGO_BIN_EXE_pushwire"))
+        .args(["--ws-listen", &format!("127.0.0.1:{ws}")])
+        .args(["--push-listen", &format!("127.0.0.1:{push}")])
+        .env("RUST_LOG", "info")
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start pushwire");
+    let pid = daemon.id().expect("daemon pid");
+    let mut log = BufReader::new(daemon.stderr.take().expect("stderr")).lines();
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some(line) = log.next_line().await.expect("read log") {
+            if line.contains("listening") {
+                return;
+            }
+        }
+        panic!("daemon exited before listening");
+    })
+    .await
+    .expect("daemon did not start listening within 10 s");
+    // Keep draining the log so the daemon never blocks on a full pipe.
+    tokio::spawn(async move { while let Ok(Some(_)) = log.next_line().await {} });
+
+    let out = tokio::time::timeout(
+        Duration::from_secs(240),
+        Command::new(env!("CARGO_BIN_EXE_pushwire-bench"))
+            .args(["--ws", &format!("ws://127.0.0.1:{ws}/")])
+            .args(["--push", &format!("127.0.0.1:{push}")])
+            .args(["--server-pid", &pid.to_string()])
+            .args(["all", "--clients", "500", "--smoke"])
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("bench did not finish within 240 s")
+    .expect("run pushwire-bench");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "bench failed: {}\n{stdout}\n{stderr}",
+        out.status
+    );
+
+    // One JSON line per scenario, each reporting ok.
+    let reports: Vec<serde_json::Value> = stdout
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).expect("JSON report line"))
+        .collect();
+    let scenarios: Vec<&str> = reports
+        .iter()
+        .map(|r| r["scenario"].as_str().unwrap_or("?"))
+        .collect();
+    for want in [
+        "storm",
+        "idle-mem",
+        "fanout",
+        "fanout-broadcast",
+        "fanout-group",
+        "latency",
+        "throughput",
+        "churn",
+    ] {
+        assert!(
+            scenarios.contains(&want),
+            "no {want} report in {scenarios:?}\n{stdout}"
+        );
+    }
+    for r in &reports {
+        assert_eq!(r["ok"], true, "{r}");
+        assert_eq!(r["errors"], 0, "{r}");
+    }
+}
