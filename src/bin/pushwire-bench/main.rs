@@ -152,7 +152,7 @@ pub enum Scenario {
     Churn,
     /// Paced pushes at a fixed rate; push→frame latency percentiles.
     Latency,
-    /// One push per uid to all N clients from one connection; time to the last delivery.
+    /// Fan-out to all N clients (a line per uid, one /broadcast, one /group); time to the last delivery.
     Fanout,
     /// Server RSS per bound idle client (needs --server-pid).
     IdleMem,

@@ -6,14 +6,20 @@
 //!   a probe answered `fail` (the server had not processed the uid yet) is retried after 2 ms.
 //!   *Connected* = first connect started → last uid frame written. *All bound* = first connect
 //!   started → last probe answered `ok` (the server's own confirmation that every uid is bound);
-//!   every probe frame must then arrive. Connects slower than 1 s are counted: they are the
-//!   signature of SYNs dropped by a full accept queue (the retransmit waits 1 s).
+//!   every probe frame must then arrive. With `--bind-check count` no probe is pushed: *all
+//!   bound* is the first `/count` reply showing every connection (polled once every client has
+//!   sent its uid), so the clients never receive a message. Connects slower than 1 s are
+//!   counted: they are the signature of SYNs dropped by a full accept queue (1 s retransmit).
 //! * **idle-mem** — server VmRSS before the clients exist and after they are bound and idle for
-//!   `--settle-ms`; reports (after − before) / N, plus the change in kernel TCP memory
-//!   (/proc/net/sockstat, both ends of each connection live on this machine).
-//! * **fanout** (per-uid) — all N lines (one per uid) are formatted first, then written on one
+//!   `--settle-ms`; reports (after − before) / N, plus the change in kernel slab memory and TCP
+//!   buffer memory per socket (system-wide, both ends of each connection live on this machine,
+//!   hence divided by 2N).
+//! * **fanout** — per-uid: all N lines (one per uid) are formatted first, then written on one
 //!   push connection in one go; time from the first write to the last client receiving its
-//!   frame (and to the last reply), per round. Broadcast/group: hook only (see `fanout`).
+//!   frame (and to the last reply), per round. broadcast: one `/broadcast PAYLOAD` line;
+//!   group: every uid joins one group first (not timed), then one `/group G PAYLOAD` line; in
+//!   both, every client must receive the payload exactly once. `--fanout-mode` picks one; the
+//!   default runs all three (one report each).
 //! * **latency** — one push connection, pushes to random uids on a fixed schedule (`--rate` per
 //!   second for `--duration-ms`) from a dedicated OS thread that never waits for replies (open
 //!   loop; a reader thread takes the replies). Each line embeds its *scheduled* time. Reported:
@@ -26,7 +32,9 @@
 //!   line, read the reply, close. Server CPU per push and per-operation time.
 //!
 //! Server CPU is utime+stime of /proc/PID/stat (10 ms ticks) over the measured phase, with the
-//! schedstat sum (ns) next to it; the bench's own CPU is shown too, since both share the box.
+//! schedstat sum (ns) next to it; the bench's own CPU is shown too, since both share the box,
+//! and so are ksoftirqd's CPU and everybody else's (a measurement disturbed by other load
+//! says so in a note).
 
 use crate::client::{self, Fleet, Net};
 use crate::procstat::{self, Mem, Meter};
