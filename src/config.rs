@@ -15,6 +15,10 @@ pub struct Config {
     pub max_line_bytes: usize,
     /// Longest uid a browser may bind, in bytes.
     pub max_uid_bytes: usize,
+    /// Largest WebSocket message or frame a browser may send (uid, token), in bytes.
+    pub max_message_bytes: usize,
+    /// Most bytes a browser may send before its WebSocket handshake completes.
+    pub max_handshake_bytes: usize,
     /// How long a fresh WebSocket may take to complete its handshake and send its uid.
     pub bind_timeout: Duration,
     /// How often the server pings a bound browser.
@@ -58,6 +62,8 @@ impl Default for Config {
         Config {
             max_line_bytes: 1024 * 1024,
             max_uid_bytes: 256,
+            max_message_bytes: 4096,
+            max_handshake_bytes: 16 * 1024,
             bind_timeout: Duration::from_secs(10),
             ping_interval: Duration::from_secs(30),
             pong_timeout: Duration::from_secs(10),

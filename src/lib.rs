@@ -21,6 +21,7 @@ pub mod auth;
 pub mod command;
 pub mod config;
 pub mod groups;
+pub mod limited;
 pub mod metrics;
 pub mod outbox;
 pub mod protocol;

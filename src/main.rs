@@ -39,6 +39,16 @@ struct Args {
     #[arg(long, env = "PUSHWIRE_MAX_UID_BYTES", default_value_t = 256)]
     max_uid_bytes: usize,
 
+    /// Largest WebSocket message or frame a browser may send (its uid or token), in
+    /// bytes; larger ones close the connection. Never below --max-uid-bytes.
+    #[arg(long, env = "PUSHWIRE_MAX_MESSAGE_BYTES", default_value_t = 4096)]
+    max_message_bytes: usize,
+
+    /// Most bytes a browser may send before its WebSocket handshake completes (the HTTP
+    /// upgrade request, cookies included); more and the connection is dropped.
+    #[arg(long, env = "PUSHWIRE_MAX_HANDSHAKE_BYTES", default_value_t = 16 * 1024)]
+    max_handshake_bytes: usize,
+
     /// Time a new WebSocket has to finish its handshake and send its uid, in ms.
     #[arg(long, env = "PUSHWIRE_BIND_TIMEOUT_MS", default_value_t = 10_000)]
     bind_timeout_ms: u64,
@@ -280,6 +290,8 @@ fn config_from(args: &Args) -> std::io::Result<pushwire::Config> {
     Ok(pushwire::Config {
         max_line_bytes: args.max_line_bytes,
         max_uid_bytes: args.max_uid_bytes,
+        max_message_bytes: args.max_message_bytes,
+        max_handshake_bytes: args.max_handshake_bytes.max(1),
         bind_timeout: Duration::from_millis(args.bind_timeout_ms),
         ping_interval: Duration::from_millis(args.ping_interval_ms),
         pong_timeout: Duration::from_millis(args.pong_timeout_ms),

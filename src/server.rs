@@ -84,7 +84,7 @@ pub async fn serve(
         },
     );
     let ctx = Arc::new(Context {
-        ws_config: ws::ws_config(config.max_uid_bytes),
+        ws_config: ws::ws_config(config.max_message_bytes, config.max_uid_bytes),
         registry,
         push_stop: CancellationToken::new(),
         ws_stop: CancellationToken::new(),

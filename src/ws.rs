@@ -18,12 +18,13 @@ use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Bytes, Error as WsError, Message, Utf8Bytes};
 use tracing::{debug, info, trace, warn};
 
+use crate::limited::Limited;
 use crate::metrics::Metrics;
 use crate::outbox::Outbox;
 use crate::protocol::CloseNotice;
 use crate::server::Context;
 
-type Ws = WebSocketStream<TcpStream>;
+type Ws = WebSocketStream<Limited>;
 
 /// How long a close frame may take to leave; the peer may be the reason we are closing.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
@@ -39,9 +40,10 @@ const READ_BUFFER: usize = 256;
 /// outbox batch sends the rest.
 const WRITE_BUFFER: usize = 8 * 1024;
 
-/// The tungstenite settings for a browser socket, bounded by what browsers may send.
-pub(crate) fn ws_config(max_uid_bytes: usize) -> WebSocketConfig {
-    let max_in = max_uid_bytes.max(4096);
+/// The tungstenite settings for a browser socket, bounded by what browsers may send
+/// (`--max-message-bytes`, never below the uid limit).
+pub(crate) fn ws_config(max_message_bytes: usize, max_uid_bytes: usize) -> WebSocketConfig {
+    let max_in = max_message_bytes.max(max_uid_bytes);
     WebSocketConfig::default()
         .read_buffer_size(READ_BUFFER)
         .write_buffer_size(WRITE_BUFFER)
@@ -83,6 +85,7 @@ pub(crate) async fn serve(stream: TcpStream, ctx: Arc<Context>) {
     };
     // Boxed: the handshake's state is large and short-lived; inline, it would size the
     // task of every idle connection for its whole life.
+    let stream = Limited::new(stream, ctx.config.max_handshake_bytes);
     let accept = Box::pin(tokio_tungstenite::accept_hdr_async_with_config(
         stream,
         check,
@@ -90,7 +93,13 @@ pub(crate) async fn serve(stream: TcpStream, ctx: Arc<Context>) {
     ));
     let mut ws = tokio::select! {
         r = timeout_at(deadline, accept) => match r {
-            Ok(Ok(ws)) => ws,
+            Ok(Ok(mut ws)) => {
+                ws.get_mut().lift();
+                ws
+            }
+            Ok(Err(WsError::Io(err))) if err.kind() == std::io::ErrorKind::InvalidData => {
+                return info!(%err, "handshake refused");
+            }
             Ok(Err(err)) => return debug!(%err, "handshake failed"),
             Err(_) => return debug!("handshake timed out"),
         },
@@ -307,7 +316,7 @@ async fn deliver(
     // interleave; it is almost always empty. Dropping an unfinished flush is harmless:
     // tungstenite keeps its buffer and the slow path flushes again.
     if let Some(Ok(())) = ws.flush().now_or_never() {
-        match try_write(ws.get_ref(), batch, &mut at) {
+        match try_write(ws.get_ref().tcp(), batch, &mut at) {
             Ok(true) => return Ok(()),
             Ok(false) => {}
             Err(err) => return Err(End::PeerError(WsError::Io(err))),
@@ -347,8 +356,8 @@ async fn write_guarded(
 /// Writes the rest of `batch`, waiting for the socket as needed.
 async fn write_all(ws: &mut Ws, batch: &[Utf8Bytes], at: &mut Progress) -> Result<(), WsError> {
     ws.flush().await?;
-    while !try_write(ws.get_ref(), batch, at)? {
-        ws.get_ref().writable().await?;
+    while !try_write(ws.get_ref().tcp(), batch, at)? {
+        ws.get_ref().tcp().writable().await?;
     }
     Ok(())
 }
