@@ -22,18 +22,6 @@ use tokio::time::{Instant, timeout};
 /// How long one external program may run.
 const PROGRAM_DEADLINE: Duration = Duration::from_secs(10);
 
-/// The tutorial's backend code, verbatim: connect to the push port, send one JSON line,
-/// echo the reply. Tests substitute only the address.
-const SEED_PHP: &str = r#"// 建立socket连接到内部推送端口
-$client = stream_socket_client('tcp://127.0.0.1:5678', $errno, $errmsg, 1);
-// 推送的数据,包含uid字段,表示是给这个uid推送
-$data = array('uid'=>'uid1', 'percent'=>'88%');
-// 发送数据,注意5678端口是Text协议的端口,Text协议需要在数据末尾加上换行符
-fwrite($client, json_encode($data)."\n");
-// 读取推送结果
-echo fread($client, 8192);
-"#;
-
 /// The tutorial's browser code, verbatim; tests substitute only the port.
 const SEED_JS: &str = "var ws = new WebSocket('ws://127.0.0.1:1234'); ws.onopen = function(){ var uid = 'uid1'; ws.send(uid); }; ws.onmessage = function(e){ alert(e.data); };";
 

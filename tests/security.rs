@@ -34,16 +34,7 @@ const BAD_SECRET: &str = "bad secret";
 const AUTH_REQUIRED: &str = "authentication required: send /auth SECRET first";
 const NOT_ALLOWED: &str = "address not allowed";
 
-/// The tutorial's backend code, verbatim; tests substitute only the address.
-const SEED_PHP: &str = r#"// 建立socket连接到内部推送端口
-$client = stream_socket_client('tcp://127.0.0.1:5678', $errno, $errmsg, 1);
-// 推送的数据,包含uid字段,表示是给这个uid推送
-$data = array('uid'=>'uid1', 'percent'=>'88%');
-// 发送数据,注意5678端口是Text协议的端口,Text协议需要在数据末尾加上换行符
-fwrite($client, json_encode($data)."\n");
-// 读取推送结果
-echo fread($client, 8192);
-"#;
+/// What the seed's backend code (`SEED_PHP`) pushes.
 const SEED_PAYLOAD: &str = r#"{"uid":"uid1","percent":"88%"}"#;
 
 // ---------------------------------------------------------------------------------------
