@@ -267,7 +267,10 @@ fn truncate(s: &str, max: usize) -> &str {
 pub fn execute(line: &str, bytes: &Bytes, registry: &Registry, config: &Config) -> String {
     let cmd = match parse(line, config.max_list_uids) {
         Ok(cmd) => cmd,
-        Err(error) => return json!({"ok": false, "error": error}).to_string(),
+        Err(error) => {
+            tracing::debug!(%error, "bad command");
+            return json!({"ok": false, "error": error}).to_string();
+        }
     };
     let payload = |at: usize| -> Utf8Bytes {
         // `at` is a char boundary of a str, so the slice is UTF-8 too.
@@ -319,7 +322,10 @@ pub fn execute(line: &str, bytes: &Bytes, registry: &Registry, config: &Config) 
             Ok((added, members)) => {
                 json!({"ok": true, "group": group, "added": added, "members": members})
             }
-            Err(e) => json!({"ok": false, "error": e.to_string()}),
+            Err(e) => {
+                tracing::debug!(%e, %group, "join refused");
+                json!({"ok": false, "error": e.to_string()})
+            }
         },
         Command::Leave { group, uids } => {
             let (removed, members) = registry.leave(&group, &uids);
