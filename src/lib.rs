@@ -9,6 +9,8 @@
 //! - [`registry`]: the shared uid → connections map (fan-out happens here).
 //! - [`outbox`]: each connection's bounded queue and its full-queue policy.
 //! - [`protocol`]: line framing, push parsing, replies, close codes.
+//! - [`auth`] (signed uids), [`access`] (allow-lists, per-address caps, secrets),
+//!   [`limited`] (handshake byte budget): who may connect and how much they may send.
 //! - [`config`], [`metrics`]: limits and counters.
 //!
 //! The library never binds a socket and never sees the command line: `main.rs` does both
