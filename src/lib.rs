@@ -1,9 +1,9 @@
 //! pushwire: any backend pushes a line, the right browsers get it over WebSocket.
 //!
 //! # Layout (the data path, in order)
-//! - [`server`]: accept loops, connection limits, shutdown order.
-//! - [`ws`]: browser handshake, uid bind, per-socket write/read/ping loop.
-//! - [`push`]: backend line reader, one reply per line.
+//! - `server`: accept loops, connection limits, shutdown order.
+//! - `ws`: browser handshake, uid bind, per-socket write/read/ping loop.
+//! - `push`: backend line reader, one reply per line.
 //! - [`command`]: `/`-commands on the push port: routing, groups, presence, kick, stats.
 //! - [`groups`]: group membership owned by uids, with an offline grace period.
 //! - [`registry`]: the shared uid → connections map (fan-out happens here).
