@@ -21,11 +21,9 @@ if [[ -z ${PUSHWIRE_BIN_DIR:-} ]]; then
 	cargo build --release --bins >&2
 fi
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-ws_port=$(free_port)
-push_port=$(free_port)
 log=$(mktemp)
-"$bin_dir/pushwire" --ws-listen "127.0.0.1:$ws_port" --push-listen "127.0.0.1:$push_port" \
+# Port 0: the kernel picks free ports, and the "listening" log line says which.
+NO_COLOR=1 "$bin_dir/pushwire" --ws-listen 127.0.0.1:0 --push-listen 127.0.0.1:0 \
 	--max-push-connections 64 --group-grace-ms 1000 2>"$log" &
 pid=$!
 trap 'kill "$pid" 2>/dev/null || true; rm -f "$log"' EXIT
@@ -34,6 +32,9 @@ for _ in $(seq 100); do
 	sleep 0.1
 done
 grep -q listening "$log" || { cat "$log" >&2; echo "soak: daemon did not start" >&2; exit 1; }
+ws_port=$(sed -n 's/.*listening ws=127\.0\.0\.1:\([0-9]*\).*/\1/p' "$log" | head -1)
+push_port=$(sed -n 's/.*listening.* push=127\.0\.0\.1:\([0-9]*\).*/\1/p' "$log" | head -1)
+[[ -n $ws_port && -n $push_port ]] || { cat "$log" >&2; echo "soak: no ports in the log" >&2; exit 1; }
 
 rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$pid/status"; }
 ask() { printf '%s\n' "$1" | nc -N 127.0.0.1 "$push_port"; }
