@@ -17,6 +17,7 @@ use tracing::{Instrument, debug, debug_span, info, warn};
 use crate::access::PerIp;
 use crate::config::Config;
 use crate::groups::GroupLimits;
+use crate::metrics::Metrics;
 use crate::outbox::QueueLimits;
 use crate::registry::Registry;
 use crate::{push, ws};
@@ -123,11 +124,13 @@ pub async fn serve(
             }
         },
     ));
+    // One limit for backends on both sockets.
+    let push_limit = Arc::new(Semaphore::new(ctx.config.max_push_connections));
     let push_accept = tokio::spawn(accept_loop(
         Listener {
             kind: "push",
             listener: push,
-            limit: Arc::new(Semaphore::new(ctx.config.max_push_connections)),
+            limit: push_limit.clone(),
             stop: shutdown.clone(),
             tasks: push_tasks.clone(),
         },
@@ -138,7 +141,7 @@ pub async fn serve(
             Listener {
                 kind: "push-unix",
                 listener,
-                limit: Arc::new(Semaphore::new(ctx.config.max_push_connections)),
+                limit: push_limit,
                 stop: shutdown.clone(),
                 tasks: push_tasks.clone(),
             },
@@ -175,8 +178,6 @@ pub async fn serve(
     info!("shutdown complete");
     Ok(())
 }
-
-use crate::metrics::Metrics;
 
 /// Drops group memberships of uids offline past the grace period, a few times per period.
 async fn sweep_groups(ctx: Arc<Context>, stop: CancellationToken) {
