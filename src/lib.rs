@@ -22,6 +22,7 @@ pub mod access;
 pub mod auth;
 pub mod command;
 pub mod config;
+pub mod frames;
 pub mod groups;
 pub mod limited;
 pub mod metrics;

@@ -11,7 +11,7 @@ use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
-/// `TcpStream` plus a read budget (`None` once lifted).
+/// `TcpStream` plus a read budget, for the handshake only (`into_tcp` ends it).
 #[derive(Debug)]
 pub struct Limited {
     inner: TcpStream,
@@ -27,14 +27,9 @@ impl Limited {
         }
     }
 
-    /// Ends the budget: from now on reads are unlimited (frame limits take over).
-    pub fn lift(&mut self) {
-        self.budget = None;
-    }
-
-    /// The socket itself, for non-blocking writes that bypass the WebSocket layer.
-    pub fn tcp(&self) -> &TcpStream {
-        &self.inner
+    /// The socket itself, once the handshake is done.
+    pub fn into_tcp(self) -> TcpStream {
+        self.inner
     }
 }
 

@@ -330,6 +330,10 @@ impl CloseNotice {
     pub const EMPTY_UID: CloseNotice = CloseNotice::fixed(1008, "empty uid");
     /// 1008: no uid arrived within the bind timeout.
     pub const BIND_TIMEOUT: CloseNotice = CloseNotice::fixed(1008, "no uid within bind timeout");
+    /// 1009: the browser sent a message over `--max-message-bytes`.
+    pub const MESSAGE_TOO_BIG: CloseNotice = CloseNotice::fixed(1009, "message too big");
+    /// 1007: a text message that is not UTF-8.
+    pub const BAD_UTF8: CloseNotice = CloseNotice::fixed(1007, "text message is not UTF-8");
     /// 1003: the first frame was binary.
     pub const BINARY_UID: CloseNotice = CloseNotice::fixed(1003, "uid must be a text frame");
 

@@ -6,48 +6,47 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::{FutureExt, SinkExt, StreamExt};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::time::{Instant, sleep, timeout, timeout_at};
-use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
 use tokio_tungstenite::tungstenite::http::StatusCode;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
-use tokio_tungstenite::tungstenite::{Bytes, Error as WsError, Message, Utf8Bytes};
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::{Error as WsError, Utf8Bytes};
 use tracing::{debug, info, trace, warn};
 
+use crate::frames::{FrameError, FrameReader, Incoming, close_frame, control_frame, write_raw};
 use crate::limited::Limited;
 use crate::metrics::Metrics;
 use crate::outbox::Outbox;
 use crate::protocol::CloseNotice;
 use crate::server::Context;
 
-type Ws = WebSocketStream<Limited>;
+/// A browser socket after the upgrade: the bare TCP stream and its frame reader.
+/// (tungstenite does the HTTP upgrade only; see `frames.rs` for why.)
+struct Ws {
+    tcp: TcpStream,
+    reader: FrameReader,
+    /// Largest message the browser may send.
+    max_in: usize,
+}
+
+impl Ws {
+    async fn next(&mut self) -> Result<Incoming, FrameError> {
+        self.reader.next(&self.tcp, self.max_in).await
+    }
+}
 
 /// How long a close frame may take to leave; the peer may be the reason we are closing.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
 
-/// Read buffer per socket. tungstenite zero-fills and keeps it for the socket's life, and
-/// browsers only ever send a uid (or a token), so a small one costs nothing in speed and
-/// saves ~128 KiB per connection over the 128 KiB default (1 KiB → 256 B measured
-/// 4.96 → 4.23 KiB RSS per idle connection at 10k). Larger frames are still read whole:
-/// the buffer grows to the frame, bounded by the 4 KiB message limit.
-const READ_BUFFER: usize = 256;
-
-/// Written frames are batched up to this size before a `write` syscall; `flush` after each
-/// outbox batch sends the rest.
-const WRITE_BUFFER: usize = 8 * 1024;
-
-/// The tungstenite settings for a browser socket, bounded by what browsers may send
-/// (`--max-message-bytes`, never below the uid limit).
+/// The tungstenite settings for the handshake (the only part tungstenite runs): small
+/// buffers, since nothing but the upgrade request goes through it.
 pub(crate) fn ws_config(max_message_bytes: usize, max_uid_bytes: usize) -> WebSocketConfig {
     let max_in = max_message_bytes.max(max_uid_bytes);
     WebSocketConfig::default()
-        .read_buffer_size(READ_BUFFER)
-        .write_buffer_size(WRITE_BUFFER)
-        .max_write_buffer_size(usize::MAX)
+        .read_buffer_size(256)
+        .write_buffer_size(0)
         .max_message_size(Some(max_in))
         .max_frame_size(Some(max_in))
 }
@@ -55,8 +54,8 @@ pub(crate) fn ws_config(max_message_bytes: usize, max_uid_bytes: usize) -> WebSo
 /// Why a bound connection ended; logged once at debug.
 #[derive(Debug)]
 enum End {
-    PeerClosed,
-    PeerError(WsError),
+    PeerClosed(Option<u16>),
+    PeerError(FrameError),
     PongTimeout,
     WriteStalled,
     Closed(CloseNotice),
@@ -93,10 +92,13 @@ pub(crate) async fn serve(stream: TcpStream, ctx: Arc<Context>) {
     ));
     let mut ws = tokio::select! {
         r = timeout_at(deadline, accept) => match r {
-            Ok(Ok(mut ws)) => {
-                ws.get_mut().lift();
-                ws
-            }
+            Ok(Ok(ws)) => Ws {
+                // A client must wait for the 101 before sending frames, so tungstenite
+                // holds no input here; from now on frames are ours.
+                tcp: ws.into_inner().into_tcp(),
+                reader: FrameReader::default(),
+                max_in: ctx.config.max_message_bytes.max(ctx.config.max_uid_bytes),
+            },
             Ok(Err(WsError::Io(err))) if err.kind() == std::io::ErrorKind::InvalidData => {
                 return info!(%err, "handshake refused");
             }
@@ -129,9 +131,11 @@ pub(crate) async fn serve(stream: TcpStream, ctx: Arc<Context>) {
     match &end {
         End::Closed(notice) => Box::pin(close(&mut ws, notice)).await,
         End::Shutdown => Box::pin(close(&mut ws, &CloseNotice::SHUTDOWN)).await,
-        End::PeerClosed => {
-            // tungstenite queued the close reply; let it go out.
-            let _ = Box::pin(timeout(CLOSE_GRACE, ws.flush())).await;
+        End::PeerClosed(code) => {
+            // Answer the close, echoing its code (RFC 6455 §5.5.1); then the socket closes.
+            let payload = code.map(u16::to_be_bytes);
+            let reply = control_frame(0x8, payload.as_ref().map_or(&[][..], |p| &p[..]));
+            let _ = Box::pin(write_raw(&ws.tcp, &reply, CLOSE_GRACE)).await;
         }
         End::PeerError(err) => debug!(%err, "connection error"),
         End::PongTimeout | End::WriteStalled => {}
@@ -199,7 +203,7 @@ async fn identify(
     };
     let token = match query_token {
         Some(token) => token,
-        None => first_text(ws, ws.get_config().max_message_size.unwrap_or(max_uid)).await?,
+        None => first_text(ws, ws.max_in).await?,
     };
     let uid = secret
         .verify(&token, std::time::SystemTime::now())
@@ -214,24 +218,41 @@ async fn identify(
 async fn first_text(ws: &mut Ws, max: usize) -> Result<String, Option<CloseNotice>> {
     loop {
         match ws.next().await {
-            Some(Ok(Message::Text(uid))) if uid.is_empty() => {
-                return Err(Some(CloseNotice::EMPTY_UID));
-            }
-            Some(Ok(Message::Text(uid))) if uid.len() > max => {
+            Ok(Incoming::Text(uid)) if uid.is_empty() => return Err(Some(CloseNotice::EMPTY_UID)),
+            Ok(Incoming::Text(uid)) if uid.len() > max => {
                 return Err(Some(CloseNotice::uid_too_long(max)));
             }
-            Some(Ok(Message::Text(uid))) => return Ok(uid.as_str().to_owned()),
-            Some(Ok(Message::Binary(_))) => return Err(Some(CloseNotice::BINARY_UID)),
-            Some(Ok(Message::Close(_))) | None => return Err(None),
-            Some(Ok(_)) => continue,
-            Some(Err(WsError::Capacity(_))) => {
-                return Err(Some(CloseNotice::uid_too_long(max)));
+            Ok(Incoming::Text(uid)) => return Ok(uid),
+            Ok(Incoming::Binary(_)) => return Err(Some(CloseNotice::BINARY_UID)),
+            Ok(Incoming::Close(_)) => return Err(None),
+            Ok(Incoming::Ping(payload)) => {
+                if write_raw(&ws.tcp, &control_frame(0xA, &payload), CLOSE_GRACE)
+                    .await
+                    .is_err()
+                {
+                    return Err(None);
+                }
             }
-            Some(Err(err)) => {
+            Ok(Incoming::Pong) => {}
+            Err(FrameError::TooBig) => return Err(Some(CloseNotice::uid_too_long(max))),
+            Err(err) => {
                 debug!(%err, "error before bind");
-                return Err(None);
+                return Err(refusal(&err));
             }
         }
+    }
+}
+
+/// The close notice for a frame error the peer can still hear about.
+fn refusal(err: &FrameError) -> Option<CloseNotice> {
+    match err {
+        FrameError::Protocol(why) => Some(CloseNotice {
+            code: 1002,
+            reason: std::borrow::Cow::Borrowed(why),
+        }),
+        FrameError::TooBig => Some(CloseNotice::MESSAGE_TOO_BIG),
+        FrameError::BadUtf8 => Some(CloseNotice::BAD_UTF8),
+        FrameError::Io(_) | FrameError::Eof => None,
     }
 }
 
@@ -257,7 +278,7 @@ async fn session(ws: &mut Ws, outbox: &Outbox, ctx: &Context) -> End {
                 metrics.add_out(&batch[..at.frame]);
                 return match drained {
                     Ok(Ok(())) => End::Shutdown,
-                    Ok(Err(err)) => End::PeerError(err),
+                    Ok(Err(err)) => End::PeerError(FrameError::Io(err)),
                     Err(_) => End::WriteStalled,
                 };
             }
@@ -273,28 +294,37 @@ async fn session(ws: &mut Ws, outbox: &Outbox, ctx: &Context) -> End {
                 metrics.add_out(&batch);
                 batch.clear();
             }
-            frame = ws.next() => {
+            frame = ws.reader.next(&ws.tcp, ws.max_in) => {
                 if awaiting_pong {
                     awaiting_pong = false;
                     timer.as_mut().reset(Instant::now() + cfg.ping_interval);
                 }
                 match frame {
-                    Some(Ok(Message::Close(_))) | None => return End::PeerClosed,
-                    Some(Ok(Message::Text(t))) => trace!(len = t.len(), "ignoring text frame"),
-                    Some(Ok(Message::Binary(b))) => trace!(len = b.len(), "ignoring binary frame"),
-                    Some(Ok(_)) => {}
-                    Some(Err(err)) => return End::PeerError(err),
+                    Ok(Incoming::Close(code)) => return End::PeerClosed(code),
+                    Ok(Incoming::Text(t)) => trace!(len = t.len(), "ignoring text message"),
+                    Ok(Incoming::Binary(len)) => trace!(len, "ignoring binary message"),
+                    Ok(Incoming::Pong) => {}
+                    Ok(Incoming::Ping(payload)) => {
+                        let pong = control_frame(0xA, &payload);
+                        if let Err(err) = Box::pin(write_raw(&ws.tcp, &pong, cfg.pong_timeout)).await {
+                            return End::PeerError(FrameError::Io(err));
+                        }
+                    }
+                    Err(err) => match refusal(&err) {
+                        Some(notice) => return End::Closed(notice),
+                        None => return End::PeerError(err),
+                    },
                 }
             }
             () = &mut timer => {
                 if awaiting_pong {
                     return End::PongTimeout;
                 }
-                let ping = ws.send(Message::Ping(Bytes::new()));
-                match Box::pin(timeout(cfg.pong_timeout, ping)).await {
-                    Ok(Ok(())) => {}
-                    Ok(Err(err)) => return End::PeerError(err),
-                    Err(_) => return End::WriteStalled,
+                let ping = control_frame(0x9, &[]);
+                match Box::pin(write_raw(&ws.tcp, &ping, cfg.pong_timeout)).await {
+                    Ok(()) => {}
+                    Err(err) if err.kind() == std::io::ErrorKind::TimedOut => return End::WriteStalled,
+                    Err(err) => return End::PeerError(FrameError::Io(err)),
                 }
                 awaiting_pong = true;
                 timer.as_mut().reset(Instant::now() + cfg.pong_timeout);
@@ -312,15 +342,10 @@ async fn deliver(
     ctx: &Context,
 ) -> Result<(), End> {
     let mut at = Progress::default();
-    // tungstenite's own queue (pong and close replies) goes first, so frames never
-    // interleave; it is almost always empty. Dropping an unfinished flush is harmless:
-    // tungstenite keeps its buffer and the slow path flushes again.
-    if let Some(Ok(())) = ws.flush().now_or_never() {
-        match try_write(ws.get_ref().tcp(), batch, &mut at) {
-            Ok(true) => return Ok(()),
-            Ok(false) => {}
-            Err(err) => return Err(End::PeerError(WsError::Io(err))),
-        }
+    match try_write(&ws.tcp, batch, &mut at) {
+        Ok(true) => return Ok(()),
+        Ok(false) => {}
+        Err(err) => return Err(End::PeerError(FrameError::Io(err))),
     }
     Box::pin(write_guarded(ws, batch, &mut at, outbox, ctx)).await
 }
@@ -339,13 +364,13 @@ async fn write_guarded(
     let write = write_all(ws, batch, at);
     tokio::pin!(write);
     tokio::select! {
-        r = &mut write => r.map_err(End::PeerError),
+        r = &mut write => r.map_err(|e| End::PeerError(FrameError::Io(e))),
         notice = outbox.closed() => {
             // Let the batch in flight finish (briefly) so the close frame lands on a
             // frame boundary; a socket too stuck for that is just dropped.
             match timeout(CLOSE_GRACE, &mut write).await {
                 Ok(Ok(())) => Err(End::Closed(notice)),
-                Ok(Err(err)) => Err(End::PeerError(err)),
+                Ok(Err(err)) => Err(End::PeerError(FrameError::Io(err))),
                 Err(_) => Err(End::WriteStalled),
             }
         }
@@ -354,10 +379,9 @@ async fn write_guarded(
 }
 
 /// Writes the rest of `batch`, waiting for the socket as needed.
-async fn write_all(ws: &mut Ws, batch: &[Utf8Bytes], at: &mut Progress) -> Result<(), WsError> {
-    ws.flush().await?;
-    while !try_write(ws.get_ref().tcp(), batch, at)? {
-        ws.get_ref().tcp().writable().await?;
+async fn write_all(ws: &mut Ws, batch: &[Utf8Bytes], at: &mut Progress) -> std::io::Result<()> {
+    while !try_write(&ws.tcp, batch, at)? {
+        ws.tcp.writable().await?;
     }
     Ok(())
 }
@@ -441,18 +465,22 @@ impl FrameHeader {
     }
 }
 
-/// Sends a close frame with `notice`, waiting at most [`CLOSE_GRACE`] for it to leave.
+/// Sends a close frame with `notice`, waiting at most [`CLOSE_GRACE`] for it to leave
+/// and for the peer's answer (so it sees a clean close rather than a reset).
 async fn close(ws: &mut Ws, notice: &CloseNotice) {
-    let frame = CloseFrame {
-        code: CloseCode::from(notice.code),
-        reason: Utf8Bytes::from(notice.reason.as_ref()),
-    };
     let deadline = Instant::now() + CLOSE_GRACE;
-    if timeout_at(deadline, ws.close(Some(frame))).await.is_err() {
+    let frame = close_frame(notice.code, &notice.reason);
+    if write_raw(&ws.tcp, &frame, CLOSE_GRACE).await.is_err() {
         return;
     }
-    // Give the peer a moment to answer, so it sees a clean close rather than a reset.
-    let _ = timeout_at(deadline, async { while ws.next().await.is_some() {} }).await;
+    let _ = timeout_at(deadline, async {
+        while let Ok(msg) = ws.next().await {
+            if let Incoming::Close(_) = msg {
+                break;
+            }
+        }
+    })
+    .await;
 }
 
 #[cfg(test)]

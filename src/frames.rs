@@ -1,0 +1,333 @@
+//! WebSocket framing after the handshake (RFC 6455 §5), server side, on a bare socket.
+//!
+//! Why not tungstenite's stream for this part: it keeps ~700 bytes per connection for
+//! its whole life (its state, a zero-filled read buffer, two waker proxies), and an idle
+//! browser only ever needs a socket. Here an idle connection holds two empty `Vec`s: bytes
+//! are buffered only while a frame is arriving. tungstenite still does the HTTP upgrade.
+//!
+//! Reading is cancel-safe (partial input lives in [`FrameReader`], never in the future),
+//! so it can sit in a `select!` beside the outbox and the ping timer.
+
+use std::io;
+use std::time::Duration;
+
+use tokio::net::TcpStream;
+
+/// A complete message or control frame from the browser.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Incoming {
+    /// A text message (UTF-8 checked).
+    Text(String),
+    /// A binary message; only its length is kept.
+    Binary(usize),
+    /// A ping; the payload must be echoed in a pong.
+    Ping(Vec<u8>),
+    /// A pong.
+    Pong,
+    /// A close frame, with its status code if it had one.
+    Close(Option<u16>),
+}
+
+/// Why reading stopped; each maps to a close code where the peer can still hear one.
+#[derive(Debug)]
+pub enum FrameError {
+    /// The socket failed.
+    Io(io::Error),
+    /// The peer closed TCP without a close frame.
+    Eof,
+    /// A frame broke RFC 6455 (close 1002).
+    Protocol(&'static str),
+    /// A message over the size limit (close 1009).
+    TooBig,
+    /// A text message that is not UTF-8 (close 1007).
+    BadUtf8,
+}
+
+impl std::fmt::Display for FrameError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            FrameError::Io(e) => write!(f, "socket error: {e}"),
+            FrameError::Eof => f.write_str("connection closed without a close frame"),
+            FrameError::Protocol(why) => write!(f, "protocol error: {why}"),
+            FrameError::TooBig => f.write_str("message too big"),
+            FrameError::BadUtf8 => f.write_str("text message is not UTF-8"),
+        }
+    }
+}
+
+/// Bytes read per `read` while a frame is arriving.
+const READ_CHUNK: usize = 512;
+
+/// Input state of one connection: unparsed bytes and a fragmented message in progress.
+#[derive(Debug, Default)]
+pub struct FrameReader {
+    buf: Vec<u8>,
+    /// A fragmented data message: (is text, bytes so far).
+    partial: Option<(bool, Vec<u8>)>,
+}
+
+impl FrameReader {
+    /// Input that arrived before this reader took over (normally none: a client must wait
+    /// for the 101 before sending frames).
+    pub fn with_pending(bytes: Vec<u8>) -> Self {
+        FrameReader {
+            buf: bytes,
+            partial: None,
+        }
+    }
+
+    /// Waits for the next message or control frame; messages are at most `max` bytes.
+    pub async fn next(&mut self, tcp: &TcpStream, max: usize) -> Result<Incoming, FrameError> {
+        loop {
+            if let Some(msg) = self.parse(max)? {
+                return Ok(msg);
+            }
+            tcp.readable().await.map_err(FrameError::Io)?;
+            // No await inside this block, so the chunk never lives in the task.
+            let mut chunk = [0u8; READ_CHUNK];
+            match tcp.try_read(&mut chunk) {
+                Ok(0) => return Err(FrameError::Eof),
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(FrameError::Io(e)),
+            }
+        }
+    }
+
+    /// Takes one complete frame out of the buffer, if there is one.
+    fn parse(&mut self, max: usize) -> Result<Option<Incoming>, FrameError> {
+        loop {
+            let b = &self.buf;
+            if b.len() < 2 {
+                return Ok(None);
+            }
+            let fin = b[0] & 0x80 != 0;
+            if b[0] & 0x70 != 0 {
+                return Err(FrameError::Protocol("reserved bits set"));
+            }
+            let opcode = b[0] & 0x0f;
+            if b[1] & 0x80 == 0 {
+                return Err(FrameError::Protocol("unmasked client frame"));
+            }
+            let (len, head) = match b[1] & 0x7f {
+                126 if b.len() < 4 => return Ok(None),
+                126 => (u64::from(u16::from_be_bytes([b[2], b[3]])), 4),
+                127 if b.len() < 10 => return Ok(None),
+                127 => {
+                    let mut n = [0u8; 8];
+                    n.copy_from_slice(&b[2..10]);
+                    (u64::from_be_bytes(n), 10)
+                }
+                n => (u64::from(n), 2),
+            };
+            let control = opcode >= 8;
+            if control && (!fin || len > 125) {
+                return Err(FrameError::Protocol("bad control frame"));
+            }
+            let so_far = self.partial.as_ref().map_or(0, |(_, data)| data.len());
+            // Checked before the payload is buffered: memory stays bounded by `max`.
+            let len = usize::try_from(len).map_err(|_| FrameError::TooBig)?;
+            if !control && len.saturating_add(so_far) > max {
+                return Err(FrameError::TooBig);
+            }
+            let total = head + 4 + len;
+            if b.len() < total {
+                return Ok(None);
+            }
+            let mask = [b[head], b[head + 1], b[head + 2], b[head + 3]];
+            let payload: Vec<u8> = b[head + 4..total]
+                .iter()
+                .enumerate()
+                .map(|(i, x)| x ^ mask[i % 4])
+                .collect();
+            self.buf.drain(..total);
+            if self.buf.is_empty() {
+                // Give the memory back: an idle connection holds nothing.
+                self.buf = Vec::new();
+            }
+            match opcode {
+                0x0 => {
+                    let Some((_, data)) = &mut self.partial else {
+                        return Err(FrameError::Protocol("continuation without a message"));
+                    };
+                    data.extend_from_slice(&payload);
+                    if fin {
+                        let Some((text, data)) = self.partial.take() else {
+                            continue;
+                        };
+                        return finish(text, data).map(Some);
+                    }
+                }
+                0x1 | 0x2 => {
+                    if self.partial.is_some() {
+                        return Err(FrameError::Protocol("new message inside a fragmented one"));
+                    }
+                    if fin {
+                        return finish(opcode == 0x1, payload).map(Some);
+                    }
+                    self.partial = Some((opcode == 0x1, payload));
+                }
+                0x8 => {
+                    let code =
+                        (payload.len() >= 2).then(|| u16::from_be_bytes([payload[0], payload[1]]));
+                    return Ok(Some(Incoming::Close(code)));
+                }
+                0x9 => return Ok(Some(Incoming::Ping(payload))),
+                0xA => return Ok(Some(Incoming::Pong)),
+                _ => return Err(FrameError::Protocol("unknown opcode")),
+            }
+        }
+    }
+}
+
+fn finish(text: bool, data: Vec<u8>) -> Result<Incoming, FrameError> {
+    if text {
+        String::from_utf8(data)
+            .map(Incoming::Text)
+            .map_err(|_| FrameError::BadUtf8)
+    } else {
+        Ok(Incoming::Binary(data.len()))
+    }
+}
+
+/// An unmasked server control frame (ping, pong, close): payload at most 125 bytes.
+pub fn control_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
+    let len = payload.len().min(125);
+    let mut frame = Vec::with_capacity(2 + len);
+    frame.push(0x80 | opcode);
+    frame.push(len as u8);
+    frame.extend_from_slice(&payload[..len]);
+    frame
+}
+
+/// A close frame with `code` and `reason` (cut to fit 125 bytes on a char boundary).
+pub fn close_frame(code: u16, reason: &str) -> Vec<u8> {
+    let mut end = reason.len().min(123);
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    let mut payload = code.to_be_bytes().to_vec();
+    payload.extend_from_slice(&reason.as_bytes()[..end]);
+    control_frame(0x8, &payload)
+}
+
+/// Writes all of `bytes`, waiting for the socket as needed, within `limit`.
+pub async fn write_raw(tcp: &TcpStream, bytes: &[u8], limit: Duration) -> io::Result<()> {
+    let write = async {
+        let mut done = 0;
+        while done < bytes.len() {
+            tcp.writable().await?;
+            match tcp.try_write(&bytes[done..]) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => done += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    };
+    tokio::time::timeout(limit, write)
+        .await
+        .unwrap_or_else(|_| Err(io::ErrorKind::TimedOut.into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn masked(first: u8, payload: &[u8]) -> Vec<u8> {
+        let mask = [1u8, 2, 3, 4];
+        let mut f = vec![first];
+        match payload.len() {
+            n if n < 126 => f.push(0x80 | n as u8),
+            n if n <= 0xffff => {
+                f.push(0x80 | 126);
+                f.extend_from_slice(&(n as u16).to_be_bytes());
+            }
+            n => {
+                f.push(0x80 | 127);
+                f.extend_from_slice(&(n as u64).to_be_bytes());
+            }
+        }
+        f.extend_from_slice(&mask);
+        f.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+        f
+    }
+
+    fn parse_all(bytes: Vec<u8>, max: usize) -> Vec<Result<Incoming, String>> {
+        let mut r = FrameReader::with_pending(bytes);
+        let mut out = Vec::new();
+        loop {
+            match r.parse(max) {
+                Ok(Some(m)) => out.push(Ok(m)),
+                Ok(None) => return out,
+                Err(e) => {
+                    out.push(Err(e.to_string()));
+                    return out;
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn messages_fragments_and_controls() {
+        let mut input = masked(0x81, b"uid1");
+        input.extend(masked(0x01, b"he"));
+        input.extend(masked(0x89, b"p"));
+        input.extend(masked(0x80, "llo é".as_bytes()));
+        input.extend(masked(0x82, &[0; 300]));
+        input.extend(masked(0x8A, b""));
+        input.extend(masked(0x88, &1000u16.to_be_bytes()));
+        assert_eq!(
+            parse_all(input, 4096),
+            vec![
+                Ok(Incoming::Text("uid1".into())),
+                Ok(Incoming::Ping(b"p".to_vec())),
+                Ok(Incoming::Text("hello é".into())),
+                Ok(Incoming::Binary(300)),
+                Ok(Incoming::Pong),
+                Ok(Incoming::Close(Some(1000))),
+            ]
+        );
+    }
+
+    #[test]
+    fn limits_and_violations() {
+        let too_big = masked(0x81, &[b'x'; 100]);
+        assert!(matches!(
+            parse_all(too_big[..10].to_vec(), 64)[..],
+            [Err(_)]
+        ));
+        let mut frag = masked(0x01, &[b'x'; 40]);
+        frag.extend(masked(0x80, &[b'x'; 40]));
+        assert_eq!(parse_all(frag, 64), vec![Err("message too big".into())]);
+        assert!(
+            parse_all(vec![0x81, 0x02, b'h', b'i'], 64)[0].is_err(),
+            "unmasked"
+        );
+        assert!(parse_all(masked(0xC1, b"x"), 64)[0].is_err(), "rsv");
+        assert!(
+            parse_all(masked(0x09, b"x"), 64)[0].is_err(),
+            "fragmented ping"
+        );
+        assert!(
+            parse_all(masked(0x80, b"x"), 64)[0].is_err(),
+            "lone continuation"
+        );
+        assert_eq!(
+            parse_all(masked(0x81, &[0xff]), 64),
+            vec![Err("text message is not UTF-8".into())]
+        );
+        // Partial input waits.
+        let whole = masked(0x81, b"abc");
+        assert_eq!(parse_all(whole[..whole.len() - 1].to_vec(), 64), vec![]);
+    }
+
+    #[test]
+    fn server_frames() {
+        assert_eq!(control_frame(0x9, b""), vec![0x89, 0]);
+        let close = close_frame(1001, "server shutting down");
+        assert_eq!(&close[..4], &[0x88, 22, 0x03, 0xE9]);
+        assert_eq!(close_frame(4001, &"é".repeat(100)).len(), 2 + 2 + 122);
+    }
+}
