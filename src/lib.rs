@@ -3,6 +3,7 @@
 //! # Layout (the data path, in order)
 //! - `server`: accept loops, connection limits, shutdown order.
 //! - `ws`: browser handshake, uid bind, per-socket write/read/ping loop.
+//! - [`frames`]: WebSocket framing after the upgrade, on the bare socket.
 //! - `push`: backend line reader, one reply per line.
 //! - [`command`]: `/`-commands on the push port: routing, groups, presence, kick, stats.
 //! - [`groups`]: group membership owned by uids, with an offline grace period.
