@@ -19,7 +19,7 @@ pub struct Limited {
 }
 
 impl Limited {
-    /// Wraps `inner`, allowing `budget` bytes to be read until [`Limited::lift`].
+    /// Wraps `inner`, allowing `budget` bytes to be read until [`Limited::into_tcp`].
     pub fn new(inner: TcpStream, budget: usize) -> Self {
         Limited {
             inner,
