@@ -76,6 +76,16 @@ impl FrameReader {
         }
     }
 
+    /// Adds input read elsewhere (for tests and fuzzing; `next` reads by itself).
+    pub fn feed(&mut self, bytes: &[u8]) {
+        self.buf.extend_from_slice(bytes);
+    }
+
+    /// Bytes buffered and not yet parsed.
+    pub fn buffered(&self) -> usize {
+        self.buf.len()
+    }
+
     /// Waits for the next message or control frame; messages are at most `max` bytes.
     pub async fn next(&mut self, tcp: &TcpStream, max: usize) -> Result<Incoming, FrameError> {
         loop {
@@ -94,8 +104,9 @@ impl FrameReader {
         }
     }
 
-    /// Takes one complete frame out of the buffer, if there is one.
-    fn parse(&mut self, max: usize) -> Result<Option<Incoming>, FrameError> {
+    /// Takes one complete message or control frame out of the buffered input, if there is
+    /// one. An error means the stream cannot go on (the connection is closed).
+    pub fn parse(&mut self, max: usize) -> Result<Option<Incoming>, FrameError> {
         loop {
             let b = &self.buf;
             if b.len() < 2 {

@@ -977,3 +977,106 @@ proptest! {
         }
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// WebSocket frames from browsers (src/frames.rs): the first frame (uid or token) and
+// everything after it go through this parser.
+
+mod frames {
+    use proptest::prelude::*;
+    use pushwire::frames::{FrameReader, Incoming};
+
+    fn masked(first: u8, payload: &[u8], mask: [u8; 4]) -> Vec<u8> {
+        let mut f = vec![first];
+        match payload.len() {
+            n if n < 126 => f.push(0x80 | n as u8),
+            n if n <= 0xffff => {
+                f.push(0x80 | 126);
+                f.extend_from_slice(&(n as u16).to_be_bytes());
+            }
+            n => {
+                f.push(0x80 | 127);
+                f.extend_from_slice(&(n as u64).to_be_bytes());
+            }
+        }
+        f.extend_from_slice(&mask);
+        f.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+        f
+    }
+
+    /// A message as a browser may send it: text or binary, split into fragments, with a
+    /// ping between fragments.
+    fn message() -> impl Strategy<Value = (bool, Vec<u8>, Vec<usize>, [u8; 4])> {
+        (
+            any::<bool>(),
+            prop_oneof![
+                "\\PC{0,40}".prop_map(String::into_bytes),
+                proptest::collection::vec(any::<u8>(), 0..300),
+            ],
+            proptest::collection::vec(1usize..50, 0..4),
+            any::<[u8; 4]>(),
+        )
+    }
+
+    proptest! {
+        #[test]
+        fn never_panics_and_never_holds_more_than_it_was_given(
+            input in proptest::collection::vec(any::<u8>(), 0..600),
+            max in 0usize..300,
+        ) {
+            let mut r = FrameReader::default();
+            r.feed(&input);
+            for _ in 0..input.len() + 1 {
+                match r.parse(max) {
+                    Ok(Some(_)) => prop_assert!(r.buffered() <= input.len()),
+                    Ok(None) | Err(_) => break,
+                }
+            }
+        }
+
+        #[test]
+        fn fragmented_masked_messages_round_trip_in_any_chunking(
+            msgs in proptest::collection::vec(message(), 1..5),
+            chunk in 1usize..64,
+        ) {
+            let mut wire = Vec::new();
+            let mut want = Vec::new();
+            for (text, payload, cuts, mask) in &msgs {
+                let text = *text && std::str::from_utf8(payload).is_ok();
+                // Split the payload at the cut points (clamped), fragment by fragment.
+                let mut pieces = Vec::new();
+                let mut at = 0;
+                for c in cuts {
+                    let end = (at + c).min(payload.len());
+                    pieces.push(&payload[at..end]);
+                    at = end;
+                }
+                pieces.push(&payload[at..]);
+                for (i, piece) in pieces.iter().enumerate() {
+                    let opcode = if i > 0 { 0x0 } else if text { 0x1 } else { 0x2 };
+                    let fin = if i + 1 == pieces.len() { 0x80 } else { 0 };
+                    wire.extend(masked(fin | opcode, piece, *mask));
+                    if i == 0 && pieces.len() > 1 {
+                        wire.extend(masked(0x89, b"hi", *mask));
+                        want.push(Incoming::Ping(b"hi".to_vec()));
+                    }
+                }
+                want.push(if text {
+                    Incoming::Text(String::from_utf8(payload.clone()).expect("checked"))
+                } else {
+                    Incoming::Binary(payload.len())
+                });
+            }
+            let mut r = FrameReader::default();
+            let mut got = Vec::new();
+            for piece in wire.chunks(chunk) {
+                r.feed(piece);
+                while let Some(m) = r.parse(4096).map_err(|e| TestCaseError::fail(e.to_string()))? {
+                    got.push(m);
+                }
+            }
+            prop_assert_eq!(got, want);
+            prop_assert_eq!(r.buffered(), 0);
+        }
+    }
+}
