@@ -23,7 +23,7 @@ use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use crate::config::Config;
 use crate::protocol::CloseNotice;
-use crate::registry::{Delivery, Registry, Uid};
+use crate::registry::{Registry, Uid};
 
 /// Largest page `/uids` returns, whatever the caller asks for.
 pub const MAX_UIDS_PAGE: usize = 10_000;
@@ -279,17 +279,9 @@ pub fn execute(line: &str, bytes: &Bytes, registry: &Registry, config: &Config) 
     let reply = match cmd {
         Command::Ping => return "pong".into(),
         Command::Send { uids, payload: at } => {
-            let msg = payload(at);
-            let mut total = Delivery::default();
-            let mut reached = 0;
-            for uid in &uids {
-                let d = registry.push(uid, &msg);
-                reached += usize::from(d.ok());
-                total.queued += d.queued;
-                total.refused += d.refused;
-            }
-            json!({"ok": reached > 0, "uids": uids.len(), "reached": reached,
-                   "connections": total.queued, "refused": total.refused})
+            let f = registry.push_many(&uids, &payload(at));
+            json!({"ok": f.reached > 0, "uids": uids.len(), "reached": f.reached,
+                   "connections": f.delivery.queued, "refused": f.delivery.refused})
         }
         Command::Push { id, line: at } => {
             let outcome = crate::push::push_line(payload(at), registry);
@@ -307,13 +299,14 @@ pub fn execute(line: &str, bytes: &Bytes, registry: &Registry, config: &Config) 
             v["id"] = json!(id);
             v
         }
-        Command::Group { group, payload: at } => match registry.push_group(&group, &payload(at)) {
-            None => {
-                json!({"ok": false, "group": group, "members": 0, "reached": 0, "connections": 0, "refused": 0})
-            }
-            Some((members, reached, d)) => json!({"ok": reached > 0, "group": group,
-                "members": members, "reached": reached, "connections": d.queued, "refused": d.refused}),
-        },
+        Command::Group { group, payload: at } => {
+            let (members, f) = registry
+                .push_group(&group, &payload(at))
+                .unwrap_or_default();
+            json!({"ok": f.reached > 0, "group": group, "members": members,
+                   "reached": f.reached, "connections": f.delivery.queued,
+                   "refused": f.delivery.refused})
+        }
         Command::Broadcast { payload: at } => {
             let d = registry.broadcast(&payload(at));
             json!({"ok": d.ok(), "connections": d.queued, "refused": d.refused})

@@ -15,16 +15,13 @@ use tokio::net::TcpStream;
 #[derive(Debug)]
 pub struct Limited {
     inner: TcpStream,
-    budget: Option<usize>,
+    budget: usize,
 }
 
 impl Limited {
     /// Wraps `inner`, allowing `budget` bytes to be read until [`Limited::into_tcp`].
     pub fn new(inner: TcpStream, budget: usize) -> Self {
-        Limited {
-            inner,
-            budget: Some(budget),
-        }
+        Limited { inner, budget }
     }
 
     /// The socket itself, once the handshake is done.
@@ -40,9 +37,7 @@ impl AsyncRead for Limited {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        let Some(budget) = this.budget else {
-            return Pin::new(&mut this.inner).poll_read(cx, buf);
-        };
+        let budget = this.budget;
         if budget == 0 {
             return Poll::Ready(Err(io::Error::new(
                 io::ErrorKind::InvalidData,
@@ -58,7 +53,7 @@ impl AsyncRead for Limited {
         if let Poll::Ready(Ok(())) = result {
             let n = small.filled().len();
             buf.put_slice(small.filled());
-            this.budget = Some(budget - n);
+            this.budget = budget - n;
         }
         result
     }

@@ -13,7 +13,7 @@
 //! source serves both.
 
 use std::collections::VecDeque;
-use std::sync::Mutex;
+use std::sync::{Mutex, MutexGuard};
 
 use tokio::sync::Notify;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
@@ -77,11 +77,7 @@ impl Outbox {
         let full = st.queue.len() >= self.limits.depth
             || (!st.queue.is_empty() && st.bytes + len > self.limits.bytes);
         if full {
-            st.queue = VecDeque::new();
-            st.bytes = 0;
-            st.closing = Some(CloseNotice::QUEUE_FULL);
-            drop(st);
-            self.wake.notify_one();
+            self.close_locked(st, CloseNotice::QUEUE_FULL);
             return Offer::Full;
         }
         st.queue.push_back(msg.clone());
@@ -98,16 +94,21 @@ impl Outbox {
     /// Marks the connection for closing with `notice`; queued messages are dropped.
     /// Returns false if it was already closing.
     pub fn close(&self, notice: CloseNotice) -> bool {
-        let mut st = self.lock();
+        let st = self.lock();
         if st.closing.is_some() {
             return false;
         }
+        self.close_locked(st, notice);
+        true
+    }
+
+    /// Marks the connection closing with `notice`, frees its queue, wakes the writer.
+    fn close_locked(&self, mut st: MutexGuard<'_, State>, notice: CloseNotice) {
         st.queue = VecDeque::new();
         st.bytes = 0;
         st.closing = Some(notice);
         drop(st);
         self.wake.notify_one();
-        true
     }
 
     /// Waits until there is something to do: moves every queued message into `batch`, or
@@ -149,7 +150,7 @@ impl Outbox {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+    fn lock(&self) -> MutexGuard<'_, State> {
         // A panic while holding this lock cannot leave the queue inconsistent (every
         // update is a single push/drain), so a poisoned lock is still safe to use.
         self.state.lock().unwrap_or_else(|e| e.into_inner())

@@ -52,6 +52,15 @@ impl Delivery {
     }
 }
 
+/// What one message to several uids did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Fanout {
+    /// Uids with at least one connection that took it.
+    pub reached: usize,
+    /// Connections over all those uids.
+    pub delivery: Delivery,
+}
+
 /// Cheap-clone handle to the shared registry.
 #[derive(Debug, Clone)]
 pub struct Registry {
@@ -226,19 +235,24 @@ impl Registry {
         delivery
     }
 
-    /// Offers `msg` to every connection of every member of `group`.
-    /// `None` if the group does not exist; otherwise (members, uids reached, delivery).
-    pub fn push_group(&self, group: &str, msg: &Utf8Bytes) -> Option<(usize, usize, Delivery)> {
-        let members = self.groups().members(group)?;
-        let mut total = Delivery::default();
-        let mut reached = 0;
-        for uid in &members {
+    /// Offers `msg` to every connection of each of `uids`.
+    pub fn push_many(&self, uids: &[Uid], msg: &Utf8Bytes) -> Fanout {
+        let mut out = Fanout::default();
+        for uid in uids {
             let d = self.push(uid, msg);
-            reached += usize::from(d.ok());
-            total.queued += d.queued;
-            total.refused += d.refused;
+            out.reached += usize::from(d.ok());
+            out.delivery.queued += d.queued;
+            out.delivery.refused += d.refused;
         }
-        Some((members.len(), reached, total))
+        out
+    }
+
+    /// Offers `msg` to every connection of every member of `group` (the member list is
+    /// cloned out first, so no group lock is held while offering).
+    /// `None` if the group does not exist; otherwise (members, fan-out).
+    pub fn push_group(&self, group: &str, msg: &Utf8Bytes) -> Option<(usize, Fanout)> {
+        let members = self.groups().members(group)?;
+        Some((members.len(), self.push_many(&members, msg)))
     }
 
     /// Adds uids to `group`. Returns (newly added, members after).

@@ -286,8 +286,8 @@ async fn session(ws: &mut Ws, outbox: &Outbox, ctx: &Context) -> End {
                 if let Err(notice) = r {
                     return End::Closed(notice);
                 }
-                // Boxed, like every rare or transient await here: an idle connection's
-                // task is sized by the states it can sleep in, and these are not them.
+                // Only `deliver`'s slow path is boxed: an idle connection's task is sized
+                // by the states it can sleep in, and a stuck write is not one of them.
                 if let Err(end) = deliver(ws, &batch, outbox, ctx).await {
                     return end;
                 }
@@ -401,15 +401,20 @@ struct Progress {
 /// that keeps its largest-ever capacity, so one 1 MiB push to 10k browsers would pin
 /// 10 GiB for good. Here the payload shared by all recipients is never copied.
 fn try_write(stream: &TcpStream, batch: &[Utf8Bytes], at: &mut Progress) -> std::io::Result<bool> {
+    // On the stack: this runs once per wake of every recipient, so no heap allocation.
+    let mut headers = [FrameHeader::EMPTY; IOV_BATCH];
     while at.frame < batch.len() {
         let chunk = &batch[at.frame..batch.len().min(at.frame + IOV_BATCH)];
-        let headers: Vec<FrameHeader> = chunk.iter().map(|m| FrameHeader::text(m.len())).collect();
-        let mut slices: Vec<IoSlice<'_>> = Vec::with_capacity(chunk.len() * 2);
-        for (header, msg) in headers.iter().zip(chunk) {
-            slices.push(IoSlice::new(header.as_bytes()));
-            slices.push(IoSlice::new(msg.as_bytes()));
+        for (header, msg) in headers.iter_mut().zip(chunk) {
+            *header = FrameHeader::text(msg.len());
         }
-        let mut bufs = &mut slices[..];
+        let headers = &headers[..chunk.len()];
+        let mut slices = [IoSlice::new(&[]); 2 * IOV_BATCH];
+        for (i, (header, msg)) in headers.iter().zip(chunk).enumerate() {
+            slices[2 * i] = IoSlice::new(header.as_bytes());
+            slices[2 * i + 1] = IoSlice::new(msg.as_bytes());
+        }
+        let mut bufs = &mut slices[..2 * chunk.len()];
         IoSlice::advance_slices(&mut bufs, at.offset);
         let written = match stream.try_write_vectored(bufs) {
             Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
@@ -432,16 +437,23 @@ fn try_write(stream: &TcpStream, batch: &[Utf8Bytes], at: &mut Progress) -> std:
     Ok(true)
 }
 
-/// Messages per vectored write: two iovecs each, well under the kernel's IOV_MAX (1024).
-const IOV_BATCH: usize = 256;
+/// Messages per vectored write: two iovecs each, well under the kernel's IOV_MAX (1024),
+/// and small enough for the iovec arrays to live on the stack.
+const IOV_BATCH: usize = 32;
 
 /// The header of an unmasked, final text frame (RFC 6455 §5.2).
+#[derive(Clone, Copy)]
 struct FrameHeader {
     bytes: [u8; 10],
     len: usize,
 }
 
 impl FrameHeader {
+    const EMPTY: FrameHeader = FrameHeader {
+        bytes: [0; 10],
+        len: 0,
+    };
+
     fn text(payload: usize) -> Self {
         let mut bytes = [0u8; 10];
         bytes[0] = 0x81; // FIN + opcode 1 (text)
