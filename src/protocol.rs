@@ -151,13 +151,17 @@ impl std::error::Error for BadLine {}
 pub fn push_target(line: &[u8]) -> Result<Cow<'_, str>, BadLine> {
     // serde_json does not check UTF-8 inside the strings it skips; the line is what
     // browsers get as a text frame, so all of it must be UTF-8.
-    let line = std::str::from_utf8(line)
-        .map_err(|_| BadLine::NotUtf8)?
-        .as_bytes();
-    if line.iter().all(u8::is_ascii_whitespace) {
+    let line = std::str::from_utf8(line).map_err(|_| BadLine::NotUtf8)?;
+    push_target_str(line)
+}
+
+/// [`push_target`] for a line already known to be UTF-8 (the push path checks it once,
+/// when it makes the shared payload).
+pub fn push_target_str(line: &str) -> Result<Cow<'_, str>, BadLine> {
+    if line.bytes().all(|b| b.is_ascii_whitespace()) {
         return Err(BadLine::Empty);
     }
-    let mut de = serde_json::Deserializer::from_slice(line);
+    let mut de = serde_json::Deserializer::from_str(line);
     let found = de.deserialize_any(TargetVisitor).map_err(classify)?;
     de.end().map_err(classify)?;
     found

@@ -16,7 +16,7 @@ use tracing::{debug, info, warn};
 use crate::command;
 use crate::config::Config;
 use crate::metrics::Metrics;
-use crate::protocol::{BadLine, Frame, LineFramer, Reply, push_target};
+use crate::protocol::{BadLine, Frame, LineFramer, Reply, push_target_str};
 use crate::registry::{Delivery, Registry};
 use crate::server::{Context, Peer};
 
@@ -240,6 +240,6 @@ pub(crate) fn count(metrics: &Metrics, outcome: &Result<Delivery, BadLine>) {
 /// Pushes a plain push line, exactly as received, to every connection of its uid.
 /// `line` shares the read buffer: it is the payload every recipient gets, not a copy.
 pub(crate) fn push_line(line: Utf8Bytes, registry: &Registry) -> Result<Delivery, BadLine> {
-    let uid = push_target(line.as_bytes())?;
+    let uid = push_target_str(line.as_str())?;
     Ok(registry.push(&uid, &line))
 }
