@@ -263,11 +263,15 @@ async fn session(ws: &mut Ws, outbox: &Outbox, ctx: &Context) -> End {
     let mut batch = Vec::new();
     let timer = sleep(cfg.ping_interval);
     tokio::pin!(timer);
+    // Made once: a fresh `cancelled()` per wake would join and leave the token's waiter
+    // list, one lock shared by every connection, twice per delivered message.
+    let stop = ctx.ws_stop.cancelled();
+    tokio::pin!(stop);
     let mut awaiting_pong = false;
     loop {
         tokio::select! {
             biased;
-            () = ctx.ws_stop.cancelled() => {
+            () = &mut stop => {
                 // Deliver what was already accepted before saying goodbye.
                 if let Err(notice) = outbox.try_recv(&mut batch) {
                     return End::Closed(notice);
@@ -404,6 +408,12 @@ fn try_write(stream: &TcpStream, batch: &[Utf8Bytes], at: &mut Progress) -> std:
     // On the stack: this runs once per wake of every recipient, so no heap allocation.
     let mut headers = [FrameHeader::EMPTY; IOV_BATCH];
     while at.frame < batch.len() {
+        if let Some(done) = try_send_small(stream, batch, at)? {
+            if !done {
+                return Ok(false);
+            }
+            continue;
+        }
         let chunk = &batch[at.frame..batch.len().min(at.frame + IOV_BATCH)];
         for (header, msg) in headers.iter_mut().zip(chunk) {
             *header = FrameHeader::text(msg.len());
@@ -436,6 +446,49 @@ fn try_write(stream: &TcpStream, batch: &[Utf8Bytes], at: &mut Progress) -> std:
     }
     Ok(true)
 }
+
+/// Small batches (the usual case: one short push) are copied into a stack buffer and sent
+/// with one `send`, which skips `writev`'s iovec import and file-position locking; that is
+/// measurably cheaper per recipient. `None` if the rest of the batch does not fit.
+fn try_send_small(
+    stream: &TcpStream,
+    batch: &[Utf8Bytes],
+    at: &mut Progress,
+) -> std::io::Result<Option<bool>> {
+    let mut buf = [0u8; SMALL_SEND];
+    let mut len = 0;
+    for msg in &batch[at.frame..] {
+        let header = FrameHeader::text(msg.len());
+        let end = len + header.as_bytes().len() + msg.len();
+        if end > SMALL_SEND {
+            return Ok(None);
+        }
+        buf[len..len + header.as_bytes().len()].copy_from_slice(header.as_bytes());
+        buf[len + header.as_bytes().len()..end].copy_from_slice(msg.as_bytes());
+        len = end;
+    }
+    let pending = &buf[at.offset..len];
+    let written = match stream.try_write(pending) {
+        Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+        Ok(n) => n,
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(Some(false)),
+        Err(e) => return Err(e),
+    };
+    let mut done = at.offset + written;
+    for msg in &batch[at.frame..] {
+        let frame = FrameHeader::text(msg.len()).as_bytes().len() + msg.len();
+        if done < frame {
+            break;
+        }
+        done -= frame;
+        at.frame += 1;
+    }
+    at.offset = done;
+    Ok(Some(at.frame == batch.len()))
+}
+
+/// Bytes a batch may have to take the copying path of [`try_send_small`].
+const SMALL_SEND: usize = 2048;
 
 /// Messages per vectored write: two iovecs each, well under the kernel's IOV_MAX (1024),
 /// and small enough for the iovec arrays to live on the stack.
@@ -497,7 +550,78 @@ async fn close(ws: &mut Ws, notice: &CloseNotice) {
 
 #[cfg(test)]
 mod tests {
-    use super::token_param;
+    use super::{Progress, token_param, try_write};
+    use tokio::io::AsyncReadExt;
+    use tokio::net::{TcpListener, TcpSocket};
+    use tokio_tungstenite::tungstenite::Utf8Bytes;
+
+    /// Batches of every size class, written to a socket with a tiny send buffer whose peer
+    /// reads only when the writer is stuck: writes end mid-header and mid-payload, on both
+    /// the copying and the vectored path, and the byte stream must still be exactly the
+    /// frames, in order.
+    #[tokio::test]
+    async fn partial_writes_resume_exactly() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let sock = TcpSocket::new_v4().unwrap();
+        sock.set_send_buffer_size(4096).unwrap();
+        let writer = sock.connect(listener.local_addr().unwrap()).await.unwrap();
+        let (mut reader, _) = listener.accept().await.unwrap();
+
+        let small = [1, 125, 126, 300, 700, 1000, 1500];
+        let large = [2040, 2100, 9000, 65535, 65536, 70000];
+        let mut expected = Vec::new();
+        let mut stuck = 0;
+        let mut got = Vec::new();
+        for round in 0..400usize {
+            let batch: Vec<Utf8Bytes> = (0..1 + round % 3)
+                .map(|k| {
+                    let n = if round % 5 == 0 {
+                        large[(round / 5 + k) % large.len()]
+                    } else {
+                        small[(round * 3 + k) % small.len()]
+                    };
+                    let c = char::from(b'a' + (round % 26) as u8);
+                    Utf8Bytes::from(c.to_string().repeat(n))
+                })
+                .collect();
+            for m in &batch {
+                expected.push(m.to_string());
+            }
+            let mut at = Progress::default();
+            while !try_write(&writer, &batch, &mut at).unwrap() {
+                stuck += 1;
+                // Drain a little at a time until the socket takes more.
+                let mut buf = [0u8; 3000];
+                loop {
+                    tokio::select! {
+                        r = writer.writable() => break r.unwrap(),
+                        n = reader.read(&mut buf) => got.extend_from_slice(&buf[..n.unwrap()]),
+                    }
+                }
+            }
+        }
+        drop(writer);
+        reader.read_to_end(&mut got).await.unwrap();
+        assert!(stuck > 10, "the send buffer never filled ({stuck} stalls)");
+
+        let mut frames = Vec::new();
+        let mut rest = &got[..];
+        while !rest.is_empty() {
+            assert_eq!(rest[0], 0x81, "not a final text frame");
+            let (len, head) = match rest[1] {
+                126 => (u16::from_be_bytes([rest[2], rest[3]]) as usize, 4),
+                127 => (
+                    u64::from_be_bytes(rest[2..10].try_into().unwrap()) as usize,
+                    10,
+                ),
+                n => (n as usize, 2),
+            };
+            frames.push(String::from_utf8(rest[head..head + len].to_vec()).unwrap());
+            rest = &rest[head + len..];
+        }
+        assert_eq!(frames.len(), expected.len());
+        assert!(frames == expected, "frames altered or reordered");
+    }
 
     #[test]
     fn query_token() {
