@@ -1,7 +1,6 @@
 //! The browser side: handshake, uid bind, then one `select!` loop per socket that writes the
 //! outbox, reads (and ignores) frames, pings, and watches for shutdown.
 
-use std::io::IoSlice;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,7 +14,9 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{Error as WsError, Utf8Bytes};
 use tracing::{debug, info, trace, warn};
 
-use crate::frames::{FrameError, FrameReader, Incoming, close_frame, control_frame, write_raw};
+use crate::frames::{
+    FrameError, FrameReader, Incoming, Progress, close_frame, control_frame, try_write, write_raw,
+};
 use crate::limited::Limited;
 use crate::metrics::Metrics;
 use crate::outbox::Outbox;
@@ -390,146 +391,6 @@ async fn write_all(ws: &mut Ws, batch: &[Utf8Bytes], at: &mut Progress) -> std::
     Ok(())
 }
 
-/// How far a batch has been written: the next frame, and bytes of it already sent.
-#[derive(Debug, Default)]
-struct Progress {
-    frame: usize,
-    offset: usize,
-}
-
-/// Writes as much of `batch` as the socket takes without waiting, as unmasked text
-/// frames: a 2–10 byte header, then the payload itself, in one vectored write per
-/// [`IOV_BATCH`] frames. Returns true once everything is written.
-///
-/// Why not `ws.send`: tungstenite copies each frame into a per-connection output `Vec`
-/// that keeps its largest-ever capacity, so one 1 MiB push to 10k browsers would pin
-/// 10 GiB for good. Here the payload shared by all recipients is never copied.
-fn try_write(stream: &TcpStream, batch: &[Utf8Bytes], at: &mut Progress) -> std::io::Result<bool> {
-    // On the stack: this runs once per wake of every recipient, so no heap allocation.
-    let mut headers = [FrameHeader::EMPTY; IOV_BATCH];
-    while at.frame < batch.len() {
-        if let Some(done) = try_send_small(stream, batch, at)? {
-            if !done {
-                return Ok(false);
-            }
-            continue;
-        }
-        let chunk = &batch[at.frame..batch.len().min(at.frame + IOV_BATCH)];
-        for (header, msg) in headers.iter_mut().zip(chunk) {
-            *header = FrameHeader::text(msg.len());
-        }
-        let headers = &headers[..chunk.len()];
-        let mut slices = [IoSlice::new(&[]); 2 * IOV_BATCH];
-        for (i, (header, msg)) in headers.iter().zip(chunk).enumerate() {
-            slices[2 * i] = IoSlice::new(header.as_bytes());
-            slices[2 * i + 1] = IoSlice::new(msg.as_bytes());
-        }
-        let mut bufs = &mut slices[..2 * chunk.len()];
-        IoSlice::advance_slices(&mut bufs, at.offset);
-        let written = match stream.try_write_vectored(bufs) {
-            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
-            Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(false),
-            Err(e) => return Err(e),
-        };
-        // Advance past every frame this write completed.
-        let mut done = at.offset + written;
-        for (header, msg) in headers.iter().zip(chunk) {
-            let len = header.as_bytes().len() + msg.len();
-            if done < len {
-                break;
-            }
-            done -= len;
-            at.frame += 1;
-        }
-        at.offset = done;
-    }
-    Ok(true)
-}
-
-/// Small batches (the usual case: one short push) are copied into a stack buffer and sent
-/// with one `send`, which skips `writev`'s iovec import and file-position locking; that is
-/// measurably cheaper per recipient. `None` if the rest of the batch does not fit.
-fn try_send_small(
-    stream: &TcpStream,
-    batch: &[Utf8Bytes],
-    at: &mut Progress,
-) -> std::io::Result<Option<bool>> {
-    let mut buf = [0u8; SMALL_SEND];
-    let mut len = 0;
-    for msg in &batch[at.frame..] {
-        let header = FrameHeader::text(msg.len());
-        let end = len + header.as_bytes().len() + msg.len();
-        if end > SMALL_SEND {
-            return Ok(None);
-        }
-        buf[len..len + header.as_bytes().len()].copy_from_slice(header.as_bytes());
-        buf[len + header.as_bytes().len()..end].copy_from_slice(msg.as_bytes());
-        len = end;
-    }
-    let pending = &buf[at.offset..len];
-    let written = match stream.try_write(pending) {
-        Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
-        Ok(n) => n,
-        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(Some(false)),
-        Err(e) => return Err(e),
-    };
-    let mut done = at.offset + written;
-    for msg in &batch[at.frame..] {
-        let frame = FrameHeader::text(msg.len()).as_bytes().len() + msg.len();
-        if done < frame {
-            break;
-        }
-        done -= frame;
-        at.frame += 1;
-    }
-    at.offset = done;
-    Ok(Some(at.frame == batch.len()))
-}
-
-/// Bytes a batch may have to take the copying path of [`try_send_small`].
-const SMALL_SEND: usize = 2048;
-
-/// Messages per vectored write: two iovecs each, well under the kernel's IOV_MAX (1024),
-/// and small enough for the iovec arrays to live on the stack.
-const IOV_BATCH: usize = 32;
-
-/// The header of an unmasked, final text frame (RFC 6455 §5.2).
-#[derive(Clone, Copy)]
-struct FrameHeader {
-    bytes: [u8; 10],
-    len: usize,
-}
-
-impl FrameHeader {
-    const EMPTY: FrameHeader = FrameHeader {
-        bytes: [0; 10],
-        len: 0,
-    };
-
-    fn text(payload: usize) -> Self {
-        let mut bytes = [0u8; 10];
-        bytes[0] = 0x81; // FIN + opcode 1 (text)
-        let len = if payload < 126 {
-            bytes[1] = payload as u8;
-            2
-        } else if let Ok(short) = u16::try_from(payload) {
-            bytes[1] = 126;
-            bytes[2..4].copy_from_slice(&short.to_be_bytes());
-            4
-        } else {
-            bytes[1] = 127;
-            bytes[2..10].copy_from_slice(&(payload as u64).to_be_bytes());
-            10
-        };
-        FrameHeader { bytes, len }
-    }
-
-    fn as_bytes(&self) -> &[u8] {
-        &self.bytes[..self.len]
-    }
-}
-
 /// Sends a close frame with `notice`, waiting at most [`CLOSE_GRACE`] for it to leave
 /// and for the peer's answer (so it sees a clean close rather than a reset).
 async fn close(ws: &mut Ws, notice: &CloseNotice) {
@@ -550,78 +411,7 @@ async fn close(ws: &mut Ws, notice: &CloseNotice) {
 
 #[cfg(test)]
 mod tests {
-    use super::{Progress, token_param, try_write};
-    use tokio::io::AsyncReadExt;
-    use tokio::net::{TcpListener, TcpSocket};
-    use tokio_tungstenite::tungstenite::Utf8Bytes;
-
-    /// Batches of every size class, written to a socket with a tiny send buffer whose peer
-    /// reads only when the writer is stuck: writes end mid-header and mid-payload, on both
-    /// the copying and the vectored path, and the byte stream must still be exactly the
-    /// frames, in order.
-    #[tokio::test]
-    async fn partial_writes_resume_exactly() {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let sock = TcpSocket::new_v4().unwrap();
-        sock.set_send_buffer_size(4096).unwrap();
-        let writer = sock.connect(listener.local_addr().unwrap()).await.unwrap();
-        let (mut reader, _) = listener.accept().await.unwrap();
-
-        let small = [1, 125, 126, 300, 700, 1000, 1500];
-        let large = [2040, 2100, 9000, 65535, 65536, 70000];
-        let mut expected = Vec::new();
-        let mut stuck = 0;
-        let mut got = Vec::new();
-        for round in 0..400usize {
-            let batch: Vec<Utf8Bytes> = (0..1 + round % 3)
-                .map(|k| {
-                    let n = if round % 5 == 0 {
-                        large[(round / 5 + k) % large.len()]
-                    } else {
-                        small[(round * 3 + k) % small.len()]
-                    };
-                    let c = char::from(b'a' + (round % 26) as u8);
-                    Utf8Bytes::from(c.to_string().repeat(n))
-                })
-                .collect();
-            for m in &batch {
-                expected.push(m.to_string());
-            }
-            let mut at = Progress::default();
-            while !try_write(&writer, &batch, &mut at).unwrap() {
-                stuck += 1;
-                // Drain a little at a time until the socket takes more.
-                let mut buf = [0u8; 3000];
-                loop {
-                    tokio::select! {
-                        r = writer.writable() => break r.unwrap(),
-                        n = reader.read(&mut buf) => got.extend_from_slice(&buf[..n.unwrap()]),
-                    }
-                }
-            }
-        }
-        drop(writer);
-        reader.read_to_end(&mut got).await.unwrap();
-        assert!(stuck > 10, "the send buffer never filled ({stuck} stalls)");
-
-        let mut frames = Vec::new();
-        let mut rest = &got[..];
-        while !rest.is_empty() {
-            assert_eq!(rest[0], 0x81, "not a final text frame");
-            let (len, head) = match rest[1] {
-                126 => (u16::from_be_bytes([rest[2], rest[3]]) as usize, 4),
-                127 => (
-                    u64::from_be_bytes(rest[2..10].try_into().unwrap()) as usize,
-                    10,
-                ),
-                n => (n as usize, 2),
-            };
-            frames.push(String::from_utf8(rest[head..head + len].to_vec()).unwrap());
-            rest = &rest[head + len..];
-        }
-        assert_eq!(frames.len(), expected.len());
-        assert!(frames == expected, "frames altered or reordered");
-    }
+    use super::token_param;
 
     #[test]
     fn query_token() {
