@@ -91,3 +91,75 @@ async fn every_scenario_passes_its_own_checks_at_500_clients() {
         assert_eq!(r["errors"], 0, "{r}");
     }
 }
+
+/// `scripts/bench-compare.sh` end to end on the debug binaries: two sides (the same build
+/// under two labels), alternating fresh daemons, and the median/ratio table at the end.
+#[test]
+fn bench_compare_alternates_two_servers_and_prints_ratios() {
+    let bin_dir = std::path::Path::new(env!("CARGO_BIN_EXE_pushwire"))
+        .parent()
+        .expect("binary directory")
+        .display()
+        .to_string();
+    let out_dir = std::env::temp_dir().join(format!("bench-compare-{}", std::process::id()));
+    let out = std::process::Command::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/scripts/bench-compare.sh"
+    ))
+    .args(["-n", "2", "-o", &out_dir.display().to_string()])
+    .args([format!("before={bin_dir}"), format!("after={bin_dir}")])
+    .args([
+        "--",
+        "fanout",
+        "--fanout-mode",
+        "per-uid",
+        "--clients",
+        "50",
+    ])
+    .args(["--rounds", "2", "--settle-ms", "0"])
+    .env("PUSHWIRE_BENCH", env!("CARGO_BIN_EXE_pushwire-bench"))
+    .output()
+    .expect("run scripts/bench-compare.sh");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{}\n{stdout}\n{stderr}", out.status);
+    // Each side ran twice, in turn, and every run's JSON line is kept.
+    for side in ["before", "after"] {
+        let lines = std::fs::read_to_string(out_dir.join(format!("{side}.jsonl")))
+            .expect("JSON lines of a side");
+        let fanouts = lines
+            .lines()
+            .filter(|l| l.contains(r#""scenario":"fanout""#));
+        assert_eq!(fanouts.count(), 2, "{side}:\n{lines}");
+    }
+    let order: Vec<&str> = stderr
+        .lines()
+        .filter_map(|l| l.strip_prefix("bench-compare: run "))
+        .collect();
+    assert_eq!(
+        order,
+        ["1/2, before", "1/2, after", "2/2, before", "2/2, after"],
+        "{stderr}"
+    );
+    assert!(stdout.contains("== fanout (runs: 2 / 2)"), "{stdout}");
+    let header = stdout
+        .lines()
+        .find(|l| l.starts_with("field"))
+        .expect("a table header");
+    assert_eq!(
+        header.split_whitespace().collect::<Vec<_>>(),
+        ["field", "before", "after", "/before"],
+        "{stdout}"
+    );
+    let row = stdout
+        .lines()
+        .find(|l| l.starts_with("last_delivery_ms "))
+        .expect("the last-delivery row");
+    let ratio: f64 = row
+        .split_whitespace()
+        .last()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or_else(|| panic!("no ratio in {row:?}"));
+    assert!(ratio > 0.0, "{row}");
+    let _ = std::fs::remove_dir_all(out_dir);
+}

@@ -1,6 +1,6 @@
 // Seed 004's Workerman push.php, ported as-is to Node 20 + `ws` 8: the peer pushwire is
 // compared against (issue 4). Same semantics, same single process/thread, no extras.
-// Usage: node node-seed-push.js WS_PORT PUSH_PORT [HOST=127.0.0.1]
+// Usage: node node-seed-push.js WS_PORT PUSH_PORT [HOST=127.0.0.1]   (0 = any free port)
 'use strict';
 const net = require('net');
 const { WebSocketServer } = require('ws'); // NODE_PATH=/tmp/peer/node_modules
@@ -65,3 +65,13 @@ const inner = net.createServer({ noDelay: true }, (sock) => { // Workerman sets 
 });
 inner.on('error', (e) => { console.error('push listen:', e.message); process.exit(1); });
 inner.listen(Number(pushPort), host);
+
+// Not in the seed: say where both ports ended up (port 0 = the kernel picks), in the same
+// words as pushwire's own log line, so scripts/bench-compare.sh can start either the same way.
+Promise.all([
+  new Promise((ok) => (wss.address() ? ok() : wss.on('listening', ok))),
+  new Promise((ok) => (inner.listening ? ok() : inner.on('listening', ok))),
+]).then(() => {
+  const w = wss.address(), p = inner.address();
+  console.error(`listening ws=${w.address}:${w.port} push=${p.address}:${p.port}`);
+});

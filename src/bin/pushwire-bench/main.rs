@@ -12,6 +12,7 @@
 //! stderr. See `--help` and `docs` at the top of `scenarios.rs` for what each scenario times.
 
 mod client;
+mod compare;
 mod procstat;
 mod push;
 mod report;
@@ -142,7 +143,7 @@ pub struct Opts {
     pub json_only: bool,
 }
 
-#[derive(Subcommand, Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Subcommand, Debug, Clone, PartialEq, Eq)]
 pub enum Scenario {
     /// N clients connect and bind concurrently; time until all are bound.
     Storm,
@@ -158,6 +159,14 @@ pub enum Scenario {
     IdleMem,
     /// Every scenario in sequence with one set of clients.
     All,
+    /// No run: reads earlier runs' JSON lines, one file per side (e.g. before.jsonl
+    /// after.jsonl), and prints each figure's median per side and its ratio to the first
+    /// side. Exits 1 if any run in them failed its checks. See scripts/bench-compare.sh.
+    Compare {
+        /// JSON-lines files (a run's stdout); the file name is the side's label.
+        #[arg(required = true, num_args = 1..)]
+        files: Vec<std::path::PathBuf>,
+    },
 }
 
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
@@ -237,6 +246,13 @@ fn resolve(hostport: &str) -> Result<SocketAddr, String> {
 
 fn main() {
     let o = Opts::parse();
+    if let Scenario::Compare { files } = &o.scenario {
+        let code = compare::run(files).unwrap_or_else(|e| {
+            eprintln!("pushwire-bench: {e}");
+            2
+        });
+        std::process::exit(code);
+    }
     track::now_ns(); // start the clock
     let code = match setup_and_run(o) {
         Ok(code) => code,

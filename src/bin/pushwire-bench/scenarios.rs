@@ -135,7 +135,7 @@ pub async fn main(o: Opts, net: &'static Net) -> Result<bool, String> {
             Err(_) => return Err(format!("cannot reach the {what} port {addr}: timeout")),
         }
     }
-    let scenario = o.scenario;
+    let scenario = o.scenario.clone();
     let mut ctx = Ctx {
         o,
         net,
@@ -173,6 +173,7 @@ pub async fn main(o: Opts, net: &'static Net) -> Result<bool, String> {
             let r = churn(&mut ctx).await;
             ctx.emit(r);
         }
+        Scenario::Compare { .. } => return Err("compare measures nothing".into()),
         Scenario::All => {
             let b = baseline(ctx.pid());
             let r = storm(&mut ctx).await;
