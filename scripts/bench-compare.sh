@@ -2,14 +2,15 @@
 # Before/after in one session: run one pushwire-bench scenario against two (or more)
 # servers, alternating A, B, A, B, ... with a fresh server per run, then print each
 # figure's median per side and its ratio to the first side (`pushwire-bench compare`).
-# Machines here are noisy (the same build differs by 20-40% between sessions), so a
+# Machines here are noisy (the same build differed by up to 2x between sessions), so a
 # change is judged by this ratio, never by absolute figures from different sessions.
 #
-# Usage: scripts/bench-compare.sh [-n RUNS] [-o DIR] SIDE SIDE... -- SCENARIO [bench args...]
+# Usage: scripts/bench-compare.sh [-n RUNS] [-o DIR] SIDE [SIDE...] -- SCENARIO [bench args...]
 #   SIDE   a directory holding a `pushwire` binary (e.g. a git worktree's target/release),
 #          or `node` for the seed pattern on Node + ws (scripts/peers/; NODE_PATH must
 #          reach the `ws` package). Its label is the directory's checkout name or `node`;
-#          repeat a side with LABEL=DIR to name it yourself.
+#          write LABEL=DIR to name a side yourself.
+#          One side alone gives its medians over RUNS fresh servers (a scaling table).
 #   -n     runs per side (default 3)        -o  where the JSON lines go (default: a temp dir)
 #   PUSHWIRE_BENCH  the bench binary (default: target/release/pushwire-bench, built if missing)
 #   PUSHWIRE_ARGS   extra daemon flags for pushwire sides
@@ -27,7 +28,7 @@ while getopts "n:o:" opt; do
 	case $opt in
 	n) runs=$OPTARG ;;
 	o) out=$OPTARG ;;
-	*) sed -n '2,21p' "$0" >&2; exit 2 ;;
+	*) sed -n '2,22p' "$0" >&2; exit 2 ;;
 	esac
 done
 shift $((OPTIND - 1))
@@ -41,8 +42,8 @@ while (($#)) && [[ $1 != -- ]]; do
 	shift
 done
 [[ ${1:-} == -- ]] && shift
-if ((${#dirs[@]} < 2 || $# < 1)); then
-	sed -n '2,21p' "$0" >&2
+if ((${#dirs[@]} < 1 || $# < 1)); then
+	sed -n '2,22p' "$0" >&2
 	exit 2
 fi
 for i in "${!dirs[@]}"; do
