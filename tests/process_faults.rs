@@ -733,7 +733,8 @@ async fn push_unix_socket_mode_pushes_and_cleanup() {
 }
 
 /// The startup log states the connection capacity: the open-files limit and the browser
-/// limit derived from it (limit - push connections - 64), or the explicit one.
+/// limit derived from it (limit - push connections - 64), or the explicit one; and how
+/// many worker threads run connections (one per CPU, or `--worker-threads`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn startup_logs_connection_capacity() {
     fn field(line: &str, name: &str) -> u64 {
@@ -763,13 +764,17 @@ async fn startup_logs_connection_capacity() {
     let max_ws = field(&line, "max_ws_connections");
     assert!(nofile > 0, "{line}");
     assert_eq!(max_ws, nofile.saturating_sub(100 + 64).max(1), "{line}");
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as u64;
+    assert_eq!(field(&line, "workers"), cpus, "{line}");
     daemon.kill9();
     daemon.wait(PROMPT).await;
 
-    let mut daemon = Daemon::start(Ports::free(), &["--max-ws-connections", "77"]).await;
+    let args = ["--max-ws-connections", "77", "--worker-threads", "3"];
+    let mut daemon = Daemon::start(Ports::free(), &args).await;
     let line = capacity_line(&daemon.log());
     assert!(line.contains("nofile="), "{line}");
     assert_eq!(field(&line, "max_ws_connections"), 77, "{line}");
+    assert_eq!(field(&line, "workers"), 3, "{line}");
     daemon.kill9();
     daemon.wait(PROMPT).await;
 }
