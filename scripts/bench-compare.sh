@@ -2,7 +2,7 @@
 # Before/after in one session: run one pushwire-bench scenario against two (or more)
 # servers, alternating A, B, A, B, ... with a fresh server per run, then print each
 # figure's median per side and its ratio to the first side (`pushwire-bench compare`).
-# Machines here are noisy (the same build differed by up to 2x between sessions), so a
+# Machines here are noisy (the same build differed by 2-3x between sessions), so a
 # change is judged by this ratio, never by absolute figures from different sessions.
 #
 # Usage: scripts/bench-compare.sh [-n RUNS] [-o DIR] SIDE [SIDE...] -- SCENARIO [bench args...]
