@@ -22,6 +22,8 @@
 #       fanout --fanout-mode broadcast --clients 19000 --rounds 5
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
+# shellcheck source=scripts/listening.sh
+source scripts/listening.sh
 
 runs=3 out=""
 while getopts "n:o:" opt; do
@@ -87,13 +89,7 @@ start() {
 			--max-push-connections 64 ${PUSHWIRE_ARGS:-} 2>"$log" &
 	fi
 	pid=$!
-	for _ in $(seq 100); do
-		grep -q listening "$log" && break
-		sleep 0.1
-	done
-	ws=$(sed -n 's/.*listening ws=127\.0\.0\.1:\([0-9]*\).*/\1/p' "$log" | head -1)
-	push=$(sed -n 's/.*listening.* push=127\.0\.0\.1:\([0-9]*\).*/\1/p' "$log" | head -1)
-	[[ -n $ws && -n $push ]] || { cat "$log" >&2; echo "bench-compare: $1 did not start" >&2; exit 1; }
+	listening_ports "$log" "bench-compare ($1)"
 }
 
 for run in $(seq "$runs"); do
@@ -101,7 +97,7 @@ for run in $(seq "$runs"); do
 		echo "bench-compare: run $run/$runs, ${labels[$i]}" >&2
 		start "${dirs[$i]}"
 		# A failed check is kept (its line says ok:false) and fails the comparison below.
-		"$bench" --ws "ws://127.0.0.1:$ws/" --push "127.0.0.1:$push" --server-pid "$pid" \
+		"$bench" --ws "ws://127.0.0.1:$ws_port/" --push "127.0.0.1:$push_port" --server-pid "$pid" \
 			--json-only --progress-ms 0 "$@" >>"$out/${labels[$i]}.jsonl" ||
 			echo "bench-compare: ${labels[$i]} run $run failed its checks" >&2
 		cleanup

@@ -12,6 +12,8 @@
 # Prints one summary line and exits non-zero on any failure.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
+# shellcheck source=scripts/listening.sh
+source scripts/listening.sh
 
 duration=${1:-600}
 clients=${2:-2000}
@@ -22,19 +24,11 @@ if [[ -z ${PUSHWIRE_BIN_DIR:-} ]]; then
 fi
 
 log=$(mktemp)
-# Port 0: the kernel picks free ports, and the "listening" log line says which.
 NO_COLOR=1 "$bin_dir/pushwire" --ws-listen 127.0.0.1:0 --push-listen 127.0.0.1:0 \
 	--max-push-connections 64 --group-grace-ms 1000 2>"$log" &
 pid=$!
 trap 'kill "$pid" 2>/dev/null || true; rm -f "$log"' EXIT
-for _ in $(seq 100); do
-	grep -q listening "$log" && break
-	sleep 0.1
-done
-grep -q listening "$log" || { cat "$log" >&2; echo "soak: daemon did not start" >&2; exit 1; }
-ws_port=$(sed -n 's/.*listening ws=127\.0\.0\.1:\([0-9]*\).*/\1/p' "$log" | head -1)
-push_port=$(sed -n 's/.*listening.* push=127\.0\.0\.1:\([0-9]*\).*/\1/p' "$log" | head -1)
-[[ -n $ws_port && -n $push_port ]] || { cat "$log" >&2; echo "soak: no ports in the log" >&2; exit 1; }
+listening_ports "$log" soak
 
 rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$pid/status"; }
 ask() { printf '%s\n' "$1" | nc -N 127.0.0.1 "$push_port"; }

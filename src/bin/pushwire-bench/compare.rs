@@ -16,15 +16,6 @@ struct Side {
     scenarios: Vec<(String, Scenario)>,
 }
 
-impl Side {
-    fn get(&self, name: &str) -> Option<&Scenario> {
-        self.scenarios
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, s)| s)
-    }
-}
-
 #[derive(Default)]
 struct Scenario {
     runs: usize,
@@ -32,13 +23,32 @@ struct Scenario {
     figures: Figures,
 }
 
-impl Scenario {
-    fn get(&self, field: &str) -> Option<&Vec<f64>> {
-        self.figures
-            .iter()
-            .find(|(f, _)| f == field)
-            .map(|(_, v)| v)
+/// The value under `key` in a small list kept in order of appearance.
+fn get<'a, T>(list: &'a [(String, T)], key: &str) -> Option<&'a T> {
+    list.iter().find(|(k, _)| k == key).map(|(_, v)| v)
+}
+
+/// The value under `key`, appended (default) if it is not there yet.
+fn entry<'a, T: Default>(list: &'a mut Vec<(String, T)>, key: &str) -> &'a mut T {
+    let i = match list.iter().position(|(k, _)| k == key) {
+        Some(i) => i,
+        None => {
+            list.push((key.to_string(), T::default()));
+            list.len() - 1
+        }
+    };
+    &mut list[i].1
+}
+
+/// Keys in order of first appearance, each once.
+fn unique<'a>(keys: impl Iterator<Item = &'a String>) -> Vec<&'a String> {
+    let mut out: Vec<&String> = Vec::new();
+    for key in keys {
+        if !out.contains(&key) {
+            out.push(key);
+        }
     }
+    out
 }
 
 /// Prints the comparison of `files` and returns the exit code: 1 if any run of any side
@@ -72,14 +82,7 @@ fn parse(label: String, text: &str) -> Side {
         let Some(name) = obj.get("scenario").and_then(Value::as_str) else {
             continue;
         };
-        let idx = match scenarios.iter().position(|(n, _)| n == name) {
-            Some(i) => i,
-            None => {
-                scenarios.push((name.to_string(), Scenario::default()));
-                scenarios.len() - 1
-            }
-        };
-        let s = &mut scenarios[idx].1;
+        let s = entry(&mut scenarios, name);
         s.runs += 1;
         if obj.get("ok") != Some(&Value::Bool(true)) {
             s.failed += 1;
@@ -101,12 +104,8 @@ fn parse(label: String, text: &str) -> Side {
 }
 
 fn push(figures: &mut Figures, key: &str, v: Option<f64>) {
-    let Some(v) = v.filter(|v| v.is_finite()) else {
-        return;
-    };
-    match figures.iter_mut().find(|(f, _)| f == key) {
-        Some((_, values)) => values.push(v),
-        None => figures.push((key.to_string(), vec![v])),
+    if let Some(v) = v.filter(|v| v.is_finite()) {
+        entry(figures, key).push(v);
     }
 }
 
@@ -140,14 +139,10 @@ fn render(sides: &[Side]) -> (String, bool) {
     let Some(first) = sides.first() else {
         return (out, false);
     };
-    let mut names: Vec<&String> = Vec::new();
-    for (name, _) in sides.iter().flat_map(|s| &s.scenarios) {
-        if !names.contains(&name) {
-            names.push(name);
-        }
-    }
+    let names = unique(sides.iter().flat_map(|s| &s.scenarios).map(|(n, _)| n));
     for name in names {
-        let per_side: Vec<Option<&Scenario>> = sides.iter().map(|s| s.get(name)).collect();
+        let per_side: Vec<Option<&Scenario>> =
+            sides.iter().map(|s| get(&s.scenarios, name)).collect();
         let runs: Vec<String> = per_side
             .iter()
             .map(|s| s.map_or(0, |s| s.runs).to_string())
@@ -165,18 +160,23 @@ fn render(sides: &[Side]) -> (String, bool) {
                 );
             }
         }
-        let mut fields: Vec<&String> = Vec::new();
-        for (key, _) in per_side.iter().flatten().flat_map(|s| &s.figures) {
-            if !fields.contains(&key) {
-                fields.push(key);
-            }
-        }
+        let mut fields = unique(
+            per_side
+                .iter()
+                .flatten()
+                .flat_map(|s| &s.figures)
+                .map(|(f, _)| f),
+        );
         let total_runs: usize = per_side.iter().flatten().map(|s| s.runs).sum();
         fields.retain(|f| {
             if total_runs < 2 {
                 return true;
             }
-            let mut all = per_side.iter().flatten().filter_map(|s| s.get(f)).flatten();
+            let mut all = per_side
+                .iter()
+                .flatten()
+                .filter_map(|s| get(&s.figures, f))
+                .flatten();
             let first = all.next();
             all.any(|v| Some(v) != first)
         });
@@ -192,7 +192,10 @@ fn render(sides: &[Side]) -> (String, bool) {
         for field in fields {
             let medians: Vec<Option<f64>> = per_side
                 .iter()
-                .map(|s| s.and_then(|s| s.get(field)).and_then(|v| median(v)))
+                .map(|s| {
+                    s.and_then(|s| get(&s.figures, field))
+                        .and_then(|v| median(v))
+                })
                 .collect();
             let mut row = format!("{field:width$}");
             for (i, m) in medians.iter().enumerate() {
