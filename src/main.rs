@@ -9,7 +9,7 @@ use clap::{Parser, ValueEnum};
 use pushwire::access::Cidr;
 use pushwire::auth::Secret;
 use tokio::net::{TcpListener, TcpSocket, UnixListener};
-use tokio::signal::unix::{SignalKind, signal};
+use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 use tracing_subscriber::EnvFilter;
@@ -219,8 +219,9 @@ async fn serve(args: Args) -> std::io::Result<()> {
     );
 
     let shutdown = CancellationToken::new();
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
+    // Installed before READY=1: from then on no signal's default action (terminate) can
+    // take the daemon down with accepted messages still queued.
+    let mut signals = Signals::install()?;
     let listeners = pushwire::Listeners {
         ws,
         push,
@@ -228,10 +229,7 @@ async fn serve(args: Args) -> std::io::Result<()> {
     };
     let server = tokio::spawn(pushwire::serve(config, listeners, shutdown.clone()));
     sd_notify("READY=1");
-    tokio::select! {
-        _ = term.recv() => info!("SIGTERM received"),
-        _ = int.recv() => info!("SIGINT received"),
-    }
+    signals.until_stop().await;
     sd_notify("STOPPING=1");
     shutdown.cancel();
     let result = server.await.map_err(std::io::Error::other)?;
@@ -239,6 +237,58 @@ async fn serve(args: Args) -> std::io::Result<()> {
         let _ = std::fs::remove_file(path);
     }
     result
+}
+
+/// Every signal an operator or a tool may send us by habit.
+///
+/// Left at their default action, SIGHUP (a "reload" reflex, logrotate's `postrotate`),
+/// SIGUSR1/2, SIGQUIT and SIGALRM would kill the process at once: browsers would see a
+/// bare TCP close and messages already answered `ok` would be lost, and systemd counts
+/// death by SIGHUP as a clean exit. So each gets a handler: SIGTERM and SIGINT stop
+/// gracefully; the rest are logged and otherwise ignored (a configuration reload on
+/// SIGHUP is not built yet).
+struct Signals {
+    term: Signal,
+    int: Signal,
+    hup: Signal,
+    usr1: Signal,
+    usr2: Signal,
+    quit: Signal,
+    alrm: Signal,
+}
+
+impl Signals {
+    fn install() -> std::io::Result<Signals> {
+        Ok(Signals {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+            hup: signal(SignalKind::hangup())?,
+            usr1: signal(SignalKind::user_defined1())?,
+            usr2: signal(SignalKind::user_defined2())?,
+            quit: signal(SignalKind::quit())?,
+            alrm: signal(SignalKind::alarm())?,
+        })
+    }
+
+    /// Returns when SIGTERM or SIGINT arrives; logs and ignores the others meanwhile.
+    async fn until_stop(&mut self) {
+        loop {
+            let ignored = tokio::select! {
+                _ = self.term.recv() => return info!("SIGTERM received"),
+                _ = self.int.recv() => return info!("SIGINT received"),
+                _ = self.hup.recv() => "SIGHUP",
+                _ = self.usr1.recv() => "SIGUSR1",
+                _ = self.usr2.recv() => "SIGUSR2",
+                _ = self.quit.recv() => "SIGQUIT",
+                _ = self.alrm.recv() => "SIGALRM",
+            };
+            warn!(
+                signal = ignored,
+                "signal received and ignored: nothing reloads or stops on it \
+                 (SIGTERM or SIGINT stop the daemon gracefully)"
+            );
+        }
+    }
 }
 
 fn parse_cidr(s: &str) -> Result<Cidr, String> {

@@ -64,6 +64,8 @@ fn unit_runs_the_installed_binary_as_notify_service() {
         "DynamicUser=yes",
         "RestrictAddressFamilies=AF_INET AF_INET6 AF_UNIX",
         "LimitNOFILE=1048576",
+        // systemd counts death by SIGHUP/SIGTERM as clean: on-failure would stay down.
+        "Restart=always",
     ] {
         assert!(
             unit.lines().any(|l| l.trim() == line),

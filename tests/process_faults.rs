@@ -815,3 +815,36 @@ async fn an_idle_backend_connection_does_not_hold_shutdown() {
     assert!(!log.contains("at the drain deadline"), "{log}");
     drop(idle);
 }
+
+/// Signals sent by habit or by tools (a "reload" reflex, logrotate's `postrotate`, a
+/// status poke) do not stop the daemon: each is logged, the bound browser keeps
+/// receiving, and SIGTERM afterwards is still a graceful stop (1001, exit 0).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stray_signals_are_logged_and_the_browser_keeps_receiving() {
+    let ports = Ports::free();
+    let mut daemon = Daemon::start(ports, &[]).await;
+    let mut tab = WsClient::connect(&format!("ws://{}/", ports.ws)).await;
+    tab.bind("sig", ports.push).await;
+    let mut push = PushClient::connect(ports.push).await;
+    for (n, sig) in ["HUP", "USR1", "USR2", "QUIT", "ALRM", "HUP"]
+        .into_iter()
+        .enumerate()
+    {
+        daemon.signal(sig).await;
+        daemon.wait_log(&format!("signal=\"SIG{sig}\""), STEP).await;
+        let line = format!(r#"{{"uid":"sig","n":{n},"after":"SIG{sig}"}}"#);
+        assert_eq!(push.request(&line).await, "ok\n", "after SIG{sig}");
+        assert_eq!(tab.recv_text().await, line, "after SIG{sig}");
+    }
+    assert!(daemon.child.try_wait().expect("try_wait").is_none());
+    daemon.sigterm().await;
+    assert_eq!(
+        timeout(STEP, tab.expect_close())
+            .await
+            .expect("no close after SIGTERM"),
+        (1001, "server shutting down".to_owned())
+    );
+    drop(push);
+    let status = daemon.wait(Duration::from_secs(7)).await;
+    assert_eq!(status.code(), Some(0), "{status}\n{}", daemon.log());
+}
