@@ -67,7 +67,23 @@ pub fn parse_cidrs(s: &str) -> Result<Vec<Cidr>, String> {
         .collect()
 }
 
-/// Counts open connections per source address and refuses past a cap.
+/// The address a per-address cap counts: the IPv4 address itself (IPv4-mapped IPv6
+/// included), or the /64 of an IPv6 address, since one IPv6 subscriber is handed a whole
+/// /64 and could otherwise open a cap's worth of connections from each of 2^64 addresses.
+pub fn subscriber(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let bits = u128::from(v6) & !((1u128 << 64) - 1);
+                IpAddr::V6(bits.into())
+            }
+        },
+    }
+}
+
+/// Counts open connections per source address ([`subscriber`]) and refuses past a cap.
 #[derive(Debug, Clone)]
 pub struct PerIp {
     max: usize,
@@ -93,6 +109,7 @@ impl PerIp {
 
     /// Takes a place for `ip`, or `None` if it already has `max` connections.
     pub fn try_acquire(&self, ip: IpAddr) -> Option<IpSlot> {
+        let ip = subscriber(ip);
         let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
         let n = open.entry(ip).or_insert(0);
         if *n >= self.max {
@@ -115,6 +132,88 @@ impl Drop for IpSlot {
                 open.remove(&self.ip);
             }
         }
+    }
+}
+
+/// Who may hold a browser-port connection: the per-address cap on connections, and a
+/// separate, smaller budget for connections that are not bound yet (handshake and uid),
+/// in total and per address. Without the second, strangers that connect and send nothing
+/// hold the connection slots real browsers need until their bind timeout.
+#[derive(Debug, Clone)]
+pub struct Admission {
+    connections: PerIp,
+    pending_per_ip: PerIp,
+    pending: Arc<tokio::sync::Semaphore>,
+}
+
+/// A connection's places in [`Admission`]: held until it closes and until it is bound.
+#[derive(Debug)]
+pub struct Admitted {
+    /// Held for the connection's life (`None` for a peer without an address).
+    pub connection: Option<IpSlot>,
+    /// Held until the connection is bound; drop it then.
+    pub pending: Pending,
+}
+
+/// A place in the pending (not yet bound) budget.
+#[must_use]
+#[derive(Debug)]
+pub struct Pending {
+    _per_ip: Option<IpSlot>,
+    _total: tokio::sync::OwnedSemaphorePermit,
+}
+
+/// Why [`Admission::admit`] refused a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    /// The address holds `--max-connections-per-ip` connections.
+    Connections,
+    /// The address has `--max-pending-per-ip` connections not bound yet.
+    PendingPerAddress,
+    /// `--max-pending-handshakes` connections are not bound yet.
+    Pending,
+}
+
+impl Admission {
+    /// Caps: connections per address, unbound connections per address and in total.
+    pub fn new(per_ip: usize, pending_per_ip: usize, pending: usize) -> Self {
+        Admission {
+            connections: PerIp::new(per_ip),
+            pending_per_ip: PerIp::new(pending_per_ip),
+            pending: Arc::new(tokio::sync::Semaphore::new(pending)),
+        }
+    }
+
+    /// Takes the places a new connection from `ip` needs, or says which cap refuses it.
+    pub fn admit(&self, ip: Option<IpAddr>) -> Result<Admitted, Refused> {
+        let connection = match ip {
+            Some(ip) => Some(
+                self.connections
+                    .try_acquire(ip)
+                    .ok_or(Refused::Connections)?,
+            ),
+            None => None,
+        };
+        let per_ip = match ip {
+            Some(ip) => Some(
+                self.pending_per_ip
+                    .try_acquire(ip)
+                    .ok_or(Refused::PendingPerAddress)?,
+            ),
+            None => None,
+        };
+        let total = self
+            .pending
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| Refused::Pending)?;
+        Ok(Admitted {
+            connection,
+            pending: Pending {
+                _per_ip: per_ip,
+                _total: total,
+            },
+        })
     }
 }
 
@@ -144,6 +243,49 @@ mod tests {
                 .unwrap()
                 .contains("8.8.8.8".parse().unwrap())
         );
+    }
+
+    #[test]
+    fn ipv6_counts_per_64() {
+        let a: IpAddr = "2001:db8:1:2:aaaa::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2:ffff:1:2:3".parse().unwrap();
+        let other: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        assert_eq!(subscriber(a), subscriber(b));
+        assert_ne!(subscriber(a), subscriber(other));
+        assert_eq!(subscriber(a), "2001:db8:1:2::".parse::<IpAddr>().unwrap());
+        let mapped: IpAddr = "::ffff:10.1.2.3".parse().unwrap();
+        assert_eq!(subscriber(mapped), "10.1.2.3".parse::<IpAddr>().unwrap());
+        let limit = PerIp::new(1);
+        let _slot = limit.try_acquire(a).unwrap();
+        assert!(limit.try_acquire(b).is_none(), "same /64");
+        assert!(limit.try_acquire(other).is_some());
+    }
+
+    #[test]
+    fn admission_budgets() {
+        let ip: IpAddr = "127.0.0.1".parse().unwrap();
+        let other: IpAddr = "127.0.0.2".parse().unwrap();
+        let adm = Admission::new(3, 2, 3);
+        let a = adm.admit(Some(ip)).unwrap();
+        let b = adm.admit(Some(ip)).unwrap();
+        assert_eq!(adm.admit(Some(ip)).unwrap_err(), Refused::PendingPerAddress);
+        let c = adm.admit(Some(other)).unwrap();
+        assert_eq!(adm.admit(None).unwrap_err(), Refused::Pending);
+        // Bound: the pending places free up, the connection places stay.
+        let Admitted {
+            connection: a,
+            pending,
+        } = a;
+        drop(pending);
+        let Admitted {
+            connection: b,
+            pending,
+        } = b;
+        drop(pending);
+        drop(c.pending);
+        let d = adm.admit(Some(ip)).unwrap();
+        assert_eq!(adm.admit(Some(ip)).unwrap_err(), Refused::Connections);
+        drop((a, b, d));
     }
 
     #[test]

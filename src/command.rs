@@ -372,6 +372,7 @@ fn stats(registry: &Registry) -> Value {
         "ws_accepted": m.ws_accepted,
         "binds": m.binds,
         "refused_per_ip": m.refused_per_ip,
+        "refused_pending": m.refused_pending,
     })
 }
 

@@ -49,8 +49,15 @@ pub struct Config {
     /// refused with 403 (cross-site WebSocket hijacking). Clients without `Origin`
     /// (non-browsers) are not affected.
     pub allowed_origins: Option<Vec<String>>,
-    /// WebSocket connections one source address may hold.
+    /// WebSocket connections one source address (an IPv6 /64) may hold.
     pub max_connections_per_ip: usize,
+    /// WebSocket connections not bound yet (handshake or uid outstanding) held at once;
+    /// more are answered 503. Kept below `max_ws_connections`, so strangers that connect
+    /// and send nothing cannot take every slot.
+    pub max_pending_handshakes: usize,
+    /// WebSocket connections not bound yet that one source address (an IPv6 /64) may
+    /// hold; more are answered 429.
+    pub max_pending_per_ip: usize,
     /// When set, TCP backends must connect from one of these networks.
     pub push_allow: Option<Vec<Cidr>>,
     /// When set, a TCP backend's first line must be `/auth SECRET`.
@@ -79,6 +86,8 @@ impl Default for Config {
             jwt_secret: None,
             allowed_origins: None,
             max_connections_per_ip: 1024,
+            max_pending_handshakes: 4096,
+            max_pending_per_ip: 64,
             push_allow: None,
             push_secret: None,
         }

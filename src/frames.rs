@@ -68,6 +68,8 @@ pub struct FrameReader {
     buf: Vec<u8>,
     /// A fragmented data message: (is text, bytes so far).
     partial: Option<(bool, Vec<u8>)>,
+    /// Bytes of an oversized frame still to be skipped (see [`FrameError::TooBig`]).
+    skip: u64,
 }
 
 impl FrameReader {
@@ -77,6 +79,7 @@ impl FrameReader {
         FrameReader {
             buf: bytes,
             partial: None,
+            skip: 0,
         }
     }
 
@@ -108,10 +111,42 @@ impl FrameReader {
         }
     }
 
+    /// Discards everything the peer sends until it closes TCP (or the socket fails), for
+    /// a closing connection whose input can no longer be parsed: closing with unread input
+    /// makes the kernel send RST, which can destroy a close frame not yet read.
+    pub async fn discard(&mut self, tcp: &TcpStream) {
+        *self = FrameReader::default();
+        let mut chunk = [0u8; READ_CHUNK];
+        loop {
+            if tcp.readable().await.is_err() {
+                return;
+            }
+            match tcp.try_read(&mut chunk) {
+                Ok(0) => return,
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(_) => return,
+            }
+        }
+    }
+
     /// Takes one complete message or control frame out of the buffered input, if there is
     /// one. An error means the stream cannot go on (the connection is closed).
+    ///
+    /// After [`FrameError::TooBig`] the stream can go on: the rest of the oversized frame
+    /// is skipped as it arrives (its message abandoned), so a closing connection can still
+    /// read the peer's answer to its close.
     pub fn parse(&mut self, max: usize) -> Result<Option<Incoming>, FrameError> {
         loop {
+            if self.skip > 0 {
+                let n =
+                    usize::try_from(self.skip).map_or(self.buf.len(), |s| s.min(self.buf.len()));
+                self.buf.drain(..n);
+                self.skip -= n as u64;
+                if self.skip > 0 {
+                    return Ok(None);
+                }
+            }
             let b = &self.buf;
             if b.len() < 2 {
                 return Ok(None);
@@ -131,7 +166,12 @@ impl FrameReader {
                 127 => {
                     let mut n = [0u8; 8];
                     n.copy_from_slice(&b[2..10]);
-                    (u64::from_be_bytes(n), 10)
+                    let n = u64::from_be_bytes(n);
+                    if n >> 63 != 0 {
+                        // §5.2: the most significant bit MUST be 0.
+                        return Err(FrameError::Protocol("64-bit length with the top bit set"));
+                    }
+                    (n, 10)
                 }
                 n => (u64::from(n), 2),
             };
@@ -139,12 +179,17 @@ impl FrameReader {
             if control && (!fin || len > 125) {
                 return Err(FrameError::Protocol("bad control frame"));
             }
-            let so_far = self.partial.as_ref().map_or(0, |(_, data)| data.len());
+            let so_far = self
+                .partial
+                .as_ref()
+                .map_or(0, |(_, data)| data.len() as u64);
             // Checked before the payload is buffered: memory stays bounded by `max`.
-            let len = usize::try_from(len).map_err(|_| FrameError::TooBig)?;
-            if !control && len.saturating_add(so_far) > max {
+            if !control && len.saturating_add(so_far) > max as u64 {
+                self.skip = (head as u64 + 4).saturating_add(len);
+                self.partial = None;
                 return Err(FrameError::TooBig);
             }
+            let len = len as usize; // at most `max` (or 125, for a control frame)
             let total = head + 4 + len;
             if b.len() < total {
                 return Ok(None);
@@ -182,18 +227,46 @@ impl FrameReader {
                     }
                     self.partial = Some((opcode == 0x1, payload));
                 }
-                0x8 => {
-                    let code =
-                        (payload.len() >= 2).then(|| u16::from_be_bytes([payload[0], payload[1]]));
-                    return Ok(Some(Incoming::Close(code)));
-                }
-                0x9 => return Ok(Some(Incoming::Ping(payload))),
-                0xA => return Ok(Some(Incoming::Pong)),
+                CLOSE => return close_code(&payload).map(|code| Some(Incoming::Close(code))),
+                PING => return Ok(Some(Incoming::Ping(payload))),
+                PONG => return Ok(Some(Incoming::Pong)),
                 _ => return Err(FrameError::Protocol("unknown opcode")),
             }
         }
     }
 }
+
+/// The status code of a close frame's payload, which must be empty or a code a peer may
+/// send followed by a UTF-8 reason (RFC 6455 §5.5.1, §7.4). What breaks that is answered
+/// with 1002 (or 1007 for the reason), never echoed.
+fn close_code(payload: &[u8]) -> Result<Option<u16>, FrameError> {
+    match payload {
+        [] => Ok(None),
+        [_] => Err(FrameError::Protocol("close frame with a 1-byte payload")),
+        [hi, lo, reason @ ..] => {
+            let code = u16::from_be_bytes([*hi, *lo]);
+            if !close_code_allowed(code) {
+                return Err(FrameError::Protocol("invalid close code"));
+            }
+            std::str::from_utf8(reason).map_err(|_| FrameError::BadUtf8)?;
+            Ok(Some(code))
+        }
+    }
+}
+
+/// Codes a peer may put on the wire (§7.4): the defined ones except 1004 (reserved) and
+/// 1005, 1006, 1015 (local-only), the IANA-registered 1012–1014, and 3000–4999 for
+/// libraries and applications.
+pub fn close_code_allowed(code: u16) -> bool {
+    matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999)
+}
+
+/// Opcode of a close frame.
+pub const CLOSE: u8 = 0x8;
+/// Opcode of a ping frame.
+pub const PING: u8 = 0x9;
+/// Opcode of a pong frame.
+pub const PONG: u8 = 0xA;
 
 fn finish(text: bool, data: Vec<u8>) -> Result<Incoming, FrameError> {
     if text {
@@ -223,7 +296,7 @@ pub fn close_frame(code: u16, reason: &str) -> Vec<u8> {
     }
     let mut payload = code.to_be_bytes().to_vec();
     payload.extend_from_slice(&reason.as_bytes()[..end]);
-    control_frame(0x8, &payload)
+    control_frame(CLOSE, &payload)
 }
 
 /// Writes all of `bytes`, waiting for the socket as needed, within `limit`.
@@ -550,6 +623,53 @@ mod tests {
         // Partial input waits.
         let whole = masked(0x81, b"abc");
         assert_eq!(parse_all(whole[..whole.len() - 1].to_vec(), 64), vec![]);
+    }
+
+    #[test]
+    fn close_frames_are_checked() {
+        let close = |payload: &[u8]| parse_all(masked(0x88, payload), 64);
+        assert_eq!(close(b""), vec![Ok(Incoming::Close(None))]);
+        for code in [1000u16, 1001, 1003, 1007, 1011, 1012, 1014, 3000, 4999] {
+            assert_eq!(
+                close(&code.to_be_bytes()),
+                vec![Ok(Incoming::Close(Some(code)))]
+            );
+        }
+        for code in [0u16, 999, 1004, 1005, 1006, 1015, 1016, 2999, 5000, 65535] {
+            assert_eq!(
+                close(&code.to_be_bytes()),
+                vec![Err("protocol error: invalid close code".into())],
+                "{code}"
+            );
+        }
+        assert_eq!(
+            close(&[0x03]),
+            vec![Err(
+                "protocol error: close frame with a 1-byte payload".into()
+            )]
+        );
+        let mut bad_reason = 1000u16.to_be_bytes().to_vec();
+        bad_reason.extend_from_slice(&[0xce, 0xba, 0xe1, 0xbd, 0xb9, 0xff]);
+        assert_eq!(
+            close(&bad_reason),
+            vec![Err("text message is not UTF-8".into())]
+        );
+        let mut reason = 1000u16.to_be_bytes().to_vec();
+        reason.extend_from_slice("κόσμε".as_bytes());
+        assert_eq!(close(&reason), vec![Ok(Incoming::Close(Some(1000)))]);
+    }
+
+    #[test]
+    fn a_64_bit_length_with_the_top_bit_set_is_a_protocol_error() {
+        let mut frame = vec![0x81, 0x80 | 127];
+        frame.extend_from_slice(&(1u64 << 63).to_be_bytes());
+        frame.extend_from_slice(&[1, 2, 3, 4]);
+        assert_eq!(
+            parse_all(frame, 64),
+            vec![Err(
+                "protocol error: 64-bit length with the top bit set".into()
+            )]
+        );
     }
 
     #[test]

@@ -2,7 +2,9 @@
 //!
 //! # Layout (the data path, in order)
 //! - `server`: accept loops, connection limits, shutdown order.
-//! - `ws`: browser handshake, uid bind, per-socket write/read/ping loop.
+//! - `ws`: browser connection: uid bind, per-socket write/read/ping loop.
+//! - `handshake`: the HTTP upgrade, read within a byte budget (allocating only as bytes
+//!   arrive), then tungstenite's 101; plain-HTTP refusals.
 //! - [`frames`]: WebSocket framing after the upgrade, on the bare socket.
 //! - `push`: backend line reader, one reply per line.
 //! - [`command`]: `/`-commands on the push port: routing, groups, presence, kick, stats.
@@ -10,8 +12,8 @@
 //! - [`registry`]: the shared uid → connections map (fan-out happens here).
 //! - [`outbox`]: each connection's bounded queue and its full-queue policy.
 //! - [`protocol`]: line framing, push parsing, replies, close codes.
-//! - [`auth`] (signed uids), [`access`] (allow-lists, per-address caps, secrets),
-//!   [`limited`] (handshake byte budget): who may connect and how much they may send.
+//! - [`auth`] (signed uids), [`access`] (allow-lists, per-address caps, the budget of
+//!   connections not bound yet, secrets): who may connect and how much they may hold.
 //! - [`config`], [`metrics`]: limits and counters.
 //!
 //! The library never binds a socket and never sees the command line: `main.rs` does both
@@ -25,7 +27,7 @@ pub mod command;
 pub mod config;
 pub mod frames;
 pub mod groups;
-pub mod limited;
+mod handshake;
 pub mod metrics;
 pub mod outbox;
 pub mod protocol;

@@ -117,9 +117,21 @@ struct Args {
     #[arg(long, env = "PUSHWIRE_ALLOWED_ORIGINS", value_delimiter = ',')]
     allowed_origins: Option<Vec<String>>,
 
-    /// WebSocket connections one source address may hold; more get HTTP 429.
+    /// WebSocket connections one source address may hold (IPv6: per /64); more get HTTP
+    /// 429.
     #[arg(long, env = "PUSHWIRE_MAX_CONNECTIONS_PER_IP", default_value_t = 1024)]
     max_connections_per_ip: usize,
+
+    /// WebSocket connections not bound yet (handshake or uid still to come) held at once;
+    /// more get HTTP 503 [default: a quarter of --max-ws-connections]. Always below
+    /// --max-ws-connections, so silent strangers cannot hold every slot.
+    #[arg(long, env = "PUSHWIRE_MAX_PENDING_HANDSHAKES")]
+    max_pending_handshakes: Option<usize>,
+
+    /// WebSocket connections not bound yet that one source address (IPv6: per /64) may
+    /// hold; more get HTTP 429.
+    #[arg(long, env = "PUSHWIRE_MAX_PENDING_PER_IP", default_value_t = 64)]
+    max_pending_per_ip: usize,
 
     /// Comma-separated networks (CIDR) TCP backends may push from; others get a refusal
     /// line and are closed. Default: anyone who can reach --push-listen.
@@ -342,10 +354,26 @@ fn config_from(args: &Args) -> std::io::Result<pushwire::Config> {
         Some(n) => n,
         None => capacity,
     };
+    // Unbound connections get at most a quarter of the slots by default, and always
+    // leave some to bound ones.
+    let pending_cap = (max_ws - max_ws / 8).max(1);
+    let max_pending = match args.max_pending_handshakes {
+        Some(n) if n > pending_cap => {
+            warn!(
+                requested = n,
+                cap = pending_cap,
+                "--max-pending-handshakes must stay below --max-ws-connections; capped"
+            );
+            pending_cap
+        }
+        Some(n) => n.max(1),
+        None => (max_ws / 4).max(1),
+    };
     let workers = tokio::runtime::Handle::current().metrics().num_workers();
     info!(
         nofile,
         max_ws_connections = max_ws,
+        max_pending_handshakes = max_pending,
         workers,
         "connection capacity"
     );
@@ -374,6 +402,8 @@ fn config_from(args: &Args) -> std::io::Result<pushwire::Config> {
         jwt_secret,
         allowed_origins: args.allowed_origins.clone(),
         max_connections_per_ip: args.max_connections_per_ip.max(1),
+        max_pending_handshakes: max_pending,
+        max_pending_per_ip: args.max_pending_per_ip.max(1),
         push_allow: args.push_allow.clone(),
         push_secret,
     })

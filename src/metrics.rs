@@ -18,6 +18,7 @@ pub struct Metrics {
     pub(crate) ws_accepted: AtomicU64,
     pub(crate) binds: AtomicU64,
     pub(crate) refused_per_ip: AtomicU64,
+    pub(crate) refused_pending: AtomicU64,
     /// Milliseconds since `started` of the last refusal warning, to rate-limit it.
     last_refusal_warn: AtomicU64,
 }
@@ -49,6 +50,8 @@ pub struct MetricsSnapshot {
     pub binds: u64,
     /// WebSocket connections refused by the per-address cap.
     pub refused_per_ip: u64,
+    /// WebSocket connections refused by the budget of connections not bound yet.
+    pub refused_pending: u64,
 }
 
 impl Default for Metrics {
@@ -66,6 +69,7 @@ impl Default for Metrics {
             ws_accepted: AtomicU64::new(0),
             binds: AtomicU64::new(0),
             refused_per_ip: AtomicU64::new(0),
+            refused_pending: AtomicU64::new(0),
             last_refusal_warn: AtomicU64::new(0),
         }
     }
@@ -92,6 +96,7 @@ impl Metrics {
             ws_accepted: self.ws_accepted.load(Relaxed),
             binds: self.binds.load(Relaxed),
             refused_per_ip: self.refused_per_ip.load(Relaxed),
+            refused_pending: self.refused_pending.load(Relaxed),
         }
     }
 }

@@ -14,13 +14,13 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, debug_span, info, warn};
 
-use crate::access::PerIp;
+use crate::access::Admission;
 use crate::config::Config;
 use crate::groups::GroupLimits;
 use crate::metrics::Metrics;
 use crate::outbox::QueueLimits;
 use crate::registry::Registry;
-use crate::{push, ws};
+use crate::{handshake, push, ws};
 
 /// What every connection task shares.
 #[derive(Debug)]
@@ -85,7 +85,7 @@ pub async fn serve(
         },
     );
     let ctx = Arc::new(Context {
-        ws_config: ws::ws_config(config.max_message_bytes, config.max_uid_bytes),
+        ws_config: handshake::ws_config(config.max_message_bytes, config.max_uid_bytes),
         registry,
         push_stop: CancellationToken::new(),
         ws_stop: CancellationToken::new(),
@@ -94,7 +94,11 @@ pub async fn serve(
     let ws_tasks = TaskTracker::new();
     let push_tasks = TaskTracker::new();
 
-    let per_ip = PerIp::new(ctx.config.max_connections_per_ip);
+    let admission = Admission::new(
+        ctx.config.max_connections_per_ip,
+        ctx.config.max_pending_per_ip,
+        ctx.config.max_pending_handshakes,
+    );
     let ws_accept = tokio::spawn(accept_loop(
         Listener {
             kind: "ws",
@@ -108,17 +112,14 @@ pub async fn serve(
             move |stream, peer| {
                 Metrics::incr(&ctx.registry.metrics().ws_accepted);
                 let ctx = ctx.clone();
-                let slot = match peer.ip() {
-                    Some(ip) => match per_ip.try_acquire(ip) {
-                        Some(slot) => Ok(Some(slot)),
-                        None => Err(ip),
-                    },
-                    None => Ok(None),
-                };
+                let admitted = admission.admit(peer.ip());
                 async move {
-                    match slot {
-                        Ok(_slot) => ws::serve(stream, ctx).await,
-                        Err(ip) => ws::refuse_busy_address(stream, ip, &ctx).await,
+                    match admitted {
+                        Ok(places) => {
+                            let _connection = places.connection;
+                            ws::serve(stream, ctx, places.pending).await;
+                        }
+                        Err(why) => ws::refuse(stream, why, &ctx).await,
                     }
                 }
             }

@@ -1,23 +1,21 @@
 //! The browser side: handshake, uid bind, then one `select!` loop per socket that writes the
 //! outbox, reads (and ignores) frames, pings, and watches for shutdown.
 
-use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::time::{Instant, sleep, timeout, timeout_at};
-use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
+use tokio_tungstenite::tungstenite::Utf8Bytes;
 use tokio_tungstenite::tungstenite::http::StatusCode;
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
-use tokio_tungstenite::tungstenite::{Error as WsError, Utf8Bytes};
 use tracing::{debug, info, trace, warn};
 
+use crate::access::{Pending, Refused};
 use crate::frames::{
-    FrameError, FrameReader, Incoming, Progress, close_frame, control_frame, try_write, write_raw,
+    CLOSE, FrameError, FrameReader, Incoming, PING, PONG, Progress, close_frame, control_frame,
+    try_write, write_raw,
 };
-use crate::limited::Limited;
+use crate::handshake::{self, HandshakeError, Policy};
 use crate::metrics::Metrics;
 use crate::outbox::Outbox;
 use crate::protocol::CloseNotice;
@@ -41,18 +39,8 @@ impl Ws {
 /// How long a close frame may take to leave; the peer may be the reason we are closing.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
 
-/// The tungstenite settings for the handshake (the only part tungstenite runs): small
-/// buffers, since nothing but the upgrade request goes through it.
-pub(crate) fn ws_config(max_message_bytes: usize, max_uid_bytes: usize) -> WebSocketConfig {
-    let max_in = max_message_bytes.max(max_uid_bytes);
-    WebSocketConfig::default()
-        .read_buffer_size(256)
-        .write_buffer_size(0)
-        .max_message_size(Some(max_in))
-        .max_frame_size(Some(max_in))
-}
-
-/// Why a bound connection ended; logged once at debug.
+/// Why a connection ended, bound or not; logged once at debug, and it decides how the
+/// connection is closed ([`finish`]).
 #[derive(Debug)]
 enum End {
     PeerClosed(Option<u16>),
@@ -63,141 +51,120 @@ enum End {
     Shutdown,
 }
 
-/// Serves one browser connection from TCP accept to close.
-pub(crate) async fn serve(stream: TcpStream, ctx: Arc<Context>) {
+/// Serves one browser connection from TCP accept to close. `pending` is this
+/// connection's place in the budget of connections not bound yet; it is given back once
+/// the uid is bound.
+pub(crate) async fn serve(stream: TcpStream, ctx: Arc<Context>, pending: Pending) {
     let deadline = Instant::now() + ctx.config.bind_timeout;
-    let mut query_token = None;
-    let origins = ctx.config.allowed_origins.as_deref();
-    // The callback's signature (and its large error type) is tungstenite's.
-    #[allow(clippy::result_large_err)]
-    let check = |req: &Request, resp: Response| {
-        if let Some(allowed) = origins
-            && let Some(origin) = req.headers().get("origin")
-            && !allowed
-                .iter()
-                .any(|a| a.as_bytes().eq_ignore_ascii_case(origin.as_bytes()))
-        {
-            info!(origin = ?origin, "handshake refused: origin not allowed");
-            return Err(http_error(StatusCode::FORBIDDEN, "origin not allowed"));
-        }
-        query_token = req.uri().query().and_then(token_param);
-        Ok(resp)
+    let policy = Policy {
+        max_bytes: ctx.config.max_handshake_bytes,
+        allowed_origins: ctx.config.allowed_origins.as_deref(),
+        ws_config: ctx.ws_config,
     };
-    // Boxed: the handshake's state is large and short-lived; inline, it would size the
-    // task of every idle connection for its whole life.
-    let stream = Limited::new(stream, ctx.config.max_handshake_bytes);
-    let accept = Box::pin(tokio_tungstenite::accept_hdr_async_with_config(
-        stream,
-        check,
-        Some(ctx.ws_config),
-    ));
-    let mut ws = tokio::select! {
-        r = timeout_at(deadline, accept) => match r {
-            Ok(Ok(ws)) => Ws {
-                // A client must wait for the 101 before sending frames, so tungstenite
-                // holds no input here; from now on frames are ours.
-                tcp: ws.into_inner().into_tcp(),
-                reader: FrameReader::default(),
-                max_in: ctx.config.max_message_bytes.max(ctx.config.max_uid_bytes),
-            },
-            Ok(Err(WsError::Io(err))) if err.kind() == std::io::ErrorKind::InvalidData => {
-                return info!(%err, "handshake refused");
+    let upgraded = tokio::select! {
+        r = timeout_at(deadline, handshake::accept(stream, &policy)) => match r {
+            Ok(Ok(upgraded)) => upgraded,
+            Ok(Err(err @ (HandshakeError::TooLarge | HandshakeError::Refused(_)))) => {
+                return info!(error = %err, "handshake refused");
             }
-            Ok(Err(err)) => return debug!(%err, "handshake failed"),
+            Ok(Err(err)) => return debug!(error = ?err.to_string(), "handshake failed"),
             Err(_) => return debug!("handshake timed out"),
         },
         () = ctx.ws_stop.cancelled() => return,
     };
-    let uid = tokio::select! {
-        r = timeout_at(deadline, Box::pin(identify(&mut ws, query_token, &ctx))) => match r {
-            Ok(Ok(uid)) => uid,
-            Ok(Err(Some(notice))) => {
-                info!(code = notice.code, reason = %notice.reason, "bind refused");
-                return Box::pin(close(&mut ws, &notice)).await;
-            }
-            Ok(Err(None)) => return debug!("closed before binding"),
-            Err(_) => {
-                debug!("no uid within bind timeout");
-                return Box::pin(close(&mut ws, &CloseNotice::BIND_TIMEOUT)).await;
-            }
+    let mut ws = Ws {
+        tcp: upgraded.tcp,
+        reader: FrameReader::with_pending(upgraded.pending),
+        max_in: ctx.config.max_message_bytes.max(ctx.config.max_uid_bytes),
+    };
+    let identified = tokio::select! {
+        r = timeout_at(deadline, Box::pin(identify(&mut ws, upgraded.query_token, &ctx))) => match r {
+            Ok(result) => result,
+            Err(_) => Err(End::Closed(CloseNotice::BIND_TIMEOUT)),
         },
-        () = ctx.ws_stop.cancelled() => return Box::pin(close(&mut ws, &CloseNotice::SHUTDOWN)).await,
+        () = ctx.ws_stop.cancelled() => Err(End::Shutdown),
+    };
+    let uid = match identified {
+        Ok(uid) => uid,
+        Err(end) => {
+            if let End::Closed(notice) = &end
+                && *notice != CloseNotice::BIND_TIMEOUT
+            {
+                info!(code = notice.code, reason = %notice.reason, "bind refused");
+            }
+            debug!(?end, "closed before binding");
+            return finish(&mut ws, end).await;
+        }
     };
 
     let binding = ctx.registry.bind(&uid);
-    debug!(uid = binding.uid(), "bound");
+    drop(pending);
+    debug!(uid = ?binding.uid(), "bound");
     let end = session(&mut ws, binding.outbox(), &ctx).await;
     // Leave the map before the (possibly slow) closing handshake, so pushes fail at once.
     drop(binding);
-    match &end {
-        End::Closed(notice) => Box::pin(close(&mut ws, notice)).await,
-        End::Shutdown => Box::pin(close(&mut ws, &CloseNotice::SHUTDOWN)).await,
+    debug!(?uid, ?end, "closed");
+    finish(&mut ws, end).await;
+}
+
+/// Closes the connection as `end` requires: our close frame with its code, or the echo of
+/// the peer's close (RFC 6455 §5.5.1), or nothing for a peer that is gone or stuck.
+async fn finish(ws: &mut Ws, end: End) {
+    match end {
+        End::Closed(notice) => Box::pin(close(ws, &notice)).await,
+        End::Shutdown => Box::pin(close(ws, &CloseNotice::SHUTDOWN)).await,
         End::PeerClosed(code) => {
-            // Answer the close, echoing its code (RFC 6455 §5.5.1); then the socket closes.
+            // Echo its code; the peer then closes TCP (or we do, on drop: nothing is
+            // left unread, so no reset).
             let payload = code.map(u16::to_be_bytes);
-            let reply = control_frame(0x8, payload.as_ref().map_or(&[][..], |p| &p[..]));
+            let reply = control_frame(CLOSE, payload.as_ref().map_or(&[][..], |p| &p[..]));
             let _ = Box::pin(write_raw(&ws.tcp, &reply, CLOSE_GRACE)).await;
         }
         End::PeerError(err) => debug!(%err, "connection error"),
         End::PongTimeout | End::WriteStalled => {}
     }
-    debug!(%uid, ?end, "closed");
 }
 
-/// Answers a connection over the per-address cap with HTTP 429 and closes it.
-pub(crate) async fn refuse_busy_address(mut stream: TcpStream, ip: IpAddr, ctx: &Context) {
-    Metrics::incr(&ctx.registry.metrics().refused_per_ip);
-    debug!(%ip, "refused: too many connections from this address");
-    if ctx.registry.metrics().should_warn_refusal() {
-        warn!(%ip, limit = ctx.config.max_connections_per_ip, "refusing connections: too many from one address");
-    }
-    let body = "too many connections from your address\n";
-    let resp = format!(
-        "HTTP/1.1 429 Too Many Requests\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    );
-    let _ = timeout(CLOSE_GRACE, stream.write_all(resp.as_bytes())).await;
-}
-
-fn http_error(status: StatusCode, why: &str) -> ErrorResponse {
-    let mut resp = ErrorResponse::new(Some(why.to_owned()));
-    *resp.status_mut() = status;
-    resp
-}
-
-/// The `token` parameter of a query string, percent-decoded.
-fn token_param(query: &str) -> Option<String> {
-    let raw = query.split('&').find_map(|kv| kv.strip_prefix("token="))?;
-    let bytes = raw.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let hex = |b: u8| (b as char).to_digit(16);
-        match bytes[i] {
-            b'%' if i + 2 < bytes.len() => match (hex(bytes[i + 1]), hex(bytes[i + 2])) {
-                (Some(h), Some(l)) => {
-                    out.push((h * 16 + l) as u8);
-                    i += 3;
-                    continue;
-                }
-                _ => out.push(b'%'),
-            },
-            b'+' => out.push(b' '),
-            b => out.push(b),
+/// Answers a connection refused by [`crate::access::Admission`] with an HTTP error (429
+/// per address, 503 when the server-wide pending budget is spent) and closes it.
+pub(crate) async fn refuse(stream: TcpStream, why: Refused, ctx: &Context) {
+    let metrics = ctx.registry.metrics();
+    let (status, body, limit) = match why {
+        Refused::Connections => {
+            Metrics::incr(&metrics.refused_per_ip);
+            (
+                StatusCode::TOO_MANY_REQUESTS,
+                "too many connections from your address",
+                ctx.config.max_connections_per_ip,
+            )
         }
-        i += 1;
+        Refused::PendingPerAddress => {
+            Metrics::incr(&metrics.refused_pending);
+            (
+                StatusCode::TOO_MANY_REQUESTS,
+                "too many handshakes in progress from your address",
+                ctx.config.max_pending_per_ip,
+            )
+        }
+        Refused::Pending => {
+            Metrics::incr(&metrics.refused_pending);
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "too many handshakes in progress",
+                ctx.config.max_pending_handshakes,
+            )
+        }
+    };
+    debug!(?why, "refused");
+    if metrics.should_warn_refusal() {
+        warn!(reason = body, limit, "refusing connections");
     }
-    String::from_utf8(out).ok()
+    handshake::refuse(stream, status, body, CLOSE_GRACE).await;
 }
 
 /// Decides who this connection is: the uid from its first frame, or, with a JWT secret,
 /// the `sub` of a valid token from the URL (`?token=`) or the first frame.
-/// `Err(None)` means the peer went away; `Err(Some)` says how to refuse it.
-async fn identify(
-    ws: &mut Ws,
-    query_token: Option<String>,
-    ctx: &Context,
-) -> Result<String, Option<CloseNotice>> {
+async fn identify(ws: &mut Ws, query_token: Option<String>, ctx: &Context) -> Result<String, End> {
     let max_uid = ctx.config.max_uid_bytes;
     let Some(secret) = &ctx.config.jwt_secret else {
         return first_text(ws, max_uid).await;
@@ -208,37 +175,40 @@ async fn identify(
     };
     let uid = secret
         .verify(&token, std::time::SystemTime::now())
-        .map_err(|e| Some(CloseNotice::token(e)))?;
+        .map_err(|e| End::Closed(CloseNotice::token(e)))?;
     if uid.len() > max_uid {
-        return Err(Some(CloseNotice::uid_too_long(max_uid)));
+        return Err(End::Closed(CloseNotice::uid_too_long(max_uid)));
     }
     Ok(uid)
 }
 
 /// Reads the first data frame: a text frame of at most `max` bytes, exactly as sent.
-async fn first_text(ws: &mut Ws, max: usize) -> Result<String, Option<CloseNotice>> {
+async fn first_text(ws: &mut Ws, max: usize) -> Result<String, End> {
     loop {
         match ws.next().await {
-            Ok(Incoming::Text(uid)) if uid.is_empty() => return Err(Some(CloseNotice::EMPTY_UID)),
+            Ok(Incoming::Text(uid)) if uid.is_empty() => {
+                return Err(End::Closed(CloseNotice::EMPTY_UID));
+            }
             Ok(Incoming::Text(uid)) if uid.len() > max => {
-                return Err(Some(CloseNotice::uid_too_long(max)));
+                return Err(End::Closed(CloseNotice::uid_too_long(max)));
             }
             Ok(Incoming::Text(uid)) => return Ok(uid),
-            Ok(Incoming::Binary(_)) => return Err(Some(CloseNotice::BINARY_UID)),
-            Ok(Incoming::Close(_)) => return Err(None),
+            Ok(Incoming::Binary(_)) => return Err(End::Closed(CloseNotice::BINARY_UID)),
+            Ok(Incoming::Close(code)) => return Err(End::PeerClosed(code)),
             Ok(Incoming::Ping(payload)) => {
-                if write_raw(&ws.tcp, &control_frame(0xA, &payload), CLOSE_GRACE)
-                    .await
-                    .is_err()
+                if let Err(err) =
+                    write_raw(&ws.tcp, &control_frame(PONG, &payload), CLOSE_GRACE).await
                 {
-                    return Err(None);
+                    return Err(End::PeerError(FrameError::Io(err)));
                 }
             }
             Ok(Incoming::Pong) => {}
-            Err(FrameError::TooBig) => return Err(Some(CloseNotice::uid_too_long(max))),
+            Err(FrameError::TooBig) => return Err(End::Closed(CloseNotice::uid_too_long(max))),
             Err(err) => {
-                debug!(%err, "error before bind");
-                return Err(refusal(&err));
+                return Err(match refusal(&err) {
+                    Some(notice) => End::Closed(notice),
+                    None => End::PeerError(err),
+                });
             }
         }
     }
@@ -310,7 +280,7 @@ async fn session(ws: &mut Ws, outbox: &Outbox, ctx: &Context) -> End {
                     Ok(Incoming::Binary(len)) => trace!(len, "ignoring binary message"),
                     Ok(Incoming::Pong) => {}
                     Ok(Incoming::Ping(payload)) => {
-                        let pong = control_frame(0xA, &payload);
+                        let pong = control_frame(PONG, &payload);
                         if let Err(err) = Box::pin(write_raw(&ws.tcp, &pong, cfg.pong_timeout)).await {
                             return End::PeerError(FrameError::Io(err));
                         }
@@ -325,7 +295,7 @@ async fn session(ws: &mut Ws, outbox: &Outbox, ctx: &Context) -> End {
                 if awaiting_pong {
                     return End::PongTimeout;
                 }
-                let ping = control_frame(0x9, &[]);
+                let ping = control_frame(PING, &[]);
                 match Box::pin(write_raw(&ws.tcp, &ping, cfg.pong_timeout)).await {
                     Ok(()) => {}
                     Err(err) if err.kind() == std::io::ErrorKind::TimedOut => return End::WriteStalled,
@@ -391,8 +361,10 @@ async fn write_all(ws: &mut Ws, batch: &[Utf8Bytes], at: &mut Progress) -> std::
     Ok(())
 }
 
-/// Sends a close frame with `notice`, waiting at most [`CLOSE_GRACE`] for it to leave
-/// and for the peer's answer (so it sees a clean close rather than a reset).
+/// Sends a close frame with `notice`, then reads until the peer's close (or EOF), for at
+/// most [`CLOSE_GRACE`] in all, discarding what it still sends: closing a socket with
+/// unread input makes the kernel send a reset, which can destroy our close frame before
+/// the peer reads it (it would see 1006, not our code).
 async fn close(ws: &mut Ws, notice: &CloseNotice) {
     let deadline = Instant::now() + CLOSE_GRACE;
     let frame = close_frame(notice.code, &notice.reason);
@@ -400,23 +372,16 @@ async fn close(ws: &mut Ws, notice: &CloseNotice) {
         return;
     }
     let _ = timeout_at(deadline, async {
-        while let Ok(msg) = ws.next().await {
-            if let Incoming::Close(_) = msg {
-                break;
+        loop {
+            match ws.next().await {
+                Ok(Incoming::Close(_)) | Err(FrameError::Eof | FrameError::Io(_)) => return,
+                // An oversized frame is skipped by the reader as it arrives.
+                Ok(_) | Err(FrameError::TooBig) => {}
+                // The rest of the input cannot be parsed (often the very frame that made
+                // us close): take it off the socket unread.
+                Err(_) => return ws.reader.discard(&ws.tcp).await,
             }
         }
     })
     .await;
-}
-
-#[cfg(test)]
-mod tests {
-    use super::token_param;
-
-    #[test]
-    fn query_token() {
-        assert_eq!(token_param("a=1&token=x.y.z"), Some("x.y.z".into()));
-        assert_eq!(token_param("token=a%2Eb%zz%4"), Some("a.b%zz%4".into()));
-        assert_eq!(token_param("tokens=1"), None);
-    }
 }

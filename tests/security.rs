@@ -734,6 +734,86 @@ async fn per_address_cap_answers_429() {
     }
 }
 
+/// 6,000 connections that connect and send nothing, from six addresses, against a server
+/// that may hold 5,000: each address gets its pending allowance (the rest are answered
+/// 429 at once), so a real browser from a seventh address gets its 101 at once rather
+/// than waiting in the backlog for the silent ones' bind timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_connections_cannot_hold_every_slot() {
+    let server = TestServer::start_with(pushwire::Config {
+        max_ws_connections: 5000,
+        max_pending_handshakes: 1250,
+        max_pending_per_ip: 64,
+        ..pushwire::Config::default()
+    })
+    .await;
+    let mut silent = Vec::new();
+    for n in 0..6000 {
+        silent.push(tcp_from(&format!("127.0.0.{}", 1 + n % 6), server.ws_addr).await);
+    }
+    // The newcomer: its handshake and bind are answered at once.
+    let started = Instant::now();
+    let mut browser = timeout(Duration::from_secs(2), ws_from("127.0.0.7", &server))
+        .await
+        .expect("a real browser waited behind 6,000 silent connections");
+    browser.bind("real", server.push_addr).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "bound after {:?}",
+        started.elapsed()
+    );
+    // From a silent address: refused with 429 while its allowance is in use.
+    let resp = raw_upgrade_response(tcp_from("127.0.0.1", server.ws_addr).await).await;
+    assert!(
+        resp.starts_with("HTTP/1.1 429 ") && resp.contains("handshakes in progress"),
+        "{resp:?}"
+    );
+    let mut push = PushClient::connect(server.push_addr).await;
+    let stats = push.request("/stats").await;
+    let refused = json_u64(&stats, "refused_pending");
+    assert!(refused >= 6 * (1000 - 64), "{stats}");
+    drop(silent);
+}
+
+/// Past the server-wide pending budget, a new connection is answered 503; once the
+/// pending ones bind, the budget is free again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pending_budget_answers_503_past_the_total() {
+    let server = TestServer::start_with(pushwire::Config {
+        max_pending_handshakes: 3,
+        ..pushwire::Config::default()
+    })
+    .await;
+    let mut tabs = Vec::new();
+    for _ in 0..3 {
+        tabs.push(WsClient::connect(&server.ws_url()).await);
+    }
+    let resp = raw_upgrade_response(tcp_from("127.0.0.2", server.ws_addr).await).await;
+    assert!(
+        resp.starts_with("HTTP/1.1 503 ") && resp.ends_with("too many handshakes in progress\n"),
+        "{resp:?}"
+    );
+    for (i, tab) in tabs.iter_mut().enumerate() {
+        tab.bind(&format!("pending{i}"), server.push_addr).await;
+    }
+    // Bound connections hold no pending place: three more may start.
+    let mut more = Vec::new();
+    for i in 0..3 {
+        let mut tab = WsClient::connect(&server.ws_url()).await;
+        tab.bind(&format!("later{i}"), server.push_addr).await;
+        more.push(tab);
+    }
+}
+
+/// The number under `key` in a one-line JSON reply.
+fn json_u64(reply: &str, key: &str) -> u64 {
+    let v: serde_json::Value =
+        serde_json::from_str(reply).unwrap_or_else(|e| panic!("{reply:?}: {e}"));
+    v[key]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no {key} in {reply}"))
+}
+
 // ---------------------------------------------------------------------------------------
 // Push port: allow-list and shared secret
 // ---------------------------------------------------------------------------------------

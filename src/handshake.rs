@@ -1,0 +1,291 @@
+//! The HTTP side of the browser port: the upgrade request, read within a byte budget, then
+//! handed to tungstenite for the 101; and the plain-HTTP refusals (403, 429, 503).
+//!
+//! # Why the request head is read here first
+//! A connection that has not sent its request yet must cost no more than an idle bound
+//! socket, because strangers can open thousands of them. tungstenite allocates its read
+//! buffers as soon as its handshake starts, before the client has sent a byte (~12 KiB per
+//! silent connection, measured). So this file waits with `peek` (which, unlike
+//! `readable()`, does not return before data arrives on a fresh socket), then reads the
+//! head into a buffer that grows only with what arrived, and starts tungstenite once the
+//! whole head is here: its buffers then live for the microseconds the 101 takes.
+
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Error as WsError;
+use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
+use tokio_tungstenite::tungstenite::http::StatusCode;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tracing::info;
+
+/// A completed upgrade: the bare socket, what the client sent after its request head
+/// (normally nothing: a client must wait for the 101), and the `?token=` of the URL.
+pub(crate) struct Upgraded {
+    pub(crate) tcp: TcpStream,
+    pub(crate) pending: Vec<u8>,
+    pub(crate) query_token: Option<String>,
+}
+
+/// Why an upgrade did not happen.
+#[derive(Debug)]
+pub(crate) enum HandshakeError {
+    /// The client went away (or the socket failed) before its request was complete.
+    Gone,
+    /// The request head is larger than `--max-handshake-bytes`.
+    TooLarge,
+    /// Refused by policy (an Origin not allowed): answered with an HTTP error.
+    Refused(String),
+    /// Not a valid WebSocket upgrade request: answered with an HTTP error by tungstenite.
+    Invalid(String),
+}
+
+impl std::fmt::Display for HandshakeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            HandshakeError::Gone => f.write_str("client went away during the handshake"),
+            HandshakeError::TooLarge => f.write_str("handshake larger than --max-handshake-bytes"),
+            HandshakeError::Refused(why) => write!(f, "refused: {why}"),
+            HandshakeError::Invalid(why) => write!(f, "invalid upgrade request: {why}"),
+        }
+    }
+}
+
+/// What the upgrade checks, from the configuration.
+pub(crate) struct Policy<'a> {
+    /// Most bytes the request head may take.
+    pub(crate) max_bytes: usize,
+    /// Origins allowed to open a WebSocket; `None` allows any.
+    pub(crate) allowed_origins: Option<&'a [String]>,
+    /// tungstenite's settings (small buffers; it only parses the upgrade).
+    pub(crate) ws_config: WebSocketConfig,
+}
+
+/// The tungstenite settings for the handshake (the only part tungstenite runs): small
+/// buffers, since nothing but the upgrade request goes through it.
+pub(crate) fn ws_config(max_message_bytes: usize, max_uid_bytes: usize) -> WebSocketConfig {
+    let max_in = max_message_bytes.max(max_uid_bytes);
+    WebSocketConfig::default()
+        .read_buffer_size(256)
+        .write_buffer_size(0)
+        .max_message_size(Some(max_in))
+        .max_frame_size(Some(max_in))
+}
+
+/// Reads the upgrade request and answers it: 101, or an HTTP error. Not bounded in time
+/// here; the caller's bind deadline covers it.
+pub(crate) async fn accept(
+    tcp: TcpStream,
+    policy: &Policy<'_>,
+) -> Result<Upgraded, HandshakeError> {
+    let (head, pending) = read_head(&tcp, policy.max_bytes).await?;
+    let mut query_token = None;
+    let origins = policy.allowed_origins;
+    // The callback's signature (and its large error type) is tungstenite's.
+    #[allow(clippy::result_large_err)]
+    let check = |req: &Request, resp: Response| {
+        if let Some(allowed) = origins
+            && let Some(origin) = req.headers().get("origin")
+            && !allowed
+                .iter()
+                .any(|a| a.as_bytes().eq_ignore_ascii_case(origin.as_bytes()))
+        {
+            info!(origin = ?origin, "handshake refused: origin not allowed");
+            return Err(http_error(StatusCode::FORBIDDEN, "origin not allowed"));
+        }
+        query_token = req.uri().query().and_then(token_param);
+        Ok(resp)
+    };
+    let stream = Prefixed { head, at: 0, tcp };
+    // Boxed: the handshake's state is large and short-lived; inline, it would size the
+    // task of every idle connection for its whole life.
+    let upgrade = Box::pin(tokio_tungstenite::accept_hdr_async_with_config(
+        stream,
+        check,
+        Some(policy.ws_config),
+    ))
+    .await;
+    match upgrade {
+        Ok(ws) => Ok(Upgraded {
+            tcp: ws.into_inner().tcp,
+            pending,
+            query_token,
+        }),
+        Err(WsError::Http(resp)) if resp.status() == StatusCode::FORBIDDEN => {
+            Err(HandshakeError::Refused("origin not allowed".into()))
+        }
+        Err(WsError::Io(_) | WsError::ConnectionClosed | WsError::AlreadyClosed) => {
+            Err(HandshakeError::Gone)
+        }
+        Err(err) => Err(HandshakeError::Invalid(err.to_string())),
+    }
+}
+
+/// Waits for the request head and returns it (through its blank line) and any bytes after
+/// it. Nothing is allocated until the first byte is here; after that the buffer holds
+/// what arrived, at most `max` bytes.
+async fn read_head(tcp: &TcpStream, max: usize) -> Result<(Vec<u8>, Vec<u8>), HandshakeError> {
+    let mut probe = [0u8; 1];
+    match tcp.peek(&mut probe).await {
+        Ok(0) | Err(_) => return Err(HandshakeError::Gone),
+        Ok(_) => {}
+    }
+    let mut buf = Vec::new();
+    loop {
+        if buf.len() >= max {
+            return Err(HandshakeError::TooLarge);
+        }
+        // No await while the chunk is alive, so it never lives in the task.
+        let mut chunk = [0u8; 1024];
+        let want = chunk.len().min(max - buf.len());
+        match tcp.try_read(&mut chunk[..want]) {
+            Ok(0) => return Err(HandshakeError::Gone),
+            Ok(n) => {
+                let from = buf.len().saturating_sub(3);
+                buf.extend_from_slice(&chunk[..n]);
+                if let Some(end) = head_end(&buf, from) {
+                    let rest = buf.split_off(end);
+                    return Ok((buf, rest));
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                tcp.readable().await.map_err(|_| HandshakeError::Gone)?;
+            }
+            Err(_) => return Err(HandshakeError::Gone),
+        }
+    }
+}
+
+/// The end of an HTTP head (just past its blank line, `\r\n\r\n` or a bare `\n\n`),
+/// searching from `from`.
+fn head_end(buf: &[u8], from: usize) -> Option<usize> {
+    let tail = &buf[from..];
+    (0..tail.len()).find_map(|i| {
+        let rest = &tail[i..];
+        if rest.starts_with(b"\n\r\n") {
+            Some(from + i + 3)
+        } else if rest.starts_with(b"\n\n") {
+            Some(from + i + 2)
+        } else {
+            None
+        }
+    })
+}
+
+/// The socket with the already-read request head in front of it, for tungstenite.
+struct Prefixed {
+    head: Vec<u8>,
+    at: usize,
+    tcp: TcpStream,
+}
+
+impl AsyncRead for Prefixed {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if this.at < this.head.len() {
+            let n = buf.remaining().min(this.head.len() - this.at);
+            buf.put_slice(&this.head[this.at..this.at + n]);
+            this.at += n;
+            return Poll::Ready(Ok(()));
+        }
+        // The head is complete, so tungstenite has no reason to read on; if it does, it
+        // sees end of input rather than the client's first frames.
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl AsyncWrite for Prefixed {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().tcp).poll_write(cx, data)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().tcp).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().tcp).poll_shutdown(cx)
+    }
+}
+
+fn http_error(status: StatusCode, why: &str) -> ErrorResponse {
+    let mut resp = ErrorResponse::new(Some(why.to_owned()));
+    *resp.status_mut() = status;
+    resp
+}
+
+/// Answers a connection with a plain HTTP error (`429`, `503`) before reading anything,
+/// within `limit`, and closes it.
+pub(crate) async fn refuse(
+    mut stream: TcpStream,
+    status: StatusCode,
+    body: &str,
+    limit: std::time::Duration,
+) {
+    let resp = format!(
+        "HTTP/1.1 {} {}\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}\n",
+        status.as_u16(),
+        status.canonical_reason().unwrap_or(""),
+        body.len() + 1
+    );
+    let _ = tokio::time::timeout(limit, stream.write_all(resp.as_bytes())).await;
+}
+
+/// The `token` parameter of a query string, percent-decoded.
+fn token_param(query: &str) -> Option<String> {
+    let raw = query.split('&').find_map(|kv| kv.strip_prefix("token="))?;
+    let bytes = raw.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        match bytes[i] {
+            b'%' if i + 2 < bytes.len() => match (hex(bytes[i + 1]), hex(bytes[i + 2])) {
+                (Some(h), Some(l)) => {
+                    out.push((h * 16 + l) as u8);
+                    i += 3;
+                    continue;
+                }
+                _ => out.push(b'%'),
+            },
+            b'+' => out.push(b' '),
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8(out).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{head_end, token_param};
+
+    #[test]
+    fn query_token() {
+        assert_eq!(token_param("a=1&token=x.y.z"), Some("x.y.z".into()));
+        assert_eq!(token_param("token=a%2Eb%zz%4"), Some("a.b%zz%4".into()));
+        assert_eq!(token_param("tokens=1"), None);
+    }
+
+    #[test]
+    fn head_ends_at_the_blank_line() {
+        let req = b"GET / HTTP/1.1\r\nHost: x\r\n\r\nFRAME";
+        assert_eq!(head_end(req, 0), Some(req.len() - 5));
+        assert_eq!(head_end(b"GET / HTTP/1.1\nHost: x\n\n", 0), Some(24));
+        assert_eq!(head_end(b"GET / HTTP/1.1\r\nHost: x\r\n", 0), None);
+        // Found when the blank line straddles two reads.
+        let whole = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n";
+        assert_eq!(head_end(whole, whole.len() - 5), Some(whole.len()));
+    }
+}
