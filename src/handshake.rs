@@ -138,15 +138,10 @@ async fn read_head(tcp: &TcpStream, max: usize) -> Result<(Vec<u8>, Vec<u8>), Ha
         if buf.len() >= max {
             return Err(HandshakeError::TooLarge);
         }
-        // No await while the chunk is alive, so it never lives in the task.
-        let mut chunk = [0u8; 1024];
-        let want = chunk.len().min(max - buf.len());
-        match tcp.try_read(&mut chunk[..want]) {
+        match read_some(tcp, &mut buf, max) {
             Ok(0) => return Err(HandshakeError::Gone),
             Ok(n) => {
-                let from = buf.len().saturating_sub(3);
-                buf.extend_from_slice(&chunk[..n]);
-                if let Some(end) = head_end(&buf, from) {
+                if let Some(end) = head_end(&buf, buf.len().saturating_sub(n + 3)) {
                     let rest = buf.split_off(end);
                     return Ok((buf, rest));
                 }
@@ -157,6 +152,16 @@ async fn read_head(tcp: &TcpStream, max: usize) -> Result<(Vec<u8>, Vec<u8>), Ha
             Err(_) => return Err(HandshakeError::Gone),
         }
     }
+}
+
+/// Reads what the socket has, up to `max` bytes in `buf`, without waiting. Not async, so
+/// its stack chunk never becomes part of a waiting connection's task.
+fn read_some(tcp: &TcpStream, buf: &mut Vec<u8>, max: usize) -> io::Result<usize> {
+    let mut chunk = [0u8; 1024];
+    let want = chunk.len().min(max - buf.len());
+    let n = tcp.try_read(&mut chunk[..want])?;
+    buf.extend_from_slice(&chunk[..n]);
+    Ok(n)
 }
 
 /// The end of an HTTP head (just past its blank line, `\r\n\r\n` or a bare `\n\n`),

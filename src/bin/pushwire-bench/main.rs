@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! pushwire-bench --ws ws://127.0.0.1:1234 --push 127.0.0.1:5678 [--server-pid PID] \
-//!     <storm|throughput|churn|latency|fanout|idle-mem|all> [options]
+//!     <storm|throughput|churn|latency|fanout|idle-mem|pending-mem|all> [options]
 //! ```
 //!
 //! Every scenario checks what it measures: each push answered `ok` must reach its client
@@ -155,6 +155,13 @@ pub enum Scenario {
     Latency,
     /// Fan-out to all N clients (a line per uid, one /broadcast, one /group); time to the last delivery.
     Fanout,
+    /// Server RSS per connection that never finishes its handshake (needs --server-pid).
+    PendingMem {
+        /// Bytes of an upgrade request each connection sends before going silent (0: it
+        /// sends nothing at all).
+        #[arg(long, default_value_t = 0)]
+        request_bytes: usize,
+    },
     /// Server RSS per bound idle client (needs --server-pid).
     IdleMem,
     /// Every scenario in sequence with one set of clients.

@@ -14,6 +14,11 @@
 //!   `--settle-ms`; reports (after − before) / N, plus the change in kernel slab memory and TCP
 //!   buffer memory per socket (system-wide, both ends of each connection live on this machine,
 //!   hence divided by 2N).
+//! * **pending-mem** — `--clients` N TCP connections to the WebSocket port that send
+//!   nothing (or `--request-bytes` B bytes of an upgrade request that never ends) and are
+//!   held for `--settle-ms`: server VmRSS per held connection. Run the server with pending
+//!   budgets that admit them all (`--max-pending-per-ip`, `--max-pending-handshakes`) and
+//!   a bind timeout longer than the run. Then checks the push port still answers `/ping`.
 //! * **fanout** — per-uid: all N lines (one per uid) are formatted first, then written on one
 //!   push connection in one go; time from the first write to the last client receiving its
 //!   frame (and to the last reply), per round. broadcast: one `/broadcast PAYLOAD` line;
@@ -146,6 +151,13 @@ pub async fn main(o: Opts, net: &'static Net) -> Result<bool, String> {
     match scenario {
         Scenario::Storm => {
             let r = storm(&mut ctx).await;
+            ctx.emit(r);
+        }
+        Scenario::PendingMem { request_bytes } => {
+            if ctx.pid().is_none() {
+                return Err("pending-mem needs --server-pid".into());
+            }
+            let r = pending_mem(&mut ctx, request_bytes).await;
             ctx.emit(r);
         }
         Scenario::IdleMem => {
@@ -444,6 +456,98 @@ async fn count_connections(c: &mut Counter) -> Result<u64, String> {
 }
 
 // ---------------------------------------------------------------------------------------------
+
+pub async fn pending_mem(ctx: &mut Ctx, request_bytes: usize) -> Report {
+    let mut rep = Report::new("pending-mem");
+    let Some(pid) = ctx.pid() else {
+        rep.note("skipped: needs --server-pid");
+        return rep.finish();
+    };
+    let before = baseline(Some(pid));
+    let head = b"GET / HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nX-Pad: ";
+    let request: Vec<u8> = head
+        .iter()
+        .copied()
+        .chain(std::iter::repeat(b'x'))
+        .take(request_bytes)
+        .collect();
+    let n = ctx.o.clients;
+    let gate = Arc::new(Semaphore::new(ctx.o.connect_concurrency.max(1)));
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..n {
+        let (net, gate, request) = (ctx.net, gate.clone(), request.clone());
+        tasks.spawn(async move {
+            let _permit = gate.acquire_owned().await.ok()?;
+            let mut tcp = net.tcp(net.ws_addr).await.ok()?;
+            if !request.is_empty() {
+                tcp.write_all(&request).await.ok()?;
+            }
+            Some(tcp)
+        });
+    }
+    let mut held = Vec::with_capacity(n);
+    while let Some(r) = tasks.join_next().await {
+        if let Ok(Some(tcp)) = r {
+            held.push(tcp);
+        }
+    }
+    tokio::time::sleep(ctx.o.settle()).await;
+    // A connection the server closed (refused, timed out) reads as EOF at once.
+    let mut open = 0u64;
+    for tcp in &held {
+        let mut b = [0u8; 1];
+        if matches!(tcp.try_read(&mut b), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock) {
+            open += 1;
+        }
+    }
+    let after = procstat::mem(&pid.to_string());
+    rep.int("connections", "connections attempted", n as u64);
+    rep.int("held", "held open by the server", open);
+    rep.int(
+        "request_bytes",
+        "request bytes sent by each",
+        request.len() as u64,
+    );
+    match (before.mem, after) {
+        (Some(b), Some(a)) if open > 0 => {
+            rep.int("rss_before_kib", "server RSS before", b.rss_kib);
+            rep.int("rss_after_kib", "server RSS while held", a.rss_kib);
+            let per = (a.rss_kib as f64 - b.rss_kib as f64) * 1024.0 / open as f64;
+            rep.num(
+                "rss_per_pending_kib",
+                "SERVER RSS PER PENDING CONNECTION",
+                per / 1024.0,
+                2,
+                "KiB",
+            );
+            rep.num("rss_per_pending_bytes", "  same, bytes", per, 0, "B");
+        }
+        _ => track::error("pending-mem: could not read the server's RSS".into()),
+    }
+    if open < n as u64 {
+        track::error(format!(
+            "pending-mem: the server closed {} of {n} connections (raise its pending budgets \
+             and bind timeout for this measurement)",
+            n as u64 - open
+        ));
+    }
+    let ping = async {
+        let conn = tokio::net::TcpStream::connect(ctx.net.push_addr)
+            .await
+            .map_err(|e| format!("connect: {e}"))?;
+        let (rd, mut wr) = conn.into_split();
+        wr.write_all(b"/ping\n")
+            .await
+            .map_err(|e| format!("write: {e}"))?;
+        read_line(&mut tokio::io::BufReader::new(rd)).await
+    };
+    match ping.await {
+        Ok(r) if r == "pong" => {}
+        other => track::error(format!("pending-mem: /ping on the push port: {other:?}")),
+    }
+    drop(held);
+    rep.finish()
+}
 
 pub async fn idle_mem(ctx: &mut Ctx, before: Baseline) -> Report {
     let mut rep = Report::new("idle-mem");
