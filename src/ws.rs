@@ -90,7 +90,7 @@ pub(crate) async fn serve(stream: TcpStream, ctx: Arc<Context>, pending: Pending
             if let End::Closed(notice) = &end
                 && *notice != CloseNotice::BIND_TIMEOUT
             {
-                info!(code = notice.code, reason = %notice.reason, "bind refused");
+                info!(code = notice.code, reason = ?notice.reason, "bind refused");
             }
             debug!(?end, "closed before binding");
             return finish(&mut ws, end).await;
