@@ -1,7 +1,7 @@
 //! CI's short soak: `scripts/soak.sh` for 10 s with 300 clients per round against the
 //! debug binaries. The script checks every round's ledger, that the registry (uids,
 //! connections, groups) drains to empty, and that memory returns near its first-round
-//! level; the long run and its figures are in the README.
+//! level; the long run and its figures are in docs/benchmarks.md.
 
 use std::path::Path;
 use std::process::Command;
