@@ -249,27 +249,7 @@ pub(crate) async fn refuse(
 
 /// The `token` parameter of a query string, percent-decoded.
 fn token_param(query: &str) -> Option<String> {
-    let raw = query.split('&').find_map(|kv| kv.strip_prefix("token="))?;
-    let bytes = raw.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let hex = |b: u8| (b as char).to_digit(16);
-        match bytes[i] {
-            b'%' if i + 2 < bytes.len() => match (hex(bytes[i + 1]), hex(bytes[i + 2])) {
-                (Some(h), Some(l)) => {
-                    out.push((h * 16 + l) as u8);
-                    i += 3;
-                    continue;
-                }
-                _ => out.push(b'%'),
-            },
-            b'+' => out.push(b' '),
-            b => out.push(b),
-        }
-        i += 1;
-    }
-    String::from_utf8(out).ok()
+    String::from_utf8(crate::urlencoded::param(query.as_bytes(), "token")?).ok()
 }
 
 #[cfg(test)]
@@ -279,8 +259,7 @@ mod tests {
     #[test]
     fn query_token() {
         assert_eq!(token_param("a=1&token=x.y.z"), Some("x.y.z".into()));
-        assert_eq!(token_param("token=a%2Eb%zz%4"), Some("a.b%zz%4".into()));
-        assert_eq!(token_param("tokens=1"), None);
+        assert_eq!(token_param("token=%ff"), None);
     }
 
     #[test]

@@ -34,6 +34,7 @@ pub mod protocol;
 mod push;
 pub mod registry;
 mod server;
+mod urlencoded;
 mod ws;
 
 pub use config::Config;
