@@ -22,6 +22,7 @@ use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use crate::config::Config;
+use crate::logsafe::escaped;
 use crate::protocol::CloseNotice;
 use crate::registry::{Registry, Uid};
 
@@ -268,7 +269,7 @@ pub fn execute(line: &str, bytes: &Bytes, registry: &Registry, config: &Config) 
     let cmd = match parse(line, config.max_list_uids) {
         Ok(cmd) => cmd,
         Err(error) => {
-            tracing::debug!(%error, "bad command");
+            tracing::debug!(error = %escaped(&error), "bad command");
             return json!({"ok": false, "error": error}).to_string();
         }
     };
@@ -316,7 +317,7 @@ pub fn execute(line: &str, bytes: &Bytes, registry: &Registry, config: &Config) 
                 json!({"ok": true, "group": group, "added": added, "members": members})
             }
             Err(e) => {
-                tracing::debug!(%e, %group, "join refused");
+                tracing::debug!(%e, group = %escaped(&group), "join refused");
                 json!({"ok": false, "error": e.to_string()})
             }
         },

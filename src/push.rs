@@ -15,6 +15,7 @@ use tracing::{debug, info, warn};
 
 use crate::command;
 use crate::config::Config;
+use crate::logsafe::escaped;
 use crate::metrics::Metrics;
 use crate::protocol::{BadLine, Frame, LineFramer, Reply, push_target_str};
 use crate::registry::{Delivery, Registry};
@@ -229,7 +230,7 @@ pub(crate) fn count(metrics: &Metrics, outcome: &Result<Delivery, BadLine>) {
         Ok(d) if d.ok() => &metrics.pushes_ok,
         Ok(_) => &metrics.pushes_fail,
         Err(bad) => {
-            debug!(%bad, "bad push line");
+            debug!(bad = %escaped(&bad.to_string()), "bad push line");
             Metrics::incr(&metrics.bad_lines);
             &metrics.pushes_fail
         }
