@@ -373,6 +373,7 @@ fn stats(registry: &Registry) -> Value {
         "ws_accepted": m.ws_accepted,
         "binds": m.binds,
         "refused_per_ip": m.refused_per_ip,
+        "push_connections": m.push_connections,
     })
 }
 

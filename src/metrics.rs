@@ -18,6 +18,8 @@ pub struct Metrics {
     pub(crate) ws_accepted: AtomicU64,
     pub(crate) binds: AtomicU64,
     pub(crate) refused_per_ip: AtomicU64,
+    /// Gauge: backend connections open now (TCP and Unix socket).
+    pub(crate) push_connections: AtomicU64,
     /// Milliseconds since `started` of the last refusal warning, to rate-limit it.
     last_refusal_warn: AtomicU64,
 }
@@ -49,6 +51,9 @@ pub struct MetricsSnapshot {
     pub binds: u64,
     /// WebSocket connections refused by the per-address cap.
     pub refused_per_ip: u64,
+    /// Backend connections open now, TCP and Unix socket together (a gauge, counted
+    /// against `--max-push-connections`).
+    pub push_connections: u64,
 }
 
 impl Default for Metrics {
@@ -66,6 +71,7 @@ impl Default for Metrics {
             ws_accepted: AtomicU64::new(0),
             binds: AtomicU64::new(0),
             refused_per_ip: AtomicU64::new(0),
+            push_connections: AtomicU64::new(0),
             last_refusal_warn: AtomicU64::new(0),
         }
     }
@@ -92,6 +98,7 @@ impl Metrics {
             ws_accepted: self.ws_accepted.load(Relaxed),
             binds: self.binds.load(Relaxed),
             refused_per_ip: self.refused_per_ip.load(Relaxed),
+            push_connections: self.push_connections.load(Relaxed),
         }
     }
 }

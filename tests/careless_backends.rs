@@ -1,4 +1,5 @@
-//! Careless backends (issue 10): stranger-supplied text written raw into the log.
+//! Careless backends (issue 10): idle connections that hold every backend slot, and
+//! stranger-supplied text written raw into the log.
 //!
 //! Over real sockets against the real server on port 0 (the log tests run the real
 //! binary); timeouts are configured short rather than faked, since paused time does not
@@ -15,7 +16,11 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use tokio::io::AsyncReadExt;
 use tokio::process::{Child, Command as Process};
-use tokio::time::Instant;
+use tokio::time::{Instant, timeout};
+
+fn config() -> pushwire::Config {
+    pushwire::Config::default()
+}
 
 /// A reply parsed as JSON; panics (with the reply) if it is not.
 fn parse(reply: &str) -> Value {
@@ -156,4 +161,193 @@ async fn stranger_supplied_text_never_reaches_the_log_raw() {
         assert!(refused.contains("FORGED admin logged in"), "{refused}");
         assert!(refused.contains(r"\u{1b}[31m"), "{refused}");
     }
+}
+
+// ---------------------------------------------------------------------------------------
+// Idle backend connections: a timeout, a gauge, a warning
+// ---------------------------------------------------------------------------------------
+
+const IDLE: Duration = Duration::from_millis(600);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_backends_are_closed_so_a_new_backend_gets_in() {
+    let server = TestServer::start_with(pushwire::Config {
+        max_push_connections: 4,
+        push_idle_timeout: Some(IDLE),
+        ..config()
+    })
+    .await;
+    // Four backends take every slot, each answered once, then go quiet.
+    let mut idle = Vec::new();
+    let mut first_quiet = None;
+    for _ in 0..4 {
+        let mut c = PushClient::connect(server.push_addr).await;
+        assert_eq!(c.request("/ping").await, "pong\n");
+        first_quiet.get_or_insert_with(Instant::now);
+        idle.push(c);
+    }
+    let first_quiet = first_quiet.unwrap();
+
+    // A fifth connects (the kernel backlog takes it) but is not served while they hold on...
+    let mut fifth = PushClient::connect(server.push_addr).await;
+    fifth.send_raw(b"/ping\n").await;
+    let mut early = [0u8; 16];
+    let early_read = timeout(IDLE / 2, fifth.stream.get_mut().read(&mut early)).await;
+    assert!(
+        early_read.is_err(),
+        "the fifth backend was answered before any idle one closed: {early_read:?}"
+    );
+
+    // ...and is, once the idle timeout has passed.
+    assert_eq!(fifth.read_reply().await, "pong\n");
+    assert!(
+        first_quiet.elapsed() >= IDLE,
+        "answered after {:?}, before the idle timeout {IDLE:?}",
+        first_quiet.elapsed()
+    );
+    // The idle ones were closed cleanly: no stray bytes, then EOF.
+    for mut c in idle {
+        assert_eq!(c.read_to_eof().await, b"");
+    }
+    // The gauge follows: only the fifth is open now.
+    let mut stats = 0;
+    let deadline = Instant::now() + STEP;
+    while Instant::now() < deadline {
+        stats = parse(&fifth.request("/stats").await)["push_connections"]
+            .as_u64()
+            .expect("push_connections in /stats");
+        if stats == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(stats, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_backend_is_never_idle_and_a_partial_line_is_not_executed() {
+    let server = TestServer::start_with(pushwire::Config {
+        push_idle_timeout: Some(IDLE),
+        ..config()
+    })
+    .await;
+    let mut ws = WsClient::connect(&server.ws_url()).await;
+    ws.bind("u1", server.push_addr).await;
+
+    // Idle means idle, not old: a line every IDLE/3 keeps the connection for 3 x IDLE.
+    let mut busy = PushClient::connect(server.push_addr).await;
+    let until = Instant::now() + IDLE * 3;
+    while Instant::now() < until {
+        assert_eq!(busy.request("/ping").await, "pong\n");
+        tokio::time::sleep(IDLE / 3).await;
+    }
+
+    // A line left unterminated is neither answered nor executed when the connection idles out.
+    let mut partial = PushClient::connect(server.push_addr).await;
+    partial.send_raw(br#"{"uid":"u1","msg":"half"}"#).await;
+    let started = Instant::now();
+    assert_eq!(
+        partial.read_to_eof().await,
+        b"",
+        "the partial line was answered"
+    );
+    assert!(started.elapsed() >= IDLE - Duration::from_millis(50));
+    ws.expect_silence(Duration::from_millis(100)).await;
+    // Meanwhile the formerly busy one sat idle, and was closed too.
+    assert_eq!(busy.read_to_eof().await, b"");
+    let mut fresh = PushClient::connect(server.push_addr).await;
+    assert_eq!(fresh.request(r#"{"uid":"u1","msg":"whole"}"#).await, "ok\n");
+    assert_eq!(ws.recv_text().await, r#"{"uid":"u1","msg":"whole"}"#);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn push_connections_gauge_is_the_last_stats_key() {
+    let server = TestServer::start().await;
+    let mut a = PushClient::connect(server.push_addr).await;
+    let mut b = PushClient::connect(server.push_addr).await;
+    let mut c = PushClient::connect(server.push_addr).await;
+    for p in [&mut b, &mut c] {
+        assert_eq!(p.request("/ping").await, "pong\n");
+    }
+    let stats = parse(&a.request("/stats").await);
+    let keys: Vec<&str> = stats
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    assert_eq!(
+        keys,
+        [
+            "ok",
+            "uptime_secs",
+            "connections",
+            "uids",
+            "groups",
+            "pushes_ok",
+            "pushes_fail",
+            "bad_lines",
+            "commands",
+            "evicted",
+            "kicked",
+            "frames_out",
+            "bytes_out",
+            "ws_accepted",
+            "binds",
+            "refused_per_ip",
+            "push_connections",
+        ]
+    );
+    assert_eq!(stats["push_connections"], json!(3));
+    drop((b, c));
+    let deadline = Instant::now() + STEP;
+    loop {
+        let n = parse(&a.request("/stats").await)["push_connections"].clone();
+        if n == json!(1) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "push_connections stuck at {n}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_push_limit_warning_names_its_cause_once() {
+    let daemon = Binary::start(
+        "info",
+        &[
+            "--max-push-connections",
+            "2",
+            "--push-idle-timeout-ms",
+            "60000",
+        ],
+    )
+    .await;
+    let want = "push connection limit (2) reached: 2 connections open, idle timeout 60s";
+    let mut a = PushClient::connect(daemon.push_addr).await;
+    let mut b = PushClient::connect(daemon.push_addr).await;
+    for p in [&mut a, &mut b] {
+        assert_eq!(p.request("/ping").await, "pong\n");
+    }
+    let log = daemon.log_with(want).await;
+    assert!(String::from_utf8_lossy(&log).contains("--max-push-connections"));
+    // The limit is left and hit again, over and over: still one warning.
+    for _ in 0..3 {
+        drop((a, b));
+        // Not to synchronise the assertion: gives the loop the moment below its limit
+        // that made the old code warn again.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        a = PushClient::connect(daemon.push_addr).await;
+        b = PushClient::connect(daemon.push_addr).await;
+        for p in [&mut a, &mut b] {
+            assert_eq!(p.request("/ping").await, "pong\n");
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let log = String::from_utf8_lossy(&daemon.log.lock().unwrap()).into_owned();
+    assert_eq!(
+        log.matches("limit (2) reached").count(),
+        1,
+        "rate-limited to one warning:\n{log}"
+    );
 }
