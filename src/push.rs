@@ -64,7 +64,10 @@ where
     loop {
         while !closing && let Some(frame) = framer.next_frame(&mut buf) {
             match auth.check(&frame, &ctx.config, &mut out, peer) {
-                Step::Proceed => handle(frame, &ctx, &mut out),
+                Step::Proceed => {
+                    let command = framer.too_long_first_byte() == Some(b'/');
+                    handle(frame, command, &ctx, &mut out);
+                }
                 Step::Answered => {}
                 Step::Close => closing = true,
             }
@@ -100,7 +103,8 @@ where
             if let Some(frame) = framer.finish(&mut buf)
                 && auth.check(&frame, &ctx.config, &mut out, peer) == Step::Proceed
             {
-                handle(frame, &ctx, &mut out);
+                let command = framer.too_long_first_byte() == Some(b'/');
+                handle(frame, command, &ctx, &mut out);
             }
             write_replies(&mut stream, &out, idle_timeout, peer).await?;
             break;
@@ -290,11 +294,26 @@ fn refusal(why: &str) -> String {
     format!("{}\n", serde_json::json!({"ok": false, "error": why}))
 }
 
-/// One line in, one reply out: a command (`/...`) or a plain push.
-fn handle(frame: Frame, ctx: &Context, out: &mut BytesMut) {
+/// One line in, one reply out: a command (`/...`) or a plain push. `command` says an
+/// over-long line ([`Frame::TooLong`]) started with `/`: it gets a JSON error, which the
+/// README's `json_decode(fgets($c), true)` can read, where an over-long push keeps the
+/// seed's `fail`.
+fn handle(frame: Frame, command: bool, ctx: &Context, out: &mut BytesMut) {
     let registry = &ctx.registry;
     let metrics = registry.metrics();
     let line = match frame {
+        Frame::TooLong if command => {
+            Metrics::incr(&metrics.commands);
+            let max = ctx.config.max_line_bytes;
+            debug!(max, "bad command: line too long");
+            let reply = serde_json::json!({
+                "ok": false,
+                "error": format!("line too long (max {max} bytes)"),
+            });
+            out.extend_from_slice(reply.to_string().as_bytes());
+            out.extend_from_slice(b"\n");
+            return;
+        }
         Frame::Line(line) if command::is_command(&line) => {
             Metrics::incr(&metrics.commands);
             let reply = match std::str::from_utf8(&line) {

@@ -1,5 +1,6 @@
-//! Careless backends (issue 10): idle connections that hold every backend slot, and
-//! stranger-supplied text written raw into the log.
+//! Careless backends (issue 10): idle connections that hold every backend slot, an
+//! over-long command answered with a bare `fail`, and stranger-supplied text written raw
+//! into the log.
 //!
 //! Over real sockets against the real server on port 0 (the log tests run the real
 //! binary); timeouts are configured short rather than faked, since paused time does not
@@ -349,5 +350,55 @@ async fn the_push_limit_warning_names_its_cause_once() {
         log.matches("limit (2) reached").count(),
         1,
         "rate-limited to one warning:\n{log}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// An over-long command gets a JSON error, an over-long push keeps `fail`
+// ---------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_over_long_command_gets_a_json_error() {
+    let server = TestServer::start_with(pushwire::Config {
+        max_line_bytes: 64,
+        ..config()
+    })
+    .await;
+    let want = "{\"ok\":false,\"error\":\"line too long (max 64 bytes)\"}\n";
+    let mut push = PushClient::connect(server.push_addr).await;
+    let command = format!("/join room [{}]", "\"u\",".repeat(40));
+    assert_eq!(push.request(&command).await, want);
+    // The seed's plain push keeps its byte-exact `fail`.
+    let plain = format!("{{\"uid\":\"u1\",\"x\":\"{}\"}}", "y".repeat(100));
+    assert_eq!(push.request(&plain).await, "fail\n");
+    assert_eq!(push.request("/ping").await, "pong\n");
+
+    // Arriving in pieces, discarded as it streams in: the first byte still decides.
+    push.send_raw(b"/send [\"u1\"] ").await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    push.send_raw(&[b'z'; 10_000]).await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    push.send_raw(b"\n{\"uid\":").await;
+    push.send_raw(&[b'1'; 10_000]).await;
+    push.send_raw(b"}\n").await;
+    assert_eq!(push.read_reply().await, want);
+    assert_eq!(push.read_reply().await, "fail\n");
+    // Unterminated at EOF, too.
+    push.send_raw(format!("/broadcast {}", "b".repeat(100)).as_bytes())
+        .await;
+    push.shutdown_write().await;
+    assert_eq!(push.read_to_eof().await, want.as_bytes());
+
+    // What PHP's json_decode(fgets($c), true) gets: an array, not null.
+    let v = parse(want);
+    assert_eq!(v["ok"], json!(false));
+    let stats = {
+        let mut p = PushClient::connect(server.push_addr).await;
+        parse(&p.request("/stats").await)
+    };
+    assert_eq!(
+        stats["bad_lines"],
+        json!(2),
+        "only the pushes count as bad lines: {stats}"
     );
 }
