@@ -59,6 +59,8 @@ pub struct Config {
     /// is closed (after its complete lines were answered), so idle or leaked connections
     /// cannot hold every slot of `max_push_connections`. `None`: never.
     pub push_idle_timeout: Option<Duration>,
+    /// Longest group name a backend may use, in bytes.
+    pub max_group_bytes: usize,
 }
 
 impl Default for Config {
@@ -86,6 +88,7 @@ impl Default for Config {
             push_allow: None,
             push_secret: None,
             push_idle_timeout: Some(Duration::from_secs(120)),
+            max_group_bytes: 256,
         }
     }
 }

@@ -164,6 +164,10 @@ struct Args {
     #[arg(long, env = "PUSHWIRE_PUSH_IDLE_TIMEOUT_MS", default_value_t = 120_000)]
     push_idle_timeout_ms: u64,
 
+    /// Longest group name a backend may use, in bytes; longer ones are refused.
+    #[arg(long, env = "PUSHWIRE_MAX_GROUP_BYTES", default_value_t = 256)]
+    max_group_bytes: usize,
+
     /// Log format; the filter comes from RUST_LOG (default `info`).
     #[arg(long, env = "PUSHWIRE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Human)]
     log_format: LogFormat,
@@ -334,6 +338,7 @@ fn config_from(args: &Args) -> std::io::Result<pushwire::Config> {
         push_secret,
         push_idle_timeout: (args.push_idle_timeout_ms > 0)
             .then(|| Duration::from_millis(args.push_idle_timeout_ms)),
+        max_group_bytes: args.max_group_bytes,
     })
 }
 

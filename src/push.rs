@@ -327,7 +327,7 @@ fn handle(frame: Frame, command: bool, ctx: &Context, out: &mut BytesMut) {
         Frame::Line(line) => Utf8Bytes::try_from(line).map_err(|_| BadLine::NotUtf8),
         Frame::TooLong => Err(BadLine::TooLong),
     };
-    let outcome = line.and_then(|line| push_line(line, registry));
+    let outcome = line.and_then(|line| push_line(line, registry, ctx.config.max_uid_bytes));
     count(metrics, &outcome);
     match outcome {
         Ok(delivery) if delivery.ok() => Reply::Ok,
@@ -352,7 +352,16 @@ pub(crate) fn count(metrics: &Metrics, outcome: &Result<Delivery, BadLine>) {
 
 /// Pushes a plain push line, exactly as received, to every connection of its uid.
 /// `line` shares the read buffer: it is the payload every recipient gets, not a copy.
-pub(crate) fn push_line(line: Utf8Bytes, registry: &Registry) -> Result<Delivery, BadLine> {
+/// A uid longer than `max_uid` is offline by definition (no browser can bind it), so it
+/// is not looked up.
+pub(crate) fn push_line(
+    line: Utf8Bytes,
+    registry: &Registry,
+    max_uid: usize,
+) -> Result<Delivery, BadLine> {
     let uid = push_target_str(line.as_str())?;
+    if uid.len() > max_uid {
+        return Ok(Delivery::default());
+    }
     Ok(registry.push(&uid, &line))
 }

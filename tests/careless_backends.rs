@@ -1,5 +1,6 @@
-//! Careless backends (issue 10): idle connections that hold every backend slot, an
-//! over-long command answered with a bare `fail`, and stranger-supplied text written raw
+//! Careless backends (issue 10): idle connections that hold every backend slot, names
+//! without a length limit, an over-long command answered with a bare `fail`, uid arrays
+//! parsed whole before their limit is checked, and stranger-supplied text written raw
 //! into the log.
 //!
 //! Over real sockets against the real server on port 0 (the log tests run the real
@@ -9,11 +10,14 @@
 mod common;
 use common::*;
 
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
 use std::net::SocketAddr;
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use pushwire::command::{self, Command, Limits};
 use serde_json::{Value, json};
 use tokio::io::AsyncReadExt;
 use tokio::process::{Child, Command as Process};
@@ -26,6 +30,15 @@ fn config() -> pushwire::Config {
 /// A reply parsed as JSON; panics (with the reply) if it is not.
 fn parse(reply: &str) -> Value {
     serde_json::from_str(reply).unwrap_or_else(|e| panic!("reply {reply:?} is not JSON: {e}"))
+}
+
+fn error(reply: &str) -> String {
+    let v = parse(reply);
+    assert_eq!(v["ok"], json!(false), "{reply}");
+    v["error"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no error in {reply}"))
+        .to_owned()
 }
 
 // ---------------------------------------------------------------------------------------
@@ -354,6 +367,135 @@ async fn the_push_limit_warning_names_its_cause_once() {
 }
 
 // ---------------------------------------------------------------------------------------
+// Length limits on the names backends supply
+// ---------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn group_names_uids_and_ids_are_bounded() {
+    let server = TestServer::start().await;
+    let mut push = PushClient::connect(server.push_addr).await;
+    let long_group = "g".repeat(257);
+    let long_uid = "u".repeat(257);
+    let group_err = "group name too long (max 256 bytes)";
+    let uid_err = "uid too long (max 256 bytes)";
+    for (line, want) in [
+        (format!("/join {long_group} u1"), group_err),
+        (format!("/join {} u1", json!(long_group)), group_err),
+        (format!("/group {long_group} hi"), group_err),
+        (format!("/leave {long_group} u1"), group_err),
+        (format!("/members {long_group}"), group_err),
+        (format!("/join room {long_uid}"), uid_err),
+        (format!("/join room [\"u1\",{}]", json!(long_uid)), uid_err),
+        (format!("/send [\"u1\",{}] hi", json!(long_uid)), uid_err),
+        (format!("/send {long_uid} hi"), uid_err),
+        (format!("/leave room {long_uid}"), uid_err),
+        (format!("/kick {long_uid}"), uid_err),
+        (format!("/online {long_uid}"), uid_err),
+        (
+            format!("/push {} {{\"uid\":\"u1\"}}", "i".repeat(257)),
+            "ID too long (max 256 bytes)",
+        ),
+    ] {
+        let reply = push.request(&line).await;
+        assert_eq!(
+            reply,
+            format!("{}\n", json!({"ok": false, "error": want})),
+            "{}",
+            &line[..40]
+        );
+    }
+    // Nothing was created.
+    assert_eq!(parse(&push.request("/count").await)["groups"], json!(0));
+    // Exactly at the limits is fine.
+    let group = "g".repeat(256);
+    let uid = "u".repeat(256);
+    assert_eq!(
+        parse(
+            &push
+                .request(&format!("/join {group} [{}]", json!(uid)))
+                .await
+        ),
+        json!({"ok": true, "group": group, "added": 1, "members": 1})
+    );
+    assert_eq!(
+        parse(&push.request(&format!("/online {uid}")).await)["ok"],
+        json!(true)
+    );
+    // A plain push to a uid no browser could bind is simply offline.
+    let line = format!("{{\"uid\":{}}}", json!(long_uid));
+    assert_eq!(push.request(&line).await, "fail\n");
+    assert_eq!(
+        parse(&push.request(&format!("/push 7 {line}")).await),
+        json!({"ok": false, "result": "offline", "connections": 0, "refused": 0, "id": "7"})
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn group_name_limit_is_configurable() {
+    let server = TestServer::start_with(pushwire::Config {
+        max_group_bytes: 8,
+        max_uid_bytes: 4,
+        ..config()
+    })
+    .await;
+    let mut push = PushClient::connect(server.push_addr).await;
+    assert_eq!(
+        error(&push.request("/join ninebytes u1").await),
+        "group name too long (max 8 bytes)"
+    );
+    assert_eq!(
+        error(&push.request("/join eightbyt [12345]").await),
+        "uid too long (max 4 bytes)"
+    );
+    assert_eq!(
+        parse(&push.request("/join eightbyt [1234,\"abcd\"]").await)["added"],
+        json!(2)
+    );
+}
+
+/// No reply quotes more than a bounded part of its line, whatever the line held.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_reply_echoes_unbounded_input() {
+    let server = TestServer::start().await;
+    let mut push = PushClient::connect(server.push_addr).await;
+    let big = "x".repeat(200_000);
+    let big_json = json!(big).to_string();
+    let lines = [
+        format!("/join {big} u1"),
+        format!("/join {big_json} u1"),
+        format!("/join [{big_json}] u1"),
+        format!("/join room {big}"),
+        format!("/join room [{big_json}]"),
+        format!("/group {big} payload"),
+        format!("/leave {big_json} u1"),
+        format!("/members {big}"),
+        format!("/online {big}"),
+        format!("/online {big_json}"),
+        format!("/kick {big} reason"),
+        format!("/send [\"u1\",{big_json}] payload"),
+        format!("/send [{big_json}"),
+        format!("/push {big} {{\"uid\":\"u1\"}}"),
+        format!("/push {big_json} {{\"uid\":\"u1\"}}"),
+        format!("/push 1 {{\"uid\":{big_json}}}"),
+        format!("/push 1 {{\"uid\":\"u1\",{big_json}}}"),
+        format!("/{big}"),
+        format!("/count {big}"),
+        format!("/uids {big}"),
+        format!("{{\"uid\":{big_json}}}"),
+    ];
+    for line in &lines {
+        let reply = push.request(line).await;
+        assert!(
+            reply.len() <= 600,
+            "{}... got a {}-byte reply: {}...",
+            &line[..30],
+            reply.len(),
+            &reply[..200.min(reply.len())]
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------------
 // An over-long command gets a JSON error, an over-long push keeps `fail`
 // ---------------------------------------------------------------------------------------
 
@@ -401,4 +543,145 @@ async fn an_over_long_command_gets_a_json_error() {
         json!(2),
         "only the pushes count as bad lines: {stats}"
     );
+}
+
+// ---------------------------------------------------------------------------------------
+// uid arrays: element by element, distinct uids counted
+// ---------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn duplicate_uids_count_once_against_the_list_limit() {
+    let server = TestServer::start().await;
+    let mut ws = WsClient::connect(&server.ws_url()).await;
+    ws.bind("a", server.push_addr).await;
+    let mut push = PushClient::connect(server.push_addr).await;
+    let copies = vec!["a"; 2000];
+    let list = serde_json::to_string(&copies).unwrap();
+    assert_eq!(
+        parse(&push.request(&format!("/send {list} hi")).await),
+        json!({"ok": true, "uids": 1, "reached": 1, "connections": 1, "refused": 0})
+    );
+    assert_eq!(ws.recv_text().await, "hi");
+    assert_eq!(
+        parse(&push.request(&format!("/join room {list}")).await),
+        json!({"ok": true, "group": "room", "added": 1, "members": 1})
+    );
+    // 1000 distinct among many copies is fine; the 1001st distinct one is not.
+    let mut many: Vec<String> = (0..1000).map(|i| i.to_string()).collect();
+    many.extend((0..1000).map(|i| i.to_string()));
+    let ok = serde_json::to_string(&many).unwrap();
+    assert_eq!(
+        parse(&push.request(&format!("/kick {ok}")).await),
+        json!({"ok": true, "uids": 1000, "connections": 0})
+    );
+    many.push("1000".into());
+    let over = serde_json::to_string(&many).unwrap();
+    assert_eq!(
+        error(&push.request(&format!("/kick {over}")).await),
+        "TARGETS: too many uids (at least 1001 distinct, max 1000)"
+    );
+}
+
+/// Counts the bytes the current thread has allocated and not freed, and their peak, so
+/// a test can see what one synchronous call costs (other threads do not disturb it).
+struct Counting;
+
+thread_local! {
+    static LIVE: Cell<isize> = const { Cell::new(0) };
+    static PEAK: Cell<isize> = const { Cell::new(0) };
+}
+
+fn note(delta: isize) {
+    let _ = LIVE.try_with(|live| {
+        let now = live.get() + delta;
+        live.set(now);
+        let _ = PEAK.try_with(|peak| peak.set(peak.get().max(now)));
+    });
+}
+
+// SAFETY: every call is forwarded to `System` unchanged; the bookkeeping only touches
+// const-initialised thread-locals, which never allocate.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        let p = unsafe { System.alloc(layout) };
+        if !p.is_null() {
+            note(layout.size() as isize);
+        }
+        p
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        unsafe { System.dealloc(ptr, layout) };
+        note(-(layout.size() as isize));
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        let p = unsafe { System.realloc(ptr, layout, new_size) };
+        if !p.is_null() {
+            note(new_size as isize - layout.size() as isize);
+        }
+        p
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: Counting = Counting;
+
+/// The most bytes live at once during `f`, above what was live before it.
+fn peak_during<T>(f: impl FnOnce() -> T) -> (T, usize) {
+    let base = LIVE.with(Cell::get);
+    PEAK.with(|p| p.set(base));
+    let out = f();
+    let peak = PEAK.with(Cell::get) - base;
+    (out, peak.max(0) as usize)
+}
+
+#[test]
+fn a_huge_uid_array_is_refused_without_being_parsed_whole() {
+    let limits = Limits::default();
+    let mb = 1 << 20;
+    // ~1 MiB of distinct integers: refused at the 1001st, having held at most 1000.
+    let mut distinct = String::from("/send [");
+    let mut i = 0u64;
+    while distinct.len() < mb - 16 {
+        distinct.push_str(&format!("{i},"));
+        i += 1;
+    }
+    distinct.push_str("0] x");
+    let (result, peak) = peak_during(|| command::parse_with(&distinct, &limits));
+    assert!(
+        peak < 256 * 1024,
+        "refusing a 1 MiB array held {peak} bytes at once"
+    );
+    assert_eq!(
+        result,
+        Err("TARGETS: too many uids (at least 1001 distinct, max 1000)".into())
+    );
+
+    // ~1 MiB of one uid repeated: accepted as one uid, with no more memory than that.
+    let mut copies = String::from("/send [");
+    while copies.len() < mb - 16 {
+        copies.push_str("\"a\",");
+    }
+    copies.push_str("\"a\"] x");
+    let (result, peak) = peak_during(|| command::parse_with(&copies, &limits));
+    assert!(
+        peak < 64 * 1024,
+        "1 MiB of duplicates held {peak} bytes at once"
+    );
+    match result {
+        Ok(Command::Send { uids, payload }) => {
+            assert_eq!(uids.len(), 1);
+            assert_eq!(&copies[payload..], "x");
+        }
+        other => panic!("{other:?}"),
+    }
+
+    // An over-long uid is refused as it is read, not after.
+    let long = format!(
+        "/send [\"ok\",\"{}\",{}0] x",
+        "u".repeat(300),
+        "1,".repeat(100_000)
+    );
+    let (result, peak) = peak_during(|| command::parse_with(&long, &limits));
+    assert_eq!(result, Err("uid too long (max 256 bytes)".into()));
+    assert!(peak < 64 * 1024, "held {peak} bytes");
 }
