@@ -38,9 +38,9 @@ const READ_CHUNK: usize = 8 * 1024;
 /// connection that sends no byte for `push_idle_timeout` is therefore closed like a
 /// refusal: every complete line it sent has been answered by then, an unterminated
 /// partial line is discarded unexecuted, then FIN and a brief linger. So a line that got
-/// no reply was never executed, and a client may resend it on a new connection (PHP's
-/// persistent sockets see the FIN and reconnect by themselves). A backend whose replies
-/// do not drain for as long (it stopped reading) is dropped.
+/// no reply was never executed, and a client may resend it on a new connection (PHP
+/// checks a persistent socket when it hands it out again, sees the FIN and reconnects).
+/// A backend whose replies do not drain for as long (it stopped reading) is dropped.
 pub(crate) async fn serve<S>(mut stream: S, peer: Peer, ctx: Arc<Context>) -> io::Result<()>
 where
     S: AsyncRead + AsyncWrite + Unpin,

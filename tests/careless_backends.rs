@@ -274,6 +274,57 @@ async fn a_busy_backend_is_never_idle_and_a_partial_line_is_not_executed() {
     assert_eq!(ws.recv_text().await, r#"{"uid":"u1","msg":"whole"}"#);
 }
 
+/// PHP-FPM keeps `STREAM_CLIENT_PERSISTENT` sockets across requests: when the server has
+/// closed one for idleness, `stream_socket_client` notices and connects afresh.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_php_persistent_socket_reconnects_after_the_idle_timeout() {
+    let server = TestServer::start_with(pushwire::Config {
+        push_idle_timeout: Some(Duration::from_millis(300)),
+        ..config()
+    })
+    .await;
+    let mut tab = WsClient::connect(&server.ws_url()).await;
+    tab.bind("uid1", server.push_addr).await;
+    let code = r#"
+        function push($addr, $n) {
+            $c = stream_socket_client("tcp://$addr", $errno, $errmsg, 1,
+                STREAM_CLIENT_CONNECT | STREAM_CLIENT_PERSISTENT);
+            fwrite($c, json_encode(array('uid' => 'uid1', 'n' => $n)) . "\n");
+            return stream_socket_get_name($c, false) . ' ' . fgets($c);
+        }
+        echo push($argv[1], 1);
+        usleep(1000000);
+        echo push($argv[1], 2);
+    "#;
+    let out = timeout(
+        Duration::from_secs(20),
+        Process::new("php")
+            .args(["-r", code, "--", &server.push_addr.to_string()])
+            .stdin(Stdio::null())
+            .output(),
+    )
+    .await
+    .expect("php timed out")
+    .expect("run php (scripts/test.sh installs php-cli)");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "php: {stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 2, "{stdout}");
+    let (first, second) = (lines[0].split_once(' '), lines[1].split_once(' '));
+    let ((port1, r1), (port2, r2)) = (first.unwrap(), second.unwrap());
+    assert_eq!((r1, r2), ("ok", "ok"), "{stdout}");
+    assert_ne!(
+        port1, port2,
+        "the second push reused the closed socket: {stdout}"
+    );
+    assert_eq!(tab.recv_text().await, r#"{"uid":"uid1","n":1}"#);
+    assert_eq!(tab.recv_text().await, r#"{"uid":"uid1","n":2}"#);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn push_connections_gauge_is_the_last_stats_key() {
     let server = TestServer::start().await;
