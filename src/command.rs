@@ -16,12 +16,16 @@
 //! malformed command gets `{"ok":false,"error":"..."}`.
 
 use std::borrow::Cow;
+use std::collections::HashSet;
+use std::fmt;
 
 use bytes::Bytes;
+use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use crate::config::Config;
+use crate::logsafe::escaped;
 use crate::protocol::CloseNotice;
 use crate::registry::{Registry, Uid};
 
@@ -29,6 +33,38 @@ use crate::registry::{Registry, Uid};
 pub const MAX_UIDS_PAGE: usize = 10_000;
 /// Page size of `/uids` without a LIMIT.
 pub const DEFAULT_UIDS_PAGE: usize = 1000;
+/// Longest `/push` ID, in bytes: it is echoed in the reply.
+pub const MAX_ID_BYTES: usize = 256;
+
+/// What one command's arguments may hold. Every name a reply echoes is bounded here, so
+/// no reply is longer than the limits allow, whatever the line held.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Distinct uids one TARGETS may name (`--max-list-uids`).
+    pub max_list_uids: usize,
+    /// Longest uid a backend may name, in bytes (`--max-uid-bytes`, the same limit
+    /// browsers bind under, so a longer uid could never be online).
+    pub max_uid_bytes: usize,
+    /// Longest group name, in bytes (`--max-group-bytes`).
+    pub max_group_bytes: usize,
+}
+
+impl From<&Config> for Limits {
+    fn from(config: &Config) -> Self {
+        Limits {
+            max_list_uids: config.max_list_uids,
+            max_uid_bytes: config.max_uid_bytes,
+            max_group_bytes: config.max_group_bytes,
+        }
+    }
+}
+
+impl Default for Limits {
+    /// The limits of [`Config::default`].
+    fn default() -> Self {
+        Limits::from(&Config::default())
+    }
+}
 
 /// One parsed command. Payloads are byte offsets into the line, so nothing is copied.
 /// (Fields are named after the grammar's placeholders in each variant's doc.)
@@ -66,42 +102,56 @@ pub enum Command<'a> {
     Stats,
 }
 
-/// Parses a command line (starting with `/`). `Err` is the message for the error reply.
+/// Parses a command line (starting with `/`) under [`Limits::default`] with at most
+/// `max_list` uids per TARGETS. `Err` is the message for the error reply.
 /// Payload fields are byte offsets into `line`.
 pub fn parse<'a>(line: &'a str, max_list: usize) -> Result<Command<'a>, String> {
+    let limits = Limits {
+        max_list_uids: max_list,
+        ..Limits::default()
+    };
+    parse_with(line, &limits)
+}
+
+/// Parses a command line (starting with `/`) under `limits`. `Err` is the message for the
+/// error reply; it never quotes more than a few bytes of the line.
+pub fn parse_with<'a>(line: &'a str, limits: &Limits) -> Result<Command<'a>, String> {
     let mut args = Args { line, pos: 0 };
     let verb = args.word().unwrap_or("");
+    let group = Name::Group(limits.max_group_bytes);
+    let uid = Name::Uid(limits.max_uid_bytes);
+    let targets = |args: &mut Args<'a>| args.uids("TARGETS", limits);
     let cmd = match verb {
         "/ping" => Command::Ping,
         "/send" => Command::Send {
-            uids: args.uids("TARGETS", max_list)?,
+            uids: targets(&mut args)?,
             payload: args.payload()?,
         },
         "/push" => Command::Push {
-            id: args.string("ID")?,
+            id: args.string(Name::Id(MAX_ID_BYTES))?,
             line: args.payload()?,
         },
         "/group" => Command::Group {
-            group: args.string("GROUP")?,
+            group: args.string(group)?,
             payload: args.payload()?,
         },
         "/broadcast" => Command::Broadcast {
             payload: args.payload()?,
         },
         "/join" => Command::Join {
-            group: args.string("GROUP")?,
-            uids: args.uids("TARGETS", max_list)?,
+            group: args.string(group)?,
+            uids: targets(&mut args)?,
         },
         "/leave" => Command::Leave {
-            group: args.string("GROUP")?,
-            uids: args.uids("TARGETS", max_list)?,
+            group: args.string(group)?,
+            uids: targets(&mut args)?,
         },
         "/online" => Command::Online {
-            uid: args.string("UID")?,
+            uid: args.string(uid)?,
         },
         "/count" => Command::Count,
         "/members" => Command::Members {
-            group: args.string("GROUP")?,
+            group: args.string(group)?,
         },
         "/uids" => {
             let cursor = args.number("CURSOR")?.unwrap_or(0);
@@ -112,7 +162,7 @@ pub fn parse<'a>(line: &'a str, max_list: usize) -> Result<Command<'a>, String> 
             }
         }
         "/kick" => Command::Kick {
-            uids: args.uids("TARGETS", max_list)?,
+            uids: targets(&mut args)?,
             reason: args.rest(),
         },
         "/stats" => Command::Stats,
@@ -152,58 +202,69 @@ impl<'a> Args<'a> {
         (len > 0).then(|| &rest[..len])
     }
 
-    /// One JSON value (for args starting with `"` or `[`) or a bare word.
-    fn token(&mut self, what: &str) -> Result<Token<'a>, String> {
+    /// A JSON string (for args starting with `"`), a JSON array of uids (for args starting
+    /// with `[`, only where `list` is given) or a bare word.
+    fn token(&mut self, what: &str, list: Option<&Limits>) -> Result<Token<'a>, String> {
         self.skip_spaces();
         let rest = &self.line[self.pos..];
-        if rest.starts_with('"') || rest.starts_with('[') {
-            let mut stream = serde_json::Deserializer::from_str(rest).into_iter::<Value>();
+        let value = if rest.starts_with('"') {
+            let mut stream = serde_json::Deserializer::from_str(rest).into_iter::<String>();
             let value = match stream.next() {
-                Some(Ok(v)) => v,
+                Some(Ok(v)) => Token::Json(v),
                 Some(Err(e)) => return Err(format!("{what}: invalid JSON: {e}")),
                 None => return Err(format!("missing {what}")),
             };
             self.pos += stream.byte_offset();
-            if !self.line[self.pos..].is_empty() && !self.line[self.pos..].starts_with(' ') {
-                return Err(format!("{what}: expected a space after the JSON value"));
+            value
+        } else if rest.starts_with('[') {
+            let Some(limits) = list else {
+                // Refused unread: an array where a name belongs is never parsed.
+                return Err(format!("{what} must be a word or a JSON string"));
+            };
+            let list = uid_list(rest, what, limits)?;
+            // The list parsed, so it is valid JSON; find where it ends without allocating.
+            let mut stream = serde_json::Deserializer::from_str(rest).into_iter::<IgnoredAny>();
+            if let Some(Err(e)) = stream.next() {
+                return Err(format!("{what}: invalid JSON: {e}"));
             }
-            return Ok(Token::Json(value));
+            self.pos += stream.byte_offset();
+            Token::List(list)
+        } else {
+            return self
+                .word()
+                .map(Token::Word)
+                .ok_or_else(|| format!("missing {what}"));
+        };
+        if !self.line[self.pos..].is_empty() && !self.line[self.pos..].starts_with(' ') {
+            return Err(format!("{what}: expected a space after the JSON value"));
         }
-        self.word()
-            .map(Token::Word)
-            .ok_or_else(|| format!("missing {what}"))
+        Ok(value)
     }
 
-    fn string(&mut self, what: &str) -> Result<Cow<'a, str>, String> {
-        match self.token(what)? {
-            Token::Word(w) => Ok(Cow::Borrowed(w)),
-            Token::Json(Value::String(s)) if s.is_empty() => Err(format!("{what} is empty")),
-            Token::Json(Value::String(s)) => Ok(Cow::Owned(s)),
-            Token::Json(_) => Err(format!("{what} must be a word or a JSON string")),
-        }
+    /// A name (a word or a JSON string), not empty and at most the name's limit.
+    fn string(&mut self, name: Name) -> Result<Cow<'a, str>, String> {
+        let what = name.placeholder();
+        let value = match self.token(what, None)? {
+            Token::Word(w) => Cow::Borrowed(w),
+            Token::Json(s) if s.is_empty() => return Err(format!("{what} is empty")),
+            Token::Json(s) => Cow::Owned(s),
+            Token::List(_) => return Err(format!("{what} must be a word or a JSON string")),
+        };
+        name.check(&value)?;
+        Ok(value)
     }
 
-    fn uids(&mut self, what: &str, max: usize) -> Result<Vec<Uid>, String> {
-        let list = match self.token(what)? {
-            Token::Word(w) => vec![Uid::from(w)],
-            Token::Json(Value::Array(items)) => {
-                if items.len() > max {
-                    return Err(format!(
-                        "{what}: too many uids ({}, max {max})",
-                        items.len()
-                    ));
-                }
-                items
-                    .into_iter()
-                    .map(|v| uid_of(&v, what))
-                    .collect::<Result<_, _>>()?
-            }
-            Token::Json(v) => vec![uid_of(&v, what)?],
+    /// TARGETS: a uid (word or JSON string) or a JSON array of them, duplicates dropped.
+    fn uids(&mut self, what: &str, limits: &Limits) -> Result<Vec<Uid>, String> {
+        let list = match self.token(what, Some(limits))? {
+            Token::Word(w) => vec![Name::Uid(limits.max_uid_bytes).uid(w)?],
+            Token::Json(s) => vec![Name::Uid(limits.max_uid_bytes).uid(&s)?],
+            Token::List(list) => list,
         };
         if list.is_empty() {
             return Err(format!("{what}: empty list"));
         }
-        Ok(dedup(list))
+        Ok(list)
     }
 
     fn number(&mut self, what: &str) -> Result<Option<usize>, String> {
@@ -237,21 +298,192 @@ impl<'a> Args<'a> {
 
 enum Token<'a> {
     Word(&'a str),
-    Json(Value),
+    Json(String),
+    List(Vec<Uid>),
 }
 
-fn uid_of(v: &Value, what: &str) -> Result<Uid, String> {
-    match v {
-        Value::String(s) => Ok(Uid::from(s.as_str())),
-        Value::Number(n) if n.is_i64() || n.is_u64() => Ok(Uid::from(n.to_string())),
-        _ => Err(format!("{what}: each uid must be a string or an integer")),
+/// A name argument and its byte limit; the limit's error says which name it was.
+#[derive(Debug, Clone, Copy)]
+enum Name {
+    Group(usize),
+    Uid(usize),
+    Id(usize),
+}
+
+impl Name {
+    fn placeholder(self) -> &'static str {
+        match self {
+            Name::Group(_) => "GROUP",
+            Name::Uid(_) => "UID",
+            Name::Id(_) => "ID",
+        }
+    }
+
+    fn check(self, value: &str) -> Result<(), String> {
+        let (max, what) = match self {
+            Name::Group(max) => (max, "group name"),
+            Name::Uid(max) => (max, "uid"),
+            Name::Id(max) => (max, "ID"),
+        };
+        if value.len() > max {
+            return Err(format!("{what} too long (max {max} bytes)"));
+        }
+        Ok(())
+    }
+
+    fn uid(self, value: &str) -> Result<Uid, String> {
+        self.check(value)?;
+        Ok(Uid::from(value))
     }
 }
 
-fn dedup(mut list: Vec<Uid>) -> Vec<Uid> {
-    let mut seen = std::collections::HashSet::with_capacity(list.len());
-    list.retain(|u| seen.insert(u.clone()));
-    list
+/// Reads a JSON array of uids one element at a time: each is checked (string or integer,
+/// at most `max_uid_bytes`) as it is read and duplicates are dropped, and reading stops at
+/// the first bad element or the first distinct uid past `max_list_uids`, so a huge array
+/// costs no more memory than the list it is allowed to be.
+fn uid_list(json: &str, what: &str, limits: &Limits) -> Result<Vec<Uid>, String> {
+    let mut refusal = None;
+    let seed = UidList {
+        what,
+        limits,
+        refusal: &mut refusal,
+    };
+    let parsed = seed.deserialize(&mut serde_json::Deserializer::from_str(json));
+    match (parsed, refusal) {
+        // The visitor stopped the parse on purpose; its reason wins over serde's.
+        (_, Some(why)) => Err(why),
+        (Ok(list), None) => Ok(list),
+        (Err(e), None) => Err(format!("{what}: invalid JSON: {e}")),
+    }
+}
+
+struct UidList<'r> {
+    what: &'r str,
+    limits: &'r Limits,
+    /// Set when the visitor refuses the list; the parse is then aborted with a bare error.
+    refusal: &'r mut Option<String>,
+}
+
+impl<'de> DeserializeSeed<'de> for UidList<'_> {
+    type Value = Vec<Uid>;
+
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Vec<Uid>, D::Error> {
+        d.deserialize_seq(self)
+    }
+}
+
+impl<'de> Visitor<'de> for UidList<'_> {
+    type Value = Vec<Uid>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON array of uids")
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<Uid>, A::Error> {
+        let Limits {
+            max_list_uids,
+            max_uid_bytes,
+            ..
+        } = *self.limits;
+        let mut list: Vec<Uid> = Vec::new();
+        let mut seen: HashSet<Uid> = HashSet::new();
+        let mut refuse = |why: String| -> A::Error {
+            *self.refusal = Some(why);
+            de::Error::custom("uid list refused")
+        };
+        while let Some(item) = seq.next_element_seed(Item(max_uid_bytes))? {
+            let uid = match item {
+                ListItem::Uid(uid) => uid,
+                ListItem::TooLong => {
+                    return Err(refuse(format!("uid too long (max {max_uid_bytes} bytes)")));
+                }
+                ListItem::NotUid => {
+                    let what = self.what;
+                    return Err(refuse(format!(
+                        "{what}: each uid must be a string or an integer"
+                    )));
+                }
+            };
+            if seen.contains(&uid) {
+                continue;
+            }
+            if list.len() == max_list_uids {
+                let (what, over) = (self.what, max_list_uids + 1);
+                return Err(refuse(format!(
+                    "{what}: too many uids (at least {over} distinct, max {max_list_uids})"
+                )));
+            }
+            seen.insert(uid.clone());
+            list.push(uid);
+        }
+        Ok(list)
+    }
+}
+
+/// One element of a uid list.
+enum ListItem {
+    Uid(Uid),
+    /// A string or integer longer than the limit (never allocated).
+    TooLong,
+    /// Any other JSON value.
+    NotUid,
+}
+
+/// Reads one [`ListItem`]; the `usize` is the uid byte limit.
+struct Item(usize);
+
+impl<'de> DeserializeSeed<'de> for Item {
+    type Value = ListItem;
+
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<ListItem, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl Item {
+    fn uid(&self, s: &str) -> ListItem {
+        if s.len() > self.0 {
+            ListItem::TooLong
+        } else {
+            ListItem::Uid(Uid::from(s))
+        }
+    }
+}
+
+impl<'de> Visitor<'de> for Item {
+    type Value = ListItem;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a uid (string or integer)")
+    }
+
+    fn visit_str<E: de::Error>(self, s: &str) -> Result<ListItem, E> {
+        Ok(self.uid(s))
+    }
+    fn visit_u64<E: de::Error>(self, n: u64) -> Result<ListItem, E> {
+        Ok(self.uid(&n.to_string()))
+    }
+    fn visit_i64<E: de::Error>(self, n: i64) -> Result<ListItem, E> {
+        Ok(self.uid(&n.to_string()))
+    }
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<ListItem, E> {
+        Ok(ListItem::NotUid)
+    }
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<ListItem, E> {
+        Ok(ListItem::NotUid)
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<ListItem, E> {
+        Ok(ListItem::NotUid)
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<ListItem, A::Error> {
+        // Skipped without allocating; the caller refuses the list.
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(ListItem::NotUid)
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<ListItem, A::Error> {
+        while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+        Ok(ListItem::NotUid)
+    }
 }
 
 fn truncate(s: &str, max: usize) -> &str {
@@ -265,10 +497,10 @@ fn truncate(s: &str, max: usize) -> &str {
 /// Runs a command line; `bytes` is the same line as `line`, for zero-copy payload slices.
 /// Returns the reply line without its `\n`.
 pub fn execute(line: &str, bytes: &Bytes, registry: &Registry, config: &Config) -> String {
-    let cmd = match parse(line, config.max_list_uids) {
+    let cmd = match parse_with(line, &Limits::from(config)) {
         Ok(cmd) => cmd,
         Err(error) => {
-            tracing::debug!(%error, "bad command");
+            tracing::debug!(error = %escaped(&error), "bad command");
             return json!({"ok": false, "error": error}).to_string();
         }
     };
@@ -284,7 +516,7 @@ pub fn execute(line: &str, bytes: &Bytes, registry: &Registry, config: &Config) 
                    "connections": f.delivery.queued, "refused": f.delivery.refused})
         }
         Command::Push { id, line: at } => {
-            let outcome = crate::push::push_line(payload(at), registry);
+            let outcome = crate::push::push_line(payload(at), registry, config.max_uid_bytes);
             crate::push::count(registry.metrics(), &outcome);
             let mut v = match &outcome {
                 Ok(d) if d.ok() => json!({"ok": true, "result": "delivered"}),
@@ -316,7 +548,7 @@ pub fn execute(line: &str, bytes: &Bytes, registry: &Registry, config: &Config) 
                 json!({"ok": true, "group": group, "added": added, "members": members})
             }
             Err(e) => {
-                tracing::debug!(%e, %group, "join refused");
+                tracing::debug!(%e, group = %escaped(&group), "join refused");
                 json!({"ok": false, "error": e.to_string()})
             }
         },
@@ -373,6 +605,7 @@ fn stats(registry: &Registry) -> Value {
         "binds": m.binds,
         "refused_per_ip": m.refused_per_ip,
         "refused_pending": m.refused_pending,
+        "push_connections": m.push_connections,
     })
 }
 

@@ -62,6 +62,12 @@ pub struct Config {
     pub push_allow: Option<Vec<Cidr>>,
     /// When set, a TCP backend's first line must be `/auth SECRET`.
     pub push_secret: Option<Secret>,
+    /// A backend connection that neither sends a byte nor reads its replies for this long
+    /// is closed (after its complete lines were answered), so idle or leaked connections
+    /// cannot hold every slot of `max_push_connections`. `None`: never.
+    pub push_idle_timeout: Option<Duration>,
+    /// Longest group name a backend may use, in bytes.
+    pub max_group_bytes: usize,
 }
 
 impl Default for Config {
@@ -90,6 +96,8 @@ impl Default for Config {
             max_pending_per_ip: 64,
             push_allow: None,
             push_secret: None,
+            push_idle_timeout: Some(Duration::from_secs(120)),
+            max_group_bytes: 256,
         }
     }
 }

@@ -14,7 +14,8 @@
 //! - [`protocol`]: line framing, push parsing, replies, close codes.
 //! - [`auth`] (signed uids), [`access`] (allow-lists, per-address caps, the budget of
 //!   connections not bound yet, secrets): who may connect and how much they may hold.
-//! - [`config`], [`metrics`]: limits and counters.
+//! - [`config`], [`metrics`]: limits and counters; [`logsafe`]: stranger-supplied text
+//!   in log lines.
 //!
 //! The library never binds a socket and never sees the command line: `main.rs` does both
 //! and calls [`run`], so tests run the real server in-process on port 0.
@@ -28,6 +29,7 @@ pub mod config;
 pub mod frames;
 pub mod groups;
 mod handshake;
+pub mod logsafe;
 pub mod metrics;
 pub mod outbox;
 pub mod protocol;

@@ -170,6 +170,16 @@ struct Args {
     #[arg(long, env = "PUSHWIRE_WORKER_THREADS", value_parser = clap::value_parser!(u16).range(1..))]
     worker_threads: Option<u16>,
 
+    /// Close a backend connection after this long without a byte from it (or without it
+    /// reading its replies), in ms; 0 = never. Lines it sent were answered first; pooled
+    /// clients (PHP persistent sockets) notice the close and reconnect.
+    #[arg(long, env = "PUSHWIRE_PUSH_IDLE_TIMEOUT_MS", default_value_t = 120_000)]
+    push_idle_timeout_ms: u64,
+
+    /// Longest group name a backend may use, in bytes; longer ones are refused.
+    #[arg(long, env = "PUSHWIRE_MAX_GROUP_BYTES", default_value_t = 256)]
+    max_group_bytes: usize,
+
     /// Log format; the filter comes from RUST_LOG (default `info`).
     #[arg(long, env = "PUSHWIRE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Human)]
     log_format: LogFormat,
@@ -406,6 +416,9 @@ fn config_from(args: &Args) -> std::io::Result<pushwire::Config> {
         max_pending_per_ip: args.max_pending_per_ip.max(1),
         push_allow: args.push_allow.clone(),
         push_secret,
+        push_idle_timeout: (args.push_idle_timeout_ms > 0)
+            .then(|| Duration::from_millis(args.push_idle_timeout_ms)),
+        max_group_bytes: args.max_group_bytes,
     })
 }
 

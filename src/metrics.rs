@@ -19,6 +19,8 @@ pub struct Metrics {
     pub(crate) binds: AtomicU64,
     pub(crate) refused_per_ip: AtomicU64,
     pub(crate) refused_pending: AtomicU64,
+    /// Gauge: backend connections open now (TCP and Unix socket).
+    pub(crate) push_connections: AtomicU64,
     /// Milliseconds since `started` of the last refusal warning, to rate-limit it.
     last_refusal_warn: AtomicU64,
 }
@@ -52,6 +54,9 @@ pub struct MetricsSnapshot {
     pub refused_per_ip: u64,
     /// WebSocket connections refused by the budget of connections not bound yet.
     pub refused_pending: u64,
+    /// Backend connections open now, TCP and Unix socket together (a gauge, counted
+    /// against `--max-push-connections`).
+    pub push_connections: u64,
 }
 
 impl Default for Metrics {
@@ -70,6 +75,7 @@ impl Default for Metrics {
             binds: AtomicU64::new(0),
             refused_per_ip: AtomicU64::new(0),
             refused_pending: AtomicU64::new(0),
+            push_connections: AtomicU64::new(0),
             last_refusal_warn: AtomicU64::new(0),
         }
     }
@@ -97,6 +103,7 @@ impl Metrics {
             binds: self.binds.load(Relaxed),
             refused_per_ip: self.refused_per_ip.load(Relaxed),
             refused_pending: self.refused_pending.load(Relaxed),
+            push_connections: self.push_connections.load(Relaxed),
         }
     }
 }

@@ -31,6 +31,8 @@ pub struct LineFramer {
     scanned: usize,
     /// Inside an over-long line: drop bytes until the next `\n`.
     discarding: bool,
+    /// The first byte of the over-long line being (or last) discarded.
+    too_long_first: Option<u8>,
 }
 
 impl LineFramer {
@@ -40,7 +42,15 @@ impl LineFramer {
             max,
             scanned: 0,
             discarding: false,
+            too_long_first: None,
         }
+    }
+
+    /// The first byte of the line last returned as [`Frame::TooLong`], the one byte of it
+    /// that is kept: `Some(b'/')` tells an over-long command from an over-long push, so
+    /// each gets the reply its sender can parse.
+    pub fn too_long_first_byte(&self) -> Option<u8> {
+        self.too_long_first
     }
 
     /// Takes the next complete frame out of `buf`, if there is one.
@@ -65,6 +75,7 @@ impl LineFramer {
             None => {
                 // `max` content bytes plus a possible `\r` may legally wait for their `\n`.
                 if buf.len() > self.max.saturating_add(1) {
+                    self.too_long_first = buf.first().copied();
                     buf.clear();
                     self.scanned = 0;
                     self.discarding = true;
@@ -90,11 +101,12 @@ impl LineFramer {
         Some(self.finish_line(line))
     }
 
-    fn finish_line(&self, mut line: BytesMut) -> Frame {
+    fn finish_line(&mut self, mut line: BytesMut) -> Frame {
         if line.last() == Some(&b'\r') {
             line.truncate(line.len() - 1);
         }
         if line.len() > self.max {
+            self.too_long_first = line.first().copied();
             Frame::TooLong
         } else {
             Frame::Line(line.freeze())
@@ -400,6 +412,22 @@ mod tests {
 
     fn line(s: &str) -> Frame {
         Frame::Line(Bytes::copy_from_slice(s.as_bytes()))
+    }
+
+    #[test]
+    fn an_over_long_line_keeps_its_first_byte() {
+        let mut framer = LineFramer::new(4);
+        let mut buf = BytesMut::from(&b"/join"[..]);
+        assert_eq!(framer.next_frame(&mut buf), None);
+        buf.extend_from_slice(b" room u1\n{\"uid\":1}\n");
+        assert_eq!(framer.next_frame(&mut buf), Some(Frame::TooLong));
+        assert_eq!(framer.too_long_first_byte(), Some(b'/'));
+        assert_eq!(framer.next_frame(&mut buf), Some(Frame::TooLong));
+        assert_eq!(framer.too_long_first_byte(), Some(b'{'));
+        buf.extend_from_slice(b"/pingpong");
+        assert_eq!(framer.next_frame(&mut buf), None);
+        assert_eq!(framer.finish(&mut buf), Some(Frame::TooLong));
+        assert_eq!(framer.too_long_first_byte(), Some(b'/'));
     }
 
     #[test]

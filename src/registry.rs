@@ -22,6 +22,7 @@ use tokio_tungstenite::tungstenite::Utf8Bytes;
 use tracing::warn;
 
 use crate::groups::{GroupError, GroupLimits, Groups};
+use crate::logsafe::escaped;
 use crate::metrics::Metrics;
 use crate::outbox::{Offer, Outbox, QueueLimits};
 use crate::protocol::CloseNotice;
@@ -213,7 +214,7 @@ impl Registry {
                 delivery.refused += 1;
                 Metrics::incr(&self.shared.metrics.evicted);
                 warn!(
-                    uid,
+                    uid = %escaped(uid),
                     conn = member.id.0,
                     "evicting slow consumer: send queue full"
                 );

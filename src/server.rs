@@ -106,6 +106,12 @@ pub async fn serve(
             limit: Arc::new(Semaphore::new(ctx.config.max_ws_connections)),
             stop: shutdown.clone(),
             tasks: ws_tasks.clone(),
+            on_full: Box::new(|| {
+                warn!(
+                    kind = "ws",
+                    "connection limit reached; new peers wait in the backlog"
+                );
+            }),
         },
         {
             let ctx = ctx.clone();
@@ -134,6 +140,7 @@ pub async fn serve(
             limit: push_limit.clone(),
             stop: shutdown.clone(),
             tasks: push_tasks.clone(),
+            on_full: push_full_warning(&ctx),
         },
         push_handler(ctx.clone()),
     ));
@@ -145,6 +152,7 @@ pub async fn serve(
                 limit: push_limit,
                 stop: shutdown.clone(),
                 tasks: push_tasks.clone(),
+                on_full: push_full_warning(&ctx),
             },
             push_handler(ctx.clone()),
         ))
@@ -206,7 +214,9 @@ where
 {
     move |stream, peer| {
         let ctx = ctx.clone();
+        let open = push::Open::new(&ctx.registry);
         Box::pin(async move {
+            let _open = open;
             if let Err(err) = push::serve(stream, peer, ctx).await {
                 debug!(%err, "push connection ended with an error");
             }
@@ -215,6 +225,12 @@ where
 }
 
 type BoxedTask = std::pin::Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// Logs that every backend slot is taken, and why that may be.
+fn push_full_warning(ctx: &Arc<Context>) -> Box<dyn Fn() + Send + Sync> {
+    let ctx = ctx.clone();
+    Box::new(move || push::warn_limit_reached(&ctx))
+}
 
 /// A listening socket of either kind.
 trait Accept: Send + 'static {
@@ -246,7 +262,13 @@ struct Listener<L> {
     limit: Arc<Semaphore>,
     stop: CancellationToken,
     tasks: TaskTracker,
+    /// Logs that `limit` is exhausted; called at most once per [`FULL_WARN_EVERY`].
+    on_full: Box<dyn Fn() + Send + Sync>,
 }
+
+/// How often a listener at its connection limit may say so: once per saturation would be
+/// once per freed slot when the limit is hit over and over.
+const FULL_WARN_EVERY: Duration = Duration::from_secs(10);
 
 /// Accepts until `stop`, one task per connection, at most `limit` at once.
 ///
@@ -259,20 +281,14 @@ where
     F: Fn(L::Stream, Peer) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
-    let mut warned_full = false;
+    let mut warned_full: Option<Instant> = None;
     loop {
         let permit = match l.limit.clone().try_acquire_owned() {
-            Ok(permit) => {
-                warned_full = false;
-                permit
-            }
+            Ok(permit) => permit,
             Err(_) => {
-                if !warned_full {
-                    warn!(
-                        kind = l.kind,
-                        "connection limit reached; new peers wait in the backlog"
-                    );
-                    warned_full = true;
+                if warned_full.is_none_or(|at| at.elapsed() >= FULL_WARN_EVERY) {
+                    (l.on_full)();
+                    warned_full = Some(Instant::now());
                 }
                 tokio::select! {
                     p = l.limit.clone().acquire_owned() => match p {

@@ -99,11 +99,11 @@ pub(crate) async fn serve(stream: TcpStream, ctx: Arc<Context>, pending: Pending
 
     let binding = ctx.registry.bind(&uid);
     drop(pending);
-    debug!(uid = ?binding.uid(), "bound");
+    debug!(uid = %crate::logsafe::escaped(binding.uid()), "bound");
     let end = session(&mut ws, binding.outbox(), &ctx).await;
     // Leave the map before the (possibly slow) closing handshake, so pushes fail at once.
     drop(binding);
-    debug!(?uid, ?end, "closed");
+    debug!(uid = %crate::logsafe::escaped(&uid), ?end, "closed");
     finish(&mut ws, end).await;
 }
 
