@@ -85,7 +85,8 @@ start() {
 		node scripts/peers/node-seed-push.js 0 0 2>"$log" &
 	else
 		# shellcheck disable=SC2086 # PUSHWIRE_ARGS is a list of flags
-		NO_COLOR=1 "$1/pushwire" --ws-listen 127.0.0.1:0 --push-listen 127.0.0.1:0 \
+		# The HTTP door (absent from older builds, which ignore the variable) on a free port.
+		PUSHWIRE_HTTP_LISTEN=127.0.0.1:0 NO_COLOR=1 "$1/pushwire" --ws-listen 127.0.0.1:0 --push-listen 127.0.0.1:0 \
 			--max-push-connections 64 ${PUSHWIRE_ARGS:-} 2>"$log" &
 	fi
 	pid=$!

@@ -36,7 +36,7 @@ def lines():
 daemon = subprocess.Popen(
     [binary, "--ws-listen", "127.0.0.1:0", "--push-listen", "127.0.0.1:0"],
     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-    env={"RUST_LOG": "info"})
+    env={"RUST_LOG": "info", "PUSHWIRE_HTTP_LISTEN": "127.0.0.1:0"})
 try:
     push = None
     for raw in daemon.stderr:

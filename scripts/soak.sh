@@ -24,7 +24,7 @@ if [[ -z ${PUSHWIRE_BIN_DIR:-} ]]; then
 fi
 
 log=$(mktemp)
-NO_COLOR=1 "$bin_dir/pushwire" --ws-listen 127.0.0.1:0 --push-listen 127.0.0.1:0 \
+PUSHWIRE_HTTP_LISTEN=127.0.0.1:0 NO_COLOR=1 "$bin_dir/pushwire" --ws-listen 127.0.0.1:0 --push-listen 127.0.0.1:0 \
 	--max-push-connections 64 --group-grace-ms 1000 2>"$log" &
 pid=$!
 trap 'kill "$pid" 2>/dev/null || true; rm -f "$log"' EXIT

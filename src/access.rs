@@ -59,6 +59,43 @@ fn prefix_eq(a: &[u8], b: &[u8], len: u8) -> bool {
     }
 }
 
+/// True if a peer at `ip` may use a door restricted to `allow` (no list: anyone; a Unix
+/// socket peer, `None`: always, its file permissions decided).
+pub fn allowed(allow: Option<&[Cidr]>, ip: Option<IpAddr>) -> bool {
+    match (allow, ip) {
+        (Some(nets), Some(ip)) => nets.iter().any(|net| net.contains(ip)),
+        _ => true,
+    }
+}
+
+/// Where a connection came from.
+#[derive(Debug, Clone, Copy)]
+pub enum Peer {
+    /// A TCP peer.
+    Tcp(std::net::SocketAddr),
+    /// A Unix-socket peer.
+    Unix,
+}
+
+impl Peer {
+    /// Its IP address (none for a Unix socket).
+    pub fn ip(self) -> Option<IpAddr> {
+        match self {
+            Peer::Tcp(addr) => Some(addr.ip()),
+            Peer::Unix => None,
+        }
+    }
+}
+
+impl std::fmt::Display for Peer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Peer::Tcp(addr) => addr.fmt(f),
+            Peer::Unix => f.write_str("unix"),
+        }
+    }
+}
+
 /// Parses a comma-separated list of networks (for clap).
 pub fn parse_cidrs(s: &str) -> Result<Vec<Cidr>, String> {
     s.split(',')

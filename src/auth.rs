@@ -36,10 +36,20 @@ impl Secret {
     /// tools. Backends mint their own.
     pub fn mint(&self, uid: &str, exp: u64) -> String {
         let header = URL_SAFE_NO_PAD.encode(br#"{"alg":"HS256","typ":"JWT"}"#);
-        let claims = serde_json::json!({"sub": uid, "exp": exp}).to_string();
+        #[derive(serde::Serialize)]
+        struct Claims<'a> {
+            sub: &'a str,
+            exp: u64,
+        }
+        let claims = serde_json::to_string(&Claims { sub: uid, exp }).unwrap_or_default();
         let signing = format!("{header}.{}", URL_SAFE_NO_PAD.encode(claims));
         let sig = URL_SAFE_NO_PAD.encode(self.mac(signing.as_bytes()).finalize().into_bytes());
         format!("{signing}.{sig}")
+    }
+
+    /// The secret itself, for a client that must send it (`pushwire status` → `/auth`).
+    pub fn reveal(&self) -> &[u8] {
+        &self.0
     }
 
     /// True if `candidate` equals the secret (constant time); for the push port's `/auth`.

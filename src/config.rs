@@ -7,6 +7,9 @@ use std::time::Duration;
 
 use crate::access::Cidr;
 use crate::auth::Secret;
+use crate::groups::GroupLimits;
+use crate::outbox::QueueLimits;
+use crate::wire::command::Limits;
 
 /// Every limit the daemon enforces. All are bounded by default.
 #[derive(Debug, Clone)]
@@ -68,6 +71,14 @@ pub struct Config {
     pub push_idle_timeout: Option<Duration>,
     /// Longest group name a backend may use, in bytes.
     pub max_group_bytes: usize,
+    /// HTTP door: a request's whole time (headers and body), after which it gets 408.
+    pub http_request_timeout: Duration,
+    /// HTTP door: most bytes of a request head (at least 8 KiB, hyper's floor).
+    pub http_max_header_bytes: usize,
+    /// HTTP door: most bytes of a request body; more get 413.
+    pub http_max_body_bytes: usize,
+    /// HTTP door: connections held at once; more wait in the backlog.
+    pub max_http_connections: usize,
 }
 
 impl Default for Config {
@@ -98,6 +109,167 @@ impl Default for Config {
             push_secret: None,
             push_idle_timeout: Some(Duration::from_secs(120)),
             max_group_bytes: 256,
+            http_request_timeout: Duration::from_secs(10),
+            http_max_header_bytes: 16 * 1024,
+            http_max_body_bytes: 4 * 1024 * 1024,
+            max_http_connections: 256,
         }
+    }
+}
+
+/// File descriptors kept back for listeners, logs and the runtime itself.
+pub const FD_RESERVE: usize = 64;
+
+/// Smallest request-head limit hyper accepts.
+const MIN_HTTP_HEADER_BYTES: usize = 8192;
+
+impl Config {
+    /// Browser connections an open-files limit of `nofile` leaves room for, after the
+    /// backend connections, the HTTP door's (if `http` is on) and a reserve.
+    pub fn ws_capacity(&self, nofile: u64, http: bool) -> usize {
+        let http = if http { self.max_http_connections } else { 0 };
+        usize::try_from(nofile)
+            .unwrap_or(usize::MAX)
+            .saturating_sub(self.max_push_connections + http + FD_RESERVE)
+            .max(1)
+    }
+
+    /// Applies every clamp and derived default, so the running daemon never sees a limit
+    /// of 0 or an inconsistent pair. Returns the config and a note for each value it had
+    /// to change (the caller logs them).
+    ///
+    /// `max_pending_handshakes == 0` means "a quarter of `max_ws_connections`".
+    pub fn validate(mut self) -> (Config, Vec<String>) {
+        let mut notes = Vec::new();
+        let at_least_one = |v: &mut usize, name: &str, notes: &mut Vec<String>| {
+            if *v == 0 {
+                notes.push(format!("{name} 0 is raised to 1"));
+                *v = 1;
+            }
+        };
+        at_least_one(
+            &mut self.max_handshake_bytes,
+            "--max-handshake-bytes",
+            &mut notes,
+        );
+        at_least_one(&mut self.queue_depth, "--queue-depth", &mut notes);
+        at_least_one(
+            &mut self.max_connections_per_ip,
+            "--max-connections-per-ip",
+            &mut notes,
+        );
+        at_least_one(
+            &mut self.max_pending_per_ip,
+            "--max-pending-per-ip",
+            &mut notes,
+        );
+        at_least_one(
+            &mut self.max_ws_connections,
+            "--max-ws-connections",
+            &mut notes,
+        );
+        at_least_one(
+            &mut self.max_http_connections,
+            "--max-http-connections",
+            &mut notes,
+        );
+        // Unbound connections get a quarter of the slots by default, and always leave an
+        // eighth to bound ones.
+        let ws = self.max_ws_connections;
+        let cap = (ws - ws / 8).max(1);
+        if self.max_pending_handshakes == 0 {
+            self.max_pending_handshakes = (ws / 4).max(1);
+        } else if self.max_pending_handshakes > cap {
+            notes.push(format!(
+                "--max-pending-handshakes {} must stay below --max-ws-connections {ws}: capped at {cap}",
+                self.max_pending_handshakes
+            ));
+            self.max_pending_handshakes = cap;
+        }
+        if self.http_max_header_bytes < MIN_HTTP_HEADER_BYTES {
+            notes.push(format!(
+                "--http-max-header-bytes {} is raised to {MIN_HTTP_HEADER_BYTES}",
+                self.http_max_header_bytes
+            ));
+            self.http_max_header_bytes = MIN_HTTP_HEADER_BYTES;
+        }
+        if self.max_message_bytes < self.max_uid_bytes {
+            notes.push(format!(
+                "--max-message-bytes {} is below --max-uid-bytes {}: browsers may send {} bytes",
+                self.max_message_bytes, self.max_uid_bytes, self.max_uid_bytes
+            ));
+            self.max_message_bytes = self.max_uid_bytes;
+        }
+        (self, notes)
+    }
+
+    /// Largest message a browser may send (its uid or token included).
+    pub fn max_in(&self) -> usize {
+        self.max_message_bytes.max(self.max_uid_bytes)
+    }
+
+    /// Each browser connection's queue bounds.
+    pub fn queue_limits(&self) -> QueueLimits {
+        QueueLimits {
+            depth: self.queue_depth.max(1),
+            bytes: self.queue_bytes,
+        }
+    }
+
+    /// What backends may create in groups.
+    pub fn group_limits(&self) -> GroupLimits {
+        GroupLimits {
+            max_groups: self.max_groups,
+            max_members: self.max_group_members,
+            grace: self.group_grace,
+        }
+    }
+
+    /// What one command's arguments may hold.
+    pub fn command_limits(&self) -> Limits {
+        Limits {
+            max_list_uids: self.max_list_uids,
+            max_uid_bytes: self.max_uid_bytes,
+            max_group_bytes: self.max_group_bytes,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn validate_clamps_and_derives() {
+        let (c, notes) = Config {
+            queue_depth: 0,
+            max_ws_connections: 800,
+            max_pending_handshakes: 0,
+            http_max_header_bytes: 10,
+            max_message_bytes: 10,
+            ..Config::default()
+        }
+        .validate();
+        assert_eq!(c.queue_depth, 1);
+        assert_eq!(c.max_pending_handshakes, 200);
+        assert_eq!(c.http_max_header_bytes, 8192);
+        assert_eq!(c.max_message_bytes, c.max_uid_bytes);
+        assert_eq!(notes.len(), 3, "{notes:?}");
+        let (c, notes) = Config {
+            max_ws_connections: 800,
+            max_pending_handshakes: 5000,
+            ..Config::default()
+        }
+        .validate();
+        assert_eq!(c.max_pending_handshakes, 700);
+        assert_eq!(notes.len(), 1);
+        assert_eq!(
+            Config::default().ws_capacity(20_000, true),
+            20_000 - 1024 - 256 - 64
+        );
+        assert_eq!(
+            Config::default().ws_capacity(20_000, false),
+            20_000 - 1024 - 64
+        );
     }
 }

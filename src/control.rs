@@ -61,7 +61,9 @@ impl Session {
             Some(path) => {
                 let s = tokio::time::timeout(target.timeout, UnixStream::connect(path))
                     .await
-                    .map_err(|_| ControlError::Unreachable(format!("{}: timed out", path.display())))?
+                    .map_err(|_| {
+                        ControlError::Unreachable(format!("{}: timed out", path.display()))
+                    })?
                     .map_err(|e| ControlError::Unreachable(format!("{}: {e}", path.display())))?;
                 (Box::new(s), path.display().to_string())
             }
@@ -105,9 +107,15 @@ impl Session {
             Ok::<_, std::io::Error>((n, reply))
         };
         match tokio::time::timeout(self.timeout, io).await {
-            Err(_) => Err(ControlError::Unreachable(format!("{}: no reply in time", self.peer))),
+            Err(_) => Err(ControlError::Unreachable(format!(
+                "{}: no reply in time",
+                self.peer
+            ))),
             Ok(Err(e)) => Err(ControlError::Unreachable(format!("{}: {e}", self.peer))),
-            Ok(Ok((0, _))) => Err(ControlError::Refused(format!("{} closed the connection", self.peer))),
+            Ok(Ok((0, _))) => Err(ControlError::Refused(format!(
+                "{} closed the connection",
+                self.peer
+            ))),
             Ok(Ok((_, reply))) => Ok(reply.trim_end_matches(['\n', '\r']).to_owned()),
         }
     }
@@ -133,8 +141,12 @@ fn json_ok(reply: &str) -> Result<Value, ControlError> {
 /// A listening address turned into one to connect to: `0.0.0.0` / `::` mean this host.
 fn local(addr: SocketAddr) -> SocketAddr {
     match addr.ip() {
-        IpAddr::V4(ip) if ip.is_unspecified() => SocketAddr::new(Ipv4Addr::LOCALHOST.into(), addr.port()),
-        IpAddr::V6(ip) if ip.is_unspecified() => SocketAddr::new(Ipv6Addr::LOCALHOST.into(), addr.port()),
+        IpAddr::V4(ip) if ip.is_unspecified() => {
+            SocketAddr::new(Ipv4Addr::LOCALHOST.into(), addr.port())
+        }
+        IpAddr::V6(ip) if ip.is_unspecified() => {
+            SocketAddr::new(Ipv6Addr::LOCALHOST.into(), addr.port())
+        }
         _ => addr,
     }
 }
@@ -190,7 +202,10 @@ impl Status {
                 .map(|(k, r)| ((*k).to_owned(), Value::from((r * 100.0).round() / 100.0)))
                 .collect();
             map.insert("per_sec".into(), Value::Object(rates));
-            map.insert("sample_ms".into(), Value::from(self.sample.as_millis() as u64));
+            map.insert(
+                "sample_ms".into(),
+                Value::from(self.sample.as_millis() as u64),
+            );
         }
         v
     }
@@ -198,17 +213,34 @@ impl Status {
     /// The human table, Workerman's `status` in spirit: one figure a line.
     pub fn table(&self) -> String {
         let s = &self.stats;
-        let rate = |k: &str| self.rates.iter().find(|(n, _)| *n == k).map_or(0.0, |(_, r)| *r);
+        let rate = |k: &str| {
+            self.rates
+                .iter()
+                .find(|(n, _)| *n == k)
+                .map_or(0.0, |(_, r)| *r)
+        };
         let up = field(s, "uptime_secs");
         let mut out = String::new();
         let mut row = |label: &str, value: String| {
             out.push_str(&format!("{label:<22} {value}\n"));
         };
-        row("uptime", format!("{}d {:02}:{:02}:{:02}", up / 86400, up / 3600 % 24, up / 60 % 60, up % 60));
+        row(
+            "uptime",
+            format!(
+                "{}d {:02}:{:02}:{:02}",
+                up / 86400,
+                up / 3600 % 24,
+                up / 60 % 60,
+                up % 60
+            ),
+        );
         row("browser connections", field(s, "connections").to_string());
         row("online uids", field(s, "uids").to_string());
         row("groups", field(s, "groups").to_string());
-        row("backend connections", field(s, "push_connections").to_string());
+        row(
+            "backend connections",
+            field(s, "push_connections").to_string(),
+        );
         row(
             "pushes ok",
             format!("{} ({:.1}/s)", field(s, "pushes_ok"), rate("pushes_ok")),

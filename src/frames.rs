@@ -14,8 +14,8 @@
 use std::io::{self, IoSlice};
 use std::time::Duration;
 
+use crate::wire::Payload;
 use tokio::net::TcpStream;
-use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 /// A complete message or control frame from the browser.
 #[derive(Debug, PartialEq, Eq)]
@@ -337,7 +337,7 @@ pub struct Progress {
 /// Why not `ws.send`: tungstenite copies each frame into a per-connection output `Vec`
 /// that keeps its largest-ever capacity, so one 1 MiB push to 10k browsers would pin
 /// 10 GiB for good. Here the payload shared by all recipients is never copied.
-pub fn try_write(stream: &TcpStream, batch: &[Utf8Bytes], at: &mut Progress) -> io::Result<bool> {
+pub fn try_write(stream: &TcpStream, batch: &[Payload], at: &mut Progress) -> io::Result<bool> {
     // On the stack: this runs once per wake of every recipient, so no heap allocation.
     let mut headers = [FrameHeader::EMPTY; IOV_BATCH];
     while at.frame < batch.len() {
@@ -385,7 +385,7 @@ pub fn try_write(stream: &TcpStream, batch: &[Utf8Bytes], at: &mut Progress) -> 
 /// measurably cheaper per recipient. `None` if the rest of the batch does not fit.
 fn try_send_small(
     stream: &TcpStream,
-    batch: &[Utf8Bytes],
+    batch: &[Payload],
     at: &mut Progress,
 ) -> io::Result<Option<bool>> {
     let mut buf = [0u8; SMALL_SEND];
@@ -487,7 +487,7 @@ mod tests {
         let mut stuck = 0;
         let mut got = Vec::new();
         for round in 0..400usize {
-            let batch: Vec<Utf8Bytes> = (0..1 + round % 3)
+            let batch: Vec<Payload> = (0..1 + round % 3)
                 .map(|k| {
                     let n = if round % 5 == 0 {
                         large[(round / 5 + k) % large.len()]
@@ -495,11 +495,11 @@ mod tests {
                         small[(round * 3 + k) % small.len()]
                     };
                     let c = char::from(b'a' + (round % 26) as u8);
-                    Utf8Bytes::from(c.to_string().repeat(n))
+                    Payload::from(c.to_string().repeat(n))
                 })
                 .collect();
             for m in &batch {
-                expected.push(m.to_string());
+                expected.push(String::from_utf8(m.as_bytes().to_vec()).unwrap());
             }
             let mut at = Progress::default();
             while !try_write(&writer, &batch, &mut at).unwrap() {

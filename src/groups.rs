@@ -10,7 +10,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::registry::Uid;
+use crate::wire::Uid;
 
 /// A group name, shared between the name index and each member's list.
 pub type GroupName = Arc<str>;
@@ -106,10 +106,16 @@ impl Groups {
             set.insert((*uid).clone());
         }
         let total = set.len();
-        for uid in new {
+        let named: HashSet<&Uid> = uids.iter().collect();
+        for uid in named {
             let membership = self.by_uid.entry(uid.clone()).or_default();
-            membership.groups.push(name.clone());
-            if membership.groups.len() == 1 {
+            if new.contains(&uid) {
+                membership.groups.push(name.clone());
+            }
+            // A first membership starts marked offline (see above); one joined while the
+            // uid is within its grace period restarts it, so what was just joined does not
+            // expire with the old deadline.
+            if membership.groups.len() == 1 || membership.offline_since.is_some() {
                 membership.offline_since = Some(now);
                 self.expiring.push_back((now, uid.clone()));
             }
@@ -262,6 +268,25 @@ mod tests {
         assert_eq!(g.leave("a", &uids(&["x"])), (1, 0));
         assert!(g.is_empty());
         assert_eq!(g.memberships(), 0);
+    }
+
+    #[test]
+    fn joining_within_the_grace_period_restarts_it() {
+        let mut g = groups(10, 10);
+        let t0 = Instant::now();
+        let u = Uid::from("u");
+        g.join("a", std::slice::from_ref(&u), t0).unwrap();
+        g.went_offline(&u, t0);
+        // 50 s into its 60 s grace period, it joins another group: 60 s from now.
+        let t1 = t0 + Duration::from_secs(50);
+        g.join("b", std::slice::from_ref(&u), t1).unwrap();
+        for (since, uid) in g.due(t0 + Duration::from_secs(61)) {
+            assert!(!g.expire(&uid, since, false), "expired on the old deadline");
+        }
+        assert_eq!(g.members("b").map(|m| m.len()), Some(1));
+        let due = g.due(t1 + Duration::from_secs(61));
+        assert!(due.iter().any(|(since, uid)| g.expire(uid, *since, false)));
+        assert!(g.members("a").is_none() && g.members("b").is_none());
     }
 
     #[test]

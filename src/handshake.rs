@@ -60,14 +60,13 @@ pub(crate) struct Policy<'a> {
     pub(crate) max_bytes: usize,
     /// Origins allowed to open a WebSocket; `None` allows any.
     pub(crate) allowed_origins: Option<&'a [String]>,
-    /// tungstenite's settings (small buffers; it only parses the upgrade).
-    pub(crate) ws_config: WebSocketConfig,
+    /// Largest message a browser may send (tungstenite's frame limit).
+    pub(crate) max_in: usize,
 }
 
 /// The tungstenite settings for the handshake (the only part tungstenite runs): small
 /// buffers, since nothing but the upgrade request goes through it.
-pub(crate) fn ws_config(max_message_bytes: usize, max_uid_bytes: usize) -> WebSocketConfig {
-    let max_in = max_message_bytes.max(max_uid_bytes);
+fn ws_config(max_in: usize) -> WebSocketConfig {
     WebSocketConfig::default()
         .read_buffer_size(256)
         .write_buffer_size(0)
@@ -105,7 +104,7 @@ pub(crate) async fn accept(
     let upgrade = Box::pin(tokio_tungstenite::accept_hdr_async_with_config(
         stream,
         check,
-        Some(policy.ws_config),
+        Some(ws_config(policy.max_in)),
     ))
     .await;
     match upgrade {
@@ -230,14 +229,27 @@ fn http_error(status: StatusCode, why: &str) -> ErrorResponse {
     resp
 }
 
-/// Answers a connection with a plain HTTP error (`429`, `503`) before reading anything,
-/// within `limit`, and closes it.
+/// The plain-HTTP refusals of the browser port, sent before reading anything.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum HttpRefusal {
+    /// 429: this address holds too much.
+    TooManyRequests,
+    /// 503: the server-wide budget is spent.
+    Unavailable,
+}
+
+/// Answers a connection with a plain HTTP error before reading anything, within
+/// `limit`, and closes it.
 pub(crate) async fn refuse(
     mut stream: TcpStream,
-    status: StatusCode,
+    refusal: HttpRefusal,
     body: &str,
     limit: std::time::Duration,
 ) {
+    let status = match refusal {
+        HttpRefusal::TooManyRequests => StatusCode::TOO_MANY_REQUESTS,
+        HttpRefusal::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+    };
     let resp = format!(
         "HTTP/1.1 {} {}\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}\n",
         status.as_u16(),

@@ -15,18 +15,23 @@ use bytes::{Bytes, BytesMut};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue};
-use hyper::{Method, Request, Response, StatusCode};
+use hyper::{Method, Request, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 use tracing::debug;
 
-use crate::server::{Context, Peer};
+use crate::access::Peer;
+use crate::metrics::Metric;
+use crate::service::{self, Replies, Reply, Response};
+use crate::state::State;
+use crate::wire::command::auth_secret;
+use crate::wire::{Frame, LineFramer, Payload};
 
-type Reply = Response<Full<Bytes>>;
+type HttpReply = hyper::Response<Full<Bytes>>;
 
 /// Serves one HTTP connection (keep-alive: several requests) until it closes or the
 /// daemon drains.
-pub(crate) async fn serve(stream: TcpStream, peer: Peer, ctx: Arc<Context>) {
+pub(crate) async fn serve(stream: TcpStream, peer: Peer, ctx: Arc<State>) {
     let service = {
         let ctx = ctx.clone();
         hyper::service::service_fn(move |req| {
@@ -55,17 +60,18 @@ pub(crate) async fn serve(stream: TcpStream, peer: Peer, ctx: Arc<Context>) {
     }
 }
 
-async fn respond(req: Request<Incoming>, peer: Peer, ctx: &Context) -> Reply {
+async fn respond(req: Request<Incoming>, peer: Peer, ctx: &State) -> HttpReply {
     let reply = route(req, peer, ctx).await;
-    crate::metrics::Metrics::http_status(ctx.registry.metrics(), reply.status().as_u16());
+    ctx.metrics.http_status(reply.status().as_u16());
     reply
 }
 
-async fn route(req: Request<Incoming>, peer: Peer, ctx: &Context) -> Reply {
+async fn route(req: Request<Incoming>, peer: Peer, ctx: &State) -> HttpReply {
     let path = req.uri().path();
     // Health checks are exempt from the secret (load balancers and systemd call them),
     // not from the address allow-list.
     if !crate::access::allowed(ctx.config.push_allow.as_deref(), peer.ip()) {
+        ctx.metrics.incr(Metric::RefusedPush);
         return text(StatusCode::FORBIDDEN, "address not allowed");
     }
     match (req.method(), path) {
@@ -86,8 +92,12 @@ async fn route(req: Request<Incoming>, peer: Peer, ctx: &Context) -> Reply {
             .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "));
         match given {
             Some(token) if secret.matches(token) => {}
-            Some(_) => return text(StatusCode::UNAUTHORIZED, "bad secret"),
+            Some(_) => {
+                ctx.metrics.incr(Metric::RefusedPush);
+                return text(StatusCode::UNAUTHORIZED, "bad secret");
+            }
             None => {
+                ctx.metrics.incr(Metric::RefusedPush);
                 return text(
                     StatusCode::UNAUTHORIZED,
                     "authentication required: send Authorization: Bearer SECRET",
@@ -97,7 +107,7 @@ async fn route(req: Request<Incoming>, peer: Peer, ctx: &Context) -> Reply {
     }
     match (req.method().clone(), req.uri().path()) {
         (Method::POST, "/push") => match body(req, ctx).await {
-            Ok(body) => push_lines(body, ctx),
+            Ok(body) => push_lines(body, ctx).await,
             Err(refusal) => refusal,
         },
         (Method::GET, "/metrics") => metrics(ctx),
@@ -121,7 +131,7 @@ async fn route(req: Request<Incoming>, peer: Peer, ctx: &Context) -> Reply {
 }
 
 /// The whole body, within `--http-max-body-bytes` and the request timeout.
-async fn body(req: Request<Incoming>, ctx: &Context) -> Result<Bytes, Reply> {
+async fn body(req: Request<Incoming>, ctx: &State) -> Result<Bytes, HttpReply> {
     let max = ctx.config.http_max_body_bytes;
     let collect = Limited::new(req.into_body(), max).collect();
     match tokio::time::timeout(ctx.config.http_request_timeout, collect).await {
@@ -136,10 +146,29 @@ async fn body(req: Request<Incoming>, ctx: &Context) -> Result<Bytes, Reply> {
 }
 
 /// `POST /push`: every line of the body as if written to the push port, the replies in
-/// order.
-fn push_lines(body: Bytes, ctx: &Context) -> Reply {
-    let out = crate::push::answer_all(BytesMut::from(body), ctx);
-    let mut resp = Response::new(Full::new(out.freeze()));
+/// order. `/auth` lines answer `{"ok":true}`: the request is already authorized.
+async fn push_lines(body: Bytes, ctx: &State) -> HttpReply {
+    let mut framer = LineFramer::new(ctx.config.max_line_bytes);
+    let mut buf = BytesMut::from(body);
+    let mut replies = Replies::default();
+    let mut out = BytesMut::new();
+    let mut answer = |frame: Frame, first: Option<u8>, out: &mut BytesMut| {
+        let response = match &frame {
+            Frame::Line(line) if auth_secret(line).is_some() => Response::Ready(Reply::Authorized),
+            frame => service::handle(ctx, frame, first),
+        };
+        replies.push(response, out);
+    };
+    while let Some(frame) = framer.next_frame(&mut buf) {
+        answer(frame, framer.too_long_first_byte(), &mut out);
+    }
+    if let Some(frame) = framer.finish(&mut buf) {
+        answer(frame, framer.too_long_first_byte(), &mut out);
+    }
+    while !replies.is_empty() {
+        replies.flush(&mut out).await;
+    }
+    let mut resp = hyper::Response::new(Full::new(out.freeze()));
     resp.headers_mut().insert(
         CONTENT_TYPE,
         HeaderValue::from_static("text/plain; charset=utf-8"),
@@ -152,7 +181,7 @@ fn push_lines(body: Bytes, ctx: &Context) -> Reply {
 /// HTML escaping web-msg-sender applies (`& < > " '`), since pages written for it insert
 /// it as HTML. Answers `ok`, `offline` (no connection of UID took it) or `fail` (not a
 /// publish request).
-fn web_msg_sender(query: Option<&str>, form: Option<&[u8]>, ctx: &Context) -> Reply {
+fn web_msg_sender(query: Option<&str>, form: Option<&[u8]>, ctx: &State) -> HttpReply {
     let mut params = Params::default();
     if let Some(q) = query {
         params.read(q.as_bytes());
@@ -168,19 +197,15 @@ fn web_msg_sender(query: Option<&str>, form: Option<&[u8]>, ctx: &Context) -> Re
     if params.kind.as_deref() != Some("publish") {
         return text(StatusCode::OK, "fail");
     }
-    let content = html_escape(params.content.as_deref().unwrap_or(""));
-    let payload = crate::push::payload(content);
+    let payload = Payload::from(html_escape(params.content.as_deref().unwrap_or("")));
     let registry = &ctx.registry;
     match params.to.as_deref().filter(|to| !to.is_empty()) {
         Some(to) => {
             let delivery = registry.push(to, &payload);
-            text(
-                StatusCode::OK,
-                if delivery.ok() { "ok" } else { "offline" },
-            )
+            text(StatusCode::OK, if delivery.ok() { "ok" } else { "offline" })
         }
         None => {
-            registry.broadcast(&payload);
+            registry.broadcast(&payload, &[]);
             text(StatusCode::OK, "ok")
         }
     }
@@ -224,19 +249,19 @@ fn html_escape(s: &str) -> String {
     out
 }
 
-fn metrics(ctx: &Context) -> Reply {
-    let body = crate::metrics::prometheus_text(ctx);
-    let mut resp = Response::new(Full::new(Bytes::from(body)));
+fn metrics(ctx: &State) -> HttpReply {
+    let body = ctx.prometheus();
+    let mut resp = hyper::Response::new(Full::new(Bytes::from(body)));
     resp.headers_mut().insert(
         CONTENT_TYPE,
-        HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
     );
     resp
 }
 
 /// A one-line plain-text answer.
-fn text(status: StatusCode, line: &str) -> Reply {
-    let mut resp = Response::new(Full::new(Bytes::from(format!("{line}\n"))));
+fn text(status: StatusCode, line: &str) -> HttpReply {
+    let mut resp = hyper::Response::new(Full::new(Bytes::from(format!("{line}\n"))));
     *resp.status_mut() = status;
     resp.headers_mut().insert(
         CONTENT_TYPE,
@@ -256,6 +281,9 @@ mod tests {
         assert_eq!(p.kind.as_deref(), Some("publish"));
         assert_eq!(p.to.as_deref(), Some("u 1"));
         assert_eq!(p.content.as_deref(), Some("a b&c%zz"));
-        assert_eq!(html_escape(r#"<a href="x">'&'</a>"#), "&lt;a href=&quot;x&quot;&gt;&#039;&amp;&#039;&lt;/a&gt;");
+        assert_eq!(
+            html_escape(r#"<a href="x">'&'</a>"#),
+            "&lt;a href=&quot;x&quot;&gt;&#039;&amp;&#039;&lt;/a&gt;"
+        );
     }
 }

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Parser, ValueEnum};
+use clap::{Parser, Subcommand, ValueEnum};
 use pushwire::access::Cidr;
 use pushwire::auth::Secret;
 use tokio::net::{TcpListener, TcpSocket, UnixListener};
@@ -20,16 +20,51 @@ use tracing_subscriber::EnvFilter;
 /// one JSON object per line (`{"uid":"uid1","percent":"88%"}`) to the push port and read
 /// `ok` or `fail`. Every flag can also be set from the environment variable shown.
 #[derive(Debug, Parser)]
-#[command(version, about)]
+#[command(version, about, args_conflicts_with_subcommands = false)]
 struct Args {
+    /// Talk to a running daemon instead of being one.
+    #[command(subcommand)]
+    command: Option<Control>,
+
     /// Address browsers connect to (WebSocket, any path).
     #[arg(long, env = "PUSHWIRE_WS_LISTEN", default_value = "0.0.0.0:1234")]
     ws_listen: SocketAddr,
 
     /// Address backends push to. Loopback by default: whoever can reach this port can push
     /// to any user, so binding a public address is an explicit choice.
-    #[arg(long, env = "PUSHWIRE_PUSH_LISTEN", default_value = "127.0.0.1:5678")]
+    #[arg(
+        long,
+        env = "PUSHWIRE_PUSH_LISTEN",
+        default_value = "127.0.0.1:5678",
+        global = true
+    )]
     push_listen: SocketAddr,
+
+    /// Address of the HTTP door (POST /push, web-msg-sender's /?type=publish, /metrics,
+    /// /healthz, /readyz), or `off`. Loopback by default, with the push port's access
+    /// rules.
+    #[arg(long, env = "PUSHWIRE_HTTP_LISTEN", default_value = "127.0.0.1:2121", value_parser = parse_listen)]
+    http_listen: Listen,
+
+    /// HTTP door: most time a request may take (headers and body), in ms; then 408.
+    #[arg(
+        long,
+        env = "PUSHWIRE_HTTP_REQUEST_TIMEOUT_MS",
+        default_value_t = 10_000
+    )]
+    http_request_timeout_ms: u64,
+
+    /// HTTP door: most bytes of a request head (at least 8192).
+    #[arg(long, env = "PUSHWIRE_HTTP_MAX_HEADER_BYTES", default_value_t = 16 * 1024)]
+    http_max_header_bytes: usize,
+
+    /// HTTP door: most bytes of a request body; more get 413.
+    #[arg(long, env = "PUSHWIRE_HTTP_MAX_BODY_BYTES", default_value_t = 4 * 1024 * 1024)]
+    http_max_body_bytes: usize,
+
+    /// HTTP door: connections at once; more wait in the backlog.
+    #[arg(long, env = "PUSHWIRE_MAX_HTTP_CONNECTIONS", default_value_t = 256)]
+    max_http_connections: usize,
 
     /// Longest push line accepted, in bytes; longer lines get `fail`.
     #[arg(long, env = "PUSHWIRE_MAX_LINE_BYTES", default_value_t = 1024 * 1024)]
@@ -135,11 +170,11 @@ struct Args {
 
     /// Comma-separated networks (CIDR) TCP backends may push from; others get a refusal
     /// line and are closed. Default: anyone who can reach --push-listen.
-    #[arg(long, env = "PUSHWIRE_PUSH_ALLOW", value_delimiter = ',', value_parser = parse_cidr)]
-    push_allow: Option<Vec<Cidr>>,
+    #[arg(long, env = "PUSHWIRE_PUSH_ALLOW", value_parser = parse_nets)]
+    push_allow: Option<Nets>,
 
     /// File holding a shared secret TCP backends must send first as `/auth SECRET`.
-    #[arg(long, env = "PUSHWIRE_PUSH_SECRET_FILE")]
+    #[arg(long, env = "PUSHWIRE_PUSH_SECRET_FILE", global = true)]
     push_secret_file: Option<PathBuf>,
 
     /// The push secret itself (prefer the env var or --push-secret-file).
@@ -147,13 +182,14 @@ struct Args {
         long,
         env = "PUSHWIRE_PUSH_SECRET",
         hide_env_values = true,
-        conflicts_with = "push_secret_file"
+        conflicts_with = "push_secret_file",
+        global = true
     )]
     push_secret: Option<String>,
 
     /// Also accept backends on this Unix socket (e.g. /run/pushwire/push.sock); its file
     /// permissions decide who may push, and no /auth line is needed on it.
-    #[arg(long, env = "PUSHWIRE_PUSH_UNIX")]
+    #[arg(long, env = "PUSHWIRE_PUSH_UNIX", global = true)]
     push_unix: Option<PathBuf>,
 
     /// Permissions of the --push-unix socket file, in octal.
@@ -191,12 +227,63 @@ enum LogFormat {
     Json,
 }
 
-/// File descriptors kept back for listeners, logs and the runtime itself.
-const FD_RESERVE: usize = 64;
+/// Subcommands: a client of a running daemon, found by the daemon's own flags and
+/// environment (so `sudo pushwire status` works with the installed env file).
+#[derive(Debug, Subcommand)]
+enum Control {
+    /// Uptime, connections, uids, groups, pushes (totals and per second), evictions,
+    /// refusals, open files.
+    Status {
+        /// Print JSON (`/stats` plus per-second rates) instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// How long to sample the per-second rates, in ms.
+        #[arg(long, default_value_t = 1000)]
+        sample_ms: u64,
+    },
+    /// Push a message to a uid (prints `ok` or `fail`; exit 1 on `fail`).
+    Push {
+        /// Who.
+        uid: String,
+        /// What the browser receives, exactly (sent with `/send`).
+        message: String,
+    },
+    /// Is a uid online, with how many connections.
+    Online {
+        /// Who.
+        uid: String,
+    },
+    /// Close every connection of a uid (close 4001).
+    Kick {
+        /// Who.
+        uid: String,
+        /// The close reason.
+        reason: Option<String>,
+    },
+}
+
+/// A listener address or `off`.
+#[derive(Debug, Clone, Copy)]
+enum Listen {
+    Off,
+    On(SocketAddr),
+}
+
+fn parse_listen(s: &str) -> Result<Listen, String> {
+    if s.eq_ignore_ascii_case("off") {
+        return Ok(Listen::Off);
+    }
+    s.parse()
+        .map(Listen::On)
+        .map_err(|e| format!("{s:?} is neither an address nor `off`: {e}"))
+}
 
 fn main() -> ExitCode {
     let args = Args::parse();
     init_logging(args.log_format);
+    if let Some(command) = &args.command {
+        return control(&args, command);
+    }
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
     runtime.enable_all();
     if let Some(n) = args.worker_threads {
@@ -226,15 +313,30 @@ async fn serve(args: Args) -> std::io::Result<()> {
         Some(path) => Some(listen_unix(path, args.push_unix_mode)?),
         None => None,
     };
-    if !args.push_listen.ip().is_loopback()
-        && config.push_allow.is_none()
-        && config.push_secret.is_none()
-    {
-        warn!(addr = %args.push_listen, "push port is not on loopback: anyone who can reach it can push to any user");
+    let http = match args.http_listen {
+        Listen::On(addr) => Some(listen(addr, args.listen_backlog)?),
+        Listen::Off => None,
+    };
+    let open_to_all = config.push_allow.is_none() && config.push_secret.is_none();
+    for (door, addr) in [
+        ("push port", Some(args.push_listen)),
+        ("HTTP door", http_addr(args.http_listen)),
+    ] {
+        if let Some(addr) = addr
+            && !addr.ip().is_loopback()
+            && open_to_all
+        {
+            warn!(%addr, "{door} is not on loopback: anyone who can reach it can push to any user");
+        }
     }
+    let http_local = match &http {
+        Some(l) => Some(l.local_addr()?),
+        None => None,
+    };
     info!(
         ws = %ws.local_addr()?,
         push = %push.local_addr()?,
+        http = %http_local.map_or_else(|| "off".to_owned(), |a| a.to_string()),
         push_unix = ?args.push_unix,
         max_ws_connections = config.max_ws_connections,
         "listening"
@@ -248,8 +350,13 @@ async fn serve(args: Args) -> std::io::Result<()> {
         ws,
         push,
         push_unix,
+        http,
     };
-    let server = tokio::spawn(pushwire::serve(config, listeners, shutdown.clone()));
+    let server = tokio::spawn(pushwire::serve_state(
+        pushwire::state::State::new(config),
+        listeners,
+        shutdown.clone(),
+    ));
     sd_notify("READY=1");
     signals.until_stop().await;
     sd_notify("STOPPING=1");
@@ -259,6 +366,96 @@ async fn serve(args: Args) -> std::io::Result<()> {
         let _ = std::fs::remove_file(path);
     }
     result
+}
+
+fn http_addr(listen: Listen) -> Option<SocketAddr> {
+    match listen {
+        Listen::On(addr) => Some(addr),
+        Listen::Off => None,
+    }
+}
+
+/// Runs a subcommand against the daemon the flags describe.
+fn control(args: &Args, command: &Control) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(err) => {
+            eprintln!("pushwire: cannot start the runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let secret = match secret(args.push_secret_file.as_ref(), args.push_secret.as_ref()) {
+        Ok(s) => s.map(|s| s.reveal().to_vec()),
+        Err(err) => {
+            eprintln!("pushwire: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let target = pushwire::control::Target {
+        push: args.push_listen,
+        unix: args.push_unix.clone(),
+        secret,
+        timeout: Duration::from_secs(5),
+    };
+    match runtime.block_on(run_control(&target, command)) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(err) => {
+            eprintln!("pushwire: {err}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// Prints the answer; `Ok(false)` when the daemon answered but the operation failed.
+async fn run_control(
+    target: &pushwire::control::Target,
+    command: &Control,
+) -> Result<bool, pushwire::control::ControlError> {
+    use pushwire::control::{Session, status};
+    match command {
+        Control::Status { json, sample_ms } => {
+            let st = status(target, Duration::from_millis(*sample_ms)).await?;
+            if *json {
+                println!("{}", st.json());
+            } else {
+                print!("{}", st.table());
+            }
+            Ok(true)
+        }
+        Control::Push { uid, message } => {
+            let mut s = Session::open(target).await?;
+            let line = format!("/send {} {message}", serde_json::Value::from(uid.as_str()));
+            let reply = s.request(&line).await?;
+            println!("{reply}");
+            Ok(reply.starts_with("{\"ok\":true"))
+        }
+        Control::Online { uid } => {
+            let mut s = Session::open(target).await?;
+            let v = s
+                .command(&format!(
+                    "/online {}",
+                    serde_json::Value::from(uid.as_str())
+                ))
+                .await?;
+            println!("{v}");
+            Ok(v.get("online") == Some(&serde_json::Value::Bool(true)))
+        }
+        Control::Kick { uid, reason } => {
+            let mut s = Session::open(target).await?;
+            let mut line = format!("/kick {}", serde_json::Value::from(uid.as_str()));
+            if let Some(reason) = reason {
+                line.push(' ');
+                line.push_str(reason);
+            }
+            let v = s.command(&line).await?;
+            println!("{v}");
+            Ok(true)
+        }
+    }
 }
 
 /// Every signal an operator or a tool may send us by habit.
@@ -313,8 +510,12 @@ impl Signals {
     }
 }
 
-fn parse_cidr(s: &str) -> Result<Cidr, String> {
-    s.trim().parse()
+/// A comma-separated network list, parsed by the same (fuzzed) parser the library tests.
+#[derive(Debug, Clone)]
+struct Nets(Vec<Cidr>);
+
+fn parse_nets(s: &str) -> Result<Nets, String> {
+    pushwire::access::parse_cidrs(s).map(Nets)
 }
 
 fn parse_mode(s: &str) -> Result<u32, String> {
@@ -349,11 +550,45 @@ fn config_from(args: &Args) -> std::io::Result<pushwire::Config> {
             rlimit::getrlimit(rlimit::Resource::NOFILE).map_or(1024, |(soft, _)| soft)
         }
     };
-    let capacity = usize::try_from(nofile)
-        .unwrap_or(usize::MAX)
-        .saturating_sub(args.max_push_connections + FD_RESERVE)
-        .max(1);
-    let max_ws = match args.max_ws_connections {
+    let jwt_secret = secret(args.jwt_secret_file.as_ref(), args.jwt_secret.as_ref())?;
+    let push_secret = secret(args.push_secret_file.as_ref(), args.push_secret.as_ref())?;
+    if jwt_secret.is_none() {
+        info!("no JWT secret: the first frame is trusted as the uid");
+    }
+    let mut config = pushwire::Config {
+        max_line_bytes: args.max_line_bytes,
+        max_uid_bytes: args.max_uid_bytes,
+        max_message_bytes: args.max_message_bytes,
+        max_handshake_bytes: args.max_handshake_bytes,
+        bind_timeout: Duration::from_millis(args.bind_timeout_ms),
+        ping_interval: Duration::from_millis(args.ping_interval_ms),
+        pong_timeout: Duration::from_millis(args.pong_timeout_ms),
+        queue_depth: args.queue_depth,
+        queue_bytes: args.queue_bytes,
+        max_ws_connections: 0,
+        max_push_connections: args.max_push_connections,
+        shutdown_timeout: Duration::from_millis(args.shutdown_timeout_ms),
+        group_grace: Duration::from_millis(args.group_grace_ms),
+        max_groups: args.max_groups,
+        max_group_members: args.max_group_members,
+        max_list_uids: args.max_list_uids,
+        jwt_secret,
+        allowed_origins: args.allowed_origins.clone(),
+        max_connections_per_ip: args.max_connections_per_ip,
+        max_pending_handshakes: args.max_pending_handshakes.unwrap_or(0),
+        max_pending_per_ip: args.max_pending_per_ip,
+        push_allow: args.push_allow.clone().map(|n| n.0),
+        push_secret,
+        push_idle_timeout: (args.push_idle_timeout_ms > 0)
+            .then(|| Duration::from_millis(args.push_idle_timeout_ms)),
+        max_group_bytes: args.max_group_bytes,
+        http_request_timeout: Duration::from_millis(args.http_request_timeout_ms),
+        http_max_header_bytes: args.http_max_header_bytes,
+        http_max_body_bytes: args.http_max_body_bytes,
+        max_http_connections: args.max_http_connections,
+    };
+    let capacity = config.ws_capacity(nofile, matches!(args.http_listen, Listen::On(_)));
+    config.max_ws_connections = match args.max_ws_connections {
         Some(n) if n > capacity => {
             warn!(
                 requested = n,
@@ -364,62 +599,19 @@ fn config_from(args: &Args) -> std::io::Result<pushwire::Config> {
         Some(n) => n,
         None => capacity,
     };
-    // Unbound connections get at most a quarter of the slots by default, and always
-    // leave some to bound ones.
-    let pending_cap = (max_ws - max_ws / 8).max(1);
-    let max_pending = match args.max_pending_handshakes {
-        Some(n) if n > pending_cap => {
-            warn!(
-                requested = n,
-                cap = pending_cap,
-                "--max-pending-handshakes must stay below --max-ws-connections; capped"
-            );
-            pending_cap
-        }
-        Some(n) => n.max(1),
-        None => (max_ws / 4).max(1),
-    };
+    let (config, notes) = config.validate();
+    for note in notes {
+        warn!("{note}");
+    }
     let workers = tokio::runtime::Handle::current().metrics().num_workers();
     info!(
         nofile,
-        max_ws_connections = max_ws,
-        max_pending_handshakes = max_pending,
+        max_ws_connections = config.max_ws_connections,
+        max_pending_handshakes = config.max_pending_handshakes,
         workers,
         "connection capacity"
     );
-    let jwt_secret = secret(args.jwt_secret_file.as_ref(), args.jwt_secret.as_ref())?;
-    let push_secret = secret(args.push_secret_file.as_ref(), args.push_secret.as_ref())?;
-    if jwt_secret.is_none() {
-        info!("no JWT secret: the first frame is trusted as the uid");
-    }
-    Ok(pushwire::Config {
-        max_line_bytes: args.max_line_bytes,
-        max_uid_bytes: args.max_uid_bytes,
-        max_message_bytes: args.max_message_bytes,
-        max_handshake_bytes: args.max_handshake_bytes.max(1),
-        bind_timeout: Duration::from_millis(args.bind_timeout_ms),
-        ping_interval: Duration::from_millis(args.ping_interval_ms),
-        pong_timeout: Duration::from_millis(args.pong_timeout_ms),
-        queue_depth: args.queue_depth.max(1),
-        queue_bytes: args.queue_bytes,
-        max_ws_connections: max_ws,
-        max_push_connections: args.max_push_connections,
-        shutdown_timeout: Duration::from_millis(args.shutdown_timeout_ms),
-        group_grace: Duration::from_millis(args.group_grace_ms),
-        max_groups: args.max_groups,
-        max_group_members: args.max_group_members,
-        max_list_uids: args.max_list_uids,
-        jwt_secret,
-        allowed_origins: args.allowed_origins.clone(),
-        max_connections_per_ip: args.max_connections_per_ip.max(1),
-        max_pending_handshakes: max_pending,
-        max_pending_per_ip: args.max_pending_per_ip.max(1),
-        push_allow: args.push_allow.clone(),
-        push_secret,
-        push_idle_timeout: (args.push_idle_timeout_ms > 0)
-            .then(|| Duration::from_millis(args.push_idle_timeout_ms)),
-        max_group_bytes: args.max_group_bytes,
-    })
+    Ok(config)
 }
 
 /// Binds the Unix push socket, replacing a stale file, with the given permissions.

@@ -16,9 +16,8 @@ use std::collections::VecDeque;
 use std::sync::{Mutex, MutexGuard};
 
 use tokio::sync::Notify;
-use tokio_tungstenite::tungstenite::Utf8Bytes;
 
-use crate::protocol::CloseNotice;
+use crate::wire::{CloseNotice, Payload};
 
 /// How much one connection may have waiting before it counts as stuck.
 #[derive(Debug, Clone, Copy)]
@@ -52,7 +51,7 @@ pub struct Outbox {
 
 #[derive(Debug, Default)]
 struct State {
-    queue: VecDeque<Utf8Bytes>,
+    queue: VecDeque<Payload>,
     bytes: usize,
     closing: Option<CloseNotice>,
 }
@@ -68,7 +67,7 @@ impl Outbox {
     }
 
     /// Queues `msg` (a refcount bump, not a copy) unless the connection is closing or full.
-    pub fn offer(&self, msg: &Utf8Bytes) -> Offer {
+    pub fn offer(&self, msg: &Payload) -> Offer {
         let mut st = self.lock();
         if st.closing.is_some() {
             return Offer::Closed;
@@ -113,7 +112,7 @@ impl Outbox {
 
     /// Waits until there is something to do: moves every queued message into `batch`, or
     /// returns the close notice. Cancel-safe: nothing is taken before the final poll.
-    pub async fn recv(&self, batch: &mut Vec<Utf8Bytes>) -> Result<(), CloseNotice> {
+    pub async fn recv(&self, batch: &mut Vec<Payload>) -> Result<(), CloseNotice> {
         loop {
             if self.try_recv(batch)? {
                 return Ok(());
@@ -123,7 +122,7 @@ impl Outbox {
     }
 
     /// Like [`Outbox::recv`] without waiting; `Ok(false)` when the queue is empty.
-    pub fn try_recv(&self, batch: &mut Vec<Utf8Bytes>) -> Result<bool, CloseNotice> {
+    pub fn try_recv(&self, batch: &mut Vec<Payload>) -> Result<bool, CloseNotice> {
         let mut st = self.lock();
         if let Some(notice) = &st.closing {
             return Err(notice.clone());
@@ -167,7 +166,7 @@ mod tests {
             depth: 2,
             bytes: 1 << 20,
         });
-        let m = Utf8Bytes::from_static("x");
+        let m = Payload::from_static("x");
         assert_eq!(outbox.offer(&m), Offer::Queued);
         assert_eq!(outbox.offer(&m), Offer::Queued);
         assert_eq!(outbox.offer(&m), Offer::Full);
@@ -183,12 +182,12 @@ mod tests {
             depth: 10,
             bytes: 4,
         });
-        let big = Utf8Bytes::from_static("0123456789");
+        let big = Payload::from_static("0123456789");
         assert_eq!(outbox.offer(&big), Offer::Queued);
         let mut batch = Vec::new();
         assert_eq!(outbox.try_recv(&mut batch), Ok(true));
         assert_eq!(batch, vec![big.clone()]);
-        assert_eq!(outbox.offer(&Utf8Bytes::from_static("ab")), Offer::Queued);
-        assert_eq!(outbox.offer(&Utf8Bytes::from_static("abc")), Offer::Full);
+        assert_eq!(outbox.offer(&Payload::from_static("ab")), Offer::Queued);
+        assert_eq!(outbox.offer(&Payload::from_static("abc")), Offer::Full);
     }
 }

@@ -1,27 +1,31 @@
 //! The backend side: read lines, answer each with one reply line, in order.
 //!
-//! Every line is handled synchronously (registry calls never wait), so replies are
-//! produced in order by construction; all replies for what one `read` brought in are
-//! written with one `write` (pipelined backends pay one syscall per batch, not per line).
+//! The door only frames lines, checks access (`--push-allow`, `/auth`) and writes replies:
+//! each line goes to [`service::handle`], and the replies come back in order through
+//! [`Replies`]. On a single node every reply is ready at once, so all replies for what one
+//! `read` brought in are written with one `write` (pipelined backends pay one syscall per
+//! batch, not per line).
 
 use std::io;
 use std::sync::Arc;
-use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
 use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
-use tokio_tungstenite::tungstenite::Utf8Bytes;
 use tracing::{debug, info, warn};
 
-use crate::command;
+use crate::access::Peer;
 use crate::config::Config;
-use crate::logsafe::escaped;
-use crate::metrics::Metrics;
-use crate::protocol::{BadLine, Frame, LineFramer, Reply, push_target_str};
-use crate::registry::{Delivery, Registry};
-use crate::server::{Context, Peer};
+use crate::metrics::Metric;
+use crate::service::{self, Replies, Reply, Response};
+use crate::state::State;
+use crate::wire::command::auth_secret;
+use crate::wire::{Frame, LineFramer};
+
+/// Replies one connection may have queued behind one that waits (cluster mode) before
+/// the door stops reading its lines: bounds the memory a pipelining backend can hold.
+const MAX_QUEUED_REPLIES: usize = 1024;
 
 /// Bytes requested per `read`; also the most a buffer exceeds the line limit by.
 const READ_CHUNK: usize = 8 * 1024;
@@ -41,14 +45,17 @@ const READ_CHUNK: usize = 8 * 1024;
 /// no reply was never executed, and a client may resend it on a new connection (PHP
 /// checks a persistent socket when it hands it out again, sees the FIN and reconnects).
 /// A backend whose replies do not drain for as long (it stopped reading) is dropped.
-pub(crate) async fn serve<S>(mut stream: S, peer: Peer, ctx: Arc<Context>) -> io::Result<()>
+pub(crate) async fn serve<S>(mut stream: S, peer: Peer, ctx: Arc<State>) -> io::Result<()>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let mut auth = Auth::new(peer, &ctx.config);
     if let Auth::Refused(why) = auth {
         info!(%peer, why, "push connection refused");
-        stream.write_all(refusal(why).as_bytes()).await?;
+        ctx.metrics.incr(Metric::RefusedPush);
+        let mut out = BytesMut::new();
+        Reply::error(why).encode(&mut out);
+        stream.write_all(&out).await?;
         return linger_close(stream, REFUSAL_LINGER).await;
     }
     let idle_timeout = ctx.config.push_idle_timeout;
@@ -60,17 +67,22 @@ where
     let mut framer = LineFramer::new(ctx.config.max_line_bytes);
     let mut buf = BytesMut::new();
     let mut out = BytesMut::new();
+    let mut replies = Replies::default();
     let mut closing = false;
     loop {
-        while !closing && let Some(frame) = framer.next_frame(&mut buf) {
-            match auth.check(&frame, &ctx.config, &mut out, peer) {
-                Step::Proceed => {
-                    let command = framer.too_long_first_byte() == Some(b'/');
-                    handle(frame, command, &ctx, &mut out);
+        while !closing
+            && replies.len() < MAX_QUEUED_REPLIES
+            && let Some(frame) = framer.next_frame(&mut buf)
+        {
+            let response = match auth.check(&frame, &ctx, peer) {
+                Step::Proceed => service::handle(&ctx, &frame, framer.too_long_first_byte()),
+                Step::Answered(reply) => Response::Ready(reply),
+                Step::Close(reply) => {
+                    closing = true;
+                    Response::Ready(reply)
                 }
-                Step::Answered => {}
-                Step::Close => closing = true,
-            }
+            };
+            replies.push(response, &mut out);
         }
         if !out.is_empty() {
             write_replies(&mut stream, &out, idle_timeout, peer).await?;
@@ -78,17 +90,22 @@ where
             quiet_since = Instant::now();
         }
         if closing {
+            drain(&mut replies, &mut out, &ctx).await;
+            stream.write_all(&out).await?;
             return linger_close(stream, REFUSAL_LINGER).await;
         }
         buf.reserve(READ_CHUNK);
-        // Shutdown stops reading; every complete line already read was answered above.
+        // Shutdown stops reading; every complete line already read is answered.
         let n = tokio::select! {
             biased;
-            r = stream.read_buf(&mut buf) => r?,
+            () = replies.flush(&mut out), if !replies.is_empty() => continue,
+            r = stream.read_buf(&mut buf), if replies.len() < MAX_QUEUED_REPLIES => r?,
             () = ctx.push_stop.cancelled() => {
+                drain(&mut replies, &mut out, &ctx).await;
+                stream.write_all(&out).await?;
                 return linger_close(stream, ctx.config.shutdown_timeout).await;
             }
-            () = &mut idle, if idle_timeout.is_some() => {
+            () = &mut idle, if idle_timeout.is_some() && replies.is_empty() => {
                 let due = quiet_since + idle_timeout.unwrap_or_default();
                 if due > Instant::now() {
                     idle.as_mut().reset(due);
@@ -101,17 +118,36 @@ where
         if n == 0 {
             // Half-close: answer the unterminated tail, if any, then close our side.
             if let Some(frame) = framer.finish(&mut buf)
-                && auth.check(&frame, &ctx.config, &mut out, peer) == Step::Proceed
+                && let Step::Proceed = auth.check(&frame, &ctx, peer)
             {
-                let command = framer.too_long_first_byte() == Some(b'/');
-                handle(frame, command, &ctx, &mut out);
+                let first = framer.too_long_first_byte();
+                replies.push(service::handle(&ctx, &frame, first), &mut out);
             }
+            drain(&mut replies, &mut out, &ctx).await;
             write_replies(&mut stream, &out, idle_timeout, peer).await?;
             break;
         }
         quiet_since = Instant::now();
     }
     stream.shutdown().await
+}
+
+/// Waits (within the shutdown timeout) for every queued reply, encoding them into `out`.
+async fn drain(replies: &mut Replies, out: &mut BytesMut, ctx: &State) {
+    let all = async {
+        while !replies.is_empty() {
+            replies.flush(out).await;
+        }
+    };
+    if tokio::time::timeout(ctx.config.shutdown_timeout, all)
+        .await
+        .is_err()
+    {
+        warn!(
+            left = replies.len(),
+            "replies still waiting at the deadline"
+        );
+    }
 }
 
 /// Writes one batch of replies; a backend that does not take them within the idle
@@ -142,25 +178,25 @@ where
 
 /// One backend connection in `/stats` `push_connections`, from its accept (so the gauge
 /// is current when the accept loop finds the limit reached) until it is dropped.
-pub(crate) struct Open(Registry);
+pub(crate) struct Open(Arc<State>);
 
 impl Open {
-    pub(crate) fn new(registry: &Registry) -> Self {
-        registry.metrics().push_connections.fetch_add(1, Relaxed);
-        Open(registry.clone())
+    pub(crate) fn new(state: &Arc<State>) -> Self {
+        state.metrics.incr(Metric::PushConnections);
+        Open(state.clone())
     }
 }
 
 impl Drop for Open {
     fn drop(&mut self) {
-        self.0.metrics().push_connections.fetch_sub(1, Relaxed);
+        self.0.metrics.sub(Metric::PushConnections, 1);
     }
 }
 
 /// The warning logged (rate-limited by the accept loop) when every backend slot is taken.
-pub(crate) fn warn_limit_reached(ctx: &Context) {
+pub(crate) fn warn_limit_reached(ctx: &State) {
     let limit = ctx.config.max_push_connections;
-    let open = ctx.registry.metrics().push_connections.load(Relaxed);
+    let open = ctx.metrics.value(Metric::PushConnections);
     match ctx.config.push_idle_timeout {
         Some(idle) => warn!(
             limit,
@@ -220,13 +256,11 @@ enum Auth {
 
 impl Auth {
     fn new(peer: Peer, config: &Config) -> Self {
-        let Some(ip) = peer.ip() else {
+        if peer.ip().is_none() {
             // Unix socket: file permissions already decided who may connect.
             return Auth::Open;
-        };
-        if let Some(allow) = &config.push_allow
-            && !allow.iter().any(|net| net.contains(ip))
-        {
+        }
+        if !crate::access::allowed(config.push_allow.as_deref(), peer.ip()) {
             return Auth::Refused("address not allowed");
         }
         if config.push_secret.is_some() {
@@ -238,130 +272,48 @@ impl Auth {
 
     /// Handles `/auth` lines and gates everything else on them. On an open connection
     /// `/auth` is answered `{"ok":true}`, so backends may always send it.
-    fn check(&mut self, frame: &Frame, config: &Config, out: &mut BytesMut, peer: Peer) -> Step {
-        let line = match frame {
-            Frame::Line(line) => Some(&line[..]),
+    fn check(&mut self, frame: &Frame, ctx: &State, peer: Peer) -> Step {
+        let given = match frame {
+            Frame::Line(line) => auth_secret(line),
             Frame::TooLong => None,
         };
-        let given = line.and_then(|l| l.strip_prefix(b"/auth ".as_slice()));
         match (*self, given) {
-            (Auth::Open, Some(_)) => {
-                out.extend_from_slice(b"{\"ok\":true}\n");
-                Step::Answered
-            }
+            (Auth::Open, Some(_)) => Step::Answered(Reply::Authorized),
             (Auth::Open, None) => Step::Proceed,
             (Auth::Pending, Some(secret)) => {
-                if config
+                if ctx
+                    .config
                     .push_secret
                     .as_ref()
                     .is_some_and(|s| s.matches(secret))
                 {
-                    out.extend_from_slice(b"{\"ok\":true}\n");
                     *self = Auth::Open;
-                    Step::Answered
+                    Step::Answered(Reply::Authorized)
                 } else {
                     warn!(%peer, "push connection refused: bad secret");
-                    out.extend_from_slice(refusal("bad secret").as_bytes());
-                    Step::Close
+                    ctx.metrics.incr(Metric::RefusedPush);
+                    Step::Close(Reply::error("bad secret"))
                 }
             }
             (Auth::Pending, None) => {
                 warn!(%peer, "push connection refused: no /auth line");
-                let why = "authentication required: send /auth SECRET first";
-                out.extend_from_slice(refusal(why).as_bytes());
-                Step::Close
+                ctx.metrics.incr(Metric::RefusedPush);
+                Step::Close(Reply::error(
+                    "authentication required: send /auth SECRET first",
+                ))
             }
-            (Auth::Refused(why), _) => {
-                out.extend_from_slice(refusal(why).as_bytes());
-                Step::Close
-            }
+            (Auth::Refused(why), _) => Step::Close(Reply::error(why)),
         }
     }
 }
 
 /// What to do with a line after the access check.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug)]
 enum Step {
     /// Handle it as a push or command.
     Proceed,
-    /// It was an `/auth` line and has been answered.
-    Answered,
-    /// Refused: write what is in `out`, then close.
-    Close,
-}
-
-fn refusal(why: &str) -> String {
-    format!("{}\n", serde_json::json!({"ok": false, "error": why}))
-}
-
-/// One line in, one reply out: a command (`/...`) or a plain push. `command` says an
-/// over-long line ([`Frame::TooLong`]) started with `/`: it gets a JSON error, which the
-/// README's `json_decode(fgets($c), true)` can read, where an over-long push keeps the
-/// seed's `fail`.
-fn handle(frame: Frame, command: bool, ctx: &Context, out: &mut BytesMut) {
-    let registry = &ctx.registry;
-    let metrics = registry.metrics();
-    let line = match frame {
-        Frame::TooLong if command => {
-            Metrics::incr(&metrics.commands);
-            let max = ctx.config.max_line_bytes;
-            debug!(max, "bad command: line too long");
-            let reply = serde_json::json!({
-                "ok": false,
-                "error": format!("line too long (max {max} bytes)"),
-            });
-            out.extend_from_slice(reply.to_string().as_bytes());
-            out.extend_from_slice(b"\n");
-            return;
-        }
-        Frame::Line(line) if command::is_command(&line) => {
-            Metrics::incr(&metrics.commands);
-            let reply = match std::str::from_utf8(&line) {
-                Ok(text) => command::execute(text, &line, registry, &ctx.config),
-                Err(_) => r#"{"ok":false,"error":"command is not UTF-8"}"#.to_owned(),
-            };
-            out.extend_from_slice(reply.as_bytes());
-            out.extend_from_slice(b"\n");
-            return;
-        }
-        Frame::Line(line) => Utf8Bytes::try_from(line).map_err(|_| BadLine::NotUtf8),
-        Frame::TooLong => Err(BadLine::TooLong),
-    };
-    let outcome = line.and_then(|line| push_line(line, registry, ctx.config.max_uid_bytes));
-    count(metrics, &outcome);
-    match outcome {
-        Ok(delivery) if delivery.ok() => Reply::Ok,
-        _ => Reply::Fail,
-    }
-    .encode(out);
-}
-
-/// Counts one push line's outcome (plain or `/push`) and logs a malformed one.
-pub(crate) fn count(metrics: &Metrics, outcome: &Result<Delivery, BadLine>) {
-    let counter = match outcome {
-        Ok(d) if d.ok() => &metrics.pushes_ok,
-        Ok(_) => &metrics.pushes_fail,
-        Err(bad) => {
-            debug!(bad = %escaped(&bad.to_string()), "bad push line");
-            Metrics::incr(&metrics.bad_lines);
-            &metrics.pushes_fail
-        }
-    };
-    Metrics::incr(counter);
-}
-
-/// Pushes a plain push line, exactly as received, to every connection of its uid.
-/// `line` shares the read buffer: it is the payload every recipient gets, not a copy.
-/// A uid longer than `max_uid` is offline by definition (no browser can bind it), so it
-/// is not looked up.
-pub(crate) fn push_line(
-    line: Utf8Bytes,
-    registry: &Registry,
-    max_uid: usize,
-) -> Result<Delivery, BadLine> {
-    let uid = push_target_str(line.as_str())?;
-    if uid.len() > max_uid {
-        return Ok(Delivery::default());
-    }
-    Ok(registry.push(&uid, &line))
+    /// It was an `/auth` line, answered so.
+    Answered(Reply),
+    /// Refused: answer so, then close.
+    Close(Reply),
 }

@@ -18,20 +18,16 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use std::time::Instant;
 
-use tokio_tungstenite::tungstenite::Utf8Bytes;
 use tracing::warn;
 
 use crate::groups::{GroupError, GroupLimits, Groups};
 use crate::logsafe::escaped;
-use crate::metrics::Metrics;
+use crate::metrics::{Metric, Metrics};
 use crate::outbox::{Offer, Outbox, QueueLimits};
-use crate::protocol::CloseNotice;
+use crate::wire::{CloseNotice, Payload, Uid};
 
 /// Enough shards that two cores rarely meet on one lock; each is a small `HashMap`.
 const SHARDS: usize = 64;
-
-/// A bound user id, shared between the map key and the connection's [`Binding`].
-pub type Uid = Arc<str>;
 
 /// Identifies one connection within this process.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -74,7 +70,7 @@ struct Shared {
     hasher: RandomState,
     next_id: AtomicU64,
     limits: QueueLimits,
-    metrics: Metrics,
+    metrics: Arc<Metrics>,
     /// One lock for all groups; always taken after a shard lock, never before.
     groups: Mutex<Groups>,
 }
@@ -128,7 +124,7 @@ impl Drop for Binding {
 
 impl Registry {
     /// An empty registry whose connections queue up to `limits`.
-    pub fn new(limits: QueueLimits, group_limits: GroupLimits) -> Self {
+    pub fn new(limits: QueueLimits, group_limits: GroupLimits, metrics: Arc<Metrics>) -> Self {
         let shards = (0..SHARDS).map(|_| Mutex::default()).collect();
         Registry {
             shared: Arc::new(Shared {
@@ -136,15 +132,10 @@ impl Registry {
                 hasher: RandomState::new(),
                 next_id: AtomicU64::new(1),
                 limits,
-                metrics: Metrics::default(),
+                metrics,
                 groups: Mutex::new(Groups::new(group_limits)),
             }),
         }
-    }
-
-    /// Process-wide counters.
-    pub fn metrics(&self) -> &Metrics {
-        &self.shared.metrics
     }
 
     /// Registers a new connection for `uid`; other connections of the same uid stay.
@@ -168,7 +159,7 @@ impl Registry {
         }
         shard.connections += 1;
         drop(shard);
-        Metrics::incr(&self.shared.metrics.binds);
+        self.shared.metrics.incr(Metric::Binds);
         Binding {
             registry: self.clone(),
             uid,
@@ -195,7 +186,7 @@ impl Registry {
     }
 
     /// Offers `msg` to every connection of `uid`. The payload is shared, not copied.
-    pub fn push(&self, uid: &str, msg: &Utf8Bytes) -> Delivery {
+    pub fn push(&self, uid: &str, msg: &Payload) -> Delivery {
         let mut delivery = Delivery::default();
         let shard = self.shard(uid);
         if let Some(entry) = shard.uids.get(uid) {
@@ -206,13 +197,13 @@ impl Registry {
         delivery
     }
 
-    fn offer(&self, uid: &str, member: &Member, msg: &Utf8Bytes, delivery: &mut Delivery) {
+    fn offer(&self, uid: &str, member: &Member, msg: &Payload, delivery: &mut Delivery) {
         match member.outbox.offer(msg) {
             Offer::Queued => delivery.queued += 1,
             Offer::Closed => delivery.refused += 1,
             Offer::Full => {
                 delivery.refused += 1;
-                Metrics::incr(&self.shared.metrics.evicted);
+                self.shared.metrics.incr(Metric::Evicted);
                 warn!(
                     uid = %escaped(uid),
                     conn = member.id.0,
@@ -222,12 +213,16 @@ impl Registry {
         }
     }
 
-    /// Offers `msg` to every bound connection, one shard at a time.
-    pub fn broadcast(&self, msg: &Utf8Bytes) -> Delivery {
+    /// Offers `msg` to every bound connection, one shard at a time, except those of the
+    /// uids in `except`.
+    pub fn broadcast(&self, msg: &Payload, except: &[Uid]) -> Delivery {
         let mut delivery = Delivery::default();
         for shard in self.shared.shards.iter() {
             let shard = lock(shard);
             for (uid, entry) in &shard.uids {
+                if !except.is_empty() && except.contains(uid) {
+                    continue;
+                }
                 for member in &entry.conns {
                     self.offer(uid, member, msg, &mut delivery);
                 }
@@ -237,7 +232,7 @@ impl Registry {
     }
 
     /// Offers `msg` to every connection of each of `uids`.
-    pub fn push_many(&self, uids: &[Uid], msg: &Utf8Bytes) -> Fanout {
+    pub fn push_many(&self, uids: &[Uid], msg: &Payload) -> Fanout {
         let mut out = Fanout::default();
         for uid in uids {
             let d = self.push(uid, msg);
@@ -251,9 +246,19 @@ impl Registry {
     /// Offers `msg` to every connection of every member of `group` (the member list is
     /// cloned out first, so no group lock is held while offering).
     /// `None` if the group does not exist; otherwise (members, fan-out).
-    pub fn push_group(&self, group: &str, msg: &Utf8Bytes) -> Option<(usize, Fanout)> {
-        let members = self.groups().members(group)?;
-        Some((members.len(), self.push_many(&members, msg)))
+    /// Members in `except` are skipped (still counted among the members).
+    pub fn push_group(
+        &self,
+        group: &str,
+        msg: &Payload,
+        except: &[Uid],
+    ) -> Option<(usize, Fanout)> {
+        let mut members = self.groups().members(group)?;
+        let count = members.len();
+        if !except.is_empty() {
+            members.retain(|m| !except.contains(m));
+        }
+        Some((count, self.push_many(&members, msg)))
     }
 
     /// Adds uids to `group`. Returns (newly added, members after).
@@ -302,7 +307,7 @@ impl Registry {
         });
         self.groups().forget(uid);
         drop(shard);
-        self.shared.metrics.kicked.fetch_add(closed as u64, Relaxed);
+        self.shared.metrics.add(Metric::Kicked, closed as u64);
         closed
     }
 
@@ -363,6 +368,7 @@ mod tests {
                 max_members: 10,
                 grace: std::time::Duration::from_secs(60),
             },
+            Arc::default(),
         )
     }
 
@@ -371,7 +377,7 @@ mod tests {
         let reg = registry();
         let a = reg.bind("u");
         let b = reg.bind("u");
-        let msg = Utf8Bytes::from_static("hi");
+        let msg = Payload::from_static("hi");
         assert_eq!(reg.push("u", &msg).queued, 2);
         assert_eq!(reg.totals(), (1, 2));
         drop(a);

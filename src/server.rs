@@ -1,7 +1,6 @@
 //! Accept loops, connection limits, and the shutdown order.
 
 use std::future::Future;
-use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -9,31 +8,15 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 use tokio::sync::Semaphore;
 use tokio::time::{Instant, sleep, timeout_at};
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, debug_span, info, warn};
 
-use crate::access::Admission;
+use crate::access::{Admission, Peer};
 use crate::config::Config;
-use crate::groups::GroupLimits;
-use crate::metrics::Metrics;
-use crate::outbox::QueueLimits;
-use crate::registry::Registry;
-use crate::{handshake, push, ws};
-
-/// What every connection task shares.
-#[derive(Debug)]
-pub(crate) struct Context {
-    pub(crate) config: Config,
-    pub(crate) registry: Registry,
-    pub(crate) ws_config: WebSocketConfig,
-    /// Cancelled first: backends stop reading and answer what they already read.
-    pub(crate) push_stop: CancellationToken,
-    /// Cancelled once backends are drained, so every accepted push reaches its socket
-    /// before browsers get their 1001.
-    pub(crate) ws_stop: CancellationToken,
-}
+use crate::metrics::Metric;
+use crate::state::State;
+use crate::{http, push, ws};
 
 /// The sockets pushwire serves, bound by the caller (tests use port 0).
 #[derive(Debug)]
@@ -44,6 +27,8 @@ pub struct Listeners {
     pub push: TcpListener,
     /// Backends over a Unix socket (file permissions decide who may push).
     pub push_unix: Option<UnixListener>,
+    /// Backends and operators over HTTP (`POST /push`, `/metrics`, health checks).
+    pub http: Option<TcpListener>,
 }
 
 /// Serves browsers on `ws` and backends on `push` until `shutdown` is cancelled, then
@@ -58,13 +43,28 @@ pub async fn run(
         ws,
         push,
         push_unix: None,
+        http: None,
     };
     serve(config, listeners, shutdown).await
 }
 
-/// Like [`run`], with every listener kind.
+/// Like [`run`], with every listener kind. `config` is validated here (see
+/// [`Config::validate`]); each value it had to change is logged.
 pub async fn serve(
     config: Config,
+    listeners: Listeners,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    let (config, notes) = config.validate();
+    for note in notes {
+        warn!("{note}");
+    }
+    serve_state(State::new(config), listeners, shutdown).await
+}
+
+/// Serves with a state made by the caller (tests that look inside it).
+pub async fn serve_state(
+    ctx: Arc<State>,
     listeners: Listeners,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
@@ -72,51 +72,38 @@ pub async fn serve(
         ws,
         push,
         push_unix,
+        http,
     } = listeners;
-    let registry = Registry::new(
-        QueueLimits {
-            depth: config.queue_depth,
-            bytes: config.queue_bytes,
-        },
-        GroupLimits {
-            max_groups: config.max_groups,
-            max_members: config.max_group_members,
-            grace: config.group_grace,
-        },
-    );
-    let ctx = Arc::new(Context {
-        ws_config: handshake::ws_config(config.max_message_bytes, config.max_uid_bytes),
-        registry,
-        push_stop: CancellationToken::new(),
-        ws_stop: CancellationToken::new(),
-        config,
-    });
     let ws_tasks = TaskTracker::new();
     let push_tasks = TaskTracker::new();
+    let mut accepts = Vec::new();
 
     let admission = Admission::new(
         ctx.config.max_connections_per_ip,
         ctx.config.max_pending_per_ip,
         ctx.config.max_pending_handshakes,
     );
-    let ws_accept = tokio::spawn(accept_loop(
-        Listener {
-            kind: "ws",
-            listener: ws,
-            limit: Arc::new(Semaphore::new(ctx.config.max_ws_connections)),
-            stop: shutdown.clone(),
-            tasks: ws_tasks.clone(),
-            on_full: Box::new(|| {
-                warn!(
-                    kind = "ws",
-                    "connection limit reached; new peers wait in the backlog"
-                );
-            }),
-        },
+    let listener = |kind, limit, tasks: &TaskTracker, on_full| Listener {
+        kind,
+        limit,
+        stop: shutdown.clone(),
+        tasks: tasks.clone(),
+        on_full,
+    };
+    let ws_full = full_warning(&ctx, Metric::LimitWs, |_| {
+        warn!(
+            kind = "ws",
+            "connection limit reached; new peers wait in the backlog"
+        );
+    });
+    let ws_limit = Arc::new(Semaphore::new(ctx.config.max_ws_connections));
+    accepts.push(tokio::spawn(accept_loop(
+        ws,
+        listener("ws", ws_limit, &ws_tasks, ws_full),
         {
             let ctx = ctx.clone();
             move |stream, peer| {
-                Metrics::incr(&ctx.registry.metrics().ws_accepted);
+                ctx.metrics.incr(Metric::WsAccepted);
                 let ctx = ctx.clone();
                 let admitted = admission.admit(peer.ip());
                 async move {
@@ -130,33 +117,40 @@ pub async fn serve(
                 }
             }
         },
-    ));
+    )));
     // One limit for backends on both sockets.
     let push_limit = Arc::new(Semaphore::new(ctx.config.max_push_connections));
-    let push_accept = tokio::spawn(accept_loop(
-        Listener {
-            kind: "push",
-            listener: push,
-            limit: push_limit.clone(),
-            stop: shutdown.clone(),
-            tasks: push_tasks.clone(),
-            on_full: push_full_warning(&ctx),
-        },
+    let push_full = || full_warning(&ctx, Metric::LimitPush, push::warn_limit_reached);
+    accepts.push(tokio::spawn(accept_loop(
+        push,
+        listener("push", push_limit.clone(), &push_tasks, push_full()),
         push_handler(ctx.clone()),
-    ));
-    let unix_accept = push_unix.map(|listener| {
-        tokio::spawn(accept_loop(
-            Listener {
-                kind: "push-unix",
-                listener,
-                limit: push_limit,
-                stop: shutdown.clone(),
-                tasks: push_tasks.clone(),
-                on_full: push_full_warning(&ctx),
-            },
+    )));
+    if let Some(unix) = push_unix {
+        accepts.push(tokio::spawn(accept_loop(
+            unix,
+            listener("push-unix", push_limit, &push_tasks, push_full()),
             push_handler(ctx.clone()),
-        ))
-    });
+        )));
+    }
+    if let Some(http) = http {
+        let limit = Arc::new(Semaphore::new(ctx.config.max_http_connections));
+        let full = full_warning(&ctx, Metric::LimitHttp, |_| {
+            warn!(
+                kind = "http",
+                "connection limit reached; new peers wait in the backlog"
+            );
+        });
+        // HTTP requests are backend requests: they drain with the push port.
+        accepts.push(tokio::spawn(accept_loop(
+            http,
+            listener("http", limit, &push_tasks, full),
+            {
+                let ctx = ctx.clone();
+                move |stream, peer| http::serve(stream, peer, ctx.clone())
+            },
+        )));
+    }
 
     let sweeper = tokio::spawn(sweep_groups(ctx.clone(), shutdown.clone()));
 
@@ -164,32 +158,38 @@ pub async fn serve(
     let _ = sweeper.await;
     info!("shutting down: draining backends, then closing browsers");
     let deadline = Instant::now() + ctx.config.shutdown_timeout;
-    let _ = tokio::join!(ws_accept, push_accept);
-    if let Some(unix) = unix_accept {
-        let _ = unix.await;
+    for accept in accepts {
+        let _ = accept.await;
     }
-    ctx.push_stop.cancel();
-    push_tasks.close();
-    if timeout_at(deadline, push_tasks.wait()).await.is_err() {
-        warn!(
-            left = push_tasks.len(),
-            "backend connections still busy at the drain deadline"
-        );
-    }
-    ctx.ws_stop.cancel();
-    ws_tasks.close();
-    if timeout_at(deadline, ws_tasks.wait()).await.is_err() {
-        warn!(
-            left = ws_tasks.len(),
-            "browser connections still open at the drain deadline"
-        );
-    }
+    drain(
+        &ctx.push_stop,
+        &push_tasks,
+        deadline,
+        "backend connections still busy",
+    )
+    .await;
+    drain(
+        &ctx.ws_stop,
+        &ws_tasks,
+        deadline,
+        "browser connections still open",
+    )
+    .await;
     info!("shutdown complete");
     Ok(())
 }
 
+/// One step of the shutdown order: tell `tasks` to stop, wait for them until `deadline`.
+async fn drain(stop: &CancellationToken, tasks: &TaskTracker, deadline: Instant, late: &str) {
+    stop.cancel();
+    tasks.close();
+    if timeout_at(deadline, tasks.wait()).await.is_err() {
+        warn!(left = tasks.len(), "{late} at the drain deadline");
+    }
+}
+
 /// Drops group memberships of uids offline past the grace period, a few times per period.
-async fn sweep_groups(ctx: Arc<Context>, stop: CancellationToken) {
+async fn sweep_groups(ctx: Arc<State>, stop: CancellationToken) {
     let every =
         (ctx.config.group_grace / 4).clamp(Duration::from_millis(10), Duration::from_secs(1));
     let mut tick = tokio::time::interval(every);
@@ -208,13 +208,13 @@ async fn sweep_groups(ctx: Arc<Context>, stop: CancellationToken) {
 }
 
 /// One backend connection, of either socket kind.
-fn push_handler<S>(ctx: Arc<Context>) -> impl Fn(S, Peer) -> BoxedTask
+fn push_handler<S>(ctx: Arc<State>) -> impl Fn(S, Peer) -> BoxedTask
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     move |stream, peer| {
         let ctx = ctx.clone();
-        let open = push::Open::new(&ctx.registry);
+        let open = push::Open::new(&ctx);
         Box::pin(async move {
             let _open = open;
             if let Err(err) = push::serve(stream, peer, ctx).await {
@@ -226,10 +226,19 @@ where
 
 type BoxedTask = std::pin::Pin<Box<dyn Future<Output = ()> + Send>>;
 
-/// Logs that every backend slot is taken, and why that may be.
-fn push_full_warning(ctx: &Arc<Context>) -> Box<dyn Fn() + Send + Sync> {
+/// What a listener does when its limit is reached: count it, and log (rate-limited).
+fn full_warning(
+    ctx: &Arc<State>,
+    counter: Metric,
+    log: fn(&State),
+) -> Box<dyn Fn(bool) + Send + Sync> {
     let ctx = ctx.clone();
-    Box::new(move || push::warn_limit_reached(&ctx))
+    Box::new(move |warn| {
+        ctx.metrics.incr(counter);
+        if warn {
+            log(&ctx);
+        }
+    })
 }
 
 /// A listening socket of either kind.
@@ -256,14 +265,14 @@ impl Accept for UnixListener {
     }
 }
 
-struct Listener<L> {
+struct Listener {
     kind: &'static str,
-    listener: L,
     limit: Arc<Semaphore>,
     stop: CancellationToken,
     tasks: TaskTracker,
-    /// Logs that `limit` is exhausted; called at most once per [`FULL_WARN_EVERY`].
-    on_full: Box<dyn Fn() + Send + Sync>,
+    /// Called each time `limit` is found exhausted; `true` at most once per
+    /// [`FULL_WARN_EVERY`], when it should also log.
+    on_full: Box<dyn Fn(bool) + Send + Sync>,
 }
 
 /// How often a listener at its connection limit may say so: once per saturation would be
@@ -275,7 +284,7 @@ const FULL_WARN_EVERY: Duration = Duration::from_secs(10);
 /// The permit is taken before `accept()`, so past the limit new peers wait in the kernel
 /// backlog instead of being accepted and dropped. Accept errors (EMFILE above all) back
 /// off and retry: the loop never ends on its own.
-async fn accept_loop<L, F, Fut>(l: Listener<L>, handler: F)
+async fn accept_loop<L, F, Fut>(listener: L, l: Listener, handler: F)
 where
     L: Accept,
     F: Fn(L::Stream, Peer) -> Fut,
@@ -286,10 +295,11 @@ where
         let permit = match l.limit.clone().try_acquire_owned() {
             Ok(permit) => permit,
             Err(_) => {
-                if warned_full.is_none_or(|at| at.elapsed() >= FULL_WARN_EVERY) {
-                    (l.on_full)();
+                let warn = warned_full.is_none_or(|at| at.elapsed() >= FULL_WARN_EVERY);
+                if warn {
                     warned_full = Some(Instant::now());
                 }
+                (l.on_full)(warn);
                 tokio::select! {
                     p = l.limit.clone().acquire_owned() => match p {
                         Ok(p) => p,
@@ -300,7 +310,7 @@ where
             }
         };
         let (stream, peer) = tokio::select! {
-            r = l.listener.accept() => match r {
+            r = listener.accept() => match r {
                 Ok(accepted) => accepted,
                 Err(err) => {
                     warn!(kind = l.kind, %err, "accept failed; retrying");
@@ -321,30 +331,5 @@ where
             }
             .instrument(span),
         );
-    }
-}
-
-/// Where a connection came from.
-#[derive(Debug, Clone, Copy)]
-pub(crate) enum Peer {
-    Tcp(SocketAddr),
-    Unix,
-}
-
-impl Peer {
-    pub(crate) fn ip(self) -> Option<IpAddr> {
-        match self {
-            Peer::Tcp(addr) => Some(addr.ip()),
-            Peer::Unix => None,
-        }
-    }
-}
-
-impl std::fmt::Display for Peer {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Peer::Tcp(addr) => addr.fmt(f),
-            Peer::Unix => f.write_str("unix"),
-        }
     }
 }

@@ -6,8 +6,6 @@ use std::time::Duration;
 
 use tokio::net::TcpStream;
 use tokio::time::{Instant, sleep, timeout, timeout_at};
-use tokio_tungstenite::tungstenite::Utf8Bytes;
-use tokio_tungstenite::tungstenite::http::StatusCode;
 use tracing::{debug, info, trace, warn};
 
 use crate::access::{Pending, Refused};
@@ -15,11 +13,11 @@ use crate::frames::{
     CLOSE, FrameError, FrameReader, Incoming, PING, PONG, Progress, close_frame, control_frame,
     try_write, write_raw,
 };
-use crate::handshake::{self, HandshakeError, Policy};
-use crate::metrics::Metrics;
+use crate::handshake::{self, HandshakeError, HttpRefusal, Policy};
+use crate::metrics::Metric;
 use crate::outbox::Outbox;
-use crate::protocol::CloseNotice;
-use crate::server::Context;
+use crate::state::State;
+use crate::wire::{CloseNotice, Payload};
 
 /// A browser socket after the upgrade: the bare TCP stream and its frame reader.
 /// (tungstenite does the HTTP upgrade only; see `frames.rs` for why.)
@@ -54,17 +52,20 @@ enum End {
 /// Serves one browser connection from TCP accept to close. `pending` is this
 /// connection's place in the budget of connections not bound yet; it is given back once
 /// the uid is bound.
-pub(crate) async fn serve(stream: TcpStream, ctx: Arc<Context>, pending: Pending) {
+pub(crate) async fn serve(stream: TcpStream, ctx: Arc<State>, pending: Pending) {
     let deadline = Instant::now() + ctx.config.bind_timeout;
     let policy = Policy {
         max_bytes: ctx.config.max_handshake_bytes,
         allowed_origins: ctx.config.allowed_origins.as_deref(),
-        ws_config: ctx.ws_config,
+        max_in: ctx.config.max_in(),
     };
     let upgraded = tokio::select! {
         r = timeout_at(deadline, handshake::accept(stream, &policy)) => match r {
             Ok(Ok(upgraded)) => upgraded,
             Ok(Err(err @ (HandshakeError::TooLarge | HandshakeError::Refused(_)))) => {
+                if let HandshakeError::Refused(_) = err {
+                    ctx.metrics.incr(Metric::RefusedOrigin);
+                }
                 return info!(error = %err, "handshake refused");
             }
             Ok(Err(err)) => return debug!(error = ?err.to_string(), "handshake failed"),
@@ -75,7 +76,7 @@ pub(crate) async fn serve(stream: TcpStream, ctx: Arc<Context>, pending: Pending
     let mut ws = Ws {
         tcp: upgraded.tcp,
         reader: FrameReader::with_pending(upgraded.pending),
-        max_in: ctx.config.max_message_bytes.max(ctx.config.max_uid_bytes),
+        max_in: ctx.config.max_in(),
     };
     let identified = tokio::select! {
         r = timeout_at(deadline, Box::pin(identify(&mut ws, upgraded.query_token, &ctx))) => match r {
@@ -127,29 +128,29 @@ async fn finish(ws: &mut Ws, end: End) {
 
 /// Answers a connection refused by [`crate::access::Admission`] with an HTTP error (429
 /// per address, 503 when the server-wide pending budget is spent) and closes it.
-pub(crate) async fn refuse(stream: TcpStream, why: Refused, ctx: &Context) {
-    let metrics = ctx.registry.metrics();
+pub(crate) async fn refuse(stream: TcpStream, why: Refused, ctx: &State) {
+    let metrics = &ctx.metrics;
     let (status, body, limit) = match why {
         Refused::Connections => {
-            Metrics::incr(&metrics.refused_per_ip);
+            metrics.incr(Metric::RefusedPerIp);
             (
-                StatusCode::TOO_MANY_REQUESTS,
+                HttpRefusal::TooManyRequests,
                 "too many connections from your address",
                 ctx.config.max_connections_per_ip,
             )
         }
         Refused::PendingPerAddress => {
-            Metrics::incr(&metrics.refused_pending);
+            metrics.incr(Metric::RefusedPending);
             (
-                StatusCode::TOO_MANY_REQUESTS,
+                HttpRefusal::TooManyRequests,
                 "too many handshakes in progress from your address",
                 ctx.config.max_pending_per_ip,
             )
         }
         Refused::Pending => {
-            Metrics::incr(&metrics.refused_pending);
+            metrics.incr(Metric::RefusedPending);
             (
-                StatusCode::SERVICE_UNAVAILABLE,
+                HttpRefusal::Unavailable,
                 "too many handshakes in progress",
                 ctx.config.max_pending_handshakes,
             )
@@ -164,7 +165,7 @@ pub(crate) async fn refuse(stream: TcpStream, why: Refused, ctx: &Context) {
 
 /// Decides who this connection is: the uid from its first frame, or, with a JWT secret,
 /// the `sub` of a valid token from the URL (`?token=`) or the first frame.
-async fn identify(ws: &mut Ws, query_token: Option<String>, ctx: &Context) -> Result<String, End> {
+async fn identify(ws: &mut Ws, query_token: Option<String>, ctx: &State) -> Result<String, End> {
     let max_uid = ctx.config.max_uid_bytes;
     let Some(secret) = &ctx.config.jwt_secret else {
         return first_text(ws, max_uid).await;
@@ -175,7 +176,10 @@ async fn identify(ws: &mut Ws, query_token: Option<String>, ctx: &Context) -> Re
     };
     let uid = secret
         .verify(&token, std::time::SystemTime::now())
-        .map_err(|e| End::Closed(CloseNotice::token(e)))?;
+        .map_err(|e| {
+            ctx.metrics.incr(Metric::RefusedToken);
+            End::Closed(CloseNotice::token(e))
+        })?;
     if uid.len() > max_uid {
         return Err(End::Closed(CloseNotice::uid_too_long(max_uid)));
     }
@@ -228,9 +232,9 @@ fn refusal(err: &FrameError) -> Option<CloseNotice> {
 }
 
 /// The bound connection's loop. Returns why it ended; the caller closes.
-async fn session(ws: &mut Ws, outbox: &Outbox, ctx: &Context) -> End {
+async fn session(ws: &mut Ws, outbox: &Outbox, ctx: &State) -> End {
     let cfg = &ctx.config;
-    let metrics = ctx.registry.metrics();
+    let metrics = &ctx.metrics;
     let mut batch = Vec::new();
     let timer = sleep(cfg.ping_interval);
     tokio::pin!(timer);
@@ -250,7 +254,7 @@ async fn session(ws: &mut Ws, outbox: &Outbox, ctx: &Context) -> End {
                 let mut at = Progress::default();
                 let write = write_all(ws, &batch, &mut at);
                 let drained = Box::pin(timeout(cfg.shutdown_timeout, write)).await;
-                metrics.add_out(&batch[..at.frame]);
+                metrics.frames_written(batch[..at.frame].iter().map(|m| (m.len(), m.received())));
                 return match drained {
                     Ok(Ok(())) => End::Shutdown,
                     Ok(Err(err)) => End::PeerError(FrameError::Io(err)),
@@ -266,7 +270,7 @@ async fn session(ws: &mut Ws, outbox: &Outbox, ctx: &Context) -> End {
                 if let Err(end) = deliver(ws, &batch, outbox, ctx).await {
                     return end;
                 }
-                metrics.add_out(&batch);
+                metrics.frames_written(batch.iter().map(|m| (m.len(), m.received())));
                 batch.clear();
             }
             frame = ws.reader.next(&ws.tcp, ws.max_in) => {
@@ -310,12 +314,7 @@ async fn session(ws: &mut Ws, outbox: &Outbox, ctx: &Context) -> End {
 
 /// Writes a batch of text frames. The common case (the socket takes it all at once)
 /// costs one `writev` and nothing else: no timer, no allocation for a future.
-async fn deliver(
-    ws: &mut Ws,
-    batch: &[Utf8Bytes],
-    outbox: &Outbox,
-    ctx: &Context,
-) -> Result<(), End> {
+async fn deliver(ws: &mut Ws, batch: &[Payload], outbox: &Outbox, ctx: &State) -> Result<(), End> {
     let mut at = Progress::default();
     match try_write(&ws.tcp, batch, &mut at) {
         Ok(true) => return Ok(()),
@@ -330,10 +329,10 @@ async fn deliver(
 /// it.
 async fn write_guarded(
     ws: &mut Ws,
-    batch: &[Utf8Bytes],
+    batch: &[Payload],
     at: &mut Progress,
     outbox: &Outbox,
-    ctx: &Context,
+    ctx: &State,
 ) -> Result<(), End> {
     let stall = ctx.config.ping_interval + ctx.config.pong_timeout;
     let write = write_all(ws, batch, at);
@@ -354,7 +353,7 @@ async fn write_guarded(
 }
 
 /// Writes the rest of `batch`, waiting for the socket as needed.
-async fn write_all(ws: &mut Ws, batch: &[Utf8Bytes], at: &mut Progress) -> std::io::Result<()> {
+async fn write_all(ws: &mut Ws, batch: &[Payload], at: &mut Progress) -> std::io::Result<()> {
     while !try_write(&ws.tcp, batch, at)? {
         ws.tcp.writable().await?;
     }

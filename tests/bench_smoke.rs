@@ -20,6 +20,7 @@ async fn every_scenario_passes_its_own_checks_at_500_clients() {
     let mut daemon = Command::new(env!("CARGO_BIN_EXE_pushwire"))
         .args(["--ws-listen", &format!("127.0.0.1:{ws}")])
         .args(["--push-listen", &format!("127.0.0.1:{push}")])
+        .args(["--http-listen", "127.0.0.1:0"])
         .env("RUST_LOG", "info")
         .stderr(Stdio::piped())
         .kill_on_drop(true)

@@ -17,8 +17,8 @@ use proptest::prelude::*;
 use proptest::sample::Index;
 use pushwire::access::{Cidr, parse_cidrs};
 use pushwire::auth::{Secret, TokenError};
-use pushwire::command::{self, Command, MAX_UIDS_PAGE, is_command};
-use pushwire::protocol::{BadLine, Frame, LineFramer, push_target};
+use pushwire::wire::command::{self, Command, MAX_UIDS_PAGE, is_command};
+use pushwire::wire::{BadLine, Frame, LineFramer, push_target};
 use serde::de::IgnoredAny;
 use serde_json::{Map, Value};
 use sha2::Sha256;
@@ -480,7 +480,7 @@ fn check_command(line: &str, max_list: usize, cmd: &Command<'_>) -> Result<(), T
         prop_assert!(!line[at..].starts_with(' '));
         Ok(())
     };
-    let check_uids = |uids: &[pushwire::registry::Uid]| -> Result<(), TestCaseError> {
+    let check_uids = |uids: &[pushwire::wire::Uid]| -> Result<(), TestCaseError> {
         prop_assert!(!uids.is_empty());
         prop_assert!(
             uids.len() <= max_list.max(1),
@@ -499,7 +499,7 @@ fn check_command(line: &str, max_list: usize, cmd: &Command<'_>) -> Result<(), T
         }
         Command::Push { line: at, .. }
         | Command::Group { payload: at, .. }
-        | Command::Broadcast { payload: at } => check_payload(*at)?,
+        | Command::Broadcast { payload: at, .. } => check_payload(*at)?,
         Command::Join { uids, .. } | Command::Leave { uids, .. } => check_uids(uids)?,
         Command::Kick { uids, reason } => {
             check_uids(uids)?;
@@ -596,7 +596,7 @@ proptest! {
         // are ignored, so they do not count against it).
         let over = command::parse(&line, want.len() - 1);
         prop_assert!(
-            matches!(&over, Err(e) if e.contains("too many uids")),
+            matches!(&over, Err(e) if e.to_string().contains("too many uids")),
             "{:?} with max {} gave {:?}", line, want.len() - 1, over
         );
     }
@@ -627,7 +627,7 @@ proptest! {
         let join = format!("/join {group_json} {list}");
         match command::parse(&join, items.len()) {
             // A name (group, id, uid) given as a JSON string must not be empty.
-            Err(e) if group.is_empty() => prop_assert_eq!(e, "GROUP is empty"),
+            Err(e) if group.is_empty() => prop_assert_eq!(e.to_string(), "GROUP is empty"),
             Ok(Command::Join { group: g, uids }) => {
                 prop_assert_eq!(&*g, group.as_str());
                 prop_assert_eq!(uids.iter().map(|u| u.to_string()).collect::<Vec<_>>(), want);
@@ -645,7 +645,7 @@ proptest! {
         let id_json = serde_json::to_string(&id).expect("string serializes");
         let text = format!("/push {id_json} {line}");
         match command::parse(&text, 1) {
-            Err(e) if id.is_empty() => prop_assert_eq!(e, "ID is empty"),
+            Err(e) if id.is_empty() => prop_assert_eq!(e.to_string(), "ID is empty"),
             Ok(Command::Push { id: got, line: at }) => {
                 prop_assert_eq!(&*got, id.as_str());
                 prop_assert_eq!(&text[at..], line.as_str());

@@ -712,6 +712,7 @@ async fn seed_php_backend_over_the_unix_socket() {
         ws,
         push,
         push_unix: Some(tokio::net::UnixListener::bind(&sock).unwrap()),
+        http: None,
     };
     let shutdown = tokio_util::sync::CancellationToken::new();
     let server = tokio::spawn(pushwire::serve(

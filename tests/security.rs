@@ -996,6 +996,7 @@ impl UnixServer {
             ws,
             push,
             push_unix: Some(unix),
+            http: None,
         };
         tokio::spawn(pushwire::serve(config, listeners, shutdown.clone()));
         UnixServer {
@@ -1086,6 +1087,7 @@ impl Daemon {
             .arg(ws_addr.to_string())
             .arg("--push-listen")
             .arg(push_addr.to_string())
+            .args(["--http-listen", "127.0.0.1:0"])
             .args(args)
             .envs(envs.iter().copied())
             .stdin(Stdio::null())

@@ -9,8 +9,8 @@
 use std::collections::HashSet;
 
 use libfuzzer_sys::fuzz_target;
-use pushwire::command::{Command, MAX_UIDS_PAGE, parse};
-use pushwire::registry::Uid;
+use pushwire::wire::command::{Command, MAX_UIDS_PAGE, parse};
+use pushwire::wire::Uid;
 
 fn check_payload(line: &str, at: usize) {
     assert!(at < line.len(), "payload at {at} of {line:?}");
@@ -47,7 +47,7 @@ fuzz_target!(|data: &[u8]| {
         }
         Command::Push { line: at, .. }
         | Command::Group { payload: at, .. }
-        | Command::Broadcast { payload: at } => check_payload(&line, *at),
+        | Command::Broadcast { payload: at, .. } => check_payload(&line, *at),
         Command::Join { uids, .. } | Command::Leave { uids, .. } => check_uids(uids, max_list),
         Command::Kick { uids, reason } => {
             check_uids(uids, max_list);

@@ -7,8 +7,8 @@
 
 use bytes::{Bytes, BytesMut};
 use libfuzzer_sys::fuzz_target;
-use pushwire::command::is_command;
-use pushwire::protocol::{Frame, LineFramer, push_target};
+use pushwire::wire::command::is_command;
+use pushwire::wire::{Frame, LineFramer, push_target};
 
 /// Split on `\n`, strip one `\r`, longer than `max` is `TooLong`, a non-empty tail counts.
 fn model(input: &[u8], max: usize) -> Vec<Frame> {

@@ -1,5 +1,5 @@
-//! Commands on the push port: routing (several uids, groups, broadcast), presence, kick,
-//! stats, ping.
+//! The `/`-command grammar of the push port: a line in, a typed [`Command`] or a
+//! [`CommandError`] out. No I/O and no state: the service runs what this parses.
 //!
 //! # Grammar
 //! A line whose first byte is `/` is a command; anything else is a push, exactly as in the
@@ -12,22 +12,14 @@
 //! An ARG is a bare word (no spaces; cannot start with `"` or `[`) or one JSON value: a
 //! string (`"a b"`) or, where a list of uids is allowed, an array (`["u1","u2",3]`).
 //! PAYLOAD is the rest of the line, verbatim, after the spaces that follow the last ARG.
-//! Replies are one line: `pong` for `/ping`, otherwise one JSON object with `"ok"`; a
-//! malformed command gets `{"ok":false,"error":"..."}`.
 
 use std::borrow::Cow;
 use std::collections::HashSet;
 use std::fmt;
 
-use bytes::Bytes;
 use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
-use serde_json::{Value, json};
-use tokio_tungstenite::tungstenite::Utf8Bytes;
 
-use crate::config::Config;
-use crate::logsafe::escaped;
-use crate::protocol::CloseNotice;
-use crate::registry::{Registry, Uid};
+use super::Uid;
 
 /// Largest page `/uids` returns, whatever the caller asks for.
 pub const MAX_UIDS_PAGE: usize = 10_000;
@@ -49,20 +41,14 @@ pub struct Limits {
     pub max_group_bytes: usize,
 }
 
-impl From<&Config> for Limits {
-    fn from(config: &Config) -> Self {
-        Limits {
-            max_list_uids: config.max_list_uids,
-            max_uid_bytes: config.max_uid_bytes,
-            max_group_bytes: config.max_group_bytes,
-        }
-    }
-}
-
 impl Default for Limits {
-    /// The limits of [`Config::default`].
+    /// The daemon's defaults (`--max-list-uids`, `--max-uid-bytes`, `--max-group-bytes`).
     fn default() -> Self {
-        Limits::from(&Config::default())
+        Limits {
+            max_list_uids: 1000,
+            max_uid_bytes: 256,
+            max_group_bytes: 256,
+        }
     }
 }
 
@@ -77,10 +63,16 @@ pub enum Command<'a> {
     Send { uids: Vec<Uid>, payload: usize },
     /// `/push ID LINE`: a plain push line, answered with its detailed outcome and ID.
     Push { id: Cow<'a, str>, line: usize },
-    /// `/group GROUP PAYLOAD`: PAYLOAD to every connection of every member.
-    Group { group: Cow<'a, str>, payload: usize },
-    /// `/broadcast PAYLOAD`: PAYLOAD to every bound connection.
-    Broadcast { payload: usize },
+    /// `/group GROUP PAYLOAD`: PAYLOAD to every connection of every member;
+    /// `/group-except GROUP TARGETS PAYLOAD`: of every member but those listed.
+    Group {
+        group: Cow<'a, str>,
+        except: Vec<Uid>,
+        payload: usize,
+    },
+    /// `/broadcast PAYLOAD`: PAYLOAD to every bound connection;
+    /// `/broadcast-except TARGETS PAYLOAD`: of every uid but those listed.
+    Broadcast { except: Vec<Uid>, payload: usize },
     /// `/join GROUP TARGETS`.
     Join { group: Cow<'a, str>, uids: Vec<Uid> },
     /// `/leave GROUP TARGETS`.
@@ -102,10 +94,111 @@ pub enum Command<'a> {
     Stats,
 }
 
+impl Command<'_> {
+    /// The verb, as written (`/send`, ...).
+    pub fn verb(&self) -> &'static str {
+        match self {
+            Command::Ping => "/ping",
+            Command::Send { .. } => "/send",
+            Command::Push { .. } => "/push",
+            Command::Group { except, .. } if !except.is_empty() => "/group-except",
+            Command::Group { .. } => "/group",
+            Command::Broadcast { except, .. } if !except.is_empty() => "/broadcast-except",
+            Command::Broadcast { .. } => "/broadcast",
+            Command::Join { .. } => "/join",
+            Command::Leave { .. } => "/leave",
+            Command::Online { .. } => "/online",
+            Command::Count => "/count",
+            Command::Members { .. } => "/members",
+            Command::Uids { .. } => "/uids",
+            Command::Kick { .. } => "/kick",
+            Command::Stats => "/stats",
+        }
+    }
+}
+
+/// Why a command line was refused; its `Display` is the `"error"` of the reply. No
+/// variant holds more than a few bytes of the line, so no reply echoes unbounded input.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CommandError {
+    /// Not a known verb (the verb, cut to 40 bytes).
+    Unknown(String),
+    /// A verb without arguments was given some.
+    Unexpected(&'static str),
+    /// A required argument is missing.
+    Missing(&'static str),
+    /// The payload is missing.
+    MissingPayload,
+    /// A JSON argument does not parse.
+    InvalidJson(&'static str, String),
+    /// A name was given as something other than a word or a JSON string.
+    NotName(&'static str),
+    /// A JSON value is directly followed by something other than a space.
+    SpaceAfterJson(&'static str),
+    /// A name is the empty string.
+    EmptyName(&'static str),
+    /// TARGETS is an empty array.
+    EmptyList(&'static str),
+    /// CURSOR or LIMIT is not a non-negative integer.
+    NotNumber(&'static str),
+    /// A name is longer than its limit.
+    TooLong {
+        /// `group name`, `uid` or `ID`.
+        what: &'static str,
+        /// The limit, in bytes.
+        max: usize,
+    },
+    /// A TARGETS element is neither a string nor an integer.
+    NotUid(&'static str),
+    /// TARGETS names more distinct uids than allowed.
+    TooMany {
+        /// Which argument.
+        what: &'static str,
+        /// The limit.
+        max: usize,
+    },
+    /// The line is not UTF-8.
+    NotUtf8,
+    /// The line is longer than `--max-line-bytes`.
+    LineTooLong(usize),
+}
+
+impl fmt::Display for CommandError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CommandError::Unknown(verb) => write!(f, "unknown command {verb:?}"),
+            CommandError::Unexpected(verb) => write!(f, "{verb}: unexpected argument"),
+            CommandError::Missing(what) => write!(f, "missing {what}"),
+            CommandError::MissingPayload => f.write_str("missing payload"),
+            CommandError::InvalidJson(what, e) => write!(f, "{what}: invalid JSON: {e}"),
+            CommandError::NotName(what) => write!(f, "{what} must be a word or a JSON string"),
+            CommandError::SpaceAfterJson(what) => {
+                write!(f, "{what}: expected a space after the JSON value")
+            }
+            CommandError::EmptyName(what) => write!(f, "{what} is empty"),
+            CommandError::EmptyList(what) => write!(f, "{what}: empty list"),
+            CommandError::NotNumber(what) => write!(f, "{what} must be a non-negative integer"),
+            CommandError::TooLong { what, max } => write!(f, "{what} too long (max {max} bytes)"),
+            CommandError::NotUid(what) => {
+                write!(f, "{what}: each uid must be a string or an integer")
+            }
+            CommandError::TooMany { what, max } => write!(
+                f,
+                "{what}: too many uids (at least {} distinct, max {max})",
+                max + 1
+            ),
+            CommandError::NotUtf8 => f.write_str("command is not UTF-8"),
+            CommandError::LineTooLong(max) => write!(f, "line too long (max {max} bytes)"),
+        }
+    }
+}
+
+impl std::error::Error for CommandError {}
+
 /// Parses a command line (starting with `/`) under [`Limits::default`] with at most
 /// `max_list` uids per TARGETS. `Err` is the message for the error reply.
 /// Payload fields are byte offsets into `line`.
-pub fn parse<'a>(line: &'a str, max_list: usize) -> Result<Command<'a>, String> {
+pub fn parse<'a>(line: &'a str, max_list: usize) -> Result<Command<'a>, CommandError> {
     let limits = Limits {
         max_list_uids: max_list,
         ..Limits::default()
@@ -115,7 +208,7 @@ pub fn parse<'a>(line: &'a str, max_list: usize) -> Result<Command<'a>, String> 
 
 /// Parses a command line (starting with `/`) under `limits`. `Err` is the message for the
 /// error reply; it never quotes more than a few bytes of the line.
-pub fn parse_with<'a>(line: &'a str, limits: &Limits) -> Result<Command<'a>, String> {
+pub fn parse_with<'a>(line: &'a str, limits: &Limits) -> Result<Command<'a>, CommandError> {
     let mut args = Args { line, pos: 0 };
     let verb = args.word().unwrap_or("");
     let group = Name::Group(limits.max_group_bytes);
@@ -133,9 +226,20 @@ pub fn parse_with<'a>(line: &'a str, limits: &Limits) -> Result<Command<'a>, Str
         },
         "/group" => Command::Group {
             group: args.string(group)?,
+            except: Vec::new(),
+            payload: args.payload()?,
+        },
+        "/group-except" => Command::Group {
+            group: args.string(group)?,
+            except: targets(&mut args)?,
             payload: args.payload()?,
         },
         "/broadcast" => Command::Broadcast {
+            except: Vec::new(),
+            payload: args.payload()?,
+        },
+        "/broadcast-except" => Command::Broadcast {
+            except: targets(&mut args)?,
             payload: args.payload()?,
         },
         "/join" => Command::Join {
@@ -166,7 +270,7 @@ pub fn parse_with<'a>(line: &'a str, limits: &Limits) -> Result<Command<'a>, Str
             reason: args.rest(),
         },
         "/stats" => Command::Stats,
-        _ => return Err(format!("unknown command {:?}", truncate(verb, 40))),
+        _ => return Err(CommandError::Unknown(truncate(verb, 40).to_owned())),
     };
     let fixed = !matches!(
         cmd,
@@ -177,7 +281,7 @@ pub fn parse_with<'a>(line: &'a str, limits: &Limits) -> Result<Command<'a>, Str
             | Command::Kick { .. }
     );
     if fixed && args.rest().is_some() {
-        return Err(format!("{verb}: unexpected argument"));
+        return Err(CommandError::Unexpected(cmd.verb()));
     }
     Ok(cmd)
 }
@@ -204,28 +308,32 @@ impl<'a> Args<'a> {
 
     /// A JSON string (for args starting with `"`), a JSON array of uids (for args starting
     /// with `[`, only where `list` is given) or a bare word.
-    fn token(&mut self, what: &str, list: Option<&Limits>) -> Result<Token<'a>, String> {
+    fn token(
+        &mut self,
+        what: &'static str,
+        list: Option<&Limits>,
+    ) -> Result<Token<'a>, CommandError> {
         self.skip_spaces();
         let rest = &self.line[self.pos..];
         let value = if rest.starts_with('"') {
             let mut stream = serde_json::Deserializer::from_str(rest).into_iter::<String>();
             let value = match stream.next() {
                 Some(Ok(v)) => Token::Json(v),
-                Some(Err(e)) => return Err(format!("{what}: invalid JSON: {e}")),
-                None => return Err(format!("missing {what}")),
+                Some(Err(e)) => return Err(CommandError::InvalidJson(what, e.to_string())),
+                None => return Err(CommandError::Missing(what)),
             };
             self.pos += stream.byte_offset();
             value
         } else if rest.starts_with('[') {
             let Some(limits) = list else {
                 // Refused unread: an array where a name belongs is never parsed.
-                return Err(format!("{what} must be a word or a JSON string"));
+                return Err(CommandError::NotName(what));
             };
             let list = uid_list(rest, what, limits)?;
             // The list parsed, so it is valid JSON; find where it ends without allocating.
             let mut stream = serde_json::Deserializer::from_str(rest).into_iter::<IgnoredAny>();
             if let Some(Err(e)) = stream.next() {
-                return Err(format!("{what}: invalid JSON: {e}"));
+                return Err(CommandError::InvalidJson(what, e.to_string()));
             }
             self.pos += stream.byte_offset();
             Token::List(list)
@@ -233,55 +341,55 @@ impl<'a> Args<'a> {
             return self
                 .word()
                 .map(Token::Word)
-                .ok_or_else(|| format!("missing {what}"));
+                .ok_or(CommandError::Missing(what));
         };
         if !self.line[self.pos..].is_empty() && !self.line[self.pos..].starts_with(' ') {
-            return Err(format!("{what}: expected a space after the JSON value"));
+            return Err(CommandError::SpaceAfterJson(what));
         }
         Ok(value)
     }
 
     /// A name (a word or a JSON string), not empty and at most the name's limit.
-    fn string(&mut self, name: Name) -> Result<Cow<'a, str>, String> {
+    fn string(&mut self, name: Name) -> Result<Cow<'a, str>, CommandError> {
         let what = name.placeholder();
         let value = match self.token(what, None)? {
             Token::Word(w) => Cow::Borrowed(w),
-            Token::Json(s) if s.is_empty() => return Err(format!("{what} is empty")),
+            Token::Json(s) if s.is_empty() => return Err(CommandError::EmptyName(what)),
             Token::Json(s) => Cow::Owned(s),
-            Token::List(_) => return Err(format!("{what} must be a word or a JSON string")),
+            Token::List(_) => return Err(CommandError::NotName(what)),
         };
         name.check(&value)?;
         Ok(value)
     }
 
     /// TARGETS: a uid (word or JSON string) or a JSON array of them, duplicates dropped.
-    fn uids(&mut self, what: &str, limits: &Limits) -> Result<Vec<Uid>, String> {
+    fn uids(&mut self, what: &'static str, limits: &Limits) -> Result<Vec<Uid>, CommandError> {
         let list = match self.token(what, Some(limits))? {
             Token::Word(w) => vec![Name::Uid(limits.max_uid_bytes).uid(w)?],
             Token::Json(s) => vec![Name::Uid(limits.max_uid_bytes).uid(&s)?],
             Token::List(list) => list,
         };
         if list.is_empty() {
-            return Err(format!("{what}: empty list"));
+            return Err(CommandError::EmptyList(what));
         }
         Ok(list)
     }
 
-    fn number(&mut self, what: &str) -> Result<Option<usize>, String> {
+    fn number(&mut self, what: &'static str) -> Result<Option<usize>, CommandError> {
         match self.word() {
             None => Ok(None),
             Some(w) => w
                 .parse()
                 .map(Some)
-                .map_err(|_| format!("{what} must be a non-negative integer")),
+                .map_err(|_| CommandError::NotNumber(what)),
         }
     }
 
     /// The offset of the payload: everything after the spaces that follow the last arg.
-    fn payload(&mut self) -> Result<usize, String> {
+    fn payload(&mut self) -> Result<usize, CommandError> {
         self.skip_spaces();
         if self.pos == self.line.len() {
-            return Err("missing payload".into());
+            return Err(CommandError::MissingPayload);
         }
         let start = self.pos;
         self.pos = self.line.len();
@@ -319,19 +427,19 @@ impl Name {
         }
     }
 
-    fn check(self, value: &str) -> Result<(), String> {
+    fn check(self, value: &str) -> Result<(), CommandError> {
         let (max, what) = match self {
             Name::Group(max) => (max, "group name"),
             Name::Uid(max) => (max, "uid"),
             Name::Id(max) => (max, "ID"),
         };
         if value.len() > max {
-            return Err(format!("{what} too long (max {max} bytes)"));
+            return Err(CommandError::TooLong { what, max });
         }
         Ok(())
     }
 
-    fn uid(self, value: &str) -> Result<Uid, String> {
+    fn uid(self, value: &str) -> Result<Uid, CommandError> {
         self.check(value)?;
         Ok(Uid::from(value))
     }
@@ -341,7 +449,7 @@ impl Name {
 /// at most `max_uid_bytes`) as it is read and duplicates are dropped, and reading stops at
 /// the first bad element or the first distinct uid past `max_list_uids`, so a huge array
 /// costs no more memory than the list it is allowed to be.
-fn uid_list(json: &str, what: &str, limits: &Limits) -> Result<Vec<Uid>, String> {
+fn uid_list(json: &str, what: &'static str, limits: &Limits) -> Result<Vec<Uid>, CommandError> {
     let mut refusal = None;
     let seed = UidList {
         what,
@@ -353,15 +461,15 @@ fn uid_list(json: &str, what: &str, limits: &Limits) -> Result<Vec<Uid>, String>
         // The visitor stopped the parse on purpose; its reason wins over serde's.
         (_, Some(why)) => Err(why),
         (Ok(list), None) => Ok(list),
-        (Err(e), None) => Err(format!("{what}: invalid JSON: {e}")),
+        (Err(e), None) => Err(CommandError::InvalidJson(what, e.to_string())),
     }
 }
 
 struct UidList<'r> {
-    what: &'r str,
+    what: &'static str,
     limits: &'r Limits,
     /// Set when the visitor refuses the list; the parse is then aborted with a bare error.
-    refusal: &'r mut Option<String>,
+    refusal: &'r mut Option<CommandError>,
 }
 
 impl<'de> DeserializeSeed<'de> for UidList<'_> {
@@ -387,7 +495,7 @@ impl<'de> Visitor<'de> for UidList<'_> {
         } = *self.limits;
         let mut list: Vec<Uid> = Vec::new();
         let mut seen: HashSet<Uid> = HashSet::new();
-        let mut refuse = |why: String| -> A::Error {
+        let mut refuse = |why: CommandError| -> A::Error {
             *self.refusal = Some(why);
             de::Error::custom("uid list refused")
         };
@@ -395,23 +503,23 @@ impl<'de> Visitor<'de> for UidList<'_> {
             let uid = match item {
                 ListItem::Uid(uid) => uid,
                 ListItem::TooLong => {
-                    return Err(refuse(format!("uid too long (max {max_uid_bytes} bytes)")));
+                    return Err(refuse(CommandError::TooLong {
+                        what: "uid",
+                        max: max_uid_bytes,
+                    }));
                 }
                 ListItem::NotUid => {
-                    let what = self.what;
-                    return Err(refuse(format!(
-                        "{what}: each uid must be a string or an integer"
-                    )));
+                    return Err(refuse(CommandError::NotUid(self.what)));
                 }
             };
             if seen.contains(&uid) {
                 continue;
             }
             if list.len() == max_list_uids {
-                let (what, over) = (self.what, max_list_uids + 1);
-                return Err(refuse(format!(
-                    "{what}: too many uids (at least {over} distinct, max {max_list_uids})"
-                )));
+                return Err(refuse(CommandError::TooMany {
+                    what: self.what,
+                    max: max_list_uids,
+                }));
             }
             seen.insert(uid.clone());
             list.push(uid);
@@ -494,119 +602,10 @@ fn truncate(s: &str, max: usize) -> &str {
     &s[..end]
 }
 
-/// Runs a command line; `bytes` is the same line as `line`, for zero-copy payload slices.
-/// Returns the reply line without its `\n`.
-pub fn execute(line: &str, bytes: &Bytes, registry: &Registry, config: &Config) -> String {
-    let cmd = match parse_with(line, &Limits::from(config)) {
-        Ok(cmd) => cmd,
-        Err(error) => {
-            tracing::debug!(error = %escaped(&error), "bad command");
-            return json!({"ok": false, "error": error}).to_string();
-        }
-    };
-    let payload = |at: usize| -> Utf8Bytes {
-        // `at` is a char boundary of a str, so the slice is UTF-8 too.
-        Utf8Bytes::try_from(bytes.slice(at..)).unwrap_or_else(|_| Utf8Bytes::from(&line[at..]))
-    };
-    let reply = match cmd {
-        Command::Ping => return "pong".into(),
-        Command::Send { uids, payload: at } => {
-            let f = registry.push_many(&uids, &payload(at));
-            json!({"ok": f.reached > 0, "uids": uids.len(), "reached": f.reached,
-                   "connections": f.delivery.queued, "refused": f.delivery.refused})
-        }
-        Command::Push { id, line: at } => {
-            let outcome = crate::push::push_line(payload(at), registry, config.max_uid_bytes);
-            crate::push::count(registry.metrics(), &outcome);
-            let mut v = match &outcome {
-                Ok(d) if d.ok() => json!({"ok": true, "result": "delivered"}),
-                Ok(d) if d.refused > 0 => json!({"ok": false, "result": "refused"}),
-                Ok(_) => json!({"ok": false, "result": "offline"}),
-                Err(bad) => json!({"ok": false, "result": "malformed", "error": bad.to_string()}),
-            };
-            if let Ok(d) = &outcome {
-                v["connections"] = json!(d.queued);
-                v["refused"] = json!(d.refused);
-            }
-            v["id"] = json!(id);
-            v
-        }
-        Command::Group { group, payload: at } => {
-            let (members, f) = registry
-                .push_group(&group, &payload(at))
-                .unwrap_or_default();
-            json!({"ok": f.reached > 0, "group": group, "members": members,
-                   "reached": f.reached, "connections": f.delivery.queued,
-                   "refused": f.delivery.refused})
-        }
-        Command::Broadcast { payload: at } => {
-            let d = registry.broadcast(&payload(at));
-            json!({"ok": d.ok(), "connections": d.queued, "refused": d.refused})
-        }
-        Command::Join { group, uids } => match registry.join(&group, &uids) {
-            Ok((added, members)) => {
-                json!({"ok": true, "group": group, "added": added, "members": members})
-            }
-            Err(e) => {
-                tracing::debug!(%e, group = %escaped(&group), "join refused");
-                json!({"ok": false, "error": e.to_string()})
-            }
-        },
-        Command::Leave { group, uids } => {
-            let (removed, members) = registry.leave(&group, &uids);
-            json!({"ok": true, "group": group, "removed": removed, "members": members})
-        }
-        Command::Online { uid } => {
-            let n = registry.connections_of(&uid);
-            json!({"ok": true, "uid": uid, "online": n > 0, "connections": n})
-        }
-        Command::Count => {
-            let (uids, connections) = registry.totals();
-            json!({"ok": true, "uids": uids, "connections": connections, "groups": registry.group_count()})
-        }
-        Command::Members { group } => {
-            let members = registry.members(&group).unwrap_or_default();
-            let names: Vec<&str> = members.iter().map(|u| u.as_ref()).collect();
-            json!({"ok": true, "group": group, "count": names.len(), "uids": names})
-        }
-        Command::Uids { cursor, limit } => {
-            let (page, next) = registry.uids_page(cursor, limit);
-            let names: Vec<&str> = page.iter().map(|u| u.as_ref()).collect();
-            json!({"ok": true, "count": names.len(), "uids": names, "next": next})
-        }
-        Command::Kick { uids, reason } => {
-            let notice = CloseNotice::kicked(reason);
-            let closed: usize = uids.iter().map(|u| registry.kick(u, &notice)).sum();
-            json!({"ok": true, "uids": uids.len(), "connections": closed})
-        }
-        Command::Stats => stats(registry),
-    };
-    reply.to_string()
-}
-
-fn stats(registry: &Registry) -> Value {
-    let m = registry.metrics().snapshot();
-    let (uids, connections) = registry.totals();
-    json!({
-        "ok": true,
-        "uptime_secs": m.uptime_secs,
-        "connections": connections,
-        "uids": uids,
-        "groups": registry.group_count(),
-        "pushes_ok": m.pushes_ok,
-        "pushes_fail": m.pushes_fail,
-        "bad_lines": m.bad_lines,
-        "commands": m.commands,
-        "evicted": m.evicted,
-        "kicked": m.kicked,
-        "frames_out": m.frames_out,
-        "bytes_out": m.bytes_out,
-        "ws_accepted": m.ws_accepted,
-        "binds": m.binds,
-        "refused_per_ip": m.refused_per_ip,
-        "refused_pending": m.refused_pending,
-        "push_connections": m.push_connections,
-    })
+/// The secret of an `/auth SECRET` line (handled by the doors, not the service: it
+/// changes what a connection may do).
+pub fn auth_secret(line: &[u8]) -> Option<&[u8]> {
+    line.strip_prefix(b"/auth ".as_slice())
 }
 
 /// True for a command line: its first byte is `/`, which no JSON text starts with.
@@ -652,30 +651,54 @@ mod tests {
                 reason: Some("bye now")
             })
         );
-        assert!(parse("/nope", 10).unwrap_err().contains("unknown command"));
+        assert!(
+            parse("/nope", 10)
+                .unwrap_err()
+                .to_string()
+                .contains("unknown command")
+        );
         assert!(
             parse("/send u1", 10)
                 .unwrap_err()
+                .to_string()
                 .contains("missing payload")
         );
         assert!(
             parse("/send [1,2,3] x", 2)
                 .unwrap_err()
+                .to_string()
                 .contains("too many uids")
         );
         assert!(
             parse("/send [1.5] x", 2)
                 .unwrap_err()
+                .to_string()
                 .contains("string or an integer")
         );
-        assert!(parse("/send [] x", 2).unwrap_err().contains("empty list"));
-        assert!(parse(r#"/send ["a"]x y"#, 2).unwrap_err().contains("space"));
+        assert!(
+            parse("/send [] x", 2)
+                .unwrap_err()
+                .to_string()
+                .contains("empty list")
+        );
+        assert!(
+            parse(r#"/send ["a"]x y"#, 2)
+                .unwrap_err()
+                .to_string()
+                .contains("space")
+        );
         assert!(
             parse("/count extra", 2)
                 .unwrap_err()
+                .to_string()
                 .contains("unexpected argument")
         );
-        assert!(parse("/uids x", 2).unwrap_err().contains("CURSOR"));
+        assert!(
+            parse("/uids x", 2)
+                .unwrap_err()
+                .to_string()
+                .contains("CURSOR")
+        );
         assert!(is_command(b"/ping") && !is_command(br#"{"uid":"/ping"}"#));
     }
 }

@@ -1,0 +1,425 @@
+//! The backend service: one request in, one typed [`Reply`] out, the same for every door
+//! (the TCP/Unix push port, `POST /push`). The doors do I/O and access checks; this does
+//! routing, groups, presence, kicks and stats against the shared [`State`].
+//!
+//! # Answering now or later
+//! [`handle`] returns a [`Response`]: `Ready` when the reply is known at once (everything
+//! on a single node, the fast path, synchronous) or `Later` when it must wait (cluster
+//! mode will ask other nodes). A door keeps replies in request order whatever their kind:
+//! see [`Replies`].
+
+pub mod reply;
+
+use std::borrow::Cow;
+use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::BytesMut;
+use tracing::debug;
+
+pub use reply::*;
+
+use crate::logsafe::escaped;
+use crate::metrics::Metric;
+use crate::registry::Delivery;
+use crate::state::State;
+use crate::wire::command::{self, Command, CommandError};
+use crate::wire::{BadLine, CloseNotice, Frame, Payload, push_target_str};
+
+/// A reply that resolves later (cluster mode).
+pub type LaterReply = Pin<Box<dyn Future<Output = Reply> + Send>>;
+
+/// What a request answers.
+pub enum Response {
+    /// Known now.
+    Ready(Reply),
+    /// Known once the future resolves.
+    Later(LaterReply),
+}
+
+impl std::fmt::Debug for Response {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Response::Ready(r) => f.debug_tuple("Ready").field(r).finish(),
+            Response::Later(_) => f.write_str("Later(..)"),
+        }
+    }
+}
+
+/// One backend request, parsed from a line.
+#[derive(Debug)]
+pub enum Request<'a> {
+    /// A plain push (the seed's protocol): the line itself goes to the uid's connections.
+    Push {
+        /// Who it is for.
+        uid: Cow<'a, str>,
+        /// The whole line, shared by every recipient.
+        line: Payload,
+    },
+    /// A plain push line that is not valid.
+    BadPush(BadLine),
+    /// A `/` command; payload offsets point into `line`.
+    Command {
+        /// What to do.
+        command: Command<'a>,
+        /// The line, for payload slices.
+        line: Payload,
+        /// The same line as text.
+        text: &'a str,
+    },
+    /// A `/` line that does not parse.
+    BadCommand(CommandError),
+}
+
+impl<'a> Request<'a> {
+    /// Parses one framed line. `too_long_first` is the first byte of a line the framer
+    /// discarded as too long: an over-long command gets a JSON error (which
+    /// `json_decode(fgets($c), true)` can read), an over-long push the seed's `fail`.
+    pub fn parse(frame: &'a Frame, too_long_first: Option<u8>, state: &State) -> Request<'a> {
+        let bytes = match frame {
+            Frame::TooLong if too_long_first == Some(b'/') => {
+                return Request::BadCommand(CommandError::LineTooLong(state.config.max_line_bytes));
+            }
+            Frame::TooLong => return Request::BadPush(BadLine::TooLong),
+            Frame::Line(bytes) => bytes,
+        };
+        let command = command::is_command(bytes);
+        let Ok(text) = std::str::from_utf8(bytes) else {
+            return if command {
+                Request::BadCommand(CommandError::NotUtf8)
+            } else {
+                Request::BadPush(BadLine::NotUtf8)
+            };
+        };
+        // The line was checked just above, so this never fails.
+        let Some(line) = Payload::from_checked(bytes.clone(), text) else {
+            return Request::BadPush(BadLine::NotUtf8);
+        };
+        if command {
+            return match command::parse_with(text, &state.config.command_limits()) {
+                Ok(command) => Request::Command {
+                    command,
+                    line,
+                    text,
+                },
+                Err(err) => Request::BadCommand(err),
+            };
+        }
+        match push_target_str(text) {
+            Ok(uid) => Request::Push { uid, line },
+            Err(bad) => Request::BadPush(bad),
+        }
+    }
+}
+
+/// Parses and runs one line.
+pub fn handle(state: &State, frame: &Frame, too_long_first: Option<u8>) -> Response {
+    execute(state, Request::parse(frame, too_long_first, state))
+}
+
+/// Runs one request.
+pub fn execute(state: &State, request: Request<'_>) -> Response {
+    let reply = match request {
+        Request::Push { uid, line } => {
+            let outcome = push_to(state, &uid, &line);
+            count(state, &outcome);
+            if outcome.is_ok_and(Delivery::ok) {
+                Reply::Ok
+            } else {
+                Reply::Fail
+            }
+        }
+        Request::BadPush(bad) => {
+            count(state, &Err(bad));
+            Reply::Fail
+        }
+        Request::Command {
+            command,
+            line,
+            text,
+        } => {
+            state.metrics.incr(Metric::Commands);
+            run(state, command, &line, text)
+        }
+        Request::BadCommand(err) => {
+            state.metrics.incr(Metric::Commands);
+            debug!(error = %escaped(&err.to_string()), "bad command");
+            Reply::error(err)
+        }
+    };
+    Response::Ready(reply)
+}
+
+/// A push to one uid. A uid longer than `--max-uid-bytes` is offline by definition (no
+/// browser can bind it), so it is not looked up.
+fn push_to(state: &State, uid: &str, line: &Payload) -> Result<Delivery, BadLine> {
+    if uid.len() > state.config.max_uid_bytes {
+        return Ok(Delivery::default());
+    }
+    Ok(state.registry.push(uid, line))
+}
+
+/// Counts one push line's outcome (plain or `/push`) and logs a malformed one.
+fn count(state: &State, outcome: &Result<Delivery, BadLine>) {
+    let m = &state.metrics;
+    match outcome {
+        Ok(d) if d.ok() => m.incr(Metric::PushesOk),
+        Ok(_) => m.incr(Metric::PushesFail),
+        Err(bad) => {
+            debug!(bad = %escaped(&bad.to_string()), "bad push line");
+            m.incr(Metric::BadLines);
+            m.incr(Metric::PushesFail);
+        }
+    }
+}
+
+fn run(state: &State, command: Command<'_>, line: &Payload, text: &str) -> Reply {
+    let registry = &state.registry;
+    // Offsets come from the grammar, which cuts at char boundaries; an offset that is not
+    // one would be a grammar bug, answered as an error rather than a panic.
+    let payload = |at: usize| line.tail(at);
+    let json = match command {
+        Command::Ping => return Reply::Pong,
+        Command::Send { uids, payload: at } => {
+            let Some(msg) = payload(at) else {
+                return Reply::error("bad payload offset");
+            };
+            let f = registry.push_many(&uids, &msg);
+            Json::Send(SendReply {
+                ok: f.reached > 0,
+                uids: uids.len(),
+                reached: f.reached,
+                connections: f.delivery.queued,
+                refused: f.delivery.refused,
+            })
+        }
+        Command::Push { id, line: at } => {
+            let Some(msg) = payload(at) else {
+                return Reply::error("bad payload offset");
+            };
+            let Some(tail) = text.get(at..) else {
+                return Reply::error("bad payload offset");
+            };
+            let outcome = push_target_str(tail).and_then(|uid| push_to(state, &uid, &msg));
+            count(state, &outcome);
+            let (ok, result) = match &outcome {
+                Ok(d) if d.ok() => (true, PushResult::Delivered),
+                Ok(d) if d.refused > 0 => (false, PushResult::Refused),
+                Ok(_) => (false, PushResult::Offline),
+                Err(_) => (false, PushResult::Malformed),
+            };
+            Json::Push(PushReply {
+                ok,
+                result,
+                error: outcome.as_ref().err().map(ToString::to_string),
+                connections: outcome.as_ref().ok().map(|d| d.queued),
+                refused: outcome.as_ref().ok().map(|d| d.refused),
+                id: id.into_owned(),
+            })
+        }
+        Command::Group {
+            group,
+            except,
+            payload: at,
+        } => {
+            let Some(msg) = payload(at) else {
+                return Reply::error("bad payload offset");
+            };
+            let (members, f) = registry
+                .push_group(&group, &msg, &except)
+                .unwrap_or_default();
+            Json::Group(GroupReply {
+                ok: f.reached > 0,
+                group: group.into_owned(),
+                members,
+                reached: f.reached,
+                connections: f.delivery.queued,
+                refused: f.delivery.refused,
+            })
+        }
+        Command::Broadcast {
+            except,
+            payload: at,
+        } => {
+            let Some(msg) = payload(at) else {
+                return Reply::error("bad payload offset");
+            };
+            let d = registry.broadcast(&msg, &except);
+            Json::Broadcast(BroadcastReply {
+                ok: d.ok(),
+                connections: d.queued,
+                refused: d.refused,
+            })
+        }
+        Command::Join { group, uids } => match registry.join(&group, &uids) {
+            Ok((added, members)) => Json::Join(JoinReply {
+                ok: true,
+                group: group.into_owned(),
+                added,
+                members,
+            }),
+            Err(e) => {
+                debug!(%e, group = %escaped(&group), "join refused");
+                return Reply::error(e);
+            }
+        },
+        Command::Leave { group, uids } => {
+            let (removed, members) = registry.leave(&group, &uids);
+            Json::Leave(LeaveReply {
+                ok: true,
+                group: group.into_owned(),
+                removed,
+                members,
+            })
+        }
+        Command::Online { uid } => {
+            let n = registry.connections_of(&uid);
+            Json::Online(OnlineReply {
+                ok: true,
+                uid: uid.into_owned(),
+                online: n > 0,
+                connections: n,
+            })
+        }
+        Command::Count => {
+            let (uids, connections) = registry.totals();
+            Json::Count(CountReply {
+                ok: true,
+                uids,
+                connections,
+                groups: registry.group_count(),
+            })
+        }
+        Command::Members { group } => {
+            let members = registry.members(&group).unwrap_or_default();
+            Json::Members(MembersReply {
+                ok: true,
+                count: members.len(),
+                uids: members.iter().map(|u| u.to_string()).collect(),
+                group: group.into_owned(),
+            })
+        }
+        Command::Uids { cursor, limit } => {
+            let (page, next) = registry.uids_page(cursor, limit);
+            Json::Uids(UidsReply {
+                ok: true,
+                count: page.len(),
+                uids: page.iter().map(|u| u.to_string()).collect(),
+                next,
+            })
+        }
+        Command::Kick { uids, reason } => {
+            let notice = CloseNotice::kicked(reason);
+            let closed: usize = uids.iter().map(|u| registry.kick(u, &notice)).sum();
+            Json::Kick(KickReply {
+                ok: true,
+                uids: uids.len(),
+                connections: closed,
+            })
+        }
+        Command::Stats => Json::Stats(StatsReply(state.stats())),
+    };
+    Reply::Json(json)
+}
+
+/// The replies of one backend connection, in request order, whatever resolves when.
+///
+/// While every reply is ready (always, on a single node) [`Replies::push`] encodes it at
+/// once and nothing is queued. Once one waits, later ones queue behind it (ready or not),
+/// so their order holds while the door goes on reading and running the lines behind it;
+/// [`Replies::poll_flush`] encodes the ready prefix as waiting ones resolve.
+#[derive(Default)]
+pub struct Replies {
+    waiting: VecDeque<Response>,
+}
+
+impl Replies {
+    /// Adds the next request's response; a ready one with nothing ahead of it is
+    /// encoded into `out` at once.
+    pub fn push(&mut self, response: Response, out: &mut BytesMut) {
+        match response {
+            Response::Ready(reply) if self.waiting.is_empty() => reply.encode(out),
+            other => self.waiting.push_back(other),
+        }
+    }
+
+    /// Replies still queued (some waiting, or behind one that is).
+    pub fn len(&self) -> usize {
+        self.waiting.len()
+    }
+
+    /// True when nothing is queued.
+    pub fn is_empty(&self) -> bool {
+        self.waiting.is_empty()
+    }
+
+    /// Encodes every reply that is ready and has no waiting one ahead of it. Ready when
+    /// something was encoded (or nothing waits); pending while the head still waits.
+    pub fn poll_flush(&mut self, cx: &mut Context<'_>, out: &mut BytesMut) -> Poll<()> {
+        let mut progressed = false;
+        while let Some(head) = self.waiting.front_mut() {
+            let reply = match head {
+                Response::Ready(reply) => std::mem::replace(reply, Reply::Fail),
+                Response::Later(fut) => match fut.as_mut().poll(cx) {
+                    Poll::Ready(reply) => reply,
+                    Poll::Pending => break,
+                },
+            };
+            reply.encode(out);
+            self.waiting.pop_front();
+            progressed = true;
+        }
+        if progressed || self.waiting.is_empty() {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    }
+
+    /// Waits until at least one queued reply is encoded (or none is queued).
+    pub async fn flush(&mut self, out: &mut BytesMut) {
+        std::future::poll_fn(|cx| self.poll_flush(cx, out)).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[tokio::test]
+    async fn replies_keep_request_order_when_some_wait() {
+        let mut replies = Replies::default();
+        let mut out = BytesMut::new();
+        replies.push(Response::Ready(Reply::Ok), &mut out);
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        replies.push(
+            Response::Later(Box::pin(async move {
+                let _ = rx.await;
+                Reply::Pong
+            })),
+            &mut out,
+        );
+        replies.push(Response::Ready(Reply::Fail), &mut out);
+        replies.push(
+            Response::Later(Box::pin(async {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+                Reply::Authorized
+            })),
+            &mut out,
+        );
+        assert_eq!(&out[..], b"ok\n", "only the reply before the waiting one");
+        assert_eq!(replies.len(), 3);
+        // The head still waits: nothing moves, however long the others are ready.
+        let waited = tokio::time::timeout(Duration::from_millis(20), replies.flush(&mut out)).await;
+        assert!(waited.is_err());
+        assert_eq!(&out[..], b"ok\n");
+        tx.send(()).unwrap();
+        while !replies.is_empty() {
+            replies.flush(&mut out).await;
+        }
+        assert_eq!(&out[..], b"ok\npong\nfail\n{\"ok\":true}\n");
+    }
+}

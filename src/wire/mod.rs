@@ -1,0 +1,13 @@
+//! Bytes ↔ types for both doors, no I/O: push-line framing, the plain push line's uid,
+//! the `/`-command grammar, close notices, and the [`Payload`] every recipient shares.
+
+pub mod close;
+pub mod command;
+pub mod lines;
+pub mod payload;
+pub mod push_line;
+
+pub use close::CloseNotice;
+pub use lines::{Frame, LineFramer};
+pub use payload::{NotUtf8, Payload, Uid};
+pub use push_line::{BadLine, push_target, push_target_str};
