@@ -89,8 +89,15 @@ SUITE_PINS=(
 	zope.interface==4.6.0
 )
 
+# What pip builds wsaccel with (its pyproject.toml asks for Cython~=3.0.0, setuptools>=35),
+# pinned too: PIP_CONSTRAINT reaches pip's isolated build environment, -c would not.
+BUILD_PINS=(
+	Cython==3.0.12
+	setuptools==44.1.1
+)
+
 # Changes whenever a pin does, so an install made from other pins is redone.
-STAMP="autobahntestsuite install v1: ${BOOTSTRAP_PINS[*]} | ${SUITE_PINS[*]}"
+STAMP="autobahntestsuite install v1: ${BOOTSTRAP_PINS[*]} | ${SUITE_PINS[*]} | ${BUILD_PINS[*]}"
 MARKER=$AUTOBAHN_HOME/.pushwire-autobahn
 
 installed() {
@@ -155,7 +162,7 @@ echo "autobahn.sh: installing autobahntestsuite into $AUTOBAHN_HOME (from $PY)" 
 boot=$AUTOBAHN_HOME/bootstrap
 pins=$AUTOBAHN_HOME/constraints.txt
 printf '%s\n' "${BOOTSTRAP_PINS[@]}" >"$pins.bootstrap"
-printf '%s\n' "${SUITE_PINS[@]}" >"$pins"
+printf '%s\n' "${SUITE_PINS[@]}" "${BUILD_PINS[@]}" >"$pins"
 
 # Python 2.7 has no venv module: virtualenv goes into a side directory (not into pyenv's
 # own site-packages) and makes the environment from there.
@@ -164,7 +171,7 @@ printf '%s\n' "${SUITE_PINS[@]}" >"$pins"
 PYTHONPATH=$boot "$PY" -m virtualenv -q --no-download --no-periodic-update \
 	--app-data "$boot/app-data" "$AUTOBAHN_HOME" ||
 	die "virtualenv could not make $AUTOBAHN_HOME"
-"$AUTOBAHN_HOME/bin/pip" install -q --no-cache-dir -c "$pins" autobahntestsuite ||
+PIP_CONSTRAINT=$pins "$AUTOBAHN_HOME/bin/pip" install -q --no-cache-dir autobahntestsuite ||
 	die "pip could not install autobahntestsuite (pins in $pins)"
 "$WSTEST" --autobahnversion >&2 || die "$WSTEST does not run"
 
