@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The project's test command: make sure the real clients the tests drive exist
-# (php, OpenBSD nc, chromium), then run every cargo test.
+# (php, OpenBSD nc, chromium, Autobahn|Testsuite's wstest), then run every cargo test.
 #
 # Usage: scripts/test.sh [extra cargo test args...]
 #   e.g. scripts/test.sh chromium -- --nocapture   (a name filter, applied to every target)
@@ -57,6 +57,10 @@ fi
 
 mapfile -t missing < <(missing_packages)
 ((${#missing[@]} == 0)) || die "still missing after install: ${missing[*]}"
+
+# Autobahn|Testsuite's wstest for tests/conformance.rs: a Python 2.7 virtualenv from PyPI,
+# by default in /opt/autobahn (AUTOBAHN_HOME moves it; the test reads the same variable).
+scripts/autobahn.sh >/dev/null || die "cannot install Autobahn|Testsuite (scripts/autobahn.sh)"
 
 # --no-fail-fast: one failing target must not hide the results of the others.
 exec cargo test --all-targets --no-fail-fast "$@"
