@@ -68,8 +68,11 @@ pub struct FrameReader {
     buf: Vec<u8>,
     /// A fragmented data message: (is text, bytes so far).
     partial: Option<(bool, Vec<u8>)>,
-    /// Bytes of an oversized frame still to be skipped (see [`FrameError::TooBig`]).
+    /// Bytes of a refused frame still to be skipped (see [`FrameReader::parse`]).
     skip: u64,
+    /// A close frame arrived, valid or not: the peer has done its half of the closing
+    /// handshake.
+    peer_closed: bool,
 }
 
 impl FrameReader {
@@ -80,12 +83,19 @@ impl FrameReader {
             buf: bytes,
             partial: None,
             skip: 0,
+            peer_closed: false,
         }
     }
 
     /// Adds input read elsewhere (for tests and fuzzing; `next` reads by itself).
     pub fn feed(&mut self, bytes: &[u8]) {
         self.buf.extend_from_slice(bytes);
+    }
+
+    /// True once a close frame arrived (valid or refused): a server closing in answer
+    /// need not wait for another.
+    pub fn peer_closed(&self) -> bool {
+        self.peer_closed
     }
 
     /// Bytes buffered and not yet parsed.
@@ -111,31 +121,12 @@ impl FrameReader {
         }
     }
 
-    /// Discards everything the peer sends until it closes TCP (or the socket fails), for
-    /// a closing connection whose input can no longer be parsed: closing with unread input
-    /// makes the kernel send RST, which can destroy a close frame not yet read.
-    pub async fn discard(&mut self, tcp: &TcpStream) {
-        *self = FrameReader::default();
-        let mut chunk = [0u8; READ_CHUNK];
-        loop {
-            if tcp.readable().await.is_err() {
-                return;
-            }
-            match tcp.try_read(&mut chunk) {
-                Ok(0) => return,
-                Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(_) => return,
-            }
-        }
-    }
-
     /// Takes one complete message or control frame out of the buffered input, if there is
     /// one. An error means the stream cannot go on (the connection is closed).
     ///
-    /// After [`FrameError::TooBig`] the stream can go on: the rest of the oversized frame
-    /// is skipped as it arrives (its message abandoned), so a closing connection can still
-    /// read the peer's answer to its close.
+    /// After an error the stream can go on: the refused frame (and any message it was
+    /// part of) is skipped as it arrives, so a closing connection can still read the
+    /// peer's answer to its close.
     pub fn parse(&mut self, max: usize) -> Result<Option<Incoming>, FrameError> {
         loop {
             if self.skip > 0 {
@@ -152,13 +143,8 @@ impl FrameReader {
                 return Ok(None);
             }
             let fin = b[0] & 0x80 != 0;
-            if b[0] & 0x70 != 0 {
-                return Err(FrameError::Protocol("reserved bits set"));
-            }
             let opcode = b[0] & 0x0f;
-            if b[1] & 0x80 == 0 {
-                return Err(FrameError::Protocol("unmasked client frame"));
-            }
+            let masked = b[1] & 0x80 != 0;
             let (len, head) = match b[1] & 0x7f {
                 126 if b.len() < 4 => return Ok(None),
                 126 => (u64::from(u16::from_be_bytes([b[2], b[3]])), 4),
@@ -166,28 +152,38 @@ impl FrameReader {
                 127 => {
                     let mut n = [0u8; 8];
                     n.copy_from_slice(&b[2..10]);
-                    let n = u64::from_be_bytes(n);
-                    if n >> 63 != 0 {
-                        // §5.2: the most significant bit MUST be 0.
-                        return Err(FrameError::Protocol("64-bit length with the top bit set"));
-                    }
-                    (n, 10)
+                    (u64::from_be_bytes(n), 10)
                 }
                 n => (u64::from(n), 2),
             };
+            // The whole frame, header included: what to skip if it is refused, so a
+            // closing connection can read on to the peer's close frame.
+            let frame_len = (head as u64 + if masked { 4 } else { 0 }).saturating_add(len);
             let control = opcode >= 8;
-            if control && (!fin || len > 125) {
-                return Err(FrameError::Protocol("bad control frame"));
-            }
             let so_far = self
                 .partial
                 .as_ref()
                 .map_or(0, |(_, data)| data.len() as u64);
-            // Checked before the payload is buffered: memory stays bounded by `max`.
-            if !control && len.saturating_add(so_far) > max as u64 {
-                self.skip = (head as u64 + 4).saturating_add(len);
+            let refused = if b[0] & 0x70 != 0 {
+                Some(FrameError::Protocol("reserved bits set"))
+            } else if !masked {
+                Some(FrameError::Protocol("unmasked client frame"))
+            } else if len >> 63 != 0 {
+                // §5.2: the most significant bit MUST be 0.
+                Some(FrameError::Protocol("64-bit length with the top bit set"))
+            } else if control && (!fin || len > 125) {
+                Some(FrameError::Protocol("bad control frame"))
+            } else if !control && len.saturating_add(so_far) > max as u64 {
+                // Checked before the payload is buffered: memory stays bounded by `max`.
+                Some(FrameError::TooBig)
+            } else {
+                None
+            };
+            if let Some(err) = refused {
+                self.peer_closed |= opcode == CLOSE;
+                self.skip = frame_len;
                 self.partial = None;
-                return Err(FrameError::TooBig);
+                return Err(err);
             }
             let len = len as usize; // at most `max` (or 125, for a control frame)
             let total = head + 4 + len;
@@ -219,7 +215,7 @@ impl FrameReader {
                     }
                 }
                 0x1 | 0x2 => {
-                    if self.partial.is_some() {
+                    if self.partial.take().is_some() {
                         return Err(FrameError::Protocol("new message inside a fragmented one"));
                     }
                     if fin {
@@ -227,10 +223,16 @@ impl FrameReader {
                     }
                     self.partial = Some((opcode == 0x1, payload));
                 }
-                CLOSE => return close_code(&payload).map(|code| Some(Incoming::Close(code))),
+                CLOSE => {
+                    self.peer_closed = true;
+                    return close_code(&payload).map(|code| Some(Incoming::Close(code)));
+                }
                 PING => return Ok(Some(Incoming::Ping(payload))),
                 PONG => return Ok(Some(Incoming::Pong)),
-                _ => return Err(FrameError::Protocol("unknown opcode")),
+                _ => {
+                    self.partial = None;
+                    return Err(FrameError::Protocol("unknown opcode"));
+                }
             }
         }
     }

@@ -367,18 +367,17 @@ async fn write_all(ws: &mut Ws, batch: &[Payload], at: &mut Progress) -> std::io
 async fn close(ws: &mut Ws, notice: &CloseNotice) {
     let deadline = Instant::now() + CLOSE_GRACE;
     let frame = close_frame(notice.code, &notice.reason);
-    if write_raw(&ws.tcp, &frame, CLOSE_GRACE).await.is_err() {
+    if write_raw(&ws.tcp, &frame, CLOSE_GRACE).await.is_err() || ws.reader.peer_closed() {
+        // Gone, or its close (even a refused one) already came: nothing more to wait for.
         return;
     }
     let _ = timeout_at(deadline, async {
         loop {
             match ws.next().await {
                 Ok(Incoming::Close(_)) | Err(FrameError::Eof | FrameError::Io(_)) => return,
-                // An oversized frame is skipped by the reader as it arrives.
-                Ok(_) | Err(FrameError::TooBig) => {}
-                // The rest of the input cannot be parsed (often the very frame that made
-                // us close): take it off the socket unread.
-                Err(_) => return ws.reader.discard(&ws.tcp).await,
+                // A refused frame (often the very one that made us close) is skipped by
+                // the reader as it arrives; read on to the peer's close.
+                Ok(_) | Err(_) => {}
             }
         }
     })

@@ -378,6 +378,7 @@ impl Daemon {
     async fn start(extra: &[&str]) -> Daemon {
         let mut cmd = Command::new(BIN);
         cmd.args(["--ws-listen", "127.0.0.1:0", "--push-listen", "127.0.0.1:0"])
+            .args(["--http-listen", "127.0.0.1:0"])
             .args(extra)
             .env("RUST_LOG", "info")
             .env_remove("NOTIFY_SOCKET")
