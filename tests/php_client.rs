@@ -447,6 +447,42 @@ async fn errors_are_exceptions_with_the_servers_reason() {
 }
 
 #[tokio::test]
+async fn a_partly_written_line_is_reset_so_it_never_runs() {
+    // A daemon that stopped reading: a line larger than the socket buffers cannot be
+    // written whole. The client resets the connection (not a FIN: the daemon answers an
+    // unterminated last line at EOF, so a FIN would run the truncated line).
+    let stuck = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = stuck.local_addr().unwrap();
+    let accept = tokio::spawn(async move { stuck.accept().await.unwrap().0 });
+    let mut php = Php::with_client(&tcp(addr), json!({"read_timeout": 0.5})).await;
+    let big = json!({"repeat": "x", "times": 16 << 20});
+    let a = php.throws("broadcast", json!([big])).await;
+    assert_exception(&a, "Pushwire\\ConnectionException", "failed after");
+    assert_eq!(a["sent"], false);
+
+    let mut conn = accept.await.unwrap();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut got = 0usize;
+    let end = timeout(STEP, async {
+        loop {
+            match conn.read(&mut buf).await {
+                Ok(0) => return Ok(()),
+                Ok(n) => got += n,
+                Err(e) => return Err(e.kind()),
+            }
+        }
+    })
+    .await
+    .expect("connection neither closed nor reset");
+    assert!(got > 0 && got < (16 << 20), "read {got} bytes");
+    assert_eq!(
+        end,
+        Err(std::io::ErrorKind::ConnectionReset),
+        "after {got} bytes"
+    );
+}
+
+#[tokio::test]
 async fn auth_with_a_push_secret() {
     let server = TestServer::start_with(pushwire::Config {
         push_secret: Some(pushwire::auth::Secret::new("s3cret")),

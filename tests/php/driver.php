@@ -6,7 +6,8 @@
 //
 //   {"op":"new","address":"tcp://127.0.0.1:P","options":{...}}  a new Client (the old one
 //                                        is dropped first, like the end of a request)
-//   {"op":"call","method":"push","args":[...]}   {"value":...} or {"exception":...}
+//   {"op":"call","method":"push","args":[...]}   {"value":...} or {"exception":...};
+//                                        an arg {"repeat":"ab","times":N} is str_repeat()
 //   {"op":"socket"}                      the current socket's local address, or null
 //   {"op":"abandon","line":"..."}        a call that dies after writing its line (as when
 //                                        a request hits a fatal error mid-call): the
@@ -41,7 +42,10 @@ while (($in = fgets(STDIN)) !== false) {
                 answer(['value' => true]);
                 break;
             case 'call':
-                answer(['value' => $client->{$req['method']}(...($req['args'] ?? []))]);
+                $args = array_map(function ($a) {
+                    return is_array($a) && isset($a['repeat'], $a['times']) ? str_repeat($a['repeat'], $a['times']) : $a;
+                }, $req['args'] ?? []);
+                answer(['value' => $client->{$req['method']}(...$args)]);
                 break;
             case 'socket':
                 $s = private_of($client, 'stream');
