@@ -603,6 +603,8 @@ struct Relay {
 
 struct RelayState {
     accepted: AtomicUsize,
+    /// Connections being relayed right now.
+    open: AtomicUsize,
     /// The next bytes from PHP, on any connection, are dropped and that connection closed.
     swallow_next: AtomicBool,
     /// Replies on connections accepted from now on are held back this long.
@@ -617,6 +619,7 @@ impl Relay {
         let addr = listener.local_addr().unwrap();
         let state = Arc::new(RelayState {
             accepted: AtomicUsize::new(0),
+            open: AtomicUsize::new(0),
             swallow_next: AtomicBool::new(false),
             delay_ms: AtomicU64::new(0),
             close_all: watch::channel(0).0,
@@ -625,6 +628,7 @@ impl Relay {
         let task = tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
                 st.accepted.fetch_add(1, Ordering::SeqCst);
+                st.open.fetch_add(1, Ordering::SeqCst);
                 tokio::spawn(relay_one(client, upstream, st.clone()));
             }
         });
@@ -638,6 +642,24 @@ impl Relay {
     fn close_all(&self) {
         self.state.close_all.send_modify(|g| *g += 1);
     }
+
+    /// Closes every connection and waits until each is closed (its FIN sent).
+    async fn close_all_and_wait(&self) {
+        self.close_all();
+        poll_until(STEP, "relay connections closed", || async {
+            self.state.open.load(Ordering::SeqCst) == 0
+        })
+        .await;
+    }
+}
+
+/// Counts a relayed connection in `open` while it lives.
+struct Open(Arc<RelayState>);
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 impl Drop for Relay {
@@ -648,6 +670,7 @@ impl Drop for Relay {
 }
 
 async fn relay_one(client: TcpStream, upstream: SocketAddr, st: Arc<RelayState>) {
+    let _open = Open(st.clone()); // declared first, so dropped after the sockets
     let Ok(server) = TcpStream::connect(upstream).await else {
         return;
     };
@@ -865,7 +888,8 @@ async fn connection_closed_by_the_server_between_calls_is_replaced() {
     let server = TestServer::start().await;
     let mut t1 = tab(&server, "uid1").await;
     let relay = Relay::start(server.push_addr).await;
-    let mut php = Php::with_client(&tcp(relay.addr), json!({})).await;
+    // No resending: the closed socket must be seen before the line is written.
+    let mut php = Php::with_client(&tcp(relay.addr), json!({"retry_unanswered": false})).await;
     assert_eq!(
         php.call("push", json!([{"uid": "uid1", "n": 1}])).await,
         true
@@ -873,8 +897,7 @@ async fn connection_closed_by_the_server_between_calls_is_replaced() {
     assert_eq!(t1.recv_text().await, r#"{"uid":"uid1","n":1}"#);
 
     // The daemon's side closes the idle connection (as its idle timeout does).
-    relay.close_all();
-    tokio::time::sleep(Duration::from_millis(50)).await; // let the FIN arrive
+    relay.close_all_and_wait().await;
     assert_eq!(
         php.call("push", json!([{"uid": "uid1", "n": 2}])).await,
         true
