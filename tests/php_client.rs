@@ -1006,7 +1006,6 @@ async fn a_late_reply_never_answers_the_next_call() {
         .await["value"]
         .clone();
     assert_eq!(foreign, pooled, "expected the pooled socket");
-    php.op(json!({"op": "sleep", "ms": 100})).await;
     php.new_client(&tcp(relay.addr), json!({})).await;
     let r = php
         .call("pushDetailed", json!([5, {"uid": "uid1", "n": 5}]))

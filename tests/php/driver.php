@@ -13,8 +13,8 @@
 //                                        a request hits a fatal error mid-call): the
 //                                        client's own begin(), a write, no read
 //   {"op":"foreign_write","address":"...","line":"..."}  someone else's write on the same
-//                                        persistent socket, its reply left unread
-//   {"op":"sleep","ms":N}
+//                                        persistent socket; answers once its reply
+//                                        has arrived, and leaves it unread
 //   {"op":"token","secret":"...","uid":...,"ttl":N}
 require __DIR__ . '/../../clients/php/Pushwire.php';
 
@@ -62,11 +62,12 @@ while (($in = fgets(STDIN)) !== false) {
                 $s = stream_socket_client($req['address'], $errno, $errstr, 1,
                     STREAM_CLIENT_CONNECT | STREAM_CLIENT_PERSISTENT);
                 fwrite($s, $req['line'] . "\n");
+                $r = [$s];
+                $w = $e = null;
+                if (stream_select($r, $w, $e, 5) !== 1) { // until its reply is there, unread
+                    throw new RuntimeException('no reply to the foreign write within 5 s');
+                }
                 answer(['value' => stream_socket_get_name($s, false)]);
-                break;
-            case 'sleep':
-                usleep($req['ms'] * 1000);
-                answer(['value' => true]);
                 break;
             case 'token':
                 answer(['value' => Pushwire\Client::token($req['secret'], $req['uid'], $req['ttl'] ?? 3600)]);
