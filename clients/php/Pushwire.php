@@ -447,7 +447,7 @@ class Client
                 $written = $written === false ? 0 : $written;
                 if ($written < strlen($out)) {
                     if ($written === 0 && $attempt === 1) {
-                        continue; // nothing left: safe to send on a new connection
+                        continue; // nothing was written: safe to send on a new connection
                     }
                     // Part of the line left: reset rather than close, so the daemon
                     // cannot take the part it has as a line at EOF.
