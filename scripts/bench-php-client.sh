@@ -7,6 +7,8 @@
 # run reads the daemon's utime+stime from /proc/PID/stat before and after and divides by
 # its pushes. Pushes go to an offline uid (`fail`): the figure is the push port's cost,
 # without fan-out. Prints every run, then the medians and their ratio.
+# The persistent figure is about twice as high on an idle box as on a busy one (each push
+# is a request/reply ping-pong that wakes idle cores): say which one you measured on.
 #
 # Usage: scripts/bench-php-client.sh [-r ROUNDS] [-f FRESH_PUSHES] [-p PERSISTENT_PUSHES]
 #   -r  rounds of each mode (default 5)   -f  pushes per fresh run (default 10000)
@@ -25,7 +27,7 @@ while getopts "r:f:p:" opt; do
 	r) rounds=$OPTARG ;;
 	f) fresh_n=$OPTARG ;;
 	p) persistent_n=$OPTARG ;;
-	*) sed -n '2,17p' "$0" >&2; exit 2 ;;
+	*) sed -n '2,19p' "$0" >&2; exit 2 ;;
 	esac
 done
 command -v php >/dev/null || { echo "bench-php-client: php-cli is missing (scripts/test.sh installs it)" >&2; exit 2; }
