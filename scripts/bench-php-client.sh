@@ -8,13 +8,13 @@
 # its pushes. Pushes go to an offline uid (`fail`): the figure is the push port's cost,
 # without fan-out. Prints every run, then the medians and their ratio.
 # The persistent figure is about twice as high on an idle box as on a busy one (each push
-# is a request/reply ping-pong that wakes idle cores): say which one you measured on.
+# is a request/reply ping-pong; likely the wake-up of idle cores): say which box you had.
 #
 # Usage: scripts/bench-php-client.sh [-r ROUNDS] [-f FRESH_PUSHES] [-p PERSISTENT_PUSHES]
 #   -r  rounds of each mode (default 5)   -f  pushes per fresh run (default 10000)
 #   -p  pushes per persistent run (default 50000; more than fresh because each costs less,
 #       and /proc counts CPU in clock ticks, 10 ms here)
-#   PUSHWIRE_BIN   the daemon (default target/release/pushwire, built if missing)
+#   PUSHWIRE_BIN   the daemon (default: target/release/pushwire, built first)
 #   PUSHWIRE_ARGS  extra daemon flags
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
