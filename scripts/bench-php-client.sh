@@ -46,7 +46,7 @@ cleanup() {
 }
 trap cleanup EXIT
 # shellcheck disable=SC2086 # PUSHWIRE_ARGS is a list of flags
-"$bin" --ws-listen 127.0.0.1:0 --push-listen 127.0.0.1:0 ${PUSHWIRE_ARGS:-} 2>"$log" &
+"$bin" --ws-listen 127.0.0.1:0 --push-listen 127.0.0.1:0 --http-listen off ${PUSHWIRE_ARGS:-} 2>"$log" &
 pid=$!
 listening_ports "$log" pushwire
 addr=tcp://127.0.0.1:$push_port

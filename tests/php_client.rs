@@ -5,8 +5,8 @@
 //! Every call of the client is made here; browsers are `WsClient`s that check what
 //! arrived, byte for byte and exactly once. Stale persistent sockets are produced by
 //! restarting the daemon on the same port (in-process, and the real binary after
-//! `kill -9`) and by a relay between PHP and the daemon that closes connections, swallows
-//! a line, or holds replies back.
+//! `kill -9`), by the daemon's idle timeout, and by a relay between PHP and the daemon
+//! that swallows a line or holds replies back.
 //!
 //! These tests never skip: a missing `php` is a failure (`scripts/test.sh` installs it).
 mod common;
@@ -401,9 +401,19 @@ async fn errors_are_exceptions_with_the_servers_reason() {
     assert_exception(&a, "Pushwire\\ServerException", "unexpected argument");
     let a = php.throws("group", json!(["", "x"])).await;
     assert_exception(&a, "Pushwire\\ServerException", "GROUP is empty");
-    // A group name longer than the line limit.
+    // An over-long group name (--max-group-bytes, 256), and a command over the line limit.
+    let a = php.throws("join", json!(["g".repeat(300), "u1"])).await;
+    assert_exception(
+        &a,
+        "Pushwire\\ServerException",
+        "group name too long (max 256 bytes)",
+    );
     let a = php.throws("group", json!(["g".repeat(2000), "x"])).await;
-    assert_exception(&a, "Pushwire\\ServerException", "too long");
+    assert_exception(
+        &a,
+        "Pushwire\\ServerException",
+        "line too long (max 1024 bytes)",
+    );
     // The connection survived all of that.
     assert_eq!(php.call("ping", json!([])).await, true);
 
@@ -556,6 +566,7 @@ async fn unix_socket_with_a_persistent_connection() {
         ws,
         push,
         push_unix: Some(tokio::net::UnixListener::bind(&sock).unwrap()),
+        http: None,
     };
     let shutdown = tokio_util::sync::CancellationToken::new();
     let server = tokio::spawn(pushwire::serve(
@@ -592,9 +603,8 @@ async fn unix_socket_with_a_persistent_connection() {
 // Persistence and stale sockets
 
 /// A TCP relay between PHP and the daemon that counts connections and can misbehave the
-/// way a daemon's side of a persistent connection does: close it between calls, swallow
-/// a line and close (a line that arrives as the daemon closes an idle connection), or
-/// hold replies back.
+/// way a daemon's side of a persistent connection does: swallow a line and close (a line
+/// that arrives as the daemon closes an idle connection), or hold replies back.
 struct Relay {
     addr: SocketAddr,
     state: Arc<RelayState>,
@@ -603,8 +613,6 @@ struct Relay {
 
 struct RelayState {
     accepted: AtomicUsize,
-    /// Connections being relayed right now.
-    open: AtomicUsize,
     /// The next bytes from PHP, on any connection, are dropped and that connection closed.
     swallow_next: AtomicBool,
     /// Replies on connections accepted from now on are held back this long.
@@ -619,7 +627,6 @@ impl Relay {
         let addr = listener.local_addr().unwrap();
         let state = Arc::new(RelayState {
             accepted: AtomicUsize::new(0),
-            open: AtomicUsize::new(0),
             swallow_next: AtomicBool::new(false),
             delay_ms: AtomicU64::new(0),
             close_all: watch::channel(0).0,
@@ -628,7 +635,6 @@ impl Relay {
         let task = tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
                 st.accepted.fetch_add(1, Ordering::SeqCst);
-                st.open.fetch_add(1, Ordering::SeqCst);
                 tokio::spawn(relay_one(client, upstream, st.clone()));
             }
         });
@@ -642,24 +648,6 @@ impl Relay {
     fn close_all(&self) {
         self.state.close_all.send_modify(|g| *g += 1);
     }
-
-    /// Closes every connection and waits until each is closed (its FIN sent).
-    async fn close_all_and_wait(&self) {
-        self.close_all();
-        poll_until(STEP, "relay connections closed", || async {
-            self.state.open.load(Ordering::SeqCst) == 0
-        })
-        .await;
-    }
-}
-
-/// Counts a relayed connection in `open` while it lives.
-struct Open(Arc<RelayState>);
-
-impl Drop for Open {
-    fn drop(&mut self) {
-        self.0.open.fetch_sub(1, Ordering::SeqCst);
-    }
 }
 
 impl Drop for Relay {
@@ -670,7 +658,6 @@ impl Drop for Relay {
 }
 
 async fn relay_one(client: TcpStream, upstream: SocketAddr, st: Arc<RelayState>) {
-    let _open = Open(st.clone()); // declared first, so dropped after the sockets
     let Ok(server) = TcpStream::connect(upstream).await else {
         return;
     };
@@ -808,6 +795,9 @@ impl Daemon {
             &ws.to_string(),
             "--push-listen",
             &push.to_string(),
+            // No HTTP door: its default port may be taken by another daemon on the box.
+            "--http-listen",
+            "off",
         ])
         .env("RUST_LOG", "info")
         .env_remove("NOTIFY_SOCKET")
@@ -884,26 +874,45 @@ async fn killed_daemon_restarted_on_the_same_port_between_two_calls() {
 }
 
 #[tokio::test]
-async fn connection_closed_by_the_server_between_calls_is_replaced() {
-    let server = TestServer::start().await;
+async fn connection_closed_by_the_idle_timeout_between_calls_is_replaced() {
+    let server = TestServer::start_with(pushwire::Config {
+        push_idle_timeout: Some(Duration::from_millis(300)),
+        ..pushwire::Config::default()
+    })
+    .await;
     let mut t1 = tab(&server, "uid1").await;
-    let relay = Relay::start(server.push_addr).await;
     // No resending: the closed socket must be seen before the line is written.
-    let mut php = Php::with_client(&tcp(relay.addr), json!({"retry_unanswered": false})).await;
+    let mut php =
+        Php::with_client(&tcp(server.push_addr), json!({"retry_unanswered": false})).await;
     assert_eq!(
         php.call("push", json!([{"uid": "uid1", "n": 1}])).await,
         true
     );
     assert_eq!(t1.recv_text().await, r#"{"uid":"uid1","n":1}"#);
+    let before = php.socket().await;
 
-    // The daemon's side closes the idle connection (as its idle timeout does).
-    relay.close_all_and_wait().await;
+    // Wait until the server has closed PHP's idle connection: only the poller is left.
+    let mut poller = PushClient::connect(server.push_addr).await;
+    let deadline = tokio::time::Instant::now() + STEP;
+    loop {
+        let stats: Value = serde_json::from_str(&poller.request("/stats").await).unwrap();
+        if stats["push_connections"] == 1 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "idle connection not closed: {stats}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    drop(poller);
+
     assert_eq!(
         php.call("push", json!([{"uid": "uid1", "n": 2}])).await,
         true
     );
     assert_eq!(t1.recv_text().await, r#"{"uid":"uid1","n":2}"#);
-    assert_eq!(relay.accepted(), 2);
+    assert_ne!(php.socket().await, before, "expected a new connection");
     t1.expect_silence(QUIET).await;
 
     t1.close().await;

@@ -405,8 +405,8 @@ class Client
     private function decode(string $reply): array
     {
         if ($reply === 'fail') {
-            // What the daemon answers a command longer than its --max-line-bytes (newer
-            // versions answer a JSON error instead).
+            // What older daemons answered a command longer than --max-line-bytes
+            // (current ones answer a JSON error).
             throw new ServerException('line too long or not taken (the daemon answered "fail")', []);
         }
         $r = json_decode($reply, true);
