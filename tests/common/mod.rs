@@ -574,3 +574,25 @@ fwrite($client, json_encode($data)."\n");
 // 读取推送结果
 echo fread($client, 8192);
 "#;
+
+impl TestServer {
+    /// Like [`TestServer::start_with`], on the given addresses: a stopped server's, to
+    /// restart it on the same ports (listeners set `SO_REUSEADDR`, so connections it left
+    /// in TIME_WAIT do not block the bind).
+    pub async fn start_on(
+        config: pushwire::Config,
+        ws_addr: SocketAddr,
+        push_addr: SocketAddr,
+    ) -> TestServer {
+        let ws = TcpListener::bind(ws_addr).await.expect("bind ws again");
+        let push = TcpListener::bind(push_addr).await.expect("bind push again");
+        let shutdown = CancellationToken::new();
+        let handle = tokio::spawn(pushwire::run(config, ws, push, shutdown.clone()));
+        TestServer {
+            ws_addr,
+            push_addr,
+            shutdown,
+            handle: Some(handle),
+        }
+    }
+}
