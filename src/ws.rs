@@ -60,7 +60,9 @@ pub(crate) async fn serve(stream: TcpStream, ctx: Arc<State>, pending: Pending) 
         max_in: ctx.config.max_in(),
     };
     let upgraded = tokio::select! {
-        r = timeout_at(deadline, handshake::accept(stream, &policy)) => match r {
+        // Boxed: an idle bound connection's task must not keep room for the handshake's
+        // state, which lives only until the 101.
+        r = timeout_at(deadline, Box::pin(handshake::accept(stream, &policy))) => match r {
             Ok(Ok(upgraded)) => upgraded,
             Ok(Err(err @ (HandshakeError::TooLarge | HandshakeError::Refused(_)))) => {
                 if let HandshakeError::Refused(_) = err {

@@ -17,8 +17,18 @@ pub type Uid = Arc<str>;
 /// Why our own type rather than tungstenite's `Utf8Bytes`: tungstenite only parses the
 /// upgrade now, and the core should not depend on it for its central type; and the
 /// receive time belongs with the message.
+///
+/// One pointer wide: every connection's queue and write batch hold `Payload`s and keep
+/// their capacity while idle, so its size is paid per idle browser that ever received
+/// a message. Measured at 10k idle browsers against the build before `Payload`
+/// (tungstenite's 32-byte `Utf8Bytes`): 4.22 vs 3.79 KiB per connection with the
+/// bytes and the time inline (48 bytes), 3.86 vs 3.88 KiB with this (8 bytes; the
+/// price is one allocation per pushed line, shared by all its recipients).
 #[derive(Clone, Debug)]
-pub struct Payload {
+pub struct Payload(Arc<Shared>);
+
+#[derive(Debug)]
+struct Shared {
     bytes: Bytes,
     received: Instant,
 }
@@ -43,10 +53,10 @@ impl Payload {
     }
 
     fn unchecked_ok(bytes: Bytes) -> Payload {
-        Payload {
+        Payload(Arc::new(Shared {
             bytes,
             received: Instant::now(),
-        }
+        }))
     }
 
     /// A static message (tests, fixed texts).
@@ -57,34 +67,37 @@ impl Payload {
     /// The tail from byte `at`, sharing the buffer; `None` unless `at` is on a character
     /// boundary (a continuation byte would start a broken character).
     pub fn tail(&self, at: usize) -> Option<Payload> {
-        let boundary = match self.bytes.get(at) {
+        let bytes = &self.0.bytes;
+        let boundary = match bytes.get(at) {
             Some(&b) => (b as i8) >= -0x40, // not 0b10xx_xxxx
-            None => at == self.bytes.len(),
+            None => at == bytes.len(),
         };
-        boundary.then(|| Payload {
-            bytes: self.bytes.slice(at..),
-            received: self.received,
+        boundary.then(|| {
+            Payload(Arc::new(Shared {
+                bytes: bytes.slice(at..),
+                received: self.0.received,
+            }))
         })
     }
 
     /// The message's bytes (UTF-8).
     pub fn as_bytes(&self) -> &[u8] {
-        &self.bytes
+        &self.0.bytes
     }
 
     /// Its length in bytes.
     pub fn len(&self) -> usize {
-        self.bytes.len()
+        self.0.bytes.len()
     }
 
     /// True for an empty message.
     pub fn is_empty(&self) -> bool {
-        self.bytes.is_empty()
+        self.0.bytes.is_empty()
     }
 
     /// When the daemon received it.
     pub fn received(&self) -> Instant {
-        self.received
+        self.0.received
     }
 }
 
@@ -97,7 +110,7 @@ impl From<String> for Payload {
 impl PartialEq for Payload {
     /// Messages are equal by content; when they arrived does not matter.
     fn eq(&self, other: &Payload) -> bool {
-        self.bytes == other.bytes
+        self.0.bytes == other.0.bytes
     }
 }
 
