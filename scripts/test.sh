@@ -29,6 +29,7 @@ missing_packages() {
 	command -v php >/dev/null 2>&1 || echo php-cli
 	nc_is_openbsd || echo netcat-openbsd
 	command -v chromium >/dev/null 2>&1 || echo chromium
+	command -v redis-server >/dev/null 2>&1 || echo redis-server
 }
 
 as_root() {

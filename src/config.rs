@@ -79,6 +79,11 @@ pub struct Config {
     pub http_max_body_bytes: usize,
     /// HTTP door: connections held at once; more wait in the backlog.
     pub max_http_connections: usize,
+    /// Cluster mode: the Redis URL (`redis://host:port[/db]`, `rediss://`); `None` is
+    /// a single node that never touches Redis.
+    pub redis: Option<String>,
+    /// Cluster mode: the longest a reply waits for Redis and the other nodes.
+    pub cluster_timeout: Duration,
 }
 
 impl Default for Config {
@@ -113,6 +118,8 @@ impl Default for Config {
             http_max_header_bytes: 16 * 1024,
             http_max_body_bytes: 4 * 1024 * 1024,
             max_http_connections: 256,
+            redis: None,
+            cluster_timeout: Duration::from_millis(1000),
         }
     }
 }

@@ -16,6 +16,7 @@
 //! - [`wire`]: bytes ↔ types, no I/O: line framing, push lines, the command grammar,
 //!   close notices, the shared [`wire::Payload`].
 //! - [`metrics`]: one table of counters → `/stats` and Prometheus.
+//! - [`cluster`]: cluster mode on Redis (routed delivery, truthful cluster-wide replies).
 //! - [`auth`] (signed uids), [`access`] (allow-lists, per-address caps, the budget of
 //!   connections not bound yet, secrets): who may connect and how much they may hold.
 //! - [`config`]: limits and their validation; [`logsafe`]: stranger-supplied text in log
@@ -28,6 +29,7 @@
 
 pub mod access;
 pub mod auth;
+pub mod cluster;
 pub mod config;
 pub mod control;
 pub mod frames;

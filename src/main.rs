@@ -66,6 +66,15 @@ struct Args {
     #[arg(long, env = "PUSHWIRE_MAX_HTTP_CONNECTIONS", default_value_t = 256)]
     max_http_connections: usize,
 
+    /// Cluster mode: the Redis that links the nodes (`redis://host:port[/db]`, or
+    /// `rediss://` for TLS). Without it the node is alone and never touches Redis.
+    #[arg(long, env = "PUSHWIRE_REDIS")]
+    redis: Option<String>,
+
+    /// Cluster mode: the longest a reply waits for Redis and the other nodes, in ms.
+    #[arg(long, env = "PUSHWIRE_CLUSTER_TIMEOUT_MS", default_value_t = 1000)]
+    cluster_timeout_ms: u64,
+
     /// Longest push line accepted, in bytes; longer lines get `fail`.
     #[arg(long, env = "PUSHWIRE_MAX_LINE_BYTES", default_value_t = 1024 * 1024)]
     max_line_bytes: usize,
@@ -353,7 +362,7 @@ async fn serve(args: Args) -> std::io::Result<()> {
         http,
     };
     let server = tokio::spawn(pushwire::serve_state(
-        pushwire::state::State::new(config),
+        pushwire::state::State::new(config)?,
         listeners,
         shutdown.clone(),
     ));
@@ -586,6 +595,8 @@ fn config_from(args: &Args) -> std::io::Result<pushwire::Config> {
         http_max_header_bytes: args.http_max_header_bytes,
         http_max_body_bytes: args.http_max_body_bytes,
         max_http_connections: args.max_http_connections,
+        redis: args.redis.clone().filter(|u| !u.is_empty()),
+        cluster_timeout: Duration::from_millis(args.cluster_timeout_ms),
     };
     let capacity = config.ws_capacity(nofile, matches!(args.http_listen, Listen::On(_)));
     config.max_ws_connections = match args.max_ws_connections {

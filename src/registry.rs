@@ -42,6 +42,17 @@ pub struct Delivery {
     pub refused: usize,
 }
 
+impl std::ops::Add for Delivery {
+    type Output = Delivery;
+
+    fn add(self, other: Delivery) -> Delivery {
+        Delivery {
+            queued: self.queued + other.queued,
+            refused: self.refused + other.refused,
+        }
+    }
+}
+
 impl Delivery {
     /// The seed's `ok`: at least one live connection took the message.
     pub fn ok(self) -> bool {
@@ -56,6 +67,14 @@ pub struct Fanout {
     pub reached: usize,
     /// Connections over all those uids.
     pub delivery: Delivery,
+}
+
+/// Told when a uid gets its first connection here or loses its last (cluster mode
+/// subscribes to a uid's channel exactly while this node holds it). Called under the
+/// uid's shard lock, so it must only take locks of its own and never wait.
+pub trait Presence: Send + Sync + std::fmt::Debug {
+    /// `uid` came online here or went offline here.
+    fn changed(&self, uid: &Uid);
 }
 
 /// Cheap-clone handle to the shared registry.
@@ -73,6 +92,8 @@ struct Shared {
     metrics: Arc<Metrics>,
     /// One lock for all groups; always taken after a shard lock, never before.
     groups: Mutex<Groups>,
+    /// Set once in cluster mode.
+    presence: std::sync::OnceLock<Arc<dyn Presence>>,
 }
 
 #[derive(Debug, Default)]
@@ -134,7 +155,19 @@ impl Registry {
                 limits,
                 metrics,
                 groups: Mutex::new(Groups::new(group_limits)),
+                presence: std::sync::OnceLock::new(),
             }),
+        }
+    }
+
+    /// Installs the presence hook (once; later calls are ignored).
+    pub fn set_presence(&self, hook: Arc<dyn Presence>) {
+        let _ = self.shared.presence.set(hook);
+    }
+
+    fn presence_changed(&self, uid: &Uid) {
+        if let Some(hook) = self.shared.presence.get() {
+            hook.changed(uid);
         }
     }
 
@@ -156,6 +189,7 @@ impl Registry {
         if entry.conns.len() == 1 {
             // Under the shard lock, so online/offline transitions reach groups in order.
             self.groups().came_online(&uid);
+            self.presence_changed(&uid);
         }
         shard.connections += 1;
         drop(shard);
@@ -181,6 +215,7 @@ impl Registry {
             && let Some((key, _)) = shard.uids.remove_entry(uid)
         {
             self.groups().went_offline(&key, Instant::now());
+            self.presence_changed(&key);
         }
         shard.connections -= 1;
     }

@@ -59,7 +59,7 @@ pub async fn serve(
     for note in notes {
         warn!("{note}");
     }
-    serve_state(State::new(config), listeners, shutdown).await
+    serve_state(State::new(config)?, listeners, shutdown).await
 }
 
 /// Serves with a state made by the caller (tests that look inside it).

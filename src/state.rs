@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 
+use crate::cluster::{Cluster, ClusterConfig};
 use crate::config::Config;
 use crate::metrics::{Gauges, Metric, Metrics};
 use crate::registry::Registry;
@@ -24,24 +25,42 @@ pub struct State {
     /// Cancelled once backends are drained, so every accepted push reaches its socket
     /// before browsers get their 1001.
     pub ws_stop: CancellationToken,
+    /// The link to the other nodes, in cluster mode (`--redis`).
+    pub cluster: Option<Arc<Cluster>>,
 }
 
 impl State {
-    /// A fresh state for `config` (already validated).
-    pub fn new(config: Config) -> Arc<State> {
+    /// A fresh state for `config` (already validated); in cluster mode it starts the
+    /// link to Redis (in the background: Redis may be down) and fails only on a bad URL.
+    /// Must be called inside the runtime.
+    pub fn new(config: Config) -> std::io::Result<Arc<State>> {
         let metrics = Arc::new(Metrics::default());
         let registry = Registry::new(
             config.queue_limits(),
             config.group_limits(),
             metrics.clone(),
         );
-        Arc::new(State {
+        let cluster = match &config.redis {
+            Some(url) => Some(
+                Cluster::start(
+                    &ClusterConfig {
+                        url: url.clone(),
+                        timeout: config.cluster_timeout,
+                    },
+                    &registry,
+                )
+                .map_err(std::io::Error::other)?,
+            ),
+            None => None,
+        };
+        Ok(Arc::new(State {
             config,
             registry,
             metrics,
             push_stop: CancellationToken::new(),
             ws_stop: CancellationToken::new(),
-        })
+            cluster,
+        }))
     }
 
     /// `/stats`, in the table's order.

@@ -124,6 +124,18 @@ pub fn execute(state: &State, request: Request<'_>) -> Response {
     let reply = match request {
         Request::Push { uid, line } => {
             let outcome = push_to(state, &uid, &line);
+            if let (Some(cluster), Ok(local)) = (&state.cluster, &outcome)
+                && uid.len() <= state.config.max_uid_bytes
+            {
+                // Other nodes may hold the uid: the reply waits for them.
+                let (local, remote) = (*local, cluster.push(&uid, &line));
+                let metrics = state.metrics.clone();
+                return Response::Later(Box::pin(async move {
+                    let total = local + remote.await.delivery;
+                    count_into(&metrics, &Ok(total));
+                    if total.ok() { Reply::Ok } else { Reply::Fail }
+                }));
+            }
             count(state, &outcome);
             if outcome.is_ok_and(Delivery::ok) {
                 Reply::Ok
@@ -141,7 +153,7 @@ pub fn execute(state: &State, request: Request<'_>) -> Response {
             text,
         } => {
             state.metrics.incr(Metric::Commands);
-            run(state, command, &line, text)
+            return run(state, command, &line, text);
         }
         Request::BadCommand(err) => {
             state.metrics.incr(Metric::Commands);
@@ -163,7 +175,10 @@ fn push_to(state: &State, uid: &str, line: &Payload) -> Result<Delivery, BadLine
 
 /// Counts one push line's outcome (plain or `/push`) and logs a malformed one.
 fn count(state: &State, outcome: &Result<Delivery, BadLine>) {
-    let m = &state.metrics;
+    count_into(&state.metrics, outcome);
+}
+
+fn count_into(m: &crate::metrics::Metrics, outcome: &Result<Delivery, BadLine>) {
     match outcome {
         Ok(d) if d.ok() => m.incr(Metric::PushesOk),
         Ok(_) => m.incr(Metric::PushesFail),
@@ -175,16 +190,16 @@ fn count(state: &State, outcome: &Result<Delivery, BadLine>) {
     }
 }
 
-fn run(state: &State, command: Command<'_>, line: &Payload, text: &str) -> Reply {
+fn run(state: &State, command: Command<'_>, line: &Payload, text: &str) -> Response {
     let registry = &state.registry;
     // Offsets come from the grammar, which cuts at char boundaries; an offset that is not
     // one would be a grammar bug, answered as an error rather than a panic.
     let payload = |at: usize| line.tail(at);
     let json = match command {
-        Command::Ping => return Reply::Pong,
+        Command::Ping => return Response::Ready(Reply::Pong),
         Command::Send { uids, payload: at } => {
             let Some(msg) = payload(at) else {
-                return Reply::error("bad payload offset");
+                return Response::Ready(Reply::error("bad payload offset"));
             };
             let f = registry.push_many(&uids, &msg);
             Json::Send(SendReply {
@@ -197,12 +212,46 @@ fn run(state: &State, command: Command<'_>, line: &Payload, text: &str) -> Reply
         }
         Command::Push { id, line: at } => {
             let Some(msg) = payload(at) else {
-                return Reply::error("bad payload offset");
+                return Response::Ready(Reply::error("bad payload offset"));
             };
             let Some(tail) = text.get(at..) else {
-                return Reply::error("bad payload offset");
+                return Response::Ready(Reply::error("bad payload offset"));
             };
-            let outcome = push_target_str(tail).and_then(|uid| push_to(state, &uid, &msg));
+            let target = push_target_str(tail);
+            let outcome = target
+                .as_ref()
+                .map_err(Clone::clone)
+                .and_then(|uid| push_to(state, uid, &msg));
+            if let (Some(cluster), Ok(uid), Ok(local)) = (&state.cluster, &target, &outcome)
+                && uid.len() <= state.config.max_uid_bytes
+            {
+                let (local, remote) = (*local, cluster.push(uid, &msg));
+                let (metrics, id) = (state.metrics.clone(), id.into_owned());
+                return Response::Later(Box::pin(async move {
+                    let remote = remote.await;
+                    let total = local + remote.delivery;
+                    count_into(&metrics, &Ok(total));
+                    let result = if total.ok() {
+                        PushResult::Delivered
+                    } else if remote.unavailable {
+                        PushResult::Unavailable
+                    } else if remote.missing > 0 {
+                        PushResult::Partial
+                    } else if total.refused > 0 {
+                        PushResult::Refused
+                    } else {
+                        PushResult::Offline
+                    };
+                    Reply::Json(Json::Push(PushReply {
+                        ok: total.ok(),
+                        result,
+                        error: None,
+                        connections: Some(total.queued),
+                        refused: Some(total.refused),
+                        id,
+                    }))
+                }));
+            }
             count(state, &outcome);
             let (ok, result) = match &outcome {
                 Ok(d) if d.ok() => (true, PushResult::Delivered),
@@ -225,7 +274,7 @@ fn run(state: &State, command: Command<'_>, line: &Payload, text: &str) -> Reply
             payload: at,
         } => {
             let Some(msg) = payload(at) else {
-                return Reply::error("bad payload offset");
+                return Response::Ready(Reply::error("bad payload offset"));
             };
             let (members, f) = registry
                 .push_group(&group, &msg, &except)
@@ -244,7 +293,7 @@ fn run(state: &State, command: Command<'_>, line: &Payload, text: &str) -> Reply
             payload: at,
         } => {
             let Some(msg) = payload(at) else {
-                return Reply::error("bad payload offset");
+                return Response::Ready(Reply::error("bad payload offset"));
             };
             let d = registry.broadcast(&msg, &except);
             Json::Broadcast(BroadcastReply {
@@ -262,7 +311,7 @@ fn run(state: &State, command: Command<'_>, line: &Payload, text: &str) -> Reply
             }),
             Err(e) => {
                 debug!(%e, group = %escaped(&group), "join refused");
-                return Reply::error(e);
+                return Response::Ready(Reply::error(e));
             }
         },
         Command::Leave { group, uids } => {
@@ -321,7 +370,7 @@ fn run(state: &State, command: Command<'_>, line: &Payload, text: &str) -> Reply
         }
         Command::Stats => Json::Stats(StatsReply(state.stats())),
     };
-    Reply::Json(json)
+    Response::Ready(Reply::Json(json))
 }
 
 /// The replies of one backend connection, in request order, whatever resolves when.

@@ -171,6 +171,11 @@ pub enum PushResult {
     Refused,
     /// The line was not a valid push.
     Malformed,
+    /// Cluster mode: some node that got it did not answer in time (the counts are
+    /// those that did).
+    Partial,
+    /// Cluster mode: Redis could not be reached, and no connection here took it.
+    Unavailable,
 }
 
 /// `/stats`: `"ok":true`, then the metric table's keys in order.

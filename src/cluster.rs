@@ -1,0 +1,583 @@
+//! Cluster mode on Redis (`--redis URL`): several nodes, one truthful answer.
+//!
+//! # Message flow
+//! - A node **subscribes** (sharded pub/sub, `SSUBSCRIBE pw:u:<uid>`) to a uid's channel
+//!   exactly while it holds a connection of that uid, and always to its own reply channel
+//!   `pw:r:<node>`. The registry tells it when a uid comes or goes ([`Presence`]); one
+//!   task reconciles subscriptions in order.
+//! - A **push** to a uid is delivered to this node's connections of it at once, then
+//!   published (`SPUBLISH pw:u:<uid>`) with this node's id and a request number. Redis
+//!   answers with how many subscribers got it: every other holder replies on the
+//!   origin's reply channel with how many of its connections queued it and how many
+//!   refused; the origin's own copy is counted in-process. The backend's reply waits
+//!   (at most `--cluster-timeout-ms`) for exactly that many answers, so `ok` means a
+//!   holder's queue took the message, not that Redis did.
+//! - **Order**: every publish of a node goes through one task that sends them in order,
+//!   batched in one pipeline per wake-up, so pushes from one backend connection to one
+//!   uid reach every holder in the order they were sent.
+//! - **Redis unreachable**: local delivery goes on; a publish that fails or times out
+//!   leaves the reply to local delivery (a plain line answers `fail` if nothing here took
+//!   it; `/push` says `unavailable`). The client reconnects with exponential backoff and
+//!   jitter and re-subscribes everything (fred's `manage_subscriptions`).
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::Duration;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use fred::clients::{Client, SubscriberClient};
+use fred::interfaces::{ClientLike, EventInterface, PubsubInterface};
+use fred::types::config::{Config as RedisConfig, ReconnectPolicy};
+use fred::types::{Builder, Value};
+use tokio::sync::{Notify, mpsc, oneshot};
+use tracing::{debug, info, warn};
+
+use crate::registry::{Delivery, Presence, Registry};
+use crate::wire::{Payload, Uid};
+
+/// Publishes that may wait for the publisher task; past it a push is answered from
+/// local delivery alone (as if Redis were down), so memory stays bounded.
+const PUBLISH_QUEUE: usize = 65_536;
+/// Messages from Redis buffered for the handling task (fred's broadcast channel).
+const MESSAGE_BUFFER: usize = 16_384;
+/// Publishes sent in one pipeline at most.
+const PIPELINE_MAX: usize = 1024;
+
+/// How the cluster is reached and how long a reply may wait for it.
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    /// `redis://host:port[/db]` or `rediss://` (TLS).
+    pub url: String,
+    /// Longest a reply waits for Redis and the holders' answers.
+    pub timeout: Duration,
+}
+
+/// What other holders answered about one push.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Remote {
+    /// Connections on other nodes that queued it, and that refused it.
+    pub delivery: Delivery,
+    /// Holders that got it but did not answer in time.
+    pub missing: usize,
+    /// Redis could not be asked (down, or the publish queue is full).
+    pub unavailable: bool,
+}
+
+/// This node's link to the cluster.
+#[derive(Debug)]
+pub struct Cluster {
+    node: String,
+    timeout: Duration,
+    registry: Registry,
+    cmd: Client,
+    sub: SubscriberClient,
+    publish: mpsc::Sender<Outgoing>,
+    waiting: Mutex<HashMap<u64, Waiting>>,
+    next_req: AtomicU64,
+    /// Uids whose subscription may be out of date; the reconciling task drains it.
+    dirty: Mutex<HashSet<Uid>>,
+    wake: Notify,
+    /// Uid channels this node is subscribed to (as far as Redis has confirmed).
+    subscribed: Mutex<HashSet<Uid>>,
+    /// Connected, and subscribed to this node's reply channel: only then may a push be
+    /// published (a holder's answer sent before that would be lost, and a push that was
+    /// delivered would be answered `fail`).
+    up: AtomicBool,
+}
+
+struct Outgoing {
+    channel: String,
+    message: Bytes,
+    done: Option<oneshot::Sender<Option<i64>>>,
+}
+
+impl std::fmt::Debug for Outgoing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Outgoing")
+            .field("channel", &self.channel)
+            .finish()
+    }
+}
+
+/// A push waiting for the holders' answers.
+#[derive(Debug, Default)]
+struct Waiting {
+    /// Answers still expected (`None` until Redis said how many got it).
+    expected: Option<usize>,
+    got: usize,
+    delivery: Delivery,
+    done: Option<oneshot::Sender<()>>,
+}
+
+impl Waiting {
+    fn complete(&self) -> bool {
+        self.expected.is_some_and(|n| self.got >= n)
+    }
+}
+
+/// Why cluster mode could not start.
+#[derive(Debug)]
+pub struct ClusterError(String);
+
+impl std::fmt::Display for ClusterError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "redis: {}", self.0)
+    }
+}
+
+impl std::error::Error for ClusterError {}
+
+impl Cluster {
+    /// Connects (in the background: a node starts and serves its own sockets even while
+    /// Redis is down) and starts the subscription, publishing and message tasks.
+    pub fn start(
+        config: &ClusterConfig,
+        registry: &Registry,
+    ) -> Result<Arc<Cluster>, ClusterError> {
+        let redis = RedisConfig::from_url(&config.url).map_err(|e| ClusterError(e.to_string()))?;
+        let mut builder = Builder::from_config(redis);
+        builder
+            .with_performance_config(|p| {
+                p.default_command_timeout = config.timeout;
+                // Messages from Redis wait here for the one task that handles them; a
+                // burst beyond it is lost (and logged), so it holds a pipelined burst.
+                p.broadcast_channel_capacity = MESSAGE_BUFFER;
+            })
+            .with_connection_config(|c| c.connection_timeout = config.timeout)
+            .set_policy(ReconnectPolicy::new_exponential(0, 50, 2_000, 2));
+        let cmd = builder.build().map_err(|e| ClusterError(e.to_string()))?;
+        let sub = builder
+            .build_subscriber_client()
+            .map_err(|e| ClusterError(e.to_string()))?;
+        let node = node_id();
+        let (publish, queue) = mpsc::channel(PUBLISH_QUEUE);
+        let cluster = Arc::new(Cluster {
+            node,
+            timeout: config.timeout,
+            registry: registry.clone(),
+            cmd,
+            sub,
+            publish,
+            waiting: Mutex::default(),
+            next_req: AtomicU64::new(1),
+            dirty: Mutex::default(),
+            wake: Notify::new(),
+            subscribed: Mutex::default(),
+            up: AtomicBool::new(false),
+        });
+        registry.set_presence(Arc::new(Hook(Arc::downgrade(&cluster))));
+        // The connection tasks run detached; the handles are not needed.
+        drop(cluster.cmd.connect());
+        drop(cluster.sub.connect());
+        drop(cluster.sub.manage_subscriptions());
+        tokio::spawn(publisher(cluster.clone(), queue));
+        tokio::spawn(listen(cluster.clone()));
+        tokio::spawn(reconcile(cluster.clone()));
+        tokio::spawn(watch(cluster.clone()));
+        info!(node = %cluster.node, url = %redacted(&config.url), "cluster mode");
+        Ok(cluster)
+    }
+
+    /// This node's id.
+    pub fn node(&self) -> &str {
+        &self.node
+    }
+
+    /// True while both Redis connections are up.
+    pub fn is_up(&self) -> bool {
+        self.up.load(Relaxed)
+    }
+
+    /// Publishes `payload` to the other holders of `uid` and waits (bounded) for their
+    /// answers. Call it right after delivering locally: the publish is queued in order
+    /// before this returns, so later pushes are published after it.
+    pub fn push(
+        self: &Arc<Self>,
+        uid: &str,
+        payload: &Payload,
+    ) -> impl Future<Output = Remote> + use<> {
+        let req = self.next_req.fetch_add(1, Relaxed);
+        let (done_tx, done_rx) = oneshot::channel();
+        let (count_tx, count_rx) = oneshot::channel();
+        self.lock_waiting().insert(
+            req,
+            Waiting {
+                done: Some(done_tx),
+                ..Waiting::default()
+            },
+        );
+        let queued = if !self.is_up() {
+            Err(())
+        } else {
+            self.publish
+                .try_send(Outgoing {
+                    channel: uid_channel(uid),
+                    message: envelope(&self.node, req, payload.as_bytes()),
+                    done: Some(count_tx),
+                })
+                .map_err(|_| ())
+        };
+        let this = self.clone();
+        async move {
+            let unavailable = |this: &Cluster| {
+                this.lock_waiting().remove(&req);
+                Remote {
+                    unavailable: true,
+                    ..Remote::default()
+                }
+            };
+            if queued.is_err() {
+                return unavailable(&this);
+            }
+            let deadline = tokio::time::Instant::now() + this.timeout;
+            let receivers = match tokio::time::timeout_at(deadline, count_rx).await {
+                Ok(Ok(Some(n))) => usize::try_from(n).unwrap_or(0),
+                _ => return unavailable(&this),
+            };
+            {
+                let mut waiting = this.lock_waiting();
+                let Some(w) = waiting.get_mut(&req) else {
+                    return Remote::default();
+                };
+                w.expected = Some(receivers);
+                if w.complete() {
+                    let w = waiting.remove(&req).unwrap_or_default();
+                    return Remote {
+                        delivery: w.delivery,
+                        ..Remote::default()
+                    };
+                }
+            }
+            let _ = tokio::time::timeout_at(deadline, done_rx).await;
+            let w = this.lock_waiting().remove(&req).unwrap_or_default();
+            Remote {
+                delivery: w.delivery,
+                missing: receivers.saturating_sub(w.got),
+                unavailable: false,
+            }
+        }
+    }
+
+    /// One holder's answer (or our own copy's, counted as nothing: local delivery was
+    /// counted by the caller).
+    fn answered(&self, req: u64, delivery: Delivery) {
+        let mut waiting = self.lock_waiting();
+        let Some(w) = waiting.get_mut(&req) else {
+            return; // Timed out already.
+        };
+        w.got += 1;
+        w.delivery.queued += delivery.queued;
+        w.delivery.refused += delivery.refused;
+        if w.complete()
+            && let Some(done) = w.done.take()
+        {
+            let _ = done.send(());
+        }
+    }
+
+    fn lock_waiting(&self) -> MutexGuard<'_, HashMap<u64, Waiting>> {
+        self.waiting.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn mark(&self, uid: &Uid) {
+        let first = {
+            let mut dirty = self.dirty.lock().unwrap_or_else(|e| e.into_inner());
+            let first = dirty.is_empty();
+            dirty.insert(uid.clone());
+            first
+        };
+        if first {
+            self.wake.notify_one();
+        }
+    }
+
+    /// Every uid held here, to be re-announced (after a reconnect).
+    fn mark_all(&self) {
+        let (page, _) = self.registry.uids_page(0, usize::MAX);
+        let mut dirty = self.dirty.lock().unwrap_or_else(|e| e.into_inner());
+        dirty.extend(page);
+        drop(dirty);
+        self.wake.notify_one();
+    }
+}
+
+/// The registry's hook: a uid came or went here.
+#[derive(Debug)]
+struct Hook(Weak<Cluster>);
+
+impl Presence for Hook {
+    fn changed(&self, uid: &Uid) {
+        if let Some(cluster) = self.0.upgrade() {
+            cluster.mark(uid);
+        }
+    }
+}
+
+/// Keeps this node's uid subscriptions in step with the registry, in order.
+async fn reconcile(cluster: Arc<Cluster>) {
+    loop {
+        let dirty: Vec<Uid> = {
+            let mut d = cluster.dirty.lock().unwrap_or_else(|e| e.into_inner());
+            d.drain().collect()
+        };
+        if dirty.is_empty() {
+            cluster.wake.notified().await;
+            continue;
+        }
+        let (mut on, mut off) = (Vec::new(), Vec::new());
+        for uid in dirty {
+            let here = cluster.registry.connections_of(&uid) > 0;
+            let subscribed = cluster
+                .subscribed
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .contains(&uid);
+            match (here, subscribed) {
+                (true, false) => on.push(uid),
+                (false, true) => off.push(uid),
+                _ => {}
+            }
+        }
+        for (uids, subscribe) in [(on, true), (off, false)] {
+            if uids.is_empty() {
+                continue;
+            }
+            let channels: Vec<String> = uids.iter().map(|u| uid_channel(u)).collect();
+            let result = if subscribe {
+                cluster.sub.ssubscribe(channels).await
+            } else {
+                cluster.sub.sunsubscribe(channels).await
+            };
+            match result {
+                Ok(()) => {
+                    let mut s = cluster.subscribed.lock().unwrap_or_else(|e| e.into_inner());
+                    for uid in uids {
+                        if subscribe {
+                            s.insert(uid);
+                        } else {
+                            s.remove(&uid);
+                        }
+                    }
+                }
+                Err(err) => {
+                    debug!(%err, "subscription change failed; retried after reconnect");
+                    cluster
+                        .dirty
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .extend(uids);
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+    }
+}
+
+/// Sends every publish in order, as many as are queued per pipeline.
+async fn publisher(cluster: Arc<Cluster>, mut queue: mpsc::Receiver<Outgoing>) {
+    let mut batch = Vec::with_capacity(PIPELINE_MAX);
+    while queue.recv_many(&mut batch, PIPELINE_MAX).await > 0 {
+        let pipeline = cluster.cmd.pipeline();
+        let mut queued = true;
+        for out in &batch {
+            let r: Result<(), _> = pipeline
+                .spublish(out.channel.as_str(), out.message.clone())
+                .await;
+            queued &= r.is_ok();
+        }
+        let results: Vec<Result<Value, fred::error::Error>> = if queued {
+            pipeline.try_all().await
+        } else {
+            Vec::new()
+        };
+        for (i, out) in batch.drain(..).enumerate() {
+            let n = match results.get(i) {
+                Some(Ok(v)) => v.as_i64(),
+                _ => None,
+            };
+            if let Some(done) = out.done {
+                let _ = done.send(n);
+            }
+        }
+    }
+}
+
+/// Handles what arrives on the subscribed channels.
+async fn listen(cluster: Arc<Cluster>) {
+    let reply_channel = reply_channel(&cluster.node);
+    let mut rx = cluster.sub.message_rx();
+    loop {
+        let msg = match rx.recv().await {
+            Ok(msg) => msg,
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                warn!(
+                    lost = n,
+                    "cluster messages lost: the message queue overflowed"
+                );
+                continue;
+            }
+            Err(_) => return,
+        };
+        let Some(bytes) = msg.value.as_bytes() else {
+            continue;
+        };
+        if *msg.channel == *reply_channel {
+            if let Some((req, delivery)) = parse_answer(bytes) {
+                cluster.answered(req, delivery);
+            }
+            continue;
+        }
+        let Some(uid) = msg.channel.strip_prefix(UID_PREFIX) else {
+            continue;
+        };
+        let Some((origin, req, payload)) = parse_envelope(bytes) else {
+            debug!("malformed cluster message");
+            continue;
+        };
+        if origin == cluster.node.as_bytes() {
+            // Our own publish: delivered locally already; count the copy as answered.
+            cluster.answered(req, Delivery::default());
+            continue;
+        }
+        let delivery = match Payload::new(Bytes::copy_from_slice(payload)) {
+            Ok(p) => cluster.registry.push(uid, &p),
+            Err(_) => Delivery::default(),
+        };
+        let _ = cluster.publish.try_send(Outgoing {
+            channel: reply_channel_of(origin),
+            message: answer(req, delivery),
+            done: None,
+        });
+    }
+}
+
+/// Tracks whether Redis is up; re-announces every uid after a reconnect.
+async fn watch(cluster: Arc<Cluster>) {
+    let mut was_up = false;
+    let reply = reply_channel(&cluster.node);
+    loop {
+        let up = cluster.cmd.is_connected() && cluster.sub.is_connected();
+        if up && !was_up {
+            // (Re)connected: our reply channel and every uid we hold.
+            if cluster.sub.ssubscribe(reply.as_str()).await.is_ok() {
+                cluster
+                    .subscribed
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .clear();
+                let _ = cluster.sub.resubscribe_all().await;
+                cluster.mark_all();
+                info!("redis connected");
+            } else {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        } else if !up && was_up {
+            warn!("redis unreachable: serving local connections only");
+        }
+        cluster.up.store(up, Relaxed);
+        was_up = up;
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+const UID_PREFIX: &str = "pw:u:";
+
+fn uid_channel(uid: &str) -> String {
+    format!("{UID_PREFIX}{uid}")
+}
+
+fn reply_channel(node: &str) -> String {
+    format!("pw:r:{node}")
+}
+
+fn reply_channel_of(node: &[u8]) -> String {
+    reply_channel(&String::from_utf8_lossy(node))
+}
+
+/// `<node> <req>\n<payload>`.
+fn envelope(node: &str, req: u64, payload: &[u8]) -> Bytes {
+    let mut b = BytesMut::with_capacity(node.len() + 22 + payload.len());
+    b.put_slice(node.as_bytes());
+    b.put_slice(format!(" {req}\n").as_bytes());
+    b.put_slice(payload);
+    b.freeze()
+}
+
+fn parse_envelope(b: &[u8]) -> Option<(&[u8], u64, &[u8])> {
+    let nl = memchr::memchr(b'\n', b)?;
+    let (head, payload) = (&b[..nl], &b[nl + 1..]);
+    let sp = memchr::memchr(b' ', head)?;
+    let req = std::str::from_utf8(&head[sp + 1..]).ok()?.parse().ok()?;
+    Some((&head[..sp], req, payload))
+}
+
+/// `<req> <queued> <refused>`.
+fn answer(req: u64, d: Delivery) -> Bytes {
+    Bytes::from(format!("{req} {} {}", d.queued, d.refused))
+}
+
+fn parse_answer(b: &[u8]) -> Option<(u64, Delivery)> {
+    let text = std::str::from_utf8(b).ok()?;
+    let mut it = text.split(' ').map(str::parse::<u64>);
+    let req = it.next()?.ok()?;
+    let queued = usize::try_from(it.next()?.ok()?).ok()?;
+    let refused = usize::try_from(it.next()?.ok()?).ok()?;
+    Some((req, Delivery { queued, refused }))
+}
+
+/// A random node id, 16 hex digits.
+fn node_id() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    h.write_u32(std::process::id());
+    format!("{:016x}", h.finish())
+}
+
+/// The URL without its password, for logs.
+fn redacted(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => format!("{}://***@{}", &url[..s], &url[at + 1..]),
+        _ => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn envelopes_and_answers_round_trip() {
+        let e = envelope("abc", 42, b"{\"uid\":\"u\"}\n x");
+        assert_eq!(
+            parse_envelope(&e),
+            Some((&b"abc"[..], 42, &b"{\"uid\":\"u\"}\n x"[..]))
+        );
+        let a = answer(
+            7,
+            Delivery {
+                queued: 2,
+                refused: 1,
+            },
+        );
+        assert_eq!(
+            parse_answer(&a),
+            Some((
+                7,
+                Delivery {
+                    queued: 2,
+                    refused: 1
+                }
+            ))
+        );
+        assert_eq!(parse_answer(b"x 1 2"), None);
+        assert_eq!(redacted("redis://:pw@h:1/0"), "redis://***@h:1/0");
+        assert_eq!(node_id().len(), 16);
+    }
+}

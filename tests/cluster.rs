@@ -1,0 +1,207 @@
+//! Cluster mode on a real `redis-server` (Debian's package, started here on a free port):
+//! two in-process nodes, browsers on one, backends on the other, over real sockets.
+//!
+//! What is covered so far: routed delivery of plain pushes and `/push`, truthful replies
+//! (counts gathered from the holding nodes), tabs on two nodes, pipelined order across
+//! nodes, Redis going away (local delivery goes on, remote pushes fail fast, `/push` says
+//! `unavailable`) and coming back (subscriptions heal with no restart).
+
+mod common;
+use common::*;
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::process::{Child, Command};
+use tokio::time::Instant;
+
+/// A `redis-server` on 127.0.0.1, killed on drop.
+struct Redis {
+    child: Child,
+    port: u16,
+}
+
+impl Redis {
+    async fn start_on(port: u16) -> Redis {
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start redis-server (scripts/test.sh installs it)");
+        let redis = Redis { child, port };
+        let deadline = Instant::now() + STEP;
+        while tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_err()
+        {
+            assert!(
+                Instant::now() < deadline,
+                "redis-server did not listen on {port}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        redis
+    }
+
+    async fn start() -> Redis {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port();
+        Redis::start_on(port).await
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    async fn kill(&mut self) {
+        let _ = self.child.kill().await;
+    }
+}
+
+async fn node(redis: &Redis) -> TestServer {
+    TestServer::start_with(pushwire::Config {
+        redis: Some(redis.url()),
+        cluster_timeout: Duration::from_millis(500),
+        ..pushwire::Config::default()
+    })
+    .await
+}
+
+/// Binds `uid` on `tab`'s node, then pushes `line` through `via` until the cluster routes
+/// it (`ok`); the tab receives exactly that one line.
+async fn bound_across(tab: &mut WsClient, home: &TestServer, via: &TestServer, uid: &str) {
+    tab.bind(uid, home.push_addr).await;
+    let mut push = PushClient::connect(via.push_addr).await;
+    let line = format!(r#"{{"uid":"{uid}","routed":true}}"#);
+    push_until(&mut push, &line, "ok\n", Duration::from_secs(10)).await;
+    assert_eq!(tab.recv_text().await, line);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_push_via_one_node_reaches_a_browser_on_another_exactly_once() {
+    let redis = Redis::start().await;
+    let (a, b) = (node(&redis).await, node(&redis).await);
+    let mut tab = WsClient::connect(&b.ws_url()).await;
+    bound_across(&mut tab, &b, &a, "u1").await;
+
+    let mut push = PushClient::connect(a.push_addr).await;
+    let line = r#"{"uid":"u1","percent":"88%","é":"ü"}"#;
+    assert_eq!(push.request(line).await, "ok\n");
+    assert_eq!(tab.recv_text().await, line, "byte-exact, once");
+    let reply = push.request(r#"/push 7 {"uid":"u1","n":2}"#).await;
+    assert_eq!(
+        reply,
+        "{\"ok\":true,\"result\":\"delivered\",\"connections\":1,\"refused\":0,\"id\":\"7\"}\n"
+    );
+    assert_eq!(tab.recv_text().await, r#"{"uid":"u1","n":2}"#);
+    tab.expect_silence(Duration::from_millis(300)).await;
+
+    // Nobody holds it anywhere: fail on both nodes, quickly.
+    for n in [&a, &b] {
+        let mut p = PushClient::connect(n.push_addr).await;
+        let started = Instant::now();
+        assert_eq!(p.request(r#"{"uid":"nobody"}"#).await, "fail\n");
+        assert!(
+            started.elapsed() < Duration::from_millis(500),
+            "{:?}",
+            started.elapsed()
+        );
+        assert!(
+            p.request("/push 1 {\"uid\":\"nobody\"}")
+                .await
+                .contains("\"offline\"")
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tabs_on_two_nodes_each_get_every_push_once() {
+    let redis = Redis::start().await;
+    let (a, b) = (node(&redis).await, node(&redis).await);
+    let mut on_a = WsClient::connect(&a.ws_url()).await;
+    let mut on_b = WsClient::connect(&b.ws_url()).await;
+    // b's tab first, routed from a; then a's own (its bind probes reach b's tab too,
+    // and are skipped as probes).
+    bound_across(&mut on_b, &b, &a, "t").await;
+    on_a.bind("t", a.push_addr).await;
+
+    for via in [&a, &b] {
+        let mut push = PushClient::connect(via.push_addr).await;
+        let reply = push.request(r#"/push x {"uid":"t","k":1}"#).await;
+        assert!(reply.contains("\"connections\":2"), "{reply}");
+        for tab in [&mut on_a, &mut on_b] {
+            assert_eq!(tab.recv_text().await, r#"{"uid":"t","k":1}"#);
+        }
+    }
+    on_a.expect_silence(Duration::from_millis(200)).await;
+    on_b.expect_silence(Duration::from_millis(200)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_cross_node_pushes_arrive_in_order() {
+    let redis = Redis::start().await;
+    let (a, b) = (node(&redis).await, node(&redis).await);
+    let mut tab = WsClient::connect(&b.ws_url()).await;
+    bound_across(&mut tab, &b, &a, "order").await;
+
+    const N: usize = 1000;
+    let mut push = PushClient::connect(a.push_addr).await;
+    let mut all = String::new();
+    for i in 0..N {
+        all.push_str(&format!("{{\"uid\":\"order\",\"seq\":{i}}}\n"));
+    }
+    push.send_raw(all.as_bytes()).await;
+    for i in 0..N {
+        assert_eq!(push.read_reply().await, "ok\n", "reply {i}");
+    }
+    for i in 0..N {
+        assert_eq!(
+            tab.recv_text().await,
+            format!("{{\"uid\":\"order\",\"seq\":{i}}}"),
+            "out of order at {i}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_redis_local_pushes_go_on_and_remote_ones_fail_fast_then_heal() {
+    let mut redis = Redis::start().await;
+    let port = redis.port;
+    let (a, b) = (node(&redis).await, node(&redis).await);
+    let mut tab = WsClient::connect(&b.ws_url()).await;
+    bound_across(&mut tab, &b, &a, "r").await;
+
+    redis.kill().await;
+    // Local: still ok and delivered.
+    let mut local = PushClient::connect(b.push_addr).await;
+    assert_eq!(local.request(r#"{"uid":"r","local":1}"#).await, "ok\n");
+    assert_eq!(tab.recv_text().await, r#"{"uid":"r","local":1}"#);
+    // Remote: fail within a bounded time, never hang; /push says why.
+    let mut remote = PushClient::connect(a.push_addr).await;
+    let started = Instant::now();
+    assert_eq!(remote.request(r#"{"uid":"r","remote":1}"#).await, "fail\n");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    let reply = remote.request(r#"/push 9 {"uid":"r"}"#).await;
+    assert!(reply.contains("\"result\":\"unavailable\""), "{reply}");
+
+    // Redis comes back on the same port: routing heals by itself.
+    let _redis = Redis::start_on(port).await;
+    push_until(
+        &mut remote,
+        r#"{"uid":"r","healed":1}"#,
+        "ok\n",
+        Duration::from_secs(15),
+    )
+    .await;
+    assert_eq!(tab.recv_text().await, r#"{"uid":"r","healed":1}"#);
+}
