@@ -34,7 +34,7 @@ use tokio::sync::{Notify, mpsc, oneshot};
 use tracing::{debug, info, warn};
 
 use crate::registry::{Delivery, Presence, Registry};
-use crate::wire::{Payload, Uid};
+use crate::wire::{CloseNotice, Payload, Uid};
 
 /// Publishes that may wait for the publisher task; past it a push is answered from
 /// local delivery alone (as if Redis were down), so memory stays bounded.
@@ -84,6 +84,8 @@ pub struct Cluster {
     /// published (a holder's answer sent before that would be lost, and a push that was
     /// delivered would be answered `fail`).
     up: AtomicBool,
+    /// Ends the background tasks ([`Cluster::stop`]).
+    stop: tokio_util::sync::CancellationToken,
 }
 
 struct Outgoing {
@@ -165,18 +167,35 @@ impl Cluster {
             wake: Notify::new(),
             subscribed: Mutex::default(),
             up: AtomicBool::new(false),
+            stop: tokio_util::sync::CancellationToken::new(),
         });
         registry.set_presence(Arc::new(Hook(Arc::downgrade(&cluster))));
         // The connection tasks run detached; the handles are not needed.
         drop(cluster.cmd.connect());
         drop(cluster.sub.connect());
         drop(cluster.sub.manage_subscriptions());
-        tokio::spawn(publisher(cluster.clone(), queue));
-        tokio::spawn(listen(cluster.clone()));
-        tokio::spawn(reconcile(cluster.clone()));
-        tokio::spawn(watch(cluster.clone()));
+        for task in [
+            tokio::spawn(publisher(cluster.clone(), queue)),
+            tokio::spawn(listen(cluster.clone())),
+            tokio::spawn(reconcile(cluster.clone())),
+            tokio::spawn(watch(cluster.clone())),
+        ] {
+            let stop = cluster.stop.clone();
+            tokio::spawn(async move {
+                stop.cancelled().await;
+                task.abort();
+            });
+        }
         info!(node = %cluster.node, url = %redacted(&config.url), "cluster mode");
         Ok(cluster)
+    }
+
+    /// Leaves the cluster: background tasks end and both Redis connections close, so
+    /// every subscription of this node is gone at once.
+    pub async fn stop(&self) {
+        self.stop.cancel();
+        let _ = self.sub.quit().await;
+        let _ = self.cmd.quit().await;
     }
 
     /// This node's id.
@@ -197,6 +216,45 @@ impl Cluster {
         uid: &str,
         payload: &Payload,
     ) -> impl Future<Output = Remote> + use<> {
+        self.ask(uid_channel(uid), Ask::Push, payload.as_bytes())
+    }
+
+    /// Closes every connection of `uid` on the other nodes; `queued` is how many.
+    pub fn kick(self: &Arc<Self>, uid: &str, reason: &str) -> impl Future<Output = Remote> + use<> {
+        self.ask(uid_channel(uid), Ask::Kick, reason.as_bytes())
+    }
+
+    /// Connections of `uid` on the other nodes (in `queued`).
+    pub fn online(self: &Arc<Self>, uid: &str) -> impl Future<Output = Remote> + use<> {
+        self.ask(uid_channel(uid), Ask::Online, b"")
+    }
+
+    /// `payload` to every connection on the other nodes but those of `except`: one
+    /// publish, whatever the number of nodes.
+    pub fn broadcast(
+        self: &Arc<Self>,
+        payload: &Payload,
+        except: &[Uid],
+    ) -> impl Future<Output = Remote> + use<> {
+        let mut body = serde_json::to_vec(&except.iter().map(|u| &**u).collect::<Vec<&str>>())
+            .unwrap_or_else(|_| b"[]".to_vec());
+        body.push(b'\n');
+        body.extend_from_slice(payload.as_bytes());
+        self.ask(ALL.to_owned(), Ask::Broadcast, &body)
+    }
+
+    /// The other nodes' (uids, connections), in (`queued`, `refused`).
+    pub fn count(self: &Arc<Self>) -> impl Future<Output = Remote> + use<> {
+        self.ask(ALL.to_owned(), Ask::Count, b"")
+    }
+
+    /// Publishes one request on `channel` and gathers the answers of everyone who got it.
+    fn ask(
+        self: &Arc<Self>,
+        channel: String,
+        kind: Ask,
+        body: &[u8],
+    ) -> impl Future<Output = Remote> + use<> {
         let req = self.next_req.fetch_add(1, Relaxed);
         let (done_tx, done_rx) = oneshot::channel();
         let (count_tx, count_rx) = oneshot::channel();
@@ -212,8 +270,8 @@ impl Cluster {
         } else {
             self.publish
                 .try_send(Outgoing {
-                    channel: uid_channel(uid),
-                    message: envelope(&self.node, req, payload.as_bytes()),
+                    channel,
+                    message: envelope(&self.node, req, kind, body),
                     done: Some(count_tx),
                 })
                 .map_err(|_| ())
@@ -428,25 +486,56 @@ async fn listen(cluster: Arc<Cluster>) {
             }
             continue;
         }
-        let Some(uid) = msg.channel.strip_prefix(UID_PREFIX) else {
-            continue;
-        };
-        let Some((origin, req, payload)) = parse_envelope(bytes) else {
+        let Some((origin, req, kind, body)) = parse_envelope(bytes) else {
             debug!("malformed cluster message");
             continue;
         };
         if origin == cluster.node.as_bytes() {
-            // Our own publish: delivered locally already; count the copy as answered.
+            // Our own request: handled locally already; count the copy as answered.
             cluster.answered(req, Delivery::default());
             continue;
         }
-        let delivery = match Payload::new(Bytes::copy_from_slice(payload)) {
-            Ok(p) => cluster.registry.push(uid, &p),
-            Err(_) => Delivery::default(),
+        let uid = msg.channel.strip_prefix(UID_PREFIX);
+        let registry = &cluster.registry;
+        let answer_with = match (kind, uid) {
+            (Ask::Push, Some(uid)) => match Payload::new(Bytes::copy_from_slice(body)) {
+                Ok(p) => registry.push(uid, &p),
+                Err(_) => Delivery::default(),
+            },
+            (Ask::Kick, Some(uid)) => {
+                let reason = String::from_utf8_lossy(body);
+                Delivery {
+                    queued: registry.kick(uid, &CloseNotice::kicked(Some(&reason))),
+                    refused: 0,
+                }
+            }
+            (Ask::Online, Some(uid)) => Delivery {
+                queued: registry.connections_of(uid),
+                refused: 0,
+            },
+            (Ask::Broadcast, None) => {
+                let Some(nl) = memchr::memchr(b'\n', body) else {
+                    continue;
+                };
+                let except: Vec<String> = serde_json::from_slice(&body[..nl]).unwrap_or_default();
+                let except: Vec<Uid> = except.iter().map(|u| Uid::from(u.as_str())).collect();
+                match Payload::new(Bytes::copy_from_slice(&body[nl + 1..])) {
+                    Ok(p) => registry.broadcast(&p, &except),
+                    Err(_) => Delivery::default(),
+                }
+            }
+            (Ask::Count, None) => {
+                let (uids, connections) = registry.totals();
+                Delivery {
+                    queued: uids,
+                    refused: connections,
+                }
+            }
+            _ => Delivery::default(),
         };
         let _ = cluster.publish.try_send(Outgoing {
             channel: reply_channel_of(origin),
-            message: answer(req, delivery),
+            message: answer(req, answer_with),
             done: None,
         });
     }
@@ -460,7 +549,12 @@ async fn watch(cluster: Arc<Cluster>) {
         let up = cluster.cmd.is_connected() && cluster.sub.is_connected();
         if up && !was_up {
             // (Re)connected: our reply channel and every uid we hold.
-            if cluster.sub.ssubscribe(reply.as_str()).await.is_ok() {
+            if cluster
+                .sub
+                .ssubscribe(vec![reply.clone(), ALL.to_owned()])
+                .await
+                .is_ok()
+            {
                 cluster
                     .subscribed
                     .lock()
@@ -496,21 +590,69 @@ fn reply_channel_of(node: &[u8]) -> String {
     reply_channel(&String::from_utf8_lossy(node))
 }
 
-/// `<node> <req>\n<payload>`.
-fn envelope(node: &str, req: u64, payload: &[u8]) -> Bytes {
-    let mut b = BytesMut::with_capacity(node.len() + 22 + payload.len());
+/// What a request asks of the nodes that get it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ask {
+    /// Deliver the body to the uid's connections.
+    Push,
+    /// Close the uid's connections (the body is the reason).
+    Kick,
+    /// How many connections of the uid are here.
+    Online,
+    /// Deliver to every connection here but the listed uids' (`["u",...]\npayload`).
+    Broadcast,
+    /// (uids, connections) here.
+    Count,
+}
+
+impl Ask {
+    fn letter(self) -> u8 {
+        match self {
+            Ask::Push => b'p',
+            Ask::Kick => b'k',
+            Ask::Online => b'q',
+            Ask::Broadcast => b'b',
+            Ask::Count => b'c',
+        }
+    }
+
+    fn from_letter(b: u8) -> Option<Ask> {
+        Some(match b {
+            b'p' => Ask::Push,
+            b'k' => Ask::Kick,
+            b'q' => Ask::Online,
+            b'b' => Ask::Broadcast,
+            b'c' => Ask::Count,
+            _ => return None,
+        })
+    }
+}
+
+/// The channel every node listens on, for requests to all of them.
+const ALL: &str = "pw:all";
+
+/// `<node> <req> <kind>\n<body>`.
+fn envelope(node: &str, req: u64, kind: Ask, body: &[u8]) -> Bytes {
+    let mut b = BytesMut::with_capacity(node.len() + 24 + body.len());
     b.put_slice(node.as_bytes());
-    b.put_slice(format!(" {req}\n").as_bytes());
-    b.put_slice(payload);
+    b.put_slice(format!(" {req} ").as_bytes());
+    b.put_u8(kind.letter());
+    b.put_u8(b'\n');
+    b.put_slice(body);
     b.freeze()
 }
 
-fn parse_envelope(b: &[u8]) -> Option<(&[u8], u64, &[u8])> {
+fn parse_envelope(b: &[u8]) -> Option<(&[u8], u64, Ask, &[u8])> {
     let nl = memchr::memchr(b'\n', b)?;
-    let (head, payload) = (&b[..nl], &b[nl + 1..]);
-    let sp = memchr::memchr(b' ', head)?;
-    let req = std::str::from_utf8(&head[sp + 1..]).ok()?.parse().ok()?;
-    Some((&head[..sp], req, payload))
+    let (head, body) = (&b[..nl], &b[nl + 1..]);
+    let mut parts = head.split(|&c| c == b' ');
+    let node = parts.next()?;
+    let req = std::str::from_utf8(parts.next()?).ok()?.parse().ok()?;
+    let kind = match parts.next()? {
+        [letter] => Ask::from_letter(*letter)?,
+        _ => return None,
+    };
+    Some((node, req, kind, body))
 }
 
 /// `<req> <queued> <refused>`.
@@ -554,11 +696,12 @@ mod tests {
 
     #[test]
     fn envelopes_and_answers_round_trip() {
-        let e = envelope("abc", 42, b"{\"uid\":\"u\"}\n x");
+        let e = envelope("abc", 42, Ask::Broadcast, b"[\"u\"]\n x");
         assert_eq!(
             parse_envelope(&e),
-            Some((&b"abc"[..], 42, &b"{\"uid\":\"u\"}\n x"[..]))
+            Some((&b"abc"[..], 42, Ask::Broadcast, &b"[\"u\"]\n x"[..]))
         );
+        assert_eq!(parse_envelope(b"abc 1 z\n"), None);
         let a = answer(
             7,
             Delivery {

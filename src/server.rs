@@ -175,6 +175,9 @@ pub async fn serve_state(
         "browser connections still open",
     )
     .await;
+    if let Some(cluster) = &ctx.cluster {
+        cluster.stop().await;
+    }
     info!("shutdown complete");
     Ok(())
 }

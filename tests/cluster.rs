@@ -67,7 +67,8 @@ impl Redis {
 async fn node(redis: &Redis) -> TestServer {
     TestServer::start_with(pushwire::Config {
         redis: Some(redis.url()),
-        cluster_timeout: Duration::from_millis(500),
+        // Bounded, and roomy enough for a loaded CI machine.
+        cluster_timeout: Duration::from_millis(2000),
         ..pushwire::Config::default()
     })
     .await
@@ -204,4 +205,71 @@ async fn without_redis_local_pushes_go_on_and_remote_ones_fail_fast_then_heal() 
     )
     .await;
     assert_eq!(tab.recv_text().await, r#"{"uid":"r","healed":1}"#);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broadcast_kick_and_presence_span_the_nodes() {
+    let redis = Redis::start().await;
+    let (a, b) = (node(&redis).await, node(&redis).await);
+    let mut b1 = WsClient::connect(&b.ws_url()).await;
+    let mut b2 = WsClient::connect(&b.ws_url()).await;
+    let mut a1 = WsClient::connect(&a.ws_url()).await;
+    bound_across(&mut b1, &b, &a, "p1").await;
+    bound_across(&mut b2, &b, &a, "p2").await;
+    a1.bind("p3", a.push_addr).await;
+    let mut push = PushClient::connect(a.push_addr).await;
+
+    // Presence: exact connection counts from every node.
+    assert_eq!(
+        push.request("/online p1").await,
+        "{\"ok\":true,\"uid\":\"p1\",\"online\":true,\"connections\":1}\n"
+    );
+    assert!(
+        push.request("/online nobody")
+            .await
+            .contains("\"online\":false")
+    );
+    let count = push.request("/count").await;
+    assert!(count.contains("\"uids\":3,\"connections\":3"), "{count}");
+
+    // One broadcast reaches every tab on both nodes once; an excluded uid gets nothing.
+    let reply = push.request("/broadcast-except [\"p2\"] hello").await;
+    assert_eq!(reply, "{\"ok\":true,\"connections\":2,\"refused\":0}\n");
+    assert_eq!(b1.recv_text().await, "hello");
+    assert_eq!(a1.recv_text().await, "hello");
+    b2.expect_silence(Duration::from_millis(300)).await;
+    b1.expect_silence(Duration::from_millis(100)).await;
+
+    // /send to uids on both nodes.
+    let reply = push.request("/send [\"p1\",\"p3\",\"gone\"] both").await;
+    assert_eq!(
+        reply,
+        "{\"ok\":true,\"uids\":3,\"reached\":2,\"connections\":2,\"refused\":0}\n"
+    );
+    assert_eq!(b1.recv_text().await, "both");
+    assert_eq!(a1.recv_text().await, "both");
+
+    // A kick through a closes the tab on b with 4001 and its reason.
+    assert_eq!(
+        push.request("/kick p2 bye").await,
+        "{\"ok\":true,\"uids\":1,\"connections\":1}\n"
+    );
+    assert_eq!(b2.expect_close().await, (4001, "bye".to_owned()));
+
+    // Node b leaves: its uids are gone from the cluster at once, no ghosts.
+    b.shutdown().await.expect("b shuts down");
+    poll_until(Duration::from_secs(5), "p1 offline after b left", || {
+        let addr = a.push_addr;
+        async move {
+            let mut p = PushClient::connect(addr).await;
+            p.request("/online p1").await.contains("\"online\":false")
+        }
+    })
+    .await;
+    assert_eq!(push.request(r#"{"uid":"p1"}"#).await, "fail\n");
+    assert!(
+        push.request("/count")
+            .await
+            .contains("\"uids\":1,\"connections\":1")
+    );
 }

@@ -201,6 +201,30 @@ fn run(state: &State, command: Command<'_>, line: &Payload, text: &str) -> Respo
             let Some(msg) = payload(at) else {
                 return Response::Ready(Reply::error("bad payload offset"));
             };
+            if let Some(cluster) = &state.cluster {
+                let max = state.config.max_uid_bytes;
+                let each: Vec<_> = uids
+                    .iter()
+                    .filter(|u| u.len() <= max)
+                    .map(|u| (registry.push(u, &msg), cluster.push(u, &msg)))
+                    .collect();
+                let n = uids.len();
+                return later(async move {
+                    let (mut reached, mut total) = (0, Delivery::default());
+                    for (local, remote) in each {
+                        let d = local + remote.await.delivery;
+                        reached += usize::from(d.ok());
+                        total = total + d;
+                    }
+                    Json::Send(SendReply {
+                        ok: reached > 0,
+                        uids: n,
+                        reached,
+                        connections: total.queued,
+                        refused: total.refused,
+                    })
+                });
+            }
             let f = registry.push_many(&uids, &msg);
             Json::Send(SendReply {
                 ok: f.reached > 0,
@@ -296,6 +320,17 @@ fn run(state: &State, command: Command<'_>, line: &Payload, text: &str) -> Respo
                 return Response::Ready(Reply::error("bad payload offset"));
             };
             let d = registry.broadcast(&msg, &except);
+            if let Some(cluster) = &state.cluster {
+                let remote = cluster.broadcast(&msg, &except);
+                return later(async move {
+                    let d = d + remote.await.delivery;
+                    Json::Broadcast(BroadcastReply {
+                        ok: d.ok(),
+                        connections: d.queued,
+                        refused: d.refused,
+                    })
+                });
+            }
             Json::Broadcast(BroadcastReply {
                 ok: d.ok(),
                 connections: d.queued,
@@ -325,6 +360,19 @@ fn run(state: &State, command: Command<'_>, line: &Payload, text: &str) -> Respo
         }
         Command::Online { uid } => {
             let n = registry.connections_of(&uid);
+            if let Some(cluster) = &state.cluster {
+                let remote = cluster.online(&uid);
+                let uid = uid.into_owned();
+                return later(async move {
+                    let n = n + remote.await.delivery.queued;
+                    Json::Online(OnlineReply {
+                        ok: true,
+                        uid,
+                        online: n > 0,
+                        connections: n,
+                    })
+                });
+            }
             Json::Online(OnlineReply {
                 ok: true,
                 uid: uid.into_owned(),
@@ -334,6 +382,19 @@ fn run(state: &State, command: Command<'_>, line: &Payload, text: &str) -> Respo
         }
         Command::Count => {
             let (uids, connections) = registry.totals();
+            if let Some(cluster) = &state.cluster {
+                let (remote, groups) = (cluster.count(), registry.group_count());
+                return later(async move {
+                    let r = remote.await.delivery;
+                    // A uid with connections on two nodes counts on each.
+                    Json::Count(CountReply {
+                        ok: true,
+                        uids: uids + r.queued,
+                        connections: connections + r.refused,
+                        groups,
+                    })
+                });
+            }
             Json::Count(CountReply {
                 ok: true,
                 uids,
@@ -362,6 +423,24 @@ fn run(state: &State, command: Command<'_>, line: &Payload, text: &str) -> Respo
         Command::Kick { uids, reason } => {
             let notice = CloseNotice::kicked(reason);
             let closed: usize = uids.iter().map(|u| registry.kick(u, &notice)).sum();
+            if let Some(cluster) = &state.cluster {
+                let remote: Vec<_> = uids
+                    .iter()
+                    .map(|u| cluster.kick(u, &notice.reason))
+                    .collect();
+                let n = uids.len();
+                return later(async move {
+                    let mut closed = closed;
+                    for r in remote {
+                        closed += r.await.delivery.queued;
+                    }
+                    Json::Kick(KickReply {
+                        ok: true,
+                        uids: n,
+                        connections: closed,
+                    })
+                });
+            }
             Json::Kick(KickReply {
                 ok: true,
                 uids: uids.len(),
@@ -371,6 +450,11 @@ fn run(state: &State, command: Command<'_>, line: &Payload, text: &str) -> Respo
         Command::Stats => Json::Stats(StatsReply(state.stats())),
     };
     Response::Ready(Reply::Json(json))
+}
+
+/// A JSON reply that resolves later.
+fn later(json: impl Future<Output = Json> + Send + 'static) -> Response {
+    Response::Later(Box::pin(async move { Reply::Json(json.await) }))
 }
 
 /// The replies of one backend connection, in request order, whatever resolves when.
