@@ -314,17 +314,14 @@ impl Collector for Snapshot {
                 }
             }
         }
-        let mut cumulative = 0;
+        // Per-bucket counts: the encoder writes them cumulatively itself.
         let buckets: Vec<(f64, u64)> = LATENCY_BUCKETS
             .iter()
             .copied()
             .chain([f64::INFINITY])
-            .zip(&self.latency)
-            .map(|(bound, n)| {
-                cumulative += n;
-                (bound, cumulative)
-            })
+            .zip(self.latency.iter().copied())
             .collect();
+        let count = self.latency.iter().sum();
         encoder
             .encode_descriptor(
                 "push_latency_seconds",
@@ -334,7 +331,7 @@ impl Collector for Snapshot {
             )?
             .encode_histogram::<prometheus_client::encoding::NoLabelSet>(
                 self.latency_sum,
-                cumulative,
+                count,
                 &buckets,
                 None,
             )?;
@@ -391,10 +388,22 @@ mod tests {
             text.contains("pushwire_pushes_total{outcome=\"fail\"} 2\n"),
             "{text}"
         );
+        m.frames_written([(5, Instant::now() - Duration::from_secs(2))].into_iter());
+        let text = m.prometheus(&Fixed);
         assert!(
-            text.contains("pushwire_push_latency_seconds_count 1\n"),
+            text.contains("pushwire_push_latency_seconds_count 2\n"),
             "{text}"
         );
+        // Buckets are cumulative once: the fast frame from `le="0.5"` on (at least),
+        // the 2 s one from `le="2.5"` on, both in `+Inf`.
+        for (le, n) in [("0.5", 1), ("1", 1), ("2.5", 2), ("5", 2), ("+Inf", 2)] {
+            assert!(
+                text.contains(&format!(
+                    "pushwire_push_latency_seconds_bucket{{le=\"{le}\"}} {n}\n"
+                )),
+                "le={le}: {text}"
+            );
+        }
         assert!(
             text.contains("pushwire_http_requests_total{status=\"other\"} 1\n"),
             "{text}"
