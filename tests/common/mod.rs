@@ -6,12 +6,14 @@
 #![allow(dead_code)]
 
 use std::net::SocketAddr;
+use std::process::Stdio;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, timeout};
 use tokio_tungstenite::tungstenite::Message;
@@ -22,14 +24,47 @@ use tokio_util::sync::CancellationToken;
 /// How long any single expected event may take before a helper panics.
 pub const STEP: Duration = Duration::from_secs(5);
 
-/// A pushwire server running in-process on two ephemeral ports.
+/// A pushwire server running in-process on ephemeral ports: browsers, backends, and (if
+/// asked for) the HTTP door.
 ///
 /// Dropping it cancels the server; [`TestServer::shutdown`] also waits for `run` to return.
 pub struct TestServer {
     pub ws_addr: SocketAddr,
     pub push_addr: SocketAddr,
+    /// The HTTP door, when the server was started with one ([`Addrs::with_http`]).
+    pub http_addr: Option<SocketAddr>,
     shutdown: CancellationToken,
     handle: Option<JoinHandle<std::io::Result<()>>>,
+}
+
+/// Where a [`TestServer`] listens: port 0 unless a test restarts on a stopped server's
+/// ports.
+#[derive(Debug, Clone, Copy)]
+pub struct Addrs {
+    pub ws: SocketAddr,
+    pub push: SocketAddr,
+    /// `None`: no HTTP door.
+    pub http: Option<SocketAddr>,
+}
+
+impl Addrs {
+    /// Browsers and backends on 127.0.0.1:0, no HTTP door.
+    pub fn ephemeral() -> Addrs {
+        let any = SocketAddr::from(([127, 0, 0, 1], 0));
+        Addrs {
+            ws: any,
+            push: any,
+            http: None,
+        }
+    }
+
+    /// The same, with the HTTP door on 127.0.0.1:0.
+    pub fn with_http(self) -> Addrs {
+        Addrs {
+            http: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
+            ..self
+        }
+    }
 }
 
 impl TestServer {
@@ -40,18 +75,68 @@ impl TestServer {
 
     /// A server with `config`, both listeners on 127.0.0.1:0.
     pub async fn start_with(config: pushwire::Config) -> TestServer {
-        let ws = TcpListener::bind("127.0.0.1:0").await.expect("bind ws");
-        let push = TcpListener::bind("127.0.0.1:0").await.expect("bind push");
-        let ws_addr = ws.local_addr().unwrap();
-        let push_addr = push.local_addr().unwrap();
+        TestServer::start_at(config, Addrs::ephemeral()).await
+    }
+
+    /// A server with `config` and the HTTP door, every listener on 127.0.0.1:0.
+    pub async fn start_http(config: pushwire::Config) -> TestServer {
+        TestServer::start_at(config, Addrs::ephemeral().with_http()).await
+    }
+
+    /// Like [`TestServer::start_with`], on the given addresses: a stopped server's, to
+    /// restart it on the same ports (listeners set `SO_REUSEADDR`, so connections it left
+    /// in TIME_WAIT do not block the bind).
+    pub async fn start_on(
+        config: pushwire::Config,
+        ws_addr: SocketAddr,
+        push_addr: SocketAddr,
+    ) -> TestServer {
+        let addrs = Addrs {
+            ws: ws_addr,
+            push: push_addr,
+            http: None,
+        };
+        TestServer::start_at(config, addrs).await
+    }
+
+    /// The generic constructor: binds every listener `addrs` names and serves them with
+    /// `pushwire::serve`.
+    pub async fn start_at(config: pushwire::Config, addrs: Addrs) -> TestServer {
+        let bind = |addr: SocketAddr, what: &'static str| async move {
+            TcpListener::bind(addr)
+                .await
+                .unwrap_or_else(|e| panic!("bind {what} {addr}: {e}"))
+        };
+        let ws = bind(addrs.ws, "ws").await;
+        let push = bind(addrs.push, "push").await;
+        let http = match addrs.http {
+            Some(addr) => Some(bind(addr, "http").await),
+            None => None,
+        };
+        let local = |l: &TcpListener| l.local_addr().expect("local address");
+        let (ws_addr, push_addr) = (local(&ws), local(&push));
+        let http_addr = http.as_ref().map(local);
+        let listeners = pushwire::Listeners {
+            ws,
+            push,
+            push_unix: None,
+            http,
+        };
         let shutdown = CancellationToken::new();
-        let handle = tokio::spawn(pushwire::run(config, ws, push, shutdown.clone()));
+        let handle = tokio::spawn(pushwire::serve(config, listeners, shutdown.clone()));
         TestServer {
             ws_addr,
             push_addr,
+            http_addr,
             shutdown,
             handle: Some(handle),
         }
+    }
+
+    /// `http://127.0.0.1:P` + `path`; panics if the server has no HTTP door.
+    pub fn http_url(&self, path: &str) -> String {
+        let addr = self.http_addr.expect("started without the HTTP door");
+        format!("http://{addr}{path}")
     }
 
     /// `ws://127.0.0.1:P/`
@@ -575,24 +660,330 @@ fwrite($client, json_encode($data)."\n");
 echo fread($client, 8192);
 "#;
 
-impl TestServer {
-    /// Like [`TestServer::start_with`], on the given addresses: a stopped server's, to
-    /// restart it on the same ports (listeners set `SO_REUSEADDR`, so connections it left
-    /// in TIME_WAIT do not block the bind).
-    pub async fn start_on(
-        config: pushwire::Config,
-        ws_addr: SocketAddr,
-        push_addr: SocketAddr,
-    ) -> TestServer {
-        let ws = TcpListener::bind(ws_addr).await.expect("bind ws again");
-        let push = TcpListener::bind(push_addr).await.expect("bind push again");
-        let shutdown = CancellationToken::new();
-        let handle = tokio::spawn(pushwire::run(config, ws, push, shutdown.clone()));
-        TestServer {
-            ws_addr,
-            push_addr,
-            shutdown,
-            handle: Some(handle),
+/// A port on 127.0.0.1 that was free a moment ago (bound to port 0, then released), for
+/// tests that must know a daemon's address before it starts or restart on the same one.
+pub fn free_addr() -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    l.local_addr().expect("local address")
+}
+
+// ---------------------------------------------------------------------------------------
+// The real binary
+// ---------------------------------------------------------------------------------------
+
+/// `pushwire` (the binary Cargo built for these tests) in a clean environment: none of the
+/// caller's `PUSHWIRE_*` variables, no `NOTIFY_SOCKET`, `RUST_LOG=info`, no stdin, stdout
+/// discarded, stderr piped, killed when dropped. For a subcommand (`status`, `push`, ...)
+/// pipe stdout too.
+pub fn pushwire_command() -> tokio::process::Command {
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_pushwire"));
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("PUSHWIRE_") {
+            cmd.env_remove(name);
+        }
+    }
+    cmd.env_remove("NOTIFY_SOCKET")
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    cmd
+}
+
+/// How to start the real daemon: flags, environment, and where it listens.
+///
+/// By default every listener is on port 0 (`--ws-listen`, `--push-listen` and
+/// `--http-listen 127.0.0.1:0`) and the ports are read from the daemon's
+/// `listening ws=... push=... http=...` log line; [`Launch::on`] fixes the ws and push
+/// ports instead, for tests that restart a daemon on the same ones.
+#[derive(Debug, Clone)]
+pub struct Launch {
+    args: Vec<String>,
+    envs: Vec<(String, String)>,
+    rust_log: String,
+    fixed: Option<(SocketAddr, SocketAddr)>,
+    http: String,
+    start_within: Duration,
+}
+
+impl Default for Launch {
+    fn default() -> Self {
+        Launch {
+            args: Vec::new(),
+            envs: Vec::new(),
+            rust_log: "info".to_owned(),
+            fixed: None,
+            http: "127.0.0.1:0".to_owned(),
+            start_within: Duration::from_secs(10),
+        }
+    }
+}
+
+impl Launch {
+    /// Port 0 everywhere, `RUST_LOG=info`, no other flag.
+    pub fn new() -> Launch {
+        Launch::default()
+    }
+
+    /// More flags (after the listen flags).
+    pub fn args(mut self, args: &[&str]) -> Launch {
+        self.args.extend(args.iter().map(|a| (*a).to_owned()));
+        self
+    }
+
+    /// An environment variable for the daemon (set after the clean-up, so `PUSHWIRE_*`
+    /// ones given here are seen).
+    pub fn env(mut self, name: &str, value: &str) -> Launch {
+        self.envs.push((name.to_owned(), value.to_owned()));
+        self
+    }
+
+    /// `RUST_LOG` (default `info`).
+    pub fn rust_log(mut self, filter: &str) -> Launch {
+        self.rust_log = filter.to_owned();
+        self
+    }
+
+    /// Fixed browser and backend ports (a previous daemon's, or [`free_addr`]s).
+    pub fn on(mut self, ws: SocketAddr, push: SocketAddr) -> Launch {
+        self.fixed = Some((ws, push));
+        self
+    }
+
+    /// `--http-listen` (default `127.0.0.1:0`; `off` for none).
+    pub fn http_listen(mut self, listen: &str) -> Launch {
+        self.http = listen.to_owned();
+        self
+    }
+
+    /// Every flag, listen flags first.
+    pub fn argv(&self) -> Vec<String> {
+        let (ws, push) = match self.fixed {
+            Some((ws, push)) => (ws.to_string(), push.to_string()),
+            None => ("127.0.0.1:0".to_owned(), "127.0.0.1:0".to_owned()),
+        };
+        let mut argv = vec![
+            "--ws-listen".to_owned(),
+            ws,
+            "--push-listen".to_owned(),
+            push,
+            "--http-listen".to_owned(),
+            self.http.clone(),
+        ];
+        argv.extend(self.args.iter().cloned());
+        argv
+    }
+
+    /// The command this launch runs.
+    pub fn command(&self) -> tokio::process::Command {
+        let mut cmd = pushwire_command();
+        cmd.args(self.argv()).env("RUST_LOG", &self.rust_log);
+        for (name, value) in &self.envs {
+            cmd.env(name, value);
+        }
+        cmd
+    }
+
+    /// Starts the daemon and waits (10 s at most) for its `listening` line.
+    pub async fn start(self) -> Daemon {
+        let mut child = self.command().spawn().expect("spawn pushwire");
+        let pid = child.id().expect("child pid");
+        let mut stderr = child.stderr.take().expect("piped stderr");
+        let (tx, log) = watch::channel(Vec::new());
+        // Drained for the daemon's whole life, so its logging never blocks on the pipe;
+        // raw bytes, so tests can check what exactly was written.
+        tokio::spawn(async move {
+            let mut chunk = [0u8; 8192];
+            while let Ok(n) = stderr.read(&mut chunk).await {
+                if n == 0 {
+                    break;
+                }
+                tx.send_modify(|log| log.extend_from_slice(&chunk[..n]));
+            }
+        });
+        let mut daemon = Daemon {
+            child,
+            pid,
+            ws_addr: SocketAddr::from(([0, 0, 0, 0], 0)),
+            push_addr: SocketAddr::from(([0, 0, 0, 0], 0)),
+            http_addr: None,
+            log,
+        };
+        let line = daemon.wait_line("listening", self.start_within).await;
+        let addr = |name: &str| {
+            listening_field(&line, name)
+                .unwrap_or_else(|| panic!("no {name}= in the listening line {line:?}"))
+        };
+        daemon.ws_addr = addr("ws")
+            .parse()
+            .unwrap_or_else(|e| panic!("ws address in {line:?}: {e}"));
+        daemon.push_addr = addr("push")
+            .parse()
+            .unwrap_or_else(|e| panic!("push address in {line:?}: {e}"));
+        daemon.http_addr = match addr("http") {
+            "off" => None,
+            a => Some(
+                a.parse()
+                    .unwrap_or_else(|e| panic!("http address {a:?}: {e}")),
+            ),
+        };
+        daemon
+    }
+
+    /// Runs the daemon's command to its exit (it must exit within `d`: a startup error);
+    /// returns its status and stderr.
+    pub async fn run_to_exit(self, d: Duration) -> (std::process::ExitStatus, String) {
+        let child = self.command().spawn().expect("spawn pushwire");
+        let out = timeout(d, child.wait_with_output())
+            .await
+            .unwrap_or_else(|_| panic!("pushwire {:?} still running after {d:?}", self.argv()))
+            .expect("wait for pushwire");
+        (
+            out.status,
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+}
+
+/// A field of the `listening` log line in either log format: `name=VALUE` (human) or
+/// `"name":"VALUE"` (JSON).
+fn listening_field<'a>(line: &'a str, name: &str) -> Option<&'a str> {
+    let human = format!("{name}=");
+    if let Some(v) = line
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix(human.as_str()))
+    {
+        return Some(v);
+    }
+    let json = format!("\"{name}\":\"");
+    let at = line.find(&json)? + json.len();
+    line[at..].split('"').next()
+}
+
+/// The real daemon as a child process, started by [`Launch::start`]; killed (SIGKILL)
+/// when dropped.
+pub struct Daemon {
+    pub child: tokio::process::Child,
+    pub pid: u32,
+    pub ws_addr: SocketAddr,
+    pub push_addr: SocketAddr,
+    /// `None` with `--http-listen off`.
+    pub http_addr: Option<SocketAddr>,
+    /// Everything written to stderr so far.
+    log: watch::Receiver<Vec<u8>>,
+}
+
+impl Daemon {
+    /// A daemon on port 0 with `args` (see [`Launch`] for more).
+    pub async fn start(args: &[&str]) -> Daemon {
+        Launch::new().args(args).start().await
+    }
+
+    /// `ws://127.0.0.1:P/`
+    pub fn ws_url(&self) -> String {
+        format!("ws://{}/", self.ws_addr)
+    }
+
+    /// `http://127.0.0.1:P` + `path`; panics without an HTTP door.
+    pub fn http_url(&self, path: &str) -> String {
+        let addr = self
+            .http_addr
+            .expect("daemon started with --http-listen off");
+        format!("http://{addr}{path}")
+    }
+
+    /// Stderr so far, as written.
+    pub fn log_bytes(&self) -> Vec<u8> {
+        self.log.borrow().clone()
+    }
+
+    /// Stderr so far (invalid UTF-8 replaced).
+    pub fn log(&self) -> String {
+        String::from_utf8_lossy(&self.log.borrow()).into_owned()
+    }
+
+    /// Waits until stderr contains `needle`, then returns all of it; panics (with the
+    /// log) at the deadline or if stderr ends first.
+    pub async fn wait_log(&self, needle: &str, d: Duration) -> Vec<u8> {
+        let log = self
+            .wait_for_log(d, |log| log.contains(needle))
+            .await
+            .unwrap_or_else(|why| panic!("no {needle:?} on stderr: {why}:\n{}", self.log()));
+        log.into_bytes()
+    }
+
+    /// The first complete log line containing `needle` (waits like [`Daemon::wait_log`]).
+    pub async fn wait_line(&self, needle: &str, d: Duration) -> String {
+        let line = |log: &str| {
+            let complete = &log[..log.rfind('\n').map_or(0, |end| end + 1)];
+            complete
+                .lines()
+                .find(|l| l.contains(needle))
+                .map(str::to_owned)
+        };
+        let log = self
+            .wait_for_log(d, |log| line(log).is_some())
+            .await
+            .unwrap_or_else(|why| panic!("no line with {needle:?}: {why}:\n{}", self.log()));
+        line(&log).unwrap_or_default()
+    }
+
+    /// Waits until `done(stderr so far)`; the log, or why not.
+    async fn wait_for_log(
+        &self,
+        d: Duration,
+        done: impl Fn(&str) -> bool,
+    ) -> Result<String, String> {
+        let mut rx = self.log.clone();
+        let done = |log: &Vec<u8>| done(&String::from_utf8_lossy(log));
+        match timeout(d, rx.wait_for(done)).await {
+            Ok(Ok(log)) => Ok(String::from_utf8_lossy(&log).into_owned()),
+            Ok(Err(_)) if done(&self.log_bytes()) => Ok(self.log()),
+            Ok(Err(_)) => Err("stderr ended first".to_owned()),
+            Err(_) => Err(format!("not within {d:?}")),
+        }
+    }
+
+    /// Sends `sig` (a name such as `TERM`, `HUP`) with kill(1).
+    pub async fn signal(&self, sig: &str) {
+        let status = tokio::process::Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.pid.to_string())
+            .status()
+            .await
+            .expect("run kill");
+        assert!(
+            status.success(),
+            "kill -{sig} {} failed: {status}",
+            self.pid
+        );
+    }
+
+    /// SIGTERM.
+    pub async fn sigterm(&self) {
+        self.signal("TERM").await;
+    }
+
+    /// SIGINT.
+    pub async fn sigint(&self) {
+        self.signal("INT").await;
+    }
+
+    /// SIGKILL, without waiting (see [`Daemon::wait`]).
+    pub fn kill9(&mut self) {
+        self.child.start_kill().expect("SIGKILL pushwire");
+    }
+
+    /// Waits for the process to exit, at most `d`; panics (with the log) after that.
+    pub async fn wait(&mut self, d: Duration) -> std::process::ExitStatus {
+        match timeout(d, self.child.wait()).await {
+            Ok(status) => status.expect("wait for pushwire"),
+            Err(_) => panic!(
+                "pushwire (pid {}) still running after {d:?}; stderr:\n{}",
+                self.pid,
+                self.log()
+            ),
         }
     }
 }
