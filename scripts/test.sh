@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The project's test command: make sure the real clients the tests drive exist
-# (php, OpenBSD nc, chromium, Autobahn|Testsuite's wstest), then run every cargo test.
+# (php with its curl extension, OpenBSD nc, chromium, curl, Prometheus's promtool,
+# Autobahn|Testsuite's wstest), then run every cargo test.
 #
 # Usage: scripts/test.sh [extra cargo test args...]
 #   e.g. scripts/test.sh chromium -- --nocapture   (a name filter, applied to every target)
@@ -27,8 +28,13 @@ nc_is_openbsd() {
 
 missing_packages() {
 	command -v php >/dev/null 2>&1 || echo php-cli
+	# The seed's web-msg-sender backend posts with PHP's curl_* functions.
+	php -r 'exit(function_exists("curl_init") ? 0 : 1);' >/dev/null 2>&1 || echo php-curl
 	nc_is_openbsd || echo netcat-openbsd
 	command -v chromium >/dev/null 2>&1 || echo chromium
+	command -v curl >/dev/null 2>&1 || echo curl
+	# promtool checks /metrics; Debian ships it in the prometheus package.
+	command -v promtool >/dev/null 2>&1 || echo prometheus
 	command -v redis-server >/dev/null 2>&1 || echo redis-server
 }
 
@@ -48,7 +54,13 @@ if ((${#missing[@]})); then
 		die "missing ${missing[*]} and no apt-get here; install them yourself"
 	echo "test.sh: installing ${missing[*]}" >&2
 	as_root apt-get update -q
-	as_root apt-get install -y -q "${missing[@]}"
+	plain=() lean=()
+	for p in "${missing[@]}"; do
+		# prometheus (for its promtool) without the node exporter it recommends.
+		if [[ $p == prometheus ]]; then lean+=("$p"); else plain+=("$p"); fi
+	done
+	((${#plain[@]} == 0)) || as_root apt-get install -y -q "${plain[@]}"
+	((${#lean[@]} == 0)) || as_root apt-get install -y -q --no-install-recommends "${lean[@]}"
 fi
 
 # netcat-traditional may still own the `nc` alternative after netcat-openbsd is in.

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use bytes::{Bytes, BytesMut};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
-use hyper::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue};
+use hyper::header::{ALLOW, AUTHORIZATION, CONTENT_TYPE, HeaderValue, WWW_AUTHENTICATE};
 use hyper::{Method, Request, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpStream;
@@ -75,8 +75,8 @@ async fn route(req: Request<Incoming>, peer: Peer, ctx: &State) -> HttpReply {
         return text(StatusCode::FORBIDDEN, "address not allowed");
     }
     match (req.method(), path) {
-        (&Method::GET, "/healthz") => return text(StatusCode::OK, "ok"),
-        (&Method::GET, "/readyz") => {
+        (&Method::GET | &Method::HEAD, "/healthz") => return text(StatusCode::OK, "ok"),
+        (&Method::GET | &Method::HEAD, "/readyz") => {
             return if ctx.push_stop.is_cancelled() {
                 text(StatusCode::SERVICE_UNAVAILABLE, "draining")
             } else {
@@ -89,20 +89,18 @@ async fn route(req: Request<Incoming>, peer: Peer, ctx: &State) -> HttpReply {
         let given = req
             .headers()
             .get(AUTHORIZATION)
-            .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "));
-        match given {
-            Some(token) if secret.matches(token) => {}
-            Some(_) => {
-                ctx.metrics.incr(Metric::RefusedPush);
-                return text(StatusCode::UNAUTHORIZED, "bad secret");
-            }
-            None => {
-                ctx.metrics.incr(Metric::RefusedPush);
-                return text(
-                    StatusCode::UNAUTHORIZED,
-                    "authentication required: send Authorization: Bearer SECRET",
-                );
-            }
+            .and_then(|v| bearer(v.as_bytes()));
+        let refusal = match given {
+            Some(token) if secret.matches(token) => None,
+            Some(_) => Some("bad secret"),
+            None => Some("authentication required: send Authorization: Bearer SECRET"),
+        };
+        if let Some(why) = refusal {
+            ctx.metrics.incr(Metric::RefusedPush);
+            let mut resp = text(StatusCode::UNAUTHORIZED, why);
+            resp.headers_mut()
+                .insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            return resp;
         }
     }
     match (req.method().clone(), req.uri().path()) {
@@ -110,24 +108,52 @@ async fn route(req: Request<Incoming>, peer: Peer, ctx: &State) -> HttpReply {
             Ok(body) => push_lines(body, ctx).await,
             Err(refusal) => refusal,
         },
-        (Method::GET, "/metrics") => metrics(ctx),
+        (Method::GET | Method::HEAD, "/metrics") => metrics(ctx),
         (method, "/") if method == Method::GET || method == Method::POST => {
             let query = req.uri().query().map(str::to_owned);
             let form = if method == Method::POST {
+                let multipart = multipart_boundary(&req);
                 match body(req, ctx).await {
-                    Ok(body) => Some(body),
+                    Ok(body) => Some(Form::read(&body, multipart.as_deref())),
                     Err(refusal) => return refusal,
                 }
             } else {
                 None
             };
-            web_msg_sender(query.as_deref(), form.as_deref(), ctx)
+            web_msg_sender(query.as_deref(), form, ctx)
         }
-        (_, "/push" | "/metrics" | "/healthz" | "/readyz" | "/") => {
-            text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
-        }
-        _ => text(StatusCode::NOT_FOUND, "not found"),
+        (_, path) => match allowed_methods(path) {
+            Some(allow) => {
+                let mut resp = text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed");
+                resp.headers_mut()
+                    .insert(ALLOW, HeaderValue::from_static(allow));
+                resp
+            }
+            None => text(StatusCode::NOT_FOUND, "not found"),
+        },
     }
+}
+
+/// The methods a known path takes (for 405's `Allow`), `None` for an unknown path.
+/// HEAD is GET without the body, for the read-only paths; `/` publishes, so it has none.
+fn allowed_methods(path: &str) -> Option<&'static str> {
+    match path {
+        "/push" => Some("POST"),
+        "/metrics" | "/healthz" | "/readyz" => Some("GET, HEAD"),
+        "/" => Some("GET, POST"),
+        _ => None,
+    }
+}
+
+/// The token of `Authorization: Bearer TOKEN`; the scheme is case-insensitive (RFC 9110
+/// §11.1), one or more spaces follow it.
+fn bearer(value: &[u8]) -> Option<&[u8]> {
+    let (scheme, rest) = value.split_at_checked(6)?;
+    if !scheme.eq_ignore_ascii_case(b"bearer") || rest.first() != Some(&b' ') {
+        return None;
+    }
+    let token = rest.trim_ascii_start();
+    (!token.is_empty()).then_some(token)
 }
 
 /// The whole body, within `--http-max-body-bytes` and the request timeout.
@@ -176,37 +202,38 @@ async fn push_lines(body: Bytes, ctx: &State) -> HttpReply {
     resp
 }
 
-/// web-msg-sender's push API: `type=publish&to=UID&content=TEXT` in the query or a form.
-/// TEXT goes to every connection of UID (every bound connection without `to`) with the
-/// HTML escaping web-msg-sender applies (`& < > " '`), since pages written for it insert
-/// it as HTML. Answers `ok`, `offline` (no connection of UID took it) or `fail` (not a
-/// publish request).
-fn web_msg_sender(query: Option<&str>, form: Option<&[u8]>, ctx: &State) -> HttpReply {
-    let mut params = Params::default();
-    if let Some(q) = query {
-        params.read(q.as_bytes());
-    }
-    if let Some(f) = form {
-        // The form wins, as `$_POST ? $_POST : $_GET` does.
-        let mut posted = Params::default();
-        posted.read(f);
-        if posted.kind.is_some() {
-            params = posted;
+/// web-msg-sender's push API: `type=publish&to=UID&content=TEXT` in the query or a form
+/// (`application/x-www-form-urlencoded`, or `multipart/form-data` as PHP's curl posts an
+/// array). TEXT goes to every connection of UID (every bound connection without `to`)
+/// with the HTML escaping web-msg-sender applies (`& < > " '`), since pages written for
+/// it insert it as HTML. Answers exactly `ok`, `offline` (no connection of UID took it)
+/// or `fail` (not a publish request), without a newline, as web-msg-sender does: PHP
+/// callers compare the body with `'ok'`.
+fn web_msg_sender(query: Option<&str>, form: Option<Form>, ctx: &State) -> HttpReply {
+    // A form with any field wins whole, as `$_POST = $_POST ? $_POST : $_GET` does.
+    let params = match form {
+        Some(Form { fields, params }) if fields > 0 => params,
+        _ => {
+            let mut params = Params::default();
+            if let Some(q) = query {
+                params.read(q.as_bytes());
+            }
+            params
         }
-    }
+    };
     if params.kind.as_deref() != Some("publish") {
-        return text(StatusCode::OK, "fail");
+        return bare(StatusCode::OK, "fail");
     }
     let payload = Payload::from(html_escape(params.content.as_deref().unwrap_or("")));
     let registry = &ctx.registry;
     match params.to.as_deref().filter(|to| !to.is_empty()) {
         Some(to) => {
             let delivery = registry.push(to, &payload);
-            text(StatusCode::OK, if delivery.ok() { "ok" } else { "offline" })
+            bare(StatusCode::OK, if delivery.ok() { "ok" } else { "offline" })
         }
         None => {
             registry.broadcast(&payload, &[]);
-            text(StatusCode::OK, "ok")
+            bare(StatusCode::OK, "ok")
         }
     }
 }
@@ -220,18 +247,149 @@ struct Params {
 
 impl Params {
     /// Reads `application/x-www-form-urlencoded` pairs; later ones win. Invalid UTF-8
-    /// becomes U+FFFD.
-    fn read(&mut self, raw: &[u8]) {
+    /// becomes U+FFFD. Returns how many fields (named pairs) there were.
+    fn read(&mut self, raw: &[u8]) -> usize {
+        let mut fields = 0;
         for (k, v) in crate::urlencoded::pairs(raw) {
-            let slot = match k {
-                b"type" => &mut self.kind,
-                b"to" => &mut self.to,
-                b"content" => &mut self.content,
-                _ => continue,
-            };
-            *slot = Some(String::from_utf8_lossy(&crate::urlencoded::decode(v)).into_owned());
+            if k.is_empty() {
+                continue;
+            }
+            fields += 1;
+            self.set(k, &crate::urlencoded::decode(v));
         }
+        fields
     }
+
+    fn set(&mut self, name: &[u8], value: &[u8]) {
+        let slot = match name {
+            b"type" => &mut self.kind,
+            b"to" => &mut self.to,
+            b"content" => &mut self.content,
+            _ => return,
+        };
+        *slot = Some(String::from_utf8_lossy(value).into_owned());
+    }
+}
+
+/// A posted form: its fields, and how many there were (PHP's `$_POST` is "set" when
+/// there is at least one).
+struct Form {
+    fields: usize,
+    params: Params,
+}
+
+impl Form {
+    fn read(body: &[u8], multipart: Option<&[u8]>) -> Form {
+        let mut params = Params::default();
+        let fields = match multipart {
+            Some(boundary) => read_multipart(body, boundary, &mut params),
+            None => params.read(body),
+        };
+        Form { fields, params }
+    }
+}
+
+/// The boundary of a `multipart/form-data` request, if it is one.
+fn multipart_boundary(req: &Request<Incoming>) -> Option<Vec<u8>> {
+    let ct = req.headers().get(CONTENT_TYPE)?.as_bytes();
+    let (mime, params) = match ct.iter().position(|&b| b == b';') {
+        Some(i) => (&ct[..i], &ct[i + 1..]),
+        None => (ct, &[][..]),
+    };
+    if !mime
+        .trim_ascii()
+        .eq_ignore_ascii_case(b"multipart/form-data")
+    {
+        return None;
+    }
+    params.split(|&b| b == b';').find_map(|p| {
+        let p = p.trim_ascii();
+        let (k, v) = p.split_at_checked(9)?;
+        if !k.eq_ignore_ascii_case(b"boundary=") {
+            return None;
+        }
+        let v = v
+            .strip_prefix(b"\"")
+            .and_then(|v| v.strip_suffix(b"\""))
+            .unwrap_or(v);
+        (!v.is_empty()).then(|| v.to_vec())
+    })
+}
+
+/// Reads the fields of a `multipart/form-data` body (RFC 7578) into `params`; parts that
+/// are files (a `filename`) are skipped, as PHP keeps them out of `$_POST`. Returns how
+/// many fields there were.
+fn read_multipart(body: &[u8], boundary: &[u8], params: &mut Params) -> usize {
+    let mut delimiter = b"--".to_vec();
+    delimiter.extend_from_slice(boundary);
+    let mut fields = 0;
+    for part in split(body, &delimiter).skip(1) {
+        // After a delimiter: `--` ends the body, else CRLF, headers, CRLF CRLF, value
+        // up to the CRLF before the next delimiter.
+        if part.starts_with(b"--") {
+            break;
+        }
+        let Some(part) = part.strip_prefix(b"\r\n") else {
+            break;
+        };
+        let Some(end) = find(part, b"\r\n\r\n") else {
+            continue;
+        };
+        let (head, value) = (&part[..end], &part[end + 4..]);
+        let value = value.strip_suffix(b"\r\n").unwrap_or(value);
+        let disposition = head
+            .split(|&b| b == b'\n')
+            .map(<[u8]>::trim_ascii)
+            .find(|l| l.len() > 20 && l[..20].eq_ignore_ascii_case(b"content-disposition:"));
+        let Some(disposition) = disposition else {
+            continue;
+        };
+        if find(disposition, b"filename=").is_some() {
+            continue;
+        }
+        let Some(name) = disposition_name(disposition) else {
+            continue;
+        };
+        fields += 1;
+        params.set(name, value);
+    }
+    fields
+}
+
+/// The `name="..."` of a `Content-Disposition: form-data` line.
+fn disposition_name(line: &[u8]) -> Option<&[u8]> {
+    let at = line
+        .split(|&b| b == b';')
+        .map(<[u8]>::trim_ascii)
+        .find(|p| p.starts_with(b"name="))?;
+    let v = &at[5..];
+    Some(
+        v.strip_prefix(b"\"")
+            .and_then(|v| v.strip_suffix(b"\""))
+            .unwrap_or(v),
+    )
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    memchr::memmem::find(hay, needle)
+}
+
+/// `hay` cut at each `sep`.
+fn split<'a>(hay: &'a [u8], sep: &'a [u8]) -> impl Iterator<Item = &'a [u8]> {
+    let mut rest = Some(hay);
+    std::iter::from_fn(move || {
+        let r = rest?;
+        match find(r, sep) {
+            Some(i) => {
+                rest = Some(&r[i + sep.len()..]);
+                Some(&r[..i])
+            }
+            None => {
+                rest = None;
+                Some(r)
+            }
+        }
+    })
 }
 
 fn html_escape(s: &str) -> String {
@@ -261,7 +419,12 @@ fn metrics(ctx: &State) -> HttpReply {
 
 /// A one-line plain-text answer.
 fn text(status: StatusCode, line: &str) -> HttpReply {
-    let mut resp = hyper::Response::new(Full::new(Bytes::from(format!("{line}\n"))));
+    bare(status, &format!("{line}\n"))
+}
+
+/// A plain-text answer of exactly `body`.
+fn bare(status: StatusCode, body: &str) -> HttpReply {
+    let mut resp = hyper::Response::new(Full::new(Bytes::from(body.to_owned())));
     *resp.status_mut() = status;
     resp.headers_mut().insert(
         CONTENT_TYPE,
@@ -285,5 +448,33 @@ mod tests {
             html_escape(r#"<a href="x">'&'</a>"#),
             "&lt;a href=&quot;x&quot;&gt;&#039;&amp;&#039;&lt;/a&gt;"
         );
+        assert_eq!(Params::default().read(b""), 0);
+        assert_eq!(Params::default().read(b"&=x&"), 0);
+        assert_eq!(Params::default().read(b"to=u1&x"), 2);
+    }
+
+    #[test]
+    fn multipart_forms() {
+        let body = b"--XyZ\r\nContent-Disposition: form-data; name=\"type\"\r\n\r\npublish\r\n\
+            --XyZ\r\ncontent-disposition: form-data; name=\"content\"\r\n\r\na\r\n--Xy b\r\n\
+            --XyZ\r\nContent-Disposition: form-data; name=\"to\"; filename=\"f\"\r\n\r\nfile\r\n\
+            --XyZ\r\nContent-Disposition: form-data; name=\"to\"\r\n\r\nu1\r\n--XyZ--\r\n";
+        let form = Form::read(body, Some(b"XyZ"));
+        assert_eq!(form.fields, 3);
+        assert_eq!(form.params.kind.as_deref(), Some("publish"));
+        assert_eq!(form.params.content.as_deref(), Some("a\r\n--Xy b"));
+        assert_eq!(form.params.to.as_deref(), Some("u1"));
+        assert_eq!(Form::read(b"--XyZ--\r\n", Some(b"XyZ")).fields, 0);
+        assert_eq!(Form::read(b"garbage", Some(b"XyZ")).fields, 0);
+    }
+
+    #[test]
+    fn bearer_tokens() {
+        assert_eq!(bearer(b"Bearer abc"), Some(&b"abc"[..]));
+        assert_eq!(bearer(b"bEaReR   abc"), Some(&b"abc"[..]));
+        assert_eq!(bearer(b"Bearer"), None);
+        assert_eq!(bearer(b"Bearer "), None);
+        assert_eq!(bearer(b"Bearerabc"), None);
+        assert_eq!(bearer(b"Basic abc"), None);
     }
 }
