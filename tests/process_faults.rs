@@ -9,7 +9,6 @@ use common::*;
 
 use std::net::SocketAddr;
 use std::os::unix::process::ExitStatusExt;
-use std::process::{ExitStatus, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -17,13 +16,10 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
-use tokio::process::{Child, Command};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, timeout, timeout_at};
 use tokio_tungstenite::tungstenite::Message;
-
-const BIN: &str = env!("CARGO_BIN_EXE_pushwire");
 
 /// How long a dead or stopping daemon's peers may take to notice.
 const PROMPT: Duration = Duration::from_secs(2);
@@ -43,142 +39,16 @@ impl Ports {
             push: free_addr(),
         }
     }
-}
 
-fn free_addr() -> SocketAddr {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-    l.local_addr().unwrap()
-}
-
-/// `pushwire` with `args`, stderr piped, a clean environment for its own variables.
-fn command(args: &[String]) -> Command {
-    let mut cmd = Command::new(BIN);
-    cmd.args(args)
-        .env("RUST_LOG", "info")
-        .env_remove("NOTIFY_SOCKET")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
-    for (name, _) in std::env::vars_os() {
-        if name.to_string_lossy().starts_with("PUSHWIRE_") {
-            cmd.env_remove(name);
-        }
-    }
-    // The HTTP door's default port would collide between daemons run in parallel.
-    cmd.env("PUSHWIRE_HTTP_LISTEN", "127.0.0.1:0");
-    cmd
-}
-
-fn listen_args(ports: Ports, extra: &[&str]) -> Vec<String> {
-    let mut args = vec![
-        "--ws-listen".to_owned(),
-        ports.ws.to_string(),
-        "--push-listen".to_owned(),
-        ports.push.to_string(),
-    ];
-    args.extend(extra.iter().map(|s| (*s).to_owned()));
-    args
-}
-
-/// The real daemon as a child process; killed (SIGKILL) when dropped.
-struct Daemon {
-    child: Child,
-    pid: u32,
-    /// Everything written to stderr so far; the sender is dropped at EOF.
-    log: watch::Receiver<String>,
-}
-
-impl Daemon {
-    /// Starts the daemon on `ports` with `extra` flags and waits (5 s) for its "listening"
-    /// line.
-    async fn start(ports: Ports, extra: &[&str]) -> Daemon {
-        let mut child = command(&listen_args(ports, extra))
-            .spawn()
-            .expect("spawn pushwire");
-        let pid = child.id().expect("child pid");
-        let stderr = child.stderr.take().expect("piped stderr");
-        let (tx, log) = watch::channel(String::new());
-        tokio::spawn(async move {
-            let mut lines = BufReader::new(stderr).lines();
-            while let Ok(Some(line)) = lines.next_line().await {
-                tx.send_modify(|log| {
-                    log.push_str(&line);
-                    log.push('\n');
-                });
-            }
-        });
-        let daemon = Daemon { child, pid, log };
-        daemon.wait_log("listening", STEP).await;
-        daemon
-    }
-
-    /// Stderr so far.
-    fn log(&self) -> String {
-        self.log.borrow().clone()
-    }
-
-    /// Waits until stderr contains `needle`; panics (with the log) at the deadline or if
-    /// stderr ends first.
-    async fn wait_log(&self, needle: &str, d: Duration) {
-        let mut rx = self.log.clone();
-        match timeout(d, rx.wait_for(|log| log.contains(needle))).await {
-            Ok(Ok(_)) => {}
-            Ok(Err(_)) => panic!("pushwire's stderr ended before {needle:?}:\n{}", self.log()),
-            Err(_) => panic!("no {needle:?} within {d:?} on stderr:\n{}", self.log()),
-        }
-    }
-
-    fn kill9(&mut self) {
-        self.child.start_kill().expect("SIGKILL pushwire");
-    }
-
-    async fn signal(&self, sig: &str) {
-        let status = Command::new("kill")
-            .arg(format!("-{sig}"))
-            .arg(self.pid.to_string())
-            .status()
-            .await
-            .expect("run kill");
-        assert!(
-            status.success(),
-            "kill -{sig} {} failed: {status}",
-            self.pid
-        );
-    }
-
-    async fn sigterm(&self) {
-        self.signal("TERM").await;
-    }
-
-    async fn sigint(&self) {
-        self.signal("INT").await;
-    }
-
-    /// Waits for the process to exit, at most `d`.
-    async fn wait(&mut self, d: Duration) -> ExitStatus {
-        match timeout(d, self.child.wait()).await {
-            Ok(status) => status.expect("wait for pushwire"),
-            Err(_) => panic!(
-                "pushwire (pid {}) still running after {d:?}; stderr:\n{}",
-                self.pid,
-                self.log()
-            ),
-        }
+    /// The daemon on these ports with `extra` flags (the harness's launcher).
+    fn launch(self, extra: &[&str]) -> Launch {
+        Launch::new().on(self.ws, self.push).args(extra)
     }
 }
 
-/// Runs `pushwire args` to its exit (5 s deadline); returns its status and stderr.
-async fn run_to_exit(args: &[String]) -> (ExitStatus, String) {
-    let child = command(args).spawn().expect("spawn pushwire");
-    let out = timeout(STEP, child.wait_with_output())
-        .await
-        .unwrap_or_else(|_| panic!("pushwire {args:?} still running after {STEP:?}"))
-        .expect("wait for pushwire");
-    (
-        out.status,
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+/// Starts the daemon on `ports` with `extra` flags and waits for its "listening" line.
+async fn start(ports: Ports, extra: &[&str]) -> Daemon {
+    ports.launch(extra).start().await
 }
 
 /// The plain push line number `seq` of a load, to uid `{prefix}{seq % uids}`.
@@ -346,7 +216,7 @@ fn time_wait_on(port: u16) -> usize {
 async fn kill_9_under_load_then_restart_on_the_same_ports() {
     const BROWSERS: u64 = 50;
     let ports = Ports::free();
-    let mut daemon = Daemon::start(ports, &["--queue-depth", "1000000"]).await;
+    let mut daemon = start(ports, &["--queue-depth", "1000000"]).await;
     let ws_url = format!("ws://{}/", ports.ws);
 
     let received = Arc::new(AtomicU64::new(0));
@@ -425,7 +295,7 @@ async fn kill_9_under_load_then_restart_on_the_same_ports() {
         async move { n > 0 }
     })
     .await;
-    let mut daemon = Daemon::start(ports, &[]).await;
+    let mut daemon = start(ports, &[]).await;
 
     // Nobody has re-bound yet: fail, promptly.
     let mut push = PushClient::connect(ports.push).await;
@@ -469,7 +339,7 @@ async fn sigterm_under_load_answers_delivers_then_exits_0() {
     const SHUTDOWN_MS: u64 = 3_000;
     let ports = Ports::free();
     let shutdown_ms = SHUTDOWN_MS.to_string();
-    let mut daemon = Daemon::start(
+    let mut daemon = start(
         ports,
         &[
             "--shutdown-timeout-ms",
@@ -613,7 +483,7 @@ async fn sigterm_under_load_answers_delivers_then_exits_0() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigint_exits_0_and_a_busy_port_is_a_startup_error() {
     let ports = Ports::free();
-    let mut daemon = Daemon::start(ports, &[]).await;
+    let mut daemon = start(ports, &[]).await;
     let mut push = PushClient::connect(ports.push).await;
     assert_eq!(push.request("/ping").await, "pong\n");
 
@@ -632,7 +502,7 @@ async fn sigint_exits_0_and_a_busy_port_is_a_startup_error() {
         } else {
             busy.push
         };
-        let (status, stderr) = run_to_exit(&listen_args(busy, &[])).await;
+        let (status, stderr) = busy.launch(&[]).run_to_exit(STEP).await;
         assert!(
             !status.success(),
             "second daemon on {taken}: {status}\n{stderr}"
@@ -676,7 +546,7 @@ async fn push_unix_socket_mode_pushes_and_cleanup() {
     assert!(path.len() < 100, "socket path too long: {path}");
     let _ = std::fs::remove_file(&path);
     let ports = Ports::free();
-    let mut daemon = Daemon::start(ports, &["--push-unix", &path]).await;
+    let mut daemon = start(ports, &["--push-unix", &path]).await;
 
     let meta = std::fs::symlink_metadata(&path).expect("socket file exists");
     assert!(meta.file_type().is_socket(), "{path} is not a socket");
@@ -760,7 +630,7 @@ async fn startup_logs_connection_capacity() {
             .to_owned()
     }
 
-    let mut daemon = Daemon::start(Ports::free(), &["--max-push-connections", "100"]).await;
+    let mut daemon = Daemon::start(&["--max-push-connections", "100"]).await;
     let line = capacity_line(&daemon.log());
     let nofile = field(&line, "nofile");
     let max_ws = field(&line, "max_ws_connections");
@@ -777,7 +647,7 @@ async fn startup_logs_connection_capacity() {
     daemon.wait(PROMPT).await;
 
     let args = ["--max-ws-connections", "77", "--worker-threads", "3"];
-    let mut daemon = Daemon::start(Ports::free(), &args).await;
+    let mut daemon = Daemon::start(&args).await;
     let line = capacity_line(&daemon.log());
     assert!(line.contains("nofile="), "{line}");
     assert_eq!(field(&line, "max_ws_connections"), 77, "{line}");
@@ -794,7 +664,7 @@ async fn startup_logs_connection_capacity() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_backend_connection_does_not_hold_shutdown() {
     let ports = Ports::free();
-    let mut daemon = Daemon::start(ports, &["--shutdown-timeout-ms", "3000"]).await;
+    let mut daemon = start(ports, &["--shutdown-timeout-ms", "3000"]).await;
     let mut tab = WsClient::connect(&format!("ws://{}/", ports.ws)).await;
     tab.bind("idle-backend", ports.push).await;
     // A persistent backend connection, used once, then idle (not reading).
@@ -829,7 +699,7 @@ async fn an_idle_backend_connection_does_not_hold_shutdown() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stray_signals_are_logged_and_the_browser_keeps_receiving() {
     let ports = Ports::free();
-    let mut daemon = Daemon::start(ports, &[]).await;
+    let mut daemon = start(ports, &[]).await;
     let mut tab = WsClient::connect(&format!("ws://{}/", ports.ws)).await;
     tab.bind("sig", ports.push).await;
     let mut push = PushClient::connect(ports.push).await;
