@@ -31,18 +31,16 @@
 //! (9.7.*, 9.8.*).
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde_json::Value;
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
-use tokio::sync::watch;
+use tokio::process::Command;
 use tokio::time::{Instant, timeout};
 
-const BIN: &str = env!("CARGO_BIN_EXE_pushwire");
+mod common;
+use common::Daemon;
 
 /// One whole Autobahn run takes about 70 s here, most of it Autobahn waiting 0.5-2 s for
 /// an echo that never comes (about 90 cases); both runs go side by side. Past this
@@ -363,72 +361,6 @@ fn read_report(path: &Path) -> Value {
         .unwrap_or_else(|e| panic!("{} is not JSON: {e}", path.display()))
 }
 
-// ---- The daemon ----
-
-/// The real daemon as a child process; killed when dropped.
-struct Daemon {
-    _child: Child,
-    ws: SocketAddr,
-    log: watch::Receiver<String>,
-}
-
-impl Daemon {
-    /// Starts `pushwire` on 127.0.0.1:0 with `extra` flags; reads the ws port from its
-    /// "listening ws=... push=..." line (5 s at most).
-    async fn start(extra: &[&str]) -> Daemon {
-        let mut cmd = Command::new(BIN);
-        cmd.args(["--ws-listen", "127.0.0.1:0", "--push-listen", "127.0.0.1:0"])
-            .args(["--http-listen", "127.0.0.1:0"])
-            .args(extra)
-            .env("RUST_LOG", "info")
-            .env_remove("NOTIFY_SOCKET")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true);
-        for (name, _) in std::env::vars_os() {
-            if name.to_string_lossy().starts_with("PUSHWIRE_") {
-                cmd.env_remove(name);
-            }
-        }
-        let mut child = cmd.spawn().expect("spawn pushwire");
-        let stderr = child.stderr.take().expect("piped stderr");
-        let (tx, log) = watch::channel(String::new());
-        // Drained for the daemon's whole life, so its logging never blocks on the pipe.
-        tokio::spawn(async move {
-            let mut lines = BufReader::new(stderr).lines();
-            while let Ok(Some(line)) = lines.next_line().await {
-                tx.send_modify(|log| {
-                    log.push_str(&line);
-                    log.push('\n');
-                });
-            }
-        });
-        let mut rx = log.clone();
-        let found = timeout(
-            Duration::from_secs(5),
-            rx.wait_for(|log| log.contains("listening")),
-        )
-        .await;
-        let text = log.borrow().clone();
-        assert!(
-            matches!(found, Ok(Ok(_))),
-            "no listening line from pushwire:\n{text}"
-        );
-        let ws = text
-            .lines()
-            .find(|l| l.contains("listening"))
-            .and_then(|l| l.split_whitespace().find_map(|w| w.strip_prefix("ws=")))
-            .and_then(|a| a.parse().ok())
-            .unwrap_or_else(|| panic!("no ws=ADDR in the listening line:\n{text}"));
-        Daemon {
-            _child: child,
-            ws,
-            log,
-        }
-    }
-}
-
 // ---- Autobahn ----
 
 /// Where `scripts/autobahn.sh` puts `wstest`.
@@ -648,6 +580,7 @@ fn describe_expect(expect: Expect) -> String {
 /// `path_and_query`, and checks each against `own` then [`COMMON`].
 async fn conformance(state: &str, daemon_args: &[&str], path_and_query: &str, own: &[Rule]) {
     let wstest = wstest();
+    // The real daemon on port 0 (the harness's launcher), killed when dropped.
     let daemon = Daemon::start(daemon_args).await;
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("autobahn-{state}"));
     let _ = std::fs::remove_dir_all(&dir);
@@ -656,7 +589,7 @@ async fn conformance(state: &str, daemon_args: &[&str], path_and_query: &str, ow
     let agent = format!("pushwire-{state}");
     let spec = serde_json::json!({
         "outdir": outdir,
-        "servers": [{"agent": agent, "url": format!("ws://{}{path_and_query}", daemon.ws)}],
+        "servers": [{"agent": agent, "url": format!("ws://{}{path_and_query}", daemon.ws_addr)}],
         "cases": ["*"],
         "exclude-cases": EXCLUDED.iter().map(|(c, _)| *c).collect::<Vec<_>>(),
         "exclude-agent-cases": {},
@@ -749,7 +682,7 @@ async fn conformance(state: &str, daemon_args: &[&str], path_and_query: &str, ow
          reports in {}",
         cases.len(),
         took.as_secs_f64(),
-        daemon.ws,
+        daemon.ws_addr,
         outdir.display()
     );
     // Autobahn 0.8.2 runs 289 cases once 12.*, 13.*, 9.7.* and 9.8.* are left out: fewer
@@ -758,7 +691,7 @@ async fn conformance(state: &str, daemon_args: &[&str], path_and_query: &str, ow
         failures.push(format!("{} cases reported, {CASES} expected", cases.len()));
     }
     if !failures.is_empty() {
-        let daemon_log = daemon.log.borrow().clone();
+        let daemon_log = daemon.log();
         let tail: Vec<&str> = daemon_log.lines().rev().take(20).collect();
         panic!(
             "[{state}] {} of {} Autobahn cases did not do what pushwire must:\n{}\n\n\
