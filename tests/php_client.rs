@@ -146,11 +146,6 @@ async fn tab(server: &TestServer, uid: &str) -> WsClient {
     t
 }
 
-fn free_addr() -> SocketAddr {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap()
-}
-
 // ---------------------------------------------------------------------------------------
 // Calls
 
@@ -782,70 +777,21 @@ async fn daemon_restarted_on_the_same_port_between_two_calls() {
     server.shutdown().await.unwrap();
 }
 
-/// The real binary on `ws`/`push`; killed when dropped.
-struct Daemon {
-    child: Child,
+/// The real binary on `ws`/`push` (the harness's launcher); killed when dropped.
+async fn daemon_on(ws: SocketAddr, push: SocketAddr) -> Daemon {
+    Launch::new().on(ws, push).start().await
 }
 
-impl Daemon {
-    async fn start(ws: SocketAddr, push: SocketAddr) -> Daemon {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_pushwire"));
-        cmd.args([
-            "--ws-listen",
-            &ws.to_string(),
-            "--push-listen",
-            &push.to_string(),
-            // No HTTP door: its default port may be taken by another daemon on the box.
-            "--http-listen",
-            "off",
-        ])
-        .env("RUST_LOG", "info")
-        .env_remove("NOTIFY_SOCKET")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
-        for (name, _) in std::env::vars_os() {
-            if name.to_string_lossy().starts_with("PUSHWIRE_") {
-                cmd.env_remove(name);
-            }
-        }
-        let mut child = cmd.spawn().expect("spawn pushwire");
-        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-        let mut log = String::new();
-        let listening = timeout(STEP, async {
-            while let Ok(Some(line)) = lines.next_line().await {
-                log.push_str(&line);
-                log.push('\n');
-                if line.contains("listening") {
-                    return true;
-                }
-            }
-            false
-        })
-        .await;
-        assert!(
-            matches!(listening, Ok(true)),
-            "pushwire did not start:\n{log}"
-        );
-        // Keep draining stderr so the daemon never blocks on it.
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        Daemon { child }
-    }
-
-    async fn kill9(mut self) {
-        self.child.start_kill().unwrap();
-        timeout(STEP, self.child.wait())
-            .await
-            .expect("pushwire did not die")
-            .unwrap();
-    }
+/// kill -9, and wait until it is gone.
+async fn kill9(mut daemon: Daemon) {
+    daemon.kill9();
+    daemon.wait(STEP).await;
 }
 
 #[tokio::test]
 async fn killed_daemon_restarted_on_the_same_port_between_two_calls() {
     let (ws, push) = (free_addr(), free_addr());
-    let daemon = Daemon::start(ws, push).await;
+    let daemon = daemon_on(ws, push).await;
     let mut t1 = WsClient::connect(&format!("ws://{ws}/")).await;
     t1.bind("uid1", push).await;
     let mut php = Php::with_client(&tcp(push), json!({})).await;
@@ -855,9 +801,9 @@ async fn killed_daemon_restarted_on_the_same_port_between_two_calls() {
     );
     assert_eq!(t1.recv_text().await, r#"{"uid":"uid1","n":1}"#);
 
-    daemon.kill9().await;
+    kill9(daemon).await;
     drop(t1);
-    let daemon = Daemon::start(ws, push).await;
+    let daemon = daemon_on(ws, push).await;
     let mut t1 = WsClient::connect(&format!("ws://{ws}/")).await;
     t1.bind("uid1", push).await;
 
@@ -870,7 +816,7 @@ async fn killed_daemon_restarted_on_the_same_port_between_two_calls() {
     t1.expect_silence(QUIET).await;
 
     t1.close().await;
-    daemon.kill9().await;
+    kill9(daemon).await;
 }
 
 #[tokio::test]
