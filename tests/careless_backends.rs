@@ -12,15 +12,13 @@ use common::*;
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
-use std::net::SocketAddr;
 use std::process::Stdio;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use pushwire::wire::command::{self, Command, Limits};
 use serde_json::{Value, json};
 use tokio::io::AsyncReadExt;
-use tokio::process::{Child, Command as Process};
+use tokio::process::Command as Process;
 use tokio::time::{Instant, timeout};
 
 fn config() -> pushwire::Config {
@@ -45,79 +43,10 @@ fn error(reply: &str) -> String {
 // Logs: stranger-supplied text never reaches the log raw
 // ---------------------------------------------------------------------------------------
 
-/// The real binary on port 0 with `RUST_LOG` and `args`, stderr kept as raw bytes.
-struct Binary {
-    push_addr: SocketAddr,
-    log: Arc<Mutex<Vec<u8>>>,
-    _child: Child,
-}
-
-impl Binary {
-    async fn start(rust_log: &str, args: &[&str]) -> Binary {
-        let mut cmd = Process::new(env!("CARGO_BIN_EXE_pushwire"));
-        cmd.env_clear()
-            .env("RUST_LOG", rust_log)
-            .args(["--ws-listen", "127.0.0.1:0", "--push-listen", "127.0.0.1:0"])
-            .args(["--http-listen", "127.0.0.1:0"])
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true);
-        let mut child = cmd.spawn().expect("spawn pushwire");
-        let mut stderr = child.stderr.take().unwrap();
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let sink = log.clone();
-        tokio::spawn(async move {
-            let mut chunk = [0u8; 4096];
-            while let Ok(n) = stderr.read(&mut chunk).await {
-                if n == 0 {
-                    break;
-                }
-                sink.lock().unwrap().extend_from_slice(&chunk[..n]);
-            }
-        });
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let push_addr = loop {
-            let text = String::from_utf8_lossy(&log.lock().unwrap()).into_owned();
-            if let Some(line) = text.lines().find(|l| l.contains("listening")) {
-                let addr = line
-                    .split_whitespace()
-                    .find_map(|w| w.strip_prefix("push="))
-                    .or_else(|| {
-                        // JSON format: "push":"127.0.0.1:P"
-                        let at = line.find("\"push\":\"")? + 8;
-                        line[at..].split('"').next()
-                    })
-                    .unwrap_or_else(|| panic!("no push address in {line:?}"));
-                break addr.parse().unwrap_or_else(|e| panic!("{addr:?}: {e}"));
-            }
-            assert!(Instant::now() < deadline, "pushwire did not start: {text}");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        };
-        Binary {
-            push_addr,
-            log,
-            _child: child,
-        }
-    }
-
-    /// Waits until the log holds `needle` (it is written asynchronously), then returns it.
-    async fn log_with(&self, needle: &str) -> Vec<u8> {
-        let deadline = Instant::now() + STEP;
-        loop {
-            let log = self.log.lock().unwrap().clone();
-            if String::from_utf8_lossy(&log).contains(needle) {
-                return log;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "log never had {needle:?}:\n{}",
-                String::from_utf8_lossy(&log)
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
+/// The real binary on port 0 with `RUST_LOG` and `args` (the harness's launcher, which
+/// keeps stderr as raw bytes).
+async fn binary(rust_log: &str, args: &[&str]) -> Daemon {
+    Launch::new().rust_log(rust_log).args(args).start().await
 }
 
 /// Forges a log line of its own and recolours, rewrites or cuts the real one.
@@ -126,7 +55,7 @@ const EVIL: &str = "x\n2026-01-01T00:00:00.000000Z  WARN pushwire: FORGED admin 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stranger_supplied_text_never_reaches_the_log_raw() {
     for format in ["human", "json"] {
-        let daemon = Binary::start("debug", &["--max-groups", "1", "--log-format", format]).await;
+        let daemon = binary("debug", &["--max-groups", "1", "--log-format", format]).await;
         let mut push = PushClient::connect(daemon.push_addr).await;
         let evil = json!(EVIL).to_string();
         assert_eq!(parse(&push.request("/join g0 u1").await)["ok"], json!(true));
@@ -150,7 +79,7 @@ async fn stranger_supplied_text_never_reaches_the_log_raw() {
         }
         // Logged before its reply was written, like every line above.
         push.request("/last-line").await;
-        let log = daemon.log_with("last-line").await;
+        let log = daemon.wait_log("last-line", STEP).await;
         let text = String::from_utf8_lossy(&log);
         for (i, b) in log.iter().enumerate() {
             assert!(
@@ -381,7 +310,7 @@ async fn push_connections_gauge_is_the_last_stats_key() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_push_limit_warning_names_its_cause_once() {
-    let daemon = Binary::start(
+    let daemon = binary(
         "info",
         &[
             "--max-push-connections",
@@ -397,7 +326,7 @@ async fn the_push_limit_warning_names_its_cause_once() {
     for p in [&mut a, &mut b] {
         assert_eq!(p.request("/ping").await, "pong\n");
     }
-    let log = daemon.log_with(want).await;
+    let log = daemon.wait_log(want, STEP).await;
     assert!(String::from_utf8_lossy(&log).contains("--max-push-connections"));
     // The limit is left and hit again, over and over: still one warning.
     for _ in 0..3 {
@@ -412,7 +341,7 @@ async fn the_push_limit_warning_names_its_cause_once() {
         }
     }
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let log = String::from_utf8_lossy(&daemon.log.lock().unwrap()).into_owned();
+    let log = daemon.log();
     assert_eq!(
         log.matches("limit (2) reached").count(),
         1,
