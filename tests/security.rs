@@ -1061,77 +1061,13 @@ async fn unix_socket_needs_no_auth() {
 // The binary
 // ---------------------------------------------------------------------------------------
 
-fn free_port() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-}
-
-/// The real binary on free ports, killed on drop.
-struct Daemon {
-    ws_addr: SocketAddr,
-    push_addr: SocketAddr,
-    _child: tokio::process::Child,
-}
-
-impl Daemon {
-    /// Starts `pushwire` with `args` and `envs` (a clean environment otherwise) and waits
-    /// for its "listening" log line.
-    async fn start(args: &[&str], envs: &[(&str, &str)]) -> Daemon {
-        let (ws_addr, push_addr) = (free_port(), free_port());
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_pushwire"));
-        cmd.env_clear()
-            .env("RUST_LOG", "info")
-            .arg("--ws-listen")
-            .arg(ws_addr.to_string())
-            .arg("--push-listen")
-            .arg(push_addr.to_string())
-            .args(["--http-listen", "127.0.0.1:0"])
-            .args(args)
-            .envs(envs.iter().copied())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true);
-        let mut child = cmd.spawn().expect("spawn pushwire");
-        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-        let mut log = String::new();
-        let wait = async {
-            while let Some(line) = lines.next_line().await.unwrap() {
-                log.push_str(&line);
-                log.push('\n');
-                if line.contains("listening") {
-                    return true;
-                }
-            }
-            false
-        };
-        let ok = timeout(Duration::from_secs(10), wait).await;
-        assert!(
-            matches!(ok, Ok(true)),
-            "pushwire did not log \"listening\": {log}"
-        );
-        // Keep draining stderr so the daemon never blocks on a full pipe.
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        Daemon {
-            ws_addr,
-            push_addr,
-            _child: child,
-        }
-    }
-
-    fn ws_url(&self) -> String {
-        format!("ws://{}/", self.ws_addr)
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn binary_reads_the_jwt_secret_from_a_file() {
     let dir = TempDir::new("secret");
     let file = dir.0.join("jwt.secret");
     std::fs::write(&file, "file secret\n").unwrap();
-    let daemon = Daemon::start(&["--jwt-secret-file", file.to_str().unwrap()], &[]).await;
+    // The real binary on port 0 (the harness's launcher), killed on drop.
+    let daemon = Daemon::start(&["--jwt-secret-file", file.to_str().unwrap()]).await;
 
     let mut ws = WsClient::connect(&daemon.ws_url()).await;
     ws.send_text(&Secret::new("file secret").mint("filed", now() + 60))
@@ -1163,7 +1099,10 @@ async fn binary_reads_the_jwt_secret_from_a_file() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn binary_reads_the_jwt_secret_from_the_environment() {
-    let daemon = Daemon::start(&[], &[("PUSHWIRE_JWT_SECRET", "env secret")]).await;
+    let daemon = Launch::new()
+        .env("PUSHWIRE_JWT_SECRET", "env secret")
+        .start()
+        .await;
     let mut ws = WsClient::connect(&daemon.ws_url()).await;
     ws.send_text(&Secret::new("env secret").mint("env", now() + 60))
         .await;
