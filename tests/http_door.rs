@@ -13,7 +13,6 @@ use common::*;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::process::Stdio;
 use std::time::Duration;
 
 use pushwire::auth::Secret;
@@ -67,25 +66,9 @@ impl Reply {
 
 /// `curl -sS -i ARGS` with `stdin`; panics (with curl's stderr) unless curl exits 0.
 async fn curl_stdin(args: &[&str], stdin: &[u8]) -> Reply {
-    let mut child = Command::new("curl")
-        .args(["-sS", "-i", "--max-time", "20"])
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot run curl: {e} (scripts/test.sh installs it)"));
-    let mut input = child.stdin.take().expect("curl stdin");
-    let stdin = stdin.to_vec();
-    let writer = tokio::spawn(async move {
-        let _ = input.write_all(&stdin).await;
-    });
-    let out = timeout(Duration::from_secs(30), child.wait_with_output())
-        .await
-        .unwrap_or_else(|_| panic!("curl {args:?} still running after 30 s"))
-        .expect("wait for curl");
-    writer.await.expect("stdin writer");
+    let mut cmd = Command::new("curl");
+    cmd.args(["-sS", "-i", "--max-time", "20"]).args(args);
+    let out = run_program(&mut cmd, stdin, Duration::from_secs(30)).await;
     assert!(
         out.status.success(),
         "curl {args:?}: {}\n{}",
@@ -432,14 +415,22 @@ async fn browser_with(server: &TestServer, uid: &str, secret: bool) -> WsClient 
 
 /// What PHP's `htmlspecialchars` (web-msg-sender's escaping) makes of `s`, from php-cli.
 async fn htmlspecialchars(s: &str) -> String {
-    let out = Command::new("php")
-        .args(["-r", "echo htmlspecialchars($argv[1]);", "--", s])
-        .stdin(Stdio::null())
-        .output()
-        .await
-        .unwrap_or_else(|e| panic!("cannot run php: {e} (scripts/test.sh installs php-cli)"));
-    assert!(out.status.success(), "php: {out:?}");
-    String::from_utf8(out.stdout).expect("php output is UTF-8")
+    let out = php(&["-r", "echo htmlspecialchars($argv[1]);", "--", s]).await;
+    String::from_utf8(out).expect("php output is UTF-8")
+}
+
+/// php-cli with `args`; its stdout, once it exited 0.
+async fn php(args: &[&str]) -> Vec<u8> {
+    let mut cmd = Command::new("php");
+    cmd.args(args);
+    let out = run_program(&mut cmd, b"", Duration::from_secs(20)).await;
+    assert!(
+        out.status.success(),
+        "php: {}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
 }
 
 /// Content with everything `htmlspecialchars` escapes, and what a form encodes.
@@ -552,23 +543,8 @@ curl_close($ch);
 var_export($return);"#,
         url = server.http_url("/")
     );
-    let out = timeout(
-        Duration::from_secs(20),
-        Command::new("php")
-            .args(["-r", &code])
-            .stdin(Stdio::null())
-            .output(),
-    )
-    .await
-    .expect("php timed out")
-    .unwrap_or_else(|e| panic!("cannot run php: {e}"));
-    assert!(
-        out.status.success(),
-        "php: {}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "'ok'");
+    let out = php(&["-r", &code]).await;
+    assert_eq!(String::from_utf8_lossy(&out), "'ok'");
     assert_eq!(
         tab.recv_text().await,
         "data &lt;b&gt;&quot;x&quot;&lt;/b&gt;"
@@ -603,14 +579,7 @@ async fn addresses_outside_push_allow_get_403() {
     .await;
     r.expect(200, "pong\n");
     let text = scrape_from(&server, "127.0.0.2", &[]).await;
-    assert_eq!(
-        sample(&text, "pushwire_refused_total{reason=\"push_access\"}"),
-        6.0
-    );
-    assert_eq!(
-        sample(&text, "pushwire_http_requests_total{status=\"403\"}"),
-        6.0
-    );
+    assert_refused(&text, 403, 6.0);
 }
 
 /// With a push secret every request but the health checks needs the bearer token.
@@ -661,14 +630,7 @@ async fn a_push_secret_needs_the_bearer_token_except_for_health_checks() {
         &["-H", &format!("Authorization: Bearer {SECRET}")],
     )
     .await;
-    assert_eq!(
-        sample(&text, "pushwire_refused_total{reason=\"push_access\"}"),
-        9.0
-    );
-    assert_eq!(
-        sample(&text, "pushwire_http_requests_total{status=\"401\"}"),
-        9.0
-    );
+    assert_refused(&text, 401, 9.0);
 }
 
 #[tokio::test]
@@ -954,23 +916,9 @@ async fn scrape(server: &TestServer) -> String {
 }
 
 async fn promtool_check(text: &str) {
-    let mut child = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap_or_else(|e| {
-            panic!("cannot run promtool: {e} (scripts/test.sh installs Debian's prometheus)")
-        });
-    let mut stdin = child.stdin.take().unwrap();
-    stdin.write_all(text.as_bytes()).await.unwrap();
-    drop(stdin);
-    let out = timeout(Duration::from_secs(20), child.wait_with_output())
-        .await
-        .expect("promtool timed out")
-        .unwrap();
+    let mut cmd = Command::new("promtool");
+    cmd.args(["check", "metrics"]);
+    let out = run_program(&mut cmd, text.as_bytes(), Duration::from_secs(20)).await;
     let said = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
@@ -981,6 +929,16 @@ async fn promtool_check(text: &str) {
         "promtool check metrics: {}\n{said}\n--- the scrape:\n{text}",
         out.status
     );
+}
+
+/// Asserts `n` refusals for push access, each answered with `status`, in a scrape.
+fn assert_refused(text: &str, status: u16, n: f64) {
+    let refused = sample(text, "pushwire_refused_total{reason=\"push_access\"}");
+    let answered = sample(
+        text,
+        &format!("pushwire_http_requests_total{{status=\"{status}\"}}"),
+    );
+    assert_eq!((refused, answered), (n, n), "{text}");
 }
 
 /// Every sample of a text exposition: `name{labels}` → value.

@@ -987,3 +987,34 @@ impl Daemon {
         }
     }
 }
+
+/// Runs `cmd` to its exit with `stdin` as its input (within `d`), capturing its output.
+/// A program that cannot be started fails the test: `scripts/test.sh` installs every
+/// program the tests run.
+pub async fn run_program(
+    cmd: &mut tokio::process::Command,
+    stdin: &[u8],
+    d: Duration,
+) -> std::process::Output {
+    let what = format!("{:?}", cmd.as_std());
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {what}: {e} (scripts/test.sh installs it)"));
+    let mut input = child.stdin.take().expect("piped stdin");
+    let stdin = stdin.to_vec();
+    // Written alongside the wait, so a program that answers before reading all of its
+    // input cannot deadlock the test.
+    let writer = tokio::spawn(async move {
+        let _ = input.write_all(&stdin).await;
+    });
+    let out = timeout(d, child.wait_with_output())
+        .await
+        .unwrap_or_else(|_| panic!("{what} still running after {d:?}"))
+        .unwrap_or_else(|e| panic!("wait for {what}: {e}"));
+    let _ = writer.await;
+    out
+}
