@@ -27,12 +27,13 @@ use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use fred::clients::{Client, SubscriberClient};
-use fred::interfaces::{ClientLike, EventInterface, PubsubInterface};
+use fred::interfaces::{ClientLike, EventInterface, KeysInterface, PubsubInterface, SetsInterface};
 use fred::types::config::{Config as RedisConfig, ReconnectPolicy};
 use fred::types::{Builder, Value};
 use tokio::sync::{Notify, mpsc, oneshot};
 use tracing::{debug, info, warn};
 
+use crate::groups::{GroupError, GroupLimits};
 use crate::registry::{Delivery, Presence, Registry};
 use crate::wire::{CloseNotice, Payload, Uid};
 
@@ -51,6 +52,28 @@ pub struct ClusterConfig {
     pub url: String,
     /// Longest a reply waits for Redis and the holders' answers.
     pub timeout: Duration,
+    /// Group bounds and the offline grace period, the same as a single node's.
+    pub groups: GroupLimits,
+}
+
+/// Why a group operation could not be done cluster-wide.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClusterGroupError {
+    /// A limit refused it.
+    Limit(GroupError),
+    /// Redis could not be reached.
+    Unavailable,
+}
+
+impl std::fmt::Display for ClusterGroupError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ClusterGroupError::Limit(e) => e.fmt(f),
+            ClusterGroupError::Unavailable => {
+                f.write_str("cluster unavailable (redis unreachable)")
+            }
+        }
+    }
 }
 
 /// What other holders answered about one push.
@@ -69,6 +92,7 @@ pub struct Remote {
 pub struct Cluster {
     node: String,
     timeout: Duration,
+    groups: GroupLimits,
     registry: Registry,
     cmd: Client,
     sub: SubscriberClient,
@@ -157,6 +181,7 @@ impl Cluster {
         let cluster = Arc::new(Cluster {
             node,
             timeout: config.timeout,
+            groups: config.groups,
             registry: registry.clone(),
             cmd,
             sub,
@@ -179,6 +204,7 @@ impl Cluster {
             tokio::spawn(listen(cluster.clone())),
             tokio::spawn(reconcile(cluster.clone())),
             tokio::spawn(watch(cluster.clone())),
+            tokio::spawn(sweep(cluster.clone())),
         ] {
             let stop = cluster.stop.clone();
             tokio::spawn(async move {
@@ -317,6 +343,131 @@ impl Cluster {
         }
     }
 
+    // ---- Groups: membership in Redis, so it belongs to the uid wherever it connects ----
+    //
+    // `pw:g:<group>` the members, `pw:ug:<uid>` a uid's groups, `pw:groups` the groups,
+    // `pw:grace` uid → when its grace period ends (ms). A uid is put in `pw:grace` when
+    // it joins and when its last connection on a node closes; the sweeper of any node
+    // drops the memberships of a due uid only if no node holds it then.
+
+    /// Adds `uids` to `group`, all or nothing against the limits (checked, then applied:
+    /// two nodes joining at the same moment may pass a limit by a few).
+    pub async fn join(
+        &self,
+        group: &str,
+        uids: &[Uid],
+    ) -> Result<(usize, usize), ClusterGroupError> {
+        let gone = |_| ClusterGroupError::Unavailable;
+        if !self.is_up() {
+            return Err(ClusterGroupError::Unavailable);
+        }
+        let key = group_key(group);
+        let names: Vec<&str> = uids.iter().map(|u| &**u).collect();
+        let current: usize = self.cmd.scard(&key).await.map_err(gone)?;
+        if current == 0 {
+            let groups: usize = self.cmd.scard(GROUPS).await.map_err(gone)?;
+            if groups >= self.groups.max_groups {
+                return Err(ClusterGroupError::Limit(GroupError::TooManyGroups(
+                    self.groups.max_groups,
+                )));
+            }
+        }
+        let already: Vec<bool> = self
+            .cmd
+            .smismember(&key, names.clone())
+            .await
+            .map_err(gone)?;
+        let new = already.iter().filter(|m| !**m).count();
+        if current + new > self.groups.max_members {
+            return Err(ClusterGroupError::Limit(GroupError::GroupFull(
+                self.groups.max_members,
+            )));
+        }
+        let added: usize = self.cmd.sadd(&key, names.clone()).await.map_err(gone)?;
+        let _: usize = self.cmd.sadd(GROUPS, group).await.map_err(gone)?;
+        let deadline = now_ms() + self.groups.grace.as_millis() as u64;
+        for uid in &names {
+            let _: usize = self
+                .cmd
+                .sadd(uid_groups_key(uid), group)
+                .await
+                .map_err(gone)?;
+            self.grace(uid, deadline).await.map_err(gone)?;
+        }
+        Ok((added, current + added))
+    }
+
+    /// Removes `uids` from `group`: (removed, members after).
+    pub async fn leave(
+        &self,
+        group: &str,
+        uids: &[Uid],
+    ) -> Result<(usize, usize), ClusterGroupError> {
+        let gone = |_| ClusterGroupError::Unavailable;
+        let key = group_key(group);
+        let names: Vec<&str> = uids.iter().map(|u| &**u).collect();
+        let removed: usize = self.cmd.srem(&key, names.clone()).await.map_err(gone)?;
+        for uid in &names {
+            let _: usize = self
+                .cmd
+                .srem(uid_groups_key(uid), group)
+                .await
+                .map_err(gone)?;
+        }
+        let left: usize = self.cmd.scard(&key).await.map_err(gone)?;
+        if left == 0 {
+            let _: usize = self.cmd.srem(GROUPS, group).await.map_err(gone)?;
+        }
+        Ok((removed, left))
+    }
+
+    /// The members of `group` (online or within their grace period).
+    pub async fn members(&self, group: &str) -> Result<Vec<String>, ClusterGroupError> {
+        self.cmd
+            .smembers(group_key(group))
+            .await
+            .map_err(|_| ClusterGroupError::Unavailable)
+    }
+
+    /// Groups that exist.
+    pub async fn group_count(&self) -> Result<usize, ClusterGroupError> {
+        self.cmd
+            .scard(GROUPS)
+            .await
+            .map_err(|_| ClusterGroupError::Unavailable)
+    }
+
+    /// Drops every membership of `uid` (kick, or its grace period ended offline).
+    pub async fn forget(&self, uid: &str) -> Result<(), fred::error::Error> {
+        let groups: Vec<String> = self.cmd.smembers(uid_groups_key(uid)).await?;
+        for g in &groups {
+            let key = group_key(g);
+            let _: usize = self.cmd.srem(&key, uid).await?;
+            let left: usize = self.cmd.scard(&key).await?;
+            if left == 0 {
+                let _: usize = self.cmd.srem(GROUPS, g.as_str()).await?;
+            }
+        }
+        let _: usize = self.cmd.del(uid_groups_key(uid)).await?;
+        let _: usize = self
+            .cmd
+            .custom(fred::cmd!("ZREM"), vec![GRACE.to_owned(), uid.to_owned()])
+            .await?;
+        Ok(())
+    }
+
+    /// Starts (or restarts) `uid`'s grace period, ending at `deadline_ms`.
+    async fn grace(&self, uid: &str, deadline_ms: u64) -> Result<(), fred::error::Error> {
+        let _: usize = self
+            .cmd
+            .custom(
+                fred::cmd!("ZADD"),
+                vec![GRACE.to_owned(), deadline_ms.to_string(), uid.to_owned()],
+            )
+            .await?;
+        Ok(())
+    }
+
     /// One holder's answer (or our own copy's, counted as nothing: local delivery was
     /// counted by the caller).
     fn answered(&self, req: u64, delivery: Delivery) {
@@ -393,7 +544,15 @@ async fn reconcile(cluster: Arc<Cluster>) {
                 .contains(&uid);
             match (here, subscribed) {
                 (true, false) => on.push(uid),
-                (false, true) => off.push(uid),
+                (false, true) => {
+                    let deadline = now_ms() + cluster.groups.grace.as_millis() as u64;
+                    if cluster.is_up()
+                        && let Err(err) = cluster.grace(&uid, deadline).await
+                    {
+                        debug!(%err, "could not start a grace period");
+                    }
+                    off.push(uid)
+                }
                 _ => {}
             }
         }
@@ -541,6 +700,54 @@ async fn listen(cluster: Arc<Cluster>) {
     }
 }
 
+/// Drops the memberships of uids whose grace period ended while no node holds them.
+async fn sweep(cluster: Arc<Cluster>) {
+    let every = (cluster.groups.grace / 4).clamp(Duration::from_millis(10), Duration::from_secs(1));
+    loop {
+        tokio::time::sleep(every).await;
+        if !cluster.is_up() {
+            continue;
+        }
+        let due: Vec<String> = match cluster
+            .cmd
+            .custom(
+                fred::cmd!("ZRANGEBYSCORE"),
+                vec![
+                    GRACE.to_owned(),
+                    "-inf".to_owned(),
+                    now_ms().to_string(),
+                    "LIMIT".to_owned(),
+                    "0".to_owned(),
+                    "256".to_owned(),
+                ],
+            )
+            .await
+        {
+            Ok(due) => due,
+            Err(_) => continue,
+        };
+        for uid in due {
+            let here = cluster.registry.connections_of(&uid);
+            let remote = cluster.online(&uid).await;
+            if remote.unavailable || remote.missing > 0 {
+                continue; // Not sure: try again next time.
+            }
+            let result = if here + remote.delivery.queued > 0 {
+                cluster
+                    .cmd
+                    .custom::<usize, _>(fred::cmd!("ZREM"), vec![GRACE.to_owned(), uid.clone()])
+                    .await
+                    .map(|_| ())
+            } else {
+                cluster.forget(&uid).await
+            };
+            if let Err(err) = result {
+                debug!(%err, "grace sweep failed; retried");
+            }
+        }
+    }
+}
+
 /// Tracks whether Redis is up; re-announces every uid after a reconnect.
 async fn watch(cluster: Arc<Cluster>) {
     let mut was_up = false;
@@ -577,6 +784,22 @@ async fn watch(cluster: Arc<Cluster>) {
 }
 
 const UID_PREFIX: &str = "pw:u:";
+const GROUPS: &str = "pw:groups";
+const GRACE: &str = "pw:grace";
+
+fn group_key(group: &str) -> String {
+    format!("pw:g:{group}")
+}
+
+fn uid_groups_key(uid: &str) -> String {
+    format!("pw:ug:{uid}")
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
 
 fn uid_channel(uid: &str) -> String {
     format!("{UID_PREFIX}{uid}")

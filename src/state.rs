@@ -46,6 +46,7 @@ impl State {
                     &ClusterConfig {
                         url: url.clone(),
                         timeout: config.cluster_timeout,
+                        groups: config.group_limits(),
                     },
                     &registry,
                 )

@@ -65,11 +65,15 @@ impl Redis {
 }
 
 async fn node(redis: &Redis) -> TestServer {
+    node_with(redis, pushwire::Config::default()).await
+}
+
+async fn node_with(redis: &Redis, config: pushwire::Config) -> TestServer {
     TestServer::start_with(pushwire::Config {
         redis: Some(redis.url()),
         // Bounded, and roomy enough for a loaded CI machine.
         cluster_timeout: Duration::from_millis(2000),
-        ..pushwire::Config::default()
+        ..config
     })
     .await
 }
@@ -272,4 +276,64 @@ async fn broadcast_kick_and_presence_span_the_nodes() {
             .await
             .contains("\"uids\":1,\"connections\":1")
     );
+}
+
+/// Membership belongs to the uid, cluster-wide: joined through one node, used through
+/// the other, kept across a reconnect to another node inside the grace period, dropped
+/// once the grace period passes with the uid offline everywhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn groups_span_the_nodes_and_keep_their_grace_period() {
+    let redis = Redis::start().await;
+    let grace = pushwire::Config {
+        group_grace: Duration::from_millis(1000),
+        ..pushwire::Config::default()
+    };
+    let (a, b) = (
+        node_with(&redis, grace.clone()).await,
+        node_with(&redis, grace).await,
+    );
+    let mut tab = WsClient::connect(&b.ws_url()).await;
+    bound_across(&mut tab, &b, &a, "g1").await;
+    let mut pa = PushClient::connect(a.push_addr).await;
+    let mut pb = PushClient::connect(b.push_addr).await;
+    assert_eq!(
+        pa.request("/join room g1").await,
+        "{\"ok\":true,\"group\":\"room\",\"added\":1,\"members\":1}\n"
+    );
+    assert_eq!(
+        pb.request("/members room").await,
+        "{\"ok\":true,\"group\":\"room\",\"count\":1,\"uids\":[\"g1\"]}\n"
+    );
+    let reply = pb.request("/group room hi").await;
+    assert!(reply.contains("\"reached\":1"), "{reply}");
+    assert_eq!(tab.recv_text().await, "hi");
+
+    // The tab closes on b and comes back on a within the grace period.
+    tab.close().await;
+    let mut back = WsClient::connect(&a.ws_url()).await;
+    back.bind("g1", a.push_addr).await;
+    tokio::time::sleep(Duration::from_millis(1800)).await;
+    assert!(pb.request("/members room").await.contains("[\"g1\"]"));
+    assert!(
+        pb.request("/group room again")
+            .await
+            .contains("\"reached\":1")
+    );
+    assert_eq!(back.recv_text().await, "again");
+
+    // Gone for good: the membership goes after the grace period.
+    back.close().await;
+    poll_until(
+        Duration::from_secs(6),
+        "room empty after the grace period",
+        || {
+            let addr = b.push_addr;
+            async move {
+                let mut p = PushClient::connect(addr).await;
+                p.request("/members room").await.contains("\"count\":0")
+            }
+        },
+    )
+    .await;
+    assert!(pa.request("/count").await.contains("\"groups\":0"));
 }

@@ -300,6 +300,32 @@ fn run(state: &State, command: Command<'_>, line: &Payload, text: &str) -> Respo
             let Some(msg) = payload(at) else {
                 return Response::Ready(Reply::error("bad payload offset"));
             };
+            if let Some(cluster) = &state.cluster {
+                let (cluster, registry) = (cluster.clone(), registry.clone());
+                let group = group.into_owned();
+                return later(async move {
+                    let members = cluster.members(&group).await.unwrap_or_default();
+                    let (mut reached, mut total) = (0, Delivery::default());
+                    let targets: Vec<_> = members
+                        .iter()
+                        .filter(|m| !except.iter().any(|e| **e == ***m))
+                        .map(|m| (registry.push(m, &msg), cluster.push(m, &msg)))
+                        .collect();
+                    for (local, remote) in targets {
+                        let d = local + remote.await.delivery;
+                        reached += usize::from(d.ok());
+                        total = total + d;
+                    }
+                    Json::Group(GroupReply {
+                        ok: reached > 0,
+                        group,
+                        members: members.len(),
+                        reached,
+                        connections: total.queued,
+                        refused: total.refused,
+                    })
+                });
+            }
             let (members, f) = registry
                 .push_group(&group, &msg, &except)
                 .unwrap_or_default();
@@ -336,6 +362,60 @@ fn run(state: &State, command: Command<'_>, line: &Payload, text: &str) -> Respo
                 connections: d.queued,
                 refused: d.refused,
             })
+        }
+        Command::Join { group, uids } if state.cluster.is_some() => {
+            let cluster = state.cluster.clone();
+            let group = group.into_owned();
+            return Response::Later(Box::pin(async move {
+                let Some(cluster) = cluster else {
+                    return Reply::error("no cluster");
+                };
+                match cluster.join(&group, &uids).await {
+                    Ok((added, members)) => Reply::Json(Json::Join(JoinReply {
+                        ok: true,
+                        group,
+                        added,
+                        members,
+                    })),
+                    Err(e) => Reply::error(e),
+                }
+            }));
+        }
+        Command::Leave { group, uids } if state.cluster.is_some() => {
+            let cluster = state.cluster.clone();
+            let group = group.into_owned();
+            return Response::Later(Box::pin(async move {
+                let Some(cluster) = cluster else {
+                    return Reply::error("no cluster");
+                };
+                match cluster.leave(&group, &uids).await {
+                    Ok((removed, members)) => Reply::Json(Json::Leave(LeaveReply {
+                        ok: true,
+                        group,
+                        removed,
+                        members,
+                    })),
+                    Err(e) => Reply::error(e),
+                }
+            }));
+        }
+        Command::Members { group } if state.cluster.is_some() => {
+            let cluster = state.cluster.clone();
+            let group = group.into_owned();
+            return Response::Later(Box::pin(async move {
+                let Some(cluster) = cluster else {
+                    return Reply::error("no cluster");
+                };
+                match cluster.members(&group).await {
+                    Ok(uids) => Reply::Json(Json::Members(MembersReply {
+                        ok: true,
+                        group,
+                        count: uids.len(),
+                        uids,
+                    })),
+                    Err(e) => Reply::error(e),
+                }
+            }));
         }
         Command::Join { group, uids } => match registry.join(&group, &uids) {
             Ok((added, members)) => Json::Join(JoinReply {
@@ -383,9 +463,10 @@ fn run(state: &State, command: Command<'_>, line: &Payload, text: &str) -> Respo
         Command::Count => {
             let (uids, connections) = registry.totals();
             if let Some(cluster) = &state.cluster {
-                let (remote, groups) = (cluster.count(), registry.group_count());
+                let (remote, cluster) = (cluster.count(), cluster.clone());
                 return later(async move {
                     let r = remote.await.delivery;
+                    let groups = cluster.group_count().await.unwrap_or(0);
                     // A uid with connections on two nodes counts on each.
                     Json::Count(CountReply {
                         ok: true,
@@ -429,10 +510,15 @@ fn run(state: &State, command: Command<'_>, line: &Payload, text: &str) -> Respo
                     .map(|u| cluster.kick(u, &notice.reason))
                     .collect();
                 let n = uids.len();
+                let cluster = cluster.clone();
                 return later(async move {
                     let mut closed = closed;
                     for r in remote {
                         closed += r.await.delivery.queued;
+                    }
+                    // A kick is deliberate: the uid's groups go at once, on every node.
+                    for uid in &uids {
+                        let _ = cluster.forget(uid).await;
                     }
                     Json::Kick(KickReply {
                         ok: true,
