@@ -30,6 +30,9 @@ pub enum ControlError {
     Unreachable(String),
     /// It answered, but not as pushwire does, or refused us.
     Refused(String),
+    /// Not sent: the request is not one line (a line break would make the rest a
+    /// second line, run as a push or command of its own).
+    NotOneLine,
 }
 
 impl std::fmt::Display for ControlError {
@@ -37,6 +40,9 @@ impl std::fmt::Display for ControlError {
         match self {
             ControlError::Unreachable(why) => write!(f, "daemon not reachable: {why}"),
             ControlError::Refused(why) => write!(f, "daemon refused: {why}"),
+            ControlError::NotOneLine => f.write_str(
+                "not sent: the request must be one line (no line break in the uid, message or reason)",
+            ),
         }
     }
 }
@@ -98,6 +104,9 @@ impl Session {
     }
 
     async fn request_bytes(&mut self, line: &[u8]) -> Result<String, ControlError> {
+        if line.iter().any(|&b| b == b'\n' || b == b'\r') {
+            return Err(ControlError::NotOneLine);
+        }
         let io = async {
             let w = self.io.get_mut();
             w.write_all(line).await?;
