@@ -560,12 +560,23 @@ async fn reconcile(cluster: Arc<Cluster>) {
             if uids.is_empty() {
                 continue;
             }
-            let channels: Vec<String> = uids.iter().map(|u| uid_channel(u)).collect();
-            let result = if subscribe {
-                cluster.sub.ssubscribe(channels).await
-            } else {
-                cluster.sub.sunsubscribe(channels).await
-            };
+            // One channel per command: in a Redis Cluster the channels of one
+            // SSUBSCRIBE must share a hash slot, and uids' channels do not.
+            let changes = uids.iter().map(|u| {
+                let channel = uid_channel(u);
+                let sub = &cluster.sub;
+                async move {
+                    if subscribe {
+                        sub.ssubscribe(channel).await
+                    } else {
+                        sub.sunsubscribe(channel).await
+                    }
+                }
+            });
+            let result: Result<(), _> = futures_util::future::join_all(changes)
+                .await
+                .into_iter()
+                .collect();
             match result {
                 Ok(()) => {
                     let mut s = cluster.subscribed.lock().unwrap_or_else(|e| e.into_inner());
@@ -756,11 +767,8 @@ async fn watch(cluster: Arc<Cluster>) {
         let up = cluster.cmd.is_connected() && cluster.sub.is_connected();
         if up && !was_up {
             // (Re)connected: our reply channel and every uid we hold.
-            if cluster
-                .sub
-                .ssubscribe(vec![reply.clone(), ALL.to_owned()])
-                .await
-                .is_ok()
+            if cluster.sub.ssubscribe(reply.as_str()).await.is_ok()
+                && cluster.sub.ssubscribe(ALL).await.is_ok()
             {
                 cluster
                     .subscribed

@@ -48,11 +48,7 @@ impl Redis {
     }
 
     async fn start() -> Redis {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("free port")
-            .port();
-        Redis::start_on(port).await
+        Redis::start_on(free_port()).await
     }
 
     fn url(&self) -> String {
@@ -64,13 +60,13 @@ impl Redis {
     }
 }
 
-async fn node(redis: &Redis) -> TestServer {
-    node_with(redis, pushwire::Config::default()).await
+async fn node(url: &str) -> TestServer {
+    node_with(url, pushwire::Config::default()).await
 }
 
-async fn node_with(redis: &Redis, config: pushwire::Config) -> TestServer {
+async fn node_with(url: &str, config: pushwire::Config) -> TestServer {
     TestServer::start_with(pushwire::Config {
-        redis: Some(redis.url()),
+        redis: Some(url.to_owned()),
         // Bounded, and roomy enough for a loaded CI machine.
         cluster_timeout: Duration::from_millis(2000),
         ..config
@@ -88,10 +84,8 @@ async fn bound_across(tab: &mut WsClient, home: &TestServer, via: &TestServer, u
     assert_eq!(tab.recv_text().await, line);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_push_via_one_node_reaches_a_browser_on_another_exactly_once() {
-    let redis = Redis::start().await;
-    let (a, b) = (node(&redis).await, node(&redis).await);
+async fn a_push_via_one_node_reaches_a_browser_on_another_exactly_once(url: &str) {
+    let (a, b) = (node(url).await, node(url).await);
     let mut tab = WsClient::connect(&b.ws_url()).await;
     bound_across(&mut tab, &b, &a, "u1").await;
 
@@ -125,10 +119,8 @@ async fn a_push_via_one_node_reaches_a_browser_on_another_exactly_once() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn tabs_on_two_nodes_each_get_every_push_once() {
-    let redis = Redis::start().await;
-    let (a, b) = (node(&redis).await, node(&redis).await);
+async fn tabs_on_two_nodes_each_get_every_push_once(url: &str) {
+    let (a, b) = (node(url).await, node(url).await);
     let mut on_a = WsClient::connect(&a.ws_url()).await;
     let mut on_b = WsClient::connect(&b.ws_url()).await;
     // b's tab first, routed from a; then a's own (its bind probes reach b's tab too,
@@ -148,10 +140,8 @@ async fn tabs_on_two_nodes_each_get_every_push_once() {
     on_b.expect_silence(Duration::from_millis(200)).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn pipelined_cross_node_pushes_arrive_in_order() {
-    let redis = Redis::start().await;
-    let (a, b) = (node(&redis).await, node(&redis).await);
+async fn pipelined_cross_node_pushes_arrive_in_order(url: &str) {
+    let (a, b) = (node(url).await, node(url).await);
     let mut tab = WsClient::connect(&b.ws_url()).await;
     bound_across(&mut tab, &b, &a, "order").await;
 
@@ -178,7 +168,7 @@ async fn pipelined_cross_node_pushes_arrive_in_order() {
 async fn without_redis_local_pushes_go_on_and_remote_ones_fail_fast_then_heal() {
     let mut redis = Redis::start().await;
     let port = redis.port;
-    let (a, b) = (node(&redis).await, node(&redis).await);
+    let (a, b) = (node(&redis.url()).await, node(&redis.url()).await);
     let mut tab = WsClient::connect(&b.ws_url()).await;
     bound_across(&mut tab, &b, &a, "r").await;
 
@@ -211,10 +201,8 @@ async fn without_redis_local_pushes_go_on_and_remote_ones_fail_fast_then_heal() 
     assert_eq!(tab.recv_text().await, r#"{"uid":"r","healed":1}"#);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn broadcast_kick_and_presence_span_the_nodes() {
-    let redis = Redis::start().await;
-    let (a, b) = (node(&redis).await, node(&redis).await);
+async fn broadcast_kick_and_presence_span_the_nodes(url: &str) {
+    let (a, b) = (node(url).await, node(url).await);
     let mut b1 = WsClient::connect(&b.ws_url()).await;
     let mut b2 = WsClient::connect(&b.ws_url()).await;
     let mut a1 = WsClient::connect(&a.ws_url()).await;
@@ -281,16 +269,14 @@ async fn broadcast_kick_and_presence_span_the_nodes() {
 /// Membership belongs to the uid, cluster-wide: joined through one node, used through
 /// the other, kept across a reconnect to another node inside the grace period, dropped
 /// once the grace period passes with the uid offline everywhere.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn groups_span_the_nodes_and_keep_their_grace_period() {
-    let redis = Redis::start().await;
+async fn groups_span_the_nodes_and_keep_their_grace_period(url: &str) {
     let grace = pushwire::Config {
         group_grace: Duration::from_millis(1000),
         ..pushwire::Config::default()
     };
     let (a, b) = (
-        node_with(&redis, grace.clone()).await,
-        node_with(&redis, grace).await,
+        node_with(url, grace.clone()).await,
+        node_with(url, grace).await,
     );
     let mut tab = WsClient::connect(&b.ws_url()).await;
     bound_across(&mut tab, &b, &a, "g1").await;
@@ -336,4 +322,145 @@ async fn groups_span_the_nodes_and_keep_their_grace_period() {
     )
     .await;
     assert!(pa.request("/count").await.contains("\"groups\":0"));
+}
+
+/// Each core case runs on a standalone Redis and on a three-master Redis Cluster.
+macro_rules! on_both {
+    ($($case:ident),* $(,)?) => {$(
+        mod $case {
+            use super::*;
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn standalone() {
+                let redis = Redis::start().await;
+                super::$case(&redis.url()).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn redis_cluster() {
+                let cluster = RedisCluster::start().await;
+                super::$case(&cluster.url()).await;
+            }
+        }
+    )*};
+}
+
+on_both!(
+    a_push_via_one_node_reaches_a_browser_on_another_exactly_once,
+    tabs_on_two_nodes_each_get_every_push_once,
+    pipelined_cross_node_pushes_arrive_in_order,
+    broadcast_kick_and_presence_span_the_nodes,
+    groups_span_the_nodes_and_keep_their_grace_period,
+);
+
+/// Three `redis-server --cluster-enabled yes` masters on free ports, joined with
+/// `redis-cli --cluster create`; killed on drop.
+struct RedisCluster {
+    nodes: Vec<Redis>,
+    _dir: std::path::PathBuf,
+}
+
+impl RedisCluster {
+    async fn start() -> RedisCluster {
+        let dir = std::env::temp_dir().join(format!(
+            "pushwire-rc-{}-{}",
+            std::process::id(),
+            PROBE_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        ));
+        let mut nodes = Vec::new();
+        for _ in 0..3 {
+            let port = free_port();
+            let node_dir = dir.join(port.to_string());
+            std::fs::create_dir_all(&node_dir).expect("cluster node dir");
+            let child = Command::new("redis-server")
+                .current_dir(&node_dir)
+                .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+                .args([
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    "nodes.conf",
+                ])
+                .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .kill_on_drop(true)
+                .spawn()
+                .expect("start redis-server");
+            nodes.push(Redis { child, port });
+        }
+        for n in &nodes {
+            wait_listening(n.port).await;
+        }
+        let addrs: Vec<String> = nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port))
+            .collect();
+        let out = Command::new("redis-cli")
+            .arg("--cluster")
+            .arg("create")
+            .args(&addrs)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .stdin(Stdio::null())
+            .output()
+            .await
+            .expect("redis-cli --cluster create");
+        assert!(out.status.success(), "cluster create: {out:?}");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let info = Command::new("redis-cli")
+                .args(["-p", &nodes[0].port.to_string(), "cluster", "info"])
+                .output()
+                .await
+                .expect("redis-cli cluster info");
+            if String::from_utf8_lossy(&info.stdout).contains("cluster_state:ok") {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the Redis Cluster never became ok"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        RedisCluster { nodes, _dir: dir }
+    }
+
+    fn url(&self) -> String {
+        let mut url = format!("redis-cluster://127.0.0.1:{}", self.nodes[0].port);
+        for (i, n) in self.nodes[1..].iter().enumerate() {
+            url.push(if i == 0 { '?' } else { '&' });
+            url.push_str(&format!("node=127.0.0.1:{}", n.port));
+        }
+        url
+    }
+}
+
+impl Drop for RedisCluster {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self._dir);
+    }
+}
+
+static PROBE_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port()
+}
+
+async fn wait_listening(port: u16) {
+    let deadline = Instant::now() + STEP;
+    while tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .is_err()
+    {
+        assert!(
+            Instant::now() < deadline,
+            "redis-server did not listen on {port}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
