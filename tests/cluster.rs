@@ -464,3 +464,43 @@ async fn wait_listening(port: u16) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// Two real daemons on one Redis; one is killed with SIGKILL while it holds a browser.
+/// Its Redis connections die with it, so the other node sees the uid offline at once:
+/// no ghost user, and pushes to it `fail` instead of waiting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_killed_with_sigkill_leaves_no_ghost() {
+    let redis = Redis::start().await;
+    let url = redis.url();
+    let a = Launch::new().args(&["--redis", &url]).start().await;
+    let mut b = Launch::new().args(&["--redis", &url]).start().await;
+    let mut tab = WsClient::connect(&b.ws_url()).await;
+    tab.bind("k9", b.push_addr).await;
+    let mut push = PushClient::connect(a.push_addr).await;
+    push_until(
+        &mut push,
+        r#"{"uid":"k9","routed":1}"#,
+        "ok\n",
+        Duration::from_secs(10),
+    )
+    .await;
+    assert!(push.request("/online k9").await.contains("\"online\":true"));
+
+    b.kill9();
+    let killed = Instant::now();
+    poll_until(
+        Duration::from_secs(5),
+        "k9 offline after its node died",
+        || {
+            let addr = a.push_addr;
+            async move {
+                let mut p = PushClient::connect(addr).await;
+                p.request("/online k9").await.contains("\"online\":false")
+            }
+        },
+    )
+    .await;
+    let converged = killed.elapsed();
+    assert_eq!(push.request(r#"{"uid":"k9"}"#).await, "fail\n");
+    assert!(converged < Duration::from_secs(3), "took {converged:?}");
+}
