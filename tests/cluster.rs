@@ -168,7 +168,18 @@ async fn pipelined_cross_node_pushes_arrive_in_order(url: &str) {
 async fn without_redis_local_pushes_go_on_and_remote_ones_fail_fast_then_heal() {
     let mut redis = Redis::start().await;
     let port = redis.port;
-    let (a, b) = (node(&redis.url()).await, node(&redis.url()).await);
+    let a = node(&redis.url()).await;
+    let b = TestServer::start_http(pushwire::Config {
+        redis: Some(redis.url()),
+        cluster_timeout: Duration::from_millis(2000),
+        ..pushwire::Config::default()
+    })
+    .await;
+    let http = b.http_addr.expect("http listener");
+    poll_until(STEP, "readyz ready", || async move {
+        readyz(http).await.starts_with("HTTP/1.1 200")
+    })
+    .await;
     let mut tab = WsClient::connect(&b.ws_url()).await;
     bound_across(&mut tab, &b, &a, "r").await;
 
@@ -188,6 +199,11 @@ async fn without_redis_local_pushes_go_on_and_remote_ones_fail_fast_then_heal() 
     );
     let reply = remote.request(r#"/push 9 {"uid":"r"}"#).await;
     assert!(reply.contains("\"result\":\"unavailable\""), "{reply}");
+    let ready = readyz(http).await;
+    assert!(
+        ready.starts_with("HTTP/1.1 503") && ready.ends_with("degraded: redis unreachable\n"),
+        "{ready}"
+    );
 
     // Redis comes back on the same port: routing heals by itself.
     let _redis = Redis::start_on(port).await;
@@ -503,4 +519,21 @@ async fn a_node_killed_with_sigkill_leaves_no_ghost() {
     let converged = killed.elapsed();
     assert_eq!(push.request(r#"{"uid":"k9"}"#).await, "fail\n");
     assert!(converged < Duration::from_secs(3), "took {converged:?}");
+}
+
+/// `GET /readyz` over a raw socket: the whole response.
+async fn readyz(addr: std::net::SocketAddr) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("connect http");
+    tcp.write_all(b"GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .expect("write request");
+    let mut out = Vec::new();
+    tokio::time::timeout(STEP, tcp.read_to_end(&mut out))
+        .await
+        .expect("response in time")
+        .expect("read response");
+    String::from_utf8_lossy(&out).into_owned()
 }
