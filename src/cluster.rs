@@ -83,6 +83,8 @@ pub struct Remote {
     pub delivery: Delivery,
     /// Holders that got it but did not answer in time.
     pub missing: usize,
+    /// Other nodes that answered.
+    pub answered: usize,
     /// Redis could not be asked (down, or the publish queue is full).
     pub unavailable: bool,
 }
@@ -132,6 +134,8 @@ struct Waiting {
     /// Answers still expected (`None` until Redis said how many got it).
     expected: Option<usize>,
     got: usize,
+    /// Answers from other nodes (`got` also counts our own copy).
+    answered: usize,
     delivery: Delivery,
     done: Option<oneshot::Sender<()>>,
 }
@@ -329,6 +333,7 @@ impl Cluster {
                     let w = waiting.remove(&req).unwrap_or_default();
                     return Remote {
                         delivery: w.delivery,
+                        answered: w.answered,
                         ..Remote::default()
                     };
                 }
@@ -338,6 +343,7 @@ impl Cluster {
             Remote {
                 delivery: w.delivery,
                 missing: receivers.saturating_sub(w.got),
+                answered: w.answered,
                 unavailable: false,
             }
         }
@@ -468,16 +474,18 @@ impl Cluster {
         Ok(())
     }
 
-    /// One holder's answer (or our own copy's, counted as nothing: local delivery was
+    /// One holder's answer (`delivery`), or our own copy (`None`: local delivery was
     /// counted by the caller).
-    fn answered(&self, req: u64, delivery: Delivery) {
+    fn answered(&self, req: u64, delivery: Option<Delivery>) {
         let mut waiting = self.lock_waiting();
         let Some(w) = waiting.get_mut(&req) else {
             return; // Timed out already.
         };
         w.got += 1;
-        w.delivery.queued += delivery.queued;
-        w.delivery.refused += delivery.refused;
+        if let Some(delivery) = delivery {
+            w.answered += 1;
+            w.delivery = w.delivery + delivery;
+        }
         if w.complete()
             && let Some(done) = w.done.take()
         {
@@ -652,7 +660,7 @@ async fn listen(cluster: Arc<Cluster>) {
         };
         if *msg.channel == *reply_channel {
             if let Some((req, delivery)) = parse_answer(bytes) {
-                cluster.answered(req, delivery);
+                cluster.answered(req, Some(delivery));
             }
             continue;
         }
@@ -662,7 +670,7 @@ async fn listen(cluster: Arc<Cluster>) {
         };
         if origin == cluster.node.as_bytes() {
             // Our own request: handled locally already; count the copy as answered.
-            cluster.answered(req, Delivery::default());
+            cluster.answered(req, None);
             continue;
         }
         let uid = msg.channel.strip_prefix(UID_PREFIX);

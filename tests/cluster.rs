@@ -239,6 +239,11 @@ async fn broadcast_kick_and_presence_span_the_nodes(url: &str) {
     );
     let count = push.request("/count").await;
     assert!(count.contains("\"uids\":3,\"connections\":3"), "{count}");
+    let stats = push.request("/stats").await;
+    assert!(
+        stats.contains("\"cluster_nodes\":2,\"cluster_uids\":3,\"cluster_connections\":3}"),
+        "{stats}"
+    );
 
     // One broadcast reaches every tab on both nodes once; an excluded uid gets nothing.
     let reply = push.request("/broadcast-except [\"p2\"] hello").await;

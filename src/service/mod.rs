@@ -533,7 +533,27 @@ fn run(state: &State, command: Command<'_>, line: &Payload, text: &str) -> Respo
                 connections: closed,
             })
         }
-        Command::Stats => Json::Stats(StatsReply(state.stats())),
+        Command::Stats => {
+            let stats = state.stats();
+            if let Some(cluster) = &state.cluster {
+                let remote = cluster.count();
+                let (uids, connections) = registry.totals();
+                return later(async move {
+                    let r = remote.await;
+                    let mut stats = stats;
+                    // This node's figures above; the cluster's (every node that answered
+                    // in time, this one included) after them.
+                    stats.push(("cluster_nodes", 1 + r.answered as u64));
+                    stats.push(("cluster_uids", (uids + r.delivery.queued) as u64));
+                    stats.push((
+                        "cluster_connections",
+                        (connections + r.delivery.refused) as u64,
+                    ));
+                    Json::Stats(StatsReply(stats))
+                });
+            }
+            Json::Stats(StatsReply(stats))
+        }
     };
     Response::Ready(Reply::Json(json))
 }
