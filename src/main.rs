@@ -14,13 +14,22 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 use tracing_subscriber::EnvFilter;
 
+/// `pushwire --version`: the crate's version and the git revision it was built from
+/// (`build.rs`: `a1b2c3d`, `a1b2c3d, dirty` or `unknown`).
+const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (git ",
+    env!("PUSHWIRE_GIT"),
+    ")"
+);
+
 /// Push messages from any backend to browsers in real time.
 ///
 /// Browsers connect over WebSocket and send their uid as the first frame; backends write
 /// one JSON object per line (`{"uid":"uid1","percent":"88%"}`) to the push port and read
 /// `ok` or `fail`. Every flag can also be set from the environment variable shown.
 #[derive(Debug, Parser)]
-#[command(version, about, args_conflicts_with_subcommands = false)]
+#[command(version = VERSION, about, args_conflicts_with_subcommands = false)]
 struct Args {
     /// Talk to a running daemon instead of being one.
     #[command(subcommand)]
@@ -269,6 +278,16 @@ enum Control {
         /// The close reason.
         reason: Option<String>,
     },
+    /// Check the settings as the daemon would at start, without starting (`config ok`,
+    /// exit 0; or one line per problem, exit 1).
+    ///
+    /// The settings are the daemon's flags (given before `check-config`) and PUSHWIRE_*
+    /// environment: every value parses, secret files are readable and not empty, the
+    /// --push-unix directory takes a socket, every listen address can be bound right now
+    /// (then released), --redis is a redis://, rediss:// or redis-cluster:// URL (Redis is
+    /// not contacted). Values the daemon would change or warn about are printed as
+    /// warnings. The systemd unit runs it as ExecStartPre.
+    CheckConfig,
 }
 
 /// A listener address or `off`.
@@ -288,10 +307,18 @@ fn parse_listen(s: &str) -> Result<Listen, String> {
 }
 
 fn main() -> ExitCode {
-    let args = Args::parse();
+    let args = match Args::try_parse() {
+        Ok(args) => args,
+        Err(err) if check_config::requested() && err.use_stderr() => {
+            return check_config::unparsable(&err);
+        }
+        Err(err) => err.exit(),
+    };
     init_logging(args.log_format);
-    if let Some(command) = &args.command {
-        return control(&args, command);
+    match &args.command {
+        Some(Control::CheckConfig) => return check_config::run(&args),
+        Some(command) => return control(&args, command),
+        None => {}
     }
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
     runtime.enable_all();
@@ -326,17 +353,8 @@ async fn serve(args: Args) -> std::io::Result<()> {
         Listen::On(addr) => Some(listen(addr, args.listen_backlog)?),
         Listen::Off => None,
     };
-    let open_to_all = config.push_allow.is_none() && config.push_secret.is_none();
-    for (door, addr) in [
-        ("push port", Some(args.push_listen)),
-        ("HTTP door", http_addr(args.http_listen)),
-    ] {
-        if let Some(addr) = addr
-            && !addr.ip().is_loopback()
-            && open_to_all
-        {
-            warn!(%addr, "{door} is not on loopback: anyone who can reach it can push to any user");
-        }
+    for (door, addr) in exposed_doors(&args, &config) {
+        warn!(%addr, "{door} is not on loopback: anyone who can reach it can push to any user");
     }
     let http_local = match &http {
         Some(l) => Some(l.local_addr()?),
@@ -382,6 +400,20 @@ fn http_addr(listen: Listen) -> Option<SocketAddr> {
         Listen::On(addr) => Some(addr),
         Listen::Off => None,
     }
+}
+
+/// The doors that push to any user and listen beyond loopback with neither an allow-list
+/// nor a secret (the daemon warns about each at start).
+fn exposed_doors(args: &Args, config: &pushwire::Config) -> Vec<(&'static str, SocketAddr)> {
+    let open_to_all = config.push_allow.is_none() && config.push_secret.is_none();
+    [
+        ("push port", Some(args.push_listen)),
+        ("HTTP door", http_addr(args.http_listen)),
+    ]
+    .into_iter()
+    .filter_map(|(door, addr)| Some((door, addr?)))
+    .filter(|(_, addr)| open_to_all && !addr.ip().is_loopback())
+    .collect()
 }
 
 /// Runs a subcommand against the daemon the flags describe.
@@ -453,6 +485,7 @@ async fn run_control(
             println!("{v}");
             Ok(v.get("online") == Some(&serde_json::Value::Bool(true)))
         }
+        Control::CheckConfig => unreachable!("check-config does not talk to a daemon"),
         Control::Kick { uid, reason } => {
             let mut s = Session::open(target).await?;
             let mut line = format!("/kick {}", serde_json::Value::from(uid.as_str()));
@@ -551,19 +584,65 @@ fn secret(file: Option<&PathBuf>, literal: Option<&String>) -> std::io::Result<O
 }
 
 fn config_from(args: &Args) -> std::io::Result<pushwire::Config> {
-    // Raise the soft open-files limit to the hard one: each socket is one descriptor.
-    let nofile = match rlimit::increase_nofile_limit(u64::MAX) {
-        Ok(n) => n,
-        Err(err) => {
-            warn!(%err, "cannot raise the open-files limit");
-            rlimit::getrlimit(rlimit::Resource::NOFILE).map_or(1024, |(soft, _)| soft)
-        }
-    };
+    let (nofile, err) = raise_nofile();
+    if let Some(err) = err {
+        warn!(%err, "cannot raise the open-files limit");
+    }
     let jwt_secret = secret(args.jwt_secret_file.as_ref(), args.jwt_secret.as_ref())?;
     let push_secret = secret(args.push_secret_file.as_ref(), args.push_secret.as_ref())?;
     if jwt_secret.is_none() {
         info!("no JWT secret: the first frame is trusted as the uid");
     }
+    let config = unvalidated_config(args, jwt_secret, push_secret, nofile);
+    if let Some((requested, capacity)) = ws_overcommit(args, &config, nofile) {
+        warn!(
+            requested,
+            capacity, nofile, "--max-ws-connections exceeds what the open-files limit allows"
+        );
+    }
+    let (config, notes) = config.validate();
+    for note in notes {
+        warn!("{note}");
+    }
+    let workers = tokio::runtime::Handle::current().metrics().num_workers();
+    info!(
+        nofile,
+        max_ws_connections = config.max_ws_connections,
+        max_pending_handshakes = config.max_pending_handshakes,
+        workers,
+        "connection capacity"
+    );
+    Ok(config)
+}
+
+/// Raises the soft open-files limit to the hard one (each socket is one descriptor) and
+/// returns the limit in force, with the error if it could not be raised.
+fn raise_nofile() -> (u64, Option<std::io::Error>) {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(n) => (n, None),
+        Err(err) => (
+            rlimit::getrlimit(rlimit::Resource::NOFILE).map_or(1024, |(soft, _)| soft),
+            Some(err),
+        ),
+    }
+}
+
+/// `--max-ws-connections` and what the open-files limit allows, when the first exceeds
+/// the second.
+fn ws_overcommit(args: &Args, config: &pushwire::Config, nofile: u64) -> Option<(usize, usize)> {
+    let capacity = config.ws_capacity(nofile, matches!(args.http_listen, Listen::On(_)));
+    args.max_ws_connections
+        .filter(|&n| n > capacity)
+        .map(|n| (n, capacity))
+}
+
+/// The daemon's configuration from its flags, before `Config::validate`.
+fn unvalidated_config(
+    args: &Args,
+    jwt_secret: Option<Secret>,
+    push_secret: Option<Secret>,
+    nofile: u64,
+) -> pushwire::Config {
     let mut config = pushwire::Config {
         max_line_bytes: args.max_line_bytes,
         max_uid_bytes: args.max_uid_bytes,
@@ -599,30 +678,8 @@ fn config_from(args: &Args) -> std::io::Result<pushwire::Config> {
         cluster_timeout: Duration::from_millis(args.cluster_timeout_ms),
     };
     let capacity = config.ws_capacity(nofile, matches!(args.http_listen, Listen::On(_)));
-    config.max_ws_connections = match args.max_ws_connections {
-        Some(n) if n > capacity => {
-            warn!(
-                requested = n,
-                capacity, nofile, "--max-ws-connections exceeds what the open-files limit allows"
-            );
-            n
-        }
-        Some(n) => n,
-        None => capacity,
-    };
-    let (config, notes) = config.validate();
-    for note in notes {
-        warn!("{note}");
-    }
-    let workers = tokio::runtime::Handle::current().metrics().num_workers();
-    info!(
-        nofile,
-        max_ws_connections = config.max_ws_connections,
-        max_pending_handshakes = config.max_pending_handshakes,
-        workers,
-        "connection capacity"
-    );
-    Ok(config)
+    config.max_ws_connections = args.max_ws_connections.unwrap_or(capacity);
+    config
 }
 
 /// Binds the Unix push socket, replacing a stale file, with the given permissions.
@@ -683,5 +740,269 @@ fn sd_notify(state: &str) {
     });
     if let Err(err) = result {
         warn!(%err, state, "sd_notify failed");
+    }
+}
+
+/// `pushwire check-config`: what the daemon would refuse or warn about at start, found
+/// without starting it (nothing is served, nothing is left bound, Redis is not contacted).
+mod check_config {
+    use std::ffi::{OsStr, OsString};
+    use std::path::Path;
+    use std::process::ExitCode;
+
+    use clap::CommandFactory;
+
+    use super::{
+        Args, exposed_doors, http_addr, listen, raise_nofile, secret, unvalidated_config,
+        ws_overcommit,
+    };
+
+    /// The URL schemes `--redis` may use (fred's, and the ones tested).
+    const REDIS_SCHEMES: [&str; 4] = ["redis", "rediss", "redis-cluster", "rediss-cluster"];
+
+    /// A Unix socket's path must fit `sun_path` (108 bytes with its terminating NUL).
+    const SUN_PATH_MAX: usize = 107;
+
+    /// Whether the command line asks for `check-config`: looked at before clap parses it,
+    /// so that a value clap refuses is still reported the check-config way.
+    pub fn requested() -> bool {
+        std::env::args_os().skip(1).any(|a| a == "check-config")
+    }
+
+    /// Clap refused the flags or the environment. It stops at its first refusal, so every
+    /// `PUSHWIRE_*` variable is also parsed on its own (unless its flag is on the command
+    /// line, which wins): one line for each value the daemon could not start with.
+    pub fn unparsable(err: &clap::Error) -> ExitCode {
+        let argv: Vec<String> = std::env::args_os()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        let on_command_line = |long: &str| {
+            let flag = format!("--{long}");
+            argv.iter()
+                .any(|a| *a == flag || a.starts_with(&format!("{flag}=")))
+        };
+        // The same flags with no environment behind them, to parse one value at a time.
+        let bare = Args::command().mut_args(|a| a.env(None::<&'static str>));
+        let mut problems = Vec::new();
+        for arg in Args::command().get_arguments() {
+            let (Some(env), Some(long)) = (arg.get_env(), arg.get_long()) else {
+                continue;
+            };
+            let Some(value) = std::env::var_os(env) else {
+                continue;
+            };
+            if on_command_line(long) {
+                continue;
+            }
+            let mut flag = OsString::from(format!("--{long}="));
+            flag.push(&value);
+            let alone = [OsString::from("pushwire"), flag, "check-config".into()];
+            if let Err(e) = bare.clone().try_get_matches_from(alone) {
+                problems.push(format!("{}: {}", env.to_string_lossy(), one_line(&e)));
+            }
+        }
+        let mut first = one_line(err);
+        if err.kind() == clap::error::ErrorKind::UnknownArgument {
+            first.push_str(
+                " (the daemon's flags go before it: pushwire --ws-listen ADDR check-config)",
+            );
+        }
+        if !problems.iter().any(|p| p.ends_with(&first)) {
+            problems.insert(0, first);
+        }
+        report(&problems, &[])
+    }
+
+    /// Everything the daemon checks at start, short of serving.
+    pub fn run(args: &Args) -> ExitCode {
+        let mut problems = Vec::new();
+        let mut warnings = Vec::new();
+
+        // The same limit the daemon would run with (under systemd: the unit's LimitNOFILE).
+        let (nofile, err) = raise_nofile();
+        if let Some(err) = err {
+            warnings.push(format!("cannot raise the open-files limit: {err}"));
+        }
+
+        let mut secret_of = |long: &str, file, literal: &Option<String>| {
+            if literal.as_deref() == Some("") {
+                let literal = long.strip_suffix("-file").unwrap_or(long);
+                warnings.push(format!("{} is empty: no secret is set", label(literal)));
+            }
+            match secret(file, literal.as_ref()) {
+                Ok(s) => Ok(s),
+                Err(e) => {
+                    problems.push(format!("{}: {e}", label(long)));
+                    Err(())
+                }
+            }
+        };
+        let jwt = secret_of(
+            "jwt-secret-file",
+            args.jwt_secret_file.as_ref(),
+            &args.jwt_secret,
+        );
+        let push = secret_of(
+            "push-secret-file",
+            args.push_secret_file.as_ref(),
+            &args.push_secret,
+        );
+        let secrets_known = jwt.is_ok() && push.is_ok();
+        let config = unvalidated_config(
+            args,
+            jwt.unwrap_or_default(),
+            push.unwrap_or_default(),
+            nofile,
+        );
+        if let Some((requested, capacity)) = ws_overcommit(args, &config, nofile) {
+            warnings.push(format!(
+                "{} {requested} exceeds what the open-files limit ({nofile}) allows: {capacity}",
+                label("max-ws-connections")
+            ));
+        }
+        let (config, notes) = config.validate();
+        warnings.extend(notes);
+        // Without the secret a failed file would have given, "open to all" is not known.
+        if secrets_known {
+            for (door, addr) in exposed_doors(args, &config) {
+                warnings.push(format!(
+                    "{door} {addr} is not on loopback: anyone who can reach it can push to any user"
+                ));
+            }
+        }
+
+        if let Some(url) = &config.redis
+            && let Err(e) = redis_url(url)
+        {
+            problems.push(format!("{} {}: {e}", label("redis"), redacted(url)));
+        }
+
+        if let Some(path) = &args.push_unix
+            && let Err(e) = unix_socket_path(path)
+        {
+            problems.push(format!("{} {}: {e}", label("push-unix"), path.display()));
+        }
+
+        // Bind every listener as the daemon would (same options, same backlog), all at
+        // once so two flags naming one address collide here too, then release them.
+        match tokio::runtime::Builder::new_current_thread()
+            .enable_io()
+            .build()
+        {
+            Ok(rt) => {
+                let _entered = rt.enter();
+                let mut held = Vec::new();
+                for (long, addr) in [
+                    ("ws-listen", Some(args.ws_listen)),
+                    ("push-listen", Some(args.push_listen)),
+                    ("http-listen", http_addr(args.http_listen)),
+                ] {
+                    let Some(addr) = addr else { continue };
+                    match listen(addr, args.listen_backlog) {
+                        Ok(l) => held.push(l),
+                        Err(e) => problems.push(format!("{}: {e}", label(long))),
+                    }
+                }
+                drop(held);
+            }
+            Err(e) => problems.push(format!("cannot start a runtime to bind with: {e}")),
+        }
+
+        report(&problems, &warnings)
+    }
+
+    /// Warnings, then `config ok` on stdout (exit 0) or each problem on stderr (exit 1).
+    fn report(problems: &[String], warnings: &[String]) -> ExitCode {
+        for w in warnings {
+            eprintln!("warning: {w}");
+        }
+        if problems.is_empty() {
+            println!("config ok");
+            return ExitCode::SUCCESS;
+        }
+        for p in problems {
+            eprintln!("error: {p}");
+        }
+        ExitCode::FAILURE
+    }
+
+    /// `--flag (PUSHWIRE_FLAG)`: both names, since the value may come from either.
+    fn label(long: &str) -> String {
+        let cmd = Args::command();
+        let env = cmd
+            .get_arguments()
+            .find(|a| a.get_long() == Some(long))
+            .and_then(|a| a.get_env())
+            .map(OsStr::to_string_lossy);
+        match env {
+            Some(env) => format!("--{long} ({env})"),
+            None => format!("--{long}"),
+        }
+    }
+
+    /// A clap error's first line, without its `error: ` prefix.
+    fn one_line(err: &clap::Error) -> String {
+        let text = err.to_string();
+        let line = text.lines().next().unwrap_or_default();
+        line.strip_prefix("error: ").unwrap_or(line).to_owned()
+    }
+
+    /// The daemon hands `--redis` to fred as is; fred also takes schemes nobody means here
+    /// (`http://` parses as a standalone Redis), so the scheme is checked first.
+    fn redis_url(url: &str) -> Result<(), String> {
+        let scheme = url.split_once("://").map(|(s, _)| s);
+        if !scheme.is_some_and(|s| REDIS_SCHEMES.contains(&s)) {
+            return Err(format!(
+                "not a Redis URL (want {})",
+                REDIS_SCHEMES.map(|s| format!("{s}://")).join(", ")
+            ));
+        }
+        fred::types::config::Config::from_url(url)
+            .map(drop)
+            .map_err(|e| e.details().to_string())
+    }
+
+    /// The URL without its user and password (a `user:password@` part), for printing.
+    fn redacted(url: &str) -> String {
+        match (url.split_once("://"), url.rfind('@')) {
+            (Some((scheme, _)), Some(at)) if at > scheme.len() + 3 => {
+                format!("{scheme}://***@{}", &url[at + 1..])
+            }
+            _ => url.to_owned(),
+        }
+    }
+
+    /// The daemon binds `path` (replacing a stale socket file): its directory must exist
+    /// and take a new socket, and the path must not be another kind of file.
+    fn unix_socket_path(path: &Path) -> Result<(), String> {
+        use std::os::unix::fs::FileTypeExt;
+        if path.as_os_str().len() > SUN_PATH_MAX {
+            return Err(format!(
+                "longer than the {SUN_PATH_MAX} bytes a socket path may have"
+            ));
+        }
+        let dir = match path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => Path::new("."),
+        };
+        match std::fs::metadata(dir) {
+            Ok(m) if m.is_dir() => {}
+            Ok(_) => return Err(format!("{} is not a directory", dir.display())),
+            Err(e) => return Err(format!("directory {}: {e}", dir.display())),
+        }
+        if let Ok(m) = std::fs::symlink_metadata(path)
+            && !m.file_type().is_socket()
+        {
+            return Err("exists and is not a socket".to_owned());
+        }
+        // A socket of our own next to it shows the directory takes one (permissions,
+        // a read-only mount); it is removed at once.
+        let probe = dir.join(format!(".pushwire-check-{}", std::process::id()));
+        if probe.as_os_str().len() <= SUN_PATH_MAX {
+            std::os::unix::net::UnixListener::bind(&probe)
+                .map_err(|e| format!("cannot create a socket in {}: {e}", dir.display()))?;
+            let _ = std::fs::remove_file(&probe);
+        }
+        Ok(())
     }
 }
