@@ -71,7 +71,8 @@ pub struct Config {
     pub push_idle_timeout: Option<Duration>,
     /// Longest group name a backend may use, in bytes.
     pub max_group_bytes: usize,
-    /// HTTP door: a request's whole time (headers and body), after which it gets 408.
+    /// HTTP door: how long a request head may take, and then how long its body may
+    /// take (each; 408 for a body not complete in time).
     pub http_request_timeout: Duration,
     /// HTTP door: most bytes of a request head (at least 8 KiB, hyper's floor).
     pub http_max_header_bytes: usize,

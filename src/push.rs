@@ -74,14 +74,9 @@ where
             && replies.len() < MAX_QUEUED_REPLIES
             && let Some(frame) = framer.next_frame(&mut buf)
         {
-            let response = match auth.check(&frame, &ctx, peer) {
-                Step::Proceed => service::handle(&ctx, &frame, framer.too_long_first_byte()),
-                Step::Answered(reply) => Response::Ready(reply),
-                Step::Close(reply) => {
-                    closing = true;
-                    Response::Ready(reply)
-                }
-            };
+            let (response, close) =
+                answer(&frame, framer.too_long_first_byte(), &mut auth, &ctx, peer);
+            closing |= close;
             replies.push(response, &mut out);
         }
         if !out.is_empty() {
@@ -117,11 +112,11 @@ where
         };
         if n == 0 {
             // Half-close: answer the unterminated tail, if any, then close our side.
-            if let Some(frame) = framer.finish(&mut buf)
-                && let Step::Proceed = auth.check(&frame, &ctx, peer)
-            {
+            // (A refusal is answered too: the peer is done sending, so nothing to linger for.)
+            if let Some(frame) = framer.finish(&mut buf) {
                 let first = framer.too_long_first_byte();
-                replies.push(service::handle(&ctx, &frame, first), &mut out);
+                let (response, _) = answer(&frame, first, &mut auth, &ctx, peer);
+                replies.push(response, &mut out);
             }
             drain(&mut replies, &mut out, &ctx).await;
             write_replies(&mut stream, &out, idle_timeout, peer).await?;
@@ -130,6 +125,22 @@ where
         quiet_since = Instant::now();
     }
     stream.shutdown().await
+}
+
+/// The response to one line after the access check, and whether the connection closes
+/// after it (a refused `/auth`, or no `/auth` where one is required).
+fn answer(
+    frame: &Frame,
+    too_long_first: Option<u8>,
+    auth: &mut Auth,
+    ctx: &State,
+    peer: Peer,
+) -> (Response, bool) {
+    match auth.check(frame, ctx, peer) {
+        Step::Proceed => (service::handle(ctx, frame, too_long_first), false),
+        Step::Answered(reply) => (Response::Ready(reply), false),
+        Step::Close(reply) => (Response::Ready(reply), true),
+    }
 }
 
 /// Waits (within the shutdown timeout) for every queued reply, encoding them into `out`.

@@ -1116,3 +1116,40 @@ async fn binary_reads_the_jwt_secret_from_the_environment() {
         (1008, TokenError::Signature.to_string())
     );
 }
+
+/// An unterminated last line at EOF is answered like any other, `/auth` and refusals
+/// included (`printf '/auth SECRET' | nc -N` must print the answer, not nothing).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unterminated_last_line_is_answered_even_when_it_is_auth() {
+    let server = TestServer::start_with(pushwire::Config {
+        push_secret: Some(Secret::new(PUSH_SECRET)),
+        ..pushwire::Config::default()
+    })
+    .await;
+    let secret = PUSH_SECRET;
+    for (input, want) in [
+        (format!("/auth {secret}"), "{\"ok\":true}\n".to_owned()),
+        (
+            format!("/auth {secret}\n{{\"uid\":\"nobody\"}}"),
+            "{\"ok\":true}\nfail\n".to_owned(),
+        ),
+        (
+            "{\"uid\":\"x\"}".to_owned(),
+            "{\"ok\":false,\"error\":\"authentication required: send /auth SECRET first\"}\n"
+                .to_owned(),
+        ),
+        (
+            "/auth wrong".to_owned(),
+            "{\"ok\":false,\"error\":\"bad secret\"}\n".to_owned(),
+        ),
+    ] {
+        let mut push = PushClient::connect(server.push_addr).await;
+        push.send_raw(input.as_bytes()).await;
+        push.shutdown_write().await;
+        assert_eq!(
+            String::from_utf8_lossy(&push.read_to_eof().await),
+            want,
+            "{input:?}"
+        );
+    }
+}
