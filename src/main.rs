@@ -287,7 +287,12 @@ enum Control {
     /// (then released), --redis is a redis://, rediss:// or redis-cluster:// URL (Redis is
     /// not contacted). Values the daemon would change or warn about are printed as
     /// warnings. The systemd unit runs it as ExecStartPre.
-    CheckConfig,
+    CheckConfig {
+        /// Do not try the listen addresses: to check an edited env file while the daemon
+        /// runs and holds them.
+        #[arg(long)]
+        no_bind: bool,
+    },
 }
 
 /// A listener address or `off`.
@@ -316,7 +321,7 @@ fn main() -> ExitCode {
     };
     init_logging(args.log_format);
     match &args.command {
-        Some(Control::CheckConfig) => return check_config::run(&args),
+        Some(Control::CheckConfig { no_bind }) => return check_config::run(&args, !no_bind),
         Some(command) => return control(&args, command),
         None => {}
     }
@@ -485,7 +490,7 @@ async fn run_control(
             println!("{v}");
             Ok(v.get("online") == Some(&serde_json::Value::Bool(true)))
         }
-        Control::CheckConfig => unreachable!("check-config does not talk to a daemon"),
+        Control::CheckConfig { .. } => unreachable!("check-config does not talk to a daemon"),
         Control::Kick { uid, reason } => {
             let mut s = Session::open(target).await?;
             let mut line = format!("/kick {}", serde_json::Value::from(uid.as_str()));
@@ -814,7 +819,7 @@ mod check_config {
     }
 
     /// Everything the daemon checks at start, short of serving.
-    pub fn run(args: &Args) -> ExitCode {
+    pub fn run(args: &Args, bind: bool) -> ExitCode {
         let mut problems = Vec::new();
         let mut warnings = Vec::new();
 
@@ -883,32 +888,36 @@ mod check_config {
             problems.push(format!("{} {}: {e}", label("push-unix"), path.display()));
         }
 
-        // Bind every listener as the daemon would (same options, same backlog), all at
-        // once so two flags naming one address collide here too, then release them.
-        match tokio::runtime::Builder::new_current_thread()
-            .enable_io()
-            .build()
-        {
-            Ok(rt) => {
-                let _entered = rt.enter();
-                let mut held = Vec::new();
-                for (long, addr) in [
-                    ("ws-listen", Some(args.ws_listen)),
-                    ("push-listen", Some(args.push_listen)),
-                    ("http-listen", http_addr(args.http_listen)),
-                ] {
-                    let Some(addr) = addr else { continue };
-                    match listen(addr, args.listen_backlog) {
-                        Ok(l) => held.push(l),
-                        Err(e) => problems.push(format!("{}: {e}", label(long))),
-                    }
-                }
-                drop(held);
-            }
-            Err(e) => problems.push(format!("cannot start a runtime to bind with: {e}")),
+        if bind {
+            bind_all(args, &mut problems);
         }
 
         report(&problems, &warnings)
+    }
+
+    /// Binds every listener as the daemon would (same options, same backlog), all at once
+    /// so that two flags naming one address collide here too, then releases them.
+    fn bind_all(args: &Args, problems: &mut Vec<String>) {
+        let rt = match tokio::runtime::Builder::new_current_thread()
+            .enable_io()
+            .build()
+        {
+            Ok(rt) => rt,
+            Err(e) => return problems.push(format!("cannot start a runtime to bind with: {e}")),
+        };
+        let _entered = rt.enter();
+        let mut held = Vec::new();
+        for (long, addr) in [
+            ("ws-listen", Some(args.ws_listen)),
+            ("push-listen", Some(args.push_listen)),
+            ("http-listen", http_addr(args.http_listen)),
+        ] {
+            let Some(addr) = addr else { continue };
+            match listen(addr, args.listen_backlog) {
+                Ok(l) => held.push(l),
+                Err(e) => problems.push(format!("{}: {e}", label(long))),
+            }
+        }
     }
 
     /// Warnings, then `config ok` on stdout (exit 0) or each problem on stderr (exit 1).

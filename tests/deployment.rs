@@ -633,6 +633,23 @@ fn check_config_refuses_a_busy_port_naming_flag_and_address() {
         &[],
     )
     .assert_refused(&[&["--http-listen", &addr, "in use"]]);
+    // --no-bind: checking an edited env file while the daemon holds its ports.
+    let out = Command::new(env!("CARGO_BIN_EXE_pushwire"))
+        .env_clear()
+        .args([
+            "--ws-listen",
+            &addr,
+            "--http-listen",
+            "off",
+            "check-config",
+            "--no-bind",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success() && out.stdout == b"config ok\n" && out.stderr.is_empty(),
+        "--no-bind with a busy port: {out:?}"
+    );
     // Two flags naming one free address collide as they would in the daemon.
     let twice = free_addr();
     check_config(
