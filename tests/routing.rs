@@ -1279,3 +1279,72 @@ async fn command_looking_payloads_are_still_pushes() {
     let stats = cmd(&mut push, "/stats").await;
     assert_eq!(stats["kicked"], json!(0), "{stats}");
 }
+
+/// A uid already within its grace period that joins another group gets a new grace
+/// period: what it just joined does not vanish on the old deadline (it did, 0.25 s after
+/// an `ok` join).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn joining_within_the_grace_period_restarts_it() {
+    let server = TestServer::start_with(grace_config()).await;
+    let mut push = PushClient::connect(server.push_addr).await;
+    cmd(&mut push, "/join first late").await;
+    // Most of the grace period passes, offline; then it joins a second group.
+    tokio::time::sleep(GRACE * 2 / 3).await;
+    let joined = Instant::now();
+    assert_eq!(
+        cmd(&mut push, "/join second late").await,
+        json!({"ok": true, "group": "second", "added": 1, "members": 1})
+    );
+    // Past the first deadline, inside the new one: still a member of both.
+    tokio::time::sleep(GRACE / 2).await;
+    assert!(joined.elapsed() < GRACE, "the test itself ran late");
+    assert_members(&mut push, "second", &["late"]).await;
+    assert_members(&mut push, "first", &["late"]).await;
+    // And it binds in time: it stays.
+    let mut t = tab(&server, "late").await;
+    tokio::time::sleep(GRACE).await;
+    assert_members(&mut push, "second", &["late"]).await;
+    assert_eq!(
+        cmd(&mut push, "/group second hi").await["reached"],
+        json!(1)
+    );
+    assert_eq!(t.recv_text().await, "hi");
+}
+
+/// GatewayWorker's exclude lists: `/group-except` and `/broadcast-except` skip the listed
+/// uids (every tab of them), and reach everyone else once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exclude_lists_skip_the_listed_uids() {
+    let server = TestServer::start().await;
+    let mut push = PushClient::connect(server.push_addr).await;
+    let mut a = tabs(&server, "ea", 2).await;
+    let mut b = tab(&server, "eb").await;
+    let mut c = tab(&server, "ec").await;
+    cmd(&mut push, "/join room [\"ea\",\"eb\",\"ec\"]").await;
+
+    assert_eq!(
+        cmd(&mut push, "/group-except room [\"ea\"] one").await,
+        json!({"ok": true, "group": "room", "members": 3, "reached": 2, "connections": 2,
+               "refused": 0})
+    );
+    assert_eq!(b.recv_text().await, "one");
+    assert_eq!(c.recv_text().await, "one");
+    assert_eq!(
+        cmd(&mut push, "/broadcast-except [\"eb\",\"ec\"] two").await,
+        json!({"ok": true, "connections": 2, "refused": 0})
+    );
+    for t in a.iter_mut() {
+        assert_eq!(
+            t.recv_text().await,
+            "two",
+            "ea's tabs skip \"one\", get \"two\""
+        );
+    }
+    b.expect_silence(Duration::from_millis(200)).await;
+    c.expect_silence(Duration::from_millis(50)).await;
+    // Malformed exclude lists are errors, nothing is sent.
+    let v = cmd(&mut push, "/broadcast-except [] x").await;
+    assert_eq!(v["ok"], json!(false), "{v}");
+    let v = cmd(&mut push, "/group-except room").await;
+    assert_eq!(v["ok"], json!(false), "{v}");
+}
