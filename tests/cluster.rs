@@ -127,6 +127,15 @@ async fn tabs_on_two_nodes_each_get_every_push_once(url: &str) {
     // and are skipped as probes).
     bound_across(&mut on_b, &b, &a, "t").await;
     on_a.bind("t", a.push_addr).await;
+    // Bound on a at once; routable from b once a's subscription is in (milliseconds).
+    poll_until(STEP, "t held on both nodes", || {
+        let addr = b.push_addr;
+        async move {
+            let mut p = PushClient::connect(addr).await;
+            p.request("/online t").await.contains("\"connections\":2")
+        }
+    })
+    .await;
 
     for via in [&a, &b] {
         let mut push = PushClient::connect(via.push_addr).await;
