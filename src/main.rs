@@ -259,7 +259,8 @@ enum Control {
         #[arg(long, default_value_t = 1000)]
         sample_ms: u64,
     },
-    /// Push a message to a uid (prints `ok` or `fail`; exit 1 on `fail`).
+    /// Push a message to a uid with `/send` (prints its JSON reply; exit 1 if no
+    /// connection took it).
     Push {
         /// Who.
         uid: String,
@@ -481,14 +482,15 @@ async fn run_control(
         }
         Control::Online { uid } => {
             let mut s = Session::open(target).await?;
-            let v = s
-                .command(&format!(
+            // The reply line as the daemon wrote it (its key order is the wire's).
+            let reply = s
+                .request(&format!(
                     "/online {}",
                     serde_json::Value::from(uid.as_str())
                 ))
                 .await?;
-            println!("{v}");
-            Ok(v.get("online") == Some(&serde_json::Value::Bool(true)))
+            println!("{reply}");
+            Ok(reply.contains("\"online\":true"))
         }
         Control::CheckConfig { .. } => unreachable!("check-config does not talk to a daemon"),
         Control::Kick { uid, reason } => {
@@ -498,9 +500,10 @@ async fn run_control(
                 line.push(' ');
                 line.push_str(reason);
             }
-            let v = s.command(&line).await?;
-            println!("{v}");
-            Ok(true)
+            // The reply line as the daemon wrote it (its key order is the wire's).
+            let reply = s.request(&line).await?;
+            println!("{reply}");
+            Ok(reply.starts_with("{\"ok\":true"))
         }
     }
 }
