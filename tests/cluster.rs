@@ -128,14 +128,8 @@ async fn tabs_on_two_nodes_each_get_every_push_once(url: &str) {
     bound_across(&mut on_b, &b, &a, "t").await;
     on_a.bind("t", a.push_addr).await;
     // Bound on a at once; routable from b once a's subscription is in (milliseconds).
-    poll_until(STEP, "t held on both nodes", || {
-        let addr = b.push_addr;
-        async move {
-            let mut p = PushClient::connect(addr).await;
-            p.request("/online t").await.contains("\"connections\":2")
-        }
-    })
-    .await;
+    let held = "\"connections\":2";
+    until_reply(b.push_addr, "/online t", held, STEP, "t held on both nodes").await;
 
     for via in [&a, &b] {
         let mut push = PushClient::connect(via.push_addr).await;
@@ -280,13 +274,15 @@ async fn broadcast_kick_and_presence_span_the_nodes(url: &str) {
 
     // Node b leaves: its uids are gone from the cluster at once, no ghosts.
     b.shutdown().await.expect("b shuts down");
-    poll_until(Duration::from_secs(5), "p1 offline after b left", || {
-        let addr = a.push_addr;
-        async move {
-            let mut p = PushClient::connect(addr).await;
-            p.request("/online p1").await.contains("\"online\":false")
-        }
-    })
+    let gone = "\"online\":false";
+    let d = Duration::from_secs(5);
+    until_reply(
+        a.push_addr,
+        "/online p1",
+        gone,
+        d,
+        "p1 offline after b left",
+    )
     .await;
     assert_eq!(push.request(r#"{"uid":"p1"}"#).await, "fail\n");
     assert!(
@@ -339,16 +335,12 @@ async fn groups_span_the_nodes_and_keep_their_grace_period(url: &str) {
 
     // Gone for good: the membership goes after the grace period.
     back.close().await;
-    poll_until(
+    until_reply(
+        b.push_addr,
+        "/members room",
+        "\"count\":0",
         Duration::from_secs(6),
         "room empty after the grace period",
-        || {
-            let addr = b.push_addr;
-            async move {
-                let mut p = PushClient::connect(addr).await;
-                p.request("/members room").await.contains("\"count\":0")
-            }
-        },
     )
     .await;
     assert!(pa.request("/count").await.contains("\"groups\":0"));
@@ -518,16 +510,12 @@ async fn a_node_killed_with_sigkill_leaves_no_ghost() {
 
     b.kill9();
     let killed = Instant::now();
-    poll_until(
+    until_reply(
+        a.push_addr,
+        "/online k9",
+        "\"online\":false",
         Duration::from_secs(5),
         "k9 offline after its node died",
-        || {
-            let addr = a.push_addr;
-            async move {
-                let mut p = PushClient::connect(addr).await;
-                p.request("/online k9").await.contains("\"online\":false")
-            }
-        },
     )
     .await;
     let converged = killed.elapsed();
@@ -550,4 +538,20 @@ async fn readyz(addr: std::net::SocketAddr) -> String {
         .expect("response in time")
         .expect("read response");
     String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Sends `line` on a fresh connection to `addr` every 10 ms until its reply contains
+/// `needle`; panics with `what` after `d`.
+async fn until_reply(
+    addr: std::net::SocketAddr,
+    line: &str,
+    needle: &str,
+    d: Duration,
+    what: &str,
+) {
+    poll_until(d, what, || async move {
+        let mut p = PushClient::connect(addr).await;
+        p.request(line).await.contains(needle)
+    })
+    .await;
 }
