@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! pushwire-bench --ws ws://127.0.0.1:1234 --push 127.0.0.1:5678 [--server-pid PID] \
-//!     <storm|throughput|churn|latency|fanout|idle-mem|pending-mem|all> [options]
+//!     <storm|throughput|churn|latency|fanout|idle-mem|pending-mem|all|floor> [options]
 //! ```
 //!
 //! Every scenario checks what it measures: each push answered `ok` must reach its client
@@ -13,6 +13,7 @@
 
 mod client;
 mod compare;
+mod floor;
 mod procstat;
 mod push;
 mod report;
@@ -166,6 +167,23 @@ pub enum Scenario {
     IdleMem,
     /// Every scenario in sequence with one set of clients.
     All,
+    /// No server: a child process writes one broadcast-sized frame to each of --clients
+    /// connected loopback sockets in a tight send() loop per round; its CPU per frame is the
+    /// kernel's floor for fanout-broadcast's server_cpu_us_per_frame (ignores --ws/--push).
+    Floor,
+    /// The floor scenario's sending child (internal).
+    #[command(hide = true)]
+    FloorSender {
+        /// Address to connect every socket to.
+        #[arg(long)]
+        connect: SocketAddr,
+        /// Sockets to connect.
+        #[arg(long)]
+        count: usize,
+        /// Payload bytes of each frame.
+        #[arg(long)]
+        payload_bytes: usize,
+    },
     /// No run: reads earlier runs' JSON lines, one file per side (e.g. before.jsonl
     /// after.jsonl), and prints each figure's median per side and its ratio to the first
     /// side. Exits 1 if any run in them failed its checks. See scripts/bench-compare.sh.
@@ -259,6 +277,11 @@ fn main() {
             2
         });
         std::process::exit(code);
+    }
+    match o.scenario {
+        Scenario::Floor => std::process::exit(floor::run(&o)),
+        Scenario::FloorSender { .. } => std::process::exit(floor::sender(&o)),
+        _ => {}
     }
     track::now_ns(); // start the clock
     let code = match setup_and_run(o) {

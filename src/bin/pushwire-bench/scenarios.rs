@@ -185,7 +185,9 @@ pub async fn main(o: Opts, net: &'static Net) -> Result<bool, String> {
             let r = churn(&mut ctx).await;
             ctx.emit(r);
         }
-        Scenario::Compare { .. } => return Err("compare measures nothing".into()),
+        Scenario::Compare { .. } | Scenario::Floor | Scenario::FloorSender { .. } => {
+            return Err("this scenario runs without a server".into());
+        }
         Scenario::All => {
             let b = baseline(ctx.pid());
             let r = storm(&mut ctx).await;
