@@ -135,8 +135,13 @@ async fn parent(o: &Opts) -> Result<Report, String> {
     }
     let payload_bytes = broadcast_payload_bytes(n, o.pad);
     let frame = Arc::new(frame(payload_bytes));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
+    // A deep accept queue: the sender connects faster than one accept loop takes them, and
+    // a SYN dropped on a full queue costs a 1 s retransmit.
+    let listener = tokio::net::TcpSocket::new_v4()
+        .and_then(|s| {
+            s.bind(SocketAddr::from(([127, 0, 0, 1], 0)))?;
+            s.listen(8192)
+        })
         .map_err(|e| format!("listen: {e}"))?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
     let exe = std::env::current_exe().map_err(|e| format!("current_exe: {e}"))?;
