@@ -315,7 +315,7 @@ async fn parent(o: &Opts) -> Result<Report, String> {
     );
     rep.num(
         "send_loop_cpu_us_per_frame",
-        "send() loop alone, per frame (sender's own schedstat)",
+        "send() loop alone, per frame (self-read schedstat; lags for loops < ~10 ms)",
         median(&loop_cpu),
         3,
         "µs",
