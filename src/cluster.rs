@@ -534,6 +534,13 @@ impl Presence for Hook {
 /// Keeps this node's uid subscriptions in step with the registry, in order.
 async fn reconcile(cluster: Arc<Cluster>) {
     loop {
+        if !cluster.is_up() {
+            // Not before this node's own channels are in: a uid routable here implies a
+            // node that also hears requests to all nodes. `watch` marks every uid again
+            // once it is up.
+            tokio::time::sleep(Duration::from_millis(25)).await;
+            continue;
+        }
         let dirty: Vec<Uid> = {
             let mut d = cluster.dirty.lock().unwrap_or_else(|e| e.into_inner());
             d.drain().collect()
@@ -778,12 +785,13 @@ async fn watch(cluster: Arc<Cluster>) {
             if cluster.sub.ssubscribe(reply.as_str()).await.is_ok()
                 && cluster.sub.ssubscribe(ALL).await.is_ok()
             {
+                // A (re)started Redis knows none of our uid channels: forget what we
+                // had and let `reconcile` subscribe every uid held here again.
                 cluster
                     .subscribed
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
                     .clear();
-                let _ = cluster.sub.resubscribe_all().await;
                 cluster.mark_all();
                 info!("redis connected");
             } else {
