@@ -12,7 +12,9 @@ set -euo pipefail
 cd /work/main
 source scripts/listening.sh
 rport=$(python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])')
-redis-server --port $rport --save "" --appendonly no --daemonize yes >/dev/null
+redis-server --port $rport --save "" --appendonly no >/dev/null 2>&1 &
+rpid=$!
+sleep 0.3
 start() { # $1 log
 	PUSHWIRE_HTTP_LISTEN=off NO_COLOR=1 target/release/pushwire --ws-listen 127.0.0.1:0 --push-listen 127.0.0.1:0 \
 		--max-push-connections 64 --redis redis://127.0.0.1:$rport/ >/dev/null 2>"$1" &
@@ -23,8 +25,7 @@ pa=$(start $la); pb=$(start $lb)
 listening_ports $la a; wsa=$ws_port; pua=$push_port
 listening_ports $lb b; wsb=$ws_port; pub=$push_port
 sleep 1
-rpid=$(pgrep -f "redis-server.*:$rport" | head -1)
-for round in 1 2 3; do
+for round in $(seq "${ROUNDS:-3}"); do
 	for mode in same cross; do
 		if [[ $mode == same ]]; then push=$pub; else push=$pua; fi
 		r0=$(awk '{print $14+$15}' /proc/$rpid/stat)
@@ -35,10 +36,10 @@ for l in sys.stdin:
     d=json.loads(l)
     if d.get('scenario') in ('latency','throughput'):
         lat=d.get('latency_ms') or {}
-        print('$mode', d['scenario'], 'p50', lat.get('p50_ms'), 'p99', lat.get('p99_ms'), 'cpu/push(holder node)', d.get('server_cpu_us_per_push'), 'pushes', d.get('pushes'))
+        print('$mode', d['scenario'], 'p50', lat.get('p50_ms'), 'p99', lat.get('p99_ms'), 'cpu/push(holder node)', d.get('server_cpu_us_per_push'), 'pushes', d.get('pushes'), 'per_s', d.get('pushes_per_s'))
 "
 		r1=$(awk '{print $14+$15}' /proc/$rpid/stat)
 		echo "$mode redis_cpu_ticks=$((r1-r0))"
 	done
 done
-kill $pa $pb; redis-cli -p $rport shutdown nosave >/dev/null 2>&1 || true
+kill $pa $pb $rpid 2>/dev/null || true
