@@ -262,7 +262,8 @@ impl Params {
                 continue;
             }
             fields += 1;
-            self.set(k, &crate::urlencoded::decode(v));
+            // Names are form-encoded too (`t%79pe`), as PHP decodes them.
+            self.set(&crate::urlencoded::decode(k), &crate::urlencoded::decode(v));
         }
         fields
     }
@@ -454,6 +455,12 @@ mod tests {
         assert_eq!(
             html_escape(r#"<a href="x">'&'</a>"#),
             "&lt;a href=&quot;x&quot;&gt;&#039;&amp;&#039;&lt;/a&gt;"
+        );
+        let mut q = Params::default();
+        q.read(b"t%79pe=publish&%74o=u2");
+        assert_eq!(
+            (q.kind.as_deref(), q.to.as_deref()),
+            (Some("publish"), Some("u2"))
         );
         assert_eq!(Params::default().read(b""), 0);
         assert_eq!(Params::default().read(b"&=x&"), 0);
