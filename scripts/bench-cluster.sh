@@ -22,6 +22,8 @@ start() { # $1 log
 }
 la=$(mktemp); lb=$(mktemp)
 pa=$(start $la); pb=$(start $lb)
+# Whatever ends the script (a failed step under set -e too) ends what it started.
+trap 'kill $pa $pb $rpid 2>/dev/null || true; rm -f $la $lb' EXIT
 listening_ports $la a; wsa=$ws_port; pua=$push_port
 listening_ports $lb b; wsb=$ws_port; pub=$push_port
 sleep 1
@@ -42,4 +44,3 @@ for l in sys.stdin:
 		echo "$mode redis_cpu_ticks=$((r1-r0))"
 	done
 done
-kill $pa $pb $rpid 2>/dev/null || true
