@@ -23,28 +23,9 @@ struct Redis {
 
 impl Redis {
     async fn start_on(port: u16) -> Redis {
-        let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("start redis-server (scripts/test.sh installs it)");
-        let redis = Redis { child, port };
-        let deadline = Instant::now() + STEP;
-        while tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .is_err()
-        {
-            assert!(
-                Instant::now() < deadline,
-                "redis-server did not listen on {port}"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        redis
+        let child = spawn_redis(port, &std::env::temp_dir(), &[]);
+        wait_listening(port).await;
+        Redis { child, port }
     }
 
     async fn start() -> Redis {
@@ -394,22 +375,13 @@ impl RedisCluster {
             let port = free_port();
             let node_dir = dir.join(port.to_string());
             std::fs::create_dir_all(&node_dir).expect("cluster node dir");
-            let child = Command::new("redis-server")
-                .current_dir(&node_dir)
-                .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-                .args([
-                    "--cluster-enabled",
-                    "yes",
-                    "--cluster-config-file",
-                    "nodes.conf",
-                ])
-                .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .kill_on_drop(true)
-                .spawn()
-                .expect("start redis-server");
+            let cluster = [
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                "nodes.conf",
+            ];
+            let child = spawn_redis(port, &node_dir, &cluster);
             nodes.push(Redis { child, port });
         }
         for n in &nodes {
@@ -471,6 +443,22 @@ fn free_port() -> u16 {
         .and_then(|l| l.local_addr())
         .expect("free port")
         .port()
+}
+
+/// A `redis-server` on 127.0.0.1:`port`, working in `dir`, with `extra` flags; killed
+/// when its handle drops.
+fn spawn_redis(port: u16, dir: &std::path::Path, extra: &[&str]) -> Child {
+    Command::new("redis-server")
+        .current_dir(dir)
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+        .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
+        .args(extra)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start redis-server (scripts/test.sh installs it)")
 }
 
 async fn wait_listening(port: u16) {

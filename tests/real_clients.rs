@@ -47,26 +47,10 @@ fn repo_path(rel: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
 }
 
-/// Runs `cmd` to completion with `stdin` as its input (10 s deadline), capturing its output.
-/// A program that cannot be started fails the test: run `scripts/test.sh`, which installs it.
+/// Runs `cmd` to completion with `stdin` as its input (10 s deadline), capturing its output
+/// (the harness's `run_program`).
 async fn run(cmd: &mut Command, stdin: &[u8]) -> Output {
-    let what = format!("{:?}", cmd.as_std());
-    let mut child = cmd
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap_or_else(|e| {
-            panic!("cannot start {what}: {e} (scripts/test.sh installs php, nc and chromium)")
-        });
-    let mut input = child.stdin.take().unwrap();
-    input.write_all(stdin).await.unwrap();
-    drop(input);
-    timeout(PROGRAM_DEADLINE, child.wait_with_output())
-        .await
-        .unwrap_or_else(|_| panic!("{what} did not finish within {PROGRAM_DEADLINE:?}"))
-        .unwrap_or_else(|e| panic!("{what}: {e}"))
+    run_program(cmd, stdin, PROGRAM_DEADLINE).await
 }
 
 fn stdout_of(out: &Output) -> &str {
