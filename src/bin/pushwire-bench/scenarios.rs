@@ -459,6 +459,22 @@ async fn count_connections(c: &mut Counter) -> Result<u64, String> {
 
 // ---------------------------------------------------------------------------------------------
 
+/// Reports server RSS before/after and its growth per connection, in KiB and bytes.
+fn rss_per(
+    rep: &mut Report,
+    labels: [&str; 2],
+    keys: [&str; 2],
+    headline: &str,
+    (before, after): (Mem, Mem),
+    n: u64,
+) {
+    rep.int("rss_before_kib", labels[0], before.rss_kib);
+    rep.int("rss_after_kib", labels[1], after.rss_kib);
+    let per = (after.rss_kib as f64 - before.rss_kib as f64) * 1024.0 / n as f64;
+    rep.num(keys[0], headline, per / 1024.0, 2, "KiB");
+    rep.num(keys[1], "  same, bytes", per, 0, "B");
+}
+
 pub async fn pending_mem(ctx: &mut Ctx, request_bytes: usize) -> Report {
     let mut rep = Report::new("pending-mem");
     let Some(pid) = ctx.pid() else {
@@ -512,17 +528,16 @@ pub async fn pending_mem(ctx: &mut Ctx, request_bytes: usize) -> Report {
     );
     match (before.mem, after) {
         (Some(b), Some(a)) if open > 0 => {
-            rep.int("rss_before_kib", "server RSS before", b.rss_kib);
-            rep.int("rss_after_kib", "server RSS while held", a.rss_kib);
-            let per = (a.rss_kib as f64 - b.rss_kib as f64) * 1024.0 / open as f64;
-            rep.num(
-                "rss_per_pending_kib",
+            let what = ["server RSS before", "server RSS while held"];
+            let per_key = ["rss_per_pending_kib", "rss_per_pending_bytes"];
+            rss_per(
+                &mut rep,
+                what,
+                per_key,
                 "SERVER RSS PER PENDING CONNECTION",
-                per / 1024.0,
-                2,
-                "KiB",
+                (b, a),
+                open,
             );
-            rep.num("rss_per_pending_bytes", "  same, bytes", per, 0, "B");
         }
         _ => track::error("pending-mem: could not read the server's RSS".into()),
     }
@@ -573,17 +588,16 @@ pub async fn idle_mem(ctx: &mut Ctx, before: Baseline) -> Report {
     );
     match (before.mem, after) {
         (Some(b), Some(a)) if n > 0 => {
-            rep.int("rss_before_kib", "server RSS before clients", b.rss_kib);
-            rep.int("rss_after_kib", "server RSS with clients", a.rss_kib);
-            let per = (a.rss_kib as f64 - b.rss_kib as f64) * 1024.0 / n as f64;
-            rep.num(
-                "rss_per_conn_kib",
+            let what = ["server RSS before clients", "server RSS with clients"];
+            let per_key = ["rss_per_conn_kib", "rss_per_conn_bytes"];
+            rss_per(
+                &mut rep,
+                what,
+                per_key,
                 "SERVER RSS PER IDLE CONNECTION",
-                per / 1024.0,
-                2,
-                "KiB",
+                (b, a),
+                n,
             );
-            rep.num("rss_per_conn_bytes", "  same, bytes", per, 0, "B");
             let anon = (a.rss_anon_kib as f64 - b.rss_anon_kib as f64) / n as f64;
             rep.num(
                 "rss_anon_per_conn_kib",
