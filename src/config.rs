@@ -9,6 +9,7 @@ use crate::access::Cidr;
 use crate::auth::Secret;
 use crate::groups::GroupLimits;
 use crate::outbox::QueueLimits;
+use crate::tls::TlsFiles;
 use crate::wire::command::Limits;
 
 /// Every limit the daemon enforces. All are bounded by default.
@@ -85,6 +86,8 @@ pub struct Config {
     pub redis: Option<String>,
     /// Cluster mode: the longest a reply waits for Redis and the other nodes.
     pub cluster_timeout: Duration,
+    /// `wss://` on the browser port: the certificate and key files; `None` is `ws://`.
+    pub tls: Option<TlsFiles>,
 }
 
 impl Default for Config {
@@ -121,6 +124,7 @@ impl Default for Config {
             max_http_connections: 256,
             redis: None,
             cluster_timeout: Duration::from_millis(1000),
+            tls: None,
         }
     }
 }

@@ -14,8 +14,8 @@
 use std::io::{self, IoSlice};
 use std::time::Duration;
 
+use crate::transport::Transport;
 use crate::wire::Payload;
-use tokio::net::TcpStream;
 
 /// A complete message or control frame from the browser.
 #[derive(Debug, PartialEq, Eq)]
@@ -104,7 +104,7 @@ impl FrameReader {
     }
 
     /// Waits for the next message or control frame; messages are at most `max` bytes.
-    pub async fn next(&mut self, tcp: &TcpStream, max: usize) -> Result<Incoming, FrameError> {
+    pub async fn next(&mut self, tcp: &mut Transport, max: usize) -> Result<Incoming, FrameError> {
         loop {
             if let Some(msg) = self.parse(max)? {
                 return Ok(msg);
@@ -302,7 +302,7 @@ pub fn close_frame(code: u16, reason: &str) -> Vec<u8> {
 }
 
 /// Writes all of `bytes`, waiting for the socket as needed, within `limit`.
-pub async fn write_raw(tcp: &TcpStream, bytes: &[u8], limit: Duration) -> io::Result<()> {
+pub async fn write_raw(tcp: &mut Transport, bytes: &[u8], limit: Duration) -> io::Result<()> {
     let write = async {
         let mut done = 0;
         while done < bytes.len() {
@@ -314,7 +314,7 @@ pub async fn write_raw(tcp: &TcpStream, bytes: &[u8], limit: Duration) -> io::Re
                 Err(e) => return Err(e),
             }
         }
-        Ok(())
+        tcp.flush().await
     };
     tokio::time::timeout(limit, write)
         .await
@@ -339,7 +339,7 @@ pub struct Progress {
 /// Why not `ws.send`: tungstenite copies each frame into a per-connection output `Vec`
 /// that keeps its largest-ever capacity, so one 1 MiB push to 10k browsers would pin
 /// 10 GiB for good. Here the payload shared by all recipients is never copied.
-pub fn try_write(stream: &TcpStream, batch: &[Payload], at: &mut Progress) -> io::Result<bool> {
+pub fn try_write(stream: &mut Transport, batch: &[Payload], at: &mut Progress) -> io::Result<bool> {
     // On the stack: this runs once per wake of every recipient, so no heap allocation.
     let mut headers = [FrameHeader::EMPTY; IOV_BATCH];
     while at.frame < batch.len() {
@@ -379,14 +379,15 @@ pub fn try_write(stream: &TcpStream, batch: &[Payload], at: &mut Progress) -> io
         }
         at.offset = done;
     }
-    Ok(true)
+    // Over TLS the last bytes may still be queued as ciphertext: not done until they left.
+    Ok(!stream.pending_output())
 }
 
 /// Small batches (the usual case: one short push) are copied into a stack buffer and sent
 /// with one `send`, which skips `writev`'s iovec import and file-position locking; that is
 /// measurably cheaper per recipient. `None` if the rest of the batch does not fit.
 fn try_send_small(
-    stream: &TcpStream,
+    stream: &mut Transport,
     batch: &[Payload],
     at: &mut Progress,
 ) -> io::Result<Option<bool>> {
@@ -480,7 +481,8 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let sock = TcpSocket::new_v4().unwrap();
         sock.set_send_buffer_size(4096).unwrap();
-        let writer = sock.connect(listener.local_addr().unwrap()).await.unwrap();
+        let mut writer =
+            Transport::Plain(sock.connect(listener.local_addr().unwrap()).await.unwrap());
         let (mut reader, _) = listener.accept().await.unwrap();
 
         let small = [1, 125, 126, 300, 700, 1000, 1500];
@@ -504,7 +506,7 @@ mod tests {
                 expected.push(String::from_utf8(m.as_bytes().to_vec()).unwrap());
             }
             let mut at = Progress::default();
-            while !try_write(&writer, &batch, &mut at).unwrap() {
+            while !try_write(&mut writer, &batch, &mut at).unwrap() {
                 stuck += 1;
                 // Drain a little at a time until the socket takes more.
                 let mut buf = [0u8; 3000];

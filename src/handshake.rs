@@ -16,16 +16,19 @@ use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
+
+use crate::tls::{Acceptor, TlsError};
+use crate::transport::Transport;
 use tokio_tungstenite::tungstenite::Error as WsError;
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
 use tokio_tungstenite::tungstenite::http::StatusCode;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tracing::info;
 
-/// A completed upgrade: the bare socket, what the client sent after its request head
-/// (normally nothing: a client must wait for the 101), and the `?token=` of the URL.
+/// A completed upgrade: the socket (plain or TLS), what the client sent after its request
+/// head (normally nothing: a client must wait for the 101), and the `?token=` of the URL.
 pub(crate) struct Upgraded {
-    pub(crate) tcp: TcpStream,
+    pub(crate) tcp: Transport,
     pub(crate) pending: Vec<u8>,
     pub(crate) query_token: Option<String>,
 }
@@ -41,6 +44,8 @@ pub(crate) enum HandshakeError {
     Refused(String),
     /// Not a valid WebSocket upgrade request: answered with an HTTP error by tungstenite.
     Invalid(String),
+    /// The TLS handshake failed (on a `wss://` port).
+    Tls(TlsError),
 }
 
 impl std::fmt::Display for HandshakeError {
@@ -50,6 +55,7 @@ impl std::fmt::Display for HandshakeError {
             HandshakeError::TooLarge => f.write_str("handshake larger than --max-handshake-bytes"),
             HandshakeError::Refused(why) => write!(f, "refused: {why}"),
             HandshakeError::Invalid(why) => write!(f, "invalid upgrade request: {why}"),
+            HandshakeError::Tls(err) => err.fmt(f),
         }
     }
 }
@@ -62,6 +68,8 @@ pub(crate) struct Policy<'a> {
     pub(crate) allowed_origins: Option<&'a [String]>,
     /// Largest message a browser may send (tungstenite's frame limit).
     pub(crate) max_in: usize,
+    /// TLS settings, on a `wss://` port.
+    pub(crate) tls: Option<&'a Acceptor>,
 }
 
 /// The tungstenite settings for the handshake (the only part tungstenite runs): small
@@ -74,13 +82,19 @@ fn ws_config(max_in: usize) -> WebSocketConfig {
         .max_frame_size(Some(max_in))
 }
 
-/// Reads the upgrade request and answers it: 101, or an HTTP error. Not bounded in time
-/// here; the caller's bind deadline covers it.
+/// Runs the TLS handshake (on a `wss://` port), reads the upgrade request and answers it:
+/// 101, or an HTTP error. Not bounded in time here; the caller's bind deadline covers it.
 pub(crate) async fn accept(
     tcp: TcpStream,
     policy: &Policy<'_>,
 ) -> Result<Upgraded, HandshakeError> {
-    let (head, pending) = read_head(&tcp, policy.max_bytes).await?;
+    let mut io = match policy.tls {
+        Some(acceptor) => Transport::Tls(Box::new(
+            acceptor.accept(tcp).await.map_err(HandshakeError::Tls)?,
+        )),
+        None => Transport::Plain(tcp),
+    };
+    let (head, pending) = read_head(&mut io, policy.max_bytes).await?;
     let mut query_token = None;
     let origins = policy.allowed_origins;
     // The callback's signature (and its large error type) is tungstenite's.
@@ -98,7 +112,11 @@ pub(crate) async fn accept(
         query_token = req.uri().query().and_then(token_param);
         Ok(resp)
     };
-    let stream = Prefixed { head, at: 0, tcp };
+    let stream = Prefixed {
+        head,
+        at: 0,
+        io: &mut io,
+    };
     // Boxed: the handshake's state is large and short-lived; inline, it would size the
     // task of every idle connection for its whole life.
     let upgrade = Box::pin(tokio_tungstenite::accept_hdr_async_with_config(
@@ -106,10 +124,15 @@ pub(crate) async fn accept(
         check,
         Some(ws_config(policy.max_in)),
     ))
-    .await;
+    .await
+    .map(drop);
+    // Over TLS the answer (101 or an error) is still in rustls' buffer.
+    if io.flush().await.is_err() {
+        return Err(HandshakeError::Gone);
+    }
     match upgrade {
-        Ok(ws) => Ok(Upgraded {
-            tcp: ws.into_inner().tcp,
+        Ok(()) => Ok(Upgraded {
+            tcp: io,
             pending,
             query_token,
         }),
@@ -126,11 +149,14 @@ pub(crate) async fn accept(
 /// Waits for the request head and returns it (through its blank line) and any bytes after
 /// it. Nothing is allocated until the first byte is here; after that the buffer holds
 /// what arrived, at most `max` bytes.
-async fn read_head(tcp: &TcpStream, max: usize) -> Result<(Vec<u8>, Vec<u8>), HandshakeError> {
-    let mut probe = [0u8; 1];
-    match tcp.peek(&mut probe).await {
-        Ok(0) | Err(_) => return Err(HandshakeError::Gone),
-        Ok(_) => {}
+async fn read_head(tcp: &mut Transport, max: usize) -> Result<(Vec<u8>, Vec<u8>), HandshakeError> {
+    // (Over TLS the session already waited for the first byte the same way.)
+    if let Transport::Plain(plain) = tcp {
+        let mut probe = [0u8; 1];
+        match plain.peek(&mut probe).await {
+            Ok(0) | Err(_) => return Err(HandshakeError::Gone),
+            Ok(_) => {}
+        }
     }
     let mut buf = Vec::new();
     loop {
@@ -155,7 +181,7 @@ async fn read_head(tcp: &TcpStream, max: usize) -> Result<(Vec<u8>, Vec<u8>), Ha
 
 /// Reads what the socket has, up to `max` bytes in `buf`, without waiting. Not async, so
 /// its stack chunk never becomes part of a waiting connection's task.
-fn read_some(tcp: &TcpStream, buf: &mut Vec<u8>, max: usize) -> io::Result<usize> {
+fn read_some(tcp: &mut Transport, buf: &mut Vec<u8>, max: usize) -> io::Result<usize> {
     let mut chunk = [0u8; 1024];
     let want = chunk.len().min(max - buf.len());
     let n = tcp.try_read(&mut chunk[..want])?;
@@ -180,13 +206,13 @@ fn head_end(buf: &[u8], from: usize) -> Option<usize> {
 }
 
 /// The socket with the already-read request head in front of it, for tungstenite.
-struct Prefixed {
+struct Prefixed<'a> {
     head: Vec<u8>,
     at: usize,
-    tcp: TcpStream,
+    io: &'a mut Transport,
 }
 
-impl AsyncRead for Prefixed {
+impl AsyncRead for Prefixed<'_> {
     fn poll_read(
         self: Pin<&mut Self>,
         _: &mut Context<'_>,
@@ -205,21 +231,31 @@ impl AsyncRead for Prefixed {
     }
 }
 
-impl AsyncWrite for Prefixed {
+/// Over TLS, writes only fill rustls' buffer; [`accept`] flushes it once tungstenite is done.
+impl AsyncWrite for Prefixed<'_> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         data: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().tcp).poll_write(cx, data)
+        match &mut *self.get_mut().io {
+            Transport::Plain(tcp) => Pin::new(tcp).poll_write(cx, data),
+            Transport::Tls(tls) => Poll::Ready(tls.buffer(data)),
+        }
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().tcp).poll_flush(cx)
+        match &mut *self.get_mut().io {
+            Transport::Plain(tcp) => Pin::new(tcp).poll_flush(cx),
+            Transport::Tls(_) => Poll::Ready(Ok(())),
+        }
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().tcp).poll_shutdown(cx)
+        match &mut *self.get_mut().io {
+            Transport::Plain(tcp) => Pin::new(tcp).poll_shutdown(cx),
+            Transport::Tls(_) => Poll::Ready(Ok(())),
+        }
     }
 }
 

@@ -5,7 +5,8 @@
 //! - `handshake`: the HTTP upgrade, read within a byte budget (allocating only as bytes
 //!   arrive), then tungstenite's 101; plain-HTTP refusals.
 //! - `ws`: browser connection: uid bind, then one write/read/ping loop per socket.
-//! - [`frames`]: WebSocket framing after the upgrade, on the bare socket.
+//! - [`frames`]: WebSocket framing after the upgrade, on a [`transport::Transport`]: the
+//!   bare socket or a [`tls`] session (`wss://`), with the same non-blocking calls.
 //! - `push`: the backend door (TCP/Unix): access, lines in, replies out in order.
 //! - `http`: the HTTP door (`POST /push`, web-msg-sender's API, `/metrics`, health).
 //! - [`service`]: one request in, one typed reply out, for every door.
@@ -44,6 +45,8 @@ pub mod registry;
 mod server;
 pub mod service;
 pub mod state;
+pub mod tls;
+pub mod transport;
 mod urlencoded;
 pub mod wire;
 mod ws;

@@ -75,6 +75,15 @@ struct Args {
     #[arg(long, env = "PUSHWIRE_MAX_HTTP_CONNECTIONS", default_value_t = 256)]
     max_http_connections: usize,
 
+    /// Serve `wss://` on the browser port: the certificate chain (PEM, leaf first). Needs
+    /// --tls-key. Re-read on SIGHUP.
+    #[arg(long, env = "PUSHWIRE_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+
+    /// The private key of --tls-cert (PEM: PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, env = "PUSHWIRE_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+
     /// Cluster mode: the Redis that links the nodes (`redis://host:port[/db]`, or
     /// `rediss://` for TLS). Without it the node is alone and never touches Redis.
     #[arg(long, env = "PUSHWIRE_REDIS")]
@@ -684,6 +693,11 @@ fn unvalidated_config(
         max_http_connections: args.max_http_connections,
         redis: args.redis.clone().filter(|u| !u.is_empty()),
         cluster_timeout: Duration::from_millis(args.cluster_timeout_ms),
+        tls: args
+            .tls_cert
+            .clone()
+            .zip(args.tls_key.clone())
+            .map(|(cert, key)| pushwire::tls::TlsFiles { cert, key }),
     };
     let capacity = config.ws_capacity(nofile, matches!(args.http_listen, Listen::On(_)));
     config.max_ws_connections = args.max_ws_connections.unwrap_or(capacity);
@@ -883,6 +897,12 @@ mod check_config {
             && let Err(e) = redis_url(url)
         {
             problems.push(format!("{} {}: {e}", label("redis"), redacted(url)));
+        }
+
+        if let Some(files) = &config.tls
+            && let Err(e) = pushwire::tls::load(files)
+        {
+            problems.push(format!("{}: {e}", label("tls-cert")));
         }
 
         if let Some(path) = &args.push_unix

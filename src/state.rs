@@ -10,6 +10,7 @@ use crate::cluster::{Cluster, ClusterConfig};
 use crate::config::Config;
 use crate::metrics::{Gauges, Metric, Metrics};
 use crate::registry::Registry;
+use crate::tls::Acceptor;
 
 /// What every connection task shares.
 #[derive(Debug)]
@@ -27,13 +28,19 @@ pub struct State {
     pub ws_stop: CancellationToken,
     /// The link to the other nodes, in cluster mode (`--redis`).
     pub cluster: Option<Arc<Cluster>>,
+    /// TLS settings of the browser port (`wss://`), swapped by a reload.
+    pub tls: Option<Acceptor>,
 }
 
 impl State {
     /// A fresh state for `config` (already validated); in cluster mode it starts the
-    /// link to Redis (in the background: Redis may be down) and fails only on a bad URL.
-    /// Must be called inside the runtime.
+    /// link to Redis (in the background: Redis may be down). Fails on a bad Redis URL or
+    /// unreadable TLS files. Must be called inside the runtime.
     pub fn new(config: Config) -> std::io::Result<Arc<State>> {
+        let tls = match &config.tls {
+            Some(files) => Some(Acceptor::new(files.clone()).map_err(std::io::Error::other)?),
+            None => None,
+        };
         let metrics = Arc::new(Metrics::default());
         let registry = Registry::new(
             config.queue_limits(),
@@ -61,6 +68,7 @@ impl State {
             push_stop: CancellationToken::new(),
             ws_stop: CancellationToken::new(),
             cluster,
+            tls,
         }))
     }
 

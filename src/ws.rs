@@ -17,12 +17,13 @@ use crate::handshake::{self, HandshakeError, HttpRefusal, Policy};
 use crate::metrics::Metric;
 use crate::outbox::Outbox;
 use crate::state::State;
+use crate::transport::Transport;
 use crate::wire::{CloseNotice, Payload};
 
-/// A browser socket after the upgrade: the bare TCP stream and its frame reader.
+/// A browser socket after the upgrade: the socket (plain or TLS) and its frame reader.
 /// (tungstenite does the HTTP upgrade only; see `frames.rs` for why.)
 struct Ws {
-    tcp: TcpStream,
+    tcp: Transport,
     reader: FrameReader,
     /// Largest message the browser may send.
     max_in: usize,
@@ -30,7 +31,7 @@ struct Ws {
 
 impl Ws {
     async fn next(&mut self) -> Result<Incoming, FrameError> {
-        self.reader.next(&self.tcp, self.max_in).await
+        self.reader.next(&mut self.tcp, self.max_in).await
     }
 }
 
@@ -58,6 +59,7 @@ pub(crate) async fn serve(stream: TcpStream, ctx: Arc<State>, pending: Pending) 
         max_bytes: ctx.config.max_handshake_bytes,
         allowed_origins: ctx.config.allowed_origins.as_deref(),
         max_in: ctx.config.max_in(),
+        tls: ctx.tls.as_ref(),
     };
     let upgraded = tokio::select! {
         // Boxed: an idle bound connection's task must not keep room for the handshake's
@@ -121,7 +123,7 @@ async fn finish(ws: &mut Ws, end: End) {
             // left unread, so no reset).
             let payload = code.map(u16::to_be_bytes);
             let reply = control_frame(CLOSE, payload.as_ref().map_or(&[][..], |p| &p[..]));
-            let _ = Box::pin(write_raw(&ws.tcp, &reply, CLOSE_GRACE)).await;
+            let _ = Box::pin(write_raw(&mut ws.tcp, &reply, CLOSE_GRACE)).await;
         }
         End::PeerError(err) => debug!(%err, "connection error"),
         End::PongTimeout | End::WriteStalled => {}
@@ -162,7 +164,11 @@ pub(crate) async fn refuse(stream: TcpStream, why: Refused, ctx: &State) {
     if metrics.should_warn_refusal() {
         warn!(reason = body, limit, "refusing connections");
     }
-    handshake::refuse(stream, status, body, CLOSE_GRACE).await;
+    // Over TLS an HTTP answer would first cost a TLS handshake, the very work the budget
+    // is there to refuse: the connection is just closed.
+    if ctx.tls.is_none() {
+        handshake::refuse(stream, status, body, CLOSE_GRACE).await;
+    }
 }
 
 /// Decides who this connection is: the uid from its first frame, or, with a JWT secret,
@@ -203,7 +209,7 @@ async fn first_text(ws: &mut Ws, max: usize) -> Result<String, End> {
             Ok(Incoming::Close(code)) => return Err(End::PeerClosed(code)),
             Ok(Incoming::Ping(payload)) => {
                 if let Err(err) =
-                    write_raw(&ws.tcp, &control_frame(PONG, &payload), CLOSE_GRACE).await
+                    write_raw(&mut ws.tcp, &control_frame(PONG, &payload), CLOSE_GRACE).await
                 {
                     return Err(End::PeerError(FrameError::Io(err)));
                 }
@@ -275,7 +281,7 @@ async fn session(ws: &mut Ws, outbox: &Outbox, ctx: &State) -> End {
                 metrics.frames_written(batch.iter().map(|m| (m.len(), m.received())));
                 batch.clear();
             }
-            frame = ws.reader.next(&ws.tcp, ws.max_in) => {
+            frame = ws.reader.next(&mut ws.tcp, ws.max_in) => {
                 if awaiting_pong {
                     awaiting_pong = false;
                     timer.as_mut().reset(Instant::now() + cfg.ping_interval);
@@ -287,7 +293,7 @@ async fn session(ws: &mut Ws, outbox: &Outbox, ctx: &State) -> End {
                     Ok(Incoming::Pong) => {}
                     Ok(Incoming::Ping(payload)) => {
                         let pong = control_frame(PONG, &payload);
-                        if let Err(err) = Box::pin(write_raw(&ws.tcp, &pong, cfg.pong_timeout)).await {
+                        if let Err(err) = Box::pin(write_raw(&mut ws.tcp, &pong, cfg.pong_timeout)).await {
                             return End::PeerError(FrameError::Io(err));
                         }
                     }
@@ -302,7 +308,7 @@ async fn session(ws: &mut Ws, outbox: &Outbox, ctx: &State) -> End {
                     return End::PongTimeout;
                 }
                 let ping = control_frame(PING, &[]);
-                match Box::pin(write_raw(&ws.tcp, &ping, cfg.pong_timeout)).await {
+                match Box::pin(write_raw(&mut ws.tcp, &ping, cfg.pong_timeout)).await {
                     Ok(()) => {}
                     Err(err) if err.kind() == std::io::ErrorKind::TimedOut => return End::WriteStalled,
                     Err(err) => return End::PeerError(FrameError::Io(err)),
@@ -318,7 +324,7 @@ async fn session(ws: &mut Ws, outbox: &Outbox, ctx: &State) -> End {
 /// costs one `writev` and nothing else: no timer, no allocation for a future.
 async fn deliver(ws: &mut Ws, batch: &[Payload], outbox: &Outbox, ctx: &State) -> Result<(), End> {
     let mut at = Progress::default();
-    match try_write(&ws.tcp, batch, &mut at) {
+    match try_write(&mut ws.tcp, batch, &mut at) {
         Ok(true) => return Ok(()),
         Ok(false) => {}
         Err(err) => return Err(End::PeerError(FrameError::Io(err))),
@@ -356,7 +362,7 @@ async fn write_guarded(
 
 /// Writes the rest of `batch`, waiting for the socket as needed.
 async fn write_all(ws: &mut Ws, batch: &[Payload], at: &mut Progress) -> std::io::Result<()> {
-    while !try_write(&ws.tcp, batch, at)? {
+    while !try_write(&mut ws.tcp, batch, at)? {
         ws.tcp.writable().await?;
     }
     Ok(())
@@ -369,7 +375,7 @@ async fn write_all(ws: &mut Ws, batch: &[Payload], at: &mut Progress) -> std::io
 async fn close(ws: &mut Ws, notice: &CloseNotice) {
     let deadline = Instant::now() + CLOSE_GRACE;
     let frame = close_frame(notice.code, &notice.reason);
-    if write_raw(&ws.tcp, &frame, CLOSE_GRACE).await.is_err() || ws.reader.peer_closed() {
+    if write_raw(&mut ws.tcp, &frame, CLOSE_GRACE).await.is_err() || ws.reader.peer_closed() {
         // Gone, or its close (even a refused one) already came: nothing more to wait for.
         return;
     }

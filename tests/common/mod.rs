@@ -144,6 +144,11 @@ impl TestServer {
         format!("ws://{}/", self.ws_addr)
     }
 
+    /// `wss://localhost:P/` (the name the test certificate is for).
+    pub fn wss_url(&self) -> String {
+        format!("wss://localhost:{}/", self.ws_addr.port())
+    }
+
     /// `ws://127.0.0.1:P` + `path` (path starts with `/`).
     pub fn ws_url_path(&self, path: &str) -> String {
         format!("ws://{}{}", self.ws_addr, path)
@@ -1017,4 +1022,124 @@ pub async fn run_program(
         .unwrap_or_else(|e| panic!("wait for {what}: {e}"));
     let _ = writer.await;
     out
+}
+
+// ---------------------------------------------------------------------------------------
+// TLS: a throw-away certificate and `wss://` clients
+// ---------------------------------------------------------------------------------------
+
+/// A self-signed certificate for `localhost` and 127.0.0.1, written as PEM files in a
+/// fresh directory, with what clients need to trust it.
+pub struct TestCert {
+    pub dir: std::path::PathBuf,
+    pub cert_pem: String,
+    cert_der: rustls::pki_types::CertificateDer<'static>,
+    spki_der: Vec<u8>,
+}
+
+impl TestCert {
+    /// A new certificate (and key) in a new directory, as `cert.pem` and `key.pem`.
+    pub fn new(name: &str) -> TestCert {
+        let dir = std::env::temp_dir().join(format!(
+            "pushwire-cert-{name}-{}-{}",
+            std::process::id(),
+            PROBE.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&dir).expect("create cert dir");
+        let cert = TestCert::generate(dir);
+        cert.write_to(&cert.dir.join("cert.pem"), &cert.dir.join("key.pem"));
+        cert
+    }
+
+    fn generate(dir: std::path::PathBuf) -> TestCert {
+        let made = rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()])
+            .expect("generate a certificate");
+        use rcgen::PublicKeyData;
+        let spki_der = made.signing_key.subject_public_key_info();
+        let key_pem = made.signing_key.serialize_pem();
+        std::fs::write(dir.join("next-key.pem"), key_pem).expect("write key");
+        TestCert {
+            dir,
+            cert_pem: made.cert.pem(),
+            cert_der: made.cert.der().clone(),
+            spki_der,
+        }
+    }
+
+    fn write_to(&self, cert: &std::path::Path, key: &std::path::Path) {
+        std::fs::write(cert, &self.cert_pem).expect("write cert");
+        std::fs::rename(self.dir.join("next-key.pem"), key).expect("write key");
+    }
+
+    /// Replaces the files with a new certificate and key (a rotation); from now on this
+    /// trusts only the new one.
+    pub fn rotate(&mut self) {
+        let next = TestCert::generate(self.dir.clone());
+        next.write_to(&self.dir.join("cert.pem"), &self.dir.join("key.pem"));
+        self.cert_pem = next.cert_pem.clone();
+        self.cert_der = next.cert_der.clone();
+        self.spki_der = next.spki_der.clone();
+        // `next` shares the directory: it must not remove it.
+        std::mem::forget(next);
+    }
+
+    /// The files, as the daemon takes them.
+    pub fn files(&self) -> pushwire::tls::TlsFiles {
+        pushwire::tls::TlsFiles {
+            cert: self.dir.join("cert.pem"),
+            key: self.dir.join("key.pem"),
+        }
+    }
+
+    /// A rustls client that trusts this certificate only.
+    pub fn client_config(&self) -> std::sync::Arc<rustls::ClientConfig> {
+        let mut roots = rustls::RootCertStore::empty();
+        roots
+            .add(self.cert_der.clone())
+            .expect("trust the test cert");
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("TLS versions")
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        std::sync::Arc::new(config)
+    }
+
+    /// base64(SHA-256(SPKI)): what Chromium's `--ignore-certificate-errors-spki-list` takes.
+    pub fn spki_sha256_base64(&self) -> String {
+        use base64::Engine;
+        use sha2::Digest;
+        base64::engine::general_purpose::STANDARD.encode(sha2::Sha256::digest(&self.spki_der))
+    }
+}
+
+impl Drop for TestCert {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+impl WsClient {
+    /// Opens `wss://` `url`, trusting only `cert` (5 s deadline).
+    pub async fn connect_tls(url: &str, cert: &TestCert) -> WsClient {
+        WsClient::try_connect_tls(url, cert.client_config())
+            .await
+            .unwrap_or_else(|e| panic!("connect {url}: {e}"))
+    }
+
+    /// Opens `wss://` `url` with the TLS client `config`; the error if it fails.
+    pub async fn try_connect_tls(
+        url: &str,
+        config: std::sync::Arc<rustls::ClientConfig>,
+    ) -> Result<WsClient, String> {
+        let connector = tokio_tungstenite::Connector::Rustls(config);
+        let connect =
+            tokio_tungstenite::connect_async_tls_with_config(url, None, false, Some(connector));
+        match timeout(STEP, connect).await {
+            Err(_) => Err("timed out".into()),
+            Ok(Err(e)) => Err(e.to_string()),
+            Ok(Ok((ws, _resp))) => Ok(WsClient { ws }),
+        }
+    }
 }

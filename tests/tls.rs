@@ -1,0 +1,146 @@
+//! Native TLS on the browser port (`wss://`, `--tls-cert`/`--tls-key`), over real sockets
+//! with a throw-away self-signed certificate and a rustls client.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{PushClient, STEP, TestCert, TestServer, WsClient};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::{Instant, timeout};
+
+fn tls_config(cert: &TestCert) -> pushwire::Config {
+    pushwire::Config {
+        tls: Some(cert.files()),
+        ..Default::default()
+    }
+}
+
+/// A uid bound over `wss://` gets every push byte-exact and in order, from one-frame lines
+/// to 1 MiB ones that take many TLS records and many writes, then closes cleanly.
+#[tokio::test]
+async fn wss_bind_push_and_close() {
+    let cert = TestCert::new("bind");
+    let server = TestServer::start_with(tls_config(&cert)).await;
+    let mut browser = WsClient::connect_tls(&server.wss_url(), &cert).await;
+    browser.bind("alice", server.push_addr).await;
+
+    let mut push = PushClient::connect(server.push_addr).await;
+    let mut sent = Vec::new();
+    for (i, size) in [10usize, 125, 126, 4000, 16_500, 70_000, 1_000_000]
+        .into_iter()
+        .enumerate()
+    {
+        let line = format!(r#"{{"uid":"alice","n":{i},"pad":"{}"}}"#, "x".repeat(size));
+        assert_eq!(push.request(&line).await, "ok\n", "push {i}");
+        sent.push(line);
+    }
+    // Pipelined: 300 lines in one write, replies in order.
+    let burst: Vec<String> = (0..300)
+        .map(|i| format!(r#"{{"uid":"alice","burst":{i}}}"#))
+        .collect();
+    push.send_raw(format!("{}\n", burst.join("\n")).as_bytes())
+        .await;
+    for i in 0..300 {
+        assert_eq!(push.read_reply().await, "ok\n", "burst reply {i}");
+    }
+    sent.extend(burst);
+    for (i, want) in sent.iter().enumerate() {
+        let got = browser.recv_text().await;
+        assert!(
+            got == *want,
+            "frame {i}: {} bytes, wanted {}",
+            got.len(),
+            want.len()
+        );
+    }
+    browser.close().await;
+    server.shutdown().await.expect("clean shutdown");
+}
+
+/// A plain `ws://` client on a `wss://` port gets a TLS alert and a closed socket, not a
+/// hang; the port goes on serving TLS.
+#[tokio::test]
+async fn plain_websocket_on_a_tls_port_is_refused() {
+    let cert = TestCert::new("plain");
+    let server = TestServer::start_with(tls_config(&cert)).await;
+    let plain = timeout(STEP, tokio_tungstenite::connect_async(server.ws_url())).await;
+    assert!(
+        matches!(plain, Ok(Err(_))),
+        "a plain upgrade on the TLS port must fail at once"
+    );
+    let mut browser = WsClient::connect_tls(&server.wss_url(), &cert).await;
+    browser.bind("bob", server.push_addr).await;
+}
+
+/// Silent sockets, a ClientHello that stops halfway, plaintext garbage and a flood of TLS
+/// records past the handshake limit: each is cut off (the stalled ones at the bind
+/// deadline) while a real `wss://` browser binds and receives meanwhile.
+#[tokio::test]
+async fn stalled_and_garbage_tls_handshakes_do_not_hurt_others() {
+    let cert = TestCert::new("garbage");
+    let bind_timeout = Duration::from_millis(800);
+    let server = TestServer::start_with(pushwire::Config {
+        bind_timeout,
+        ..tls_config(&cert)
+    })
+    .await;
+    let start = Instant::now();
+    let mut silent = Vec::new();
+    for _ in 0..20 {
+        silent.push(TcpStream::connect(server.ws_addr).await.unwrap());
+    }
+    let mut half = Vec::new();
+    for _ in 0..5 {
+        let mut s = TcpStream::connect(server.ws_addr).await.unwrap();
+        // A handshake record announcing 512 bytes, of which 5 arrive.
+        s.write_all(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc, 0x03])
+            .await
+            .unwrap();
+        half.push(s);
+    }
+    let mut garbage = TcpStream::connect(server.ws_addr).await.unwrap();
+    garbage
+        .write_all(b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n\r\n")
+        .await
+        .unwrap();
+    let mut flood = TcpStream::connect(server.ws_addr).await.unwrap();
+    let mut records = Vec::new();
+    for _ in 0..40 {
+        records.extend_from_slice(&[0x16, 0x03, 0x03, 0x02, 0x00]);
+        records.extend(std::iter::repeat_n(0u8, 512));
+    }
+    // The server may close before all of it is written: ignore write errors.
+    let _ = flood.write_all(&records).await;
+
+    let mut browser = WsClient::connect_tls(&server.wss_url(), &cert).await;
+    browser.bind("carol", server.push_addr).await;
+    let mut push = PushClient::connect(server.push_addr).await;
+    assert_eq!(push.request(r#"{"uid":"carol","n":1}"#).await, "ok\n");
+    assert_eq!(browser.recv_text().await, r#"{"uid":"carol","n":1}"#);
+
+    // Garbage is answered (an alert at most) and closed well before the bind deadline.
+    for (what, s) in [("garbage", &mut garbage), ("flood", &mut flood)] {
+        let ended = read_to_end_within(s, bind_timeout / 2).await;
+        assert!(
+            ended,
+            "{what}: the server did not close a non-TLS or oversized handshake"
+        );
+    }
+    // Stalled ones are cut at the bind deadline.
+    for (i, s) in silent.iter_mut().chain(half.iter_mut()).enumerate() {
+        let ended = read_to_end_within(s, bind_timeout + STEP).await;
+        assert!(ended, "stalled handshake {i} was never cut off");
+    }
+    assert!(start.elapsed() >= bind_timeout, "cut before the deadline");
+    // The bound browser is untouched.
+    assert_eq!(push.request(r#"{"uid":"carol","n":2}"#).await, "ok\n");
+    assert_eq!(browser.recv_text().await, r#"{"uid":"carol","n":2}"#);
+}
+
+/// Reads until EOF (or a reset) within `d`; true if the server closed.
+async fn read_to_end_within(s: &mut TcpStream, d: Duration) -> bool {
+    let mut sink = Vec::new();
+    timeout(d, s.read_to_end(&mut sink)).await.is_ok()
+}
