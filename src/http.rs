@@ -70,7 +70,8 @@ async fn route(req: Request<Incoming>, peer: Peer, ctx: &State) -> HttpReply {
     let path = req.uri().path();
     // Health checks are exempt from the secret (load balancers and systemd call them),
     // not from the address allow-list.
-    if !crate::access::allowed(ctx.config.push_allow.as_deref(), peer.ip()) {
+    let settings = ctx.settings();
+    if !crate::access::allowed(settings.push_allow.as_deref(), peer.ip()) {
         ctx.metrics.incr(Metric::RefusedPush);
         return text(StatusCode::FORBIDDEN, "address not allowed");
     }
@@ -92,7 +93,7 @@ async fn route(req: Request<Incoming>, peer: Peer, ctx: &State) -> HttpReply {
         }
         _ => {}
     }
-    if let Some(secret) = &ctx.config.push_secret {
+    if let Some(secret) = &settings.push_secret {
         let given = req
             .headers()
             .get(AUTHORIZATION)

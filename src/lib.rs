@@ -20,7 +20,8 @@
 //! - [`cluster`]: cluster mode on Redis (routed delivery, truthful cluster-wide replies).
 //! - [`auth`] (signed uids), [`access`] (allow-lists, per-address caps, the budget of
 //!   connections not bound yet, secrets): who may connect and how much they may hold.
-//! - [`config`]: limits and their validation; [`logsafe`]: stranger-supplied text in log
+//! - [`reloadable`]: the secrets and allow-lists a reload (SIGHUP) may swap;
+//!   [`config`]: limits and their validation; [`logsafe`]: stranger-supplied text in log
 //!   lines; [`control`]: the client side of `pushwire status`.
 //!
 //! The library never binds a socket and never sees the command line: `main.rs` does both
@@ -42,6 +43,7 @@ pub mod metrics;
 pub mod outbox;
 mod push;
 pub mod registry;
+pub mod reloadable;
 mod server;
 pub mod service;
 pub mod state;

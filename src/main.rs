@@ -5,7 +5,8 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::parser::ValueSource;
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 use pushwire::access::Cidr;
 use pushwire::auth::Secret;
 use tokio::net::{TcpListener, TcpSocket, UnixListener};
@@ -28,7 +29,7 @@ const VERSION: &str = concat!(
 /// Browsers connect over WebSocket and send their uid as the first frame; backends write
 /// one JSON object per line (`{"uid":"uid1","percent":"88%"}`) to the push port and read
 /// `ok` or `fail`. Every flag can also be set from the environment variable shown.
-#[derive(Debug, Parser)]
+#[derive(Debug, Clone, Parser)]
 #[command(version = VERSION, about, args_conflicts_with_subcommands = false)]
 struct Args {
     /// Talk to a running daemon instead of being one.
@@ -74,6 +75,12 @@ struct Args {
     /// HTTP door: connections at once; more wait in the backlog.
     #[arg(long, env = "PUSHWIRE_MAX_HTTP_CONNECTIONS", default_value_t = 256)]
     max_http_connections: usize,
+
+    /// On SIGHUP, take the reloadable settings (secrets, allow-lists, TLS files) from this
+    /// env file (systemd's `EnvironmentFile=` syntax), except those given as flags. The
+    /// shipped unit points it at /etc/pushwire/pushwire.env.
+    #[arg(long, env = "PUSHWIRE_RELOAD_ENV_FILE")]
+    reload_env_file: Option<PathBuf>,
 
     /// Serve `wss://` on the browser port: the certificate chain (PEM, leaf first). Needs
     /// --tls-key. Re-read on SIGHUP.
@@ -256,7 +263,7 @@ enum LogFormat {
 
 /// Subcommands: a client of a running daemon, found by the daemon's own flags and
 /// environment (so `sudo pushwire status` works with the installed env file).
-#[derive(Debug, Subcommand)]
+#[derive(Debug, Clone, Subcommand)]
 enum Control {
     /// Uptime, connections, uids, groups, pushes (totals and per second), evictions,
     /// refusals, open files.
@@ -322,13 +329,17 @@ fn parse_listen(s: &str) -> Result<Listen, String> {
 }
 
 fn main() -> ExitCode {
-    let args = match Args::try_parse() {
-        Ok(args) => args,
+    let parsed = Args::command()
+        .try_get_matches()
+        .and_then(|m| Args::from_arg_matches(&m).map(|args| (args, m)));
+    let (args, matches) = match parsed {
+        Ok(parsed) => parsed,
         Err(err) if check_config::requested() && err.use_stderr() => {
             return check_config::unparsable(&err);
         }
         Err(err) => err.exit(),
     };
+    let pinned = Pinned::from_matches(&matches);
     init_logging(args.log_format);
     match &args.command {
         Some(Control::CheckConfig { no_bind }) => return check_config::run(&args, !no_bind),
@@ -347,7 +358,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(serve(args)) {
+    match runtime.block_on(serve(args, pinned)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             error!(%err, "fatal");
@@ -356,8 +367,10 @@ fn main() -> ExitCode {
     }
 }
 
-async fn serve(args: Args) -> std::io::Result<()> {
-    let config = config_from(&args)?;
+async fn serve(args: Args, pinned: Pinned) -> std::io::Result<()> {
+    // Made first, so unreadable TLS files stop the start before anything listens.
+    let ctx = pushwire::state::State::new(config_from(&args)?)?;
+    let config = &ctx.config;
     let ws = listen(args.ws_listen, args.listen_backlog)?;
     let push = listen(args.push_listen, args.listen_backlog)?;
     let push_unix = match &args.push_unix {
@@ -368,7 +381,7 @@ async fn serve(args: Args) -> std::io::Result<()> {
         Listen::On(addr) => Some(listen(addr, args.listen_backlog)?),
         Listen::Off => None,
     };
-    for (door, addr) in exposed_doors(&args, &config) {
+    for (door, addr) in exposed_doors(&args, config) {
         warn!(%addr, "{door} is not on loopback: anyone who can reach it can push to any user");
     }
     let http_local = match &http {
@@ -395,12 +408,12 @@ async fn serve(args: Args) -> std::io::Result<()> {
         http,
     };
     let server = tokio::spawn(pushwire::serve_state(
-        pushwire::state::State::new(config)?,
+        ctx.clone(),
         listeners,
         shutdown.clone(),
     ));
     sd_notify("READY=1");
-    signals.until_stop().await;
+    signals.until_stop(|| reload(&args, &pinned, &ctx)).await;
     sd_notify("STOPPING=1");
     shutdown.cancel();
     let result = server.await.map_err(std::io::Error::other)?;
@@ -523,8 +536,7 @@ async fn run_control(
 /// SIGUSR1/2, SIGQUIT and SIGALRM would kill the process at once: browsers would see a
 /// bare TCP close and messages already answered `ok` would be lost, and systemd counts
 /// death by SIGHUP as a clean exit. So each gets a handler: SIGTERM and SIGINT stop
-/// gracefully; the rest are logged and otherwise ignored (a configuration reload on
-/// SIGHUP is not built yet).
+/// gracefully, SIGHUP reloads ([`reload`]); the rest are logged and otherwise ignored.
 struct Signals {
     term: Signal,
     int: Signal,
@@ -548,13 +560,18 @@ impl Signals {
         })
     }
 
-    /// Returns when SIGTERM or SIGINT arrives; logs and ignores the others meanwhile.
-    async fn until_stop(&mut self) {
+    /// Returns when SIGTERM or SIGINT arrives; calls `reload` on each SIGHUP, logs and
+    /// ignores the others meanwhile.
+    async fn until_stop(&mut self, reload: impl Fn()) {
         loop {
             let ignored = tokio::select! {
                 _ = self.term.recv() => return info!("SIGTERM received"),
                 _ = self.int.recv() => return info!("SIGINT received"),
-                _ = self.hup.recv() => "SIGHUP",
+                _ = self.hup.recv() => {
+                    info!(signal = "SIGHUP", "reloading");
+                    reload();
+                    continue;
+                }
                 _ = self.usr1.recv() => "SIGUSR1",
                 _ = self.usr2.recv() => "SIGUSR2",
                 _ = self.quit.recv() => "SIGQUIT",
@@ -562,11 +579,149 @@ impl Signals {
             };
             warn!(
                 signal = ignored,
-                "signal received and ignored: nothing reloads or stops on it \
-                 (SIGTERM or SIGINT stop the daemon gracefully)"
+                "signal received and ignored (SIGTERM or SIGINT stop the daemon \
+                 gracefully, SIGHUP reloads)"
             );
         }
     }
+}
+
+/// The settings a reload may change, by flag id, with their env var names.
+const RELOADABLE: [(&str, &str); 8] = [
+    ("jwt_secret_file", "PUSHWIRE_JWT_SECRET_FILE"),
+    ("jwt_secret", "PUSHWIRE_JWT_SECRET"),
+    ("push_secret_file", "PUSHWIRE_PUSH_SECRET_FILE"),
+    ("push_secret", "PUSHWIRE_PUSH_SECRET"),
+    ("allowed_origins", "PUSHWIRE_ALLOWED_ORIGINS"),
+    ("push_allow", "PUSHWIRE_PUSH_ALLOW"),
+    ("tls_cert", "PUSHWIRE_TLS_CERT"),
+    ("tls_key", "PUSHWIRE_TLS_KEY"),
+];
+
+/// The reloadable settings given on the command line: a reload keeps them, whatever the
+/// env file says (a flag is the operator's explicit choice for this process).
+struct Pinned(Vec<&'static str>);
+
+impl Pinned {
+    fn from_matches(m: &clap::ArgMatches) -> Pinned {
+        Pinned(
+            RELOADABLE
+                .iter()
+                .map(|(id, _)| *id)
+                .filter(|id| m.value_source(id) == Some(ValueSource::CommandLine))
+                .collect(),
+        )
+    }
+
+    fn has(&self, id: &str) -> bool {
+        self.0.contains(&id)
+    }
+}
+
+/// SIGHUP: re-reads the secret files and the TLS files (and, with --reload-env-file, the
+/// reloadable settings from that file) and swaps them in; established connections stay.
+/// Any error (a missing file, an empty secret, a bad certificate or network list)
+/// changes nothing and is logged with the reason.
+fn reload(args: &Args, pinned: &Pinned, ctx: &pushwire::state::State) {
+    let applied = reloaded_args(args, pinned).and_then(|args| {
+        let next = pushwire::reloadable::Reloadable {
+            jwt_secret: secret(args.jwt_secret_file.as_ref(), args.jwt_secret.as_ref())
+                .map_err(|e| format!("JWT secret: {e}"))?,
+            push_secret: secret(args.push_secret_file.as_ref(), args.push_secret.as_ref())
+                .map_err(|e| format!("push secret: {e}"))?,
+            allowed_origins: args.allowed_origins.clone(),
+            push_allow: args.push_allow.clone().map(|n| n.0),
+        };
+        let tls = tls_files(&args)?;
+        ctx.reload(next, tls.as_ref())
+    });
+    match applied {
+        Ok(changed) if changed.is_empty() => info!("reloaded: nothing changed"),
+        Ok(changed) => info!(changed = %changed.join(", "), "reloaded"),
+        Err(err) => error!(error = %err, "reload failed; the settings in use stay"),
+    }
+}
+
+/// `args` with the reloadable settings that were not flags taken from
+/// --reload-env-file (absent there: unset).
+fn reloaded_args(args: &Args, pinned: &Pinned) -> Result<Args, String> {
+    let mut next = args.clone();
+    let Some(path) = &args.reload_env_file else {
+        return Ok(next);
+    };
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("--reload-env-file {}: {e}", path.display()))?;
+    let vars = env_file(&text);
+    let get = |name: &str| {
+        vars.iter()
+            .rev()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+    };
+    for (id, env) in RELOADABLE {
+        if pinned.has(id) {
+            continue;
+        }
+        let value = get(env).filter(|v| !v.is_empty());
+        match id {
+            "jwt_secret_file" => next.jwt_secret_file = value.map(PathBuf::from),
+            "jwt_secret" => next.jwt_secret = value,
+            "push_secret_file" => next.push_secret_file = value.map(PathBuf::from),
+            "push_secret" => next.push_secret = value,
+            "allowed_origins" => {
+                next.allowed_origins = value.map(|v| v.split(',').map(str::to_owned).collect());
+            }
+            "push_allow" => {
+                next.push_allow = value
+                    .map(|v| parse_nets(&v).map_err(|e| format!("{env}: {e}")))
+                    .transpose()?;
+            }
+            "tls_cert" => next.tls_cert = value.map(PathBuf::from),
+            "tls_key" => next.tls_key = value.map(PathBuf::from),
+            _ => unreachable!("every reloadable id is handled"),
+        }
+    }
+    if next.jwt_secret.is_some() && next.jwt_secret_file.is_some() {
+        return Err("both PUSHWIRE_JWT_SECRET and PUSHWIRE_JWT_SECRET_FILE are set".into());
+    }
+    if next.push_secret.is_some() && next.push_secret_file.is_some() {
+        return Err("both PUSHWIRE_PUSH_SECRET and PUSHWIRE_PUSH_SECRET_FILE are set".into());
+    }
+    Ok(next)
+}
+
+/// The TLS files the flags name; both or neither.
+fn tls_files(args: &Args) -> Result<Option<pushwire::tls::TlsFiles>, String> {
+    match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Ok(Some(pushwire::tls::TlsFiles {
+            cert: cert.clone(),
+            key: key.clone(),
+        })),
+        (None, None) => Ok(None),
+        _ => Err("--tls-cert and --tls-key go together".into()),
+    }
+}
+
+/// `KEY=VALUE` lines as systemd's `EnvironmentFile=` reads them (the common subset):
+/// blank lines and `#`/`;` comments skipped, whitespace around the key and the value
+/// trimmed, one pair of matching single or double quotes removed.
+fn env_file(text: &str) -> Vec<(String, String)> {
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#') && !l.starts_with(';'))
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| {
+            let v = v.trim();
+            let unquoted = [b'"', b'\'']
+                .iter()
+                .find_map(|&q| {
+                    let b = v.as_bytes();
+                    (b.len() >= 2 && b[0] == q && b[b.len() - 1] == q).then(|| &v[1..v.len() - 1])
+                })
+                .unwrap_or(v);
+            (k.trim().to_owned(), unquoted.to_owned())
+        })
+        .collect()
 }
 
 /// A comma-separated network list, parsed by the same (fuzzed) parser the library tests.
@@ -693,11 +848,8 @@ fn unvalidated_config(
         max_http_connections: args.max_http_connections,
         redis: args.redis.clone().filter(|u| !u.is_empty()),
         cluster_timeout: Duration::from_millis(args.cluster_timeout_ms),
-        tls: args
-            .tls_cert
-            .clone()
-            .zip(args.tls_key.clone())
-            .map(|(cert, key)| pushwire::tls::TlsFiles { cert, key }),
+        // (clap's `requires` makes them come together.)
+        tls: tls_files(args).unwrap_or_default(),
     };
     let capacity = config.ws_capacity(nofile, matches!(args.http_listen, Listen::On(_)));
     config.max_ws_connections = args.max_ws_connections.unwrap_or(capacity);
@@ -903,6 +1055,14 @@ mod check_config {
             && let Err(e) = pushwire::tls::load(files)
         {
             problems.push(format!("{}: {e}", label("tls-cert")));
+        }
+
+        // What the next reload would read must parse now (a flag wins over the file, as
+        // in the daemon; here every value is treated as the file's).
+        if args.reload_env_file.is_some()
+            && let Err(e) = super::reloaded_args(args, &super::Pinned(Vec::new()))
+        {
+            problems.push(format!("{}: {e}", label("reload-env-file")));
         }
 
         if let Some(path) = &args.push_unix

@@ -16,8 +16,8 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use crate::access::Peer;
-use crate::config::Config;
 use crate::metrics::Metric;
+use crate::reloadable::Reloadable;
 use crate::service::{self, Replies, Reply, Response};
 use crate::state::State;
 use crate::wire::command::auth_secret;
@@ -49,7 +49,7 @@ pub(crate) async fn serve<S>(mut stream: S, peer: Peer, ctx: Arc<State>) -> io::
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let mut auth = Auth::new(peer, &ctx.config);
+    let mut auth = Auth::new(peer, &ctx.settings());
     if let Auth::Refused(why) = auth {
         info!(%peer, why, "push connection refused");
         ctx.metrics.incr(Metric::RefusedPush);
@@ -266,7 +266,7 @@ enum Auth {
 }
 
 impl Auth {
-    fn new(peer: Peer, config: &Config) -> Self {
+    fn new(peer: Peer, config: &Reloadable) -> Self {
         if peer.ip().is_none() {
             // Unix socket: file permissions already decided who may connect.
             return Auth::Open;
@@ -293,7 +293,7 @@ impl Auth {
             (Auth::Open, None) => Step::Proceed,
             (Auth::Pending, Some(secret)) => {
                 if ctx
-                    .config
+                    .settings()
                     .push_secret
                     .as_ref()
                     .is_some_and(|s| s.matches(secret))

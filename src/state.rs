@@ -2,7 +2,7 @@
 //! the metrics, and the two stop tokens of the shutdown order. (Cluster mode will hang
 //! its link here.) It sits below every door, so no listener imports from `server.rs`.
 
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use tokio_util::sync::CancellationToken;
 
@@ -10,7 +10,8 @@ use crate::cluster::{Cluster, ClusterConfig};
 use crate::config::Config;
 use crate::metrics::{Gauges, Metric, Metrics};
 use crate::registry::Registry;
-use crate::tls::Acceptor;
+use crate::reloadable::Reloadable;
+use crate::tls::{Acceptor, TlsFiles};
 
 /// What every connection task shares.
 #[derive(Debug)]
@@ -30,6 +31,8 @@ pub struct State {
     pub cluster: Option<Arc<Cluster>>,
     /// TLS settings of the browser port (`wss://`), swapped by a reload.
     pub tls: Option<Acceptor>,
+    /// Secrets and allow-lists as of the last reload; read with [`State::settings`].
+    reloadable: RwLock<Arc<Reloadable>>,
 }
 
 impl State {
@@ -38,7 +41,7 @@ impl State {
     /// unreadable TLS files. Must be called inside the runtime.
     pub fn new(config: Config) -> std::io::Result<Arc<State>> {
         let tls = match &config.tls {
-            Some(files) => Some(Acceptor::new(files.clone()).map_err(std::io::Error::other)?),
+            Some(files) => Some(Acceptor::new(files).map_err(std::io::Error::other)?),
             None => None,
         };
         let metrics = Arc::new(Metrics::default());
@@ -62,14 +65,48 @@ impl State {
             None => None,
         };
         Ok(Arc::new(State {
-            config,
             registry,
             metrics,
             push_stop: CancellationToken::new(),
             ws_stop: CancellationToken::new(),
             cluster,
             tls,
+            reloadable: RwLock::new(Arc::new(Reloadable::from_config(&config))),
+            config,
         }))
+    }
+
+    /// The secrets and allow-lists in force now (a reload may change them; see
+    /// `reloadable.rs`).
+    pub fn settings(&self) -> Arc<Reloadable> {
+        self.reloadable
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Applies a reload: the TLS files are read first, and if they are bad nothing
+    /// changes. `tls` must be `Some` exactly when the port already serves TLS (turning
+    /// TLS on or off needs a restart: the port's scheme would change under the browsers).
+    /// Returns what changed, for the log.
+    pub fn reload(
+        &self,
+        next: Reloadable,
+        tls: Option<&TlsFiles>,
+    ) -> Result<Vec<&'static str>, String> {
+        let mut changed = match (&self.tls, tls) {
+            (Some(acceptor), Some(files)) => {
+                acceptor.reload(files)?;
+                vec!["tls certificate"]
+            }
+            (None, None) => Vec::new(),
+            (None, Some(_)) => return Err("TLS cannot be turned on by a reload: restart".into()),
+            (Some(_), None) => return Err("TLS cannot be turned off by a reload: restart".into()),
+        };
+        let mut current = self.reloadable.write().unwrap_or_else(|e| e.into_inner());
+        changed.extend(current.changes(&next));
+        *current = Arc::new(next);
+        Ok(changed)
     }
 
     /// `/stats`, in the table's order.

@@ -77,23 +77,21 @@ pub fn load(files: &TlsFiles) -> Result<Arc<ServerConfig>, String> {
 /// up keep the session they have.
 #[derive(Debug)]
 pub struct Acceptor {
-    files: TlsFiles,
     config: RwLock<Arc<ServerConfig>>,
 }
 
 impl Acceptor {
     /// Loads `files`.
-    pub fn new(files: TlsFiles) -> Result<Acceptor, String> {
-        let config = load(&files)?;
+    pub fn new(files: &TlsFiles) -> Result<Acceptor, String> {
         Ok(Acceptor {
-            files,
-            config: RwLock::new(config),
+            config: RwLock::new(load(files)?),
         })
     }
 
-    /// Re-reads the files; on an error the settings in use stay and the error is returned.
-    pub fn reload(&self) -> Result<(), String> {
-        let fresh = load(&self.files)?;
+    /// Reads `files` (the same paths or new ones) for the connections to come; on an
+    /// error the settings in use stay and the error is returned.
+    pub fn reload(&self, files: &TlsFiles) -> Result<(), String> {
+        let fresh = load(files)?;
         *self.config.write().unwrap_or_else(|e| e.into_inner()) = fresh;
         Ok(())
     }

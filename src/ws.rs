@@ -55,9 +55,10 @@ enum End {
 /// the uid is bound.
 pub(crate) async fn serve(stream: TcpStream, ctx: Arc<State>, pending: Pending) {
     let deadline = Instant::now() + ctx.config.bind_timeout;
+    let settings = ctx.settings();
     let policy = Policy {
         max_bytes: ctx.config.max_handshake_bytes,
-        allowed_origins: ctx.config.allowed_origins.as_deref(),
+        allowed_origins: settings.allowed_origins.as_deref(),
         max_in: ctx.config.max_in(),
         tls: ctx.tls.as_ref(),
     };
@@ -175,7 +176,9 @@ pub(crate) async fn refuse(stream: TcpStream, why: Refused, ctx: &State) {
 /// the `sub` of a valid token from the URL (`?token=`) or the first frame.
 async fn identify(ws: &mut Ws, query_token: Option<String>, ctx: &State) -> Result<String, End> {
     let max_uid = ctx.config.max_uid_bytes;
-    let Some(secret) = &ctx.config.jwt_secret else {
+    // Read now, not at accept: a reload between the two applies to this bind.
+    let settings = ctx.settings();
+    let Some(secret) = &settings.jwt_secret else {
         return first_text(ws, max_uid).await;
     };
     let token = match query_token {

@@ -1,11 +1,19 @@
 //! The files that deploy pushwire stay in step with the binary.
 
+mod common;
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
+
+fn repo_path(rel: &str) -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join(rel)
+        .display()
+        .to_string()
+}
 
 fn repo_file(rel: &str) -> String {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(rel);
@@ -143,6 +151,8 @@ fn example_values() -> Vec<(String, String)> {
 fn every_example_value_in_the_env_file_is_accepted() {
     // Uncomment every `#NAME=value` line, as an admin would, but listen on free ports.
     let sock = std::env::temp_dir().join(format!("pushwire-envtest-{}.sock", std::process::id()));
+    let cert = common::TestCert::new("example-start");
+    let tls = cert.files();
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_pushwire"));
     cmd.env_clear();
     for (name, value) in example_values() {
@@ -156,6 +166,9 @@ fn every_example_value_in_the_env_file_is_accepted() {
                 "127.0.0.1:0".to_owned()
             }
             "PUSHWIRE_PUSH_UNIX" => sock.display().to_string(),
+            // Certificates exist only on a configured host: a throw-away pair instead.
+            "PUSHWIRE_TLS_CERT" => tls.cert.display().to_string(),
+            "PUSHWIRE_TLS_KEY" => tls.key.display().to_string(),
             _ => value,
         };
         cmd.env(name, value);
@@ -769,6 +782,10 @@ fn check_config_accepts_every_example_value_in_the_env_file() {
     let dir = Scratch::new("env-examples");
     let sock = dir.path("push.sock");
     let secret = dir.file("secret", "s3cret\n");
+    let cert = common::TestCert::new("examples");
+    let tls_cert = cert.files().cert.display().to_string();
+    let tls_key = cert.files().key.display().to_string();
+    let reload_env = repo_path("systemd/pushwire.env");
     let examples = example_values();
     // Once with the literal secrets, once with the secret files instead (they conflict).
     for files in [false, true] {
@@ -787,10 +804,46 @@ fn check_config_accepts_every_example_value_in_the_env_file() {
                 "PUSHWIRE_PUSH_UNIX" => &sock,
                 // /run/credentials/ is made by LoadCredential= when the unit starts.
                 _ if is_file => &secret,
+                "PUSHWIRE_TLS_CERT" => &tls_cert,
+                "PUSHWIRE_TLS_KEY" => &tls_key,
+                "PUSHWIRE_RELOAD_ENV_FILE" => &reload_env,
                 _ => value,
             };
             env.push((name.as_str(), value));
         }
         check_config(&[], &env).assert_ok(&[]);
     }
+}
+
+/// TLS files and the reload env file are checked as the daemon (and its next reload)
+/// would read them: a good pair passes, a broken certificate, a missing key and a bad
+/// network list in the reload file are each one error line naming the file.
+#[test]
+fn check_config_reads_the_tls_files_and_the_reload_env_file() {
+    let cert = common::TestCert::new("check");
+    let files = cert.files();
+    let (tls_cert, tls_key) = (
+        files.cert.display().to_string(),
+        files.key.display().to_string(),
+    );
+    let scratch = Scratch::new("tls-check");
+    let good_env = scratch.file("good.env", "PUSHWIRE_PUSH_ALLOW=127.0.0.0/8\n");
+    let mut flags = FREE_PORTS.to_vec();
+    flags.extend(["--tls-cert", &tls_cert, "--tls-key", &tls_key]);
+    flags.extend(["--reload-env-file", &good_env]);
+    check_config(&flags, &[]).assert_ok(&[]);
+
+    let garbage = scratch.file("garbage.pem", "not a certificate\n");
+    let missing = scratch.path("missing.key");
+    let bad_env = scratch.file("bad.env", "PUSHWIRE_PUSH_ALLOW=10.0.0.0/33\n");
+    let mut flags = FREE_PORTS.to_vec();
+    flags.extend(["--tls-cert", &garbage, "--tls-key", &tls_key]);
+    flags.extend(["--reload-env-file", &bad_env]);
+    check_config(&flags, &[]).assert_refused(&[
+        &["--tls-cert", "garbage.pem", "no certificate"],
+        &["--reload-env-file", "PUSHWIRE_PUSH_ALLOW"],
+    ]);
+    let mut flags = FREE_PORTS.to_vec();
+    flags.extend(["--tls-cert", &tls_cert, "--tls-key", &missing]);
+    check_config(&flags, &[]).assert_refused(&[&["--tls-cert", "missing.key"]]);
 }

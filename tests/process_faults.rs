@@ -694,8 +694,9 @@ async fn an_idle_backend_connection_does_not_hold_shutdown() {
 }
 
 /// Signals sent by habit or by tools (a "reload" reflex, logrotate's `postrotate`, a
-/// status poke) do not stop the daemon: each is logged, the bound browser keeps
-/// receiving, and SIGTERM afterwards is still a graceful stop (1001, exit 0).
+/// status poke) do not stop the daemon: each is logged (SIGHUP reloads, with nothing to
+/// change here), the bound browser keeps receiving, and SIGTERM afterwards is still a
+/// graceful stop (1001, exit 0).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stray_signals_are_logged_and_the_browser_keeps_receiving() {
     let ports = Ports::free();
