@@ -10,9 +10,12 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
+use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_util::either::Either;
 
 /// Where the server is and how to reach it.
 pub struct Net {
@@ -25,7 +28,12 @@ pub struct Net {
     spread_off: AtomicBool,
     pub ws_read_buffer: usize,
     next_src: AtomicU64,
+    /// `wss://`: the TLS client (trusting `--tls-ca`) and the server's name.
+    pub tls: Option<(TlsConnector, rustls::pki_types::ServerName<'static>)>,
 }
+
+/// A client's socket: plain TCP, or TLS over it (`wss://`).
+type Conn = Either<TcpStream, Box<TlsStream<TcpStream>>>;
 
 impl Net {
     pub fn new(
@@ -43,6 +51,7 @@ impl Net {
             spread_off: AtomicBool::new(false),
             ws_read_buffer,
             next_src: AtomicU64::new(0),
+            tls: None,
         }
     }
 
@@ -135,14 +144,23 @@ impl Fleet {
     }
 }
 
-async fn connect_ws(net: &Net, uid: &str) -> Result<WebSocketStream<TcpStream>, String> {
+async fn connect_ws(net: &Net, uid: &str) -> Result<WebSocketStream<Conn>, String> {
     let tcp = net
         .tcp(net.ws_addr)
         .await
         .map_err(|e| format!("connect: {e}"))?;
+    let conn = match &net.tls {
+        None => Either::Left(tcp),
+        Some((connector, name)) => Either::Right(Box::new(
+            connector
+                .connect(name.clone(), tcp)
+                .await
+                .map_err(|e| format!("TLS handshake: {e}"))?,
+        )),
+    };
     let (mut ws, _resp) = tokio_tungstenite::client_async_with_config(
         net.ws_url.as_str(),
-        tcp,
+        conn,
         Some(net.ws_config()),
     )
     .await
@@ -206,7 +224,7 @@ pub async fn client(
 }
 
 /// Reads server frames until the connection ends; returns why it ended.
-async fn receive(mut s: TcpStream, uid: &str, i: usize) -> String {
+async fn receive(mut s: Conn, uid: &str, i: usize) -> String {
     let mut r = FrameReader::default();
     let mut pongs = Vec::new();
     let mut rng = track::Rng::new(i as u64 + 1);

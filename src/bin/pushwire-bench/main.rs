@@ -57,6 +57,10 @@ pub struct Opts {
         default_value = "127.0.0.1:5678"
     )]
     pub push: String,
+    /// For a `wss://` --ws URL: the PEM certificate to trust (the server's own, if
+    /// self-signed). The name checked is the URL's host.
+    #[arg(long, global = true)]
+    pub tls_ca: Option<std::path::PathBuf>,
     /// PID of the server process: enables server CPU per push and RSS figures.
     #[arg(long, global = true, env = "PUSHWIRE_BENCH_SERVER_PID")]
     pub server_pid: Option<u32>,
@@ -255,7 +259,8 @@ impl Opts {
 fn ws_target(url: &str) -> Result<SocketAddr, String> {
     let rest = url
         .strip_prefix("ws://")
-        .ok_or_else(|| format!("--ws must be a ws:// URL (no TLS), got {url:?}"))?;
+        .or_else(|| url.strip_prefix("wss://"))
+        .ok_or_else(|| format!("--ws must be a ws:// or wss:// URL, got {url:?}"))?;
     let hostport = rest.split('/').next().unwrap_or(rest);
     resolve(hostport)
 }
@@ -331,13 +336,15 @@ fn setup_and_run(o: Opts) -> Result<i32, String> {
         .enable_all()
         .build()
         .map_err(|e| format!("tokio runtime: {e}"))?;
-    let net: &'static client::Net = Box::leak(Box::new(client::Net::new(
+    let mut net = client::Net::new(
         o.ws.clone(),
         ws_addr,
         push_addr,
         o.source_addrs(),
         o.ws_read_buffer.max(64),
-    )));
+    );
+    net.tls = tls_client(&o)?;
+    let net: &'static client::Net = Box::leak(Box::new(net));
     let ok = rt.block_on(scenarios::main(o, net))?;
     let errors = track::error_count();
     if ok && errors == 0 {
@@ -347,4 +354,48 @@ fn setup_and_run(o: Opts) -> Result<i32, String> {
         eprintln!("pushwire-bench: FAILED ({errors} error(s); see above)");
         Ok(1)
     }
+}
+
+/// The TLS client for a `wss://` --ws URL, trusting --tls-ca.
+fn tls_client(
+    o: &Opts,
+) -> Result<
+    Option<(
+        tokio_rustls::TlsConnector,
+        rustls::pki_types::ServerName<'static>,
+    )>,
+    String,
+> {
+    use rustls::pki_types::pem::PemObject;
+    if !o.ws.starts_with("wss://") {
+        return Ok(None);
+    }
+    let ca = o.tls_ca.as_ref().ok_or("a wss:// URL needs --tls-ca")?;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls::pki_types::CertificateDer::pem_file_iter(ca)
+        .map_err(|e| format!("--tls-ca {}: {e}", ca.display()))?
+    {
+        let cert = cert.map_err(|e| format!("--tls-ca {}: {e}", ca.display()))?;
+        roots
+            .add(cert)
+            .map_err(|e| format!("--tls-ca {}: {e}", ca.display()))?;
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let host =
+        o.ws.trim_start_matches("wss://")
+            .split(['/', ':'])
+            .next()
+            .unwrap_or_default()
+            .to_owned();
+    let name =
+        rustls::pki_types::ServerName::try_from(host).map_err(|e| format!("--ws host: {e}"))?;
+    Ok(Some((
+        tokio_rustls::TlsConnector::from(std::sync::Arc::new(config)),
+        name,
+    )))
 }
