@@ -74,13 +74,15 @@ fn ws_config(max_in: usize) -> WebSocketConfig {
         .max_frame_size(Some(max_in))
 }
 
-/// Reads the upgrade request and answers it: 101, or an HTTP error. Not bounded in time
-/// here; the caller's bind deadline covers it.
+/// Answers the upgrade request `head` (from [`read_head`]; `pending` is what came after
+/// it): 101, or an HTTP error. Not bounded in time here; the caller's bind deadline covers
+/// it.
 pub(crate) async fn accept(
     tcp: TcpStream,
+    head: Vec<u8>,
+    pending: Vec<u8>,
     policy: &Policy<'_>,
 ) -> Result<Upgraded, HandshakeError> {
-    let (head, pending) = read_head(&tcp, policy.max_bytes).await?;
     let mut query_token = None;
     let origins = policy.allowed_origins;
     // The callback's signature (and its large error type) is tungstenite's.
@@ -126,7 +128,10 @@ pub(crate) async fn accept(
 /// Waits for the request head and returns it (through its blank line) and any bytes after
 /// it. Nothing is allocated until the first byte is here; after that the buffer holds
 /// what arrived, at most `max` bytes.
-async fn read_head(tcp: &TcpStream, max: usize) -> Result<(Vec<u8>, Vec<u8>), HandshakeError> {
+pub(crate) async fn read_head(
+    tcp: &TcpStream,
+    max: usize,
+) -> Result<(Vec<u8>, Vec<u8>), HandshakeError> {
     let mut probe = [0u8; 1];
     match tcp.peek(&mut probe).await {
         Ok(0) | Err(_) => return Err(HandshakeError::Gone),

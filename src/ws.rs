@@ -8,7 +8,7 @@ use tokio::net::TcpStream;
 use tokio::time::{Instant, sleep, timeout, timeout_at};
 use tracing::{debug, info, trace, warn};
 
-use crate::access::{Pending, Refused};
+use crate::access::{Admitted, Refused};
 use crate::frames::{
     CLOSE, FrameError, FrameReader, Incoming, PING, PONG, Progress, close_frame, control_frame,
     try_write, write_raw,
@@ -16,6 +16,7 @@ use crate::frames::{
 use crate::handshake::{self, HandshakeError, HttpRefusal, Policy};
 use crate::metrics::Metric;
 use crate::outbox::Outbox;
+use crate::proxied::{self, Failed, Proxied};
 use crate::state::State;
 use crate::wire::{CloseNotice, Payload};
 
@@ -49,28 +50,36 @@ enum End {
     Shutdown,
 }
 
-/// Serves one browser connection from TCP accept to close. `pending` is this
-/// connection's place in the budget of connections not bound yet; it is given back once
-/// the uid is bound.
-pub(crate) async fn serve(stream: TcpStream, ctx: Arc<State>, pending: Pending) {
+/// Serves one browser connection from TCP accept to close. `places` are this
+/// connection's in [`crate::access::Admission`]: the pending one is given back once the
+/// uid is bound, the other at close. `proxied`: from a trusted proxy, so the places are
+/// taken for its client once the request head names it.
+pub(crate) async fn serve(
+    stream: TcpStream,
+    ctx: Arc<State>,
+    mut places: Admitted,
+    proxied: Option<Proxied>,
+) {
     let deadline = Instant::now() + ctx.config.bind_timeout;
     let policy = Policy {
         max_bytes: ctx.config.max_handshake_bytes,
         allowed_origins: ctx.config.allowed_origins.as_deref(),
         max_in: ctx.config.max_in(),
     };
+    let trusted = &ctx.config.trusted_proxies;
     let upgraded = tokio::select! {
         // Boxed: an idle bound connection's task must not keep room for the handshake's
         // state, which lives only until the 101.
-        r = timeout_at(deadline, Box::pin(handshake::accept(stream, &policy))) => match r {
+        r = timeout_at(deadline, Box::pin(proxied::upgrade(stream, &policy, proxied, trusted, &mut places))) => match r {
             Ok(Ok(upgraded)) => upgraded,
-            Ok(Err(err @ (HandshakeError::TooLarge | HandshakeError::Refused(_)))) => {
+            Ok(Err(Failed::Refused(stream, why))) => return refuse(stream, why, &ctx).await,
+            Ok(Err(Failed::Handshake(err @ (HandshakeError::TooLarge | HandshakeError::Refused(_))))) => {
                 if let HandshakeError::Refused(_) = err {
                     ctx.metrics.incr(Metric::RefusedOrigin);
                 }
                 return info!(error = %err, "handshake refused");
             }
-            Ok(Err(err)) => return debug!(error = ?err.to_string(), "handshake failed"),
+            Ok(Err(Failed::Handshake(err))) => return debug!(error = ?err.to_string(), "handshake failed"),
             Err(_) => return debug!("handshake timed out"),
         },
         () = ctx.ws_stop.cancelled() => return,
@@ -101,7 +110,7 @@ pub(crate) async fn serve(stream: TcpStream, ctx: Arc<State>, pending: Pending) 
     };
 
     let binding = ctx.registry.bind(&uid);
-    drop(pending);
+    drop(places.pending);
     debug!(uid = %crate::logsafe::escaped(binding.uid()), "bound");
     let end = session(&mut ws, binding.outbox(), &ctx).await;
     // Leave the map before the (possibly slow) closing handshake, so pushes fail at once.

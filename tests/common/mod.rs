@@ -660,6 +660,27 @@ fwrite($client, json_encode($data)."\n");
 echo fread($client, 8192);
 "#;
 
+/// A TCP connection to `dst` from source address `src` (e.g. 127.0.0.2).
+pub async fn tcp_from(src: &str, dst: SocketAddr) -> TcpStream {
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.bind(format!("{src}:0").parse().unwrap())
+        .unwrap_or_else(|e| panic!("bind {src}: {e}"));
+    let tcp = timeout(STEP, sock.connect(dst))
+        .await
+        .expect("connect timed out")
+        .unwrap_or_else(|e| panic!("connect {dst} from {src}: {e}"));
+    tcp.set_nodelay(true).unwrap();
+    tcp
+}
+
+/// The HTTP status of a refused WebSocket handshake.
+pub fn http_status(err: &tokio_tungstenite::tungstenite::Error) -> Option<u16> {
+    match err {
+        tokio_tungstenite::tungstenite::Error::Http(resp) => Some(resp.status().as_u16()),
+        _ => None,
+    }
+}
+
 /// A port on 127.0.0.1 that was free a moment ago (bound to port 0, then released), for
 /// tests that must know a daemon's address before it starts or restart on the same one.
 pub fn free_addr() -> SocketAddr {
