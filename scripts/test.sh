@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The project's test command: make sure the real clients the tests drive exist
 # (php with its curl extension, OpenBSD nc, chromium, curl, Prometheus's promtool,
-# Autobahn|Testsuite's wstest), then run every cargo test.
+# nginx and openssl, Autobahn|Testsuite's wstest), then run every cargo test.
 #
 # Usage: scripts/test.sh [extra cargo test args...]
 #   e.g. scripts/test.sh chromium -- --nocapture   (a name filter, applied to every target)
@@ -36,6 +36,11 @@ missing_packages() {
 	# promtool checks /metrics; Debian ships it in the prometheus package.
 	command -v promtool >/dev/null 2>&1 || echo prometheus
 	command -v redis-server >/dev/null 2>&1 || echo redis-server
+	# tests/nginx.rs puts Debian's nginx (run as this user, on free ports) in front of the
+	# daemon, with a throw-away certificate made by openssl. Installing the package also
+	# starts a system nginx on port 80; the tests never talk to it.
+	command -v nginx >/dev/null 2>&1 || [[ -x /usr/sbin/nginx ]] || echo nginx
+	command -v openssl >/dev/null 2>&1 || echo openssl
 }
 
 as_root() {

@@ -33,6 +33,12 @@ impl FromStr for Cidr {
     }
 }
 
+impl std::fmt::Display for Cidr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.addr, self.len)
+    }
+}
+
 impl Cidr {
     /// True if `ip` is inside this network. IPv4-mapped IPv6 peers match IPv4 networks.
     pub fn contains(&self, ip: IpAddr) -> bool {
@@ -46,6 +52,20 @@ impl Cidr {
             _ => false,
         }
     }
+}
+
+/// `127.0.0.0/8` and `::1/128`: this host.
+pub fn loopback() -> Vec<Cidr> {
+    vec![
+        Cidr {
+            addr: IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 0)),
+            len: 8,
+        },
+        Cidr {
+            addr: IpAddr::V6(std::net::Ipv6Addr::LOCALHOST),
+            len: 128,
+        },
+    ]
 }
 
 fn prefix_eq(a: &[u8], b: &[u8], len: u8) -> bool {
@@ -196,7 +216,7 @@ pub struct Admitted {
 #[must_use]
 #[derive(Debug)]
 pub struct Pending {
-    _per_ip: Option<IpSlot>,
+    per_ip: Option<IpSlot>,
     _total: tokio::sync::OwnedSemaphorePermit,
 }
 
@@ -222,23 +242,10 @@ impl Admission {
     }
 
     /// Takes the places a new connection from `ip` needs, or says which cap refuses it.
+    /// Without an address (a Unix peer, or a trusted proxy whose client is not known yet)
+    /// only the server-wide pending place is taken.
     pub fn admit(&self, ip: Option<IpAddr>) -> Result<Admitted, Refused> {
-        let connection = match ip {
-            Some(ip) => Some(
-                self.connections
-                    .try_acquire(ip)
-                    .ok_or(Refused::Connections)?,
-            ),
-            None => None,
-        };
-        let per_ip = match ip {
-            Some(ip) => Some(
-                self.pending_per_ip
-                    .try_acquire(ip)
-                    .ok_or(Refused::PendingPerAddress)?,
-            ),
-            None => None,
-        };
+        let (connection, per_ip) = ip.map(|ip| self.per_address(ip)).transpose()?.unzip();
         let total = self
             .pending
             .clone()
@@ -247,10 +254,32 @@ impl Admission {
         Ok(Admitted {
             connection,
             pending: Pending {
-                _per_ip: per_ip,
+                per_ip,
                 _total: total,
             },
         })
+    }
+
+    /// Takes the per-address places of the client a trusted proxy named (once its request
+    /// head is read) for a connection [`admit`](Admission::admit)ted without an address.
+    pub fn admit_forwarded(&self, ip: IpAddr, places: &mut Admitted) -> Result<(), Refused> {
+        let (connection, per_ip) = self.per_address(ip)?;
+        places.connection = Some(connection);
+        places.pending.per_ip = Some(per_ip);
+        Ok(())
+    }
+
+    /// An address's place among its connections and among its connections not bound yet.
+    fn per_address(&self, ip: IpAddr) -> Result<(IpSlot, IpSlot), Refused> {
+        let connection = self
+            .connections
+            .try_acquire(ip)
+            .ok_or(Refused::Connections)?;
+        let pending = self
+            .pending_per_ip
+            .try_acquire(ip)
+            .ok_or(Refused::PendingPerAddress)?;
+        Ok((connection, pending))
     }
 }
 
@@ -274,6 +303,8 @@ mod tests {
         assert!(ok("::ffff:127.0.0.1"));
         assert!(!ok("10.1.2.4") && !ok("128.0.0.1") && !ok("::2"));
         assert!(parse_cidrs("10.0.0.0/33").is_err() && parse_cidrs("nope").is_err());
+        assert_eq!(loopback(), parse_cidrs("127.0.0.0/8,::1/128").unwrap());
+        assert_eq!(loopback()[1].to_string(), "::1/128");
         assert!(
             "0.0.0.0/0"
                 .parse::<Cidr>()
@@ -323,6 +354,31 @@ mod tests {
         let d = adm.admit(Some(ip)).unwrap();
         assert_eq!(adm.admit(Some(ip)).unwrap_err(), Refused::Connections);
         drop((a, b, d));
+    }
+
+    #[test]
+    fn forwarded_places_join_an_addressless_admission() {
+        let client: IpAddr = "203.0.113.7".parse().unwrap();
+        let adm = Admission::new(2, 1, 10);
+        let mut a = adm.admit(None).unwrap();
+        adm.admit_forwarded(client, &mut a).unwrap();
+        let mut b = adm.admit(None).unwrap();
+        // One pending place per address, and the first is not bound yet.
+        assert_eq!(
+            adm.admit_forwarded(client, &mut b).unwrap_err(),
+            Refused::PendingPerAddress
+        );
+        drop(a.pending); // bound
+        adm.admit_forwarded(client, &mut b).unwrap();
+        drop(b.pending);
+        let mut c = adm.admit(None).unwrap();
+        assert_eq!(
+            adm.admit_forwarded(client, &mut c).unwrap_err(),
+            Refused::Connections
+        );
+        drop(a.connection); // closed
+        adm.admit_forwarded(client, &mut c).unwrap();
+        drop((b.connection, c));
     }
 
     #[test]

@@ -62,6 +62,11 @@ pub struct Config {
     /// WebSocket connections not bound yet that one source address (an IPv6 /64) may
     /// hold; more are answered 429.
     pub max_pending_per_ip: usize,
+    /// Peers whose browser connections carry the client's address in a forwarding header
+    /// (a reverse proxy such as nginx): the per-address caps and the logs use that address
+    /// (`forwarded.rs`). Loopback by default, so a proxy on the same host works as it is;
+    /// empty: nobody, every header ignored.
+    pub trusted_proxies: Vec<Cidr>,
     /// When set, TCP backends must connect from one of these networks.
     pub push_allow: Option<Vec<Cidr>>,
     /// When set, a TCP backend's first line must be `/auth SECRET`.
@@ -114,6 +119,7 @@ impl Default for Config {
             max_connections_per_ip: 1024,
             max_pending_handshakes: 4096,
             max_pending_per_ip: 64,
+            trusted_proxies: crate::access::loopback(),
             push_allow: None,
             push_secret: None,
             push_idle_timeout: Some(Duration::from_secs(120)),

@@ -14,7 +14,7 @@ use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
 use crate::tls::{Acceptor, TlsError};
@@ -82,19 +82,26 @@ fn ws_config(max_in: usize) -> WebSocketConfig {
         .max_frame_size(Some(max_in))
 }
 
-/// Runs the TLS handshake (on a `wss://` port), reads the upgrade request and answers it:
-/// 101, or an HTTP error. Not bounded in time here; the caller's bind deadline covers it.
-pub(crate) async fn accept(
-    tcp: TcpStream,
-    policy: &Policy<'_>,
-) -> Result<Upgraded, HandshakeError> {
-    let mut io = match policy.tls {
+/// The socket requests are read from: on a `wss://` port, once the TLS handshake is done.
+/// Not bounded in time here; the caller's bind deadline covers it.
+pub(crate) async fn open(tcp: TcpStream, policy: &Policy<'_>) -> Result<Transport, HandshakeError> {
+    Ok(match policy.tls {
         Some(acceptor) => Transport::Tls(Box::new(
             acceptor.accept(tcp).await.map_err(HandshakeError::Tls)?,
         )),
         None => Transport::Plain(tcp),
-    };
-    let (head, pending) = read_head(&mut io, policy.max_bytes).await?;
+    })
+}
+
+/// Answers the upgrade request `head` (from [`read_head`]; `pending` is what came after
+/// it): 101, or an HTTP error. Not bounded in time here; the caller's bind deadline covers
+/// it.
+pub(crate) async fn accept(
+    mut io: Transport,
+    head: Vec<u8>,
+    pending: Vec<u8>,
+    policy: &Policy<'_>,
+) -> Result<Upgraded, HandshakeError> {
     let mut query_token = None;
     let origins = policy.allowed_origins;
     // The callback's signature (and its large error type) is tungstenite's.
@@ -149,7 +156,10 @@ pub(crate) async fn accept(
 /// Waits for the request head and returns it (through its blank line) and any bytes after
 /// it. Nothing is allocated until the first byte is here; after that the buffer holds
 /// what arrived, at most `max` bytes.
-async fn read_head(tcp: &mut Transport, max: usize) -> Result<(Vec<u8>, Vec<u8>), HandshakeError> {
+pub(crate) async fn read_head(
+    tcp: &mut Transport,
+    max: usize,
+) -> Result<(Vec<u8>, Vec<u8>), HandshakeError> {
     // (Over TLS the session already waited for the first byte the same way.)
     if let Transport::Plain(plain) = tcp {
         let mut probe = [0u8; 1];
@@ -274,10 +284,10 @@ pub(crate) enum HttpRefusal {
     Unavailable,
 }
 
-/// Answers a connection with a plain HTTP error before reading anything, within
+/// Answers a connection with a plain HTTP error (over TLS, if the port serves it), within
 /// `limit`, and closes it.
 pub(crate) async fn refuse(
-    mut stream: TcpStream,
+    mut stream: Transport,
     refusal: HttpRefusal,
     body: &str,
     limit: std::time::Duration,
@@ -292,7 +302,7 @@ pub(crate) async fn refuse(
         status.canonical_reason().unwrap_or(""),
         body.len() + 1
     );
-    let _ = tokio::time::timeout(limit, stream.write_all(resp.as_bytes())).await;
+    let _ = crate::frames::write_raw(&mut stream, resp.as_bytes(), limit).await;
 }
 
 /// The `token` parameter of a query string, percent-decoded.

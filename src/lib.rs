@@ -4,6 +4,8 @@
 //! - `server`: accept loops, connection limits, the shutdown order.
 //! - `handshake`: the HTTP upgrade, read within a byte budget (allocating only as bytes
 //!   arrive), then tungstenite's 101; plain-HTTP refusals.
+//! - `proxied`: the upgrade; for a trusted proxy, the forwarded client's per-address
+//!   places between the request head and the 101.
 //! - `ws`: browser connection: uid bind, then one write/read/ping loop per socket.
 //! - [`frames`]: WebSocket framing after the upgrade, on a [`transport::Transport`]: the
 //!   bare socket or a [`tls`] session (`wss://`), with the same non-blocking calls.
@@ -19,7 +21,8 @@
 //! - [`metrics`]: one table of counters → `/stats` and Prometheus.
 //! - [`cluster`]: cluster mode on Redis (routed delivery, truthful cluster-wide replies).
 //! - [`auth`] (signed uids), [`access`] (allow-lists, per-address caps, the budget of
-//!   connections not bound yet, secrets): who may connect and how much they may hold.
+//!   connections not bound yet, secrets): who may connect and how much they may hold;
+//!   [`forwarded`]: the client a trusted proxy names in its forwarding headers.
 //! - [`reloadable`]: the secrets and allow-lists a reload (SIGHUP) may swap;
 //!   [`config`]: limits and their validation; [`logsafe`]: stranger-supplied text in log
 //!   lines; [`control`]: the client side of `pushwire status`.
@@ -34,6 +37,7 @@ pub mod auth;
 pub mod cluster;
 pub mod config;
 pub mod control;
+pub mod forwarded;
 pub mod frames;
 pub mod groups;
 mod handshake;
@@ -41,6 +45,7 @@ mod http;
 pub mod logsafe;
 pub mod metrics;
 pub mod outbox;
+mod proxied;
 mod push;
 pub mod registry;
 pub mod reloadable;

@@ -202,6 +202,18 @@ struct Args {
     #[arg(long, env = "PUSHWIRE_MAX_PENDING_PER_IP", default_value_t = 64)]
     max_pending_per_ip: usize,
 
+    /// Comma-separated networks (CIDR) of reverse proxies (nginx) whose browser connections
+    /// carry the client's address: X-Forwarded-For (walked from the right past trusted
+    /// entries), else Forwarded, else X-Real-IP. The per-address caps and the logs use it;
+    /// from any other peer those headers are ignored. `none` trusts nobody.
+    #[arg(
+        long,
+        env = "PUSHWIRE_TRUSTED_PROXIES",
+        default_value = "127.0.0.0/8,::1/128",
+        value_parser = parse_trusted
+    )]
+    trusted_proxies: Nets,
+
     /// Comma-separated networks (CIDR) TCP backends may push from; others get a refusal
     /// line and are closed. Default: anyone who can reach --push-listen.
     #[arg(long, env = "PUSHWIRE_PUSH_ALLOW", value_parser = parse_nets)]
@@ -732,6 +744,14 @@ fn parse_nets(s: &str) -> Result<Nets, String> {
     pushwire::access::parse_cidrs(s).map(Nets)
 }
 
+/// `--trusted-proxies`: networks, or `none` (an empty list too) for nobody.
+fn parse_trusted(s: &str) -> Result<Nets, String> {
+    if s.trim().eq_ignore_ascii_case("none") {
+        return Ok(Nets(Vec::new()));
+    }
+    parse_nets(s)
+}
+
 fn parse_mode(s: &str) -> Result<u32, String> {
     u32::from_str_radix(s, 8).map_err(|e| format!("{s:?} is not an octal mode: {e}"))
 }
@@ -776,6 +796,15 @@ fn config_from(args: &Args) -> std::io::Result<pushwire::Config> {
     for note in notes {
         warn!("{note}");
     }
+    let trusted: Vec<String> = config
+        .trusted_proxies
+        .iter()
+        .map(|n| n.to_string())
+        .collect();
+    info!(
+        trusted_proxies = %if trusted.is_empty() { "none".to_owned() } else { trusted.join(",") },
+        "browser addresses come from the forwarding headers of these peers' connections"
+    );
     let workers = tokio::runtime::Handle::current().metrics().num_workers();
     info!(
         nofile,
@@ -837,6 +866,7 @@ fn unvalidated_config(
         max_connections_per_ip: args.max_connections_per_ip,
         max_pending_handshakes: args.max_pending_handshakes.unwrap_or(0),
         max_pending_per_ip: args.max_pending_per_ip,
+        trusted_proxies: args.trusted_proxies.0.clone(),
         push_allow: args.push_allow.clone().map(|n| n.0),
         push_secret,
         push_idle_timeout: (args.push_idle_timeout_ms > 0)

@@ -15,6 +15,7 @@ use tracing::{Instrument, debug, debug_span, info, warn};
 use crate::access::{Admission, Peer};
 use crate::config::Config;
 use crate::metrics::Metric;
+use crate::proxied::Proxied;
 use crate::state::State;
 use crate::{http, push, ws};
 
@@ -105,13 +106,13 @@ pub async fn serve_state(
             move |stream, peer| {
                 ctx.metrics.incr(Metric::WsAccepted);
                 let ctx = ctx.clone();
-                let admitted = admission.admit(peer.ip());
+                // A trusted proxy's address is counted for none of its clients: each
+                // client's places are taken once its request head names it.
+                let proxied = Proxied::new(peer.ip(), &ctx.config.trusted_proxies, &admission);
+                let admitted = admission.admit(peer.ip().filter(|_| proxied.is_none()));
                 async move {
                     match admitted {
-                        Ok(places) => {
-                            let _connection = places.connection;
-                            ws::serve(stream, ctx, places.pending).await;
-                        }
+                        Ok(places) => ws::serve(stream, ctx, places, proxied).await,
                         Err(why) => ws::refuse(stream, why, &ctx).await,
                     }
                 }
@@ -325,7 +326,8 @@ where
             },
             () = l.stop.cancelled() => return,
         };
-        let span = debug_span!("conn", kind = l.kind, %peer);
+        // `client`: the address a trusted proxy forwarded for (`proxied.rs`).
+        let span = debug_span!("conn", kind = l.kind, %peer, client = tracing::field::Empty);
         let task = handler(stream, peer);
         l.tasks.spawn(
             async move {

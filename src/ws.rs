@@ -8,7 +8,7 @@ use tokio::net::TcpStream;
 use tokio::time::{Instant, sleep, timeout, timeout_at};
 use tracing::{debug, info, trace, warn};
 
-use crate::access::{Pending, Refused};
+use crate::access::{Admitted, Refused};
 use crate::frames::{
     CLOSE, FrameError, FrameReader, Incoming, PING, PONG, Progress, close_frame, control_frame,
     try_write, write_raw,
@@ -16,6 +16,7 @@ use crate::frames::{
 use crate::handshake::{self, HandshakeError, HttpRefusal, Policy};
 use crate::metrics::Metric;
 use crate::outbox::Outbox;
+use crate::proxied::{self, Failed, Proxied};
 use crate::state::State;
 use crate::transport::Transport;
 use crate::wire::{CloseNotice, Payload};
@@ -50,10 +51,16 @@ enum End {
     Shutdown,
 }
 
-/// Serves one browser connection from TCP accept to close. `pending` is this
-/// connection's place in the budget of connections not bound yet; it is given back once
-/// the uid is bound.
-pub(crate) async fn serve(stream: TcpStream, ctx: Arc<State>, pending: Pending) {
+/// Serves one browser connection from TCP accept to close. `places` are this
+/// connection's in [`crate::access::Admission`]: the pending one is given back once the
+/// uid is bound, the other at close. `proxied`: from a trusted proxy, so the places are
+/// taken for its client once the request head names it.
+pub(crate) async fn serve(
+    stream: TcpStream,
+    ctx: Arc<State>,
+    mut places: Admitted,
+    proxied: Option<Proxied>,
+) {
     let deadline = Instant::now() + ctx.config.bind_timeout;
     let settings = ctx.settings();
     let policy = Policy {
@@ -62,18 +69,20 @@ pub(crate) async fn serve(stream: TcpStream, ctx: Arc<State>, pending: Pending) 
         max_in: ctx.config.max_in(),
         tls: ctx.tls.as_ref(),
     };
+    let trusted = &ctx.config.trusted_proxies;
     let upgraded = tokio::select! {
         // Boxed: an idle bound connection's task must not keep room for the handshake's
         // state, which lives only until the 101.
-        r = timeout_at(deadline, Box::pin(handshake::accept(stream, &policy))) => match r {
+        r = timeout_at(deadline, Box::pin(proxied::upgrade(stream, &policy, proxied, trusted, &mut places))) => match r {
             Ok(Ok(upgraded)) => upgraded,
-            Ok(Err(err @ (HandshakeError::TooLarge | HandshakeError::Refused(_)))) => {
+            Ok(Err(Failed::Refused(stream, why))) => return refuse_on(Some(stream), why, &ctx).await,
+            Ok(Err(Failed::Handshake(err @ (HandshakeError::TooLarge | HandshakeError::Refused(_))))) => {
                 if let HandshakeError::Refused(_) = err {
                     ctx.metrics.incr(Metric::RefusedOrigin);
                 }
                 return info!(error = %err, "handshake refused");
             }
-            Ok(Err(err)) => return debug!(error = ?err.to_string(), "handshake failed"),
+            Ok(Err(Failed::Handshake(err))) => return debug!(error = ?err.to_string(), "handshake failed"),
             Err(_) => return debug!("handshake timed out"),
         },
         () = ctx.ws_stop.cancelled() => return,
@@ -104,7 +113,7 @@ pub(crate) async fn serve(stream: TcpStream, ctx: Arc<State>, pending: Pending) 
     };
 
     let binding = ctx.registry.bind(&uid);
-    drop(pending);
+    drop(places.pending);
     debug!(uid = %crate::logsafe::escaped(binding.uid()), "bound");
     let end = session(&mut ws, binding.outbox(), &ctx).await;
     // Leave the map before the (possibly slow) closing handshake, so pushes fail at once.
@@ -134,6 +143,15 @@ async fn finish(ws: &mut Ws, end: End) {
 /// Answers a connection refused by [`crate::access::Admission`] with an HTTP error (429
 /// per address, 503 when the server-wide pending budget is spent) and closes it.
 pub(crate) async fn refuse(stream: TcpStream, why: Refused, ctx: &State) {
+    // Over TLS an HTTP answer would first cost a TLS handshake, the very work the budget
+    // is there to refuse: the connection is just closed.
+    let stream = ctx.tls.is_none().then_some(Transport::Plain(stream));
+    refuse_on(stream, why, ctx).await;
+}
+
+/// [`refuse`] on a socket past its TLS handshake (a trusted proxy's client over a cap), or
+/// `None` to close without an answer.
+async fn refuse_on(stream: Option<Transport>, why: Refused, ctx: &State) {
     let metrics = &ctx.metrics;
     let (status, body, limit) = match why {
         Refused::Connections => {
@@ -165,9 +183,7 @@ pub(crate) async fn refuse(stream: TcpStream, why: Refused, ctx: &State) {
     if metrics.should_warn_refusal() {
         warn!(reason = body, limit, "refusing connections");
     }
-    // Over TLS an HTTP answer would first cost a TLS handshake, the very work the budget
-    // is there to refuse: the connection is just closed.
-    if ctx.tls.is_none() {
+    if let Some(stream) = stream {
         handshake::refuse(stream, status, body, CLOSE_GRACE).await;
     }
 }

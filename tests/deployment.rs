@@ -1,12 +1,14 @@
 //! The files that deploy pushwire stay in step with the binary.
-
 mod common;
+
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
+
+use common::Scratch;
 
 fn repo_path(rel: &str) -> String {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -206,35 +208,6 @@ fn every_example_value_in_the_env_file_is_accepted() {
 }
 
 // --- `pushwire --version` ----------------------------------------------------------------
-
-/// A scratch directory, removed on drop.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(name: &str) -> Scratch {
-        let dir =
-            std::env::temp_dir().join(format!("pushwire-deployment-{}-{name}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        Scratch(dir)
-    }
-
-    fn file(&self, name: &str, contents: &str) -> String {
-        let path = self.0.join(name);
-        std::fs::write(&path, contents).unwrap();
-        path.display().to_string()
-    }
-
-    fn path(&self, name: &str) -> String {
-        self.0.join(name).display().to_string()
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 fn git(dir: &Path, args: &[&str]) -> Option<String> {
     let out = Command::new("git")

@@ -8,15 +8,13 @@ mod common;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Output, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::process::Output;
 use std::time::Duration;
 
+use common::chromium::{PageEvent, SeedPage};
 use common::*;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::process::{Child, Command};
-use tokio::sync::mpsc;
+use tokio::net::TcpListener;
+use tokio::process::Command;
 use tokio::time::{Instant, timeout};
 
 /// How long one external program may run.
@@ -320,272 +318,14 @@ async fn push_script_authenticates_and_runs_commands() {
 // ---------------------------------------------------------------------------------------
 // Headless Chromium
 
-/// What the page reports to the test's HTTP listener.
-#[derive(Debug)]
-enum PageEvent {
-    /// `alert(m)` was called (the seed's onmessage handler).
-    Alert(String),
-    /// The WebSocket closed (code and reason), or a script error happened.
-    Trouble(String),
-}
-
-/// The page Chromium loads: reporting hooks first, then the seed's script as it is.
-///
-/// `alert` is replaced by a POST of its argument to this same origin (no CORS involved), so
-/// the bytes the test sees are exactly the string the page got. `var ws` of the seed is a
-/// global, which lets a later script report a close for diagnostics.
-fn page_html(ws_addr: SocketAddr) -> String {
-    format!(
-        r#"<!doctype html>
-<html><head><meta charset="utf-8"><title>pushwire seed page</title>
-<script>
-function report(path, text) {{ fetch(path, {{ method: 'POST', body: String(text) }}); }}
-window.alert = function (m) {{ report('/alert', m); }};
-window.addEventListener('error', function (e) {{ report('/trouble', 'script error: ' + e.message); }});
-</script>
-<script>{seed}</script>
-<script>
-ws.addEventListener('close', function (e) {{ report('/trouble', 'websocket closed: ' + e.code + ' ' + e.reason); }});
-</script>
-</head><body>pushwire</body></html>
-"#,
-        seed = seed_js(ws_addr)
-    )
-}
-
-/// A tiny HTTP/1.1 server: `GET /` serves `html`, `POST /alert` and `POST /trouble` forward
-/// their body to `events`, anything else is 404. One request per connection.
-async fn serve_page(listener: TcpListener, html: String, events: mpsc::UnboundedSender<PageEvent>) {
-    loop {
-        let Ok((tcp, _)) = listener.accept().await else {
-            continue;
-        };
-        let html = html.clone();
-        let events = events.clone();
-        tokio::spawn(async move {
-            let _ = timeout(Duration::from_secs(5), handle_http(tcp, &html, &events)).await;
-        });
-    }
-}
-
-async fn handle_http(
-    mut tcp: TcpStream,
-    html: &str,
-    events: &mpsc::UnboundedSender<PageEvent>,
-) -> std::io::Result<()> {
-    let mut buf = Vec::new();
-    let head_end = loop {
-        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            break i + 4;
-        }
-        let mut chunk = [0u8; 4096];
-        let n = tcp.read(&mut chunk).await?;
-        if n == 0 {
-            return Ok(());
-        }
-        buf.extend_from_slice(&chunk[..n]);
-    };
-    let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
-    let mut request_line = head.lines().next().unwrap_or("").split(' ');
-    let (method, path) = (
-        request_line.next().unwrap_or(""),
-        request_line.next().unwrap_or(""),
-    );
-    let content_length = head
-        .lines()
-        .filter_map(|l| l.split_once(':'))
-        .find(|(k, _)| k.trim().eq_ignore_ascii_case("content-length"))
-        .and_then(|(_, v)| v.trim().parse::<usize>().ok())
-        .unwrap_or(0);
-    let mut body = buf[head_end..].to_vec();
-    while body.len() < content_length {
-        let mut chunk = [0u8; 4096];
-        let n = tcp.read(&mut chunk).await?;
-        if n == 0 {
-            break;
-        }
-        body.extend_from_slice(&chunk[..n]);
-    }
-    let body = String::from_utf8_lossy(&body).into_owned();
-
-    let response = match (method, path) {
-        ("GET", "/") => format!(
-            "HTTP/1.1 200 OK\r\nContent-Type: text/html; charset=utf-8\r\nContent-Length: {}\r\n\
-             Cache-Control: no-store\r\nConnection: close\r\n\r\n{html}",
-            html.len()
-        ),
-        ("POST", "/alert" | "/trouble") => {
-            let event = if path == "/alert" {
-                PageEvent::Alert(body)
-            } else {
-                PageEvent::Trouble(body)
-            };
-            let _ = events.send(event);
-            "HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n".to_owned()
-        }
-        _ => "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".to_owned(),
-    };
-    tcp.write_all(response.as_bytes()).await?;
-    tcp.shutdown().await
-}
-
-/// Headless Chromium in its own process group with a fresh profile; dropping it kills the
-/// whole group (browser, zygotes, renderers) and removes the profile.
-struct Browser {
-    child: Child,
-    dir: PathBuf,
-}
-
-impl Browser {
-    fn launch(url: &str) -> Browser {
-        static N: AtomicU32 = AtomicU32::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "pushwire-chromium-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(dir.join("profile")).expect("create chromium profile dir");
-        let log = std::fs::File::create(dir.join("chromium.log")).expect("create chromium log");
-        let child = Command::new("chromium")
-            .args([
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-quic",
-                "--no-first-run",
-                "--no-default-browser-check",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-                "--disable-dev-shm-usage",
-            ])
-            .arg(format!("--user-data-dir={}", dir.join("profile").display()))
-            .arg(url)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .process_group(0)
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap_or_else(|e| {
-                let _ = std::fs::remove_dir_all(&dir);
-                panic!("cannot start chromium: {e} (scripts/test.sh installs it)")
-            });
-        Browser { child, dir }
-    }
-
-    /// The end of Chromium's stderr, for failure messages.
-    fn log_tail(&self) -> String {
-        let log = std::fs::read_to_string(self.dir.join("chromium.log")).unwrap_or_default();
-        let lines: Vec<&str> = log.lines().collect();
-        lines[lines.len().saturating_sub(15)..].join("\n")
-    }
-
-    /// Panics if the browser has already exited.
-    fn assert_running(&mut self) {
-        if let Ok(Some(status)) = self.child.try_wait() {
-            panic!(
-                "chromium exited early ({status}); its log ends:\n{}",
-                self.log_tail()
-            );
-        }
-    }
-}
-
-impl Drop for Browser {
-    fn drop(&mut self) {
-        if let Some(pid) = self.child.id() {
-            // The browser leads its own group: take its helpers down with it.
-            let _ = std::process::Command::new("kill")
-                .args(["-KILL", "--", &format!("-{pid}")])
-                .stderr(Stdio::null())
-                .status();
-        }
-        let _ = self.child.start_kill();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-/// Chromium showing the seed page, plus what the test needs to watch it.
-struct SeedPage {
-    browser: Browser,
-    events: mpsc::UnboundedReceiver<PageEvent>,
-    http: tokio::task::JoinHandle<()>,
-}
-
 impl SeedPage {
-    /// Serves the seed page (connecting to `ws_addr`) on `http` and starts Chromium on it.
-    /// The page is served from `http://<http's address>/`, which is its Origin.
-    fn launch(http: TcpListener, ws_addr: SocketAddr) -> SeedPage {
-        let page_url = format!("http://{}/", http.local_addr().unwrap());
-        let (events_tx, events) = mpsc::unbounded_channel();
-        let http = tokio::spawn(serve_page(http, page_html(ws_addr), events_tx));
-        SeedPage {
-            browser: Browser::launch(&page_url),
-            events,
-            http,
-        }
-    }
-
-    /// Pushes `first` on `push` until a browser took it (the page binds asynchronously:
-    /// browser start, page load, handshake, `ws.send(uid)`; before that every push answers
-    /// `fail`), then checks the page alerted exactly `first`, once.
-    async fn wait_bound(&mut self, push: &mut PushClient, first: &str) {
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            self.browser.assert_running();
-            if let Ok(PageEvent::Trouble(t)) = self.events.try_recv() {
-                panic!("page trouble before binding: {t}");
-            }
-            match push.request(first).await.as_str() {
-                "ok\n" => break,
-                "fail\n" => {}
-                other => panic!("push reply {other:?}"),
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the page never bound uid1 within 15 s; chromium log ends:\n{}",
-                self.browser.log_tail()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        // Exactly one push was taken, so exactly one alert, with the payload byte for byte.
-        self.expect_alert(first).await;
-    }
-
-    /// [`SeedPage::launch`] on a fresh port, then [`SeedPage::wait_bound`].
+    /// [`SeedPage::launch`] of the seed's JS against `server` on a fresh port, then
+    /// [`SeedPage::wait_bound`].
     async fn open_and_bind(server: &TestServer, push: &mut PushClient, first: &str) -> SeedPage {
         let http = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let mut page = SeedPage::launch(http, server.ws_addr);
+        let mut page = SeedPage::launch(http, &seed_js(server.ws_addr), &[]);
         page.wait_bound(push, first).await;
         page
-    }
-
-    /// The page's next report (5 s deadline).
-    async fn next_event(&mut self) -> PageEvent {
-        timeout(Duration::from_secs(5), self.events.recv())
-            .await
-            .unwrap_or_else(|_| {
-                panic!(
-                    "page reported nothing within 5 s; chromium log ends:\n{}",
-                    self.browser.log_tail()
-                )
-            })
-            .expect("page server ended")
-    }
-
-    async fn expect_alert(&mut self, want: &str) {
-        match self.next_event().await {
-            PageEvent::Alert(m) => assert_eq!(m, want, "alert text"),
-            PageEvent::Trouble(t) => panic!("page trouble instead of an alert: {t}"),
-        }
-    }
-}
-
-impl Drop for SeedPage {
-    fn drop(&mut self) {
-        self.http.abort();
     }
 }
 
@@ -658,7 +398,7 @@ async fn chromium_origin_is_checked_against_the_allowlist() {
     })
     .await;
     let mut push = PushClient::connect(server.push_addr).await;
-    let mut page = SeedPage::launch(http, server.ws_addr);
+    let mut page = SeedPage::launch(http, &seed_js(server.ws_addr), &[]);
     page.wait_bound(&mut push, r#"{"uid":"uid1","n":1}"#).await;
     drop(page);
     server.shutdown().await.unwrap();
@@ -670,7 +410,7 @@ async fn chromium_origin_is_checked_against_the_allowlist() {
     })
     .await;
     let http = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let mut page = SeedPage::launch(http, server.ws_addr);
+    let mut page = SeedPage::launch(http, &seed_js(server.ws_addr), &[]);
     match page.next_event().await {
         // A refused handshake is an abnormal closure to the page (the 403 is not exposed).
         PageEvent::Trouble(t) => assert_eq!(t, "websocket closed: 1006 "),

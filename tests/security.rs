@@ -17,7 +17,7 @@ use hmac::{Hmac, KeyInit, Mac};
 use pushwire::auth::{Secret, TokenError};
 use sha2::Sha256;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::{TcpListener, TcpSocket, TcpStream, UnixListener, UnixStream};
+use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 use tokio::process::Command;
 use tokio::time::{Instant, timeout};
 use tokio_tungstenite::MaybeTlsStream;
@@ -182,19 +182,6 @@ async fn wait_bound_via(uid: &str, backend: &mut impl Backend) {
     }
 }
 
-/// A TCP connection to `dst` from source address `src` (e.g. 127.0.0.2).
-async fn tcp_from(src: &str, dst: SocketAddr) -> TcpStream {
-    let sock = TcpSocket::new_v4().unwrap();
-    sock.bind(format!("{src}:0").parse().unwrap())
-        .unwrap_or_else(|e| panic!("bind {src}: {e}"));
-    let tcp = timeout(STEP, sock.connect(dst))
-        .await
-        .expect("connect timed out")
-        .unwrap_or_else(|e| panic!("connect {dst} from {src}: {e}"));
-    tcp.set_nodelay(true).unwrap();
-    tcp
-}
-
 /// A tungstenite client whose TCP connection comes from `src`.
 async fn ws_from(src: &str, server: &TestServer) -> WsClient {
     let tcp = tcp_from(src, server.ws_addr).await;
@@ -217,13 +204,6 @@ async fn connect_with_origin(url: &str, origin: &str) -> Result<WsClient, WsErro
         .await
         .expect("handshake timed out");
     r.map(|(ws, _)| WsClient { ws })
-}
-
-fn http_status(err: &WsError) -> Option<u16> {
-    match err {
-        WsError::Http(resp) => Some(resp.status().as_u16()),
-        _ => None,
-    }
 }
 
 /// Sends a raw upgrade request on `tcp` and returns everything the server sends until it
@@ -744,6 +724,8 @@ async fn silent_connections_cannot_hold_every_slot() {
         max_ws_connections: 5000,
         max_pending_handshakes: 1250,
         max_pending_per_ip: 64,
+        // The six addresses stand for remote ones: loopback is no trusted proxy here.
+        trusted_proxies: Vec::new(),
         ..pushwire::Config::default()
     })
     .await;

@@ -5,6 +5,8 @@
 //! always a poll with a deadline.
 #![allow(dead_code)]
 
+pub mod chromium;
+
 use std::net::SocketAddr;
 use std::process::Stdio;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -664,6 +666,60 @@ fwrite($client, json_encode($data)."\n");
 // 读取推送结果
 echo fread($client, 8192);
 "#;
+
+/// A TCP connection to `dst` from source address `src` (e.g. 127.0.0.2).
+pub async fn tcp_from(src: &str, dst: SocketAddr) -> TcpStream {
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.bind(format!("{src}:0").parse().unwrap())
+        .unwrap_or_else(|e| panic!("bind {src}: {e}"));
+    let tcp = timeout(STEP, sock.connect(dst))
+        .await
+        .expect("connect timed out")
+        .unwrap_or_else(|e| panic!("connect {dst} from {src}: {e}"));
+    tcp.set_nodelay(true).unwrap();
+    tcp
+}
+
+/// The HTTP status of a refused WebSocket handshake.
+pub fn http_status(err: &tokio_tungstenite::tungstenite::Error) -> Option<u16> {
+    match err {
+        tokio_tungstenite::tungstenite::Error::Http(resp) => Some(resp.status().as_u16()),
+        _ => None,
+    }
+}
+
+/// A scratch directory under the temp dir, removed on drop.
+pub struct Scratch(pub std::path::PathBuf);
+
+impl Scratch {
+    /// A fresh, empty one; `name` shows in its path.
+    pub fn new(name: &str) -> Scratch {
+        static N: AtomicU64 = AtomicU64::new(0);
+        let n = N.fetch_add(1, Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("pushwire-{}-{n}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+        Scratch(dir)
+    }
+
+    /// Writes `name` with `contents`; its path.
+    pub fn file(&self, name: &str, contents: &str) -> String {
+        let path = self.0.join(name);
+        std::fs::write(&path, contents).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        path.display().to_string()
+    }
+
+    /// The path of `name` in it.
+    pub fn path(&self, name: &str) -> String {
+        self.0.join(name).display().to_string()
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
 
 /// A port on 127.0.0.1 that was free a moment ago (bound to port 0, then released), for
 /// tests that must know a daemon's address before it starts or restart on the same one.

@@ -1,0 +1,80 @@
+//! The browser port's upgrade, and what it does for a trusted proxy (`--trusted-proxies`).
+//!
+//! Every connection of a proxy on the same host comes from its address, so counting them
+//! there at accept would cap the whole site at `--max-connections-per-ip`. A trusted
+//! proxy's connection is therefore admitted at accept with the server-wide budgets only;
+//! once its request head is read, the per-address places are taken for the client its
+//! forwarding headers name ([`crate::forwarded`]), and refused with the same 429 as a
+//! direct connection. Anyone else was admitted by TCP peer at accept, and their headers
+//! are never read.
+
+use std::net::IpAddr;
+
+use tokio::net::TcpStream;
+use tracing::debug;
+
+use crate::transport::Transport;
+
+use crate::access::{Admission, Admitted, Cidr, Refused};
+use crate::forwarded;
+use crate::handshake::{self, HandshakeError, Policy, Upgraded};
+
+/// A connection from a trusted proxy, admitted without an address.
+pub(crate) struct Proxied {
+    admission: Admission,
+    peer: IpAddr,
+}
+
+impl Proxied {
+    /// `Some` when `peer` is one of the `trusted` proxies.
+    pub(crate) fn new(
+        peer: Option<IpAddr>,
+        trusted: &[Cidr],
+        admission: &Admission,
+    ) -> Option<Proxied> {
+        let peer = peer.filter(|ip| forwarded::trusted(trusted, *ip))?;
+        Some(Proxied {
+            admission: admission.clone(),
+            peer,
+        })
+    }
+}
+
+/// Why [`upgrade`] did not upgrade.
+pub(crate) enum Failed {
+    /// The handshake itself failed (already answered, or the peer is gone).
+    Handshake(HandshakeError),
+    /// The client a trusted proxy named is over a per-address cap: not answered yet.
+    Refused(Transport, Refused),
+}
+
+/// Runs the TLS handshake (on a `wss://` port) and reads the request head; for a trusted
+/// proxy's connection takes the client's places into `places` (admitted without an
+/// address); then answers 101 or an HTTP error.
+pub(crate) async fn upgrade(
+    tcp: TcpStream,
+    policy: &Policy<'_>,
+    proxied: Option<Proxied>,
+    trusted: &[Cidr],
+    places: &mut Admitted,
+) -> Result<Upgraded, Failed> {
+    let mut io = handshake::open(tcp, policy)
+        .await
+        .map_err(Failed::Handshake)?;
+    let (head, rest) = handshake::read_head(&mut io, policy.max_bytes)
+        .await
+        .map_err(Failed::Handshake)?;
+    if let Some(p) = proxied {
+        let client = forwarded::client(&head, p.peer, trusted).unwrap_or_else(|why| {
+            debug!(%why, "forwarding headers unusable: counting the proxy's own address");
+            p.peer
+        });
+        tracing::Span::current().record("client", tracing::field::display(client));
+        if let Err(why) = p.admission.admit_forwarded(client, places) {
+            return Err(Failed::Refused(io, why));
+        }
+    }
+    handshake::accept(io, head, rest, policy)
+        .await
+        .map_err(Failed::Handshake)
+}

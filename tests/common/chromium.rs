@@ -1,0 +1,279 @@
+//! Headless Chromium showing a page that runs the seed's browser script, and reports what
+//! the script saw (its `alert`s, a close, an error) to the test over HTTP.
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::process::{Child, Command};
+use tokio::sync::mpsc;
+use tokio::time::{Instant, timeout};
+
+use super::PushClient;
+
+/// What the page reports to the test's HTTP listener.
+#[derive(Debug)]
+pub enum PageEvent {
+    /// `alert(m)` was called (the seed's onmessage handler).
+    Alert(String),
+    /// The WebSocket closed (code and reason), or a script error happened.
+    Trouble(String),
+}
+
+/// The page Chromium loads: reporting hooks first, then `script` (the seed's, as it is, but
+/// for its URL).
+///
+/// `alert` is replaced by a POST of its argument to this same origin (no CORS involved), so
+/// the bytes the test sees are exactly the string the page got. `var ws` of the seed is a
+/// global, which lets a later script report a close for diagnostics.
+fn page_html(script: &str) -> String {
+    format!(
+        r#"<!doctype html>
+<html><head><meta charset="utf-8"><title>pushwire seed page</title>
+<script>
+function report(path, text) {{ fetch(path, {{ method: 'POST', body: String(text) }}); }}
+window.alert = function (m) {{ report('/alert', m); }};
+window.addEventListener('error', function (e) {{ report('/trouble', 'script error: ' + e.message); }});
+</script>
+<script>{seed}</script>
+<script>
+ws.addEventListener('close', function (e) {{ report('/trouble', 'websocket closed: ' + e.code + ' ' + e.reason); }});
+</script>
+</head><body>pushwire</body></html>
+"#,
+        seed = script
+    )
+}
+
+/// A tiny HTTP/1.1 server: `GET /` serves `html`, `POST /alert` and `POST /trouble` forward
+/// their body to `events`, anything else is 404. One request per connection.
+async fn serve_page(listener: TcpListener, html: String, events: mpsc::UnboundedSender<PageEvent>) {
+    loop {
+        let Ok((tcp, _)) = listener.accept().await else {
+            continue;
+        };
+        let html = html.clone();
+        let events = events.clone();
+        tokio::spawn(async move {
+            let _ = timeout(Duration::from_secs(5), handle_http(tcp, &html, &events)).await;
+        });
+    }
+}
+
+async fn handle_http(
+    mut tcp: TcpStream,
+    html: &str,
+    events: &mpsc::UnboundedSender<PageEvent>,
+) -> std::io::Result<()> {
+    let mut buf = Vec::new();
+    let head_end = loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        let mut chunk = [0u8; 4096];
+        let n = tcp.read(&mut chunk).await?;
+        if n == 0 {
+            return Ok(());
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
+    let mut request_line = head.lines().next().unwrap_or("").split(' ');
+    let (method, path) = (
+        request_line.next().unwrap_or(""),
+        request_line.next().unwrap_or(""),
+    );
+    let content_length = head
+        .lines()
+        .filter_map(|l| l.split_once(':'))
+        .find(|(k, _)| k.trim().eq_ignore_ascii_case("content-length"))
+        .and_then(|(_, v)| v.trim().parse::<usize>().ok())
+        .unwrap_or(0);
+    let mut body = buf[head_end..].to_vec();
+    while body.len() < content_length {
+        let mut chunk = [0u8; 4096];
+        let n = tcp.read(&mut chunk).await?;
+        if n == 0 {
+            break;
+        }
+        body.extend_from_slice(&chunk[..n]);
+    }
+    let body = String::from_utf8_lossy(&body).into_owned();
+
+    let response = match (method, path) {
+        ("GET", "/") => format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: text/html; charset=utf-8\r\nContent-Length: {}\r\n\
+             Cache-Control: no-store\r\nConnection: close\r\n\r\n{html}",
+            html.len()
+        ),
+        ("POST", "/alert" | "/trouble") => {
+            let event = if path == "/alert" {
+                PageEvent::Alert(body)
+            } else {
+                PageEvent::Trouble(body)
+            };
+            let _ = events.send(event);
+            "HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n".to_owned()
+        }
+        _ => "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".to_owned(),
+    };
+    tcp.write_all(response.as_bytes()).await?;
+    tcp.shutdown().await
+}
+
+/// Headless Chromium in its own process group with a fresh profile; dropping it kills the
+/// whole group (browser, zygotes, renderers) and removes the profile.
+pub struct Browser {
+    child: Child,
+    dir: PathBuf,
+}
+
+impl Browser {
+    /// Opens `url`, with `args` after the usual headless flags.
+    pub fn launch(url: &str, args: &[String]) -> Browser {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "pushwire-chromium-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("profile")).expect("create chromium profile dir");
+        let log = std::fs::File::create(dir.join("chromium.log")).expect("create chromium log");
+        let child = Command::new("chromium")
+            .args([
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+                "--no-first-run",
+                "--no-default-browser-check",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--disable-dev-shm-usage",
+            ])
+            .arg(format!("--user-data-dir={}", dir.join("profile").display()))
+            .args(args)
+            .arg(url)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .process_group(0)
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap_or_else(|e| {
+                let _ = std::fs::remove_dir_all(&dir);
+                panic!("cannot start chromium: {e} (scripts/test.sh installs it)")
+            });
+        Browser { child, dir }
+    }
+
+    /// The end of Chromium's stderr, for failure messages.
+    pub fn log_tail(&self) -> String {
+        let log = std::fs::read_to_string(self.dir.join("chromium.log")).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(15)..].join("\n")
+    }
+
+    /// Panics if the browser has already exited.
+    pub fn assert_running(&mut self) {
+        if let Ok(Some(status)) = self.child.try_wait() {
+            panic!(
+                "chromium exited early ({status}); its log ends:\n{}",
+                self.log_tail()
+            );
+        }
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        if let Some(pid) = self.child.id() {
+            // The browser leads its own group: take its helpers down with it.
+            let _ = std::process::Command::new("kill")
+                .args(["-KILL", "--", &format!("-{pid}")])
+                .stderr(Stdio::null())
+                .status();
+        }
+        let _ = self.child.start_kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Chromium showing the seed page, plus what the test needs to watch it.
+pub struct SeedPage {
+    pub browser: Browser,
+    events: mpsc::UnboundedReceiver<PageEvent>,
+    http: tokio::task::JoinHandle<()>,
+}
+
+impl SeedPage {
+    /// Serves a page running `script` (the seed's JS) on `http` and starts Chromium on it,
+    /// with `args`. The page is served from `http://<http's address>/`, which is its Origin.
+    pub fn launch(http: TcpListener, script: &str, args: &[String]) -> SeedPage {
+        let page_url = format!("http://{}/", http.local_addr().unwrap());
+        let (events_tx, events) = mpsc::unbounded_channel();
+        let http = tokio::spawn(serve_page(http, page_html(script), events_tx));
+        SeedPage {
+            browser: Browser::launch(&page_url, args),
+            events,
+            http,
+        }
+    }
+
+    /// Pushes `first` on `push` until a browser took it (the page binds asynchronously:
+    /// browser start, page load, handshake, `ws.send(uid)`; before that every push answers
+    /// `fail`), then checks the page alerted exactly `first`, once.
+    pub async fn wait_bound(&mut self, push: &mut PushClient, first: &str) {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            self.browser.assert_running();
+            if let Ok(PageEvent::Trouble(t)) = self.events.try_recv() {
+                panic!("page trouble before binding: {t}");
+            }
+            match push.request(first).await.as_str() {
+                "ok\n" => break,
+                "fail\n" => {}
+                other => panic!("push reply {other:?}"),
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the page never bound uid1 within 15 s; chromium log ends:\n{}",
+                self.browser.log_tail()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        // Exactly one push was taken, so exactly one alert, with the payload byte for byte.
+        self.expect_alert(first).await;
+    }
+
+    /// The page's next report (5 s deadline).
+    pub async fn next_event(&mut self) -> PageEvent {
+        timeout(Duration::from_secs(5), self.events.recv())
+            .await
+            .unwrap_or_else(|_| {
+                panic!(
+                    "page reported nothing within 5 s; chromium log ends:\n{}",
+                    self.browser.log_tail()
+                )
+            })
+            .expect("page server ended")
+    }
+
+    pub async fn expect_alert(&mut self, want: &str) {
+        match self.next_event().await {
+            PageEvent::Alert(m) => assert_eq!(m, want, "alert text"),
+            PageEvent::Trouble(t) => panic!("page trouble instead of an alert: {t}"),
+        }
+    }
+}
+
+impl Drop for SeedPage {
+    fn drop(&mut self) {
+        self.http.abort();
+    }
+}
