@@ -1,46 +1,130 @@
 #!/usr/bin/env bash
-# Cluster mode, same node vs across nodes, in one session: two release nodes on one
-# redis-server (started here on a free port), browsers on node B; each round runs the
-# bench once with its pushes sent to B (the uid's own node) and once to A (routed through
-# Redis), alternating. Prints latency p50/p99 (push written -> frame received), server
-# CPU per push of node B (the holder), and redis-server's CPU ticks (10 ms) per run.
+# Cluster mode against a single node, in one session, alternating: one redis-server and
+# three release nodes A, B, C linked by it, plus one node S without Redis (the single-node
+# reference), all started here on free ports. Each round runs, in turn:
+#   latency     paced pushes to browsers on B: through B (same node), through A (routed
+#               through Redis), and on S (single node); p50/p99, holder CPU, Redis CPU
+#   throughput  pipelined pushes, the same three ways: pushes/s, CPU and Redis CPU per push
+#   fanout      floor (a bare send() loop over CLIENTS loopback sockets), S's broadcast to
+#               CLIENTS browsers, and cluster-fanout: CLIENTS browsers on each of A, B, C
+#               (3 x CLIENTS; one bench child process per node), pushed through A: per-uid,
+#               /broadcast, /group; each node's CPU per delivered frame
+# Every run's JSON line goes to OUT/runs.jsonl; at the end, each figure's median per
+# (what, scenario) and the per-node floor ratios are printed.
 #
-# Usage: scripts/bench-cluster.sh SCENARIO [bench args...]
-#   e.g. scripts/bench-cluster.sh latency --clients 2000 --rate 2000 --duration-ms 3000
+# Usage: scripts/bench-cluster.sh [latency] [throughput] [fanout]   (default: all three)
+# Env: ROUNDS (3), CLIENTS (19000), LAT_CLIENTS (2000), RATE (2000), DURATION_MS (3000),
+#      PUSHES (40000), FANOUT_ROUNDS (3), OUT (a new temporary directory).
 # Needs target/release/{pushwire,pushwire-bench} (cargo build --release) and redis-server.
 set -euo pipefail
-cd /work/main
+cd "$(dirname "$0")/.."
 source scripts/listening.sh
+parts=${*:-latency throughput fanout}
+ROUNDS=${ROUNDS:-3} CLIENTS=${CLIENTS:-19000} LAT_CLIENTS=${LAT_CLIENTS:-2000}
+RATE=${RATE:-2000} DURATION_MS=${DURATION_MS:-3000} PUSHES=${PUSHES:-40000}
+FANOUT_ROUNDS=${FANOUT_ROUNDS:-3}
+OUT=${OUT:-$(mktemp -d)}
+mkdir -p "$OUT"
+runs=$OUT/runs.jsonl
+: >"$runs"
+bin=target/release
 rport=$(python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])')
-redis-server --port $rport --save "" --appendonly no >/dev/null 2>&1 &
+redis-server --port "$rport" --bind 127.0.0.1 --save "" --appendonly no >/dev/null 2>&1 &
 rpid=$!
-sleep 0.3
-start() { # $1 log
-	PUSHWIRE_HTTP_LISTEN=off NO_COLOR=1 target/release/pushwire --ws-listen 127.0.0.1:0 --push-listen 127.0.0.1:0 \
-		--max-push-connections 64 --redis redis://127.0.0.1:$rport/ >/dev/null 2>"$1" &
-	echo $!
-}
-la=$(mktemp); lb=$(mktemp)
-pa=$(start $la); pb=$(start $lb)
+pids=($rpid)
+logs=()
 # Whatever ends the script (a failed step under set -e too) ends what it started.
-trap 'kill $pa $pb $rpid 2>/dev/null || true; rm -f $la $lb' EXIT
-listening_ports $la a; wsa=$ws_port; pua=$push_port
-listening_ports $lb b; wsb=$ws_port; pub=$push_port
+trap 'kill "${pids[@]}" 2>/dev/null || true; rm -f "${logs[@]}"' EXIT
+sleep 0.3
+start() { # $1 name, $2... extra flags; sets ${name}_pid, _ws, _push
+	local log
+	log=$(mktemp)
+	logs+=("$log")
+	PUSHWIRE_HTTP_LISTEN=off NO_COLOR=1 $bin/pushwire --ws-listen 127.0.0.1:0 --push-listen 127.0.0.1:0 \
+		--max-push-connections 64 "${@:2}" >/dev/null 2>"$log" &
+	pids+=($!)
+	printf -v "${1}_pid" %s $!
+	listening_ports "$log" "$1"
+	printf -v "${1}_ws" %s "$ws_port"
+	printf -v "${1}_push" %s "$push_port"
+}
+for n in a b c; do start $n --redis "redis://127.0.0.1:$rport/"; done
+start s
 sleep 1
-for round in $(seq "${ROUNDS:-3}"); do
-	for mode in same cross; do
-		if [[ $mode == same ]]; then push=$pub; else push=$pua; fi
-		r0=$(awk '{print $14+$15}' /proc/$rpid/stat)
-		target/release/pushwire-bench --ws ws://127.0.0.1:$wsb/ --push 127.0.0.1:$push --server-pid $pb --json-only "$@" \
-			| python3 -c "
+# bench LABEL ARGS...: one run, its JSON lines tagged with what=LABEL.
+bench() {
+	local label=$1
+	shift
+	echo "bench-cluster: $label: $*" >&2
+	$bin/pushwire-bench --json-only --progress-ms 0 "$@" |
+		python3 -c "
 import json,sys
 for l in sys.stdin:
-    d=json.loads(l)
-    if d.get('scenario') in ('latency','throughput'):
-        lat=d.get('latency_ms') or {}
-        print('$mode', d['scenario'], 'p50', lat.get('p50_ms'), 'p99', lat.get('p99_ms'), 'cpu/push(holder node)', d.get('server_cpu_us_per_push'), 'pushes', d.get('pushes'), 'per_s', d.get('pushes_per_s'))
-"
-		r1=$(awk '{print $14+$15}' /proc/$rpid/stat)
-		echo "$mode redis_cpu_ticks=$((r1-r0))"
+    if l.startswith('{'):
+        d=json.loads(l); d['what']='$label'; print(json.dumps(d))
+" >>"$runs"
+}
+ws() { echo "ws://127.0.0.1:$1/"; }
+for round in $(seq "$ROUNDS"); do
+	echo "bench-cluster: round $round/$ROUNDS" >&2
+	for part in $parts; do
+		case $part in
+		latency | throughput)
+			if [[ $part == latency ]]; then
+				args=(latency --clients "$LAT_CLIENTS" --rate "$RATE" --duration-ms "$DURATION_MS")
+			else
+				args=(throughput --clients "$LAT_CLIENTS" --pushes "$PUSHES")
+			fi
+			bench same-node --ws "$(ws $b_ws)" --push 127.0.0.1:$b_push --server-pid $b_pid --redis-pid $rpid "${args[@]}"
+			bench cross-node --ws "$(ws $b_ws)" --push 127.0.0.1:$a_push --server-pid $b_pid --redis-pid $rpid "${args[@]}"
+			bench single-node --ws "$(ws $s_ws)" --push 127.0.0.1:$s_push --server-pid $s_pid "${args[@]}"
+			;;
+		fanout)
+			bench floor floor --clients "$CLIENTS" --rounds "$FANOUT_ROUNDS"
+			bench single-node --ws "$(ws $s_ws)" --push 127.0.0.1:$s_push --server-pid $s_pid \
+				fanout --fanout-mode broadcast --clients "$CLIENTS" --rounds "$FANOUT_ROUNDS"
+			bench 3-nodes --redis-pid $rpid cluster-fanout --clients "$CLIENTS" --rounds "$FANOUT_ROUNDS" \
+				--node "$(ws $a_ws),127.0.0.1:$a_push,$a_pid" --node "$(ws $b_ws),127.0.0.1:$b_push,$b_pid" \
+				--node "$(ws $c_ws),127.0.0.1:$c_push,$c_pid"
+			;;
+		*) echo "bench-cluster: unknown part $part" >&2 && exit 2 ;;
+		esac
 	done
 done
+echo "bench-cluster: runs in $runs" >&2
+python3 - "$runs" <<'EOF'
+import json, statistics, sys
+from collections import defaultdict
+runs = [json.loads(l) for l in open(sys.argv[1])]
+failed = [r for r in runs if not r.get('ok')]
+keys = ['p50_ms', 'p99_ms', 'pushes_per_s', 'server_cpu_us_per_push_hires', 'redis_cpu_us_per_push',
+        'last_delivery_ms', 'server_cpu_us_per_frame', 'node0_cpu_us_per_frame', 'node1_cpu_us_per_frame',
+        'node2_cpu_us_per_frame', 'node_cpu_us_per_frame_max', 'redis_cpu_us_per_frame', 'floor_cpu_us_per_frame']
+by = defaultdict(lambda: defaultdict(list))
+for r in runs:
+    flat = dict(r)
+    for k, v in r.items():
+        if isinstance(v, dict):
+            for kk, vv in v.items():
+                flat[kk if k == 'latency_ms' else f'{k}.{kk}'] = vv
+    for k in keys:
+        if isinstance(flat.get(k), (int, float)):
+            by[(r['what'], r['scenario'])][k].append(flat[k])
+fmt = lambda v: ' '.join(f'{x:g}' for x in v)
+for (what, scen), figs in sorted(by.items()):
+    print(f'== {what} {scen}')
+    for k, v in figs.items():
+        print(f'  {k:32} median {statistics.median(v):10.3f}   runs: {fmt(v)}')
+floor = [r['floor_cpu_us_per_frame'] for r in runs if r['scenario'] == 'floor']
+if floor:
+    f = statistics.median(floor)
+    print(f'== ratio to the floor ({f:.3f} us/frame, median of {len(floor)})')
+    for (what, scen), figs in sorted(by.items()):
+        for k in ['server_cpu_us_per_frame', 'node0_cpu_us_per_frame', 'node1_cpu_us_per_frame',
+                  'node2_cpu_us_per_frame', 'node_cpu_us_per_frame_max']:
+            if k in figs and scen != 'floor':
+                print(f'  {what} {scen} {k}: {statistics.median(figs[k]) / f:.2f}x')
+if failed:
+    print(f'FAILED runs: {len(failed)}')
+    sys.exit(1)
+EOF

@@ -20,14 +20,14 @@
 //!   it; `/push` says `unavailable`). The client reconnects with exponential backoff and
 //!   jitter and re-subscribes everything (fred's `manage_subscriptions`).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use fred::clients::{Client, SubscriberClient};
-use fred::interfaces::{ClientLike, EventInterface, KeysInterface, PubsubInterface, SetsInterface};
+use fred::interfaces::{ClientLike, EventInterface, LuaInterface, PubsubInterface, SetsInterface};
 use fred::types::config::{Config as RedisConfig, ReconnectPolicy};
 use fred::types::{Builder, Value};
 use tokio::sync::{Notify, mpsc, oneshot};
@@ -54,6 +54,27 @@ pub struct ClusterConfig {
     pub timeout: Duration,
     /// Group bounds and the offline grace period, the same as a single node's.
     pub groups: GroupLimits,
+}
+
+/// Why a cluster-wide `/uids` page could not be made.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UidsError {
+    /// Redis could not be reached.
+    Unavailable,
+    /// This many nodes did not answer in time (the page would be incomplete).
+    Partial(usize),
+}
+
+impl std::fmt::Display for UidsError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            UidsError::Unavailable => f.write_str("cluster unavailable (redis unreachable)"),
+            UidsError::Partial(n) => write!(
+                f,
+                "cluster: {n} node(s) did not answer in time; ask again with the same cursor"
+            ),
+        }
+    }
 }
 
 /// Why a group operation could not be done cluster-wide.
@@ -104,8 +125,9 @@ pub struct Cluster {
     /// Uids whose subscription may be out of date; the reconciling task drains it.
     dirty: Mutex<HashSet<Uid>>,
     wake: Notify,
-    /// Uid channels this node is subscribed to (as far as Redis has confirmed).
-    subscribed: Mutex<HashSet<Uid>>,
+    /// Uid channels this node is subscribed to (as far as Redis has confirmed), in
+    /// cluster-wide `/uids` order: by [`uid_hash`], then uid.
+    subscribed: Mutex<BTreeSet<(u32, Uid)>>,
     /// Connected, and subscribed to this node's reply channel: only then may a push be
     /// published (a holder's answer sent before that would be lost, and a push that was
     /// delivered would be answered `fail`).
@@ -137,6 +159,8 @@ struct Waiting {
     /// Answers from other nodes (`got` also counts our own copy).
     answered: usize,
     delivery: Delivery,
+    /// What answers carried beyond their counts (`/uids` pages).
+    bodies: Vec<Bytes>,
     done: Option<oneshot::Sender<()>>,
 }
 
@@ -285,6 +309,17 @@ impl Cluster {
         kind: Ask,
         body: &[u8],
     ) -> impl Future<Output = Remote> + use<> {
+        let gathered = self.gather(channel, kind, body);
+        async move { gathered.await.0 }
+    }
+
+    /// [`Cluster::ask`], with the bodies the answers carried.
+    fn gather(
+        self: &Arc<Self>,
+        channel: String,
+        kind: Ask,
+        body: &[u8],
+    ) -> impl Future<Output = (Remote, Vec<Bytes>)> + use<> {
         let req = self.next_req.fetch_add(1, Relaxed);
         let (done_tx, done_rx) = oneshot::channel();
         let (count_tx, count_rx) = oneshot::channel();
@@ -310,10 +345,11 @@ impl Cluster {
         async move {
             let unavailable = |this: &Cluster| {
                 this.lock_waiting().remove(&req);
-                Remote {
+                let remote = Remote {
                     unavailable: true,
                     ..Remote::default()
-                }
+                };
+                (remote, Vec::new())
             };
             if queued.is_err() {
                 return unavailable(&this);
@@ -326,105 +362,174 @@ impl Cluster {
             {
                 let mut waiting = this.lock_waiting();
                 let Some(w) = waiting.get_mut(&req) else {
-                    return Remote::default();
+                    return (Remote::default(), Vec::new());
                 };
                 w.expected = Some(receivers);
                 if w.complete() {
                     let w = waiting.remove(&req).unwrap_or_default();
-                    return Remote {
+                    let remote = Remote {
                         delivery: w.delivery,
                         answered: w.answered,
                         ..Remote::default()
                     };
+                    return (remote, w.bodies);
                 }
             }
             let _ = tokio::time::timeout_at(deadline, done_rx).await;
             let w = this.lock_waiting().remove(&req).unwrap_or_default();
-            Remote {
+            let remote = Remote {
                 delivery: w.delivery,
                 missing: receivers.saturating_sub(w.got),
                 answered: w.answered,
                 unavailable: false,
-            }
+            };
+            (remote, w.bodies)
         }
+    }
+
+    /// One page of `/uids` across the cluster: every uid with a routable connection on
+    /// some node, in [`uid_hash`] order from `cursor`, at least `limit` of them (whole hash
+    /// values) unless the walk ends; and the cursor of the next page.
+    ///
+    /// # Why every uid online throughout a walk is listed exactly once
+    /// The cursor is a position in the hash space (`0 ..= 2^32`), the same on every node.
+    /// Each node (this one from its own index, the others answering on `pw:all`) returns
+    /// its uids from `cursor` on, whole hash values, up to at least `limit`; the page ends
+    /// where the shortest answer ended, so it covers `cursor .. next` completely on every
+    /// node, and the next page starts there. A uid has one hash, so it falls in exactly
+    /// one page; a uid held by two nodes is listed once (the page is a set). A node that
+    /// does not answer in time fails the page (ask again with the same cursor): a page
+    /// missing a node could skip a stable uid.
+    pub fn uids_page(
+        self: &Arc<Self>,
+        cursor: usize,
+        limit: usize,
+    ) -> impl Future<Output = Result<(Vec<String>, Option<usize>), UidsError>> + use<> {
+        let limit = limit.max(1);
+        let local = self.local_uids(cursor as u64, limit);
+        let remote = self.gather(
+            ALL.to_owned(),
+            Ask::Uids,
+            format!("{cursor} {limit}").as_bytes(),
+        );
+        async move {
+            let (remote, bodies) = remote.await;
+            if remote.unavailable {
+                return Err(UidsError::Unavailable);
+            }
+            if remote.missing > 0 {
+                return Err(UidsError::Partial(remote.missing));
+            }
+            let mut end = local.1;
+            let mut page: BTreeSet<(u32, String)> =
+                local.0.iter().map(|(h, u)| (*h, u.to_string())).collect();
+            for body in &bodies {
+                let Some((their_end, uids)) = parse_uids_page(body) else {
+                    return Err(UidsError::Partial(1));
+                };
+                end = end.min(their_end);
+                page.extend(uids.into_iter().map(|u| (uid_hash(&u), u)));
+            }
+            // Every answer covers `cursor .. end`; keep that much, then cut at `limit`
+            // (after a whole hash value), which still covers what it keeps.
+            page.retain(|(h, _)| u64::from(*h) < end);
+            let mut kept = Vec::with_capacity(page.len().min(limit + 8));
+            for (h, uid) in page {
+                if kept.len() >= limit && kept.last().is_some_and(|(last, _)| *last != h) {
+                    end = u64::from(h);
+                    break;
+                }
+                kept.push((h, uid));
+            }
+            let next = (end < HASH_END).then_some(end as usize);
+            Ok((kept.into_iter().map(|(_, u)| u).collect(), next))
+        }
+    }
+
+    /// This node's part of a `/uids` page: uids from hash `cursor` on, whole hash values,
+    /// until at least `limit`; and where it stopped (`HASH_END` if it reached the end).
+    fn local_uids(&self, cursor: u64, limit: usize) -> (Vec<(u32, Uid)>, u64) {
+        let Ok(start) = u32::try_from(cursor) else {
+            return (Vec::new(), HASH_END);
+        };
+        let subscribed = self.subscribed.lock().unwrap_or_else(|e| e.into_inner());
+        let mut out: Vec<(u32, Uid)> = Vec::new();
+        for (h, uid) in subscribed.range((start, Uid::from(""))..) {
+            if out.len() >= limit && out.last().is_some_and(|(last, _)| last != h) {
+                return (out, u64::from(*h));
+            }
+            out.push((*h, uid.clone()));
+        }
+        (out, HASH_END)
     }
 
     // ---- Groups: membership in Redis, so it belongs to the uid wherever it connects ----
     //
-    // `pw:g:<group>` the members, `pw:ug:<uid>` a uid's groups, `pw:groups` the groups,
-    // `pw:grace` uid → when its grace period ends (ms). A uid is put in `pw:grace` when
-    // it joins and when its last connection on a node closes; the sweeper of any node
-    // drops the memberships of a due uid only if no node holds it then.
+    // `{pw}:g:<group>` the members, `{pw}:ug:<uid>` a uid's groups, `{pw}:groups` the
+    // groups, `{pw}:grace` uid → when its grace period ends (ms). A uid is put in the grace
+    // set when it joins and when its last connection on a node closes; the sweeper of any
+    // node drops the memberships of a due uid only if no node holds it then.
+    //
+    // Every change is one Lua script, so it is atomic: two nodes joining at the same
+    // instant cannot pass `--max-groups` or `--max-group-members` between them, and a
+    // group never outlives or predates its entry in `{pw}:groups`. A script may only touch
+    // keys of one hash slot in a Redis Cluster, hence the one hash tag `{pw}` on every
+    // group key: all group state lives on one shard (uid channels, the bulk of the
+    // traffic, still spread over every shard).
 
-    /// Adds `uids` to `group`, all or nothing against the limits (checked, then applied:
-    /// two nodes joining at the same moment may pass a limit by a few).
+    /// Adds `uids` to `group`, all or nothing against the limits, atomically.
     pub async fn join(
         &self,
         group: &str,
         uids: &[Uid],
     ) -> Result<(usize, usize), ClusterGroupError> {
-        let gone = |_| ClusterGroupError::Unavailable;
         if !self.is_up() {
             return Err(ClusterGroupError::Unavailable);
         }
-        let key = group_key(group);
-        let names: Vec<&str> = uids.iter().map(|u| &**u).collect();
-        let current: usize = self.cmd.scard(&key).await.map_err(gone)?;
-        if current == 0 {
-            let groups: usize = self.cmd.scard(GROUPS).await.map_err(gone)?;
-            if groups >= self.groups.max_groups {
-                return Err(ClusterGroupError::Limit(GroupError::TooManyGroups(
-                    self.groups.max_groups,
-                )));
-            }
-        }
-        let already: Vec<bool> = self
-            .cmd
-            .smismember(&key, names.clone())
-            .await
-            .map_err(gone)?;
-        let new = already.iter().filter(|m| !**m).count();
-        if current + new > self.groups.max_members {
-            return Err(ClusterGroupError::Limit(GroupError::GroupFull(
-                self.groups.max_members,
-            )));
-        }
-        let added: usize = self.cmd.sadd(&key, names.clone()).await.map_err(gone)?;
-        let _: usize = self.cmd.sadd(GROUPS, group).await.map_err(gone)?;
-        let deadline = now_ms() + self.groups.grace.as_millis() as u64;
-        for uid in &names {
-            let _: usize = self
-                .cmd
-                .sadd(uid_groups_key(uid), group)
+        let mut keys = vec![GROUPS.to_owned(), GRACE.to_owned(), group_key(group)];
+        keys.extend(uids.iter().map(|u| uid_groups_key(u)));
+        let mut args = vec![
+            group.to_owned(),
+            self.groups.max_groups.to_string(),
+            self.groups.max_members.to_string(),
+            (now_ms() + self.groups.grace.as_millis() as u64).to_string(),
+        ];
+        args.extend(uids.iter().map(|u| u.to_string()));
+        let (added, members): (i64, i64) =
+            self.cmd
+                .eval(JOIN_SCRIPT, keys, args)
                 .await
-                .map_err(gone)?;
-            self.grace(uid, deadline).await.map_err(gone)?;
+                .map_err(|err| {
+                    debug!(%err, "join script failed");
+                    ClusterGroupError::Unavailable
+                })?;
+        match added {
+            -1 => Err(ClusterGroupError::Limit(GroupError::TooManyGroups(
+                self.groups.max_groups,
+            ))),
+            -2 => Err(ClusterGroupError::Limit(GroupError::GroupFull(
+                self.groups.max_members,
+            ))),
+            _ => Ok((added.max(0) as usize, members.max(0) as usize)),
         }
-        Ok((added, current + added))
     }
 
-    /// Removes `uids` from `group`: (removed, members after).
+    /// Removes `uids` from `group`: (removed, members after), atomically.
     pub async fn leave(
         &self,
         group: &str,
         uids: &[Uid],
     ) -> Result<(usize, usize), ClusterGroupError> {
-        let gone = |_| ClusterGroupError::Unavailable;
-        let key = group_key(group);
-        let names: Vec<&str> = uids.iter().map(|u| &**u).collect();
-        let removed: usize = self.cmd.srem(&key, names.clone()).await.map_err(gone)?;
-        for uid in &names {
-            let _: usize = self
-                .cmd
-                .srem(uid_groups_key(uid), group)
-                .await
-                .map_err(gone)?;
-        }
-        let left: usize = self.cmd.scard(&key).await.map_err(gone)?;
-        if left == 0 {
-            let _: usize = self.cmd.srem(GROUPS, group).await.map_err(gone)?;
-        }
-        Ok((removed, left))
+        let mut keys = vec![GROUPS.to_owned(), group_key(group)];
+        keys.extend(uids.iter().map(|u| uid_groups_key(u)));
+        let mut args = vec![group.to_owned()];
+        args.extend(uids.iter().map(|u| u.to_string()));
+        let (removed, left): (i64, i64) = self
+            .cmd
+            .eval(LEAVE_SCRIPT, keys, args)
+            .await
+            .map_err(|_| ClusterGroupError::Unavailable)?;
+        Ok((removed.max(0) as usize, left.max(0) as usize))
     }
 
     /// The members of `group` (online or within their grace period).
@@ -443,22 +548,12 @@ impl Cluster {
             .map_err(|_| ClusterGroupError::Unavailable)
     }
 
-    /// Drops every membership of `uid` (kick, or its grace period ended offline).
+    /// Drops every membership of `uid` (kick, or its grace period ended offline),
+    /// atomically.
     pub async fn forget(&self, uid: &str) -> Result<(), fred::error::Error> {
-        let groups: Vec<String> = self.cmd.smembers(uid_groups_key(uid)).await?;
-        for g in &groups {
-            let key = group_key(g);
-            let _: usize = self.cmd.srem(&key, uid).await?;
-            let left: usize = self.cmd.scard(&key).await?;
-            if left == 0 {
-                let _: usize = self.cmd.srem(GROUPS, g.as_str()).await?;
-            }
-        }
-        let _: usize = self.cmd.del(uid_groups_key(uid)).await?;
-        let _: usize = self
-            .cmd
-            .custom(fred::cmd!("ZREM"), vec![GRACE.to_owned(), uid.to_owned()])
-            .await?;
+        let keys = vec![GROUPS.to_owned(), GRACE.to_owned(), uid_groups_key(uid)];
+        let args = vec![uid.to_owned(), group_key("")];
+        let _: i64 = self.cmd.eval(FORGET_SCRIPT, keys, args).await?;
         Ok(())
     }
 
@@ -476,15 +571,16 @@ impl Cluster {
 
     /// One holder's answer (`delivery`), or our own copy (`None`: local delivery was
     /// counted by the caller).
-    fn answered(&self, req: u64, delivery: Option<Delivery>) {
+    fn answered(&self, req: u64, delivery: Option<(Delivery, Option<Bytes>)>) {
         let mut waiting = self.lock_waiting();
         let Some(w) = waiting.get_mut(&req) else {
             return; // Timed out already.
         };
         w.got += 1;
-        if let Some(delivery) = delivery {
+        if let Some((delivery, body)) = delivery {
             w.answered += 1;
             w.delivery = w.delivery + delivery;
+            w.bodies.extend(body);
         }
         if w.complete()
             && let Some(done) = w.done.take()
@@ -556,7 +652,7 @@ async fn reconcile(cluster: Arc<Cluster>) {
                 .subscribed
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
-                .contains(&uid);
+                .contains(&(uid_hash(&uid), uid.clone()));
             match (here, subscribed) {
                 (true, false) => on.push(uid),
                 (false, true) => {
@@ -596,10 +692,11 @@ async fn reconcile(cluster: Arc<Cluster>) {
                 Ok(()) => {
                     let mut s = cluster.subscribed.lock().unwrap_or_else(|e| e.into_inner());
                     for uid in uids {
+                        let entry = (uid_hash(&uid), uid);
                         if subscribe {
-                            s.insert(uid);
+                            s.insert(entry);
                         } else {
-                            s.remove(&uid);
+                            s.remove(&entry);
                         }
                     }
                 }
@@ -666,8 +763,9 @@ async fn listen(cluster: Arc<Cluster>) {
             continue;
         };
         if *msg.channel == *reply_channel {
-            if let Some((req, delivery)) = parse_answer(bytes) {
-                cluster.answered(req, Some(delivery));
+            if let Some((req, delivery, body)) = parse_answer(bytes) {
+                let body = body.map(Bytes::copy_from_slice);
+                cluster.answered(req, Some((delivery, body)));
             }
             continue;
         }
@@ -715,6 +813,22 @@ async fn listen(cluster: Arc<Cluster>) {
                     queued: uids,
                     refused: connections,
                 }
+            }
+            (Ask::Uids, None) => {
+                let mut args = std::str::from_utf8(body).unwrap_or("").split(' ');
+                let mut number = || args.next().and_then(|a| a.parse::<u64>().ok());
+                let (cursor, limit) = (number().unwrap_or(HASH_END), number().unwrap_or(1));
+                let limit = usize::try_from(limit).unwrap_or(usize::MAX).max(1);
+                let (uids, end) = cluster.local_uids(cursor, limit);
+                let mut message = BytesMut::from(&answer(req, Delivery::default())[..]);
+                message.put_u8(b'\n');
+                message.put_slice(&uids_page_body(end, &uids));
+                let _ = cluster.publish.try_send(Outgoing {
+                    channel: reply_channel_of(origin),
+                    message: message.freeze(),
+                    done: None,
+                });
+                continue;
             }
             _ => Delivery::default(),
         };
@@ -808,16 +922,66 @@ async fn watch(cluster: Arc<Cluster>) {
 }
 
 const UID_PREFIX: &str = "pw:u:";
-const GROUPS: &str = "pw:groups";
-const GRACE: &str = "pw:grace";
+const GROUPS: &str = "{pw}:groups";
+const GRACE: &str = "{pw}:grace";
 
 fn group_key(group: &str) -> String {
-    format!("pw:g:{group}")
+    format!("{{pw}}:g:{group}")
 }
 
 fn uid_groups_key(uid: &str) -> String {
-    format!("pw:ug:{uid}")
+    format!("{{pw}}:ug:{uid}")
 }
+
+/// `/join`: KEYS groups, grace, the group's members, then each uid's groups; ARGV group,
+/// max groups, max members, grace deadline (ms), then the uids (distinct). Returns
+/// {added, members}, or {-1, 0} (too many groups), {-2, 0} (group full), changing nothing.
+const JOIN_SCRIPT: &str = r#"
+local current = redis.call('SCARD', KEYS[3])
+if current == 0 and redis.call('SISMEMBER', KEYS[1], ARGV[1]) == 0
+    and redis.call('SCARD', KEYS[1]) >= tonumber(ARGV[2]) then
+  return {-1, 0}
+end
+local new = 0
+for i = 5, #ARGV do
+  if redis.call('SISMEMBER', KEYS[3], ARGV[i]) == 0 then new = new + 1 end
+end
+if current + new > tonumber(ARGV[3]) then return {-2, 0} end
+for i = 5, #ARGV do
+  redis.call('SADD', KEYS[3], ARGV[i])
+  redis.call('SADD', KEYS[i - 1], ARGV[1])
+  redis.call('ZADD', KEYS[2], ARGV[4], ARGV[i])
+end
+if #ARGV >= 5 then redis.call('SADD', KEYS[1], ARGV[1]) end
+return {new, current + new}
+"#;
+
+/// `/leave`: KEYS groups, the group's members, then each uid's groups; ARGV group, then
+/// the uids. Returns {removed, members left}; an emptied group is gone.
+const LEAVE_SCRIPT: &str = r#"
+local removed = 0
+for i = 2, #ARGV do
+  removed = removed + redis.call('SREM', KEYS[2], ARGV[i])
+  redis.call('SREM', KEYS[i + 1], ARGV[1])
+end
+local left = redis.call('SCARD', KEYS[2])
+if left == 0 then redis.call('SREM', KEYS[1], ARGV[1]) end
+return {removed, left}
+"#;
+
+/// Drops a uid from every group: KEYS groups, grace, the uid's groups; ARGV uid, the
+/// prefix of a group's members key. The members keys are named by the uid's groups, so
+/// they are not in KEYS; they share the `{pw}` hash slot, which a Redis Cluster allows.
+const FORGET_SCRIPT: &str = r#"
+for _, g in ipairs(redis.call('SMEMBERS', KEYS[3])) do
+  local key = ARGV[2] .. g
+  redis.call('SREM', key, ARGV[1])
+  if redis.call('SCARD', key) == 0 then redis.call('SREM', KEYS[1], g) end
+end
+redis.call('DEL', KEYS[3])
+redis.call('ZREM', KEYS[2], ARGV[1])
+return 0
+"#;
 
 fn now_ms() -> u64 {
     std::time::SystemTime::now()
@@ -850,6 +1014,8 @@ enum Ask {
     Broadcast,
     /// (uids, connections) here.
     Count,
+    /// This node's part of a `/uids` page (`CURSOR LIMIT`).
+    Uids,
 }
 
 impl Ask {
@@ -860,6 +1026,7 @@ impl Ask {
             Ask::Online => b'q',
             Ask::Broadcast => b'b',
             Ask::Count => b'c',
+            Ask::Uids => b'u',
         }
     }
 
@@ -870,6 +1037,7 @@ impl Ask {
             b'q' => Ask::Online,
             b'b' => Ask::Broadcast,
             b'c' => Ask::Count,
+            b'u' => Ask::Uids,
             _ => return None,
         })
     }
@@ -907,13 +1075,45 @@ fn answer(req: u64, d: Delivery) -> Bytes {
     Bytes::from(format!("{req} {} {}", d.queued, d.refused))
 }
 
-fn parse_answer(b: &[u8]) -> Option<(u64, Delivery)> {
-    let text = std::str::from_utf8(b).ok()?;
+/// `<req> <queued> <refused>[\n<body>]`.
+fn parse_answer(b: &[u8]) -> Option<(u64, Delivery, Option<&[u8]>)> {
+    let (head, body) = match memchr::memchr(b'\n', b) {
+        Some(nl) => (&b[..nl], Some(&b[nl + 1..])),
+        None => (b, None),
+    };
+    let text = std::str::from_utf8(head).ok()?;
     let mut it = text.split(' ').map(str::parse::<u64>);
     let req = it.next()?.ok()?;
     let queued = usize::try_from(it.next()?.ok()?).ok()?;
     let refused = usize::try_from(it.next()?.ok()?).ok()?;
-    Some((req, Delivery { queued, refused }))
+    Some((req, Delivery { queued, refused }, body))
+}
+
+/// One past the largest [`uid_hash`]: where a `/uids` walk ends.
+const HASH_END: u64 = 1 << 32;
+
+/// The order of a cluster-wide `/uids` walk: FNV-1a (32 bits) of the uid's bytes, the
+/// same on every node and every build.
+fn uid_hash(uid: &str) -> u32 {
+    uid.bytes().fold(0x811c_9dc5_u32, |h, b| {
+        (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+    })
+}
+
+/// A node's `/uids` answer body: `<end>\n<JSON array of uids>`.
+fn uids_page_body(end: u64, uids: &[(u32, Uid)]) -> Bytes {
+    let names: Vec<&str> = uids.iter().map(|(_, u)| &**u).collect();
+    let mut b = format!("{end}\n").into_bytes();
+    // Serialising a list of strings cannot fail.
+    let _ = serde_json::to_writer(&mut b, &names);
+    Bytes::from(b)
+}
+
+fn parse_uids_page(b: &[u8]) -> Option<(u64, Vec<String>)> {
+    let nl = memchr::memchr(b'\n', b)?;
+    let end = std::str::from_utf8(&b[..nl]).ok()?.parse().ok()?;
+    let uids = serde_json::from_slice(&b[nl + 1..]).ok()?;
+    Some((end, uids))
 }
 
 /// A random node id, 16 hex digits.
@@ -963,10 +1163,26 @@ mod tests {
                 Delivery {
                     queued: 2,
                     refused: 1
-                }
+                },
+                None
             ))
         );
         assert_eq!(parse_answer(b"x 1 2"), None);
+        assert_eq!(
+            parse_answer(b"7 0 0\n12\n[]"),
+            Some((7, Delivery::default(), Some(&b"12\n[]"[..])))
+        );
+        let page = [
+            (uid_hash("a"), Uid::from("a")),
+            (uid_hash("b\n"), Uid::from("b\n")),
+        ];
+        assert_eq!(
+            parse_uids_page(&uids_page_body(99, &page)),
+            Some((99, vec!["a".to_owned(), "b\n".to_owned()]))
+        );
+        // FNV-1a's published test vectors: stable across nodes and builds.
+        assert_eq!(uid_hash(""), 0x811c_9dc5);
+        assert_eq!(uid_hash("a"), 0xe40c_292c);
         assert_eq!(redacted("redis://:pw@h:1/0"), "redis://***@h:1/0");
         assert_eq!(node_id().len(), 16);
     }

@@ -22,7 +22,7 @@ use tracing::debug;
 
 use crate::access::Peer;
 use crate::metrics::Metric;
-use crate::service::{self, Replies, Reply, Response};
+use crate::service::{Replies, Reply, Response};
 use crate::state::State;
 use crate::wire::command::auth_secret;
 use crate::wire::{Frame, LineFramer, Payload};
@@ -60,13 +60,13 @@ pub(crate) async fn serve(stream: TcpStream, peer: Peer, ctx: Arc<State>) {
     }
 }
 
-async fn respond(req: Request<Incoming>, peer: Peer, ctx: &State) -> HttpReply {
+async fn respond(req: Request<Incoming>, peer: Peer, ctx: &Arc<State>) -> HttpReply {
     let reply = route(req, peer, ctx).await;
     ctx.metrics.http_status(reply.status().as_u16());
     reply
 }
 
-async fn route(req: Request<Incoming>, peer: Peer, ctx: &State) -> HttpReply {
+async fn route(req: Request<Incoming>, peer: Peer, ctx: &Arc<State>) -> HttpReply {
     let path = req.uri().path();
     // Health checks are exempt from the secret (load balancers and systemd call them),
     // not from the address allow-list.
@@ -181,7 +181,7 @@ async fn body(req: Request<Incoming>, ctx: &State) -> Result<Bytes, HttpReply> {
 
 /// `POST /push`: every line of the body as if written to the push port, the replies in
 /// order. `/auth` lines answer `{"ok":true}`: the request is already authorized.
-async fn push_lines(body: Bytes, ctx: &State) -> HttpReply {
+async fn push_lines(body: Bytes, ctx: &Arc<State>) -> HttpReply {
     let mut framer = LineFramer::new(ctx.config.max_line_bytes);
     let mut buf = BytesMut::from(body);
     let mut replies = Replies::default();
@@ -189,7 +189,7 @@ async fn push_lines(body: Bytes, ctx: &State) -> HttpReply {
     let mut answer = |frame: Frame, first: Option<u8>, out: &mut BytesMut| {
         let response = match &frame {
             Frame::Line(line) if auth_secret(line).is_some() => Response::Ready(Reply::Authorized),
-            frame => service::handle(ctx, frame, first),
+            frame => return replies.run(ctx, frame, first, out),
         };
         replies.push(response, out);
     };

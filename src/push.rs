@@ -18,7 +18,7 @@ use tracing::{debug, info, warn};
 use crate::access::Peer;
 use crate::metrics::Metric;
 use crate::reloadable::Reloadable;
-use crate::service::{self, Replies, Reply, Response};
+use crate::service::{Replies, Reply, Response};
 use crate::state::State;
 use crate::wire::command::auth_secret;
 use crate::wire::{Frame, LineFramer};
@@ -74,10 +74,8 @@ where
             && replies.len() < MAX_QUEUED_REPLIES
             && let Some(frame) = framer.next_frame(&mut buf)
         {
-            let (response, close) =
-                answer(&frame, framer.too_long_first_byte(), &mut auth, &ctx, peer);
-            closing |= close;
-            replies.push(response, &mut out);
+            let first = framer.too_long_first_byte();
+            closing |= answer(&frame, first, &mut auth, &ctx, peer, &mut replies, &mut out);
         }
         if !out.is_empty() {
             write_replies(&mut stream, &out, idle_timeout, peer).await?;
@@ -115,8 +113,7 @@ where
             // (A refusal is answered too: the peer is done sending, so nothing to linger for.)
             if let Some(frame) = framer.finish(&mut buf) {
                 let first = framer.too_long_first_byte();
-                let (response, _) = answer(&frame, first, &mut auth, &ctx, peer);
-                replies.push(response, &mut out);
+                answer(&frame, first, &mut auth, &ctx, peer, &mut replies, &mut out);
             }
             drain(&mut replies, &mut out, &ctx).await;
             write_replies(&mut stream, &out, idle_timeout, peer).await?;
@@ -127,20 +124,27 @@ where
     stream.shutdown().await
 }
 
-/// The response to one line after the access check, and whether the connection closes
-/// after it (a refused `/auth`, or no `/auth` where one is required).
+/// Answers one line after the access check (its response goes to `replies`); true if
+/// the connection closes after it (a refused `/auth`, or no `/auth` where one is required).
 fn answer(
     frame: &Frame,
     too_long_first: Option<u8>,
     auth: &mut Auth,
-    ctx: &State,
+    ctx: &Arc<State>,
     peer: Peer,
-) -> (Response, bool) {
-    match auth.check(frame, ctx, peer) {
-        Step::Proceed => (service::handle(ctx, frame, too_long_first), false),
-        Step::Answered(reply) => (Response::Ready(reply), false),
-        Step::Close(reply) => (Response::Ready(reply), true),
-    }
+    replies: &mut Replies,
+    out: &mut BytesMut,
+) -> bool {
+    let (reply, close) = match auth.check(frame, ctx, peer) {
+        Step::Proceed => {
+            replies.run(ctx, frame, too_long_first, out);
+            return false;
+        }
+        Step::Answered(reply) => (reply, false),
+        Step::Close(reply) => (reply, true),
+    };
+    replies.push(Response::Ready(reply), out);
+    close
 }
 
 /// Waits (within the shutdown timeout) for every queued reply, encoding them into `out`.

@@ -14,13 +14,14 @@ fn free_port() -> u16 {
     l.local_addr().expect("local addr").port()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_scenario_passes_its_own_checks_at_500_clients() {
+/// The real daemon on free ports with `args`, once its log has shown each of `wait_for`:
+/// (the process, its WebSocket port, its push port, its pid). Its log keeps being drained.
+async fn daemon(args: &[&str], wait_for: &[&str]) -> (tokio::process::Child, u16, u16, u32) {
     let (ws, push) = (free_port(), free_port());
     let mut daemon = Command::new(env!("CARGO_BIN_EXE_pushwire"))
         .args(["--ws-listen", &format!("127.0.0.1:{ws}")])
         .args(["--push-listen", &format!("127.0.0.1:{push}")])
-        .args(["--http-listen", "127.0.0.1:0"])
+        .args(args)
         .env("RUST_LOG", "info")
         .stderr(Stdio::piped())
         .kill_on_drop(true)
@@ -29,17 +30,27 @@ async fn every_scenario_passes_its_own_checks_at_500_clients() {
     let pid = daemon.id().expect("daemon pid");
     let mut log = BufReader::new(daemon.stderr.take().expect("stderr")).lines();
     tokio::time::timeout(Duration::from_secs(10), async {
+        let mut seen = vec![false; wait_for.len()];
         while let Some(line) = log.next_line().await.expect("read log") {
-            if line.contains("listening") {
+            for (i, w) in wait_for.iter().enumerate() {
+                seen[i] |= line.contains(w);
+            }
+            if seen.iter().all(|s| *s) {
                 return;
             }
         }
-        panic!("daemon exited before listening");
+        panic!("daemon exited before logging {wait_for:?}");
     })
     .await
-    .expect("daemon did not start listening within 10 s");
+    .unwrap_or_else(|_| panic!("daemon did not log {wait_for:?} within 10 s"));
     // Keep draining the log so the daemon never blocks on a full pipe.
     tokio::spawn(async move { while let Ok(Some(_)) = log.next_line().await {} });
+    (daemon, ws, push, pid)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_scenario_passes_its_own_checks_at_500_clients() {
+    let (_daemon, ws, push, pid) = daemon(&["--http-listen", "127.0.0.1:0"], &["listening"]).await;
 
     let out = tokio::time::timeout(
         Duration::from_secs(240),
@@ -163,4 +174,120 @@ fn bench_compare_alternates_two_servers_and_prints_ratios() {
         .unwrap_or_else(|| panic!("no ratio in {row:?}"));
     assert!(ratio > 0.0, "{row}");
     let _ = std::fs::remove_dir_all(out_dir);
+}
+
+/// The cluster scenarios at a tiny scale: a real redis-server and three real nodes; the
+/// `cluster-fanout` parent spreads its clients over one child process per node and checks
+/// every delivery of a per-uid fan-out, a broadcast and a group push through the first
+/// node; a cross-node `throughput` run reports Redis's CPU per push. No timing assertions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_scenarios_pass_their_checks_across_three_nodes() {
+    let rport = free_port();
+    let mut redis = Command::new("redis-server")
+        .args(["--port", &rport.to_string(), "--bind", "127.0.0.1"])
+        .args(["--save", "", "--appendonly", "no"])
+        .stdout(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start redis-server (scripts/test.sh installs it)");
+    let redis_pid = redis.id().expect("redis pid");
+    let url = format!("redis://127.0.0.1:{rport}/");
+    let mut nodes = Vec::new();
+    let mut daemons = Vec::new();
+    for _ in 0..3 {
+        let args = ["--http-listen", "off", "--redis", &url];
+        let node = daemon(&args, &["listening", "redis connected"]).await;
+        nodes.push(format!(
+            "ws://127.0.0.1:{}/,127.0.0.1:{},{}",
+            node.1, node.2, node.3
+        ));
+        daemons.push(node);
+    }
+    let bench = |args: Vec<String>| async move {
+        let out = tokio::time::timeout(
+            Duration::from_secs(120),
+            Command::new(env!("CARGO_BIN_EXE_pushwire-bench"))
+                .args(&args)
+                .kill_on_drop(true)
+                .output(),
+        )
+        .await
+        .expect("bench did not finish within 120 s")
+        .expect("run pushwire-bench");
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{}\n{stdout}\n{stderr}", out.status);
+        let reports: Vec<serde_json::Value> = stdout
+            .lines()
+            .filter(|l| l.starts_with('{'))
+            .map(|l| serde_json::from_str(l).expect("JSON report line"))
+            .collect();
+        for r in &reports {
+            assert_eq!(r["ok"], true, "{r}");
+            assert_eq!(r["errors"], 0, "{r}");
+        }
+        reports
+    };
+    let mut args: Vec<String> = ["--redis-pid", &redis_pid.to_string(), "--json-only"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    args.extend(["cluster-fanout", "--clients", "100", "--rounds", "1"].map(String::from));
+    for node in &nodes {
+        args.extend(["--node".to_owned(), node.clone()]);
+    }
+    let reports = bench(args).await;
+    let names: Vec<&str> = reports
+        .iter()
+        .filter_map(|r| r["scenario"].as_str())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "cluster-fanout",
+            "cluster-fanout-broadcast",
+            "cluster-fanout-group"
+        ]
+    );
+    for r in &reports {
+        assert_eq!(r["clients"], 300, "{r}");
+        for k in 0..3 {
+            assert!(
+                r[format!("node{k}_cpu_us_per_frame")].as_f64().is_some(),
+                "{r}"
+            );
+        }
+        assert!(r["redis_cpu_us_per_frame"].as_f64().is_some(), "{r}");
+    }
+
+    // Browsers on node 1, pushes through node 0: routed through Redis.
+    let (_, ws1, _, pid1) = &daemons[1];
+    let (_, _, push0, _) = &daemons[0];
+    let reports = bench(
+        [
+            "--ws",
+            &format!("ws://127.0.0.1:{ws1}/"),
+            "--push",
+            &format!("127.0.0.1:{push0}"),
+            "--server-pid",
+            &pid1.to_string(),
+            "--redis-pid",
+            &redis_pid.to_string(),
+            "--json-only",
+            "throughput",
+            "--clients",
+            "100",
+            "--pushes",
+            "2000",
+        ]
+        .map(String::from)
+        .to_vec(),
+    )
+    .await;
+    let t = reports
+        .iter()
+        .find(|r| r["scenario"] == "throughput")
+        .expect("a throughput report");
+    assert!(t["redis_cpu_us_per_push"].as_f64().is_some(), "{t}");
+    let _ = redis.kill().await;
 }

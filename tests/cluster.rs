@@ -327,6 +327,248 @@ async fn groups_span_the_nodes_and_keep_their_grace_period(url: &str) {
     assert!(pa.request("/count").await.contains("\"groups\":0"));
 }
 
+/// Cluster-wide `/uids`: one walk through node a, in small pages, while uids come and go
+/// on both nodes. Every uid online throughout the walk (on a, on b, or on both) is listed
+/// exactly once; no uid, stable or not, is listed twice; pages follow the single-node
+/// grammar (`count`, `uids`, `next` a number, `null` at the end).
+async fn uids_walk_lists_each_stable_uid_once_while_others_come_and_go(url: &str) {
+    let (a, b) = (node(url).await, node(url).await);
+    const STABLE: usize = 40;
+    let mut tabs = Vec::new();
+    let mut stable = std::collections::BTreeSet::new();
+    for i in 0..STABLE {
+        let (home, uid) = if i % 2 == 0 {
+            (&a, format!("sa{i}"))
+        } else {
+            (&b, format!("sb{i}"))
+        };
+        let mut tab = WsClient::connect(&home.ws_url()).await;
+        tab.bind(&uid, home.push_addr).await;
+        tabs.push(tab);
+        stable.insert(uid);
+    }
+    for home in [&a, &b] {
+        let mut tab = WsClient::connect(&home.ws_url()).await;
+        tab.bind("on-both", home.push_addr).await;
+        tabs.push(tab);
+    }
+    stable.insert("on-both".to_owned());
+    // Routable everywhere: a's /uids sees every stable uid (subscriptions are in).
+    let all = STABLE + 2;
+    let want = format!("\"uids\":{all},\"connections\":{all}");
+    until_reply(
+        a.push_addr,
+        "/count",
+        &want,
+        STEP,
+        "every stable uid routable",
+    )
+    .await;
+
+    // Churn: uids join and leave on both nodes for the whole walk.
+    let stop = tokio_util::sync::CancellationToken::new();
+    let mut churners = Vec::new();
+    for (k, home) in [a.ws_url(), b.ws_url()].into_iter().enumerate() {
+        let stop = stop.clone();
+        churners.push(tokio::spawn(async move {
+            let mut n = 0u64;
+            while !stop.is_cancelled() {
+                let mut tab = WsClient::connect(&home).await;
+                tab.send_text(&format!("churn{k}-{n}")).await;
+                tokio::time::sleep(Duration::from_millis(3 + n % 7)).await;
+                tab.close().await;
+                n += 1;
+            }
+            n
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    let mut push = PushClient::connect(a.push_addr).await;
+    let mut seen: std::collections::BTreeMap<String, usize> = Default::default();
+    let (mut cursor, mut pages) = (0u64, 0);
+    loop {
+        let line = format!("/uids {cursor} 3");
+        let reply: serde_json::Value =
+            serde_json::from_str(&push.request(&line).await).expect("/uids reply is JSON");
+        assert_eq!(reply["ok"], true, "{reply}");
+        let uids = reply["uids"].as_array().expect("uids array");
+        assert_eq!(reply["count"].as_u64(), Some(uids.len() as u64), "{reply}");
+        for u in uids {
+            *seen
+                .entry(u.as_str().expect("uid string").to_owned())
+                .or_default() += 1;
+        }
+        pages += 1;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        match reply["next"].as_u64() {
+            Some(next) => {
+                assert!(
+                    uids.len() >= 3,
+                    "a page short of LIMIT before the end: {reply}"
+                );
+                assert!(next > cursor, "the cursor moves on: {reply}");
+                cursor = next;
+            }
+            None => {
+                assert!(reply["next"].is_null(), "{reply}");
+                break;
+            }
+        }
+    }
+    stop.cancel();
+    let mut churned = 0;
+    for c in churners {
+        churned += c.await.expect("churner");
+    }
+    assert!(pages >= 5, "a walk of several pages: {pages}");
+    assert!(
+        churned >= 10,
+        "uids came and went during the walk: {churned}"
+    );
+    for uid in &stable {
+        assert_eq!(
+            seen.get(uid),
+            Some(&1),
+            "stable uid {uid} listed once: {seen:?}"
+        );
+    }
+    let twice: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(twice.is_empty(), "listed twice: {twice:?}");
+    drop(tabs);
+}
+
+/// `/join` limits hold cluster-wide under concurrent joins from two nodes: exactly
+/// `--max-group-members` of many racing joins succeed, and exactly as many new groups
+/// as `--max-groups` leaves room for.
+async fn concurrent_joins_from_two_nodes_never_pass_the_limits(url: &str) {
+    let limits = pushwire::Config {
+        max_group_members: 10,
+        max_groups: 5,
+        ..pushwire::Config::default()
+    };
+    let (a, b) = (
+        node_with(url, limits.clone()).await,
+        node_with(url, limits).await,
+    );
+    async fn race(addrs: Vec<std::net::SocketAddr>, lines: Vec<String>) -> Vec<String> {
+        let mut clients = Vec::new();
+        for (i, _) in lines.iter().enumerate() {
+            clients.push(PushClient::connect(addrs[i % addrs.len()]).await);
+        }
+        let go = std::sync::Arc::new(tokio::sync::Barrier::new(lines.len()));
+        let tasks: Vec<_> = clients
+            .into_iter()
+            .zip(lines)
+            .map(|(mut c, line)| {
+                let go = go.clone();
+                tokio::spawn(async move {
+                    go.wait().await;
+                    c.request(&line).await
+                })
+            })
+            .collect();
+        let mut out = Vec::new();
+        for t in tasks {
+            out.push(t.await.expect("join task"));
+        }
+        out
+    }
+    for n in [&a, &b] {
+        let both = "\"cluster_nodes\":2";
+        until_reply(n.push_addr, "/stats", both, STEP, "both nodes up").await;
+    }
+    let addrs = vec![a.push_addr, b.push_addr];
+    let replies = race(
+        addrs.clone(),
+        (0..40).map(|i| format!("/join room m{i}")).collect(),
+    )
+    .await;
+    let ok = replies.iter().filter(|r| r.contains("\"ok\":true")).count();
+    let full = "{\"ok\":false,\"error\":\"group full (max 10 members)\"}\n";
+    assert!(
+        replies
+            .iter()
+            .all(|r| r.contains("\"ok\":true") || r == full),
+        "{replies:?}"
+    );
+    assert_eq!(ok, 10, "{replies:?}");
+    let members = PushClient::connect(b.push_addr)
+        .await
+        .request("/members room")
+        .await;
+    assert!(members.contains("\"count\":10,"), "{members}");
+
+    // Four more groups fit beside `room`; twenty racing to be created.
+    let replies = race(addrs, (0..20).map(|i| format!("/join g{i} x")).collect()).await;
+    let ok = replies.iter().filter(|r| r.contains("\"ok\":true")).count();
+    assert_eq!(ok, 4, "{replies:?}");
+    let count = PushClient::connect(a.push_addr)
+        .await
+        .request("/count")
+        .await;
+    assert!(count.contains("\"groups\":5}"), "{count}");
+    // A refused join changed nothing: leaving what was joined empties the group.
+    let mut p = PushClient::connect(a.push_addr).await;
+    let left = p
+        .request(&format!(
+            "/leave room [{}]",
+            (0..40)
+                .map(|i| format!("\"m{i}\""))
+                .collect::<Vec<_>>()
+                .join(",")
+        ))
+        .await;
+    assert_eq!(
+        left,
+        "{\"ok\":true,\"group\":\"room\",\"removed\":10,\"members\":0}\n"
+    );
+    assert!(p.request("/count").await.contains("\"groups\":4}"));
+}
+
+/// Pipelined `/group` lines and plain pushes on one backend connection reach each tab
+/// in the order they were sent, though each `/group` first looks its members up in
+/// Redis: members on the backend's own node and on the other node alike.
+async fn group_pushes_stay_in_order_with_the_lines_around_them(url: &str) {
+    let (a, b) = (node(url).await, node(url).await);
+    let mut far = WsClient::connect(&b.ws_url()).await;
+    bound_across(&mut far, &b, &a, "far").await;
+    let mut near = WsClient::connect(&a.ws_url()).await;
+    near.bind("near", a.push_addr).await;
+    let mut push = PushClient::connect(a.push_addr).await;
+    assert!(
+        push.request("/join room [\"far\",\"near\"]")
+            .await
+            .contains("\"members\":2")
+    );
+
+    const N: usize = 300;
+    let mut lines = String::new();
+    for i in 0..N {
+        match i % 3 {
+            0 => lines.push_str(&format!("/group room {{\"seq\":{i}}}\n")),
+            1 => lines.push_str(&format!("{{\"uid\":\"far\",\"seq\":{i}}}\n")),
+            _ => lines.push_str(&format!("{{\"uid\":\"near\",\"seq\":{i}}}\n")),
+        }
+    }
+    push.send_raw(lines.as_bytes()).await;
+    for i in 0..N {
+        let reply = push.read_reply().await;
+        if i % 3 == 0 {
+            assert!(reply.contains("\"reached\":2"), "reply {i}: {reply}");
+        } else {
+            assert_eq!(reply, "ok\n", "reply {i}");
+        }
+    }
+    for (tab, skip) in [(&mut far, 2), (&mut near, 1)] {
+        for i in (0..N).filter(|i| i % 3 != skip) {
+            let text = tab.recv_text().await;
+            let seq = format!("\"seq\":{i}}}");
+            assert!(text.ends_with(&seq), "expected seq {i}, got {text}");
+        }
+    }
+}
+
 /// Each core case runs on a standalone Redis and on a three-master Redis Cluster.
 macro_rules! on_both {
     ($($case:ident),* $(,)?) => {$(
@@ -354,6 +596,9 @@ on_both!(
     pipelined_cross_node_pushes_arrive_in_order,
     broadcast_kick_and_presence_span_the_nodes,
     groups_span_the_nodes_and_keep_their_grace_period,
+    uids_walk_lists_each_stable_uid_once_while_others_come_and_go,
+    concurrent_joins_from_two_nodes_never_pass_the_limits,
+    group_pushes_stay_in_order_with_the_lines_around_them,
 );
 
 /// Three `redis-server --cluster-enabled yes` masters on free ports, joined with

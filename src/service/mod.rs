@@ -301,30 +301,8 @@ fn run(state: &State, command: Command<'_>, line: &Payload, text: &str) -> Respo
                 return Response::Ready(Reply::error("bad payload offset"));
             };
             if let Some(cluster) = &state.cluster {
-                let (cluster, registry) = (cluster.clone(), registry.clone());
-                let group = group.into_owned();
-                return later(async move {
-                    let members = cluster.members(&group).await.unwrap_or_default();
-                    let (mut reached, mut total) = (0, Delivery::default());
-                    let targets: Vec<_> = members
-                        .iter()
-                        .filter(|m| !except.iter().any(|e| **e == ***m))
-                        .map(|m| (registry.push(m, &msg), cluster.push(m, &msg)))
-                        .collect();
-                    for (local, remote) in targets {
-                        let d = local + remote.await.delivery;
-                        reached += usize::from(d.ok());
-                        total = total + d;
-                    }
-                    Json::Group(GroupReply {
-                        ok: reached > 0,
-                        group,
-                        members: members.len(),
-                        reached,
-                        connections: total.queued,
-                        refused: total.refused,
-                    })
-                });
+                let sent = group_in_cluster(cluster, registry, group.into_owned(), except, msg);
+                return later(async move { sent.await.await });
             }
             let (members, f) = registry
                 .push_group(&group, &msg, &except)
@@ -492,6 +470,23 @@ fn run(state: &State, command: Command<'_>, line: &Payload, text: &str) -> Respo
                 group: group.into_owned(),
             })
         }
+        Command::Uids { cursor, limit } if state.cluster.is_some() => {
+            let Some(cluster) = &state.cluster else {
+                return Response::Ready(Reply::error("no cluster"));
+            };
+            let page = cluster.uids_page(cursor, limit);
+            return Response::Later(Box::pin(async move {
+                match page.await {
+                    Ok((uids, next)) => Reply::Json(Json::Uids(UidsReply {
+                        ok: true,
+                        count: uids.len(),
+                        uids,
+                        next,
+                    })),
+                    Err(e) => Reply::error(e),
+                }
+            }));
+        }
         Command::Uids { cursor, limit } => {
             let (page, next) = registry.uids_page(cursor, limit);
             Json::Uids(UidsReply {
@@ -558,6 +553,111 @@ fn run(state: &State, command: Command<'_>, line: &Payload, text: &str) -> Respo
     Response::Ready(Reply::Json(json))
 }
 
+/// Cluster mode, `/group`: the member lookup (Redis), then a push to each member, local
+/// and published, in that order. The outer future is done once every push is dispatched
+/// (so a later request of the same connection may run); the inner one waits for the
+/// holders' answers.
+// The two phases are the point: the outer future yields the inner one on purpose.
+#[allow(clippy::async_yields_async)]
+fn group_in_cluster(
+    cluster: &std::sync::Arc<crate::cluster::Cluster>,
+    registry: &crate::registry::Registry,
+    group: String,
+    except: Vec<crate::wire::Uid>,
+    msg: Payload,
+) -> impl Future<Output = Pin<Box<dyn Future<Output = Json> + Send>>> + Send + use<> {
+    let (cluster, registry) = (cluster.clone(), registry.clone());
+    async move {
+        let members = cluster.members(&group).await.unwrap_or_default();
+        let targets: Vec<_> = members
+            .iter()
+            .filter(|m| !except.iter().any(|e| **e == ***m))
+            .map(|m| (registry.push(m, &msg), cluster.push(m, &msg)))
+            .collect();
+        let n = members.len();
+        let answers: Pin<Box<dyn Future<Output = Json> + Send>> = Box::pin(async move {
+            let (mut reached, mut total) = (0, Delivery::default());
+            for (local, remote) in targets {
+                let d = local + remote.await.delivery;
+                reached += usize::from(d.ok());
+                total = total + d;
+            }
+            Json::Group(GroupReply {
+                ok: reached > 0,
+                group,
+                members: n,
+                reached,
+                connections: total.queued,
+                refused: total.refused,
+            })
+        });
+        answers
+    }
+}
+
+/// True for a request whose effect waits on Redis in cluster mode (`/group` looks its
+/// members up first; `/join`, `/leave`, `/members` are Redis commands): later requests
+/// of the same connection run only once it has taken effect. A cheap look at the verb.
+fn waits_on_redis(frame: &Frame) -> bool {
+    let Frame::Line(line) = frame else {
+        return false;
+    };
+    let verb = line.split(|&b| b == b' ').next().unwrap_or(&[]);
+    matches!(
+        verb,
+        b"/group" | b"/group-except" | b"/join" | b"/leave" | b"/members"
+    )
+}
+
+/// Runs one request in the connection's order (on its [`Sequencer`]): a request whose
+/// effect waits on Redis is waited for up to that effect; any other runs at once and its
+/// reply may still wait.
+async fn execute_in_order(state: &State, frame: &Frame, too_long_first: Option<u8>) -> Response {
+    let request = Request::parse(frame, too_long_first, state);
+    let barrier = matches!(
+        &request,
+        Request::Command {
+            command: Command::Group { .. }
+                | Command::Join { .. }
+                | Command::Leave { .. }
+                | Command::Members { .. },
+            ..
+        }
+    );
+    if let (
+        Some(cluster),
+        Request::Command {
+            command:
+                Command::Group {
+                    group,
+                    except,
+                    payload: at,
+                },
+            line,
+            ..
+        },
+    ) = (&state.cluster, &request)
+    {
+        state.metrics.incr(Metric::Commands);
+        let Some(msg) = line.tail(*at) else {
+            return Response::Ready(Reply::error("bad payload offset"));
+        };
+        let sent = group_in_cluster(
+            cluster,
+            &state.registry,
+            group.to_string(),
+            except.clone(),
+            msg,
+        );
+        let answers = sent.await;
+        return later(answers);
+    }
+    match execute(state, request) {
+        Response::Later(reply) if barrier => Response::Ready(reply.await),
+        response => response,
+    }
+}
+
 /// A JSON reply that resolves later.
 fn later(json: impl Future<Output = Json> + Send + 'static) -> Response {
     Response::Later(Box::pin(async move { Reply::Json(json.await) }))
@@ -572,9 +672,106 @@ fn later(json: impl Future<Output = Json> + Send + 'static) -> Response {
 #[derive(Default)]
 pub struct Replies {
     waiting: VecDeque<Response>,
+    /// Cluster mode: runs this connection's requests in order behind one whose effect
+    /// waits on Redis (started at the first such request).
+    sequencer: Option<Sequencer>,
+}
+
+/// One connection's requests that must wait for an earlier one's effect, run in order by
+/// one task.
+///
+/// # Why
+/// A `/group` must look its members up in Redis before it can push to them; a plain push
+/// sent right after it on the same connection is delivered at once. Without this, the
+/// push would overtake the group message on a member's tab. So once a request whose
+/// effect waits on Redis is read, it and every later line of the connection go to this
+/// task, which runs them one after the other, waiting only for each such effect (a
+/// `/group`'s pushes dispatched, a `/join` applied), never for replies; once it has
+/// caught up, lines run at once again.
+struct Sequencer {
+    queue: tokio::sync::mpsc::UnboundedSender<Deferred>,
+    /// Requests handed to the task and not yet run.
+    behind: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+struct Deferred {
+    frame: Frame,
+    too_long_first: Option<u8>,
+    response: tokio::sync::oneshot::Sender<Response>,
+}
+
+impl Sequencer {
+    fn start(state: &std::sync::Arc<State>) -> Sequencer {
+        let (queue, mut rx) = tokio::sync::mpsc::unbounded_channel::<Deferred>();
+        let behind = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (state, left) = (state.clone(), behind.clone());
+        // Ends when the connection's `Replies` (the only sender) is dropped.
+        tokio::spawn(async move {
+            while let Some(d) = rx.recv().await {
+                let response = execute_in_order(&state, &d.frame, d.too_long_first).await;
+                left.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+                let _ = d.response.send(response);
+            }
+        });
+        Sequencer { queue, behind }
+    }
+
+    fn busy(&self) -> bool {
+        self.behind.load(std::sync::atomic::Ordering::Acquire) > 0
+    }
 }
 
 impl Replies {
+    /// Runs one line (as [`handle`]) and adds its response, keeping the effects of one
+    /// connection's requests in order in cluster mode (see [`Sequencer`]). Doors call
+    /// this for every line they pass to the service.
+    pub fn run(
+        &mut self,
+        state: &std::sync::Arc<State>,
+        frame: &Frame,
+        too_long_first: Option<u8>,
+        out: &mut BytesMut,
+    ) {
+        let in_order = state.cluster.is_some()
+            && (self.sequencer.as_ref().is_some_and(Sequencer::busy) || waits_on_redis(frame));
+        if !in_order {
+            return self.push(handle(state, frame, too_long_first), out);
+        }
+        let sequencer = self
+            .sequencer
+            .get_or_insert_with(|| Sequencer::start(state));
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        sequencer
+            .behind
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        let owned = match frame {
+            Frame::Line(line) => Frame::Line(line.clone()),
+            Frame::TooLong => Frame::TooLong,
+        };
+        let sent = sequencer.queue.send(Deferred {
+            frame: owned,
+            too_long_first,
+            response: tx,
+        });
+        if sent.is_err() {
+            // The task is gone (only if the runtime is shutting down): run it here.
+            sequencer
+                .behind
+                .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+            return self.push(handle(state, frame, too_long_first), out);
+        }
+        self.push(
+            Response::Later(Box::pin(async move {
+                match rx.await {
+                    Ok(Response::Ready(reply)) => reply,
+                    Ok(Response::Later(reply)) => reply.await,
+                    Err(_) => Reply::error("shutting down"),
+                }
+            })),
+            out,
+        );
+    }
+
     /// Adds the next request's response; a ready one with nothing ahead of it is
     /// encoded into `out` at once.
     pub fn push(&mut self, response: Response, out: &mut BytesMut) {

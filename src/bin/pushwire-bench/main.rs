@@ -12,6 +12,7 @@
 //! stderr. See `--help` and `docs` at the top of `scenarios.rs` for what each scenario times.
 
 mod client;
+mod cluster;
 mod compare;
 mod floor;
 mod procstat;
@@ -64,6 +65,10 @@ pub struct Opts {
     /// PID of the server process: enables server CPU per push and RSS figures.
     #[arg(long, global = true, env = "PUSHWIRE_BENCH_SERVER_PID")]
     pub server_pid: Option<u32>,
+    /// PID of the redis-server linking the nodes (cluster mode): adds Redis's CPU per push
+    /// (schedstat of /proc/PID) to every scenario's figures.
+    #[arg(long, global = true, env = "PUSHWIRE_BENCH_REDIS_PID")]
+    pub redis_pid: Option<u32>,
 
     /// Number of WebSocket clients (one uid each).
     #[arg(long, global = true, default_value_t = 1000)]
@@ -175,6 +180,23 @@ pub enum Scenario {
     /// connected loopback sockets in a tight send() loop per round; its CPU per frame is the
     /// kernel's floor for fanout-broadcast's server_cpu_us_per_frame (ignores --ws/--push).
     Floor,
+    /// Cluster mode: fan-out and broadcast across several nodes, each holding --clients
+    /// browsers in a child process of its own (one process's open files are not enough for
+    /// 3 x 19k), pushed through the first node. Reports the time to the last delivery on
+    /// any node and each node's server CPU per delivered frame (ignores --ws/--push).
+    ClusterFanout {
+        /// One node: `WS_URL,PUSH_ADDR,PID` (repeat per node; the first gets the pushes).
+        #[arg(long = "node", required = true, num_args = 1)]
+        nodes: Vec<String>,
+    },
+    /// A cluster-fanout child: binds --clients browsers to --ws, then checks the deliveries
+    /// the parent announces on stdin (internal).
+    #[command(hide = true)]
+    Holder {
+        /// Uid prefix of this child's clients.
+        #[arg(long)]
+        tag: String,
+    },
     /// The floor scenario's sending child (internal).
     #[command(hide = true)]
     FloorSender {
@@ -283,7 +305,11 @@ fn main() {
         });
         std::process::exit(code);
     }
-    match o.scenario {
+    if let Some(pid) = o.redis_pid {
+        procstat::set_redis_pid(pid);
+    }
+    match &o.scenario {
+        Scenario::ClusterFanout { nodes } => std::process::exit(cluster::run(&o, nodes)),
         Scenario::Floor => std::process::exit(floor::run(&o)),
         Scenario::FloorSender { .. } => std::process::exit(floor::sender(&o)),
         _ => {}

@@ -128,6 +128,13 @@ pub fn ksoftirqd_ticks() -> Option<u64> {
     Some(pids.iter().filter_map(|p| cpu_ticks(p)).sum())
 }
 
+static REDIS_PID: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// Every measured phase also reads this redis-server's CPU (`--redis-pid`).
+pub fn set_redis_pid(pid: u32) {
+    let _ = REDIS_PID.set(pid.to_string());
+}
+
 /// Whether /proc/PID exists.
 pub fn alive(pid: u32) -> bool {
     std::path::Path::new(&format!("/proc/{pid}")).exists()
@@ -142,6 +149,7 @@ pub struct Snap {
     self_ns: Option<u64>,
     sys_ticks: Option<u64>,
     softirqd_ticks: Option<u64>,
+    redis_ns: Option<u64>,
 }
 
 /// CPU used during a measured phase.
@@ -160,6 +168,8 @@ pub struct Usage {
     /// CPU used by everything else on the machine (other processes and kernel threads), ms:
     /// a large value means the measurement was disturbed.
     pub other_ms: Option<f64>,
+    /// The redis-server's CPU (schedstat), ms, with `--redis-pid`.
+    pub redis_ms: Option<f64>,
 }
 
 /// Start of a measured phase.
@@ -189,6 +199,7 @@ impl Meter {
             bench_ms: ticks(s.self_ticks, end.self_ticks),
             bench_ms_hires: ns(s.self_ns, end.self_ns),
             softirqd_ms: ticks(s.softirqd_ticks, end.softirqd_ticks),
+            redis_ms: ns(s.redis_ns, end.redis_ns),
             other_ms: ticks(s.sys_ticks, end.sys_ticks).map(|all| {
                 let srv = ticks(s.srv_ticks, end.srv_ticks).unwrap_or(0.0);
                 let me = ticks(s.self_ticks, end.self_ticks).unwrap_or(0.0);
@@ -208,5 +219,6 @@ fn snap(pid: Option<&str>) -> Snap {
         self_ns: sched_ns("self"),
         sys_ticks: system_busy_ticks(),
         softirqd_ticks: ksoftirqd_ticks(),
+        redis_ns: REDIS_PID.get().and_then(|p| sched_ns(p)),
     }
 }

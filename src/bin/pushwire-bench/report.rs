@@ -123,6 +123,24 @@ impl Report {
                 );
             }
         }
+        if let Some(redis) = u.redis_ms {
+            self.num(
+                "redis_cpu_ms",
+                "redis-server CPU (schedstat)",
+                redis,
+                1,
+                "ms",
+            );
+            if pushes > 0 {
+                self.num(
+                    "redis_cpu_us_per_push",
+                    "redis-server CPU per push",
+                    redis * 1000.0 / pushes as f64,
+                    2,
+                    "µs",
+                );
+            }
+        }
         self.opt_num("bench_cpu_ms", "bench's own CPU", u.bench_ms, 0, "ms");
         self.opt_num(
             "ksoftirqd_cpu_ms",

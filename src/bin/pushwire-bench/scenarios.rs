@@ -57,7 +57,7 @@ pub struct Ctx {
     pub o: Opts,
     pub net: &'static Net,
     pub fleet: Option<&'static Fleet>,
-    tag: String,
+    pub tag: String,
     all_ok: bool,
 }
 
@@ -66,7 +66,7 @@ impl Ctx {
         self.o.server_pid
     }
 
-    fn emit(&mut self, r: Report) {
+    pub fn emit(&mut self, r: Report) {
         self.all_ok &= r.ok;
         r.print(self.o.json_only);
     }
@@ -185,7 +185,16 @@ pub async fn main(o: Opts, net: &'static Net) -> Result<bool, String> {
             let r = churn(&mut ctx).await;
             ctx.emit(r);
         }
-        Scenario::Compare { .. } | Scenario::Floor | Scenario::FloorSender { .. } => {
+        Scenario::Holder { tag } => {
+            ctx.tag = tag;
+            let r = storm(&mut ctx).await;
+            ctx.emit(r);
+            crate::cluster::holder(&mut ctx).await;
+        }
+        Scenario::Compare { .. }
+        | Scenario::Floor
+        | Scenario::FloorSender { .. }
+        | Scenario::ClusterFanout { .. } => {
             return Err("this scenario runs without a server".into());
         }
         Scenario::All => {

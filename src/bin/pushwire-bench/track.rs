@@ -73,6 +73,19 @@ impl Run {
     fn alloc(name: &'static str, n: usize, pad: usize, per_client: bool) -> &'static Run {
         let seqs = if per_client { 1 } else { n as u64 };
         let base = NEXT_SEQ.fetch_add(seqs, Ordering::Relaxed);
+        Run::start_at(name, n, pad, per_client, base)
+    }
+
+    /// A run whose sequence numbers start at `base`, chosen by another process (the
+    /// cluster-fanout parent pushes; its children check). Keep `base` clear of this
+    /// process's own runs (they count up from 1).
+    pub fn start_at(
+        name: &'static str,
+        n: usize,
+        pad: usize,
+        per_client: bool,
+        base: u64,
+    ) -> &'static Run {
         let run: &'static Run = Box::leak(Box::new(Run {
             name,
             base,
