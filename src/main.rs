@@ -209,7 +209,7 @@ struct Args {
     #[arg(
         long,
         env = "PUSHWIRE_TRUSTED_PROXIES",
-        default_value = "127.0.0.0/8,::1/128",
+        default_value = DEFAULT_TRUSTED_PROXIES,
         value_parser = parse_trusted
     )]
     trusted_proxies: Nets,
@@ -599,13 +599,14 @@ impl Signals {
 }
 
 /// The settings a reload may change, by flag id, with their env var names.
-const RELOADABLE: [(&str, &str); 8] = [
+const RELOADABLE: [(&str, &str); 9] = [
     ("jwt_secret_file", "PUSHWIRE_JWT_SECRET_FILE"),
     ("jwt_secret", "PUSHWIRE_JWT_SECRET"),
     ("push_secret_file", "PUSHWIRE_PUSH_SECRET_FILE"),
     ("push_secret", "PUSHWIRE_PUSH_SECRET"),
     ("allowed_origins", "PUSHWIRE_ALLOWED_ORIGINS"),
     ("push_allow", "PUSHWIRE_PUSH_ALLOW"),
+    ("trusted_proxies", "PUSHWIRE_TRUSTED_PROXIES"),
     ("tls_cert", "PUSHWIRE_TLS_CERT"),
     ("tls_key", "PUSHWIRE_TLS_KEY"),
 ];
@@ -643,6 +644,7 @@ fn reload(args: &Args, pinned: &Pinned, ctx: &pushwire::state::State) {
                 .map_err(|e| format!("push secret: {e}"))?,
             allowed_origins: args.allowed_origins.clone(),
             push_allow: args.push_allow.clone().map(|n| n.0),
+            trusted_proxies: args.trusted_proxies.0.clone(),
         };
         let tls = tls_files(&args)?;
         ctx.reload(next, tls.as_ref())
@@ -672,6 +674,12 @@ fn reloaded_args(args: &Args, pinned: &Pinned) -> Result<Args, String> {
     };
     for (id, env) in RELOADABLE {
         if pinned.has(id) {
+            continue;
+        }
+        if id == "trusted_proxies" {
+            // Empty means nobody here, as on the command line; absent, the default.
+            let value = get(env).unwrap_or_else(|| DEFAULT_TRUSTED_PROXIES.to_owned());
+            next.trusted_proxies = parse_trusted(&value).map_err(|e| format!("{env}: {e}"))?;
             continue;
         }
         let value = get(env).filter(|v| !v.is_empty());
@@ -745,6 +753,9 @@ fn parse_nets(s: &str) -> Result<Nets, String> {
 }
 
 /// `--trusted-proxies`: networks, or `none` (an empty list too) for nobody.
+/// Loopback: nginx on the same host.
+const DEFAULT_TRUSTED_PROXIES: &str = "127.0.0.0/8,::1/128";
+
 fn parse_trusted(s: &str) -> Result<Nets, String> {
     if s.trim().eq_ignore_ascii_case("none") {
         return Ok(Nets(Vec::new()));

@@ -1,6 +1,6 @@
 //! The settings a reload (SIGHUP) may change while every connection stays up: the JWT
-//! and push secrets, the Origin and push allow-lists. (The TLS certificate is reloaded
-//! by `tls::Acceptor`.)
+//! and push secrets, the Origin and push allow-lists, the trusted proxies. (The TLS
+//! certificate is reloaded by `tls::Acceptor`.)
 //!
 //! Each is read where it decides something (a handshake, a bind, a backend's `/auth`,
 //! an HTTP request), so what a reload changes applies from the next such decision on;
@@ -11,7 +11,7 @@ use crate::auth::Secret;
 use crate::config::Config;
 
 /// The reloadable settings; see [`Config`] for what each means.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Reloadable {
     /// [`Config::jwt_secret`].
     pub jwt_secret: Option<Secret>,
@@ -21,6 +21,8 @@ pub struct Reloadable {
     pub allowed_origins: Option<Vec<String>>,
     /// [`Config::push_allow`].
     pub push_allow: Option<Vec<Cidr>>,
+    /// [`Config::trusted_proxies`].
+    pub trusted_proxies: Vec<Cidr>,
 }
 
 impl Reloadable {
@@ -31,6 +33,7 @@ impl Reloadable {
             push_secret: config.push_secret.clone(),
             allowed_origins: config.allowed_origins.clone(),
             push_allow: config.push_allow.clone(),
+            trusted_proxies: config.trusted_proxies.clone(),
         }
     }
 
@@ -50,6 +53,9 @@ impl Reloadable {
         }
         if self.push_allow != next.push_allow {
             changed.push("push allow-list");
+        }
+        if self.trusted_proxies != next.trusted_proxies {
+            changed.push("trusted proxies");
         }
         changed
     }

@@ -108,7 +108,8 @@ pub async fn serve_state(
                 let ctx = ctx.clone();
                 // A trusted proxy's address is counted for none of its clients: each
                 // client's places are taken once its request head names it.
-                let proxied = Proxied::new(peer.ip(), &ctx.config.trusted_proxies, &admission);
+                let trusted = &ctx.settings().trusted_proxies;
+                let proxied = Proxied::new(peer.ip(), trusted, &admission);
                 let admitted = admission.admit(peer.ip().filter(|_| proxied.is_none()));
                 async move {
                     match admitted {

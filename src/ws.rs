@@ -69,7 +69,7 @@ pub(crate) async fn serve(
         max_in: ctx.config.max_in(),
         tls: ctx.tls.as_ref(),
     };
-    let trusted = &ctx.config.trusted_proxies;
+    let trusted = &settings.trusted_proxies;
     let upgraded = tokio::select! {
         // Boxed: an idle bound connection's task must not keep room for the handshake's
         // state, which lives only until the 101.

@@ -336,3 +336,58 @@ async fn flags_are_not_overridden_by_the_reload_env_file() {
     assert_eq!(origin_status(&daemon, "https://a.example").await, 101);
     assert_eq!(origin_status(&daemon, "https://b.example").await, 403);
 }
+
+/// A WebSocket handshake carrying `X-Forwarded-For: xff`: the connection, or the HTTP
+/// status that refused it.
+async fn connect_forwarded(daemon: &Daemon, xff: &str) -> Result<WsClient, u16> {
+    let mut req = daemon.ws_url().into_client_request().unwrap();
+    req.headers_mut()
+        .insert("X-Forwarded-For", xff.parse().unwrap());
+    match tokio::time::timeout(STEP, tokio_tungstenite::connect_async(req))
+        .await
+        .expect("handshake timed out")
+    {
+        Ok((ws, _)) => Ok(WsClient { ws }),
+        Err(e) => Err(common::http_status(&e).unwrap_or_else(|| panic!("handshake: {e}"))),
+    }
+}
+
+/// The trusted proxies reload too: loopback trusted (the default) counts each forwarded
+/// client on its own; after `PUSHWIRE_TRUSTED_PROXIES=none` and SIGHUP the headers are
+/// ignored, so the cap counts 127.0.0.1 itself. Connections admitted before stay.
+#[tokio::test]
+async fn the_reload_env_file_swaps_the_trusted_proxies() {
+    let files = Files::new("trusted");
+    let env = files.write("pushwire.env", "# loopback trusted: the default\n");
+    let daemon = Launch::new()
+        .args(&["--max-connections-per-ip", "2", "--reload-env-file", &env])
+        .start()
+        .await;
+    let mut held = Vec::new();
+    for client in ["203.0.113.1", "203.0.113.2", "203.0.113.3"] {
+        let ws = connect_forwarded(&daemon, client).await;
+        held.push(ws.unwrap_or_else(|s| panic!("{client} refused with {s} while trusted")));
+    }
+    files.write("pushwire.env", "PUSHWIRE_TRUSTED_PROXIES=none\n");
+    let line = reload(&daemon, 1).await;
+    assert!(line.contains("trusted proxies"), "{line}");
+    for client in ["203.0.113.4", "203.0.113.5"] {
+        let ws = connect_forwarded(&daemon, client).await;
+        held.push(ws.unwrap_or_else(|s| panic!("{client}: {s}, but 127.0.0.1 is under its cap")));
+    }
+    let status = connect_forwarded(&daemon, "203.0.113.6").await.err();
+    assert_eq!(
+        status,
+        Some(429),
+        "headers from loopback must be ignored now"
+    );
+    let mut push = PushClient::connect(daemon.push_addr).await;
+    assert_eq!(
+        connections(&mut push).await,
+        0,
+        "none of the held ones bound a uid"
+    );
+    for (i, ws) in held.iter_mut().enumerate() {
+        ws.bind(&format!("held{i}"), daemon.push_addr).await;
+    }
+}
