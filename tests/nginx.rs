@@ -14,11 +14,11 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use base64::Engine;
-use common::chromium::SeedPage;
+use common::chromium::seed_page_over_wss;
 use common::*;
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 use tokio::time::{Instant, timeout};
 
@@ -315,20 +315,8 @@ impl TlsClient {
 async fn chromium_opens_wss_through_nginx_and_gets_pushes() {
     let server = TestServer::start().await;
     let nginx = Nginx::start(server.ws_addr).await;
-    // The seed's browser code, verbatim but for its URL.
-    let js = format!(
-        "var ws = new WebSocket('wss://localhost:{}/'); ws.onopen = function(){{ var uid = 'uid1'; ws.send(uid); }}; ws.onmessage = function(e){{ alert(e.data); }};",
-        nginx.port
-    );
-    let http = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let trust = format!("--ignore-certificate-errors-spki-list={}", nginx.cert.spki);
-    let mut page = SeedPage::launch(http, &js, &[trust]);
     let mut push = PushClient::connect(server.push_addr).await;
-    page.wait_bound(&mut push, r#"{"uid":"uid1","percent":"88%"}"#)
-        .await;
-    let big = format!(r#"{{"uid":"uid1","blob":"{}"}}"#, "é✓".repeat(30_000));
-    assert_eq!(push.request(&big).await, "ok\n");
-    page.expect_alert(&big).await;
+    let page = seed_page_over_wss(nginx.port, &nginx.cert.spki, &mut push).await;
     drop(page);
     push_until(&mut push, r#"{"uid":"uid1","n":2}"#, "fail\n", STEP).await;
     // It went through nginx: an upgrade answered 101 there, logged once it closed.

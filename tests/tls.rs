@@ -144,3 +144,46 @@ async fn read_to_end_within(s: &mut TcpStream, d: Duration) -> bool {
     let mut sink = Vec::new();
     timeout(d, s.read_to_end(&mut sink)).await.is_ok()
 }
+
+/// Headless Chromium runs the seed's browser code against `wss://` served by pushwire
+/// itself (trusting the throw-away certificate by its key's hash), binds the seed's way
+/// and gets a push byte for byte, also one spanning many TLS records.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chromium_opens_wss_natively_and_gets_pushes() {
+    let cert = TestCert::new("chromium");
+    let server = TestServer::start_with(tls_config(&cert)).await;
+    let mut push = PushClient::connect(server.push_addr).await;
+    let spki = cert.spki_sha256_base64();
+    common::chromium::seed_page_over_wss(server.ws_addr.port(), &spki, &mut push).await;
+}
+
+/// Over TLS, a client that a trusted proxy (loopback, the default) names in
+/// `X-Forwarded-For` is counted on its own address, and past `--max-connections-per-ip`
+/// gets its 429 over TLS: the handshake is already paid by then.
+#[tokio::test]
+async fn a_forwarded_client_over_its_cap_gets_429_over_tls() {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let cert = TestCert::new("forwarded");
+    let server = TestServer::start_with(pushwire::Config {
+        max_connections_per_ip: 1,
+        ..tls_config(&cert)
+    })
+    .await;
+    let request = |client: &str| {
+        let mut req = server.wss_url().into_client_request().unwrap();
+        req.headers_mut()
+            .insert("X-Forwarded-For", client.parse().unwrap());
+        req
+    };
+    let first = WsClient::try_connect_tls(request("203.0.113.9"), cert.client_config()).await;
+    let other = WsClient::try_connect_tls(request("203.0.113.10"), cert.client_config()).await;
+    assert!(first.is_ok() && other.is_ok(), "two clients, one each");
+    let second = WsClient::try_connect_tls(request("203.0.113.9"), cert.client_config()).await;
+    let err = second
+        .err()
+        .expect("a second connection of 203.0.113.9 was admitted");
+    assert!(
+        err.contains("429"),
+        "refused, but not with a 429 over TLS: {err}"
+    );
+}

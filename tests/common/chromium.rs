@@ -277,3 +277,22 @@ impl Drop for SeedPage {
         self.http.abort();
     }
 }
+
+/// The seed's browser code, verbatim but for its URL, run by Chromium against
+/// `wss://localhost:PORT/` and trusting the certificate whose public key hashes to `spki`
+/// (base64 SHA-256). Returns once the page has bound uid1 and has alerted a first push and
+/// a ~150 KB one (many TLS records), each byte for byte.
+pub async fn seed_page_over_wss(port: u16, spki: &str, push: &mut PushClient) -> SeedPage {
+    let js = format!(
+        "var ws = new WebSocket('wss://localhost:{port}/'); ws.onopen = function(){{ var uid = 'uid1'; ws.send(uid); }}; ws.onmessage = function(e){{ alert(e.data); }};"
+    );
+    let http = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let trust = format!("--ignore-certificate-errors-spki-list={spki}");
+    let mut page = SeedPage::launch(http, &js, &[trust]);
+    page.wait_bound(push, r#"{"uid":"uid1","percent":"88%"}"#)
+        .await;
+    let big = format!(r#"{{"uid":"uid1","blob":"{}"}}"#, "é✓".repeat(30_000));
+    assert_eq!(push.request(&big).await, "ok\n");
+    page.expect_alert(&big).await;
+    page
+}

@@ -1184,9 +1184,10 @@ impl WsClient {
             .unwrap_or_else(|e| panic!("connect {url}: {e}"))
     }
 
-    /// Opens `wss://` `url` with the TLS client `config`; the error if it fails.
+    /// Opens `wss://` `url` (a URL or a request with headers) with the TLS client
+    /// `config`; the error if it fails.
     pub async fn try_connect_tls(
-        url: &str,
+        url: impl tokio_tungstenite::tungstenite::client::IntoClientRequest + Unpin,
         config: std::sync::Arc<rustls::ClientConfig>,
     ) -> Result<WsClient, String> {
         let connector = tokio_tungstenite::Connector::Rustls(config);
