@@ -28,6 +28,8 @@ pub(crate) struct Upgraded {
     pub(crate) tcp: TcpStream,
     pub(crate) pending: Vec<u8>,
     pub(crate) query_token: Option<String>,
+    /// The URL's whole query string (protocol v1's `v=1&since=`).
+    pub(crate) query: Option<String>,
 }
 
 /// Why an upgrade did not happen.
@@ -82,6 +84,7 @@ pub(crate) async fn accept(
 ) -> Result<Upgraded, HandshakeError> {
     let (head, pending) = read_head(&tcp, policy.max_bytes).await?;
     let mut query_token = None;
+    let mut query = None;
     let origins = policy.allowed_origins;
     // The callback's signature (and its large error type) is tungstenite's.
     #[allow(clippy::result_large_err)]
@@ -96,6 +99,7 @@ pub(crate) async fn accept(
             return Err(http_error(StatusCode::FORBIDDEN, "origin not allowed"));
         }
         query_token = req.uri().query().and_then(token_param);
+        query = req.uri().query().map(str::to_owned);
         Ok(resp)
     };
     let stream = Prefixed { head, at: 0, tcp };
@@ -112,6 +116,7 @@ pub(crate) async fn accept(
             tcp: ws.into_inner().tcp,
             pending,
             query_token,
+            query,
         }),
         Err(WsError::Http(resp)) if resp.status() == StatusCode::FORBIDDEN => {
             Err(HandshakeError::Refused("origin not allowed".into()))

@@ -11,8 +11,9 @@
 //! - [`service`]: one request in, one typed reply out, for every door.
 //! - [`state`]: the shared handle (config, registry, metrics, stop tokens).
 //! - [`registry`]: uid → connections (fan-out happens here); [`groups`]: membership
-//!   owned by uids, with an offline grace period; [`outbox`]: each connection's bounded
-//!   queue and its full-queue policy.
+//!   owned by uids, with an offline grace period; [`history`]: per-uid sequence numbers,
+//!   kept messages, the offline queue and acks (protocol v1); [`outbox`]: each
+//!   connection's bounded queue and its full-queue policy.
 //! - [`wire`]: bytes ↔ types, no I/O: line framing, push lines, the command grammar,
 //!   close notices, the shared [`wire::Payload`].
 //! - [`metrics`]: one table of counters → `/stats` and Prometheus.
@@ -35,6 +36,7 @@ pub mod control;
 pub mod frames;
 pub mod groups;
 mod handshake;
+pub mod history;
 mod http;
 pub mod logsafe;
 pub mod metrics;

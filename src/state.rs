@@ -38,6 +38,7 @@ impl State {
         let registry = Registry::new(
             config.queue_limits(),
             config.group_limits(),
+            config.history_limits(),
             metrics.clone(),
         );
         let cluster = match &config.redis {
@@ -82,6 +83,8 @@ impl Gauges for State {
             Metric::Uids => self.registry.totals().0 as u64,
             Metric::Groups => self.registry.group_count() as u64,
             Metric::OpenFds => open_fds(),
+            Metric::HistoryUids => self.registry.history_totals().0 as u64,
+            Metric::HistoryBytes => self.registry.history_totals().1 as u64,
             Metric::FdLimit => {
                 rlimit::getrlimit(rlimit::Resource::NOFILE).map_or(0, |(soft, _)| soft)
             }

@@ -5,6 +5,8 @@
 //! always a poll with a deadline.
 #![allow(dead_code)]
 
+pub mod v1;
+
 use std::net::SocketAddr;
 use std::process::Stdio;
 use std::sync::atomic::{AtomicU64, Ordering};
