@@ -16,7 +16,8 @@
 //!   connection's bounded queue and its full-queue policy.
 //! - [`wire`]: bytes ↔ types, no I/O: line framing, push lines, the command grammar,
 //!   close notices, the shared [`wire::Payload`].
-//! - [`metrics`]: one table of counters → `/stats` and Prometheus.
+//! - [`metrics`]: one table of counters → `/stats` and Prometheus; [`dedupe`]: accepted
+//!   `/push`es remembered for idempotent retries.
 //! - [`cluster`]: cluster mode on Redis (routed delivery, truthful cluster-wide replies).
 //! - [`auth`] (signed uids), [`access`] (allow-lists, per-address caps, the budget of
 //!   connections not bound yet, secrets): who may connect and how much they may hold.
@@ -33,6 +34,7 @@ pub mod auth;
 pub mod cluster;
 pub mod config;
 pub mod control;
+pub mod dedupe;
 pub mod frames;
 pub mod groups;
 mod handshake;

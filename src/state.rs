@@ -8,6 +8,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::cluster::{Cluster, ClusterConfig};
 use crate::config::Config;
+use crate::dedupe::Dedupe;
 use crate::metrics::{Gauges, Metric, Metrics};
 use crate::registry::Registry;
 
@@ -27,6 +28,8 @@ pub struct State {
     pub ws_stop: CancellationToken,
     /// The link to the other nodes, in cluster mode (`--redis`).
     pub cluster: Option<Arc<Cluster>>,
+    /// Accepted `/push`es remembered for idempotent retries.
+    pub dedupe: Dedupe,
 }
 
 impl State {
@@ -55,6 +58,7 @@ impl State {
             ),
             None => None,
         };
+        let dedupe = Dedupe::new(config.dedupe_window, config.dedupe_max_entries);
         Ok(Arc::new(State {
             config,
             registry,
@@ -62,6 +66,7 @@ impl State {
             push_stop: CancellationToken::new(),
             ws_stop: CancellationToken::new(),
             cluster,
+            dedupe,
         }))
     }
 

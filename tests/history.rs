@@ -195,6 +195,9 @@ async fn history_off_numbers_nothing() {
     assert_eq!(tab.next().await, V1Event::Broadcast(line("o", 1)));
     let again = V1Client::connect(server.ws_addr, "o", Some("0000000000000000:0")).await;
     assert_eq!(again.status.kind, "not_recovered");
+    // Nothing can be queued without a history.
+    let v = push.request(r#"/push q ttl=1000 {"uid":"away"}"#).await;
+    assert!(v.contains(r#""result":"offline""#), "{v}");
     server.shutdown().await.unwrap();
 }
 
@@ -324,5 +327,268 @@ async fn ledger_every_push_exactly_once_in_order_across_21_cuts() {
         "most pushes reached a live tab ({ok} ok, {fail} fail)"
     );
     tab.tab.expect_silence(Duration::from_millis(200)).await;
+    server.shutdown().await.unwrap();
+}
+
+/// One reply line as JSON.
+async fn cmd(push: &mut PushClient, line: &str) -> serde_json::Value {
+    let reply = push.request(line).await;
+    serde_json::from_str(reply.trim_end()).unwrap_or_else(|e| panic!("{reply:?}: {e}"))
+}
+
+#[tokio::test]
+async fn offline_queue_delivers_on_the_next_bind_in_order_once() {
+    let server = TestServer::start_with(config()).await;
+    let mut push = PushClient::connect(server.push_addr).await;
+    // Plain lines keep the seed's answer; /push with ttl= says queued.
+    assert_eq!(push.request(&line("away", 0)).await, "fail\n");
+    for n in 1..=3 {
+        let v = cmd(
+            &mut push,
+            &format!("/push q{n} ttl=60000 {}", line("away", n)),
+        )
+        .await;
+        assert_eq!(v["result"], "queued", "{v}");
+        assert_eq!(v["ok"], true);
+        assert_eq!(v["seq"], n);
+        assert_eq!(v["connections"], 0);
+    }
+    // A seed tab takes the queue as the plain lines, in order, then live ones.
+    let mut seed = WsClient::connect(&server.ws_url()).await;
+    seed.send_text("away").await;
+    for n in 1..=3 {
+        assert_eq!(seed.recv_text().await, line("away", n));
+    }
+    // Delivered once: the next bind gets nothing queued.
+    let mut v1 = V1Client::connect(server.ws_addr, "away", None).await;
+    assert_eq!(v1.status.kind, "new");
+    assert_eq!(v1.status.seq, 3);
+    let v = cmd(
+        &mut push,
+        &format!("/push live ttl=60000 {}", line("away", 4)),
+    )
+    .await;
+    assert_eq!(v["result"], "delivered", "{v}");
+    v1.expect_msg(4, &line("away", 4)).await;
+    assert_eq!(seed.recv_text().await, line("away", 4));
+    seed.expect_silence(Duration::from_millis(100)).await;
+
+    // A v1 tab takes the queue enveloped, its base just before the first queued one.
+    for n in [1, 2] {
+        cmd(&mut push, &format!("/push w{n} ttl=60000 {}", line("v", n))).await;
+    }
+    let mut tab = V1Client::connect(server.ws_addr, "v", None).await;
+    assert_eq!((tab.status.kind.as_str(), tab.status.seq), ("new", 0));
+    tab.expect_msg(1, &line("v", 1)).await;
+    tab.expect_msg(2, &line("v", 2)).await;
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn an_offline_queue_entry_expires_at_its_ttl() {
+    let server = TestServer::start_with(pushwire::Config {
+        max_queue_ttl: Duration::from_millis(150),
+        history_keep: Duration::from_millis(50),
+        ..config()
+    })
+    .await;
+    let mut push = PushClient::connect(server.push_addr).await;
+    // Asked for a minute, cut to the 150 ms maximum.
+    let v = cmd(&mut push, &format!("/push x ttl=60000 {}", line("gone", 1))).await;
+    assert_eq!(v["result"], "queued");
+    let v = cmd(
+        &mut push,
+        &format!("/push y ttl=100000 {}", line("kept", 1)),
+    )
+    .await;
+    assert_eq!(v["result"], "queued");
+    let mut early = WsClient::connect(&server.ws_url()).await;
+    early.send_text("kept").await;
+    assert_eq!(early.recv_text().await, line("kept", 1));
+    sleep(Duration::from_millis(300)).await;
+    let mut late = WsClient::connect(&server.ws_url()).await;
+    late.bind("gone", server.push_addr).await;
+    late.expect_silence(Duration::from_millis(150)).await;
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_retried_push_is_not_delivered_twice() {
+    let server = TestServer::start_with(config()).await;
+    let mut tab = V1Client::connect(server.ws_addr, "d", None).await;
+    let mut a = PushClient::connect(server.push_addr).await;
+    let mut b = PushClient::connect(server.push_addr).await;
+    let first = cmd(&mut a, &format!("/push r1 {}", line("d", 1))).await;
+    assert_eq!(
+        first,
+        serde_json::json!({"ok":true,"result":"delivered","connections":1,"refused":0,"id":"r1"})
+    );
+    tab.expect_msg(1, &line("d", 1)).await;
+    // The retry, on another connection (the first timed out): duplicate, first outcome.
+    let again = cmd(&mut b, &format!("/push r1 {}", line("d", 1))).await;
+    assert_eq!(again["result"], "duplicate", "{again}");
+    assert_eq!(again["ok"], true);
+    assert_eq!(again["first"], "delivered");
+    assert_eq!(again["seq"], 1);
+    assert_eq!(again["epoch"], tab.status.epoch.as_str());
+    // The same ID with another line is a new push (backends reuse IDs).
+    let other = cmd(&mut b, &format!("/push r1 {}", line("d", 2))).await;
+    assert_eq!(other["result"], "delivered");
+    tab.expect_msg(2, &line("d", 2)).await;
+    // A push that reached nobody is not remembered: its retry runs.
+    for _ in 0..2 {
+        let v = cmd(&mut a, &format!("/push n1 {}", line("nobody", 1))).await;
+        assert_eq!(v["result"], "offline");
+    }
+    // A queued one is remembered as queued.
+    cmd(&mut a, &format!("/push q1 ttl=1000 {}", line("later", 1))).await;
+    let v = cmd(&mut a, &format!("/push q1 ttl=1000 {}", line("later", 1))).await;
+    assert_eq!(
+        (v["result"].as_str(), v["first"].as_str()),
+        (Some("duplicate"), Some("queued"))
+    );
+    tab.tab.expect_silence(Duration::from_millis(100)).await;
+    let stats = a.request("/stats").await;
+    assert!(stats.contains(r#""duplicates":2"#), "{stats}");
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn the_dedupe_window_ends() {
+    let server = TestServer::start_with(pushwire::Config {
+        dedupe_window: Some(Duration::from_millis(100)),
+        ..config()
+    })
+    .await;
+    let mut tab = V1Client::connect(server.ws_addr, "w", None).await;
+    let mut push = PushClient::connect(server.push_addr).await;
+    let l = format!("/push 9 {}", line("w", 1));
+    assert_eq!(cmd(&mut push, &l).await["result"], "delivered");
+    assert_eq!(cmd(&mut push, &l).await["result"], "duplicate");
+    sleep(Duration::from_millis(150)).await;
+    assert_eq!(cmd(&mut push, &l).await["result"], "delivered");
+    tab.expect_msg(1, &line("w", 1)).await;
+    tab.expect_msg(2, &line("w", 1)).await;
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn acks_acked_not_acked_and_a_tab_that_never_acks() {
+    let server = TestServer::start_with(config()).await;
+    let mut push = PushClient::connect(server.push_addr).await;
+    // The seed tab first: its bind probes come before the uid has a history.
+    let mut seed = WsClient::connect(&server.ws_url()).await;
+    seed.bind("k", server.push_addr).await;
+    let mut acking = V1Client::connect(server.ws_addr, "k", None).await;
+    let mut silent = V1Client::connect(server.ws_addr, "k", None).await;
+    let epoch = acking.status.epoch.clone();
+
+    // Acked: the reply waits for the ack frame, and only for that.
+    push.send_raw(format!("/push a1 ack=5000 {}\n", line("k", 1)).as_bytes())
+        .await;
+    let (seq, payload) = match acking.next().await {
+        V1Event::Msg(seq, p) => (seq, p),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(payload, line("k", 1));
+    silent.expect_msg(seq, &payload).await;
+    let started = Instant::now();
+    acking.ack(seq).await;
+    let v: serde_json::Value = serde_json::from_str(push.read_reply().await.trim_end()).unwrap();
+    assert!(started.elapsed() < Duration::from_secs(2));
+    assert_eq!(
+        v,
+        serde_json::json!({"ok":true,"result":"acked","connections":3,"refused":0,
+            "acks":1,"seq":seq,"epoch":epoch,"id":"a1"})
+    );
+    // Not acked: nobody acks within the wait; the lines behind it are not held up
+    // (delivered at once), only their replies wait behind its reply.
+    push.send_raw(format!("/push a2 ack=400 {}\n{}\n", line("k", 2), line("k", 3)).as_bytes())
+        .await;
+    let sent = Instant::now();
+    acking.expect_msg(seq + 1, &line("k", 2)).await;
+    acking.expect_msg(seq + 2, &line("k", 3)).await;
+    assert!(sent.elapsed() < Duration::from_millis(300), "held up");
+    let v: serde_json::Value = serde_json::from_str(push.read_reply().await.trim_end()).unwrap();
+    assert!(sent.elapsed() >= Duration::from_millis(400));
+    assert_eq!(v["result"], "not_acked", "{v}");
+    assert_eq!(
+        (v["ok"].as_bool(), v["acks"].as_u64()),
+        (Some(false), Some(0))
+    );
+    assert_eq!(push.read_reply().await, "ok\n");
+    // A cumulative ack covers earlier messages, and a second tab's ack counts.
+    acking.ack(seq + 2).await;
+    silent.ack(seq + 2).await;
+    poll_until(STEP, "both acks in", || async {
+        PushClient::connect(server.push_addr)
+            .await
+            .request("/stats")
+            .await
+            .contains(r#""acks":3"#)
+    })
+    .await;
+    // An ack a tab was never sent counts only up to what it was sent (by the time the
+    // ack is read: the push below goes out once the ack is counted).
+    acking.ack(1_000_000).await;
+    poll_until(STEP, "the future ack read", || async {
+        PushClient::connect(server.push_addr)
+            .await
+            .request("/stats")
+            .await
+            .contains(r#""acks":4"#)
+    })
+    .await;
+    let v = cmd(&mut push, &format!("/push a3 ack=300 {}", line("k", 4))).await;
+    assert_eq!(v["result"], "not_acked", "a future ack must not count: {v}");
+    // Offline (no history): nothing to wait for.
+    let v = cmd(&mut push, &format!("/push a4 ack=5000 {}", line("none", 1))).await;
+    assert_eq!(v["result"], "offline");
+    // Only seed tabs (no history): they cannot ack; answered at once.
+    let mut only_seed = WsClient::connect(&server.ws_url()).await;
+    only_seed.bind("s", server.push_addr).await;
+    let started = Instant::now();
+    let v = cmd(&mut push, &format!("/push a5 ack=5000 {}", line("s", 1))).await;
+    assert_eq!(
+        (v["result"].as_str(), v["acks"].as_u64()),
+        (Some("not_acked"), Some(0))
+    );
+    assert!(started.elapsed() < Duration::from_secs(1));
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn an_ack_wait_is_cut_to_the_maximum() {
+    let server = TestServer::start_with(pushwire::Config {
+        max_ack_wait: Duration::from_millis(200),
+        ..config()
+    })
+    .await;
+    let _tab = V1Client::connect(server.ws_addr, "m", None).await;
+    let mut push = PushClient::connect(server.push_addr).await;
+    let started = Instant::now();
+    let v = cmd(&mut push, &format!("/push 1 ack=60000 {}", line("m", 1))).await;
+    assert_eq!(v["result"], "not_acked");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_queued_push_can_be_acked_by_the_tab_that_binds_later() {
+    let server = TestServer::start_with(config()).await;
+    let mut push = PushClient::connect(server.push_addr).await;
+    push.send_raw(format!("/push z ttl=60000 ack=5000 {}\n", line("late", 1)).as_bytes())
+        .await;
+    sleep(Duration::from_millis(50)).await;
+    let mut tab = V1Client::connect(server.ws_addr, "late", None).await;
+    tab.expect_msg(1, &line("late", 1)).await;
+    tab.ack(1).await;
+    let v: serde_json::Value = serde_json::from_str(push.read_reply().await.trim_end()).unwrap();
+    assert_eq!(v["result"], "acked", "{v}");
+    assert_eq!(v["connections"], 0, "queued, not delivered live: {v}");
     server.shutdown().await.unwrap();
 }
