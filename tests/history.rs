@@ -15,6 +15,18 @@ fn config() -> pushwire::Config {
     pushwire::Config::default()
 }
 
+/// Waits until `/stats` shows `needle`.
+async fn stats_until(server: &TestServer, needle: &str) {
+    poll_until(STEP, needle, || async {
+        let stats = PushClient::connect(server.push_addr)
+            .await
+            .request("/stats")
+            .await;
+        stats.contains(needle)
+    })
+    .await;
+}
+
 fn line(uid: &str, n: u64) -> String {
     format!(r#"{{"uid":"{uid}","n":{n}}}"#)
 }
@@ -165,14 +177,7 @@ async fn an_expired_history_gets_a_new_epoch() {
     let point = format!("{}:1", tab.status.epoch);
     tab.tab.close().await;
     // Past the keep time the history goes (and a push to the uid keeps nothing).
-    poll_until(STEP, "history dropped", || async {
-        let stats = PushClient::connect(server.push_addr)
-            .await
-            .request("/stats")
-            .await;
-        stats.contains(r#""history_uids":0"#)
-    })
-    .await;
+    stats_until(&server, r#""history_uids":0"#).await;
     assert_eq!(push.request(&line("e", 2)).await, "fail\n");
     let tab = V1Client::connect(server.ws_addr, "e", Some(&point)).await;
     assert_eq!(tab.status.kind, "not_recovered");
@@ -520,25 +525,11 @@ async fn acks_acked_not_acked_and_a_tab_that_never_acks() {
     // A cumulative ack covers earlier messages, and a second tab's ack counts.
     acking.ack(seq + 2).await;
     silent.ack(seq + 2).await;
-    poll_until(STEP, "both acks in", || async {
-        PushClient::connect(server.push_addr)
-            .await
-            .request("/stats")
-            .await
-            .contains(r#""acks":3"#)
-    })
-    .await;
+    stats_until(&server, r#""acks":3"#).await;
     // An ack a tab was never sent counts only up to what it was sent (by the time the
     // ack is read: the push below goes out once the ack is counted).
     acking.ack(1_000_000).await;
-    poll_until(STEP, "the future ack read", || async {
-        PushClient::connect(server.push_addr)
-            .await
-            .request("/stats")
-            .await
-            .contains(r#""acks":4"#)
-    })
-    .await;
+    stats_until(&server, r#""acks":4"#).await;
     let v = cmd(&mut push, &format!("/push a3 ack=300 {}", line("k", 4))).await;
     assert_eq!(v["result"], "not_acked", "a future ack must not count: {v}");
     // Offline (no history): nothing to wait for.
@@ -590,5 +581,41 @@ async fn a_queued_push_can_be_acked_by_the_tab_that_binds_later() {
     let v: serde_json::Value = serde_json::from_str(push.read_reply().await.trim_end()).unwrap();
     assert_eq!(v["result"], "acked", "{v}");
     assert_eq!(v["connections"], 0, "queued, not delivered live: {v}");
+    server.shutdown().await.unwrap();
+}
+
+/// `POST /push` takes the same lines: an ack wait answers over HTTP once a tab acked.
+#[tokio::test]
+async fn an_ack_over_the_http_door() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let server = TestServer::start_http(config()).await;
+    let mut tab = V1Client::connect(server.ws_addr, "h", None).await;
+    let body = format!("/push h1 ack=5000 {}\n{}\n", line("h", 1), line("h", 2));
+    let addr = server.http_addr.unwrap();
+    let request = tokio::spawn(async move {
+        let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let head = format!(
+            "POST /push HTTP/1.1\r\nHost: {addr}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            body.len()
+        );
+        tcp.write_all(head.as_bytes()).await.unwrap();
+        tcp.write_all(body.as_bytes()).await.unwrap();
+        let mut out = Vec::new();
+        tcp.read_to_end(&mut out).await.unwrap();
+        String::from_utf8(out).unwrap()
+    });
+    tab.expect_msg(1, &line("h", 1)).await;
+    tab.expect_msg(2, &line("h", 2)).await;
+    tab.ack(2).await;
+    let response = tokio::time::timeout(STEP, request).await.unwrap().unwrap();
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    let body = response.split("\r\n\r\n").nth(1).unwrap();
+    let mut lines = body.lines();
+    let first: serde_json::Value = serde_json::from_str(lines.next().unwrap()).unwrap();
+    assert_eq!(
+        (first["result"].as_str(), first["acks"].as_u64()),
+        (Some("acked"), Some(1))
+    );
+    assert_eq!(lines.next(), Some("ok"));
     server.shutdown().await.unwrap();
 }
