@@ -43,6 +43,8 @@ pub(crate) enum HandshakeError {
     Refused(String),
     /// Not a valid WebSocket upgrade request: answered with an HTTP error by tungstenite.
     Invalid(String),
+    /// A plain request for `/pushwire.js`, answered with it.
+    Served,
 }
 
 impl std::fmt::Display for HandshakeError {
@@ -52,6 +54,7 @@ impl std::fmt::Display for HandshakeError {
             HandshakeError::TooLarge => f.write_str("handshake larger than --max-handshake-bytes"),
             HandshakeError::Refused(why) => write!(f, "refused: {why}"),
             HandshakeError::Invalid(why) => write!(f, "invalid upgrade request: {why}"),
+            HandshakeError::Served => f.write_str("served /pushwire.js"),
         }
     }
 }
@@ -83,6 +86,10 @@ pub(crate) async fn accept(
     policy: &Policy<'_>,
 ) -> Result<Upgraded, HandshakeError> {
     let (head, pending) = read_head(&tcp, policy.max_bytes).await?;
+    if let Some(head_only) = crate::assets::wants_helper(&head) {
+        crate::assets::serve_helper(&tcp, head_only).await;
+        return Err(HandshakeError::Served);
+    }
     let mut query_token = None;
     let mut query = None;
     let origins = policy.allowed_origins;

@@ -3,7 +3,7 @@
 //! # Layout (the data path, in order; imports only point down this list)
 //! - `server`: accept loops, connection limits, the shutdown order.
 //! - `handshake`: the HTTP upgrade, read within a byte budget (allocating only as bytes
-//!   arrive), then tungstenite's 101; plain-HTTP refusals.
+//!   arrive), then tungstenite's 101; plain-HTTP refusals; `assets`: `GET /pushwire.js`.
 //! - `ws`: browser connection: uid bind, then one write/read/ping loop per socket.
 //! - [`frames`]: WebSocket framing after the upgrade, on the bare socket.
 //! - `push`: the backend door (TCP/Unix): access, lines in, replies out in order.
@@ -30,6 +30,7 @@
 #![warn(missing_docs)]
 
 pub mod access;
+mod assets;
 pub mod auth;
 pub mod cluster;
 pub mod config;

@@ -619,3 +619,40 @@ async fn an_ack_over_the_http_door() {
     assert_eq!(lines.next(), Some("ok"));
     server.shutdown().await.unwrap();
 }
+
+/// `GET /pushwire.js` on the browser port is the helper in the repository, byte for
+/// byte; an upgrade on that path is still a WebSocket.
+#[tokio::test]
+async fn the_browser_port_serves_pushwire_js() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let server = TestServer::start_with(config()).await;
+    let want = std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/clients/js/pushwire.js"
+    ))
+    .unwrap();
+    for (method, body) in [("GET", &want[..]), ("HEAD", &[][..])] {
+        let mut tcp = tokio::net::TcpStream::connect(server.ws_addr)
+            .await
+            .unwrap();
+        let req = format!("{method} /pushwire.js?v=1 HTTP/1.1\r\nHost: x\r\n\r\n");
+        tcp.write_all(req.as_bytes()).await.unwrap();
+        let mut out = Vec::new();
+        tokio::time::timeout(STEP, tcp.read_to_end(&mut out))
+            .await
+            .unwrap()
+            .unwrap();
+        let at = out.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+        let head = String::from_utf8_lossy(&out[..at]);
+        assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
+        assert!(head.contains("Content-Type: text/javascript"), "{head}");
+        assert!(
+            head.contains(&format!("Content-Length: {}\r\n", want.len())),
+            "{head}"
+        );
+        assert_eq!(&out[at..], body, "{method}");
+    }
+    let mut tab = WsClient::connect(&server.ws_url_path("/pushwire.js")).await;
+    tab.bind("p", server.push_addr).await;
+    server.shutdown().await.unwrap();
+}
