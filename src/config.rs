@@ -8,6 +8,7 @@ use std::time::Duration;
 use crate::access::Cidr;
 use crate::auth::Secret;
 use crate::groups::GroupLimits;
+use crate::history::HistoryLimits;
 use crate::outbox::QueueLimits;
 use crate::tls::TlsFiles;
 use crate::wire::command::Limits;
@@ -93,6 +94,24 @@ pub struct Config {
     pub cluster_timeout: Duration,
     /// `wss://` on the browser port: the certificate and key files; `None` is `ws://`.
     pub tls: Option<TlsFiles>,
+    /// Protocol v1 (`docs/protocol.md`): messages kept per uid; 0 turns history off.
+    pub history_messages: usize,
+    /// Payload bytes kept per uid.
+    pub history_bytes: usize,
+    /// How old a kept message may get.
+    pub history_age: Duration,
+    /// Bytes kept over all uids (payload plus bookkeeping).
+    pub history_total_bytes: usize,
+    /// How long a uid's history outlives its last connection.
+    pub history_keep: Duration,
+    /// The longest `/push ... ttl=` honoured (longer ones are cut to it).
+    pub max_queue_ttl: Duration,
+    /// The longest `/push ... ack=` honoured (longer ones are cut to it).
+    pub max_ack_wait: Duration,
+    /// How long an accepted `/push` is remembered for retries; `None`: not at all.
+    pub dedupe_window: Option<Duration>,
+    /// How many accepted `/push`es are remembered at most.
+    pub dedupe_max_entries: usize,
 }
 
 impl Default for Config {
@@ -131,6 +150,15 @@ impl Default for Config {
             redis: None,
             cluster_timeout: Duration::from_millis(1000),
             tls: None,
+            history_messages: 100,
+            history_bytes: 256 * 1024,
+            history_age: Duration::from_secs(300),
+            history_total_bytes: 256 * 1024 * 1024,
+            history_keep: Duration::from_secs(300),
+            max_queue_ttl: Duration::from_secs(3600),
+            max_ack_wait: Duration::from_secs(30),
+            dedupe_window: Some(Duration::from_secs(60)),
+            dedupe_max_entries: 100_000,
         }
     }
 }
@@ -218,7 +246,38 @@ impl Config {
             ));
             self.max_message_bytes = self.max_uid_bytes;
         }
+        // A replay must fit the queue it is preloaded into.
+        if self.history_messages > self.queue_depth {
+            notes.push(format!(
+                "--history-messages {} is above --queue-depth {}: capped at {}",
+                self.history_messages, self.queue_depth, self.queue_depth
+            ));
+            self.history_messages = self.queue_depth;
+        }
+        if self.history_bytes > self.queue_bytes {
+            notes.push(format!(
+                "--history-bytes {} is above --queue-bytes {}: capped at {}",
+                self.history_bytes, self.queue_bytes, self.queue_bytes
+            ));
+            self.history_bytes = self.queue_bytes;
+        }
         (self, notes)
+    }
+
+    /// The shortest history timing the sweep must keep up with.
+    pub fn history_sweep_period(&self) -> Duration {
+        self.history_keep.min(self.history_age)
+    }
+
+    /// What history keeps.
+    pub fn history_limits(&self) -> HistoryLimits {
+        HistoryLimits {
+            messages: self.history_messages,
+            bytes: self.history_bytes,
+            age: self.history_age,
+            total_bytes: self.history_total_bytes,
+            keep: self.history_keep,
+        }
     }
 
     /// Largest message a browser may send (its uid or token included).
@@ -261,6 +320,7 @@ mod tests {
     fn validate_clamps_and_derives() {
         let (c, notes) = Config {
             queue_depth: 0,
+            history_messages: 1,
             max_ws_connections: 800,
             max_pending_handshakes: 0,
             http_max_header_bytes: 10,
@@ -281,6 +341,15 @@ mod tests {
         .validate();
         assert_eq!(c.max_pending_handshakes, 700);
         assert_eq!(notes.len(), 1);
+        // A replay must fit the connection's queue.
+        let (c, notes) = Config {
+            queue_depth: 10,
+            queue_bytes: 1000,
+            ..Config::default()
+        }
+        .validate();
+        assert_eq!((c.history_messages, c.history_bytes), (10, 1000));
+        assert_eq!(notes.len(), 2, "{notes:?}");
         assert_eq!(
             Config::default().ws_capacity(20_000, true),
             20_000 - 1024 - 256 - 64

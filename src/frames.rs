@@ -15,7 +15,7 @@ use std::io::{self, IoSlice};
 use std::time::Duration;
 
 use crate::transport::Transport;
-use crate::wire::Payload;
+use crate::wire::envelope::{Outgoing, Prefix};
 
 /// A complete message or control frame from the browser.
 #[derive(Debug, PartialEq, Eq)]
@@ -333,33 +333,47 @@ pub struct Progress {
 }
 
 /// Writes as much of `batch` as the socket takes without waiting, as unmasked text
-/// frames: a 2–10 byte header, then the payload itself, in one vectored write per
+/// frames: a 2–10 byte header, on an `enveloped` (protocol v1) connection the entry's
+/// prefix (`m SEQ `, from the stack), then the payload itself, in one vectored write per
 /// [`IOV_BATCH`] frames. Returns true once everything is written.
 ///
 /// Why not `ws.send`: tungstenite copies each frame into a per-connection output `Vec`
 /// that keeps its largest-ever capacity, so one 1 MiB push to 10k browsers would pin
 /// 10 GiB for good. Here the payload shared by all recipients is never copied.
-pub fn try_write(stream: &mut Transport, batch: &[Payload], at: &mut Progress) -> io::Result<bool> {
+pub fn try_write(
+    stream: &mut Transport,
+    batch: &[Outgoing],
+    enveloped: bool,
+    at: &mut Progress,
+) -> io::Result<bool> {
     // On the stack: this runs once per wake of every recipient, so no heap allocation.
-    let mut headers = [FrameHeader::EMPTY; IOV_BATCH];
+    let mut heads = [(FrameHeader::EMPTY, Prefix::NONE); IOV_BATCH];
     while at.frame < batch.len() {
-        if let Some(done) = try_send_small(stream, batch, at)? {
+        if let Some(done) = try_send_small(stream, batch, enveloped, at)? {
             if !done {
                 return Ok(false);
             }
             continue;
         }
         let chunk = &batch[at.frame..batch.len().min(at.frame + IOV_BATCH)];
-        for (header, msg) in headers.iter_mut().zip(chunk) {
-            *header = FrameHeader::text(msg.len());
+        for (head, item) in heads.iter_mut().zip(chunk) {
+            *head = frame_head(item, enveloped);
         }
-        let headers = &headers[..chunk.len()];
-        let mut slices = [IoSlice::new(&[]); 2 * IOV_BATCH];
-        for (i, (header, msg)) in headers.iter().zip(chunk).enumerate() {
-            slices[2 * i] = IoSlice::new(header.as_bytes());
-            slices[2 * i + 1] = IoSlice::new(msg.as_bytes());
+        let heads = &heads[..chunk.len()];
+        let mut slices = [IoSlice::new(&[]); 3 * IOV_BATCH];
+        let mut n = 0;
+        for ((header, prefix), item) in heads.iter().zip(chunk) {
+            slices[n] = IoSlice::new(header.as_bytes());
+            n += 1;
+            // A seed connection's frames have no prefix: no empty iovec for it either.
+            if !prefix.as_bytes().is_empty() {
+                slices[n] = IoSlice::new(prefix.as_bytes());
+                n += 1;
+            }
+            slices[n] = IoSlice::new(item.msg.as_bytes());
+            n += 1;
         }
-        let mut bufs = &mut slices[..2 * chunk.len()];
+        let mut bufs = &mut slices[..n];
         IoSlice::advance_slices(&mut bufs, at.offset);
         let written = match stream.try_write_vectored(bufs) {
             Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
@@ -369,8 +383,8 @@ pub fn try_write(stream: &mut Transport, batch: &[Payload], at: &mut Progress) -
         };
         // Advance past every frame this write completed.
         let mut done = at.offset + written;
-        for (header, msg) in headers.iter().zip(chunk) {
-            let len = header.as_bytes().len() + msg.len();
+        for ((header, prefix), item) in heads.iter().zip(chunk) {
+            let len = header.as_bytes().len() + prefix.as_bytes().len() + item.msg.len();
             if done < len {
                 break;
             }
@@ -383,25 +397,34 @@ pub fn try_write(stream: &mut Transport, batch: &[Payload], at: &mut Progress) -
     Ok(!stream.pending_output())
 }
 
+/// The header and prefix of `item`'s frame.
+fn frame_head(item: &Outgoing, enveloped: bool) -> (FrameHeader, Prefix) {
+    let prefix = Prefix::of(item.seq, enveloped);
+    let header = FrameHeader::text(prefix.as_bytes().len() + item.msg.len());
+    (header, prefix)
+}
+
 /// Small batches (the usual case: one short push) are copied into a stack buffer and sent
 /// with one `send`, which skips `writev`'s iovec import and file-position locking; that is
 /// measurably cheaper per recipient. `None` if the rest of the batch does not fit.
 fn try_send_small(
     stream: &mut Transport,
-    batch: &[Payload],
+    batch: &[Outgoing],
+    enveloped: bool,
     at: &mut Progress,
 ) -> io::Result<Option<bool>> {
     let mut buf = [0u8; SMALL_SEND];
     let mut len = 0;
-    for msg in &batch[at.frame..] {
-        let header = FrameHeader::text(msg.len());
-        let end = len + header.as_bytes().len() + msg.len();
+    for item in &batch[at.frame..] {
+        let (header, prefix) = frame_head(item, enveloped);
+        let end = len + header.as_bytes().len() + prefix.as_bytes().len() + item.msg.len();
         if end > SMALL_SEND {
             return Ok(None);
         }
-        buf[len..len + header.as_bytes().len()].copy_from_slice(header.as_bytes());
-        buf[len + header.as_bytes().len()..end].copy_from_slice(msg.as_bytes());
-        len = end;
+        for part in [header.as_bytes(), prefix.as_bytes(), item.msg.as_bytes()] {
+            buf[len..len + part.len()].copy_from_slice(part);
+            len += part.len();
+        }
     }
     let pending = &buf[at.offset..len];
     let written = match stream.try_write(pending) {
@@ -411,8 +434,9 @@ fn try_send_small(
         Err(e) => return Err(e),
     };
     let mut done = at.offset + written;
-    for msg in &batch[at.frame..] {
-        let frame = FrameHeader::text(msg.len()).as_bytes().len() + msg.len();
+    for item in &batch[at.frame..] {
+        let (header, prefix) = frame_head(item, enveloped);
+        let frame = header.as_bytes().len() + prefix.as_bytes().len() + item.msg.len();
         if done < frame {
             break;
         }
@@ -426,7 +450,7 @@ fn try_send_small(
 /// Bytes a batch may have to take the copying path of [`try_send_small`].
 const SMALL_SEND: usize = 2048;
 
-/// Messages per vectored write: two iovecs each, well under the kernel's IOV_MAX (1024),
+/// Messages per vectored write: up to three iovecs each, well under the kernel's IOV_MAX (1024),
 /// and small enough for the iovec arrays to live on the stack.
 const IOV_BATCH: usize = 32;
 
@@ -469,6 +493,7 @@ impl FrameHeader {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::wire::Payload;
     use tokio::io::AsyncReadExt;
     use tokio::net::{TcpListener, TcpSocket};
 
@@ -491,7 +516,9 @@ mod tests {
         let mut stuck = 0;
         let mut got = Vec::new();
         for round in 0..400usize {
-            let batch: Vec<Payload> = (0..1 + round % 3)
+            // Every third round as an opted-in connection: a prefix before each payload.
+            let enveloped = round % 3 == 1;
+            let batch: Vec<Outgoing> = (0..1 + round % 3)
                 .map(|k| {
                     let n = if round % 5 == 0 {
                         large[(round / 5 + k) % large.len()]
@@ -499,14 +526,22 @@ mod tests {
                         small[(round * 3 + k) % small.len()]
                     };
                     let c = char::from(b'a' + (round % 26) as u8);
-                    Payload::from(c.to_string().repeat(n))
+                    Outgoing {
+                        msg: Payload::from(c.to_string().repeat(n)),
+                        seq: (round * 7 + k) as u64,
+                    }
                 })
                 .collect();
             for m in &batch {
-                expected.push(String::from_utf8(m.as_bytes().to_vec()).unwrap());
+                let text = String::from_utf8(m.msg.as_bytes().to_vec()).unwrap();
+                expected.push(match (enveloped, m.seq) {
+                    (false, _) => text,
+                    (true, 0) => format!("b {text}"),
+                    (true, seq) => format!("m {seq} {text}"),
+                });
             }
             let mut at = Progress::default();
-            while !try_write(&mut writer, &batch, &mut at).unwrap() {
+            while !try_write(&mut writer, &batch, enveloped, &mut at).unwrap() {
                 stuck += 1;
                 // Drain a little at a time until the socket takes more.
                 let mut buf = [0u8; 3000];

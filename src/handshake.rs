@@ -31,6 +31,8 @@ pub(crate) struct Upgraded {
     pub(crate) tcp: Transport,
     pub(crate) pending: Vec<u8>,
     pub(crate) query_token: Option<String>,
+    /// The URL's whole query string (protocol v1's `v=1&since=`).
+    pub(crate) query: Option<String>,
 }
 
 /// Why an upgrade did not happen.
@@ -46,6 +48,8 @@ pub(crate) enum HandshakeError {
     Invalid(String),
     /// The TLS handshake failed (on a `wss://` port).
     Tls(TlsError),
+    /// A plain request for `/pushwire.js`, answered with it.
+    Served,
 }
 
 impl std::fmt::Display for HandshakeError {
@@ -56,6 +60,7 @@ impl std::fmt::Display for HandshakeError {
             HandshakeError::Refused(why) => write!(f, "refused: {why}"),
             HandshakeError::Invalid(why) => write!(f, "invalid upgrade request: {why}"),
             HandshakeError::Tls(err) => err.fmt(f),
+            HandshakeError::Served => f.write_str("served /pushwire.js"),
         }
     }
 }
@@ -102,7 +107,12 @@ pub(crate) async fn accept(
     pending: Vec<u8>,
     policy: &Policy<'_>,
 ) -> Result<Upgraded, HandshakeError> {
+    if let Some(head_only) = crate::assets::wants_helper(&head) {
+        crate::assets::serve_helper(&mut io, head_only).await;
+        return Err(HandshakeError::Served);
+    }
     let mut query_token = None;
+    let mut query = None;
     let origins = policy.allowed_origins;
     // The callback's signature (and its large error type) is tungstenite's.
     #[allow(clippy::result_large_err)]
@@ -117,6 +127,7 @@ pub(crate) async fn accept(
             return Err(http_error(StatusCode::FORBIDDEN, "origin not allowed"));
         }
         query_token = req.uri().query().and_then(token_param);
+        query = req.uri().query().map(str::to_owned);
         Ok(resp)
     };
     let stream = Prefixed {
@@ -142,6 +153,7 @@ pub(crate) async fn accept(
             tcp: io,
             pending,
             query_token,
+            query,
         }),
         Err(WsError::Http(resp)) if resp.status() == StatusCode::FORBIDDEN => {
             Err(HandshakeError::Refused("origin not allowed".into()))

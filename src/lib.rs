@@ -3,7 +3,7 @@
 //! # Layout (the data path, in order; imports only point down this list)
 //! - `server`: accept loops, connection limits, the shutdown order.
 //! - `handshake`: the HTTP upgrade, read within a byte budget (allocating only as bytes
-//!   arrive), then tungstenite's 101; plain-HTTP refusals.
+//!   arrive), then tungstenite's 101; plain-HTTP refusals; `assets`: `GET /pushwire.js`.
 //! - `proxied`: the upgrade; for a trusted proxy, the forwarded client's per-address
 //!   places between the request head and the 101.
 //! - `ws`: browser connection: uid bind, then one write/read/ping loop per socket.
@@ -14,11 +14,13 @@
 //! - [`service`]: one request in, one typed reply out, for every door.
 //! - [`state`]: the shared handle (config, registry, metrics, stop tokens).
 //! - [`registry`]: uid → connections (fan-out happens here); [`groups`]: membership
-//!   owned by uids, with an offline grace period; [`outbox`]: each connection's bounded
-//!   queue and its full-queue policy.
+//!   owned by uids, with an offline grace period; [`history`]: per-uid sequence numbers,
+//!   kept messages, the offline queue and acks (protocol v1); [`outbox`]: each
+//!   connection's bounded queue and its full-queue policy.
 //! - [`wire`]: bytes ↔ types, no I/O: line framing, push lines, the command grammar,
 //!   close notices, the shared [`wire::Payload`].
-//! - [`metrics`]: one table of counters → `/stats` and Prometheus.
+//! - [`metrics`]: one table of counters → `/stats` and Prometheus; [`dedupe`]: accepted
+//!   `/push`es remembered for idempotent retries.
 //! - [`cluster`]: cluster mode on Redis (routed delivery, truthful cluster-wide replies).
 //! - [`auth`] (signed uids), [`access`] (allow-lists, per-address caps, the budget of
 //!   connections not bound yet, secrets): who may connect and how much they may hold;
@@ -33,14 +35,17 @@
 #![warn(missing_docs)]
 
 pub mod access;
+mod assets;
 pub mod auth;
 pub mod cluster;
 pub mod config;
 pub mod control;
+pub mod dedupe;
 pub mod forwarded;
 pub mod frames;
 pub mod groups;
 mod handshake;
+pub mod history;
 mod http;
 pub mod logsafe;
 pub mod metrics;

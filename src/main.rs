@@ -100,6 +100,44 @@ struct Args {
     #[arg(long, env = "PUSHWIRE_CLUSTER_TIMEOUT_MS", default_value_t = 1000)]
     cluster_timeout_ms: u64,
 
+    /// Protocol v1 (docs/protocol.md): messages kept per uid for resumes; 0 turns history
+    /// off. Capped at --queue-depth.
+    #[arg(long, env = "PUSHWIRE_HISTORY_MESSAGES", default_value_t = 100)]
+    history_messages: usize,
+
+    /// Payload bytes of history kept per uid. Capped at --queue-bytes.
+    #[arg(long, env = "PUSHWIRE_HISTORY_BYTES", default_value_t = 256 * 1024)]
+    history_bytes: usize,
+
+    /// How old a kept message may get, in ms (a queued one lives until its TTL).
+    #[arg(long, env = "PUSHWIRE_HISTORY_AGE_MS", default_value_t = 300_000)]
+    history_age_ms: u64,
+
+    /// Bytes of history kept over all uids (payload plus ~128 bytes per message).
+    #[arg(long, env = "PUSHWIRE_HISTORY_TOTAL_BYTES", default_value_t = 256 * 1024 * 1024)]
+    history_total_bytes: usize,
+
+    /// How long a uid's history outlives its last connection, in ms.
+    #[arg(long, env = "PUSHWIRE_HISTORY_KEEP_MS", default_value_t = 300_000)]
+    history_keep_ms: u64,
+
+    /// The longest offline-queue TTL a push may ask for (`/push ID ttl=MS LINE`), in ms.
+    #[arg(long, env = "PUSHWIRE_MAX_QUEUE_TTL_MS", default_value_t = 3_600_000)]
+    max_queue_ttl_ms: u64,
+
+    /// The longest a push may wait for a tab's ack (`/push ID ack=MS LINE`), in ms.
+    #[arg(long, env = "PUSHWIRE_MAX_ACK_WAIT_MS", default_value_t = 30_000)]
+    max_ack_wait_ms: u64,
+
+    /// How long an accepted /push is remembered, so a retry with the same ID and line is
+    /// answered `duplicate` instead of delivered again, in ms; 0 = off.
+    #[arg(long, env = "PUSHWIRE_DEDUPE_WINDOW_MS", default_value_t = 60_000)]
+    dedupe_window_ms: u64,
+
+    /// How many accepted /push are remembered at most (the oldest is forgotten first).
+    #[arg(long, env = "PUSHWIRE_DEDUPE_MAX_ENTRIES", default_value_t = 100_000)]
+    dedupe_max_entries: usize,
+
     /// Longest push line accepted, in bytes; longer lines get `fail`.
     #[arg(long, env = "PUSHWIRE_MAX_LINE_BYTES", default_value_t = 1024 * 1024)]
     max_line_bytes: usize,
@@ -380,6 +418,10 @@ fn main() -> ExitCode {
 }
 
 async fn serve(args: Args, pinned: Pinned) -> std::io::Result<()> {
+    // Installed first, before the `listening` line and READY=1: from then on no signal's
+    // default action (terminate) can take the daemon down, and a SIGHUP sent as soon as it
+    // says it listens is a reload.
+    let mut signals = Signals::install()?;
     // Made first, so unreadable TLS files stop the start before anything listens.
     let ctx = pushwire::state::State::new(config_from(&args)?)?;
     let config = &ctx.config;
@@ -410,9 +452,6 @@ async fn serve(args: Args, pinned: Pinned) -> std::io::Result<()> {
     );
 
     let shutdown = CancellationToken::new();
-    // Installed before READY=1: from then on no signal's default action (terminate) can
-    // take the daemon down with accepted messages still queued.
-    let mut signals = Signals::install()?;
     let listeners = pushwire::Listeners {
         ws,
         push,
@@ -891,6 +930,16 @@ fn unvalidated_config(
         cluster_timeout: Duration::from_millis(args.cluster_timeout_ms),
         // (clap's `requires` makes them come together.)
         tls: tls_files(args).unwrap_or_default(),
+        history_messages: args.history_messages,
+        history_bytes: args.history_bytes,
+        history_age: Duration::from_millis(args.history_age_ms),
+        history_total_bytes: args.history_total_bytes,
+        history_keep: Duration::from_millis(args.history_keep_ms),
+        max_queue_ttl: Duration::from_millis(args.max_queue_ttl_ms),
+        max_ack_wait: Duration::from_millis(args.max_ack_wait_ms),
+        dedupe_window: (args.dedupe_window_ms > 0)
+            .then(|| Duration::from_millis(args.dedupe_window_ms)),
+        dedupe_max_entries: args.dedupe_max_entries,
     };
     let capacity = config.ws_capacity(nofile, matches!(args.http_listen, Listen::On(_)));
     config.max_ws_connections = args.max_ws_connections.unwrap_or(capacity);

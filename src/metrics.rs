@@ -97,6 +97,12 @@ metrics! {
     Counter HttpRequests = "http_requests", "http_requests_all", "HTTP requests answered (by status: pushwire_http_requests_total)";
     Read OpenFds = "open_fds", "open_fds", "File descriptors open";
     Read FdLimit = "fd_limit", "fd_limit", "Open-files limit (soft)";
+    Read HistoryUids = "history_uids", "history_uids", "Uids with a history (protocol v1, offline queue)";
+    Read HistoryBytes = "history_bytes", "history_bytes", "Bytes kept in history over all uids (payload plus bookkeeping)";
+    Counter HistoryRefused = "history_refused", "history_refused", "Messages numbered but not kept (larger than the per-uid bound, or the total bound reached)";
+    Counter Queued = "queued", "queued", "Pushes kept in an offline queue (/push ttl=)";
+    Counter Acks = "acks", "acks", "Ack frames from protocol v1 tabs";
+    Counter Duplicates = "duplicates", "duplicates", "/push retries answered duplicate";
 }
 
 /// What the read gauges are, asked for when `/stats` or `/metrics` is read.

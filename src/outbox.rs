@@ -17,6 +17,7 @@ use std::sync::{Mutex, MutexGuard};
 
 use tokio::sync::Notify;
 
+use crate::wire::envelope::{Outgoing, Seq};
 use crate::wire::{CloseNotice, Payload};
 
 /// How much one connection may have waiting before it counts as stuck.
@@ -51,7 +52,7 @@ pub struct Outbox {
 
 #[derive(Debug, Default)]
 struct State {
-    queue: VecDeque<Payload>,
+    queue: VecDeque<Outgoing>,
     bytes: usize,
     closing: Option<CloseNotice>,
 }
@@ -66,8 +67,9 @@ impl Outbox {
         }
     }
 
-    /// Queues `msg` (a refcount bump, not a copy) unless the connection is closing or full.
-    pub fn offer(&self, msg: &Payload) -> Offer {
+    /// Queues `msg` (a refcount bump, not a copy) numbered `seq`, unless the connection
+    /// is closing or full.
+    pub fn offer(&self, msg: &Payload, seq: Seq) -> Offer {
         let mut st = self.lock();
         if st.closing.is_some() {
             return Offer::Closed;
@@ -79,7 +81,10 @@ impl Outbox {
             self.close_locked(st, CloseNotice::QUEUE_FULL);
             return Offer::Full;
         }
-        st.queue.push_back(msg.clone());
+        st.queue.push_back(Outgoing {
+            msg: msg.clone(),
+            seq,
+        });
         st.bytes += len;
         let first = st.queue.len() == 1;
         drop(st);
@@ -88,6 +93,22 @@ impl Outbox {
             self.wake.notify_one();
         }
         Offer::Queued
+    }
+
+    /// Queues what a fresh connection must get before anything live (its status frame,
+    /// its replay, the offline queue), whatever the limits: they are bounded by the
+    /// history's, which the configuration keeps within the queue's.
+    pub fn preload(&self, items: impl IntoIterator<Item = Outgoing>) {
+        let mut st = self.lock();
+        for item in items {
+            st.bytes += item.msg.len();
+            st.queue.push_back(item);
+        }
+        let any = !st.queue.is_empty();
+        drop(st);
+        if any {
+            self.wake.notify_one();
+        }
     }
 
     /// Marks the connection for closing with `notice`; queued messages are dropped.
@@ -112,7 +133,7 @@ impl Outbox {
 
     /// Waits until there is something to do: moves every queued message into `batch`, or
     /// returns the close notice. Cancel-safe: nothing is taken before the final poll.
-    pub async fn recv(&self, batch: &mut Vec<Payload>) -> Result<(), CloseNotice> {
+    pub async fn recv(&self, batch: &mut Vec<Outgoing>) -> Result<(), CloseNotice> {
         loop {
             if self.try_recv(batch)? {
                 return Ok(());
@@ -122,7 +143,7 @@ impl Outbox {
     }
 
     /// Like [`Outbox::recv`] without waiting; `Ok(false)` when the queue is empty.
-    pub fn try_recv(&self, batch: &mut Vec<Payload>) -> Result<bool, CloseNotice> {
+    pub fn try_recv(&self, batch: &mut Vec<Outgoing>) -> Result<bool, CloseNotice> {
         let mut st = self.lock();
         if let Some(notice) = &st.closing {
             return Err(notice.clone());
@@ -167,10 +188,10 @@ mod tests {
             bytes: 1 << 20,
         });
         let m = Payload::from_static("x");
-        assert_eq!(outbox.offer(&m), Offer::Queued);
-        assert_eq!(outbox.offer(&m), Offer::Queued);
-        assert_eq!(outbox.offer(&m), Offer::Full);
-        assert_eq!(outbox.offer(&m), Offer::Closed);
+        assert_eq!(outbox.offer(&m, 0), Offer::Queued);
+        assert_eq!(outbox.offer(&m, 0), Offer::Queued);
+        assert_eq!(outbox.offer(&m, 0), Offer::Full);
+        assert_eq!(outbox.offer(&m, 0), Offer::Closed);
         let mut batch = Vec::new();
         assert_eq!(outbox.try_recv(&mut batch), Err(CloseNotice::QUEUE_FULL));
         assert!(batch.is_empty());
@@ -183,11 +204,17 @@ mod tests {
             bytes: 4,
         });
         let big = Payload::from_static("0123456789");
-        assert_eq!(outbox.offer(&big), Offer::Queued);
+        assert_eq!(outbox.offer(&big, 0), Offer::Queued);
         let mut batch = Vec::new();
         assert_eq!(outbox.try_recv(&mut batch), Ok(true));
-        assert_eq!(batch, vec![big.clone()]);
-        assert_eq!(outbox.offer(&Payload::from_static("ab")), Offer::Queued);
-        assert_eq!(outbox.offer(&Payload::from_static("abc")), Offer::Full);
+        assert_eq!(
+            batch,
+            vec![Outgoing {
+                msg: big.clone(),
+                seq: 0
+            }]
+        );
+        assert_eq!(outbox.offer(&Payload::from_static("ab"), 0), Offer::Queued);
+        assert_eq!(outbox.offer(&Payload::from_static("abc"), 0), Offer::Full);
     }
 }

@@ -10,20 +10,29 @@
 //! # Growth
 //! Entries are per uid rather than per socket so that later per-uid state (groups, the
 //! offline grace period, a Redis backplane's subscription) hangs off the same entry.
+//!
+//! # History (protocol v1)
+//! A uid's [`UidLog`] lives in the uid's shard beside its entry, so numbering a push,
+//! keeping it and offering it to every tab happen under one lock, and so do a v1 bind's
+//! replay and its registration for live delivery (see `history.rs`).
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tracing::warn;
 
+use tokio::sync::oneshot;
+
 use crate::groups::{GroupError, GroupLimits, Groups};
+use crate::history::{HistoryLimits, HistoryShared, Kept, Logs};
 use crate::logsafe::escaped;
 use crate::metrics::{Metric, Metrics};
 use crate::outbox::{Offer, Outbox, QueueLimits};
+use crate::wire::envelope::{Mode, Outgoing, Position, RAW, Seq, Status, UNNUMBERED, status_frame};
 use crate::wire::{CloseNotice, Payload, Uid};
 
 /// Enough shards that two cores rarely meet on one lock; each is a small `HashMap`.
@@ -60,6 +69,17 @@ impl Delivery {
     }
 }
 
+/// What one push to a uid did, history included.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Pushed {
+    /// Live connections.
+    pub delivery: Delivery,
+    /// Its place in the uid's history, if the uid has one.
+    pub at: Option<Position>,
+    /// Kept in the offline queue (nobody was connected and a TTL was asked for).
+    pub queued: bool,
+}
+
 /// What one message to several uids did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Fanout {
@@ -94,12 +114,16 @@ struct Shared {
     groups: Mutex<Groups>,
     /// Set once in cluster mode.
     presence: std::sync::OnceLock<Arc<dyn Presence>>,
+    /// `None` with history off (`--history-messages 0`).
+    history: Option<HistoryShared>,
 }
 
 #[derive(Debug, Default)]
 struct Shard {
     uids: HashMap<Uid, UidEntry>,
     connections: usize,
+    /// Histories of this shard's uids (online ones and those within their keep time).
+    logs: Logs,
 }
 
 /// Everything known about one online uid.
@@ -123,9 +147,44 @@ pub struct Binding {
     uid: Uid,
     id: ConnId,
     outbox: Arc<Outbox>,
+    /// Protocol v1: frames carry their sequence; acks count.
+    enveloped: bool,
+    /// The highest sequence written to this connection: its acks count up to here.
+    written: AtomicU64,
 }
 
 impl Binding {
+    /// True for a protocol v1 connection (its frames carry their sequence).
+    pub fn enveloped(&self) -> bool {
+        self.enveloped
+    }
+
+    /// Notes what the writer just sent, so acks are believed only that far.
+    pub fn wrote(&self, batch: &[Outgoing]) {
+        if let Some(max) = batch
+            .iter()
+            .map(|o| o.seq)
+            .filter(|&s| s != RAW && s != UNNUMBERED)
+            .max()
+        {
+            self.written.fetch_max(max, Relaxed);
+        }
+    }
+
+    /// A text frame from the browser after its bind: an ack (`a SEQ`) from a v1
+    /// connection counts, up to what it was sent; anything else is ignored. Returns true
+    /// for an ack.
+    pub fn text(&self, text: &str) -> bool {
+        let Some(seq) = crate::wire::envelope::parse_ack(text).filter(|_| self.enveloped) else {
+            return false;
+        };
+        let seq = seq.min(self.written.load(Relaxed));
+        if seq > 0 {
+            self.registry.ack(&self.uid, self.id, seq);
+        }
+        true
+    }
+
     /// The queue this connection's writer drains.
     pub fn outbox(&self) -> &Outbox {
         &self.outbox
@@ -144,8 +203,14 @@ impl Drop for Binding {
 }
 
 impl Registry {
-    /// An empty registry whose connections queue up to `limits`.
-    pub fn new(limits: QueueLimits, group_limits: GroupLimits, metrics: Arc<Metrics>) -> Self {
+    /// An empty registry whose connections queue up to `limits`, keeping `history` for
+    /// uids that opt in.
+    pub fn new(
+        limits: QueueLimits,
+        group_limits: GroupLimits,
+        history: HistoryLimits,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         let shards = (0..SHARDS).map(|_| Mutex::default()).collect();
         Registry {
             shared: Arc::new(Shared {
@@ -156,6 +221,7 @@ impl Registry {
                 metrics,
                 groups: Mutex::new(Groups::new(group_limits)),
                 presence: std::sync::OnceLock::new(),
+                history: (history.messages > 0).then(|| HistoryShared::new(history)),
             }),
         }
     }
@@ -171,19 +237,30 @@ impl Registry {
         }
     }
 
-    /// Registers a new connection for `uid`; other connections of the same uid stay.
+    /// Registers a new connection for `uid` the seed's way; other connections of the
+    /// same uid stay.
     pub fn bind(&self, uid: &str) -> Binding {
+        self.bind_as(uid, Mode::Seed)
+    }
+
+    /// Registers a new connection for `uid` speaking `mode`. Under the shard lock, so no
+    /// push falls between them: its first frames are queued (a v1 connection's status
+    /// frame and replay; the offline queue for either kind), then it joins live delivery.
+    pub fn bind_as(&self, uid: &str, mode: Mode) -> Binding {
         let id = ConnId(self.shared.next_id.fetch_add(1, Relaxed));
         let outbox = Arc::new(Outbox::new(self.shared.limits));
         let member = Member {
             id,
             outbox: outbox.clone(),
         };
-        let mut shard = self.shard(uid);
+        let mut guard = self.shard(uid);
+        let shard = &mut *guard;
         let uid = match shard.uids.get_key_value(uid) {
             Some((key, _)) => key.clone(),
             None => Uid::from(uid),
         };
+        outbox.preload(self.first_frames(shard, &uid, mode));
+        let mut shard = guard;
         let entry = shard.uids.entry(uid.clone()).or_default();
         entry.conns.push(member);
         if entry.conns.len() == 1 {
@@ -199,11 +276,46 @@ impl Registry {
             uid,
             id,
             outbox,
+            enveloped: matches!(mode, Mode::V1 { .. }),
+            written: AtomicU64::new(0),
         }
     }
 
+    /// What a binding connection gets before anything live: a v1 connection its status
+    /// frame and replay (creating the uid's history), either kind the offline queue.
+    fn first_frames(&self, shard: &mut Shard, uid: &Uid, mode: Mode) -> Vec<Outgoing> {
+        let now = Instant::now();
+        let numbered = |(seq, msg)| Outgoing { msg, seq };
+        let (since, history) = match (mode, &self.shared.history) {
+            (Mode::Seed, None) => return Vec::new(),
+            (Mode::Seed, Some(_)) => {
+                let Some(log) = shard.logs.get_mut(uid) else {
+                    return Vec::new();
+                };
+                return log.take_queued(now).into_iter().map(numbered).collect();
+            }
+            (Mode::V1 { since }, None) => {
+                // History off: no numbering; the status frame all the same.
+                let status = if since.is_some() {
+                    Status::NotRecovered
+                } else {
+                    Status::New
+                };
+                let none = Position { epoch: 0, seq: 0 };
+                return vec![status_outgoing(status, none)];
+            }
+            (Mode::V1 { since }, Some(history)) => (since, history),
+        };
+        let attached = shard.logs.open(uid, history).attach(since, now, history);
+        let mut frames = Vec::with_capacity(1 + attached.replay.len());
+        frames.push(status_outgoing(attached.status, attached.base));
+        frames.extend(attached.replay.into_iter().map(numbered));
+        frames
+    }
+
     fn unbind(&self, uid: &str, id: ConnId) {
-        let mut shard = self.shard(uid);
+        let mut guard = self.shard(uid);
+        let shard = &mut *guard;
         let Some(entry) = shard.uids.get_mut(uid) else {
             return;
         };
@@ -211,9 +323,14 @@ impl Registry {
             return;
         };
         entry.conns.swap_remove(pos);
-        if entry.conns.is_empty()
-            && let Some((key, _)) = shard.uids.remove_entry(uid)
-        {
+        let last = entry.conns.is_empty();
+        if let Some(log) = shard.logs.get_mut(uid) {
+            log.forget_conn(id.0);
+            if last {
+                log.went_offline(Instant::now());
+            }
+        }
+        if last && let Some((key, _)) = shard.uids.remove_entry(uid) {
             self.groups().went_offline(&key, Instant::now());
             self.presence_changed(&key);
         }
@@ -222,18 +339,94 @@ impl Registry {
 
     /// Offers `msg` to every connection of `uid`. The payload is shared, not copied.
     pub fn push(&self, uid: &str, msg: &Payload) -> Delivery {
-        let mut delivery = Delivery::default();
-        let shard = self.shard(uid);
-        if let Some(entry) = shard.uids.get(uid) {
-            for member in &entry.conns {
-                self.offer(uid, member, msg, &mut delivery);
-            }
-        }
-        delivery
+        self.push_kept(uid, msg, None).delivery
     }
 
-    fn offer(&self, uid: &str, member: &Member, msg: &Payload, delivery: &mut Delivery) {
-        match member.outbox.offer(msg) {
+    /// Offers `msg` to every connection of `uid`, numbered and kept in its history if it
+    /// has one. With `queue_for`, a uid without connections gets a history if it has
+    /// none, and the message waits in its offline queue for that long.
+    pub fn push_kept(&self, uid: &str, msg: &Payload, queue_for: Option<Duration>) -> Pushed {
+        let mut out = Pushed::default();
+        let mut guard = self.shard(uid);
+        let shard = &mut *guard;
+        let mut seq = UNNUMBERED;
+        let kept;
+        let mut msg = msg;
+        if let Some(history) = &self.shared.history {
+            let offline = shard.uids.get(uid).is_none_or(|e| e.conns.is_empty());
+            let log = match shard.logs.get_mut(uid) {
+                Some(log) => Some(log),
+                None if queue_for.is_some() && offline => {
+                    let log = shard.logs.open(&Uid::from(uid), history);
+                    log.went_offline(Instant::now());
+                    Some(log)
+                }
+                None => None,
+            };
+            if let Some(log) = log {
+                // One copy per push (not per tab): history must not pin the read buffer.
+                kept = msg.detached();
+                msg = &kept;
+                let until = queue_for.filter(|_| offline).map(|t| Instant::now() + t);
+                let (s, how) = log.append(msg, until, history);
+                seq = s;
+                out.at = Some(log.head());
+                out.queued = until.is_some() && how == Kept::Yes;
+                if how == Kept::No {
+                    self.shared.metrics.incr(Metric::HistoryRefused);
+                }
+            }
+        }
+        if let Some(entry) = shard.uids.get(uid) {
+            for member in &entry.conns {
+                self.offer(uid, member, msg, seq, &mut out.delivery);
+            }
+        }
+        out
+    }
+
+    /// Tab `conn` of `uid` acknowledged every message up to `seq`.
+    fn ack(&self, uid: &str, conn: ConnId, seq: Seq) {
+        if let Some(log) = self.shard(uid).logs.get_mut(uid) {
+            log.ack(conn.0, seq);
+        }
+        self.shared.metrics.incr(Metric::Acks);
+    }
+
+    /// Waits for an ack of `at` by a tab of `uid`: resolves to how many tabs had acked
+    /// it by then. `None` if the uid's history is gone or is another one.
+    pub fn wait_ack(&self, uid: &str, at: Position) -> Option<oneshot::Receiver<usize>> {
+        let mut shard = self.shard(uid);
+        let log = shard.logs.get_mut(uid)?;
+        (log.head().epoch == at.epoch).then(|| log.wait(at.seq))
+    }
+
+    /// Trims histories by age and drops those past their keep time; returns how many
+    /// uids lost theirs.
+    pub fn expire_history(&self, now: Instant) -> usize {
+        let Some(history) = &self.shared.history else {
+            return 0;
+        };
+        let mut dropped = 0;
+        for shard in self.shared.shards.iter() {
+            let mut guard = lock(shard);
+            let Shard { uids, logs, .. } = &mut *guard;
+            dropped += logs.sweep(now, history, |uid| uids.contains_key(uid));
+        }
+        dropped
+    }
+
+    /// Uids with a history, and what all histories keep, in bytes.
+    pub fn history_totals(&self) -> (usize, usize) {
+        let Some(history) = &self.shared.history else {
+            return (0, 0);
+        };
+        let uids = self.shared.shards.iter().map(|s| lock(s).logs.len()).sum();
+        (uids, history.total_bytes())
+    }
+
+    fn offer(&self, uid: &str, member: &Member, msg: &Payload, seq: Seq, delivery: &mut Delivery) {
+        match member.outbox.offer(msg, seq) {
             Offer::Queued => delivery.queued += 1,
             Offer::Closed => delivery.refused += 1,
             Offer::Full => {
@@ -259,7 +452,7 @@ impl Registry {
                     continue;
                 }
                 for member in &entry.conns {
-                    self.offer(uid, member, msg, &mut delivery);
+                    self.offer(uid, member, msg, UNNUMBERED, &mut delivery);
                 }
             }
         }
@@ -388,6 +581,14 @@ fn lock(shard: &Mutex<Shard>) -> MutexGuard<'_, Shard> {
     shard.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// A status frame, queued as it is (no prefix).
+fn status_outgoing(status: Status, at: Position) -> Outgoing {
+    Outgoing {
+        msg: Payload::from(status_frame(status, at)),
+        seq: RAW,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -403,6 +604,7 @@ mod tests {
                 max_members: 10,
                 grace: std::time::Duration::from_secs(60),
             },
+            crate::config::Config::default().history_limits(),
             Arc::default(),
         )
     }

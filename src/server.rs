@@ -193,10 +193,14 @@ async fn drain(stop: &CancellationToken, tasks: &TaskTracker, deadline: Instant,
     }
 }
 
-/// Drops group memberships of uids offline past the grace period, a few times per period.
+/// Drops group memberships of uids offline past the grace period, and histories past
+/// their age and keep times, a few times per period.
 async fn sweep_groups(ctx: Arc<State>, stop: CancellationToken) {
-    let every =
-        (ctx.config.group_grace / 4).clamp(Duration::from_millis(10), Duration::from_secs(1));
+    let shortest = ctx
+        .config
+        .group_grace
+        .min(ctx.config.history_sweep_period());
+    let every = (shortest / 4).clamp(Duration::from_millis(10), Duration::from_secs(1));
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -206,6 +210,7 @@ async fn sweep_groups(ctx: Arc<State>, stop: CancellationToken) {
                 if dropped > 0 {
                     debug!(uids = dropped, "group memberships expired after the grace period");
                 }
+                ctx.registry.expire_history(std::time::Instant::now());
             }
             () = stop.cancelled() => return,
         }

@@ -8,6 +8,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::cluster::{Cluster, ClusterConfig};
 use crate::config::Config;
+use crate::dedupe::Dedupe;
 use crate::metrics::{Gauges, Metric, Metrics};
 use crate::registry::Registry;
 use crate::reloadable::Reloadable;
@@ -33,6 +34,8 @@ pub struct State {
     pub tls: Option<Acceptor>,
     /// Secrets and allow-lists as of the last reload; read with [`State::settings`].
     reloadable: RwLock<Arc<Reloadable>>,
+    /// Accepted `/push`es remembered for idempotent retries.
+    pub dedupe: Dedupe,
 }
 
 impl State {
@@ -48,6 +51,7 @@ impl State {
         let registry = Registry::new(
             config.queue_limits(),
             config.group_limits(),
+            config.history_limits(),
             metrics.clone(),
         );
         let cluster = match &config.redis {
@@ -64,6 +68,7 @@ impl State {
             ),
             None => None,
         };
+        let dedupe = Dedupe::new(config.dedupe_window, config.dedupe_max_entries);
         Ok(Arc::new(State {
             registry,
             metrics,
@@ -73,6 +78,7 @@ impl State {
             tls,
             reloadable: RwLock::new(Arc::new(Reloadable::from_config(&config))),
             config,
+            dedupe,
         }))
     }
 
@@ -127,6 +133,8 @@ impl Gauges for State {
             Metric::Uids => self.registry.totals().0 as u64,
             Metric::Groups => self.registry.group_count() as u64,
             Metric::OpenFds => open_fds(),
+            Metric::HistoryUids => self.registry.history_totals().0 as u64,
+            Metric::HistoryBytes => self.registry.history_totals().1 as u64,
             Metric::FdLimit => {
                 rlimit::getrlimit(rlimit::Resource::NOFILE).map_or(0, |(soft, _)| soft)
             }

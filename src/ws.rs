@@ -17,9 +17,11 @@ use crate::handshake::{self, HandshakeError, HttpRefusal, Policy};
 use crate::metrics::Metric;
 use crate::outbox::Outbox;
 use crate::proxied::{self, Failed, Proxied};
+use crate::registry::Binding;
 use crate::state::State;
 use crate::transport::Transport;
-use crate::wire::{CloseNotice, Payload};
+use crate::wire::CloseNotice;
+use crate::wire::envelope::{Mode, Outgoing};
 
 /// A browser socket after the upgrade: the socket (plain or TLS) and its frame reader.
 /// (tungstenite does the HTTP upgrade only; see `frames.rs` for why.)
@@ -28,6 +30,8 @@ struct Ws {
     reader: FrameReader,
     /// Largest message the browser may send.
     max_in: usize,
+    /// Protocol v1: frames carry a prefix (`docs/protocol.md`).
+    enveloped: bool,
 }
 
 impl Ws {
@@ -91,7 +95,9 @@ pub(crate) async fn serve(
         tcp: upgraded.tcp,
         reader: FrameReader::with_pending(upgraded.pending),
         max_in: ctx.config.max_in(),
+        enveloped: false,
     };
+    let mode = Mode::from_query(upgraded.query.as_deref());
     let identified = tokio::select! {
         r = timeout_at(deadline, Box::pin(identify(&mut ws, upgraded.query_token, &ctx))) => match r {
             Ok(result) => result,
@@ -99,7 +105,7 @@ pub(crate) async fn serve(
         },
         () = ctx.ws_stop.cancelled() => Err(End::Shutdown),
     };
-    let uid = match identified {
+    let uid = match identified.and_then(|uid| mode.clone().map(|_| uid).map_err(End::Closed)) {
         Ok(uid) => uid,
         Err(end) => {
             if let End::Closed(notice) = &end
@@ -112,10 +118,11 @@ pub(crate) async fn serve(
         }
     };
 
-    let binding = ctx.registry.bind(&uid);
+    let binding = ctx.registry.bind_as(&uid, mode.unwrap_or(Mode::Seed));
+    ws.enveloped = binding.enveloped();
     drop(places.pending);
     debug!(uid = %crate::logsafe::escaped(binding.uid()), "bound");
-    let end = session(&mut ws, binding.outbox(), &ctx).await;
+    let end = session(&mut ws, &binding, &ctx).await;
     // Leave the map before the (possibly slow) closing handshake, so pushes fail at once.
     drop(binding);
     debug!(uid = %crate::logsafe::escaped(&uid), ?end, "closed");
@@ -259,7 +266,8 @@ fn refusal(err: &FrameError) -> Option<CloseNotice> {
 }
 
 /// The bound connection's loop. Returns why it ended; the caller closes.
-async fn session(ws: &mut Ws, outbox: &Outbox, ctx: &State) -> End {
+async fn session(ws: &mut Ws, binding: &Binding, ctx: &State) -> End {
+    let outbox = binding.outbox();
     let cfg = &ctx.config;
     let metrics = &ctx.metrics;
     let mut batch = Vec::new();
@@ -281,7 +289,7 @@ async fn session(ws: &mut Ws, outbox: &Outbox, ctx: &State) -> End {
                 let mut at = Progress::default();
                 let write = write_all(ws, &batch, &mut at);
                 let drained = Box::pin(timeout(cfg.shutdown_timeout, write)).await;
-                metrics.frames_written(batch[..at.frame].iter().map(|m| (m.len(), m.received())));
+                metrics.frames_written(batch[..at.frame].iter().map(|m| (m.msg.len(), m.msg.received())));
                 return match drained {
                     Ok(Ok(())) => End::Shutdown,
                     Ok(Err(err)) => End::PeerError(FrameError::Io(err)),
@@ -297,7 +305,8 @@ async fn session(ws: &mut Ws, outbox: &Outbox, ctx: &State) -> End {
                 if let Err(end) = deliver(ws, &batch, outbox, ctx).await {
                     return end;
                 }
-                metrics.frames_written(batch.iter().map(|m| (m.len(), m.received())));
+                metrics.frames_written(batch.iter().map(|m| (m.msg.len(), m.msg.received())));
+                binding.wrote(&batch);
                 batch.clear();
             }
             frame = ws.reader.next(&mut ws.tcp, ws.max_in) => {
@@ -307,6 +316,7 @@ async fn session(ws: &mut Ws, outbox: &Outbox, ctx: &State) -> End {
                 }
                 match frame {
                     Ok(Incoming::Close(code)) => return End::PeerClosed(code),
+                    Ok(Incoming::Text(t)) if binding.text(&t) => {}
                     Ok(Incoming::Text(t)) => trace!(len = t.len(), "ignoring text message"),
                     Ok(Incoming::Binary(len)) => trace!(len, "ignoring binary message"),
                     Ok(Incoming::Pong) => {}
@@ -341,9 +351,9 @@ async fn session(ws: &mut Ws, outbox: &Outbox, ctx: &State) -> End {
 
 /// Writes a batch of text frames. The common case (the socket takes it all at once)
 /// costs one `writev` and nothing else: no timer, no allocation for a future.
-async fn deliver(ws: &mut Ws, batch: &[Payload], outbox: &Outbox, ctx: &State) -> Result<(), End> {
+async fn deliver(ws: &mut Ws, batch: &[Outgoing], outbox: &Outbox, ctx: &State) -> Result<(), End> {
     let mut at = Progress::default();
-    match try_write(&mut ws.tcp, batch, &mut at) {
+    match try_write(&mut ws.tcp, batch, ws.enveloped, &mut at) {
         Ok(true) => return Ok(()),
         Ok(false) => {}
         Err(err) => return Err(End::PeerError(FrameError::Io(err))),
@@ -356,7 +366,7 @@ async fn deliver(ws: &mut Ws, batch: &[Payload], outbox: &Outbox, ctx: &State) -
 /// it.
 async fn write_guarded(
     ws: &mut Ws,
-    batch: &[Payload],
+    batch: &[Outgoing],
     at: &mut Progress,
     outbox: &Outbox,
     ctx: &State,
@@ -380,8 +390,8 @@ async fn write_guarded(
 }
 
 /// Writes the rest of `batch`, waiting for the socket as needed.
-async fn write_all(ws: &mut Ws, batch: &[Payload], at: &mut Progress) -> std::io::Result<()> {
-    while !try_write(&mut ws.tcp, batch, at)? {
+async fn write_all(ws: &mut Ws, batch: &[Outgoing], at: &mut Progress) -> std::io::Result<()> {
+    while !try_write(&mut ws.tcp, batch, ws.enveloped, at)? {
         ws.tcp.writable().await?;
     }
     Ok(())

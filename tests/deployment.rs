@@ -722,6 +722,8 @@ fn check_config_warns_about_what_the_daemon_would_change() {
         "--max-message-bytes 10 is below --max-uid-bytes",
         "--http-max-header-bytes 100 is raised to 8192",
         "--max-pending-handshakes 5000 must stay below --max-ws-connections 800",
+        // A history replay must fit the connection's queue.
+        "--history-messages 100 is above --queue-depth 1",
     ]);
     // A push door beyond loopback with neither allow-list nor secret.
     check_config(

@@ -646,7 +646,7 @@ proptest! {
         let text = format!("/push {id_json} {line}");
         match command::parse(&text, 1) {
             Err(e) if id.is_empty() => prop_assert_eq!(e.to_string(), "ID is empty"),
-            Ok(Command::Push { id: got, line: at }) => {
+            Ok(Command::Push { id: got, line: at, .. }) => {
                 prop_assert_eq!(&*got, id.as_str());
                 prop_assert_eq!(&text[at..], line.as_str());
             }

@@ -264,7 +264,13 @@ async fn post_push_one_line_prints_ok_and_the_browser_gets_it_byte_exact() {
 /// payload byte-exact and in order, and an unterminated last line is answered too.
 #[tokio::test]
 async fn post_push_many_lines_answer_exactly_as_the_tcp_port() {
-    let server = TestServer::start_http(config()).await;
+    // The same body goes through both doors, `/push 7` and its line included: with
+    // retries remembered, the second would answer `duplicate` (tests/history.rs).
+    let server = TestServer::start_http(pushwire::Config {
+        dedupe_window: None,
+        ..config()
+    })
+    .await;
     let mut tab = browser(&server, "u1").await;
     let body = concat!(
         "{\"uid\":\"u1\",\"n\":1,\"text\":\"h\u{e9}llo \\\"1\\\"\"}\n",

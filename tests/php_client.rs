@@ -192,6 +192,77 @@ async fn push_is_ok_or_fail_and_arrives_byte_exact() {
     server.shutdown().await.unwrap();
 }
 
+/// `pushTracked` (protocol v1): the offline queue, an ack from an opted-in tab while PHP
+/// waits, a tab that never acks, and a retry that is not delivered twice.
+#[tokio::test]
+async fn push_tracked_queues_waits_for_acks_and_dedupes() {
+    use common::v1::{V1Client, V1Event};
+    let server = TestServer::start().await;
+    let mut php = Php::with_client(&tcp(server.push_addr), json!({"read_timeout": 1.0})).await;
+
+    let r = php
+        .call(
+            "pushTracked",
+            json!([1, {"uid": "away", "n": 1}, 60000, null]),
+        )
+        .await;
+    assert_eq!(r["result"], "queued", "{r}");
+    assert_eq!(
+        (r["ok"].as_bool(), r["seq"].as_u64()),
+        (Some(true), Some(1))
+    );
+    let mut tab = V1Client::connect(server.ws_addr, "away", None).await;
+    assert_eq!(r["epoch"], tab.status.epoch.as_str());
+    tab.expect_msg(1, r#"{"uid":"away","n":1}"#).await;
+
+    // Acked: the tab acks what it got while PHP waits (longer than read_timeout alone).
+    let acker = tokio::spawn(async move {
+        let V1Event::Msg(seq, payload) = tab.next().await else {
+            panic!("expected a message");
+        };
+        assert_eq!(payload, r#"{"uid":"away","n":2}"#);
+        tokio::time::sleep(Duration::from_millis(1200)).await;
+        tab.ack(seq).await;
+        tab
+    });
+    let r = php
+        .call(
+            "pushTracked",
+            json!(["a", {"uid": "away", "n": 2}, null, 5000]),
+        )
+        .await;
+    assert_eq!(r["result"], "acked", "{r}");
+    assert_eq!((r["acks"].as_u64(), r["seq"].as_u64()), (Some(1), Some(2)));
+    let mut tab = acker.await.unwrap();
+
+    // Not acked: the tab gets it and never acks.
+    let r = php
+        .call(
+            "pushTracked",
+            json!(["b", {"uid": "away", "n": 3}, null, 300]),
+        )
+        .await;
+    assert_eq!(
+        (r["result"].as_str(), r["ok"].as_bool()),
+        (Some("not_acked"), Some(false))
+    );
+    tab.expect_msg(3, r#"{"uid":"away","n":3}"#).await;
+
+    // The retry of an accepted push: duplicate, delivered once.
+    let r = php
+        .call(
+            "pushTracked",
+            json!(["a", {"uid": "away", "n": 2}, null, 5000]),
+        )
+        .await;
+    assert_eq!(
+        (r["result"].as_str(), r["first"].as_str()),
+        (Some("duplicate"), Some("delivered"))
+    );
+    tab.tab.expect_silence(QUIET).await;
+    server.shutdown().await.unwrap();
+}
+
 #[tokio::test]
 async fn push_detailed_returns_the_reply_with_its_id() {
     let server = TestServer::start().await;

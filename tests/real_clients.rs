@@ -464,3 +464,108 @@ async fn seed_php_backend_over_the_unix_socket() {
         .unwrap();
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+// ---------------------------------------------------------------------------------------
+// pushwire.js (protocol v1) in Chromium
+
+/// A page that loads `pushwire.js` from the daemon itself (`GET /pushwire.js` on the
+/// browser port) and reports, in order (each report waits for the previous one), every
+/// message as `/alert` "SEQ DATA" and every status but `reconnecting` (whose count
+/// depends on timing) as `/trouble` "STATUS KIND".
+fn pushwire_page(ws_addr: SocketAddr) -> String {
+    let port = ws_addr.port();
+    format!(
+        r#"<!doctype html>
+<html><head><meta charset="utf-8"><title>pushwire.js</title>
+<script>
+var chain = Promise.resolve();
+function report(path, text) {{
+  chain = chain.then(function () {{ return fetch(path, {{ method: 'POST', body: String(text) }}); }})
+               .catch(function () {{}});
+}}
+window.addEventListener('error', function (e) {{ report('/trouble', 'script error: ' + e.message); }});
+</script>
+<script src="http://127.0.0.1:{port}/pushwire.js"></script>
+<script>
+var pw = new Pushwire('ws://127.0.0.1:{port}/', {{ uid: 'js1', minDelay: 50, maxDelay: 400 }});
+pw.onmessage = function (data, meta) {{ report('/alert', meta.seq + ' ' + data); }};
+pw.onstatus = function (status, d) {{
+  if (status !== 'reconnecting') report('/trouble', status + ' ' + d.status);
+}};
+</script>
+</head><body>pushwire.js</body></html>
+"#
+    )
+}
+
+/// pushwire.js against the real daemon: it connects, its acks reach a backend waiting
+/// with `ack=`, a kicked connection resumes with nothing lost or doubled, and a daemon
+/// restart (a new epoch) is reported as `not_recovered` before it goes on.
+#[tokio::test]
+async fn chromium_runs_pushwire_js_resumes_after_cuts_and_acks() {
+    let (ws_addr, push_addr) = (free_addr(), free_addr());
+    let config = pushwire::Config::default;
+    let server = TestServer::start_on(config(), ws_addr, push_addr).await;
+    let http = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let mut page = SeedPage::launch_html(http, pushwire_page(ws_addr), &[]);
+    /// The page's next report, as "msg SEQ DATA" or the status line.
+    async fn event(page: &mut SeedPage, within: Duration) -> String {
+        match page.next_event_within(within).await {
+            PageEvent::Alert(m) => format!("msg {m}"),
+            PageEvent::Trouble(t) => t,
+        }
+    }
+    let line = |n: u64| format!(r#"{{"uid":"js1","n":{n}}}"#);
+    assert_eq!(
+        event(&mut page, Duration::from_secs(15)).await,
+        "connected new"
+    );
+    let mut push = PushClient::connect(push_addr).await;
+    // Acks seen by the backend: each reply waits until the page's onmessage ran.
+    for n in 1..=3 {
+        let reply = push
+            .request_within(&format!("/push j{n} ack=5000 {}", line(n)), STEP)
+            .await;
+        assert!(reply.contains(r#""result":"acked","#), "{reply}");
+        assert!(reply.contains(r#""acks":1,"#), "{reply}");
+        assert_eq!(event(&mut page, STEP).await, format!("msg {n} {}", line(n)));
+    }
+    // A cut (kick): what is pushed meanwhile is replayed, once, in order.
+    assert!(
+        push.request("/kick js1")
+            .await
+            .contains(r#""connections":1"#)
+    );
+    for n in 4..=6 {
+        let reply = push.request(&line(n)).await;
+        assert!(reply == "ok\n" || reply == "fail\n", "{reply}");
+    }
+    assert_eq!(event(&mut page, STEP).await, "connected recovered");
+    for n in 4..=6 {
+        assert_eq!(event(&mut page, STEP).await, format!("msg {n} {}", line(n)));
+    }
+    let reply = push
+        .request(&format!("/push j7 ack=5000 {}", line(7)))
+        .await;
+    assert!(reply.contains(r#""result":"acked","#), "{reply}");
+    assert_eq!(event(&mut page, STEP).await, format!("msg 7 {}", line(7)));
+    // The daemon restarts: a new history, so the page is told it was not recovered.
+    drop(push);
+    server.shutdown().await.unwrap();
+    let server = TestServer::start_on(config(), ws_addr, push_addr).await;
+    assert_eq!(event(&mut page, STEP).await, "not_recovered not_recovered");
+    assert_eq!(event(&mut page, STEP).await, "connected not_recovered");
+    let mut push = PushClient::connect(push_addr).await;
+    let reply = push
+        .request(&format!("/push j8 ack=5000 {}", line(8)))
+        .await;
+    assert!(reply.contains(r#""result":"acked","#), "{reply}");
+    assert_eq!(event(&mut page, STEP).await, format!("msg 1 {}", line(8)));
+    // Nothing else: no duplicate, no stray status.
+    assert!(
+        !page.reports_within(Duration::from_millis(300)).await,
+        "an unexpected report"
+    );
+    drop(page);
+    server.shutdown().await.unwrap();
+}

@@ -202,6 +202,39 @@ class Client
     }
 
     /**
+     * `/push ID [ttl=MS] [ack=MS] LINE` (protocol v1, docs/protocol.md). With $ttlMs a
+     * uid nobody is connected as keeps it that long (result `queued`: delivered on its
+     * next bind). With $ackMs the daemon waits that long for one of the uid's opted-in
+     * tabs to acknowledge it (result `acked`, with `acks` tabs, or `not_acked`); the read
+     * deadline grows by that wait. Resending the same ID and message after an accepted
+     * one (within the daemon's dedupe window) answers `duplicate` with `first` instead of
+     * delivering it again, so a retry after a timeout is safe. Returns the decoded reply
+     * (with `seq` and `epoch`); a malformed line throws ServerException.
+     *
+     * @param array<mixed>|string $message
+     * @return array<string,mixed>
+     */
+    public function pushTracked(string|int $id, array|string $message, ?int $ttlMs = null, ?int $ackMs = null): array
+    {
+        $options = '';
+        foreach (['ttl' => $ttlMs, 'ack' => $ackMs] as $name => $ms) {
+            if ($ms === null) {
+                continue;
+            }
+            if ($ms < 0) {
+                throw new \InvalidArgumentException("$name must be a non-negative number of ms");
+            }
+            $options .= " $name=$ms";
+        }
+        $line = '/push ' . $this->arg($id) . $options . ' ' . $this->line($message);
+        $r = $this->runCommand($line, $ackMs === null ? 0.0 : $ackMs / 1000);
+        if (!is_array($r)) {
+            throw new Exception("unexpected reply to /push: $r");
+        }
+        return $r;
+    }
+
+    /**
      * `/send`: the payload to every tab of each uid. Returns how many uids were reached.
      *
      * @param array<string|int>|string|int $uids
@@ -301,12 +334,22 @@ class Client
      */
     public function command(string $line): array|string
     {
+        return $this->runCommand($line, 0.0);
+    }
+
+    /**
+     * A command whose reply may take $wait seconds more than read_timeout (an ack wait).
+     *
+     * @return array<string,mixed>|string
+     */
+    private function runCommand(string $line, float $wait): array|string
+    {
         if ($line === '' || $line[0] !== '/') {
             throw new \InvalidArgumentException('a command starts with /');
         }
         $this->checkLine($line);
         $this->lastReply = null;
-        $reply = $this->roundTrip($line);
+        $reply = $this->roundTrip($line, $wait);
         if ($reply === 'pong') {
             return $reply;
         }
@@ -433,7 +476,7 @@ class Client
      * closing, unless it crashed in between): with retry_unanswered it is sent once more
      * on a new connection. A timeout is never retried: the daemon may have run the line.
      */
-    private function roundTrip(string $line): string
+    private function roundTrip(string $line, float $wait = 0.0): string
     {
         for ($attempt = 1; ; $attempt++) {
             [$s, $fresh] = $this->begin();
@@ -441,8 +484,8 @@ class Client
             $out = ($auth ? "/auth {$this->secret}\n" : '') . $line . "\n";
             $done = false;
             try {
-                $deadline = microtime(true) + $this->readTimeout;
-                $this->setTimeout($s, $this->readTimeout);
+                $deadline = microtime(true) + $this->readTimeout + $wait;
+                $this->setTimeout($s, $this->readTimeout + $wait);
                 $written = @fwrite($s, $out);
                 $written = $written === false ? 0 : $written;
                 if ($written < strlen($out)) {

@@ -9,6 +9,7 @@
 //! see [`Replies`].
 
 pub mod reply;
+mod tracked;
 
 use std::borrow::Cow;
 use std::collections::VecDeque;
@@ -234,7 +235,11 @@ fn run(state: &State, command: Command<'_>, line: &Payload, text: &str) -> Respo
                 refused: f.delivery.refused,
             })
         }
-        Command::Push { id, line: at } => {
+        Command::Push {
+            id,
+            line: at,
+            options,
+        } => {
             let Some(msg) = payload(at) else {
                 return Response::Ready(Reply::error("bad payload offset"));
             };
@@ -242,6 +247,14 @@ fn run(state: &State, command: Command<'_>, line: &Payload, text: &str) -> Respo
                 return Response::Ready(Reply::error("bad payload offset"));
             };
             let target = push_target_str(tail);
+            if state.cluster.is_none() {
+                return tracked::push(state, id, options, &msg, target);
+            }
+            if !options.is_empty() {
+                return Response::Ready(Reply::error(
+                    "ttl= and ack= are single-node only (not in cluster mode yet)",
+                ));
+            }
             let outcome = target
                 .as_ref()
                 .map_err(Clone::clone)
@@ -272,6 +285,7 @@ fn run(state: &State, command: Command<'_>, line: &Payload, text: &str) -> Respo
                         error: None,
                         connections: Some(total.queued),
                         refused: Some(total.refused),
+                        tracking: None,
                         id,
                     }))
                 }));
@@ -289,6 +303,7 @@ fn run(state: &State, command: Command<'_>, line: &Payload, text: &str) -> Respo
                 error: outcome.as_ref().err().map(ToString::to_string),
                 connections: outcome.as_ref().ok().map(|d| d.queued),
                 refused: outcome.as_ref().ok().map(|d| d.refused),
+                tracking: None,
                 id: id.into_owned(),
             })
         }

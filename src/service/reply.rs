@@ -81,7 +81,28 @@ mod fields {
         pub connections: Option<usize>,
         #[serde(skip_serializing_if = "Option::is_none")]
         pub refused: Option<usize>,
+        /// Protocol v1 (options given, or a duplicate): absent otherwise, so a plain
+        /// `/push` answers as it always did.
+        #[serde(flatten, skip_serializing_if = "Option::is_none")]
+        pub tracking: Option<Tracking>,
         pub id: String,
+    }
+
+    /// What a `/push` with options (or a duplicate) adds to its reply.
+    #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize)]
+    pub struct Tracking {
+        /// For `duplicate`: the first's result.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        pub first: Option<PushResult>,
+        /// For `ack=`: tabs that had acknowledged it when the reply was made.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        pub acks: Option<usize>,
+        /// Its sequence number in the uid's history.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        pub seq: Option<u64>,
+        /// That history's epoch (16 hex digits).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        pub epoch: Option<String>,
     }
 
     #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -176,6 +197,17 @@ pub enum PushResult {
     Partial,
     /// Cluster mode: Redis could not be reached, and no connection here took it.
     Unavailable,
+    /// `ttl=`: nobody took it; kept in the uid's offline queue.
+    Queued,
+    /// `ack=`: a tab acknowledged it within the wait.
+    Acked,
+    /// `ack=`: no tab acknowledged it within the wait.
+    #[serde(rename = "not_acked")]
+    NotAcked,
+    /// A retry of an accepted `/push` (same ID and line) within the window: not run.
+    Duplicate,
+    /// In `first` of a duplicate: the first is still running.
+    Pending,
 }
 
 /// `/stats`: `"ok":true`, then the metric table's keys in order.
@@ -246,11 +278,30 @@ mod tests {
             error: Some("e".into()),
             connections: None,
             refused: None,
+            tracking: None,
             id: "7".into(),
         }));
         assert_eq!(
             push.line(),
             r#"{"ok":false,"result":"malformed","error":"e","id":"7"}"#
+        );
+        let acked = Reply::Json(Json::Push(PushReply {
+            ok: true,
+            result: PushResult::NotAcked,
+            error: None,
+            connections: Some(1),
+            refused: Some(0),
+            tracking: Some(Tracking {
+                acks: Some(0),
+                seq: Some(4),
+                epoch: Some("00000000000000ff".into()),
+                ..Tracking::default()
+            }),
+            id: "8".into(),
+        }));
+        assert_eq!(
+            acked.line(),
+            r#"{"ok":true,"result":"not_acked","connections":1,"refused":0,"acks":0,"seq":4,"epoch":"00000000000000ff","id":"8"}"#
         );
         let stats = Reply::Json(Json::Stats(StatsReply(vec![("uptime_secs", 3), ("a", 1)])));
         assert_eq!(stats.line(), r#"{"ok":true,"uptime_secs":3,"a":1}"#);

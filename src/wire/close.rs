@@ -27,7 +27,7 @@ impl CloseNotice {
     /// 1003: the first frame was binary.
     pub const BINARY_UID: CloseNotice = CloseNotice::fixed(1003, "uid must be a text frame");
 
-    const fn fixed(code: u16, reason: &'static str) -> Self {
+    pub(crate) const fn fixed(code: u16, reason: &'static str) -> Self {
         CloseNotice {
             code,
             reason: Cow::Borrowed(reason),

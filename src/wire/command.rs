@@ -61,8 +61,13 @@ pub enum Command<'a> {
     Ping,
     /// `/send TARGETS PAYLOAD`: PAYLOAD to every connection of every listed uid.
     Send { uids: Vec<Uid>, payload: usize },
-    /// `/push ID LINE`: a plain push line, answered with its detailed outcome and ID.
-    Push { id: Cow<'a, str>, line: usize },
+    /// `/push ID [ttl=MS] [ack=MS] LINE`: a plain push line, answered with its detailed
+    /// outcome and ID; the options ask for the offline queue and an end-to-end ack.
+    Push {
+        id: Cow<'a, str>,
+        line: usize,
+        options: PushOptions,
+    },
     /// `/group GROUP PAYLOAD`: PAYLOAD to every connection of every member;
     /// `/group-except GROUP TARGETS PAYLOAD`: of every member but those listed.
     Group {
@@ -114,6 +119,22 @@ impl Command<'_> {
             Command::Kick { .. } => "/kick",
             Command::Stats => "/stats",
         }
+    }
+}
+
+/// The options of `/push` (protocol v1, `docs/protocol.md`), in milliseconds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PushOptions {
+    /// `ttl=MS`: keep it for an offline uid this long.
+    pub ttl: Option<u64>,
+    /// `ack=MS`: wait this long for a tab's ack.
+    pub ack: Option<u64>,
+}
+
+impl PushOptions {
+    /// True when no option was given (the reply is then exactly the seed-era one).
+    pub fn is_empty(&self) -> bool {
+        self.ttl.is_none() && self.ack.is_none()
     }
 }
 
@@ -222,6 +243,7 @@ pub fn parse_with<'a>(line: &'a str, limits: &Limits) -> Result<Command<'a>, Com
         },
         "/push" => Command::Push {
             id: args.string(Name::Id(MAX_ID_BYTES))?,
+            options: args.push_options(),
             line: args.payload()?,
         },
         "/group" => Command::Group {
@@ -394,6 +416,35 @@ impl<'a> Args<'a> {
         let start = self.pos;
         self.pos = self.line.len();
         Ok(start)
+    }
+
+    /// `/push`'s options: each a whole word `ttl=DIGITS` or `ack=DIGITS` with more of the
+    /// line after it. Anything else starts LINE, so a line that parsed before still
+    /// parses the same (a LINE starting `ttl=5 ` was never a valid push).
+    fn push_options(&mut self) -> PushOptions {
+        let mut options = PushOptions::default();
+        loop {
+            let save = self.pos;
+            let Some(word) = self.word() else {
+                self.pos = save;
+                return options;
+            };
+            let more = !self.line[self.pos..].trim_start_matches(' ').is_empty();
+            let value = |name: &str| {
+                let digits = word.strip_prefix(name)?;
+                let ok = !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit());
+                // Too many digits for a u64: cut to the largest (every wait is capped).
+                ok.then(|| digits.parse().unwrap_or(u64::MAX))
+            };
+            match (more, value("ttl="), value("ack=")) {
+                (true, Some(ms), _) if options.ttl.is_none() => options.ttl = Some(ms),
+                (true, _, Some(ms)) if options.ack.is_none() => options.ack = Some(ms),
+                _ => {
+                    self.pos = save;
+                    return options;
+                }
+            }
+        }
     }
 
     fn rest(&mut self) -> Option<&'a str> {
@@ -700,5 +751,28 @@ mod tests {
                 .contains("CURSOR")
         );
         assert!(is_command(b"/ping") && !is_command(br#"{"uid":"/ping"}"#));
+        let line = r#"/push 7 ack=500 ttl=60000 {"uid":"u"}"#;
+        let Ok(Command::Push {
+            id,
+            line: at,
+            options,
+        }) = parse(line, 2)
+        else {
+            panic!("parse failed");
+        };
+        assert_eq!((&*id, &line[at..]), ("7", r#"{"uid":"u"}"#));
+        assert_eq!((options.ttl, options.ack), (Some(60000), Some(500)));
+        // Not options: LINE as before.
+        for (line, rest) in [
+            ("/push 7 ttl=x {}", "ttl=x {}"),
+            ("/push 7 ttl=5", "ttl=5"),
+            ("/push 7 ttl=1 ttl=2 {}", "ttl=2 {}"),
+            ("/push 7 TTL=1 {}", "TTL=1 {}"),
+        ] {
+            let Ok(Command::Push { line: at, .. }) = parse(line, 2) else {
+                panic!("{line}");
+            };
+            assert_eq!(&line[at..], rest);
+        }
     }
 }

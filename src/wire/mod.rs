@@ -1,8 +1,10 @@
 //! Bytes ↔ types for both doors, no I/O: push-line framing, the plain push line's uid,
-//! the `/`-command grammar, close notices, and the [`Payload`] every recipient shares.
+//! the `/`-command grammar, close notices, the [`Payload`] every recipient shares, and
+//! protocol v1's browser frames ([`envelope`]).
 
 pub mod close;
 pub mod command;
+pub mod envelope;
 pub mod lines;
 pub mod payload;
 pub mod push_line;

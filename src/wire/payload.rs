@@ -80,6 +80,16 @@ impl Payload {
         })
     }
 
+    /// The same message in an allocation of its own, for keeping: a line read off the
+    /// push port shares its read buffer with the lines around it, and a kept message
+    /// must not pin that buffer (history's byte bounds count what it keeps).
+    pub fn detached(&self) -> Payload {
+        Payload(Arc::new(Shared {
+            bytes: Bytes::copy_from_slice(&self.0.bytes),
+            received: self.0.received,
+        }))
+    }
+
     /// The message's bytes (UTF-8).
     pub fn as_bytes(&self) -> &[u8] {
         &self.0.bytes

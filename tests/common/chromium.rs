@@ -215,9 +215,15 @@ impl SeedPage {
     /// Serves a page running `script` (the seed's JS) on `http` and starts Chromium on it,
     /// with `args`. The page is served from `http://<http's address>/`, which is its Origin.
     pub fn launch(http: TcpListener, script: &str, args: &[String]) -> SeedPage {
+        SeedPage::launch_html(http, page_html(script), args)
+    }
+
+    /// Like [`SeedPage::launch`], with a whole page of the caller's (it reports by POSTing
+    /// to `/alert` and `/trouble` itself).
+    pub fn launch_html(http: TcpListener, html: String, args: &[String]) -> SeedPage {
         let page_url = format!("http://{}/", http.local_addr().unwrap());
         let (events_tx, events) = mpsc::unbounded_channel();
-        let http = tokio::spawn(serve_page(http, page_html(script), events_tx));
+        let http = tokio::spawn(serve_page(http, html, events_tx));
         SeedPage {
             browser: Browser::launch(&page_url, args),
             events,
@@ -253,15 +259,26 @@ impl SeedPage {
 
     /// The page's next report (5 s deadline).
     pub async fn next_event(&mut self) -> PageEvent {
-        timeout(Duration::from_secs(5), self.events.recv())
+        self.next_event_within(Duration::from_secs(5)).await
+    }
+
+    /// The page's next report, within `within`.
+    pub async fn next_event_within(&mut self, within: Duration) -> PageEvent {
+        self.browser.assert_running();
+        timeout(within, self.events.recv())
             .await
             .unwrap_or_else(|_| {
                 panic!(
-                    "page reported nothing within 5 s; chromium log ends:\n{}",
+                    "page reported nothing within {within:?}; chromium log ends:\n{}",
                     self.browser.log_tail()
                 )
             })
             .expect("page server ended")
+    }
+
+    /// Whether the page reports anything more within `within`.
+    pub async fn reports_within(&mut self, within: Duration) -> bool {
+        timeout(within, self.events.recv()).await.is_ok()
     }
 
     pub async fn expect_alert(&mut self, want: &str) {

@@ -6,6 +6,7 @@
 #![allow(dead_code)]
 
 pub mod chromium;
+pub mod v1;
 
 use std::net::SocketAddr;
 use std::process::Stdio;

@@ -1,0 +1,511 @@
+//! Per-uid history for protocol v1 (`docs/protocol.md`): each message to a uid gets the
+//! next sequence number of the uid's [`UidLog`]; the log keeps the last messages (bounded
+//! per uid by count, bytes and age, and over all uids by [`HistoryLimits::total_bytes`]),
+//! holds the offline queue (entries marked with a TTL), the acks each tab sent and the
+//! pushes waiting for one.
+//!
+//! # Where it lives, and why
+//! A uid's log sits in the registry shard of that uid, under the same lock that fans a
+//! push out to the uid's connections. So numbering a push, keeping it and offering it to
+//! every tab is one step, and a bind that takes its replay from the log and registers the
+//! tab for live delivery is another: a push is in the replay or delivered live after it,
+//! never both, never neither, without any dedupe on the hot path.
+//!
+//! # Replacing it in cluster mode
+//! Everything the rest of the daemon asks of a history is this file's small vocabulary:
+//! [`UidLog::append`] (a message in, its sequence out), [`UidLog::attach`] (a resume point
+//! in, a status, a base and the replay out), [`UidLog::take_queued`], [`UidLog::ack`] and
+//! [`UidLog::wait`]. A Redis-backed history keeps the same vocabulary over a stream per
+//! uid (`XADD … MAXLEN ~N` for the count, a key TTL for keep, the epoch stored beside
+//! it on creation, `XRANGE` for a replay), answering later instead of under a lock.
+
+use std::collections::{HashMap, VecDeque};
+use std::hash::{BuildHasher, RandomState};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::time::{Duration, Instant};
+
+use tokio::sync::oneshot;
+
+use crate::wire::envelope::{Position, Seq, Status};
+use crate::wire::{Payload, Uid};
+
+/// How much history is kept. Every bound is on by default (see `Config`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HistoryLimits {
+    /// Messages kept per uid; 0 turns history off (no uid gets a log).
+    pub messages: usize,
+    /// Payload bytes kept per uid.
+    pub bytes: usize,
+    /// A message older than this leaves the history (a queued one at its TTL).
+    pub age: Duration,
+    /// Payload bytes plus [`ENTRY_OVERHEAD`] per message, over all uids.
+    pub total_bytes: usize,
+    /// How long a log outlives the uid's last connection.
+    pub keep: Duration,
+}
+
+/// What one kept message costs besides its payload, for the total bound: the entry in the
+/// log (40 bytes), the payload's shared header (64) and the two allocations' headers.
+/// Measured figures are in docs/benchmarks.md.
+pub const ENTRY_OVERHEAD: usize = 128;
+
+/// What all logs share: the limits, the bytes kept over all uids, and the epoch source.
+#[derive(Debug)]
+pub struct HistoryShared {
+    limits: HistoryLimits,
+    /// Cost (payload + overhead) of every kept message. Checked, then added, without a
+    /// global lock: concurrent appends on other shards can overshoot the bound by at most
+    /// one message each.
+    total: AtomicUsize,
+    seed: u64,
+    created: AtomicU64,
+}
+
+impl HistoryShared {
+    /// Shared state for `limits`, with a random epoch seed (a restarted daemon never
+    /// reuses an epoch).
+    pub fn new(limits: HistoryLimits) -> Self {
+        HistoryShared {
+            limits,
+            total: AtomicUsize::new(0),
+            seed: RandomState::new().hash_one(std::process::id()),
+            created: AtomicU64::new(0),
+        }
+    }
+
+    /// The limits.
+    pub fn limits(&self) -> &HistoryLimits {
+        &self.limits
+    }
+
+    /// What every log keeps, in bytes (payload + overhead).
+    pub fn total_bytes(&self) -> usize {
+        self.total.load(Relaxed)
+    }
+
+    /// A fresh epoch: random-looking, and distinct for each log this process creates.
+    fn new_epoch(&self) -> u64 {
+        let n = self.created.fetch_add(1, Relaxed);
+        // splitmix64 of seed + n: a bijection, so two logs never share an epoch.
+        let mut z = self
+            .seed
+            .wrapping_add(n.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+}
+
+/// One kept message.
+#[derive(Debug)]
+struct Entry {
+    seq: Seq,
+    msg: Payload,
+    /// Set while it waits in the offline queue: deliver to the next bind until then.
+    queued_until: Option<Instant>,
+}
+
+/// Whether an appended message was kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kept {
+    /// In the history.
+    Yes,
+    /// Numbered but not kept: larger than the per-uid bound, or the total bound is
+    /// reached and this uid had nothing of its own to make room with. A resume across it
+    /// is `not_recovered`.
+    No,
+}
+
+/// What a v1 bind gets: its status frame and the messages to replay before live ones.
+#[derive(Debug)]
+pub struct Attached {
+    /// `new`, `recovered` or `not_recovered`.
+    pub status: Status,
+    /// Every message that follows has a sequence above this.
+    pub base: Position,
+    /// Messages to deliver before live ones, in order.
+    pub replay: Vec<(Seq, Payload)>,
+}
+
+/// One uid's history.
+#[derive(Debug)]
+pub struct UidLog {
+    epoch: u64,
+    /// The last sequence number given out.
+    head: Seq,
+    /// Every message above `floor` up to `head` is in `entries`; a resume from a point
+    /// below it is not covered.
+    floor: Seq,
+    entries: VecDeque<Entry>,
+    /// Payload bytes of `entries`.
+    bytes: usize,
+    /// Set while the uid has no connection.
+    offline_since: Option<Instant>,
+    /// The latest TTL of a message in the offline queue: the log lives at least so long.
+    hold_until: Option<Instant>,
+    /// The highest sequence each opted-in tab acknowledged: (connection, seq).
+    acks: Vec<(u64, Seq)>,
+    /// Pushes waiting for an ack of (at least) this sequence; told how many tabs had.
+    waiters: Vec<(Seq, oneshot::Sender<usize>)>,
+}
+
+impl UidLog {
+    /// An empty log with a fresh epoch.
+    pub fn new(shared: &HistoryShared) -> Self {
+        UidLog {
+            epoch: shared.new_epoch(),
+            head: 0,
+            floor: 0,
+            entries: VecDeque::new(),
+            bytes: 0,
+            offline_since: None,
+            hold_until: None,
+            acks: Vec::new(),
+            waiters: Vec::new(),
+        }
+    }
+
+    /// The last position given out.
+    pub fn head(&self) -> Position {
+        Position {
+            epoch: self.epoch,
+            seq: self.head,
+        }
+    }
+
+    /// Numbers `msg` (which must own its allocation: [`Payload::detached`]) and keeps it
+    /// within the bounds, oldest messages leaving first. `queued_until` puts it in the
+    /// offline queue.
+    pub fn append(
+        &mut self,
+        msg: &Payload,
+        queued_until: Option<Instant>,
+        shared: &HistoryShared,
+    ) -> (Seq, Kept) {
+        self.head += 1;
+        let seq = self.head;
+        let l = &shared.limits;
+        let cost = msg.len() + ENTRY_OVERHEAD;
+        if msg.len() > l.bytes || cost > l.total_bytes {
+            self.clear(shared);
+            self.floor = seq;
+            return (seq, Kept::No);
+        }
+        while self.entries.len() >= l.messages || self.bytes + msg.len() > l.bytes {
+            self.pop_front(shared);
+        }
+        while shared.total.load(Relaxed) + cost > l.total_bytes {
+            if !self.pop_front(shared) {
+                self.floor = seq;
+                return (seq, Kept::No);
+            }
+        }
+        shared.total.fetch_add(cost, Relaxed);
+        self.bytes += msg.len();
+        if let Some(until) = queued_until {
+            self.hold_until = Some(self.hold_until.map_or(until, |h| h.max(until)));
+        }
+        self.entries.push_back(Entry {
+            seq,
+            msg: msg.clone(),
+            queued_until,
+        });
+        (seq, Kept::Yes)
+    }
+
+    fn pop_front(&mut self, shared: &HistoryShared) -> bool {
+        let Some(e) = self.entries.pop_front() else {
+            return false;
+        };
+        self.floor = e.seq;
+        self.bytes -= e.msg.len();
+        shared
+            .total
+            .fetch_sub(e.msg.len() + ENTRY_OVERHEAD, Relaxed);
+        true
+    }
+
+    /// Drops every kept message (and gives their bytes back to the total).
+    pub fn clear(&mut self, shared: &HistoryShared) {
+        while self.pop_front(shared) {}
+    }
+
+    /// Drops messages older than the age bound (a queued one stays until its TTL, and
+    /// keeps the ones behind it).
+    fn trim_age(&mut self, now: Instant, shared: &HistoryShared) {
+        let age = shared.limits.age;
+        while let Some(front) = self.entries.front() {
+            let old = now.saturating_duration_since(front.msg.received()) > age;
+            let held = front.queued_until.is_some_and(|t| t > now);
+            if !old || held {
+                break;
+            }
+            self.pop_front(shared);
+        }
+    }
+
+    /// An opted-in tab binds, resuming from `since` if given: what to send it first.
+    /// The offline queue goes to it (a covered resume replays it anyway).
+    pub fn attach(
+        &mut self,
+        since: Option<Position>,
+        now: Instant,
+        shared: &HistoryShared,
+    ) -> Attached {
+        self.trim_age(now, shared);
+        self.offline_since = None;
+        let covered =
+            since.filter(|p| p.epoch == self.epoch && p.seq >= self.floor && p.seq <= self.head);
+        if let Some(from) = covered {
+            let replay = self
+                .entries
+                .iter_mut()
+                .filter(|e| e.seq > from.seq)
+                .map(|e| {
+                    e.queued_until = None;
+                    (e.seq, e.msg.clone())
+                })
+                .collect();
+            return Attached {
+                status: Status::Recovered,
+                base: from,
+                replay,
+            };
+        }
+        let replay = self.take_queued(now);
+        let base = replay.first().map_or(self.head, |(seq, _)| seq - 1);
+        Attached {
+            status: if since.is_some() {
+                Status::NotRecovered
+            } else {
+                Status::New
+            },
+            base: Position {
+                epoch: self.epoch,
+                seq: base,
+            },
+            replay,
+        }
+    }
+
+    /// The offline queue, in order, for the bind that takes it (expired entries leave
+    /// the queue unsent). Each entry stays in history for resumes.
+    pub fn take_queued(&mut self, now: Instant) -> Vec<(Seq, Payload)> {
+        self.offline_since = None;
+        if self.hold_until.is_none() {
+            return Vec::new();
+        }
+        self.hold_until = None;
+        self.entries
+            .iter_mut()
+            .filter_map(|e| {
+                let until = e.queued_until.take()?;
+                (until > now).then(|| (e.seq, e.msg.clone()))
+            })
+            .collect()
+    }
+
+    /// The uid lost its last connection.
+    pub fn went_offline(&mut self, now: Instant) {
+        self.offline_since = Some(now);
+    }
+
+    /// A tab is gone: its acks no longer count.
+    pub fn forget_conn(&mut self, conn: u64) {
+        self.acks.retain(|(c, _)| *c != conn);
+    }
+
+    /// Tab `conn` acknowledged every message up to `seq`; wakes the pushes waiting for
+    /// one of them.
+    pub fn ack(&mut self, conn: u64, seq: Seq) {
+        match self.acks.iter_mut().find(|(c, _)| *c == conn) {
+            Some((_, at)) if *at >= seq => return,
+            Some((_, at)) => *at = seq,
+            None => self.acks.push((conn, seq)),
+        }
+        if self.waiters.iter().all(|(w, _)| *w > seq) {
+            return;
+        }
+        let acks = &self.acks;
+        self.waiters.retain_mut(|(w, tx)| {
+            if *w > seq {
+                return !tx.is_closed();
+            }
+            let tabs = acks.iter().filter(|(_, a)| *a >= *w).count();
+            // A push that gave up waiting dropped its receiver: nothing to tell.
+            let _ = std::mem::replace(tx, oneshot::channel().0).send(tabs);
+            false
+        });
+    }
+
+    /// A push waits for an ack of `seq` (resolved at once if a tab already sent one).
+    pub fn wait(&mut self, seq: Seq) -> oneshot::Receiver<usize> {
+        let (tx, rx) = oneshot::channel();
+        let tabs = self.acks.iter().filter(|(_, a)| *a >= seq).count();
+        if tabs > 0 {
+            let _ = tx.send(tabs);
+        } else {
+            self.waiters.retain(|(_, tx)| !tx.is_closed());
+            self.waiters.push((seq, tx));
+        }
+        rx
+    }
+
+    /// Trims by age; true when the log should go: offline past the keep time, nothing
+    /// queued still to deliver, nobody waiting for an ack.
+    fn expired(&mut self, now: Instant, shared: &HistoryShared) -> bool {
+        self.trim_age(now, shared);
+        self.waiters.retain(|(_, tx)| !tx.is_closed());
+        let gone = self
+            .offline_since
+            .is_some_and(|t| now.saturating_duration_since(t) >= shared.limits.keep);
+        gone && self.hold_until.is_none_or(|t| t <= now) && self.waiters.is_empty()
+    }
+}
+
+/// The logs of one registry shard.
+#[derive(Debug, Default)]
+pub struct Logs {
+    map: HashMap<Uid, UidLog>,
+}
+
+impl Logs {
+    /// The log of `uid`, if it has one.
+    pub fn get_mut(&mut self, uid: &str) -> Option<&mut UidLog> {
+        self.map.get_mut(uid)
+    }
+
+    /// The log of `uid`, created if missing.
+    pub fn open(&mut self, uid: &Uid, shared: &HistoryShared) -> &mut UidLog {
+        self.map
+            .entry(uid.clone())
+            .or_insert_with(|| UidLog::new(shared))
+    }
+
+    /// Uids with a log.
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    /// True when no uid has a log.
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    /// Trims every log by age and drops the expired ones; returns how many went.
+    /// `online` says whether a uid still has a connection (never dropped then).
+    pub fn sweep(
+        &mut self,
+        now: Instant,
+        shared: &HistoryShared,
+        online: impl Fn(&str) -> bool,
+    ) -> usize {
+        let before = self.map.len();
+        self.map.retain(|uid, log| {
+            if !log.expired(now, shared) || online(uid) {
+                return true;
+            }
+            log.clear(shared);
+            false
+        });
+        before - self.map.len()
+    }
+
+    /// Drops the log of `uid` (a kick: deliberate, like its groups).
+    pub fn remove(&mut self, uid: &str, shared: &HistoryShared) {
+        if let Some(mut log) = self.map.remove(uid) {
+            log.clear(shared);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shared(messages: usize, bytes: usize, total: usize) -> HistoryShared {
+        HistoryShared::new(HistoryLimits {
+            messages,
+            bytes,
+            age: Duration::from_secs(60),
+            total_bytes: total,
+            keep: Duration::from_secs(60),
+        })
+    }
+
+    fn msg(s: &str) -> Payload {
+        Payload::from(s.to_owned())
+    }
+
+    #[test]
+    fn resume_covered_trimmed_and_foreign() {
+        let sh = shared(3, 1 << 20, 1 << 20);
+        let mut log = UidLog::new(&sh);
+        let now = Instant::now();
+        for i in 1..=5 {
+            assert_eq!(log.append(&msg(&i.to_string()), None, &sh), (i, Kept::Yes));
+        }
+        // Kept: 3, 4, 5. A resume from 2 is covered, from 1 is not.
+        let epoch = log.epoch;
+        let at = |seq| Some(Position { epoch, seq });
+        let a = log.attach(at(2), now, &sh);
+        assert_eq!(a.status, Status::Recovered);
+        let seqs: Vec<_> = a.replay.iter().map(|(s, _)| *s).collect();
+        assert_eq!(seqs, vec![3, 4, 5]);
+        assert_eq!(log.attach(at(1), now, &sh).status, Status::NotRecovered);
+        assert_eq!(log.attach(at(6), now, &sh).status, Status::NotRecovered);
+        let foreign = Some(Position {
+            epoch: epoch ^ 1,
+            seq: 4,
+        });
+        let a = log.attach(foreign, now, &sh);
+        assert_eq!(
+            (a.status, a.base.seq, a.replay.len()),
+            (Status::NotRecovered, 5, 0)
+        );
+        assert_eq!(log.attach(at(5), now, &sh).replay.len(), 0);
+        assert_eq!(sh.total_bytes(), 3 * (1 + ENTRY_OVERHEAD));
+        log.clear(&sh);
+        assert_eq!(sh.total_bytes(), 0);
+        assert_ne!(UidLog::new(&sh).epoch, log.epoch);
+    }
+
+    #[test]
+    fn total_bound_and_queue() {
+        let sh = shared(100, 1 << 20, 3 * (10 + ENTRY_OVERHEAD));
+        let (mut a, mut b) = (UidLog::new(&sh), UidLog::new(&sh));
+        let ten = msg("0123456789");
+        for _ in 0..3 {
+            assert_eq!(a.append(&ten, None, &sh).1, Kept::Yes);
+        }
+        // Full: b has nothing to make room with; a makes room from its own.
+        assert_eq!(b.append(&ten, None, &sh), (1, Kept::No));
+        assert_eq!(a.append(&ten, None, &sh), (4, Kept::Yes));
+        assert_eq!(a.floor, 1);
+        let now = Instant::now();
+        let later = now + Duration::from_secs(5);
+        a.append(&msg("q1"), Some(later), &sh);
+        a.append(&msg("q2"), Some(now), &sh); // expires at once
+        let q = a.take_queued(now);
+        assert_eq!(q.iter().map(|(s, _)| *s).collect::<Vec<_>>(), vec![5]);
+        assert!(a.take_queued(now).is_empty(), "delivered once");
+    }
+
+    #[test]
+    fn acks_wake_waiters() {
+        let sh = shared(10, 1 << 20, 1 << 20);
+        let mut log = UidLog::new(&sh);
+        let (s1, _) = log.append(&msg("a"), None, &sh);
+        let (s2, _) = log.append(&msg("b"), None, &sh);
+        let mut w2 = log.wait(s2);
+        let mut w1 = log.wait(s1);
+        log.ack(7, s1);
+        assert_eq!(w1.try_recv(), Ok(1));
+        assert!(w2.try_recv().is_err());
+        log.ack(8, s2);
+        assert_eq!(w2.try_recv(), Ok(1));
+        assert_eq!(log.wait(s1).try_recv(), Ok(2), "both tabs acked 1 already");
+        log.forget_conn(8);
+        assert_eq!(log.wait(s2).try_recv().ok(), None);
+    }
+}
