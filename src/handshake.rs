@@ -35,6 +35,14 @@ pub(crate) struct Upgraded {
     pub(crate) query: Option<String>,
 }
 
+/// What a browser port's request opened.
+pub(crate) enum Opened {
+    /// A WebSocket (the 101 is sent).
+    WebSocket(Upgraded),
+    /// An event stream (`GET` with `Accept: text/event-stream`; nothing sent yet).
+    EventStream(crate::sse::Request),
+}
+
 /// Why an upgrade did not happen.
 #[derive(Debug)]
 pub(crate) enum HandshakeError {
@@ -106,10 +114,23 @@ pub(crate) async fn accept(
     head: Vec<u8>,
     pending: Vec<u8>,
     policy: &Policy<'_>,
-) -> Result<Upgraded, HandshakeError> {
+) -> Result<Opened, HandshakeError> {
     if let Some(head_only) = crate::assets::wants_helper(&head) {
         crate::assets::serve_helper(&mut io, head_only).await;
         return Err(HandshakeError::Served);
+    }
+    if let Some(stream) = event_stream(&head) {
+        if let Some(origin) = &stream.origin
+            && !origin_allowed(policy.allowed_origins, origin.as_bytes())
+        {
+            let refusal = "HTTP/1.1 403 Forbidden\r\nConnection: close\r\nContent-Length: 19\r\n\r\norigin not allowed\n";
+            let _ = crate::frames::write_raw(&mut io, refusal.as_bytes(), REFUSAL_LIMIT).await;
+            return Err(HandshakeError::Refused("origin not allowed".into()));
+        }
+        return Ok(Opened::EventStream(crate::sse::Request {
+            io,
+            head: stream,
+        }));
     }
     let mut query_token = None;
     let mut query = None;
@@ -117,11 +138,8 @@ pub(crate) async fn accept(
     // The callback's signature (and its large error type) is tungstenite's.
     #[allow(clippy::result_large_err)]
     let check = |req: &Request, resp: Response| {
-        if let Some(allowed) = origins
-            && let Some(origin) = req.headers().get("origin")
-            && !allowed
-                .iter()
-                .any(|a| a.as_bytes().eq_ignore_ascii_case(origin.as_bytes()))
+        if let Some(origin) = req.headers().get("origin")
+            && !origin_allowed(origins, origin.as_bytes())
         {
             info!(origin = ?origin, "handshake refused: origin not allowed");
             return Err(http_error(StatusCode::FORBIDDEN, "origin not allowed"));
@@ -149,12 +167,12 @@ pub(crate) async fn accept(
         return Err(HandshakeError::Gone);
     }
     match upgrade {
-        Ok(()) => Ok(Upgraded {
+        Ok(()) => Ok(Opened::WebSocket(Upgraded {
             tcp: io,
             pending,
             query_token,
             query,
-        }),
+        })),
         Err(WsError::Http(resp)) if resp.status() == StatusCode::FORBIDDEN => {
             Err(HandshakeError::Refused("origin not allowed".into()))
         }
@@ -315,6 +333,43 @@ pub(crate) async fn refuse(
         body.len() + 1
     );
     let _ = crate::frames::write_raw(&mut stream, resp.as_bytes(), limit).await;
+}
+
+/// How long an HTTP refusal may take to leave.
+const REFUSAL_LIMIT: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Whether `origin` may open a connection (`None`: any may).
+fn origin_allowed(allowed: Option<&[String]>, origin: &[u8]) -> bool {
+    allowed.is_none_or(|list| {
+        list.iter()
+            .any(|a| a.as_bytes().eq_ignore_ascii_case(origin))
+    })
+}
+
+/// An event-stream request: `GET` (any path) with `Accept: text/event-stream` and no
+/// `Upgrade`, as `EventSource` sends it.
+fn event_stream(head: &[u8]) -> Option<crate::sse::Head> {
+    let mut headers = [httparse::EMPTY_HEADER; 64];
+    let mut req = httparse::Request::new(&mut headers);
+    req.parse(head).ok()?;
+    if req.method != Some("GET") {
+        return None;
+    }
+    let header = |name: &str| {
+        req.headers
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case(name))
+            .and_then(|h| std::str::from_utf8(h.value).ok())
+    };
+    if header("upgrade").is_some() || !header("accept")?.contains("text/event-stream") {
+        return None;
+    }
+    let query = req.path?.split_once('?').map(|(_, q)| q.to_owned());
+    Some(crate::sse::Head {
+        query,
+        last_event_id: header("last-event-id").map(str::to_owned),
+        origin: header("origin").map(str::to_owned),
+    })
 }
 
 /// The `token` parameter of a query string, percent-decoded.

@@ -6,7 +6,8 @@
 //!   arrive), then tungstenite's 101; plain-HTTP refusals; `assets`: `GET /pushwire.js`.
 //! - `proxied`: the upgrade; for a trusted proxy, the forwarded client's per-address
 //!   places between the request head and the 101.
-//! - `ws`: browser connection: uid bind, then one write/read/ping loop per socket.
+//! - `ws`: browser connection: uid bind, then one write/read/ping loop per socket;
+//!   `sse`: the same binding as Server-Sent Events, for networks that block WebSockets.
 //! - [`frames`]: WebSocket framing after the upgrade, on a [`transport::Transport`]: the
 //!   bare socket or a [`tls`] session (`wss://`), with the same non-blocking calls.
 //! - `push`: the backend door (TCP/Unix): access, lines in, replies out in order.
@@ -56,6 +57,7 @@ pub mod registry;
 pub mod reloadable;
 mod server;
 pub mod service;
+mod sse;
 pub mod state;
 pub mod tls;
 pub mod transport;

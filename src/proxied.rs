@@ -17,7 +17,7 @@ use crate::transport::Transport;
 
 use crate::access::{Admission, Admitted, Cidr, Refused};
 use crate::forwarded;
-use crate::handshake::{self, HandshakeError, Policy, Upgraded};
+use crate::handshake::{self, HandshakeError, Opened, Policy};
 
 /// A connection from a trusted proxy, admitted without an address.
 pub(crate) struct Proxied {
@@ -57,7 +57,7 @@ pub(crate) async fn upgrade(
     proxied: Option<Proxied>,
     trusted: &[Cidr],
     places: &mut Admitted,
-) -> Result<Upgraded, Failed> {
+) -> Result<Opened, Failed> {
     let mut io = handshake::open(tcp, policy)
         .await
         .map_err(Failed::Handshake)?;

@@ -13,7 +13,7 @@ use crate::frames::{
     CLOSE, FrameError, FrameReader, Incoming, PING, PONG, Progress, close_frame, control_frame,
     try_write, write_raw,
 };
-use crate::handshake::{self, HandshakeError, HttpRefusal, Policy};
+use crate::handshake::{self, HandshakeError, HttpRefusal, Opened, Policy};
 use crate::metrics::Metric;
 use crate::outbox::Outbox;
 use crate::proxied::{self, Failed, Proxied};
@@ -78,7 +78,8 @@ pub(crate) async fn serve(
         // Boxed: an idle bound connection's task must not keep room for the handshake's
         // state, which lives only until the 101.
         r = timeout_at(deadline, Box::pin(proxied::upgrade(stream, &policy, proxied, trusted, &mut places))) => match r {
-            Ok(Ok(upgraded)) => upgraded,
+            Ok(Ok(Opened::WebSocket(upgraded))) => upgraded,
+            Ok(Ok(Opened::EventStream(request))) => return crate::sse::serve(request, ctx, places).await,
             Ok(Err(Failed::Refused(stream, why))) => return refuse_on(Some(stream), why, &ctx).await,
             Ok(Err(Failed::Handshake(err @ (HandshakeError::TooLarge | HandshakeError::Refused(_))))) => {
                 if let HandshakeError::Refused(_) = err {
