@@ -348,16 +348,20 @@ impl Registry {
     pub fn push_kept(&self, uid: &str, msg: &Payload, queue_for: Option<Duration>) -> Pushed {
         let mut out = Pushed::default();
         let mut guard = self.shard(uid);
-        let shard = &mut *guard;
+        let Shard { uids, logs, .. } = &mut *guard;
+        let entry = uids.get(uid);
         let mut seq = UNNUMBERED;
         let kept;
         let mut msg = msg;
-        if let Some(history) = &self.shared.history {
-            let offline = shard.uids.get(uid).is_none_or(|e| e.conns.is_empty());
-            let log = match shard.logs.get_mut(uid) {
+        // A shard whose uids never opted in has no logs: its pushes pay nothing more.
+        if let Some(history) = &self.shared.history
+            && (queue_for.is_some() || !logs.is_empty())
+        {
+            let offline = entry.is_none_or(|e| e.conns.is_empty());
+            let log = match logs.get_mut(uid) {
                 Some(log) => Some(log),
                 None if queue_for.is_some() && offline => {
-                    let log = shard.logs.open(&Uid::from(uid), history);
+                    let log = logs.open(&Uid::from(uid), history);
                     log.went_offline(Instant::now());
                     Some(log)
                 }
@@ -377,7 +381,7 @@ impl Registry {
                 }
             }
         }
-        if let Some(entry) = shard.uids.get(uid) {
+        if let Some(entry) = entry {
             for member in &entry.conns {
                 self.offer(uid, member, msg, seq, &mut out.delivery);
             }

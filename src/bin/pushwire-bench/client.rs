@@ -196,7 +196,7 @@ pub async fn client(
 
     // From here on only server frames are read, by the lean reader (the handshake left
     // nothing buffered: the server sends nothing before it has the uid).
-    let why = receive(ws.into_inner(), uid, i).await;
+    let why = receive(ws.into_inner(), uid, i, net.ws_url.contains("v=1")).await;
     fleet.up[i].store(false, Ordering::Release);
     fleet.alive.fetch_sub(1, Ordering::AcqRel);
     if !fleet.closing.load(Ordering::Acquire) {
@@ -205,8 +205,9 @@ pub async fn client(
     }
 }
 
-/// Reads server frames until the connection ends; returns why it ended.
-async fn receive(mut s: TcpStream, uid: &str, i: usize) -> String {
+/// Reads server frames until the connection ends; returns why it ended. `v1`: frames may
+/// carry protocol v1's envelope, which is taken off before the check.
+async fn receive(mut s: TcpStream, uid: &str, i: usize, v1: bool) -> String {
     let mut r = FrameReader::default();
     let mut pongs = Vec::new();
     let mut rng = track::Rng::new(i as u64 + 1);
@@ -220,7 +221,12 @@ async fn receive(mut s: TcpStream, uid: &str, i: usize) -> String {
             Ok(_) => {}
             Err(e) => return format!("read error: {e}"),
         }
-        match r.process(|t| track::on_frame(uid, i, t), &mut pongs) {
+        let on_text = |t: &str| {
+            if let Some(body) = if v1 { unwrap_v1(t) } else { Some(t) } {
+                track::on_frame(uid, i, body);
+            }
+        };
+        match r.process(on_text, &mut pongs) {
             Ok(None) => {}
             Ok(Some(close)) => {
                 let _ = s.write_all(&masked_frame(0x8, &[], key(&mut rng))).await;
@@ -238,6 +244,18 @@ async fn receive(mut s: TcpStream, uid: &str, i: usize) -> String {
             r.buf = Vec::new();
         }
     }
+}
+
+/// The payload of a protocol v1 frame: `m SEQ PAYLOAD` and `b PAYLOAD` lose their
+/// prefix, the status frame (`s ...`) is no message; anything else is bare already.
+fn unwrap_v1(text: &str) -> Option<&str> {
+    if let Some(rest) = text.strip_prefix("m ") {
+        return rest.split_once(' ').map(|(_, payload)| payload);
+    }
+    if text.starts_with("s ") {
+        return None;
+    }
+    Some(text.strip_prefix("b ").unwrap_or(text))
 }
 
 fn key(rng: &mut track::Rng) -> [u8; 4] {

@@ -84,6 +84,12 @@ pub struct Opts {
     #[arg(long, global = true, default_value_t = 0)]
     pub pad: usize,
 
+    /// Clients opt in to protocol v1 (`?v=1`, docs/protocol.md): each message comes as
+    /// `m SEQ PAYLOAD` after a status frame; the bench checks PAYLOAD as usual. Against a
+    /// server that ignores the parameter the frames arrive bare and are checked as they are.
+    #[arg(long, global = true)]
+    pub v1: bool,
+
     /// Small sizes for CI (fewer pushes, shorter phases); explicit options still win.
     #[arg(long, global = true)]
     pub smoke: bool,
@@ -331,8 +337,14 @@ fn setup_and_run(o: Opts) -> Result<i32, String> {
         .enable_all()
         .build()
         .map_err(|e| format!("tokio runtime: {e}"))?;
+    let ws_url = if o.v1 {
+        let sep = if o.ws.contains('?') { '&' } else { '?' };
+        format!("{}{sep}v=1", o.ws)
+    } else {
+        o.ws.clone()
+    };
     let net: &'static client::Net = Box::leak(Box::new(client::Net::new(
-        o.ws.clone(),
+        ws_url,
         ws_addr,
         push_addr,
         o.source_addrs(),
