@@ -14,6 +14,10 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
+/// Set by the ack scenario: v1 clients acknowledge every message they checked (one
+/// cumulative `a SEQ` per read).
+pub static ACK: AtomicBool = AtomicBool::new(false);
+
 /// Where the server is and how to reach it.
 pub struct Net {
     pub ws_url: String,
@@ -221,9 +225,13 @@ async fn receive(mut s: TcpStream, uid: &str, i: usize, v1: bool) -> String {
             Ok(_) => {}
             Err(e) => return format!("read error: {e}"),
         }
+        let mut ack = None;
         let on_text = |t: &str| {
             if let Some(body) = if v1 { unwrap_v1(t) } else { Some(t) } {
                 track::on_frame(uid, i, body);
+            }
+            if let Some(seq) = t.strip_prefix("m ").and_then(|r| r.split(' ').next()) {
+                ack = Some(seq.to_owned());
             }
         };
         match r.process(on_text, &mut pongs) {
@@ -237,6 +245,12 @@ async fn receive(mut s: TcpStream, uid: &str, i: usize, v1: bool) -> String {
         for p in pongs.drain(..) {
             if let Err(e) = s.write_all(&masked_frame(0xA, &p, key(&mut rng))).await {
                 return format!("writing pong: {e}");
+            }
+        }
+        if let Some(seq) = ack.filter(|_| v1 && ACK.load(Ordering::Relaxed)) {
+            let frame = masked_frame(0x1, format!("a {seq}").as_bytes(), key(&mut rng));
+            if let Err(e) = s.write_all(&frame).await {
+                return format!("writing an ack: {e}");
             }
         }
         // Give back the memory of an unusually large message.

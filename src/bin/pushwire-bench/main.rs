@@ -158,6 +158,9 @@ pub enum Scenario {
     Throughput,
     /// A new TCP connection per push (connect, write, read reply, close).
     Churn,
+    /// Protocol v1 (needs --v1): `/push ID ack=MS` one at a time, clients ack at once;
+    /// the push → acked-reply round trip.
+    Ack,
     /// Paced pushes at a fixed rate; push→frame latency percentiles.
     Latency,
     /// Fan-out to all N clients (a line per uid, one /broadcast, one /group); time to the last delivery.
@@ -221,7 +224,7 @@ pub enum FanoutMode {
 }
 
 impl Opts {
-    fn pick<T>(&self, explicit: Option<T>, normal: T, smoke: T) -> T {
+    pub fn pick<T>(&self, explicit: Option<T>, normal: T, smoke: T) -> T {
         explicit.unwrap_or(if self.smoke { smoke } else { normal })
     }
     pub fn throughput_pushes(&self) -> u64 {
