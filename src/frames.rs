@@ -15,7 +15,8 @@ use std::io::{self, IoSlice};
 use std::time::Duration;
 
 use crate::transport::Transport;
-use crate::wire::envelope::{Outgoing, Prefix};
+use crate::wire::Payload;
+use crate::wire::envelope::Prefix;
 
 /// A complete message or control frame from the browser.
 #[derive(Debug, PartialEq, Eq)]
@@ -342,7 +343,7 @@ pub struct Progress {
 /// 10 GiB for good. Here the payload shared by all recipients is never copied.
 pub fn try_write(
     stream: &mut Transport,
-    batch: &[Outgoing],
+    batch: &[Payload],
     enveloped: bool,
     at: &mut Progress,
 ) -> io::Result<bool> {
@@ -370,7 +371,7 @@ pub fn try_write(
                 slices[n] = IoSlice::new(prefix.as_bytes());
                 n += 1;
             }
-            slices[n] = IoSlice::new(item.msg.as_bytes());
+            slices[n] = IoSlice::new(item.as_bytes());
             n += 1;
         }
         let mut bufs = &mut slices[..n];
@@ -384,7 +385,7 @@ pub fn try_write(
         // Advance past every frame this write completed.
         let mut done = at.offset + written;
         for ((header, prefix), item) in heads.iter().zip(chunk) {
-            let len = header.as_bytes().len() + prefix.as_bytes().len() + item.msg.len();
+            let len = header.as_bytes().len() + prefix.as_bytes().len() + item.len();
             if done < len {
                 break;
             }
@@ -397,10 +398,10 @@ pub fn try_write(
     Ok(!stream.pending_output())
 }
 
-/// The header and prefix of `item`'s frame.
-fn frame_head(item: &Outgoing, enveloped: bool) -> (FrameHeader, Prefix) {
-    let prefix = Prefix::of(item.seq, enveloped);
-    let header = FrameHeader::text(prefix.as_bytes().len() + item.msg.len());
+/// The header and prefix of `msg`'s frame.
+fn frame_head(msg: &Payload, enveloped: bool) -> (FrameHeader, Prefix) {
+    let prefix = Prefix::of(msg.seq(), enveloped);
+    let header = FrameHeader::text(prefix.as_bytes().len() + msg.len());
     (header, prefix)
 }
 
@@ -409,7 +410,7 @@ fn frame_head(item: &Outgoing, enveloped: bool) -> (FrameHeader, Prefix) {
 /// measurably cheaper per recipient. `None` if the rest of the batch does not fit.
 fn try_send_small(
     stream: &mut Transport,
-    batch: &[Outgoing],
+    batch: &[Payload],
     enveloped: bool,
     at: &mut Progress,
 ) -> io::Result<Option<bool>> {
@@ -417,11 +418,11 @@ fn try_send_small(
     let mut len = 0;
     for item in &batch[at.frame..] {
         let (header, prefix) = frame_head(item, enveloped);
-        let end = len + header.as_bytes().len() + prefix.as_bytes().len() + item.msg.len();
+        let end = len + header.as_bytes().len() + prefix.as_bytes().len() + item.len();
         if end > SMALL_SEND {
             return Ok(None);
         }
-        for part in [header.as_bytes(), prefix.as_bytes(), item.msg.as_bytes()] {
+        for part in [header.as_bytes(), prefix.as_bytes(), item.as_bytes()] {
             buf[len..len + part.len()].copy_from_slice(part);
             len += part.len();
         }
@@ -436,7 +437,7 @@ fn try_send_small(
     let mut done = at.offset + written;
     for item in &batch[at.frame..] {
         let (header, prefix) = frame_head(item, enveloped);
-        let frame = header.as_bytes().len() + prefix.as_bytes().len() + item.msg.len();
+        let frame = header.as_bytes().len() + prefix.as_bytes().len() + item.len();
         if done < frame {
             break;
         }
@@ -493,7 +494,6 @@ impl FrameHeader {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::wire::Payload;
     use tokio::io::AsyncReadExt;
     use tokio::net::{TcpListener, TcpSocket};
 
@@ -518,7 +518,7 @@ mod tests {
         for round in 0..400usize {
             // Every third round as an opted-in connection: a prefix before each payload.
             let enveloped = round % 3 == 1;
-            let batch: Vec<Outgoing> = (0..1 + round % 3)
+            let batch: Vec<Payload> = (0..1 + round % 3)
                 .map(|k| {
                     let n = if round % 5 == 0 {
                         large[(round / 5 + k) % large.len()]
@@ -526,15 +526,12 @@ mod tests {
                         small[(round * 3 + k) % small.len()]
                     };
                     let c = char::from(b'a' + (round % 26) as u8);
-                    Outgoing {
-                        msg: Payload::from(c.to_string().repeat(n)),
-                        seq: (round * 7 + k) as u64,
-                    }
+                    Payload::from(c.to_string().repeat(n)).numbered((round * 7 + k) as u64)
                 })
                 .collect();
             for m in &batch {
-                let text = String::from_utf8(m.msg.as_bytes().to_vec()).unwrap();
-                expected.push(match (enveloped, m.seq) {
+                let text = String::from_utf8(m.as_bytes().to_vec()).unwrap();
+                expected.push(match (enveloped, m.seq()) {
                     (false, _) => text,
                     (true, 0) => format!("b {text}"),
                     (true, seq) => format!("m {seq} {text}"),

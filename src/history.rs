@@ -123,8 +123,8 @@ pub struct Attached {
     pub status: Status,
     /// Every message that follows has a sequence above this.
     pub base: Position,
-    /// Messages to deliver before live ones, in order.
-    pub replay: Vec<(Seq, Payload)>,
+    /// Messages to deliver before live ones, in order (each carries its sequence).
+    pub replay: Vec<Payload>,
 }
 
 /// One uid's history.
@@ -173,23 +173,24 @@ impl UidLog {
         }
     }
 
-    /// Numbers `msg` (which must own its allocation: [`Payload::detached`]) and keeps it
-    /// within the bounds, oldest messages leaving first. `queued_until` puts it in the
-    /// offline queue.
+    /// Numbers `msg` and keeps the numbered copy ([`Payload::numbered`], what the uid's
+    /// tabs are sent) within the bounds, oldest messages leaving first. `queued_until`
+    /// puts it in the offline queue.
     pub fn append(
         &mut self,
         msg: &Payload,
         queued_until: Option<Instant>,
         shared: &HistoryShared,
-    ) -> (Seq, Kept) {
+    ) -> (Payload, Kept) {
         self.head += 1;
         let seq = self.head;
+        let msg = msg.numbered(seq);
         let l = &shared.limits;
         let cost = msg.len() + ENTRY_OVERHEAD;
         if msg.len() > l.bytes || cost > l.total_bytes {
             self.clear(shared);
             self.floor = seq;
-            return (seq, Kept::No);
+            return (msg, Kept::No);
         }
         while self.entries.len() >= l.messages || self.bytes + msg.len() > l.bytes {
             self.pop_front(shared);
@@ -197,7 +198,7 @@ impl UidLog {
         while shared.total.load(Relaxed) + cost > l.total_bytes {
             if !self.pop_front(shared) {
                 self.floor = seq;
-                return (seq, Kept::No);
+                return (msg, Kept::No);
             }
         }
         shared.total.fetch_add(cost, Relaxed);
@@ -210,7 +211,7 @@ impl UidLog {
             msg: msg.clone(),
             queued_until,
         });
-        (seq, Kept::Yes)
+        (msg, Kept::Yes)
     }
 
     fn pop_front(&mut self, shared: &HistoryShared) -> bool {
@@ -263,7 +264,7 @@ impl UidLog {
                 .filter(|e| e.seq > from.seq)
                 .map(|e| {
                     e.queued_until = None;
-                    (e.seq, e.msg.clone())
+                    e.msg.clone()
                 })
                 .collect();
             return Attached {
@@ -273,7 +274,7 @@ impl UidLog {
             };
         }
         let replay = self.take_queued(now);
-        let base = replay.first().map_or(self.head, |(seq, _)| seq - 1);
+        let base = replay.first().map_or(self.head, |m| m.seq() - 1);
         Attached {
             status: if since.is_some() {
                 Status::NotRecovered
@@ -290,7 +291,7 @@ impl UidLog {
 
     /// The offline queue, in order, for the bind that takes it (expired entries leave
     /// the queue unsent). Each entry stays in history for resumes.
-    pub fn take_queued(&mut self, now: Instant) -> Vec<(Seq, Payload)> {
+    pub fn take_queued(&mut self, now: Instant) -> Vec<Payload> {
         self.offline_since = None;
         if self.hold_until.is_none() {
             return Vec::new();
@@ -300,7 +301,7 @@ impl UidLog {
             .iter_mut()
             .filter_map(|e| {
                 let until = e.queued_until.take()?;
-                (until > now).then(|| (e.seq, e.msg.clone()))
+                (until > now).then(|| e.msg.clone())
             })
             .collect()
     }
@@ -443,14 +444,15 @@ mod tests {
         let mut log = UidLog::new(&sh);
         let now = Instant::now();
         for i in 1..=5 {
-            assert_eq!(log.append(&msg(&i.to_string()), None, &sh), (i, Kept::Yes));
+            let (numbered, kept) = log.append(&msg(&i.to_string()), None, &sh);
+            assert_eq!((numbered.seq(), kept), (i, Kept::Yes));
         }
         // Kept: 3, 4, 5. A resume from 2 is covered, from 1 is not.
         let epoch = log.epoch;
         let at = |seq| Some(Position { epoch, seq });
         let a = log.attach(at(2), now, &sh);
         assert_eq!(a.status, Status::Recovered);
-        let seqs: Vec<_> = a.replay.iter().map(|(s, _)| *s).collect();
+        let seqs: Vec<_> = a.replay.iter().map(Payload::seq).collect();
         assert_eq!(seqs, vec![3, 4, 5]);
         assert_eq!(log.attach(at(1), now, &sh).status, Status::NotRecovered);
         assert_eq!(log.attach(at(6), now, &sh).status, Status::NotRecovered);
@@ -479,15 +481,17 @@ mod tests {
             assert_eq!(a.append(&ten, None, &sh).1, Kept::Yes);
         }
         // Full: b has nothing to make room with; a makes room from its own.
-        assert_eq!(b.append(&ten, None, &sh), (1, Kept::No));
-        assert_eq!(a.append(&ten, None, &sh), (4, Kept::Yes));
+        assert_eq!(b.append(&ten, None, &sh).1, Kept::No);
+        assert_eq!(b.floor, 1);
+        let (four, kept) = a.append(&ten, None, &sh);
+        assert_eq!((four.seq(), kept), (4, Kept::Yes));
         assert_eq!(a.floor, 1);
         let now = Instant::now();
         let later = now + Duration::from_secs(5);
         a.append(&msg("q1"), Some(later), &sh);
         a.append(&msg("q2"), Some(now), &sh); // expires at once
         let q = a.take_queued(now);
-        assert_eq!(q.iter().map(|(s, _)| *s).collect::<Vec<_>>(), vec![5]);
+        assert_eq!(q.iter().map(Payload::seq).collect::<Vec<_>>(), vec![5]);
         assert!(a.take_queued(now).is_empty(), "delivered once");
     }
 
@@ -495,8 +499,8 @@ mod tests {
     fn acks_wake_waiters() {
         let sh = shared(10, 1 << 20, 1 << 20);
         let mut log = UidLog::new(&sh);
-        let (s1, _) = log.append(&msg("a"), None, &sh);
-        let (s2, _) = log.append(&msg("b"), None, &sh);
+        let s1 = log.append(&msg("a"), None, &sh).0.seq();
+        let s2 = log.append(&msg("b"), None, &sh).0.seq();
         let mut w2 = log.wait(s2);
         let mut w1 = log.wait(s1);
         log.ack(7, s1);

@@ -17,7 +17,6 @@ use std::sync::{Mutex, MutexGuard};
 
 use tokio::sync::Notify;
 
-use crate::wire::envelope::{Outgoing, Seq};
 use crate::wire::{CloseNotice, Payload};
 
 /// How much one connection may have waiting before it counts as stuck.
@@ -52,7 +51,7 @@ pub struct Outbox {
 
 #[derive(Debug, Default)]
 struct State {
-    queue: VecDeque<Outgoing>,
+    queue: VecDeque<Payload>,
     bytes: usize,
     closing: Option<CloseNotice>,
 }
@@ -67,9 +66,8 @@ impl Outbox {
         }
     }
 
-    /// Queues `msg` (a refcount bump, not a copy) numbered `seq`, unless the connection
-    /// is closing or full.
-    pub fn offer(&self, msg: &Payload, seq: Seq) -> Offer {
+    /// Queues `msg` (a refcount bump, not a copy) unless the connection is closing or full.
+    pub fn offer(&self, msg: &Payload) -> Offer {
         let mut st = self.lock();
         if st.closing.is_some() {
             return Offer::Closed;
@@ -81,10 +79,7 @@ impl Outbox {
             self.close_locked(st, CloseNotice::QUEUE_FULL);
             return Offer::Full;
         }
-        st.queue.push_back(Outgoing {
-            msg: msg.clone(),
-            seq,
-        });
+        st.queue.push_back(msg.clone());
         st.bytes += len;
         let first = st.queue.len() == 1;
         drop(st);
@@ -98,10 +93,10 @@ impl Outbox {
     /// Queues what a fresh connection must get before anything live (its status frame,
     /// its replay, the offline queue), whatever the limits: they are bounded by the
     /// history's, which the configuration keeps within the queue's.
-    pub fn preload(&self, items: impl IntoIterator<Item = Outgoing>) {
+    pub fn preload(&self, items: impl IntoIterator<Item = Payload>) {
         let mut st = self.lock();
         for item in items {
-            st.bytes += item.msg.len();
+            st.bytes += item.len();
             st.queue.push_back(item);
         }
         let any = !st.queue.is_empty();
@@ -133,7 +128,7 @@ impl Outbox {
 
     /// Waits until there is something to do: moves every queued message into `batch`, or
     /// returns the close notice. Cancel-safe: nothing is taken before the final poll.
-    pub async fn recv(&self, batch: &mut Vec<Outgoing>) -> Result<(), CloseNotice> {
+    pub async fn recv(&self, batch: &mut Vec<Payload>) -> Result<(), CloseNotice> {
         loop {
             if self.try_recv(batch)? {
                 return Ok(());
@@ -143,7 +138,7 @@ impl Outbox {
     }
 
     /// Like [`Outbox::recv`] without waiting; `Ok(false)` when the queue is empty.
-    pub fn try_recv(&self, batch: &mut Vec<Outgoing>) -> Result<bool, CloseNotice> {
+    pub fn try_recv(&self, batch: &mut Vec<Payload>) -> Result<bool, CloseNotice> {
         let mut st = self.lock();
         if let Some(notice) = &st.closing {
             return Err(notice.clone());
@@ -188,10 +183,10 @@ mod tests {
             bytes: 1 << 20,
         });
         let m = Payload::from_static("x");
-        assert_eq!(outbox.offer(&m, 0), Offer::Queued);
-        assert_eq!(outbox.offer(&m, 0), Offer::Queued);
-        assert_eq!(outbox.offer(&m, 0), Offer::Full);
-        assert_eq!(outbox.offer(&m, 0), Offer::Closed);
+        assert_eq!(outbox.offer(&m), Offer::Queued);
+        assert_eq!(outbox.offer(&m), Offer::Queued);
+        assert_eq!(outbox.offer(&m), Offer::Full);
+        assert_eq!(outbox.offer(&m), Offer::Closed);
         let mut batch = Vec::new();
         assert_eq!(outbox.try_recv(&mut batch), Err(CloseNotice::QUEUE_FULL));
         assert!(batch.is_empty());
@@ -204,17 +199,11 @@ mod tests {
             bytes: 4,
         });
         let big = Payload::from_static("0123456789");
-        assert_eq!(outbox.offer(&big, 0), Offer::Queued);
+        assert_eq!(outbox.offer(&big), Offer::Queued);
         let mut batch = Vec::new();
         assert_eq!(outbox.try_recv(&mut batch), Ok(true));
-        assert_eq!(
-            batch,
-            vec![Outgoing {
-                msg: big.clone(),
-                seq: 0
-            }]
-        );
-        assert_eq!(outbox.offer(&Payload::from_static("ab"), 0), Offer::Queued);
-        assert_eq!(outbox.offer(&Payload::from_static("abc"), 0), Offer::Full);
+        assert_eq!(batch, vec![big.clone()]);
+        assert_eq!(outbox.offer(&Payload::from_static("ab")), Offer::Queued);
+        assert_eq!(outbox.offer(&Payload::from_static("abc")), Offer::Full);
     }
 }

@@ -32,7 +32,7 @@ use crate::history::{HistoryLimits, HistoryShared, Kept, Logs};
 use crate::logsafe::escaped;
 use crate::metrics::{Metric, Metrics};
 use crate::outbox::{Offer, Outbox, QueueLimits};
-use crate::wire::envelope::{Mode, Outgoing, Position, RAW, Seq, Status, UNNUMBERED, status_frame};
+use crate::wire::envelope::{Mode, Position, RAW, Seq, Status, UNNUMBERED, status_frame};
 use crate::wire::{CloseNotice, Payload, Uid};
 
 /// Enough shards that two cores rarely meet on one lock; each is a small `HashMap`.
@@ -160,10 +160,10 @@ impl Binding {
     }
 
     /// Notes what the writer just sent, so acks are believed only that far.
-    pub fn wrote(&self, batch: &[Outgoing]) {
+    pub fn wrote(&self, batch: &[Payload]) {
         if let Some(max) = batch
             .iter()
-            .map(|o| o.seq)
+            .map(Payload::seq)
             .filter(|&s| s != RAW && s != UNNUMBERED)
             .max()
         {
@@ -283,16 +283,15 @@ impl Registry {
 
     /// What a binding connection gets before anything live: a v1 connection its status
     /// frame and replay (creating the uid's history), either kind the offline queue.
-    fn first_frames(&self, shard: &mut Shard, uid: &Uid, mode: Mode) -> Vec<Outgoing> {
+    fn first_frames(&self, shard: &mut Shard, uid: &Uid, mode: Mode) -> Vec<Payload> {
         let now = Instant::now();
-        let numbered = |(seq, msg)| Outgoing { msg, seq };
         let (since, history) = match (mode, &self.shared.history) {
             (Mode::Seed, None) => return Vec::new(),
             (Mode::Seed, Some(_)) => {
                 let Some(log) = shard.logs.get_mut(uid) else {
                     return Vec::new();
                 };
-                return log.take_queued(now).into_iter().map(numbered).collect();
+                return log.take_queued(now);
             }
             (Mode::V1 { since }, None) => {
                 // History off: no numbering; the status frame all the same.
@@ -309,7 +308,7 @@ impl Registry {
         let attached = shard.logs.open(uid, history).attach(since, now, history);
         let mut frames = Vec::with_capacity(1 + attached.replay.len());
         frames.push(status_outgoing(attached.status, attached.base));
-        frames.extend(attached.replay.into_iter().map(numbered));
+        frames.extend(attached.replay);
         frames
     }
 
@@ -348,28 +347,30 @@ impl Registry {
     pub fn push_kept(&self, uid: &str, msg: &Payload, queue_for: Option<Duration>) -> Pushed {
         let mut out = Pushed::default();
         let mut guard = self.shard(uid);
-        let shard = &mut *guard;
-        let mut seq = UNNUMBERED;
+        let Shard { uids, logs, .. } = &mut *guard;
+        let entry = uids.get(uid);
         let kept;
         let mut msg = msg;
-        if let Some(history) = &self.shared.history {
-            let offline = shard.uids.get(uid).is_none_or(|e| e.conns.is_empty());
-            let log = match shard.logs.get_mut(uid) {
+        // A shard whose uids never opted in has no logs: its pushes pay nothing more.
+        if let Some(history) = &self.shared.history
+            && (queue_for.is_some() || !logs.is_empty())
+        {
+            let offline = entry.is_none_or(|e| e.conns.is_empty());
+            let log = match logs.get_mut(uid) {
                 Some(log) => Some(log),
                 None if queue_for.is_some() && offline => {
-                    let log = shard.logs.open(&Uid::from(uid), history);
+                    let log = logs.open(&Uid::from(uid), history);
                     log.went_offline(Instant::now());
                     Some(log)
                 }
                 None => None,
             };
             if let Some(log) = log {
-                // One copy per push (not per tab): history must not pin the read buffer.
-                kept = msg.detached();
-                msg = &kept;
+                // One numbered copy per push (not per tab), which history keeps.
                 let until = queue_for.filter(|_| offline).map(|t| Instant::now() + t);
-                let (s, how) = log.append(msg, until, history);
-                seq = s;
+                let how;
+                (kept, how) = log.append(msg, until, history);
+                msg = &kept;
                 out.at = Some(log.head());
                 out.queued = until.is_some() && how == Kept::Yes;
                 if how == Kept::No {
@@ -377,9 +378,9 @@ impl Registry {
                 }
             }
         }
-        if let Some(entry) = shard.uids.get(uid) {
+        if let Some(entry) = entry {
             for member in &entry.conns {
-                self.offer(uid, member, msg, seq, &mut out.delivery);
+                self.offer(uid, member, msg, &mut out.delivery);
             }
         }
         out
@@ -425,8 +426,8 @@ impl Registry {
         (uids, history.total_bytes())
     }
 
-    fn offer(&self, uid: &str, member: &Member, msg: &Payload, seq: Seq, delivery: &mut Delivery) {
-        match member.outbox.offer(msg, seq) {
+    fn offer(&self, uid: &str, member: &Member, msg: &Payload, delivery: &mut Delivery) {
+        match member.outbox.offer(msg) {
             Offer::Queued => delivery.queued += 1,
             Offer::Closed => delivery.refused += 1,
             Offer::Full => {
@@ -452,7 +453,7 @@ impl Registry {
                     continue;
                 }
                 for member in &entry.conns {
-                    self.offer(uid, member, msg, UNNUMBERED, &mut delivery);
+                    self.offer(uid, member, msg, &mut delivery);
                 }
             }
         }
@@ -582,11 +583,8 @@ fn lock(shard: &Mutex<Shard>) -> MutexGuard<'_, Shard> {
 }
 
 /// A status frame, queued as it is (no prefix).
-fn status_outgoing(status: Status, at: Position) -> Outgoing {
-    Outgoing {
-        msg: Payload::from(status_frame(status, at)),
-        seq: RAW,
-    }
+fn status_outgoing(status: Status, at: Position) -> Payload {
+    Payload::raw_frame(status_frame(status, at))
 }
 
 #[cfg(test)]

@@ -21,8 +21,8 @@ use crate::frames::write_raw;
 use crate::metrics::Metric;
 use crate::state::State;
 use crate::transport::Transport;
-use crate::wire::CloseNotice;
-use crate::wire::envelope::{Mode, Outgoing, Position, RAW, UNNUMBERED};
+use crate::wire::envelope::{Mode, Position, RAW, UNNUMBERED};
+use crate::wire::{CloseNotice, Payload};
 
 /// A request for an event stream, read by `handshake.rs`.
 pub(crate) struct Request {
@@ -195,7 +195,7 @@ async fn stream(
                     _ = outbox.closed() => return "evicted",
                 }
                 ctx.metrics
-                    .frames_written(batch.iter().map(|m| (m.msg.len(), m.msg.received())));
+                    .frames_written(batch.iter().map(|m| (m.len(), m.received())));
                 binding.wrote(&batch);
                 batch.clear();
                 heartbeat.as_mut().reset(Instant::now() + cfg.ping_interval);
@@ -228,11 +228,11 @@ async fn stream(
 /// Appends `batch` as events to `out` (cleared first): a message of the uid's history as
 /// `id: EPOCH:SEQ` + `data:`, an unnumbered one (`/broadcast`) as `data:` alone, the
 /// status frame as `event: status` (it also tells the epoch the ids carry).
-fn encode(batch: &[Outgoing], epoch: &mut u64, out: &mut Vec<u8>) {
+fn encode(batch: &[Payload], epoch: &mut u64, out: &mut Vec<u8>) {
     out.clear();
     for item in batch {
-        let text = item.msg.as_bytes();
-        match item.seq {
+        let text = item.as_bytes();
+        match item.seq() {
             RAW => {
                 // `s KIND EPOCH:SEQ`, from the registry.
                 let status = text.strip_prefix(b"s ").unwrap_or(text);
@@ -278,23 +278,13 @@ fn close_event(notice: &CloseNotice, out: &mut Vec<u8>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::wire::Payload;
 
     #[test]
     fn events() {
         let batch = vec![
-            Outgoing {
-                msg: Payload::from("s new 00000000000000ab:3".to_owned()),
-                seq: RAW,
-            },
-            Outgoing {
-                msg: Payload::from(r#"{"uid":"u","n":4}"#.to_owned()),
-                seq: 4,
-            },
-            Outgoing {
-                msg: Payload::from("all\rof us".to_owned()),
-                seq: UNNUMBERED,
-            },
+            Payload::from("s new 00000000000000ab:3".to_owned()).numbered(RAW),
+            Payload::from(r#"{"uid":"u","n":4}"#.to_owned()).numbered(4),
+            Payload::from("all\rof us".to_owned()),
         ];
         let mut epoch = 0;
         let mut out = Vec::new();

@@ -20,8 +20,8 @@ use crate::proxied::{self, Failed, Proxied};
 use crate::registry::Binding;
 use crate::state::State;
 use crate::transport::Transport;
-use crate::wire::CloseNotice;
-use crate::wire::envelope::{Mode, Outgoing};
+use crate::wire::envelope::Mode;
+use crate::wire::{CloseNotice, Payload};
 
 /// A browser socket after the upgrade: the socket (plain or TLS) and its frame reader.
 /// (tungstenite does the HTTP upgrade only; see `frames.rs` for why.)
@@ -290,7 +290,7 @@ async fn session(ws: &mut Ws, binding: &Binding, ctx: &State) -> End {
                 let mut at = Progress::default();
                 let write = write_all(ws, &batch, &mut at);
                 let drained = Box::pin(timeout(cfg.shutdown_timeout, write)).await;
-                metrics.frames_written(batch[..at.frame].iter().map(|m| (m.msg.len(), m.msg.received())));
+                metrics.frames_written(batch[..at.frame].iter().map(|m| (m.len(), m.received())));
                 return match drained {
                     Ok(Ok(())) => End::Shutdown,
                     Ok(Err(err)) => End::PeerError(FrameError::Io(err)),
@@ -306,7 +306,7 @@ async fn session(ws: &mut Ws, binding: &Binding, ctx: &State) -> End {
                 if let Err(end) = deliver(ws, &batch, outbox, ctx).await {
                     return end;
                 }
-                metrics.frames_written(batch.iter().map(|m| (m.msg.len(), m.msg.received())));
+                metrics.frames_written(batch.iter().map(|m| (m.len(), m.received())));
                 binding.wrote(&batch);
                 batch.clear();
             }
@@ -352,7 +352,7 @@ async fn session(ws: &mut Ws, binding: &Binding, ctx: &State) -> End {
 
 /// Writes a batch of text frames. The common case (the socket takes it all at once)
 /// costs one `writev` and nothing else: no timer, no allocation for a future.
-async fn deliver(ws: &mut Ws, batch: &[Outgoing], outbox: &Outbox, ctx: &State) -> Result<(), End> {
+async fn deliver(ws: &mut Ws, batch: &[Payload], outbox: &Outbox, ctx: &State) -> Result<(), End> {
     let mut at = Progress::default();
     match try_write(&mut ws.tcp, batch, ws.enveloped, &mut at) {
         Ok(true) => return Ok(()),
@@ -367,7 +367,7 @@ async fn deliver(ws: &mut Ws, batch: &[Outgoing], outbox: &Outbox, ctx: &State) 
 /// it.
 async fn write_guarded(
     ws: &mut Ws,
-    batch: &[Outgoing],
+    batch: &[Payload],
     at: &mut Progress,
     outbox: &Outbox,
     ctx: &State,
@@ -391,7 +391,7 @@ async fn write_guarded(
 }
 
 /// Writes the rest of `batch`, waiting for the socket as needed.
-async fn write_all(ws: &mut Ws, batch: &[Outgoing], at: &mut Progress) -> std::io::Result<()> {
+async fn write_all(ws: &mut Ws, batch: &[Payload], at: &mut Progress) -> std::io::Result<()> {
     while !try_write(&mut ws.tcp, batch, ws.enveloped, at)? {
         ws.tcp.writable().await?;
     }

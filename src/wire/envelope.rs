@@ -5,20 +5,10 @@
 //! `IoSlice` before the payload every recipient shares, so an opted-in connection costs
 //! no copy of the message; a seed connection has no prefix at all.
 
-use super::{CloseNotice, Payload};
+use super::CloseNotice;
 
-/// A message's number in its uid's history.
+/// A message's number in its uid's history (carried by the [`super::Payload`]).
 pub type Seq = u64;
-
-/// One entry of a connection's outgoing queue: the message every recipient shares, and
-/// its sequence (which only an opted-in connection writes, as a prefix).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Outgoing {
-    /// The shared message.
-    pub msg: Payload,
-    /// Its number, or [`UNNUMBERED`], or [`RAW`].
-    pub seq: Seq,
-}
 
 /// A live message without a sequence (`/broadcast`): `b PAYLOAD` when enveloped.
 pub const UNNUMBERED: Seq = 0;

@@ -31,6 +31,11 @@ pub struct Payload(Arc<Shared>);
 struct Shared {
     bytes: Bytes,
     received: Instant,
+    /// Its number in a uid's history (protocol v1), written before it on an opted-in
+    /// connection; [`crate::wire::envelope::UNNUMBERED`] or `RAW` otherwise. Here rather
+    /// than beside each queue entry: a numbered message is a copy of its own per uid
+    /// anyway, and every idle connection's queue stays one pointer per slot.
+    seq: u64,
 }
 
 /// The bytes are not UTF-8 (a text frame cannot carry them).
@@ -56,6 +61,17 @@ impl Payload {
         Payload(Arc::new(Shared {
             bytes,
             received: Instant::now(),
+            seq: crate::wire::envelope::UNNUMBERED,
+        }))
+    }
+
+    /// A frame for an opted-in connection that is already in its final form (a status
+    /// frame): never prefixed.
+    pub fn raw_frame(text: String) -> Payload {
+        Payload(Arc::new(Shared {
+            bytes: Bytes::from(text),
+            received: Instant::now(),
+            seq: crate::wire::envelope::RAW,
         }))
     }
 
@@ -76,18 +92,25 @@ impl Payload {
             Payload(Arc::new(Shared {
                 bytes: bytes.slice(at..),
                 received: self.0.received,
+                seq: self.0.seq,
             }))
         })
     }
 
-    /// The same message in an allocation of its own, for keeping: a line read off the
-    /// push port shares its read buffer with the lines around it, and a kept message
-    /// must not pin that buffer (history's byte bounds count what it keeps).
-    pub fn detached(&self) -> Payload {
+    /// The same message numbered `seq`, in an allocation of its own, for keeping: a line
+    /// read off the push port shares its read buffer with the lines around it, and a
+    /// kept message must not pin that buffer (history's byte bounds count what it keeps).
+    pub fn numbered(&self, seq: u64) -> Payload {
         Payload(Arc::new(Shared {
             bytes: Bytes::copy_from_slice(&self.0.bytes),
             received: self.0.received,
+            seq,
         }))
+    }
+
+    /// Its number in a uid's history (see [`Payload::numbered`]).
+    pub fn seq(&self) -> u64 {
+        self.0.seq
     }
 
     /// The message's bytes (UTF-8).

@@ -17,6 +17,10 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_util::either::Either;
 
+/// Set by the ack scenario: v1 clients acknowledge every message they checked (one
+/// cumulative `a SEQ` per read).
+pub static ACK: AtomicBool = AtomicBool::new(false);
+
 /// Where the server is and how to reach it.
 pub struct Net {
     pub ws_url: String,
@@ -214,7 +218,7 @@ pub async fn client(
 
     // From here on only server frames are read, by the lean reader (the handshake left
     // nothing buffered: the server sends nothing before it has the uid).
-    let why = receive(ws.into_inner(), uid, i).await;
+    let why = receive(ws.into_inner(), uid, i, net.ws_url.contains("v=1")).await;
     fleet.up[i].store(false, Ordering::Release);
     fleet.alive.fetch_sub(1, Ordering::AcqRel);
     if !fleet.closing.load(Ordering::Acquire) {
@@ -223,8 +227,9 @@ pub async fn client(
     }
 }
 
-/// Reads server frames until the connection ends; returns why it ended.
-async fn receive(mut s: Conn, uid: &str, i: usize) -> String {
+/// Reads server frames until the connection ends; returns why it ended. `v1`: frames may
+/// carry protocol v1's envelope, which is taken off before the check.
+async fn receive(mut s: Conn, uid: &str, i: usize, v1: bool) -> String {
     let mut r = FrameReader::default();
     let mut pongs = Vec::new();
     let mut rng = track::Rng::new(i as u64 + 1);
@@ -238,7 +243,16 @@ async fn receive(mut s: Conn, uid: &str, i: usize) -> String {
             Ok(_) => {}
             Err(e) => return format!("read error: {e}"),
         }
-        match r.process(|t| track::on_frame(uid, i, t), &mut pongs) {
+        let mut ack = None;
+        let on_text = |t: &str| {
+            if let Some(body) = if v1 { unwrap_v1(t) } else { Some(t) } {
+                track::on_frame(uid, i, body);
+            }
+            if let Some(seq) = t.strip_prefix("m ").and_then(|r| r.split(' ').next()) {
+                ack = Some(seq.to_owned());
+            }
+        };
+        match r.process(on_text, &mut pongs) {
             Ok(None) => {}
             Ok(Some(close)) => {
                 let _ = s.write_all(&masked_frame(0x8, &[], key(&mut rng))).await;
@@ -251,11 +265,29 @@ async fn receive(mut s: Conn, uid: &str, i: usize) -> String {
                 return format!("writing pong: {e}");
             }
         }
+        if let Some(seq) = ack.filter(|_| v1 && ACK.load(Ordering::Relaxed)) {
+            let frame = masked_frame(0x1, format!("a {seq}").as_bytes(), key(&mut rng));
+            if let Err(e) = s.write_all(&frame).await {
+                return format!("writing an ack: {e}");
+            }
+        }
         // Give back the memory of an unusually large message.
         if r.buf.is_empty() && r.buf.capacity() > 64 * 1024 {
             r.buf = Vec::new();
         }
     }
+}
+
+/// The payload of a protocol v1 frame: `m SEQ PAYLOAD` and `b PAYLOAD` lose their
+/// prefix, the status frame (`s ...`) is no message; anything else is bare already.
+fn unwrap_v1(text: &str) -> Option<&str> {
+    if let Some(rest) = text.strip_prefix("m ") {
+        return rest.split_once(' ').map(|(_, payload)| payload);
+    }
+    if text.starts_with("s ") {
+        return None;
+    }
+    Some(text.strip_prefix("b ").unwrap_or(text))
 }
 
 fn key(rng: &mut track::Rng) -> [u8; 4] {

@@ -93,6 +93,12 @@ pub struct Opts {
     #[arg(long, global = true, default_value_t = 0)]
     pub pad: usize,
 
+    /// Clients opt in to protocol v1 (`?v=1`, docs/protocol.md): each message comes as
+    /// `m SEQ PAYLOAD` after a status frame; the bench checks PAYLOAD as usual. Against a
+    /// server that ignores the parameter the frames arrive bare and are checked as they are.
+    #[arg(long, global = true)]
+    pub v1: bool,
+
     /// Small sizes for CI (fewer pushes, shorter phases); explicit options still win.
     #[arg(long, global = true)]
     pub smoke: bool,
@@ -161,6 +167,9 @@ pub enum Scenario {
     Throughput,
     /// A new TCP connection per push (connect, write, read reply, close).
     Churn,
+    /// Protocol v1 (needs --v1): `/push ID ack=MS` one at a time, clients ack at once;
+    /// the push → acked-reply round trip.
+    Ack,
     /// Paced pushes at a fixed rate; push→frame latency percentiles.
     Latency,
     /// Fan-out to all N clients (a line per uid, one /broadcast, one /group); time to the last delivery.
@@ -241,7 +250,7 @@ pub enum FanoutMode {
 }
 
 impl Opts {
-    fn pick<T>(&self, explicit: Option<T>, normal: T, smoke: T) -> T {
+    pub fn pick<T>(&self, explicit: Option<T>, normal: T, smoke: T) -> T {
         explicit.unwrap_or(if self.smoke { smoke } else { normal })
     }
     pub fn throughput_pushes(&self) -> u64 {
@@ -362,8 +371,14 @@ fn setup_and_run(o: Opts) -> Result<i32, String> {
         .enable_all()
         .build()
         .map_err(|e| format!("tokio runtime: {e}"))?;
+    let ws_url = if o.v1 {
+        let sep = if o.ws.contains('?') { '&' } else { '?' };
+        format!("{}{sep}v=1", o.ws)
+    } else {
+        o.ws.clone()
+    };
     let mut net = client::Net::new(
-        o.ws.clone(),
+        ws_url,
         ws_addr,
         push_addr,
         o.source_addrs(),

@@ -33,6 +33,10 @@
 //! * **throughput** — `--conns` K push connections each keep up to `--window` pushes in flight to
 //!   random uids; `--pushes` in total. Pushes/s over first write → last reply, and server CPU
 //!   per push over first write → last frame delivered.
+//! * **ack** — protocol v1 (`--v1`): every client acknowledges each message (`a SEQ`) as
+//!   soon as it checked it; one push connection sends `/push ID ack=5000 LINE` to random
+//!   uids, one at a time. The round trip from the write to the `acked` reply (push →
+//!   frame → the client's ack → the daemon → the reply), percentiles; `--pushes` of them.
 //! * **churn** — `--churn-workers` workers; each push on a new TCP connection: connect, write the
 //!   line, read the reply, close. Server CPU per push and per-operation time.
 //!
@@ -190,6 +194,10 @@ pub async fn main(o: Opts, net: &'static Net) -> Result<bool, String> {
             let r = storm(&mut ctx).await;
             ctx.emit(r);
             crate::cluster::holder(&mut ctx).await;
+        }
+        Scenario::Ack => {
+            let r = ack(&mut ctx).await;
+            ctx.emit(r);
         }
         Scenario::Compare { .. }
         | Scenario::Floor
@@ -1407,5 +1415,77 @@ pub async fn churn(ctx: &mut Ctx) -> Report {
     if !times.is_empty() {
         rep.note(format!("median op {:.3} ms; the kernel's connect/accept/close is part of the server CPU figure", ms(pct(&times, 50.0))));
     }
+    rep.finish()
+}
+
+// ---------------------------------------------------------------------------------------------
+
+/// End-to-end ack round trips (see the module docs).
+pub async fn ack(ctx: &mut Ctx) -> Report {
+    use tokio::io::AsyncBufReadExt;
+    let mut rep = Report::new("ack");
+    if !ctx.o.v1 {
+        track::error("ack: needs --v1 (only opted-in clients acknowledge)".into());
+        return rep.finish();
+    }
+    client::ACK.store(true, Ordering::Release);
+    let Some(fleet) = ctx.fleet().await else {
+        return rep.finish();
+    };
+    let count = ctx.o.pick(ctx.o.pushes, 2000, 200).max(1) as usize;
+    let targets = ctx.targets(fleet);
+    let pid = ctx.pid();
+    let pad = ctx.o.pad;
+    rep.int("clients", "clients", fleet.len() as u64);
+    rep.int("pushes", "pushes (one at a time)", count as u64);
+    let mut conn = match ctx.net.tcp(ctx.net.push_addr).await {
+        Ok(s) => tokio::io::BufReader::new(s),
+        Err(e) => {
+            track::error(format!("ack: push connection: {e}"));
+            return rep.finish();
+        }
+    };
+    let run = Run::start("ack", count, pad);
+    let mut rng = Rng::new(0xac4 ^ now_ns());
+    let mut rtt = Vec::with_capacity(count);
+    let mut line = String::new();
+    let mut buf = Vec::with_capacity(256);
+    let meter = Meter::start(pid);
+    for i in 0..count {
+        let uid = &fleet.uids[rng.below(targets) as usize];
+        buf.clear();
+        buf.extend_from_slice(format!("/push a{i} ack=5000 ").as_bytes());
+        let sent = now_ns();
+        track::write_line(&mut buf, uid, run.seq(i), sent, pad);
+        if let Err(e) = conn.get_mut().write_all(&buf).await {
+            track::error(format!("ack: push write failed: {e}"));
+            break;
+        }
+        line.clear();
+        match conn.read_line(&mut line).await {
+            Ok(n) if n > 0 => {}
+            other => {
+                track::error(format!("ack: no reply to push {i}: {other:?}"));
+                break;
+            }
+        }
+        rtt.push(now_ns() - sent);
+        let acked = line.contains("\"result\":\"acked\"");
+        if !acked {
+            track::error(format!("ack: push {i} not acked: {}", line.trim_end()));
+        }
+        // Delivered either way when a tab took it; the checker wants it exactly once.
+        run.record_reply(run.seq(i), acked || line.contains("\"connections\":1"));
+    }
+    let drained = run.drain(ctx.o.drain_timeout()).await;
+    let usage = meter.stop();
+    track::clear_current();
+    if !drained {
+        track::error("ack: frames missing after the drain timeout".into());
+    }
+    run.check(false);
+    rtt.sort_unstable();
+    rep.percentiles_ms("ack_rtt_ms", "PUSH WRITTEN → ACKED REPLY", &rtt);
+    rep.usage(&usage, count as u64, pid);
     rep.finish()
 }
