@@ -341,6 +341,11 @@ impl Cluster {
                 })
                 .map_err(|_| ())
         };
+        // The wait is bounded from now, when the request is made, not from the future's
+        // first poll: a connection's replies are polled in order, head first, so a
+        // deadline taken at first poll would start only once the replies ahead had
+        // resolved, and N pipelined requests to a stalled Redis would wait N timeouts.
+        let deadline = tokio::time::Instant::now() + self.timeout;
         let this = self.clone();
         async move {
             let unavailable = |this: &Cluster| {
@@ -354,7 +359,6 @@ impl Cluster {
             if queued.is_err() {
                 return unavailable(&this);
             }
-            let deadline = tokio::time::Instant::now() + this.timeout;
             let receivers = match tokio::time::timeout_at(deadline, count_rx).await {
                 Ok(Ok(Some(n))) => usize::try_from(n).unwrap_or(0),
                 _ => return unavailable(&this),
@@ -717,8 +721,16 @@ async fn reconcile(cluster: Arc<Cluster>) {
 /// Sends every publish in order, as many as are queued per pipeline.
 async fn publisher(cluster: Arc<Cluster>, mut queue: mpsc::Receiver<Outgoing>) {
     let mut batch = Vec::with_capacity(PIPELINE_MAX);
+    // A publish is sent once or not at all: never held while Redis is down (fail fast)
+    // nor written again after a reconnect (one attempt), since its push may already
+    // have been answered `unavailable` by then.
+    let once = fred::types::config::Options {
+        max_attempts: Some(1),
+        fail_fast: true,
+        ..Default::default()
+    };
     while queue.recv_many(&mut batch, PIPELINE_MAX).await > 0 {
-        let pipeline = cluster.cmd.pipeline();
+        let pipeline = fred::clients::Pipeline::from(cluster.cmd.with_options(&once));
         let mut queued = true;
         for out in &batch {
             let r: Result<(), _> = pipeline

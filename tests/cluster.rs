@@ -12,34 +12,8 @@ use common::*;
 use std::process::Stdio;
 use std::time::Duration;
 
-use tokio::process::{Child, Command};
+use tokio::process::Command;
 use tokio::time::Instant;
-
-/// A `redis-server` on 127.0.0.1, killed on drop.
-struct Redis {
-    child: Child,
-    port: u16,
-}
-
-impl Redis {
-    async fn start_on(port: u16) -> Redis {
-        let child = spawn_redis(port, &std::env::temp_dir(), &[]);
-        wait_listening(port).await;
-        Redis { child, port }
-    }
-
-    async fn start() -> Redis {
-        Redis::start_on(free_port()).await
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/", self.port)
-    }
-
-    async fn kill(&mut self) {
-        let _ = self.child.kill().await;
-    }
-}
 
 async fn node(url: &str) -> TestServer {
     node_with(url, pushwire::Config::default()).await
@@ -683,43 +657,6 @@ impl Drop for RedisCluster {
 
 static PROBE_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port()
-}
-
-/// A `redis-server` on 127.0.0.1:`port`, working in `dir`, with `extra` flags; killed
-/// when its handle drops.
-fn spawn_redis(port: u16, dir: &std::path::Path, extra: &[&str]) -> Child {
-    Command::new("redis-server")
-        .current_dir(dir)
-        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-        .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
-        .args(extra)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("start redis-server (scripts/test.sh installs it)")
-}
-
-async fn wait_listening(port: u16) {
-    let deadline = Instant::now() + STEP;
-    while tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .is_err()
-    {
-        assert!(
-            Instant::now() < deadline,
-            "redis-server did not listen on {port}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 /// Two real daemons on one Redis; one is killed with SIGKILL while it holds a browser.
 /// Its Redis connections die with it, so the other node sees the uid offline at once:
 /// no ghost user, and pushes to it `fail` instead of waiting.
@@ -754,23 +691,6 @@ async fn a_node_killed_with_sigkill_leaves_no_ghost() {
     let converged = killed.elapsed();
     assert_eq!(push.request(r#"{"uid":"k9"}"#).await, "fail\n");
     assert!(converged < Duration::from_secs(3), "took {converged:?}");
-}
-
-/// `GET /readyz` over a raw socket: the whole response.
-async fn readyz(addr: std::net::SocketAddr) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut tcp = tokio::net::TcpStream::connect(addr)
-        .await
-        .expect("connect http");
-    tcp.write_all(b"GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        .await
-        .expect("write request");
-    let mut out = Vec::new();
-    tokio::time::timeout(STEP, tcp.read_to_end(&mut out))
-        .await
-        .expect("response in time")
-        .expect("read response");
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Sends `line` on a fresh connection to `addr` every 10 ms until its reply contains
