@@ -6,6 +6,8 @@
 #![allow(dead_code)]
 
 pub mod chromium;
+#[macro_use]
+pub mod redis;
 pub mod v1;
 
 use std::net::SocketAddr;
@@ -312,9 +314,20 @@ impl WsClient {
     /// The next Text, Close or end of stream (no deadline: wrap it in a timeout). Ping/Pong
     /// are skipped; bind probes are returned like any text (see [`is_probe`]).
     pub async fn next_event(&mut self) -> WsEvent {
+        self.next_event_or(false).await
+    }
+
+    /// [`WsClient::next_event`], but a connection reset (a server killed with SIGKILL)
+    /// is the end of the stream rather than a test failure.
+    pub async fn next_event_or_reset(&mut self) -> WsEvent {
+        self.next_event_or(true).await
+    }
+
+    async fn next_event_or(&mut self, reset_ends: bool) -> WsEvent {
         loop {
             match self.ws.next().await {
                 None => return WsEvent::End,
+                Some(Err(_)) if reset_ends => return WsEvent::End,
                 Some(Err(e)) => panic!("websocket error: {e}"),
                 Some(Ok(Message::Text(t))) => return WsEvent::Text(t.as_str().to_owned()),
                 Some(Ok(Message::Close(Some(CloseFrame { code, reason })))) => {
