@@ -99,7 +99,7 @@ pub trait Presence: Send + Sync + std::fmt::Debug {
 
 /// Cluster mode with history on: a uid's history lives in Redis, so a v1 connection's
 /// status frame and replay come from there (`cluster.rs`), read after the connection is
-/// registered; until then its live messages wait in the registry (see [`Feed`]).
+/// registered; until then its live messages wait in the registry (see `Feed`).
 pub trait RemoteHistory: Send + Sync + std::fmt::Debug {
     /// A v1 connection `conn` of `uid` bound here, resuming from `since`: read its
     /// history, then call [`Registry::resumed`]. Called with no lock held; must not wait.
