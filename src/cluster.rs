@@ -27,14 +27,19 @@ use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use fred::clients::{Client, SubscriberClient};
-use fred::interfaces::{ClientLike, EventInterface, LuaInterface, PubsubInterface, SetsInterface};
+use fred::interfaces::{
+    ClientLike, EventInterface, KeysInterface, LuaInterface, PubsubInterface, SetsInterface,
+};
 use fred::types::config::{Config as RedisConfig, ReconnectPolicy};
 use fred::types::{Builder, Value};
 use tokio::sync::{Notify, mpsc, oneshot};
 use tracing::{debug, info, warn};
 
+use crate::cluster_history as ch;
 use crate::groups::{GroupError, GroupLimits};
-use crate::registry::{Delivery, Presence, Registry};
+use crate::history::HistoryLimits;
+use crate::registry::{ConnId, Delivery, Presence, Registry, RemoteHistory};
+use crate::wire::envelope::{Position, Seq, Status};
 use crate::wire::{CloseNotice, Payload, Uid};
 
 /// Publishes that may wait for the publisher task; past it a push is answered from
@@ -54,6 +59,9 @@ pub struct ClusterConfig {
     pub timeout: Duration,
     /// Group bounds and the offline grace period, the same as a single node's.
     pub groups: GroupLimits,
+    /// Protocol v1 history bounds; `None` with history off. On, every push to a uid goes
+    /// through Redis's numbering script (`cluster_history.rs`).
+    pub history: Option<HistoryLimits>,
 }
 
 /// Why a cluster-wide `/uids` page could not be made.
@@ -116,6 +124,9 @@ pub struct Cluster {
     node: String,
     timeout: Duration,
     groups: GroupLimits,
+    history: Option<HistoryLimits>,
+    /// The push script's SHA-1, once Redis told it (`SCRIPT LOAD`).
+    push_sha: Mutex<Option<String>>,
     registry: Registry,
     cmd: Client,
     sub: SubscriberClient,
@@ -139,7 +150,18 @@ pub struct Cluster {
 struct Outgoing {
     channel: String,
     message: Bytes,
+    /// Set for a push numbered in Redis: the script runs instead of a plain publish
+    /// (`message` is then the payload).
+    numbered: Option<Numbered>,
     done: Option<oneshot::Sender<Option<i64>>>,
+}
+
+/// A push to run through the numbering script.
+struct Numbered {
+    slot: u16,
+    keys: [String; 2],
+    node: String,
+    req: u64,
 }
 
 impl std::fmt::Debug for Outgoing {
@@ -210,6 +232,8 @@ impl Cluster {
             node,
             timeout: config.timeout,
             groups: config.groups,
+            history: config.history,
+            push_sha: Mutex::new(None),
             registry: registry.clone(),
             cmd,
             sub,
@@ -223,6 +247,9 @@ impl Cluster {
             stop: tokio_util::sync::CancellationToken::new(),
         });
         registry.set_presence(Arc::new(Hook(Arc::downgrade(&cluster))));
+        if cluster.history.is_some() {
+            registry.set_remote_history(Arc::new(Hook(Arc::downgrade(&cluster))));
+        }
         // The connection tasks run detached; the handles are not needed.
         drop(cluster.cmd.connect());
         drop(cluster.sub.connect());
@@ -233,6 +260,7 @@ impl Cluster {
             tokio::spawn(reconcile(cluster.clone())),
             tokio::spawn(watch(cluster.clone())),
             tokio::spawn(sweep(cluster.clone())),
+            tokio::spawn(keep_histories(cluster.clone())),
         ] {
             let stop = cluster.stop.clone();
             tokio::spawn(async move {
@@ -270,7 +298,18 @@ impl Cluster {
         uid: &str,
         payload: &Payload,
     ) -> impl Future<Output = Remote> + use<> {
-        self.ask(uid_channel(uid), Ask::Push, payload.as_bytes())
+        let channel = uid_channel(uid);
+        let numbered = self.history.map(|_| {
+            let (slot, keys) = ch::keys(uid, &channel);
+            Numbered {
+                slot,
+                keys,
+                node: self.node.clone(),
+                req: 0,
+            }
+        });
+        let gathered = self.gather_as(channel, numbered, Ask::Push, payload.as_bytes());
+        async move { gathered.await.0 }
     }
 
     /// Closes every connection of `uid` on the other nodes; `queued` is how many.
@@ -320,6 +359,17 @@ impl Cluster {
         kind: Ask,
         body: &[u8],
     ) -> impl Future<Output = (Remote, Vec<Bytes>)> + use<> {
+        self.gather_as(channel, None, kind, body)
+    }
+
+    /// [`Cluster::gather`]; `numbered` runs the push through the numbering script.
+    fn gather_as(
+        self: &Arc<Self>,
+        channel: String,
+        numbered: Option<Numbered>,
+        kind: Ask,
+        body: &[u8],
+    ) -> impl Future<Output = (Remote, Vec<Bytes>)> + use<> {
         let req = self.next_req.fetch_add(1, Relaxed);
         let (done_tx, done_rx) = oneshot::channel();
         let (count_tx, count_rx) = oneshot::channel();
@@ -333,10 +383,15 @@ impl Cluster {
         let queued = if !self.is_up() {
             Err(())
         } else {
+            let (message, numbered) = match numbered {
+                Some(n) => (Bytes::copy_from_slice(body), Some(Numbered { req, ..n })),
+                None => (envelope(&self.node, req, kind, body), None),
+            };
             self.publish
                 .try_send(Outgoing {
                     channel,
-                    message: envelope(&self.node, req, kind, body),
+                    message,
+                    numbered,
                     done: Some(count_tx),
                 })
                 .map_err(|_| ())
@@ -593,6 +648,21 @@ impl Cluster {
         }
     }
 
+    /// Our own copy of a numbered push, delivered here to `delivery` v1 tabs.
+    fn answered_here(&self, req: u64, delivery: Delivery) {
+        let mut waiting = self.lock_waiting();
+        let Some(w) = waiting.get_mut(&req) else {
+            return;
+        };
+        w.got += 1;
+        w.delivery = w.delivery + delivery;
+        if w.complete()
+            && let Some(done) = w.done.take()
+        {
+            let _ = done.send(());
+        }
+    }
+
     fn lock_waiting(&self) -> MutexGuard<'_, HashMap<u64, Waiting>> {
         self.waiting.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -627,6 +697,159 @@ impl Presence for Hook {
     fn changed(&self, uid: &Uid) {
         if let Some(cluster) = self.0.upgrade() {
             cluster.mark(uid);
+        }
+    }
+}
+
+impl RemoteHistory for Hook {
+    fn resume(&self, uid: &Uid, conn: ConnId, since: Option<Position>) {
+        if let Some(cluster) = self.0.upgrade() {
+            let uid = uid.clone();
+            tokio::spawn(async move {
+                let (status, base, replay) = cluster.attach(&uid, since).await;
+                cluster.registry.resumed(&uid, conn, status, base, replay);
+            });
+        }
+    }
+}
+
+impl Cluster {
+    /// A v1 tab of `uid` bound here: once this node hears the uid's channel, reads the
+    /// uid's history from Redis (creating it if missing). Subscribed first, read second:
+    /// a message numbered meanwhile is in the history or arrives live after it (or both:
+    /// the registry drops a live one already replayed), never neither. If Redis cannot
+    /// tell in time, the tab is not recovered (and a history of epoch 0 that any
+    /// numbered message will resync).
+    async fn attach(
+        &self,
+        uid: &Uid,
+        since: Option<Position>,
+    ) -> (Status, Position, Vec<(Seq, Payload)>) {
+        let unknown = (
+            if since.is_some() {
+                Status::NotRecovered
+            } else {
+                Status::New
+            },
+            Position { epoch: 0, seq: 0 },
+            Vec::new(),
+        );
+        let Some(limits) = self.history else {
+            return unknown;
+        };
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        while !self.hears(uid) {
+            if tokio::time::Instant::now() >= deadline {
+                return unknown;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        let channel = uid_channel(uid);
+        let (slot, keys) = ch::keys(uid, &channel);
+        let mut args: Vec<Value> = vec![ch::attach_script().into(), "2".into()];
+        args.extend(keys.iter().map(|k| Value::from(k.as_str())));
+        for a in [
+            ch::epoch_text(ch::new_epoch()),
+            limits.keep.as_millis().to_string(),
+            now_ms().to_string(),
+            limits.age.as_millis().to_string(),
+            limits.messages.to_string(),
+            limits.bytes.to_string(),
+            since.map_or(String::new(), |p| ch::epoch_text(p.epoch)),
+            since.map_or(0, |p| p.seq).to_string(),
+        ] {
+            args.push(a.into());
+        }
+        let read = tokio::time::timeout_at(
+            deadline,
+            self.cmd
+                .custom::<Vec<Bytes>, _>(script_command("EVAL", slot), args),
+        )
+        .await;
+        let found = match read {
+            Ok(Ok(items)) => ch::parse_found(items.into_iter().map(|b| b.to_vec()).collect()),
+            Ok(Err(err)) => {
+                debug!(%err, "history read failed");
+                None
+            }
+            Err(_) => None,
+        };
+        let Some(found) = found else {
+            return unknown;
+        };
+        let head = found.head;
+        let covered =
+            since.filter(|p| p.epoch == head.epoch && p.seq >= found.floor && p.seq <= head.seq);
+        let Some(from) = covered else {
+            let status = if since.is_some() {
+                Status::NotRecovered
+            } else {
+                Status::New
+            };
+            return (status, head, Vec::new());
+        };
+        let replay = found
+            .after
+            .into_iter()
+            .filter(|(seq, _)| *seq > from.seq)
+            .filter_map(|(seq, msg)| {
+                Payload::new(Bytes::from(msg))
+                    .ok()
+                    .map(|p| (seq, p.into_numbered(seq)))
+            })
+            .collect();
+        (Status::Recovered, from, replay)
+    }
+
+    /// True once this node's subscription to `uid`'s channel is in, with no change of
+    /// it pending (a pending one could be an unsubscribe decided before the bind).
+    fn hears(&self, uid: &Uid) -> bool {
+        if !self.is_up() {
+            return false;
+        }
+        let pending = self
+            .dirty
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(uid);
+        !pending
+            && self
+                .subscribed
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .contains(&(uid_hash(uid), uid.clone()))
+    }
+}
+
+/// Cluster mode with history on: the histories of uids held here live while they are
+/// held, and `--history-keep-ms` after (each refresh sets both keys' TTL to keep).
+async fn keep_histories(cluster: Arc<Cluster>) {
+    let Some(limits) = cluster.history else {
+        return;
+    };
+    let every = (limits.keep / 3).clamp(Duration::from_millis(50), Duration::from_secs(10));
+    let keep = limits.keep.as_millis() as i64;
+    loop {
+        tokio::time::sleep(every).await;
+        if !cluster.is_up() {
+            continue;
+        }
+        let held: Vec<Uid> = cluster
+            .subscribed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|(_, u)| u.clone())
+            .collect();
+        for chunk in held.chunks(PIPELINE_MAX / 2) {
+            let pipeline = cluster.cmd.pipeline();
+            for uid in chunk {
+                let (_, keys) = ch::keys(uid, &uid_channel(uid));
+                for key in keys {
+                    let _: Result<(), _> = pipeline.pexpire(key, keep, None).await;
+                }
+            }
+            let _: Vec<Result<Value, _>> = pipeline.try_all().await;
         }
     }
 }
@@ -718,7 +941,9 @@ async fn reconcile(cluster: Arc<Cluster>) {
     }
 }
 
-/// Sends every publish in order, as many as are queued per pipeline.
+/// Sends every publish in order, as many as are queued per pipeline. A numbered push
+/// runs the numbering script (`EVALSHA`; the script's whole text once a Redis shard
+/// answers that it does not have it, which loads it there), routed to the uid's slot.
 async fn publisher(cluster: Arc<Cluster>, mut queue: mpsc::Receiver<Outgoing>) {
     let mut batch = Vec::with_capacity(PIPELINE_MAX);
     // A publish is sent once or not at all: never held while Redis is down (fail fast)
@@ -730,22 +955,65 @@ async fn publisher(cluster: Arc<Cluster>, mut queue: mpsc::Receiver<Outgoing>) {
         ..Default::default()
     };
     while queue.recv_many(&mut batch, PIPELINE_MAX).await > 0 {
+        let sha = cluster
+            .push_sha
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
         let pipeline = fred::clients::Pipeline::from(cluster.cmd.with_options(&once));
         let mut queued = true;
         for out in &batch {
-            let r: Result<(), _> = pipeline
-                .spublish(out.channel.as_str(), out.message.clone())
-                .await;
+            let r: Result<(), _> = match &out.numbered {
+                Some(n) => {
+                    let (name, script) = match &sha {
+                        Some(sha) => ("EVALSHA", sha.as_str()),
+                        None => ("EVAL", ch::push_script()),
+                    };
+                    pipeline
+                        .custom(
+                            script_command(name, n.slot),
+                            script_args(&cluster, out, n, script),
+                        )
+                        .await
+                }
+                None => {
+                    pipeline
+                        .spublish(out.channel.as_str(), out.message.clone())
+                        .await
+                }
+            };
             queued &= r.is_ok();
         }
-        let results: Vec<Result<Value, fred::error::Error>> = if queued {
+        let mut results: Vec<Result<Value, fred::error::Error>> = if queued {
             pipeline.try_all().await
         } else {
             Vec::new()
         };
+        // A shard without the script ran none of them: run those again, in order, with
+        // the script's text (which loads it there).
+        for (i, out) in batch.iter().enumerate() {
+            let (Some(n), Some(Err(err))) = (&out.numbered, results.get(i)) else {
+                continue;
+            };
+            if !err.details().contains("NOSCRIPT") {
+                continue;
+            }
+            let args = script_args(&cluster, out, n, ch::push_script());
+            results[i] = cluster
+                .cmd
+                .custom(script_command("EVAL", n.slot), args)
+                .await;
+        }
         for (i, out) in batch.drain(..).enumerate() {
             let n = match results.get(i) {
-                Some(Ok(v)) => v.as_i64(),
+                Some(Ok(Value::Array(items))) if out.numbered.is_some() => {
+                    items.first().and_then(Value::as_i64)
+                }
+                Some(Ok(v)) if out.numbered.is_none() => v.as_i64(),
+                Some(Err(err)) if out.numbered.is_some() => {
+                    debug!(%err, "numbering script failed");
+                    None
+                }
                 _ => None,
             };
             if let Some(done) = out.done {
@@ -753,6 +1021,41 @@ async fn publisher(cluster: Arc<Cluster>, mut queue: mpsc::Receiver<Outgoing>) {
             }
         }
     }
+}
+
+/// `EVAL`/`EVALSHA`, routed to `slot` (its first argument is the script, not a key).
+fn script_command(name: &'static str, slot: u16) -> fred::types::CustomCommand {
+    fred::types::CustomCommand::new_static(name, fred::types::ClusterHash::Custom(slot), false)
+}
+
+/// The numbering script's arguments for one push (see `cluster_history.rs`).
+fn script_args(cluster: &Cluster, out: &Outgoing, n: &Numbered, script: &str) -> Vec<Value> {
+    let limits = cluster.history.unwrap_or(HistoryLimits {
+        messages: 0,
+        bytes: 0,
+        age: Duration::ZERO,
+        total_bytes: 0,
+        keep: Duration::ZERO,
+    });
+    let mut args: Vec<Value> = vec![
+        script.into(),
+        "2".into(),
+        n.keys[0].as_str().into(),
+        n.keys[1].as_str().into(),
+        out.channel.as_str().into(),
+        n.node.as_str().into(),
+        n.req.to_string().into(),
+    ];
+    args.push(Value::Bytes(out.message.clone()));
+    for number in [
+        now_ms(),
+        limits.messages as u64,
+        limits.bytes as u64,
+        limits.age.as_millis() as u64,
+    ] {
+        args.push(number.to_string().into());
+    }
+    args
 }
 
 /// Handles what arrives on the subscribed channels.
@@ -785,12 +1088,42 @@ async fn listen(cluster: Arc<Cluster>) {
             debug!("malformed cluster message");
             continue;
         };
-        if origin == cluster.node.as_bytes() {
+        let uid = msg.channel.strip_prefix(UID_PREFIX);
+        let mine = origin == cluster.node.as_bytes();
+        if let (Ask::Numbered, Some(uid)) = (kind, uid) {
+            // Numbered in Redis: every holder's v1 tabs get it from here, ours too; the
+            // origin gave its seed tabs theirs at once.
+            let delivery = match ch::parse_numbered(body) {
+                Some((at, payload)) => match Payload::new(Bytes::copy_from_slice(payload)) {
+                    // The number travels in the payload (`m SEQ` when it is written).
+                    Ok(p) => {
+                        let p = match at {
+                            Some(at) => p.into_numbered(at.seq),
+                            None => p,
+                        };
+                        cluster.registry.deliver_numbered(uid, at, &p, !mine)
+                    }
+                    Err(_) => Delivery::default(),
+                },
+                None => Delivery::default(),
+            };
+            if mine {
+                cluster.answered_here(req, delivery);
+                continue;
+            }
+            let _ = cluster.publish.try_send(Outgoing {
+                channel: reply_channel_of(origin),
+                message: answer(req, delivery),
+                numbered: None,
+                done: None,
+            });
+            continue;
+        }
+        if mine {
             // Our own request: handled locally already; count the copy as answered.
             cluster.answered(req, None);
             continue;
         }
-        let uid = msg.channel.strip_prefix(UID_PREFIX);
         let registry = &cluster.registry;
         let answer_with = match (kind, uid) {
             (Ask::Push, Some(uid)) => match Payload::new(Bytes::copy_from_slice(body)) {
@@ -838,6 +1171,7 @@ async fn listen(cluster: Arc<Cluster>) {
                 let _ = cluster.publish.try_send(Outgoing {
                     channel: reply_channel_of(origin),
                     message: message.freeze(),
+                    numbered: None,
                     done: None,
                 });
                 continue;
@@ -847,6 +1181,7 @@ async fn listen(cluster: Arc<Cluster>) {
         let _ = cluster.publish.try_send(Outgoing {
             channel: reply_channel_of(origin),
             message: answer(req, answer_with),
+            numbered: None,
             done: None,
         });
     }
@@ -927,7 +1262,13 @@ async fn watch(cluster: Arc<Cluster>) {
         } else if !up && was_up {
             warn!("redis unreachable: serving local connections only");
         }
+        if up && !was_up && cluster.history.is_some() {
+            // Only a hint: a shard that lacks it is sent the text (see `publisher`).
+            let sha: Result<String, _> = cluster.cmd.script_load(ch::push_script()).await;
+            *cluster.push_sha.lock().unwrap_or_else(|e| e.into_inner()) = sha.ok();
+        }
         cluster.up.store(up, Relaxed);
+        cluster.registry.set_remote_up(up);
         was_up = up;
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
@@ -1028,6 +1369,8 @@ enum Ask {
     Count,
     /// This node's part of a `/uids` page (`CURSOR LIMIT`).
     Uids,
+    /// A push numbered by Redis's script (`EPOCH SEQ\nPAYLOAD`, see `cluster_history.rs`).
+    Numbered,
 }
 
 impl Ask {
@@ -1039,6 +1382,7 @@ impl Ask {
             Ask::Broadcast => b'b',
             Ask::Count => b'c',
             Ask::Uids => b'u',
+            Ask::Numbered => b'h',
         }
     }
 
@@ -1050,6 +1394,7 @@ impl Ask {
             b'b' => Ask::Broadcast,
             b'c' => Ask::Count,
             b'u' => Ask::Uids,
+            b'h' => Ask::Numbered,
             _ => return None,
         })
     }

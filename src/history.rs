@@ -11,13 +11,11 @@
 //! tab for live delivery is another: a push is in the replay or delivered live after it,
 //! never both, never neither, without any dedupe on the hot path.
 //!
-//! # Replacing it in cluster mode
-//! Everything the rest of the daemon asks of a history is this file's small vocabulary:
-//! [`UidLog::append`] (a message in, its sequence out), [`UidLog::attach`] (a resume point
-//! in, a status, a base and the replay out), [`UidLog::take_queued`], [`UidLog::ack`] and
-//! [`UidLog::wait`]. A Redis-backed history keeps the same vocabulary over a stream per
-//! uid (`XADD … MAXLEN ~N` for the count, a key TTL for keep, the epoch stored beside
-//! it on creation, `XRANGE` for a replay), answering later instead of under a lock.
+//! # In cluster mode
+//! With `--redis`, a uid's history lives in Redis instead (`cluster_history.rs`: a hash
+//! and a list per uid, numbered and published by one Lua script), and no [`UidLog`] is
+//! kept: the registry feeds v1 connections from the uid's channel (see `registry.rs`,
+//! `Feed`).
 
 use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasher, RandomState};

@@ -97,6 +97,40 @@ pub trait Presence: Send + Sync + std::fmt::Debug {
     fn changed(&self, uid: &Uid);
 }
 
+/// Cluster mode with history on: a uid's history lives in Redis, so a v1 connection's
+/// status frame and replay come from there (`cluster.rs`), read after the connection is
+/// registered; until then its live messages wait in the registry (see `Feed`).
+pub trait RemoteHistory: Send + Sync + std::fmt::Debug {
+    /// A v1 connection `conn` of `uid` bound here, resuming from `since`: read its
+    /// history, then call [`Registry::resumed`]. Called with no lock held; must not wait.
+    fn resume(&self, uid: &Uid, conn: ConnId, since: Option<Position>);
+}
+
+/// Where a connection's messages come from.
+#[derive(Debug)]
+enum Feed {
+    /// This process numbers them (every seed connection; v1 ones on a single node).
+    Local,
+    /// Cluster mode, v1, its replay not read yet: live messages wait here (epoch and
+    /// sequence, or `None` for an unnumbered one), bounded by the queue depth.
+    Resuming(Vec<(Option<Position>, Payload)>),
+    /// Cluster mode, v1: messages of `epoch` above `last` are written, in order.
+    Live {
+        /// The history the client was told about.
+        epoch: u64,
+        /// The last sequence written (or replayed, or the status frame's base).
+        last: Seq,
+    },
+}
+
+/// 1012: a v1 connection in cluster mode saw its uid's history change under it (another
+/// epoch, or a sequence missing from the live stream): it reconnects with `since` and
+/// resumes from the shared history.
+const RESYNC: CloseNotice = CloseNotice {
+    code: 1012,
+    reason: std::borrow::Cow::Borrowed("history resync: reconnect with since"),
+};
+
 /// Cheap-clone handle to the shared registry.
 #[derive(Debug, Clone)]
 pub struct Registry {
@@ -116,6 +150,11 @@ struct Shared {
     presence: std::sync::OnceLock<Arc<dyn Presence>>,
     /// `None` with history off (`--history-messages 0`).
     history: Option<HistoryShared>,
+    /// Set once in cluster mode with history on: histories live in Redis.
+    remote: std::sync::OnceLock<Arc<dyn RemoteHistory>>,
+    /// Cluster mode: Redis is up, so v1 connections get every message numbered through
+    /// it (while it is down they get local pushes unnumbered, as `b` frames).
+    remote_up: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Debug, Default)]
@@ -136,6 +175,7 @@ struct UidEntry {
 struct Member {
     id: ConnId,
     outbox: Arc<Outbox>,
+    feed: Feed,
 }
 
 /// A connection's place in the registry; dropping it unregisters the connection, on every
@@ -222,6 +262,8 @@ impl Registry {
                 groups: Mutex::new(Groups::new(group_limits)),
                 presence: std::sync::OnceLock::new(),
                 history: (history.messages > 0).then(|| HistoryShared::new(history)),
+                remote: std::sync::OnceLock::new(),
+                remote_up: std::sync::atomic::AtomicBool::new(false),
             }),
         }
     }
@@ -229,6 +271,19 @@ impl Registry {
     /// Installs the presence hook (once; later calls are ignored).
     pub fn set_presence(&self, hook: Arc<dyn Presence>) {
         let _ = self.shared.presence.set(hook);
+    }
+
+    /// Installs the remote history (cluster mode with history on; once). From then on v1
+    /// connections are fed through it, and no local history is kept.
+    pub fn set_remote_history(&self, remote: Arc<dyn RemoteHistory>) {
+        if self.shared.history.is_some() {
+            let _ = self.shared.remote.set(remote);
+        }
+    }
+
+    /// Cluster mode: whether Redis numbers v1 messages now.
+    pub fn set_remote_up(&self, up: bool) {
+        self.shared.remote_up.store(up, Relaxed);
     }
 
     fn presence_changed(&self, uid: &Uid) {
@@ -249,9 +304,17 @@ impl Registry {
     pub fn bind_as(&self, uid: &str, mode: Mode) -> Binding {
         let id = ConnId(self.shared.next_id.fetch_add(1, Relaxed));
         let outbox = Arc::new(Outbox::new(self.shared.limits));
+        let remote = match mode {
+            Mode::V1 { since } => self.shared.remote.get().map(|r| (r, since)),
+            Mode::Seed => None,
+        };
         let member = Member {
             id,
             outbox: outbox.clone(),
+            feed: match remote {
+                Some(_) => Feed::Resuming(Vec::new()),
+                None => Feed::Local,
+            },
         };
         let mut guard = self.shard(uid);
         let shard = &mut *guard;
@@ -259,7 +322,9 @@ impl Registry {
             Some((key, _)) => key.clone(),
             None => Uid::from(uid),
         };
-        outbox.preload(self.first_frames(shard, &uid, mode));
+        if remote.is_none() {
+            outbox.preload(self.first_frames(shard, &uid, mode));
+        }
         let mut shard = guard;
         let entry = shard.uids.entry(uid.clone()).or_default();
         entry.conns.push(member);
@@ -270,6 +335,9 @@ impl Registry {
         }
         shard.connections += 1;
         drop(shard);
+        if let Some((remote, since)) = remote {
+            remote.resume(&uid, id, since);
+        }
         self.shared.metrics.incr(Metric::Binds);
         Binding {
             registry: self.clone(),
@@ -378,12 +446,125 @@ impl Registry {
                 }
             }
         }
-        if let Some(entry) = entry {
-            for member in &entry.conns {
-                self.offer(uid, member, msg, &mut out.delivery);
+        if let Some(entry) = uids.get_mut(uid) {
+            let remote_up = self.shared.remote_up.load(Relaxed);
+            for member in &mut entry.conns {
+                match member.feed {
+                    Feed::Local => self.offer(uid, member, msg, &mut out.delivery),
+                    // Cluster mode: Redis numbers it and the holders' copy (ours
+                    // included) reaches this tab; while Redis is down, it goes unnumbered.
+                    _ if remote_up => {}
+                    _ => self.feed_v1(uid, member, None, msg, &mut out.delivery),
+                }
             }
         }
         out
+    }
+
+    /// Cluster mode: a message Redis published to `uid` (numbered at `at`, or unnumbered
+    /// for a uid without history) reaches this node's tabs of it: every v1 tab, and the
+    /// seed tabs too if `seed_too` (the origin node delivered to its own at once).
+    pub fn deliver_numbered(
+        &self,
+        uid: &str,
+        at: Option<Position>,
+        msg: &Payload,
+        seed_too: bool,
+    ) -> Delivery {
+        let mut delivery = Delivery::default();
+        let mut shard = self.shard(uid);
+        if let Some(entry) = shard.uids.get_mut(uid) {
+            for member in &mut entry.conns {
+                match member.feed {
+                    // `msg` carries its number (the caller's `into_numbered`).
+                    Feed::Local if seed_too => self.offer(uid, member, msg, &mut delivery),
+                    Feed::Local => {}
+                    _ => self.feed_v1(uid, member, at, msg, &mut delivery),
+                }
+            }
+        }
+        delivery
+    }
+
+    /// One message to a cluster-fed v1 tab: held while it resumes; written once, in
+    /// order, when live. A message of another epoch, or one past a gap, closes the tab
+    /// ([`RESYNC`]) so it resumes from the shared history: never a silent gap.
+    fn feed_v1(
+        &self,
+        uid: &str,
+        member: &mut Member,
+        at: Option<Position>,
+        msg: &Payload,
+        delivery: &mut Delivery,
+    ) {
+        match &mut member.feed {
+            Feed::Resuming(held) if held.len() < self.shared.limits.depth => {
+                held.push((at, msg.clone()));
+                delivery.queued += 1;
+            }
+            Feed::Resuming(_) => {
+                member.feed = Feed::Live { epoch: 0, last: 0 };
+                member.outbox.close(CloseNotice::QUEUE_FULL);
+                delivery.refused += 1;
+            }
+            Feed::Live { epoch, last } => match at {
+                None => self.offer(uid, member, msg, delivery),
+                Some(p) if p.epoch == *epoch && p.seq <= *last => {
+                    // Already replayed (read from history after it was published).
+                    delivery.queued += 1;
+                }
+                Some(p) if p.epoch == *epoch && p.seq == *last + 1 => {
+                    *last = p.seq;
+                    self.offer(uid, member, msg, delivery);
+                }
+                Some(_) => {
+                    member.outbox.close(RESYNC);
+                    delivery.refused += 1;
+                }
+            },
+            Feed::Local => self.offer(uid, member, msg, delivery),
+        }
+    }
+
+    /// Cluster mode: the history of `uid` was read for tab `conn` ([`RemoteHistory`]):
+    /// its status frame and replay go first, then what arrived meanwhile (above what was
+    /// replayed), then live messages.
+    pub fn resumed(
+        &self,
+        uid: &str,
+        conn: ConnId,
+        status: Status,
+        base: Position,
+        replay: Vec<(Seq, Payload)>,
+    ) {
+        let mut shard = self.shard(uid);
+        let Some(member) = shard
+            .uids
+            .get_mut(uid)
+            .and_then(|e| e.conns.iter_mut().find(|m| m.id == conn))
+        else {
+            return; // Gone meanwhile.
+        };
+        let Feed::Resuming(held) = std::mem::replace(&mut member.feed, Feed::Local) else {
+            return;
+        };
+        let last = replay
+            .last()
+            .map_or(base.seq, |(seq, _)| *seq)
+            .max(base.seq);
+        let mut frames = Vec::with_capacity(1 + replay.len());
+        frames.push(status_outgoing(status, base));
+        // (Each replayed payload carries its number: see `cluster.rs`.)
+        frames.extend(replay.into_iter().map(|(_, msg)| msg));
+        member.outbox.preload(frames);
+        member.feed = Feed::Live {
+            epoch: base.epoch,
+            last,
+        };
+        let mut ignored = Delivery::default();
+        for (at, msg) in held {
+            self.feed_v1(uid, member, at, &msg, &mut ignored);
+        }
     }
 
     /// Tab `conn` of `uid` acknowledged every message up to `seq`.
@@ -447,13 +628,17 @@ impl Registry {
     pub fn broadcast(&self, msg: &Payload, except: &[Uid]) -> Delivery {
         let mut delivery = Delivery::default();
         for shard in self.shared.shards.iter() {
-            let shard = lock(shard);
-            for (uid, entry) in &shard.uids {
+            let mut shard = lock(shard);
+            for (uid, entry) in &mut shard.uids {
                 if !except.is_empty() && except.contains(uid) {
                     continue;
                 }
-                for member in &entry.conns {
-                    self.offer(uid, member, msg, &mut delivery);
+                for member in &mut entry.conns {
+                    match member.feed {
+                        Feed::Local => self.offer(uid, member, msg, &mut delivery),
+                        // A tab still resuming gets it after its status frame.
+                        _ => self.feed_v1(uid, member, None, msg, &mut delivery),
+                    }
                 }
             }
         }

@@ -61,6 +61,7 @@ impl State {
                         url: url.clone(),
                         timeout: config.cluster_timeout,
                         groups: config.group_limits(),
+                        history: Some(config.history_limits()).filter(|h| h.messages > 0),
                     },
                     &registry,
                 )

@@ -6,13 +6,13 @@
 //! nodes, Redis going away (local delivery goes on, remote pushes fail fast, `/push` says
 //! `unavailable`) and coming back (subscriptions heal with no restart).
 
+#[macro_use]
 mod common;
+use common::redis::*;
 use common::*;
 
-use std::process::Stdio;
 use std::time::Duration;
 
-use tokio::process::Command;
 use tokio::time::Instant;
 
 async fn node(url: &str) -> TestServer {
@@ -543,27 +543,6 @@ async fn group_pushes_stay_in_order_with_the_lines_around_them(url: &str) {
     }
 }
 
-/// Each core case runs on a standalone Redis and on a three-master Redis Cluster.
-macro_rules! on_both {
-    ($($case:ident),* $(,)?) => {$(
-        mod $case {
-            use super::*;
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn standalone() {
-                let redis = Redis::start().await;
-                super::$case(&redis.url()).await;
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn redis_cluster() {
-                let cluster = RedisCluster::start().await;
-                super::$case(&cluster.url()).await;
-            }
-        }
-    )*};
-}
-
 on_both!(
     a_push_via_one_node_reaches_a_browser_on_another_exactly_once,
     tabs_on_two_nodes_each_get_every_push_once,
@@ -574,88 +553,6 @@ on_both!(
     concurrent_joins_from_two_nodes_never_pass_the_limits,
     group_pushes_stay_in_order_with_the_lines_around_them,
 );
-
-/// Three `redis-server --cluster-enabled yes` masters on free ports, joined with
-/// `redis-cli --cluster create`; killed on drop.
-struct RedisCluster {
-    nodes: Vec<Redis>,
-    _dir: std::path::PathBuf,
-}
-
-impl RedisCluster {
-    async fn start() -> RedisCluster {
-        let dir = std::env::temp_dir().join(format!(
-            "pushwire-rc-{}-{}",
-            std::process::id(),
-            PROBE_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-        ));
-        let mut nodes = Vec::new();
-        for _ in 0..3 {
-            let port = free_port();
-            let node_dir = dir.join(port.to_string());
-            std::fs::create_dir_all(&node_dir).expect("cluster node dir");
-            let cluster = [
-                "--cluster-enabled",
-                "yes",
-                "--cluster-config-file",
-                "nodes.conf",
-            ];
-            let child = spawn_redis(port, &node_dir, &cluster);
-            nodes.push(Redis { child, port });
-        }
-        for n in &nodes {
-            wait_listening(n.port).await;
-        }
-        let addrs: Vec<String> = nodes
-            .iter()
-            .map(|n| format!("127.0.0.1:{}", n.port))
-            .collect();
-        let out = Command::new("redis-cli")
-            .arg("--cluster")
-            .arg("create")
-            .args(&addrs)
-            .args(["--cluster-replicas", "0", "--cluster-yes"])
-            .stdin(Stdio::null())
-            .output()
-            .await
-            .expect("redis-cli --cluster create");
-        assert!(out.status.success(), "cluster create: {out:?}");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let info = Command::new("redis-cli")
-                .args(["-p", &nodes[0].port.to_string(), "cluster", "info"])
-                .output()
-                .await
-                .expect("redis-cli cluster info");
-            if String::from_utf8_lossy(&info.stdout).contains("cluster_state:ok") {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the Redis Cluster never became ok"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        RedisCluster { nodes, _dir: dir }
-    }
-
-    fn url(&self) -> String {
-        let mut url = format!("redis-cluster://127.0.0.1:{}", self.nodes[0].port);
-        for (i, n) in self.nodes[1..].iter().enumerate() {
-            url.push(if i == 0 { '?' } else { '&' });
-            url.push_str(&format!("node=127.0.0.1:{}", n.port));
-        }
-        url
-    }
-}
-
-impl Drop for RedisCluster {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self._dir);
-    }
-}
-
-static PROBE_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 /// Two real daemons on one Redis; one is killed with SIGKILL while it holds a browser.
 /// Its Redis connections die with it, so the other node sees the uid offline at once:
@@ -691,20 +588,4 @@ async fn a_node_killed_with_sigkill_leaves_no_ghost() {
     let converged = killed.elapsed();
     assert_eq!(push.request(r#"{"uid":"k9"}"#).await, "fail\n");
     assert!(converged < Duration::from_secs(3), "took {converged:?}");
-}
-
-/// Sends `line` on a fresh connection to `addr` every 10 ms until its reply contains
-/// `needle`; panics with `what` after `d`.
-async fn until_reply(
-    addr: std::net::SocketAddr,
-    line: &str,
-    needle: &str,
-    d: Duration,
-    what: &str,
-) {
-    poll_until(d, what, || async move {
-        let mut p = PushClient::connect(addr).await;
-        p.request(line).await.contains(needle)
-    })
-    .await;
 }

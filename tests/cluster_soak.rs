@@ -1046,6 +1046,15 @@ async fn pipelined_pushes_to_a_hung_holder_wait_one_timeout_in_all() {
     assert_eq!(tab.recv_text().await, routed);
 
     b.signal("STOP").await;
+    // kill(1) returns once the signal is sent; every thread stops a moment later.
+    poll_until(STEP, "node B stopped", || async {
+        std::fs::read_to_string(format!("/proc/{}/stat", b.pid)).is_ok_and(|stat| {
+            stat.rsplit(')')
+                .next()
+                .is_some_and(|r| r.trim_start().starts_with('T'))
+        })
+    })
+    .await;
     let lines: String = (0..N)
         .map(|i| format!("/push {i} {{\"uid\":\"hung\",\"i\":{i}}}\n"))
         .collect();

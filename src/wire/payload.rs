@@ -108,6 +108,18 @@ impl Payload {
         }))
     }
 
+    /// This message numbered `seq`: in place when nothing else shares it (a message just
+    /// read off Redis), else a copy ([`Payload::numbered`]).
+    pub fn into_numbered(mut self, seq: u64) -> Payload {
+        match Arc::get_mut(&mut self.0) {
+            Some(shared) => {
+                shared.seq = seq;
+                self
+            }
+            None => self.numbered(seq),
+        }
+    }
+
     /// Its number in a uid's history (see [`Payload::numbered`]).
     pub fn seq(&self) -> u64 {
         self.0.seq

@@ -6,6 +6,10 @@
 #![allow(dead_code)]
 
 pub mod chromium;
+#[macro_use]
+pub mod redis;
+#[allow(unused_imports)]
+pub use redis::{Redis, free_port, readyz, spawn_redis, wait_listening};
 pub mod v1;
 
 use std::net::SocketAddr;
@@ -312,9 +316,20 @@ impl WsClient {
     /// The next Text, Close or end of stream (no deadline: wrap it in a timeout). Ping/Pong
     /// are skipped; bind probes are returned like any text (see [`is_probe`]).
     pub async fn next_event(&mut self) -> WsEvent {
+        self.next_event_or(false).await
+    }
+
+    /// [`WsClient::next_event`], but a connection reset (a server killed with SIGKILL)
+    /// is the end of the stream rather than a test failure.
+    pub async fn next_event_or_reset(&mut self) -> WsEvent {
+        self.next_event_or(true).await
+    }
+
+    async fn next_event_or(&mut self, reset_ends: bool) -> WsEvent {
         loop {
             match self.ws.next().await {
                 None => return WsEvent::End,
+                Some(Err(_)) if reset_ends => return WsEvent::End,
                 Some(Err(e)) => panic!("websocket error: {e}"),
                 Some(Ok(Message::Text(t))) => return WsEvent::Text(t.as_str().to_owned()),
                 Some(Ok(Message::Close(Some(CloseFrame { code, reason })))) => {
@@ -1200,85 +1215,4 @@ impl WsClient {
             Ok(Ok((ws, _resp))) => Ok(WsClient { ws }),
         }
     }
-}
-
-// ---------------------------------------------------------------------------------------
-// Redis (cluster mode): Debian's redis-server on free ports
-// ---------------------------------------------------------------------------------------
-
-/// A `redis-server` on 127.0.0.1, killed on drop.
-pub struct Redis {
-    pub child: tokio::process::Child,
-    pub port: u16,
-}
-
-impl Redis {
-    /// One on `port` (e.g. a killed one's, to bring it back), once it listens.
-    pub async fn start_on(port: u16) -> Redis {
-        let child = spawn_redis(port, &std::env::temp_dir(), &[]);
-        wait_listening(port).await;
-        Redis { child, port }
-    }
-
-    /// One on a free port, once it listens.
-    pub async fn start() -> Redis {
-        Redis::start_on(free_port()).await
-    }
-
-    /// `redis://127.0.0.1:PORT/`
-    pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/", self.port)
-    }
-
-    /// SIGKILL, and waits for it to exit.
-    pub async fn kill(&mut self) {
-        let _ = self.child.kill().await;
-    }
-}
-
-/// A port on 127.0.0.1 that was free a moment ago.
-pub fn free_port() -> u16 {
-    free_addr().port()
-}
-
-/// A `redis-server` on 127.0.0.1:`port`, working in `dir`, with `extra` flags; killed
-/// when its handle drops.
-pub fn spawn_redis(port: u16, dir: &std::path::Path, extra: &[&str]) -> tokio::process::Child {
-    tokio::process::Command::new("redis-server")
-        .current_dir(dir)
-        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-        .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
-        .args(extra)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("start redis-server (scripts/test.sh installs it)")
-}
-
-/// Waits (5 s at most) until something accepts connections on 127.0.0.1:`port`.
-pub async fn wait_listening(port: u16) {
-    let deadline = Instant::now() + STEP;
-    while TcpStream::connect(("127.0.0.1", port)).await.is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "redis-server did not listen on {port}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-/// `GET /readyz` over a raw socket: the whole response.
-pub async fn readyz(addr: SocketAddr) -> String {
-    let mut tcp = TcpStream::connect(addr).await.expect("connect http");
-    tcp.write_all(b"GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        .await
-        .expect("write request");
-    let mut out = Vec::new();
-    timeout(STEP, tcp.read_to_end(&mut out))
-        .await
-        .expect("response in time")
-        .expect("read response");
-    String::from_utf8_lossy(&out).into_owned()
 }

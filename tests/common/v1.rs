@@ -97,7 +97,23 @@ impl V1Client {
 
     /// The next frame within `d`.
     pub async fn next_within(&mut self, d: Duration) -> V1Event {
-        match timeout(d, self.tab.next_event()).await {
+        self.next_of(d, false).await
+    }
+
+    /// The next frame within `d`; a reset connection is [`V1Event::End`].
+    pub async fn next_or_reset(&mut self, d: Duration) -> V1Event {
+        self.next_of(d, true).await
+    }
+
+    async fn next_of(&mut self, d: Duration, reset_ends: bool) -> V1Event {
+        let next = async {
+            if reset_ends {
+                self.tab.next_event_or_reset().await
+            } else {
+                self.tab.next_event().await
+            }
+        };
+        match timeout(d, next).await {
             Err(_) => panic!("no v1 frame within {d:?}"),
             Ok(WsEvent::Text(t)) => parse_frame(&t),
             Ok(WsEvent::Close(code, reason)) => V1Event::Close(code, reason),

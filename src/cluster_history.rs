@@ -1,0 +1,259 @@
+//! Protocol v1 history in cluster mode (`docs/protocol.md`, "Cluster mode"): the Redis
+//! keys of a uid's history, the two Lua scripts that number, keep and read it, and the
+//! parsing of what they return. No I/O here; `cluster.rs` sends the scripts.
+//!
+//! # Keys, and why they carry a strange hash tag
+//! A uid's history is two keys: a hash `pw:h:{T}:<uid>` (`e` epoch, `s` the last
+//! sequence given out, `f` the floor: every message above it up to `s` is kept, `b` the
+//! payload bytes kept) and a list `pw:l:{T}:<uid>` of the kept messages, oldest first,
+//! each `SEQ RECEIVED_MS\nPAYLOAD`. The push script numbers, keeps **and publishes**
+//! (`SPUBLISH pw:u:<uid>`) in one atomic step, so every holder hears a uid's messages
+//! in sequence order whichever node numbered them. On a Redis Cluster a script may only
+//! touch keys and shard channels of one hash slot, so the keys must land in the slot
+//! of the uid's channel: `T` is a short decimal chosen (from a table built once) to
+//! hash to exactly that slot, whatever bytes the uid holds (braces included).
+
+use std::sync::OnceLock;
+
+use crate::wire::envelope::{Position, Seq};
+
+/// Cluster hash slots.
+const SLOTS: usize = 16_384;
+
+/// For every hash slot, the smallest decimal number whose text hashes to it.
+fn slot_tags() -> &'static [u32] {
+    static TAGS: OnceLock<Vec<u32>> = OnceLock::new();
+    TAGS.get_or_init(|| {
+        let mut tags = vec![u32::MAX; SLOTS];
+        let mut left = SLOTS;
+        let mut n: u32 = 0;
+        while left > 0 {
+            let slot = usize::from(slot_of(n.to_string().as_bytes()));
+            if tags[slot] == u32::MAX {
+                tags[slot] = n;
+                left -= 1;
+            }
+            n += 1;
+        }
+        tags
+    })
+}
+
+/// The hash slot of a key or shard channel (CRC16 of its hash tag, as Redis computes it).
+pub fn slot_of(name: &[u8]) -> u16 {
+    fred::util::redis_keyslot(name)
+}
+
+/// A uid's history keys (its hash and its list), in the slot of `channel`, the uid's
+/// shard channel; and that slot.
+pub fn keys(uid: &str, channel: &str) -> (u16, [String; 2]) {
+    let slot = slot_of(channel.as_bytes());
+    let tag = slot_tags()[usize::from(slot)];
+    (
+        slot,
+        [
+            format!("pw:h:{{{tag}}}:{uid}"),
+            format!("pw:l:{{{tag}}}:{uid}"),
+        ],
+    )
+}
+
+/// Drops messages from the front of the list while over the count or bytes bound, or
+/// older than the age bound; records the new floor and bytes.
+const TRIM: &str = r#"
+local function trim(meta, list, max, maxbytes, oldest, bytes)
+  local n = redis.call('LLEN', list)
+  local floor = nil
+  while n > 0 do
+    local front = redis.call('LINDEX', list, 0)
+    local s, t = string.match(front, '^(%d+) (%d+)\n')
+    if not s then break end
+    if not (n > max or bytes > maxbytes or tonumber(t) < oldest) then break end
+    redis.call('LPOP', list)
+    n = n - 1
+    bytes = bytes - (#front - #s - #t - 2)
+    floor = s
+  end
+  if floor then redis.call('HSET', meta, 'f', floor, 'b', bytes) end
+end
+"#;
+
+/// The push script, after [`TRIM`]. KEYS: hash, list. ARGV: channel, node, request
+/// number, payload, now (ms), max messages, max bytes, max age (ms). A uid without a
+/// history gets the message unnumbered (`0 0`); one with a history numbers it, keeps
+/// it (unless it alone is over the bytes bound: then nothing older is kept either) and
+/// trims. Either way it is published as `NODE REQ h\nEPOCH SEQ\nPAYLOAD`. Returns
+/// {subscribers that got it, its sequence or 0}.
+const PUSH: &str = r#"
+local head = ARGV[2] .. ' ' .. ARGV[3] .. ' h\n'
+local epoch = redis.call('HGET', KEYS[1], 'e')
+if not epoch then
+  return {redis.call('SPUBLISH', ARGV[1], head .. '0 0\n' .. ARGV[4]), 0}
+end
+local seq = redis.call('HINCRBY', KEYS[1], 's', 1)
+local len = #ARGV[4]
+if len > tonumber(ARGV[7]) then
+  redis.call('DEL', KEYS[2])
+  redis.call('HSET', KEYS[1], 'f', seq, 'b', 0)
+else
+  redis.call('RPUSH', KEYS[2], seq .. ' ' .. ARGV[5] .. '\n' .. ARGV[4])
+  local bytes = redis.call('HINCRBY', KEYS[1], 'b', len)
+  trim(KEYS[1], KEYS[2], tonumber(ARGV[6]), tonumber(ARGV[7]),
+       tonumber(ARGV[5]) - tonumber(ARGV[8]), bytes)
+  local ttl = redis.call('PTTL', KEYS[1])
+  if ttl > 0 then redis.call('PEXPIRE', KEYS[2], ttl) end
+end
+return {redis.call('SPUBLISH', ARGV[1], head .. epoch .. ' ' .. seq .. '\n' .. ARGV[4]), seq}
+"#;
+
+/// The attach script, after [`TRIM`]. KEYS: hash, list. ARGV: an epoch for a history
+/// created now, keep (ms), now (ms), max age (ms), max messages, max bytes, the resume
+/// epoch (empty for none), the resume sequence. Creates the history if missing, makes
+/// both keys live `keep` from now, trims by age; returns {epoch, last seq, floor, then
+/// the kept messages after the resume point if it is covered}.
+const ATTACH: &str = r#"
+redis.call('HSETNX', KEYS[1], 'e', ARGV[1])
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+local bytes = tonumber(redis.call('HGET', KEYS[1], 'b') or '0')
+trim(KEYS[1], KEYS[2], tonumber(ARGV[5]), tonumber(ARGV[6]),
+     tonumber(ARGV[3]) - tonumber(ARGV[4]), bytes)
+redis.call('PEXPIRE', KEYS[2], ARGV[2])
+local e = redis.call('HGET', KEYS[1], 'e')
+local s = tonumber(redis.call('HGET', KEYS[1], 's') or '0')
+local f = tonumber(redis.call('HGET', KEYS[1], 'f') or '0')
+local out = {e, tostring(s), tostring(f)}
+local since = tonumber(ARGV[8])
+if ARGV[7] == e and since and since >= f and since < s then
+  for _, entry in ipairs(redis.call('LRANGE', KEYS[2], since - f, -1)) do
+    out[#out + 1] = entry
+  end
+end
+return out
+"#;
+
+/// The push script's text.
+pub fn push_script() -> &'static str {
+    static TEXT: OnceLock<String> = OnceLock::new();
+    TEXT.get_or_init(|| format!("{TRIM}{PUSH}"))
+}
+
+/// The attach script's text.
+pub fn attach_script() -> &'static str {
+    static TEXT: OnceLock<String> = OnceLock::new();
+    TEXT.get_or_init(|| format!("{TRIM}{ATTACH}"))
+}
+
+/// An epoch as the scripts store it: 16 lowercase hex digits.
+pub fn epoch_text(epoch: u64) -> String {
+    format!("{epoch:016x}")
+}
+
+/// A fresh random epoch (never 0: 0 means "no history").
+pub fn new_epoch() -> u64 {
+    use std::hash::{BuildHasher, RandomState};
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    RandomState::new().hash_one(nanos).max(1)
+}
+
+/// The body of a published `h` message: `EPOCH SEQ\nPAYLOAD`. `None` for a malformed
+/// one; a position of `None` for an unnumbered message (the uid has no history).
+pub fn parse_numbered(body: &[u8]) -> Option<(Option<Position>, &[u8])> {
+    let nl = memchr::memchr(b'\n', body)?;
+    let (head, payload) = (std::str::from_utf8(&body[..nl]).ok()?, &body[nl + 1..]);
+    let (epoch, seq) = head.split_once(' ')?;
+    let seq: Seq = seq.parse().ok()?;
+    if seq == 0 {
+        return Some((None, payload));
+    }
+    let epoch = u64::from_str_radix(epoch, 16).ok()?;
+    Some((Some(Position { epoch, seq }), payload))
+}
+
+/// What the attach script found.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Found {
+    /// The history's epoch and its last sequence.
+    pub head: Position,
+    /// Every message above it is kept (up to `head`).
+    pub floor: Seq,
+    /// The kept messages after the resume point, if it is covered: (seq, payload).
+    pub after: Vec<(Seq, Vec<u8>)>,
+}
+
+/// Parses the attach script's answer (each item as bytes). `None` if malformed.
+pub fn parse_found(items: Vec<Vec<u8>>) -> Option<Found> {
+    let mut it = items.into_iter();
+    let text = |b: Vec<u8>| String::from_utf8(b).ok();
+    let epoch = u64::from_str_radix(&text(it.next()?)?, 16).ok()?;
+    let seq = text(it.next()?)?.parse().ok()?;
+    let floor = text(it.next()?)?.parse().ok()?;
+    let mut after = Vec::new();
+    for entry in it {
+        let nl = memchr::memchr(b'\n', &entry)?;
+        let head = std::str::from_utf8(&entry[..nl]).ok()?;
+        let seq: Seq = head.split(' ').next()?.parse().ok()?;
+        after.push((seq, entry[nl + 1..].to_vec()));
+    }
+    Some(Found {
+        head: Position { epoch, seq },
+        floor,
+        after,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_share_the_channel_slot_whatever_the_uid() {
+        for uid in ["u1", "a{b}c", "x}y", "{}", "{", "é", ""] {
+            let channel = format!("pw:u:{uid}");
+            let (slot, [h, l]) = keys(uid, &channel);
+            assert_eq!(slot, slot_of(channel.as_bytes()), "{uid:?}");
+            assert_eq!(slot_of(h.as_bytes()), slot, "{uid:?}");
+            assert_eq!(slot_of(l.as_bytes()), slot, "{uid:?}");
+        }
+        assert!(slot_tags().iter().all(|&t| t != u32::MAX));
+    }
+
+    #[test]
+    fn bodies_and_answers_parse() {
+        assert_eq!(
+            parse_numbered(b"00000000000000ab 7\nhi"),
+            Some((
+                Some(Position {
+                    epoch: 0xab,
+                    seq: 7
+                }),
+                &b"hi"[..]
+            ))
+        );
+        assert_eq!(parse_numbered(b"0 0\nx"), Some((None, &b"x"[..])));
+        assert_eq!(parse_numbered(b"zz 1\nx"), None);
+        assert_eq!(parse_numbered(b"nolines"), None);
+        let found = parse_found(vec![
+            b"00000000000000ab".to_vec(),
+            b"9".to_vec(),
+            b"4".to_vec(),
+            b"8 1700000000000\n{\"a\":1}".to_vec(),
+            b"9 1700000000001\nb c".to_vec(),
+        ]);
+        assert_eq!(
+            found,
+            Some(Found {
+                head: Position {
+                    epoch: 0xab,
+                    seq: 9
+                },
+                floor: 4,
+                after: vec![(8, b"{\"a\":1}".to_vec()), (9, b"b c".to_vec())],
+            })
+        );
+        assert_eq!(parse_found(vec![b"x".to_vec()]), None);
+        assert_ne!(new_epoch(), 0);
+        assert_eq!(epoch_text(0xab), "00000000000000ab");
+    }
+}

@@ -1,0 +1,292 @@
+//! Protocol v1 history in cluster mode (`docs/protocol.md`, "Cluster mode"): real
+//! `redis-server`s (standalone and a three-master Redis Cluster), real nodes, real
+//! sockets. Numbering shared by every node, resume on another node, the ledger under
+//! cuts alternating between nodes, a node killed with SIGKILL while it held the user,
+//! a resume beyond the trimmed history, and Redis down.
+#[macro_use]
+mod common;
+
+use std::time::Duration;
+
+use common::redis::*;
+use common::v1::{V1Client, V1Event};
+use common::*;
+use tokio::time::{Instant, sleep};
+
+async fn node(url: &str, history_messages: usize) -> TestServer {
+    TestServer::start_with(pushwire::Config {
+        redis: Some(url.to_owned()),
+        cluster_timeout: Duration::from_millis(2000),
+        history_messages,
+        queue_depth: history_messages.max(1024),
+        ..pushwire::Config::default()
+    })
+    .await
+}
+
+fn line(uid: &str, via: &str, n: u64) -> String {
+    format!(r#"{{"uid":"{uid}","via":"{via}","n":{n}}}"#)
+}
+
+/// Pushes through two nodes, alternately, are numbered consecutively by the one history
+/// in Redis; a tab on either node gets each once, as `m SEQ`; a tab that resumes on the
+/// other node gets what it missed from Redis, then the live stream.
+async fn one_sequence_across_nodes_and_resume_on_another(url: &str) {
+    let (a, b) = (node(url, 100).await, node(url, 100).await);
+    // The status frame comes once b hears the uid's channel and read its history.
+    let mut on_b = V1Client::connect(b.ws_addr, "n1", None).await;
+    assert_eq!(on_b.status.kind, "new");
+    assert_eq!(on_b.status.seq, 0);
+    let epoch = on_b.status.epoch.clone();
+    let mut via_a = PushClient::connect(a.push_addr).await;
+    let mut via_b = PushClient::connect(b.push_addr).await;
+    for n in 1..=10u64 {
+        let (push, via) = if n % 2 == 1 {
+            (&mut via_a, "a")
+        } else {
+            (&mut via_b, "b")
+        };
+        assert_eq!(push.request(&line("n1", via, n)).await, "ok\n", "push {n}");
+        on_b.expect_msg(n, &line("n1", via, n)).await;
+    }
+    // /send through a is numbered in the same sequence.
+    let sent = via_a.request(r#"/send ["n1"] {"s":11}"#).await;
+    assert!(sent.contains(r#""connections":1"#), "{sent}");
+    on_b.expect_msg(11, r#"{"s":11}"#).await;
+
+    // A second tab resumes on a from 4: 5..=11 from Redis, then live, on both tabs.
+    let point = format!("{epoch}:4");
+    let mut on_a = V1Client::connect(a.ws_addr, "n1", Some(&point)).await;
+    assert_eq!(on_a.status.kind, "recovered", "{:?}", on_a.status);
+    assert_eq!(on_a.status.point(), point);
+    for n in 5..=10 {
+        let via = if n % 2 == 1 { "a" } else { "b" };
+        on_a.expect_msg(n, &line("n1", via, n)).await;
+    }
+    on_a.expect_msg(11, r#"{"s":11}"#).await;
+    assert_eq!(via_b.request(&line("n1", "b", 12)).await, "ok\n");
+    on_a.expect_msg(12, &line("n1", "b", 12)).await;
+    on_b.expect_msg(12, &line("n1", "b", 12)).await;
+    // Broadcasts stay unnumbered.
+    via_a.request(r#"/broadcast {"all":1}"#).await;
+    assert_eq!(on_a.next().await, V1Event::Broadcast(r#"{"all":1}"#.into()));
+    assert_eq!(on_b.next().await, V1Event::Broadcast(r#"{"all":1}"#.into()));
+    // A seed tab of the same uid still gets the bare line, whichever node pushes.
+    // Bound without probes (they would be numbered too): until the cluster sees 3 tabs.
+    let mut seed = WsClient::connect(&a.ws_url()).await;
+    seed.send_text("n1").await;
+    let three = "\"connections\":3";
+    until_reply(a.push_addr, "/online n1", three, STEP, "the seed tab bound").await;
+    assert_eq!(via_b.request(&line("n1", "b", 13)).await, "ok\n");
+    assert_eq!(seed.recv_text().await, line("n1", "b", 13));
+    assert_eq!(via_a.request(&line("n1", "a", 14)).await, "ok\n");
+    assert_eq!(seed.recv_text().await, line("n1", "a", 14));
+    for n in [13, 14] {
+        let via = if n == 13 { "b" } else { "a" };
+        on_a.expect_msg(n, &line("n1", via, n)).await;
+        on_b.expect_msg(n, &line("n1", via, n)).await;
+    }
+    on_b.tab.expect_silence(Duration::from_millis(200)).await;
+}
+
+/// The ledger: 2,000 pushes, half through each node, while one v1 client is cut off
+/// again and again (a clean close, a kick through the other node, a dropped socket) and
+/// comes back alternately on node A and node B with `since`: every push arrives exactly
+/// once, in one consecutive sequence, each node's pushes in the order they were sent.
+async fn ledger_across_nodes_under_cuts(url: &str) {
+    const PER_NODE: u64 = 1000;
+    let (a, b) = (node(url, 2000).await, node(url, 2000).await);
+    let nodes = [&a, &b];
+    let mut tab = V1Client::connect(a.ws_addr, "led", None).await;
+    let epoch = tab.status.epoch.clone();
+    let mut last = tab.status.seq;
+    let pushers: Vec<_> = [("a", a.push_addr), ("b", b.push_addr)]
+        .into_iter()
+        .map(|(via, addr)| {
+            tokio::spawn(async move {
+                let mut push = PushClient::connect(addr).await;
+                for n in 0..PER_NODE {
+                    // A reply is ok or fail (the tab may be between connections);
+                    // either way the push is numbered and kept.
+                    let reply = push.request(&line("led", via, n)).await;
+                    assert!(reply == "ok\n" || reply == "fail\n", "{reply}");
+                    if n % 8 == 0 {
+                        sleep(Duration::from_millis(1)).await;
+                    }
+                }
+            })
+        })
+        .collect();
+    let mut next = [0u64; 2];
+    let (mut cuts, mut on) = (0usize, 0usize);
+    let total = 2 * PER_NODE;
+    let mut got = 0;
+    while got < total {
+        match tab.next_within(Duration::from_secs(10)).await {
+            V1Event::Msg(seq, payload) => {
+                assert_eq!(seq, last + 1, "consecutive, exactly once");
+                last = seq;
+                let v: serde_json::Value = serde_json::from_str(&payload).expect("json");
+                let i = usize::from(v["via"] == "b");
+                assert_eq!(v["n"].as_u64(), Some(next[i]), "order of node {i}'s pushes");
+                next[i] += 1;
+                got += 1;
+            }
+            // Nothing but our own cuts may end a session (no resync, no full queue).
+            other => panic!("after {got} messages: {other:?}"),
+        }
+        if got % 97 != 0 || got >= total {
+            continue;
+        }
+        cuts += 1;
+        match cuts % 3 {
+            0 => tab.tab.close().await,
+            1 => {
+                let other = nodes[1 - on];
+                let mut p = PushClient::connect(other.push_addr).await;
+                let kicked = p.request("/kick led").await;
+                assert!(kicked.contains("\"connections\":1"), "{kicked}");
+                drop(tab.tab);
+            }
+            _ => drop(tab.tab),
+        }
+        on = 1 - on;
+        let point = format!("{epoch}:{last}");
+        tab = V1Client::connect(nodes[on].ws_addr, "led", Some(&point)).await;
+        assert_eq!(tab.status.kind, "recovered", "cut {cuts}: {:?}", tab.status);
+    }
+    for p in pushers {
+        p.await.expect("pusher");
+    }
+    assert!(cuts >= 20, "only {cuts} cuts");
+    assert_eq!(next, [PER_NODE, PER_NODE]);
+    tab.tab.expect_silence(Duration::from_millis(300)).await;
+}
+
+/// A history trimmed past the resume point: `not_recovered`, nothing replayed, then the
+/// live stream above the status frame's base; a foreign epoch is not recovered either;
+/// a point still covered is.
+async fn resume_beyond_the_trimmed_history_is_not_recovered(url: &str) {
+    let (a, b) = (node(url, 5).await, node(url, 5).await);
+    let first = V1Client::connect(a.ws_addr, "tr", None).await;
+    let epoch = first.status.epoch.clone();
+    first.tab.close().await;
+    let mut push = PushClient::connect(b.push_addr).await;
+    for n in 1..=20 {
+        // Nobody holds it: `fail`, but numbered and kept (the last 5).
+        assert_eq!(push.request(&line("tr", "b", n)).await, "fail\n");
+    }
+    let mut lost = V1Client::connect(b.ws_addr, "tr", Some(&format!("{epoch}:3"))).await;
+    assert_eq!(lost.status.kind, "not_recovered");
+    assert_eq!(lost.status.point(), format!("{epoch}:20"));
+    assert_eq!(push.request(&line("tr", "b", 21)).await, "ok\n");
+    lost.expect_msg(21, &line("tr", "b", 21)).await;
+
+    let foreign = V1Client::connect(a.ws_addr, "tr", Some("00000000000000aa:20")).await;
+    assert_eq!(foreign.status.kind, "not_recovered");
+    assert_eq!(foreign.status.point(), format!("{epoch}:21"));
+
+    let mut kept = V1Client::connect(a.ws_addr, "tr", Some(&format!("{epoch}:17"))).await;
+    assert_eq!(kept.status.kind, "recovered");
+    for n in 18..=21 {
+        kept.expect_msg(n, &line("tr", "b", n)).await;
+    }
+    // A message over --history-bytes is numbered, not kept, and ends coverage before it.
+    let big = format!(r#"{{"uid":"tr","pad":"{}"}}"#, "x".repeat(300_000));
+    assert_eq!(push.request(&big).await, "ok\n");
+    kept.expect_msg(22, &big).await;
+    let after = V1Client::connect(b.ws_addr, "tr", Some(&format!("{epoch}:21"))).await;
+    assert_eq!(after.status.kind, "not_recovered");
+    assert_eq!(after.status.point(), format!("{epoch}:22"));
+}
+
+on_both!(
+    one_sequence_across_nodes_and_resume_on_another,
+    ledger_across_nodes_under_cuts,
+    resume_beyond_the_trimmed_history_is_not_recovered,
+);
+
+/// Three real daemons on one Redis; the one holding the user is killed with SIGKILL in
+/// the middle of a stream pushed through another. The client reconnects to the third
+/// with `since` and resumes: every push exactly once, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_killed_while_it_held_the_user_loses_nothing() {
+    const N: u64 = 600;
+    let redis = Redis::start().await;
+    let url = redis.url();
+    let args = [
+        "--redis",
+        &url,
+        "--history-messages",
+        "1000",
+        "--queue-depth",
+        "1024",
+    ];
+    let a = Launch::new().args(&args).start().await;
+    let mut b = Launch::new().args(&args).start().await;
+    let c = Launch::new().args(&args).start().await;
+    let mut tab = V1Client::connect(b.ws_addr, "k9", None).await;
+    let epoch = tab.status.epoch.clone();
+    let addr = a.push_addr;
+    let pusher = tokio::spawn(async move {
+        let mut push = PushClient::connect(addr).await;
+        for n in 1..=N {
+            let reply = push.request(&line("k9", "a", n)).await;
+            assert!(reply == "ok\n" || reply == "fail\n", "{reply}");
+            sleep(Duration::from_millis(1)).await;
+        }
+    });
+    let (mut last, mut killed, mut resumed) = (0, false, false);
+    while last < N {
+        match tab.next_or_reset(Duration::from_secs(10)).await {
+            V1Event::Msg(seq, payload) => {
+                assert_eq!(seq, last + 1, "consecutive, exactly once");
+                assert_eq!(payload, line("k9", "a", seq));
+                last = seq;
+            }
+            other => {
+                assert!(killed && !resumed, "unexpected {other:?}");
+                // The node died under the tab: resume on another one.
+                resumed = true;
+                let point = format!("{epoch}:{last}");
+                tab = V1Client::connect(c.ws_addr, "k9", Some(&point)).await;
+                assert_eq!(tab.status.kind, "recovered", "{:?}", tab.status);
+                continue;
+            }
+        }
+        if last == N / 3 && !killed {
+            killed = true;
+            b.kill9();
+        }
+    }
+    assert!(resumed, "the node was never seen to die");
+    pusher.await.expect("pusher");
+    tab.tab.expect_silence(Duration::from_millis(300)).await;
+}
+
+/// Redis unreachable: a v1 bind still completes in bounded time (`new` at the empty
+/// position; a resume `not_recovered`), and local pushes reach the tab unnumbered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_redis_v1_binds_complete_unnumbered() {
+    let dead = format!("redis://127.0.0.1:{}/", free_port());
+    let n = TestServer::start_with(pushwire::Config {
+        redis: Some(dead),
+        cluster_timeout: Duration::from_millis(300),
+        ..pushwire::Config::default()
+    })
+    .await;
+    let started = Instant::now();
+    let mut tab = V1Client::connect(n.ws_addr, "down", None).await;
+    assert_eq!(tab.status.point(), "0000000000000000:0");
+    assert_eq!(tab.status.kind, "new");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    let resumed = V1Client::connect(n.ws_addr, "down", Some("00000000000000ab:5")).await;
+    assert_eq!(resumed.status.kind, "not_recovered");
+    let mut push = PushClient::connect(n.push_addr).await;
+    assert_eq!(push.request(&line("down", "n", 1)).await, "ok\n");
+    assert_eq!(tab.next().await, V1Event::Broadcast(line("down", "n", 1)));
+}
