@@ -31,7 +31,7 @@ pub(crate) struct Upgraded {
     pub(crate) tcp: Transport,
     pub(crate) pending: Vec<u8>,
     pub(crate) query_token: Option<String>,
-    /// The URL's whole query string (protocol v1's `v=1&since=`).
+    /// The URL's whole query string (protocol v1's `pushwire=1&since=`).
     pub(crate) query: Option<String>,
 }
 

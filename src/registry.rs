@@ -201,6 +201,9 @@ impl Binding {
 
     /// Notes what the writer just sent, so acks are believed only that far.
     pub fn wrote(&self, batch: &[Payload]) {
+        if !self.enveloped {
+            return;
+        }
         if let Some(max) = batch
             .iter()
             .map(Payload::seq)

@@ -2,7 +2,7 @@
 //! with `Accept: text/event-stream` binds a uid (`?uid=`, or `?token=` with a JWT secret)
 //! as a protocol v1 connection and streams its messages as events (`docs/protocol.md`,
 //! "SSE"). `EventSource` reconnects by itself and sends `Last-Event-ID`, which resumes
-//! from history exactly like `?v=1&since=`.
+//! from history exactly like `?pushwire=1&since=`.
 //!
 //! The connection is a registry binding like any tab: it counts in presence, gets the
 //! same queue limits and the same slow-consumer policy, and a kick or an eviction ends the

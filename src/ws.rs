@@ -98,7 +98,8 @@ pub(crate) async fn serve(
         max_in: ctx.config.max_in(),
         enveloped: false,
     };
-    let mode = Mode::from_query(upgraded.query.as_deref());
+    // Moved out of `upgraded` now, so no part of it stays in the task after the bind.
+    let mode = Mode::from_query({ upgraded.query }.as_deref());
     let identified = tokio::select! {
         r = timeout_at(deadline, Box::pin(identify(&mut ws, upgraded.query_token, &ctx))) => match r {
             Ok(result) => result,
@@ -106,8 +107,8 @@ pub(crate) async fn serve(
         },
         () = ctx.ws_stop.cancelled() => Err(End::Shutdown),
     };
-    let uid = match identified.and_then(|uid| mode.clone().map(|_| uid).map_err(End::Closed)) {
-        Ok(uid) => uid,
+    let (uid, mode) = match identified.and_then(|uid| mode.map(|m| (uid, m)).map_err(End::Closed)) {
+        Ok(bound) => bound,
         Err(end) => {
             if let End::Closed(notice) = &end
                 && *notice != CloseNotice::BIND_TIMEOUT
@@ -119,7 +120,7 @@ pub(crate) async fn serve(
         }
     };
 
-    let binding = ctx.registry.bind_as(&uid, mode.unwrap_or(Mode::Seed));
+    let binding = ctx.registry.bind_as(&uid, mode);
     ws.enveloped = binding.enveloped();
     drop(places.pending);
     debug!(uid = %crate::logsafe::escaped(binding.uid()), "bound");

@@ -64,6 +64,11 @@ async fn opted_in_tabs_get_envelopes_and_seed_tabs_the_bare_line() {
     v1.expect_msg(4, &line("u", 4)).await;
     assert_eq!(seed.recv_text().await, line("u", 4));
     seed.expect_silence(Duration::from_millis(100)).await;
+    // A page's own query parameters (even `v=1`, `since=`) do not opt it in.
+    let mut own = WsClient::connect(&server.ws_url_path("/app?v=1&since=yesterday")).await;
+    own.bind("own", server.push_addr).await;
+    assert_eq!(push.request(&line("own", 1)).await, "ok\n");
+    assert_eq!(own.recv_text().await, line("own", 1));
     server.shutdown().await.unwrap();
 }
 
@@ -146,15 +151,22 @@ async fn a_resume_history_does_not_cover_says_not_recovered() {
         };
         assert_eq!(got, line("t", 99));
     }
-    // A malformed resume point of an opted-in client gets a close with the reason.
-    let mut tab = WsClient::connect(&server.ws_url_path("/?v=1&since=nope")).await;
-    tab.send_text("t").await;
-    assert_eq!(
-        tab.expect_close().await,
-        (1008, "bad since (want EPOCH:SEQ)".to_owned())
-    );
-    // Without v=1 the parameters are the page's own: the seed protocol, byte for byte.
-    for query in ["?since=0123456789abcdef:1", "?v=7", "?v=2&since=x"] {
+    // Malformed parameters of an opted-in client get a close with the reason.
+    for (query, reason) in [
+        ("?pushwire=1&since=nope", "bad since (want EPOCH:SEQ)"),
+        ("?pushwire=7", "unsupported protocol version"),
+    ] {
+        let mut tab = WsClient::connect(&server.ws_url_path(&format!("/{query}"))).await;
+        tab.send_text("t").await;
+        assert_eq!(
+            tab.expect_close().await,
+            (1008, reason.to_owned()),
+            "{query}"
+        );
+    }
+    // Without `pushwire` the parameters are the page's own: the seed protocol, byte for
+    // byte.
+    for query in ["?since=0123456789abcdef:1", "?v=7", "?v=1&since=x"] {
         let mut tab = WsClient::connect(&server.ws_url_path(&format!("/{query}"))).await;
         tab.bind("t", server.push_addr).await;
         assert_eq!(push.request(&line("t", 100)).await, "ok\n", "{query}");

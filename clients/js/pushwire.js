@@ -7,7 +7,7 @@
  *   pw.onstatus = function (status, detail) { ... }; // 'connected' | 'reconnecting' | 'not_recovered'
  *
  * It reconnects with jittered exponential backoff, resumes after the last message the
- * page processed (?v=1&since=EPOCH:SEQ), drops duplicates, and acknowledges each message
+ * page processed (?pushwire=1&since=EPOCH:SEQ), drops duplicates, and acknowledges each message
  * (`a SEQ`, cumulative) once onmessage has returned, so a backend waiting with
  * `/push ID ack=MS` learns the page really got it. On 'not_recovered' the daemon could not
  * replay what was missed (restart, history trimmed or expired): refetch your state.
@@ -55,7 +55,7 @@
       if (self.stopped) {
         return;
       }
-      var query = 'v=1';
+      var query = 'pushwire=1';
       if (self.last) {
         query += '&since=' + self.last.epoch + ':' + self.last.seq;
       }

@@ -102,7 +102,7 @@ impl Position {
 pub enum Mode {
     /// The seed's protocol: pushed lines as they are.
     Seed,
-    /// `?v=1`: enveloped messages, a status frame, acks; `since` to resume.
+    /// `?pushwire=1`: enveloped messages, a status frame, acks; `since` to resume.
     V1 {
         /// Where to resume, if given.
         since: Option<Position>,
@@ -113,32 +113,40 @@ pub enum Mode {
 pub mod refusals {
     use super::CloseNotice;
 
-    /// 1008: an opted-in (`v=1`) `since` that is not `EPOCH:SEQ`.
+    /// 1008: `pushwire` is not a version this daemon speaks.
+    pub const VERSION: CloseNotice = CloseNotice::fixed(1008, "unsupported protocol version");
+    /// 1008: an opted-in connection's `since` is not `EPOCH:SEQ`.
     pub const SINCE: CloseNotice = CloseNotice::fixed(1008, "bad since (want EPOCH:SEQ)");
 }
 
 impl Mode {
-    /// The mode a query string asks for; `Err` is the close the connection gets. Only
-    /// `v=1` opts in: a seed page's URL may carry any other parameter (`v=2` as a cache
-    /// buster, its own `since`) and keeps the seed's protocol byte for byte.
+    /// The mode a query string asks for; `Err` is the close the connection gets.
+    ///
+    /// The parameter is `pushwire`, not a short `v`: pages already put their own
+    /// parameters on the WebSocket URL (`?v=2` for an app version, `?since=` of their
+    /// own), and a seed page must never opt in, or be refused, by accident. Nothing else
+    /// is read unless `pushwire` is there.
     pub fn from_query(query: Option<&str>) -> Result<Mode, CloseNotice> {
         let Some(query) = query else {
             return Ok(Mode::Seed);
         };
         let param = |name| crate::urlencoded::param(query.as_bytes(), name);
-        if param("v").as_deref() != Some(b"1") {
-            return Ok(Mode::Seed);
+        match param("pushwire").as_deref() {
+            None => Ok(Mode::Seed),
+            Some(b"1") => {
+                let since = match param("since") {
+                    None => None,
+                    Some(raw) => Some(
+                        std::str::from_utf8(&raw)
+                            .ok()
+                            .and_then(Position::parse)
+                            .ok_or(refusals::SINCE)?,
+                    ),
+                };
+                Ok(Mode::V1 { since })
+            }
+            Some(_) => Err(refusals::VERSION),
         }
-        let since = match param("since") {
-            None => None,
-            Some(raw) => Some(
-                std::str::from_utf8(&raw)
-                    .ok()
-                    .and_then(Position::parse)
-                    .ok_or(refusals::SINCE)?,
-            ),
-        };
-        Ok(Mode::V1 { since })
     }
 }
 
@@ -194,20 +202,25 @@ mod tests {
         }
         assert_eq!(Mode::from_query(None), Ok(Mode::Seed));
         assert_eq!(Mode::from_query(Some("token=x")), Ok(Mode::Seed));
-        assert_eq!(Mode::from_query(Some("v=1")), Ok(Mode::V1 { since: None }));
         assert_eq!(
-            Mode::from_query(Some("v=1&since=00000000000000ff%3A3")),
+            Mode::from_query(Some("pushwire=1")),
+            Ok(Mode::V1 { since: None })
+        );
+        assert_eq!(
+            Mode::from_query(Some("pushwire=1&since=00000000000000ff%3A3")),
             Ok(Mode::V1 {
                 since: Some(Position { epoch: 255, seq: 3 })
             })
         );
-        // Only v=1 opts in; the rest is a seed page's own business.
-        assert_eq!(Mode::from_query(Some("v=2")), Ok(Mode::Seed));
-        assert_eq!(Mode::from_query(Some("v=1&since=1")), Err(refusals::SINCE));
+        assert_eq!(Mode::from_query(Some("pushwire=2")), Err(refusals::VERSION));
         assert_eq!(
-            Mode::from_query(Some("since=00000000000000ff:3")),
-            Ok(Mode::Seed)
+            Mode::from_query(Some("pushwire=1&since=1")),
+            Err(refusals::SINCE)
         );
+        // A page's own parameters never opt in, nor get refused.
+        for seed in ["v=1", "v=2&since=yesterday", "since=00000000000000ff:3"] {
+            assert_eq!(Mode::from_query(Some(seed)), Ok(Mode::Seed), "{seed}");
+        }
         assert_eq!(parse_ack("a 12"), Some(12));
         assert_eq!(parse_ack("a "), None);
         assert_eq!(parse_ack("a -1"), None);

@@ -1,4 +1,4 @@
-//! A protocol v1 browser (`docs/protocol.md`): `?v=1[&since=EPOCH:SEQ]`, the uid as the
+//! A protocol v1 browser (`docs/protocol.md`): `?pushwire=1[&since=EPOCH:SEQ]`, the uid as the
 //! first frame, then a status frame and enveloped messages. Parsing here is strict: a
 //! frame that is not what the protocol says fails the test.
 
@@ -74,12 +74,12 @@ pub fn parse_frame(text: &str) -> V1Event {
 }
 
 impl V1Client {
-    /// Connects with `?v=1` (and `since`), sends `uid`, reads the status frame: once it
+    /// Connects with `?pushwire=1` (and `since`), sends `uid`, reads the status frame: once it
     /// is here the tab is bound.
     pub async fn connect(ws_addr: SocketAddr, uid: &str, since: Option<&str>) -> V1Client {
         let url = match since {
-            Some(p) => format!("ws://{ws_addr}/?v=1&since={p}"),
-            None => format!("ws://{ws_addr}/?v=1"),
+            Some(p) => format!("ws://{ws_addr}/?pushwire=1&since={p}"),
+            None => format!("ws://{ws_addr}/?pushwire=1"),
         };
         let mut tab = WsClient::connect(&url).await;
         tab.send_text(uid).await;

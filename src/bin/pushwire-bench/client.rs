@@ -218,7 +218,7 @@ pub async fn client(
 
     // From here on only server frames are read, by the lean reader (the handshake left
     // nothing buffered: the server sends nothing before it has the uid).
-    let why = receive(ws.into_inner(), uid, i, net.ws_url.contains("v=1")).await;
+    let why = receive(ws.into_inner(), uid, i, net.ws_url.contains("pushwire=1")).await;
     fleet.up[i].store(false, Ordering::Release);
     fleet.alive.fetch_sub(1, Ordering::AcqRel);
     if !fleet.closing.load(Ordering::Acquire) {

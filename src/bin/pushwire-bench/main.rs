@@ -93,7 +93,7 @@ pub struct Opts {
     #[arg(long, global = true, default_value_t = 0)]
     pub pad: usize,
 
-    /// Clients opt in to protocol v1 (`?v=1`, docs/protocol.md): each message comes as
+    /// Clients opt in to protocol v1 (`?pushwire=1`, docs/protocol.md): each message comes as
     /// `m SEQ PAYLOAD` after a status frame; the bench checks PAYLOAD as usual. Against a
     /// server that ignores the parameter the frames arrive bare and are checked as they are.
     #[arg(long, global = true)]
@@ -373,7 +373,7 @@ fn setup_and_run(o: Opts) -> Result<i32, String> {
         .map_err(|e| format!("tokio runtime: {e}"))?;
     let ws_url = if o.v1 {
         let sep = if o.ws.contains('?') { '&' } else { '?' };
-        format!("{}{sep}v=1", o.ws)
+        format!("{}{sep}pushwire=1", o.ws)
     } else {
         o.ws.clone()
     };
