@@ -105,6 +105,7 @@ check_file "$unit" 644 root
 check_file "$env_file" 600 root
 check_file /usr/share/pushwire/Pushwire.php 644 root
 check_file /usr/share/pushwire/pushwire.js 644 root
+check_file /usr/share/doc/pushwire/examples/nginx-pushwire.conf 644 root
 check_file /usr/share/doc/pushwire/README.md 644 root
 dpkg-query -W -f='${Conffiles}\n' pushwire | grep -q "^ $env_file " ||
 	die "$env_file is not a conffile of the package"
