@@ -1081,3 +1081,34 @@ mod frames {
         }
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// Protocol v1's browser side (docs/protocol.md)
+// ---------------------------------------------------------------------------------------
+
+proptest! {
+    /// The opt-in query, resume points, acks and `/push` options never panic on any
+    /// text; positions and acks round-trip; a query without `pushwire` is always the
+    /// seed's protocol, whatever else it holds.
+    #[test]
+    fn v1_parsers_never_panic_and_round_trip(
+        text in any::<String>(),
+        query in "[a-z=&%0-9:]{0,40}",
+        epoch in any::<u64>(),
+        seq in 0u64..u64::MAX,
+    ) {
+        use pushwire::wire::envelope::{Mode, Position, parse_ack};
+        let _ = Mode::from_query(Some(&text));
+        let _ = Position::parse(&text);
+        let _ = parse_ack(&text);
+        let _ = command::parse(&format!("/push 1 {text}"), 10);
+        if !query.contains("pushwire") {
+            prop_assert_eq!(Mode::from_query(Some(&query)), Ok(Mode::Seed));
+        }
+        let p = Position { epoch, seq };
+        prop_assert_eq!(Position::parse(&p.to_string()), Some(p));
+        prop_assert_eq!(parse_ack(&format!("a {seq}")), Some(seq));
+        let since = format!("pushwire=1&since={p}");
+        prop_assert_eq!(Mode::from_query(Some(&since)), Ok(Mode::V1 { since: Some(p) }));
+    }
+}

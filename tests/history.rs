@@ -669,3 +669,67 @@ async fn the_browser_port_serves_pushwire_js() {
     tab.bind("p", server.push_addr).await;
     server.shutdown().await.unwrap();
 }
+
+/// Each history bound over real sockets: bytes per uid, age, the total over all uids;
+/// and the dedupe table's entry bound.
+#[tokio::test]
+async fn every_history_bound_holds() {
+    let server = TestServer::start_with(pushwire::Config {
+        history_bytes: 2 * line("b", 1).len(),
+        history_age: Duration::from_millis(300),
+        history_total_bytes: 4 * (line("b", 1).len() + pushwire::history::ENTRY_OVERHEAD),
+        dedupe_max_entries: 1,
+        ..config()
+    })
+    .await;
+    let mut push = PushClient::connect(server.push_addr).await;
+    // Bytes per uid: two lines fit, the third pushes the first out.
+    let tab = V1Client::connect(server.ws_addr, "b", None).await;
+    let epoch = tab.status.epoch.clone();
+    for n in 1..=3 {
+        push.request(&line("b", n)).await;
+    }
+    let from = |seq| format!("{epoch}:{seq}");
+    let r = V1Client::connect(server.ws_addr, "b", Some(&from(0))).await;
+    assert_eq!(r.status.kind, "not_recovered");
+    let mut r = V1Client::connect(server.ws_addr, "b", Some(&from(1))).await;
+    assert_eq!(r.status.kind, "recovered");
+    r.expect_msg(2, &line("b", 2)).await;
+    r.expect_msg(3, &line("b", 3)).await;
+    // The total: "b" holds 2 of the 4 that fit; "c" keeps 2; "d" has nothing of its own
+    // to make room with, so it keeps nothing (counted) and its resume is not covered.
+    let c = V1Client::connect(server.ws_addr, "c", None).await;
+    for n in 1..=2 {
+        push.request(&line("c", n)).await;
+    }
+    let d = V1Client::connect(server.ws_addr, "d", None).await;
+    push.request(&line("d", 1)).await;
+    assert!(
+        push.request("/stats")
+            .await
+            .contains(r#""history_refused":1,"#)
+    );
+    let again =
+        V1Client::connect(server.ws_addr, "d", Some(&format!("{}:0", d.status.epoch))).await;
+    assert_eq!(again.status.kind, "not_recovered");
+    let c2 = V1Client::connect(server.ws_addr, "c", Some(&format!("{}:0", c.status.epoch))).await;
+    assert_eq!(c2.status.kind, "recovered");
+    // Age: past 300 ms nothing of "c" is kept any more.
+    sleep(Duration::from_millis(400)).await;
+    let old = V1Client::connect(server.ws_addr, "c", Some(&format!("{}:0", c.status.epoch))).await;
+    assert_eq!(old.status.kind, "not_recovered");
+    // The dedupe table holds one entry: a newer push makes it forget the older one.
+    let (p1, p2) = (
+        format!("/push 1 {}", line("b", 10)),
+        format!("/push 2 {}", line("b", 11)),
+    );
+    assert_eq!(cmd(&mut push, &p1).await["result"], "delivered");
+    assert_eq!(cmd(&mut push, &p2).await["result"], "delivered");
+    assert_eq!(cmd(&mut push, &p2).await["result"], "duplicate");
+    assert_eq!(
+        cmd(&mut push, &p1).await["result"],
+        "delivered",
+        "forgotten"
+    );
+    server.shutdown().await.unwrap();
+}
