@@ -116,6 +116,30 @@ pub struct Remote {
     pub answered: usize,
     /// Redis could not be asked (down, or the publish queue is full).
     pub unavailable: bool,
+    /// Its place in the uid's history (numbered pushes with history on).
+    pub at: Option<Position>,
+    /// `ttl=`: no node held the uid, so it was kept in the uid's offline queue.
+    pub queued: bool,
+}
+
+/// What Redis said about one publish or numbering script.
+#[derive(Debug, Clone, Copy, Default)]
+struct Published {
+    /// Subscribers that got it.
+    receivers: i64,
+    at: Option<Position>,
+    queued: bool,
+}
+
+/// The answer to a cluster-wide retry claim ([`Cluster::claim`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RemoteClaim {
+    /// Not seen within the window on any node: run it, then [`Cluster::settle`] the key.
+    Fresh(String),
+    /// Seen: what the first did (`None` while it still runs).
+    Duplicate(Option<crate::dedupe::First>),
+    /// Redis could not tell in time: the caller falls back to this node's memory.
+    Down,
 }
 
 /// This node's link to the cluster.
@@ -153,7 +177,7 @@ struct Outgoing {
     /// Set for a push numbered in Redis: the script runs instead of a plain publish
     /// (`message` is then the payload).
     numbered: Option<Numbered>,
-    done: Option<oneshot::Sender<Option<i64>>>,
+    done: Option<oneshot::Sender<Option<Published>>>,
 }
 
 /// A push to run through the numbering script.
@@ -414,10 +438,12 @@ impl Cluster {
             if queued.is_err() {
                 return unavailable(&this);
             }
-            let receivers = match tokio::time::timeout_at(deadline, count_rx).await {
-                Ok(Ok(Some(n))) => usize::try_from(n).unwrap_or(0),
+            let published = match tokio::time::timeout_at(deadline, count_rx).await {
+                Ok(Ok(Some(p))) => p,
                 _ => return unavailable(&this),
             };
+            let receivers = usize::try_from(published.receivers).unwrap_or(0);
+            let (at, queued) = (published.at, published.queued);
             {
                 let mut waiting = this.lock_waiting();
                 let Some(w) = waiting.get_mut(&req) else {
@@ -429,6 +455,8 @@ impl Cluster {
                     let remote = Remote {
                         delivery: w.delivery,
                         answered: w.answered,
+                        at,
+                        queued,
                         ..Remote::default()
                     };
                     return (remote, w.bodies);
@@ -441,6 +469,8 @@ impl Cluster {
                 missing: receivers.saturating_sub(w.got),
                 answered: w.answered,
                 unavailable: false,
+                at,
+                queued,
             };
             (remote, w.bodies)
         }
@@ -614,6 +644,48 @@ impl Cluster {
         let args = vec![uid.to_owned(), group_key("")];
         let _: i64 = self.cmd.eval(FORGET_SCRIPT, keys, args).await?;
         Ok(())
+    }
+
+    /// Claims `id` + `line` cluster-wide for `window`: one script (`GET`, else `SET
+    /// pw:d:<hash> p PX window`), bounded by `--cluster-timeout-ms`. The key is a SHA-256
+    /// of the ID and the line, the same on every node.
+    pub async fn claim(&self, id: &str, line: &[u8], window: Duration) -> RemoteClaim {
+        if !self.is_up() {
+            return RemoteClaim::Down;
+        }
+        let key = dedupe_key(id, line);
+        let ms = window.as_millis().max(1).to_string();
+        let asked = tokio::time::timeout(
+            self.timeout,
+            self.cmd
+                .eval::<Option<String>, _, _, _>(CLAIM_SCRIPT, vec![key.clone()], vec![ms]),
+        )
+        .await;
+        match asked {
+            Ok(Ok(None)) => RemoteClaim::Fresh(key),
+            Ok(Ok(Some(first))) => RemoteClaim::Duplicate(parse_first(&first)),
+            Ok(Err(err)) => {
+                debug!(%err, "retry claim failed: this node's memory decides");
+                RemoteClaim::Down
+            }
+            Err(_) => RemoteClaim::Down,
+        }
+    }
+
+    /// Records what a claimed push did (`Some`: accepted, kept for the rest of the
+    /// window; `None`: forgotten, so a retry runs). Bounded by `--cluster-timeout-ms`;
+    /// a failure leaves the claim `pending` until its window ends.
+    pub async fn settle(&self, key: String, first: Option<crate::dedupe::First>) {
+        let cmd = match first {
+            Some(f) => self.cmd.custom::<Value, _>(
+                fred::cmd!("SET"),
+                vec![key, first_text(&f), "XX".to_owned(), "KEEPTTL".to_owned()],
+            ),
+            None => self.cmd.custom::<Value, _>(fred::cmd!("DEL"), vec![key]),
+        };
+        if let Ok(Err(err)) = tokio::time::timeout(self.timeout, cmd).await {
+            debug!(%err, "retry settle failed");
+        }
     }
 
     /// Starts (or restarts) `uid`'s grace period, ending at `deadline_ms`.
@@ -1006,10 +1078,11 @@ async fn publisher(cluster: Arc<Cluster>, mut queue: mpsc::Receiver<Outgoing>) {
         }
         for (i, out) in batch.drain(..).enumerate() {
             let n = match results.get(i) {
-                Some(Ok(Value::Array(items))) if out.numbered.is_some() => {
-                    items.first().and_then(Value::as_i64)
-                }
-                Some(Ok(v)) if out.numbered.is_none() => v.as_i64(),
+                Some(Ok(Value::Array(items))) if out.numbered.is_some() => parse_pushed(items),
+                Some(Ok(v)) if out.numbered.is_none() => v.as_i64().map(|receivers| Published {
+                    receivers,
+                    ..Published::default()
+                }),
                 Some(Err(err)) if out.numbered.is_some() => {
                     debug!(%err, "numbering script failed");
                     None
@@ -1021,6 +1094,24 @@ async fn publisher(cluster: Arc<Cluster>, mut queue: mpsc::Receiver<Outgoing>) {
             }
         }
     }
+}
+
+/// The push script's answer: {receivers, seq (0: unnumbered), epoch, queued (0/1)}.
+fn parse_pushed(items: &[Value]) -> Option<Published> {
+    let receivers = items.first()?.as_i64()?;
+    let seq = items.get(1).and_then(Value::as_u64).unwrap_or(0);
+    let epoch = items
+        .get(2)
+        .and_then(|v| v.as_str().and_then(|e| u64::from_str_radix(&e, 16).ok()));
+    let at = epoch
+        .filter(|_| seq > 0)
+        .map(|epoch| Position { epoch, seq });
+    let queued = items.get(3).and_then(Value::as_i64) == Some(1);
+    Some(Published {
+        receivers,
+        at,
+        queued,
+    })
 }
 
 /// `EVAL`/`EVALSHA`, routed to `slot` (its first argument is the script, not a key).
@@ -1272,6 +1363,58 @@ async fn watch(cluster: Arc<Cluster>) {
         was_up = up;
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
+}
+
+/// A retry claim: the first outcome if the key exists, else `p` (pending) for the window.
+const CLAIM_SCRIPT: &str = r#"
+local v = redis.call('GET', KEYS[1])
+if v then return v end
+redis.call('SET', KEYS[1], 'p', 'PX', ARGV[1])
+return false
+"#;
+
+/// `pw:d:` and the hex SHA-256 (first 128 bits) of the ID, a NUL and the line.
+fn dedupe_key(id: &str, line: &[u8]) -> String {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    h.update(id.as_bytes());
+    h.update([0u8]);
+    h.update(line);
+    let digest = h.finalize();
+    let mut key = String::with_capacity(5 + 32);
+    key.push_str("pw:d:");
+    for b in &digest[..16] {
+        key.push_str(&format!("{b:02x}"));
+    }
+    key
+}
+
+/// A first outcome as kept in Redis: `d` (delivered) or `q` (queued), then ` EPOCH SEQ`
+/// if it had a place in a history.
+fn first_text(f: &crate::dedupe::First) -> String {
+    let kind = if f.queued { "q" } else { "d" };
+    match f.at {
+        Some(at) => format!("{kind} {} {}", ch::epoch_text(at.epoch), at.seq),
+        None => kind.to_owned(),
+    }
+}
+
+/// [`first_text`] back; `None` for `p` (still running) or anything else.
+fn parse_first(text: &str) -> Option<crate::dedupe::First> {
+    let mut it = text.split(' ');
+    let queued = match it.next()? {
+        "d" => false,
+        "q" => true,
+        _ => return None,
+    };
+    let at = match (it.next(), it.next()) {
+        (Some(e), Some(s)) => Some(Position {
+            epoch: u64::from_str_radix(e, 16).ok()?,
+            seq: s.parse().ok()?,
+        }),
+        _ => None,
+    };
+    Some(crate::dedupe::First { queued, at })
 }
 
 const UID_PREFIX: &str = "pw:u:";

@@ -83,12 +83,12 @@ end
 /// history gets the message unnumbered (`0 0`); one with a history numbers it, keeps
 /// it (unless it alone is over the bytes bound: then nothing older is kept either) and
 /// trims. Either way it is published as `NODE REQ h\nEPOCH SEQ\nPAYLOAD`. Returns
-/// {subscribers that got it, its sequence or 0}.
+/// {subscribers that got it, its sequence or 0, the epoch or '', queued 0/1}.
 const PUSH: &str = r#"
 local head = ARGV[2] .. ' ' .. ARGV[3] .. ' h\n'
 local epoch = redis.call('HGET', KEYS[1], 'e')
 if not epoch then
-  return {redis.call('SPUBLISH', ARGV[1], head .. '0 0\n' .. ARGV[4]), 0}
+  return {redis.call('SPUBLISH', ARGV[1], head .. '0 0\n' .. ARGV[4]), 0, '', 0}
 end
 local seq = redis.call('HINCRBY', KEYS[1], 's', 1)
 local len = #ARGV[4]
@@ -103,7 +103,7 @@ else
   local ttl = redis.call('PTTL', KEYS[1])
   if ttl > 0 then redis.call('PEXPIRE', KEYS[2], ttl) end
 end
-return {redis.call('SPUBLISH', ARGV[1], head .. epoch .. ' ' .. seq .. '\n' .. ARGV[4]), seq}
+return {redis.call('SPUBLISH', ARGV[1], head .. epoch .. ' ' .. seq .. '\n' .. ARGV[4]), seq, epoch, 0}
 "#;
 
 /// The attach script, after [`TRIM`]. KEYS: hash, list. ARGV: an epoch for a history
