@@ -183,9 +183,11 @@ struct Outgoing {
 /// A push to run through the numbering script.
 struct Numbered {
     slot: u16,
-    keys: [String; 2],
+    keys: [String; 3],
     node: String,
     req: u64,
+    /// `ttl=` in ms (0: none).
+    queue_ttl: u64,
 }
 
 impl std::fmt::Debug for Outgoing {
@@ -322,6 +324,17 @@ impl Cluster {
         uid: &str,
         payload: &Payload,
     ) -> impl Future<Output = Remote> + use<> {
+        self.push_kept(uid, payload, None)
+    }
+
+    /// [`Cluster::push`]; with `queue_for` (history on), a uid no node holds gets it in
+    /// its offline queue in Redis (`Remote::queued`), its history created if missing.
+    pub fn push_kept(
+        self: &Arc<Self>,
+        uid: &str,
+        payload: &Payload,
+        queue_for: Option<Duration>,
+    ) -> impl Future<Output = Remote> + use<> {
         let channel = uid_channel(uid);
         let numbered = self.history.map(|_| {
             let (slot, keys) = ch::keys(uid, &channel);
@@ -330,6 +343,7 @@ impl Cluster {
                 keys,
                 node: self.node.clone(),
                 req: 0,
+                queue_ttl: queue_for.map_or(0, |t| (t.as_millis() as u64).max(1)),
             }
         });
         let gathered = self.gather_as(channel, numbered, Ask::Push, payload.as_bytes());
@@ -778,8 +792,22 @@ impl RemoteHistory for Hook {
         if let Some(cluster) = self.0.upgrade() {
             let uid = uid.clone();
             tokio::spawn(async move {
-                let (status, base, replay) = cluster.attach(&uid, since).await;
-                cluster.registry.resumed(&uid, conn, status, base, replay);
+                let (status, base, replay, head) = cluster.attach(&uid, since).await;
+                cluster
+                    .registry
+                    .resumed(&uid, conn, status, base, replay, head);
+            });
+        }
+    }
+
+    fn seed_bound(&self, uid: &Uid, conn: ConnId) {
+        if let Some(cluster) = self.0.upgrade() {
+            let uid = uid.clone();
+            tokio::spawn(async move {
+                let queued = cluster.take_queued(&uid).await;
+                if !queued.is_empty() {
+                    cluster.registry.deliver_to(&uid, conn, queued);
+                }
             });
         }
     }
@@ -796,7 +824,7 @@ impl Cluster {
         &self,
         uid: &Uid,
         since: Option<Position>,
-    ) -> (Status, Position, Vec<(Seq, Payload)>) {
+    ) -> (Status, Position, Vec<(Seq, Payload)>, Seq) {
         let unknown = (
             if since.is_some() {
                 Status::NotRecovered
@@ -805,6 +833,7 @@ impl Cluster {
             },
             Position { epoch: 0, seq: 0 },
             Vec::new(),
+            0,
         );
         let Some(limits) = self.history else {
             return unknown;
@@ -818,7 +847,7 @@ impl Cluster {
         }
         let channel = uid_channel(uid);
         let (slot, keys) = ch::keys(uid, &channel);
-        let mut args: Vec<Value> = vec![ch::attach_script().into(), "2".into()];
+        let mut args: Vec<Value> = vec![ch::attach_script().into(), "3".into()];
         args.extend(keys.iter().map(|k| Value::from(k.as_str())));
         for a in [
             ch::epoch_text(ch::new_epoch()),
@@ -858,19 +887,57 @@ impl Cluster {
             } else {
                 Status::New
             };
-            return (status, head, Vec::new());
+            // The offline queue, as on a single node: the base is just before it.
+            let queued = numbered_payloads(found.queued);
+            let base = queued.first().map_or(head, |(seq, _)| Position {
+                epoch: head.epoch,
+                seq: seq - 1,
+            });
+            return (status, base, queued, head.seq);
         };
-        let replay = found
-            .after
+        let after = found.after.into_iter().filter(|(seq, _)| *seq > from.seq);
+        (Status::Recovered, from, numbered_payloads(after), head.seq)
+    }
+
+    /// A seed tab of `uid` bound here: once this node hears the uid's channel (so later
+    /// pushes reach it live), takes the uid's offline queue from Redis, in order, once.
+    /// Nothing if Redis cannot tell in time (the queue stays for the next bind).
+    async fn take_queued(&self, uid: &Uid) -> Vec<Payload> {
+        if self.history.is_none() {
+            return Vec::new();
+        }
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        while !self.hears(uid) {
+            if tokio::time::Instant::now() >= deadline {
+                return Vec::new();
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        let (slot, [_, _, queue]) = ch::keys(uid, &uid_channel(uid));
+        let args: Vec<Value> = vec![
+            ch::take_script().into(),
+            "1".into(),
+            queue.into(),
+            now_ms().to_string().into(),
+        ];
+        let taken = tokio::time::timeout_at(
+            deadline,
+            self.cmd
+                .custom::<Vec<Bytes>, _>(script_command("EVAL", slot), args),
+        )
+        .await;
+        let entries = match taken {
+            Ok(Ok(items)) => ch::parse_entries(items.into_iter().map(|b| b.to_vec())),
+            Ok(Err(err)) => {
+                debug!(%err, "offline queue read failed");
+                None
+            }
+            Err(_) => None,
+        };
+        numbered_payloads(entries.unwrap_or_default())
             .into_iter()
-            .filter(|(seq, _)| *seq > from.seq)
-            .filter_map(|(seq, msg)| {
-                Payload::new(Bytes::from(msg))
-                    .ok()
-                    .map(|p| (seq, p.into_numbered(seq)))
-            })
-            .collect();
-        (Status::Recovered, from, replay)
+            .map(|(_, p)| p)
+            .collect()
     }
 
     /// True once this node's subscription to `uid`'s channel is in, with no change of
@@ -916,8 +983,8 @@ async fn keep_histories(cluster: Arc<Cluster>) {
         for chunk in held.chunks(PIPELINE_MAX / 2) {
             let pipeline = cluster.cmd.pipeline();
             for uid in chunk {
-                let (_, keys) = ch::keys(uid, &uid_channel(uid));
-                for key in keys {
+                let (_, [meta, list, _queue]) = ch::keys(uid, &uid_channel(uid));
+                for key in [meta, list] {
                     let _: Result<(), _> = pipeline.pexpire(key, keep, None).await;
                 }
             }
@@ -1096,6 +1163,18 @@ async fn publisher(cluster: Arc<Cluster>, mut queue: mpsc::Receiver<Outgoing>) {
     }
 }
 
+/// Kept entries as payloads carrying their number.
+fn numbered_payloads(entries: impl IntoIterator<Item = (Seq, Vec<u8>)>) -> Vec<(Seq, Payload)> {
+    entries
+        .into_iter()
+        .filter_map(|(seq, msg)| {
+            Payload::new(Bytes::from(msg))
+                .ok()
+                .map(|p| (seq, p.into_numbered(seq)))
+        })
+        .collect()
+}
+
 /// The push script's answer: {receivers, seq (0: unnumbered), epoch, queued (0/1)}.
 fn parse_pushed(items: &[Value]) -> Option<Published> {
     let receivers = items.first()?.as_i64()?;
@@ -1130,9 +1209,10 @@ fn script_args(cluster: &Cluster, out: &Outgoing, n: &Numbered, script: &str) ->
     });
     let mut args: Vec<Value> = vec![
         script.into(),
-        "2".into(),
+        "3".into(),
         n.keys[0].as_str().into(),
         n.keys[1].as_str().into(),
+        n.keys[2].as_str().into(),
         out.channel.as_str().into(),
         n.node.as_str().into(),
         n.req.to_string().into(),
@@ -1143,9 +1223,11 @@ fn script_args(cluster: &Cluster, out: &Outgoing, n: &Numbered, script: &str) ->
         limits.messages as u64,
         limits.bytes as u64,
         limits.age.as_millis() as u64,
+        n.queue_ttl,
     ] {
         args.push(number.to_string().into());
     }
+    args.push(ch::epoch_text(ch::new_epoch()).into());
     args
 }
 

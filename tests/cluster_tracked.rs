@@ -7,7 +7,9 @@ mod common;
 use std::time::Duration;
 
 use common::redis::*;
+use common::v1::V1Client;
 use common::*;
+use tokio::time::sleep;
 
 async fn node(url: &str, history_messages: usize) -> TestServer {
     TestServer::start_with(pushwire::Config {
@@ -73,6 +75,67 @@ async fn a_retry_through_another_node_is_a_duplicate(url: &str) {
 }
 
 on_both!(a_retry_through_another_node_is_a_duplicate);
+
+/// `ttl=` to a uid no node holds: `queued`, numbered in the uid's history in Redis
+/// (created for it); the next bind on any node gets the queue once, in order (a v1 tab
+/// as `m SEQ` after a `new` status just below it, a seed tab the bare lines); past its
+/// TTL an entry is gone. Plain lines to an offline uid still answer `fail`.
+async fn the_offline_queue_is_shared_by_the_nodes(url: &str) {
+    let (a, b) = (node(url, 100).await, node(url, 100).await);
+    for n in [&a, &b] {
+        // Up: a v1 bind read a history from Redis.
+        let warm = V1Client::connect(n.ws_addr, "warm", None).await;
+        assert_ne!(warm.status.epoch, "0000000000000000", "redis up");
+    }
+    let mut via_a = PushClient::connect(a.push_addr).await;
+    let mut via_b = PushClient::connect(b.push_addr).await;
+    let q1 = via_a
+        .request(&format!("/push 1 ttl=5000 {}", j("q1", "one")))
+        .await;
+    assert!(q1.contains("\"result\":\"queued\""), "{q1}");
+    assert!(q1.contains("\"seq\":1,"), "{q1}");
+    let q2 = via_b
+        .request(&format!("/push 2 ttl=5000 {}", j("q1", "two")))
+        .await;
+    assert!(q2.contains("\"result\":\"queued\""), "{q2}");
+    assert!(q2.contains("\"seq\":2,"), "{q2}");
+    assert_eq!(via_a.request(&j("q1", "plain")).await, "fail\n");
+    // A v1 tab binds on b: the queue (not the plain line), in order, then live.
+    let mut tab = V1Client::connect(b.ws_addr, "q1", None).await;
+    assert_eq!(tab.status.kind, "new");
+    assert_eq!(tab.status.seq, 0);
+    tab.expect_msg(1, &j("q1", "one")).await;
+    tab.expect_msg(2, &j("q1", "two")).await;
+    assert_eq!(via_a.request(&j("q1", "live")).await, "ok\n");
+    tab.expect_msg(4, &j("q1", "live")).await;
+    // Once: a second tab, on a, gets only the status.
+    let mut again = V1Client::connect(a.ws_addr, "q1", None).await;
+    assert_eq!(again.status.seq, 4);
+    again.tab.expect_silence(Duration::from_millis(200)).await;
+
+    // A seed tab takes a queue too, whichever node queued it.
+    let q3 = via_a
+        .request(&format!("/push 3 ttl=5000 {}", j("q3", "seed")))
+        .await;
+    assert!(q3.contains("\"result\":\"queued\""), "{q3}");
+    let mut seed = WsClient::connect(&b.ws_url()).await;
+    seed.send_text("q3").await;
+    assert_eq!(seed.recv_text().await, j("q3", "seed"));
+    seed.expect_silence(Duration::from_millis(200)).await;
+
+    // Past its TTL: gone.
+    let q4 = via_b
+        .request(&format!("/push 4 ttl=200 {}", j("q4", "late")))
+        .await;
+    assert!(q4.contains("\"result\":\"queued\""), "{q4}");
+    sleep(Duration::from_millis(400)).await;
+    let mut late = V1Client::connect(a.ws_addr, "q4", None).await;
+    // The history made for it lived as long as its TTL: a new one.
+    assert_eq!(late.status.kind, "new");
+    late.tab.expect_silence(Duration::from_millis(300)).await;
+}
+
+on_both!(the_offline_queue_is_shared_by_the_nodes);
 
 /// Redis unreachable: retries through the same node are still caught (its memory).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

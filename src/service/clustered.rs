@@ -6,7 +6,7 @@
 
 use std::borrow::Cow;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::tracked::{duplicate, reply};
 use super::{PushReply, PushResult, Reply, Response, count_into};
@@ -28,9 +28,9 @@ pub(super) fn push(
     target: Result<Cow<'_, str>, BadLine>,
 ) -> Response {
     let id = id.into_owned();
-    if !options.is_empty() {
+    if options.ack.is_some() {
         return Response::Ready(Reply::error(
-            "ttl= and ack= are single-node only (not in cluster mode yet)",
+            "ack= is single-node only (not in cluster mode yet)",
         ));
     }
     let uid = match target {
@@ -54,6 +54,10 @@ pub(super) fn push(
         metrics: state.metrics.clone(),
         uid,
         msg: msg.clone(),
+        queue_for: options
+            .ttl
+            .filter(|&ms| ms > 0)
+            .map(|ms| Duration::from_millis(ms).min(state.config.max_queue_ttl)),
     };
     let window = state
         .config
@@ -110,6 +114,8 @@ struct Job {
     metrics: Arc<Metrics>,
     uid: String,
     msg: Payload,
+    /// `ttl=`, bounded by `--max-queue-ttl-ms`.
+    queue_for: Option<Duration>,
 }
 
 impl Job {
@@ -117,12 +123,15 @@ impl Job {
     /// future waits (bounded) for the other holders' answers.
     fn start(self) -> impl Future<Output = (PushResult, Pushed)> + Send + 'static {
         let local = self.registry.push(&self.uid, &self.msg);
-        let remote = self.cluster.push(&self.uid, &self.msg);
+        let remote = self.cluster.push_kept(&self.uid, &self.msg, self.queue_for);
         let metrics = self.metrics;
         async move {
             let remote: Remote = remote.await;
             let total = local + remote.delivery;
             count_into(&metrics, &Ok(total));
+            if remote.queued {
+                metrics.incr(Metric::Queued);
+            }
             let result = if total.ok() {
                 PushResult::Delivered
             } else if remote.queued {
