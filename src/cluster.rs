@@ -116,6 +116,30 @@ pub struct Remote {
     pub answered: usize,
     /// Redis could not be asked (down, or the publish queue is full).
     pub unavailable: bool,
+    /// Its place in the uid's history (numbered pushes with history on).
+    pub at: Option<Position>,
+    /// `ttl=`: no node held the uid, so it was kept in the uid's offline queue.
+    pub queued: bool,
+}
+
+/// What Redis said about one publish or numbering script.
+#[derive(Debug, Clone, Copy, Default)]
+struct Published {
+    /// Subscribers that got it.
+    receivers: i64,
+    at: Option<Position>,
+    queued: bool,
+}
+
+/// The answer to a cluster-wide retry claim ([`Cluster::claim`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RemoteClaim {
+    /// Not seen within the window on any node: run it, then [`Cluster::settle`] the key.
+    Fresh(String),
+    /// Seen: what the first did (`None` while it still runs).
+    Duplicate(Option<crate::dedupe::First>),
+    /// Redis could not tell in time: the caller falls back to this node's memory.
+    Down,
 }
 
 /// This node's link to the cluster.
@@ -153,15 +177,17 @@ struct Outgoing {
     /// Set for a push numbered in Redis: the script runs instead of a plain publish
     /// (`message` is then the payload).
     numbered: Option<Numbered>,
-    done: Option<oneshot::Sender<Option<i64>>>,
+    done: Option<oneshot::Sender<Option<Published>>>,
 }
 
 /// A push to run through the numbering script.
 struct Numbered {
     slot: u16,
-    keys: [String; 2],
+    keys: [String; 3],
     node: String,
     req: u64,
+    /// `ttl=` in ms (0: none).
+    queue_ttl: u64,
 }
 
 impl std::fmt::Debug for Outgoing {
@@ -298,6 +324,17 @@ impl Cluster {
         uid: &str,
         payload: &Payload,
     ) -> impl Future<Output = Remote> + use<> {
+        self.push_kept(uid, payload, None)
+    }
+
+    /// [`Cluster::push`]; with `queue_for` (history on), a uid no node holds gets it in
+    /// its offline queue in Redis (`Remote::queued`), its history created if missing.
+    pub fn push_kept(
+        self: &Arc<Self>,
+        uid: &str,
+        payload: &Payload,
+        queue_for: Option<Duration>,
+    ) -> impl Future<Output = Remote> + use<> {
         let channel = uid_channel(uid);
         let numbered = self.history.map(|_| {
             let (slot, keys) = ch::keys(uid, &channel);
@@ -306,6 +343,7 @@ impl Cluster {
                 keys,
                 node: self.node.clone(),
                 req: 0,
+                queue_ttl: queue_for.map_or(0, |t| (t.as_millis() as u64).max(1)),
             }
         });
         let gathered = self.gather_as(channel, numbered, Ask::Push, payload.as_bytes());
@@ -414,10 +452,12 @@ impl Cluster {
             if queued.is_err() {
                 return unavailable(&this);
             }
-            let receivers = match tokio::time::timeout_at(deadline, count_rx).await {
-                Ok(Ok(Some(n))) => usize::try_from(n).unwrap_or(0),
+            let published = match tokio::time::timeout_at(deadline, count_rx).await {
+                Ok(Ok(Some(p))) => p,
                 _ => return unavailable(&this),
             };
+            let receivers = usize::try_from(published.receivers).unwrap_or(0);
+            let (at, queued) = (published.at, published.queued);
             {
                 let mut waiting = this.lock_waiting();
                 let Some(w) = waiting.get_mut(&req) else {
@@ -429,6 +469,8 @@ impl Cluster {
                     let remote = Remote {
                         delivery: w.delivery,
                         answered: w.answered,
+                        at,
+                        queued,
                         ..Remote::default()
                     };
                     return (remote, w.bodies);
@@ -441,6 +483,8 @@ impl Cluster {
                 missing: receivers.saturating_sub(w.got),
                 answered: w.answered,
                 unavailable: false,
+                at,
+                queued,
             };
             (remote, w.bodies)
         }
@@ -616,6 +660,48 @@ impl Cluster {
         Ok(())
     }
 
+    /// Claims `id` + `line` cluster-wide for `window`: one script (`GET`, else `SET
+    /// pw:d:<hash> p PX window`), bounded by `--cluster-timeout-ms`. The key is a SHA-256
+    /// of the ID and the line, the same on every node.
+    pub async fn claim(&self, id: &str, line: &[u8], window: Duration) -> RemoteClaim {
+        if !self.is_up() {
+            return RemoteClaim::Down;
+        }
+        let key = dedupe_key(id, line);
+        let ms = window.as_millis().max(1).to_string();
+        let asked = tokio::time::timeout(
+            self.timeout,
+            self.cmd
+                .eval::<Option<String>, _, _, _>(CLAIM_SCRIPT, vec![key.clone()], vec![ms]),
+        )
+        .await;
+        match asked {
+            Ok(Ok(None)) => RemoteClaim::Fresh(key),
+            Ok(Ok(Some(first))) => RemoteClaim::Duplicate(parse_first(&first)),
+            Ok(Err(err)) => {
+                debug!(%err, "retry claim failed: this node's memory decides");
+                RemoteClaim::Down
+            }
+            Err(_) => RemoteClaim::Down,
+        }
+    }
+
+    /// Records what a claimed push did (`Some`: accepted, kept for the rest of the
+    /// window; `None`: forgotten, so a retry runs). Bounded by `--cluster-timeout-ms`;
+    /// a failure leaves the claim `pending` until its window ends.
+    pub async fn settle(&self, key: String, first: Option<crate::dedupe::First>) {
+        let cmd = match first {
+            Some(f) => self.cmd.custom::<Value, _>(
+                fred::cmd!("SET"),
+                vec![key, first_text(&f), "XX".to_owned(), "KEEPTTL".to_owned()],
+            ),
+            None => self.cmd.custom::<Value, _>(fred::cmd!("DEL"), vec![key]),
+        };
+        if let Ok(Err(err)) = tokio::time::timeout(self.timeout, cmd).await {
+            debug!(%err, "retry settle failed");
+        }
+    }
+
     /// Starts (or restarts) `uid`'s grace period, ending at `deadline_ms`.
     async fn grace(&self, uid: &str, deadline_ms: u64) -> Result<(), fred::error::Error> {
         let _: usize = self
@@ -706,8 +792,22 @@ impl RemoteHistory for Hook {
         if let Some(cluster) = self.0.upgrade() {
             let uid = uid.clone();
             tokio::spawn(async move {
-                let (status, base, replay) = cluster.attach(&uid, since).await;
-                cluster.registry.resumed(&uid, conn, status, base, replay);
+                let (status, base, replay, head) = cluster.attach(&uid, since).await;
+                cluster
+                    .registry
+                    .resumed(&uid, conn, status, base, replay, head);
+            });
+        }
+    }
+
+    fn seed_bound(&self, uid: &Uid, conn: ConnId) {
+        if let Some(cluster) = self.0.upgrade() {
+            let uid = uid.clone();
+            tokio::spawn(async move {
+                let queued = cluster.take_queued(&uid).await;
+                if !queued.is_empty() {
+                    cluster.registry.deliver_to(&uid, conn, queued);
+                }
             });
         }
     }
@@ -724,7 +824,7 @@ impl Cluster {
         &self,
         uid: &Uid,
         since: Option<Position>,
-    ) -> (Status, Position, Vec<(Seq, Payload)>) {
+    ) -> (Status, Position, Vec<(Seq, Payload)>, Seq) {
         let unknown = (
             if since.is_some() {
                 Status::NotRecovered
@@ -733,6 +833,7 @@ impl Cluster {
             },
             Position { epoch: 0, seq: 0 },
             Vec::new(),
+            0,
         );
         let Some(limits) = self.history else {
             return unknown;
@@ -746,7 +847,7 @@ impl Cluster {
         }
         let channel = uid_channel(uid);
         let (slot, keys) = ch::keys(uid, &channel);
-        let mut args: Vec<Value> = vec![ch::attach_script().into(), "2".into()];
+        let mut args: Vec<Value> = vec![ch::attach_script().into(), "3".into()];
         args.extend(keys.iter().map(|k| Value::from(k.as_str())));
         for a in [
             ch::epoch_text(ch::new_epoch()),
@@ -786,19 +887,57 @@ impl Cluster {
             } else {
                 Status::New
             };
-            return (status, head, Vec::new());
+            // The offline queue, as on a single node: the base is just before it.
+            let queued = numbered_payloads(found.queued);
+            let base = queued.first().map_or(head, |(seq, _)| Position {
+                epoch: head.epoch,
+                seq: seq - 1,
+            });
+            return (status, base, queued, head.seq);
         };
-        let replay = found
-            .after
+        let after = found.after.into_iter().filter(|(seq, _)| *seq > from.seq);
+        (Status::Recovered, from, numbered_payloads(after), head.seq)
+    }
+
+    /// A seed tab of `uid` bound here: once this node hears the uid's channel (so later
+    /// pushes reach it live), takes the uid's offline queue from Redis, in order, once.
+    /// Nothing if Redis cannot tell in time (the queue stays for the next bind).
+    async fn take_queued(&self, uid: &Uid) -> Vec<Payload> {
+        if self.history.is_none() {
+            return Vec::new();
+        }
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        while !self.hears(uid) {
+            if tokio::time::Instant::now() >= deadline {
+                return Vec::new();
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        let (slot, [_, _, queue]) = ch::keys(uid, &uid_channel(uid));
+        let args: Vec<Value> = vec![
+            ch::take_script().into(),
+            "1".into(),
+            queue.into(),
+            now_ms().to_string().into(),
+        ];
+        let taken = tokio::time::timeout_at(
+            deadline,
+            self.cmd
+                .custom::<Vec<Bytes>, _>(script_command("EVAL", slot), args),
+        )
+        .await;
+        let entries = match taken {
+            Ok(Ok(items)) => ch::parse_entries(items.into_iter().map(|b| b.to_vec())),
+            Ok(Err(err)) => {
+                debug!(%err, "offline queue read failed");
+                None
+            }
+            Err(_) => None,
+        };
+        numbered_payloads(entries.unwrap_or_default())
             .into_iter()
-            .filter(|(seq, _)| *seq > from.seq)
-            .filter_map(|(seq, msg)| {
-                Payload::new(Bytes::from(msg))
-                    .ok()
-                    .map(|p| (seq, p.into_numbered(seq)))
-            })
-            .collect();
-        (Status::Recovered, from, replay)
+            .map(|(_, p)| p)
+            .collect()
     }
 
     /// True once this node's subscription to `uid`'s channel is in, with no change of
@@ -844,8 +983,8 @@ async fn keep_histories(cluster: Arc<Cluster>) {
         for chunk in held.chunks(PIPELINE_MAX / 2) {
             let pipeline = cluster.cmd.pipeline();
             for uid in chunk {
-                let (_, keys) = ch::keys(uid, &uid_channel(uid));
-                for key in keys {
+                let (_, [meta, list, _queue]) = ch::keys(uid, &uid_channel(uid));
+                for key in [meta, list] {
                     let _: Result<(), _> = pipeline.pexpire(key, keep, None).await;
                 }
             }
@@ -1006,10 +1145,11 @@ async fn publisher(cluster: Arc<Cluster>, mut queue: mpsc::Receiver<Outgoing>) {
         }
         for (i, out) in batch.drain(..).enumerate() {
             let n = match results.get(i) {
-                Some(Ok(Value::Array(items))) if out.numbered.is_some() => {
-                    items.first().and_then(Value::as_i64)
-                }
-                Some(Ok(v)) if out.numbered.is_none() => v.as_i64(),
+                Some(Ok(Value::Array(items))) if out.numbered.is_some() => parse_pushed(items),
+                Some(Ok(v)) if out.numbered.is_none() => v.as_i64().map(|receivers| Published {
+                    receivers,
+                    ..Published::default()
+                }),
                 Some(Err(err)) if out.numbered.is_some() => {
                     debug!(%err, "numbering script failed");
                     None
@@ -1021,6 +1161,36 @@ async fn publisher(cluster: Arc<Cluster>, mut queue: mpsc::Receiver<Outgoing>) {
             }
         }
     }
+}
+
+/// Kept entries as payloads carrying their number.
+fn numbered_payloads(entries: impl IntoIterator<Item = (Seq, Vec<u8>)>) -> Vec<(Seq, Payload)> {
+    entries
+        .into_iter()
+        .filter_map(|(seq, msg)| {
+            Payload::new(Bytes::from(msg))
+                .ok()
+                .map(|p| (seq, p.into_numbered(seq)))
+        })
+        .collect()
+}
+
+/// The push script's answer: {receivers, seq (0: unnumbered), epoch, queued (0/1)}.
+fn parse_pushed(items: &[Value]) -> Option<Published> {
+    let receivers = items.first()?.as_i64()?;
+    let seq = items.get(1).and_then(Value::as_u64).unwrap_or(0);
+    let epoch = items
+        .get(2)
+        .and_then(|v| v.as_str().and_then(|e| u64::from_str_radix(&e, 16).ok()));
+    let at = epoch
+        .filter(|_| seq > 0)
+        .map(|epoch| Position { epoch, seq });
+    let queued = items.get(3).and_then(Value::as_i64) == Some(1);
+    Some(Published {
+        receivers,
+        at,
+        queued,
+    })
 }
 
 /// `EVAL`/`EVALSHA`, routed to `slot` (its first argument is the script, not a key).
@@ -1039,9 +1209,10 @@ fn script_args(cluster: &Cluster, out: &Outgoing, n: &Numbered, script: &str) ->
     });
     let mut args: Vec<Value> = vec![
         script.into(),
-        "2".into(),
+        "3".into(),
         n.keys[0].as_str().into(),
         n.keys[1].as_str().into(),
+        n.keys[2].as_str().into(),
         out.channel.as_str().into(),
         n.node.as_str().into(),
         n.req.to_string().into(),
@@ -1052,9 +1223,11 @@ fn script_args(cluster: &Cluster, out: &Outgoing, n: &Numbered, script: &str) ->
         limits.messages as u64,
         limits.bytes as u64,
         limits.age.as_millis() as u64,
+        n.queue_ttl,
     ] {
         args.push(number.to_string().into());
     }
+    args.push(ch::epoch_text(ch::new_epoch()).into());
     args
 }
 
@@ -1272,6 +1445,58 @@ async fn watch(cluster: Arc<Cluster>) {
         was_up = up;
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
+}
+
+/// A retry claim: the first outcome if the key exists, else `p` (pending) for the window.
+const CLAIM_SCRIPT: &str = r#"
+local v = redis.call('GET', KEYS[1])
+if v then return v end
+redis.call('SET', KEYS[1], 'p', 'PX', ARGV[1])
+return false
+"#;
+
+/// `pw:d:` and the hex SHA-256 (first 128 bits) of the ID, a NUL and the line.
+fn dedupe_key(id: &str, line: &[u8]) -> String {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    h.update(id.as_bytes());
+    h.update([0u8]);
+    h.update(line);
+    let digest = h.finalize();
+    let mut key = String::with_capacity(5 + 32);
+    key.push_str("pw:d:");
+    for b in &digest[..16] {
+        key.push_str(&format!("{b:02x}"));
+    }
+    key
+}
+
+/// A first outcome as kept in Redis: `d` (delivered) or `q` (queued), then ` EPOCH SEQ`
+/// if it had a place in a history.
+fn first_text(f: &crate::dedupe::First) -> String {
+    let kind = if f.queued { "q" } else { "d" };
+    match f.at {
+        Some(at) => format!("{kind} {} {}", ch::epoch_text(at.epoch), at.seq),
+        None => kind.to_owned(),
+    }
+}
+
+/// [`first_text`] back; `None` for `p` (still running) or anything else.
+fn parse_first(text: &str) -> Option<crate::dedupe::First> {
+    let mut it = text.split(' ');
+    let queued = match it.next()? {
+        "d" => false,
+        "q" => true,
+        _ => return None,
+    };
+    let at = match (it.next(), it.next()) {
+        (Some(e), Some(s)) => Some(Position {
+            epoch: u64::from_str_radix(e, 16).ok()?,
+            seq: s.parse().ok()?,
+        }),
+        _ => None,
+    };
+    Some(crate::dedupe::First { queued, at })
 }
 
 const UID_PREFIX: &str = "pw:u:";

@@ -44,9 +44,9 @@ pub fn slot_of(name: &[u8]) -> u16 {
     fred::util::redis_keyslot(name)
 }
 
-/// A uid's history keys (its hash and its list), in the slot of `channel`, the uid's
-/// shard channel; and that slot.
-pub fn keys(uid: &str, channel: &str) -> (u16, [String; 2]) {
+/// A uid's history keys (its hash, its list and its offline queue), in the slot of
+/// `channel`, the uid's shard channel; and that slot.
+pub fn keys(uid: &str, channel: &str) -> (u16, [String; 3]) {
     let slot = slot_of(channel.as_bytes());
     let tag = slot_tags()[usize::from(slot)];
     (
@@ -54,6 +54,7 @@ pub fn keys(uid: &str, channel: &str) -> (u16, [String; 2]) {
         [
             format!("pw:h:{{{tag}}}:{uid}"),
             format!("pw:l:{{{tag}}}:{uid}"),
+            format!("pw:q:{{{tag}}}:{uid}"),
         ],
     )
 }
@@ -78,17 +79,26 @@ local function trim(meta, list, max, maxbytes, oldest, bytes)
 end
 "#;
 
-/// The push script, after [`TRIM`]. KEYS: hash, list. ARGV: channel, node, request
-/// number, payload, now (ms), max messages, max bytes, max age (ms). A uid without a
-/// history gets the message unnumbered (`0 0`); one with a history numbers it, keeps
+/// The push script, after [`TRIM`]. KEYS: hash, list, queue. ARGV: channel, node,
+/// request number, payload, now (ms), max messages, max bytes, max age (ms), queue TTL
+/// (ms, 0: none), an epoch for a history created now. A queued push (`ttl=`) creates the
+/// uid's history if missing; if no node hears the uid's channel it also goes to the
+/// queue list (`SEQ UNTIL_MS\nPAYLOAD`, as long as the history at most) and every key
+/// lives at least the TTL. A uid without a history gets the message unnumbered (`0 0`); one with a history numbers it, keeps
 /// it (unless it alone is over the bytes bound: then nothing older is kept either) and
 /// trims. Either way it is published as `NODE REQ h\nEPOCH SEQ\nPAYLOAD`. Returns
-/// {subscribers that got it, its sequence or 0}.
+/// {subscribers that got it, its sequence or 0, the epoch or '', queued 0/1}.
 const PUSH: &str = r#"
 local head = ARGV[2] .. ' ' .. ARGV[3] .. ' h\n'
+local qttl = tonumber(ARGV[9])
 local epoch = redis.call('HGET', KEYS[1], 'e')
+if not epoch and qttl > 0 then
+  redis.call('HSET', KEYS[1], 'e', ARGV[10])
+  redis.call('PEXPIRE', KEYS[1], qttl)
+  epoch = ARGV[10]
+end
 if not epoch then
-  return {redis.call('SPUBLISH', ARGV[1], head .. '0 0\n' .. ARGV[4]), 0}
+  return {redis.call('SPUBLISH', ARGV[1], head .. '0 0\n' .. ARGV[4]), 0, '', 0}
 end
 local seq = redis.call('HINCRBY', KEYS[1], 's', 1)
 local len = #ARGV[4]
@@ -103,14 +113,23 @@ else
   local ttl = redis.call('PTTL', KEYS[1])
   if ttl > 0 then redis.call('PEXPIRE', KEYS[2], ttl) end
 end
-return {redis.call('SPUBLISH', ARGV[1], head .. epoch .. ' ' .. seq .. '\n' .. ARGV[4]), seq}
+local n = redis.call('SPUBLISH', ARGV[1], head .. epoch .. ' ' .. seq .. '\n' .. ARGV[4])
+if n > 0 or qttl <= 0 then return {n, seq, epoch, 0} end
+redis.call('RPUSH', KEYS[3], seq .. ' ' .. (tonumber(ARGV[5]) + qttl) .. '\n' .. ARGV[4])
+redis.call('LTRIM', KEYS[3], -tonumber(ARGV[6]), -1)
+for i = 1, 3 do
+  local t = redis.call('PTTL', KEYS[i])
+  if t == -1 or (t >= 0 and t < qttl) then redis.call('PEXPIRE', KEYS[i], qttl) end
+end
+return {n, seq, epoch, 1}
 "#;
 
-/// The attach script, after [`TRIM`]. KEYS: hash, list. ARGV: an epoch for a history
+/// The attach script, after [`TRIM`] and [`TAKE`]. KEYS: hash, list, queue. ARGV: an epoch for a history
 /// created now, keep (ms), now (ms), max age (ms), max messages, max bytes, the resume
 /// epoch (empty for none), the resume sequence. Creates the history if missing, makes
 /// both keys live `keep` from now, trims by age; returns {epoch, last seq, floor, then
-/// the kept messages after the resume point if it is covered}.
+/// `r` and the kept messages after the resume point if it is covered (the queue is
+/// dropped: the replay has it), else `q` and the offline queue, taken}.
 const ATTACH: &str = r#"
 redis.call('HSETNX', KEYS[1], 'e', ARGV[1])
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
@@ -121,15 +140,42 @@ redis.call('PEXPIRE', KEYS[2], ARGV[2])
 local e = redis.call('HGET', KEYS[1], 'e')
 local s = tonumber(redis.call('HGET', KEYS[1], 's') or '0')
 local f = tonumber(redis.call('HGET', KEYS[1], 'f') or '0')
-local out = {e, tostring(s), tostring(f)}
 local since = tonumber(ARGV[8])
-if ARGV[7] == e and since and since >= f and since < s then
+if ARGV[7] == e and since and since >= f and since <= s then
+  local out = {e, tostring(s), tostring(f), 'r'}
   for _, entry in ipairs(redis.call('LRANGE', KEYS[2], since - f, -1)) do
     out[#out + 1] = entry
   end
+  redis.call('DEL', KEYS[3])
+  return out
 end
+local out = {e, tostring(s), tostring(f), 'q'}
+for _, entry in ipairs(take(KEYS[3], tonumber(ARGV[3]))) do out[#out + 1] = entry end
 return out
 "#;
+
+/// Takes a uid's offline queue (once: the list is deleted), its entries not past their
+/// TTL, oldest first.
+const TAKE: &str = r#"
+local function take(queue, now)
+  local kept = {}
+  for _, entry in ipairs(redis.call('LRANGE', queue, 0, -1)) do
+    local until_ms = string.match(entry, '^%d+ (%d+)\n')
+    if until_ms and tonumber(until_ms) > now then kept[#kept + 1] = entry end
+  end
+  redis.call('DEL', queue)
+  return kept
+end
+"#;
+
+/// The seed bind's script, after [`TAKE`]. KEYS: queue. ARGV: now (ms).
+const TAKE_ONLY: &str = "return take(KEYS[1], tonumber(ARGV[1]))";
+
+/// The take script's text (a seed tab's bind takes the offline queue).
+pub fn take_script() -> &'static str {
+    static TEXT: OnceLock<String> = OnceLock::new();
+    TEXT.get_or_init(|| format!("{TAKE}{TAKE_ONLY}"))
+}
 
 /// The push script's text.
 pub fn push_script() -> &'static str {
@@ -140,7 +186,7 @@ pub fn push_script() -> &'static str {
 /// The attach script's text.
 pub fn attach_script() -> &'static str {
     static TEXT: OnceLock<String> = OnceLock::new();
-    TEXT.get_or_init(|| format!("{TRIM}{ATTACH}"))
+    TEXT.get_or_init(|| format!("{TRIM}{TAKE}{ATTACH}"))
 }
 
 /// An epoch as the scripts store it: 16 lowercase hex digits.
@@ -180,6 +226,8 @@ pub struct Found {
     pub floor: Seq,
     /// The kept messages after the resume point, if it is covered: (seq, payload).
     pub after: Vec<(Seq, Vec<u8>)>,
+    /// Not covered: the uid's offline queue, taken (seq, payload), oldest first.
+    pub queued: Vec<(Seq, Vec<u8>)>,
 }
 
 /// Parses the attach script's answer (each item as bytes). `None` if malformed.
@@ -189,18 +237,35 @@ pub fn parse_found(items: Vec<Vec<u8>>) -> Option<Found> {
     let epoch = u64::from_str_radix(&text(it.next()?)?, 16).ok()?;
     let seq = text(it.next()?)?.parse().ok()?;
     let floor = text(it.next()?)?.parse().ok()?;
-    let mut after = Vec::new();
-    for entry in it {
-        let nl = memchr::memchr(b'\n', &entry)?;
-        let head = std::str::from_utf8(&entry[..nl]).ok()?;
-        let seq: Seq = head.split(' ').next()?.parse().ok()?;
-        after.push((seq, entry[nl + 1..].to_vec()));
-    }
+    let replay = match it.next().as_deref() {
+        Some(b"r") | None => true,
+        Some(b"q") => false,
+        Some(_) => return None,
+    };
+    let entries = parse_entries(it)?;
+    let (after, queued) = if replay {
+        (entries, Vec::new())
+    } else {
+        (Vec::new(), entries)
+    };
     Some(Found {
         head: Position { epoch, seq },
         floor,
         after,
+        queued,
     })
+}
+
+/// List entries (`SEQ NUMBER\nPAYLOAD`) as (seq, payload). `None` if one is malformed.
+pub fn parse_entries(items: impl IntoIterator<Item = Vec<u8>>) -> Option<Vec<(Seq, Vec<u8>)>> {
+    let mut out = Vec::new();
+    for entry in items {
+        let nl = memchr::memchr(b'\n', &entry)?;
+        let head = std::str::from_utf8(&entry[..nl]).ok()?;
+        let seq: Seq = head.split(' ').next()?.parse().ok()?;
+        out.push((seq, entry[nl + 1..].to_vec()));
+    }
+    Some(out)
 }
 
 #[cfg(test)]
@@ -211,8 +276,9 @@ mod tests {
     fn keys_share_the_channel_slot_whatever_the_uid() {
         for uid in ["u1", "a{b}c", "x}y", "{}", "{", "é", ""] {
             let channel = format!("pw:u:{uid}");
-            let (slot, [h, l]) = keys(uid, &channel);
+            let (slot, [h, l, q]) = keys(uid, &channel);
             assert_eq!(slot, slot_of(channel.as_bytes()), "{uid:?}");
+            assert_eq!(slot_of(q.as_bytes()), slot, "{uid:?}");
             assert_eq!(slot_of(h.as_bytes()), slot, "{uid:?}");
             assert_eq!(slot_of(l.as_bytes()), slot, "{uid:?}");
         }
@@ -238,6 +304,7 @@ mod tests {
             b"00000000000000ab".to_vec(),
             b"9".to_vec(),
             b"4".to_vec(),
+            b"r".to_vec(),
             b"8 1700000000000\n{\"a\":1}".to_vec(),
             b"9 1700000000001\nb c".to_vec(),
         ]);
@@ -250,6 +317,7 @@ mod tests {
                 },
                 floor: 4,
                 after: vec![(8, b"{\"a\":1}".to_vec()), (9, b"b c".to_vec())],
+                queued: Vec::new(),
             })
         );
         assert_eq!(parse_found(vec![b"x".to_vec()]), None);

@@ -104,6 +104,10 @@ pub trait RemoteHistory: Send + Sync + std::fmt::Debug {
     /// A v1 connection `conn` of `uid` bound here, resuming from `since`: read its
     /// history, then call [`Registry::resumed`]. Called with no lock held; must not wait.
     fn resume(&self, uid: &Uid, conn: ConnId, since: Option<Position>);
+
+    /// A seed connection `conn` of `uid` bound here: take the uid's offline queue, then
+    /// call [`Registry::deliver_to`]. Called with no lock held; must not wait.
+    fn seed_bound(&self, _uid: &Uid, _conn: ConnId) {}
 }
 
 /// Where a connection's messages come from.
@@ -311,6 +315,10 @@ impl Registry {
             Mode::V1 { since } => self.shared.remote.get().map(|r| (r, since)),
             Mode::Seed => None,
         };
+        let seed_remote = match mode {
+            Mode::Seed => self.shared.remote.get(),
+            Mode::V1 { .. } => None,
+        };
         let member = Member {
             id,
             outbox: outbox.clone(),
@@ -325,7 +333,7 @@ impl Registry {
             Some((key, _)) => key.clone(),
             None => Uid::from(uid),
         };
-        if remote.is_none() {
+        if remote.is_none() && seed_remote.is_none() {
             outbox.preload(self.first_frames(shard, &uid, mode));
         }
         let mut shard = guard;
@@ -340,6 +348,9 @@ impl Registry {
         drop(shard);
         if let Some((remote, since)) = remote {
             remote.resume(&uid, id, since);
+        }
+        if let Some(remote) = seed_remote {
+            remote.seed_bound(&uid, id);
         }
         self.shared.metrics.incr(Metric::Binds);
         Binding {
@@ -539,6 +550,7 @@ impl Registry {
         status: Status,
         base: Position,
         replay: Vec<(Seq, Payload)>,
+        head: Seq,
     ) {
         let mut shard = self.shard(uid);
         let Some(member) = shard
@@ -554,7 +566,8 @@ impl Registry {
         let last = replay
             .last()
             .map_or(base.seq, |(seq, _)| *seq)
-            .max(base.seq);
+            .max(base.seq)
+            .max(head);
         let mut frames = Vec::with_capacity(1 + replay.len());
         frames.push(status_outgoing(status, base));
         // (Each replayed payload carries its number: see `cluster.rs`.)
@@ -567,6 +580,22 @@ impl Registry {
         let mut ignored = Delivery::default();
         for (at, msg) in held {
             self.feed_v1(uid, member, at, &msg, &mut ignored);
+        }
+    }
+
+    /// Cluster mode: a seed tab's offline queue, taken from Redis after it bound.
+    pub fn deliver_to(&self, uid: &str, conn: ConnId, msgs: Vec<Payload>) {
+        let mut shard = self.shard(uid);
+        let Some(member) = shard
+            .uids
+            .get_mut(uid)
+            .and_then(|e| e.conns.iter_mut().find(|m| m.id == conn))
+        else {
+            return; // Gone meanwhile.
+        };
+        let mut ignored = Delivery::default();
+        for msg in &msgs {
+            self.offer(uid, member, msg, &mut ignored);
         }
     }
 

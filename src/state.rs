@@ -35,7 +35,7 @@ pub struct State {
     /// Secrets and allow-lists as of the last reload; read with [`State::settings`].
     reloadable: RwLock<Arc<Reloadable>>,
     /// Accepted `/push`es remembered for idempotent retries.
-    pub dedupe: Dedupe,
+    pub dedupe: Arc<Dedupe>,
 }
 
 impl State {
@@ -69,7 +69,7 @@ impl State {
             ),
             None => None,
         };
-        let dedupe = Dedupe::new(config.dedupe_window, config.dedupe_max_entries);
+        let dedupe = Arc::new(Dedupe::new(config.dedupe_window, config.dedupe_max_entries));
         Ok(Arc::new(State {
             registry,
             metrics,

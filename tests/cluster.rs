@@ -86,9 +86,12 @@ async fn tabs_on_two_nodes_each_get_every_push_once(url: &str) {
     let held = "\"connections\":2";
     until_reply(b.push_addr, "/online t", held, STEP, "t held on both nodes").await;
 
-    for via in [&a, &b] {
+    // Distinct IDs: the same ID and line through the other node would be a retry.
+    for (id, via) in [("x", &a), ("y", &b)] {
         let mut push = PushClient::connect(via.push_addr).await;
-        let reply = push.request(r#"/push x {"uid":"t","k":1}"#).await;
+        let reply = push
+            .request(&format!(r#"/push {id} {{"uid":"t","k":1}}"#))
+            .await;
         assert!(reply.contains("\"connections\":2"), "{reply}");
         for tab in [&mut on_a, &mut on_b] {
             assert_eq!(tab.recv_text().await, r#"{"uid":"t","k":1}"#);

@@ -8,6 +8,7 @@
 //! mode will ask other nodes). A door keeps replies in request order whatever their kind:
 //! see [`Replies`].
 
+mod clustered;
 pub mod reply;
 mod tracked;
 
@@ -247,65 +248,12 @@ fn run(state: &State, command: Command<'_>, line: &Payload, text: &str) -> Respo
                 return Response::Ready(Reply::error("bad payload offset"));
             };
             let target = push_target_str(tail);
-            if state.cluster.is_none() {
-                return tracked::push(state, id, options, &msg, target);
+            match &state.cluster {
+                None => return tracked::push(state, id, options, &msg, target),
+                Some(cluster) => {
+                    return clustered::push(state, cluster, id, options, &msg, target);
+                }
             }
-            if !options.is_empty() {
-                return Response::Ready(Reply::error(
-                    "ttl= and ack= are single-node only (not in cluster mode yet)",
-                ));
-            }
-            let outcome = target
-                .as_ref()
-                .map_err(Clone::clone)
-                .and_then(|uid| push_to(state, uid, &msg));
-            if let (Some(cluster), Ok(uid), Ok(local)) = (&state.cluster, &target, &outcome)
-                && uid.len() <= state.config.max_uid_bytes
-            {
-                let (local, remote) = (*local, cluster.push(uid, &msg));
-                let (metrics, id) = (state.metrics.clone(), id.into_owned());
-                return Response::Later(Box::pin(async move {
-                    let remote = remote.await;
-                    let total = local + remote.delivery;
-                    count_into(&metrics, &Ok(total));
-                    let result = if total.ok() {
-                        PushResult::Delivered
-                    } else if remote.unavailable {
-                        PushResult::Unavailable
-                    } else if remote.missing > 0 {
-                        PushResult::Partial
-                    } else if total.refused > 0 {
-                        PushResult::Refused
-                    } else {
-                        PushResult::Offline
-                    };
-                    Reply::Json(Json::Push(PushReply {
-                        ok: total.ok(),
-                        result,
-                        error: None,
-                        connections: Some(total.queued),
-                        refused: Some(total.refused),
-                        tracking: None,
-                        id,
-                    }))
-                }));
-            }
-            count(state, &outcome);
-            let (ok, result) = match &outcome {
-                Ok(d) if d.ok() => (true, PushResult::Delivered),
-                Ok(d) if d.refused > 0 => (false, PushResult::Refused),
-                Ok(_) => (false, PushResult::Offline),
-                Err(_) => (false, PushResult::Malformed),
-            };
-            Json::Push(PushReply {
-                ok,
-                result,
-                error: outcome.as_ref().err().map(ToString::to_string),
-                connections: outcome.as_ref().ok().map(|d| d.queued),
-                refused: outcome.as_ref().ok().map(|d| d.refused),
-                tracking: None,
-                id: id.into_owned(),
-            })
         }
         Command::Group {
             group,
@@ -611,8 +559,9 @@ fn group_in_cluster(
 }
 
 /// True for a request whose effect waits on Redis in cluster mode (`/group` looks its
-/// members up first; `/join`, `/leave`, `/members` are Redis commands): later requests
-/// of the same connection run only once it has taken effect. A cheap look at the verb.
+/// members up first; `/join`, `/leave`, `/members` are Redis commands; `/push` claims its
+/// retry key first): later requests of the same connection run only once it has taken
+/// effect. A cheap look at the verb.
 fn waits_on_redis(frame: &Frame) -> bool {
     let Frame::Line(line) = frame else {
         return false;
@@ -620,7 +569,7 @@ fn waits_on_redis(frame: &Frame) -> bool {
     let verb = line.split(|&b| b == b' ').next().unwrap_or(&[]);
     matches!(
         verb,
-        b"/group" | b"/group-except" | b"/join" | b"/leave" | b"/members"
+        b"/group" | b"/group-except" | b"/join" | b"/leave" | b"/members" | b"/push"
     )
 }
 
@@ -666,6 +615,27 @@ async fn execute_in_order(state: &State, frame: &Frame, too_long_first: Option<u
         );
         let answers = sent.await;
         return later(answers);
+    }
+    if let (
+        Some(cluster),
+        Request::Command {
+            command:
+                Command::Push {
+                    id,
+                    line: at,
+                    options,
+                },
+            line,
+            text,
+        },
+    ) = (&state.cluster, &request)
+    {
+        state.metrics.incr(Metric::Commands);
+        let (Some(msg), Some(tail)) = (line.tail(*at), text.get(*at..)) else {
+            return Response::Ready(Reply::error("bad payload offset"));
+        };
+        let target = push_target_str(tail);
+        return clustered::push_ordered(state, cluster, id.clone(), *options, &msg, target).await;
     }
     match execute(state, request) {
         Response::Later(reply) if barrier => Response::Ready(reply.await),

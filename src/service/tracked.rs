@@ -111,7 +111,12 @@ fn ready(reply: PushReply) -> Response {
 }
 
 /// The reply for `result`; with options, the message's place in history too.
-fn reply(result: PushResult, pushed: Pushed, options: &PushOptions, id: String) -> PushReply {
+pub(super) fn reply(
+    result: PushResult,
+    pushed: Pushed,
+    options: &PushOptions,
+    id: String,
+) -> PushReply {
     let ok = matches!(
         result,
         PushResult::Delivered | PushResult::Queued | PushResult::Acked
@@ -129,7 +134,7 @@ fn reply(result: PushResult, pushed: Pushed, options: &PushOptions, id: String) 
 }
 
 /// `duplicate`, with what the first did (`pending` while it still runs).
-fn duplicate(first: Option<First>, id: String) -> PushReply {
+pub(super) fn duplicate(first: Option<First>, id: String) -> PushReply {
     let (result, at) = match first {
         Some(f) if f.queued => (PushResult::Queued, f.at),
         Some(f) => (PushResult::Delivered, f.at),

@@ -1,0 +1,210 @@
+//! `/push ID [ttl=MS] [ack=MS]` in cluster mode (`docs/protocol.md`, "Cluster mode"):
+//! real `redis-server`s, real nodes, real sockets. A retry through another node is a
+//! duplicate.
+#[macro_use]
+mod common;
+
+use std::time::Duration;
+
+use common::redis::*;
+use common::v1::V1Client;
+use common::*;
+use tokio::time::sleep;
+
+async fn node(url: &str, history_messages: usize) -> TestServer {
+    TestServer::start_with(pushwire::Config {
+        redis: Some(url.to_owned()),
+        cluster_timeout: Duration::from_millis(2000),
+        history_messages,
+        ..pushwire::Config::default()
+    })
+    .await
+}
+
+fn j(uid: &str, m: &str) -> String {
+    format!(r#"{{"uid":"{uid}","m":"{m}"}}"#)
+}
+
+/// The same `/push` through node A, then node B (and A again): delivered once; the
+/// retries answer `duplicate` with the first outcome. Another line under the same ID is
+/// a new push; a push that reached nobody is forgotten, so its retry runs.
+async fn a_retry_through_another_node_is_a_duplicate(url: &str) {
+    let (a, b) = (node(url, 0).await, node(url, 0).await);
+    let mut tab = WsClient::connect(&b.ws_url()).await;
+    tab.bind("d1", b.push_addr).await;
+    let mut via_a = PushClient::connect(a.push_addr).await;
+    let mut via_b = PushClient::connect(b.push_addr).await;
+    // Bound on b; a hears of it through Redis.
+    until_reply(
+        a.push_addr,
+        "/online d1",
+        "\"connections\":1",
+        STEP,
+        "b holds d1",
+    )
+    .await;
+    let first = via_a
+        .request(&format!("/push 7 {}", j("d1", "hello")))
+        .await;
+    assert_eq!(
+        first,
+        "{\"ok\":true,\"result\":\"delivered\",\"connections\":1,\"refused\":0,\"id\":\"7\"}\n"
+    );
+    assert_eq!(tab.recv_text().await, j("d1", "hello"));
+    for retry in [&mut via_b, &mut via_a] {
+        let again = retry
+            .request(&format!("/push 7 {}", j("d1", "hello")))
+            .await;
+        assert_eq!(
+            again,
+            "{\"ok\":true,\"result\":\"duplicate\",\"first\":\"delivered\",\"id\":\"7\"}\n"
+        );
+    }
+    // Same ID, another line: a new push.
+    let other = via_b
+        .request(&format!("/push 7 {}", j("d1", "again")))
+        .await;
+    assert!(other.contains("\"result\":\"delivered\""), "{other}");
+    assert_eq!(tab.recv_text().await, j("d1", "again"));
+    // Offline: not remembered; its retry runs (and is offline again).
+    for via in [&mut via_a, &mut via_b] {
+        let gone = via.request(&format!("/push 8 {}", j("nobody", "x"))).await;
+        assert!(gone.contains("\"result\":\"offline\""), "{gone}");
+    }
+    tab.expect_silence(Duration::from_millis(200)).await;
+}
+
+on_both!(a_retry_through_another_node_is_a_duplicate);
+
+/// `ttl=` to a uid no node holds: `queued`, numbered in the uid's history in Redis
+/// (created for it); the next bind on any node gets the queue once, in order (a v1 tab
+/// as `m SEQ` after a `new` status just below it, a seed tab the bare lines); past its
+/// TTL an entry is gone. Plain lines to an offline uid still answer `fail`.
+async fn the_offline_queue_is_shared_by_the_nodes(url: &str) {
+    let (a, b) = (node(url, 100).await, node(url, 100).await);
+    for n in [&a, &b] {
+        // Up: a v1 bind read a history from Redis.
+        let warm = V1Client::connect(n.ws_addr, "warm", None).await;
+        assert_ne!(warm.status.epoch, "0000000000000000", "redis up");
+    }
+    let mut via_a = PushClient::connect(a.push_addr).await;
+    let mut via_b = PushClient::connect(b.push_addr).await;
+    let q1 = via_a
+        .request(&format!("/push 1 ttl=5000 {}", j("q1", "one")))
+        .await;
+    assert!(q1.contains("\"result\":\"queued\""), "{q1}");
+    assert!(q1.contains("\"seq\":1,"), "{q1}");
+    let q2 = via_b
+        .request(&format!("/push 2 ttl=5000 {}", j("q1", "two")))
+        .await;
+    assert!(q2.contains("\"result\":\"queued\""), "{q2}");
+    assert!(q2.contains("\"seq\":2,"), "{q2}");
+    assert_eq!(via_a.request(&j("q1", "plain")).await, "fail\n");
+    // A v1 tab binds on b: the queue (not the plain line), in order, then live.
+    let mut tab = V1Client::connect(b.ws_addr, "q1", None).await;
+    assert_eq!(tab.status.kind, "new");
+    assert_eq!(tab.status.seq, 0);
+    tab.expect_msg(1, &j("q1", "one")).await;
+    tab.expect_msg(2, &j("q1", "two")).await;
+    assert_eq!(via_a.request(&j("q1", "live")).await, "ok\n");
+    tab.expect_msg(4, &j("q1", "live")).await;
+    // Once: a second tab, on a, gets only the status.
+    let mut again = V1Client::connect(a.ws_addr, "q1", None).await;
+    assert_eq!(again.status.seq, 4);
+    again.tab.expect_silence(Duration::from_millis(200)).await;
+
+    // A seed tab takes a queue too, whichever node queued it.
+    let q3 = via_a
+        .request(&format!("/push 3 ttl=5000 {}", j("q3", "seed")))
+        .await;
+    assert!(q3.contains("\"result\":\"queued\""), "{q3}");
+    let mut seed = WsClient::connect(&b.ws_url()).await;
+    seed.send_text("q3").await;
+    assert_eq!(seed.recv_text().await, j("q3", "seed"));
+    seed.expect_silence(Duration::from_millis(200)).await;
+
+    // Past its TTL: gone.
+    let q4 = via_b
+        .request(&format!("/push 4 ttl=200 {}", j("q4", "late")))
+        .await;
+    assert!(q4.contains("\"result\":\"queued\""), "{q4}");
+    sleep(Duration::from_millis(400)).await;
+    let mut late = V1Client::connect(a.ws_addr, "q4", None).await;
+    // The history made for it lived as long as its TTL: a new one.
+    assert_eq!(late.status.kind, "new");
+    late.tab.expect_silence(Duration::from_millis(300)).await;
+}
+
+on_both!(the_offline_queue_is_shared_by_the_nodes);
+
+/// Redis unreachable: retries through the same node are still caught (its memory).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_redis_retries_fall_back_to_the_node() {
+    let dead = format!("redis://127.0.0.1:{}/", free_port());
+    let n = TestServer::start_with(pushwire::Config {
+        redis: Some(dead),
+        cluster_timeout: Duration::from_millis(300),
+        ..pushwire::Config::default()
+    })
+    .await;
+    let mut tab = WsClient::connect(&n.ws_url()).await;
+    tab.send_text("dn").await;
+    until_reply(
+        n.push_addr,
+        "/online dn",
+        "\"connections\":1",
+        STEP,
+        "dn bound",
+    )
+    .await;
+    let mut push = PushClient::connect(n.push_addr).await;
+    let first = push.request(&format!("/push 9 {}", j("dn", "one"))).await;
+    assert!(first.contains("\"result\":\"delivered\""), "{first}");
+    let again = push.request(&format!("/push 9 {}", j("dn", "one"))).await;
+    assert!(again.contains("\"result\":\"duplicate\""), "{again}");
+    assert!(again.contains("\"first\":\"delivered\""), "{again}");
+    assert_eq!(tab.recv_text().await, j("dn", "one"));
+    tab.expect_silence(Duration::from_millis(200)).await;
+}
+
+/// With the retry window on, each cluster `/push` claims its key in Redis before it
+/// runs; the connection's lines still run in order behind it, so pipelined `/push`es
+/// mixed with plain lines reach a tab on the other node in the order they were sent.
+async fn pipelined_pushes_with_retry_claims_keep_their_order(url: &str) {
+    let (a, b) = (node(url, 0).await, node(url, 0).await);
+    let mut tab = WsClient::connect(&b.ws_url()).await;
+    tab.bind("ord", b.push_addr).await;
+    until_reply(
+        a.push_addr,
+        "/online ord",
+        "\"connections\":1",
+        STEP,
+        "b holds ord",
+    )
+    .await;
+    let mut push = PushClient::connect(a.push_addr).await;
+    const N: usize = 300;
+    let lines: Vec<String> = (0..N).map(|i| j("ord", &i.to_string())).collect();
+    let mut batch = String::new();
+    for (i, line) in lines.iter().enumerate() {
+        if i % 3 == 0 {
+            batch.push_str(line); // a plain line between the /push ones
+        } else {
+            batch.push_str(&format!("/push o{i} {line}"));
+        }
+        batch.push('\n');
+    }
+    push.send_raw(batch.as_bytes()).await;
+    for i in 0..N {
+        let reply = push.read_reply().await;
+        assert!(
+            reply == "ok\n" || reply.contains("\"result\":\"delivered\""),
+            "reply {i}: {reply}"
+        );
+    }
+    for (i, want) in lines.iter().enumerate() {
+        assert_eq!(tab.recv_text().await, *want, "frame {i}");
+    }
+}
+
+on_both!(pipelined_pushes_with_retry_claims_keep_their_order);
