@@ -4,6 +4,8 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::FutureExt;
+use futures_util::future::Either;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 use tokio::sync::Semaphore;
@@ -111,11 +113,11 @@ pub async fn serve_state(
                 let trusted = &ctx.settings().trusted_proxies;
                 let proxied = Proxied::new(peer.ip(), trusted, &admission);
                 let admitted = admission.admit(peer.ip().filter(|_| proxied.is_none()));
-                async move {
-                    match admitted {
-                        Ok(places) => ws::serve(stream, ctx, places, proxied).await,
-                        Err(why) => ws::refuse(stream, why, &ctx).await,
-                    }
+                // The future itself, not an `async move` block around it: such a block
+                // would also keep its captures (~200 bytes) for the connection's life.
+                match admitted {
+                    Ok(places) => Either::Left(ws::serve(stream, ctx, places, proxied)),
+                    Err(why) => Either::Right(async move { ws::refuse(stream, why, &ctx).await }),
                 }
             }
         },
@@ -334,13 +336,12 @@ where
         };
         // `client`: the address a trusted proxy forwarded for (`proxied.rs`).
         let span = debug_span!("conn", kind = l.kind, %peer, client = tracing::field::Empty);
-        let task = handler(stream, peer);
-        l.tasks.spawn(
-            async move {
-                task.await;
-                drop(permit);
-            }
-            .instrument(span),
-        );
+        // The permit is released when the handler's future ends. Not written as
+        // `async move { task.await; drop(permit) }`: such a block keeps the captured
+        // future and the one it awaits side by side (rustc overlaps neither with the
+        // other), which doubled every browser connection's task (`docs/benchmarks.md`,
+        // 2026-12-01). `map` holds the future once.
+        let task = handler(stream, peer).map(move |()| drop(permit));
+        l.tasks.spawn(task.instrument(span));
     }
 }
