@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use common::chromium::{PageEvent, SeedPage};
+use common::chromium::{PageEvent, SeedPage, pushwire_page};
 use common::redis::Redis;
 use common::*;
 use tokio::net::{TcpListener, TcpStream};
@@ -57,34 +57,6 @@ impl Drop for Balancer {
     }
 }
 
-/// The page: pushwire.js from the daemon (through the balancer), reporting each message
-/// as `/alert` "SEQ DATA" and each status but `reconnecting` as `/trouble`, in order.
-fn page(lb: SocketAddr) -> String {
-    let port = lb.port();
-    format!(
-        r#"<!doctype html>
-<html><head><meta charset="utf-8"><title>pushwire.js, cluster</title>
-<script>
-var chain = Promise.resolve();
-function report(path, text) {{
-  chain = chain.then(function () {{ return fetch(path, {{ method: 'POST', body: String(text) }}); }})
-               .catch(function () {{}});
-}}
-window.addEventListener('error', function (e) {{ report('/trouble', 'script error: ' + e.message); }});
-</script>
-<script src="http://127.0.0.1:{port}/pushwire.js"></script>
-<script>
-var pw = new Pushwire('ws://127.0.0.1:{port}/', {{ uid: 'jsc', minDelay: 50, maxDelay: 400 }});
-pw.onmessage = function (data, meta) {{ report('/alert', meta.seq + ' ' + data); }};
-pw.onstatus = function (status, d) {{
-  if (status !== 'reconnecting') report('/trouble', status + ' ' + d.status);
-}};
-</script>
-</head><body>pushwire.js, cluster</body></html>
-"#
-    )
-}
-
 async fn event(page: &mut SeedPage) -> String {
     match page.next_event_within(Duration::from_secs(15)).await {
         PageEvent::Alert(m) => format!("msg {m}"),
@@ -115,7 +87,7 @@ async fn chromium_pushwire_js_resumes_on_another_node_after_kill_9() {
     let b = node(&url).await;
     let lb = Balancer::start(vec![a.ws_addr, b.ws_addr]).await;
     let http = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let mut page = SeedPage::launch_html(http, page(lb.addr), &[]);
+    let mut page = SeedPage::launch_html(http, pushwire_page(lb.addr.port(), "jsc"), &[]);
     assert_eq!(event(&mut page).await, "connected new");
 
     // Pushed through node B to the page on node A: numbered by the one history.

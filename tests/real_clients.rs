@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::time::Duration;
 
-use common::chromium::{PageEvent, SeedPage};
+use common::chromium::{PageEvent, SeedPage, pushwire_page};
 use common::*;
 use tokio::net::TcpListener;
 use tokio::process::Command;
@@ -468,36 +468,6 @@ async fn seed_php_backend_over_the_unix_socket() {
 // ---------------------------------------------------------------------------------------
 // pushwire.js (protocol v1) in Chromium
 
-/// A page that loads `pushwire.js` from the daemon itself (`GET /pushwire.js` on the
-/// browser port) and reports, in order (each report waits for the previous one), every
-/// message as `/alert` "SEQ DATA" and every status but `reconnecting` (whose count
-/// depends on timing) as `/trouble` "STATUS KIND".
-fn pushwire_page(ws_addr: SocketAddr) -> String {
-    let port = ws_addr.port();
-    format!(
-        r#"<!doctype html>
-<html><head><meta charset="utf-8"><title>pushwire.js</title>
-<script>
-var chain = Promise.resolve();
-function report(path, text) {{
-  chain = chain.then(function () {{ return fetch(path, {{ method: 'POST', body: String(text) }}); }})
-               .catch(function () {{}});
-}}
-window.addEventListener('error', function (e) {{ report('/trouble', 'script error: ' + e.message); }});
-</script>
-<script src="http://127.0.0.1:{port}/pushwire.js"></script>
-<script>
-var pw = new Pushwire('ws://127.0.0.1:{port}/', {{ uid: 'js1', minDelay: 50, maxDelay: 400 }});
-pw.onmessage = function (data, meta) {{ report('/alert', meta.seq + ' ' + data); }};
-pw.onstatus = function (status, d) {{
-  if (status !== 'reconnecting') report('/trouble', status + ' ' + d.status);
-}};
-</script>
-</head><body>pushwire.js</body></html>
-"#
-    )
-}
-
 /// pushwire.js against the real daemon: it connects, its acks reach a backend waiting
 /// with `ack=`, a kicked connection resumes with nothing lost or doubled, and a daemon
 /// restart (a new epoch) is reported as `not_recovered` before it goes on.
@@ -507,7 +477,7 @@ async fn chromium_runs_pushwire_js_resumes_after_cuts_and_acks() {
     let config = pushwire::Config::default;
     let server = TestServer::start_on(config(), ws_addr, push_addr).await;
     let http = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let mut page = SeedPage::launch_html(http, pushwire_page(ws_addr), &[]);
+    let mut page = SeedPage::launch_html(http, pushwire_page(ws_addr.port(), "js1"), &[]);
     /// The page's next report, as "msg SEQ DATA" or the status line.
     async fn event(page: &mut SeedPage, within: Duration) -> String {
         match page.next_event_within(within).await {

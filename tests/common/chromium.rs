@@ -313,3 +313,33 @@ pub async fn seed_page_over_wss(port: u16, spki: &str, push: &mut PushClient) ->
     page.expect_alert(&big).await;
     page
 }
+
+/// A page that loads `pushwire.js` from the daemon (`GET /pushwire.js` on the browser
+/// port `port`, or a balancer in front of it), connects as `uid`, and reports, in order
+/// (each report waits for the previous one), every message as `/alert` "SEQ DATA" and
+/// every status but `reconnecting` (whose count depends on timing) as `/trouble`
+/// "STATUS KIND".
+pub fn pushwire_page(port: u16, uid: &str) -> String {
+    format!(
+        r#"<!doctype html>
+<html><head><meta charset="utf-8"><title>pushwire.js</title>
+<script>
+var chain = Promise.resolve();
+function report(path, text) {{
+  chain = chain.then(function () {{ return fetch(path, {{ method: 'POST', body: String(text) }}); }})
+               .catch(function () {{}});
+}}
+window.addEventListener('error', function (e) {{ report('/trouble', 'script error: ' + e.message); }});
+</script>
+<script src="http://127.0.0.1:{port}/pushwire.js"></script>
+<script>
+var pw = new Pushwire('ws://127.0.0.1:{port}/', {{ uid: '{uid}', minDelay: 50, maxDelay: 400 }});
+pw.onmessage = function (data, meta) {{ report('/alert', meta.seq + ' ' + data); }};
+pw.onstatus = function (status, d) {{
+  if (status !== 'reconnecting') report('/trouble', status + ' ' + d.status);
+}};
+</script>
+</head><body>pushwire.js</body></html>
+"#
+    )
+}
