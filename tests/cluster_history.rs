@@ -14,22 +14,7 @@ use common::*;
 use tokio::time::{Instant, sleep};
 
 async fn node(url: &str, history_messages: usize) -> TestServer {
-    let server = TestServer::start_http(pushwire::Config {
-        redis: Some(url.to_owned()),
-        cluster_timeout: Duration::from_millis(2000),
-        history_messages,
-        queue_depth: history_messages.max(1024),
-        ..pushwire::Config::default()
-    })
-    .await;
-    // Until its Redis link is up a node answers what needs Redis with fail and keeps
-    // nothing (pushes fail fast, never held for later): the tests start once it is ready.
-    let http = server.http_addr.expect("http door");
-    poll_until(STEP, "the node ready (its Redis link up)", || async move {
-        common::readyz(http).await.starts_with("HTTP/1.1 200")
-    })
-    .await;
-    server
+    cluster_node(url, history_messages).await
 }
 
 fn line(uid: &str, via: &str, n: u64) -> String {

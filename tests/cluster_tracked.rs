@@ -12,13 +12,7 @@ use common::*;
 use tokio::time::sleep;
 
 async fn node(url: &str, history_messages: usize) -> TestServer {
-    TestServer::start_with(pushwire::Config {
-        redis: Some(url.to_owned()),
-        cluster_timeout: Duration::from_millis(2000),
-        history_messages,
-        ..pushwire::Config::default()
-    })
-    .await
+    cluster_node(url, history_messages).await
 }
 
 fn j(uid: &str, m: &str) -> String {

@@ -212,3 +212,23 @@ pub async fn readyz(addr: std::net::SocketAddr) -> String {
         .expect("read response");
     String::from_utf8_lossy(&out).into_owned()
 }
+
+/// An in-process node in cluster mode on `url` (with the HTTP door), keeping
+/// `history_messages` per uid, returned once its Redis link is up: until then a node
+/// answers what needs Redis with fail and keeps nothing (pushes fail fast, never held).
+pub async fn cluster_node(url: &str, history_messages: usize) -> super::TestServer {
+    let server = super::TestServer::start_http(pushwire::Config {
+        redis: Some(url.to_owned()),
+        cluster_timeout: Duration::from_millis(2000),
+        history_messages,
+        queue_depth: history_messages.max(1024),
+        ..pushwire::Config::default()
+    })
+    .await;
+    let http = server.http_addr.expect("http door");
+    poll_until(STEP, "the node ready (its Redis link up)", || async move {
+        readyz(http).await.starts_with("HTTP/1.1 200")
+    })
+    .await;
+    server
+}
