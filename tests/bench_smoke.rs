@@ -104,37 +104,44 @@ async fn every_scenario_passes_its_own_checks_at_500_clients() {
     }
 
     // Protocol v1 clients against the same daemon: the ack round trip (and its clients'
-    // enveloped frames pass the same byte-exact checks).
-    let out = tokio::time::timeout(
-        Duration::from_secs(120),
-        Command::new(env!("CARGO_BIN_EXE_pushwire-bench"))
-            .args(["--ws", &format!("ws://127.0.0.1:{ws}/")])
-            .args(["--push", &format!("127.0.0.1:{push}")])
-            .args(["--server-pid", &pid.to_string(), "--json-only"])
-            .args(["ack", "--v1", "--clients", "200", "--smoke"])
-            .kill_on_drop(true)
-            .output(),
-    )
-    .await
-    .expect("bench ack did not finish within 120 s")
-    .expect("run pushwire-bench ack");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "bench ack failed: {}\n{stdout}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let ack = stdout
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .find(|r| r["scenario"] == "ack")
-        .unwrap_or_else(|| panic!("no ack report in {stdout}"));
-    assert_eq!(
-        (ack["ok"].as_bool(), ack["errors"].as_u64()),
-        (Some(true), Some(0)),
-        "{ack}"
-    );
+    // enveloped frames pass the same byte-exact checks), and a resume storm (every client
+    // cut, then all back at once with since=, each checked for exactly what it missed).
+    for scenario in [
+        &["ack", "--v1", "--clients", "200", "--smoke"][..],
+        &["resume-storm", "--clients", "100", "--missed", "5"][..],
+    ] {
+        let name = scenario[0];
+        let out = tokio::time::timeout(
+            Duration::from_secs(120),
+            Command::new(env!("CARGO_BIN_EXE_pushwire-bench"))
+                .args(["--ws", &format!("ws://127.0.0.1:{ws}/")])
+                .args(["--push", &format!("127.0.0.1:{push}")])
+                .args(["--server-pid", &pid.to_string(), "--json-only"])
+                .args(scenario)
+                .kill_on_drop(true)
+                .output(),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("bench {name} did not finish within 120 s"))
+        .unwrap_or_else(|e| panic!("run pushwire-bench {name}: {e}"));
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "bench {name} failed: {}\n{stdout}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let report = stdout
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .find(|r| r["scenario"] == name)
+            .unwrap_or_else(|| panic!("no {name} report in {stdout}"));
+        assert_eq!(
+            (report["ok"].as_bool(), report["errors"].as_u64()),
+            (Some(true), Some(0)),
+            "{report}"
+        );
+    }
 }
 
 /// `scripts/bench-compare.sh` end to end on the debug binaries: two sides (the same build

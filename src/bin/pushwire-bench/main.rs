@@ -18,6 +18,7 @@ mod floor;
 mod procstat;
 mod push;
 mod report;
+mod resume;
 mod scenarios;
 mod track;
 mod wsread;
@@ -92,6 +93,9 @@ pub struct Opts {
     /// Extra padding bytes in every pushed JSON line (`"p":"xxx…"`).
     #[arg(long, global = true, default_value_t = 0)]
     pub pad: usize,
+    /// resume-storm: messages each client misses while it is away.
+    #[arg(long, global = true, default_value_t = 10)]
+    pub missed: usize,
 
     /// Clients opt in to protocol v1 (`?pushwire=1`, docs/protocol.md): each message comes as
     /// `m SEQ PAYLOAD` after a status frame; the bench checks PAYLOAD as usual. Against a
@@ -170,6 +174,10 @@ pub enum Scenario {
     /// Protocol v1 (needs --v1): `/push ID ack=MS` one at a time, clients ack at once;
     /// the push → acked-reply round trip.
     Ack,
+    /// Protocol v1: --clients bind with ?pushwire=1, are cut, miss --missed messages each,
+    /// and all reconnect at once with since=; time until every one has caught up, and the
+    /// server's CPU for it (plain ws:// only).
+    ResumeStorm,
     /// Paced pushes at a fixed rate; push→frame latency percentiles.
     Latency,
     /// Fan-out to all N clients (a line per uid, one /broadcast, one /group); time to the last delivery.

@@ -199,6 +199,10 @@ pub async fn main(o: Opts, net: &'static Net) -> Result<bool, String> {
             let r = ack(&mut ctx).await;
             ctx.emit(r);
         }
+        Scenario::ResumeStorm => {
+            let r = crate::resume::resume_storm(&mut ctx).await;
+            ctx.emit(r);
+        }
         Scenario::Compare { .. }
         | Scenario::Floor
         | Scenario::FloorSender { .. }
