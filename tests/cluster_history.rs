@@ -82,12 +82,12 @@ async fn one_sequence_across_nodes_and_resume_on_another(url: &str) {
     on_b.tab.expect_silence(Duration::from_millis(200)).await;
 }
 
-/// The ledger: 2,000 pushes, half through each node, while one v1 client is cut off
+/// The ledger: 10,000 pushes, half through each node, while one v1 client is cut off
 /// again and again (a clean close, a kick through the other node, a dropped socket) and
 /// comes back alternately on node A and node B with `since`: every push arrives exactly
 /// once, in one consecutive sequence, each node's pushes in the order they were sent.
 async fn ledger_across_nodes_under_cuts(url: &str) {
-    const PER_NODE: u64 = 1000;
+    const PER_NODE: u64 = 5000;
     let (a, b) = (node(url, 2000).await, node(url, 2000).await);
     let nodes = [&a, &b];
     let mut tab = V1Client::connect(a.ws_addr, "led", None).await;
@@ -128,7 +128,7 @@ async fn ledger_across_nodes_under_cuts(url: &str) {
             // Nothing but our own cuts may end a session (no resync, no full queue).
             other => panic!("after {got} messages: {other:?}"),
         }
-        if got % 97 != 0 || got >= total {
+        if got % 476 != 0 || got >= total {
             continue;
         }
         cuts += 1;
