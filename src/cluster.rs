@@ -811,6 +811,58 @@ impl RemoteHistory for Hook {
             });
         }
     }
+
+    fn acked(&self, uid: &str, conn: ConnId, at: Position) {
+        if let Some(cluster) = self.0.upgrade() {
+            let uid = uid.to_owned();
+            tokio::spawn(async move { cluster.record_ack(&uid, conn, at).await });
+        }
+    }
+}
+
+impl Cluster {
+    /// Records that tab `conn` (of this node) acked `uid`'s messages up to `at`, for as
+    /// long as the uid's history is kept. Best effort: a lost record is a `not_acked`.
+    async fn record_ack(&self, uid: &str, conn: ConnId, at: Position) {
+        let (slot, key) = ch::acks_key(uid, &uid_channel(uid));
+        let keep = self
+            .history
+            .map_or(60_000, |h| h.keep.as_millis().max(1) as u64);
+        let args: Vec<Value> = vec![
+            ch::ACK_SCRIPT.into(),
+            "1".into(),
+            key.into(),
+            format!("{}:{conn}", self.node).into(),
+            format!("{}:{}", ch::epoch_text(at.epoch), at.seq).into(),
+            keep.to_string().into(),
+        ];
+        let sent = self
+            .cmd
+            .custom::<Value, _>(script_command("EVAL", slot), args);
+        if let Ok(Err(err)) = tokio::time::timeout(self.timeout, sent).await {
+            debug!(%err, "recording an ack failed");
+        }
+    }
+
+    /// How many tabs (connections, on any node) acknowledged `uid`'s message `at`; 0
+    /// when Redis cannot tell.
+    pub async fn acks(&self, uid: &str, at: Position) -> usize {
+        let (slot, key) = ch::acks_key(uid, &uid_channel(uid));
+        let args: Vec<Value> = vec![
+            ch::ACKS_SCRIPT.into(),
+            "1".into(),
+            key.into(),
+            ch::epoch_text(at.epoch).into(),
+            at.seq.to_string().into(),
+        ];
+        let read = self
+            .cmd
+            .custom::<i64, _>(script_command("EVAL", slot), args);
+        match tokio::time::timeout(self.timeout, read).await {
+            Ok(Ok(n)) => usize::try_from(n).unwrap_or(0),
+            _ => 0,
+        }
+    }
 }
 
 impl Cluster {

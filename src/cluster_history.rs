@@ -59,6 +59,32 @@ pub fn keys(uid: &str, channel: &str) -> (u16, [String; 3]) {
     )
 }
 
+/// A uid's acknowledgements (field: the acking connection, `NODE:CONN`; value: the
+/// `EPOCH:SEQ` it acked up to), in the slot of `channel`.
+pub fn acks_key(uid: &str, channel: &str) -> (u16, String) {
+    let slot = slot_of(channel.as_bytes());
+    let tag = slot_tags()[usize::from(slot)];
+    (slot, format!("pw:a:{{{tag}}}:{uid}"))
+}
+
+/// Records one connection's ack: KEYS[1] the acks hash; ARGV: field, `EPOCH:SEQ`, TTL ms.
+pub const ACK_SCRIPT: &str = r#"
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+return 1
+"#;
+
+/// How many connections acked at least ARGV[2] of epoch ARGV[1] (hex): KEYS[1] the acks
+/// hash.
+pub const ACKS_SCRIPT: &str = r#"
+local n = 0
+for _, v in ipairs(redis.call('HVALS', KEYS[1])) do
+  local e, s = string.match(v, '^(%x+):(%d+)$')
+  if e == ARGV[1] and tonumber(s) >= tonumber(ARGV[2]) then n = n + 1 end
+end
+return n
+"#;
+
 /// Drops messages from the front of the list while over the count or bytes bound, or
 /// older than the age bound; records the new floor and bytes.
 const TRIM: &str = r#"

@@ -42,6 +42,12 @@ const SHARDS: usize = 64;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct ConnId(u64);
 
+impl std::fmt::Display for ConnId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
 /// How many of a uid's connections took a message.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Delivery {
@@ -108,6 +114,11 @@ pub trait RemoteHistory: Send + Sync + std::fmt::Debug {
     /// A seed connection `conn` of `uid` bound here: take the uid's offline queue, then
     /// call [`Registry::deliver_to`]. Called with no lock held; must not wait.
     fn seed_bound(&self, _uid: &Uid, _conn: ConnId) {}
+
+    /// A cluster-fed v1 connection `conn` of `uid` acknowledged everything up to `at`:
+    /// record it where the node that accepted the push can see it. Called with no lock
+    /// held; must not wait.
+    fn acked(&self, _uid: &str, _conn: ConnId, _at: Position) {}
 }
 
 /// Where a connection's messages come from.
@@ -601,8 +612,23 @@ impl Registry {
 
     /// Tab `conn` of `uid` acknowledged every message up to `seq`.
     fn ack(&self, uid: &str, conn: ConnId, seq: Seq) {
-        if let Some(log) = self.shard(uid).logs.get_mut(uid) {
+        let mut shard = self.shard(uid);
+        if let Some(log) = shard.logs.get_mut(uid) {
             log.ack(conn.0, seq);
+        }
+        // Cluster mode: the tab's history is in Redis, and the push it acks may have been
+        // accepted by another node.
+        let epoch = shard
+            .uids
+            .get(uid)
+            .and_then(|e| e.conns.iter().find(|m| m.id == conn))
+            .and_then(|m| match m.feed {
+                Feed::Live { epoch, .. } => Some(epoch),
+                _ => None,
+            });
+        drop(shard);
+        if let (Some(epoch), Some(remote)) = (epoch, self.shared.remote.get()) {
+            remote.acked(uid, conn, Position { epoch, seq });
         }
         self.shared.metrics.incr(Metric::Acks);
     }

@@ -202,3 +202,63 @@ async fn pipelined_pushes_with_retry_claims_keep_their_order(url: &str) {
 }
 
 on_both!(pipelined_pushes_with_retry_claims_keep_their_order);
+
+/// `ack=` across nodes: a v1 tab on node B acknowledges a push accepted by node A, whose
+/// reply then says `acked` with the tab count; a push no tab acknowledges is `not_acked`
+/// once its wait is over, and the lines behind it are not held up.
+async fn acks_reach_the_node_that_accepted_the_push(url: &str) {
+    let (a, b) = (node(url, 100).await, node(url, 100).await);
+    let mut tab = V1Client::connect(b.ws_addr, "ak", None).await;
+    let epoch = tab.status.epoch.clone();
+    until_reply(
+        a.push_addr,
+        "/online ak",
+        "\"connections\":1",
+        STEP,
+        "b holds ak",
+    )
+    .await;
+    let mut push = PushClient::connect(a.push_addr).await;
+    push.send_raw(format!("/push k1 ack=5000 {}\n", j("ak", "one")).as_bytes())
+        .await;
+    let seq = match tab.next().await {
+        common::v1::V1Event::Msg(seq, payload) => {
+            assert_eq!(payload, j("ak", "one"));
+            seq
+        }
+        other => panic!("{other:?}"),
+    };
+    let started = std::time::Instant::now();
+    tab.ack(seq).await;
+    let v: serde_json::Value = serde_json::from_str(push.read_reply().await.trim_end()).unwrap();
+    assert!(started.elapsed() < Duration::from_secs(2), "{v}");
+    assert_eq!(
+        v,
+        serde_json::json!({"ok":true,"result":"acked","connections":1,"refused":0,
+            "acks":1,"seq":seq,"epoch":epoch,"id":"k1"})
+    );
+    // Not acknowledged: not_acked after the wait; the line behind it arrives at once.
+    push.send_raw(
+        format!(
+            "/push k2 ack=400 {}\n{}\n",
+            j("ak", "two"),
+            j("ak", "three")
+        )
+        .as_bytes(),
+    )
+    .await;
+    let sent = std::time::Instant::now();
+    tab.expect_msg(seq + 1, &j("ak", "two")).await;
+    tab.expect_msg(seq + 2, &j("ak", "three")).await;
+    assert!(sent.elapsed() < Duration::from_millis(300), "held up");
+    let v: serde_json::Value = serde_json::from_str(push.read_reply().await.trim_end()).unwrap();
+    assert!(sent.elapsed() >= Duration::from_millis(400), "{v}");
+    assert_eq!(
+        (v["result"].as_str(), v["acks"].as_u64()),
+        (Some("not_acked"), Some(0)),
+        "{v}"
+    );
+    assert_eq!(push.read_reply().await, "ok\n");
+}
+
+on_both!(acks_reach_the_node_that_accepted_the_push);

@@ -69,11 +69,6 @@ fn prepare(
     target: Result<Cow<'_, str>, BadLine>,
 ) -> Prepared {
     let id = id.into_owned();
-    if options.ack.is_some() {
-        return Prepared::Done(Response::Ready(Reply::error(
-            "ack= is single-node only (not in cluster mode yet)",
-        )));
-    }
     let uid = match target {
         Ok(uid) => uid.into_owned(),
         Err(bad) => {
@@ -109,12 +104,15 @@ fn prepare(
         .config
         .dedupe_window
         .filter(|_| state.config.dedupe_max_entries > 0);
+    let ack = Ack::of(state, &job, &options);
     let Some(window) = window else {
         // Started now, so it is published in line order with the lines around it.
         let sent = job.start();
         return Prepared::Done(Response::Later(Box::pin(async move {
             let (result, pushed) = sent.await;
-            Reply::Json(super::Json::Push(reply(result, pushed, &options, id)))
+            Reply::Json(super::Json::Push(
+                Ack::answer(ack, result, pushed, &options, id).await,
+            ))
         })));
     };
     Prepared::Claim(Claimed {
@@ -123,6 +121,7 @@ fn prepare(
         options,
         window,
         dedupe: state.dedupe.clone(),
+        ack,
     })
 }
 
@@ -133,6 +132,7 @@ struct Claimed {
     options: PushOptions,
     window: Duration,
     dedupe: Arc<Dedupe>,
+    ack: Option<Ack>,
 }
 
 impl Claimed {
@@ -146,6 +146,7 @@ impl Claimed {
             options,
             window,
             dedupe,
+            ack,
         } = self;
         let line = job.msg.as_bytes();
         let (key, ticket) = match job.cluster.claim(&id, line, window).await {
@@ -180,8 +181,71 @@ impl Claimed {
             if let Some(ticket) = ticket {
                 dedupe.settle(ticket, first);
             }
-            Reply::Json(super::Json::Push(reply(result, pushed, &options, id)))
+            Reply::Json(super::Json::Push(
+                Ack::answer(ack, result, pushed, &options, id).await,
+            ))
         }))
+    }
+}
+
+/// `ack=MS` in cluster mode: the tabs that acknowledge may be on any node, so each
+/// records its ack in Redis (`cluster_history::acks_key`) and the accepting node looks
+/// there until one has, or the wait is over.
+struct Ack {
+    cluster: Arc<Cluster>,
+    uid: String,
+    wait: Duration,
+}
+
+/// How often the accepting node looks for an ack.
+const ACK_POLL: Duration = Duration::from_millis(5);
+
+impl Ack {
+    fn of(state: &State, job: &Job, options: &PushOptions) -> Option<Ack> {
+        let wait = options
+            .ack
+            .map(|ms| Duration::from_millis(ms).min(state.config.max_ack_wait))?;
+        Some(Ack {
+            cluster: job.cluster.clone(),
+            uid: job.uid.clone(),
+            wait,
+        })
+    }
+
+    /// The reply; with `ack=`, once a tab acknowledged (`acked`, how many) or the wait
+    /// ended (`not_acked`). Only a message with a place in the uid's history can be
+    /// acknowledged.
+    async fn answer(
+        ack: Option<Ack>,
+        result: PushResult,
+        pushed: Pushed,
+        options: &PushOptions,
+        id: String,
+    ) -> PushReply {
+        let Some(ack) = ack else {
+            return reply(result, pushed, options, id);
+        };
+        let accepted = matches!(result, PushResult::Delivered | PushResult::Queued);
+        let Some(at) = pushed.at.filter(|_| accepted) else {
+            let result = if accepted {
+                PushResult::NotAcked
+            } else {
+                result
+            };
+            return reply(result, pushed, options, id).with_acks(0);
+        };
+        let deadline = tokio::time::Instant::now() + ack.wait;
+        loop {
+            let tabs = ack.cluster.acks(&ack.uid, at).await;
+            if tabs > 0 {
+                return reply(PushResult::Acked, pushed, options, id).with_acks(tabs);
+            }
+            let now = tokio::time::Instant::now();
+            if now >= deadline {
+                return reply(PushResult::NotAcked, pushed, options, id).with_acks(0);
+            }
+            tokio::time::sleep(ACK_POLL.min(deadline - now)).await;
+        }
     }
 }
 

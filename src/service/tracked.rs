@@ -168,7 +168,7 @@ impl PushReply {
         self
     }
 
-    fn with_acks(mut self, acks: usize) -> PushReply {
+    pub(super) fn with_acks(mut self, acks: usize) -> PushReply {
         if let Some(t) = &mut self.tracking {
             t.acks = Some(acks);
         }

@@ -166,8 +166,10 @@ pub fn spawn_redis(port: u16, dir: &std::path::Path, extra: &[&str]) -> Child {
         .expect("start redis-server (scripts/test.sh installs it)")
 }
 
+/// Waits until something accepts connections on 127.0.0.1:`port` (15 s at most: a
+/// loaded 2-core CI box may take a while to start three masters at once).
 pub async fn wait_listening(port: u16) {
-    let deadline = Instant::now() + STEP;
+    let deadline = Instant::now() + 3 * STEP;
     while tokio::net::TcpStream::connect(("127.0.0.1", port))
         .await
         .is_err()
