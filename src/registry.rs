@@ -180,6 +180,15 @@ struct Shard {
     logs: Logs,
 }
 
+impl Shard {
+    /// Connection `conn` of `uid`, if it is still bound.
+    fn member(&mut self, uid: &str, conn: ConnId) -> Option<&mut Member> {
+        self.uids
+            .get_mut(uid)
+            .and_then(|e| e.conns.iter_mut().find(|m| m.id == conn))
+    }
+}
+
 /// Everything known about one online uid.
 #[derive(Debug, Default)]
 struct UidEntry {
@@ -564,11 +573,7 @@ impl Registry {
         head: Seq,
     ) {
         let mut shard = self.shard(uid);
-        let Some(member) = shard
-            .uids
-            .get_mut(uid)
-            .and_then(|e| e.conns.iter_mut().find(|m| m.id == conn))
-        else {
+        let Some(member) = shard.member(uid, conn) else {
             return; // Gone meanwhile.
         };
         let Feed::Resuming(held) = std::mem::replace(&mut member.feed, Feed::Local) else {
@@ -597,11 +602,7 @@ impl Registry {
     /// Cluster mode: a seed tab's offline queue, taken from Redis after it bound.
     pub fn deliver_to(&self, uid: &str, conn: ConnId, msgs: Vec<Payload>) {
         let mut shard = self.shard(uid);
-        let Some(member) = shard
-            .uids
-            .get_mut(uid)
-            .and_then(|e| e.conns.iter_mut().find(|m| m.id == conn))
-        else {
+        let Some(member) = shard.member(uid, conn) else {
             return; // Gone meanwhile.
         };
         let mut ignored = Delivery::default();
@@ -618,14 +619,10 @@ impl Registry {
         }
         // Cluster mode: the tab's history is in Redis, and the push it acks may have been
         // accepted by another node.
-        let epoch = shard
-            .uids
-            .get(uid)
-            .and_then(|e| e.conns.iter().find(|m| m.id == conn))
-            .and_then(|m| match m.feed {
-                Feed::Live { epoch, .. } => Some(epoch),
-                _ => None,
-            });
+        let epoch = shard.member(uid, conn).and_then(|m| match m.feed {
+            Feed::Live { epoch, .. } => Some(epoch),
+            _ => None,
+        });
         drop(shard);
         if let (Some(epoch), Some(remote)) = (epoch, self.shared.remote.get()) {
             remote.acked(uid, conn, Position { epoch, seq });

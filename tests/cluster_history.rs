@@ -261,13 +261,7 @@ async fn a_node_killed_while_it_held_the_user_loses_nothing() {
 /// position; a resume `not_recovered`), and local pushes reach the tab unnumbered.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_redis_v1_binds_complete_unnumbered() {
-    let dead = format!("redis://127.0.0.1:{}/", free_port());
-    let n = TestServer::start_with(pushwire::Config {
-        redis: Some(dead),
-        cluster_timeout: Duration::from_millis(300),
-        ..pushwire::Config::default()
-    })
-    .await;
+    let n = node_without_redis(Duration::from_millis(300)).await;
     let started = Instant::now();
     let mut tab = V1Client::connect(n.ws_addr, "down", None).await;
     assert_eq!(tab.status.point(), "0000000000000000:0");

@@ -134,13 +134,7 @@ on_both!(the_offline_queue_is_shared_by_the_nodes);
 /// Redis unreachable: retries through the same node are still caught (its memory).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_redis_retries_fall_back_to_the_node() {
-    let dead = format!("redis://127.0.0.1:{}/", free_port());
-    let n = TestServer::start_with(pushwire::Config {
-        redis: Some(dead),
-        cluster_timeout: Duration::from_millis(300),
-        ..pushwire::Config::default()
-    })
-    .await;
+    let n = node_without_redis(Duration::from_millis(300)).await;
     let mut tab = WsClient::connect(&n.ws_url()).await;
     tab.send_text("dn").await;
     until_reply(

@@ -234,3 +234,15 @@ pub async fn cluster_node(url: &str, history_messages: usize) -> super::TestServ
     .await;
     server
 }
+
+/// An in-process node in cluster mode whose Redis is unreachable (a port nothing listens
+/// on), giving up on Redis after `cluster_timeout`.
+pub async fn node_without_redis(cluster_timeout: Duration) -> super::TestServer {
+    let dead = format!("redis://127.0.0.1:{}/", free_port());
+    super::TestServer::start_with(pushwire::Config {
+        redis: Some(dead),
+        cluster_timeout,
+        ..pushwire::Config::default()
+    })
+    .await
+}
