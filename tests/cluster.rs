@@ -149,12 +149,14 @@ async fn without_redis_local_pushes_go_on_and_remote_ones_fail_fast_then_heal() 
     let mut local = PushClient::connect(b.push_addr).await;
     assert_eq!(local.request(r#"{"uid":"r","local":1}"#).await, "ok\n");
     assert_eq!(tab.recv_text().await, r#"{"uid":"r","local":1}"#);
-    // Remote: fail within a bounded time, never hang; /push says why.
+    // Remote: fail within a bounded time, never hang; /push says why. The bound is the
+    // cluster timeout (2 s here): at once if the node already saw Redis go, at the
+    // timeout if its publish was in flight; plus a margin for a loaded machine.
     let mut remote = PushClient::connect(a.push_addr).await;
     let started = Instant::now();
     assert_eq!(remote.request(r#"{"uid":"r","remote":1}"#).await, "fail\n");
     assert!(
-        started.elapsed() < Duration::from_secs(2),
+        started.elapsed() < Duration::from_secs(3),
         "{:?}",
         started.elapsed()
     );
