@@ -6,7 +6,9 @@
 //! are buffered only while a frame is arriving. tungstenite still does the HTTP upgrade.
 //!
 //! Writing sends the server's text frames straight from the payload all recipients share
-//! (no per-connection copy), without waiting, resumable after a partial write.
+//! (no per-connection copy), without waiting, resumable after a partial write: from the
+//! connection's task, or from the push itself writing through to an idle plain socket
+//! (the [`Socket`] impl; see `outbox.rs`).
 //!
 //! Reading is cancel-safe (partial input lives in [`FrameReader`], never in the future),
 //! so it can sit in a `select!` beside the outbox and the ping timer.
@@ -14,6 +16,9 @@
 use std::io::{self, IoSlice};
 use std::time::Duration;
 
+use tokio::net::TcpStream;
+
+use crate::outbox::Socket;
 use crate::transport::Transport;
 use crate::wire::Payload;
 use crate::wire::envelope::Prefix;
@@ -324,6 +329,62 @@ pub async fn write_raw(tcp: &mut Transport, bytes: &[u8], limit: Duration) -> io
 
 // ---- Writing: the server's text frames ----
 
+/// Where frames are written without waiting: a connection's [`Transport`] (its task), or
+/// its plain socket shared with the outbox (a push writing through).
+pub trait Sink {
+    /// Writes from `buf` without waiting; `WouldBlock` when the socket takes nothing now.
+    fn try_write(&mut self, buf: &[u8]) -> io::Result<usize>;
+    /// [`Sink::try_write`] for several buffers.
+    fn try_write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize>;
+    /// Whether bytes counted as written still wait to leave (TLS only).
+    fn pending_output(&self) -> bool;
+}
+
+impl Sink for Transport {
+    fn try_write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        Transport::try_write(self, buf)
+    }
+    fn try_write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        Transport::try_write_vectored(self, bufs)
+    }
+    fn pending_output(&self) -> bool {
+        Transport::pending_output(self)
+    }
+}
+
+/// The plain socket as the kernel sees it, for a push writing through: `send()` without
+/// tokio's readiness bookkeeping, a cache miss per recipient of a broadcast (measured in
+/// `docs/benchmarks.md`, "Writing through"). Safe beside tokio: a full socket here only
+/// queues the frame for the task, whose own (tokio) write then meets the full socket and
+/// waits for it in the usual way.
+struct Kernel<'a>(socket2::SockRef<'a>);
+
+impl Sink for Kernel<'_> {
+    fn try_write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.send(buf)
+    }
+    fn try_write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        self.0.send_vectored(bufs)
+    }
+    fn pending_output(&self) -> bool {
+        false
+    }
+}
+
+/// A push writing through to an idle plain connection: the same frame, from the same
+/// code, as its task would write.
+impl Socket for TcpStream {
+    fn try_send(&self, msg: &Payload, enveloped: bool, sent: usize) -> io::Result<Option<usize>> {
+        let mut at = Progress {
+            frame: 0,
+            offset: sent,
+        };
+        let mut sink = Kernel(socket2::SockRef::from(self));
+        let done = try_write(&mut sink, std::slice::from_ref(msg), enveloped, &mut at)?;
+        Ok((!done).then_some(at.offset))
+    }
+}
+
 /// How far a batch has been written: the next frame, and bytes of it already sent.
 #[derive(Debug, Default)]
 pub struct Progress {
@@ -341,8 +402,8 @@ pub struct Progress {
 /// Why not `ws.send`: tungstenite copies each frame into a per-connection output `Vec`
 /// that keeps its largest-ever capacity, so one 1 MiB push to 10k browsers would pin
 /// 10 GiB for good. Here the payload shared by all recipients is never copied.
-pub fn try_write(
-    stream: &mut Transport,
+pub fn try_write<S: Sink>(
+    stream: &mut S,
     batch: &[Payload],
     enveloped: bool,
     at: &mut Progress,
@@ -408,8 +469,8 @@ fn frame_head(msg: &Payload, enveloped: bool) -> (FrameHeader, Prefix) {
 /// Small batches (the usual case: one short push) are copied into a stack buffer and sent
 /// with one `send`, which skips `writev`'s iovec import and file-position locking; that is
 /// measurably cheaper per recipient. `None` if the rest of the batch does not fit.
-fn try_send_small(
-    stream: &mut Transport,
+fn try_send_small<S: Sink>(
+    stream: &mut S,
     batch: &[Payload],
     enveloped: bool,
     at: &mut Progress,
@@ -494,6 +555,7 @@ impl FrameHeader {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
     use tokio::io::AsyncReadExt;
     use tokio::net::{TcpListener, TcpSocket};
 
@@ -506,8 +568,9 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let sock = TcpSocket::new_v4().unwrap();
         sock.set_send_buffer_size(4096).unwrap();
-        let mut writer =
-            Transport::Plain(sock.connect(listener.local_addr().unwrap()).await.unwrap());
+        let mut writer = Transport::Plain(Arc::new(
+            sock.connect(listener.local_addr().unwrap()).await.unwrap(),
+        ));
         let (mut reader, _) = listener.accept().await.unwrap();
 
         let small = [1, 125, 126, 300, 700, 1000, 1500];

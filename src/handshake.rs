@@ -102,7 +102,7 @@ pub(crate) async fn open(tcp: TcpStream, policy: &Policy<'_>) -> Result<Transpor
         Some(acceptor) => Transport::Tls(Box::new(
             acceptor.accept(tcp).await.map_err(HandshakeError::Tls)?,
         )),
-        None => Transport::Plain(tcp),
+        None => Transport::Plain(std::sync::Arc::new(tcp)),
     })
 }
 
@@ -279,22 +279,28 @@ impl AsyncWrite for Prefixed<'_> {
         data: &[u8],
     ) -> Poll<io::Result<usize>> {
         match &mut *self.get_mut().io {
-            Transport::Plain(tcp) => Pin::new(tcp).poll_write(cx, data),
+            Transport::Plain(tcp) => loop {
+                // Shared (`Arc`), so no `&mut` for `AsyncWrite`: tokio's readiness loop.
+                std::task::ready!(tcp.poll_write_ready(cx))?;
+                match tcp.try_write(data) {
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                    r => return Poll::Ready(r),
+                }
+            },
             Transport::Tls(tls) => Poll::Ready(tls.buffer(data)),
         }
     }
 
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
         match &mut *self.get_mut().io {
-            Transport::Plain(tcp) => Pin::new(tcp).poll_flush(cx),
-            Transport::Tls(_) => Poll::Ready(Ok(())),
+            Transport::Plain(_) | Transport::Tls(_) => Poll::Ready(Ok(())),
         }
     }
 
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
         match &mut *self.get_mut().io {
-            Transport::Plain(tcp) => Pin::new(tcp).poll_shutdown(cx),
-            Transport::Tls(_) => Poll::Ready(Ok(())),
+            // The connection is dropped (closed) right after a failed upgrade anyway.
+            Transport::Plain(_) | Transport::Tls(_) => Poll::Ready(Ok(())),
         }
     }
 }

@@ -32,7 +32,7 @@ use crate::history::{HistoryLimits, HistoryShared, Kept, Logs};
 use crate::logsafe::escaped;
 use crate::metrics::{Metric, Metrics};
 use crate::outbox::{Offer, Outbox, QueueLimits};
-use crate::wire::envelope::{Mode, Position, RAW, Seq, Status, UNNUMBERED, status_frame};
+use crate::wire::envelope::{Mode, Position, Seq, Status, status_frame};
 use crate::wire::{CloseNotice, Payload, Uid};
 
 /// Enough shards that two cores rarely meet on one lock; each is a small `HashMap`.
@@ -213,8 +213,6 @@ pub struct Binding {
     outbox: Arc<Outbox>,
     /// Protocol v1: frames carry their sequence; acks count.
     enveloped: bool,
-    /// The highest sequence written to this connection: its acks count up to here.
-    written: AtomicU64,
 }
 
 impl Binding {
@@ -225,16 +223,8 @@ impl Binding {
 
     /// Notes what the writer just sent, so acks are believed only that far.
     pub fn wrote(&self, batch: &[Payload]) {
-        if !self.enveloped {
-            return;
-        }
-        if let Some(max) = batch
-            .iter()
-            .map(Payload::seq)
-            .filter(|&s| s != RAW && s != UNNUMBERED)
-            .max()
-        {
-            self.written.fetch_max(max, Relaxed);
+        if self.enveloped {
+            self.outbox.note_written(batch);
         }
     }
 
@@ -245,7 +235,7 @@ impl Binding {
         let Some(seq) = crate::wire::envelope::parse_ack(text).filter(|_| self.enveloped) else {
             return false;
         };
-        let seq = seq.min(self.written.load(Relaxed));
+        let seq = seq.min(self.outbox.written());
         if seq > 0 {
             self.registry.ack(&self.uid, self.id, seq);
         }
@@ -265,6 +255,8 @@ impl Binding {
 
 impl Drop for Binding {
     fn drop(&mut self) {
+        // Whatever way the session ended, no offer writes to its socket from here on.
+        self.outbox.detach();
         self.registry.unbind(&self.uid, self.id);
     }
 }
@@ -379,7 +371,6 @@ impl Registry {
             id,
             outbox,
             enveloped: matches!(mode, Mode::V1 { .. }),
-            written: AtomicU64::new(0),
         }
     }
 
@@ -665,6 +656,11 @@ impl Registry {
     fn offer(&self, uid: &str, member: &Member, msg: &Payload, delivery: &mut Delivery) {
         match member.outbox.offer(msg) {
             Offer::Queued => delivery.queued += 1,
+            Offer::Written => {
+                delivery.queued += 1;
+                let frame = std::iter::once((msg.len(), msg.received()));
+                self.shared.metrics.frames_written(frame);
+            }
             Offer::Closed => delivery.refused += 1,
             Offer::Full => {
                 delivery.refused += 1;

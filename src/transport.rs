@@ -3,6 +3,7 @@
 //! the handshake and the session loop are written once.
 
 use std::io::{self, IoSlice};
+use std::sync::Arc;
 
 use tokio::net::TcpStream;
 
@@ -11,8 +12,9 @@ use crate::tls::TlsSocket;
 /// A browser's socket, plain or TLS.
 #[derive(Debug)]
 pub enum Transport {
-    /// `ws://`.
-    Plain(TcpStream),
+    /// `ws://`. Shared: once bound, pushes may write frames to it themselves (see
+    /// `outbox.rs`, "Writing through").
+    Plain(Arc<TcpStream>),
     /// `wss://`. Boxed: a TLS session is a few hundred bytes, a plain socket a pointer's
     /// worth, and most deployments serve one kind.
     Tls(Box<TlsSocket>),

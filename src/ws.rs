@@ -124,13 +124,35 @@ pub(crate) async fn serve(
 
     let binding = ctx.registry.bind_as(&uid, mode);
     ws.enveloped = binding.enveloped();
+    if let Transport::Plain(tcp) = &ws.tcp {
+        binding.outbox().attach(tcp.clone(), ws.enveloped);
+    }
     drop(places.pending);
     debug!(uid = %crate::logsafe::escaped(binding.uid()), "bound");
     let end = session(&mut ws, &binding, &ctx).await;
+    let half_written = binding.outbox().detach();
     // Leave the map before the (possibly slow) closing handshake, so pushes fail at once.
     drop(binding);
     debug!(uid = %crate::logsafe::escaped(&uid), ?end, "closed");
+    if let Some((msg, sent)) = half_written
+        && closes_with_frame(&end)
+    {
+        // A push wrote part of this frame itself: the close frame goes after the rest.
+        let mut at = Progress {
+            frame: 0,
+            offset: sent,
+        };
+        let rest = write_all(&mut ws, std::slice::from_ref(&msg), &mut at);
+        if !matches!(Box::pin(timeout(CLOSE_GRACE, rest)).await, Ok(Ok(()))) {
+            return;
+        }
+    }
     finish(&mut ws, end).await;
+}
+
+/// Whether [`finish`] writes a frame for `end`.
+fn closes_with_frame(end: &End) -> bool {
+    matches!(end, End::Closed(_) | End::Shutdown | End::PeerClosed(_))
 }
 
 /// Closes the connection as `end` requires: our close frame with its code, or the echo of
@@ -156,7 +178,10 @@ async fn finish(ws: &mut Ws, end: End) {
 pub(crate) async fn refuse(stream: TcpStream, why: Refused, ctx: &State) {
     // Over TLS an HTTP answer would first cost a TLS handshake, the very work the budget
     // is there to refuse: the connection is just closed.
-    let stream = ctx.tls.is_none().then_some(Transport::Plain(stream));
+    let stream = ctx
+        .tls
+        .is_none()
+        .then(|| Transport::Plain(Arc::new(stream)));
     refuse_on(stream, why, ctx).await;
 }
 
@@ -287,10 +312,11 @@ async fn session(ws: &mut Ws, binding: &Binding, ctx: &State) -> End {
             biased;
             () = &mut stop => {
                 // Deliver what was already accepted before saying goodbye.
-                if let Err(notice) = outbox.try_recv(&mut batch) {
-                    return End::Closed(notice);
-                }
-                let mut at = Progress::default();
+                let sent = match outbox.try_recv(&mut batch) {
+                    Ok(sent) => sent.unwrap_or(0),
+                    Err(notice) => return End::Closed(notice),
+                };
+                let mut at = Progress { frame: 0, offset: sent };
                 let write = write_all(ws, &batch, &mut at);
                 let drained = Box::pin(timeout(cfg.shutdown_timeout, write)).await;
                 metrics.frames_written(batch[..at.frame].iter().map(|m| (m.len(), m.received())));
@@ -301,12 +327,13 @@ async fn session(ws: &mut Ws, binding: &Binding, ctx: &State) -> End {
                 };
             }
             r = outbox.recv(&mut batch) => {
-                if let Err(notice) = r {
-                    return End::Closed(notice);
-                }
+                let sent = match r {
+                    Ok(sent) => sent,
+                    Err(notice) => return End::Closed(notice),
+                };
                 // Only `deliver`'s slow path is boxed: an idle connection's task is sized
                 // by the states it can sleep in, and a stuck write is not one of them.
-                if let Err(end) = deliver(ws, &batch, outbox, ctx).await {
+                if let Err(end) = deliver(ws, &batch, sent, outbox, ctx).await {
                     return end;
                 }
                 metrics.frames_written(batch.iter().map(|m| (m.len(), m.received())));
@@ -326,8 +353,9 @@ async fn session(ws: &mut Ws, binding: &Binding, ctx: &State) -> End {
                     Ok(Incoming::Pong) => {}
                     Ok(Incoming::Ping(payload)) => {
                         let pong = control_frame(PONG, &payload);
-                        if let Err(err) = Box::pin(write_raw(&mut ws.tcp, &pong, cfg.pong_timeout)).await {
-                            return End::PeerError(FrameError::Io(err));
+                        let write = write_control(ws, &pong, &mut batch, binding, ctx);
+                        if let Err(end) = Box::pin(write).await {
+                            return end;
                         }
                     }
                     Err(err) => match refusal(&err) {
@@ -341,10 +369,8 @@ async fn session(ws: &mut Ws, binding: &Binding, ctx: &State) -> End {
                     return End::PongTimeout;
                 }
                 let ping = control_frame(PING, &[]);
-                match Box::pin(write_raw(&mut ws.tcp, &ping, cfg.pong_timeout)).await {
-                    Ok(()) => {}
-                    Err(err) if err.kind() == std::io::ErrorKind::TimedOut => return End::WriteStalled,
-                    Err(err) => return End::PeerError(FrameError::Io(err)),
+                if let Err(end) = Box::pin(write_control(ws, &ping, &mut batch, binding, ctx)).await {
+                    return end;
                 }
                 awaiting_pong = true;
                 timer.as_mut().reset(Instant::now() + cfg.pong_timeout);
@@ -353,10 +379,45 @@ async fn session(ws: &mut Ws, binding: &Binding, ctx: &State) -> End {
     }
 }
 
-/// Writes a batch of text frames. The common case (the socket takes it all at once)
-/// costs one `writev` and nothing else: no timer, no allocation for a future.
-async fn deliver(ws: &mut Ws, batch: &[Payload], outbox: &Outbox, ctx: &State) -> Result<(), End> {
-    let mut at = Progress::default();
+/// Writes a control frame of our own (ping, pong): the socket is taken from pushes first,
+/// and what they queued goes out before it, so no frame is cut in two.
+async fn write_control(
+    ws: &mut Ws,
+    frame: &[u8],
+    batch: &mut Vec<Payload>,
+    binding: &Binding,
+    ctx: &State,
+) -> Result<(), End> {
+    let outbox = binding.outbox();
+    let sent = outbox.claim(batch).map_err(End::Closed)?;
+    if !batch.is_empty() {
+        deliver(ws, batch, sent, outbox, ctx).await?;
+        ctx.metrics
+            .frames_written(batch.iter().map(|m| (m.len(), m.received())));
+        binding.wrote(batch);
+        batch.clear();
+    }
+    match write_raw(&mut ws.tcp, frame, ctx.config.pong_timeout).await {
+        Ok(()) => Ok(()),
+        Err(err) if err.kind() == std::io::ErrorKind::TimedOut => Err(End::WriteStalled),
+        Err(err) => Err(End::PeerError(FrameError::Io(err))),
+    }
+}
+
+/// Writes a batch of text frames, the first from byte `sent` of it on (a push wrote the
+/// rest itself). The common case (the socket takes it all at once) costs one `writev`
+/// and nothing else: no timer, no allocation for a future.
+async fn deliver(
+    ws: &mut Ws,
+    batch: &[Payload],
+    sent: usize,
+    outbox: &Outbox,
+    ctx: &State,
+) -> Result<(), End> {
+    let mut at = Progress {
+        frame: 0,
+        offset: sent,
+    };
     match try_write(&mut ws.tcp, batch, ws.enveloped, &mut at) {
         Ok(true) => return Ok(()),
         Ok(false) => {}
