@@ -17,8 +17,11 @@
 //!   uid reach every holder in the order they were sent.
 //! - **Redis unreachable**: local delivery goes on; a publish that fails or times out
 //!   leaves the reply to local delivery (a plain line answers `fail` if nothing here took
-//!   it; `/push` says `unavailable`). The client reconnects with exponential backoff and
-//!   jitter and re-subscribes everything (fred's `manage_subscriptions`).
+//!   it). `/push` says `unavailable` only for a publish that never left this node (Redis
+//!   known down, the queue full, or the client refused it unwritten), and `partial` for
+//!   one handed to the Redis client and unanswered (in doubt: Redis may have run it, or
+//!   the client may write it after reconnecting). The client reconnects with exponential
+//!   backoff and jitter and re-subscribes everything (fred's `manage_subscriptions`).
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
@@ -114,12 +117,26 @@ pub struct Remote {
     pub missing: usize,
     /// Other nodes that answered.
     pub answered: usize,
-    /// Redis could not be asked (down, or the publish queue is full).
+    /// Redis could not be asked (down, the publish queue is full, or the Redis client
+    /// refused it before sending): it never left this node and reached nobody elsewhere.
     pub unavailable: bool,
+    /// Handed to the Redis client, then no answer in time (the link died, or Redis
+    /// stalled): a holder may have it, or get it once Redis is back. Never with
+    /// `unavailable`.
+    pub in_doubt: bool,
     /// Its place in the uid's history (numbered pushes with history on).
     pub at: Option<Position>,
     /// `ttl=`: no node held the uid, so it was kept in the uid's offline queue.
     pub queued: bool,
+}
+
+/// Why a publish got no answer from Redis.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Unanswered {
+    /// Not written: the Redis client refused it before it reached the connection.
+    NotSent,
+    /// Handed to the Redis client, then an error or nothing: Redis may have run it.
+    InDoubt,
 }
 
 /// What Redis said about one publish or numbering script.
@@ -177,7 +194,9 @@ struct Outgoing {
     /// Set for a push numbered in Redis: the script runs instead of a plain publish
     /// (`message` is then the payload).
     numbered: Option<Numbered>,
-    done: Option<oneshot::Sender<Option<Published>>>,
+    done: Option<oneshot::Sender<Result<Published, Unanswered>>>,
+    /// When its reply stops waiting (`None`: nobody waits): past it, it is not sent.
+    deadline: Option<tokio::time::Instant>,
 }
 
 /// A push to run through the numbering script.
@@ -418,6 +437,11 @@ impl Cluster {
                 ..Waiting::default()
             },
         );
+        // The wait is bounded from now, when the request is made, not from the future's
+        // first poll: a connection's replies are polled in order, head first, so a
+        // deadline taken at first poll would start only once the replies ahead had
+        // resolved, and N pipelined requests to a stalled Redis would wait N timeouts.
+        let deadline = tokio::time::Instant::now() + self.timeout;
         let queued = if !self.is_up() {
             Err(())
         } else {
@@ -431,30 +455,30 @@ impl Cluster {
                     message,
                     numbered,
                     done: Some(count_tx),
+                    deadline: Some(deadline),
                 })
                 .map_err(|_| ())
         };
-        // The wait is bounded from now, when the request is made, not from the future's
-        // first poll: a connection's replies are polled in order, head first, so a
-        // deadline taken at first poll would start only once the replies ahead had
-        // resolved, and N pipelined requests to a stalled Redis would wait N timeouts.
-        let deadline = tokio::time::Instant::now() + self.timeout;
         let this = self.clone();
         async move {
-            let unavailable = |this: &Cluster| {
+            let unanswered = |this: &Cluster, why: Unanswered| {
                 this.lock_waiting().remove(&req);
                 let remote = Remote {
-                    unavailable: true,
+                    unavailable: why == Unanswered::NotSent,
+                    in_doubt: why == Unanswered::InDoubt,
                     ..Remote::default()
                 };
                 (remote, Vec::new())
             };
             if queued.is_err() {
-                return unavailable(&this);
+                return unanswered(&this, Unanswered::NotSent);
             }
+            // Past the deadline the publish is in doubt: the publisher may have handed
+            // it to the Redis client already (it skips one whose wait is over, below).
             let published = match tokio::time::timeout_at(deadline, count_rx).await {
-                Ok(Ok(Some(p))) => p,
-                _ => return unavailable(&this),
+                Ok(Ok(Ok(p))) => p,
+                Ok(Ok(Err(why))) => return unanswered(&this, why),
+                Ok(Err(_)) | Err(_) => return unanswered(&this, Unanswered::InDoubt),
             };
             let receivers = usize::try_from(published.receivers).unwrap_or(0);
             let (at, queued) = (published.at, published.queued);
@@ -483,6 +507,7 @@ impl Cluster {
                 missing: receivers.saturating_sub(w.got),
                 answered: w.answered,
                 unavailable: false,
+                in_doubt: false,
                 at,
                 queued,
             };
@@ -517,7 +542,7 @@ impl Cluster {
         );
         async move {
             let (remote, bodies) = remote.await;
-            if remote.unavailable {
+            if remote.unavailable || remote.in_doubt {
                 return Err(UidsError::Unavailable);
             }
             if remote.missing > 0 {
@@ -1135,17 +1160,34 @@ async fn reconcile(cluster: Arc<Cluster>) {
 /// Sends every publish in order, as many as are queued per pipeline. A numbered push
 /// runs the numbering script (`EVALSHA`; the script's whole text once a Redis shard
 /// answers that it does not have it, which loads it there), routed to the uid's slot.
+///
+/// Each publish's answer says whether it left: a receiver count, [`Unanswered::NotSent`]
+/// when the Redis client refused it before writing it (see [`not_sent`]), otherwise
+/// [`Unanswered::InDoubt`]. A publish whose reply stopped waiting before it was taken
+/// here is dropped unsent (its push was already answered in doubt).
 async fn publisher(cluster: Arc<Cluster>, mut queue: mpsc::Receiver<Outgoing>) {
     let mut batch = Vec::with_capacity(PIPELINE_MAX);
     // A publish is sent once or not at all: never held while Redis is down (fail fast)
-    // nor written again after a reconnect (one attempt), since its push may already
-    // have been answered `unavailable` by then.
+    // nor written again after a reconnect (one attempt). fred 10 does not drop a
+    // pipeline whose wait timed out, so one queued in the client as the link died may
+    // still be written after the reconnect: its push was answered in doubt (`partial`).
     let once = fred::types::config::Options {
         max_attempts: Some(1),
         fail_fast: true,
         ..Default::default()
     };
     while queue.recv_many(&mut batch, PIPELINE_MAX).await > 0 {
+        let now = tokio::time::Instant::now();
+        batch.retain_mut(|out| {
+            let late = out.deadline.is_some_and(|d| d <= now);
+            if late && let Some(done) = out.done.take() {
+                let _ = done.send(Err(Unanswered::NotSent));
+            }
+            !late
+        });
+        if batch.is_empty() {
+            continue;
+        }
         let sha = cluster
             .push_sha
             .lock()
@@ -1175,6 +1217,7 @@ async fn publisher(cluster: Arc<Cluster>, mut queue: mpsc::Receiver<Outgoing>) {
             };
             queued &= r.is_ok();
         }
+        // Nothing is written until `try_all`: a batch that could not be buffered never left.
         let mut results: Vec<Result<Value, fred::error::Error>> = if queued {
             pipeline.try_all().await
         } else {
@@ -1192,26 +1235,60 @@ async fn publisher(cluster: Arc<Cluster>, mut queue: mpsc::Receiver<Outgoing>) {
             let args = script_args(&cluster, out, n, ch::push_script());
             results[i] = cluster
                 .cmd
+                .with_options(&once)
                 .custom(script_command("EVAL", n.slot), args)
                 .await;
         }
+        // Fewer answers than publishes: fred failed the whole pipeline with one error.
+        let whole = (results.len() != batch.len()).then(|| match results.as_slice() {
+            _ if !queued => Unanswered::NotSent,
+            [Err(err)] => not_sent(err),
+            _ => Unanswered::InDoubt,
+        });
         for (i, out) in batch.drain(..).enumerate() {
-            let n = match results.get(i) {
-                Some(Ok(Value::Array(items))) if out.numbered.is_some() => parse_pushed(items),
-                Some(Ok(v)) if out.numbered.is_none() => v.as_i64().map(|receivers| Published {
-                    receivers,
-                    ..Published::default()
-                }),
-                Some(Err(err)) if out.numbered.is_some() => {
-                    debug!(%err, "numbering script failed");
-                    None
+            let n = match (whole, results.get(i)) {
+                (Some(why), _) => Err(why),
+                (None, Some(Ok(Value::Array(items)))) if out.numbered.is_some() => {
+                    parse_pushed(items).ok_or(Unanswered::InDoubt)
                 }
-                _ => None,
+                (None, Some(Ok(v))) if out.numbered.is_none() => v
+                    .as_i64()
+                    .map(|receivers| Published {
+                        receivers,
+                        ..Published::default()
+                    })
+                    .ok_or(Unanswered::InDoubt),
+                (None, Some(Err(err))) => {
+                    if out.numbered.is_some() {
+                        debug!(%err, "numbering script failed");
+                    }
+                    Err(not_sent(err))
+                }
+                _ => Err(Unanswered::InDoubt),
             };
             if let Some(done) = out.done {
                 let _ = done.send(n);
             }
         }
+    }
+}
+
+/// Whether fred's error says the command was never written (fred 10.1): its fail-fast
+/// check refused it before it reached the client's router (not connected), or the router
+/// had no connection to write it to, and with one attempt it is not kept for a retry.
+/// Any other error (the link died after the write, a timeout, a reply from Redis) leaves
+/// the publish in doubt.
+fn not_sent(err: &fred::error::Error) -> Unanswered {
+    use fred::error::ErrorKind;
+    let refused = matches!(
+        (err.kind(), err.details()),
+        (ErrorKind::Canceled, "Connection closed unexpectedly.")
+            | (ErrorKind::Unknown, "Failed to route command.")
+    );
+    if refused {
+        Unanswered::NotSent
+    } else {
+        Unanswered::InDoubt
     }
 }
 
@@ -1341,6 +1418,7 @@ async fn listen(cluster: Arc<Cluster>) {
                 message: answer(req, delivery),
                 numbered: None,
                 done: None,
+                deadline: None,
             });
             continue;
         }
@@ -1398,6 +1476,7 @@ async fn listen(cluster: Arc<Cluster>) {
                     message: message.freeze(),
                     numbered: None,
                     done: None,
+                    deadline: None,
                 });
                 continue;
             }
@@ -1408,6 +1487,7 @@ async fn listen(cluster: Arc<Cluster>) {
             message: answer(req, answer_with),
             numbered: None,
             done: None,
+            deadline: None,
         });
     }
 }
@@ -1441,7 +1521,7 @@ async fn sweep(cluster: Arc<Cluster>) {
         for uid in due {
             let here = cluster.registry.connections_of(&uid);
             let remote = cluster.online(&uid).await;
-            if remote.unavailable || remote.missing > 0 {
+            if remote.unavailable || remote.in_doubt || remote.missing > 0 {
                 continue; // Not sure: try again next time.
             }
             let result = if here + remote.delivery.queued > 0 {

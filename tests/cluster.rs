@@ -4,7 +4,8 @@
 //! What is covered so far: routed delivery of plain pushes and `/push`, truthful replies
 //! (counts gathered from the holding nodes), tabs on two nodes, pipelined order across
 //! nodes, Redis going away (local delivery goes on, remote pushes fail fast, `/push` says
-//! `unavailable`) and coming back (subscriptions heal with no restart).
+//! `unavailable`) and coming back (subscriptions heal with no restart), a publish left
+//! unanswered (Redis stopped: `/push` says `partial`, in doubt).
 
 #[macro_use]
 mod common;
@@ -546,6 +547,63 @@ async fn group_pushes_stay_in_order_with_the_lines_around_them(url: &str) {
             assert!(text.ends_with(&seq), "expected seq {i}, got {text}");
         }
     }
+}
+
+/// Sends `sig` (`STOP`, `CONT`) to a redis-server with kill(1).
+fn signal_redis(redis: &Redis, sig: &str) {
+    let pid = redis.child.id().expect("redis-server running");
+    let status = std::process::Command::new("kill")
+        .args([&format!("-{sig}"), &pid.to_string()])
+        .status()
+        .expect("kill(1)");
+    assert!(status.success(), "kill -{sig} {pid}");
+}
+
+/// A publish that left the node and got no answer is in doubt, not `unavailable`: Redis
+/// is stopped (SIGSTOP: its connections stay open, so the node still sees it up and
+/// writes the publish), the wait ends with no receiver count, and `/push` answers
+/// `partial` with what it knows (nobody here). Continued, Redis runs the publish and the
+/// holder delivers it, once. A plain line in the same case answers `fail` (nobody
+/// confirmed a take).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publish_left_unanswered_is_partial_not_unavailable() {
+    let redis = Redis::start().await;
+    let timeout = Duration::from_millis(500);
+    let config = || pushwire::Config {
+        redis: Some(redis.url()),
+        cluster_timeout: timeout,
+        ..pushwire::Config::default()
+    };
+    let (a, b) = (
+        TestServer::start_with(config()).await,
+        TestServer::start_with(config()).await,
+    );
+    let mut tab = WsClient::connect(&b.ws_url()).await;
+    bound_across(&mut tab, &b, &a, "doubt").await;
+
+    signal_redis(&redis, "STOP");
+    let mut push = PushClient::connect(a.push_addr).await;
+    let started = Instant::now();
+    let reply = push.request(r#"/push 5 {"uid":"doubt","n":5}"#).await;
+    let took = started.elapsed();
+    assert_eq!(
+        reply,
+        "{\"ok\":false,\"result\":\"partial\",\"connections\":0,\"refused\":0,\"id\":\"5\"}\n"
+    );
+    assert!(took >= timeout, "answered before the wait ended: {took:?}");
+    assert_eq!(
+        push.request(r#"{"uid":"doubt","n":6}"#).await,
+        "fail\n",
+        "a plain line in doubt"
+    );
+    signal_redis(&redis, "CONT");
+    // Redis runs what it was sent: the holder delivers both, in order, each once.
+    assert_eq!(tab.recv_text().await, r#"{"uid":"doubt","n":5}"#);
+    assert_eq!(tab.recv_text().await, r#"{"uid":"doubt","n":6}"#);
+    tab.expect_silence(Duration::from_millis(300)).await;
+    let reply = push.request(r#"/push 7 {"uid":"doubt","n":7}"#).await;
+    assert!(reply.contains("\"result\":\"delivered\""), "{reply}");
+    assert_eq!(tab.recv_text().await, r#"{"uid":"doubt","n":7}"#);
 }
 
 on_both!(

@@ -280,7 +280,9 @@ impl Job {
                 PushResult::Queued
             } else if remote.unavailable {
                 PushResult::Unavailable
-            } else if remote.missing > 0 {
+            } else if remote.in_doubt || remote.missing > 0 {
+                // In doubt: the publish left this node unanswered, so a holder may have
+                // it; the counts are what did answer (here, at least).
                 PushResult::Partial
             } else if total.refused > 0 {
                 PushResult::Refused
