@@ -14,7 +14,9 @@
 #
 # Usage: scripts/bench-cluster.sh [latency] [throughput] [fanout]   (default: all three)
 # Env: ROUNDS (3), CLIENTS (19000), LAT_CLIENTS (2000), RATE (2000), DURATION_MS (3000),
-#      PUSHES (40000), FANOUT_ROUNDS (3), OUT (a new temporary directory).
+#      PUSHES (40000), FANOUT_ROUNDS (3), OUT (a new temporary directory),
+#      THREADS (1): bench worker threads reading the fan-out, the same for the floor and
+#      for pushwire (the readers' scheduling changes what the sender pays per wake-up).
 # Needs target/release/{pushwire,pushwire-bench} (cargo build --release) and redis-server.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -22,7 +24,7 @@ source scripts/listening.sh
 parts=${*:-latency throughput fanout}
 ROUNDS=${ROUNDS:-3} CLIENTS=${CLIENTS:-19000} LAT_CLIENTS=${LAT_CLIENTS:-2000}
 RATE=${RATE:-2000} DURATION_MS=${DURATION_MS:-3000} PUSHES=${PUSHES:-40000}
-FANOUT_ROUNDS=${FANOUT_ROUNDS:-3}
+FANOUT_ROUNDS=${FANOUT_ROUNDS:-3} THREADS=${THREADS:-1}
 OUT=${OUT:-$(mktemp -d)}
 mkdir -p "$OUT"
 runs=$OUT/runs.jsonl
@@ -80,10 +82,10 @@ for round in $(seq "$ROUNDS"); do
 			bench single-node --ws "$(ws $s_ws)" --push 127.0.0.1:$s_push --server-pid $s_pid "${args[@]}"
 			;;
 		fanout)
-			bench floor floor --clients "$CLIENTS" --rounds "$FANOUT_ROUNDS"
-			bench single-node --ws "$(ws $s_ws)" --push 127.0.0.1:$s_push --server-pid $s_pid \
+			bench floor --threads "$THREADS" floor --clients "$CLIENTS" --rounds "$FANOUT_ROUNDS"
+			bench single-node --threads "$THREADS" --ws "$(ws $s_ws)" --push 127.0.0.1:$s_push --server-pid $s_pid \
 				fanout --fanout-mode broadcast --clients "$CLIENTS" --rounds "$FANOUT_ROUNDS"
-			bench 3-nodes --redis-pid $rpid cluster-fanout --clients "$CLIENTS" --rounds "$FANOUT_ROUNDS" \
+			bench 3-nodes --threads "$THREADS" --redis-pid $rpid cluster-fanout --clients "$CLIENTS" --rounds "$FANOUT_ROUNDS" \
 				--node "$(ws $a_ws),127.0.0.1:$a_push,$a_pid" --node "$(ws $b_ws),127.0.0.1:$b_push,$b_pid" \
 				--node "$(ws $c_ws),127.0.0.1:$c_push,$c_pid"
 			;;

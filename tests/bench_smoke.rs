@@ -2,17 +2,14 @@
 //! daemon binary. No timing assertions: the tool itself checks correctness (every `ok`
 //! delivered exactly once, byte-exact) and exits non-zero otherwise.
 
-use std::net::TcpListener;
+mod common;
+
 use std::process::Stdio;
 use std::time::Duration;
 
+use common::{free_port, wait_listening};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
-
-fn free_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind :0");
-    l.local_addr().expect("local addr").port()
-}
 
 /// The real daemon on free ports with `args`, once its log has shown each of `wait_for`:
 /// (the process, its WebSocket port, its push port, its pid). Its log keeps being drained.
@@ -231,6 +228,9 @@ async fn cluster_scenarios_pass_their_checks_across_three_nodes() {
         .spawn()
         .expect("start redis-server (scripts/test.sh installs it)");
     let redis_pid = redis.id().expect("redis pid");
+    // Listening before the nodes start: a node that finds it down backs off, and on a
+    // loaded machine the backoff alone could outlast the wait for "redis connected".
+    wait_listening(rport).await;
     let url = format!("redis://127.0.0.1:{rport}/");
     let mut nodes = Vec::new();
     let mut daemons = Vec::new();
