@@ -190,18 +190,28 @@ impl Metrics {
             bytes += len as u64;
             let took = now.saturating_duration_since(received);
             ns += took.as_nanos() as u64;
-            let secs = took.as_secs_f64();
-            let bucket = LATENCY_BUCKETS
-                .iter()
-                .position(|&b| secs <= b)
-                .unwrap_or(LATENCY_BUCKETS.len());
-            self.latency[bucket].fetch_add(1, Relaxed);
+            self.latency[latency_bucket(took)].fetch_add(1, Relaxed);
         }
         if frames > 0 {
             self.add(Metric::FramesOut, frames);
             self.add(Metric::BytesOut, bytes);
             self.latency_sum_ns.fetch_add(ns, Relaxed);
         }
+    }
+
+    /// [`Metrics::frames_written`] for `n` frames of `msg` written at once (a fan-out's
+    /// writes through: one update of the shared counters, not one per recipient).
+    pub fn frames_written_alike(&self, msg: &crate::wire::Payload, n: usize) {
+        if n == 0 {
+            return;
+        }
+        let took = Instant::now().saturating_duration_since(msg.received());
+        let n64 = n as u64;
+        self.latency[latency_bucket(took)].fetch_add(n64, Relaxed);
+        self.add(Metric::FramesOut, n64);
+        self.add(Metric::BytesOut, n64 * msg.len() as u64);
+        self.latency_sum_ns
+            .fetch_add(n64 * took.as_nanos() as u64, Relaxed);
     }
 
     /// Counts one HTTP response.
@@ -355,6 +365,15 @@ impl Collector for Snapshot {
         }
         Ok(())
     }
+}
+
+/// The push-to-write latency histogram's bucket for `took`.
+fn latency_bucket(took: std::time::Duration) -> usize {
+    let secs = took.as_secs_f64();
+    LATENCY_BUCKETS
+        .iter()
+        .position(|&b| secs <= b)
+        .unwrap_or(LATENCY_BUCKETS.len())
 }
 
 #[cfg(test)]

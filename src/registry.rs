@@ -16,6 +16,7 @@
 //! keeping it and offering it to every tab happen under one lock, and so do a v1 bind's
 //! replay and its registration for live delivery (see `history.rs`).
 
+use std::cell::Cell;
 use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -95,6 +96,23 @@ pub struct Fanout {
     pub delivery: Delivery,
 }
 
+/// How an offer reaches an idle connection (see `outbox.rs`, "Writing through").
+#[derive(Debug, Clone, Copy)]
+enum Via<'a> {
+    /// Queued for the connection's task: a push to one uid, so a pipelined stream to it
+    /// is written in batches.
+    Queue,
+    /// Written through by the fan-out itself; counts the frames written so, whose metrics
+    /// are recorded once per fan-out part.
+    Through(&'a Cell<usize>),
+}
+
+/// Fan-outs to at least this many connections are split over the runtime's worker count
+/// of threads (one per core by default): written through, the sends are the fan-out's
+/// own work, and one thread alone would take longer to reach the last browser than the
+/// tasks it no longer wakes did.
+const PARALLEL_FANOUT: usize = 2048;
+
 /// Told when a uid gets its first connection here or loses its last (cluster mode
 /// subscribes to a uid's channel exactly while this node holds it). Called under the
 /// uid's shard lock, so it must only take locks of its own and never wait.
@@ -170,6 +188,8 @@ struct Shared {
     /// Cluster mode: Redis is up, so v1 connections get every message numbered through
     /// it (while it is down they get local pushes unnumbered, as `b` frames).
     remote_up: std::sync::atomic::AtomicBool,
+    /// Threads a large fan-out is split over: the runtime's workers (1 outside one).
+    fanout_threads: usize,
 }
 
 #[derive(Debug, Default)]
@@ -276,6 +296,9 @@ impl Registry {
                 shards,
                 hasher: RandomState::new(),
                 next_id: AtomicU64::new(1),
+                fanout_threads: tokio::runtime::Handle::try_current()
+                    .map_or(1, |rt| rt.metrics().num_workers())
+                    .max(1),
                 limits,
                 metrics,
                 groups: Mutex::new(Groups::new(group_limits)),
@@ -438,6 +461,10 @@ impl Registry {
     /// has one. With `queue_for`, a uid without connections gets a history if it has
     /// none, and the message waits in its offline queue for that long.
     pub fn push_kept(&self, uid: &str, msg: &Payload, queue_for: Option<Duration>) -> Pushed {
+        self.push_into(uid, msg, queue_for, Via::Queue)
+    }
+
+    fn push_into(&self, uid: &str, msg: &Payload, queue_for: Option<Duration>, via: Via) -> Pushed {
         let mut out = Pushed::default();
         let mut guard = self.shard(uid);
         let Shard { uids, logs, .. } = &mut *guard;
@@ -475,11 +502,11 @@ impl Registry {
             let remote_up = self.shared.remote_up.load(Relaxed);
             for member in &mut entry.conns {
                 match member.feed {
-                    Feed::Local => self.offer(uid, member, msg, &mut out.delivery),
+                    Feed::Local => self.offer(uid, member, msg, &mut out.delivery, via),
                     // Cluster mode: Redis numbers it and the holders' copy (ours
                     // included) reaches this tab; while Redis is down, it goes unnumbered.
                     _ if remote_up => {}
-                    _ => self.feed_v1(uid, member, None, msg, &mut out.delivery),
+                    _ => self.feed_v1(uid, member, None, msg, &mut out.delivery, via),
                 }
             }
         }
@@ -502,9 +529,11 @@ impl Registry {
             for member in &mut entry.conns {
                 match member.feed {
                     // `msg` carries its number (the caller's `into_numbered`).
-                    Feed::Local if seed_too => self.offer(uid, member, msg, &mut delivery),
+                    Feed::Local if seed_too => {
+                        self.offer(uid, member, msg, &mut delivery, Via::Queue);
+                    }
                     Feed::Local => {}
-                    _ => self.feed_v1(uid, member, at, msg, &mut delivery),
+                    _ => self.feed_v1(uid, member, at, msg, &mut delivery, Via::Queue),
                 }
             }
         }
@@ -521,6 +550,7 @@ impl Registry {
         at: Option<Position>,
         msg: &Payload,
         delivery: &mut Delivery,
+        via: Via,
     ) {
         match &mut member.feed {
             Feed::Resuming(held) if held.len() < self.shared.limits.depth => {
@@ -533,21 +563,21 @@ impl Registry {
                 delivery.refused += 1;
             }
             Feed::Live { epoch, last } => match at {
-                None => self.offer(uid, member, msg, delivery),
+                None => self.offer(uid, member, msg, delivery, via),
                 Some(p) if p.epoch == *epoch && p.seq <= *last => {
                     // Already replayed (read from history after it was published).
                     delivery.queued += 1;
                 }
                 Some(p) if p.epoch == *epoch && p.seq == *last + 1 => {
                     *last = p.seq;
-                    self.offer(uid, member, msg, delivery);
+                    self.offer(uid, member, msg, delivery, via);
                 }
                 Some(_) => {
                     member.outbox.close(RESYNC);
                     delivery.refused += 1;
                 }
             },
-            Feed::Local => self.offer(uid, member, msg, delivery),
+            Feed::Local => self.offer(uid, member, msg, delivery, via),
         }
     }
 
@@ -586,7 +616,7 @@ impl Registry {
         };
         let mut ignored = Delivery::default();
         for (at, msg) in held {
-            self.feed_v1(uid, member, at, &msg, &mut ignored);
+            self.feed_v1(uid, member, at, &msg, &mut ignored, Via::Queue);
         }
     }
 
@@ -598,7 +628,7 @@ impl Registry {
         };
         let mut ignored = Delivery::default();
         for msg in &msgs {
-            self.offer(uid, member, msg, &mut ignored);
+            self.offer(uid, member, msg, &mut ignored, Via::Queue);
         }
     }
 
@@ -653,13 +683,18 @@ impl Registry {
         (uids, history.total_bytes())
     }
 
-    fn offer(&self, uid: &str, member: &Member, msg: &Payload, delivery: &mut Delivery) {
-        match member.outbox.offer(msg) {
+    fn offer(&self, uid: &str, member: &Member, msg: &Payload, delivery: &mut Delivery, via: Via) {
+        let offered = match via {
+            Via::Queue => member.outbox.offer(msg),
+            Via::Through(_) => member.outbox.offer_through(msg),
+        };
+        match offered {
             Offer::Queued => delivery.queued += 1,
             Offer::Written => {
                 delivery.queued += 1;
-                let frame = std::iter::once((msg.len(), msg.received()));
-                self.shared.metrics.frames_written(frame);
+                if let Via::Through(written) = via {
+                    written.set(written.get() + 1);
+                }
             }
             Offer::Closed => delivery.refused += 1,
             Offer::Full => {
@@ -677,35 +712,111 @@ impl Registry {
     /// Offers `msg` to every bound connection, one shard at a time, except those of the
     /// uids in `except`.
     pub fn broadcast(&self, msg: &Payload, except: &[Uid]) -> Delivery {
-        let mut delivery = Delivery::default();
-        for shard in self.shared.shards.iter() {
-            let mut shard = lock(shard);
-            for (uid, entry) in &mut shard.uids {
-                if !except.is_empty() && except.contains(uid) {
-                    continue;
-                }
-                for member in &mut entry.conns {
-                    match member.feed {
-                        Feed::Local => self.offer(uid, member, msg, &mut delivery),
-                        // A tab still resuming gets it after its status frame.
-                        _ => self.feed_v1(uid, member, None, msg, &mut delivery),
+        let parts = self.fanout_parts(self.totals().1);
+        let chunk = self.shared.shards.len().div_ceil(parts);
+        let shards: Vec<_> = self.shared.shards.chunks(chunk).collect();
+        self.fan_out(&shards, msg, |shards, written| {
+            let mut delivery = Delivery::default();
+            for shard in shards.iter() {
+                let mut shard = lock(shard);
+                for (uid, entry) in &mut shard.uids {
+                    if !except.is_empty() && except.contains(uid) {
+                        continue;
+                    }
+                    for member in &mut entry.conns {
+                        let via = Via::Through(written);
+                        match member.feed {
+                            Feed::Local => self.offer(uid, member, msg, &mut delivery, via),
+                            // A tab still resuming gets it after its status frame.
+                            _ => self.feed_v1(uid, member, None, msg, &mut delivery, via),
+                        }
                     }
                 }
             }
-        }
-        delivery
+            Fanout {
+                reached: 0,
+                delivery,
+            }
+        })
+        .delivery
     }
 
     /// Offers `msg` to every connection of each of `uids`.
     pub fn push_many(&self, uids: &[Uid], msg: &Payload) -> Fanout {
-        let mut out = Fanout::default();
-        for uid in uids {
-            let d = self.push(uid, msg);
-            out.reached += usize::from(d.ok());
-            out.delivery.queued += d.queued;
-            out.delivery.refused += d.refused;
+        let parts = self.fanout_parts(uids.len());
+        let slices: Vec<_> = uids.chunks(uids.len().div_ceil(parts).max(1)).collect();
+        self.fan_out(&slices, msg, |uids, written| {
+            let mut out = Fanout::default();
+            for uid in uids.iter() {
+                let d = self
+                    .push_into(uid, msg, None, Via::Through(written))
+                    .delivery;
+                out.reached += usize::from(d.ok());
+                out.delivery = out.delivery + d;
+            }
+            out
+        })
+    }
+
+    /// How many threads a fan-out to about `recipients` connections is split over.
+    fn fanout_parts(&self, recipients: usize) -> usize {
+        if recipients < PARALLEL_FANOUT {
+            1
+        } else {
+            self.shared.fanout_threads
         }
-        out
+    }
+
+    /// Runs `part` over each of `parts`, the first on this thread and each other on a
+    /// thread of its own (scoped: they end before this returns), and adds up what they
+    /// did; records the frames they wrote through (one metrics update per part, not per
+    /// frame: the counters are shared by every core). A thread that cannot be started
+    /// leaves its part to this one.
+    fn fan_out<P: Sync>(
+        &self,
+        parts: &[P],
+        msg: &Payload,
+        part: impl Fn(&P, &Cell<usize>) -> Fanout + Sync,
+    ) -> Fanout {
+        let run = |p: &P| {
+            let written = Cell::new(0);
+            let out = part(p, &written);
+            self.shared.metrics.frames_written_alike(msg, written.get());
+            out
+        };
+        let add = |a: Fanout, b: Fanout| Fanout {
+            reached: a.reached + b.reached,
+            delivery: a.delivery + b.delivery,
+        };
+        let Some((first, rest)) = parts.split_first() else {
+            return Fanout::default();
+        };
+        if rest.is_empty() {
+            return run(first);
+        }
+        std::thread::scope(|scope| {
+            let helpers: Vec<_> = rest
+                .iter()
+                .map(|p| {
+                    let spawned = std::thread::Builder::new()
+                        .name("pushwire-fanout".into())
+                        .spawn_scoped(scope, || run(p));
+                    spawned.map_err(|_| p)
+                })
+                .collect();
+            let mut total = run(first);
+            for helper in helpers {
+                let out = match helper {
+                    Ok(thread) => thread.join().unwrap_or_else(|_| {
+                        warn!("a fan-out thread panicked; its part's counts are lost");
+                        Fanout::default()
+                    }),
+                    Err(p) => run(p),
+                };
+                total = add(total, out);
+            }
+            total
+        })
     }
 
     /// Offers `msg` to every connection of every member of `group` (the member list is

@@ -1,6 +1,7 @@
-//! A push writes its frame straight to an idle plain socket (`outbox.rs`, "Writing
-//! through"); whatever the socket does not take at once is finished by the connection's
-//! task from the byte where the push stopped. These tests make the socket fill mid-frame
+//! A fan-out (`/send`, `/group`, `/broadcast`) writes its frame straight to an idle plain
+//! socket (`outbox.rs`, "Writing through"); whatever the socket does not take at once is
+//! finished by the connection's task from the byte where the fan-out stopped, and plain
+//! pushes to the uid queue behind it. These tests make the socket fill mid-frame
 //! (a 4 KiB receive buffer and a slow reader) while pings interleave and the connection is
 //! evicted, and check the byte stream is still exactly the frames, whole and in order.
 
@@ -24,6 +25,20 @@ fn roomy(ping: Duration) -> pushwire::Config {
         max_message_bytes: 1 << 20,
         ..pushwire::Config::default()
     }
+}
+
+/// Push `n` to `uid`: a plain line when n is even, a `/send` (written through) when odd;
+/// either way the browser's frame is [`line`].
+fn push_line(uid: &str, n: usize) -> String {
+    if n.is_multiple_of(2) {
+        line(uid, n)
+    } else {
+        format!(r#"/send ["{uid}"] {}"#, line(uid, n))
+    }
+}
+
+fn taken(reply: &str) -> bool {
+    reply == "ok\n" || reply.starts_with(r#"{"ok":true"#) && reply.contains(r#""refused":0"#)
 }
 
 fn line(uid: &str, n: usize) -> String {
@@ -114,15 +129,15 @@ async fn a_slow_reader_gets_every_frame_whole_and_in_order_with_pings_between() 
             // Paced, so the socket keeps going from full to idle and back, with pings
             // falling between (and racing) the writes.
             for n in 0..N {
-                push.send_raw(line(uid, n).as_bytes()).await;
+                push.send_raw(push_line(uid, n).as_bytes()).await;
                 push.send_raw(b"\n").await;
-                if n % 2 == 0 {
+                if n.is_multiple_of(2) {
                     sleep(Duration::from_millis(1)).await;
                 }
             }
             for n in 0..N {
                 let reply = push.read_reply_within(Duration::from_secs(60)).await;
-                assert_eq!(reply, "ok\n", "push {n}");
+                assert!(taken(&reply), "push {n}: {reply}");
             }
         });
         let pings = read_all(&mut tab, uid, N, v1).await;
@@ -168,11 +183,16 @@ async fn eviction_after_a_half_written_frame_closes_on_a_frame_boundary() {
     let mut accepted = 0;
     loop {
         // 70,000 bytes each: the first already overflows the socket mid-frame.
-        let reply = push.request(&line("stuck", 4 + 7 * accepted)).await;
-        match reply.as_str() {
-            "ok\n" => accepted += 1,
-            "fail\n" => break,
-            other => panic!("{other:?}"),
+        let n = 4 + 7 * accepted;
+        let reply = push
+            .request(&format!(r#"/send ["stuck"] {}"#, line("stuck", n)))
+            .await;
+        if taken(&reply) {
+            accepted += 1;
+        } else if reply.contains(r#""refused":1"#) || reply.contains(r#""ok":false"#) {
+            break;
+        } else {
+            panic!("{reply:?}");
         }
         assert!(accepted < 1000, "never evicted");
     }
@@ -204,4 +224,87 @@ async fn eviction_after_a_half_written_frame_closes_on_a_frame_boundary() {
         got <= accepted,
         "{got} frames for {accepted} accepted pushes"
     );
+}
+
+/// Above 2,048 recipients a fan-out is split over the runtime's workers (two here), each
+/// writing through its part: every tab gets the frame exactly once, and the replies and
+/// the frame counters add up exactly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_fan_out_is_split_over_threads_and_counted_exactly() {
+    const TABS: usize = 2_600;
+    let server = TestServer::start_with(pushwire::Config {
+        max_connections_per_ip: TABS + 10,
+        max_pending_per_ip: TABS + 10,
+        max_list_uids: TABS,
+        ..pushwire::Config::default()
+    })
+    .await;
+    let mut tabs = Vec::with_capacity(TABS);
+    for i in 0..TABS {
+        let mut tab = RawWsClient::connect(server.ws_addr, "/").await;
+        tab.send_text(&format!("u{i}")).await;
+        tabs.push(tab);
+    }
+    let mut push = PushClient::connect(server.push_addr).await;
+    let all = format!(r#"{{"ok":true,"uids":{TABS},"connections":{TABS},"groups":0}}"#);
+    poll_until(STEP, "every tab bound", || {
+        let (addr, all) = (server.push_addr, all.clone());
+        async move {
+            PushClient::connect(addr)
+                .await
+                .request("/count")
+                .await
+                .trim()
+                == all
+        }
+    })
+    .await;
+    let frames_before = frames_out(&mut push).await;
+
+    let reply = push.request(r#"/broadcast {"b":1}"#).await;
+    assert_eq!(
+        reply.trim(),
+        format!(r#"{{"ok":true,"connections":{TABS},"refused":0}}"#)
+    );
+    let targets: Vec<String> = (0..TABS).map(|i| format!("\"u{i}\"")).collect();
+    let reply = push
+        .request(&format!(r#"/send [{}] {{"s":2}}"#, targets.join(",")))
+        .await;
+    assert_eq!(
+        reply.trim(),
+        format!(r#"{{"ok":true,"uids":{TABS},"reached":{TABS},"connections":{TABS},"refused":0}}"#)
+    );
+    for (i, tab) in tabs.iter_mut().enumerate() {
+        for want in [r#"{"b":1}"#, r#"{"s":2}"#] {
+            let (op, payload) = tab.read_frame(STEP).await.expect("a frame");
+            assert_eq!((op, payload.as_slice()), (0x1, want.as_bytes()), "tab {i}");
+        }
+    }
+    for tab in tabs.iter_mut().step_by(97) {
+        use tokio::io::AsyncReadExt;
+        let mut more = [0u8; 64];
+        let extra = tokio::time::timeout(Duration::from_millis(20), tab.tcp.read(&mut more)).await;
+        assert!(
+            extra.is_err(),
+            "a tab got more than one frame of each: {extra:?}"
+        );
+    }
+    // (A frame its task wrote is counted just after the write: hence the poll.)
+    let want = frames_before + 2 * TABS as u64;
+    poll_until(STEP, "frames_out counts every frame", || {
+        let addr = server.push_addr;
+        async move { frames_out(&mut PushClient::connect(addr).await).await >= want }
+    })
+    .await;
+    assert_eq!(
+        frames_out(&mut push).await,
+        want,
+        "frames_out counted a frame twice"
+    );
+}
+
+/// The `frames_out` counter from `/stats`.
+async fn frames_out(push: &mut PushClient) -> u64 {
+    let stats: serde_json::Value = serde_json::from_str(&push.request("/stats").await).unwrap();
+    stats["frames_out"].as_u64().expect("frames_out in /stats")
 }
