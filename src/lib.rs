@@ -17,7 +17,8 @@
 //! - [`registry`]: uid → connections (fan-out happens here); [`groups`]: membership
 //!   owned by uids, with an offline grace period; [`history`]: per-uid sequence numbers,
 //!   kept messages, the offline queue and acks (protocol v1); [`outbox`]: each
-//!   connection's bounded queue and its full-queue policy.
+//!   connection's bounded queue, its full-queue policy, and fan-outs writing through to
+//!   an idle socket; `fanout`: the threads that take parts of a large fan-out.
 //! - [`wire`]: bytes ↔ types, no I/O: line framing, push lines, the command grammar,
 //!   close notices, the shared [`wire::Payload`].
 //! - [`metrics`]: one table of counters → `/stats` and Prometheus; [`dedupe`]: accepted
@@ -44,6 +45,7 @@ mod cluster_history;
 pub mod config;
 pub mod control;
 pub mod dedupe;
+mod fanout;
 pub mod forwarded;
 pub mod frames;
 pub mod groups;

@@ -19,6 +19,7 @@
 use std::cell::Cell;
 use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
+use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -28,6 +29,7 @@ use tracing::warn;
 
 use tokio::sync::oneshot;
 
+use crate::fanout::{Helpers, Part};
 use crate::groups::{GroupError, GroupLimits, Groups};
 use crate::history::{HistoryLimits, HistoryShared, Kept, Logs};
 use crate::logsafe::escaped;
@@ -107,10 +109,9 @@ enum Via<'a> {
     Through(&'a Cell<usize>),
 }
 
-/// Fan-outs to at least this many connections are split over the runtime's worker count
-/// of threads (one per core by default): written through, the sends are the fan-out's
-/// own work, and one thread alone would take longer to reach the last browser than the
-/// tasks it no longer wakes did.
+/// Fan-outs to at least this many connections are cut into as many parts as the runtime
+/// has workers (one per core by default), run on `fanout.rs`'s helper threads: written
+/// through, the sends are the fan-out's own work.
 const PARALLEL_FANOUT: usize = 2048;
 
 /// Told when a uid gets its first connection here or loses its last (cluster mode
@@ -188,8 +189,10 @@ struct Shared {
     /// Cluster mode: Redis is up, so v1 connections get every message numbered through
     /// it (while it is down they get local pushes unnumbered, as `b` frames).
     remote_up: std::sync::atomic::AtomicBool,
-    /// Threads a large fan-out is split over: the runtime's workers (1 outside one).
+    /// Parts a large fan-out is cut into: the runtime's workers (1 outside one).
     fanout_threads: usize,
+    /// The threads that take all parts but the first.
+    helpers: std::sync::OnceLock<Helpers>,
 }
 
 #[derive(Debug, Default)]
@@ -296,6 +299,7 @@ impl Registry {
                 shards,
                 hasher: RandomState::new(),
                 next_id: AtomicU64::new(1),
+                helpers: std::sync::OnceLock::new(),
                 fanout_threads: tokio::runtime::Handle::try_current()
                     .map_or(1, |rt| rt.metrics().num_workers())
                     .max(1),
@@ -712,19 +716,37 @@ impl Registry {
     /// Offers `msg` to every bound connection, one shard at a time, except those of the
     /// uids in `except`.
     pub fn broadcast(&self, msg: &Payload, except: &[Uid]) -> Delivery {
+        let n = self.shared.shards.len();
         let parts = self.fanout_parts(self.totals().1);
-        let chunk = self.shared.shards.len().div_ceil(parts);
-        let shards: Vec<_> = self.shared.shards.chunks(chunk).collect();
-        self.fan_out(&shards, msg, |shards, written| {
+        if parts == 1 {
+            return self.broadcast_shards(0..n, msg, except);
+        }
+        let except: Arc<[Uid]> = except.into();
+        let parts = (0..parts)
+            .map(|i| -> Part<Delivery> {
+                let (this, msg, except) = (self.clone(), msg.clone(), except.clone());
+                Box::new(move || {
+                    this.broadcast_shards(i * n / parts..(i + 1) * n / parts, &msg, &except)
+                })
+            })
+            .collect();
+        let done = self.helpers().run(parts);
+        done.into_iter()
+            .flatten()
+            .fold(Delivery::default(), |a, b| a + b)
+    }
+
+    /// [`Registry::broadcast`] over the shards in `range`.
+    fn broadcast_shards(&self, range: Range<usize>, msg: &Payload, except: &[Uid]) -> Delivery {
+        self.part(msg, |via| {
             let mut delivery = Delivery::default();
-            for shard in shards.iter() {
+            for shard in &self.shared.shards[range] {
                 let mut shard = lock(shard);
                 for (uid, entry) in &mut shard.uids {
                     if !except.is_empty() && except.contains(uid) {
                         continue;
                     }
                     for member in &mut entry.conns {
-                        let via = Via::Through(written);
                         match member.feed {
                             Feed::Local => self.offer(uid, member, msg, &mut delivery, via),
                             // A tab still resuming gets it after its status frame.
@@ -733,24 +755,39 @@ impl Registry {
                     }
                 }
             }
-            Fanout {
-                reached: 0,
-                delivery,
-            }
+            delivery
         })
-        .delivery
     }
 
     /// Offers `msg` to every connection of each of `uids`.
     pub fn push_many(&self, uids: &[Uid], msg: &Payload) -> Fanout {
         let parts = self.fanout_parts(uids.len());
-        let slices: Vec<_> = uids.chunks(uids.len().div_ceil(parts).max(1)).collect();
-        self.fan_out(&slices, msg, |uids, written| {
+        if parts == 1 {
+            return self.push_each(uids, msg);
+        }
+        let n = uids.len();
+        let parts = (0..parts)
+            .map(|i| -> Part<Fanout> {
+                let (this, msg) = (self.clone(), msg.clone());
+                let uids = uids[i * n / parts..(i + 1) * n / parts].to_vec();
+                Box::new(move || this.push_each(&uids, &msg))
+            })
+            .collect();
+        let done = self.helpers().run(parts);
+        done.into_iter()
+            .flatten()
+            .fold(Fanout::default(), |a, b| Fanout {
+                reached: a.reached + b.reached,
+                delivery: a.delivery + b.delivery,
+            })
+    }
+
+    /// [`Registry::push_many`] on this thread.
+    fn push_each(&self, uids: &[Uid], msg: &Payload) -> Fanout {
+        self.part(msg, |via| {
             let mut out = Fanout::default();
-            for uid in uids.iter() {
-                let d = self
-                    .push_into(uid, msg, None, Via::Through(written))
-                    .delivery;
+            for uid in uids {
+                let d = self.push_into(uid, msg, None, via).delivery;
                 out.reached += usize::from(d.ok());
                 out.delivery = out.delivery + d;
             }
@@ -758,7 +795,7 @@ impl Registry {
         })
     }
 
-    /// How many threads a fan-out to about `recipients` connections is split over.
+    /// How many parts a fan-out to about `recipients` connections is cut into.
     fn fanout_parts(&self, recipients: usize) -> usize {
         if recipients < PARALLEL_FANOUT {
             1
@@ -767,56 +804,20 @@ impl Registry {
         }
     }
 
-    /// Runs `part` over each of `parts`, the first on this thread and each other on a
-    /// thread of its own (scoped: they end before this returns), and adds up what they
-    /// did; records the frames they wrote through (one metrics update per part, not per
-    /// frame: the counters are shared by every core). A thread that cannot be started
-    /// leaves its part to this one.
-    fn fan_out<P: Sync>(
-        &self,
-        parts: &[P],
-        msg: &Payload,
-        part: impl Fn(&P, &Cell<usize>) -> Fanout + Sync,
-    ) -> Fanout {
-        let run = |p: &P| {
-            let written = Cell::new(0);
-            let out = part(p, &written);
-            self.shared.metrics.frames_written_alike(msg, written.get());
-            out
-        };
-        let add = |a: Fanout, b: Fanout| Fanout {
-            reached: a.reached + b.reached,
-            delivery: a.delivery + b.delivery,
-        };
-        let Some((first, rest)) = parts.split_first() else {
-            return Fanout::default();
-        };
-        if rest.is_empty() {
-            return run(first);
-        }
-        std::thread::scope(|scope| {
-            let helpers: Vec<_> = rest
-                .iter()
-                .map(|p| {
-                    let spawned = std::thread::Builder::new()
-                        .name("pushwire-fanout".into())
-                        .spawn_scoped(scope, || run(p));
-                    spawned.map_err(|_| p)
-                })
-                .collect();
-            let mut total = run(first);
-            for helper in helpers {
-                let out = match helper {
-                    Ok(thread) => thread.join().unwrap_or_else(|_| {
-                        warn!("a fan-out thread panicked; its part's counts are lost");
-                        Fanout::default()
-                    }),
-                    Err(p) => run(p),
-                };
-                total = add(total, out);
-            }
-            total
-        })
+    /// The fan-out helper threads, started at the first large fan-out.
+    fn helpers(&self) -> &Helpers {
+        self.shared
+            .helpers
+            .get_or_init(|| Helpers::start(self.shared.fanout_threads.saturating_sub(1)))
+    }
+
+    /// Runs one part of a fan-out, writing through, and records the frames it wrote (one
+    /// update of the shared counters per part, not per frame).
+    fn part<R>(&self, msg: &Payload, f: impl FnOnce(Via) -> R) -> R {
+        let written = Cell::new(0);
+        let out = f(Via::Through(&written));
+        self.shared.metrics.frames_written_alike(msg, written.get());
+        out
     }
 
     /// Offers `msg` to every connection of every member of `group` (the member list is

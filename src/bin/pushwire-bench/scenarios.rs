@@ -790,6 +790,16 @@ impl Rounds {
                 "µs",
             );
         }
+        // The cross-check in clock ticks: it also counts threads that have exited since.
+        if let Some(ms) = self.usage.server_ms.filter(|_| self.frames > 0) {
+            rep.num(
+                "server_cpu_us_per_frame_ticks",
+                "server CPU per delivered frame (utime+stime, 10 ms ticks)",
+                ms * 1000.0 / self.frames as f64,
+                2,
+                "µs",
+            );
+        }
         rep.server_rss(pid);
     }
 }
