@@ -130,6 +130,15 @@ pub struct Remote {
     pub queued: bool,
 }
 
+/// What the publisher does with a publish still queued when its reply stopped waiting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Late {
+    /// Drop it unsent (answered in doubt already).
+    Drop,
+    /// Send it anyway (one uid of a fan-out; see [`Cluster::push_member`]).
+    Send,
+}
+
 /// Why a publish got no answer from Redis.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Unanswered {
@@ -195,7 +204,8 @@ struct Outgoing {
     /// (`message` is then the payload).
     numbered: Option<Numbered>,
     done: Option<oneshot::Sender<Result<Published, Unanswered>>>,
-    /// When its reply stops waiting (`None`: nobody waits): past it, it is not sent.
+    /// When its reply stops waiting, for a publish not sent after it (`None`: nobody
+    /// waits, or a fan-out member, sent whenever it can be).
     deadline: Option<tokio::time::Instant>,
 }
 
@@ -346,6 +356,23 @@ impl Cluster {
         self.push_kept(uid, payload, None)
     }
 
+    /// [`Cluster::push`] for one uid of a fan-out (`/send`, `/group`): its publish is sent
+    /// even once its reply has stopped waiting. A large fan-out can outlast the wait on a
+    /// busy node (57,000 members, 2 cores), and its members should still get it; the
+    /// reply counts only the takes confirmed in time, as documented, so a late delivery
+    /// contradicts nothing. (A single push's late publish is dropped instead: its reply,
+    /// `fail` or `partial`, may already have made the backend retry.)
+    pub fn push_member(
+        self: &Arc<Self>,
+        uid: &str,
+        payload: &Payload,
+    ) -> impl Future<Output = Remote> + use<> {
+        let channel = uid_channel(uid);
+        let numbered = self.numbered(uid, &channel, None);
+        let gathered = self.gather_as(channel, numbered, Ask::Push, payload.as_bytes(), Late::Send);
+        async move { gathered.await.0 }
+    }
+
     /// [`Cluster::push`]; with `queue_for` (history on), a uid no node holds gets it in
     /// its offline queue in Redis (`Remote::queued`), its history created if missing.
     pub fn push_kept(
@@ -355,8 +382,15 @@ impl Cluster {
         queue_for: Option<Duration>,
     ) -> impl Future<Output = Remote> + use<> {
         let channel = uid_channel(uid);
-        let numbered = self.history.map(|_| {
-            let (slot, keys) = ch::keys(uid, &channel);
+        let numbered = self.numbered(uid, &channel, queue_for);
+        let gathered = self.gather_as(channel, numbered, Ask::Push, payload.as_bytes(), Late::Drop);
+        async move { gathered.await.0 }
+    }
+
+    /// With history on, how a push to `uid` runs the numbering script.
+    fn numbered(&self, uid: &str, channel: &str, queue_for: Option<Duration>) -> Option<Numbered> {
+        self.history.map(|_| {
+            let (slot, keys) = ch::keys(uid, channel);
             Numbered {
                 slot,
                 keys,
@@ -364,9 +398,7 @@ impl Cluster {
                 req: 0,
                 queue_ttl: queue_for.map_or(0, |t| (t.as_millis() as u64).max(1)),
             }
-        });
-        let gathered = self.gather_as(channel, numbered, Ask::Push, payload.as_bytes());
-        async move { gathered.await.0 }
+        })
     }
 
     /// Closes every connection of `uid` on the other nodes; `queued` is how many.
@@ -416,7 +448,7 @@ impl Cluster {
         kind: Ask,
         body: &[u8],
     ) -> impl Future<Output = (Remote, Vec<Bytes>)> + use<> {
-        self.gather_as(channel, None, kind, body)
+        self.gather_as(channel, None, kind, body, Late::Drop)
     }
 
     /// [`Cluster::gather`]; `numbered` runs the push through the numbering script.
@@ -426,6 +458,7 @@ impl Cluster {
         numbered: Option<Numbered>,
         kind: Ask,
         body: &[u8],
+        late: Late,
     ) -> impl Future<Output = (Remote, Vec<Bytes>)> + use<> {
         let req = self.next_req.fetch_add(1, Relaxed);
         let (done_tx, done_rx) = oneshot::channel();
@@ -455,7 +488,7 @@ impl Cluster {
                     message,
                     numbered,
                     done: Some(count_tx),
-                    deadline: Some(deadline),
+                    deadline: (late == Late::Drop).then_some(deadline),
                 })
                 .map_err(|_| ())
         };

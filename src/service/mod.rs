@@ -208,7 +208,7 @@ fn run(state: &State, command: Command<'_>, line: &Payload, text: &str) -> Respo
                 let each: Vec<_> = uids
                     .iter()
                     .filter(|u| u.len() <= max)
-                    .map(|u| (registry.push(u, &msg), cluster.push(u, &msg)))
+                    .map(|u| (registry.push(u, &msg), cluster.push_member(u, &msg)))
                     .collect();
                 let n = uids.len();
                 return later(async move {
@@ -535,7 +535,7 @@ fn group_in_cluster(
         let targets: Vec<_> = members
             .iter()
             .filter(|m| !except.iter().any(|e| **e == ***m))
-            .map(|m| (registry.push(m, &msg), cluster.push(m, &msg)))
+            .map(|m| (registry.push(m, &msg), cluster.push_member(m, &msg)))
             .collect();
         let n = members.len();
         let answers: Pin<Box<dyn Future<Output = Json> + Send>> = Box::pin(async move {
