@@ -1210,14 +1210,7 @@ async fn publisher(cluster: Arc<Cluster>, mut queue: mpsc::Receiver<Outgoing>) {
         ..Default::default()
     };
     while queue.recv_many(&mut batch, PIPELINE_MAX).await > 0 {
-        let now = tokio::time::Instant::now();
-        batch.retain_mut(|out| {
-            let late = out.deadline.is_some_and(|d| d <= now);
-            if late && let Some(done) = out.done.take() {
-                let _ = done.send(Err(Unanswered::NotSent));
-            }
-            !late
-        });
+        drop_late(&mut batch, tokio::time::Instant::now());
         if batch.is_empty() {
             continue;
         }
@@ -1304,6 +1297,18 @@ async fn publisher(cluster: Arc<Cluster>, mut queue: mpsc::Receiver<Outgoing>) {
             }
         }
     }
+}
+
+/// Takes out of `batch` the publishes whose reply stopped waiting before `now` (answered
+/// [`Unanswered::NotSent`]: they are not sent). Fan-out members carry no deadline and stay.
+fn drop_late(batch: &mut Vec<Outgoing>, now: tokio::time::Instant) {
+    batch.retain_mut(|out| {
+        let late = out.deadline.is_some_and(|d| d <= now);
+        if late && let Some(done) = out.done.take() {
+            let _ = done.send(Err(Unanswered::NotSent));
+        }
+        !late
+    });
 }
 
 /// Whether fred's error says the command was never written (fred 10.1): its fail-fast
@@ -1887,6 +1892,32 @@ fn redacted(url: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What the publisher sends of a batch taken after some replies stopped waiting: a
+    /// single push's late publish is dropped (and told so), a fan-out member's is sent.
+    #[tokio::test]
+    async fn late_single_pushes_are_dropped_and_fan_out_members_are_sent() {
+        let now = tokio::time::Instant::now();
+        let out = |name: &str, deadline| {
+            let (done, answer) = oneshot::channel();
+            let out = Outgoing {
+                channel: name.to_owned(),
+                message: Bytes::new(),
+                numbered: None,
+                done: Some(done),
+                deadline,
+            };
+            (out, answer)
+        };
+        let (late_push, late_answer) = out("late push", Some(now - Duration::from_millis(1)));
+        let (member, _) = out("fan-out member", None);
+        let (in_time, _) = out("in time", Some(now + Duration::from_secs(1)));
+        let mut batch = vec![late_push, member, in_time];
+        drop_late(&mut batch, now);
+        let kept: Vec<_> = batch.iter().map(|o| o.channel.as_str()).collect();
+        assert_eq!(kept, ["fan-out member", "in time"]);
+        assert!(matches!(late_answer.await, Ok(Err(Unanswered::NotSent))));
+    }
 
     #[test]
     fn envelopes_and_answers_round_trip() {

@@ -25,6 +25,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use std::time::{Duration, Instant};
 
+use smallvec::SmallVec;
 use tracing::warn;
 
 use tokio::sync::oneshot;
@@ -215,7 +216,9 @@ impl Shard {
 /// Everything known about one online uid.
 #[derive(Debug, Default)]
 struct UidEntry {
-    conns: Vec<Member>,
+    /// Inline for the usual one tab: no heap block per uid, and a fan-out reads the
+    /// member from the map's own bucket instead of following a pointer per recipient.
+    conns: SmallVec<[Member; 1]>,
 }
 
 #[derive(Debug)]
