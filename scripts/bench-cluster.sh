@@ -5,7 +5,8 @@
 #   latency     paced pushes to browsers on B: through B (same node), through A (routed
 #               through Redis), and on S (single node); p50/p99, holder CPU, Redis CPU
 #   throughput  pipelined pushes, the same three ways: pushes/s, CPU and Redis CPU per push
-#   fanout      floor (a bare send() loop over CLIENTS loopback sockets), S's broadcast to
+#   fanout      floor (a bare send() loop over CLIENTS loopback sockets; and three at once,
+#               floor-3, the like-for-like floor for three nodes), S's broadcast to
 #               CLIENTS browsers, and cluster-fanout: CLIENTS browsers on each of A, B, C
 #               (3 x CLIENTS; one bench child process per node), pushed through A: per-uid,
 #               /broadcast, /group; each node's CPU per delivered frame
@@ -87,6 +88,8 @@ for round in $(seq "$ROUNDS"); do
 			;;
 		fanout)
 			bench floor --threads "$THREADS" floor --clients "$CLIENTS" --rounds "$FANOUT_ROUNDS"
+			# Three senders at once, as the three nodes fan out at once on the same cores.
+			bench floor-3 --threads "$THREADS" --floor-senders 3 floor --clients "$CLIENTS" --rounds "$FANOUT_ROUNDS"
 			bench single-node --threads "$THREADS" --ws "$(ws $s_ws)" --push 127.0.0.1:$s_push --server-pid $s_pid \
 				fanout --fanout-mode broadcast --clients "$CLIENTS" --rounds "$FANOUT_ROUNDS"
 			bench 3-nodes --threads "$THREADS" --redis-pid $rpid cluster-fanout --clients "$CLIENTS" --rounds "$FANOUT_ROUNDS" \
@@ -121,10 +124,12 @@ for (what, scen), figs in sorted(by.items()):
     print(f'== {what} {scen}')
     for k, v in figs.items():
         print(f'  {k:32} median {statistics.median(v):10.3f}   runs: {fmt(v)}')
-floor = [r['floor_cpu_us_per_frame'] for r in runs if r['scenario'] == 'floor']
-if floor:
+for name, floor_what in [('the floor', 'floor'), ('three floors at once', 'floor-3')]:
+    floor = [r['floor_cpu_us_per_frame'] for r in runs if r['what'] == floor_what]
+    if not floor:
+        continue
     f = statistics.median(floor)
-    print(f'== ratio to the floor ({f:.3f} us/frame, median of {len(floor)})')
+    print(f'== ratio to {name} ({f:.3f} us/frame, median of {len(floor)})')
     for (what, scen), figs in sorted(by.items()):
         for k in ['server_cpu_us_per_frame', 'node0_cpu_us_per_frame', 'node1_cpu_us_per_frame',
                   'node2_cpu_us_per_frame', 'node_cpu_us_per_frame_max']:

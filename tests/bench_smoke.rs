@@ -331,3 +331,43 @@ async fn cluster_scenarios_pass_their_checks_across_three_nodes() {
     assert!(t["redis_cpu_us_per_push"].as_f64().is_some(), "{t}");
     let _ = redis.kill().await;
 }
+
+/// The kernel floor, alone and as three senders at once (their rounds started together):
+/// every frame byte-exact on every socket (the tool's own checks), and a figure reported.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn floor_scenarios_pass_their_checks() {
+    for senders in ["1", "3"] {
+        let out = tokio::time::timeout(
+            Duration::from_secs(120),
+            Command::new(env!("CARGO_BIN_EXE_pushwire-bench"))
+                .args(["--json-only", "--threads", "1", "--floor-senders", senders])
+                .args(["floor", "--clients", "200", "--rounds", "2"])
+                .kill_on_drop(true)
+                .output(),
+        )
+        .await
+        .expect("floor did not finish within 120 s")
+        .expect("run pushwire-bench floor");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "floor with {senders} sender(s) failed: {}\n{stdout}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let report: serde_json::Value = stdout
+            .lines()
+            .rev()
+            .find(|l| l.starts_with('{'))
+            .map(|l| serde_json::from_str(l).expect("JSON report line"))
+            .expect("a report line");
+        assert_eq!(report["ok"], true, "{report}");
+        assert!(
+            report["floor_cpu_us_per_frame"].as_f64().unwrap_or(0.0) > 0.0,
+            "{report}"
+        );
+        if senders == "3" {
+            assert_eq!(report["senders"], 3, "{report}");
+        }
+    }
+}

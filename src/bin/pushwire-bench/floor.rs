@@ -68,6 +68,113 @@ fn list(v: &[f64], prec: usize) -> String {
         .join(", ")
 }
 
+/// `floor --floor-senders K`: K floors at once, each a copy of this process (its own
+/// readers and its own sender child, so K x --clients sockets fit the per-process file
+/// limit) with the same arguments, their rounds started together. The figure is the
+/// median over senders and rounds of each sender's CPU per frame: the denominator for a
+/// node's fan-out when K nodes fan out at once on the same cores.
+async fn senders_at_once(o: &Opts) -> Result<Report, String> {
+    let k = o.floor_senders;
+    let exe = std::env::current_exe().map_err(|e| format!("current_exe: {e}"))?;
+    let mut args: Vec<String> = Vec::new();
+    let mut given = std::env::args().skip(1);
+    while let Some(a) = given.next() {
+        if a == "--floor-senders" {
+            given.next();
+        } else if !a.starts_with("--floor-senders=") {
+            args.push(a);
+        }
+    }
+    let mut children = Vec::with_capacity(k);
+    for _ in 0..k {
+        let mut child = tokio::process::Command::new(&exe)
+            .args(&args)
+            .args(["--floor-follow", "--json-only"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| format!("spawning a floor: {e}"))?;
+        let go = child.stdin.take().ok_or("floor stdin")?;
+        let out = tokio::io::BufReader::new(child.stdout.take().ok_or("floor stdout")?).lines();
+        children.push((child, go, out));
+    }
+    // Each says when its sockets are connected.
+    for (_, _, out) in &mut children {
+        next_with(out, "follow_ready").await?;
+    }
+    let rounds = o.fanout_rounds();
+    let (mut all, mut per_round) = (Vec::new(), Vec::new());
+    for r in 0..rounds {
+        tokio::time::sleep(Duration::from_millis(if r > 0 { 200 } else { 50 })).await;
+        for (_, go, _) in &mut children {
+            go.write_all(b"g\n")
+                .await
+                .map_err(|e| format!("floor stdin: {e}"))?;
+            go.flush().await.map_err(|e| format!("floor stdin: {e}"))?;
+        }
+        let mut this = Vec::with_capacity(k);
+        for (_, _, out) in &mut children {
+            let v = next_with(out, "follow_round").await?;
+            this.push(
+                v["cpu_us_per_frame"]
+                    .as_f64()
+                    .ok_or("a round without its figure")?,
+            );
+        }
+        per_round.push(median(&this));
+        all.extend(this);
+    }
+    for (mut child, go, _) in children {
+        drop(go);
+        match tokio::time::timeout(Duration::from_secs(60), child.wait()).await {
+            Ok(Ok(st)) if st.success() => {}
+            Ok(Ok(st)) => track::error(format!("floor: a sender pair exited with {st}")),
+            Ok(Err(e)) => track::error(format!("floor: waiting for a sender pair: {e}")),
+            Err(_) => track::error("floor: a sender pair did not exit".into()),
+        }
+    }
+    let mut rep = Report::new("floor");
+    rep.int(
+        "clients",
+        "connected loopback sockets per sender",
+        o.clients as u64,
+    );
+    rep.int("senders", "senders at once", k as u64);
+    rep.text(
+        "floor_cpu_us_per_frame_rounds",
+        "sender CPU per frame, median over senders, per round (µs)",
+        &list(&per_round, 3),
+    );
+    rep.num(
+        "floor_cpu_us_per_frame",
+        "FLOOR: SENDER CPU PER FRAME, K AT ONCE (schedstat, median)",
+        median(&all),
+        3,
+        "µs",
+    );
+    Ok(rep)
+}
+
+/// The next JSON line on `out` that has `key`.
+async fn next_with(
+    out: &mut tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
+    key: &str,
+) -> Result<serde_json::Value, String> {
+    loop {
+        let line = out
+            .next_line()
+            .await
+            .map_err(|e| format!("floor: {e}"))?
+            .ok_or_else(|| format!("a floor exited before {key}"))?;
+        if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line)
+            && v.get(key).is_some()
+        {
+            return Ok(v);
+        }
+    }
+}
+
 /// One round as the child reports it.
 #[derive(Default, Clone, Copy)]
 struct SenderRound {
@@ -100,7 +207,12 @@ pub fn run(o: &Opts) -> i32 {
             return 2;
         }
     };
-    match rt.block_on(parent(o)) {
+    let report = if o.floor_senders > 1 {
+        rt.block_on(senders_at_once(o))
+    } else {
+        rt.block_on(parent(o))
+    };
+    match report {
         Ok(rep) => {
             let ok = rep.ok;
             rep.print(o.json_only);
@@ -236,8 +348,24 @@ async fn parent(o: &Opts) -> Result<Report, String> {
     let (mut cpu, mut cpu_ticks, mut loop_cpu, mut loop_wall, mut last) =
         (vec![], vec![], vec![], vec![], vec![]);
     let (mut recv_ms, mut sirq_ms, mut other_ms) = (0.0, 0.0, 0.0);
+    // --floor-follow: a line on stdin starts each round (see `senders_at_once`).
+    let mut follow = o
+        .floor_follow
+        .then(|| tokio::io::BufReader::new(tokio::io::stdin()).lines());
+    if follow.is_some() {
+        println!("{{\"follow_ready\":true}}");
+    }
     for r in 0..u64::from(rounds) {
-        tokio::time::sleep(Duration::from_millis(if r > 0 { 200 } else { 50 })).await;
+        match &mut follow {
+            Some(lines) => {
+                lines
+                    .next_line()
+                    .await
+                    .map_err(|e| format!("stdin: {e}"))?
+                    .ok_or("stdin closed before the round")?;
+            }
+            None => tokio::time::sleep(Duration::from_millis(if r > 0 { 200 } else { 50 })).await,
+        }
         let meter = Meter::start(Some(child_pid));
         let t0 = Instant::now();
         go.write_all(b"g")
@@ -279,6 +407,12 @@ async fn parent(o: &Opts) -> Result<Report, String> {
         loop_cpu.push(sr.cpu_ns as f64 / 1000.0 / n as f64);
         loop_wall.push(sr.wall_ns as f64 / 1e6);
         last.push(t_last.as_secs_f64() * 1000.0);
+        if follow.is_some() {
+            println!(
+                "{{\"follow_round\":{r},\"cpu_us_per_frame\":{}}}",
+                per(u.server_ms_hires.unwrap_or(0.0))
+            );
+        }
         recv_ms += u.bench_ms_hires.unwrap_or(0.0);
         sirq_ms += u.softirqd_ms.unwrap_or(0.0);
         other_ms += u.other_ms.unwrap_or(0.0);

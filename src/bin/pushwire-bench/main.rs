@@ -152,6 +152,14 @@ pub struct Opts {
     #[arg(long, global = true, default_value_t = 60_000)]
     pub storm_timeout_ms: u64,
 
+    /// floor: this many senders at once, each with its own --clients sockets (one process
+    /// pair each), rounds started together: the like-for-like floor for K nodes on one box.
+    #[arg(long, global = true, default_value_t = 1)]
+    pub floor_senders: usize,
+    /// floor (internal): rounds start on a line from stdin; each round's figure is printed.
+    #[arg(long, global = true, hide = true)]
+    pub floor_follow: bool,
+
     /// Tokio worker threads of the bench [default: number of CPUs].
     #[arg(long, global = true)]
     pub threads: Option<usize>,
