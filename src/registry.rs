@@ -247,11 +247,15 @@ impl Binding {
         self.enveloped
     }
 
-    /// Notes what the writer just sent, so acks are believed only that far.
-    pub fn wrote(&self, batch: &[Payload]) {
+    /// Books a batch the writer has just sent, and empties it: the frame counters, and
+    /// (protocol v1) how far acks are believed.
+    pub fn written(&self, batch: &mut Vec<Payload>) {
+        let frames = batch.iter().map(|m| (m.len(), m.received()));
+        self.registry.shared.metrics.frames_written(frames);
         if self.enveloped {
             self.outbox.note_written(batch);
         }
+        batch.clear();
     }
 
     /// A text frame from the browser after its bind: an ack (`a SEQ`) from a v1

@@ -194,10 +194,7 @@ async fn stream(
                     },
                     _ = outbox.closed() => return "evicted",
                 }
-                ctx.metrics
-                    .frames_written(batch.iter().map(|m| (m.len(), m.received())));
-                binding.wrote(&batch);
-                batch.clear();
+                binding.written(&mut batch);
                 heartbeat.as_mut().reset(Instant::now() + cfg.ping_interval);
             }
             r = io.readable() => {

@@ -336,9 +336,7 @@ async fn session(ws: &mut Ws, binding: &Binding, ctx: &State) -> End {
                 if let Err(end) = deliver(ws, &batch, sent, outbox, ctx).await {
                     return end;
                 }
-                metrics.frames_written(batch.iter().map(|m| (m.len(), m.received())));
-                binding.wrote(&batch);
-                batch.clear();
+                binding.written(&mut batch);
             }
             frame = ws.reader.next(&mut ws.tcp, ws.max_in) => {
                 if awaiting_pong {
@@ -392,10 +390,7 @@ async fn write_control(
     let sent = outbox.claim(batch).map_err(End::Closed)?;
     if !batch.is_empty() {
         deliver(ws, batch, sent, outbox, ctx).await?;
-        ctx.metrics
-            .frames_written(batch.iter().map(|m| (m.len(), m.received())));
-        binding.wrote(batch);
-        batch.clear();
+        binding.written(batch);
     }
     match write_raw(&mut ws.tcp, frame, ctx.config.pong_timeout).await {
         Ok(()) => Ok(()),
