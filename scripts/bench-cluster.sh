@@ -10,8 +10,9 @@
 #               CLIENTS browsers, and cluster-fanout: CLIENTS browsers on each of A, B, C
 #               (3 x CLIENTS; one bench child process per node), pushed through A: per-uid,
 #               /broadcast, /group; each node's CPU per delivered frame
-# Every run's JSON line goes to OUT/runs.jsonl; at the end, each figure's median per
-# (what, scenario) and the per-node floor ratios are printed.
+# Every run's JSON line (tagged with its round) goes to OUT/runs.jsonl; at the end, each
+# figure's median per (what, scenario), the per-node ratios to the floors' medians, and
+# the paired ratios (each run to the floor of its own round) are printed.
 #
 # Usage: scripts/bench-cluster.sh [latency] [throughput] [fanout]   (default: all three)
 # Env: ROUNDS (3), CLIENTS (19000), LAT_CLIENTS (2000), RATE (2000), DURATION_MS (3000),
@@ -20,6 +21,8 @@
 #      CLUSTER_TIMEOUT_MS (1000, the default): the nodes' --cluster-timeout-ms (a /group
 #      of 3 x 19k members can outlast 1 s on 2 cores: every member still gets it, but the
 #      reply then counts only what was confirmed in time, and the bench's check fails);
+#      FANOUT_MODE (all; or per-uid, broadcast, group): which cluster fan-outs run;
+#      PUSH_VIA (0): the node (0 = A, 1 = B, 2 = C) the cluster fan-outs are pushed to;
 #      THREADS (1): bench worker threads reading the fan-out, the same for the floor and
 #      for pushwire (the readers' scheduling changes what the sender pays per wake-up).
 # Needs target/release/{pushwire,pushwire-bench} (cargo build --release) and redis-server.
@@ -29,7 +32,7 @@ source scripts/listening.sh
 parts=${*:-latency throughput fanout}
 ROUNDS=${ROUNDS:-3} CLIENTS=${CLIENTS:-19000} LAT_CLIENTS=${LAT_CLIENTS:-2000}
 RATE=${RATE:-2000} DURATION_MS=${DURATION_MS:-3000} PUSHES=${PUSHES:-40000}
-FANOUT_ROUNDS=${FANOUT_ROUNDS:-3} THREADS=${THREADS:-1} CLUSTER_TIMEOUT_MS=${CLUSTER_TIMEOUT_MS:-1000}
+FANOUT_ROUNDS=${FANOUT_ROUNDS:-3} FANOUT_MODE=${FANOUT_MODE:-all} PUSH_VIA=${PUSH_VIA:-0} THREADS=${THREADS:-1} CLUSTER_TIMEOUT_MS=${CLUSTER_TIMEOUT_MS:-1000}
 OUT=${OUT:-$(mktemp -d)}
 mkdir -p "$OUT"
 runs=$OUT/runs.jsonl
@@ -68,7 +71,7 @@ bench() {
 import json,sys
 for l in sys.stdin:
     if l.startswith('{'):
-        d=json.loads(l); d['what']='$label'; print(json.dumps(d))
+        d=json.loads(l); d['what']='$label'; d['round']=$round; print(json.dumps(d))
 " >>"$runs"
 }
 ws() { echo "ws://127.0.0.1:$1/"; }
@@ -92,7 +95,8 @@ for round in $(seq "$ROUNDS"); do
 			bench floor-3 --threads "$THREADS" --floor-senders 3 floor --clients "$CLIENTS" --rounds "$FANOUT_ROUNDS"
 			bench single-node --threads "$THREADS" --ws "$(ws $s_ws)" --push 127.0.0.1:$s_push --server-pid $s_pid \
 				fanout --fanout-mode broadcast --clients "$CLIENTS" --rounds "$FANOUT_ROUNDS"
-			bench 3-nodes --threads "$THREADS" --redis-pid $rpid cluster-fanout --clients "$CLIENTS" --rounds "$FANOUT_ROUNDS" \
+			bench 3-nodes --threads "$THREADS" --redis-pid $rpid --fanout-mode "$FANOUT_MODE" \
+				cluster-fanout --push-via "$PUSH_VIA" --clients "$CLIENTS" --rounds "$FANOUT_ROUNDS" \
 				--node "$(ws $a_ws),127.0.0.1:$a_push,$a_pid" --node "$(ws $b_ws),127.0.0.1:$b_push,$b_pid" \
 				--node "$(ws $c_ws),127.0.0.1:$c_push,$c_pid"
 			;;
@@ -135,6 +139,23 @@ for name, floor_what in [('the floor', 'floor'), ('three floors at once', 'floor
                   'node2_cpu_us_per_frame', 'node_cpu_us_per_frame_max']:
             if k in figs and scen != 'floor':
                 print(f'  {what} {scen} {k}: {statistics.median(figs[k]) / f:.2f}x')
+# Paired: each run divided by the floor run of its own round (minutes apart at most), so
+# a slow phase of the box moves both sides of the ratio; the median and range of those.
+for floor_what in ['floor', 'floor-3']:
+    floors = {r['round']: r['floor_cpu_us_per_frame'] for r in runs if r['what'] == floor_what}
+    if not floors:
+        continue
+    print(f'== paired ratio to {floor_what} of the same round ({len(floors)} rounds)')
+    paired = defaultdict(list)
+    for r in runs:
+        if r['scenario'] == 'floor' or r['round'] not in floors:
+            continue
+        for k in ['server_cpu_us_per_frame', 'node0_cpu_us_per_frame', 'node1_cpu_us_per_frame',
+                  'node2_cpu_us_per_frame', 'node_cpu_us_per_frame_max']:
+            if isinstance(r.get(k), (int, float)):
+                paired[(r['what'], r['scenario'], k)].append(r[k] / floors[r['round']])
+    for (what, scen, k), v in sorted(paired.items()):
+        print(f'  {what} {scen} {k}: median {statistics.median(v):.2f}x   rounds: {fmt(round(x, 2) for x in v)}')
 if failed:
     print(f'FAILED runs: {len(failed)}')
     sys.exit(1)

@@ -286,9 +286,10 @@ fn run(state: &State, command: Command<'_>, line: &Payload, text: &str) -> Respo
             let Some(msg) = payload(at) else {
                 return Response::Ready(Reply::error("bad payload offset"));
             };
-            let d = registry.broadcast(&msg, &except);
             if let Some(cluster) = &state.cluster {
+                // Published first, so the other nodes fan out while this one does.
                 let remote = cluster.broadcast(&msg, &except);
+                let d = registry.broadcast(&msg, &except);
                 return later(async move {
                     let d = d + remote.await.delivery;
                     Json::Broadcast(BroadcastReply {
@@ -298,6 +299,7 @@ fn run(state: &State, command: Command<'_>, line: &Payload, text: &str) -> Respo
                     })
                 });
             }
+            let d = registry.broadcast(&msg, &except);
             Json::Broadcast(BroadcastReply {
                 ok: d.ok(),
                 connections: d.queued,

@@ -6,7 +6,7 @@
 //! each has bound its clients (uids `<tag>n<k>.<i>`). Per round it tells every child which
 //! sequence number(s) to expect (`bcast NAME SEQ` for a broadcast or group payload, `lines
 //! BASE` for one line per uid), waits for `@armed` from all, then writes the push(es) on
-//! one connection to the first node and waits for every child's `@done`: how many of its
+//! one connection to the first node (`--push-via K`: node K) and waits for every child's `@done`: how many of its
 //! clients got it, and when the last did (wall clock, the same in every process on one
 //! box). Children check every frame as in `fanout` (each expected client exactly once,
 //! byte-exact). Measured around each round: every node's CPU (schedstat of /proc/PID) and
@@ -229,9 +229,9 @@ fn median(v: &mut [f64]) -> f64 {
     v.get(v.len() / 2).copied().unwrap_or(0.0)
 }
 
-pub fn run(o: &Opts, nodes: &[String]) -> i32 {
+pub fn run(o: &Opts, nodes: &[String], push_via: usize) -> i32 {
     track::now_ns();
-    match parent(o, nodes) {
+    match parent(o, nodes, push_via) {
         Ok(reports) => {
             let mut ok = true;
             for r in reports {
@@ -253,11 +253,14 @@ pub fn run(o: &Opts, nodes: &[String]) -> i32 {
     }
 }
 
-fn parent(o: &Opts, nodes: &[String]) -> Result<Vec<Report>, String> {
+fn parent(o: &Opts, nodes: &[String], push_via: usize) -> Result<Vec<Report>, String> {
     let nodes: Vec<Node> = nodes
         .iter()
         .map(|s| parse_node(s))
         .collect::<Result<_, _>>()?;
+    let origin = nodes
+        .get(push_via)
+        .ok_or_else(|| format!("--push-via {push_via}: there are {} nodes", nodes.len()))?;
     let (n, k_nodes) = (o.clients, nodes.len());
     let tag = format!("c{:x}", wall_ns() % 0xffff_ffff);
     let (tx, said) = mpsc::channel();
@@ -279,7 +282,7 @@ fn parent(o: &Opts, nodes: &[String]) -> Result<Vec<Report>, String> {
         bound += alive;
     }
     drop(tx);
-    let conn = TcpStream::connect(nodes[0].push).map_err(|e| format!("push connection: {e}"))?;
+    let conn = TcpStream::connect(origin.push).map_err(|e| format!("push connection: {e}"))?;
     let _ = conn.set_nodelay(true);
     let mut wr = conn
         .try_clone()
@@ -432,6 +435,7 @@ fn parent(o: &Opts, nodes: &[String]) -> Result<Vec<Report>, String> {
             seq += (k_nodes * n) as u64 + 1;
         }
         report(&mut rep, &rounds, k_nodes, n);
+        rep.int("origin_node", "node the pushes went to", push_via as u64);
         reports.push(rep.finish());
     }
     tell(&mut holders, "quit")?;

@@ -210,9 +210,13 @@ pub enum Scenario {
     /// 3 x 19k), pushed through the first node. Reports the time to the last delivery on
     /// any node and each node's server CPU per delivered frame (ignores --ws/--push).
     ClusterFanout {
-        /// One node: `WS_URL,PUSH_ADDR,PID` (repeat per node; the first gets the pushes).
+        /// One node: `WS_URL,PUSH_ADDR,PID` (repeat per node).
         #[arg(long = "node", required = true, num_args = 1)]
         nodes: Vec<String>,
+        /// Which node (0-based, in `--node` order) gets the pushes: the origin. Moving it
+        /// tells what the origin pays apart from what the first-bound node pays.
+        #[arg(long, default_value_t = 0)]
+        push_via: usize,
     },
     /// A cluster-fanout child: binds --clients browsers to --ws, then checks the deliveries
     /// the parent announces on stdin (internal).
@@ -334,7 +338,9 @@ fn main() {
         procstat::set_redis_pid(pid);
     }
     match &o.scenario {
-        Scenario::ClusterFanout { nodes } => std::process::exit(cluster::run(&o, nodes)),
+        Scenario::ClusterFanout { nodes, push_via } => {
+            std::process::exit(cluster::run(&o, nodes, *push_via))
+        }
         Scenario::Floor => std::process::exit(floor::run(&o)),
         Scenario::FloorSender { .. } => std::process::exit(floor::sender(&o)),
         _ => {}
