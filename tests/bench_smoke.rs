@@ -45,30 +45,37 @@ async fn daemon(args: &[&str], wait_for: &[&str]) -> (tokio::process::Child, u16
     (daemon, ws, push, pid)
 }
 
+/// Runs `cmd` to its end within `secs`, asserts it succeeded (its output in the message
+/// otherwise), and returns its stdout.
+async fn stdout_of(cmd: &mut Command, secs: u64, what: &str) -> String {
+    let out = tokio::time::timeout(Duration::from_secs(secs), cmd.kill_on_drop(true).output())
+        .await
+        .unwrap_or_else(|_| panic!("{what} did not finish within {secs} s"))
+        .unwrap_or_else(|e| panic!("run {what}: {e}"));
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{what} failed: {}\n{stdout}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_scenario_passes_its_own_checks_at_500_clients() {
     let (_daemon, ws, push, pid) = daemon(&["--http-listen", "127.0.0.1:0"], &["listening"]).await;
 
-    let out = tokio::time::timeout(
-        Duration::from_secs(240),
+    let stdout = stdout_of(
         Command::new(env!("CARGO_BIN_EXE_pushwire-bench"))
             .args(["--ws", &format!("ws://127.0.0.1:{ws}/")])
             .args(["--push", &format!("127.0.0.1:{push}")])
             .args(["--server-pid", &pid.to_string()])
-            .args(["all", "--clients", "500", "--smoke"])
-            .kill_on_drop(true)
-            .output(),
+            .args(["all", "--clients", "500", "--smoke"]),
+        240,
+        "pushwire-bench all",
     )
-    .await
-    .expect("bench did not finish within 240 s")
-    .expect("run pushwire-bench");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "bench failed: {}\n{stdout}\n{stderr}",
-        out.status
-    );
+    .await;
 
     // One JSON line per scenario, each reporting ok.
     let reports: Vec<serde_json::Value> = stdout
@@ -108,26 +115,16 @@ async fn every_scenario_passes_its_own_checks_at_500_clients() {
         &["resume-storm", "--clients", "100", "--missed", "5"][..],
     ] {
         let name = scenario[0];
-        let out = tokio::time::timeout(
-            Duration::from_secs(120),
+        let stdout = stdout_of(
             Command::new(env!("CARGO_BIN_EXE_pushwire-bench"))
                 .args(["--ws", &format!("ws://127.0.0.1:{ws}/")])
                 .args(["--push", &format!("127.0.0.1:{push}")])
                 .args(["--server-pid", &pid.to_string(), "--json-only"])
-                .args(scenario)
-                .kill_on_drop(true)
-                .output(),
+                .args(scenario),
+            120,
+            &format!("pushwire-bench {name}"),
         )
-        .await
-        .unwrap_or_else(|_| panic!("bench {name} did not finish within 120 s"))
-        .unwrap_or_else(|e| panic!("run pushwire-bench {name}: {e}"));
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(
-            out.status.success(),
-            "bench {name} failed: {}\n{stdout}\n{}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        );
+        .await;
         let report = stdout
             .lines()
             .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
@@ -244,19 +241,12 @@ async fn cluster_scenarios_pass_their_checks_across_three_nodes() {
         daemons.push(node);
     }
     let bench = |args: Vec<String>| async move {
-        let out = tokio::time::timeout(
-            Duration::from_secs(120),
-            Command::new(env!("CARGO_BIN_EXE_pushwire-bench"))
-                .args(&args)
-                .kill_on_drop(true)
-                .output(),
+        let stdout = stdout_of(
+            Command::new(env!("CARGO_BIN_EXE_pushwire-bench")).args(&args),
+            120,
+            "pushwire-bench",
         )
-        .await
-        .expect("bench did not finish within 120 s")
-        .expect("run pushwire-bench");
-        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(out.status.success(), "{}\n{stdout}\n{stderr}", out.status);
+        .await;
         let reports: Vec<serde_json::Value> = stdout
             .lines()
             .filter(|l| l.starts_with('{'))
@@ -337,24 +327,14 @@ async fn cluster_scenarios_pass_their_checks_across_three_nodes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn floor_scenarios_pass_their_checks() {
     for senders in ["1", "3"] {
-        let out = tokio::time::timeout(
-            Duration::from_secs(120),
+        let stdout = stdout_of(
             Command::new(env!("CARGO_BIN_EXE_pushwire-bench"))
                 .args(["--json-only", "--threads", "1", "--floor-senders", senders])
-                .args(["floor", "--clients", "200", "--rounds", "2"])
-                .kill_on_drop(true)
-                .output(),
+                .args(["floor", "--clients", "200", "--rounds", "2"]),
+            120,
+            &format!("floor with {senders} sender(s)"),
         )
-        .await
-        .expect("floor did not finish within 120 s")
-        .expect("run pushwire-bench floor");
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(
-            out.status.success(),
-            "floor with {senders} sender(s) failed: {}\n{stdout}\n{}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        );
+        .await;
         let report: serde_json::Value = stdout
             .lines()
             .rev()
@@ -370,4 +350,64 @@ async fn floor_scenarios_pass_their_checks() {
             assert_eq!(report["senders"], 3, "{report}");
         }
     }
+}
+
+/// `scripts/bench-cluster.sh` end to end at a tiny size (its own redis-server and four
+/// nodes): every run's checks pass (the script fails otherwise), `FANOUT_MODE` and
+/// `PUSH_VIA` reach the load tool, and the summary pairs each run with its round's floor.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_cluster_script_runs_and_pairs_ratios_per_round() {
+    let bin = std::path::Path::new(env!("CARGO_BIN_EXE_pushwire-bench"))
+        .parent()
+        .expect("binary directory");
+    let out_dir = std::env::temp_dir().join(format!("bench-cluster-smoke-{}", std::process::id()));
+    let stdout = stdout_of(
+        Command::new("bash")
+            .arg(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/scripts/bench-cluster.sh"
+            ))
+            .arg("fanout")
+            .env("BIN", bin)
+            .env("OUT", &out_dir)
+            .envs([
+                ("CLIENTS", "100"),
+                ("ROUNDS", "2"),
+                ("FANOUT_ROUNDS", "1"),
+                ("FANOUT_MODE", "broadcast"),
+                ("PUSH_VIA", "2"),
+            ]),
+        180,
+        "scripts/bench-cluster.sh",
+    )
+    .await;
+    let runs = std::fs::read_to_string(out_dir.join("runs.jsonl")).expect("runs.jsonl");
+    let runs: Vec<serde_json::Value> = runs
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON run"))
+        .collect();
+    let cluster: Vec<&serde_json::Value> = runs.iter().filter(|r| r["what"] == "3-nodes").collect();
+    assert_eq!(cluster.len(), 2, "one broadcast report per round: {runs:?}");
+    for (r, round) in cluster.iter().zip([1, 2]) {
+        assert_eq!(r["scenario"], "cluster-fanout-broadcast", "{r}");
+        assert_eq!(r["origin_node"], 2, "{r}");
+        assert_eq!(r["round"], round, "{r}");
+        assert_eq!(r["clients"], 300, "{r}");
+    }
+    assert!(
+        stdout.contains("== paired ratio to floor of the same round (2 rounds)"),
+        "{stdout}"
+    );
+    let paired = stdout
+        .lines()
+        .find(|l| l.contains("3-nodes cluster-fanout-broadcast node2_cpu_us_per_frame: median"))
+        .unwrap_or_else(|| panic!("no paired ratio for node 2 in {stdout}"));
+    let ratio: f64 = paired
+        .split("median ")
+        .nth(1)
+        .and_then(|r| r.split('x').next())
+        .and_then(|r| r.parse().ok())
+        .unwrap_or_else(|| panic!("no ratio in {paired:?}"));
+    assert!(ratio > 0.0, "{paired}");
+    let _ = std::fs::remove_dir_all(out_dir);
 }
