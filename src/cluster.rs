@@ -1402,7 +1402,15 @@ fn script_args(cluster: &Cluster, out: &Outgoing, n: &Numbered, script: &str) ->
 async fn listen(cluster: Arc<Cluster>) {
     let reply_channel = reply_channel(&cluster.node);
     let mut rx = cluster.sub.message_rx();
+    let mut answers = Answers::default();
     loop {
+        // Answers wait only while more messages are already here: a burst (a `/group`,
+        // one line per uid) is answered in a few publishes, a lone push at once.
+        if rx.is_empty() {
+            for (origin, batch) in answers.take_all() {
+                send_answers(&cluster, &origin, batch);
+            }
+        }
         let msg = match rx.recv().await {
             Ok(msg) => msg,
             Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
@@ -1418,7 +1426,7 @@ async fn listen(cluster: Arc<Cluster>) {
             continue;
         };
         if *msg.channel == *reply_channel {
-            if let Some((req, delivery, body)) = parse_answer(bytes) {
+            for (req, delivery, body) in parse_answers(bytes) {
                 let body = body.map(Bytes::copy_from_slice);
                 cluster.answered(req, Some((delivery, body)));
             }
@@ -1451,13 +1459,9 @@ async fn listen(cluster: Arc<Cluster>) {
                 cluster.answered_here(req, delivery);
                 continue;
             }
-            let _ = cluster.publish.try_send(Outgoing {
-                channel: reply_channel_of(origin),
-                message: answer(req, delivery),
-                numbered: None,
-                done: None,
-                deadline: None,
-            });
+            if let Some(batch) = answers.add(origin, req, delivery) {
+                send_answers(&cluster, origin, batch);
+            }
             continue;
         }
         if mine {
@@ -1520,14 +1524,62 @@ async fn listen(cluster: Arc<Cluster>) {
             }
             _ => Delivery::default(),
         };
-        let _ = cluster.publish.try_send(Outgoing {
-            channel: reply_channel_of(origin),
-            message: answer(req, answer_with),
-            numbered: None,
-            done: None,
-            deadline: None,
-        });
+        if let Some(batch) = answers.add(origin, req, answer_with) {
+            send_answers(&cluster, origin, batch);
+        }
     }
+}
+
+/// Separates the answers batched in one message on an origin's reply channel.
+const ANSWER_SEP: u8 = b';';
+
+/// Answers per batch at most, so a long burst still answers as it goes (the origin's
+/// wait is bounded) and one message stays a few KiB.
+const ANSWER_BATCH: usize = 256;
+
+/// A holder's answers not yet published, by origin: `<req> <queued> <refused>` joined by
+/// [`ANSWER_SEP`]. One publish per origin and burst instead of one per request: Redis,
+/// this node and the origin each handle one message for up to [`ANSWER_BATCH`] answers.
+#[derive(Default)]
+struct Answers {
+    by_origin: Vec<(Vec<u8>, BytesMut, usize)>,
+}
+
+impl Answers {
+    /// Adds one answer for `origin`; the batch, once it holds [`ANSWER_BATCH`].
+    fn add(&mut self, origin: &[u8], req: u64, d: Delivery) -> Option<Bytes> {
+        let at = match self.by_origin.iter().position(|(o, ..)| o == origin) {
+            Some(at) => at,
+            None => {
+                self.by_origin.push((origin.to_vec(), BytesMut::new(), 0));
+                self.by_origin.len() - 1
+            }
+        };
+        let (_, buf, n) = &mut self.by_origin[at];
+        if *n > 0 {
+            buf.put_u8(ANSWER_SEP);
+        }
+        buf.put_slice(&answer(req, d));
+        *n += 1;
+        (*n >= ANSWER_BATCH).then(|| self.by_origin.swap_remove(at).1.freeze())
+    }
+
+    /// Every batch not yet sent, by origin.
+    fn take_all(&mut self) -> impl Iterator<Item = (Vec<u8>, Bytes)> + '_ {
+        self.by_origin
+            .drain(..)
+            .map(|(o, buf, _)| (o, buf.freeze()))
+    }
+}
+
+fn send_answers(cluster: &Cluster, origin: &[u8], message: Bytes) {
+    let _ = cluster.publish.try_send(Outgoing {
+        channel: reply_channel_of(origin),
+        message,
+        numbered: None,
+        done: None,
+        deadline: None,
+    });
 }
 
 /// Drops the memberships of uids whose grace period ended while no node holds them.
@@ -1827,6 +1879,17 @@ fn answer(req: u64, d: Delivery) -> Bytes {
     Bytes::from(format!("{req} {} {}", d.queued, d.refused))
 }
 
+/// What one message on a reply channel says: one answer with a body, or any number
+/// without, joined by [`ANSWER_SEP`] (a holder's batch). Malformed ones are skipped.
+fn parse_answers(b: &[u8]) -> Vec<(u64, Delivery, Option<&[u8]>)> {
+    if memchr::memchr(b'\n', b).is_some() {
+        return parse_answer(b).into_iter().collect();
+    }
+    b.split(|&c| c == ANSWER_SEP)
+        .filter_map(parse_answer)
+        .collect()
+}
+
 /// `<req> <queued> <refused>[\n<body>]`.
 fn parse_answer(b: &[u8]) -> Option<(u64, Delivery, Option<&[u8]>)> {
     let (head, body) = match memchr::memchr(b'\n', b) {
@@ -1917,6 +1980,47 @@ mod tests {
         let kept: Vec<_> = batch.iter().map(|o| o.channel.as_str()).collect();
         assert_eq!(kept, ["fan-out member", "in time"]);
         assert!(matches!(late_answer.await, Ok(Err(Unanswered::NotSent))));
+    }
+
+    #[test]
+    fn answers_are_batched_per_origin_and_read_back_in_order() {
+        let d = |queued| Delivery { queued, refused: 1 };
+        let mut answers = Answers::default();
+        for req in 0..ANSWER_BATCH as u64 - 1 {
+            assert_eq!(answers.add(b"a", req, d(req as usize)), None);
+        }
+        assert_eq!(answers.add(b"b", 900, d(9)), None);
+        // The 256th answer for `a` completes its batch: sent at once, `b`'s still kept.
+        let full = answers.add(b"a", 255, d(255)).expect("a full batch");
+        let read = parse_answers(&full);
+        assert_eq!(read.len(), ANSWER_BATCH);
+        for (i, (req, delivery, body)) in read.into_iter().enumerate() {
+            assert_eq!((req, delivery, body), (i as u64, d(i), None));
+        }
+        let rest: Vec<_> = answers.take_all().collect();
+        assert_eq!(rest.len(), 1);
+        assert_eq!(rest[0].0, b"b");
+        assert_eq!(parse_answers(&rest[0].1), vec![(900, d(9), None)]);
+        assert_eq!(answers.take_all().count(), 0);
+        // A malformed one in a batch is skipped, the others kept; one with a body alone.
+        assert_eq!(
+            parse_answers(b"1 0 0;x;2 3 0"),
+            vec![
+                (1, Delivery::default(), None),
+                (
+                    2,
+                    Delivery {
+                        queued: 3,
+                        refused: 0
+                    },
+                    None
+                )
+            ]
+        );
+        assert_eq!(
+            parse_answers(b"7 0 0\n12\n[]"),
+            vec![(7, Delivery::default(), Some(&b"12\n[]"[..]))]
+        );
     }
 
     #[test]
