@@ -1559,7 +1559,7 @@ impl Answers {
         if *n > 0 {
             buf.put_u8(ANSWER_SEP);
         }
-        buf.put_slice(&answer(req, d));
+        put_answer(buf, req, d);
         *n += 1;
         (*n >= ANSWER_BATCH).then(|| self.by_origin.swap_remove(at).1.freeze())
     }
@@ -1876,7 +1876,16 @@ fn parse_envelope(b: &[u8]) -> Option<(&[u8], u64, Ask, &[u8])> {
 
 /// `<req> <queued> <refused>`.
 fn answer(req: u64, d: Delivery) -> Bytes {
-    Bytes::from(format!("{req} {} {}", d.queued, d.refused))
+    let mut b = BytesMut::new();
+    put_answer(&mut b, req, d);
+    b.freeze()
+}
+
+/// Appends `<req> <queued> <refused>` to `buf` (no allocation of its own).
+fn put_answer(buf: &mut BytesMut, req: u64, d: Delivery) {
+    use std::fmt::Write;
+    // Writing to a BytesMut cannot fail.
+    let _ = write!(buf, "{req} {} {}", d.queued, d.refused);
 }
 
 /// What one message on a reply channel says: one answer with a body, or any number

@@ -6,11 +6,11 @@
 //! each has bound its clients (uids `<tag>n<k>.<i>`). Per round it tells every child which
 //! sequence number(s) to expect (`bcast NAME SEQ` for a broadcast or group payload, `lines
 //! BASE` for one line per uid), waits for `@armed` from all, then writes the push(es) on
-//! one connection to the first node (`--push-via K`: node K) and waits for every child's `@done`: how many of its
-//! clients got it, and when the last did (wall clock, the same in every process on one
-//! box). Children check every frame as in `fanout` (each expected client exactly once,
-//! byte-exact). Measured around each round: every node's CPU (schedstat of /proc/PID) and
-//! the redis-server's (`--redis-pid`). Reported per mode: time to the last delivery on any
+//! one connection to the first node (`--push-via K`: node K) and waits for every child's
+//! `@done`: how many of its clients got it, and when the last did (wall clock, the same
+//! in every process on one box). Children check every frame as in `fanout` (each
+//! expected client exactly once, byte-exact). Measured around each round: every node's
+//! CPU (schedstat of /proc/PID) and the redis-server's (`--redis-pid`). Reported per mode: time to the last delivery on any
 //! node, CPU per delivered frame for each node and for all of them, Redis CPU per frame.
 
 use crate::procstat::Meter;
