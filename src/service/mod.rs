@@ -286,25 +286,20 @@ fn run(state: &State, command: Command<'_>, line: &Payload, text: &str) -> Respo
             let Some(msg) = payload(at) else {
                 return Response::Ready(Reply::error("bad payload offset"));
             };
-            if let Some(cluster) = &state.cluster {
-                // Published first, so the other nodes fan out while this one does.
-                let remote = cluster.broadcast(&msg, &except);
-                let d = registry.broadcast(&msg, &except);
-                return later(async move {
-                    let d = d + remote.await.delivery;
-                    Json::Broadcast(BroadcastReply {
-                        ok: d.ok(),
-                        connections: d.queued,
-                        refused: d.refused,
-                    })
-                });
-            }
+            // Published first, so the other nodes fan out while this one does.
+            let remote = state.cluster.as_ref().map(|c| c.broadcast(&msg, &except));
             let d = registry.broadcast(&msg, &except);
-            Json::Broadcast(BroadcastReply {
-                ok: d.ok(),
-                connections: d.queued,
-                refused: d.refused,
-            })
+            let reply = |d: Delivery| {
+                Json::Broadcast(BroadcastReply {
+                    ok: d.ok(),
+                    connections: d.queued,
+                    refused: d.refused,
+                })
+            };
+            match remote {
+                Some(remote) => return later(async move { reply(d + remote.await.delivery) }),
+                None => reply(d),
+            }
         }
         Command::Join { group, uids } if state.cluster.is_some() => {
             let cluster = state.cluster.clone();
