@@ -63,7 +63,8 @@ async fn a_push_via_one_node_reaches_a_browser_on_another_exactly_once(url: &str
         let started = Instant::now();
         assert_eq!(p.request(r#"{"uid":"nobody"}"#).await, "fail\n");
         assert!(
-            started.elapsed() < Duration::from_millis(500),
+            // Well inside the 2 s cluster timeout: nothing waited for it.
+            started.elapsed() < Duration::from_millis(1000),
             "{:?}",
             started.elapsed()
         );
