@@ -305,6 +305,8 @@ impl Cluster {
         if cluster.history.is_some() {
             registry.set_remote_history(Arc::new(Hook(Arc::downgrade(&cluster))));
         }
+        // Before connecting, so the first failure is heard too.
+        let errors = (cluster.cmd.error_rx(), cluster.sub.error_rx());
         // The connection tasks run detached; the handles are not needed.
         drop(cluster.cmd.connect());
         drop(cluster.sub.connect());
@@ -316,6 +318,7 @@ impl Cluster {
             tokio::spawn(watch(cluster.clone())),
             tokio::spawn(sweep(cluster.clone())),
             tokio::spawn(keep_histories(cluster.clone())),
+            tokio::spawn(report_errors(errors)),
         ] {
             let stop = cluster.stop.clone();
             tokio::spawn(async move {
@@ -1666,6 +1669,45 @@ async fn watch(cluster: Arc<Cluster>) {
         cluster.registry.set_remote_up(up);
         was_up = up;
         tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// A Redis client's connection errors, as fred reports them.
+type LinkErrors =
+    tokio::sync::broadcast::Receiver<(fred::error::Error, Option<fred::types::config::Server>)>;
+
+/// How often the same connection error is logged again while it lasts.
+const ERROR_REPEAT: Duration = Duration::from_secs(60);
+
+/// Logs why Redis cannot be reached (refused, timed out, a certificate not trusted, a
+/// wrong password): fred retries on its own and says why only on these streams. The same
+/// error again is logged once a minute at most, so an outage costs a line a minute, not
+/// one per retry; a new one is logged at once.
+async fn report_errors((mut cmd, mut sub): (LinkErrors, LinkErrors)) {
+    use tokio::sync::broadcast::error::RecvError;
+    let mut last: Option<(String, tokio::time::Instant)> = None;
+    loop {
+        let (got, link) = tokio::select! {
+            got = cmd.recv() => (got, "commands"),
+            got = sub.recv() => (got, "subscriptions"),
+        };
+        let (err, server) = match got {
+            Ok(event) => event,
+            Err(RecvError::Lagged(_)) => continue,
+            // The client is gone: the node is leaving the cluster.
+            Err(RecvError::Closed) => return,
+        };
+        let text = err.to_string();
+        let now = tokio::time::Instant::now();
+        if last
+            .as_ref()
+            .is_some_and(|(t, at)| *t == text && now.duration_since(*at) < ERROR_REPEAT)
+        {
+            continue;
+        }
+        let server = server.map_or_else(|| "-".to_owned(), |s| s.to_string());
+        warn!(link, %server, error = %text, "redis connection failed; retrying");
+        last = Some((text, now));
     }
 }
 

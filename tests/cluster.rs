@@ -5,7 +5,8 @@
 //! (counts gathered from the holding nodes), tabs on two nodes, pipelined order across
 //! nodes, Redis going away (local delivery goes on, remote pushes fail fast, `/push` says
 //! `unavailable`) and coming back (subscriptions heal with no restart), a publish left
-//! unanswered (Redis stopped: `/push` says `partial`, in doubt).
+//! unanswered (Redis stopped: `/push` says `partial`, in doubt), `rediss://` to a TLS-only
+//! Redis (and a node that does not trust its certificate: alone, and saying why).
 
 #[macro_use]
 mod common;
@@ -40,6 +41,18 @@ async fn bound_across(tab: &mut WsClient, home: &TestServer, via: &TestServer, u
     assert_eq!(tab.recv_text().await, line);
 }
 
+/// `/push ID` to `uid`, whose one connection is `tab`: counted exactly and delivered.
+async fn push_id_delivered_to_one(push: &mut PushClient, tab: &mut WsClient, id: &str, uid: &str) {
+    let line = format!(r#"{{"uid":"{uid}","n":2}}"#);
+    assert_eq!(
+        push.request(&format!("/push {id} {line}")).await,
+        format!(
+            "{{\"ok\":true,\"result\":\"delivered\",\"connections\":1,\"refused\":0,\"id\":\"{id}\"}}\n"
+        )
+    );
+    assert_eq!(tab.recv_text().await, line);
+}
+
 async fn a_push_via_one_node_reaches_a_browser_on_another_exactly_once(url: &str) {
     let (a, b) = (node(url).await, node(url).await);
     let mut tab = WsClient::connect(&b.ws_url()).await;
@@ -49,12 +62,7 @@ async fn a_push_via_one_node_reaches_a_browser_on_another_exactly_once(url: &str
     let line = r#"{"uid":"u1","percent":"88%","é":"ü"}"#;
     assert_eq!(push.request(line).await, "ok\n");
     assert_eq!(tab.recv_text().await, line, "byte-exact, once");
-    let reply = push.request(r#"/push 7 {"uid":"u1","n":2}"#).await;
-    assert_eq!(
-        reply,
-        "{\"ok\":true,\"result\":\"delivered\",\"connections\":1,\"refused\":0,\"id\":\"7\"}\n"
-    );
-    assert_eq!(tab.recv_text().await, r#"{"uid":"u1","n":2}"#);
+    push_id_delivered_to_one(&mut push, &mut tab, "7", "u1").await;
     tab.expect_silence(Duration::from_millis(300)).await;
 
     // Nobody holds it anywhere: fail on both nodes, quickly.
@@ -652,4 +660,89 @@ async fn a_node_killed_with_sigkill_leaves_no_ghost() {
     let converged = killed.elapsed();
     assert_eq!(push.request(r#"{"uid":"k9"}"#).await, "fail\n");
     assert!(converged < Duration::from_secs(3), "took {converged:?}");
+}
+
+/// `rediss://`: a `redis-server` that speaks only TLS, its certificate from a CA the nodes
+/// are told to trust with `SSL_CERT_FILE` (as for any private CA; the system's roots
+/// otherwise). Pushes route across nodes over it, with their exact counts. A node that
+/// does not trust the certificate never links: `/readyz` degraded, remote pushes `fail`,
+/// `/push` `unavailable`, so the certificate really is checked; its log says why, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rediss_links_the_nodes_over_tls_and_checks_the_certificate() {
+    let cert = TestCert::new("redis");
+    let files = cert.files();
+    let (cert_pem, key_pem) = (
+        files.cert.to_str().expect("utf-8 path"),
+        files.key.to_str().expect("utf-8 path"),
+    );
+    let port = free_port();
+    // `--port 0`: no plain listener at all, only the TLS one.
+    let _redis = Redis {
+        child: spawn_redis(
+            0,
+            &std::env::temp_dir(),
+            &[
+                "--tls-port",
+                &port.to_string(),
+                "--tls-cert-file",
+                cert_pem,
+                "--tls-key-file",
+                key_pem,
+                "--tls-ca-cert-file",
+                cert_pem,
+                "--tls-auth-clients",
+                "no",
+            ],
+        ),
+        port,
+    };
+    wait_listening(port).await;
+    let url = format!("rediss://127.0.0.1:{port}/");
+    let trusting = || {
+        Launch::new()
+            .args(&["--redis", &url])
+            .env("SSL_CERT_FILE", cert_pem)
+    };
+    let (a, b) = (trusting().start().await, trusting().start().await);
+    let mut tab = WsClient::connect(&b.ws_url()).await;
+    tab.bind("tls", b.push_addr).await;
+    let mut push = PushClient::connect(a.push_addr).await;
+    let line = r#"{"uid":"tls","n":1}"#;
+    push_until(&mut push, line, "ok\n", Duration::from_secs(10)).await;
+    assert_eq!(tab.recv_text().await, line, "byte-exact, once");
+    push_id_delivered_to_one(&mut push, &mut tab, "3", "tls").await;
+    let ready = readyz(a.http_addr.expect("http listener")).await;
+    assert!(ready.starts_with("HTTP/1.1 200"), "{ready}");
+
+    // Trusting another certificate only: the TLS handshake fails, the node stays alone.
+    let other = TestCert::new("not-redis");
+    let other_pem = other.files().cert;
+    let c = Launch::new()
+        .args(&["--redis", &url])
+        .env("SSL_CERT_FILE", other_pem.to_str().expect("utf-8 path"))
+        .start()
+        .await;
+    let http = c.http_addr.expect("http listener");
+    poll_until(STEP, "readyz degraded", || async move {
+        readyz(http).await.starts_with("HTTP/1.1 503")
+    })
+    .await;
+    let mut untrusting = PushClient::connect(c.push_addr).await;
+    assert_eq!(untrusting.request(line).await, "fail\n");
+    let reply = untrusting.request(r#"/push 4 {"uid":"tls"}"#).await;
+    assert!(reply.contains("\"result\":\"unavailable\""), "{reply}");
+    tab.expect_silence(Duration::from_millis(300)).await;
+    tab.expect_silence(Duration::from_millis(300)).await;
+    // The log says why, once: fred retries every 50 ms to 2 s, the same error is logged
+    // once a minute at most.
+    let log = String::from_utf8_lossy(&c.wait_log("redis connection failed; retrying", STEP).await)
+        .into_owned();
+    assert!(log.contains("Certificate"), "{log}");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        c.log().matches("redis connection failed").count(),
+        1,
+        "{}",
+        c.log()
+    );
 }
