@@ -662,11 +662,12 @@ async fn a_node_killed_with_sigkill_leaves_no_ghost() {
     assert!(converged < Duration::from_secs(3), "took {converged:?}");
 }
 
-/// `rediss://`: a `redis-server` that speaks only TLS, its certificate from a CA the nodes
-/// are told to trust with `SSL_CERT_FILE` (as for any private CA; the system's roots
-/// otherwise). Pushes route across nodes over it, with their exact counts. A node that
-/// does not trust the certificate never links: `/readyz` degraded, remote pushes `fail`,
-/// `/push` `unavailable`, so the certificate really is checked; its log says why, once.
+/// `rediss://` with a password: a `redis-server` that speaks only TLS, its certificate
+/// from a CA the nodes are told to trust with `SSL_CERT_FILE` (as for any private CA; the
+/// system's roots otherwise). Pushes route across nodes over it, with their exact counts,
+/// and no log holds the password. A node with the wrong password, or that does not trust
+/// the certificate, never links: remote pushes `fail` (`/readyz` degraded, `/push`
+/// `unavailable`), so both really are checked; its log says why, once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rediss_links_the_nodes_over_tls_and_checks_the_certificate() {
     let cert = TestCert::new("redis");
@@ -692,12 +693,14 @@ async fn rediss_links_the_nodes_over_tls_and_checks_the_certificate() {
                 cert_pem,
                 "--tls-auth-clients",
                 "no",
+                "--requirepass",
+                "s3cret",
             ],
         ),
         port,
     };
     wait_listening(port).await;
-    let url = format!("rediss://127.0.0.1:{port}/");
+    let url = format!("rediss://:s3cret@127.0.0.1:{port}/");
     let trusting = || {
         Launch::new()
             .args(&["--redis", &url])
@@ -713,6 +716,31 @@ async fn rediss_links_the_nodes_over_tls_and_checks_the_certificate() {
     push_id_delivered_to_one(&mut push, &mut tab, "3", "tls").await;
     let ready = readyz(a.http_addr.expect("http listener")).await;
     assert!(ready.starts_with("HTTP/1.1 200"), "{ready}");
+    assert!(
+        !a.log().contains("s3cret"),
+        "the password is logged: {}",
+        a.log()
+    );
+
+    // The right certificate and the wrong password: alone, and the log says so.
+    let d = Launch::new()
+        .args(&["--redis", &url.replace("s3cret", "wrong")])
+        .env("SSL_CERT_FILE", cert_pem)
+        .start()
+        .await;
+    let log = d.wait_log("redis connection failed; retrying", STEP).await;
+    assert!(
+        String::from_utf8_lossy(&log).contains("WRONGPASS"),
+        "{}",
+        d.log()
+    );
+    assert!(
+        !d.log().contains("wrong@"),
+        "the password is logged: {}",
+        d.log()
+    );
+    let mut wrong = PushClient::connect(d.push_addr).await;
+    assert_eq!(wrong.request(line).await, "fail\n");
 
     // Trusting another certificate only: the TLS handshake fails, the node stays alone.
     let other = TestCert::new("not-redis");
