@@ -130,6 +130,11 @@ impl Payload {
         &self.0.bytes
     }
 
+    /// The message's bytes, shared (a reference count, not a copy).
+    pub fn bytes(&self) -> Bytes {
+        self.0.bytes.clone()
+    }
+
     /// Its length in bytes.
     pub fn len(&self) -> usize {
         self.0.bytes.len()
