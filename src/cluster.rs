@@ -278,7 +278,12 @@ impl Cluster {
                 // burst beyond it is lost (and logged), so it holds a pipelined burst.
                 p.broadcast_channel_capacity = MESSAGE_BUFFER;
             })
-            .with_connection_config(|c| c.connection_timeout = config.timeout)
+            .with_connection_config(|c| {
+                c.connection_timeout = config.timeout;
+                // Each connection is named after its client (`CLIENT SETNAME`), so a cut-off
+                // node's subscriber connections can be found and closed (`reap`).
+                c.auto_client_setname = true;
+            })
             .set_policy(ReconnectPolicy::new_exponential(0, 50, 2_000, 2));
         let cmd = builder.build().map_err(|e| ClusterError(e.to_string()))?;
         let sub = builder
@@ -323,6 +328,7 @@ impl Cluster {
             tokio::spawn(sweep(cluster.clone())),
             tokio::spawn(keep_histories(cluster.clone())),
             tokio::spawn(report_errors(errors)),
+            tokio::spawn(beat(cluster.clone())),
         ] {
             let stop = cluster.stop.clone();
             tokio::spawn(async move {
@@ -337,7 +343,14 @@ impl Cluster {
     /// Leaves the cluster: background tasks end and both Redis connections close, so
     /// every subscription of this node is gone at once.
     pub async fn stop(&self) {
+        use fred::interfaces::HashesInterface;
         self.stop.cancel();
+        // No longer a node the others should look for (bounded: Redis may be down).
+        let _ = tokio::time::timeout(
+            self.timeout,
+            self.cmd.hdel::<(), _, _>(NODES, self.sub.id()),
+        )
+        .await;
         let _ = self.sub.quit().await;
         let _ = self.cmd.quit().await;
     }
@@ -1647,7 +1660,19 @@ async fn sweep(cluster: Arc<Cluster>) {
 async fn watch(cluster: Arc<Cluster>) {
     let mut was_up = false;
     let reply = reply_channel(&cluster.node);
+    // A reconnect can be quicker than this loop's look (a connection Redis closed, e.g. by
+    // `reap`, is back within ~100 ms while the client still reads as connected), and the
+    // client's own re-subscription does not cover shard channels: each (re)connection of
+    // the subscriber counts as having been down.
+    let mut reconnects = cluster.sub.reconnect_rx();
     loop {
+        use tokio::sync::broadcast::error::TryRecvError;
+        while !matches!(
+            reconnects.try_recv(),
+            Err(TryRecvError::Empty | TryRecvError::Closed)
+        ) {
+            was_up = false;
+        }
         let up = cluster.cmd.is_connected() && cluster.sub.is_connected();
         if up && !was_up {
             // (Re)connected: our reply channel and every uid we hold.
@@ -1680,6 +1705,141 @@ async fn watch(cluster: Arc<Cluster>) {
         was_up = up;
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
+}
+
+/// How often a node says it is alive.
+const NODE_BEAT: Duration = Duration::from_secs(1);
+/// How long a node may go without saying so before its subscriptions are closed.
+const NODE_DEAD: Duration = Duration::from_secs(5);
+/// The live nodes' subscriber clients: name -> the Redis time (ms) past which it is dead.
+const NODES: &str = "{pw}:nodes";
+
+/// Records this node's subscriber as alive until now + ARGV[2] ms (Redis's clock, so the
+/// nodes' clocks do not matter) and returns the names whose time is up. If nobody beat
+/// for over ARGV[3] ms, Redis itself was away (paused, restarted from a snapshot): then
+/// every node gets a fresh deadline and none is reported.
+const BEAT_SCRIPT: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local last = tonumber(redis.call('HGET', KEYS[1], '') or now)
+local dead = {}
+local entries = redis.call('HGETALL', KEYS[1])
+for i = 1, #entries, 2 do
+  local name, deadline = entries[i], tonumber(entries[i + 1])
+  if name ~= '' and name ~= ARGV[1] then
+    if now - last > tonumber(ARGV[3]) then
+      redis.call('HSET', KEYS[1], name, now + tonumber(ARGV[2]))
+    elseif deadline < now then
+      table.insert(dead, name)
+    end
+  end
+end
+redis.call('HSET', KEYS[1], ARGV[1], now + tonumber(ARGV[2]), '', now)
+return dead
+"#;
+
+/// Says every second that this node is alive, and closes the subscriber connections of
+/// nodes that stopped saying so. A node cut off without its TCP connections closing (a
+/// network partition, a hung or stopped process) keeps its subscriptions in Redis until
+/// Redis notices (its `tcp-keepalive`, 300 s by default); meanwhile every push to its
+/// uids waits for an answer that cannot come (`partial`), and it counts in presence.
+/// After [`NODE_DEAD`] without a beat, whichever node sees it first closes them
+/// (`CLIENT KILL`), and its uids are offline at once; if it comes back, its client
+/// reconnects and subscribes again.
+async fn beat(cluster: Arc<Cluster>) {
+    use fred::interfaces::HashesInterface;
+    let me = cluster.sub.id().to_owned();
+    let args = vec![
+        me.clone(),
+        NODE_DEAD.as_millis().to_string(),
+        (2 * NODE_BEAT).as_millis().to_string(),
+    ];
+    // The first beat as soon as the link is up: a node is unknown to the others until
+    // it has beaten once.
+    let mut wait = Duration::ZERO;
+    loop {
+        tokio::time::sleep(wait).await;
+        wait = Duration::from_millis(50);
+        if !cluster.is_up() {
+            continue;
+        }
+        let dead: Vec<String> = match cluster
+            .cmd
+            .eval(BEAT_SCRIPT, vec![NODES.to_owned()], args.clone())
+            .await
+        {
+            Ok(dead) => dead,
+            Err(err) => {
+                debug!(%err, "node beat failed; retried");
+                continue;
+            }
+        };
+        wait = NODE_BEAT;
+        for name in dead {
+            match reap(&cluster, &name).await {
+                Ok(closed) => {
+                    // None left (it left without saying so): nothing to tell.
+                    if closed > 0 {
+                        warn!(client = %name, closed, "a node stopped answering: its subscriptions are closed");
+                    }
+                    let _: Result<(), _> = cluster.cmd.hdel(NODES, name.as_str()).await;
+                }
+                Err(err) => {
+                    debug!(%err, client = %name, "closing a dead node's subscriptions failed; retried")
+                }
+            }
+        }
+    }
+}
+
+/// Closes every connection named `name` on every Redis primary; returns how many.
+async fn reap(cluster: &Cluster, name: &str) -> Result<usize, fred::error::Error> {
+    use fred::interfaces::ClusterInterface;
+    let servers = if cluster.cmd.is_clustered() {
+        cluster
+            .cmd
+            .cached_cluster_state()
+            .map(|state| state.unique_primary_nodes())
+            .unwrap_or_default()
+    } else {
+        Vec::new()
+    };
+    let list = fred::cmd!("CLIENT");
+    let mut closed = 0;
+    let on = |server: Option<&fred::types::config::Server>| match server {
+        Some(server) => cluster.cmd.with_cluster_node(server.clone()),
+        None => cluster
+            .cmd
+            .with_options(&fred::types::config::Options::default()),
+    };
+    let targets: Vec<Option<&fred::types::config::Server>> = if servers.is_empty() {
+        vec![None]
+    } else {
+        servers.iter().map(Some).collect()
+    };
+    for server in targets {
+        let client = on(server);
+        let text: String = client.custom(list.clone(), vec!["LIST"]).await?;
+        for id in connection_ids_named(&text, name) {
+            let killed: i64 = client
+                .custom(fred::cmd!("CLIENT"), vec!["KILL", "ID", id])
+                .await
+                .unwrap_or(0);
+            closed += usize::try_from(killed).unwrap_or(0);
+        }
+    }
+    Ok(closed)
+}
+
+/// The ids in a `CLIENT LIST` reply of the connections named `name`.
+fn connection_ids_named<'a>(list: &'a str, name: &str) -> Vec<&'a str> {
+    list.lines()
+        .filter(|line| {
+            line.split(' ')
+                .any(|f| f.strip_prefix("name=") == Some(name))
+        })
+        .filter_map(|line| line.split(' ').find_map(|f| f.strip_prefix("id=")))
+        .collect()
 }
 
 /// A Redis client's connection errors, as fred reports them.
@@ -2082,6 +2242,16 @@ mod tests {
             parse_answers(b"7 0 0\n12\n[]"),
             vec![(7, Delivery::default(), Some(&b"12\n[]"[..]))]
         );
+    }
+
+    #[test]
+    fn client_list_lines_are_matched_by_exact_name() {
+        let list = "id=7 addr=127.0.0.1:5 laddr=127.0.0.1:6 fd=8 name=fred-ab age=1 ssub=2\n\
+                    id=9 addr=127.0.0.1:7 laddr=127.0.0.1:6 fd=9 name=fred-abc age=1\n\
+                    id=11 addr=127.0.0.1:8 laddr=127.0.0.1:6 fd=10 name=fred-ab age=3 ssub=0\n";
+        assert_eq!(connection_ids_named(list, "fred-ab"), ["7", "11"]);
+        assert_eq!(connection_ids_named(list, "fred-abc"), ["9"]);
+        assert!(connection_ids_named(list, "fred").is_empty());
     }
 
     #[test]

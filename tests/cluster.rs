@@ -774,3 +774,92 @@ async fn rediss_links_the_nodes_over_tls_and_checks_the_certificate() {
         c.log()
     );
 }
+
+/// A node that stops answering with its connections still open (SIGSTOP: a hung process,
+/// or a network partition as far as Redis can tell, which keeps a dead subscriber until
+/// its `tcp-keepalive`, 300 s by default). Before: every push to its uids waited for the
+/// cluster timeout and said `partial`. Its beats stop, so within 5 s plus a beat another
+/// node closes its subscriber connections: its uids are `offline` and pushes to them
+/// `fail` at once. Running again, it subscribes again by itself and its browser, kept
+/// open meanwhile, gets pushes again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_stopped_with_its_connections_open_is_dropped_then_heals() {
+    let redis = Redis::start().await;
+    stopped_node_is_dropped_then_heals(&redis.url(), redis.port).await;
+}
+
+/// The same on a three-master Redis Cluster: the stopped node's subscriber connections
+/// are found and closed on every primary.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_stopped_with_its_connections_open_is_dropped_then_heals_on_a_redis_cluster() {
+    let cluster = RedisCluster::start().await;
+    stopped_node_is_dropped_then_heals(&cluster.url(), cluster.port()).await;
+}
+
+/// `redis_port`: a Redis (or a Redis Cluster node) `redis-cli -c` can ask.
+async fn stopped_node_is_dropped_then_heals(url: &str, redis_port: u16) {
+    let a = Launch::new().args(&["--redis", url]).start().await;
+    let b = Launch::new().args(&["--redis", url]).start().await;
+    let mut tab = WsClient::connect(&b.ws_url()).await;
+    tab.bind("hung", b.push_addr).await;
+    let mut push = PushClient::connect(a.push_addr).await;
+    let first = r#"{"uid":"hung","n":1}"#;
+    push_until(&mut push, first, "ok\n", Duration::from_secs(10)).await;
+    assert_eq!(tab.recv_text().await, first);
+
+    // Both nodes have beaten (two names and the last beat's time): each is known.
+    let port = redis_port.to_string();
+    poll_until(STEP, "both nodes beat", || {
+        let port = port.clone();
+        async move {
+            let out = tokio::process::Command::new("redis-cli")
+                .args(["-c", "-p", &port, "HLEN", "{pw}:nodes"])
+                .output()
+                .await
+                .expect("redis-cli");
+            String::from_utf8_lossy(&out.stdout).trim() == "3"
+        }
+    })
+    .await;
+    b.signal("STOP").await;
+    let stopped = Instant::now();
+    // While B is counted but silent, a push waits the cluster timeout (1 s) and fails;
+    // once B's subscriptions are closed, it fails at once.
+    let probe = r#"{"uid":"hung"}"#;
+    loop {
+        let sent = Instant::now();
+        assert_eq!(push.request(probe).await, "fail\n");
+        if sent.elapsed() < Duration::from_millis(300) {
+            break;
+        }
+        assert!(
+            stopped.elapsed() < Duration::from_secs(20),
+            "B never dropped:\n{}",
+            a.log()
+        );
+    }
+    let dropped = stopped.elapsed();
+    assert!(
+        dropped < Duration::from_secs(10),
+        "dropped after {dropped:?}"
+    );
+    let reply = push.request(r#"/push q1 {"uid":"hung","n":2}"#).await;
+    assert!(reply.contains("\"result\":\"offline\""), "{reply}");
+    assert!(a.log().contains("a node stopped answering"), "{}", a.log());
+
+    b.signal("CONT").await;
+    let healed = r#"{"uid":"hung","n":3}"#;
+    push_until(&mut push, healed, "ok\n", Duration::from_secs(15)).await;
+    // Probes that waited out the timeout were in doubt and may still arrive: B had them
+    // before the cut.
+    loop {
+        let got = tab.recv_text().await;
+        if got == healed {
+            break;
+        }
+        assert_eq!(
+            got, probe,
+            "only in-doubt probes come before the healed push"
+        );
+    }
+}

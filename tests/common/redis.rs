@@ -125,6 +125,11 @@ impl RedisCluster {
         RedisCluster { nodes, _dir: dir }
     }
 
+    /// The first master's port.
+    pub fn port(&self) -> u16 {
+        self.nodes[0].port
+    }
+
     pub fn url(&self) -> String {
         let mut url = format!("redis-cluster://127.0.0.1:{}", self.nodes[0].port);
         for (i, n) in self.nodes[1..].iter().enumerate() {
