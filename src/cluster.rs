@@ -31,7 +31,8 @@ use std::time::Duration;
 use bytes::{BufMut, Bytes, BytesMut};
 use fred::clients::{Client, SubscriberClient};
 use fred::interfaces::{
-    ClientLike, EventInterface, KeysInterface, LuaInterface, PubsubInterface, SetsInterface,
+    ClientLike, ClusterInterface, EventInterface, HashesInterface, KeysInterface, LuaInterface,
+    PubsubInterface, SetsInterface,
 };
 use fred::types::config::{Config as RedisConfig, ReconnectPolicy};
 use fred::types::{Builder, Value};
@@ -343,7 +344,6 @@ impl Cluster {
     /// Leaves the cluster: background tasks end and both Redis connections close, so
     /// every subscription of this node is gone at once.
     pub async fn stop(&self) {
-        use fred::interfaces::HashesInterface;
         self.stop.cancel();
         // No longer a node the others should look for (bounded: Redis may be down).
         let _ = tokio::time::timeout(
@@ -1747,7 +1747,6 @@ return dead
 /// (`CLIENT KILL`), and its uids are offline at once; if it comes back, its client
 /// reconnects and subscribes again.
 async fn beat(cluster: Arc<Cluster>) {
-    use fred::interfaces::HashesInterface;
     let me = cluster.sub.id().to_owned();
     let args = vec![
         me.clone(),
@@ -1794,32 +1793,26 @@ async fn beat(cluster: Arc<Cluster>) {
 
 /// Closes every connection named `name` on every Redis primary; returns how many.
 async fn reap(cluster: &Cluster, name: &str) -> Result<usize, fred::error::Error> {
-    use fred::interfaces::ClusterInterface;
-    let servers = if cluster.cmd.is_clustered() {
-        cluster
-            .cmd
-            .cached_cluster_state()
-            .map(|state| state.unique_primary_nodes())
-            .unwrap_or_default()
-    } else {
-        Vec::new()
-    };
-    let list = fred::cmd!("CLIENT");
+    // One client per primary of a Redis Cluster; the one server otherwise.
+    let mut clients: Vec<_> = cluster
+        .cmd
+        .cached_cluster_state()
+        .filter(|_| cluster.cmd.is_clustered())
+        .map(|state| state.unique_primary_nodes())
+        .unwrap_or_default()
+        .into_iter()
+        .map(|server| cluster.cmd.with_cluster_node(server))
+        .collect();
+    if clients.is_empty() {
+        clients.push(
+            cluster
+                .cmd
+                .with_options(&fred::types::config::Options::default()),
+        );
+    }
     let mut closed = 0;
-    let on = |server: Option<&fred::types::config::Server>| match server {
-        Some(server) => cluster.cmd.with_cluster_node(server.clone()),
-        None => cluster
-            .cmd
-            .with_options(&fred::types::config::Options::default()),
-    };
-    let targets: Vec<Option<&fred::types::config::Server>> = if servers.is_empty() {
-        vec![None]
-    } else {
-        servers.iter().map(Some).collect()
-    };
-    for server in targets {
-        let client = on(server);
-        let text: String = client.custom(list.clone(), vec!["LIST"]).await?;
+    for client in clients {
+        let text: String = client.custom(fred::cmd!("CLIENT"), vec!["LIST"]).await?;
         for id in connection_ids_named(&text, name) {
             let killed: i64 = client
                 .custom(fred::cmd!("CLIENT"), vec!["KILL", "ID", id])
