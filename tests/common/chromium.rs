@@ -142,6 +142,9 @@ impl Browser {
         ));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(dir.join("profile")).expect("create chromium profile dir");
+        // Chromium's own scratch directories (org.chromium.Chromium.*) go in `dir` too, or
+        // every browser killed at the end of a test leaves one behind in /tmp.
+        std::fs::create_dir_all(dir.join("tmp")).expect("create chromium tmp dir");
         let log = std::fs::File::create(dir.join("chromium.log")).expect("create chromium log");
         let child = Command::new("chromium")
             .args([
@@ -159,6 +162,7 @@ impl Browser {
             .arg(format!("--user-data-dir={}", dir.join("profile").display()))
             .args(args)
             .arg(url)
+            .env("TMPDIR", dir.join("tmp"))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
