@@ -743,19 +743,7 @@ async fn rediss_links_the_nodes_over_tls_and_checks_the_certificate() {
     assert_eq!(wrong.request(line).await, "fail\n");
 
     // Trusting another certificate only: the TLS handshake fails, the node stays alone.
-    let other = TestCert::new("not-redis");
-    let other_pem = other.files().cert;
-    let c = Launch::new()
-        .args(&["--redis", &url])
-        .env("SSL_CERT_FILE", other_pem.to_str().expect("utf-8 path"))
-        .start()
-        .await;
-    let http = c.http_addr.expect("http listener");
-    poll_until(STEP, "readyz degraded", || async move {
-        readyz(http).await.starts_with("HTTP/1.1 503")
-    })
-    .await;
-    let mut untrusting = PushClient::connect(c.push_addr).await;
+    let (_other, c, mut untrusting) = untrusting_node(&url).await;
     assert_eq!(untrusting.request(line).await, "fail\n");
     let reply = untrusting.request(r#"/push 4 {"uid":"tls"}"#).await;
     assert!(reply.contains("\"result\":\"unavailable\""), "{reply}");
@@ -775,6 +763,75 @@ async fn rediss_links_the_nodes_over_tls_and_checks_the_certificate() {
     );
 }
 
+/// A node on `url` that trusts another certificate only: its TLS handshakes fail, so it
+/// stays alone and its `/readyz` says degraded (awaited here).
+async fn untrusting_node(url: &str) -> (TestCert, Daemon, PushClient) {
+    let other = TestCert::new("not-redis");
+    let c = Launch::new()
+        .args(&["--redis", url])
+        .env("SSL_CERT_FILE", &other.files().cert.display().to_string())
+        .start()
+        .await;
+    let http = c.http_addr.expect("http listener");
+    poll_until(STEP, "readyz degraded", || async move {
+        readyz(http).await.starts_with("HTTP/1.1 503")
+    })
+    .await;
+    let push = PushClient::connect(c.push_addr).await;
+    (other, c, push)
+}
+
+/// `rediss-cluster://`: a three-master Redis Cluster that speaks TLS only (clients and
+/// its bus). Uids whose channels hash onto every primary are each pushed via the other
+/// node, once and byte-exact, and a node that trusts another certificate stays alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rediss_cluster_routes_through_every_primary_over_tls() {
+    let cert = TestCert::new("redis-cluster");
+    let cluster = RedisCluster::start_tls(&cert).await;
+    let trust = cert.files().cert.display().to_string();
+    let node = |ca: &str| {
+        Launch::new()
+            .args(&["--redis", &cluster.url()])
+            .env("SSL_CERT_FILE", ca)
+    };
+    let (a, b) = (node(&trust).start().await, node(&trust).start().await);
+    let uids: Vec<String> = (0..12).map(|i| format!("tls{i}")).collect();
+    let mut tabs = Vec::new();
+    for uid in &uids {
+        let mut tab = WsClient::connect(&b.ws_url()).await;
+        tab.bind(uid, b.push_addr).await;
+        tabs.push(tab);
+    }
+    let mut push = PushClient::connect(a.push_addr).await;
+    for (uid, tab) in uids.iter().zip(&mut tabs) {
+        let line = format!(r#"{{"uid":"{uid}","n":1}}"#);
+        push_until(&mut push, &line, "ok\n", Duration::from_secs(10)).await;
+        assert_eq!(tab.recv_text().await, line, "byte-exact, once");
+    }
+    let held = cluster.shard_channels().await;
+    assert!(
+        held.iter()
+            .all(|channels| channels.iter().any(|c| c.starts_with("pw:u:tls"))),
+        "every primary holds some of B's channels: {held:?}"
+    );
+    push_id_delivered_to_one(&mut push, &mut tabs[0], "7", "tls0").await;
+    for tab in &mut tabs {
+        tab.expect_silence(Duration::from_millis(50)).await;
+    }
+    let ready = readyz(a.http_addr.expect("http listener")).await;
+    assert!(ready.starts_with("HTTP/1.1 200"), "{ready}");
+
+    let (_other, c, mut untrusting) = untrusting_node(&cluster.url()).await;
+    assert_eq!(untrusting.request(r#"{"uid":"tls1"}"#).await, "fail\n");
+    tabs[1].expect_silence(Duration::from_millis(300)).await;
+    let log = c.wait_log("redis connection failed; retrying", STEP).await;
+    assert!(
+        String::from_utf8_lossy(&log).contains("Certificate"),
+        "{}",
+        c.log()
+    );
+}
+
 /// A node that stops answering with its connections still open (SIGSTOP: a hung process,
 /// or a network partition as far as Redis can tell, which keeps a dead subscriber until
 /// its `tcp-keepalive`, 300 s by default). Before: every push to its uids waited for the
@@ -785,7 +842,7 @@ async fn rediss_links_the_nodes_over_tls_and_checks_the_certificate() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_stopped_with_its_connections_open_is_dropped_then_heals() {
     let redis = Redis::start().await;
-    stopped_node_is_dropped_then_heals(&redis.url(), redis.port).await;
+    stopped_node_is_dropped_then_heals(&redis.url(), &redis.cli_args()).await;
 }
 
 /// The same on a three-master Redis Cluster: the stopped node's subscriber connections
@@ -793,13 +850,33 @@ async fn a_node_stopped_with_its_connections_open_is_dropped_then_heals() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_stopped_with_its_connections_open_is_dropped_then_heals_on_a_redis_cluster() {
     let cluster = RedisCluster::start().await;
-    stopped_node_is_dropped_then_heals(&cluster.url(), cluster.port()).await;
+    stopped_node_is_dropped_then_heals(&cluster.url(), &cluster.cli_args()).await;
 }
 
-/// `redis_port`: a Redis (or a Redis Cluster node) `redis-cli -c` can ask.
-async fn stopped_node_is_dropped_then_heals(url: &str, redis_port: u16) {
-    let a = Launch::new().args(&["--redis", url]).start().await;
-    let b = Launch::new().args(&["--redis", url]).start().await;
+/// And on a TLS-only one: the list of clients and the kill go over TLS to every primary.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_stopped_with_its_connections_open_is_dropped_then_heals_on_a_tls_redis_cluster() {
+    let cert = TestCert::new("redis-cluster");
+    let cluster = RedisCluster::start_tls(&cert).await;
+    let trust = cert.files().cert.display().to_string();
+    let env = [("SSL_CERT_FILE", trust.as_str())];
+    stopped_node_is_dropped_then_heals_with(&cluster.url(), &cluster.cli_args(), &env).await;
+}
+
+/// `cli`: `redis-cli` arguments that reach the Redis (or a Redis Cluster node).
+async fn stopped_node_is_dropped_then_heals(url: &str, cli: &[String]) {
+    stopped_node_is_dropped_then_heals_with(url, cli, &[]).await;
+}
+
+/// The same, the nodes started with `env`.
+async fn stopped_node_is_dropped_then_heals_with(url: &str, cli: &[String], env: &[(&str, &str)]) {
+    let node = || {
+        env.iter()
+            .fold(Launch::new().args(&["--redis", url]), |l, (k, v)| {
+                l.env(k, v)
+            })
+    };
+    let (a, b) = (node().start().await, node().start().await);
     let mut tab = WsClient::connect(&b.ws_url()).await;
     tab.bind("hung", b.push_addr).await;
     let mut push = PushClient::connect(a.push_addr).await;
@@ -808,12 +885,13 @@ async fn stopped_node_is_dropped_then_heals(url: &str, redis_port: u16) {
     assert_eq!(tab.recv_text().await, first);
 
     // Both nodes have beaten (two names and the last beat's time): each is known.
-    let port = redis_port.to_string();
     poll_until(STEP, "both nodes beat", || {
-        let port = port.clone();
+        let cli = cli.to_vec();
         async move {
             let out = tokio::process::Command::new("redis-cli")
-                .args(["-c", "-p", &port, "HLEN", "{pw}:nodes"])
+                .arg("-c")
+                .args(&cli)
+                .args(["HLEN", "{pw}:nodes"])
                 .output()
                 .await
                 .expect("redis-cli");

@@ -33,6 +33,11 @@ impl Redis {
         format!("redis://127.0.0.1:{}/", self.port)
     }
 
+    /// `redis-cli` arguments that reach it.
+    pub fn cli_args(&self) -> Vec<String> {
+        vec!["-p".into(), self.port.to_string()]
+    }
+
     /// SIGKILL, and waits for it to exit.
     pub async fn kill(&mut self) {
         let _ = self.child.kill().await;
@@ -66,37 +71,120 @@ macro_rules! on_both {
 pub struct RedisCluster {
     nodes: Vec<Redis>,
     _dir: std::path::PathBuf,
+    /// The certificate every master serves (and clients trust), for a TLS-only cluster.
+    tls: Option<std::path::PathBuf>,
 }
 
 impl RedisCluster {
     pub async fn start() -> RedisCluster {
+        RedisCluster::launch(None).await
+    }
+
+    /// The same over TLS only (`--port 0`, the cluster bus too), every master serving
+    /// `cert`; its URL is `rediss-cluster://`.
+    pub async fn start_tls(cert: &super::TestCert) -> RedisCluster {
+        RedisCluster::launch(Some(cert)).await
+    }
+
+    /// `redis-cli`, with what it needs to reach a TLS master.
+    fn cli(&self) -> Command {
+        let mut cli = Command::new("redis-cli");
+        cli.args(self.tls_args());
+        cli
+    }
+
+    fn tls_args(&self) -> Vec<String> {
+        match &self.tls {
+            Some(cert) => vec![
+                "--tls".into(),
+                "--cacert".into(),
+                cert.display().to_string(),
+            ],
+            None => Vec::new(),
+        }
+    }
+
+    /// `redis-cli` arguments that reach the first master (TLS included).
+    pub fn cli_args(&self) -> Vec<String> {
+        let mut args = self.tls_args();
+        args.extend(["-p".into(), self.port().to_string()]);
+        args
+    }
+
+    /// The shard channels each master holds subscriptions to (`PUBSUB SHARDCHANNELS`).
+    pub async fn shard_channels(&self) -> Vec<Vec<String>> {
+        let mut all = Vec::new();
+        for n in &self.nodes {
+            let out = self
+                .cli()
+                .args(["-p", &n.port.to_string(), "PUBSUB", "SHARDCHANNELS"])
+                .output()
+                .await
+                .expect("redis-cli pubsub shardchannels");
+            let text = String::from_utf8_lossy(&out.stdout);
+            all.push(text.lines().map(str::to_owned).collect());
+        }
+        all
+    }
+
+    async fn launch(tls: Option<&super::TestCert>) -> RedisCluster {
         let dir = std::env::temp_dir().join(format!(
             "pushwire-rc-{}-{}",
             std::process::id(),
             PROBE_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
         ));
+        let files = tls.map(|cert| cert.files());
         let mut nodes = Vec::new();
         for _ in 0..3 {
             let port = free_port();
             let node_dir = dir.join(port.to_string());
             std::fs::create_dir_all(&node_dir).expect("cluster node dir");
-            let cluster = [
+            let mut flags: Vec<String> = [
                 "--cluster-enabled",
                 "yes",
                 "--cluster-config-file",
                 "nodes.conf",
-            ];
-            let child = spawn_redis(port, &node_dir, &cluster);
+            ]
+            .map(String::from)
+            .into();
+            let mut listen = port;
+            if let Some(files) = &files {
+                let (cert, key) = (files.cert.display(), files.key.display());
+                flags.extend(
+                    [
+                        ("--tls-port", port.to_string()),
+                        ("--tls-cert-file", cert.to_string()),
+                        ("--tls-key-file", key.to_string()),
+                        ("--tls-ca-cert-file", cert.to_string()),
+                        ("--tls-auth-clients", "no".into()),
+                        ("--tls-cluster", "yes".into()),
+                        // The bus would be on port + 10000, and port is 0 here.
+                        ("--cluster-port", free_port().to_string()),
+                    ]
+                    .into_iter()
+                    .flat_map(|(flag, value)| [flag.to_owned(), value]),
+                );
+                listen = 0;
+            }
+            let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+            let child = spawn_redis(listen, &node_dir, &flags);
             nodes.push(Redis { child, port });
         }
         for n in &nodes {
             wait_listening(n.port).await;
         }
-        let addrs: Vec<String> = nodes
+        let cluster = RedisCluster {
+            nodes,
+            _dir: dir,
+            tls: files.map(|f| f.cert),
+        };
+        let addrs: Vec<String> = cluster
+            .nodes
             .iter()
             .map(|n| format!("127.0.0.1:{}", n.port))
             .collect();
-        let out = Command::new("redis-cli")
+        let out = cluster
+            .cli()
             .arg("--cluster")
             .arg("create")
             .args(&addrs)
@@ -108,8 +196,9 @@ impl RedisCluster {
         assert!(out.status.success(), "cluster create: {out:?}");
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            let info = Command::new("redis-cli")
-                .args(["-p", &nodes[0].port.to_string(), "cluster", "info"])
+            let info = cluster
+                .cli()
+                .args(["-p", &cluster.port().to_string(), "cluster", "info"])
                 .output()
                 .await
                 .expect("redis-cli cluster info");
@@ -122,7 +211,7 @@ impl RedisCluster {
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        RedisCluster { nodes, _dir: dir }
+        cluster
     }
 
     /// The first master's port.
@@ -131,7 +220,11 @@ impl RedisCluster {
     }
 
     pub fn url(&self) -> String {
-        let mut url = format!("redis-cluster://127.0.0.1:{}", self.nodes[0].port);
+        let scheme = match self.tls {
+            Some(_) => "rediss-cluster",
+            None => "redis-cluster",
+        };
+        let mut url = format!("{scheme}://127.0.0.1:{}", self.nodes[0].port);
         for (i, n) in self.nodes[1..].iter().enumerate() {
             url.push(if i == 0 { '?' } else { '&' });
             url.push_str(&format!("node=127.0.0.1:{}", n.port));
