@@ -46,11 +46,6 @@ use crate::registry::{ConnId, Delivery, Presence, Registry, RemoteHistory};
 use crate::wire::envelope::{Position, Seq, Status};
 use crate::wire::{CloseNotice, Payload, Uid};
 
-/// Publishes that may wait for the publisher task; past it a push is answered from
-/// local delivery alone (as if Redis were down), so memory stays bounded.
-const PUBLISH_QUEUE: usize = 65_536;
-/// Messages from Redis buffered for the handling task (fred's broadcast channel).
-const MESSAGE_BUFFER: usize = 16_384;
 /// Publishes sent in one pipeline at most.
 const PIPELINE_MAX: usize = 1024;
 
@@ -61,6 +56,12 @@ pub struct ClusterConfig {
     pub url: String,
     /// Longest a reply waits for Redis and the holders' answers.
     pub timeout: Duration,
+    /// Publishes that may wait for the publisher task; past it a push is answered from
+    /// local delivery alone (as if Redis were down), so memory stays bounded.
+    pub publish_queue: usize,
+    /// Messages from Redis buffered for the handling task (fred's broadcast channel);
+    /// past it the oldest are lost, and logged.
+    pub message_buffer: usize,
     /// Group bounds and the offline grace period, the same as a single node's.
     pub groups: GroupLimits,
     /// Protocol v1 history bounds; `None` with history off. On, every push to a uid goes
@@ -184,6 +185,8 @@ pub struct Cluster {
     cmd: Client,
     sub: SubscriberClient,
     publish: mpsc::Sender<Outgoing>,
+    /// When a full publish queue was last logged (once a minute at most).
+    queue_full_logged: Mutex<Option<tokio::time::Instant>>,
     waiting: Mutex<HashMap<u64, Waiting>>,
     next_req: AtomicU64,
     /// Uids whose subscription may be out of date; the reconciling task drains it.
@@ -277,7 +280,7 @@ impl Cluster {
                 p.default_command_timeout = config.timeout;
                 // Messages from Redis wait here for the one task that handles them; a
                 // burst beyond it is lost (and logged), so it holds a pipelined burst.
-                p.broadcast_channel_capacity = MESSAGE_BUFFER;
+                p.broadcast_channel_capacity = config.message_buffer.max(1);
             })
             .with_connection_config(|c| {
                 c.connection_timeout = config.timeout;
@@ -291,7 +294,7 @@ impl Cluster {
             .build_subscriber_client()
             .map_err(|e| ClusterError(e.to_string()))?;
         let node = node_id();
-        let (publish, queue) = mpsc::channel(PUBLISH_QUEUE);
+        let (publish, queue) = mpsc::channel(config.publish_queue.max(1));
         let cluster = Arc::new(Cluster {
             node_arg: Value::from(node.clone()),
             node,
@@ -303,6 +306,7 @@ impl Cluster {
             cmd,
             sub,
             publish,
+            queue_full_logged: Mutex::new(None),
             waiting: Mutex::default(),
             next_req: AtomicU64::new(1),
             dirty: Mutex::default(),
@@ -477,6 +481,29 @@ impl Cluster {
         self.gather_as(channel, None, kind, body, Late::Drop)
     }
 
+    /// Hands `out` to the publisher task, or refuses it when the queue is full (logged
+    /// once a minute at most, with the setting that sizes it).
+    fn enqueue(&self, out: Outgoing) -> Result<(), ()> {
+        match self.publish.try_send(out) {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                let now = tokio::time::Instant::now();
+                let mut logged = self
+                    .queue_full_logged
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner());
+                if logged.is_none_or(|at| now.duration_since(at) >= ERROR_REPEAT) {
+                    *logged = Some(now);
+                    warn!(
+                        "cluster publish queue full (--cluster-publish-queue): pushes answered from local delivery alone"
+                    );
+                }
+                Err(())
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => Err(()),
+        }
+    }
+
     /// [`Cluster::gather`]; `numbered` runs the push through the numbering script.
     fn gather_as(
         self: &Arc<Self>,
@@ -508,15 +535,13 @@ impl Cluster {
                 Some(n) => (n.payload.clone(), Some(Numbered { req, ..n })),
                 None => (envelope(&self.node, req, kind, body), None),
             };
-            self.publish
-                .try_send(Outgoing {
-                    channel,
-                    message,
-                    numbered,
-                    done: Some(count_tx),
-                    deadline: (late == Late::Drop).then_some(deadline),
-                })
-                .map_err(|_| ())
+            self.enqueue(Outgoing {
+                channel,
+                message,
+                numbered,
+                done: Some(count_tx),
+                deadline: (late == Late::Drop).then_some(deadline),
+            })
         };
         let this = self.clone();
         async move {
@@ -1442,7 +1467,7 @@ async fn listen(cluster: Arc<Cluster>) {
             Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
                 warn!(
                     lost = n,
-                    "cluster messages lost: the message queue overflowed"
+                    "cluster messages lost: the message buffer overflowed (--cluster-message-buffer)"
                 );
                 continue;
             }
@@ -1539,7 +1564,7 @@ async fn listen(cluster: Arc<Cluster>) {
                 let mut message = BytesMut::from(&answer(req, Delivery::default())[..]);
                 message.put_u8(b'\n');
                 message.put_slice(&uids_page_body(end, &uids));
-                let _ = cluster.publish.try_send(Outgoing {
+                let _ = cluster.enqueue(Outgoing {
                     channel: reply_channel_of(origin),
                     message: message.freeze(),
                     numbered: None,
@@ -1599,7 +1624,7 @@ impl Answers {
 }
 
 fn send_answers(cluster: &Cluster, origin: &[u8], message: Bytes) {
-    let _ = cluster.publish.try_send(Outgoing {
+    let _ = cluster.enqueue(Outgoing {
         channel: reply_channel_of(origin),
         message,
         numbered: None,

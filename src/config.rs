@@ -92,6 +92,12 @@ pub struct Config {
     pub redis: Option<String>,
     /// Cluster mode: the longest a reply waits for Redis and the other nodes.
     pub cluster_timeout: Duration,
+    /// Cluster mode: publishes waiting to be sent to Redis; past it a push is answered from
+    /// local delivery alone (`/push`: `unavailable` for the rest of the cluster).
+    pub cluster_publish_queue: usize,
+    /// Cluster mode: messages from Redis waiting for this node to handle them; past it
+    /// the oldest are lost (logged; their pushes were answered `partial` / `fail`).
+    pub cluster_message_buffer: usize,
     /// `wss://` on the browser port: the certificate and key files; `None` is `ws://`.
     pub tls: Option<TlsFiles>,
     /// Protocol v1 (`docs/protocol.md`): messages kept per uid; 0 turns history off.
@@ -149,6 +155,8 @@ impl Default for Config {
             max_http_connections: 256,
             redis: None,
             cluster_timeout: Duration::from_millis(1000),
+            cluster_publish_queue: 65_536,
+            cluster_message_buffer: 16_384,
             tls: None,
             history_messages: 100,
             history_bytes: 256 * 1024,
@@ -217,6 +225,16 @@ impl Config {
         at_least_one(
             &mut self.max_http_connections,
             "--max-http-connections",
+            &mut notes,
+        );
+        at_least_one(
+            &mut self.cluster_publish_queue,
+            "--cluster-publish-queue",
+            &mut notes,
+        );
+        at_least_one(
+            &mut self.cluster_message_buffer,
+            "--cluster-message-buffer",
             &mut notes,
         );
         // Unbound connections get a quarter of the slots by default, and always leave an
@@ -341,6 +359,15 @@ mod tests {
         .validate();
         assert_eq!(c.max_pending_handshakes, 700);
         assert_eq!(notes.len(), 1);
+        // The cluster's queues are never 0 (a channel of 0 cannot be made).
+        let (c, notes) = Config {
+            cluster_publish_queue: 0,
+            cluster_message_buffer: 0,
+            ..Config::default()
+        }
+        .validate();
+        assert_eq!((c.cluster_publish_queue, c.cluster_message_buffer), (1, 1));
+        assert_eq!(notes.len(), 2, "{notes:?}");
         // A replay must fit the connection's queue.
         let (c, notes) = Config {
             queue_depth: 10,

@@ -100,6 +100,20 @@ struct Args {
     #[arg(long, env = "PUSHWIRE_CLUSTER_TIMEOUT_MS", default_value_t = 1000)]
     cluster_timeout_ms: u64,
 
+    /// Cluster mode: publishes that may wait to be sent to Redis; past it a push is
+    /// answered from local delivery alone (`/push`: `unavailable`).
+    #[arg(long, env = "PUSHWIRE_CLUSTER_PUBLISH_QUEUE", default_value_t = 65_536)]
+    cluster_publish_queue: usize,
+
+    /// Cluster mode: messages from Redis that may wait for this node to handle them; past
+    /// it the oldest are lost and logged (their pushes answered `partial` or `fail`).
+    #[arg(
+        long,
+        env = "PUSHWIRE_CLUSTER_MESSAGE_BUFFER",
+        default_value_t = 16_384
+    )]
+    cluster_message_buffer: usize,
+
     /// Protocol v1 (docs/protocol.md): messages kept per uid for resumes; 0 turns history
     /// off. Capped at --queue-depth.
     #[arg(long, env = "PUSHWIRE_HISTORY_MESSAGES", default_value_t = 100)]
@@ -928,6 +942,8 @@ fn unvalidated_config(
         max_http_connections: args.max_http_connections,
         redis: args.redis.clone().filter(|u| !u.is_empty()),
         cluster_timeout: Duration::from_millis(args.cluster_timeout_ms),
+        cluster_publish_queue: args.cluster_publish_queue,
+        cluster_message_buffer: args.cluster_message_buffer,
         // (clap's `requires` makes them come together.)
         tls: tls_files(args).unwrap_or_default(),
         history_messages: args.history_messages,

@@ -60,6 +60,8 @@ impl State {
                     &ClusterConfig {
                         url: url.clone(),
                         timeout: config.cluster_timeout,
+                        publish_queue: config.cluster_publish_queue,
+                        message_buffer: config.cluster_message_buffer,
                         groups: config.group_limits(),
                         history: Some(config.history_limits()).filter(|h| h.messages > 0),
                     },

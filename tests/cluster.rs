@@ -13,6 +13,7 @@ mod common;
 use common::redis::*;
 use common::*;
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -34,11 +35,17 @@ async fn node_with(url: &str, config: pushwire::Config) -> TestServer {
 /// Binds `uid` on `tab`'s node, then pushes `line` through `via` until the cluster routes
 /// it (`ok`); the tab receives exactly that one line.
 async fn bound_across(tab: &mut WsClient, home: &TestServer, via: &TestServer, uid: &str) {
-    tab.bind(uid, home.push_addr).await;
-    let mut push = PushClient::connect(via.push_addr).await;
+    bound_via(tab, home.push_addr, via.push_addr, uid).await;
+}
+
+/// [`bound_across`] by push addresses; returns the push connection to `via`.
+async fn bound_via(tab: &mut WsClient, home: SocketAddr, via: SocketAddr, uid: &str) -> PushClient {
+    tab.bind(uid, home).await;
+    let mut push = PushClient::connect(via).await;
     let line = format!(r#"{{"uid":"{uid}","routed":true}}"#);
     push_until(&mut push, &line, "ok\n", Duration::from_secs(10)).await;
     assert_eq!(tab.recv_text().await, line);
+    push
 }
 
 /// `/push ID` to `uid`, whose one connection is `tab`: counted exactly and delivered.
@@ -613,6 +620,171 @@ async fn a_publish_left_unanswered_is_partial_not_unavailable() {
     let reply = push.request(r#"/push 7 {"uid":"doubt","n":7}"#).await;
     assert!(reply.contains("\"result\":\"delivered\""), "{reply}");
     assert_eq!(tab.recv_text().await, r#"{"uid":"doubt","n":7}"#);
+}
+
+/// `--cluster-publish-queue`: with Redis stalled (SIGSTOP), the publisher holds one batch
+/// in flight and the queue four more; past that a push is refused at once, never sent:
+/// `/push` answers `unavailable` without waiting, a plain line `fail`, while a push to a
+/// uid with a tab on this node is still `ok` and delivered. Continued, only what had left
+/// or was queued can arrive, in order; once it drains, pushes route again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_publish_queue_refuses_at_once_and_keeps_local_delivery() {
+    let redis = Redis::start().await;
+    let timeout = Duration::from_millis(1000);
+    let url = redis.url();
+    let node = || {
+        Launch::new().args(&[
+            "--redis",
+            &url,
+            "--cluster-timeout-ms",
+            "1000",
+            "--cluster-publish-queue",
+            "4",
+            // No retry claims: they wait for Redis before the push is tried at all.
+            "--dedupe-window-ms",
+            "0",
+        ])
+    };
+    let (a, b) = (node().start().await, node().start().await);
+    let mut far = WsClient::connect(&b.ws_url()).await;
+    let mut push = bound_via(&mut far, b.push_addr, a.push_addr, "far").await;
+    let mut near = WsClient::connect(&a.ws_url()).await;
+    near.bind("near", a.push_addr).await;
+
+    signal_redis(&redis, "STOP");
+    let line = |n: u32| format!(r#"/push {n} {{"uid":"far","n":{n}}}"#);
+    // The first is taken by the publisher and written to the stalled Redis...
+    push.send_raw(format!("{}\n", line(1)).as_bytes()).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // ...the next four wait in the queue, the rest find it full.
+    let started = Instant::now();
+    let burst: String = (2..=9).map(|n| line(n) + "\n").collect();
+    push.send_raw(burst.as_bytes()).await;
+    push.send_raw(b"{\"uid\":\"far\",\"plain\":1}\n{\"uid\":\"near\",\"local\":1}\n")
+        .await;
+    assert_eq!(near.recv_text().await, r#"{"uid":"near","local":1}"#);
+    assert!(
+        started.elapsed() < timeout,
+        "local delivery waited for Redis: {:?}",
+        started.elapsed()
+    );
+    for n in 1..=9 {
+        let reply = push.read_reply().await;
+        let result = if n <= 5 { "partial" } else { "unavailable" };
+        assert!(
+            reply.contains(&format!("\"result\":\"{result}\""))
+                && reply.contains(&format!("\"id\":\"{n}\"")),
+            "push {n}: {reply}"
+        );
+    }
+    assert_eq!(push.read_reply().await, "fail\n", "a plain line refused");
+    assert_eq!(push.read_reply().await, "ok\n", "a local push");
+    assert!(
+        a.log()
+            .contains("cluster publish queue full (--cluster-publish-queue)"),
+        "{}",
+        a.log()
+    );
+
+    signal_redis(&redis, "CONT");
+    // Refused ones never left; the in-doubt ones may arrive (one whose wait had ended
+    // before the publisher reached it is dropped unsent), in order.
+    let got = far.texts_until_silence(Duration::from_millis(500)).await;
+    let sent: Vec<String> = (1..=5)
+        .map(|n| format!(r#"{{"uid":"far","n":{n}}}"#))
+        .collect();
+    let mut rest = sent.iter();
+    for text in &got {
+        assert!(
+            rest.any(|s| s == text),
+            "{text} out of order, or refused yet delivered: {got:?}"
+        );
+    }
+    assert!(
+        got.first() == Some(&sent[0]),
+        "the one written first arrives: {got:?}"
+    );
+    push_until(
+        &mut push,
+        r#"{"uid":"far","n":10}"#,
+        "ok\n",
+        Duration::from_secs(10),
+    )
+    .await;
+    assert_eq!(far.recv_text().await, r#"{"uid":"far","n":10}"#);
+}
+
+/// `--cluster-message-buffer`: a holder whose buffer of messages from Redis overflows
+/// (one message here; its handling paused with SIGSTOP while a burst arrives) loses the
+/// oldest, says so in its log, and stays up. The replies stay truthful: a push is
+/// `delivered` only if its frame arrived, and a lost one is `partial` (nobody answered);
+/// frames arrive in order, each once. The next push goes through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_overflowing_message_buffer_loses_pushes_truthfully_and_says_so() {
+    let redis = Redis::start().await;
+    let url = redis.url();
+    let a = Launch::new()
+        .args(&["--redis", &url, "--dedupe-window-ms", "0"])
+        .start()
+        .await;
+    let b = Launch::new()
+        .args(&["--redis", &url, "--cluster-message-buffer", "1"])
+        .start()
+        .await;
+    let mut tab = WsClient::connect(&b.ws_url()).await;
+    let mut push = bound_via(&mut tab, b.push_addr, a.push_addr, "burst").await;
+
+    let lost = "cluster messages lost: the message buffer overflowed (--cluster-message-buffer)";
+    let mut next = 1;
+    for _attempt in 0..5 {
+        b.signal("STOP").await;
+        let first = next;
+        let burst: String = (first..first + 200)
+            .map(|n| format!("/push {n} {{\"uid\":\"burst\",\"n\":{n}}}\n"))
+            .collect();
+        next += 200;
+        push.send_raw(burst.as_bytes()).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        b.signal("CONT").await;
+        let mut delivered = Vec::new();
+        for n in first..next {
+            let reply = push.read_reply().await;
+            assert!(reply.contains(&format!("\"id\":\"{n}\"")), "{reply}");
+            if reply.contains("\"result\":\"delivered\"") {
+                delivered.push(format!(r#"{{"uid":"burst","n":{n}}}"#));
+            } else {
+                assert!(reply.contains("\"result\":\"partial\""), "{reply}");
+            }
+        }
+        let got = tab.texts_until_silence(Duration::from_millis(300)).await;
+        let numbers: Vec<u64> = got
+            .iter()
+            .map(|t| {
+                let v: serde_json::Value = serde_json::from_str(t).expect("a pushed line");
+                v["n"].as_u64().expect("n")
+            })
+            .collect();
+        assert!(
+            numbers.windows(2).all(|w| w[0] < w[1]),
+            "in order, each once: {numbers:?}"
+        );
+        for d in &delivered {
+            assert!(
+                got.contains(d),
+                "{d} was answered delivered but never arrived"
+            );
+        }
+        if b.log().contains(lost) {
+            assert!(
+                delivered.len() < 200,
+                "a message was lost, yet every push was delivered"
+            );
+            push_until(&mut push, r#"{"uid":"burst","n":"after"}"#, "ok\n", STEP).await;
+            assert_eq!(tab.recv_text().await, r#"{"uid":"burst","n":"after"}"#);
+            return;
+        }
+    }
+    panic!("the buffer never overflowed:\n{}", b.log());
 }
 
 on_both!(

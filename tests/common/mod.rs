@@ -386,6 +386,17 @@ impl WsClient {
         }
     }
 
+    /// Every Text frame (bind probes skipped) until none has come for `d`.
+    pub async fn texts_until_silence(&mut self, d: Duration) -> Vec<String> {
+        let mut texts = Vec::new();
+        while let Some(t) = self.next_text_until(Instant::now() + d).await {
+            if !is_probe(&t) {
+                texts.push(t);
+            }
+        }
+        texts
+    }
+
     /// Sends a normal Close and waits (bounded) for the server's answer or the end of stream.
     pub async fn close(mut self) {
         let _ = self.ws.close(None).await;
