@@ -565,14 +565,9 @@ async fn group_pushes_stay_in_order_with_the_lines_around_them(url: &str) {
     }
 }
 
-/// Sends `sig` (`STOP`, `CONT`) to a redis-server with kill(1).
-fn signal_redis(redis: &Redis, sig: &str) {
-    let pid = redis.child.id().expect("redis-server running");
-    let status = std::process::Command::new("kill")
-        .args([&format!("-{sig}"), &pid.to_string()])
-        .status()
-        .expect("kill(1)");
-    assert!(status.success(), "kill -{sig} {pid}");
+/// Sends `sig` (`STOP`, `CONT`) to a redis-server ([`send_signal`]).
+async fn signal_redis(redis: &Redis, sig: &str) {
+    send_signal(redis.child.id().expect("redis-server running"), sig).await;
 }
 
 /// A publish that left the node and got no answer is in doubt, not `unavailable`: Redis
@@ -597,7 +592,7 @@ async fn a_publish_left_unanswered_is_partial_not_unavailable() {
     let mut tab = WsClient::connect(&b.ws_url()).await;
     bound_across(&mut tab, &b, &a, "doubt").await;
 
-    signal_redis(&redis, "STOP");
+    signal_redis(&redis, "STOP").await;
     let mut push = PushClient::connect(a.push_addr).await;
     let started = Instant::now();
     let reply = push.request(r#"/push 5 {"uid":"doubt","n":5}"#).await;
@@ -612,7 +607,7 @@ async fn a_publish_left_unanswered_is_partial_not_unavailable() {
         "fail\n",
         "a plain line in doubt"
     );
-    signal_redis(&redis, "CONT");
+    signal_redis(&redis, "CONT").await;
     // Redis runs what it was sent: the holder delivers both, in order, each once.
     assert_eq!(tab.recv_text().await, r#"{"uid":"doubt","n":5}"#);
     assert_eq!(tab.recv_text().await, r#"{"uid":"doubt","n":6}"#);
@@ -651,14 +646,15 @@ async fn a_full_publish_queue_refuses_at_once_and_keeps_local_delivery() {
     let mut near = WsClient::connect(&a.ws_url()).await;
     near.bind("near", a.push_addr).await;
 
-    signal_redis(&redis, "STOP");
+    signal_redis(&redis, "STOP").await;
     let line = |n: u32| format!(r#"/push {n} {{"uid":"far","n":{n}}}"#);
     // The first is taken by the publisher and written to the stalled Redis...
     push.send_raw(format!("{}\n", line(1)).as_bytes()).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    // ...the next four wait in the queue, the rest find it full.
+    // ...the next four wait in the queue, the rest find it full. (On a loaded machine the
+    // publisher may take a few more, or none, first: at most 4 in flight and 4 queued.)
     let started = Instant::now();
-    let burst: String = (2..=9).map(|n| line(n) + "\n").collect();
+    let burst: String = (2..=20).map(|n| line(n) + "\n").collect();
     push.send_raw(burst.as_bytes()).await;
     push.send_raw(b"{\"uid\":\"far\",\"plain\":1}\n{\"uid\":\"near\",\"local\":1}\n")
         .await;
@@ -668,15 +664,22 @@ async fn a_full_publish_queue_refuses_at_once_and_keeps_local_delivery() {
         "local delivery waited for Redis: {:?}",
         started.elapsed()
     );
-    for n in 1..=9 {
+    // The ones that left or were queued are in doubt (their wait ends), then every
+    // other one was refused at once.
+    let mut in_doubt = 0;
+    for n in 1..=20 {
         let reply = push.read_reply().await;
-        let result = if n <= 5 { "partial" } else { "unavailable" };
-        assert!(
-            reply.contains(&format!("\"result\":\"{result}\""))
-                && reply.contains(&format!("\"id\":\"{n}\"")),
-            "push {n}: {reply}"
-        );
+        assert!(reply.contains(&format!("\"id\":\"{n}\"")), "{reply}");
+        if in_doubt + 1 == n && reply.contains("\"result\":\"partial\"") {
+            in_doubt = n;
+        } else {
+            assert!(
+                reply.contains("\"result\":\"unavailable\""),
+                "push {n}: {reply}"
+            );
+        }
     }
+    assert!((4..=8).contains(&in_doubt), "{in_doubt} in doubt");
     assert_eq!(push.read_reply().await, "fail\n", "a plain line refused");
     assert_eq!(push.read_reply().await, "ok\n", "a local push");
     assert!(
@@ -686,11 +689,11 @@ async fn a_full_publish_queue_refuses_at_once_and_keeps_local_delivery() {
         a.log()
     );
 
-    signal_redis(&redis, "CONT");
+    signal_redis(&redis, "CONT").await;
     // Refused ones never left; the in-doubt ones may arrive (one whose wait had ended
     // before the publisher reached it is dropped unsent), in order.
     let got = far.texts_until_silence(Duration::from_millis(500)).await;
-    let sent: Vec<String> = (1..=5)
+    let sent: Vec<String> = (1..=in_doubt)
         .map(|n| format!(r#"{{"uid":"far","n":{n}}}"#))
         .collect();
     let mut rest = sent.iter();
@@ -1078,7 +1081,15 @@ async fn stopped_node_is_dropped_then_heals_with(url: &str, cli: &[String], env:
     let probe = r#"{"uid":"hung"}"#;
     loop {
         let sent = Instant::now();
-        assert_eq!(push.request(probe).await, "fail\n");
+        let got = push.request(probe).await;
+        assert_eq!(
+            got,
+            "fail\n",
+            "after {:?}; A:\n{}\nB:\n{}",
+            stopped.elapsed(),
+            a.log(),
+            b.log()
+        );
         if sent.elapsed() < Duration::from_millis(300) {
             break;
         }

@@ -683,6 +683,35 @@ pub async fn push_until(push: &mut PushClient, line: &str, want: &str, d: Durati
     }
 }
 
+/// Sends `sig` to process `pid` with kill(1). For `STOP`, returns only once every thread
+/// of it is stopped: kill(2) wakes one thread to stop the group, and on a loaded machine
+/// the others go on running (and answering) until it is scheduled, for milliseconds.
+pub async fn send_signal(pid: u32, sig: &str) {
+    let status = tokio::process::Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(pid.to_string())
+        .status()
+        .await
+        .expect("run kill");
+    assert!(status.success(), "kill -{sig} {pid} failed: {status}");
+    if sig != "STOP" {
+        return;
+    }
+    poll_until(STEP, "every thread stopped", || async move {
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+            return false;
+        };
+        tasks.flatten().all(|task| {
+            // `pid (comm) S ...`: the state follows the last ')'.
+            std::fs::read_to_string(task.path().join("stat")).is_ok_and(|stat| {
+                stat.rsplit_once(')')
+                    .is_some_and(|(_, rest)| rest.trim_start().starts_with(['T', 't']))
+            })
+        })
+    })
+    .await;
+}
+
 /// The seed's PHP backend snippet (seed 004), verbatim; tests substitute the address.
 pub const SEED_PHP: &str = r#"// 建立socket连接到内部推送端口
 $client = stream_socket_client('tcp://127.0.0.1:5678', $errno, $errmsg, 1);
@@ -1033,19 +1062,9 @@ impl Daemon {
         }
     }
 
-    /// Sends `sig` (a name such as `TERM`, `HUP`) with kill(1).
+    /// Sends `sig` (a name such as `TERM`, `HUP`) with kill(1); see [`send_signal`].
     pub async fn signal(&self, sig: &str) {
-        let status = tokio::process::Command::new("kill")
-            .arg(format!("-{sig}"))
-            .arg(self.pid.to_string())
-            .status()
-            .await
-            .expect("run kill");
-        assert!(
-            status.success(),
-            "kill -{sig} {} failed: {status}",
-            self.pid
-        );
+        send_signal(self.pid, sig).await;
     }
 
     /// SIGTERM.

@@ -18,14 +18,23 @@ pub struct Redis {
 impl Redis {
     /// One on `port` (e.g. a killed one's, to bring it back), once it listens.
     pub async fn start_on(port: u16) -> Redis {
-        let child = spawn_redis(port, &std::env::temp_dir(), &[]);
-        wait_listening(port).await;
+        let mut child = spawn_redis(port, &std::env::temp_dir(), &[]);
+        assert!(
+            serving(&mut child, port).await,
+            "redis-server could not listen on {port}"
+        );
         Redis { child, port }
     }
 
-    /// One on a free port, once it listens.
+    /// One on a free port, once it listens (on another if that one was taken).
     pub async fn start() -> Redis {
-        Redis::start_on(free_port()).await
+        loop {
+            let port = free_port();
+            let mut child = spawn_redis(port, &std::env::temp_dir(), &[]);
+            if serving(&mut child, port).await {
+                return Redis { child, port };
+            }
+        }
     }
 
     /// `redis://127.0.0.1:PORT/`
@@ -262,6 +271,38 @@ pub fn spawn_redis(port: u16, dir: &std::path::Path, extra: &[&str]) -> Child {
         .kill_on_drop(true)
         .spawn()
         .expect("start redis-server (scripts/test.sh installs it)")
+}
+
+/// Waits until the redis-server `child` itself answers on `port` (`INFO server`'s
+/// `process_id`); false once it has exited. A port [`free_port`] handed out may be taken
+/// by another test's server before this one binds it, and then that one answers there:
+/// two tests would share a Redis (and one test's node answer the other's pushes).
+async fn serving(child: &mut Child, port: u16) -> bool {
+    let pid = child.id();
+    let deadline = Instant::now() + 3 * STEP;
+    loop {
+        if let Ok(Some(_)) = child.try_wait() {
+            return false;
+        }
+        let info = Command::new("redis-cli")
+            .args(["-p", &port.to_string(), "INFO", "server"])
+            .stdin(Stdio::null())
+            .output()
+            .await
+            .expect("run redis-cli");
+        let answering = String::from_utf8_lossy(&info.stdout)
+            .lines()
+            .find_map(|l| l.strip_prefix("process_id:"))
+            .and_then(|p| p.trim().parse::<u32>().ok());
+        if answering.is_some() && answering == pid {
+            return true;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "redis-server did not listen on {port}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// Waits until something accepts connections on 127.0.0.1:`port` (15 s at most: a
