@@ -321,11 +321,18 @@ impl Cluster {
         }
         // Before connecting, so the first failure is heard too.
         let errors = (cluster.cmd.error_rx(), cluster.sub.error_rx());
-        // The connection tasks run detached; the handles are not needed.
-        drop(cluster.cmd.connect());
-        drop(cluster.sub.connect());
         drop(cluster.sub.manage_subscriptions());
         for task in [
+            tokio::spawn(keep_connected(
+                cluster.cmd.clone(),
+                "commands",
+                cluster.stop.clone(),
+            )),
+            tokio::spawn(keep_connected(
+                cluster.sub.clone(),
+                "subscriptions",
+                cluster.stop.clone(),
+            )),
             tokio::spawn(publisher(cluster.clone(), queue)),
             tokio::spawn(listen(cluster.clone())),
             tokio::spawn(reconcile(cluster.clone())),
@@ -1678,6 +1685,27 @@ async fn sweep(cluster: Arc<Cluster>) {
                 debug!(%err, "grace sweep failed; retried");
             }
         }
+    }
+}
+
+/// Runs `client`'s connection task, and starts it again whenever it ends. With an
+/// unlimited reconnect policy it should run until `QUIT`, but fred 10 ends it for good on
+/// some failures of its first cluster sync ("Invalid or missing cluster state", seen with
+/// a node started while its Redis Cluster was still forming), leaving the node degraded
+/// for ever. Ends when the node leaves (`stop`; its `QUIT` ends the task too).
+async fn keep_connected<C: ClientLike>(
+    client: C,
+    link: &'static str,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    loop {
+        let ended = client.connect().await;
+        if stop.is_cancelled() {
+            return;
+        }
+        // Why is logged by `report_errors` (once a minute for the same error).
+        debug!(link, ?ended, "redis client stopped; starting it again");
+        tokio::time::sleep(Duration::from_secs(1)).await;
     }
 }
 

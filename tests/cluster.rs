@@ -1007,6 +1007,35 @@ async fn rediss_cluster_routes_through_every_primary_over_tls() {
     );
 }
 
+/// A node started before its Redis Cluster serves (refused at first) joins it by itself
+/// once the masters are up. fred 10 ends a cluster client's connection task for good when
+/// its first cluster sync fails (refused, or "Invalid or missing cluster state" while the
+/// cluster forms), whatever the reconnect policy: the node stayed degraded for ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_started_before_its_redis_cluster_joins_it_when_it_comes() {
+    let ports = [free_port(), free_port(), free_port()];
+    let url = RedisCluster::url_of(ports, false);
+    let early = Launch::new().args(&["--redis", &url]).start().await;
+    early
+        .wait_log("redis connection failed; retrying", STEP)
+        .await;
+    let http = early.http_addr.expect("http listener");
+    assert!(readyz(http).await.starts_with("HTTP/1.1 503"));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    let _cluster = RedisCluster::start_on(ports).await;
+    poll_until(
+        Duration::from_secs(15),
+        "the early node ready",
+        || async move { readyz(http).await.starts_with("HTTP/1.1 200") },
+    )
+    .await;
+    let late = Launch::new().args(&["--redis", &url]).start().await;
+    let mut tab = WsClient::connect(&early.ws_url()).await;
+    let mut push = bound_via(&mut tab, early.push_addr, late.push_addr, "early").await;
+    push_id_delivered_to_one(&mut push, &mut tab, "1", "early").await;
+}
+
 /// A node that stops answering with its connections still open (SIGSTOP: a hung process,
 /// or a network partition as far as Redis can tell, which keeps a dead subscriber until
 /// its `tcp-keepalive`, 300 s by default). Before: every push to its uids waited for the

@@ -86,13 +86,29 @@ pub struct RedisCluster {
 
 impl RedisCluster {
     pub async fn start() -> RedisCluster {
-        RedisCluster::launch(None).await
+        RedisCluster::launch(None, [free_port(), free_port(), free_port()]).await
+    }
+
+    /// One on these three ports (e.g. ones a node was told to use before they served).
+    pub async fn start_on(ports: [u16; 3]) -> RedisCluster {
+        RedisCluster::launch(None, ports).await
+    }
+
+    /// `redis-cluster://` (`rediss-cluster://` with `tls`) for masters on `ports`.
+    pub fn url_of(ports: [u16; 3], tls: bool) -> String {
+        let scheme = if tls {
+            "rediss-cluster"
+        } else {
+            "redis-cluster"
+        };
+        let [first, second, third] = ports;
+        format!("{scheme}://127.0.0.1:{first}?node=127.0.0.1:{second}&node=127.0.0.1:{third}")
     }
 
     /// The same over TLS only (`--port 0`, the cluster bus too), every master serving
     /// `cert`; its URL is `rediss-cluster://`.
     pub async fn start_tls(cert: &super::TestCert) -> RedisCluster {
-        RedisCluster::launch(Some(cert)).await
+        RedisCluster::launch(Some(cert), [free_port(), free_port(), free_port()]).await
     }
 
     /// `redis-cli`, with what it needs to reach a TLS master.
@@ -136,7 +152,7 @@ impl RedisCluster {
         all
     }
 
-    async fn launch(tls: Option<&super::TestCert>) -> RedisCluster {
+    async fn launch(tls: Option<&super::TestCert>, ports: [u16; 3]) -> RedisCluster {
         let dir = std::env::temp_dir().join(format!(
             "pushwire-rc-{}-{}",
             std::process::id(),
@@ -144,8 +160,7 @@ impl RedisCluster {
         ));
         let files = tls.map(|cert| cert.files());
         let mut nodes = Vec::new();
-        for _ in 0..3 {
-            let port = free_port();
+        for port in ports {
             let node_dir = dir.join(port.to_string());
             std::fs::create_dir_all(&node_dir).expect("cluster node dir");
             let mut flags: Vec<String> = [
@@ -229,16 +244,8 @@ impl RedisCluster {
     }
 
     pub fn url(&self) -> String {
-        let scheme = match self.tls {
-            Some(_) => "rediss-cluster",
-            None => "redis-cluster",
-        };
-        let mut url = format!("{scheme}://127.0.0.1:{}", self.nodes[0].port);
-        for (i, n) in self.nodes[1..].iter().enumerate() {
-            url.push(if i == 0 { '?' } else { '&' });
-            url.push_str(&format!("node=127.0.0.1:{}", n.port));
-        }
-        url
+        let port = |i: usize| self.nodes[i].port;
+        RedisCluster::url_of([port(0), port(1), port(2)], self.tls.is_some())
     }
 }
 
