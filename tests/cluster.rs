@@ -43,8 +43,7 @@ async fn bound_via(tab: &mut WsClient, home: SocketAddr, via: SocketAddr, uid: &
     tab.bind(uid, home).await;
     let mut push = PushClient::connect(via).await;
     let line = format!(r#"{{"uid":"{uid}","routed":true}}"#);
-    push_until(&mut push, &line, "ok\n", Duration::from_secs(10)).await;
-    assert_eq!(tab.recv_text().await, line);
+    push_until_received(&mut push, tab, &line, Duration::from_secs(10)).await;
     push
 }
 
@@ -187,14 +186,8 @@ async fn without_redis_local_pushes_go_on_and_remote_ones_fail_fast_then_heal() 
 
     // Redis comes back on the same port: routing heals by itself.
     let _redis = Redis::start_on(port).await;
-    push_until(
-        &mut remote,
-        r#"{"uid":"r","healed":1}"#,
-        "ok\n",
-        Duration::from_secs(15),
-    )
-    .await;
-    assert_eq!(tab.recv_text().await, r#"{"uid":"r","healed":1}"#);
+    let healed = r#"{"uid":"r","healed":1}"#;
+    push_until_received(&mut remote, &mut tab, healed, Duration::from_secs(15)).await;
 }
 
 async fn broadcast_kick_and_presence_span_the_nodes(url: &str) {
@@ -707,14 +700,8 @@ async fn a_full_publish_queue_refuses_at_once_and_keeps_local_delivery() {
         got.first() == Some(&sent[0]),
         "the one written first arrives: {got:?}"
     );
-    push_until(
-        &mut push,
-        r#"{"uid":"far","n":10}"#,
-        "ok\n",
-        Duration::from_secs(10),
-    )
-    .await;
-    assert_eq!(far.recv_text().await, r#"{"uid":"far","n":10}"#);
+    let routed = r#"{"uid":"far","n":10}"#;
+    push_until_received(&mut push, &mut far, routed, Duration::from_secs(10)).await;
 }
 
 /// `--cluster-message-buffer`: a holder whose buffer of messages from Redis overflows
@@ -782,8 +769,7 @@ async fn an_overflowing_message_buffer_loses_pushes_truthfully_and_says_so() {
                 delivered.len() < 200,
                 "a message was lost, yet every push was delivered"
             );
-            push_until(&mut push, r#"{"uid":"burst","n":"after"}"#, "ok\n", STEP).await;
-            assert_eq!(tab.recv_text().await, r#"{"uid":"burst","n":"after"}"#);
+            push_until_received(&mut push, &mut tab, r#"{"uid":"burst","n":"after"}"#, STEP).await;
             return;
         }
     }
@@ -886,8 +872,7 @@ async fn rediss_links_the_nodes_over_tls_and_checks_the_certificate() {
     tab.bind("tls", b.push_addr).await;
     let mut push = PushClient::connect(a.push_addr).await;
     let line = r#"{"uid":"tls","n":1}"#;
-    push_until(&mut push, line, "ok\n", Duration::from_secs(10)).await;
-    assert_eq!(tab.recv_text().await, line, "byte-exact, once");
+    push_until_received(&mut push, &mut tab, line, Duration::from_secs(10)).await;
     push_id_delivered_to_one(&mut push, &mut tab, "3", "tls").await;
     let ready = readyz(a.http_addr.expect("http listener")).await;
     assert!(ready.starts_with("HTTP/1.1 200"), "{ready}");
@@ -980,8 +965,7 @@ async fn rediss_cluster_routes_through_every_primary_over_tls() {
     let mut push = PushClient::connect(a.push_addr).await;
     for (uid, tab) in uids.iter().zip(&mut tabs) {
         let line = format!(r#"{{"uid":"{uid}","n":1}}"#);
-        push_until(&mut push, &line, "ok\n", Duration::from_secs(10)).await;
-        assert_eq!(tab.recv_text().await, line, "byte-exact, once");
+        push_until_received(&mut push, tab, &line, Duration::from_secs(10)).await;
     }
     let held = cluster.shard_channels().await;
     assert!(
@@ -1085,8 +1069,7 @@ async fn stopped_node_is_dropped_then_heals_with(url: &str, cli: &[String], env:
     tab.bind("hung", b.push_addr).await;
     let mut push = PushClient::connect(a.push_addr).await;
     let first = r#"{"uid":"hung","n":1}"#;
-    push_until(&mut push, first, "ok\n", Duration::from_secs(10)).await;
-    assert_eq!(tab.recv_text().await, first);
+    push_until_received(&mut push, &mut tab, first, Duration::from_secs(10)).await;
 
     // Both nodes have beaten (two names and the last beat's time): each is known.
     poll_until(STEP, "both nodes beat", || {

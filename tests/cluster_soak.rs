@@ -1029,8 +1029,7 @@ async fn pipelined_pushes_to_a_hung_holder_wait_one_timeout_in_all() {
     tab.bind("hung", b.push_addr).await;
     let mut push = PushClient::connect(a.push_addr).await;
     let routed = r#"{"uid":"hung","routed":1}"#;
-    push_until(&mut push, routed, "ok\n", STEP).await;
-    assert_eq!(tab.recv_text().await, routed);
+    push_until_received(&mut push, &mut tab, routed, STEP).await;
 
     b.signal("STOP").await;
     // kill(1) returns once the signal is sent; every thread stops a moment later.

@@ -712,6 +712,17 @@ pub async fn send_signal(pid: u32, sig: &str) {
     .await;
 }
 
+/// [`push_until`] `ok`, then `tab` gets `line` next, byte-exact.
+pub async fn push_until_received(
+    push: &mut PushClient,
+    tab: &mut WsClient,
+    line: &str,
+    d: Duration,
+) {
+    push_until(push, line, "ok\n", d).await;
+    assert_eq!(tab.recv_text().await, line, "byte-exact, once");
+}
+
 /// The seed's PHP backend snippet (seed 004), verbatim; tests substitute the address.
 pub const SEED_PHP: &str = r#"// 建立socket连接到内部推送端口
 $client = stream_socket_client('tcp://127.0.0.1:5678', $errno, $errmsg, 1);
