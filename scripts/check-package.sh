@@ -107,6 +107,10 @@ check_file /usr/share/pushwire/Pushwire.php 644 root
 check_file /usr/share/pushwire/pushwire.js 644 root
 check_file /usr/share/doc/pushwire/examples/nginx-pushwire.conf 644 root
 check_file /usr/share/doc/pushwire/README.md 644 root
+# The docs the README links to, at the same relative place, so its links work there too.
+for doc in docs/*.md; do
+	check_file "/usr/share/doc/pushwire/$doc" 644 root
+done
 dpkg-query -W -f='${Conffiles}\n' pushwire | grep -q "^ $env_file " ||
 	die "$env_file is not a conffile of the package"
 echo "ok  $env_file is a conffile"

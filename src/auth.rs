@@ -1,7 +1,7 @@
 //! Signed uids: an HS256 JWT whose `sub` is the uid, minted by the backend.
 //!
 //! Why JWT/HS256: every backend language can mint one in a few lines with only its
-//! standard library (the README has a dependency-free PHP version), and a shared secret
+//! standard library (docs/security.md has a dependency-free PHP version), and a shared secret
 //! needs no key distribution. Only `alg: HS256` is accepted (never `none`), the signature
 //! is checked in constant time, and `exp` is required so a leaked token dies on its own.
 

@@ -55,7 +55,7 @@ const MARGIN: Duration = Duration::from_millis(1000);
 /// A fault window opens this long before the fault: frames a node had queued but not yet
 /// written when it was killed are lost with it, whatever it answered.
 const PRE_FAULT: Duration = Duration::from_millis(500);
-/// Ghost uids of a killed node must be gone within this (README: "stops counting at
+/// Ghost uids of a killed node must be gone within this (docs/cluster.md: "stops counting at
 /// once"; tests/cluster.rs holds two nodes to 3 s).
 const GHOST_BOUND: Duration = Duration::from_secs(3);
 /// A restarted node's browsers reconnected and routable, or Redis back and every

@@ -39,8 +39,8 @@ fn env_names(text: &str) -> BTreeSet<String> {
     names
 }
 
-#[test]
-fn example_env_file_lists_every_flag_variable() {
+/// The `PUSHWIRE_*` variables `pushwire --help` names, one per flag.
+fn flag_variables() -> BTreeSet<String> {
     let out = Command::new(env!("CARGO_BIN_EXE_pushwire"))
         .arg("--help")
         .output()
@@ -52,7 +52,12 @@ fn example_env_file_lists_every_flag_variable() {
         flags.contains("PUSHWIRE_WS_LISTEN"),
         "--help shows no env names: {help}"
     );
+    flags
+}
 
+#[test]
+fn example_env_file_lists_every_flag_variable() {
+    let flags = flag_variables();
     let file = env_names(&repo_file("systemd/pushwire.env"));
     let missing: Vec<_> = flags.difference(&file).collect();
     let unknown: Vec<_> = file.difference(&flags).collect();
@@ -60,6 +65,17 @@ fn example_env_file_lists_every_flag_variable() {
         missing.is_empty() && unknown.is_empty(),
         "systemd/pushwire.env is out of step with `pushwire --help`: \
          missing {missing:?}, not a flag {unknown:?}"
+    );
+}
+
+#[test]
+fn the_options_table_names_every_flags_variable() {
+    let flags = flag_variables();
+    let table = env_names(&repo_file("docs/configuration.md"));
+    let missing: Vec<_> = flags.difference(&table).collect();
+    assert!(
+        missing.is_empty(),
+        "docs/configuration.md's options table lacks {missing:?}"
     );
 }
 
@@ -496,7 +512,7 @@ fn check_config_accepts_a_good_config_and_leaves_nothing_behind() {
         std::net::TcpListener::bind(&addr)
             .unwrap_or_else(|e| panic!("{addr} still bound after check-config: {e}"));
     }
-    // The HTTP door off, the cluster URLs the README names.
+    // The HTTP door off, the cluster URLs docs/cluster.md names.
     for redis in [
         "rediss://user:pw@redis.example.com:6380/1",
         "redis-cluster://127.0.0.1:7000?node=127.0.0.1:7001&node=127.0.0.1:7002",

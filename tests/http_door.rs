@@ -260,7 +260,7 @@ async fn post_push_one_line_prints_ok_and_the_browser_gets_it_byte_exact() {
 }
 
 /// Many lines in one body: the reply lines, in order, are exactly what the TCP port gives
-/// for the same bytes (and what the README says), the browser gets every delivered
+/// for the same bytes (and what docs/http.md says), the browser gets every delivered
 /// payload byte-exact and in order, and an unterminated last line is answered too.
 #[tokio::test]
 async fn post_push_many_lines_answer_exactly_as_the_tcp_port() {

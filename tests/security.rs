@@ -573,7 +573,7 @@ async fn php_minted_tokens_are_accepted() {
     assert_eq!(push.request(&line).await, "ok\n");
     assert_eq!(ws2.recv_text().await, line);
 
-    // The function is usable from other PHP code too (the README quotes it).
+    // The function is usable from other PHP code too (docs/security.md quotes it).
     let code = format!(
         "require '{}'; echo pushwire_token('{JWT_SECRET}', 'from-require', 120);",
         repo_path("scripts/mint-token.php").display()
@@ -890,7 +890,8 @@ async fn push_secret_handshake() {
     assert_eq!(ws.recv_text().await, r#"{"uid":"sec","marker":1}"#);
 }
 
-/// The three refusal lines, byte-exact as documented (README: `{"ok":false,"error":"..."}`).
+/// The three refusal lines, byte-exact as documented (docs/security.md, *Who may push*:
+/// `{"ok":false,"error":"..."}`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refusal_lines_are_byte_exact() {
     let server = TestServer::start_with(pushwire::Config {
