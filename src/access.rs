@@ -52,6 +52,18 @@ impl Cidr {
             _ => false,
         }
     }
+
+    /// True if every address of `other` is inside this network.
+    pub fn covers(&self, other: &Cidr) -> bool {
+        let other_len = match other.addr {
+            // An IPv4 network named as IPv4-mapped IPv6 (`::ffff:10.0.0.0/104`).
+            IpAddr::V6(v6) if v6.to_ipv4_mapped().is_some() && self.addr.is_ipv4() => {
+                other.len.saturating_sub(96)
+            }
+            _ => other.len,
+        };
+        self.len <= other_len && self.contains(other.addr)
+    }
 }
 
 /// `127.0.0.0/8` and `::1/128`: this host.

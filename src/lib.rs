@@ -13,6 +13,8 @@
 //! - `push`: the backend door (TCP/Unix): access, lines in, replies out in order.
 //! - `http`: the HTTP door (`POST /push`, web-msg-sender's API, `/metrics`, health).
 //! - [`service`]: one request in, one typed reply out, for every door.
+//! - [`reload`]: what a SIGHUP applies to the [`state`], decided from the reload env file
+//!   ([`envfile`]: its grammar) laid over the settings in force.
 //! - [`state`]: the shared handle (config, registry, metrics, stop tokens).
 //! - [`registry`]: uid → connections (fan-out happens here); [`groups`]: membership
 //!   owned by uids, with an offline grace period; [`history`]: per-uid sequence numbers,
@@ -45,6 +47,7 @@ mod cluster_history;
 pub mod config;
 pub mod control;
 pub mod dedupe;
+pub mod envfile;
 mod fanout;
 pub mod forwarded;
 pub mod frames;
@@ -58,6 +61,7 @@ pub mod outbox;
 mod proxied;
 mod push;
 pub mod registry;
+pub mod reload;
 pub mod reloadable;
 mod server;
 pub mod service;

@@ -9,6 +9,7 @@ use clap::parser::ValueSource;
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 use pushwire::access::Cidr;
 use pushwire::auth::Secret;
+use pushwire::reload::{Reloader, SecretSource, Setting, Sources};
 use tokio::net::{TcpListener, TcpSocket, UnixListener};
 use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio_util::sync::CancellationToken;
@@ -76,9 +77,10 @@ struct Args {
     #[arg(long, env = "PUSHWIRE_MAX_HTTP_CONNECTIONS", default_value_t = 256)]
     max_http_connections: usize,
 
-    /// On SIGHUP, take the reloadable settings (secrets, allow-lists, TLS files) from this
-    /// env file (systemd's `EnvironmentFile=` syntax), except those given as flags. The
-    /// shipped unit points it at /etc/pushwire/pushwire.env.
+    /// On SIGHUP, take the reloadable settings (secrets, allow-lists, TLS files) this env
+    /// file names (systemd's `EnvironmentFile=` syntax); a setting it does not name, or
+    /// one given as a flag, stays. The shipped unit points it at a copy of
+    /// /etc/pushwire/pushwire.env.
     #[arg(long, env = "PUSHWIRE_RELOAD_ENV_FILE")]
     reload_env_file: Option<PathBuf>,
 
@@ -219,12 +221,13 @@ struct Args {
     max_list_uids: usize,
 
     /// File holding the HS256 secret that signs uid tokens (JWT, `sub` = uid). With a
-    /// secret, browsers bind only with a valid token (first frame or `?token=`).
+    /// secret, browsers bind only with a valid token (first frame or `?token=`). `none`:
+    /// no secret.
     #[arg(long, env = "PUSHWIRE_JWT_SECRET_FILE")]
     jwt_secret_file: Option<PathBuf>,
 
-    /// The JWT secret itself. Prefer the env var or --jwt-secret-file: a command-line
-    /// literal shows in `ps`.
+    /// The JWT secret itself (`none`: no secret). Prefer the env var or
+    /// --jwt-secret-file: a command-line literal shows in `ps`.
     #[arg(
         long,
         env = "PUSHWIRE_JWT_SECRET",
@@ -234,9 +237,9 @@ struct Args {
     jwt_secret: Option<String>,
 
     /// Comma-separated Origins allowed to open a WebSocket (e.g. https://app.example.com);
-    /// a browser handshake from any other Origin gets 403. Default: any.
-    #[arg(long, env = "PUSHWIRE_ALLOWED_ORIGINS", value_delimiter = ',')]
-    allowed_origins: Option<Vec<String>>,
+    /// a browser handshake from any other Origin gets 403. Default (or `any`): any.
+    #[arg(long, env = "PUSHWIRE_ALLOWED_ORIGINS", value_parser = parse_origins)]
+    allowed_origins: Option<Origins>,
 
     /// WebSocket connections one source address may hold (IPv6: per /64); more get HTTP
     /// 429.
@@ -267,15 +270,17 @@ struct Args {
     trusted_proxies: Nets,
 
     /// Comma-separated networks (CIDR) TCP backends may push from; others get a refusal
-    /// line and are closed. Default: anyone who can reach --push-listen.
-    #[arg(long, env = "PUSHWIRE_PUSH_ALLOW", value_parser = parse_nets)]
-    push_allow: Option<Nets>,
+    /// line and are closed. Default (or `any`): anyone who can reach --push-listen.
+    #[arg(long, env = "PUSHWIRE_PUSH_ALLOW", value_parser = parse_push_allow)]
+    push_allow: Option<PushAllow>,
 
-    /// File holding a shared secret TCP backends must send first as `/auth SECRET`.
+    /// File holding a shared secret TCP backends must send first as `/auth SECRET`
+    /// (`none`: no secret).
     #[arg(long, env = "PUSHWIRE_PUSH_SECRET_FILE", global = true)]
     push_secret_file: Option<PathBuf>,
 
-    /// The push secret itself (prefer the env var or --push-secret-file).
+    /// The push secret itself (prefer the env var or --push-secret-file; `none`: no
+    /// secret).
     #[arg(
         long,
         env = "PUSHWIRE_PUSH_SECRET",
@@ -403,10 +408,12 @@ fn main() -> ExitCode {
         }
         Err(err) => err.exit(),
     };
-    let pinned = Pinned::from_matches(&matches);
+    let pinned = pinned(&matches);
     init_logging(args.log_format);
     match &args.command {
-        Some(Control::CheckConfig { no_bind }) => return check_config::run(&args, !no_bind),
+        Some(Control::CheckConfig { no_bind }) => {
+            return check_config::run(&args, &pinned, !no_bind);
+        }
         Some(command) => return control(&args, command),
         None => {}
     }
@@ -431,7 +438,7 @@ fn main() -> ExitCode {
     }
 }
 
-async fn serve(args: Args, pinned: Pinned) -> std::io::Result<()> {
+async fn serve(args: Args, pinned: Vec<Setting>) -> std::io::Result<()> {
     // Installed first, before the `listening` line and READY=1: from then on no signal's
     // default action (terminate) can take the daemon down, and a SIGHUP sent as soon as it
     // says it listens is a reload.
@@ -478,7 +485,8 @@ async fn serve(args: Args, pinned: Pinned) -> std::io::Result<()> {
         shutdown.clone(),
     ));
     sd_notify("READY=1");
-    signals.until_stop(|| reload(&args, &pinned, &ctx)).await;
+    let mut reloader = reloader(&args, pinned);
+    signals.until_stop(|| reloader.reload(&ctx)).await;
     sd_notify("STOPPING=1");
     shutdown.cancel();
     let result = server.await.map_err(std::io::Error::other)?;
@@ -521,7 +529,7 @@ fn control(args: &Args, command: &Control) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let secret = match secret(args.push_secret_file.as_ref(), args.push_secret.as_ref()) {
+    let secret = match sources(args).push_secret.read() {
         Ok(s) => s.map(|s| s.reveal().to_vec()),
         Err(err) => {
             eprintln!("pushwire: {err}");
@@ -627,7 +635,7 @@ impl Signals {
 
     /// Returns when SIGTERM or SIGINT arrives; calls `reload` on each SIGHUP, logs and
     /// ignores the others meanwhile.
-    async fn until_stop(&mut self, reload: impl Fn()) {
+    async fn until_stop(&mut self, mut reload: impl FnMut()) {
         loop {
             let ignored = tokio::select! {
                 _ = self.term.recv() => return info!("SIGTERM received"),
@@ -651,192 +659,88 @@ impl Signals {
     }
 }
 
-/// The settings a reload may change, by flag id, with their env var names.
-const RELOADABLE: [(&str, &str); 9] = [
-    ("jwt_secret_file", "PUSHWIRE_JWT_SECRET_FILE"),
-    ("jwt_secret", "PUSHWIRE_JWT_SECRET"),
-    ("push_secret_file", "PUSHWIRE_PUSH_SECRET_FILE"),
-    ("push_secret", "PUSHWIRE_PUSH_SECRET"),
-    ("allowed_origins", "PUSHWIRE_ALLOWED_ORIGINS"),
-    ("push_allow", "PUSHWIRE_PUSH_ALLOW"),
-    ("trusted_proxies", "PUSHWIRE_TRUSTED_PROXIES"),
-    ("tls_cert", "PUSHWIRE_TLS_CERT"),
-    ("tls_key", "PUSHWIRE_TLS_KEY"),
-];
-
 /// The reloadable settings given on the command line: a reload keeps them, whatever the
 /// env file says (a flag is the operator's explicit choice for this process).
-struct Pinned(Vec<&'static str>);
+fn pinned(m: &clap::ArgMatches) -> Vec<Setting> {
+    let cmd = Args::command();
+    pushwire::reload::VARIABLES
+        .iter()
+        .filter(|(var, _)| {
+            cmd.get_arguments().any(|a| {
+                a.get_env().is_some_and(|e| e == *var)
+                    && m.value_source(a.get_id().as_str()) == Some(ValueSource::CommandLine)
+            })
+        })
+        .map(|&(_, setting)| setting)
+        .collect()
+}
 
-impl Pinned {
-    fn from_matches(m: &clap::ArgMatches) -> Pinned {
-        Pinned(
-            RELOADABLE
-                .iter()
-                .map(|(id, _)| *id)
-                .filter(|id| m.value_source(id) == Some(ValueSource::CommandLine))
-                .collect(),
-        )
-    }
-
-    fn has(&self, id: &str) -> bool {
-        self.0.contains(&id)
+/// The reloadable settings as the flags and environment give them.
+fn sources(args: &Args) -> Sources {
+    Sources {
+        jwt_secret: SecretSource::given(
+            args.jwt_secret_file.as_deref(),
+            args.jwt_secret.as_deref(),
+        ),
+        push_secret: SecretSource::given(
+            args.push_secret_file.as_deref(),
+            args.push_secret.as_deref(),
+        ),
+        allowed_origins: args.allowed_origins.clone().and_then(|o| o.0),
+        push_allow: args.push_allow.clone().and_then(|a| a.0),
+        trusted_proxies: args.trusted_proxies.0.clone(),
+        tls_cert: args.tls_cert.clone(),
+        tls_key: args.tls_key.clone(),
     }
 }
 
-/// SIGHUP: re-reads the secret files and the TLS files (and, with --reload-env-file, the
-/// reloadable settings from that file) and swaps them in; established connections stay.
-/// Any error (a missing file, an empty secret, a bad certificate or network list)
-/// changes nothing and is logged with the reason.
-fn reload(args: &Args, pinned: &Pinned, ctx: &pushwire::state::State) {
-    let applied = reloaded_args(args, pinned).and_then(|args| {
-        let next = pushwire::reloadable::Reloadable {
-            jwt_secret: secret(args.jwt_secret_file.as_ref(), args.jwt_secret.as_ref())
-                .map_err(|e| format!("JWT secret: {e}"))?,
-            push_secret: secret(args.push_secret_file.as_ref(), args.push_secret.as_ref())
-                .map_err(|e| format!("push secret: {e}"))?,
-            allowed_origins: args.allowed_origins.clone(),
-            push_allow: args.push_allow.clone().map(|n| n.0),
-            trusted_proxies: args.trusted_proxies.0.clone(),
-        };
-        let tls = tls_files(&args)?;
-        ctx.reload(next, tls.as_ref())
-    });
-    match applied {
-        Ok(changed) if changed.is_empty() => info!("reloaded: nothing changed"),
-        Ok(changed) => info!(changed = %changed.join(", "), "reloaded"),
-        Err(err) => error!(error = %err, "reload failed; the settings in use stay"),
-    }
-}
-
-/// `args` with the reloadable settings that were not flags taken from
-/// --reload-env-file (absent there: unset).
-fn reloaded_args(args: &Args, pinned: &Pinned) -> Result<Args, String> {
-    let mut next = args.clone();
-    let Some(path) = &args.reload_env_file else {
-        return Ok(next);
-    };
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("--reload-env-file {}: {e}", path.display()))?;
-    let vars = env_file(&text);
-    let get = |name: &str| {
-        vars.iter()
-            .rev()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.clone())
-    };
-    for (id, env) in RELOADABLE {
-        if pinned.has(id) {
-            continue;
-        }
-        if id == "trusted_proxies" {
-            // Empty means nobody here, as on the command line; absent, the default.
-            let value = get(env).unwrap_or_else(|| DEFAULT_TRUSTED_PROXIES.to_owned());
-            next.trusted_proxies = parse_trusted(&value).map_err(|e| format!("{env}: {e}"))?;
-            continue;
-        }
-        let value = get(env).filter(|v| !v.is_empty());
-        match id {
-            "jwt_secret_file" => next.jwt_secret_file = value.map(PathBuf::from),
-            "jwt_secret" => next.jwt_secret = value,
-            "push_secret_file" => next.push_secret_file = value.map(PathBuf::from),
-            "push_secret" => next.push_secret = value,
-            "allowed_origins" => {
-                next.allowed_origins = value.map(|v| v.split(',').map(str::to_owned).collect());
-            }
-            "push_allow" => {
-                next.push_allow = value
-                    .map(|v| parse_nets(&v).map_err(|e| format!("{env}: {e}")))
-                    .transpose()?;
-            }
-            "tls_cert" => next.tls_cert = value.map(PathBuf::from),
-            "tls_key" => next.tls_key = value.map(PathBuf::from),
-            _ => unreachable!("every reloadable id is handled"),
-        }
-    }
-    if next.jwt_secret.is_some() && next.jwt_secret_file.is_some() {
-        return Err("both PUSHWIRE_JWT_SECRET and PUSHWIRE_JWT_SECRET_FILE are set".into());
-    }
-    if next.push_secret.is_some() && next.push_secret_file.is_some() {
-        return Err("both PUSHWIRE_PUSH_SECRET and PUSHWIRE_PUSH_SECRET_FILE are set".into());
-    }
-    Ok(next)
+/// SIGHUP's memory: the settings in force, the reload env file, what it may not change.
+fn reloader(args: &Args, pinned: Vec<Setting>) -> Reloader {
+    let known = Args::command()
+        .get_arguments()
+        .filter_map(|a| a.get_env())
+        .map(|e| e.to_string_lossy().into_owned())
+        .collect();
+    Reloader::new(args.reload_env_file.clone(), sources(args), pinned, known)
 }
 
 /// The TLS files the flags name; both or neither.
 fn tls_files(args: &Args) -> Result<Option<pushwire::tls::TlsFiles>, String> {
-    match (&args.tls_cert, &args.tls_key) {
-        (Some(cert), Some(key)) => Ok(Some(pushwire::tls::TlsFiles {
-            cert: cert.clone(),
-            key: key.clone(),
-        })),
-        (None, None) => Ok(None),
-        _ => Err("--tls-cert and --tls-key go together".into()),
-    }
+    Ok(sources(args)
+        .tls()?
+        .map(|(cert, key)| pushwire::tls::TlsFiles { cert, key }))
 }
 
-/// `KEY=VALUE` lines as systemd's `EnvironmentFile=` reads them (the common subset):
-/// blank lines and `#`/`;` comments skipped, whitespace around the key and the value
-/// trimmed, one pair of matching single or double quotes removed.
-fn env_file(text: &str) -> Vec<(String, String)> {
-    text.lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty() && !l.starts_with('#') && !l.starts_with(';'))
-        .filter_map(|l| l.split_once('='))
-        .map(|(k, v)| {
-            let v = v.trim();
-            let unquoted = [b'"', b'\'']
-                .iter()
-                .find_map(|&q| {
-                    let b = v.as_bytes();
-                    (b.len() >= 2 && b[0] == q && b[b.len() - 1] == q).then(|| &v[1..v.len() - 1])
-                })
-                .unwrap_or(v);
-            (k.trim().to_owned(), unquoted.to_owned())
-        })
-        .collect()
+/// `--allowed-origins` (`None`: any).
+#[derive(Debug, Clone)]
+struct Origins(Option<Vec<String>>);
+
+fn parse_origins(s: &str) -> Result<Origins, String> {
+    Ok(Origins(pushwire::reload::parse_origins(s)))
+}
+
+/// `--push-allow` (`None`: anyone).
+#[derive(Debug, Clone)]
+struct PushAllow(Option<Vec<Cidr>>);
+
+fn parse_push_allow(s: &str) -> Result<PushAllow, String> {
+    pushwire::reload::parse_push_allow(s).map(PushAllow)
 }
 
 /// A comma-separated network list, parsed by the same (fuzzed) parser the library tests.
 #[derive(Debug, Clone)]
 struct Nets(Vec<Cidr>);
 
-fn parse_nets(s: &str) -> Result<Nets, String> {
-    pushwire::access::parse_cidrs(s).map(Nets)
-}
-
 /// `--trusted-proxies`: networks, or `none` (an empty list too) for nobody.
 /// Loopback: nginx on the same host.
 const DEFAULT_TRUSTED_PROXIES: &str = "127.0.0.0/8,::1/128";
 
 fn parse_trusted(s: &str) -> Result<Nets, String> {
-    if s.trim().eq_ignore_ascii_case("none") {
-        return Ok(Nets(Vec::new()));
-    }
-    parse_nets(s)
+    pushwire::reload::parse_trusted_proxies(s).map(Nets)
 }
 
 fn parse_mode(s: &str) -> Result<u32, String> {
     u32::from_str_radix(s, 8).map_err(|e| format!("{s:?} is not an octal mode: {e}"))
-}
-
-/// A secret from a file (trailing newline ignored) or a literal.
-fn secret(file: Option<&PathBuf>, literal: Option<&String>) -> std::io::Result<Option<Secret>> {
-    if let Some(path) = file {
-        let bytes = std::fs::read(path)
-            .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
-        let trimmed = bytes.trim_ascii_end();
-        if trimmed.is_empty() {
-            return Err(std::io::Error::other(format!(
-                "{}: empty secret",
-                path.display()
-            )));
-        }
-        return Ok(Some(Secret::new(trimmed)));
-    }
-    Ok(literal
-        .filter(|s| !s.is_empty())
-        .map(|s| Secret::new(s.as_bytes())))
 }
 
 fn config_from(args: &Args) -> std::io::Result<pushwire::Config> {
@@ -844,8 +748,9 @@ fn config_from(args: &Args) -> std::io::Result<pushwire::Config> {
     if let Some(err) = err {
         warn!(%err, "cannot raise the open-files limit");
     }
-    let jwt_secret = secret(args.jwt_secret_file.as_ref(), args.jwt_secret.as_ref())?;
-    let push_secret = secret(args.push_secret_file.as_ref(), args.push_secret.as_ref())?;
+    let given = sources(args);
+    let jwt_secret = given.jwt_secret.read().map_err(std::io::Error::other)?;
+    let push_secret = given.push_secret.read().map_err(std::io::Error::other)?;
     if jwt_secret.is_none() {
         info!("no JWT secret: the first frame is trusted as the uid");
     }
@@ -926,12 +831,12 @@ fn unvalidated_config(
         max_group_members: args.max_group_members,
         max_list_uids: args.max_list_uids,
         jwt_secret,
-        allowed_origins: args.allowed_origins.clone(),
+        allowed_origins: args.allowed_origins.clone().and_then(|o| o.0),
         max_connections_per_ip: args.max_connections_per_ip,
         max_pending_handshakes: args.max_pending_handshakes.unwrap_or(0),
         max_pending_per_ip: args.max_pending_per_ip,
         trusted_proxies: args.trusted_proxies.0.clone(),
-        push_allow: args.push_allow.clone().map(|n| n.0),
+        push_allow: args.push_allow.clone().and_then(|a| a.0),
         push_secret,
         push_idle_timeout: (args.push_idle_timeout_ms > 0)
             .then(|| Duration::from_millis(args.push_idle_timeout_ms)),
@@ -1032,8 +937,10 @@ mod check_config {
 
     use clap::CommandFactory;
 
+    use pushwire::reload::{SecretSource, Setting};
+
     use super::{
-        Args, exposed_doors, http_addr, listen, raise_nofile, secret, unvalidated_config,
+        Args, exposed_doors, http_addr, listen, raise_nofile, reloader, unvalidated_config,
         ws_overcommit,
     };
 
@@ -1094,7 +1001,7 @@ mod check_config {
     }
 
     /// Everything the daemon checks at start, short of serving.
-    pub fn run(args: &Args, bind: bool) -> ExitCode {
+    pub fn run(args: &Args, pinned: &[Setting], bind: bool) -> ExitCode {
         let mut problems = Vec::new();
         let mut warnings = Vec::new();
 
@@ -1104,12 +1011,12 @@ mod check_config {
             warnings.push(format!("cannot raise the open-files limit: {err}"));
         }
 
-        let mut secret_of = |long: &str, file, literal: &Option<String>| {
+        let mut secret_of = |long: &str, file: Option<&Path>, literal: &Option<String>| {
             if literal.as_deref() == Some("") {
                 let literal = long.strip_suffix("-file").unwrap_or(long);
                 warnings.push(format!("{} is empty: no secret is set", label(literal)));
             }
-            match secret(file, literal.as_ref()) {
+            match SecretSource::given(file, literal.as_deref()).read() {
                 Ok(s) => Ok(s),
                 Err(e) => {
                     problems.push(format!("{}: {e}", label(long)));
@@ -1119,12 +1026,12 @@ mod check_config {
         };
         let jwt = secret_of(
             "jwt-secret-file",
-            args.jwt_secret_file.as_ref(),
+            args.jwt_secret_file.as_deref(),
             &args.jwt_secret,
         );
         let push = secret_of(
             "push-secret-file",
-            args.push_secret_file.as_ref(),
+            args.push_secret_file.as_deref(),
             &args.push_secret,
         );
         let secrets_known = jwt.is_ok() && push.is_ok();
@@ -1163,12 +1070,20 @@ mod check_config {
             problems.push(format!("{}: {e}", label("tls-cert")));
         }
 
-        // What the next reload would read must parse now (a flag wins over the file, as
-        // in the daemon; here every value is treated as the file's).
-        if args.reload_env_file.is_some()
-            && let Err(e) = super::reloaded_args(args, &super::Pinned(Vec::new()))
-        {
-            problems.push(format!("{}: {e}", label("reload-env-file")));
+        // What the next reload would apply must be good now: the same reading of the
+        // file, refused for the same reasons. (Its secret files are read only when the
+        // ones in use were: a bad one is reported once, above.)
+        if args.reload_env_file.is_some() {
+            let next = reloader(args, pinned.to_vec()).next();
+            let applied = next.and_then(|next| {
+                if secrets_known {
+                    next.sources.resolve()?;
+                }
+                next.sources.tls().map(drop)
+            });
+            if let Err(e) = applied {
+                problems.push(format!("{}: {e}", label("reload-env-file")));
+            }
         }
 
         if let Some(path) = &args.push_unix

@@ -11,7 +11,7 @@ use crate::config::Config;
 use crate::dedupe::Dedupe;
 use crate::metrics::{Gauges, Metric, Metrics};
 use crate::registry::Registry;
-use crate::reloadable::Reloadable;
+use crate::reloadable::{Change, Reloadable};
 use crate::tls::{Acceptor, TlsFiles};
 
 /// What every connection task shares.
@@ -98,15 +98,11 @@ impl State {
     /// changes. `tls` must be `Some` exactly when the port already serves TLS (turning
     /// TLS on or off needs a restart: the port's scheme would change under the browsers).
     /// Returns what changed, for the log.
-    pub fn reload(
-        &self,
-        next: Reloadable,
-        tls: Option<&TlsFiles>,
-    ) -> Result<Vec<&'static str>, String> {
+    pub fn reload(&self, next: Reloadable, tls: Option<&TlsFiles>) -> Result<Vec<Change>, String> {
         let mut changed = match (&self.tls, tls) {
             (Some(acceptor), Some(files)) => {
                 acceptor.reload(files)?;
-                vec!["tls certificate"]
+                vec![Change::TLS]
             }
             (None, None) => Vec::new(),
             (None, Some(_)) => return Err("TLS cannot be turned on by a reload: restart".into()),

@@ -452,11 +452,15 @@ impl Checked {
 
 /// `pushwire FLAGS... check-config` with exactly `env` as its environment.
 fn check_config(flags: &[&str], env: &[(&str, &str)]) -> Checked {
+    check_config_argv(&[flags, &["check-config"]].concat(), env)
+}
+
+/// `pushwire ARGV...` (which names `check-config` somewhere) with exactly `env`.
+fn check_config_argv(argv: &[&str], env: &[(&str, &str)]) -> Checked {
     let out = Command::new(env!("CARGO_BIN_EXE_pushwire"))
         .env_clear()
         .envs(env.iter().copied())
-        .args(flags)
-        .arg("check-config")
+        .args(argv)
         .stdin(Stdio::null())
         .output()
         .expect("run pushwire check-config");
