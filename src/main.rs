@@ -1,5 +1,6 @@
 //! The `pushwire` binary: parse flags, set up logging and limits, bind, run, exit.
 
+use std::ffi::OsString;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -43,12 +44,7 @@ struct Args {
 
     /// Address backends push to. Loopback by default: whoever can reach this port can push
     /// to any user, so binding a public address is an explicit choice.
-    #[arg(
-        long,
-        env = "PUSHWIRE_PUSH_LISTEN",
-        default_value = "127.0.0.1:5678",
-        global = true
-    )]
+    #[arg(long, env = "PUSHWIRE_PUSH_LISTEN", default_value = "127.0.0.1:5678")]
     push_listen: SocketAddr,
 
     /// Address of the HTTP door (POST /push, web-msg-sender's /?type=publish, /metrics,
@@ -276,7 +272,7 @@ struct Args {
 
     /// File holding a shared secret TCP backends must send first as `/auth SECRET`
     /// (`none`: no secret).
-    #[arg(long, env = "PUSHWIRE_PUSH_SECRET_FILE", global = true)]
+    #[arg(long, env = "PUSHWIRE_PUSH_SECRET_FILE")]
     push_secret_file: Option<PathBuf>,
 
     /// The push secret itself (prefer the env var or --push-secret-file; `none`: no
@@ -285,14 +281,13 @@ struct Args {
         long,
         env = "PUSHWIRE_PUSH_SECRET",
         hide_env_values = true,
-        conflicts_with = "push_secret_file",
-        global = true
+        conflicts_with = "push_secret_file"
     )]
     push_secret: Option<String>,
 
     /// Also accept backends on this Unix socket (e.g. /run/pushwire/push.sock); its file
     /// permissions decide who may push, and no /auth line is needed on it.
-    #[arg(long, env = "PUSHWIRE_PUSH_UNIX", global = true)]
+    #[arg(long, env = "PUSHWIRE_PUSH_UNIX")]
     push_unix: Option<PathBuf>,
 
     /// Permissions of the --push-unix socket file, in octal.
@@ -330,8 +325,9 @@ enum LogFormat {
     Json,
 }
 
-/// Subcommands: a client of a running daemon, found by the daemon's own flags and
-/// environment (so `sudo pushwire status` works with the installed env file).
+/// Subcommands: a client of a running daemon, found by the daemon's own flags (before or
+/// after the subcommand) and environment (so `sudo pushwire status` works with the
+/// installed env file).
 #[derive(Debug, Clone, Subcommand)]
 enum Control {
     /// Uptime, connections, uids, groups, pushes (totals and per second), evictions,
@@ -367,7 +363,7 @@ enum Control {
     /// Check the settings as the daemon would at start, without starting (`config ok`,
     /// exit 0; or one line per problem, exit 1).
     ///
-    /// The settings are the daemon's flags (given before `check-config`) and PUSHWIRE_*
+    /// The settings are the daemon's flags (before or after `check-config`) and PUSHWIRE_*
     /// environment: every value parses, secret files are readable and not empty, the
     /// --push-unix directory takes a socket, every listen address can be bound right now
     /// (then released), --redis is a redis://, rediss:// or redis-cluster:// URL (Redis is
@@ -397,9 +393,51 @@ fn parse_listen(s: &str) -> Result<Listen, String> {
         .map_err(|e| format!("{s:?} is neither an address nor `off`: {e}"))
 }
 
+/// The command line with the daemon's flags that follow a subcommand moved before it, so
+/// that `pushwire check-config --ws-listen ADDR` means `pushwire --ws-listen ADDR
+/// check-config` (and `status`, `push`... find the daemon the same way). Clap's `global`
+/// flags would not do: each level reads the environment again, and a bad variable would
+/// be refused on one side although the flag on the other overrides it. Nothing after a
+/// `--` moves.
+fn daemon_flags_first(argv: impl IntoIterator<Item = OsString>) -> Vec<OsString> {
+    let cmd = Args::command();
+    // Some(whether its value is the next word) for a daemon flag.
+    let daemon_flag = |word: &OsString| {
+        let name = word.to_str()?.strip_prefix("--")?;
+        let (name, inline) = name
+            .split_once('=')
+            .map_or((name, false), |(n, _)| (n, true));
+        let arg = cmd.get_arguments().find(|a| a.get_long() == Some(name))?;
+        Some(!inline && arg.get_action().takes_values())
+    };
+    let mut words = argv.into_iter();
+    let mut front: Vec<OsString> = words.next().into_iter().collect();
+    let mut back = Vec::new();
+    while let Some(word) = words.next() {
+        if let Some(value_follows) = daemon_flag(&word) {
+            front.push(word);
+            if value_follows {
+                front.extend(words.next());
+            }
+            continue;
+        }
+        let in_subcommand = !back.is_empty() || !word.as_encoded_bytes().starts_with(b"-");
+        if word == "--" {
+            back.push(word);
+            back.extend(words.by_ref());
+        } else if in_subcommand {
+            back.push(word);
+        } else {
+            front.push(word);
+        }
+    }
+    front.extend(back);
+    front
+}
+
 fn main() -> ExitCode {
     let parsed = Args::command()
-        .try_get_matches()
+        .try_get_matches_from(daemon_flags_first(std::env::args_os()))
         .and_then(|m| Args::from_arg_matches(&m).map(|args| (args, m)));
     let (args, matches) = match parsed {
         Ok(parsed) => parsed,
@@ -988,12 +1026,7 @@ mod check_config {
                 problems.push(format!("{}: {}", env.to_string_lossy(), one_line(&e)));
             }
         }
-        let mut first = one_line(err);
-        if err.kind() == clap::error::ErrorKind::UnknownArgument {
-            first.push_str(
-                " (the daemon's flags go before it: pushwire --ws-listen ADDR check-config)",
-            );
-        }
+        let first = one_line(err);
         if !problems.iter().any(|p| p.ends_with(&first)) {
             problems.insert(0, first);
         }

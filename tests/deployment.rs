@@ -673,6 +673,63 @@ fn check_config_refuses_a_busy_port_naming_flag_and_address() {
     drop(busy);
 }
 
+/// The daemon's flags mean the same after the subcommand as before it
+/// (`pushwire check-config --ws-listen ADDR`), each of them, mixed in any order.
+#[test]
+fn daemon_flags_are_taken_after_the_subcommand_too() {
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = busy.local_addr().unwrap().to_string();
+    let after = |flags: &[&str]| check_config_argv(&[&["check-config"], flags].concat(), &[]);
+    after(&[
+        "--ws-listen",
+        &addr,
+        "--push-listen",
+        "127.0.0.1:0",
+        "--http-listen",
+        "off",
+    ])
+    .assert_refused(&[&["--ws-listen", &addr, "in use"]]);
+    after(&[
+        "--ws-listen",
+        "127.0.0.1:0",
+        "--push-listen",
+        "127.0.0.1:0",
+        "--http-listen",
+        &addr,
+    ])
+    .assert_refused(&[&["--http-listen", &addr, "in use"]]);
+    // Some before, some after, the subcommand's own flag among them.
+    check_config_argv(
+        &[
+            "--ws-listen",
+            "127.0.0.1:0",
+            "check-config",
+            "--queue-depth",
+            "0",
+            "--push-listen",
+            "127.0.0.1:0",
+            "--no-bind",
+            "--http-listen",
+            &addr,
+        ],
+        &[],
+    )
+    .assert_ok(&["--queue-depth 0 is raised", "capped at 1"]);
+    after(&["--no-bind", "--push-allow", "10.0.0.0/8,nonsense"])
+        .assert_refused(&[&["--push-allow", "nonsense"]]);
+    // A flag after it wins over its variable, as one before it does.
+    check_config_argv(
+        &["check-config", "--no-bind", "--push-allow=10.0.0.0/8"],
+        &[("PUSHWIRE_PUSH_ALLOW", "10.0.0.0/33")],
+    )
+    .assert_ok(&[]);
+    let secret = Scratch::new("after");
+    let missing = secret.path("missing");
+    after(&["--no-bind", "--jwt-secret-file", &missing])
+        .assert_refused(&[&["--jwt-secret-file", "missing"]]);
+    drop(busy);
+}
+
 #[test]
 fn check_config_refuses_bad_redis_urls_and_unix_paths_one_line_each() {
     let dir = Scratch::new("unix");
