@@ -168,7 +168,8 @@ echo "ok  systemd-analyze security: $(grep -o 'Overall exposure level.*' <<<"$ou
 
 # --- upgrade: the admin's edits to the conffile survive ----------------------------------
 step "upgrade to revision 2 over an edited $env_file"
-marker="PUSHWIRE_LOG_FORMAT=json # edited by check-package.sh"
+# A comment line: the env file parser refuses inline comments (docs/deployment.md, Reload).
+marker="# edited by check-package.sh"
 as_root sh -c "echo '$marker' >> '$env_file'"
 deb2="$(cargo deb --no-build --deb-revision 2 | tail -n 1)"
 [[ -f $deb2 && $deb2 != "$deb" ]] || die "cargo deb --deb-revision 2 built no new package ($deb2)"
