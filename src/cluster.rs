@@ -18,10 +18,20 @@
 //! - **Redis unreachable**: local delivery goes on; a publish that fails or times out
 //!   leaves the reply to local delivery (a plain line answers `fail` if nothing here took
 //!   it). `/push` says `unavailable` only for a publish that never left this node (Redis
-//!   known down, the queue full, or the client refused it unwritten), and `partial` for
-//!   one handed to the Redis client and unanswered (in doubt: Redis may have run it, or
-//!   the client may write it after reconnecting). The client reconnects with exponential
-//!   backoff and jitter and re-subscribes everything (fred's `manage_subscriptions`).
+//!   known down or not answering, the queue full, its wait over before it was taken, or
+//!   the client refused it unwritten), and `partial` for one handed to the Redis client
+//!   and unanswered (in doubt: Redis may have run it, or the client may write it after
+//!   reconnecting). The client reconnects with exponential backoff and jitter and
+//!   re-subscribes everything (fred's `manage_subscriptions`).
+//! - **Redis not answering** (stopped, paused, a cut link): an open connection is not a
+//!   Redis that answers. A probe or a publish left unanswered for the timeout makes the
+//!   node count Redis as down until a probe is answered ([`probe`]): nothing more is
+//!   written (so the doubt is one batch, not the whole stall), replies come at once,
+//!   `/readyz` says degraded. A cut link's connections are closed by the kernel within
+//!   the link timeout and opened again ([`link_tcp`]).
+//! - **Redis that lost its data** (restarted without persistence): each node raises a
+//!   counter on every primary with each beat; one that went back is logged, and v1 tabs
+//!   resync ([`check_epochs`]).
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
@@ -54,8 +64,12 @@ const PIPELINE_MAX: usize = 1024;
 pub struct ClusterConfig {
     /// `redis://host:port[/db]` or `rediss://` (TLS).
     pub url: String,
-    /// Longest a reply waits for Redis and the holders' answers.
+    /// Longest a reply waits for Redis and the holders' answers; Redis not answering for
+    /// this long is taken as down until it answers again ([`probe`]).
     pub timeout: Duration,
+    /// Longest a connection to Redis may take to open, or go with its data
+    /// unacknowledged before the kernel closes it ([`link_tcp`]).
+    pub link_timeout: Duration,
     /// Publishes that may wait for the publisher task; past it a push is answered from
     /// local delivery alone (as if Redis were down), so memory stays bounded.
     pub publish_queue: usize,
@@ -199,6 +213,14 @@ pub struct Cluster {
     /// published (a holder's answer sent before that would be lost, and a push that was
     /// delivered would be answered `fail`).
     up: AtomicBool,
+    /// Redis answered within `timeout` when last asked ([`probe`], the publisher): a
+    /// connection that stays open to a Redis that does not answer (stopped, paused, or a
+    /// cut link TCP has not given up on yet) counts as down, so nothing more is written
+    /// to it and replies are given at once.
+    answering: AtomicBool,
+    /// Each primary's data epoch as this node last raised it, by a slot the primary
+    /// serves ([`check_epochs`]): one not above it means that primary lost its data.
+    epochs: Mutex<HashMap<u16, u64>>,
     /// Ends the background tasks ([`Cluster::stop`]).
     stop: tokio_util::sync::CancellationToken,
 }
@@ -210,9 +232,10 @@ struct Outgoing {
     /// (`message` is then the payload).
     numbered: Option<Numbered>,
     done: Option<oneshot::Sender<Result<Published, Unanswered>>>,
-    /// When its reply stops waiting, for a publish not sent after it (`None`: nobody
-    /// waits, or a fan-out member, sent whenever it can be).
-    deadline: Option<tokio::time::Instant>,
+    /// The request whose reply must still wait for it to be sent (see [`take_waited`]);
+    /// `None`: nobody waits (a holder's answers), or a fan-out member, sent whenever it
+    /// can be.
+    waits: Option<u64>,
 }
 
 /// A push to run through the numbering script.
@@ -246,6 +269,9 @@ struct Waiting {
     /// What answers carried beyond their counts (`/uids` pages).
     bodies: Vec<Bytes>,
     done: Option<oneshot::Sender<()>>,
+    /// Its publish was handed to the Redis client (set by the publisher under the same
+    /// lock the reply takes when it stops waiting, so exactly one of them decides).
+    sent: bool,
 }
 
 impl Waiting {
@@ -277,13 +303,18 @@ impl Cluster {
         let mut builder = Builder::from_config(redis);
         builder
             .with_performance_config(|p| {
+                // A command serves a reply: it waits no longer than the reply does.
                 p.default_command_timeout = config.timeout;
                 // Messages from Redis wait here for the one task that handles them; a
                 // burst beyond it is lost (and logged), so it holds a pipelined burst.
                 p.broadcast_channel_capacity = config.message_buffer.max(1);
             })
             .with_connection_config(|c| {
-                c.connection_timeout = config.timeout;
+                // Opening a link (TCP, TLS, AUTH, HELLO) has its own bound: a small
+                // `--cluster-timeout-ms` must not keep a distant Redis from ever linking.
+                c.connection_timeout = config.link_timeout;
+                c.internal_command_timeout = config.link_timeout;
+                c.tcp = link_tcp(config.link_timeout);
                 // Each connection is named after its client (`CLIENT SETNAME`), so a cut-off
                 // node's subscriber connections can be found and closed (`reap`).
                 c.auto_client_setname = true;
@@ -313,6 +344,8 @@ impl Cluster {
             wake: Notify::new(),
             subscribed: Mutex::default(),
             up: AtomicBool::new(false),
+            answering: AtomicBool::new(true),
+            epochs: Mutex::default(),
             stop: tokio_util::sync::CancellationToken::new(),
         });
         registry.set_presence(Arc::new(Hook(Arc::downgrade(&cluster))));
@@ -341,6 +374,7 @@ impl Cluster {
             tokio::spawn(keep_histories(cluster.clone())),
             tokio::spawn(report_errors(errors)),
             tokio::spawn(beat(cluster.clone())),
+            tokio::spawn(probe(cluster.clone())),
         ] {
             let stop = cluster.stop.clone();
             tokio::spawn(async move {
@@ -371,9 +405,21 @@ impl Cluster {
         &self.node
     }
 
-    /// True while both Redis connections are up.
+    /// True while both Redis connections are up and Redis answers.
     pub fn is_up(&self) -> bool {
-        self.up.load(Relaxed)
+        self.up.load(Relaxed) && self.answering.load(Relaxed)
+    }
+
+    /// Why this node cannot reach the rest of the cluster now (`None`: it can), for
+    /// `/readyz`.
+    pub fn trouble(&self) -> Option<&'static str> {
+        if !self.up.load(Relaxed) {
+            Some("redis unreachable")
+        } else if !self.answering.load(Relaxed) {
+            Some("redis not answering")
+        } else {
+            None
+        }
     }
 
     /// Publishes `payload` to the other holders of `uid` and waits (bounded) for their
@@ -547,13 +593,21 @@ impl Cluster {
                 message,
                 numbered,
                 done: Some(count_tx),
-                deadline: (late == Late::Drop).then_some(deadline),
+                waits: (late == Late::Drop).then_some(req),
             })
         };
         let this = self.clone();
         async move {
-            let unanswered = |this: &Cluster, why: Unanswered| {
-                this.lock_waiting().remove(&req);
+            // `None`: the publisher said nothing in time. Then the publish is in doubt
+            // if it was handed to the Redis client (or will be: a fan-out member's is sent
+            // late), and never sent otherwise: the publisher drops one whose reply is gone.
+            let unanswered = |this: &Cluster, why: Option<Unanswered>| {
+                let entry = this.lock_waiting().remove(&req);
+                let why = why.unwrap_or(if late == Late::Send || entry.is_some_and(|w| w.sent) {
+                    Unanswered::InDoubt
+                } else {
+                    Unanswered::NotSent
+                });
                 let remote = Remote {
                     unavailable: why == Unanswered::NotSent,
                     in_doubt: why == Unanswered::InDoubt,
@@ -562,14 +616,12 @@ impl Cluster {
                 (remote, Vec::new())
             };
             if queued.is_err() {
-                return unanswered(&this, Unanswered::NotSent);
+                return unanswered(&this, Some(Unanswered::NotSent));
             }
-            // Past the deadline the publish is in doubt: the publisher may have handed
-            // it to the Redis client already (it skips one whose wait is over, below).
             let published = match tokio::time::timeout_at(deadline, count_rx).await {
                 Ok(Ok(Ok(p))) => p,
-                Ok(Ok(Err(why))) => return unanswered(&this, why),
-                Ok(Err(_)) | Err(_) => return unanswered(&this, Unanswered::InDoubt),
+                Ok(Ok(Err(why))) => return unanswered(&this, Some(why)),
+                Ok(Err(_)) | Err(_) => return unanswered(&this, None),
             };
             let receivers = usize::try_from(published.receivers).unwrap_or(0);
             let (at, queued) = (published.at, published.queued);
@@ -795,10 +847,17 @@ impl Cluster {
             Ok(Ok(None)) => RemoteClaim::Fresh(key),
             Ok(Ok(Some(first))) => RemoteClaim::Duplicate(parse_first(&first)),
             Ok(Err(err)) => {
+                if *err.kind() == fred::error::ErrorKind::Timeout {
+                    self.not_answering("a retry claim");
+                }
                 debug!(%err, "retry claim failed: this node's memory decides");
                 RemoteClaim::Down
             }
-            Err(_) => RemoteClaim::Down,
+            // Not answered in time: the push itself must not wait a second timeout.
+            Err(_) => {
+                self.not_answering("a retry claim");
+                RemoteClaim::Down
+            }
         }
     }
 
@@ -806,6 +865,9 @@ impl Cluster {
     /// window; `None`: forgotten, so a retry runs). Bounded by `--cluster-timeout-ms`;
     /// a failure leaves the claim `pending` until its window ends.
     pub async fn settle(&self, key: String, first: Option<crate::dedupe::First>) {
+        if !self.is_up() {
+            return;
+        }
         let cmd = match first {
             Some(f) => self.cmd.custom::<Value, _>(
                 fred::cmd!("SET"),
@@ -963,6 +1025,9 @@ impl Cluster {
     /// How many tabs (connections, on any node) acknowledged `uid`'s message `at`; 0
     /// when Redis cannot tell.
     pub async fn acks(&self, uid: &str, at: Position) -> usize {
+        if !self.is_up() {
+            return 0;
+        }
         let (slot, key) = ch::acks_key(uid, &uid_channel(uid));
         let args: Vec<Value> = vec![
             ch::ACKS_SCRIPT.into(),
@@ -1255,7 +1320,16 @@ async fn reconcile(cluster: Arc<Cluster>) {
 /// Each publish's answer says whether it left: a receiver count, [`Unanswered::NotSent`]
 /// when the Redis client refused it before writing it (see [`not_sent`]), otherwise
 /// [`Unanswered::InDoubt`]. A publish whose reply stopped waiting before it was taken
-/// here is dropped unsent (its push was already answered in doubt).
+/// here is dropped unsent (its push was answered as never sent: [`take_waited`]).
+///
+/// # Bounding the doubt
+/// Nothing is written while Redis is down or not answering: everything taken then is
+/// refused unsent ([`Unanswered::NotSent`]). A stalled Redis (stopped, paused, busy)
+/// keeps its connections open and runs all it was sent once it resumes, so a publisher
+/// that went on writing would have every push of the stall answered `fail` and then
+/// delivered. Here only the batch in flight when it stalled is in doubt: the next waits
+/// behind it, and once that batch goes unanswered for `--cluster-timeout-ms` the node
+/// stops writing ([`Cluster::not_answering`]) until Redis answers a probe again.
 async fn publisher(cluster: Arc<Cluster>, mut queue: mpsc::Receiver<Outgoing>) {
     let mut batch = Vec::with_capacity(PIPELINE_MAX);
     // A publish is sent once or not at all: never held while Redis is down (fail fast)
@@ -1268,7 +1342,11 @@ async fn publisher(cluster: Arc<Cluster>, mut queue: mpsc::Receiver<Outgoing>) {
         ..Default::default()
     };
     while queue.recv_many(&mut batch, PIPELINE_MAX).await > 0 {
-        drop_late(&mut batch, tokio::time::Instant::now());
+        if !cluster.is_up() {
+            refuse(&mut batch);
+            continue;
+        }
+        take_waited(&mut batch, &mut cluster.lock_waiting());
         if batch.is_empty() {
             continue;
         }
@@ -1324,6 +1402,12 @@ async fn publisher(cluster: Arc<Cluster>, mut queue: mpsc::Receiver<Outgoing>) {
                 .custom(script_command("EVAL", n.slot), args)
                 .await;
         }
+        if results.iter().any(|r| {
+            r.as_ref()
+                .is_err_and(|e| *e.kind() == fred::error::ErrorKind::Timeout)
+        }) {
+            cluster.not_answering("a publish");
+        }
         // Fewer answers than publishes: fred failed the whole pipeline with one error.
         let whole = (results.len() != batch.len()).then(|| match results.as_slice() {
             _ if !queued => Unanswered::NotSent,
@@ -1358,16 +1442,37 @@ async fn publisher(cluster: Arc<Cluster>, mut queue: mpsc::Receiver<Outgoing>) {
     }
 }
 
-/// Takes out of `batch` the publishes whose reply stopped waiting before `now` (answered
-/// [`Unanswered::NotSent`]: they are not sent). Fan-out members carry no deadline and stay.
-fn drop_late(batch: &mut Vec<Outgoing>, now: tokio::time::Instant) {
+/// Keeps in `batch` the publishes still to be sent, each marked as handed to the Redis
+/// client ([`Waiting::sent`]) under the lock its reply takes when it stops waiting: one
+/// whose reply has stopped waiting is dropped here, unsent, and that reply said so
+/// (`unavailable`, never `partial`). Fan-out members and answers (`waits: None`) stay.
+fn take_waited(batch: &mut Vec<Outgoing>, waiting: &mut HashMap<u64, Waiting>) {
     batch.retain_mut(|out| {
-        let late = out.deadline.is_some_and(|d| d <= now);
-        if late && let Some(done) = out.done.take() {
+        let Some(req) = out.waits else {
+            return true;
+        };
+        match waiting.get_mut(&req) {
+            Some(w) => {
+                w.sent = true;
+                true
+            }
+            None => {
+                if let Some(done) = out.done.take() {
+                    let _ = done.send(Err(Unanswered::NotSent));
+                }
+                false
+            }
+        }
+    });
+}
+
+/// Answers every publish of `batch` [`Unanswered::NotSent`] and drops it, unwritten.
+fn refuse(batch: &mut Vec<Outgoing>) {
+    for out in batch.drain(..) {
+        if let Some(done) = out.done {
             let _ = done.send(Err(Unanswered::NotSent));
         }
-        !late
-    });
+    }
 }
 
 /// Whether fred's error says the command was never written (fred 10.1): its fail-fast
@@ -1576,7 +1681,7 @@ async fn listen(cluster: Arc<Cluster>) {
                     message: message.freeze(),
                     numbered: None,
                     done: None,
-                    deadline: None,
+                    waits: None,
                 });
                 continue;
             }
@@ -1636,7 +1741,7 @@ fn send_answers(cluster: &Cluster, origin: &[u8], message: Bytes) {
         message,
         numbered: None,
         done: None,
-        deadline: None,
+        waits: None,
     });
 }
 
@@ -1740,6 +1845,9 @@ async fn watch(cluster: Arc<Cluster>) {
                     .unwrap_or_else(|e| e.into_inner())
                     .clear();
                 cluster.mark_all();
+                // Its handshake was just answered: whatever a probe of the old link said
+                // no longer holds.
+                cluster.answering.store(true, Relaxed);
                 info!("redis connected");
             } else {
                 tokio::time::sleep(Duration::from_millis(100)).await;
@@ -1754,9 +1862,114 @@ async fn watch(cluster: Arc<Cluster>) {
             *cluster.push_sha.lock().unwrap_or_else(|e| e.into_inner()) = sha.ok();
         }
         cluster.up.store(up, Relaxed);
-        cluster.registry.set_remote_up(up);
+        cluster.registry.set_remote_up(cluster.is_up());
         was_up = up;
         tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// How often a node asks Redis whether it answers.
+const PROBE_EVERY: Duration = Duration::from_millis(250);
+
+/// Tells whether Redis answers while the links are up: a `PING` to every primary every
+/// [`PROBE_EVERY`]. One not answered within `--cluster-timeout-ms` means Redis is not
+/// answering ([`Cluster::not_answering`]: nothing more is written, replies are given at
+/// once, `/readyz` is degraded) until a later one is answered. A connection that merely
+/// stays open is not a Redis that answers: a stopped or paused Redis keeps it open, and
+/// so does a cut link until the kernel gives up on it ([`link_tcp`]).
+async fn probe(cluster: Arc<Cluster>) {
+    // One attempt, failed at once while disconnected: `watch` reports a lost link.
+    let once = fred::types::config::Options {
+        max_attempts: Some(1),
+        fail_fast: true,
+        ..Default::default()
+    };
+    loop {
+        tokio::time::sleep(PROBE_EVERY).await;
+        if !cluster.up.load(Relaxed) {
+            continue;
+        }
+        let pings = primaries(&cluster, &once)
+            .into_iter()
+            .map(|client| async move { client.ping::<Value>(None).await });
+        let asked = tokio::time::timeout(cluster.timeout, futures_util::future::join_all(pings));
+        match asked.await {
+            Ok(answers) if answers.iter().all(Result::is_ok) => cluster.answering_again(),
+            Ok(answers) => {
+                let timed_out = answers.iter().any(|a| {
+                    a.as_ref()
+                        .is_err_and(|e| *e.kind() == fred::error::ErrorKind::Timeout)
+                });
+                if timed_out {
+                    cluster.not_answering("a ping");
+                }
+            }
+            Err(_) => cluster.not_answering("a ping"),
+        }
+    }
+}
+
+impl Cluster {
+    /// Redis left `what` unanswered for `--cluster-timeout-ms`: it counts as down until it
+    /// answers a probe (logged once per episode).
+    fn not_answering(&self, what: &str) {
+        if self.answering.swap(false, Relaxed) {
+            self.registry.set_remote_up(false);
+            warn!(
+                unanswered = what,
+                "redis not answering within --cluster-timeout-ms: serving local connections only"
+            );
+        }
+    }
+
+    /// Redis answered a probe.
+    fn answering_again(&self) {
+        if !self.answering.swap(true, Relaxed) {
+            info!("redis answering again");
+        }
+    }
+}
+
+/// A client for each Redis primary (the one server, or each primary of a Redis Cluster
+/// as last seen), with `options`.
+fn primaries(
+    cluster: &Cluster,
+    options: &fred::types::config::Options,
+) -> Vec<fred::clients::WithOptions<Client>> {
+    let servers = cluster
+        .cmd
+        .cached_cluster_state()
+        .filter(|_| cluster.cmd.is_clustered())
+        .map(|state| state.unique_primary_nodes())
+        .unwrap_or_default();
+    if servers.is_empty() {
+        return vec![cluster.cmd.with_options(options)];
+    }
+    servers
+        .into_iter()
+        .map(|server| {
+            cluster.cmd.with_options(&fred::types::config::Options {
+                cluster_node: Some(server),
+                ..options.clone()
+            })
+        })
+        .collect()
+}
+
+/// TCP options of every connection to Redis. A connection whose data goes
+/// unacknowledged for `timeout` is closed by the kernel (`TCP_USER_TIMEOUT`), and an idle
+/// one is probed every second (keepalive) so that the same holds for it; the client then
+/// reconnects (every 2 s at most while the link is down). Without them a cut link stays
+/// "connected" for as long as TCP retransmits (~15 minutes), and once it is back the
+/// connection resumes only at TCP's next back-off (5.8–14 s were measured).
+fn link_tcp(timeout: Duration) -> fred::types::config::TcpConfig {
+    let keepalive = socket2_fred::TcpKeepalive::new()
+        .with_time(Duration::from_secs(1))
+        .with_interval(Duration::from_secs(1));
+    fred::types::config::TcpConfig {
+        keepalive: Some(keepalive),
+        user_timeout: Some(timeout),
+        ..Default::default()
     }
 }
 
@@ -1827,6 +2040,11 @@ async fn beat(cluster: Arc<Cluster>) {
             }
         };
         wait = NODE_BEAT;
+        match check_epochs(&cluster).await {
+            Ok(false) => {}
+            Ok(true) => cluster.lost_data(),
+            Err(err) => debug!(%err, "data epoch check failed; retried"),
+        }
         for name in dead {
             match reap(&cluster, &name).await {
                 Ok(closed) => {
@@ -1844,27 +2062,56 @@ async fn beat(cluster: Arc<Cluster>) {
     }
 }
 
-/// Closes every connection named `name` on every Redis primary; returns how many.
-async fn reap(cluster: &Cluster, name: &str) -> Result<usize, fred::error::Error> {
-    // One client per primary of a Redis Cluster; the one server otherwise.
-    let mut clients: Vec<_> = cluster
-        .cmd
-        .cached_cluster_state()
-        .filter(|_| cluster.cmd.is_clustered())
-        .map(|state| state.unique_primary_nodes())
-        .unwrap_or_default()
-        .into_iter()
-        .map(|server| cluster.cmd.with_cluster_node(server))
-        .collect();
-    if clients.is_empty() {
-        clients.push(
-            cluster
-                .cmd
-                .with_options(&fred::types::config::Options::default()),
+/// Each primary's data epoch: `pw:epoch:{T}`, a counter in a slot that primary serves.
+const EPOCH_PREFIX: &str = "pw:epoch:";
+
+/// Raises every primary's data epoch (`INCR`, with each beat of every node) and tells
+/// whether one came back not above what this node last got from it: then that primary
+/// lost its data (restarted without persistence, flushed, or restored from an older
+/// snapshot), since the counter only goes up while the data is kept. A primary seen for
+/// the first time (a fresh node, a new shard) is only read.
+async fn check_epochs(cluster: &Cluster) -> Result<bool, fred::error::Error> {
+    let slots = match cluster.cmd.cached_cluster_state() {
+        Some(state) if cluster.cmd.is_clustered() => state.unique_hash_slots(),
+        _ => vec![0],
+    };
+    let mut lost = false;
+    for slot in slots {
+        let now: u64 = cluster
+            .cmd
+            .incr(ch::key_in_slot(EPOCH_PREFIX, slot))
+            .await?;
+        let mut epochs = cluster.epochs.lock().unwrap_or_else(|e| e.into_inner());
+        if epochs.insert(slot, now).is_some_and(|before| now <= before) {
+            lost = true;
+        }
+    }
+    Ok(lost)
+}
+
+impl Cluster {
+    /// A primary lost its data. What this node holds is announced again: its uid
+    /// subscriptions (the reconnect after a restart did it; `watch`), its liveness (the
+    /// next beat), and for each of its v1 tabs a history, made afresh when the tab, closed
+    /// here with 1012, reconnects with `since` (`not_recovered`); without that they would
+    /// get unnumbered messages for as long as they stay. What only Redis held is gone, and
+    /// no node can tell what it was: group memberships, kept histories, offline queues,
+    /// acks, retry claims.
+    fn lost_data(&self) {
+        let tabs = self.registry.resync_remote_fed();
+        warn!(
+            v1_tabs_resynced = tabs,
+            "redis lost its data (restarted without persistence, flushed, or an older snapshot): \
+             group memberships, histories, offline queues, acks and retry claims kept there are gone \
+             (appendonly yes keeps them); v1 tabs resync"
         );
     }
+}
+
+/// Closes every connection named `name` on every Redis primary; returns how many.
+async fn reap(cluster: &Cluster, name: &str) -> Result<usize, fred::error::Error> {
     let mut closed = 0;
-    for client in clients {
+    for client in primaries(cluster, &fred::types::config::Options::default()) {
         let text: String = client.custom(fred::cmd!("CLIENT"), vec!["LIST"]).await?;
         for id in connection_ids_named(&text, name) {
             let killed: i64 = client
@@ -1897,11 +2144,15 @@ const ERROR_REPEAT: Duration = Duration::from_secs(60);
 
 /// Logs why Redis cannot be reached (refused, timed out, a certificate not trusted, a
 /// wrong password): fred retries on its own and says why only on these streams. The same
-/// error again is logged once a minute at most, so an outage costs a line a minute, not
-/// one per retry; a new one is logged at once.
+/// error again (on either link) is logged once a minute at most, so an outage costs a
+/// line a minute per distinct error, not one per retry, even when two errors alternate
+/// (a cut link: one connection times out while the other finds no route); a new one is
+/// logged at once.
 async fn report_errors((mut cmd, mut sub): (LinkErrors, LinkErrors)) {
     use tokio::sync::broadcast::error::RecvError;
-    let mut last: Option<(String, tokio::time::Instant)> = None;
+    /// Distinct errors remembered (the oldest is forgotten past it).
+    const REMEMBERED: usize = 8;
+    let mut logged: Vec<(String, tokio::time::Instant)> = Vec::with_capacity(REMEMBERED);
     loop {
         let (got, link) = tokio::select! {
             got = cmd.recv() => (got, "commands"),
@@ -1915,15 +2166,16 @@ async fn report_errors((mut cmd, mut sub): (LinkErrors, LinkErrors)) {
         };
         let text = err.to_string();
         let now = tokio::time::Instant::now();
-        if last
-            .as_ref()
-            .is_some_and(|(t, at)| *t == text && now.duration_since(*at) < ERROR_REPEAT)
-        {
+        logged.retain(|(_, at)| now.duration_since(*at) < ERROR_REPEAT);
+        if logged.iter().any(|(t, _)| *t == text) {
             continue;
         }
         let server = server.map_or_else(|| "-".to_owned(), |s| s.to_string());
         warn!(link, %server, error = %text, "redis connection failed; retrying");
-        last = Some((text, now));
+        if logged.len() == REMEMBERED {
+            logged.remove(0);
+        }
+        logged.push((text, now));
     }
 }
 
@@ -2224,29 +2476,38 @@ mod tests {
     use super::*;
 
     /// What the publisher sends of a batch taken after some replies stopped waiting: a
-    /// single push's late publish is dropped (and told so), a fan-out member's is sent.
+    /// single push whose reply is gone is dropped (and told so), one still waited for is
+    /// marked sent (its reply will say in doubt, not unavailable), a fan-out member is
+    /// sent either way.
     #[tokio::test]
-    async fn late_single_pushes_are_dropped_and_fan_out_members_are_sent() {
-        let now = tokio::time::Instant::now();
-        let out = |name: &str, deadline| {
+    async fn publishes_whose_reply_is_gone_are_dropped_and_the_rest_marked_sent() {
+        let out = |name: &str, waits| {
             let (done, answer) = oneshot::channel();
             let out = Outgoing {
                 channel: name.to_owned(),
                 message: Bytes::new(),
                 numbered: None,
                 done: Some(done),
-                deadline,
+                waits,
             };
             (out, answer)
         };
-        let (late_push, late_answer) = out("late push", Some(now - Duration::from_millis(1)));
+        let mut waiting = HashMap::new();
+        waiting.insert(2, Waiting::default());
+        let (gone, gone_answer) = out("reply gone", Some(1));
         let (member, _) = out("fan-out member", None);
-        let (in_time, _) = out("in time", Some(now + Duration::from_secs(1)));
-        let mut batch = vec![late_push, member, in_time];
-        drop_late(&mut batch, now);
+        let (in_time, _) = out("in time", Some(2));
+        let mut batch = vec![gone, member, in_time];
+        take_waited(&mut batch, &mut waiting);
         let kept: Vec<_> = batch.iter().map(|o| o.channel.as_str()).collect();
         assert_eq!(kept, ["fan-out member", "in time"]);
-        assert!(matches!(late_answer.await, Ok(Err(Unanswered::NotSent))));
+        assert!(matches!(gone_answer.await, Ok(Err(Unanswered::NotSent))));
+        assert!(waiting[&2].sent);
+        let (refused, refused_answer) = out("refused", Some(2));
+        let mut batch = vec![refused];
+        refuse(&mut batch);
+        assert!(batch.is_empty());
+        assert!(matches!(refused_answer.await, Ok(Err(Unanswered::NotSent))));
     }
 
     #[test]

@@ -59,6 +59,11 @@ pub fn keys(uid: &str, channel: &str) -> (u16, [String; 3]) {
     )
 }
 
+/// `prefix{T}`: a key in `slot` (e.g. one on each primary of a Redis Cluster).
+pub fn key_in_slot(prefix: &str, slot: u16) -> String {
+    format!("{prefix}{{{}}}", slot_tags()[usize::from(slot) % SLOTS])
+}
+
 /// A uid's acknowledgements (field: the acking connection, `NODE:CONN`; value: the
 /// `EPOCH:SEQ` it acked up to), in the slot of `channel`.
 pub fn acks_key(uid: &str, channel: &str) -> (u16, String) {
@@ -309,6 +314,9 @@ mod tests {
             assert_eq!(slot_of(l.as_bytes()), slot, "{uid:?}");
         }
         assert!(slot_tags().iter().all(|&t| t != u32::MAX));
+        for slot in [0, 1, 5461, 16_383] {
+            assert_eq!(slot_of(key_in_slot("pw:epoch:", slot).as_bytes()), slot);
+        }
     }
 
     #[test]

@@ -90,8 +90,12 @@ pub struct Config {
     /// Cluster mode: the Redis URL (`redis://host:port[/db]`, `rediss://`); `None` is
     /// a single node that never touches Redis.
     pub redis: Option<String>,
-    /// Cluster mode: the longest a reply waits for Redis and the other nodes.
+    /// Cluster mode: the longest a reply waits for Redis and the other nodes; Redis not
+    /// answering for this long is taken as down until it answers again.
     pub cluster_timeout: Duration,
+    /// Cluster mode: how long opening a connection to Redis may take, and how long one may
+    /// go with its data unacknowledged (a cut link) before it is closed and opened again.
+    pub cluster_link_timeout: Duration,
     /// Cluster mode: publishes waiting to be sent to Redis; past it a push is answered from
     /// local delivery alone (`/push`: `unavailable` for the rest of the cluster).
     pub cluster_publish_queue: usize,
@@ -155,6 +159,7 @@ impl Default for Config {
             max_http_connections: 256,
             redis: None,
             cluster_timeout: Duration::from_millis(1000),
+            cluster_link_timeout: Duration::from_millis(3000),
             cluster_publish_queue: 65_536,
             cluster_message_buffer: 16_384,
             tls: None,
@@ -176,6 +181,9 @@ pub const FD_RESERVE: usize = 64;
 
 /// Smallest request-head limit hyper accepts.
 const MIN_HTTP_HEADER_BYTES: usize = 8192;
+
+/// Shortest `--cluster-link-timeout-ms` (keepalive probes go at most once a second).
+const MIN_CLUSTER_LINK_TIMEOUT: Duration = Duration::from_secs(1);
 
 impl Config {
     /// Browser connections an open-files limit of `nofile` leaves room for, after the
@@ -237,6 +245,16 @@ impl Config {
             "--cluster-message-buffer",
             &mut notes,
         );
+        // The kernel counts keepalive in whole seconds, and a link timeout shorter than a
+        // round trip would close every connection it opens.
+        if self.cluster_link_timeout < MIN_CLUSTER_LINK_TIMEOUT {
+            notes.push(format!(
+                "--cluster-link-timeout-ms {} is raised to {}",
+                self.cluster_link_timeout.as_millis(),
+                MIN_CLUSTER_LINK_TIMEOUT.as_millis()
+            ));
+            self.cluster_link_timeout = MIN_CLUSTER_LINK_TIMEOUT;
+        }
         // Unbound connections get a quarter of the slots by default, and always leave an
         // eighth to bound ones.
         let ws = self.max_ws_connections;
@@ -368,6 +386,13 @@ mod tests {
         .validate();
         assert_eq!((c.cluster_publish_queue, c.cluster_message_buffer), (1, 1));
         assert_eq!(notes.len(), 2, "{notes:?}");
+        let (c, notes) = Config {
+            cluster_link_timeout: Duration::from_millis(10),
+            ..Config::default()
+        }
+        .validate();
+        assert_eq!(c.cluster_link_timeout, Duration::from_secs(1));
+        assert_eq!(notes, ["--cluster-link-timeout-ms 10 is raised to 1000"]);
         // A replay must fit the connection's queue.
         let (c, notes) = Config {
             queue_depth: 10,

@@ -80,13 +80,10 @@ async fn route(req: Request<Incoming>, peer: Peer, ctx: &Arc<State>) -> HttpRepl
         (&Method::GET | &Method::HEAD, "/readyz") => {
             return if ctx.push_stop.is_cancelled() {
                 text(StatusCode::SERVICE_UNAVAILABLE, "draining")
-            } else if ctx.cluster.as_ref().is_some_and(|c| !c.is_up()) {
+            } else if let Some(why) = ctx.cluster.as_ref().and_then(|c| c.trouble()) {
                 // It still serves its own browsers, but backends elsewhere cannot reach
                 // them and it cannot reach theirs: a balancer should send new ones away.
-                text(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "degraded: redis unreachable",
-                )
+                text(StatusCode::SERVICE_UNAVAILABLE, &format!("degraded: {why}"))
             } else {
                 text(StatusCode::OK, "ready")
             };

@@ -94,9 +94,16 @@ struct Args {
     #[arg(long, env = "PUSHWIRE_REDIS")]
     redis: Option<String>,
 
-    /// Cluster mode: the longest a reply waits for Redis and the other nodes, in ms.
+    /// Cluster mode: the longest a reply waits for Redis and the other nodes, in ms; Redis
+    /// not answering for this long is taken as down until it answers again.
     #[arg(long, env = "PUSHWIRE_CLUSTER_TIMEOUT_MS", default_value_t = 1000)]
     cluster_timeout_ms: u64,
+
+    /// Cluster mode: how long opening a connection to Redis may take, and how long one may
+    /// go with its data unacknowledged (a cut link) before it is closed and opened again,
+    /// in ms (at least 1000).
+    #[arg(long, env = "PUSHWIRE_CLUSTER_LINK_TIMEOUT_MS", default_value_t = 3000)]
+    cluster_link_timeout_ms: u64,
 
     /// Cluster mode: publishes that may wait to be sent to Redis; past it a push is
     /// answered from local delivery alone (`/push`: `unavailable`).
@@ -885,6 +892,7 @@ fn unvalidated_config(
         max_http_connections: args.max_http_connections,
         redis: args.redis.clone().filter(|u| !u.is_empty()),
         cluster_timeout: Duration::from_millis(args.cluster_timeout_ms),
+        cluster_link_timeout: Duration::from_millis(args.cluster_link_timeout_ms),
         cluster_publish_queue: args.cluster_publish_queue,
         cluster_message_buffer: args.cluster_message_buffer,
         // (clap's `requires` makes them come together.)

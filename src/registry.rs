@@ -631,6 +631,25 @@ impl Registry {
         }
     }
 
+    /// Cluster mode: closes every v1 tab fed from Redis with [`RESYNC`], because Redis
+    /// lost the histories they follow (restarted without persistence): each reconnects
+    /// with `since` and is told `not_recovered` on a history made afresh, instead of
+    /// getting unnumbered messages from then on. Returns how many were closed.
+    pub fn resync_remote_fed(&self) -> usize {
+        let mut closed = 0;
+        for shard in self.shared.shards.iter() {
+            let shard = lock(shard);
+            for entry in shard.uids.values() {
+                closed += entry
+                    .conns
+                    .iter()
+                    .filter(|m| !matches!(m.feed, Feed::Local) && m.outbox.close(RESYNC))
+                    .count();
+            }
+        }
+        closed
+    }
+
     /// Cluster mode: a seed tab's offline queue, taken from Redis after it bound.
     pub fn deliver_to(&self, uid: &str, conn: ConnId, msgs: Vec<Payload>) {
         let mut shard = self.shard(uid);

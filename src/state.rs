@@ -60,6 +60,7 @@ impl State {
                     &ClusterConfig {
                         url: url.clone(),
                         timeout: config.cluster_timeout,
+                        link_timeout: config.cluster_link_timeout,
                         publish_queue: config.cluster_publish_queue,
                         message_buffer: config.cluster_message_buffer,
                         groups: config.group_limits(),

@@ -564,11 +564,12 @@ async fn signal_redis(redis: &Redis, sig: &str) {
 }
 
 /// A publish that left the node and got no answer is in doubt, not `unavailable`: Redis
-/// is stopped (SIGSTOP: its connections stay open, so the node still sees it up and
+/// is stopped (SIGSTOP: its connections stay open, so the node still sees it connected and
 /// writes the publish), the wait ends with no receiver count, and `/push` answers
-/// `partial` with what it knows (nobody here). Continued, Redis runs the publish and the
-/// holder delivers it, once. A plain line in the same case answers `fail` (nobody
-/// confirmed a take).
+/// `partial` with what it knows (nobody here). From then on the node knows Redis is not
+/// answering and writes nothing more: a plain line answers `fail` at once and is never
+/// sent. Continued, Redis runs the one publish it was sent and the holder delivers it,
+/// once; the refused line never arrives; once Redis answers again, pushes route.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_publish_left_unanswered_is_partial_not_unavailable() {
     let redis = Redis::start().await;
@@ -576,6 +577,9 @@ async fn a_publish_left_unanswered_is_partial_not_unavailable() {
     let config = || pushwire::Config {
         redis: Some(redis.url()),
         cluster_timeout: timeout,
+        // No retry claim: it would meet the stopped Redis first, and the push would
+        // never be written (`unavailable`).
+        dedupe_window: None,
         ..pushwire::Config::default()
     };
     let (a, b) = (
@@ -595,26 +599,33 @@ async fn a_publish_left_unanswered_is_partial_not_unavailable() {
         "{\"ok\":false,\"result\":\"partial\",\"connections\":0,\"refused\":0,\"id\":\"5\"}\n"
     );
     assert!(took >= timeout, "answered before the wait ended: {took:?}");
+    let started = Instant::now();
     assert_eq!(
         push.request(r#"{"uid":"doubt","n":6}"#).await,
         "fail\n",
-        "a plain line in doubt"
+        "a plain line while Redis does not answer"
     );
+    assert!(
+        started.elapsed() < timeout,
+        "waited for a Redis known not to answer: {:?}",
+        started.elapsed()
+    );
+    let reply = push.request(r#"/push 6 {"uid":"doubt","n":6}"#).await;
+    assert!(reply.contains("\"result\":\"unavailable\""), "{reply}");
     signal_redis(&redis, "CONT").await;
-    // Redis runs what it was sent: the holder delivers both, in order, each once.
+    // Redis runs what it was sent: the holder delivers it, once; nothing else.
     assert_eq!(tab.recv_text().await, r#"{"uid":"doubt","n":5}"#);
-    assert_eq!(tab.recv_text().await, r#"{"uid":"doubt","n":6}"#);
-    tab.expect_silence(Duration::from_millis(300)).await;
-    let reply = push.request(r#"/push 7 {"uid":"doubt","n":7}"#).await;
-    assert!(reply.contains("\"result\":\"delivered\""), "{reply}");
-    assert_eq!(tab.recv_text().await, r#"{"uid":"doubt","n":7}"#);
+    tab.expect_silence(Duration::from_millis(500)).await;
+    push_until_received(&mut push, &mut tab, r#"{"uid":"doubt","n":7}"#, STEP).await;
 }
 
 /// `--cluster-publish-queue`: with Redis stalled (SIGSTOP), the publisher holds one batch
 /// in flight and the queue four more; past that a push is refused at once, never sent:
 /// `/push` answers `unavailable` without waiting, a plain line `fail`, while a push to a
-/// uid with a tab on this node is still `ok` and delivered. Continued, only what had left
-/// or was queued can arrive, in order; once it drains, pushes route again.
+/// uid with a tab on this node is still `ok` and delivered. The queued ones are never
+/// written either (their wait ends first, and then Redis is known not to answer):
+/// `unavailable` too. Only the batch in flight is in doubt (`partial`) and may arrive once
+/// Redis continues; then pushes route again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_publish_queue_refuses_at_once_and_keeps_local_delivery() {
     let redis = Redis::start().await;
@@ -657,8 +668,8 @@ async fn a_full_publish_queue_refuses_at_once_and_keeps_local_delivery() {
         "local delivery waited for Redis: {:?}",
         started.elapsed()
     );
-    // The ones that left or were queued are in doubt (their wait ends), then every
-    // other one was refused at once.
+    // The one in flight is in doubt (on a loaded machine the publisher may have taken a
+    // few of the burst with it); queued or refused, every other one never left.
     let mut in_doubt = 0;
     for n in 1..=20 {
         let reply = push.read_reply().await;
@@ -672,7 +683,7 @@ async fn a_full_publish_queue_refuses_at_once_and_keeps_local_delivery() {
             );
         }
     }
-    assert!((4..=8).contains(&in_doubt), "{in_doubt} in doubt");
+    assert!((1..=5).contains(&in_doubt), "{in_doubt} in doubt");
     assert_eq!(push.read_reply().await, "fail\n", "a plain line refused");
     assert_eq!(push.read_reply().await, "ok\n", "a local push");
     assert!(
@@ -683,8 +694,7 @@ async fn a_full_publish_queue_refuses_at_once_and_keeps_local_delivery() {
     );
 
     signal_redis(&redis, "CONT").await;
-    // Refused ones never left; the in-doubt ones may arrive (one whose wait had ended
-    // before the publisher reached it is dropped unsent), in order.
+    // Refused and queued ones never left; the in-doubt ones may arrive, in order.
     let got = far.texts_until_silence(Duration::from_millis(500)).await;
     let sent: Vec<String> = (1..=in_doubt)
         .map(|n| format!(r#"{{"uid":"far","n":{n}}}"#))

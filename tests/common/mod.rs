@@ -8,6 +8,7 @@
 pub mod chromium;
 #[macro_use]
 pub mod redis;
+pub mod netns;
 #[allow(unused_imports)]
 pub use redis::{Redis, free_port, readyz, spawn_redis, wait_listening};
 pub mod v1;

@@ -1,0 +1,327 @@
+//! Cluster faults between a node and Redis, with real daemons: a node's link to Redis
+//! cut (a veth link set down between network namespaces, `common::netns`) while the
+//! node, its browsers and backends stay connected; Redis stalled (SIGSTOP); Redis
+//! restarted empty under connected nodes.
+
+#[macro_use]
+mod common;
+use common::netns::NetRedis;
+use common::redis::*;
+use common::*;
+
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+/// A reply's wait is bounded by `--cluster-timeout-ms` (1 s); this much more is allowed
+/// for a loaded machine.
+const MARGIN: Duration = Duration::from_millis(1000);
+
+/// The `n` of a pushed line `{"uid":..,"n":N}`.
+fn n_of(text: &str) -> u64 {
+    let v: serde_json::Value = serde_json::from_str(text).expect("a pushed line");
+    v["n"].as_u64().unwrap_or_else(|| panic!("no n in {text}"))
+}
+
+/// B's link to Redis is cut for 12 s while B, its tab and its backend stay connected
+/// (A keeps its own link). B notices: `/readyz` says degraded within a few seconds and the
+/// log says so; every `/push` through B is answered within the cluster timeout (a local
+/// push goes on, `ok` and delivered); nothing answered `unavailable` is ever delivered.
+/// Restored, B's dead connections have been replaced: it is ready and routes again
+/// within a few seconds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_cut_off_from_redis_notices_answers_in_time_and_comes_back() {
+    const CUT: Duration = Duration::from_secs(12);
+    let net = NetRedis::start(2).await;
+    let (cut, kept) = (0, 1);
+    let a = Launch::new()
+        .args(&["--redis", &net.url(kept)])
+        .start()
+        .await;
+    let b = Launch::new()
+        .args(&["--redis", &net.url(cut)])
+        .start()
+        .await;
+    let b_http = b.http_addr.expect("http door");
+    let mut far = WsClient::connect(&a.ws_url()).await;
+    far.bind("far", a.push_addr).await;
+    let mut near = WsClient::connect(&b.ws_url()).await;
+    near.bind("near", b.push_addr).await;
+    let mut push = PushClient::connect(b.push_addr).await;
+    push_until_received(&mut push, &mut far, r#"{"uid":"far","n":0}"#, STEP).await;
+    assert!(readyz(b_http).await.starts_with("HTTP/1.1 200"));
+
+    net.cut(cut);
+    let cut_at = Instant::now();
+    let mut degraded = None;
+    let mut worst = Duration::ZERO;
+    let mut answers = Vec::new();
+    let mut n = 0;
+    while cut_at.elapsed() < CUT {
+        n += 1;
+        let sent = Instant::now();
+        let reply = push
+            .request(&format!(r#"/push c{n} {{"uid":"far","n":{n}}}"#))
+            .await;
+        let took = sent.elapsed();
+        worst = worst.max(took);
+        answers.push((n, reply));
+        let local = format!(r#"{{"uid":"near","n":{n}}}"#);
+        assert_eq!(push.request(&local).await, "ok\n", "a local push");
+        assert_eq!(near.recv_text().await, local);
+        if degraded.is_none() && readyz(b_http).await.starts_with("HTTP/1.1 503") {
+            degraded = Some(cut_at.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    eprintln!("cut: degraded after {degraded:?}, slowest /push reply {worst:?}");
+    let logged = b.log().contains("redis unreachable");
+    net.restore(cut);
+    let restored = Instant::now();
+    poll_until(3 * STEP, "B ready again", || async move {
+        readyz(b_http).await.starts_with("HTTP/1.1 200")
+    })
+    .await;
+    let ready = restored.elapsed();
+    let healed = r#"{"uid":"far","n":999999}"#;
+    push_until(&mut push, healed, "ok\n", 3 * STEP).await;
+    let routed = restored.elapsed();
+    eprintln!("restored: ready after {ready:?}, routing after {routed:?}");
+    // What reached A's tab after the cut: never a push answered `unavailable` (it never
+    // left B); one in doubt (`partial`) may.
+    let mut late = Vec::new();
+    loop {
+        let text = far.recv_text().await;
+        if text == healed {
+            break;
+        }
+        late.push(n_of(&text));
+    }
+    for n in &late {
+        let (_, reply) = &answers[*n as usize - 1];
+        assert!(
+            reply.contains("\"partial\""),
+            "push {n} answered {reply} yet delivered"
+        );
+    }
+    eprintln!(
+        "{} of {} pushes in the cut delivered later",
+        late.len(),
+        answers.len()
+    );
+    for (n, reply) in &answers {
+        assert!(
+            !reply.contains("\"delivered\""),
+            "push {n} during the cut: {reply}"
+        );
+    }
+    let degraded = degraded.unwrap_or_else(|| panic!("never degraded:\n{}", b.log()));
+    assert!(
+        degraded < Duration::from_secs(4),
+        "degraded after {degraded:?}"
+    );
+    assert!(
+        worst < Duration::from_secs(1) + MARGIN,
+        "a reply took {worst:?}:\n{}",
+        b.log()
+    );
+    assert!(logged, "nothing logged:\n{}", b.log());
+    assert!(late.len() <= 2, "{late:?} delivered after the cut");
+    assert!(
+        ready < Duration::from_secs(5),
+        "ready again after {ready:?}"
+    );
+    assert!(routed < Duration::from_secs(6), "routing after {routed:?}");
+}
+
+/// Redis stalls (SIGSTOP) for 5 s while a backend on B sends a plain line to A's tab every
+/// 10 ms. A line answered `fail` must not be delivered later, but for the few handed to
+/// Redis in the instant it stalled (in doubt): B stops writing once Redis has not
+/// answered for the cluster timeout, and refuses what was queued behind, unwritten.
+/// Every `ok` line arrives; every reply comes within the cluster timeout; B's `/readyz`
+/// is degraded during the stall; once Redis is back, lines route again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_redis_leaves_few_fail_answered_lines_to_deliver_later() {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    const STALL: Duration = Duration::from_secs(5);
+    let redis = Redis::start().await;
+    let url = redis.url();
+    let a = Launch::new().args(&["--redis", &url]).start().await;
+    let b = Launch::new().args(&["--redis", &url]).start().await;
+    let b_http = b.http_addr.expect("http door");
+    let mut far = WsClient::connect(&a.ws_url()).await;
+    let mut push = PushClient::connect(b.push_addr).await;
+    far.bind("far", a.push_addr).await;
+    push_until_received(&mut push, &mut far, r#"{"uid":"far","n":0}"#, STEP).await;
+
+    let (rd, mut wr) = tokio::net::TcpStream::connect(b.push_addr)
+        .await
+        .expect("connect")
+        .into_split();
+    let (sent_tx, mut sent_rx) = tokio::sync::mpsc::unbounded_channel();
+    let writer = tokio::spawn(async move {
+        let mut n = 0u64;
+        let until = Instant::now() + STALL + Duration::from_secs(2);
+        while Instant::now() < until {
+            n += 1;
+            let line = format!("{{\"uid\":\"far\",\"n\":{n}}}\n");
+            wr.write_all(line.as_bytes()).await.expect("write a line");
+            let _ = sent_tx.send(Instant::now());
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        wr
+    });
+    let reader = tokio::spawn(async move {
+        let mut rd = BufReader::new(rd);
+        let mut replies = Vec::new();
+        while let Some(sent) = sent_rx.recv().await {
+            let mut reply = String::new();
+            rd.read_line(&mut reply).await.expect("read a reply");
+            replies.push((reply, sent.elapsed()));
+        }
+        replies
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    send_signal(redis.child.id().expect("redis running"), "STOP").await;
+    let stalled = Instant::now();
+    let mut degraded = None;
+    while stalled.elapsed() < STALL {
+        if degraded.is_none() && readyz(b_http).await.starts_with("HTTP/1.1 503") {
+            degraded = Some(stalled.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    send_signal(redis.child.id().expect("redis running"), "CONT").await;
+    let _wr = writer.await.expect("writer");
+    let replies = reader.await.expect("reader");
+    let delivered: std::collections::HashSet<u64> = far
+        .texts_until_silence(Duration::from_secs(2))
+        .await
+        .iter()
+        .map(|t| n_of(t))
+        .collect();
+    let mut fail_delivered = Vec::new();
+    let mut failed = 0;
+    let mut worst = Duration::ZERO;
+    for (i, (reply, took)) in replies.iter().enumerate() {
+        let n = i as u64 + 1;
+        worst = worst.max(*took);
+        match reply.as_str() {
+            "ok\n" => assert!(
+                delivered.contains(&n),
+                "line {n} answered ok, never delivered"
+            ),
+            "fail\n" => {
+                failed += 1;
+                if delivered.contains(&n) {
+                    fail_delivered.push(n);
+                }
+            }
+            other => panic!("line {n}: {other:?}"),
+        }
+    }
+    eprintln!(
+        "stall: {} lines, {failed} fail, {} of them delivered later; slowest reply {worst:?}; \
+         degraded after {degraded:?}",
+        replies.len(),
+        fail_delivered.len()
+    );
+    assert!(failed > 100, "the stall was not felt: {failed} fail");
+    assert!(
+        fail_delivered.len() <= 5,
+        "{} lines answered fail were delivered later: {fail_delivered:?}",
+        fail_delivered.len()
+    );
+    assert!(
+        worst < Duration::from_secs(1) + MARGIN,
+        "a reply took {worst:?}"
+    );
+    let degraded = degraded.unwrap_or_else(|| panic!("never degraded:\n{}", b.log()));
+    assert!(
+        degraded < Duration::from_secs(3),
+        "degraded after {degraded:?}"
+    );
+    let healed = r#"{"uid":"far","n":999999}"#;
+    push_until_received(&mut push, &mut far, healed, 3 * STEP).await;
+}
+
+/// Redis is killed and started again empty (no persistence) under two connected nodes, a
+/// v1 tab on B and a group of four. Both nodes say so at WARN, naming what is lost (the
+/// group is empty: memberships lived only in Redis); the v1 tab is closed with 1012 and,
+/// resuming with `since`, is told `not_recovered` on a history made afresh; from then on
+/// its messages are numbered again (`m`, not unnumbered `b` for the rest of its life), so
+/// `/push ID ack=` to it is acknowledged again. Seed tabs route as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_restarted_empty_is_detected_and_v1_tabs_resync() {
+    use common::v1::{V1Client, V1Event};
+    let mut redis = Redis::start().await;
+    let port = redis.port;
+    let url = redis.url();
+    let a = Launch::new().args(&["--redis", &url]).start().await;
+    let b = Launch::new().args(&["--redis", &url]).start().await;
+    let mut push = PushClient::connect(a.push_addr).await;
+    let mut v1 = V1Client::connect(b.ws_addr, "h", None).await;
+    let first = r#"{"uid":"h","n":1}"#;
+    push_until(&mut push, first, "ok\n", STEP).await;
+    v1.expect_msg(1, first).await;
+    let joined = push.request(r#"/join g ["m1","m2","m3","m4"]"#).await;
+    assert!(joined.contains("\"members\":4"), "{joined}");
+    let mut seed = WsClient::connect(&b.ws_url()).await;
+    seed.bind("s", b.push_addr).await;
+
+    redis.kill().await;
+    let _redis = Redis::start_on(port).await;
+    let restarted = Instant::now();
+    let lost = "redis lost its data";
+    for node in [&a, &b] {
+        node.wait_log(lost, 3 * STEP).await;
+    }
+    eprintln!("data loss logged after {:?}", restarted.elapsed());
+    let line = b.wait_line(lost, STEP).await;
+    assert!(
+        line.contains("WARN") && line.contains("group memberships"),
+        "{line}"
+    );
+    assert!(line.contains("v1_tabs_resynced=1"), "{line}");
+    // The tab is told to resync: it may first get pushes made while Redis was away or
+    // before the loss was seen (unnumbered), never a numbered one of another history.
+    let point = loop {
+        match v1.next_within(3 * STEP).await {
+            V1Event::Close(code, reason) => {
+                assert_eq!(
+                    (code, reason.as_str()),
+                    (1012, "history resync: reconnect with since")
+                );
+                break v1.status.point();
+            }
+            V1Event::Broadcast(_) => {}
+            other => panic!("before the resync: {other:?}"),
+        }
+    };
+    let mut v1 = V1Client::connect(b.ws_addr, "h", Some(&format!("{}:1", &point[..16]))).await;
+    assert_eq!(v1.status.kind, "not_recovered", "{:?}", v1.status);
+    let after = r#"{"uid":"h","n":2}"#;
+    push_until(&mut push, after, "ok\n", STEP).await;
+    let V1Event::Msg(seq, payload) = v1.next().await else {
+        panic!("not numbered after the resync");
+    };
+    assert_eq!((seq, payload.as_str()), (v1.status.seq + 1, after));
+    // Numbered, so an ack can be waited for and given.
+    let mut acker = PushClient::connect(a.push_addr).await;
+    acker
+        .send_raw(b"/push k1 ack=5000 {\"uid\":\"h\",\"n\":3}\n")
+        .await;
+    let V1Event::Msg(seq, _) = v1.next().await else {
+        panic!("not numbered after the resync");
+    };
+    v1.ack(seq).await;
+    let reply = acker.read_reply().await;
+    assert!(reply.contains("\"result\":\"acked\""), "{reply}");
+    // What only Redis held is gone, as the log said.
+    assert_eq!(
+        push.request("/members g").await,
+        "{\"ok\":true,\"group\":\"g\",\"count\":0,\"uids\":[]}\n"
+    );
+    let seeded = r#"{"uid":"s","n":1}"#;
+    push_until_received(&mut push, &mut seed, seeded, STEP).await;
+}
