@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The project's test command: make sure the real clients the tests drive exist
 # (php with its curl extension, OpenBSD nc, chromium, curl, Prometheus's promtool,
-# nginx and openssl, Autobahn|Testsuite's wstest), then run every cargo test.
+# nginx and openssl, iproute2, Autobahn|Testsuite's wstest), then run every cargo test.
 #
 # Usage: scripts/test.sh [extra cargo test args...]
 #   e.g. scripts/test.sh chromium -- --nocapture   (a name filter, applied to every target)
@@ -36,6 +36,9 @@ missing_packages() {
 	# promtool checks /metrics; Debian ships it in the prometheus package.
 	command -v promtool >/dev/null 2>&1 || echo prometheus
 	command -v redis-server >/dev/null 2>&1 || echo redis-server
+	# tests/cluster_faults.rs cuts a node's link to Redis: a veth pair between network
+	# namespaces (ip netns, ip link), as root.
+	command -v ip >/dev/null 2>&1 || echo iproute2
 	# tests/nginx.rs puts Debian's nginx (run as this user, on free ports) in front of the
 	# daemon, with a throw-away certificate made by openssl. Installing the package also
 	# starts a system nginx on port 80; the tests never talk to it.

@@ -25,9 +25,10 @@ fn n_of(text: &str) -> u64 {
 
 /// B's link to Redis is cut for 12 s while B, its tab and its backend stay connected
 /// (A keeps its own link). B notices: `/readyz` says degraded within a few seconds and the
-/// log says so; every `/push` through B is answered within the cluster timeout (a local
-/// push goes on, `ok` and delivered); nothing answered `unavailable` is ever delivered.
-/// Restored, B's dead connections have been replaced: it is ready and routes again
+/// log says so; its dead connections are closed within the link timeout (2 s here);
+/// every `/push` through B, five pipelined at a time, is answered within the cluster
+/// timeout of when it was sent (a local push goes on, `ok` and delivered); nothing
+/// answered `unavailable` is ever delivered. Restored, B is ready and routes again
 /// within a few seconds.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_cut_off_from_redis_notices_answers_in_time_and_comes_back() {
@@ -39,7 +40,12 @@ async fn a_node_cut_off_from_redis_notices_answers_in_time_and_comes_back() {
         .start()
         .await;
     let b = Launch::new()
-        .args(&["--redis", &net.url(cut)])
+        .args(&[
+            "--redis",
+            &net.url(cut),
+            "--cluster-link-timeout-ms",
+            "2000",
+        ])
         .start()
         .await;
     let b_http = b.http_addr.expect("http door");
@@ -53,29 +59,37 @@ async fn a_node_cut_off_from_redis_notices_answers_in_time_and_comes_back() {
 
     net.cut(cut);
     let cut_at = Instant::now();
-    let mut degraded = None;
+    let (mut degraded, mut unlinked) = (None, None);
     let mut worst = Duration::ZERO;
     let mut answers = Vec::new();
-    let mut n = 0;
     while cut_at.elapsed() < CUT {
-        n += 1;
+        let first = answers.len() + 1;
+        let burst: String = (first..first + 5)
+            .map(|n| format!("/push c{n} {{\"uid\":\"far\",\"n\":{n}}}\n"))
+            .collect();
         let sent = Instant::now();
-        let reply = push
-            .request(&format!(r#"/push c{n} {{"uid":"far","n":{n}}}"#))
-            .await;
-        let took = sent.elapsed();
-        worst = worst.max(took);
-        answers.push((n, reply));
-        let local = format!(r#"{{"uid":"near","n":{n}}}"#);
+        push.send_raw(burst.as_bytes()).await;
+        for n in first..first + 5 {
+            let reply = push.read_reply().await;
+            assert!(reply.contains(&format!("\"id\":\"c{n}\"")), "{reply}");
+            worst = worst.max(sent.elapsed());
+            answers.push((n, reply));
+        }
+        let local = format!(r#"{{"uid":"near","n":{first}}}"#);
         assert_eq!(push.request(&local).await, "ok\n", "a local push");
         assert_eq!(near.recv_text().await, local);
         if degraded.is_none() && readyz(b_http).await.starts_with("HTTP/1.1 503") {
             degraded = Some(cut_at.elapsed());
         }
+        if unlinked.is_none() && b.log().contains("redis unreachable") {
+            unlinked = Some(cut_at.elapsed());
+        }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    eprintln!("cut: degraded after {degraded:?}, slowest /push reply {worst:?}");
-    let logged = b.log().contains("redis unreachable");
+    eprintln!(
+        "cut: degraded after {degraded:?}, connections closed after {unlinked:?}, \
+         slowest /push reply {worst:?}"
+    );
     net.restore(cut);
     let restored = Instant::now();
     poll_until(3 * STEP, "B ready again", || async move {
@@ -125,7 +139,16 @@ async fn a_node_cut_off_from_redis_notices_answers_in_time_and_comes_back() {
         "a reply took {worst:?}:\n{}",
         b.log()
     );
-    assert!(logged, "nothing logged:\n{}", b.log());
+    assert!(
+        b.log().contains("redis not answering"),
+        "nothing logged:\n{}",
+        b.log()
+    );
+    let unlinked = unlinked.unwrap_or_else(|| panic!("never unlinked:\n{}", b.log()));
+    assert!(
+        unlinked < Duration::from_secs(5),
+        "unlinked after {unlinked:?}"
+    );
     assert!(late.len() <= 2, "{late:?} delivered after the cut");
     assert!(
         ready < Duration::from_secs(5),
