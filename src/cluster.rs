@@ -25,7 +25,7 @@
 //!   re-subscribes everything (fred's `manage_subscriptions`).
 //! - **Redis not answering** (stopped, paused, a cut link): an open connection is not a
 //!   Redis that answers. A probe or a publish left unanswered for the timeout makes the
-//!   node count Redis as down until a probe is answered ([`probe`]): nothing more is
+//!   node count Redis as down until a probe is answered ([`probe`]): no more pushes are
 //!   written (so the doubt is one batch, not the whole stall), replies come at once,
 //!   `/readyz` says degraded. A cut link's connections are closed by the kernel within
 //!   the link timeout and opened again ([`link_tcp`]).
@@ -215,7 +215,7 @@ pub struct Cluster {
     up: AtomicBool,
     /// Redis answered within `timeout` when last asked ([`probe`], the publisher): a
     /// connection that stays open to a Redis that does not answer (stopped, paused, or a
-    /// cut link TCP has not given up on yet) counts as down, so nothing more is written
+    /// cut link TCP has not given up on yet) counts as down, so no more pushes are written
     /// to it and replies are given at once.
     answering: AtomicBool,
     /// Each primary's data epoch as this node last raised it, by a slot the primary
@@ -1323,8 +1323,8 @@ async fn reconcile(cluster: Arc<Cluster>) {
 /// here is dropped unsent (its push was answered as never sent: [`take_waited`]).
 ///
 /// # Bounding the doubt
-/// Nothing is written while Redis is down or not answering: everything taken then is
-/// refused unsent ([`Unanswered::NotSent`]). A stalled Redis (stopped, paused, busy)
+/// No push is written while Redis is down or not answering: every one taken then is
+/// refused unsent ([`Unanswered::NotSent`]; see [`refuse_pushes`] for answers). A stalled Redis (stopped, paused, busy)
 /// keeps its connections open and runs all it was sent once it resumes, so a publisher
 /// that went on writing would have every push of the stall answered `fail` and then
 /// delivered. Here only the batch in flight when it stalled is in doubt: the next waits
@@ -1343,8 +1343,7 @@ async fn publisher(cluster: Arc<Cluster>, mut queue: mpsc::Receiver<Outgoing>) {
     };
     while queue.recv_many(&mut batch, PIPELINE_MAX).await > 0 {
         if !cluster.is_up() {
-            refuse(&mut batch);
-            continue;
+            refuse_pushes(&mut batch);
         }
         take_waited(&mut batch, &mut cluster.lock_waiting());
         if batch.is_empty() {
@@ -1466,13 +1465,19 @@ fn take_waited(batch: &mut Vec<Outgoing>, waiting: &mut HashMap<u64, Waiting>) {
     });
 }
 
-/// Answers every publish of `batch` [`Unanswered::NotSent`] and drops it, unwritten.
-fn refuse(batch: &mut Vec<Outgoing>) {
-    for out in batch.drain(..) {
-        if let Some(done) = out.done {
+/// Takes out of `batch` every push, fan-out member and request (each answered
+/// [`Unanswered::NotSent`], unwritten), and keeps this node's answers to other origins:
+/// nobody waits for those, one that comes late is ignored, and one held back would have
+/// its origin answer `fail` for a push this node did deliver (a holder that still counts
+/// Redis as not answering while the origin already sees it back).
+fn refuse_pushes(batch: &mut Vec<Outgoing>) {
+    batch.retain_mut(|out| match out.done.take() {
+        Some(done) => {
             let _ = done.send(Err(Unanswered::NotSent));
+            false
         }
-    }
+        None => true,
+    });
 }
 
 /// Whether fred's error says the command was never written (fred 10.1): its fail-fast
@@ -1870,13 +1875,27 @@ async fn watch(cluster: Arc<Cluster>) {
 
 /// How often a node asks Redis whether it answers.
 const PROBE_EVERY: Duration = Duration::from_millis(250);
+/// The shard channels of the probes: `pw:probe:{T}`, one in a slot of each primary.
+const PROBE_PREFIX: &str = "pw:probe:";
 
-/// Tells whether Redis answers while the links are up: a `PING` to every primary every
-/// [`PROBE_EVERY`]. One not answered within `--cluster-timeout-ms` means Redis is not
-/// answering ([`Cluster::not_answering`]: nothing more is written, replies are given at
-/// once, `/readyz` is degraded) until a later one is answered. A connection that merely
-/// stays open is not a Redis that answers: a stopped or paused Redis keeps it open, and
-/// so does a cut link until the kernel gives up on it ([`link_tcp`]).
+/// A hash slot of each Redis primary (the one server: slot 0), so that a key or shard
+/// channel tagged for it ([`ch::key_in_slot`]) lands on that primary.
+fn primary_slots(cluster: &Cluster) -> Vec<u16> {
+    match cluster.cmd.cached_cluster_state() {
+        Some(state) if cluster.cmd.is_clustered() => state.unique_hash_slots(),
+        _ => vec![0],
+    }
+}
+
+/// Tells whether Redis answers while the links are up: an empty publish to every
+/// primary (`SPUBLISH pw:probe:{T}`, which nobody hears) every [`PROBE_EVERY`]. One not
+/// answered within `--cluster-timeout-ms` means Redis is not answering
+/// ([`Cluster::not_answering`]: no more pushes are written, replies are given at once,
+/// `/readyz` is degraded) until a later one is answered. A connection that merely stays
+/// open is not a Redis that answers: a stopped or paused Redis keeps it open, and so does
+/// a cut link until the kernel gives up on it ([`link_tcp`]). A publish rather than a
+/// `PING`: `CLIENT PAUSE … WRITE` holds publishes but answers pings, and what matters is
+/// whether a push would get through.
 async fn probe(cluster: Arc<Cluster>) {
     // One attempt, failed at once while disconnected: `watch` reports a lost link.
     let once = fred::types::config::Options {
@@ -1889,9 +1908,11 @@ async fn probe(cluster: Arc<Cluster>) {
         if !cluster.up.load(Relaxed) {
             continue;
         }
-        let pings = primaries(&cluster, &once)
-            .into_iter()
-            .map(|client| async move { client.ping::<Value>(None).await });
+        let client = cluster.cmd.with_options(&once);
+        let pings = primary_slots(&cluster).into_iter().map(|slot| {
+            let (client, channel) = (&client, ch::key_in_slot(PROBE_PREFIX, slot));
+            async move { client.spublish::<Value, _, _>(channel, "").await }
+        });
         let asked = tokio::time::timeout(cluster.timeout, futures_util::future::join_all(pings));
         match asked.await {
             Ok(answers) if answers.iter().all(Result::is_ok) => cluster.answering_again(),
@@ -1901,10 +1922,10 @@ async fn probe(cluster: Arc<Cluster>) {
                         .is_err_and(|e| *e.kind() == fred::error::ErrorKind::Timeout)
                 });
                 if timed_out {
-                    cluster.not_answering("a ping");
+                    cluster.not_answering("a probe");
                 }
             }
-            Err(_) => cluster.not_answering("a ping"),
+            Err(_) => cluster.not_answering("a probe"),
         }
     }
 }
@@ -1928,32 +1949,6 @@ impl Cluster {
             info!("redis answering again");
         }
     }
-}
-
-/// A client for each Redis primary (the one server, or each primary of a Redis Cluster
-/// as last seen), with `options`.
-fn primaries(
-    cluster: &Cluster,
-    options: &fred::types::config::Options,
-) -> Vec<fred::clients::WithOptions<Client>> {
-    let servers = cluster
-        .cmd
-        .cached_cluster_state()
-        .filter(|_| cluster.cmd.is_clustered())
-        .map(|state| state.unique_primary_nodes())
-        .unwrap_or_default();
-    if servers.is_empty() {
-        return vec![cluster.cmd.with_options(options)];
-    }
-    servers
-        .into_iter()
-        .map(|server| {
-            cluster.cmd.with_options(&fred::types::config::Options {
-                cluster_node: Some(server),
-                ..options.clone()
-            })
-        })
-        .collect()
 }
 
 /// TCP options of every connection to Redis. A connection whose data goes
@@ -2071,12 +2066,8 @@ const EPOCH_PREFIX: &str = "pw:epoch:";
 /// snapshot), since the counter only goes up while the data is kept. A primary seen for
 /// the first time (a fresh node, a new shard) is only read.
 async fn check_epochs(cluster: &Cluster) -> Result<bool, fred::error::Error> {
-    let slots = match cluster.cmd.cached_cluster_state() {
-        Some(state) if cluster.cmd.is_clustered() => state.unique_hash_slots(),
-        _ => vec![0],
-    };
     let mut lost = false;
-    for slot in slots {
+    for slot in primary_slots(cluster) {
         let now: u64 = cluster
             .cmd
             .incr(ch::key_in_slot(EPOCH_PREFIX, slot))
@@ -2110,8 +2101,25 @@ impl Cluster {
 
 /// Closes every connection named `name` on every Redis primary; returns how many.
 async fn reap(cluster: &Cluster, name: &str) -> Result<usize, fred::error::Error> {
+    // One client per primary of a Redis Cluster; the one server otherwise.
+    let mut clients: Vec<_> = cluster
+        .cmd
+        .cached_cluster_state()
+        .filter(|_| cluster.cmd.is_clustered())
+        .map(|state| state.unique_primary_nodes())
+        .unwrap_or_default()
+        .into_iter()
+        .map(|server| cluster.cmd.with_cluster_node(server))
+        .collect();
+    if clients.is_empty() {
+        clients.push(
+            cluster
+                .cmd
+                .with_options(&fred::types::config::Options::default()),
+        );
+    }
     let mut closed = 0;
-    for client in primaries(cluster, &fred::types::config::Options::default()) {
+    for client in clients {
         let text: String = client.custom(fred::cmd!("CLIENT"), vec!["LIST"]).await?;
         for id in connection_ids_named(&text, name) {
             let killed: i64 = client
@@ -2503,11 +2511,22 @@ mod tests {
         assert_eq!(kept, ["fan-out member", "in time"]);
         assert!(matches!(gone_answer.await, Ok(Err(Unanswered::NotSent))));
         assert!(waiting[&2].sent);
+        // Redis not answering: pushes and members are refused, answers still go.
         let (refused, refused_answer) = out("refused", Some(2));
-        let mut batch = vec![refused];
-        refuse(&mut batch);
-        assert!(batch.is_empty());
+        let (member, member_answer) = out("member", None);
+        let answer = Outgoing {
+            channel: "answer".to_owned(),
+            message: Bytes::new(),
+            numbered: None,
+            done: None,
+            waits: None,
+        };
+        let mut batch = vec![refused, member, answer];
+        refuse_pushes(&mut batch);
+        let kept: Vec<_> = batch.iter().map(|o| o.channel.as_str()).collect();
+        assert_eq!(kept, ["answer"]);
         assert!(matches!(refused_answer.await, Ok(Err(Unanswered::NotSent))));
+        assert!(matches!(member_answer.await, Ok(Err(Unanswered::NotSent))));
     }
 
     #[test]
