@@ -843,34 +843,9 @@ async fn a_node_killed_with_sigkill_leaves_no_ghost() {
 async fn rediss_links_the_nodes_over_tls_and_checks_the_certificate() {
     let cert = TestCert::new("redis");
     let files = cert.files();
-    let (cert_pem, key_pem) = (
-        files.cert.to_str().expect("utf-8 path"),
-        files.key.to_str().expect("utf-8 path"),
-    );
-    let port = free_port();
-    // `--port 0`: no plain listener at all, only the TLS one.
-    let _redis = Redis {
-        child: spawn_redis(
-            0,
-            &std::env::temp_dir(),
-            &[
-                "--tls-port",
-                &port.to_string(),
-                "--tls-cert-file",
-                cert_pem,
-                "--tls-key-file",
-                key_pem,
-                "--tls-ca-cert-file",
-                cert_pem,
-                "--tls-auth-clients",
-                "no",
-                "--requirepass",
-                "s3cret",
-            ],
-        ),
-        port,
-    };
-    wait_listening(port).await;
+    let cert_pem = files.cert.to_str().expect("utf-8 path");
+    let redis = Redis::start_tls(&cert, &["--requirepass", "s3cret"]).await;
+    let port = redis.port;
     let url = format!("rediss://:s3cret@127.0.0.1:{port}/");
     let trusting = || {
         Launch::new()

@@ -405,3 +405,36 @@ async fn redis_restarted_empty_is_detected_and_v1_tabs_resync() {
     let seeded = r#"{"uid":"s","n":1}"#;
     push_until_received(&mut push, &mut seed, seeded, STEP).await;
 }
+
+/// `--cluster-timeout-ms` bounds replies, not opening a link: a node whose Redis takes
+/// 700 ms to finish a TLS handshake (a proxy that holds each new connection, as a
+/// distant Redis would) links with `--cluster-timeout-ms 300`, is ready, and routes;
+/// its links open within `--cluster-link-timeout-ms` (3 s). When the reply timeout was
+/// also the connect timeout (TLS handshake included), it never linked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reply_timeout_shorter_than_opening_a_link_still_links() {
+    let cert = TestCert::new("slow-redis");
+    let redis = Redis::start_tls(&cert, &[]).await;
+    let slow = SlowToOpen::start(redis.port, Duration::from_millis(700)).await;
+    let trust = cert.files().cert.display().to_string();
+    let a = Launch::new()
+        .args(&["--redis", &redis.tls_url()])
+        .env("SSL_CERT_FILE", &trust)
+        .start()
+        .await;
+    let far_url = format!("rediss://127.0.0.1:{}/", slow.port);
+    let b = Launch::new()
+        .args(&["--redis", &far_url, "--cluster-timeout-ms", "300"])
+        .env("SSL_CERT_FILE", &trust)
+        .start()
+        .await;
+    let b_http = b.http_addr.expect("http door");
+    poll_until(3 * STEP, "the far node ready", || async move {
+        readyz(b_http).await.starts_with("HTTP/1.1 200")
+    })
+    .await;
+    let mut tab = WsClient::connect(&a.ws_url()).await;
+    tab.bind("t", a.push_addr).await;
+    let mut push = PushClient::connect(b.push_addr).await;
+    push_until_received(&mut push, &mut tab, r#"{"uid":"t","n":1}"#, STEP).await;
+}

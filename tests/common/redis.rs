@@ -37,6 +37,39 @@ impl Redis {
         }
     }
 
+    /// One that speaks TLS only (`--port 0`: no plain listener at all), serving `cert`,
+    /// with `extra` flags, once it listens; its URL is `rediss://…` ([`Redis::tls_url`]).
+    pub async fn start_tls(cert: &super::TestCert, extra: &[&str]) -> Redis {
+        let files = cert.files();
+        let (cert_pem, key_pem) = (
+            files.cert.to_str().expect("utf-8 path"),
+            files.key.to_str().expect("utf-8 path"),
+        );
+        let port = free_port();
+        let tls_port = port.to_string();
+        let mut flags = vec![
+            "--tls-port",
+            &tls_port,
+            "--tls-cert-file",
+            cert_pem,
+            "--tls-key-file",
+            key_pem,
+            "--tls-ca-cert-file",
+            cert_pem,
+            "--tls-auth-clients",
+            "no",
+        ];
+        flags.extend_from_slice(extra);
+        let child = spawn_redis(0, &std::env::temp_dir(), &flags);
+        wait_listening(port).await;
+        Redis { child, port }
+    }
+
+    /// `rediss://127.0.0.1:PORT/` (a TLS-only one: [`Redis::start_tls`]).
+    pub fn tls_url(&self) -> String {
+        format!("rediss://127.0.0.1:{}/", self.port)
+    }
+
     /// `redis://127.0.0.1:PORT/`
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}/", self.port)
@@ -50,6 +83,42 @@ impl Redis {
     /// SIGKILL, and waits for it to exit.
     pub async fn kill(&mut self) {
         let _ = self.child.kill().await;
+    }
+}
+
+/// A TCP proxy on 127.0.0.1 to a local port that holds each new connection for `hold`
+/// before it relays anything, either way: a Redis slow to open a link (a TLS handshake
+/// to a distant one, a SYN retransmitted). Stops on drop.
+pub struct SlowToOpen {
+    pub port: u16,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl SlowToOpen {
+    pub async fn start(upstream: u16, hold: Duration) -> SlowToOpen {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind the proxy");
+        let port = listener.local_addr().expect("proxy address").port();
+        let task = tokio::spawn(async move {
+            while let Ok((mut near, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    tokio::time::sleep(hold).await;
+                    if let Ok(mut far) =
+                        tokio::net::TcpStream::connect(("127.0.0.1", upstream)).await
+                    {
+                        let _ = tokio::io::copy_bidirectional(&mut near, &mut far).await;
+                    }
+                });
+            }
+        });
+        SlowToOpen { port, task }
+    }
+}
+
+impl Drop for SlowToOpen {
+    fn drop(&mut self) {
+        self.task.abort();
     }
 }
 
