@@ -1112,3 +1112,284 @@ proptest! {
         prop_assert_eq!(Mode::from_query(Some(&since)), Ok(Mode::V1 { since: Some(p) }));
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// The Pusher Channels protocol (wire/pusher, docs/pusher.md)
+// ---------------------------------------------------------------------------------------
+
+mod pusher {
+    use super::*;
+    use pushwire::wire::pusher::api::{self, ApiAuthError, Request};
+    use pushwire::wire::pusher::{
+        Access, AuthError, Channel, Inbound, Keys, SocketId, channel, codes, inbound, outbound,
+    };
+
+    /// The regex every server SDK validates with: `\A#?[-a-zA-Z0-9_=@,.;]+\z` (the `#`
+    /// only for `#server-to-user-`), at most 200 bytes (216 for a user channel).
+    fn model_valid(name: &str) -> bool {
+        let class = |s: &str| !s.is_empty() && s.bytes().all(channel::is_name_byte);
+        match name.strip_prefix("#server-to-user-") {
+            Some(user) => class(user) && user.len() <= 200,
+            None => class(name) && name.len() <= 200,
+        }
+    }
+
+    fn channel_name() -> impl Strategy<Value = String> {
+        let prefix = prop::sample::select(vec![
+            "",
+            "private-",
+            "presence-",
+            "private-encrypted-",
+            "cache-",
+            "private-cache-",
+            "presence-cache-",
+            "private-encrypted-cache-",
+            "#server-to-user-",
+            "#",
+            "private",
+        ]);
+        let body = prop_oneof![
+            6 => "[-a-zA-Z0-9_=@,.;]{0,24}",
+            1 => "[-a-z]{195,210}",
+            2 => "[-a-z .#:/é\u{0}]{0,12}",
+        ];
+        (prefix, body).prop_map(|(p, b)| format!("{p}{b}"))
+    }
+
+    /// A string as pusher-js's JSON.stringify would write it.
+    fn js(s: &str) -> String {
+        serde_json::to_string(s).unwrap()
+    }
+
+    proptest! {
+        /// Channel names are valid exactly when the SDKs' regex says so, and the kind is
+        /// the longest matching prefix.
+        #[test]
+        fn channel_names_follow_the_sdk_regex(name in channel_name()) {
+            let parsed = Channel::parse(&name);
+            prop_assert_eq!(parsed.is_ok(), model_valid(&name), "{:?}", name);
+            if let Ok(c) = parsed {
+                let access = c.kind().access;
+                let want = if name.starts_with("#server-to-user-") {
+                    Access::User
+                } else if name.starts_with("private-encrypted-") {
+                    Access::Encrypted
+                } else if name.starts_with("private-") {
+                    Access::Private
+                } else if name.starts_with("presence-") {
+                    Access::Presence
+                } else {
+                    Access::Public
+                };
+                prop_assert_eq!(access, want);
+                let cache = ["cache-", "private-cache-", "presence-cache-", "private-encrypted-cache-"]
+                    .iter()
+                    .any(|p| name.starts_with(p));
+                prop_assert_eq!(c.kind().cache, cache);
+            }
+        }
+
+        /// No frame, however broken, panics the parser; what pusher-js sends parses back
+        /// to what it meant, with `data` as an object or (the protocol document's form) as
+        /// a JSON-encoded string.
+        #[test]
+        fn client_frames_parse_or_refuse(
+            text in any::<String>(),
+            name in channel_name(),
+            auth in tricky_string(),
+            data in tricky_string(),
+            as_string in any::<bool>(),
+            m in mutation(),
+        ) {
+            let _ = inbound::parse(&text);
+            let inner = format!(
+                r#"{{"auth":{},"channel_data":{},"channel":{}}}"#,
+                js(&auth), js(&data), js(&name)
+            );
+            let data_field = if as_string { js(&inner) } else { inner };
+            let frame = format!(r#"{{"event":"pusher:subscribe","data":{data_field}}}"#);
+            let _ = inbound::parse(&mutate(&frame, &m));
+            match inbound::parse(&frame) {
+                Ok(Inbound::Subscribe(s)) => {
+                    prop_assert!(model_valid(&name));
+                    prop_assert_eq!(s.channel.name(), name.as_str());
+                    prop_assert_eq!(s.auth.as_deref(), Some(auth.as_str()));
+                    prop_assert_eq!(s.channel_data.as_deref(), Some(data.as_str()));
+                }
+                Err(pushwire::wire::pusher::BadFrame::Channel(_)) => prop_assert!(!model_valid(&name)),
+                other => prop_assert!(false, "{:?}", other),
+            }
+            let whisper = format!(r#"{{"event":"client-x","channel":{},"data":{}}}"#, js(&name), js(&data));
+            let _ = inbound::parse(&mutate(&whisper, &m));
+            if let Ok(Inbound::Client(c)) = inbound::parse(&whisper) {
+                prop_assert_eq!(&*c.channel, name.as_str());
+                let relayed = outbound::client_event(&c.event, &c.channel, c.data, Some("7"));
+                let v: Value = serde_json::from_str(&relayed).unwrap();
+                prop_assert_eq!(v["data"].as_str(), Some(data.as_str()));
+                prop_assert_eq!(v["user_id"].as_str(), Some("7"));
+            }
+        }
+
+        /// Every server frame is JSON whose `data` string decodes to what was put in,
+        /// whatever the names and texts hold.
+        #[test]
+        fn server_frames_round_trip(
+            name in tricky_string(),
+            channel in tricky_string(),
+            data in tricky_string(),
+            user in tricky_string(),
+            info in json_value(),
+        ) {
+            let decode = |frame: &str| -> (Value, Value) {
+                let v: Value = serde_json::from_str(frame).unwrap();
+                let d = serde_json::from_str(v["data"].as_str().unwrap()).unwrap();
+                (v, d)
+            };
+            let e: Value = serde_json::from_str(&outbound::event(&name, &channel, &data)).unwrap();
+            prop_assert_eq!(e["event"].as_str(), Some(name.as_str()));
+            prop_assert_eq!(e["channel"].as_str(), Some(channel.as_str()));
+            prop_assert_eq!(e["data"].as_str(), Some(data.as_str()));
+            let info_text = info.to_string();
+            // Compared as parsed from the same text (floats need not round-trip exactly).
+            let info: Value = serde_json::from_str(&info_text).unwrap();
+            let (v, d) = decode(&outbound::member_added(&channel, &user, &info_text));
+            prop_assert_eq!(v["channel"].as_str(), Some(channel.as_str()));
+            prop_assert_eq!(&d["user_id"], &Value::from(user.as_str()));
+            prop_assert_eq!(&d["user_info"], &info);
+            let (_, d) = decode(&outbound::presence_succeeded(&channel, [(user.as_str(), info_text.as_str())]));
+            prop_assert_eq!(&d["presence"]["hash"][user.as_str()], &info);
+            prop_assert_eq!(&d["presence"]["count"], &Value::from(1));
+            let refusal = codes::Refusal::with(codes::Code::ClientEventRejected, data.clone());
+            let (_, d) = decode(&outbound::error(&refusal));
+            prop_assert_eq!(&d["message"], &Value::from(data.as_str()));
+            let (_, d) = decode(&outbound::signin_success(&data));
+            prop_assert_eq!(&d["user_data"], &Value::from(data.as_str()));
+        }
+
+        /// A socket_id prints and parses back; parsing any text never panics and accepts
+        /// only `\d+\.\d+` without leading zeros.
+        #[test]
+        fn socket_ids_round_trip(high in any::<u64>(), low in any::<u64>(), text in "[0-9.a]{0,44}") {
+            let id = SocketId { high, low };
+            prop_assert_eq!(SocketId::parse(&id.to_string()), Some(id));
+            if let Some(p) = SocketId::parse(&text) {
+                prop_assert_eq!(p.to_string(), text);
+            }
+        }
+
+        /// Channel auth and signin: the app's signature verifies; changing the socket,
+        /// the channel, the data or one digit of the signature refuses it.
+        #[test]
+        fn channel_auth_and_signin_verify_only_what_was_signed(
+            secret in vec(any::<u8>(), 0..40),
+            high in any::<u64>(),
+            low in any::<u64>(),
+            name in "presence-[a-z0-9.]{1,20}",
+            user in "[a-z0-9]{1,20}",
+            flip in 0usize..64,
+        ) {
+            let app = Keys::new("key", &secret);
+            let sid = SocketId { high, low }.to_string();
+            let other = SocketId { high, low: low.wrapping_add(1) }.to_string();
+            let data = format!(r#"{{"user_id":"{user}","user_info":{{}}}}"#);
+            let auth = app.channel_auth(&sid, &name, Some(&data));
+            prop_assert_eq!(app.check_channel_auth(&sid, &name, Some(&data), Some(&auth)), Ok(()));
+            prop_assert_eq!(app.check_channel_auth(&other, &name, Some(&data), Some(&auth)), Err(AuthError::Signature));
+            prop_assert_eq!(app.check_channel_auth(&sid, &format!("{name}x"), Some(&data), Some(&auth)), Err(AuthError::Signature));
+            prop_assert_eq!(app.check_channel_auth(&sid, &name, None, Some(&auth)), Err(AuthError::Signature));
+            let mut bad = auth.clone().into_bytes();
+            let at = 4 + flip;
+            bad[at] = if bad[at] == b'0' { b'1' } else { b'0' };
+            let bad = String::from_utf8(bad).unwrap();
+            prop_assert_eq!(app.check_channel_auth(&sid, &name, Some(&data), Some(&bad)), Err(AuthError::Signature));
+            let user_data = format!(r#"{{"id":"{user}"}}"#);
+            let signin = app.signin_auth(&sid, &user_data);
+            prop_assert_eq!(app.check_signin(&sid, &user_data, &signin), Ok(user.clone()));
+            prop_assert_eq!(app.check_signin(&other, &user_data, &signin), Err(AuthError::Signature));
+        }
+
+        /// HTTP API requests: what `sign_api` signs verifies at any moment within the
+        /// window and is refused one second outside it; changing the method, the path,
+        /// a parameter, the body or a digit of the signature refuses it; and escaping the
+        /// query's values differently changes nothing.
+        #[test]
+        fn api_signatures_verify_only_what_was_signed(
+            secret in vec(any::<u8>(), 1..40),
+            path in "/apps/[0-9]{1,4}/(events|batch_events|channels|channels/[a-z-]{1,10})",
+            prefix in "[a-z-]{0,10}",
+            body in vec(any::<u8>(), 0..64),
+            ts in 1_000_000u64..4_000_000_000,
+            skew in 0u64..=600,
+            early in any::<bool>(),
+            flip in 0usize..64,
+        ) {
+            let app = Keys::new("key", &secret);
+            let method = if body.is_empty() { "GET" } else { "POST" };
+            let extra = [("info", "user_count,subscription_count"), ("filter_by_prefix", prefix.as_str())];
+            let q = app.sign_api(method, &path, &extra, &body, ts);
+            let at = |t: u64| UNIX_EPOCH + Duration::from_secs(t);
+            let now = if early { ts - skew } else { ts + skew };
+            let req = Request { method, path: &path, query: &q, body: &body };
+            let v = app.verify_api(&req, at(now), api::DEFAULT_WINDOW);
+            prop_assert!(v.is_ok(), "{:?}", v);
+            let v = v.unwrap();
+            prop_assert_eq!(v.param("filter_by_prefix"), Some(prefix.as_str()));
+            let late = if early { ts - 601 } else { ts + 601 };
+            prop_assert_eq!(
+                app.verify_api(&req, at(late), api::DEFAULT_WINDOW),
+                Err(ApiAuthError::Stale { skew: 601, window: 600 })
+            );
+            // The same values, escaped or not.
+            let raw = q.replace("%2C", ",").replace("%2D", "-");
+            let plus = q.replace("%2C", "%2c");
+            for query in [&raw, &plus] {
+                let r = Request { query, ..req };
+                prop_assert!(app.verify_api(&r, at(ts), api::DEFAULT_WINDOW).is_ok());
+            }
+            let other_method = if method == "GET" { "POST" } else { "GET" };
+            let refused = |r: Request<'_>| app.verify_api(&r, at(ts), api::DEFAULT_WINDOW).is_err();
+            let other_path = format!("{path}x");
+            let changed_info = q.replace("subscription_count", "user_count");
+            let mut other_body = body.clone();
+            other_body.push(b'x');
+            let changed = [
+                Request { method: other_method, ..req },
+                Request { path: &other_path, ..req },
+                Request { query: &changed_info, ..req },
+                Request { body: &other_body, ..req },
+            ];
+            for r in changed {
+                prop_assert!(refused(r), "{:?}", r);
+            }
+            let sig_at = q.find("auth_signature=").unwrap() + "auth_signature=".len() + flip;
+            let mut bad = q.clone().into_bytes();
+            bad[sig_at] = if bad[sig_at] == b'0' { b'1' } else { b'0' };
+            let bad = String::from_utf8(bad).unwrap();
+            prop_assert_eq!(
+                app.verify_api(&Request { query: &bad, ..req }, at(ts), api::DEFAULT_WINDOW),
+                Err(ApiAuthError::Signature)
+            );
+        }
+
+        /// Any query string and body: no panic, and nothing unsigned is accepted.
+        #[test]
+        fn api_verify_never_panics_nor_accepts_unsigned(
+            query in "[a-z_0-9=&%+.,-]{0,120}",
+            body in vec(any::<u8>(), 0..32),
+        ) {
+            let app = Keys::new("key", b"secret");
+            let req = Request { method: "POST", path: "/apps/1/events", query: &query, body: &body };
+            prop_assert!(app.verify_api(&req, SystemTime::now(), api::DEFAULT_WINDOW).is_err());
+        }
+
+        /// The webhook signature is the HMAC-SHA256 of the body, for any body.
+        #[test]
+        fn webhook_signature_is_the_body_hmac(secret in vec(any::<u8>(), 0..40), body in vec(any::<u8>(), 0..200)) {
+            let app = Keys::new("key", &secret);
+            let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(&secret).unwrap();
+            mac.update(&body);
+            let want: String = mac.finalize().into_bytes().iter().map(|b| format!("{b:02x}")).collect();
+            prop_assert_eq!(app.webhook_signature(&body), want);
+        }
+    }
+}

@@ -1,6 +1,6 @@
 //! Bytes ↔ types for both doors, no I/O: push-line framing, the plain push line's uid,
 //! the `/`-command grammar, close notices, the [`Payload`] every recipient shares, and
-//! protocol v1's browser frames ([`envelope`]).
+//! protocol v1's browser frames ([`envelope`]); the Pusher Channels protocol ([`pusher`]).
 
 pub mod close;
 pub mod command;
@@ -8,6 +8,7 @@ pub mod envelope;
 pub mod lines;
 pub mod payload;
 pub mod push_line;
+pub mod pusher;
 
 pub use close::CloseNotice;
 pub use lines::{Frame, LineFramer};
