@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The project's test command: make sure the real clients the tests drive exist
 # (php with its curl extension, OpenBSD nc, chromium, curl, Prometheus's promtool,
-# nginx and openssl, iproute2, Autobahn|Testsuite's wstest), then run every cargo test.
+# nginx and openssl, iproute2, Autobahn|Testsuite's wstest, the Pusher clients: pusher-js,
+# Laravel Echo and the Node and Python server SDKs), then run every cargo test.
 #
 # Usage: scripts/test.sh [extra cargo test args...]
 #   e.g. scripts/test.sh chromium -- --nocapture   (a name filter, applied to every target)
@@ -44,6 +45,10 @@ missing_packages() {
 	# starts a system nginx on port 80; the tests never talk to it.
 	command -v nginx >/dev/null 2>&1 || [[ -x /usr/sbin/nginx ]] || echo nginx
 	command -v openssl >/dev/null 2>&1 || echo openssl
+	# The Pusher clients (scripts/pusher-clients.sh): npm packages and a Python venv.
+	command -v node >/dev/null 2>&1 || echo nodejs
+	command -v npm >/dev/null 2>&1 || echo npm
+	python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || echo python3-venv
 }
 
 as_root() {
@@ -82,6 +87,10 @@ mapfile -t missing < <(missing_packages)
 # Autobahn|Testsuite's wstest for tests/conformance.rs: a Python 2.7 virtualenv from PyPI,
 # by default in /opt/autobahn (AUTOBAHN_HOME moves it; the test reads the same variable).
 scripts/autobahn.sh >/dev/null || die "cannot install Autobahn|Testsuite (scripts/autobahn.sh)"
+
+# pusher-js, laravel-echo and the Node server SDK (npm ci, tests/pusher/package-lock.json)
+# and the Python server SDK (a venv, tests/pusher/requirements.txt) for tests/pusher_clients.rs.
+scripts/pusher-clients.sh || die "cannot install the Pusher clients (scripts/pusher-clients.sh)"
 
 # --no-fail-fast: one failing target must not hide the results of the others.
 exec cargo test --all-targets --no-fail-fast "$@"

@@ -1,8 +1,11 @@
 //! Headless Chromium showing a page that runs the seed's browser script, and reports what
 //! the script saw (its `alert`s, a close, an error) to the test over HTTP.
 
+use std::future::Future;
 use std::path::PathBuf;
+use std::pin::Pin;
 use std::process::Stdio;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
@@ -48,24 +51,62 @@ ws.addEventListener('close', function (e) {{ report('/trouble', 'websocket close
     )
 }
 
+/// The test's answer to a `POST` the page makes (Laravel's `/broadcasting/auth`): it gets
+/// the request target (path and query) and the body, and returns a status and a JSON body.
+pub type Handler = Arc<
+    dyn Fn(String, String) -> Pin<Box<dyn Future<Output = (u16, String)> + Send>> + Send + Sync,
+>;
+
+/// What the page's origin serves besides the page and its reports.
+#[derive(Clone, Default)]
+pub struct Site {
+    /// `GET` paths served from files (scripts the page loads from its own origin).
+    pub files: Vec<(String, PathBuf)>,
+    /// Every other `POST` (with any query) goes here; without a handler it is a 404.
+    pub handler: Option<Handler>,
+}
+
 /// A tiny HTTP/1.1 server: `GET /` serves `html`, `POST /alert` and `POST /trouble` forward
-/// their body to `events`, anything else is 404. One request per connection.
-async fn serve_page(listener: TcpListener, html: String, events: mpsc::UnboundedSender<PageEvent>) {
+/// their body to `events`, `site`'s files and handler the rest; anything else is 404. One
+/// request per connection.
+async fn serve_page(
+    listener: TcpListener,
+    html: String,
+    site: Site,
+    events: mpsc::UnboundedSender<PageEvent>,
+) {
     loop {
         let Ok((tcp, _)) = listener.accept().await else {
             continue;
         };
         let html = html.clone();
+        let site = site.clone();
         let events = events.clone();
         tokio::spawn(async move {
-            let _ = timeout(Duration::from_secs(5), handle_http(tcp, &html, &events)).await;
+            let _ = timeout(
+                Duration::from_secs(10),
+                handle_http(tcp, &html, &site, &events),
+            )
+            .await;
         });
     }
+}
+
+fn response(status: u16, content_type: &str, body: &[u8]) -> Vec<u8> {
+    let mut out = format!(
+        "HTTP/1.1 {status} X\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\
+         Cache-Control: no-store\r\nConnection: close\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    out.extend_from_slice(body);
+    out
 }
 
 async fn handle_http(
     mut tcp: TcpStream,
     html: &str,
+    site: &Site,
     events: &mpsc::UnboundedSender<PageEvent>,
 ) -> std::io::Result<()> {
     let mut buf = Vec::new();
@@ -103,12 +144,9 @@ async fn handle_http(
     }
     let body = String::from_utf8_lossy(&body).into_owned();
 
+    let file = site.files.iter().find(|(p, _)| p == path).map(|(_, f)| f);
     let response = match (method, path) {
-        ("GET", "/") => format!(
-            "HTTP/1.1 200 OK\r\nContent-Type: text/html; charset=utf-8\r\nContent-Length: {}\r\n\
-             Cache-Control: no-store\r\nConnection: close\r\n\r\n{html}",
-            html.len()
-        ),
+        ("GET", "/") => response(200, "text/html; charset=utf-8", html.as_bytes()),
         ("POST", "/alert" | "/trouble") => {
             let event = if path == "/alert" {
                 PageEvent::Alert(body)
@@ -116,11 +154,22 @@ async fn handle_http(
                 PageEvent::Trouble(body)
             };
             let _ = events.send(event);
-            "HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n".to_owned()
+            b"HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n".to_vec()
         }
-        _ => "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".to_owned(),
+        ("GET", _) if file.is_some() => {
+            let file = file.expect("checked");
+            let bytes =
+                std::fs::read(file).unwrap_or_else(|e| panic!("page file {}: {e}", file.display()));
+            response(200, "text/javascript; charset=utf-8", &bytes)
+        }
+        ("POST", _) if site.handler.is_some() => {
+            let handler = site.handler.as_ref().expect("checked");
+            let (status, json) = handler(path.to_owned(), body).await;
+            response(status, "application/json", json.as_bytes())
+        }
+        _ => response(404, "text/plain", b""),
     };
-    tcp.write_all(response.as_bytes()).await?;
+    tcp.write_all(&response).await?;
     tcp.shutdown().await
 }
 
@@ -225,9 +274,14 @@ impl SeedPage {
     /// Like [`SeedPage::launch`], with a whole page of the caller's (it reports by POSTing
     /// to `/alert` and `/trouble` itself).
     pub fn launch_html(http: TcpListener, html: String, args: &[String]) -> SeedPage {
+        SeedPage::launch_site(http, html, Site::default(), args)
+    }
+
+    /// Like [`SeedPage::launch_html`], with the page's origin also serving `site`.
+    pub fn launch_site(http: TcpListener, html: String, site: Site, args: &[String]) -> SeedPage {
         let page_url = format!("http://{}/", http.local_addr().unwrap());
         let (events_tx, events) = mpsc::unbounded_channel();
-        let http = tokio::spawn(serve_page(http, html, events_tx));
+        let http = tokio::spawn(serve_page(http, html, site, events_tx));
         SeedPage {
             browser: Browser::launch(&page_url, args),
             events,

@@ -6,6 +6,7 @@
 #![allow(dead_code)]
 
 pub mod chromium;
+pub mod pusher;
 #[macro_use]
 pub mod redis;
 pub mod netns;

@@ -1,0 +1,766 @@
+//! The real Pusher clients agree with `wire::pusher` (issue 24, phase A: before the doors).
+//!
+//! - The Node (npm `pusher`) and Python (PyPI `pusher`) server SDKs call every HTTP API
+//!   endpoint against a recorder; each request verifies with `Keys::verify_api`, and is
+//!   refused with another secret, a changed body, or a clock 601 s away.
+//! - Their channel auth (`authorizeChannel`/`authenticate`) and user auth
+//!   (`authenticateUser`/`authenticate_user`) verify with `Keys::check_channel_auth` and
+//!   `check_signin`; our webhook bodies and signatures pass their webhook validators.
+//! - pusher-js and Laravel Echo in headless Chromium, loaded from `node_modules`, talk to
+//!   a scripted peer that speaks only through `wire::pusher` (its parser, its frames, its
+//!   signature checks and close codes): public, private and presence channels with the
+//!   app's auth endpoint served by the test (signing with the Node SDK), client events,
+//!   member events, ping/pong, a subscription error, and pusher-js's reactions to close
+//!   codes 4200 (reconnect at once) and 4001 (never). Phase B replaces the peer with the
+//!   daemon's door and keeps the page.
+//!
+//! `scripts/pusher-clients.sh` (run by `scripts/test.sh`) installs the clients; without
+//! them these tests fail and say so.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use common::chromium::{PageEvent, SeedPage, Site};
+use common::pusher::{
+    APP, ApiRecorder, Recorded, echo_page, node_sdk, ok, python_sdk, vendor_files,
+};
+use futures_util::{SinkExt, StreamExt};
+use pushwire::wire::pusher::api::{self, ApiAuthError, Request};
+use pushwire::wire::pusher::outbound::{self, SubscriptionErrorType, WebhookEvent};
+use pushwire::wire::pusher::{
+    Access, AuthError, Code, Inbound, Keys, Reconnect, Refusal, SocketId, codes, inbound, sign,
+};
+use serde_json::{Value, json};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::time::{Instant, timeout};
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::handshake::server::{Request as WsRequest, Response};
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+
+// ---------------------------------------------------------------------------------------
+// The server SDKs' HTTP API requests
+// ---------------------------------------------------------------------------------------
+
+/// Checks `r` the way the HTTP API door will: it verifies now, and is refused with another
+/// secret, a clock 601 s ahead, and (with a body) a body one byte longer.
+fn assert_signed(r: &Recorded) -> api::Verified {
+    let keys = APP.keys();
+    let req = Request {
+        method: &r.method,
+        path: &r.path,
+        query: &r.query,
+        body: &r.body,
+    };
+    let now = SystemTime::now();
+    let verified = keys
+        .verify_api(&req, now, api::DEFAULT_WINDOW)
+        .unwrap_or_else(|e| panic!("{} {}?{}: {e}", r.method, r.path, r.query));
+    let other = Keys::new(APP.key, b"another secret");
+    assert_eq!(
+        other.verify_api(&req, now, api::DEFAULT_WINDOW),
+        Err(ApiAuthError::Signature)
+    );
+    // 601 s either side of the time it was signed at (Python rounds to the nearest
+    // second, so "now" may be a second behind its stamp).
+    let ts: u64 = verified.param("auth_timestamp").unwrap().parse().unwrap();
+    for off in [ts + 601, ts - 601] {
+        assert_eq!(
+            keys.verify_api(
+                &req,
+                UNIX_EPOCH + Duration::from_secs(off),
+                api::DEFAULT_WINDOW
+            ),
+            Err(ApiAuthError::Stale {
+                skew: 601,
+                window: 600
+            }),
+            "a request signed 601 s away from the clock is refused"
+        );
+    }
+    if !r.body.is_empty() {
+        let mut longer = r.body.clone();
+        longer.push(b' ');
+        let tampered = Request {
+            body: &longer,
+            ..req
+        };
+        assert_eq!(
+            keys.verify_api(&tampered, now, api::DEFAULT_WINDOW),
+            Err(ApiAuthError::BodyMd5)
+        );
+    }
+    verified
+}
+
+fn body_json(r: &Recorded) -> Value {
+    serde_json::from_slice(&r.body).unwrap_or_else(|e| panic!("{} body: {e}", r.path))
+}
+
+#[tokio::test]
+async fn node_sdk_requests_verify() {
+    let mut rec = ApiRecorder::start().await;
+    let port = rec.port;
+    let call = |op: Value| {
+        let mut req = op;
+        req["app"] = APP.json();
+        req["port"] = port.into();
+        req
+    };
+
+    // trigger: several channels, the sender excluded, info asked for.
+    let answer = node_sdk(&call(json!({
+        "op": "trigger", "channels": ["orders", "private-orders.5"],
+        "event": "App\\Events\\OrderShipped", "data": {"order": {"id": 5}},
+        "params": {"socket_id": "1201.7", "info": "subscription_count"}
+    })))
+    .await;
+    assert_eq!(ok(answer)["status"], 200);
+    let r = rec.next().await;
+    assert_eq!(
+        (r.method.as_str(), r.path.as_str()),
+        ("POST", "/apps/1201/events")
+    );
+    assert_eq!(r.header("content-type"), Some("application/json"));
+    assert_signed(&r);
+    assert_eq!(
+        body_json(&r),
+        json!({"name": "App\\Events\\OrderShipped", "data": "{\"order\":{\"id\":5}}",
+               "channels": ["orders", "private-orders.5"], "socket_id": "1201.7",
+               "info": "subscription_count"})
+    );
+
+    // batch_events
+    ok(node_sdk(&call(json!({"op": "trigger_batch", "batch": [
+        {"channel": "orders", "name": "a", "data": "x"},
+        {"channel": "presence-room.1", "name": "b", "data": {"k": 1}, "info": "user_count"}
+    ]})))
+    .await);
+    let r = rec.next().await;
+    assert_eq!(r.path, "/apps/1201/batch_events");
+    assert_signed(&r);
+    assert_eq!(
+        body_json(&r),
+        json!({"batch": [{"channel": "orders", "name": "a", "data": "x"},
+                         {"channel": "presence-room.1", "name": "b", "data": "{\"k\":1}", "info": "user_count"}]})
+    );
+
+    // The GETs: channels (prefix, info), one channel, its users.
+    for (path, params, info) in [
+        (
+            "/channels",
+            json!({"filter_by_prefix": "presence-", "info": "user_count"}),
+            Some("user_count"),
+        ),
+        (
+            "/channels/presence-room.1",
+            json!({"info": "user_count,subscription_count"}),
+            Some("user_count,subscription_count"),
+        ),
+        ("/channels/presence-room.1/users", json!({}), None),
+    ] {
+        ok(node_sdk(&call(json!({"op": "get", "path": path, "params": params}))).await);
+        let r = rec.next().await;
+        assert_eq!(
+            (r.method.as_str(), r.path.clone()),
+            ("GET", format!("/apps/1201{path}"))
+        );
+        assert!(r.body.is_empty());
+        let v = assert_signed(&r);
+        assert_eq!(v.param("info"), info, "{path}");
+        assert_eq!(
+            v.param("body_md5"),
+            None,
+            "node signs no body_md5 without a body"
+        );
+    }
+    let r = {
+        ok(node_sdk(&call(
+            json!({"op": "get", "path": "/channels", "params": {"filter_by_prefix": "presence-"}}),
+        ))
+        .await);
+        rec.next().await
+    };
+    assert_eq!(
+        assert_signed(&r).param("filter_by_prefix"),
+        Some("presence-")
+    );
+
+    // terminate_connections and sendToUser.
+    ok(node_sdk(&call(json!({"op": "terminate", "user_id": "42"}))).await);
+    let r = rec.next().await;
+    assert_eq!(
+        (r.method.as_str(), r.path.as_str()),
+        ("POST", "/apps/1201/users/42/terminate_connections")
+    );
+    assert_signed(&r);
+    assert_eq!(body_json(&r), json!({}));
+    ok(node_sdk(&call(
+        json!({"op": "send_to_user", "user_id": "42", "event": "note", "data": {"n": 1}}),
+    ))
+    .await);
+    let r = rec.next().await;
+    assert_eq!(r.path, "/apps/1201/events");
+    assert_signed(&r);
+    assert_eq!(
+        body_json(&r),
+        json!({"name": "note", "data": "{\"n\":1}", "channels": ["#server-to-user-42"]})
+    );
+}
+
+#[tokio::test]
+async fn python_sdk_requests_verify() {
+    let mut rec = ApiRecorder::start().await;
+    let port = rec.port;
+    let call = |op: Value| {
+        let mut req = op;
+        req["app"] = APP.json();
+        req["port"] = port.into();
+        req
+    };
+
+    ok(python_sdk(&call(json!({
+        "op": "trigger", "channels": ["orders", "private-orders.5"], "event": "e",
+        "data": {"order": {"id": 5}}, "socket_id": "1201.7"
+    })))
+    .await);
+    let r = rec.next().await;
+    assert_eq!(
+        (r.method.as_str(), r.path.as_str()),
+        ("POST", "/apps/1201/events")
+    );
+    assert_signed(&r);
+    let body = body_json(&r);
+    assert_eq!(body["channels"], json!(["orders", "private-orders.5"]));
+    assert_eq!(body["socket_id"], "1201.7");
+    // Python's json.dumps: a space after each separator, inside data too.
+    assert_eq!(body["data"], "{\"order\": {\"id\": 5}}");
+
+    ok(python_sdk(&call(json!({"op": "trigger_batch", "batch": [
+        {"channel": "orders", "name": "a", "data": "x"},
+        {"channel": "cache-prices", "name": "b", "data": {"k": 1}}
+    ]})))
+    .await);
+    let r = rec.next().await;
+    assert_eq!(r.path, "/apps/1201/batch_events");
+    assert_signed(&r);
+    assert_eq!(body_json(&r)["batch"][1]["data"], "{\"k\": 1}");
+
+    for (op, path, info) in [
+        (
+            json!({"op": "channels_info", "prefix_filter": "presence-", "attributes": ["user_count"]}),
+            "/apps/1201/channels",
+            Some("user_count"),
+        ),
+        (
+            json!({"op": "channel_info", "channel": "presence-room.1", "attributes": ["user_count", "subscription_count"]}),
+            "/apps/1201/channels/presence-room.1",
+            Some("user_count,subscription_count"),
+        ),
+        (
+            json!({"op": "users_info", "channel": "presence-room.1"}),
+            "/apps/1201/channels/presence-room.1/users",
+            None,
+        ),
+    ] {
+        ok(python_sdk(&call(op)).await);
+        let r = rec.next().await;
+        assert_eq!((r.method.as_str(), r.path.as_str()), ("GET", path));
+        let v = assert_signed(&r);
+        assert_eq!(v.param("info"), info, "{path}");
+        // Python signs the MD5 of the empty body on GETs too (Node does not).
+        assert_eq!(
+            v.param("body_md5"),
+            Some("d41d8cd98f00b204e9800998ecf8427e")
+        );
+    }
+
+    // pusher 3.3.4's terminate_user_connections leaves /apps/{id} out of the path (Node
+    // and PHP put it in): the door must answer this path too (docs/pusher.md).
+    ok(python_sdk(&call(json!({"op": "terminate", "user_id": "42"}))).await);
+    let r = rec.next().await;
+    assert_eq!(
+        (r.method.as_str(), r.path.as_str()),
+        ("POST", "/users/42/terminate_connections")
+    );
+    assert_signed(&r);
+
+    ok(python_sdk(&call(
+        json!({"op": "send_to_user", "user_id": "42", "event": "note", "data": {"n": 1}}),
+    ))
+    .await);
+    let r = rec.next().await;
+    assert_signed(&r);
+    assert_eq!(body_json(&r)["channels"], json!(["#server-to-user-42"]));
+}
+
+// ---------------------------------------------------------------------------------------
+// Channel auth, user auth, webhooks
+// ---------------------------------------------------------------------------------------
+
+/// 32 bytes, base64: the master key of encrypted channels (the SDKs refuse to sign one
+/// without it).
+const MASTER_KEY: &str = "cHVzaHdpcmUtdGVzdC1lbmNyeXB0aW9uLW1hc3RlciE=";
+
+#[tokio::test]
+async fn sdk_channel_and_user_auth_verify() {
+    let keys = APP.keys();
+    let mut app = APP.json();
+    app["master_key_base64"] = MASTER_KEY.into();
+    for (sdk, name) in [(0, "node"), (1, "python")] {
+        let run = |req: Value| async move {
+            if sdk == 0 {
+                node_sdk(&req).await
+            } else {
+                python_sdk(&req).await
+            }
+        };
+        for channel in [
+            "private-orders.5",
+            "presence-room.1",
+            "private-encrypted-secrets",
+        ] {
+            let presence = channel.starts_with("presence-");
+            let mut req = json!({"app": app, "op": "authorize_channel", "socket_id": "1201.7", "channel": channel});
+            if presence {
+                req["data"] = json!({"user_id": 7, "user_info": {"name": "Ann"}});
+            }
+            let auth = ok(run(req).await);
+            let sig = auth["auth"].as_str().expect("auth");
+            let data = auth["channel_data"].as_str();
+            assert_eq!(data.is_some(), presence, "{name} {channel}: {auth}");
+            assert_eq!(
+                keys.check_channel_auth("1201.7", channel, data, Some(sig)),
+                Ok(()),
+                "{name} {channel}"
+            );
+            assert_eq!(
+                keys.channel_auth("1201.7", channel, data),
+                sig,
+                "{name} {channel}"
+            );
+            assert_eq!(
+                keys.check_channel_auth("1201.8", channel, data, Some(sig)),
+                Err(AuthError::Signature)
+            );
+            if let Some(data) = data {
+                let member = sign::presence_member(data).unwrap();
+                assert_eq!(member.user_id, "7");
+                assert_eq!(
+                    serde_json::from_str::<Value>(&member.user_info).unwrap(),
+                    json!({"name": "Ann"})
+                );
+            }
+            if channel.starts_with("private-encrypted-") {
+                assert!(auth["shared_secret"].is_string(), "{name}: {auth}");
+            }
+        }
+        let auth = ok(run(json!({
+            "app": app, "op": "authenticate_user", "socket_id": "1201.7",
+            "user_data": {"id": "ann", "name": "Ann"}
+        }))
+        .await);
+        let user_data = auth["user_data"].as_str().expect("user_data");
+        let sig = auth["auth"].as_str().expect("auth");
+        assert_eq!(
+            keys.check_signin("1201.7", user_data, sig),
+            Ok("ann".to_owned()),
+            "{name}"
+        );
+        assert_eq!(
+            keys.check_signin("1201.9", user_data, sig),
+            Err(AuthError::Signature)
+        );
+    }
+}
+
+#[tokio::test]
+async fn our_webhooks_pass_the_sdk_validators() {
+    let keys = APP.keys();
+    let now_ms = |ago: u64| {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64
+            - ago
+    };
+    let events = [
+        WebhookEvent::ChannelOccupied {
+            channel: "presence-room.1",
+        },
+        WebhookEvent::MemberAdded {
+            channel: "presence-room.1",
+            user_id: "7",
+        },
+        WebhookEvent::ClientEvent {
+            channel: "presence-room.1",
+            event: "client-typing",
+            data: r#"{"name":"Ann"}"#,
+            socket_id: SocketId { high: 1201, low: 7 },
+            user_id: Some("7"),
+        },
+        WebhookEvent::MemberRemoved {
+            channel: "presence-room.1",
+            user_id: "7",
+        },
+        WebhookEvent::ChannelVacated {
+            channel: "presence-room.1",
+        },
+        WebhookEvent::CacheMiss {
+            channel: "cache-prices",
+        },
+    ];
+    let body = outbound::webhook_body(now_ms(0), &events);
+    let sig = keys.webhook_signature(body.as_bytes());
+    let tampered = body.replace("\"7\"", "\"8\"");
+    assert_ne!(tampered, body);
+    let stale = outbound::webhook_body(now_ms(10 * 60 * 1000), &events);
+    let stale_sig = keys.webhook_signature(stale.as_bytes());
+
+    let node = |body: &str, sig: &str, key: &str| {
+        let req = json!({"app": APP.json(), "op": "webhook_valid", "body": body, "headers": {
+            "x-pusher-key": key, "x-pusher-signature": sig, "content-type": "application/json"}});
+        async move { ok(node_sdk(&req).await) }
+    };
+    assert_eq!(node(&body, &sig, APP.key).await, true);
+    assert_eq!(node(&tampered, &sig, APP.key).await, false);
+    assert_eq!(node(&body, &sig, "another-key").await, false);
+
+    let python = |body: &str, sig: &str| {
+        let req = json!({"app": APP.json(), "op": "webhook_valid", "key": APP.key, "signature": sig, "body": body});
+        async move { ok(python_sdk(&req).await) }
+    };
+    assert_eq!(python(&body, &sig).await, true);
+    assert_eq!(python(&tampered, &sig).await, false);
+    // pusher-http-python refuses a time_ms more than 5 minutes from its clock.
+    assert_eq!(python(&stale, &stale_sig).await, false);
+}
+
+// ---------------------------------------------------------------------------------------
+// pusher-js and Laravel Echo in Chromium, against a peer that speaks wire::pusher
+// ---------------------------------------------------------------------------------------
+
+/// One side of a WebSocket the page opened, and the URL it asked for.
+struct Peer {
+    ws: WebSocketStream<TcpStream>,
+    path: String,
+    query: String,
+}
+
+impl Peer {
+    async fn accept(listener: &TcpListener, within: Duration) -> Option<Peer> {
+        let (tcp, _) = timeout(within, listener.accept()).await.ok()?.ok()?;
+        let mut target = String::new();
+        // tungstenite's callback type returns its (large) error response by value.
+        #[allow(clippy::result_large_err)]
+        let record = |req: &WsRequest, res: Response| {
+            target = req.uri().to_string();
+            Ok(res)
+        };
+        let ws = tokio_tungstenite::accept_hdr_async(tcp, record)
+            .await
+            .expect("websocket handshake");
+        let (path, query) = target.split_once('?').unwrap_or((&target, ""));
+        Some(Peer {
+            path: path.to_owned(),
+            query: query.to_owned(),
+            ws,
+        })
+    }
+
+    async fn send(&mut self, frame: String) {
+        self.ws
+            .send(Message::text(frame))
+            .await
+            .expect("send to the page");
+    }
+
+    /// The next text frame (parse it with `inbound::parse`).
+    async fn next(&mut self) -> String {
+        loop {
+            let msg = timeout(Duration::from_secs(15), self.ws.next())
+                .await
+                .expect("the page sent nothing within 15 s")
+                .expect("the page closed")
+                .expect("websocket read");
+            if let Message::Text(t) = msg {
+                return t.as_str().to_owned();
+            }
+        }
+    }
+
+    async fn close(&mut self, refusal: Refusal) {
+        let n = refusal.close_notice();
+        let frame = CloseFrame {
+            code: n.code.into(),
+            reason: n.reason.into_owned().into(),
+        };
+        let _ = self.ws.close(Some(frame)).await;
+    }
+}
+
+/// The app's `/broadcasting/auth`: pusher-js posts `socket_id` and `channel_name`; the
+/// answer is the Node SDK's `authorizeChannel` (with user 7's `channel_data` on presence
+/// channels), as a Laravel app's would be.
+fn auth_endpoint() -> common::chromium::Handler {
+    Arc::new(|_target: String, body: String| {
+        Box::pin(async move {
+            let field = |name: &str| {
+                body.split('&')
+                    .filter_map(|p| p.split_once('='))
+                    .find(|(k, _)| *k == name)
+                    .map(|(_, v)| v.replace("%2C", ",").replace("%23", "#"))
+                    .unwrap_or_default()
+            };
+            let (socket_id, channel) = (field("socket_id"), field("channel_name"));
+            let mut req = json!({"app": APP.json(), "op": "authorize_channel",
+                                 "socket_id": socket_id, "channel": channel});
+            if channel.starts_with("presence-") {
+                req["data"] = json!({"user_id": 7, "user_info": {"name": "Ann"}});
+            }
+            (200, ok(node_sdk(&req).await).to_string())
+        })
+    })
+}
+
+fn page_script(ws_port: u16) -> String {
+    format!(
+        r#"
+var echo = new Echo.default({{
+  broadcaster: 'reverb', key: '{key}', wsHost: '127.0.0.1', wsPort: {ws_port}, wssPort: {ws_port},
+  forceTLS: false, enabledTransports: ['ws'], authEndpoint: '/broadcasting/auth',
+}});
+var pusher = echo.connector.pusher;
+pusher.connection.bind('connected', function () {{ report('/alert', 'connected ' + pusher.connection.socket_id); }});
+echo.channel('orders').listen('OrderShipped', function (e) {{ report('/alert', 'public ' + JSON.stringify(e)); }});
+echo.private('orders.5').listen('OrderShipped', function (e) {{ report('/alert', 'private ' + JSON.stringify(e)); }});
+echo.private('denied').error(function (e) {{ report('/alert', 'denied ' + JSON.stringify(e)); }});
+echo.join('room.1')
+  .here(function (users) {{
+    report('/alert', 'here ' + JSON.stringify(users));
+    echo.join('room.1').whisper('typing', {{ name: 'Ann' }});
+  }})
+  .joining(function (u) {{ report('/alert', 'joining ' + JSON.stringify(u)); }})
+  .leaving(function (u) {{ report('/alert', 'leaving ' + JSON.stringify(u)); }})
+  .listenForWhisper('typing', function (e) {{ report('/alert', 'whisper ' + JSON.stringify(e)); }});
+"#,
+        key = APP.key
+    )
+}
+
+/// The page's next alerts, in any order, until exactly `want` arrived.
+async fn expect_alerts(page: &mut SeedPage, want: &[&str]) {
+    let mut missing: BTreeSet<String> = want.iter().map(|s| s.to_string()).collect();
+    while !missing.is_empty() {
+        match page.next_event_within(Duration::from_secs(15)).await {
+            PageEvent::Alert(a) => assert!(
+                missing.remove(&a),
+                "unexpected alert {a:?}; still waiting for {missing:?}"
+            ),
+            PageEvent::Trouble(t) => panic!("page trouble: {t}; waiting for {missing:?}"),
+        }
+    }
+}
+
+/// Reads the page's four subscriptions (any order; private and presence ones after their
+/// auth round trip) and answers each as the door will, checking signatures with
+/// `wire::pusher`; then the whisper Echo's `here()` sends once the presence list is in
+/// (which may come before the last subscription).
+async fn serve_subscriptions(peer: &mut Peer, socket_id: SocketId) {
+    let keys = APP.keys();
+    let sid = socket_id.to_string();
+    let mut seen = BTreeSet::new();
+    let mut whispered = false;
+    while seen.len() < 4 {
+        let text = peer.next().await;
+        let s = match inbound::parse(&text) {
+            Ok(Inbound::Subscribe(s)) => s,
+            Ok(Inbound::Client(c)) if !whispered => {
+                check_whisper(&c);
+                whispered = true;
+                continue;
+            }
+            other => panic!("expected a subscribe, got {text}: {other:?}"),
+        };
+        let name = s.channel.name().to_owned();
+        let kind = s.channel.kind();
+        match name.as_str() {
+            "orders" => assert_eq!((kind.access, s.auth.as_deref()), (Access::Public, Some(""))),
+            _ => assert_eq!(
+                keys.check_channel_auth(&sid, &name, s.channel_data.as_deref(), s.auth.as_deref()),
+                Ok(()),
+                "{text}"
+            ),
+        }
+        let reply = match kind.access {
+            Access::Presence => {
+                let me = sign::presence_member(s.channel_data.as_deref().unwrap()).unwrap();
+                assert_eq!(me.user_id, "7");
+                outbound::presence_succeeded(
+                    &name,
+                    [
+                        (me.user_id.as_str(), me.user_info.as_str()),
+                        ("8", r#"{"name":"Bob"}"#),
+                    ],
+                )
+            }
+            _ if name == "private-denied" => outbound::subscription_error(
+                &name,
+                SubscriptionErrorType::AuthError,
+                "invalid signature",
+            ),
+            _ => outbound::subscription_succeeded(&name),
+        };
+        peer.send(reply).await;
+        assert!(seen.insert(name.clone()), "{name} subscribed twice");
+    }
+    assert_eq!(
+        seen.into_iter().collect::<Vec<_>>(),
+        [
+            "orders",
+            "presence-room.1",
+            "private-denied",
+            "private-orders.5"
+        ]
+    );
+    if !whispered {
+        let text = peer.next().await;
+        let Ok(Inbound::Client(c)) = inbound::parse(&text) else {
+            panic!("expected the whisper, got {text}")
+        };
+        check_whisper(&c);
+    }
+}
+
+/// Echo's `whisper('typing', {name: 'Ann'})` on the presence channel.
+fn check_whisper(c: &pushwire::wire::pusher::inbound::ClientEvent<'_>) {
+    assert_eq!(
+        (&*c.event, &*c.channel),
+        ("client-typing", "presence-room.1")
+    );
+    assert!(c.kind.allows_client_events());
+    assert_eq!(c.data.map(|d| d.get()), Some(r#"{"name":"Ann"}"#));
+}
+
+#[tokio::test]
+async fn pusher_js_and_echo_speak_our_frames() {
+    let ws = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let ws_port = ws.local_addr().unwrap().port();
+    let http = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let site = Site {
+        files: vendor_files(),
+        handler: Some(auth_endpoint()),
+    };
+    let mut page = SeedPage::launch_site(http, echo_page(&page_script(ws_port)), site, &[]);
+
+    let mut peer = Peer::accept(&ws, Duration::from_secs(20))
+        .await
+        .unwrap_or_else(|| {
+            panic!(
+                "pusher-js never connected; chromium log:\n{}",
+                page.browser.log_tail()
+            )
+        });
+    assert_eq!(codes::app_key(&peer.path), Some(APP.key), "{}", peer.path);
+    assert_eq!(
+        codes::check_protocol(Some(&peer.query)),
+        Ok(()),
+        "{}",
+        peer.query
+    );
+    assert!(
+        peer.query.contains("client=js&version=8.6.0"),
+        "{}",
+        peer.query
+    );
+
+    let first = SocketId { high: 1201, low: 1 };
+    peer.send(outbound::connection_established(first, 120))
+        .await;
+    expect_alerts(&mut page, &["connected 1201.1"]).await;
+    serve_subscriptions(&mut peer, first).await;
+
+    let order = r#"{"order":{"id":5}}"#;
+    peer.send(outbound::event(r"App\Events\OrderShipped", "orders", order))
+        .await;
+    peer.send(outbound::event(
+        r"App\Events\OrderShipped",
+        "private-orders.5",
+        order,
+    ))
+    .await;
+    let bob: Value = json!({"name": "Bob"});
+    let bob_raw = serde_json::value::to_raw_value(&bob).unwrap();
+    peer.send(outbound::client_event(
+        "client-typing",
+        "presence-room.1",
+        Some(&bob_raw),
+        Some("8"),
+    ))
+    .await;
+    peer.send(outbound::member_added(
+        "presence-room.1",
+        "9",
+        r#"{"name":"Cy"}"#,
+    ))
+    .await;
+    peer.send(outbound::member_removed("presence-room.1", "9"))
+        .await;
+    expect_alerts(
+        &mut page,
+        &[
+            r#"here [{"name":"Ann"},{"name":"Bob"}]"#,
+            r#"denied {"type":"AuthError","error":"invalid signature","status":401}"#,
+            r#"public {"order":{"id":5}}"#,
+            r#"private {"order":{"id":5}}"#,
+            r#"whisper {"name":"Bob"}"#,
+            r#"joining {"name":"Cy"}"#,
+            r#"leaving {"name":"Cy"}"#,
+        ],
+    )
+    .await;
+
+    // pusher-js answers the server's ping.
+    peer.send(outbound::ping()).await;
+    let text = peer.next().await;
+    assert_eq!(inbound::parse(&text), Ok(Inbound::Pong), "{text}");
+
+    // 4200: pusher-js reconnects at once, gets a new socket_id and subscribes again.
+    assert_eq!(Code::Reconnect.reconnect(), Reconnect::Now);
+    peer.close(Refusal::of(Code::Reconnect)).await;
+    let started = Instant::now();
+    let mut peer = Peer::accept(&ws, Duration::from_secs(10))
+        .await
+        .expect("pusher-js reconnects after close code 4200");
+    let second = SocketId { high: 1201, low: 2 };
+    peer.send(outbound::connection_established(second, 120))
+        .await;
+    expect_alerts(&mut page, &["connected 1201.2"]).await;
+    serve_subscriptions(&mut peer, second).await;
+    expect_alerts(
+        &mut page,
+        &[
+            r#"here [{"name":"Ann"},{"name":"Bob"}]"#,
+            r#"denied {"type":"AuthError","error":"invalid signature","status":401}"#,
+        ],
+    )
+    .await;
+    eprintln!("reconnected after 4200 in {:?}", started.elapsed());
+
+    // 4001 (no such app): pusher-js does not come back.
+    assert_eq!(Code::AppNotFound.reconnect(), Reconnect::Never);
+    peer.send(outbound::error(&Refusal::of(Code::AppNotFound)))
+        .await;
+    peer.close(Refusal::of(Code::AppNotFound)).await;
+    assert!(
+        Peer::accept(&ws, Duration::from_secs(5)).await.is_none(),
+        "pusher-js reconnected after close code 4001"
+    );
+    assert!(
+        !page.reports_within(Duration::from_millis(200)).await,
+        "no more reports"
+    );
+}
