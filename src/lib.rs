@@ -22,7 +22,8 @@
 //!   connection's bounded queue, its full-queue policy, and fan-outs writing through to
 //!   an idle socket; `fanout`: the threads that take parts of a large fan-out.
 //! - [`wire`]: bytes ↔ types, no I/O: line framing, push lines, the command grammar,
-//!   close notices, the shared [`wire::Payload`].
+//!   close notices, the shared [`wire::Payload`], the Pusher Channels protocol
+//!   ([`wire::pusher`]).
 //! - [`metrics`]: one table of counters → `/stats` and Prometheus; [`dedupe`]: accepted
 //!   `/push`es remembered for idempotent retries.
 //! - [`cluster`]: cluster mode on Redis (routed delivery, truthful cluster-wide replies);

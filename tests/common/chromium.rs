@@ -103,12 +103,20 @@ fn response(status: u16, content_type: &str, body: &[u8]) -> Vec<u8> {
     out
 }
 
-async fn handle_http(
-    mut tcp: TcpStream,
-    html: &str,
-    site: &Site,
-    events: &mpsc::UnboundedSender<PageEvent>,
-) -> std::io::Result<()> {
+/// One HTTP/1.1 request as a test's small server reads it.
+#[derive(Debug, Clone)]
+pub struct HttpRequest {
+    pub method: String,
+    /// The request target: the path and, if any, `?` and the query.
+    pub target: String,
+    /// Header names lower-cased.
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+/// Reads one request (the head, then `Content-Length` bytes of body); `None` if the peer
+/// closed first.
+pub async fn read_request(tcp: &mut TcpStream) -> std::io::Result<Option<HttpRequest>> {
     let mut buf = Vec::new();
     let head_end = loop {
         if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
@@ -117,21 +125,23 @@ async fn handle_http(
         let mut chunk = [0u8; 4096];
         let n = tcp.read(&mut chunk).await?;
         if n == 0 {
-            return Ok(());
+            return Ok(None);
         }
         buf.extend_from_slice(&chunk[..n]);
     };
     let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
-    let mut request_line = head.lines().next().unwrap_or("").split(' ');
-    let (method, path) = (
-        request_line.next().unwrap_or(""),
-        request_line.next().unwrap_or(""),
-    );
-    let content_length = head
-        .lines()
+    let mut lines = head.split("\r\n");
+    let mut request_line = lines.next().unwrap_or("").split(' ');
+    let method = request_line.next().unwrap_or("").to_owned();
+    let target = request_line.next().unwrap_or("").to_owned();
+    let headers: Vec<(String, String)> = lines
         .filter_map(|l| l.split_once(':'))
-        .find(|(k, _)| k.trim().eq_ignore_ascii_case("content-length"))
-        .and_then(|(_, v)| v.trim().parse::<usize>().ok())
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    let content_length = headers
+        .iter()
+        .find(|(k, _)| k == "content-length")
+        .and_then(|(_, v)| v.parse::<usize>().ok())
         .unwrap_or(0);
     let mut body = buf[head_end..].to_vec();
     while body.len() < content_length {
@@ -142,7 +152,25 @@ async fn handle_http(
         }
         body.extend_from_slice(&chunk[..n]);
     }
-    let body = String::from_utf8_lossy(&body).into_owned();
+    Ok(Some(HttpRequest {
+        method,
+        target,
+        headers,
+        body,
+    }))
+}
+
+async fn handle_http(
+    mut tcp: TcpStream,
+    html: &str,
+    site: &Site,
+    events: &mpsc::UnboundedSender<PageEvent>,
+) -> std::io::Result<()> {
+    let Some(request) = read_request(&mut tcp).await? else {
+        return Ok(());
+    };
+    let (method, path) = (request.method.as_str(), request.target.as_str());
+    let body = String::from_utf8_lossy(&request.body).into_owned();
 
     let file = site.files.iter().find(|(p, _)| p == path).map(|(_, f)| f);
     let response = match (method, path) {
