@@ -1,12 +1,15 @@
-//! Bytes ↔ types for both doors, no I/O: push-line framing, the plain push line's uid,
-//! the `/`-command grammar, close notices, the [`Payload`] every recipient shares, and
-//! protocol v1's browser frames ([`envelope`]); the Pusher Channels protocol ([`pusher`]).
+//! Bytes ↔ types for every door, no I/O: push-line framing, the plain push line's uid,
+//! the `/`-command grammar, close notices, the [`Payload`] every recipient shares,
+//! protocol v1's browser frames ([`envelope`]), the Pusher Channels protocol ([`pusher`]),
+//! GatewayWorker's wire ([`gateway`]) and PHP's `serialize()` format ([`php`]).
 
 pub mod close;
 pub mod command;
 pub mod envelope;
+pub mod gateway;
 pub mod lines;
 pub mod payload;
+pub mod php;
 pub mod push_line;
 pub mod pusher;
 
