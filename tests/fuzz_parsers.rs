@@ -1,5 +1,6 @@
 //! Property tests for every parser that sees untrusted bytes: push-line framing and
-//! parsing, `/`-commands, signed-uid tokens and CIDR allow-lists.
+//! parsing, `/`-commands, signed-uid tokens, CIDR allow-lists, browsers' WebSocket frames,
+//! the Pusher Channels protocol, and GatewayWorker's wire with PHP's serialize() format.
 //!
 //! They run in the normal `cargo test` with proptest's default case count (256 per
 //! property); `PROPTEST_CASES=20000 cargo test --test fuzz_parsers` runs them longer.
@@ -1391,5 +1392,418 @@ mod pusher {
             let want: String = mac.finalize().into_bytes().iter().map(|b| format!("{b:02x}")).collect();
             prop_assert_eq!(app.webhook_signature(&body), want);
         }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// GatewayWorker's wire (src/wire/gateway/) and PHP's serialize() (src/wire/php.rs): what
+// a GatewayClient, or anyone who reaches its ports, sends.
+
+mod gateway {
+    use std::net::{Ipv4Addr, SocketAddrV4};
+
+    use bytes::BytesMut;
+    use proptest::collection::vec;
+    use proptest::prelude::*;
+    use pushwire::wire::gateway::request::{self, Limits, Request, Scope};
+    use pushwire::wire::gateway::{
+        ClientId, Cmd, Frame, FrameError, HEAD_LEN, Header, encode_frame, register, take_frame,
+    };
+    use pushwire::wire::php::{self, Key, Value};
+    use serde_json::json;
+
+    use super::{json_value, mutate, mutation, tricky_string};
+
+    /// Bytes that stress the format: its own punctuation, quotes, digits, high bytes.
+    fn php_bytes() -> impl Strategy<Value = Vec<u8>> {
+        prop_oneof![
+            3 => vec(prop::sample::select(b"\";:{}aisNbd01-9 \\\x00\xff".to_vec()), 0..8),
+            1 => vec(any::<u8>(), 0..8),
+        ]
+    }
+
+    fn php_key() -> impl Strategy<Value = Key> {
+        prop_oneof![
+            any::<i64>().prop_map(Key::Int),
+            (0i64..4).prop_map(Key::Int),
+            // A decimal string is the integer key, as PHP keys it.
+            php_bytes().prop_map(|b| Key::from_bytes(&b)),
+        ]
+    }
+
+    /// Any value our writer may be asked to write (floats as PHP writes them).
+    fn php_value() -> impl Strategy<Value = Value> {
+        let float = prop::sample::select(vec![
+            "1.5", "0.1", "-2.0E-7", "1.0E+25", "INF", "-INF", "NAN", "0",
+        ]);
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(Value::Int),
+            float.prop_map(|f| php::unserialize(
+                format!("d:{f};").as_bytes(),
+                php::Limits::default()
+            )
+            .unwrap()),
+            php_bytes().prop_map(Value::Str),
+        ];
+        leaf.prop_recursive(4, 40, 6, |inner| {
+            vec((php_key(), inner), 0..6).prop_map(|kv| Value::Array(kv.into_iter().collect()))
+        })
+    }
+
+    /// Nesting depth (an array alone is 1) and entries in all arrays.
+    fn shape(v: &Value) -> (usize, usize) {
+        match v {
+            Value::Array(a) => a.iter().fold((1, a.len()), |(d, n), (_, v)| {
+                let (vd, vn) = shape(v);
+                (d.max(vd + 1), n + vn)
+            }),
+            _ => (0, 0),
+        }
+    }
+
+    fn header() -> impl Strategy<Value = Header> {
+        (
+            any::<u8>(),
+            any::<u32>(),
+            any::<u16>(),
+            any::<u32>(),
+            any::<u16>(),
+            any::<u32>(),
+            any::<u8>(),
+            any::<u16>(),
+        )
+            .prop_map(
+                |(
+                    cmd,
+                    local_ip,
+                    local_port,
+                    client_ip,
+                    client_port,
+                    connection_id,
+                    flag,
+                    gateway_port,
+                )| Header {
+                    cmd,
+                    local_ip,
+                    local_port,
+                    client_ip,
+                    client_port,
+                    connection_id,
+                    flag,
+                    gateway_port,
+                },
+            )
+    }
+
+    /// Cut `bytes` at the given points (modulo its length).
+    fn chunks(bytes: &[u8], cuts: &[prop::sample::Index]) -> Vec<Vec<u8>> {
+        let mut at: Vec<usize> = cuts.iter().map(|i| i.index(bytes.len() + 1)).collect();
+        at.push(0);
+        at.push(bytes.len());
+        at.sort_unstable();
+        at.windows(2).map(|w| bytes[w[0]..w[1]].to_vec()).collect()
+    }
+
+    /// What a GatewayClient-shaped ext_data may hold, and what the codec must make of it.
+    fn names() -> impl Strategy<Value = Vec<serde_json::Value>> {
+        vec(
+            prop_oneof![
+                tricky_string().prop_map(serde_json::Value::from),
+                any::<i64>().prop_map(serde_json::Value::from)
+            ],
+            0..6,
+        )
+    }
+
+    fn name_text(v: &serde_json::Value) -> String {
+        match v {
+            serde_json::Value::String(s) => s.clone(),
+            other => other.to_string(),
+        }
+    }
+
+    fn ext_data() -> impl Strategy<Value = Vec<u8>> {
+        prop_oneof![
+            vec(any::<u8>(), 0..40),
+            json_value().prop_map(|v| v.to_string().into_bytes()),
+            names().prop_map(|n| json!(n).to_string().into_bytes()),
+            (names(), vec(any::<u32>(), 0..4)).prop_map(|(g, ex)| {
+                let exclude: serde_json::Map<String, serde_json::Value> =
+                    ex.iter().map(|c| (c.to_string(), json!(c))).collect();
+                json!({"group": g, "exclude": exclude})
+                    .to_string()
+                    .into_bytes()
+            }),
+            (vec(any::<u32>(), 0..4), any::<bool>()).prop_map(|(c, only)| {
+                let map: serde_json::Map<String, serde_json::Value> =
+                    c.iter().map(|c| (c.to_string(), json!(c))).collect();
+                json!({ (if only { "connections" } else { "exclude" }): map })
+                    .to_string()
+                    .into_bytes()
+            }),
+            (names(), json_value())
+                .prop_map(|(f, w)| json!({"fields": f, "where": w}).to_string().into_bytes()),
+        ]
+    }
+
+    fn check_request(r: &Request, limits: &Limits) -> Result<(), TestCaseError> {
+        let names = |list: &[String], max_bytes: usize| -> Result<(), TestCaseError> {
+            prop_assert!(list.len() <= limits.max_list);
+            prop_assert!(list.iter().all(|n| n.len() <= max_bytes));
+            Ok(())
+        };
+        let one = |n: &str, max_bytes: usize| -> Result<(), TestCaseError> {
+            prop_assert!(n.len() <= max_bytes);
+            Ok(())
+        };
+        match r {
+            Request::SendToUid { uids, .. } | Request::BatchGetClientIdByUid { uids } => {
+                names(uids, limits.max_uid_bytes)?
+            }
+            Request::SendToGroup { groups, except, .. } => {
+                names(groups, limits.max_group_bytes)?;
+                prop_assert!(except.len() <= limits.max_list);
+            }
+            Request::BatchGetClientCountByGroup { groups } => {
+                names(groups, limits.max_group_bytes)?
+            }
+            Request::SendToAll { only, except, .. } => {
+                prop_assert!(only.as_ref().is_none_or(|o| o.len() <= limits.max_list));
+                prop_assert!(except.len() <= limits.max_list);
+            }
+            Request::BindUid { uid, .. } => {
+                one(uid, limits.max_uid_bytes)?;
+                prop_assert!(!uid.is_empty() && uid != "0");
+            }
+            Request::JoinGroup { group, .. }
+            | Request::LeaveGroup { group, .. }
+            | Request::Ungroup { group } => {
+                one(group, limits.max_group_bytes)?;
+                prop_assert!(!group.is_empty() && group != "0");
+            }
+            Request::Select(s) => {
+                prop_assert!(s.fields.len() <= limits.max_list);
+                if let Scope::Matching {
+                    groups,
+                    uids,
+                    connections,
+                } = &s.scope
+                {
+                    names(groups, limits.max_group_bytes)?;
+                    names(uids, limits.max_uid_bytes)?;
+                    prop_assert!(connections.len() <= limits.max_list);
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    proptest! {
+        /// What the writer writes, the reader reads back to the same value, and writes
+        /// again to the same bytes.
+        #[test]
+        fn php_values_round_trip(v in php_value()) {
+            let bytes = v.serialize();
+            let limits = php::Limits { max_depth: 8, max_entries: 1000 };
+            let back = php::unserialize(&bytes, limits).map_err(|e| TestCaseError::fail(format!("{e}: {}", String::from_utf8_lossy(&bytes))))?;
+            prop_assert_eq!(&back, &v);
+            prop_assert_eq!(back.serialize(), bytes);
+        }
+
+        /// Any bytes, and any serialization with a byte changed, inserted or deleted:
+        /// never a panic; what is accepted is within the limits and a fixed point.
+        #[test]
+        fn php_unserialize_never_panics_and_keeps_its_limits(
+            v in php_value(),
+            m in mutation(),
+            noise in vec(any::<u8>(), 0..64),
+            max_depth in 0usize..5,
+            max_entries in 0usize..20,
+        ) {
+            let limits = php::Limits { max_depth, max_entries };
+            let serialized = String::from_utf8_lossy(&v.serialize()).into_owned();
+            for input in [mutate(&serialized, &m).into_bytes(), noise] {
+                if let Ok(got) = php::unserialize(&input, limits) {
+                    let (depth, entries) = shape(&got);
+                    prop_assert!(depth <= max_depth && entries <= max_entries, "{depth} {entries}");
+                    prop_assert_eq!(php::unserialize(&got.serialize(), limits), Ok(got));
+                }
+            }
+        }
+
+        /// Keys: PHP's rule for a string key is a fixed point of printing it.
+        #[test]
+        fn php_keys_follow_the_decimal_rule(bytes in php_bytes(), n in any::<i64>()) {
+            prop_assert_eq!(Key::from_bytes(n.to_string().as_bytes()), Key::Int(n));
+            let key = Key::from_bytes(&bytes);
+            prop_assert_eq!(Key::from_bytes(&key.to_bytes()), key.clone());
+            if let Key::Int(k) = key {
+                prop_assert_eq!(k.to_string().into_bytes(), bytes);
+            }
+        }
+
+        /// array_replace_recursive keeps every key of both sides, the replacement's
+        /// scalars winning.
+        #[test]
+        fn replace_recursive_keeps_both_sides(a in php_value(), b in php_value()) {
+            if let (Value::Array(mut base), Value::Array(with)) = (a.clone(), b) {
+                let before: Vec<Key> = base.iter().map(|(k, _)| k.clone()).collect();
+                base.replace_recursive(with.clone());
+                for k in before.iter().chain(with.iter().map(|(k, _)| k)) {
+                    prop_assert!(base.get(k).is_some());
+                }
+                for (k, v) in with.iter() {
+                    if !matches!(v, Value::Array(_)) {
+                        prop_assert_eq!(base.get(k), Some(v));
+                    }
+                }
+                prop_assert_eq!(&base.iter().take(before.len()).map(|(k, _)| k.clone()).collect::<Vec<_>>(), &before);
+            }
+        }
+
+        /// Frames written back to back and read in any chunks come out as written; a
+        /// frame over the limit is an error as soon as its length is in, and the buffer
+        /// never holds more than the limit plus the last read.
+        #[test]
+        fn frames_round_trip_in_any_chunks(
+            frames in vec((header(), vec(any::<u8>(), 0..40), vec(any::<u8>(), 0..40)), 0..5),
+            cuts in vec(any::<prop::sample::Index>(), 0..12),
+            max in HEAD_LEN..HEAD_LEN + 90,
+        ) {
+            let mut stream = Vec::new();
+            let mut expected = Vec::new();
+            for (h, ext, body) in &frames {
+                stream.extend(encode_frame(h, ext, body).unwrap());
+                expected.push(Frame { header: *h, ext: ext.clone().into(), body: body.clone().into() });
+            }
+            let mut buf = BytesMut::new();
+            let mut got = Vec::new();
+            let mut error = None;
+            'read: for chunk in chunks(&stream, &cuts) {
+                buf.extend_from_slice(&chunk);
+                prop_assert!(buf.len() <= max + chunk.len());
+                loop {
+                    match take_frame(&mut buf, max) {
+                        Ok(Some(f)) => got.push(f),
+                        Ok(None) => break,
+                        Err(e) => { error = Some(e); break 'read; }
+                    }
+                }
+            }
+            let fitting = expected.iter().take_while(|f| HEAD_LEN + f.ext.len() + f.body.len() <= max).count();
+            prop_assert_eq!(&got[..], &expected[..fitting]);
+            match expected.get(fitting) {
+                Some(f) => prop_assert_eq!(error, Some(FrameError::TooLong { pack_len: (HEAD_LEN + f.ext.len() + f.body.len()) as u32, max })),
+                None => prop_assert!(error.is_none() && buf.is_empty()),
+            }
+        }
+
+        /// Arbitrary bytes never make the reader panic or hand out a frame over the limit.
+        #[test]
+        fn take_frame_never_panics(bytes in vec(any::<u8>(), 0..200), cuts in vec(any::<prop::sample::Index>(), 0..6), max in 0usize..120) {
+            let mut buf = BytesMut::new();
+            'read: for chunk in chunks(&bytes, &cuts) {
+                buf.extend_from_slice(&chunk);
+                loop {
+                    match take_frame(&mut buf, max) {
+                        Ok(Some(f)) => prop_assert!(HEAD_LEN + f.ext.len() + f.body.len() <= max.max(HEAD_LEN)),
+                        Ok(None) => break,
+                        Err(_) => break 'read,
+                    }
+                }
+            }
+        }
+
+        /// Any command, flag, ext_data and body: a request within the limits or a
+        /// refusal, never a panic; a refused query always has an answer.
+        #[test]
+        fn requests_never_panic_and_keep_the_limits(
+            cmd in prop_oneof![prop::sample::select(vec![5u8, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 20, 21, 22, 23, 24, 25, 26, 27, 28, 202, 203, 204]), any::<u8>()],
+            flag in 0u8..4,
+            connection_id in any::<u32>(),
+            ext in ext_data(),
+            body in prop_oneof![php_value().prop_map(|v| v.serialize()), vec(any::<u8>(), 0..20)],
+            max_list in 0usize..5,
+            max_bytes in 0usize..12,
+        ) {
+            let limits = Limits { max_list, max_uid_bytes: max_bytes, max_group_bytes: max_bytes + 1, ..Limits::default() };
+            let header = Header { cmd, connection_id, flag, ..Header::default() };
+            let bytes = encode_frame(&header, &ext, &body).unwrap();
+            let frame = take_frame(&mut BytesMut::from(&bytes[..]), 1 << 16).unwrap().unwrap();
+            match request::parse(&frame, &limits) {
+                Ok(r) => check_request(&r, &limits)?,
+                Err(e) => {
+                    let _ = e.to_string();
+                    let query = Cmd::from_u8(cmd).is_some_and(Cmd::expects_reply);
+                    prop_assert_eq!(e.reply().is_some(), query);
+                }
+            }
+        }
+
+        /// Lists of uids GatewayClient may send (json_encode of strings and ints) are read
+        /// back as the names PHP keys them by; exclusions are read by key.
+        #[test]
+        fn name_and_exclusion_lists_round_trip(uids in names(), groups in names(), exclude in vec(any::<u32>(), 0..5)) {
+            let limits = Limits { max_list: 10, max_uid_bytes: 1000, max_group_bytes: 1000, ..Limits::default() };
+            let frame = |cmd: Cmd, ext: String| {
+                let header = Header { cmd: cmd as u8, flag: 1, ..Header::default() };
+                take_frame(&mut BytesMut::from(&encode_frame(&header, ext.as_bytes(), b"m").unwrap()[..]), 1 << 16).unwrap().unwrap()
+            };
+            let want: Vec<String> = uids.iter().map(name_text).collect();
+            match request::parse(&frame(Cmd::SendToUid, json!(uids).to_string()), &limits) {
+                Ok(Request::SendToUid { uids: got, .. }) => prop_assert_eq!(got, want),
+                other => prop_assert!(false, "{other:?}"),
+            }
+            let map: serde_json::Map<String, serde_json::Value> = exclude.iter().map(|c| (c.to_string(), json!(c))).collect();
+            let mut keys: Vec<u32> = exclude.clone();
+            keys.sort_unstable();
+            keys.dedup();
+            match request::parse(&frame(Cmd::SendToGroup, json!({"group": groups, "exclude": map}).to_string()), &limits) {
+                Ok(Request::SendToGroup { groups: got, mut except, .. }) => {
+                    prop_assert_eq!(got, groups.iter().map(name_text).collect::<Vec<_>>());
+                    except.sort_unstable();
+                    prop_assert_eq!(except, keys);
+                }
+                other => prop_assert!(false, "{other:?}"),
+            }
+        }
+
+        /// Client ids: every address and number round-trips; any other text is refused
+        /// without a panic.
+        #[test]
+        fn client_ids_round_trip(ip in any::<u32>(), port in any::<u16>(), connection in any::<u32>(), text in any::<String>(), hex in "[0-9a-fA-F]{18,22}") {
+            let id = ClientId { gateway: SocketAddrV4::new(Ipv4Addr::from(ip), port), connection };
+            let s = id.to_string();
+            prop_assert_eq!(s.len(), 20);
+            prop_assert_eq!(s.parse::<ClientId>(), Ok(id));
+            let _ = text.parse::<ClientId>();
+            prop_assert_eq!(hex.parse::<ClientId>().is_ok(), hex.len() == 20);
+        }
+
+        /// Register lines: never a panic; any secret GatewayClient can send is read back.
+        #[test]
+        fn register_lines_never_panic(line in vec(any::<u8>(), 0..60), value in json_value(), secret in tricky_string()) {
+            let _ = register::parse_line(&line);
+            let _ = register::parse_line(json!({"event": value, "secret_key": value}).to_string().as_bytes());
+            let line = json!({"event": "worker_connect", "secret_key": secret}).to_string();
+            prop_assert_eq!(register::parse_line(line.as_bytes()), Ok(register::Event::WorkerConnect { secret_key: Some(secret) }));
+        }
+    }
+
+    /// A value nested past any limit is refused, not a stack overflow.
+    #[test]
+    fn php_deep_nesting_is_refused() {
+        let deep = "a:1:{i:0;".repeat(100_000);
+        let limits = php::Limits {
+            max_depth: usize::MAX,
+            max_entries: usize::MAX,
+        };
+        assert_eq!(
+            php::unserialize(deep.as_bytes(), limits),
+            Err(php::PhpError::TooDeep)
+        );
     }
 }

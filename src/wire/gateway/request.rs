@@ -563,18 +563,14 @@ impl<'f> NamesSeed<'f> {
             return Err(refuse(self.fault, Why::TooMany { max: self.max }));
         }
         let name = match value {
-            Scalar::Str(s) if s.len() > self.max_bytes => {
-                return Err(refuse(
-                    self.fault,
-                    Why::NameTooLong {
-                        max: self.max_bytes,
-                    },
-                ));
-            }
             Scalar::Str(s) => s,
             Scalar::Int(n) => n.to_string(),
             Scalar::Big | Scalar::Other => return Err(refuse(self.fault, Why::BadName)),
         };
+        if name.len() > self.max_bytes {
+            let max = self.max_bytes;
+            return Err(refuse(self.fault, Why::NameTooLong { max }));
+        }
         names.push(name);
         Ok(())
     }
@@ -1420,6 +1416,8 @@ mod tests {
         assert!(send(r#"["a","b"]"#).is_ok());
         assert_eq!(why(send(r#"["a","b","c"]"#)), Why::TooMany { max: 2 });
         assert_eq!(why(send(r#"["abcd"]"#)), Why::NameTooLong { max: 3 });
+        // An integer counts as its decimal text.
+        assert_eq!(why(send("[-100]")), Why::NameTooLong { max: 3 });
         let group = |ext: &str| {
             parse(
                 &frame(Cmd::SendToGroup, 0, 1, ext.as_bytes(), b"m"),
