@@ -7,6 +7,7 @@
 
 pub mod chromium;
 pub mod pusher;
+pub mod gateway_php;
 #[macro_use]
 pub mod redis;
 pub mod netns;
