@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The project's test command: make sure the real clients the tests drive exist
-# (php with its curl extension, OpenBSD nc, chromium, curl, Prometheus's promtool,
-# nginx and openssl, iproute2, Autobahn|Testsuite's wstest, the Pusher clients: pusher-js,
-# Laravel Echo and the Node and Python server SDKs), then run every cargo test.
+# (php with its curl and redis extensions, OpenBSD nc, chromium, curl, Prometheus's
+# promtool, nginx and openssl, iproute2, Autobahn|Testsuite's wstest, the Pusher clients:
+# pusher-js, Laravel Echo and the Node and Python server SDKs), then run every cargo test.
 #
 # Usage: scripts/test.sh [extra cargo test args...]
 #   e.g. scripts/test.sh chromium -- --nocapture   (a name filter, applied to every target)
@@ -31,6 +31,8 @@ missing_packages() {
 	command -v php >/dev/null 2>&1 || echo php-cli
 	# The seed's web-msg-sender backend posts with PHP's curl_* functions.
 	php -r 'exit(function_exists("curl_init") ? 0 : 1);' >/dev/null 2>&1 || echo php-curl
+	# The seed's Redis-queue push centre (issue 22) lpushes with phpredis's Redis class.
+	php -r 'exit(class_exists("Redis") ? 0 : 1);' >/dev/null 2>&1 || echo php-redis
 	nc_is_openbsd || echo netcat-openbsd
 	command -v chromium >/dev/null 2>&1 || echo chromium
 	command -v curl >/dev/null 2>&1 || echo curl
