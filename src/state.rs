@@ -143,7 +143,47 @@ impl Gauges for State {
     }
 }
 
-/// Descriptors open in this process (entries of `/proc/self/fd`, less the one reading it).
+/// Descriptors open in this process. Since Linux 6.2 the size `stat` gives for
+/// `/proc/self/fd` is their number, read without listing them; older kernels give 0, and
+/// then the directory is counted (one entry per descriptor, less the one reading it),
+/// which costs time in proportion to the connections (5.3 ms of CPU at 10k).
 fn open_fds() -> u64 {
+    match std::fs::metadata("/proc/self/fd") {
+        Ok(meta) if meta.len() > 0 => meta.len(),
+        _ => listed_fds(),
+    }
+}
+
+/// [`open_fds`] by listing `/proc/self/fd`.
+fn listed_fds() -> u64 {
     std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count().saturating_sub(1) as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Both ways count the same descriptors (tests run in parallel threads that open and
+    /// close files: a count is compared only when the fast one held still around it).
+    #[test]
+    fn open_fds_counts_without_listing() {
+        for _ in 0..100 {
+            let (before, listed, after) = (open_fds(), listed_fds(), open_fds());
+            if before == after {
+                assert_eq!(listed, before);
+                // The kernel here counts (6.2+): the listing is only a fallback.
+                let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
+                let mut v = kernel.trim().split(|c: char| !c.is_ascii_digit());
+                let (major, minor): (u32, u32) = (
+                    v.next().unwrap().parse().unwrap(),
+                    v.next().unwrap().parse().unwrap(),
+                );
+                if (major, minor) >= (6, 2) {
+                    assert!(std::fs::metadata("/proc/self/fd").unwrap().len() > 0);
+                }
+                return;
+            }
+        }
+        panic!("descriptors never held still for a count");
+    }
 }
