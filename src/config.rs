@@ -87,6 +87,10 @@ pub struct Config {
     pub http_max_body_bytes: usize,
     /// HTTP door: connections held at once; more wait in the backlog.
     pub max_http_connections: usize,
+    /// HTTP door: connections one source address (an IPv6 /64) may hold; more are answered
+    /// 429 at accept, so one address cannot hold every slot (a slowloris). Kept below
+    /// `max_http_connections`.
+    pub max_http_connections_per_ip: usize,
     /// Cluster mode: the Redis URL (`redis://host:port[/db]`, `rediss://`); `None` is
     /// a single node that never touches Redis.
     pub redis: Option<String>,
@@ -157,6 +161,7 @@ impl Default for Config {
             http_max_header_bytes: 16 * 1024,
             http_max_body_bytes: 4 * 1024 * 1024,
             max_http_connections: 256,
+            max_http_connections_per_ip: 64,
             redis: None,
             cluster_timeout: Duration::from_millis(1000),
             cluster_link_timeout: Duration::from_millis(3000),
@@ -236,6 +241,11 @@ impl Config {
             &mut notes,
         );
         at_least_one(
+            &mut self.max_http_connections_per_ip,
+            "--max-http-connections-per-ip",
+            &mut notes,
+        );
+        at_least_one(
             &mut self.cluster_publish_queue,
             "--cluster-publish-queue",
             &mut notes,
@@ -267,6 +277,16 @@ impl Config {
                 self.max_pending_handshakes
             ));
             self.max_pending_handshakes = cap;
+        }
+        // One address never holds more than three quarters of the HTTP door.
+        let http = self.max_http_connections;
+        let cap = (http - http / 4).max(1);
+        if self.max_http_connections_per_ip > cap {
+            notes.push(format!(
+                "--max-http-connections-per-ip {} must stay below --max-http-connections {http}: capped at {cap}",
+                self.max_http_connections_per_ip
+            ));
+            self.max_http_connections_per_ip = cap;
         }
         if self.http_max_header_bytes < MIN_HTTP_HEADER_BYTES {
             notes.push(format!(
@@ -377,6 +397,21 @@ mod tests {
         .validate();
         assert_eq!(c.max_pending_handshakes, 700);
         assert_eq!(notes.len(), 1);
+        // One address keeps at most three quarters of the HTTP door.
+        let (c, notes) = Config {
+            max_http_connections: 8,
+            ..Config::default()
+        }
+        .validate();
+        assert_eq!(c.max_http_connections_per_ip, 6);
+        assert_eq!(notes.len(), 1, "{notes:?}");
+        let (c, _) = Config {
+            max_http_connections: 1,
+            max_http_connections_per_ip: 0,
+            ..Config::default()
+        }
+        .validate();
+        assert_eq!(c.max_http_connections_per_ip, 1);
         // The cluster's queues are never 0 (a channel of 0 cannot be made).
         let (c, notes) = Config {
             cluster_publish_queue: 0,

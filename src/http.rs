@@ -3,35 +3,155 @@
 //! web-msg-sender's API; `/metrics` is Prometheus text; `/healthz` and `/readyz` are for
 //! load balancers and systemd.
 //!
-//! Access is the push port's: `--push-allow` decides by source address, and with a push
-//! secret every request but the health checks needs `Authorization: Bearer SECRET`.
-//! Everything a client controls is bounded (header bytes, body bytes, request time,
-//! connections); each refusal is a status code with a one-line reason.
+//! Access is the push port's: `--push-allow` decides by source address (at accept, and
+//! again per request, as a reload may narrow it), and with a push secret every request
+//! but the health checks needs `Authorization: Bearer SECRET`. Everything a client
+//! controls is bounded (connections in all and per address, header bytes, body bytes,
+//! request time, reply time); each refusal is a status code with a one-line reason.
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::sync::Arc;
 
-use bytes::{Bytes, BytesMut};
-use http_body_util::{BodyExt, Full, Limited};
-use hyper::body::Incoming;
-use hyper::header::{ALLOW, AUTHORIZATION, CONTENT_TYPE, HeaderValue, WWW_AUTHENTICATE};
+use bytes::Bytes;
+use futures_util::future::Either;
+use http_body_util::{BodyExt, Limited};
+use hyper::body::{Body as _, Incoming};
+use hyper::header::{
+    ALLOW, AUTHORIZATION, CONNECTION, CONTENT_TYPE, HeaderValue, WWW_AUTHENTICATE,
+};
 use hyper::{Method, Request, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
-use tracing::debug;
+use tokio::sync::Semaphore;
+use tracing::{debug, warn};
 
-use crate::access::Peer;
+use crate::access::{IpSlot, Peer, PerIp};
+use crate::http_body::{Body, PushReplies};
+use crate::http_io::DoorSocket;
 use crate::metrics::Metric;
-use crate::service::{Replies, Reply, Response};
 use crate::state::State;
-use crate::wire::command::auth_secret;
-use crate::wire::{Frame, LineFramer, Payload};
+use crate::wire::Payload;
 
-type HttpReply = hyper::Response<Full<Bytes>>;
+type HttpReply = hyper::Response<Body>;
+
+/// The door's accept-time checks: the allow-list and the per-address cap are decided
+/// before a request is read, so a refused or greedy address cannot hold the door's slots
+/// by sending its heads slowly (a slowloris).
+pub(crate) struct Door {
+    ctx: Arc<State>,
+    per_ip: PerIp,
+    /// Refusals still lingering (see [`Door::refuse`]).
+    refusals: Arc<Semaphore>,
+}
+
+/// Refusals that may linger at once; past it a refused connection is closed unanswered.
+const LINGERING_REFUSALS: usize = 64;
+
+/// Why [`Door`] refused a connection.
+#[derive(Debug, Clone, Copy)]
+enum Refusal {
+    /// Outside `--push-allow`.
+    NotAllowed,
+    /// The address holds `--max-http-connections-per-ip` connections.
+    PerAddress,
+}
+
+impl Refusal {
+    /// The whole HTTP answer, written before anything is read.
+    fn answer(self) -> (u16, &'static [u8]) {
+        match self {
+            Refusal::NotAllowed => (
+                403,
+                b"HTTP/1.1 403 Forbidden\r\ncontent-type: text/plain; charset=utf-8\r\n\
+                  content-length: 20\r\nconnection: close\r\n\r\naddress not allowed\n",
+            ),
+            Refusal::PerAddress => (
+                429,
+                b"HTTP/1.1 429 Too Many Requests\r\ncontent-type: text/plain; charset=utf-8\r\n\
+                  content-length: 39\r\nconnection: close\r\n\r\n\
+                  too many connections from your address\n",
+            ),
+        }
+    }
+}
+
+impl Door {
+    /// The door's gate, with its own per-address count.
+    pub(crate) fn new(ctx: Arc<State>) -> Door {
+        Door {
+            per_ip: PerIp::new(ctx.config.max_http_connections_per_ip),
+            refusals: Arc::new(Semaphore::new(LINGERING_REFUSALS)),
+            ctx,
+        }
+    }
+
+    /// What to do with a new connection: serve it (holding its address's place), or
+    /// refuse it at once (answered in a task of its own, outside the door's slots).
+    pub(crate) fn accept(
+        &self,
+        stream: TcpStream,
+        peer: Peer,
+    ) -> Either<impl Future<Output = ()> + Send + use<>, std::future::Ready<()>> {
+        match self.admit(peer) {
+            Ok(slot) => Either::Left(serve(stream, peer, self.ctx.clone(), slot)),
+            Err(why) => {
+                self.refuse(stream, why);
+                Either::Right(std::future::ready(()))
+            }
+        }
+    }
+
+    fn admit(&self, peer: Peer) -> Result<Option<IpSlot>, Refusal> {
+        let Some(ip) = peer.ip() else {
+            return Ok(None);
+        };
+        let metrics = &self.ctx.metrics;
+        if !crate::access::allowed(self.ctx.settings().push_allow.as_deref(), Some(ip)) {
+            metrics.incr(Metric::RefusedPush);
+            debug!(%peer, "http connection refused: address not allowed");
+            return Err(Refusal::NotAllowed);
+        }
+        match self.per_ip.try_acquire(ip) {
+            Some(slot) => Ok(Some(slot)),
+            None => {
+                metrics.incr(Metric::RefusedHttpPerIp);
+                if metrics.should_warn_refusal() {
+                    warn!(
+                        kind = "http",
+                        limit = self.ctx.config.max_http_connections_per_ip,
+                        "refusing connections: too many from one address (--max-http-connections-per-ip)"
+                    );
+                }
+                Err(Refusal::PerAddress)
+            }
+        }
+    }
+
+    /// Writes the refusal (a fresh socket has room for it), then closes with a linger so
+    /// the client reads it rather than a reset. At most [`LINGERING_REFUSALS`] linger at
+    /// once, each for at most [`crate::http_io::LINGER`]; past that a refused connection
+    /// is just closed, so a flood of them costs neither slots nor descriptors.
+    fn refuse(&self, stream: TcpStream, why: Refusal) {
+        let (status, answer) = why.answer();
+        if stream.try_write(answer).is_ok_and(|n| n == answer.len()) {
+            self.ctx.metrics.http_status(status);
+        }
+        let Ok(place) = self.refusals.clone().try_acquire_owned() else {
+            return;
+        };
+        let mut socket = DoorSocket::new(stream, crate::http_io::LINGER);
+        tokio::spawn(async move {
+            let _ = socket.shutdown().await;
+            drop(place);
+        });
+    }
+}
 
 /// Serves one HTTP connection (keep-alive: several requests) until it closes or the
-/// daemon drains.
-pub(crate) async fn serve(stream: TcpStream, peer: Peer, ctx: Arc<State>) {
+/// daemon drains. `_slot` is its address's place, held until then.
+async fn serve(stream: TcpStream, peer: Peer, ctx: Arc<State>, _slot: Option<IpSlot>) {
     let service = {
         let ctx = ctx.clone();
         hyper::service::service_fn(move |req| {
@@ -44,7 +164,8 @@ pub(crate) async fn serve(stream: TcpStream, peer: Peer, ctx: Arc<State>) {
         .timer(TokioTimer::new())
         .header_read_timeout(ctx.config.http_request_timeout)
         .max_buf_size(ctx.config.http_max_header_bytes.max(8192));
-    let conn = builder.serve_connection(TokioIo::new(stream), service);
+    let socket = DoorSocket::new(stream, ctx.config.http_request_timeout);
+    let conn = builder.serve_connection(TokioIo::new(socket), service);
     tokio::pin!(conn);
     tokio::select! {
         r = conn.as_mut() => {
@@ -110,7 +231,7 @@ async fn route(req: Request<Incoming>, peer: Peer, ctx: &Arc<State>) -> HttpRepl
     }
     match (req.method().clone(), req.uri().path()) {
         (Method::POST, "/push") => match body(req, ctx).await {
-            Ok(body) => push_lines(body, ctx).await,
+            Ok(body) => plain(StatusCode::OK, PushReplies::start(body, ctx).await),
             Err(refusal) => refusal,
         },
         (Method::GET | Method::HEAD, "/metrics") => metrics(ctx),
@@ -162,49 +283,32 @@ fn bearer(value: &[u8]) -> Option<&[u8]> {
 }
 
 /// The whole body, within `--http-max-body-bytes` and the request timeout.
+///
+/// A body declared longer than the limit (`Content-Length`) is refused before a byte of
+/// it is read, so a client that sent `Expect: 100-continue` is told 413, never
+/// `100 Continue`. Every 413 closes the connection (the rest of the body is not read);
+/// the close lingers so a client still sending reads the 413 (`http_io.rs`).
 async fn body(req: Request<Incoming>, ctx: &State) -> Result<Bytes, HttpReply> {
     let max = ctx.config.http_max_body_bytes;
+    let too_large = || {
+        let mut resp = text(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            &format!("body larger than {max} bytes"),
+        );
+        resp.headers_mut()
+            .insert(CONNECTION, HeaderValue::from_static("close"));
+        resp
+    };
+    if req.body().size_hint().lower() > max as u64 {
+        return Err(too_large());
+    }
     let collect = Limited::new(req.into_body(), max).collect();
     match tokio::time::timeout(ctx.config.http_request_timeout, collect).await {
         Ok(Ok(body)) => Ok(body.to_bytes()),
-        Ok(Err(err)) if err.is::<http_body_util::LengthLimitError>() => Err(text(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            &format!("body larger than {max} bytes"),
-        )),
+        Ok(Err(err)) if err.is::<http_body_util::LengthLimitError>() => Err(too_large()),
         Ok(Err(_)) => Err(text(StatusCode::BAD_REQUEST, "could not read the body")),
         Err(_) => Err(text(StatusCode::REQUEST_TIMEOUT, "request timeout")),
     }
-}
-
-/// `POST /push`: every line of the body as if written to the push port, the replies in
-/// order. `/auth` lines answer `{"ok":true}`: the request is already authorized.
-async fn push_lines(body: Bytes, ctx: &Arc<State>) -> HttpReply {
-    let mut framer = LineFramer::new(ctx.config.max_line_bytes);
-    let mut buf = BytesMut::from(body);
-    let mut replies = Replies::default();
-    let mut out = BytesMut::new();
-    let mut answer = |frame: Frame, first: Option<u8>, out: &mut BytesMut| {
-        let response = match &frame {
-            Frame::Line(line) if auth_secret(line).is_some() => Response::Ready(Reply::Authorized),
-            frame => return replies.run(ctx, frame, first, out),
-        };
-        replies.push(response, out);
-    };
-    while let Some(frame) = framer.next_frame(&mut buf) {
-        answer(frame, framer.too_long_first_byte(), &mut out);
-    }
-    if let Some(frame) = framer.finish(&mut buf) {
-        answer(frame, framer.too_long_first_byte(), &mut out);
-    }
-    while !replies.is_empty() {
-        replies.flush(&mut out).await;
-    }
-    let mut resp = hyper::Response::new(Full::new(out.freeze()));
-    resp.headers_mut().insert(
-        CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    resp
 }
 
 /// web-msg-sender's push API: `type=publish&to=UID&content=TEXT` in the query or a form
@@ -229,7 +333,17 @@ fn web_msg_sender(query: Option<&str>, form: Option<Form>, ctx: &State) -> HttpR
     if params.kind.as_deref() != Some("publish") {
         return bare(StatusCode::OK, "fail");
     }
-    let payload = Payload::from(html_escape(params.content.as_deref().unwrap_or("")));
+    // The push port's line limit bounds what browsers are sent: the escaped text, up to
+    // six times the form's.
+    let content = params.content.as_deref().unwrap_or("");
+    let max = ctx.config.max_line_bytes;
+    if escaped_len(content) > max {
+        return text(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            &format!("content larger than {max} bytes once HTML-escaped"),
+        );
+    }
+    let payload = Payload::from(html_escape(content));
     let registry = &ctx.registry;
     match params.to.as_deref().filter(|to| !to.is_empty()) {
         Some(to) => {
@@ -398,8 +512,20 @@ fn split<'a>(hay: &'a [u8], sep: &'a [u8]) -> impl Iterator<Item = &'a [u8]> {
     })
 }
 
+/// The length of `s` after [`html_escape`].
+fn escaped_len(s: &str) -> usize {
+    s.bytes()
+        .map(|b| match b {
+            b'&' => 5,
+            b'<' | b'>' => 4,
+            b'"' | b'\'' => 6,
+            _ => 1,
+        })
+        .sum()
+}
+
 fn html_escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
+    let mut out = String::with_capacity(escaped_len(s));
     for c in s.chars() {
         match c {
             '&' => out.push_str("&amp;"),
@@ -415,7 +541,7 @@ fn html_escape(s: &str) -> String {
 
 fn metrics(ctx: &State) -> HttpReply {
     let body = ctx.prometheus();
-    let mut resp = hyper::Response::new(Full::new(Bytes::from(body)));
+    let mut resp = hyper::Response::new(Body::whole(Bytes::from(body)));
     resp.headers_mut().insert(
         CONTENT_TYPE,
         HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
@@ -430,7 +556,12 @@ fn text(status: StatusCode, line: &str) -> HttpReply {
 
 /// A plain-text answer of exactly `body`.
 fn bare(status: StatusCode, body: &str) -> HttpReply {
-    let mut resp = hyper::Response::new(Full::new(Bytes::from(body.to_owned())));
+    plain(status, Body::whole(Bytes::from(body.to_owned())))
+}
+
+/// A plain-text answer.
+fn plain(status: StatusCode, body: Body) -> HttpReply {
+    let mut resp = hyper::Response::new(body);
     *resp.status_mut() = status;
     resp.headers_mut().insert(
         CONTENT_TYPE,
@@ -478,6 +609,38 @@ mod tests {
         assert_eq!(form.params.to.as_deref(), Some("u1"));
         assert_eq!(Form::read(b"--XyZ--\r\n", Some(b"XyZ")).fields, 0);
         assert_eq!(Form::read(b"garbage", Some(b"XyZ")).fields, 0);
+    }
+
+    #[test]
+    fn refusals_are_whole_http_answers() {
+        for why in [Refusal::NotAllowed, Refusal::PerAddress] {
+            let (status, bytes) = why.answer();
+            let mut headers = [httparse::EMPTY_HEADER; 8];
+            let mut resp = httparse::Response::new(&mut headers);
+            let Ok(httparse::Status::Complete(head)) = resp.parse(bytes) else {
+                panic!("{why:?}: not a complete head");
+            };
+            assert_eq!(resp.code, Some(status));
+            let len = resp
+                .headers
+                .iter()
+                .find(|h| h.name == "content-length")
+                .map(|h| {
+                    std::str::from_utf8(h.value)
+                        .unwrap()
+                        .parse::<usize>()
+                        .unwrap()
+                });
+            assert_eq!(len, Some(bytes.len() - head), "{why:?}");
+            assert!(bytes.ends_with(b"\n"));
+        }
+    }
+
+    #[test]
+    fn escaped_lengths() {
+        for s in ["", "plain", r#"<a href="x">'&'</a>"#, "é'<"] {
+            assert_eq!(escaped_len(s), html_escape(s).len(), "{s}");
+        }
     }
 
     #[test]

@@ -11,7 +11,9 @@
 //! - [`frames`]: WebSocket framing after the upgrade, on a [`transport::Transport`]: the
 //!   bare socket or a [`tls`] session (`wss://`), with the same non-blocking calls.
 //! - `push`: the backend door (TCP/Unix): access, lines in, replies out in order.
-//! - `http`: the HTTP door (`POST /push`, web-msg-sender's API, `/metrics`, health).
+//! - `http`: the HTTP door (`POST /push`, web-msg-sender's API, `/metrics`, health), its
+//!   accept-time gate; `http_body`: its replies, `/push`'s streamed as they are read;
+//!   `http_io`: its socket (a write that stalls fails, a close that lingers).
 //! - [`service`]: one request in, one typed reply out, for every door.
 //! - [`reload`]: what a SIGHUP applies to the [`state`], decided from the reload env file
 //!   ([`envfile`]: its grammar) laid over the settings in force.
@@ -56,6 +58,8 @@ pub mod groups;
 mod handshake;
 pub mod history;
 mod http;
+mod http_body;
+mod http_io;
 pub mod logsafe;
 pub mod metrics;
 pub mod outbox;

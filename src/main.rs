@@ -73,6 +73,15 @@ struct Args {
     #[arg(long, env = "PUSHWIRE_MAX_HTTP_CONNECTIONS", default_value_t = 256)]
     max_http_connections: usize,
 
+    /// HTTP door: connections one address (IPv6: one /64) may hold; more get 429 at once
+    /// (at most three quarters of --max-http-connections).
+    #[arg(
+        long,
+        env = "PUSHWIRE_MAX_HTTP_CONNECTIONS_PER_IP",
+        default_value_t = 64
+    )]
+    max_http_connections_per_ip: usize,
+
     /// On SIGHUP, take the reloadable settings (secrets, allow-lists, TLS files) this env
     /// file names (systemd's `EnvironmentFile=` syntax); a setting it does not name, or
     /// one given as a flag, stays. The shipped unit points it at a copy of
@@ -890,6 +899,7 @@ fn unvalidated_config(
         http_max_header_bytes: args.http_max_header_bytes,
         http_max_body_bytes: args.http_max_body_bytes,
         max_http_connections: args.max_http_connections,
+        max_http_connections_per_ip: args.max_http_connections_per_ip,
         redis: args.redis.clone().filter(|u| !u.is_empty()),
         cluster_timeout: Duration::from_millis(args.cluster_timeout_ms),
         cluster_link_timeout: Duration::from_millis(args.cluster_link_timeout_ms),

@@ -91,6 +91,7 @@ metrics! {
     Counter RefusedOrigin = "refused_origin", "refused" ["reason" = "origin"], "Connections refused, by reason";
     Counter RefusedToken = "refused_token", "refused" ["reason" = "token"], "Connections refused, by reason";
     Counter RefusedPush = "refused_push", "refused" ["reason" = "push_access"], "Connections refused, by reason";
+    Counter RefusedHttpPerIp = "refused_http_per_ip", "refused" ["reason" = "http_per_ip"], "Connections refused, by reason";
     Counter LimitWs = "limit_hits_ws", "connection_limit_hits" ["listener" = "ws"], "Times a listener found its connection limit reached";
     Counter LimitPush = "limit_hits_push", "connection_limit_hits" ["listener" = "push"], "Times a listener found its connection limit reached";
     Counter LimitHttp = "limit_hits_http", "connection_limit_hits" ["listener" = "http"], "Times a listener found its connection limit reached";
@@ -118,7 +119,7 @@ const LATENCY_BUCKETS: [f64; 16] = [
 ];
 
 /// HTTP statuses the HTTP door answers with; others count as `other`.
-const HTTP_STATUSES: [u16; 10] = [200, 400, 401, 403, 404, 405, 408, 413, 500, 503];
+const HTTP_STATUSES: [u16; 11] = [200, 400, 401, 403, 404, 405, 408, 413, 429, 500, 503];
 
 /// The daemon's counters, histograms and stored gauges.
 #[derive(Debug)]

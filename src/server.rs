@@ -145,14 +145,13 @@ pub async fn serve_state(
                 "connection limit reached; new peers wait in the backlog"
             );
         });
-        // HTTP requests are backend requests: they drain with the push port.
+        // HTTP requests are backend requests: they drain with the push port. Refusals
+        // (allow-list, per-address cap) are decided here and take no slot.
+        let door = http::Door::new(ctx.clone());
         accepts.push(tokio::spawn(accept_loop(
             http,
             listener("http", limit, &push_tasks, full),
-            {
-                let ctx = ctx.clone();
-                move |stream, peer| http::serve(stream, peer, ctx.clone())
-            },
+            move |stream, peer| door.accept(stream, peer),
         )));
     }
 

@@ -797,6 +797,58 @@ on_both!(
     group_pushes_stay_in_order_with_the_lines_around_them,
 );
 
+/// A `POST /push` body whose reply is streamed (it is longer than a chunk) while each of
+/// its replies waits for the cluster, more of them than may wait at once: the reply is
+/// every line's, in order, and the tab on the other node gets every push in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_http_push_reply_streams_while_its_replies_wait_for_the_cluster() {
+    let redis = Redis::start().await;
+    let url = redis.url();
+    let a = TestServer::start_http(pushwire::Config {
+        redis: Some(url.clone()),
+        cluster_timeout: Duration::from_millis(2000),
+        ..pushwire::Config::default()
+    })
+    .await;
+    let b = node(&url).await;
+    let mut tab = WsClient::connect(&b.ws_url()).await;
+    bound_across(&mut tab, &b, &a, "long").await;
+    let mut bad = PushClient::connect(a.push_addr).await;
+    let error = bad.request("/x").await;
+
+    const N: usize = 3000;
+    let mut body = String::new();
+    let mut want = String::new();
+    for i in 0..N {
+        body.push_str(&format!("{{\"uid\":\"long\",\"seq\":{i}}}\n/x\n"));
+        want.push_str("ok\n");
+        want.push_str(&error);
+    }
+    let url = format!("http://{}/push", a.http_addr.unwrap());
+    let request = tokio::spawn(async move {
+        let mut curl = tokio::process::Command::new("curl");
+        curl.args(["-sS", "--max-time", "60", "--data-binary", "@-", &url]);
+        run_program(&mut curl, body.as_bytes(), Duration::from_secs(90)).await
+    });
+    for i in 0..N {
+        assert_eq!(
+            tab.recv_text().await,
+            format!("{{\"uid\":\"long\",\"seq\":{i}}}"),
+            "out of order at {i}"
+        );
+    }
+    let out = request.await.unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout) == want,
+        "the reply differs"
+    );
+}
+
 /// Two real daemons on one Redis; one is killed with SIGKILL while it holds a browser.
 /// Its Redis connections die with it, so the other node sees the uid offline at once:
 /// no ghost user, and pushes to it `fail` instead of waiting.

@@ -845,6 +845,266 @@ async fn connections_past_the_limit_wait_and_those_in_flight_are_answered() {
     r.expect(200, "pong\n");
 }
 
+/// A `/stats` figure, asked on the push port.
+async fn stat(server: &TestServer, key: &str) -> u64 {
+    let mut c = PushClient::connect(server.push_addr).await;
+    let reply = c.request("/stats").await;
+    let v: Value = serde_json::from_str(&reply).unwrap_or_else(|e| panic!("{reply:?}: {e}"));
+    v[key]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no {key} in {reply}"))
+}
+
+/// A `POST /push` reply is made as the client reads it. A 4 MiB body of `/x` lines (each
+/// answered with a 45-byte error: the reply is 15 times the body) from a client that reads
+/// nothing runs only as far as the socket buffers take the replies, and after the request
+/// timeout without progress the door drops it, so its slot serves the next client. (It
+/// used to build the 61 MiB reply whole, then hold it and the slot for as long as the
+/// client liked: with `--max-http-connections 1` a `GET /healthz` waited for ever.)
+#[tokio::test]
+async fn a_reply_runs_as_it_is_read_and_a_stalled_one_is_dropped() {
+    const TIMEOUT: Duration = Duration::from_secs(1);
+    let server = TestServer::start_http(pushwire::Config {
+        http_request_timeout: TIMEOUT,
+        max_http_connections: 1,
+        ..config()
+    })
+    .await;
+    let addr = server.http_addr.unwrap();
+    let one = tcp_replies(server.push_addr, b"/x\n").await;
+    assert!(one.len() >= 45, "{:?}", String::from_utf8_lossy(&one));
+    let lines = 4 * 1024 * 1024 / 3;
+    let commands_before = stat(&server, "commands").await;
+
+    // A client with a small receive buffer that sends its body and never reads.
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.set_recv_buffer_size(4096).unwrap();
+    let mut stalled = timeout(STEP, sock.connect(addr)).await.unwrap().unwrap();
+    let mut req = format!(
+        "POST /push HTTP/1.1\r\nHost: pushwire\r\nContent-Length: {}\r\n\r\n",
+        lines * 3
+    )
+    .into_bytes();
+    req.extend_from_slice(&b"/x\n".repeat(lines));
+    timeout(STEP, stalled.write_all(&req))
+        .await
+        .expect("the body is read whole")
+        .unwrap();
+
+    // The next client waits for the only slot: it gets it once the stalled one is dropped,
+    // a request timeout after the last reply bytes the buffers took (a debug build on a
+    // busy machine takes seconds to fill them).
+    let started = Instant::now();
+    let mut next = RawHttp::connect(addr).await;
+    next.send(b"GET /healthz HTTP/1.1\r\nHost: pushwire\r\n\r\n")
+        .await;
+    let r = next.response(Duration::from_secs(30)).await;
+    r.expect("served once the stalled client is dropped")
+        .expect(200, "ok\n");
+    let waited = started.elapsed();
+    assert!(waited >= TIMEOUT, "served after {waited:?}");
+    // Only the lines whose replies fitted in the buffers ran (the `/stats` asks count too).
+    let ran = stat(&server, "commands").await - commands_before;
+    assert!(
+        ran < (lines / 4) as u64,
+        "{ran} of {lines} lines ran for a client that read nothing"
+    );
+    // What the dropped client can still read is a part of its reply, then the close.
+    let mut got = Vec::new();
+    let _ = timeout(STEP, stalled.read_to_end(&mut got))
+        .await
+        .expect("the stalled connection is closed");
+    let head_end = got
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("a response head");
+    assert!(got.starts_with(b"HTTP/1.1 200 OK\r\n"));
+    assert!(
+        got.len() - head_end < lines * one.len() / 4,
+        "{} bytes of a {}-byte reply arrived",
+        got.len(),
+        lines * one.len()
+    );
+}
+
+/// A reply longer than one chunk (here 1.3 MB, streamed as it is made) is still exactly
+/// what the TCP port answers for the same bytes, in order, to the last line.
+#[tokio::test]
+async fn a_long_reply_is_the_tcp_ports_whole() {
+    let server = TestServer::start_http(pushwire::Config {
+        dedupe_window: None,
+        ..config()
+    })
+    .await;
+    let mut body = String::new();
+    for n in 0..20_000 {
+        body.push_str(&format!("{{\"uid\":\"nobody\",\"n\":{n}}}\n/x\n/ping\n"));
+    }
+    body.push_str("/count");
+    let tcp = tcp_replies(server.push_addr, body.as_bytes()).await;
+    assert!(tcp.len() > 1_000_000, "{}", tcp.len());
+    let url = server.http_url("/push");
+    let http = curl_stdin(&["--data-binary", "@-", &url], body.as_bytes()).await;
+    assert_eq!(http.status, 200, "{}", http.head);
+    assert_eq!(http.body.len(), tcp.len());
+    assert!(http.body == tcp, "HTTP and TCP replies differ");
+}
+
+/// web-msg-sender's TEXT is HTML-escaped, which can make it six times longer: the push
+/// port's line limit (`--max-line-bytes`) applies to what browsers would be sent, and
+/// TEXT over it is answered 413 and sent to nobody. (A 4 MiB form of `'` used to answer
+/// `ok` and send every connection a 24 MiB frame.)
+#[tokio::test]
+async fn web_msg_sender_content_is_bounded_once_escaped() {
+    let server = TestServer::start_http(pushwire::Config {
+        max_line_bytes: 1000,
+        ..config()
+    })
+    .await;
+    let mut tab = browser(&server, "u1").await;
+    let url = server.http_url("/");
+    // 166 quotes and 4 letters: 1000 bytes once escaped.
+    let at_limit = format!("{}abcd", "'".repeat(166));
+    let publish = |content: &str, to: Option<&str>| {
+        let mut args = vec![
+            "-d".to_owned(),
+            "type=publish".to_owned(),
+            "--data-urlencode".to_owned(),
+            format!("content={content}"),
+        ];
+        if let Some(to) = to {
+            args.extend(["-d".to_owned(), format!("to={to}")]);
+        }
+        args.push(url.clone());
+        args
+    };
+    let args = publish(&at_limit, Some("u1"));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let r = curl(&args).await;
+    assert_eq!((r.status, r.text()), (200, "ok"));
+    assert_eq!(
+        tab.recv_text().await,
+        format!("{}abcd", "&#039;".repeat(166))
+    );
+    let over = format!("{at_limit}'");
+    for to in [Some("u1"), None] {
+        let args = publish(&over, to);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        curl(&args)
+            .await
+            .expect(413, "content larger than 1000 bytes once HTML-escaped\n");
+    }
+    tab.expect_silence(QUIET).await;
+}
+
+/// A body declared longer than `--http-max-body-bytes` is refused before any of it is
+/// read: `Expect: 100-continue` gets the 413 at once, never `100 Continue` (it used to
+/// get `100 Continue`, then the 413 after the limit's worth of bytes). And a client that
+/// is still sending a large body reads its 413 rather than a reset: the door lingers
+/// before it closes (a 64 MiB POST used to end in curl's "broken pipe").
+#[tokio::test]
+async fn an_oversized_body_gets_its_413_at_once_and_intact() {
+    let server = TestServer::start_http(pushwire::Config {
+        http_max_body_bytes: 1000,
+        ..config()
+    })
+    .await;
+    let mut tab = browser(&server, "u1").await;
+    let addr = server.http_addr.unwrap();
+    let mut c = RawHttp::connect(addr).await;
+    c.send(b"POST /push HTTP/1.1\r\nHost: pushwire\r\nContent-Length: 5000\r\nExpect: 100-continue\r\n\r\n")
+        .await;
+    let r = c.response(STEP).await.expect("an answer");
+    r.expect(413, "body larger than 1000 bytes\n");
+    assert_eq!(r.header("connection"), Some("close"), "{}", r.head);
+    assert!(c.closed_within(STEP).await);
+
+    // 64 MiB of pushes to u1, from a client that sends it all before it reads: the door
+    // reads the limit's worth, answers, and discards the rest until the client is done.
+    let body =
+        r#"{"uid":"u1","pad":"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"}"#.to_owned() + "\n";
+    let body = body.repeat(64 * 1024 * 1024 / body.len());
+    let mut c = RawHttp::connect(addr).await;
+    let head = format!(
+        "POST /push HTTP/1.1\r\nHost: pushwire\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    c.send(head.as_bytes()).await;
+    let sent = timeout(STEP, c.stream.get_mut().write_all(body.as_bytes())).await;
+    assert!(
+        matches!(sent, Ok(Ok(()))),
+        "the body could not be sent: {sent:?}"
+    );
+    let r = c.response(STEP).await.expect("an answer");
+    r.expect(413, "body larger than 1000 bytes\n");
+    // And curl, with its own `Expect` (it asks for bodies over 1 MiB) and without.
+    let url = server.http_url("/push");
+    for expect in [&[][..], &["-H", "Expect:"][..]] {
+        let mut args = expect.to_vec();
+        args.extend(["--data-binary", "@-", &url]);
+        curl_stdin(&args, body.as_bytes())
+            .await
+            .expect(413, "body larger than 1000 bytes\n");
+    }
+    tab.expect_silence(QUIET).await;
+}
+
+/// One address holds at most `--max-http-connections-per-ip` connections: the next one
+/// from it is answered 429 at accept and closed, without a request read, and counted;
+/// another address is served; a place frees when its connection closes.
+#[tokio::test]
+async fn connections_past_the_per_address_cap_get_429() {
+    let server = TestServer::start_http(pushwire::Config {
+        max_http_connections_per_ip: 2,
+        ..config()
+    })
+    .await;
+    let addr = server.http_addr.unwrap();
+    let mut a = RawHttp::connect(addr).await;
+    a.get("/healthz").await.expect(200, "ok\n");
+    let mut b = RawHttp::connect(addr).await;
+    b.get("/healthz").await.expect(200, "ok\n");
+    let mut c = RawHttp::connect(addr).await;
+    let r = c
+        .response(STEP)
+        .await
+        .expect("an answer before any request");
+    r.expect(429, "too many connections from your address\n");
+    assert_eq!(r.header("connection"), Some("close"), "{}", r.head);
+    assert!(c.closed_within(STEP).await);
+    // Another address has its own places.
+    curl(&["--interface", "127.0.0.2", &server.http_url("/healthz")])
+        .await
+        .expect(200, "ok\n");
+    // Once `a` closes (the door sees it a moment later), its place is free.
+    drop(a);
+    let refused = std::sync::atomic::AtomicU32::new(1);
+    poll_until(STEP, "a freed place", || async {
+        let mut c = RawHttp::connect(addr).await;
+        c.send(b"GET /readyz HTTP/1.1\r\nHost: pushwire\r\n\r\n")
+            .await;
+        let r = c.response(STEP).await.expect("an answer");
+        if r.status == 429 {
+            refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        r.status == 200
+    })
+    .await;
+    let text = b.get("/metrics").await;
+    let refused = f64::from(refused.into_inner());
+    assert_eq!(
+        sample(
+            text.text(),
+            "pushwire_refused_total{reason=\"http_per_ip\"}"
+        ),
+        refused
+    );
+    assert_eq!(
+        sample(text.text(), "pushwire_http_requests_total{status=\"429\"}"),
+        refused
+    );
+}
+
 // ---------------------------------------------------------------------------------------
 // Health
 // ---------------------------------------------------------------------------------------
