@@ -27,8 +27,8 @@ use crate::logsafe::escaped;
 use crate::metrics::Metric;
 use crate::registry::Delivery;
 use crate::state::State;
-use crate::wire::command::{self, Command, CommandError};
-use crate::wire::{BadLine, CloseNotice, Frame, Payload, push_target_str};
+use crate::wire::command::{self, Command, CommandError, PushOptions};
+use crate::wire::{BadLine, CloseNotice, Frame, Payload, Uid, push_target_str};
 
 /// A reply that resolves later (cluster mode).
 pub type LaterReply = Pin<Box<dyn Future<Output = Reply> + Send>>;
@@ -50,27 +50,98 @@ impl std::fmt::Debug for Response {
     }
 }
 
-/// One backend request, parsed from a line.
+/// One backend request, parsed from a line. It owns what it delivers (each payload is a
+/// [`Payload`] sharing the line's buffer), so running it needs nothing from the door.
 #[derive(Debug)]
 pub enum Request<'a> {
-    /// A plain push (the seed's protocol): the line itself goes to the uid's connections.
-    Push {
+    /// A plain push line (the seed's protocol): the line itself goes to the uid's
+    /// connections.
+    Line {
         /// Who it is for.
         uid: Cow<'a, str>,
         /// The whole line, shared by every recipient.
         line: Payload,
     },
     /// A plain push line that is not valid.
-    BadPush(BadLine),
-    /// A `/` command; payload offsets point into `line`.
-    Command {
-        /// What to do.
-        command: Command<'a>,
-        /// The line, for payload slices.
-        line: Payload,
-        /// The same line as text.
-        text: &'a str,
+    BadLine(BadLine),
+    /// `/ping`.
+    Ping,
+    /// `/send TARGETS PAYLOAD`.
+    Send {
+        /// The uids.
+        uids: Vec<Uid>,
+        /// What they get.
+        msg: Payload,
     },
+    /// `/push ID [ttl=MS] [ack=MS] LINE`.
+    Push {
+        /// The retry key (with the line).
+        id: Cow<'a, str>,
+        /// `ttl=`, `ack=`.
+        options: PushOptions,
+        /// LINE, shared by every recipient.
+        msg: Payload,
+        /// LINE's uid, or why LINE is not a valid push line.
+        target: Result<Cow<'a, str>, BadLine>,
+    },
+    /// `/group GROUP PAYLOAD`, `/group-except GROUP TARGETS PAYLOAD`.
+    Group {
+        /// The group.
+        group: Cow<'a, str>,
+        /// Members left out.
+        except: Vec<Uid>,
+        /// What the members get.
+        msg: Payload,
+    },
+    /// `/broadcast PAYLOAD`, `/broadcast-except TARGETS PAYLOAD`.
+    Broadcast {
+        /// Uids left out.
+        except: Vec<Uid>,
+        /// What every connection gets.
+        msg: Payload,
+    },
+    /// `/join GROUP TARGETS`.
+    Join {
+        /// The group.
+        group: Cow<'a, str>,
+        /// Who joins.
+        uids: Vec<Uid>,
+    },
+    /// `/leave GROUP TARGETS`.
+    Leave {
+        /// The group.
+        group: Cow<'a, str>,
+        /// Who leaves.
+        uids: Vec<Uid>,
+    },
+    /// `/members GROUP`.
+    Members {
+        /// The group.
+        group: Cow<'a, str>,
+    },
+    /// `/online UID`.
+    Online {
+        /// The uid.
+        uid: Cow<'a, str>,
+    },
+    /// `/count`.
+    Count,
+    /// `/uids [CURSOR [LIMIT]]`.
+    Uids {
+        /// Where the page starts.
+        cursor: usize,
+        /// How many at least.
+        limit: usize,
+    },
+    /// `/kick TARGETS [REASON]`.
+    Kick {
+        /// The uids.
+        uids: Vec<Uid>,
+        /// Sent in the close frame.
+        reason: Option<&'a str>,
+    },
+    /// `/stats`.
+    Stats,
     /// A `/` line that does not parse.
     BadCommand(CommandError),
 }
@@ -84,7 +155,7 @@ impl<'a> Request<'a> {
             Frame::TooLong if too_long_first == Some(b'/') => {
                 return Request::BadCommand(CommandError::LineTooLong(state.config.max_line_bytes));
             }
-            Frame::TooLong => return Request::BadPush(BadLine::TooLong),
+            Frame::TooLong => return Request::BadLine(BadLine::TooLong),
             Frame::Line(bytes) => bytes,
         };
         let command = command::is_command(bytes);
@@ -92,27 +163,73 @@ impl<'a> Request<'a> {
             return if command {
                 Request::BadCommand(CommandError::NotUtf8)
             } else {
-                Request::BadPush(BadLine::NotUtf8)
+                Request::BadLine(BadLine::NotUtf8)
             };
         };
         // The line was checked just above, so this never fails.
         let Some(line) = Payload::from_checked(bytes.clone(), text) else {
-            return Request::BadPush(BadLine::NotUtf8);
+            return Request::BadLine(BadLine::NotUtf8);
         };
         if command {
             return match command::parse_with(text, &state.config.command_limits()) {
-                Ok(command) => Request::Command {
-                    command,
-                    line,
-                    text,
-                },
+                Ok(command) => Request::of(command, &line, text)
+                    .unwrap_or(Request::BadCommand(CommandError::PayloadOffset)),
                 Err(err) => Request::BadCommand(err),
             };
         }
         match push_target_str(text) {
-            Ok(uid) => Request::Push { uid, line },
-            Err(bad) => Request::BadPush(bad),
+            Ok(uid) => Request::Line { uid, line },
+            Err(bad) => Request::BadLine(bad),
         }
+    }
+
+    /// A parsed command, its payload offsets into `line` (whose text is `text`) made
+    /// payloads. `None` for an offset off a character boundary: the grammar cuts at
+    /// boundaries, so that would be a grammar bug, answered rather than a panic.
+    fn of(command: Command<'a>, line: &Payload, text: &'a str) -> Option<Request<'a>> {
+        Some(match command {
+            Command::Ping => Request::Ping,
+            Command::Send { uids, payload } => Request::Send {
+                uids,
+                msg: line.tail(payload)?,
+            },
+            Command::Push {
+                id,
+                line: at,
+                options,
+            } => Request::Push {
+                id,
+                options,
+                msg: line.tail(at)?,
+                target: push_target_str(text.get(at..)?),
+            },
+            Command::Group {
+                group,
+                except,
+                payload,
+            } => Request::Group {
+                group,
+                except,
+                msg: line.tail(payload)?,
+            },
+            Command::Broadcast { except, payload } => Request::Broadcast {
+                except,
+                msg: line.tail(payload)?,
+            },
+            Command::Join { group, uids } => Request::Join { group, uids },
+            Command::Leave { group, uids } => Request::Leave { group, uids },
+            Command::Members { group } => Request::Members { group },
+            Command::Online { uid } => Request::Online { uid },
+            Command::Count => Request::Count,
+            Command::Uids { cursor, limit } => Request::Uids { cursor, limit },
+            Command::Kick { uids, reason } => Request::Kick { uids, reason },
+            Command::Stats => Request::Stats,
+        })
+    }
+
+    /// True for a `/` command (good or bad): counted in `commands`.
+    fn is_command(&self) -> bool {
+        !matches!(self, Request::Line { .. } | Request::BadLine(_))
     }
 }
 
@@ -123,47 +240,10 @@ pub fn handle(state: &State, frame: &Frame, too_long_first: Option<u8>) -> Respo
 
 /// Runs one request.
 pub fn execute(state: &State, request: Request<'_>) -> Response {
-    let reply = match request {
-        Request::Push { uid, line } => {
-            let outcome = push_to(state, &uid, &line);
-            if let (Some(cluster), Ok(local)) = (&state.cluster, &outcome)
-                && uid.len() <= state.config.max_uid_bytes
-            {
-                // Other nodes may hold the uid: the reply waits for them.
-                let (local, remote) = (*local, cluster.push(&uid, &line));
-                let metrics = state.metrics.clone();
-                return Response::Later(Box::pin(async move {
-                    let total = local + remote.await.delivery;
-                    count_into(&metrics, &Ok(total));
-                    if total.ok() { Reply::Ok } else { Reply::Fail }
-                }));
-            }
-            count(state, &outcome);
-            if outcome.is_ok_and(Delivery::ok) {
-                Reply::Ok
-            } else {
-                Reply::Fail
-            }
-        }
-        Request::BadPush(bad) => {
-            count(state, &Err(bad));
-            Reply::Fail
-        }
-        Request::Command {
-            command,
-            line,
-            text,
-        } => {
-            state.metrics.incr(Metric::Commands);
-            return run(state, command, &line, text);
-        }
-        Request::BadCommand(err) => {
-            state.metrics.incr(Metric::Commands);
-            debug!(error = %escaped(&err.to_string()), "bad command");
-            Reply::error(err)
-        }
-    };
-    Response::Ready(reply)
+    if request.is_command() {
+        state.metrics.incr(Metric::Commands);
+    }
+    run(state, request)
 }
 
 /// A push to one uid. A uid longer than `--max-uid-bytes` is offline by definition (no
@@ -192,17 +272,12 @@ fn count_into(m: &crate::metrics::Metrics, outcome: &Result<Delivery, BadLine>) 
     }
 }
 
-fn run(state: &State, command: Command<'_>, line: &Payload, text: &str) -> Response {
+/// Runs one request (its command counted).
+fn run(state: &State, request: Request<'_>) -> Response {
     let registry = &state.registry;
-    // Offsets come from the grammar, which cuts at char boundaries; an offset that is not
-    // one would be a grammar bug, answered as an error rather than a panic.
-    let payload = |at: usize| line.tail(at);
-    let json = match command {
-        Command::Ping => return Response::Ready(Reply::Pong),
-        Command::Send { uids, payload: at } => {
-            let Some(msg) = payload(at) else {
-                return Response::Ready(Reply::error("bad payload offset"));
-            };
+    let json = match request {
+        Request::Ping => return Response::Ready(Reply::Pong),
+        Request::Send { uids, msg } => {
             if let Some(cluster) = &state.cluster {
                 let max = state.config.max_uid_bytes;
                 let each: Vec<_> = uids
@@ -236,33 +311,18 @@ fn run(state: &State, command: Command<'_>, line: &Payload, text: &str) -> Respo
                 refused: f.delivery.refused,
             })
         }
-        Command::Push {
+        Request::Push {
             id,
-            line: at,
             options,
-        } => {
-            let Some(msg) = payload(at) else {
-                return Response::Ready(Reply::error("bad payload offset"));
-            };
-            let Some(tail) = text.get(at..) else {
-                return Response::Ready(Reply::error("bad payload offset"));
-            };
-            let target = push_target_str(tail);
-            match &state.cluster {
-                None => return tracked::push(state, id, options, &msg, target),
-                Some(cluster) => {
-                    return clustered::push(state, cluster, id, options, &msg, target);
-                }
+            msg,
+            target,
+        } => match &state.cluster {
+            None => return tracked::push(state, id, options, &msg, target),
+            Some(cluster) => {
+                return clustered::push(state, cluster, id, options, &msg, target);
             }
-        }
-        Command::Group {
-            group,
-            except,
-            payload: at,
-        } => {
-            let Some(msg) = payload(at) else {
-                return Response::Ready(Reply::error("bad payload offset"));
-            };
+        },
+        Request::Group { group, except, msg } => {
             if let Some(cluster) = &state.cluster {
                 let sent = group_in_cluster(cluster, registry, group.into_owned(), except, msg);
                 return later(async move { sent.await.await });
@@ -279,13 +339,7 @@ fn run(state: &State, command: Command<'_>, line: &Payload, text: &str) -> Respo
                 refused: f.delivery.refused,
             })
         }
-        Command::Broadcast {
-            except,
-            payload: at,
-        } => {
-            let Some(msg) = payload(at) else {
-                return Response::Ready(Reply::error("bad payload offset"));
-            };
+        Request::Broadcast { except, msg } => {
             // Published first, so the other nodes fan out while this one does.
             let remote = state.cluster.as_ref().map(|c| c.broadcast(&msg, &except));
             let d = registry.broadcast(&msg, &except);
@@ -301,7 +355,7 @@ fn run(state: &State, command: Command<'_>, line: &Payload, text: &str) -> Respo
                 None => reply(d),
             }
         }
-        Command::Join { group, uids } if state.cluster.is_some() => {
+        Request::Join { group, uids } if state.cluster.is_some() => {
             let cluster = state.cluster.clone();
             let group = group.into_owned();
             return Response::Later(Box::pin(async move {
@@ -319,7 +373,7 @@ fn run(state: &State, command: Command<'_>, line: &Payload, text: &str) -> Respo
                 }
             }));
         }
-        Command::Leave { group, uids } if state.cluster.is_some() => {
+        Request::Leave { group, uids } if state.cluster.is_some() => {
             let cluster = state.cluster.clone();
             let group = group.into_owned();
             return Response::Later(Box::pin(async move {
@@ -337,7 +391,7 @@ fn run(state: &State, command: Command<'_>, line: &Payload, text: &str) -> Respo
                 }
             }));
         }
-        Command::Members { group } if state.cluster.is_some() => {
+        Request::Members { group } if state.cluster.is_some() => {
             let cluster = state.cluster.clone();
             let group = group.into_owned();
             return Response::Later(Box::pin(async move {
@@ -355,7 +409,7 @@ fn run(state: &State, command: Command<'_>, line: &Payload, text: &str) -> Respo
                 }
             }));
         }
-        Command::Join { group, uids } => match registry.join(&group, &uids) {
+        Request::Join { group, uids } => match registry.join(&group, &uids) {
             Ok((added, members)) => Json::Join(JoinReply {
                 ok: true,
                 group: group.into_owned(),
@@ -367,7 +421,7 @@ fn run(state: &State, command: Command<'_>, line: &Payload, text: &str) -> Respo
                 return Response::Ready(Reply::error(e));
             }
         },
-        Command::Leave { group, uids } => {
+        Request::Leave { group, uids } => {
             let (removed, members) = registry.leave(&group, &uids);
             Json::Leave(LeaveReply {
                 ok: true,
@@ -376,7 +430,7 @@ fn run(state: &State, command: Command<'_>, line: &Payload, text: &str) -> Respo
                 members,
             })
         }
-        Command::Online { uid } => {
+        Request::Online { uid } => {
             let n = registry.connections_of(&uid);
             if let Some(cluster) = &state.cluster {
                 let remote = cluster.online(&uid);
@@ -398,7 +452,7 @@ fn run(state: &State, command: Command<'_>, line: &Payload, text: &str) -> Respo
                 connections: n,
             })
         }
-        Command::Count => {
+        Request::Count => {
             let (uids, connections) = registry.totals();
             if let Some(cluster) = &state.cluster {
                 let (remote, cluster) = (cluster.count(), cluster.clone());
@@ -421,7 +475,7 @@ fn run(state: &State, command: Command<'_>, line: &Payload, text: &str) -> Respo
                 groups: registry.group_count(),
             })
         }
-        Command::Members { group } => {
+        Request::Members { group } => {
             let members = registry.members(&group).unwrap_or_default();
             Json::Members(MembersReply {
                 ok: true,
@@ -430,7 +484,7 @@ fn run(state: &State, command: Command<'_>, line: &Payload, text: &str) -> Respo
                 group: group.into_owned(),
             })
         }
-        Command::Uids { cursor, limit } if state.cluster.is_some() => {
+        Request::Uids { cursor, limit } if state.cluster.is_some() => {
             let Some(cluster) = &state.cluster else {
                 return Response::Ready(Reply::error("no cluster"));
             };
@@ -447,7 +501,7 @@ fn run(state: &State, command: Command<'_>, line: &Payload, text: &str) -> Respo
                 }
             }));
         }
-        Command::Uids { cursor, limit } => {
+        Request::Uids { cursor, limit } => {
             let (page, next) = registry.uids_page(cursor, limit);
             Json::Uids(UidsReply {
                 ok: true,
@@ -456,7 +510,7 @@ fn run(state: &State, command: Command<'_>, line: &Payload, text: &str) -> Respo
                 next,
             })
         }
-        Command::Kick { uids, reason } => {
+        Request::Kick { uids, reason } => {
             let notice = CloseNotice::kicked(reason);
             let closed: usize = uids.iter().map(|u| registry.kick(u, &notice)).sum();
             if let Some(cluster) = &state.cluster {
@@ -488,7 +542,7 @@ fn run(state: &State, command: Command<'_>, line: &Payload, text: &str) -> Respo
                 connections: closed,
             })
         }
-        Command::Stats => {
+        Request::Stats => {
             let stats = state.stats();
             if let Some(cluster) = &state.cluster {
                 let remote = cluster.count();
@@ -508,6 +562,35 @@ fn run(state: &State, command: Command<'_>, line: &Payload, text: &str) -> Respo
                 });
             }
             Json::Stats(StatsReply(stats))
+        }
+        Request::Line { uid, line } => {
+            let outcome = push_to(state, &uid, &line);
+            if let (Some(cluster), Ok(local)) = (&state.cluster, &outcome)
+                && uid.len() <= state.config.max_uid_bytes
+            {
+                // Other nodes may hold the uid: the reply waits for them.
+                let (local, remote) = (*local, cluster.push(&uid, &line));
+                let metrics = state.metrics.clone();
+                return Response::Later(Box::pin(async move {
+                    let total = local + remote.await.delivery;
+                    count_into(&metrics, &Ok(total));
+                    if total.ok() { Reply::Ok } else { Reply::Fail }
+                }));
+            }
+            count(state, &outcome);
+            return Response::Ready(if outcome.is_ok_and(Delivery::ok) {
+                Reply::Ok
+            } else {
+                Reply::Fail
+            });
+        }
+        Request::BadLine(bad) => {
+            count(state, &Err(bad));
+            return Response::Ready(Reply::Fail);
+        }
+        Request::BadCommand(err) => {
+            debug!(error = %escaped(&err.to_string()), "bad command");
+            return Response::Ready(Reply::error(err));
         }
     };
     Response::Ready(Reply::Json(json))
@@ -577,66 +660,34 @@ async fn execute_in_order(state: &State, frame: &Frame, too_long_first: Option<u
     let request = Request::parse(frame, too_long_first, state);
     let barrier = matches!(
         &request,
-        Request::Command {
-            command: Command::Group { .. }
-                | Command::Join { .. }
-                | Command::Leave { .. }
-                | Command::Members { .. },
-            ..
-        }
+        Request::Group { .. }
+            | Request::Join { .. }
+            | Request::Leave { .. }
+            | Request::Members { .. }
     );
-    if let (
-        Some(cluster),
-        Request::Command {
-            command:
-                Command::Group {
-                    group,
-                    except,
-                    payload: at,
-                },
-            line,
-            ..
-        },
-    ) = (&state.cluster, &request)
-    {
-        state.metrics.incr(Metric::Commands);
-        let Some(msg) = line.tail(*at) else {
-            return Response::Ready(Reply::error("bad payload offset"));
-        };
-        let sent = group_in_cluster(
-            cluster,
-            &state.registry,
-            group.to_string(),
-            except.clone(),
+    let Some(cluster) = &state.cluster else {
+        return execute(state, request);
+    };
+    match request {
+        Request::Group { group, except, msg } => {
+            state.metrics.incr(Metric::Commands);
+            let sent = group_in_cluster(cluster, &state.registry, group.into_owned(), except, msg);
+            let answers = sent.await;
+            later(answers)
+        }
+        Request::Push {
+            id,
+            options,
             msg,
-        );
-        let answers = sent.await;
-        return later(answers);
-    }
-    if let (
-        Some(cluster),
-        Request::Command {
-            command:
-                Command::Push {
-                    id,
-                    line: at,
-                    options,
-                },
-            line,
-            text,
+            target,
+        } => {
+            state.metrics.incr(Metric::Commands);
+            clustered::push_ordered(state, cluster, id, options, &msg, target).await
+        }
+        request => match execute(state, request) {
+            Response::Later(reply) if barrier => Response::Ready(reply.await),
+            response => response,
         },
-    ) = (&state.cluster, &request)
-    {
-        state.metrics.incr(Metric::Commands);
-        let (Some(msg), Some(tail)) = (line.tail(*at), text.get(*at..)) else {
-            return Response::Ready(Reply::error("bad payload offset"));
-        };
-        let target = push_target_str(tail);
-        return clustered::push_ordered(state, cluster, id.clone(), *options, &msg, target).await;
-    }
-    match execute(state, request) {
-        Response::Later(reply) if barrier => Response::Ready(reply.await),
-        response => response,
     }
 }
 

@@ -182,6 +182,9 @@ pub enum CommandError {
     NotUtf8,
     /// The line is longer than `--max-line-bytes`.
     LineTooLong(usize),
+    /// A payload offset that is not on a character boundary of the line (a grammar bug,
+    /// answered rather than panicking).
+    PayloadOffset,
 }
 
 impl fmt::Display for CommandError {
@@ -210,6 +213,7 @@ impl fmt::Display for CommandError {
             ),
             CommandError::NotUtf8 => f.write_str("command is not UTF-8"),
             CommandError::LineTooLong(max) => write!(f, "line too long (max {max} bytes)"),
+            CommandError::PayloadOffset => f.write_str("bad payload offset"),
         }
     }
 }
