@@ -128,7 +128,7 @@ impl PushReplies {
             match &frame {
                 Frame::Line(line) if auth_secret(line).is_some() => self
                     .replies
-                    .push(Response::Ready(Reply::Authorized), &mut self.out),
+                    .push(Response::Now(Reply::Authorized), &mut self.out),
                 frame => self.replies.run(&self.ctx, frame, first, &mut self.out),
             }
         }

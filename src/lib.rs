@@ -62,6 +62,7 @@ mod http_body;
 mod http_io;
 pub mod logsafe;
 pub mod metrics;
+pub mod nodes;
 pub mod outbox;
 mod proxied;
 mod push;

@@ -143,7 +143,7 @@ fn answer(
         Step::Answered(reply) => (reply, false),
         Step::Close(reply) => (reply, true),
     };
-    replies.push(Response::Ready(reply), out);
+    replies.push(Response::Now(reply), out);
     close
 }
 

@@ -13,12 +13,15 @@ use super::{PushReply, PushResult, Reply, Response, count_into};
 use crate::cluster::{Cluster, Remote, RemoteClaim};
 use crate::dedupe::{Claim, Dedupe, First};
 use crate::metrics::{Metric, Metrics};
+use crate::nodes::Answer;
 use crate::registry::{Pushed, Registry};
 use crate::state::State;
 use crate::wire::command::PushOptions;
 use crate::wire::{BadLine, Payload};
 
-/// Runs one `/push` whose LINE is `msg` and whose target parsed as `target`.
+/// Runs one `/push` whose LINE is `msg` and whose target parsed as `target`. With the
+/// retry window on it claims its key first, as a barrier: the connection's next line runs
+/// once the claim is answered and the push started (its publish queued in order).
 pub(super) fn push(
     state: &State,
     cluster: &Arc<Cluster>,
@@ -29,28 +32,7 @@ pub(super) fn push(
 ) -> Response {
     match prepare(state, cluster, id, options, msg, target) {
         Prepared::Done(response) => response,
-        Prepared::Claim(claimed) => Response::Later(Box::pin(async move {
-            match claimed.run().await {
-                Response::Ready(reply) => reply,
-                Response::Later(reply) => reply.await,
-            }
-        })),
-    }
-}
-
-/// [`push`] for a connection's sequencer: awaited up to the claim and the start, so the
-/// publish is queued before the connection's next line runs (its order holds).
-pub(super) async fn push_ordered(
-    state: &State,
-    cluster: &Arc<Cluster>,
-    id: Cow<'_, str>,
-    options: PushOptions,
-    msg: &Payload,
-    target: Result<Cow<'_, str>, BadLine>,
-) -> Response {
-    match prepare(state, cluster, id, options, msg, target) {
-        Prepared::Done(response) => response,
-        Prepared::Claim(claimed) => claimed.run().await,
+        Prepared::Claim(claimed) => Answer::barrier(claimed.run()),
     }
 }
 
@@ -108,7 +90,7 @@ fn prepare(
     let Some(window) = window else {
         // Started now, so it is published in line order with the lines around it.
         let sent = job.start();
-        return Prepared::Done(Response::Later(Box::pin(async move {
+        return Prepared::Done(Answer::Later(Box::pin(async move {
             let (result, pushed) = sent.await;
             Reply::Json(super::Json::Push(
                 Ack::answer(ack, result, pushed, &options, id).await,
@@ -153,14 +135,14 @@ impl Claimed {
             RemoteClaim::Fresh(key) => (Some(key), None),
             RemoteClaim::Duplicate(first) => {
                 job.metrics.incr(Metric::Duplicates);
-                return Response::Ready(Reply::Json(super::Json::Push(duplicate(first, id))));
+                return Answer::Now(Reply::Json(super::Json::Push(duplicate(first, id))));
             }
             // Redis cannot tell: this node's memory decides (retries through this node
             // are still caught; through another, not).
             RemoteClaim::Down => match dedupe.claim(&id, line, Instant::now()) {
                 Claim::Duplicate(first) => {
                     job.metrics.incr(Metric::Duplicates);
-                    return Response::Ready(Reply::Json(super::Json::Push(duplicate(first, id))));
+                    return Answer::Now(Reply::Json(super::Json::Push(duplicate(first, id))));
                 }
                 Claim::Fresh(ticket) => (None, Some(ticket)),
                 Claim::Off => (None, None),
@@ -168,7 +150,7 @@ impl Claimed {
         };
         let cluster = job.cluster.clone();
         let sent = job.start();
-        Response::Later(Box::pin(async move {
+        Answer::Later(Box::pin(async move {
             let (result, pushed) = sent.await;
             let first =
                 matches!(result, PushResult::Delivered | PushResult::Queued).then_some(First {
@@ -300,5 +282,5 @@ impl Job {
 }
 
 fn ready(reply: PushReply) -> Response {
-    Response::Ready(Reply::Json(super::Json::Push(reply)))
+    Answer::Now(Reply::Json(super::Json::Push(reply)))
 }

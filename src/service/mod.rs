@@ -3,52 +3,37 @@
 //! routing, groups, presence, kicks and stats against the shared [`State`].
 //!
 //! # Answering now or later
-//! [`handle`] returns a [`Response`]: `Ready` when the reply is known at once (everything
-//! on a single node, the fast path, synchronous) or `Later` when it must wait (cluster
-//! mode will ask other nodes). A door keeps replies in request order whatever their kind:
-//! see [`Replies`].
+//! [`handle`] returns a [`Response`], an [`Answer`]: `Now` when the reply is known at once
+//! (everything on a single node but an ack wait: the fast path, synchronous), `Later`
+//! when it must wait (cluster mode asks other nodes), `Barrier` when the connection's
+//! next lines must wait for its effect. A door keeps replies in request order whatever
+//! their kind: see [`Replies`].
 
 mod clustered;
+mod replies;
 pub mod reply;
 mod tracked;
 
 use std::borrow::Cow;
-use std::collections::VecDeque;
 use std::future::Future;
-use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::sync::Arc;
 
-use bytes::BytesMut;
 use tracing::debug;
 
+pub use replies::Replies;
 pub use reply::*;
 
 use crate::logsafe::escaped;
 use crate::metrics::Metric;
+use crate::nodes::Answer;
 use crate::registry::Delivery;
 use crate::state::State;
 use crate::wire::command::{self, Command, CommandError, PushOptions};
 use crate::wire::{BadLine, CloseNotice, Frame, Payload, Uid, push_target_str};
 
-/// A reply that resolves later (cluster mode).
-pub type LaterReply = Pin<Box<dyn Future<Output = Reply> + Send>>;
-
-/// What a request answers.
-pub enum Response {
-    /// Known now.
-    Ready(Reply),
-    /// Known once the future resolves.
-    Later(LaterReply),
-}
-
-impl std::fmt::Debug for Response {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Response::Ready(r) => f.debug_tuple("Ready").field(r).finish(),
-            Response::Later(_) => f.write_str("Later(..)"),
-        }
-    }
-}
+/// What a request answers: a [`Reply`] now (every answer on a single node but an ack
+/// wait), later, or once its effect has taken place (see [`Answer`]).
+pub type Response = Answer<Reply>;
 
 /// One backend request, parsed from a line. It owns what it delivers (each payload is a
 /// [`Payload`] sharing the line's buffer), so running it needs nothing from the door.
@@ -234,12 +219,12 @@ impl<'a> Request<'a> {
 }
 
 /// Parses and runs one line.
-pub fn handle(state: &State, frame: &Frame, too_long_first: Option<u8>) -> Response {
+pub fn handle(state: &Arc<State>, frame: &Frame, too_long_first: Option<u8>) -> Response {
     execute(state, Request::parse(frame, too_long_first, state))
 }
 
 /// Runs one request.
-pub fn execute(state: &State, request: Request<'_>) -> Response {
+pub fn execute(state: &Arc<State>, request: Request<'_>) -> Response {
     if request.is_command() {
         state.metrics.incr(Metric::Commands);
     }
@@ -273,10 +258,10 @@ fn count_into(m: &crate::metrics::Metrics, outcome: &Result<Delivery, BadLine>) 
 }
 
 /// Runs one request (its command counted).
-fn run(state: &State, request: Request<'_>) -> Response {
+fn run(state: &Arc<State>, request: Request<'_>) -> Response {
     let registry = &state.registry;
     let json = match request {
-        Request::Ping => return Response::Ready(Reply::Pong),
+        Request::Ping => return Answer::Now(Reply::Pong),
         Request::Send { uids, msg } => {
             if let Some(cluster) = &state.cluster {
                 let max = state.config.max_uid_bytes;
@@ -324,8 +309,36 @@ fn run(state: &State, request: Request<'_>) -> Response {
         },
         Request::Group { group, except, msg } => {
             if let Some(cluster) = &state.cluster {
-                let sent = group_in_cluster(cluster, registry, group.into_owned(), except, msg);
-                return later(async move { sent.await.await });
+                // The member lookup (Redis), then a push to each member, local and
+                // published in line order: a barrier, so the lines behind it wait for the
+                // pushes to be dispatched (not for their answers).
+                let (cluster, registry) = (cluster.clone(), registry.clone());
+                let group = group.into_owned();
+                return Answer::barrier(async move {
+                    let members = cluster.members(&group).await.unwrap_or_default();
+                    let targets: Vec<_> = members
+                        .iter()
+                        .filter(|m| !except.iter().any(|e| **e == ***m))
+                        .map(|m| (registry.push(m, &msg), cluster.push_member(m, &msg)))
+                        .collect();
+                    let n = members.len();
+                    later(async move {
+                        let (mut reached, mut total) = (0, Delivery::default());
+                        for (local, remote) in targets {
+                            let d = local + remote.await.delivery;
+                            reached += usize::from(d.ok());
+                            total = total + d;
+                        }
+                        Json::Group(GroupReply {
+                            ok: reached > 0,
+                            group,
+                            members: n,
+                            reached,
+                            connections: total.queued,
+                            refused: total.refused,
+                        })
+                    })
+                });
             }
             let (members, f) = registry
                 .push_group(&group, &msg, &except)
@@ -358,11 +371,12 @@ fn run(state: &State, request: Request<'_>) -> Response {
         Request::Join { group, uids } if state.cluster.is_some() => {
             let cluster = state.cluster.clone();
             let group = group.into_owned();
-            return Response::Later(Box::pin(async move {
+            // A barrier: the lines behind it run once it took effect.
+            return Answer::barrier(async move {
                 let Some(cluster) = cluster else {
-                    return Reply::error("no cluster");
+                    return Answer::Now(Reply::error("no cluster"));
                 };
-                match cluster.join(&group, &uids).await {
+                Answer::Now(match cluster.join(&group, &uids).await {
                     Ok((added, members)) => Reply::Json(Json::Join(JoinReply {
                         ok: true,
                         group,
@@ -370,17 +384,18 @@ fn run(state: &State, request: Request<'_>) -> Response {
                         members,
                     })),
                     Err(e) => Reply::error(e),
-                }
-            }));
+                })
+            });
         }
         Request::Leave { group, uids } if state.cluster.is_some() => {
             let cluster = state.cluster.clone();
             let group = group.into_owned();
-            return Response::Later(Box::pin(async move {
+            // A barrier: the lines behind it run once it took effect.
+            return Answer::barrier(async move {
                 let Some(cluster) = cluster else {
-                    return Reply::error("no cluster");
+                    return Answer::Now(Reply::error("no cluster"));
                 };
-                match cluster.leave(&group, &uids).await {
+                Answer::Now(match cluster.leave(&group, &uids).await {
                     Ok((removed, members)) => Reply::Json(Json::Leave(LeaveReply {
                         ok: true,
                         group,
@@ -388,17 +403,18 @@ fn run(state: &State, request: Request<'_>) -> Response {
                         members,
                     })),
                     Err(e) => Reply::error(e),
-                }
-            }));
+                })
+            });
         }
         Request::Members { group } if state.cluster.is_some() => {
             let cluster = state.cluster.clone();
             let group = group.into_owned();
-            return Response::Later(Box::pin(async move {
+            // A barrier: the lines behind it run once it took effect.
+            return Answer::barrier(async move {
                 let Some(cluster) = cluster else {
-                    return Reply::error("no cluster");
+                    return Answer::Now(Reply::error("no cluster"));
                 };
-                match cluster.members(&group).await {
+                Answer::Now(match cluster.members(&group).await {
                     Ok(uids) => Reply::Json(Json::Members(MembersReply {
                         ok: true,
                         group,
@@ -406,8 +422,8 @@ fn run(state: &State, request: Request<'_>) -> Response {
                         uids,
                     })),
                     Err(e) => Reply::error(e),
-                }
-            }));
+                })
+            });
         }
         Request::Join { group, uids } => match registry.join(&group, &uids) {
             Ok((added, members)) => Json::Join(JoinReply {
@@ -418,7 +434,7 @@ fn run(state: &State, request: Request<'_>) -> Response {
             }),
             Err(e) => {
                 debug!(%e, group = %escaped(&group), "join refused");
-                return Response::Ready(Reply::error(e));
+                return Answer::Now(Reply::error(e));
             }
         },
         Request::Leave { group, uids } => {
@@ -486,10 +502,10 @@ fn run(state: &State, request: Request<'_>) -> Response {
         }
         Request::Uids { cursor, limit } if state.cluster.is_some() => {
             let Some(cluster) = &state.cluster else {
-                return Response::Ready(Reply::error("no cluster"));
+                return Answer::Now(Reply::error("no cluster"));
             };
             let page = cluster.uids_page(cursor, limit);
-            return Response::Later(Box::pin(async move {
+            return Answer::Later(Box::pin(async move {
                 match page.await {
                     Ok((uids, next)) => Reply::Json(Json::Uids(UidsReply {
                         ok: true,
@@ -571,14 +587,14 @@ fn run(state: &State, request: Request<'_>) -> Response {
                 // Other nodes may hold the uid: the reply waits for them.
                 let (local, remote) = (*local, cluster.push(&uid, &line));
                 let metrics = state.metrics.clone();
-                return Response::Later(Box::pin(async move {
+                return Answer::Later(Box::pin(async move {
                     let total = local + remote.await.delivery;
                     count_into(&metrics, &Ok(total));
                     if total.ok() { Reply::Ok } else { Reply::Fail }
                 }));
             }
             count(state, &outcome);
-            return Response::Ready(if outcome.is_ok_and(Delivery::ok) {
+            return Answer::Now(if outcome.is_ok_and(Delivery::ok) {
                 Reply::Ok
             } else {
                 Reply::Fail
@@ -586,309 +602,17 @@ fn run(state: &State, request: Request<'_>) -> Response {
         }
         Request::BadLine(bad) => {
             count(state, &Err(bad));
-            return Response::Ready(Reply::Fail);
+            return Answer::Now(Reply::Fail);
         }
         Request::BadCommand(err) => {
             debug!(error = %escaped(&err.to_string()), "bad command");
-            return Response::Ready(Reply::error(err));
+            return Answer::Now(Reply::error(err));
         }
     };
-    Response::Ready(Reply::Json(json))
-}
-
-/// Cluster mode, `/group`: the member lookup (Redis), then a push to each member, local
-/// and published, in that order. The outer future is done once every push is dispatched
-/// (so a later request of the same connection may run); the inner one waits for the
-/// holders' answers.
-// The two phases are the point: the outer future yields the inner one on purpose.
-#[allow(clippy::async_yields_async)]
-fn group_in_cluster(
-    cluster: &std::sync::Arc<crate::cluster::Cluster>,
-    registry: &crate::registry::Registry,
-    group: String,
-    except: Vec<crate::wire::Uid>,
-    msg: Payload,
-) -> impl Future<Output = Pin<Box<dyn Future<Output = Json> + Send>>> + Send + use<> {
-    let (cluster, registry) = (cluster.clone(), registry.clone());
-    async move {
-        let members = cluster.members(&group).await.unwrap_or_default();
-        let targets: Vec<_> = members
-            .iter()
-            .filter(|m| !except.iter().any(|e| **e == ***m))
-            .map(|m| (registry.push(m, &msg), cluster.push_member(m, &msg)))
-            .collect();
-        let n = members.len();
-        let answers: Pin<Box<dyn Future<Output = Json> + Send>> = Box::pin(async move {
-            let (mut reached, mut total) = (0, Delivery::default());
-            for (local, remote) in targets {
-                let d = local + remote.await.delivery;
-                reached += usize::from(d.ok());
-                total = total + d;
-            }
-            Json::Group(GroupReply {
-                ok: reached > 0,
-                group,
-                members: n,
-                reached,
-                connections: total.queued,
-                refused: total.refused,
-            })
-        });
-        answers
-    }
-}
-
-/// True for a request whose effect waits on Redis in cluster mode (`/group` looks its
-/// members up first; `/join`, `/leave`, `/members` are Redis commands; `/push` claims its
-/// retry key first): later requests of the same connection run only once it has taken
-/// effect. A cheap look at the verb.
-fn waits_on_redis(frame: &Frame) -> bool {
-    let Frame::Line(line) = frame else {
-        return false;
-    };
-    let verb = line.split(|&b| b == b' ').next().unwrap_or(&[]);
-    matches!(
-        verb,
-        b"/group" | b"/group-except" | b"/join" | b"/leave" | b"/members" | b"/push"
-    )
-}
-
-/// Runs one request in the connection's order (on its [`Sequencer`]): a request whose
-/// effect waits on Redis is waited for up to that effect; any other runs at once and its
-/// reply may still wait.
-async fn execute_in_order(state: &State, frame: &Frame, too_long_first: Option<u8>) -> Response {
-    let request = Request::parse(frame, too_long_first, state);
-    let barrier = matches!(
-        &request,
-        Request::Group { .. }
-            | Request::Join { .. }
-            | Request::Leave { .. }
-            | Request::Members { .. }
-    );
-    let Some(cluster) = &state.cluster else {
-        return execute(state, request);
-    };
-    match request {
-        Request::Group { group, except, msg } => {
-            state.metrics.incr(Metric::Commands);
-            let sent = group_in_cluster(cluster, &state.registry, group.into_owned(), except, msg);
-            let answers = sent.await;
-            later(answers)
-        }
-        Request::Push {
-            id,
-            options,
-            msg,
-            target,
-        } => {
-            state.metrics.incr(Metric::Commands);
-            clustered::push_ordered(state, cluster, id, options, &msg, target).await
-        }
-        request => match execute(state, request) {
-            Response::Later(reply) if barrier => Response::Ready(reply.await),
-            response => response,
-        },
-    }
+    Answer::Now(Reply::Json(json))
 }
 
 /// A JSON reply that resolves later.
 fn later(json: impl Future<Output = Json> + Send + 'static) -> Response {
-    Response::Later(Box::pin(async move { Reply::Json(json.await) }))
-}
-
-/// The replies of one backend connection, in request order, whatever resolves when.
-///
-/// While every reply is ready (always, on a single node) [`Replies::push`] encodes it at
-/// once and nothing is queued. Once one waits, later ones queue behind it (ready or not),
-/// so their order holds while the door goes on reading and running the lines behind it;
-/// [`Replies::poll_flush`] encodes the ready prefix as waiting ones resolve.
-#[derive(Default)]
-pub struct Replies {
-    waiting: VecDeque<Response>,
-    /// Cluster mode: runs this connection's requests in order behind one whose effect
-    /// waits on Redis (started at the first such request).
-    sequencer: Option<Sequencer>,
-}
-
-/// One connection's requests that must wait for an earlier one's effect, run in order by
-/// one task.
-///
-/// # Why
-/// A `/group` must look its members up in Redis before it can push to them; a plain push
-/// sent right after it on the same connection is delivered at once. Without this, the
-/// push would overtake the group message on a member's tab. So once a request whose
-/// effect waits on Redis is read, it and every later line of the connection go to this
-/// task, which runs them one after the other, waiting only for each such effect (a
-/// `/group`'s pushes dispatched, a `/join` applied), never for replies; once it has
-/// caught up, lines run at once again.
-struct Sequencer {
-    queue: tokio::sync::mpsc::UnboundedSender<Deferred>,
-    /// Requests handed to the task and not yet run.
-    behind: std::sync::Arc<std::sync::atomic::AtomicUsize>,
-}
-
-struct Deferred {
-    frame: Frame,
-    too_long_first: Option<u8>,
-    response: tokio::sync::oneshot::Sender<Response>,
-}
-
-impl Sequencer {
-    fn start(state: &std::sync::Arc<State>) -> Sequencer {
-        let (queue, mut rx) = tokio::sync::mpsc::unbounded_channel::<Deferred>();
-        let behind = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let (state, left) = (state.clone(), behind.clone());
-        // Ends when the connection's `Replies` (the only sender) is dropped.
-        tokio::spawn(async move {
-            while let Some(d) = rx.recv().await {
-                let response = execute_in_order(&state, &d.frame, d.too_long_first).await;
-                left.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
-                let _ = d.response.send(response);
-            }
-        });
-        Sequencer { queue, behind }
-    }
-
-    fn busy(&self) -> bool {
-        self.behind.load(std::sync::atomic::Ordering::Acquire) > 0
-    }
-}
-
-impl Replies {
-    /// Runs one line (as [`handle`]) and adds its response, keeping the effects of one
-    /// connection's requests in order in cluster mode (see [`Sequencer`]). Doors call
-    /// this for every line they pass to the service.
-    pub fn run(
-        &mut self,
-        state: &std::sync::Arc<State>,
-        frame: &Frame,
-        too_long_first: Option<u8>,
-        out: &mut BytesMut,
-    ) {
-        let in_order = state.cluster.is_some()
-            && (self.sequencer.as_ref().is_some_and(Sequencer::busy) || waits_on_redis(frame));
-        if !in_order {
-            return self.push(handle(state, frame, too_long_first), out);
-        }
-        let sequencer = self
-            .sequencer
-            .get_or_insert_with(|| Sequencer::start(state));
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        sequencer
-            .behind
-            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
-        let owned = match frame {
-            Frame::Line(line) => Frame::Line(line.clone()),
-            Frame::TooLong => Frame::TooLong,
-        };
-        let sent = sequencer.queue.send(Deferred {
-            frame: owned,
-            too_long_first,
-            response: tx,
-        });
-        if sent.is_err() {
-            // The task is gone (only if the runtime is shutting down): run it here.
-            sequencer
-                .behind
-                .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
-            return self.push(handle(state, frame, too_long_first), out);
-        }
-        self.push(
-            Response::Later(Box::pin(async move {
-                match rx.await {
-                    Ok(Response::Ready(reply)) => reply,
-                    Ok(Response::Later(reply)) => reply.await,
-                    Err(_) => Reply::error("shutting down"),
-                }
-            })),
-            out,
-        );
-    }
-
-    /// Adds the next request's response; a ready one with nothing ahead of it is
-    /// encoded into `out` at once.
-    pub fn push(&mut self, response: Response, out: &mut BytesMut) {
-        match response {
-            Response::Ready(reply) if self.waiting.is_empty() => reply.encode(out),
-            other => self.waiting.push_back(other),
-        }
-    }
-
-    /// Replies still queued (some waiting, or behind one that is).
-    pub fn len(&self) -> usize {
-        self.waiting.len()
-    }
-
-    /// True when nothing is queued.
-    pub fn is_empty(&self) -> bool {
-        self.waiting.is_empty()
-    }
-
-    /// Encodes every reply that is ready and has no waiting one ahead of it. Ready when
-    /// something was encoded (or nothing waits); pending while the head still waits.
-    pub fn poll_flush(&mut self, cx: &mut Context<'_>, out: &mut BytesMut) -> Poll<()> {
-        let mut progressed = false;
-        while let Some(head) = self.waiting.front_mut() {
-            let reply = match head {
-                Response::Ready(reply) => std::mem::replace(reply, Reply::Fail),
-                Response::Later(fut) => match fut.as_mut().poll(cx) {
-                    Poll::Ready(reply) => reply,
-                    Poll::Pending => break,
-                },
-            };
-            reply.encode(out);
-            self.waiting.pop_front();
-            progressed = true;
-        }
-        if progressed || self.waiting.is_empty() {
-            Poll::Ready(())
-        } else {
-            Poll::Pending
-        }
-    }
-
-    /// Waits until at least one queued reply is encoded (or none is queued).
-    pub async fn flush(&mut self, out: &mut BytesMut) {
-        std::future::poll_fn(|cx| self.poll_flush(cx, out)).await
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::time::Duration;
-
-    #[tokio::test]
-    async fn replies_keep_request_order_when_some_wait() {
-        let mut replies = Replies::default();
-        let mut out = BytesMut::new();
-        replies.push(Response::Ready(Reply::Ok), &mut out);
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        replies.push(
-            Response::Later(Box::pin(async move {
-                let _ = rx.await;
-                Reply::Pong
-            })),
-            &mut out,
-        );
-        replies.push(Response::Ready(Reply::Fail), &mut out);
-        replies.push(
-            Response::Later(Box::pin(async {
-                tokio::time::sleep(Duration::from_millis(1)).await;
-                Reply::Authorized
-            })),
-            &mut out,
-        );
-        assert_eq!(&out[..], b"ok\n", "only the reply before the waiting one");
-        assert_eq!(replies.len(), 3);
-        // The head still waits: nothing moves, however long the others are ready.
-        let waited = tokio::time::timeout(Duration::from_millis(20), replies.flush(&mut out)).await;
-        assert!(waited.is_err());
-        assert_eq!(&out[..], b"ok\n");
-        tx.send(()).unwrap();
-        while !replies.is_empty() {
-            replies.flush(&mut out).await;
-        }
-        assert_eq!(&out[..], b"ok\npong\nfail\n{\"ok\":true}\n");
-    }
+    Answer::Later(Box::pin(async move { Reply::Json(json.await) }))
 }

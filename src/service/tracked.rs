@@ -2,7 +2,7 @@
 //! retry check, the offline queue and the end-to-end ack. Without options, and when not
 //! a duplicate, the reply is byte for byte the seed-era `/push` reply.
 //!
-//! An ack wait is a [`Response::Later`]: the backend door goes on reading and running the
+//! An ack wait is an [`Answer::Later`]: the backend door goes on reading and running the
 //! lines behind it, and only their replies queue behind this one (replies stay in
 //! request order; the door bounds how many may queue).
 
@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use super::{PushReply, PushResult, Reply, Response, Tracking, count_into};
 use crate::dedupe::{Claim, First};
 use crate::metrics::Metric;
+use crate::nodes::Answer;
 use crate::registry::Pushed;
 use crate::state::State;
 use crate::wire::command::PushOptions;
@@ -95,7 +96,7 @@ pub(super) fn push(
         };
         return ready(reply(result, pushed, &options, id).with_acks(0));
     };
-    Response::Later(Box::pin(async move {
+    Answer::Later(Box::pin(async move {
         let (result, acks) = match tokio::time::timeout(wait, acked).await {
             Ok(Ok(tabs)) => (PushResult::Acked, tabs),
             _ => (PushResult::NotAcked, 0),
@@ -107,7 +108,7 @@ pub(super) fn push(
 }
 
 fn ready(reply: PushReply) -> Response {
-    Response::Ready(Reply::Json(super::Json::Push(reply)))
+    Answer::Now(Reply::Json(super::Json::Push(reply)))
 }
 
 /// The reply for `result`; with options, the message's place in history too.

@@ -1,0 +1,5 @@
+//! The engine's side of the service: how an answer comes back ([`Answer`]).
+
+mod answer;
+
+pub use answer::{Answer, Pending};
