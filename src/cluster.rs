@@ -33,6 +33,10 @@
 //!   counter on every primary with each beat; one that went back is logged, and v1 tabs
 //!   resync ([`check_epochs`]).
 
+mod nodes;
+
+pub use nodes::ClusterNodes;
+
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};

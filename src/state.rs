@@ -6,10 +6,11 @@ use std::sync::{Arc, RwLock};
 
 use tokio_util::sync::CancellationToken;
 
-use crate::cluster::{Cluster, ClusterConfig};
+use crate::cluster::{Cluster, ClusterConfig, ClusterNodes};
 use crate::config::Config;
 use crate::dedupe::Dedupe;
 use crate::metrics::{Gauges, Metric, Metrics};
+use crate::nodes::{Here, Nodes};
 use crate::registry::Registry;
 use crate::reloadable::{Change, Reloadable};
 use crate::tls::{Acceptor, TlsFiles};
@@ -30,6 +31,9 @@ pub struct State {
     pub ws_stop: CancellationToken,
     /// The link to the other nodes, in cluster mode (`--redis`).
     pub cluster: Option<Arc<Cluster>>,
+    /// Every node that may hold a connection: this one alone, or the cluster. Backend
+    /// commands go through it; browser doors and gauges use `registry`.
+    pub nodes: Box<dyn Nodes>,
     /// TLS settings of the browser port (`wss://`), swapped by a reload.
     pub tls: Option<Acceptor>,
     /// Secrets and allow-lists as of the last reload; read with [`State::settings`].
@@ -73,7 +77,19 @@ impl State {
             None => None,
         };
         let dedupe = Arc::new(Dedupe::new(config.dedupe_window, config.dedupe_max_entries));
+        let here = Here::new(registry.clone(), dedupe.clone());
+        let nodes: Box<dyn Nodes> = match &cluster {
+            Some(cluster) => Box::new(ClusterNodes::new(
+                here,
+                cluster.clone(),
+                config
+                    .dedupe_window
+                    .filter(|_| config.dedupe_max_entries > 0),
+            )),
+            None => Box::new(here),
+        };
         Ok(Arc::new(State {
+            nodes,
             registry,
             metrics,
             push_stop: CancellationToken::new(),
