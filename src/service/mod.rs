@@ -10,6 +10,7 @@
 //! their kind: see [`Replies`].
 
 mod clustered;
+mod presence;
 mod replies;
 pub mod reply;
 mod tracked;
@@ -29,7 +30,7 @@ use crate::nodes::Answer;
 use crate::registry::Delivery;
 use crate::state::State;
 use crate::wire::command::{self, Command, CommandError, PushOptions};
-use crate::wire::{BadLine, CloseNotice, Frame, Payload, Uid, push_target_str};
+use crate::wire::{BadLine, Frame, Payload, Uid, push_target_str};
 
 /// What a request answers: a [`Reply`] now (every answer on a single node but an ack
 /// wait), later, or once its effect has taken place (see [`Answer`]).
@@ -446,51 +447,8 @@ fn run(state: &Arc<State>, request: Request<'_>) -> Response {
                 members,
             })
         }
-        Request::Online { uid } => {
-            let n = registry.connections_of(&uid);
-            if let Some(cluster) = &state.cluster {
-                let remote = cluster.online(&uid);
-                let uid = uid.into_owned();
-                return later(async move {
-                    let n = n + remote.await.delivery.queued;
-                    Json::Online(OnlineReply {
-                        ok: true,
-                        uid,
-                        online: n > 0,
-                        connections: n,
-                    })
-                });
-            }
-            Json::Online(OnlineReply {
-                ok: true,
-                uid: uid.into_owned(),
-                online: n > 0,
-                connections: n,
-            })
-        }
-        Request::Count => {
-            let (uids, connections) = registry.totals();
-            if let Some(cluster) = &state.cluster {
-                let (remote, cluster) = (cluster.count(), cluster.clone());
-                return later(async move {
-                    let r = remote.await.delivery;
-                    let groups = cluster.group_count().await.unwrap_or(0);
-                    // A uid with connections on two nodes counts on each.
-                    Json::Count(CountReply {
-                        ok: true,
-                        uids: uids + r.queued,
-                        connections: connections + r.refused,
-                        groups,
-                    })
-                });
-            }
-            Json::Count(CountReply {
-                ok: true,
-                uids,
-                connections,
-                groups: registry.group_count(),
-            })
-        }
+        Request::Online { uid } => return presence::online(state, uid.into_owned()),
+        Request::Count => return presence::count(state),
         Request::Members { group } => {
             let members = registry.members(&group).unwrap_or_default();
             Json::Members(MembersReply {
@@ -500,85 +458,9 @@ fn run(state: &Arc<State>, request: Request<'_>) -> Response {
                 group: group.into_owned(),
             })
         }
-        Request::Uids { cursor, limit } if state.cluster.is_some() => {
-            let Some(cluster) = &state.cluster else {
-                return Answer::Now(Reply::error("no cluster"));
-            };
-            let page = cluster.uids_page(cursor, limit);
-            return Answer::Later(Box::pin(async move {
-                match page.await {
-                    Ok((uids, next)) => Reply::Json(Json::Uids(UidsReply {
-                        ok: true,
-                        count: uids.len(),
-                        uids,
-                        next,
-                    })),
-                    Err(e) => Reply::error(e),
-                }
-            }));
-        }
-        Request::Uids { cursor, limit } => {
-            let (page, next) = registry.uids_page(cursor, limit);
-            Json::Uids(UidsReply {
-                ok: true,
-                count: page.len(),
-                uids: page.iter().map(|u| u.to_string()).collect(),
-                next,
-            })
-        }
-        Request::Kick { uids, reason } => {
-            let notice = CloseNotice::kicked(reason);
-            let closed: usize = uids.iter().map(|u| registry.kick(u, &notice)).sum();
-            if let Some(cluster) = &state.cluster {
-                let remote: Vec<_> = uids
-                    .iter()
-                    .map(|u| cluster.kick(u, &notice.reason))
-                    .collect();
-                let n = uids.len();
-                let cluster = cluster.clone();
-                return later(async move {
-                    let mut closed = closed;
-                    for r in remote {
-                        closed += r.await.delivery.queued;
-                    }
-                    // A kick is deliberate: the uid's groups go at once, on every node.
-                    for uid in &uids {
-                        let _ = cluster.forget(uid).await;
-                    }
-                    Json::Kick(KickReply {
-                        ok: true,
-                        uids: n,
-                        connections: closed,
-                    })
-                });
-            }
-            Json::Kick(KickReply {
-                ok: true,
-                uids: uids.len(),
-                connections: closed,
-            })
-        }
-        Request::Stats => {
-            let stats = state.stats();
-            if let Some(cluster) = &state.cluster {
-                let remote = cluster.count();
-                let (uids, connections) = registry.totals();
-                return later(async move {
-                    let r = remote.await;
-                    let mut stats = stats;
-                    // This node's figures above; the cluster's (every node that answered
-                    // in time, this one included) after them.
-                    stats.push(("cluster_nodes", 1 + r.answered as u64));
-                    stats.push(("cluster_uids", (uids + r.delivery.queued) as u64));
-                    stats.push((
-                        "cluster_connections",
-                        (connections + r.delivery.refused) as u64,
-                    ));
-                    Json::Stats(StatsReply(stats))
-                });
-            }
-            Json::Stats(StatsReply(stats))
-        }
+        Request::Uids { cursor, limit } => return presence::uids(state, cursor, limit),
+        Request::Kick { uids, reason } => return presence::kick(state, &uids, reason),
+        Request::Stats => return presence::stats(state),
         Request::Line { uid, line } => {
             let outcome = push_to(state, &uid, &line);
             if let (Some(cluster), Ok(local)) = (&state.cluster, &outcome)
