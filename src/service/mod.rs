@@ -10,6 +10,7 @@
 //! their kind: see [`Replies`].
 
 mod clustered;
+mod groups;
 mod presence;
 mod replies;
 pub mod reply;
@@ -369,95 +370,11 @@ fn run(state: &Arc<State>, request: Request<'_>) -> Response {
                 None => reply(d),
             }
         }
-        Request::Join { group, uids } if state.cluster.is_some() => {
-            let cluster = state.cluster.clone();
-            let group = group.into_owned();
-            // A barrier: the lines behind it run once it took effect.
-            return Answer::barrier(async move {
-                let Some(cluster) = cluster else {
-                    return Answer::Now(Reply::error("no cluster"));
-                };
-                Answer::Now(match cluster.join(&group, &uids).await {
-                    Ok((added, members)) => Reply::Json(Json::Join(JoinReply {
-                        ok: true,
-                        group,
-                        added,
-                        members,
-                    })),
-                    Err(e) => Reply::error(e),
-                })
-            });
-        }
-        Request::Leave { group, uids } if state.cluster.is_some() => {
-            let cluster = state.cluster.clone();
-            let group = group.into_owned();
-            // A barrier: the lines behind it run once it took effect.
-            return Answer::barrier(async move {
-                let Some(cluster) = cluster else {
-                    return Answer::Now(Reply::error("no cluster"));
-                };
-                Answer::Now(match cluster.leave(&group, &uids).await {
-                    Ok((removed, members)) => Reply::Json(Json::Leave(LeaveReply {
-                        ok: true,
-                        group,
-                        removed,
-                        members,
-                    })),
-                    Err(e) => Reply::error(e),
-                })
-            });
-        }
-        Request::Members { group } if state.cluster.is_some() => {
-            let cluster = state.cluster.clone();
-            let group = group.into_owned();
-            // A barrier: the lines behind it run once it took effect.
-            return Answer::barrier(async move {
-                let Some(cluster) = cluster else {
-                    return Answer::Now(Reply::error("no cluster"));
-                };
-                Answer::Now(match cluster.members(&group).await {
-                    Ok(uids) => Reply::Json(Json::Members(MembersReply {
-                        ok: true,
-                        group,
-                        count: uids.len(),
-                        uids,
-                    })),
-                    Err(e) => Reply::error(e),
-                })
-            });
-        }
-        Request::Join { group, uids } => match registry.join(&group, &uids) {
-            Ok((added, members)) => Json::Join(JoinReply {
-                ok: true,
-                group: group.into_owned(),
-                added,
-                members,
-            }),
-            Err(e) => {
-                debug!(%e, group = %escaped(&group), "join refused");
-                return Answer::Now(Reply::error(e));
-            }
-        },
-        Request::Leave { group, uids } => {
-            let (removed, members) = registry.leave(&group, &uids);
-            Json::Leave(LeaveReply {
-                ok: true,
-                group: group.into_owned(),
-                removed,
-                members,
-            })
-        }
+        Request::Join { group, uids } => return groups::join(state, group, &uids),
+        Request::Leave { group, uids } => return groups::leave(state, group, &uids),
         Request::Online { uid } => return presence::online(state, uid.into_owned()),
         Request::Count => return presence::count(state),
-        Request::Members { group } => {
-            let members = registry.members(&group).unwrap_or_default();
-            Json::Members(MembersReply {
-                ok: true,
-                count: members.len(),
-                uids: members.iter().map(|u| u.to_string()).collect(),
-                group: group.into_owned(),
-            })
-        }
+        Request::Members { group } => return groups::members(state, group),
         Request::Uids { cursor, limit } => return presence::uids(state, cursor, limit),
         Request::Kick { uids, reason } => return presence::kick(state, &uids, reason),
         Request::Stats => return presence::stats(state),
