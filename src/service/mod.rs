@@ -10,6 +10,7 @@
 //! their kind: see [`Replies`].
 
 mod clustered;
+mod fanout;
 mod groups;
 mod presence;
 mod replies;
@@ -17,7 +18,6 @@ pub mod reply;
 mod tracked;
 
 use std::borrow::Cow;
-use std::future::Future;
 use std::sync::Arc;
 
 use tracing::debug;
@@ -225,12 +225,66 @@ pub fn handle(state: &Arc<State>, frame: &Frame, too_long_first: Option<u8>) -> 
     execute(state, Request::parse(frame, too_long_first, state))
 }
 
-/// Runs one request.
+/// Runs one request: each kind is one function of its family, the same in both modes.
 pub fn execute(state: &Arc<State>, request: Request<'_>) -> Response {
     if request.is_command() {
         state.metrics.incr(Metric::Commands);
     }
-    run(state, request)
+    match request {
+        Request::Line { uid, line } => line_push(state, &uid, &line),
+        Request::BadLine(bad) => {
+            count(state, &Err(bad));
+            Answer::Now(Reply::Fail)
+        }
+        Request::Ping => Answer::Now(Reply::Pong),
+        Request::Send { uids, msg } => fanout::send(state, &uids, &msg),
+        Request::Push {
+            id,
+            options,
+            msg,
+            target,
+        } => match &state.cluster {
+            None => tracked::push(state, id, options, &msg, target),
+            Some(cluster) => clustered::push(state, cluster, id, options, &msg, target),
+        },
+        Request::Group { group, except, msg } => fanout::group(state, group, &except, &msg),
+        Request::Broadcast { except, msg } => fanout::broadcast(state, &except, &msg),
+        Request::Join { group, uids } => groups::join(state, group, &uids),
+        Request::Leave { group, uids } => groups::leave(state, group, &uids),
+        Request::Members { group } => groups::members(state, group),
+        Request::Online { uid } => presence::online(state, uid.into_owned()),
+        Request::Count => presence::count(state),
+        Request::Uids { cursor, limit } => presence::uids(state, cursor, limit),
+        Request::Kick { uids, reason } => presence::kick(state, &uids, reason),
+        Request::Stats => presence::stats(state),
+        Request::BadCommand(err) => {
+            debug!(error = %escaped(&err.to_string()), "bad command");
+            Answer::Now(Reply::error(err))
+        }
+    }
+}
+
+/// A plain push line.
+fn line_push(state: &State, uid: &str, line: &Payload) -> Response {
+    let outcome = push_to(state, uid, line);
+    if let (Some(cluster), Ok(local)) = (&state.cluster, &outcome)
+        && uid.len() <= state.config.max_uid_bytes
+    {
+        // Other nodes may hold the uid: the reply waits for them.
+        let (local, remote) = (*local, cluster.push(uid, line));
+        let metrics = state.metrics.clone();
+        return Answer::Later(Box::pin(async move {
+            let total = local + remote.await.delivery;
+            count_into(&metrics, &Ok(total));
+            if total.ok() { Reply::Ok } else { Reply::Fail }
+        }));
+    }
+    count(state, &outcome);
+    Answer::Now(if outcome.is_ok_and(Delivery::ok) {
+        Reply::Ok
+    } else {
+        Reply::Fail
+    })
 }
 
 /// A push to one uid. A uid longer than `--max-uid-bytes` is offline by definition (no
@@ -257,161 +311,4 @@ fn count_into(m: &crate::metrics::Metrics, outcome: &Result<Delivery, BadLine>) 
             m.incr(Metric::PushesFail);
         }
     }
-}
-
-/// Runs one request (its command counted).
-fn run(state: &Arc<State>, request: Request<'_>) -> Response {
-    let registry = &state.registry;
-    let json = match request {
-        Request::Ping => return Answer::Now(Reply::Pong),
-        Request::Send { uids, msg } => {
-            if let Some(cluster) = &state.cluster {
-                let max = state.config.max_uid_bytes;
-                let each: Vec<_> = uids
-                    .iter()
-                    .filter(|u| u.len() <= max)
-                    .map(|u| (registry.push(u, &msg), cluster.push_member(u, &msg)))
-                    .collect();
-                let n = uids.len();
-                return later(async move {
-                    let (mut reached, mut total) = (0, Delivery::default());
-                    for (local, remote) in each {
-                        let d = local + remote.await.delivery;
-                        reached += usize::from(d.ok());
-                        total = total + d;
-                    }
-                    Json::Send(SendReply {
-                        ok: reached > 0,
-                        uids: n,
-                        reached,
-                        connections: total.queued,
-                        refused: total.refused,
-                    })
-                });
-            }
-            let f = registry.push_many(&uids, &msg);
-            Json::Send(SendReply {
-                ok: f.reached > 0,
-                uids: uids.len(),
-                reached: f.reached,
-                connections: f.delivery.queued,
-                refused: f.delivery.refused,
-            })
-        }
-        Request::Push {
-            id,
-            options,
-            msg,
-            target,
-        } => match &state.cluster {
-            None => return tracked::push(state, id, options, &msg, target),
-            Some(cluster) => {
-                return clustered::push(state, cluster, id, options, &msg, target);
-            }
-        },
-        Request::Group { group, except, msg } => {
-            if let Some(cluster) = &state.cluster {
-                // The member lookup (Redis), then a push to each member, local and
-                // published in line order: a barrier, so the lines behind it wait for the
-                // pushes to be dispatched (not for their answers).
-                let (cluster, registry) = (cluster.clone(), registry.clone());
-                let group = group.into_owned();
-                return Answer::barrier(async move {
-                    let members = cluster.members(&group).await.unwrap_or_default();
-                    let targets: Vec<_> = members
-                        .iter()
-                        .filter(|m| !except.iter().any(|e| **e == ***m))
-                        .map(|m| (registry.push(m, &msg), cluster.push_member(m, &msg)))
-                        .collect();
-                    let n = members.len();
-                    later(async move {
-                        let (mut reached, mut total) = (0, Delivery::default());
-                        for (local, remote) in targets {
-                            let d = local + remote.await.delivery;
-                            reached += usize::from(d.ok());
-                            total = total + d;
-                        }
-                        Json::Group(GroupReply {
-                            ok: reached > 0,
-                            group,
-                            members: n,
-                            reached,
-                            connections: total.queued,
-                            refused: total.refused,
-                        })
-                    })
-                });
-            }
-            let (members, f) = registry
-                .push_group(&group, &msg, &except)
-                .unwrap_or_default();
-            Json::Group(GroupReply {
-                ok: f.reached > 0,
-                group: group.into_owned(),
-                members,
-                reached: f.reached,
-                connections: f.delivery.queued,
-                refused: f.delivery.refused,
-            })
-        }
-        Request::Broadcast { except, msg } => {
-            // Published first, so the other nodes fan out while this one does.
-            let remote = state.cluster.as_ref().map(|c| c.broadcast(&msg, &except));
-            let d = registry.broadcast(&msg, &except);
-            let reply = |d: Delivery| {
-                Json::Broadcast(BroadcastReply {
-                    ok: d.ok(),
-                    connections: d.queued,
-                    refused: d.refused,
-                })
-            };
-            match remote {
-                Some(remote) => return later(async move { reply(d + remote.await.delivery) }),
-                None => reply(d),
-            }
-        }
-        Request::Join { group, uids } => return groups::join(state, group, &uids),
-        Request::Leave { group, uids } => return groups::leave(state, group, &uids),
-        Request::Online { uid } => return presence::online(state, uid.into_owned()),
-        Request::Count => return presence::count(state),
-        Request::Members { group } => return groups::members(state, group),
-        Request::Uids { cursor, limit } => return presence::uids(state, cursor, limit),
-        Request::Kick { uids, reason } => return presence::kick(state, &uids, reason),
-        Request::Stats => return presence::stats(state),
-        Request::Line { uid, line } => {
-            let outcome = push_to(state, &uid, &line);
-            if let (Some(cluster), Ok(local)) = (&state.cluster, &outcome)
-                && uid.len() <= state.config.max_uid_bytes
-            {
-                // Other nodes may hold the uid: the reply waits for them.
-                let (local, remote) = (*local, cluster.push(&uid, &line));
-                let metrics = state.metrics.clone();
-                return Answer::Later(Box::pin(async move {
-                    let total = local + remote.await.delivery;
-                    count_into(&metrics, &Ok(total));
-                    if total.ok() { Reply::Ok } else { Reply::Fail }
-                }));
-            }
-            count(state, &outcome);
-            return Answer::Now(if outcome.is_ok_and(Delivery::ok) {
-                Reply::Ok
-            } else {
-                Reply::Fail
-            });
-        }
-        Request::BadLine(bad) => {
-            count(state, &Err(bad));
-            return Answer::Now(Reply::Fail);
-        }
-        Request::BadCommand(err) => {
-            debug!(error = %escaped(&err.to_string()), "bad command");
-            return Answer::Now(Reply::error(err));
-        }
-    };
-    Answer::Now(Reply::Json(json))
-}
-
-/// A JSON reply that resolves later.
-fn later(json: impl Future<Output = Json> + Send + 'static) -> Response {
-    Answer::Later(Box::pin(async move { Reply::Json(json.await) }))
 }
