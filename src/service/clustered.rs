@@ -8,8 +8,9 @@ use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::push::count_into;
 use super::tracked::{duplicate, reply};
-use super::{PushReply, PushResult, Reply, Response, count_into};
+use super::{PushReply, PushResult, Reply, Response};
 use crate::cluster::{Cluster, Remote, RemoteClaim};
 use crate::dedupe::{Claim, Dedupe, First};
 use crate::metrics::{Metric, Metrics};

@@ -13,6 +13,7 @@ mod clustered;
 mod fanout;
 mod groups;
 mod presence;
+mod push;
 mod replies;
 pub mod reply;
 mod tracked;
@@ -28,7 +29,6 @@ pub use reply::*;
 use crate::logsafe::escaped;
 use crate::metrics::Metric;
 use crate::nodes::Answer;
-use crate::registry::Delivery;
 use crate::state::State;
 use crate::wire::command::{self, Command, CommandError, PushOptions};
 use crate::wire::{BadLine, Frame, Payload, Uid, push_target_str};
@@ -231,11 +231,8 @@ pub fn execute(state: &Arc<State>, request: Request<'_>) -> Response {
         state.metrics.incr(Metric::Commands);
     }
     match request {
-        Request::Line { uid, line } => line_push(state, &uid, &line),
-        Request::BadLine(bad) => {
-            count(state, &Err(bad));
-            Answer::Now(Reply::Fail)
-        }
+        Request::Line { uid, line } => push::line(state, &uid, &line),
+        Request::BadLine(bad) => push::bad_line(state, bad),
         Request::Ping => Answer::Now(Reply::Pong),
         Request::Send { uids, msg } => fanout::send(state, &uids, &msg),
         Request::Push {
@@ -260,55 +257,6 @@ pub fn execute(state: &Arc<State>, request: Request<'_>) -> Response {
         Request::BadCommand(err) => {
             debug!(error = %escaped(&err.to_string()), "bad command");
             Answer::Now(Reply::error(err))
-        }
-    }
-}
-
-/// A plain push line.
-fn line_push(state: &State, uid: &str, line: &Payload) -> Response {
-    let outcome = push_to(state, uid, line);
-    if let (Some(cluster), Ok(local)) = (&state.cluster, &outcome)
-        && uid.len() <= state.config.max_uid_bytes
-    {
-        // Other nodes may hold the uid: the reply waits for them.
-        let (local, remote) = (*local, cluster.push(uid, line));
-        let metrics = state.metrics.clone();
-        return Answer::Later(Box::pin(async move {
-            let total = local + remote.await.delivery;
-            count_into(&metrics, &Ok(total));
-            if total.ok() { Reply::Ok } else { Reply::Fail }
-        }));
-    }
-    count(state, &outcome);
-    Answer::Now(if outcome.is_ok_and(Delivery::ok) {
-        Reply::Ok
-    } else {
-        Reply::Fail
-    })
-}
-
-/// A push to one uid. A uid longer than `--max-uid-bytes` is offline by definition (no
-/// browser can bind it), so it is not looked up.
-fn push_to(state: &State, uid: &str, line: &Payload) -> Result<Delivery, BadLine> {
-    if uid.len() > state.config.max_uid_bytes {
-        return Ok(Delivery::default());
-    }
-    Ok(state.registry.push(uid, line))
-}
-
-/// Counts one push line's outcome (plain or `/push`) and logs a malformed one.
-fn count(state: &State, outcome: &Result<Delivery, BadLine>) {
-    count_into(&state.metrics, outcome);
-}
-
-fn count_into(m: &crate::metrics::Metrics, outcome: &Result<Delivery, BadLine>) {
-    match outcome {
-        Ok(d) if d.ok() => m.incr(Metric::PushesOk),
-        Ok(_) => m.incr(Metric::PushesFail),
-        Err(bad) => {
-            debug!(bad = %escaped(&bad.to_string()), "bad push line");
-            m.incr(Metric::BadLines);
-            m.incr(Metric::PushesFail);
         }
     }
 }

@@ -9,7 +9,8 @@
 use std::borrow::Cow;
 use std::time::{Duration, Instant};
 
-use super::{PushReply, PushResult, Reply, Response, Tracking, count_into};
+use super::push::count_into;
+use super::{PushReply, PushResult, Reply, Response, Tracking};
 use crate::dedupe::{Claim, First};
 use crate::metrics::Metric;
 use crate::nodes::Answer;
