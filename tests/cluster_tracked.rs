@@ -256,3 +256,61 @@ async fn acks_reach_the_node_that_accepted_the_push(url: &str) {
 }
 
 on_both!(acks_reach_the_node_that_accepted_the_push);
+
+/// `/push ack=` to a uid no tab holds, whose history is kept: the same meaning as on a
+/// single node (`tests/history.rs`, the twin of this case). The message is kept, and the
+/// reply waits: a tab that resumes within the wait, on any node, gets it in its replay
+/// and may acknowledge it (`acked`, no live connection took it). Cluster mode used to
+/// answer `offline` at once.
+async fn an_ack_wait_for_a_uid_with_history_waits_for_a_resuming_tab(url: &str) {
+    let (a, b) = (node(url, 100).await, node(url, 100).await);
+    // The uid gets a history: a v1 tab binds on b, then leaves.
+    let first = V1Client::connect(b.ws_addr, "back", None).await;
+    let since = first.status.point();
+    drop(first);
+    for n in [&a, &b] {
+        until_reply(
+            n.push_addr,
+            "/online back",
+            "\"connections\":0",
+            STEP,
+            "back offline",
+        )
+        .await;
+    }
+    let mut push = PushClient::connect(a.push_addr).await;
+    let sent = std::time::Instant::now();
+    push.send_raw(format!("/push w1 ack=8000 {}\n", j("back", "kept")).as_bytes())
+        .await;
+    // Still waiting while nobody is there: the tab resumes a while later, on b.
+    sleep(Duration::from_millis(300)).await;
+    let mut tab = V1Client::connect(b.ws_addr, "back", Some(&since)).await;
+    assert_eq!(tab.status.kind, "recovered");
+    let seq = tab.status.seq + 1;
+    tab.expect_msg(seq, &j("back", "kept")).await;
+    tab.ack(seq).await;
+    let v: serde_json::Value = serde_json::from_str(
+        push.read_reply_within(Duration::from_secs(10))
+            .await
+            .trim_end(),
+    )
+    .unwrap();
+    assert!(sent.elapsed() >= Duration::from_millis(300), "{v}");
+    assert_eq!(
+        (
+            v["result"].as_str(),
+            v["acks"].as_u64(),
+            v["connections"].as_u64(),
+            v["seq"].as_u64()
+        ),
+        (Some("acked"), Some(1), Some(0), Some(seq)),
+        "{v}"
+    );
+    // No history at all: nothing can acknowledge it, offline at once.
+    let v = push
+        .request(&format!("/push w2 ack=8000 {}", j("never", "x")))
+        .await;
+    assert!(v.contains("\"result\":\"offline\""), "{v}");
+}
+
+on_both!(an_ack_wait_for_a_uid_with_history_waits_for_a_resuming_tab);

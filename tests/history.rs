@@ -561,6 +561,53 @@ async fn acks_acked_not_acked_and_a_tab_that_never_acks() {
     server.shutdown().await.unwrap();
 }
 
+/// `/push ack=` to a uid no tab holds, whose history is kept: the message is kept and the
+/// reply waits; a tab that resumes within the wait gets it in its replay and may
+/// acknowledge it (`acked`, no live connection took it). Cluster mode means the same
+/// (`tests/cluster_tracked.rs`, the twin of this case).
+#[tokio::test]
+async fn an_ack_wait_for_a_uid_with_history_waits_for_a_resuming_tab() {
+    let server = TestServer::start_with(config()).await;
+    let first = V1Client::connect(server.ws_addr, "back", None).await;
+    let since = first.status.point();
+    drop(first);
+    let mut push = PushClient::connect(server.push_addr).await;
+    poll_until(STEP, "back offline", || async {
+        let mut p = PushClient::connect(server.push_addr).await;
+        p.request("/online back")
+            .await
+            .contains("\"connections\":0")
+    })
+    .await;
+    let sent = Instant::now();
+    push.send_raw(format!("/push w1 ack=8000 {}\n", line("back", 1)).as_bytes())
+        .await;
+    sleep(Duration::from_millis(300)).await;
+    let mut tab = V1Client::connect(server.ws_addr, "back", Some(&since)).await;
+    assert_eq!(tab.status.kind, "recovered");
+    let seq = tab.status.seq + 1;
+    tab.expect_msg(seq, &line("back", 1)).await;
+    tab.ack(seq).await;
+    let v: serde_json::Value = serde_json::from_str(
+        push.read_reply_within(Duration::from_secs(10))
+            .await
+            .trim_end(),
+    )
+    .unwrap();
+    assert!(sent.elapsed() >= Duration::from_millis(300), "{v}");
+    assert_eq!(
+        (
+            v["result"].as_str(),
+            v["acks"].as_u64(),
+            v["connections"].as_u64(),
+            v["seq"].as_u64()
+        ),
+        (Some("acked"), Some(1), Some(0), Some(seq)),
+        "{v}"
+    );
+    server.shutdown().await.unwrap();
+}
+
 #[tokio::test]
 async fn an_ack_wait_is_cut_to_the_maximum() {
     let server = TestServer::start_with(pushwire::Config {

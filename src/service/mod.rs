@@ -9,14 +9,12 @@
 //! next lines must wait for its effect. A door keeps replies in request order whatever
 //! their kind: see [`Replies`].
 
-mod clustered;
 mod fanout;
 mod groups;
 mod presence;
 mod push;
 mod replies;
 pub mod reply;
-mod tracked;
 
 use std::borrow::Cow;
 use std::sync::Arc;
@@ -240,10 +238,7 @@ pub fn execute(state: &Arc<State>, request: Request<'_>) -> Response {
             options,
             msg,
             target,
-        } => match &state.cluster {
-            None => tracked::push(state, id, options, &msg, target),
-            Some(cluster) => clustered::push(state, cluster, id, options, &msg, target),
-        },
+        } => push::tracked(state, id, options, msg, target),
         Request::Group { group, except, msg } => fanout::group(state, group, &except, &msg),
         Request::Broadcast { except, msg } => fanout::broadcast(state, &except, &msg),
         Request::Join { group, uids } => groups::join(state, group, &uids),
