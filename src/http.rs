@@ -201,7 +201,7 @@ async fn route(req: Request<Incoming>, peer: Peer, ctx: &Arc<State>) -> HttpRepl
         (&Method::GET | &Method::HEAD, "/readyz") => {
             return if ctx.push_stop.is_cancelled() {
                 text(StatusCode::SERVICE_UNAVAILABLE, "draining")
-            } else if let Some(why) = ctx.cluster.as_ref().and_then(|c| c.trouble()) {
+            } else if let Some(why) = ctx.nodes.trouble() {
                 // It still serves its own browsers, but backends elsewhere cannot reach
                 // them and it cannot reach theirs: a balancer should send new ones away.
                 text(StatusCode::SERVICE_UNAVAILABLE, &format!("degraded: {why}"))

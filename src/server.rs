@@ -178,9 +178,7 @@ pub async fn serve_state(
         "browser connections still open",
     )
     .await;
-    if let Some(cluster) = &ctx.cluster {
-        cluster.stop().await;
-    }
+    ctx.nodes.stop().resolve().await;
     info!("shutdown complete");
     Ok(())
 }

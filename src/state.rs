@@ -1,6 +1,7 @@
 //! The handle every connection task shares: the validated configuration, the registry,
-//! the metrics, and the two stop tokens of the shutdown order. (Cluster mode will hang
-//! its link here.) It sits below every door, so no listener imports from `server.rs`.
+//! the metrics, the two stop tokens of the shutdown order, and the engine (`nodes`: this
+//! node alone, or the cluster). It sits below every door, so no listener imports from
+//! `server.rs`.
 
 use std::sync::{Arc, RwLock};
 
@@ -29,17 +30,13 @@ pub struct State {
     /// Cancelled once backends are drained, so every accepted push reaches its socket
     /// before browsers get their 1001.
     pub ws_stop: CancellationToken,
-    /// The link to the other nodes, in cluster mode (`--redis`).
-    pub cluster: Option<Arc<Cluster>>,
-    /// Every node that may hold a connection: this one alone, or the cluster. Backend
-    /// commands go through it; browser doors and gauges use `registry`.
+    /// Every node that may hold a connection: this one alone, or the cluster (`--redis`).
+    /// Backend commands go through it; browser doors and gauges use `registry`.
     pub nodes: Box<dyn Nodes>,
     /// TLS settings of the browser port (`wss://`), swapped by a reload.
     pub tls: Option<Acceptor>,
     /// Secrets and allow-lists as of the last reload; read with [`State::settings`].
     reloadable: RwLock<Arc<Reloadable>>,
-    /// Accepted `/push`es remembered for idempotent retries.
-    pub dedupe: Arc<Dedupe>,
 }
 
 impl State {
@@ -58,9 +55,11 @@ impl State {
             config.history_limits(),
             metrics.clone(),
         );
-        let cluster = match &config.redis {
-            Some(url) => Some(
-                Cluster::start(
+        let dedupe = Dedupe::new(config.dedupe_window, config.dedupe_max_entries);
+        let here = Here::new(registry.clone(), dedupe);
+        let nodes: Box<dyn Nodes> = match &config.redis {
+            Some(url) => {
+                let cluster = Cluster::start(
                     &ClusterConfig {
                         url: url.clone(),
                         timeout: config.cluster_timeout,
@@ -72,20 +71,12 @@ impl State {
                     },
                     &registry,
                 )
-                .map_err(std::io::Error::other)?,
-            ),
-            None => None,
-        };
-        let dedupe = Arc::new(Dedupe::new(config.dedupe_window, config.dedupe_max_entries));
-        let here = Here::new(registry.clone(), dedupe.clone());
-        let nodes: Box<dyn Nodes> = match &cluster {
-            Some(cluster) => Box::new(ClusterNodes::new(
-                here,
-                cluster.clone(),
-                config
+                .map_err(std::io::Error::other)?;
+                let window = config
                     .dedupe_window
-                    .filter(|_| config.dedupe_max_entries > 0),
-            )),
+                    .filter(|_| config.dedupe_max_entries > 0);
+                Box::new(ClusterNodes::new(here, cluster, window))
+            }
             None => Box::new(here),
         };
         Ok(Arc::new(State {
@@ -94,11 +85,9 @@ impl State {
             metrics,
             push_stop: CancellationToken::new(),
             ws_stop: CancellationToken::new(),
-            cluster,
             tls,
             reloadable: RwLock::new(Arc::new(Reloadable::from_config(&config))),
             config,
-            dedupe,
         }))
     }
 

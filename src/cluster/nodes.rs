@@ -267,8 +267,8 @@ impl Nodes for ClusterNodes {
         })
     }
 
-    fn is_up(&self) -> bool {
-        self.cluster.is_up()
+    fn trouble(&self) -> Option<&'static str> {
+        self.cluster.trouble()
     }
 
     fn stop(&self) -> Answer<()> {

@@ -22,8 +22,11 @@ pub struct Here {
 
 impl Here {
     /// This node's `registry`, and `dedupe` as its retry memory.
-    pub fn new(registry: Registry, dedupe: Arc<Dedupe>) -> Here {
-        Here { registry, dedupe }
+    pub fn new(registry: Registry, dedupe: Dedupe) -> Here {
+        Here {
+            registry,
+            dedupe: Arc::new(dedupe),
+        }
     }
 
     /// The registry this node's connections are in.
@@ -154,8 +157,8 @@ impl Nodes for Here {
         })
     }
 
-    fn is_up(&self) -> bool {
-        true
+    fn trouble(&self) -> Option<&'static str> {
+        None
     }
 
     fn stop(&self) -> Answer<()> {
@@ -177,10 +180,7 @@ mod tests {
             config.history_limits(),
             Arc::default(),
         );
-        Here::new(
-            registry,
-            Arc::new(Dedupe::new(Some(Duration::from_secs(60)), 100)),
-        )
+        Here::new(registry, Dedupe::new(Some(Duration::from_secs(60)), 100))
     }
 
     fn now<T>(answer: Answer<T>) -> T {

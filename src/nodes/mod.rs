@@ -55,8 +55,9 @@ pub trait Nodes: Send + Sync + std::fmt::Debug {
     /// How many tabs of `uid` acknowledged its message `at`, at the first ack or at
     /// `until` (0 then).
     fn acked(&self, uid: &str, at: Position, until: tokio::time::Instant) -> Answer<usize>;
-    /// False while this node cannot reach the others (it still serves its own).
-    fn is_up(&self) -> bool;
+    /// Why this node cannot reach the others now (`None`: it can), for `/readyz`; it
+    /// still serves its own connections meanwhile.
+    fn trouble(&self) -> Option<&'static str>;
     /// Leaves the other nodes (at shutdown, after the doors drained).
     fn stop(&self) -> Answer<()>;
 }
