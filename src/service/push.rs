@@ -114,7 +114,7 @@ pub(super) fn tracked(
         .and_then(state, move |state, claim| match claim {
             Claim::Duplicate(first) => {
                 state.metrics.incr(Metric::Duplicates);
-                now(duplicate(first, job.id))
+                now(duplicate(first, &job.options, job.id))
             }
             Claim::Fresh(ticket) => job.run(state, Some(ticket)),
             Claim::Off => job.run(state, None),
@@ -243,13 +243,15 @@ fn reply(result: PushResult, reached: &Reached, options: &PushOptions, id: Strin
     }
 }
 
-/// `duplicate`, with what the first did (`pending` while it still runs).
-fn duplicate(first: Option<First>, id: String) -> PushReply {
+/// `duplicate`, with what the first did (`pending` while it still runs); with options,
+/// the first's place in history too, as any `/push` reply has (and only then).
+fn duplicate(first: Option<First>, options: &PushOptions, id: String) -> PushReply {
     let (result, at) = match first {
         Some(f) if f.queued => (PushResult::Queued, f.at),
         Some(f) => (PushResult::Delivered, f.at),
         None => (PushResult::Pending, None),
     };
+    let at = at.filter(|_| !options.is_empty());
     PushReply {
         ok: first.is_some(),
         result: PushResult::Duplicate,
