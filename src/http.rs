@@ -246,7 +246,7 @@ async fn route(req: Request<Incoming>, peer: Peer, ctx: &Arc<State>) -> HttpRepl
             } else {
                 None
             };
-            web_msg_sender(query.as_deref(), form, ctx)
+            web_msg_sender(query.as_deref(), form, ctx).await
         }
         (_, path) => match allowed_methods(path) {
             Some(allow) => {
@@ -317,8 +317,9 @@ async fn body(req: Request<Incoming>, ctx: &State) -> Result<Bytes, HttpReply> {
 /// with the HTML escaping web-msg-sender applies (`& < > " '`), since pages written for
 /// it insert it as HTML. Answers exactly `ok`, `offline` (no connection of UID took it)
 /// or `fail` (not a publish request), without a newline, as web-msg-sender does: PHP
-/// callers compare the body with `'ok'`.
-fn web_msg_sender(query: Option<&str>, form: Option<Form>, ctx: &State) -> HttpReply {
+/// callers compare the body with `'ok'`. The service says what it means, so a publish
+/// reaches the tabs on every node in cluster mode.
+async fn web_msg_sender(query: Option<&str>, form: Option<Form>, ctx: &State) -> HttpReply {
     // A form with any field wins whole, as `$_POST = $_POST ? $_POST : $_GET` does.
     let params = match form {
         Some(Form { fields, params }) if fields > 0 => params,
@@ -344,17 +345,9 @@ fn web_msg_sender(query: Option<&str>, form: Option<Form>, ctx: &State) -> HttpR
         );
     }
     let payload = Payload::from(html_escape(content));
-    let registry = &ctx.registry;
-    match params.to.as_deref().filter(|to| !to.is_empty()) {
-        Some(to) => {
-            let delivery = registry.push(to, &payload);
-            bare(StatusCode::OK, if delivery.ok() { "ok" } else { "offline" })
-        }
-        None => {
-            registry.broadcast(&payload, &[]);
-            bare(StatusCode::OK, "ok")
-        }
-    }
+    let to = params.to.as_deref().filter(|to| !to.is_empty());
+    let reached = crate::service::publish(ctx, to, &payload).resolve().await;
+    bare(StatusCode::OK, if reached { "ok" } else { "offline" })
 }
 
 #[derive(Default)]

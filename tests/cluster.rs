@@ -262,6 +262,35 @@ async fn broadcast_kick_and_presence_span_the_nodes(url: &str) {
     );
 }
 
+/// web-msg-sender's publish means what it means on a single node, on every node: `to=UID`
+/// reaches the uid's tab wherever it is, once (`ok`), `offline` only when no node holds
+/// the uid, and a publish without `to` reaches the tabs of every node. It used to reach
+/// this node's tabs only (`offline` for a uid held elsewhere).
+async fn web_msg_sender_publishes_reach_every_node(url: &str) {
+    let (a, b) = (cluster_node(url, 0).await, cluster_node(url, 0).await);
+    let mut on_b = WsClient::connect(&b.ws_url()).await;
+    let mut on_a = WsClient::connect(&a.ws_url()).await;
+    bound_across(&mut on_b, &b, &a, "wb").await;
+    bound_across(&mut on_a, &a, &b, "wa").await;
+    let http = a.http_addr.expect("http door");
+    let body = |response: String| {
+        let (head, body) = response.split_once("\r\n\r\n").expect("a response");
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        body.to_owned()
+    };
+    let to_b = http_get(http, "/?type=publish&to=wb&content=%3Cb%3E").await;
+    assert_eq!(body(to_b), "ok");
+    assert_eq!(on_b.recv_text().await, "&lt;b&gt;");
+    let nobody = http_get(http, "/?type=publish&to=nobody&content=x").await;
+    assert_eq!(body(nobody), "offline");
+    let everyone = http_get(http, "/?type=publish&content=all").await;
+    assert_eq!(body(everyone), "ok");
+    assert_eq!(on_a.recv_text().await, "all");
+    assert_eq!(on_b.recv_text().await, "all");
+    on_b.expect_silence(Duration::from_millis(300)).await;
+    on_a.expect_silence(Duration::from_millis(100)).await;
+}
+
 /// Membership belongs to the uid, cluster-wide: joined through one node, used through
 /// the other, kept across a reconnect to another node inside the grace period, dropped
 /// once the grace period passes with the uid offline everywhere.
@@ -795,6 +824,7 @@ on_both!(
     uids_walk_lists_each_stable_uid_once_while_others_come_and_go,
     concurrent_joins_from_two_nodes_never_pass_the_limits,
     group_pushes_stay_in_order_with_the_lines_around_them,
+    web_msg_sender_publishes_reach_every_node,
 );
 
 /// A `POST /push` body whose reply is streamed (it is longer than a chunk) while each of

@@ -12,6 +12,7 @@
 mod fanout;
 mod groups;
 mod presence;
+mod publish;
 mod push;
 mod replies;
 pub mod reply;
@@ -21,6 +22,7 @@ use std::sync::Arc;
 
 use tracing::debug;
 
+pub use publish::publish;
 pub use replies::Replies;
 pub use reply::*;
 

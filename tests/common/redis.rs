@@ -415,11 +415,17 @@ pub async fn until_reply(
 
 /// `GET /readyz` over a raw socket: the whole response.
 pub async fn readyz(addr: std::net::SocketAddr) -> String {
+    http_get(addr, "/readyz").await
+}
+
+/// `GET PATH` over a raw socket (`Connection: close`): the whole response.
+pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut tcp = tokio::net::TcpStream::connect(addr)
         .await
         .expect("connect http");
-    tcp.write_all(b"GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    let request = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    tcp.write_all(request.as_bytes())
         .await
         .expect("write request");
     let mut out = Vec::new();

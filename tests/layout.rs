@@ -1,0 +1,202 @@
+//! The layering of `src/` (`docs/layout.md`), checked on the source itself: what a backend
+//! command means is decided in one place for both modes, so the backend doors and the
+//! service never name the registry or the cluster (they reach connections only through
+//! the service and its `nodes`), and the modules import each other without a cycle.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+fn src() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("src")
+}
+
+/// Every `.rs` file under `dir` (the load tool's `src/bin/` left out).
+fn rust_files(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut dirs = vec![dir.to_path_buf()];
+    while let Some(d) = dirs.pop() {
+        for entry in std::fs::read_dir(&d).expect("read src") {
+            let path = entry.expect("dir entry").path();
+            if path.is_dir() {
+                if path.file_name().is_some_and(|n| n != "bin") {
+                    dirs.push(path);
+                }
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                out.push(path);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// A file's code: its unit tests and comments left out (a doc comment may say why a
+/// door does not call the cluster).
+fn code(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).expect("read a source file");
+    let text = text.split("#[cfg(test)]").next().unwrap_or("");
+    text.lines()
+        .map(|l| l.split_once("//").map_or(l, |(code, _)| code))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// The names a layer must never use in its code, file by file: `(file, name)`.
+fn named(files: &[PathBuf], names: &[&str]) -> Vec<(String, String)> {
+    let mut found = Vec::new();
+    for file in files {
+        let code = code(file);
+        for name in names {
+            if code.contains(name) {
+                let shown = file.strip_prefix(src()).unwrap_or(file);
+                found.push((shown.display().to_string(), (*name).to_owned()));
+            }
+        }
+    }
+    found
+}
+
+/// The registry and the cluster, in every way code can reach them.
+const ENGINE_INSIDES: [&str; 6] = [
+    "registry",
+    "Registry",
+    "crate::cluster",
+    "Cluster",
+    ".cluster",
+    "cluster::",
+];
+
+#[test]
+fn backend_doors_and_the_service_never_name_the_registry_or_the_cluster() {
+    let mut layer: Vec<PathBuf> = ["push.rs", "http.rs", "http_body.rs", "http_io.rs"]
+        .iter()
+        .map(|f| src().join(f))
+        .filter(|p| p.exists())
+        .collect();
+    let doors = src().join("doors");
+    if doors.exists() {
+        layer.extend(rust_files(&doors));
+    }
+    let service = rust_files(&src().join("service"));
+    assert!(
+        layer.len() >= 2 && service.len() >= 5,
+        "{layer:?} {service:?}"
+    );
+    layer.extend(service);
+    assert_eq!(named(&layer, &ENGINE_INSIDES), Vec::new());
+}
+
+#[test]
+fn the_check_sees_a_door_that_reaches_the_registry() {
+    let dir = std::env::temp_dir().join(format!("pushwire-layout-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let door = dir.join("door.rs");
+    std::fs::write(
+        &door,
+        "// The registry is not named here (a comment).\nfn f(ctx: &State) { ctx.registry.push(\"u\", &m); }\n#[cfg(test)]\nmod t { use crate::cluster::Cluster; }\n",
+    )
+    .unwrap();
+    let found = named(&[door], &ENGINE_INSIDES);
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert_eq!(found[0].1, "registry");
+}
+
+/// The top-level module a file belongs to (`service/push.rs` → `service`).
+fn module_of(path: &Path) -> String {
+    let rel = path.strip_prefix(src()).unwrap_or(path);
+    let first = rel.components().next().expect("a path under src");
+    first
+        .as_os_str()
+        .to_string_lossy()
+        .trim_end_matches(".rs")
+        .to_owned()
+}
+
+/// `crate::NAME` uses of each top-level module (in `crate::{a, b::c}` groups too).
+fn imports() -> BTreeMap<String, BTreeSet<String>> {
+    let mut edges: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for file in rust_files(&src()) {
+        let from = module_of(&file);
+        let code = code(&file);
+        let mut used = BTreeSet::new();
+        for (i, _) in code.match_indices("crate::") {
+            let rest = &code[i + "crate::".len()..];
+            if let Some(group) = rest.strip_prefix('{') {
+                let group = &group[..group.find('}').unwrap_or(group.len())];
+                for item in group.split(',') {
+                    let name = item.trim().split("::").next().unwrap_or("");
+                    used.insert(name.to_owned());
+                }
+            } else {
+                let name: String = rest
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect();
+                used.insert(name);
+            }
+        }
+        let entry = edges.entry(from.clone()).or_default();
+        entry.extend(used.into_iter().filter(|m| !m.is_empty() && *m != from));
+    }
+    let modules: BTreeSet<String> = edges.keys().cloned().collect();
+    for deps in edges.values_mut() {
+        deps.retain(|d| modules.contains(d));
+    }
+    edges
+}
+
+/// A cycle of imports in `edges`, if there is one (depth first: a module met again
+/// while still on the path closes a cycle).
+fn find_cycle(edges: &BTreeMap<String, BTreeSet<String>>) -> Option<Vec<String>> {
+    fn visit(
+        m: &str,
+        edges: &BTreeMap<String, BTreeSet<String>>,
+        path: &mut Vec<String>,
+        done: &mut BTreeSet<String>,
+    ) -> Option<Vec<String>> {
+        if let Some(at) = path.iter().position(|p| p == m) {
+            let mut cycle = path[at..].to_vec();
+            cycle.push(m.to_owned());
+            return Some(cycle);
+        }
+        if done.contains(m) {
+            return None;
+        }
+        path.push(m.to_owned());
+        for d in edges.get(m).into_iter().flatten() {
+            if let Some(cycle) = visit(d, edges, path, done) {
+                return Some(cycle);
+            }
+        }
+        path.pop();
+        done.insert(m.to_owned());
+        None
+    }
+    let mut done = BTreeSet::new();
+    edges
+        .keys()
+        .find_map(|m| visit(m, edges, &mut Vec::new(), &mut done))
+}
+
+#[test]
+fn modules_import_each_other_without_a_cycle() {
+    let edges = imports();
+    assert!(edges.get("service").is_some_and(|d| d.contains("nodes")));
+    assert!(edges.get("cluster").is_some_and(|d| d.contains("nodes")));
+    assert_eq!(
+        find_cycle(&edges),
+        None,
+        "an import cycle among src/ modules"
+    );
+    let mut looped = edges.clone();
+    looped
+        .entry("nodes".into())
+        .or_default()
+        .insert("service".into());
+    let cycle = find_cycle(&looped).expect("the cycle added is found");
+    assert!(
+        cycle.iter().any(|m| m == "nodes") && cycle.iter().any(|m| m == "service"),
+        "{cycle:?}"
+    );
+}
