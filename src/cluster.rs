@@ -34,6 +34,7 @@
 //!   resync ([`check_epochs`]).
 
 mod nodes;
+mod online;
 
 pub use nodes::ClusterNodes;
 
@@ -394,11 +395,12 @@ impl Cluster {
     /// every subscription of this node is gone at once.
     pub async fn stop(&self) {
         self.stop.cancel();
-        // No longer a node the others should look for (bounded: Redis may be down).
-        let _ = tokio::time::timeout(
-            self.timeout,
-            self.cmd.hdel::<(), _, _>(NODES, self.sub.id()),
-        )
+        // No longer a node the others should look for, nor one whose uids count
+        // (bounded: Redis may be down).
+        let _ = tokio::time::timeout(self.timeout, async {
+            let _ = self.forget_node_online(self.sub.id()).await;
+            self.cmd.hdel::<(), _, _>(NODES, self.sub.id()).await
+        })
         .await;
         let _ = self.sub.quit().await;
         let _ = self.cmd.quit().await;
@@ -1287,10 +1289,18 @@ async fn reconcile(cluster: Arc<Cluster>) {
                     }
                 }
             });
-            let result: Result<(), _> = futures_util::future::join_all(changes)
+            let mut result: Result<(), _> = futures_util::future::join_all(changes)
                 .await
                 .into_iter()
                 .collect();
+            // Counted (or uncounted) in the cluster-wide online set once the
+            // subscription changed; a failure retries both (each is idempotent).
+            for chunk in uids.chunks(online::ONLINE_BATCH) {
+                if result.is_ok() {
+                    let names = chunk.iter().map(|u| &**u);
+                    result = cluster.count_online(names, subscribe).await;
+                }
+            }
             match result {
                 Ok(()) => {
                     let mut s = cluster.subscribed.lock().unwrap_or_else(|e| e.into_inner());
@@ -1847,7 +1857,14 @@ async fn watch(cluster: Arc<Cluster>) {
                 && cluster.sub.ssubscribe(ALL).await.is_ok()
             {
                 // A (re)started Redis knows none of our uid channels: forget what we
-                // had and let `reconcile` subscribe every uid held here again.
+                // had and let `reconcile` subscribe every uid held here again. Our
+                // uids are uncounted first (uids that left while Redis was away are
+                // not announced again), then counted again as they are announced.
+                if let Err(err) = cluster.forget_node_online(cluster.sub.id()).await {
+                    debug!(%err, "could not take back this node's online uids; retried");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
                 cluster
                     .subscribed
                     .lock()
@@ -2045,6 +2062,12 @@ async fn beat(cluster: Arc<Cluster>) {
             Err(err) => debug!(%err, "data epoch check failed; retried"),
         }
         for name in dead {
+            // Its uids are uncounted before its connections close: if it was only slow,
+            // it reconnects and counts them again after this.
+            if let Err(err) = cluster.forget_node_online(&name).await {
+                debug!(%err, client = %name, "could not uncount a dead node's uids; retried");
+                continue;
+            }
             match reap(&cluster, &name).await {
                 Ok(closed) => {
                     // None left (it left without saying so): nothing to tell.
@@ -2246,6 +2269,13 @@ fn parse_first(text: &str) -> Option<crate::dedupe::First> {
 const UID_PREFIX: &str = "pw:u:";
 const GROUPS: &str = "{pw}:groups";
 const GRACE: &str = "{pw}:grace";
+/// Uid -> how many nodes hold it (`online.rs`).
+const ONLINE: &str = "{pw}:online";
+
+/// The uids node `name` (its subscriber client) is counted for in [`ONLINE`].
+fn node_uids_key(name: &str) -> String {
+    format!("{{pw}}:on:{name}")
+}
 
 fn group_key(group: &str) -> String {
     format!("{{pw}}:g:{group}")

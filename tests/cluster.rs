@@ -291,6 +291,58 @@ async fn web_msg_sender_publishes_reach_every_node(url: &str) {
     on_a.expect_silence(Duration::from_millis(100)).await;
 }
 
+/// `/count`'s `uids` are the distinct uids online on any node: a uid with tabs on two
+/// nodes counts once, whichever node is asked (`/stats`' `cluster_uids` too), and the
+/// count is exact again once a tab closes or a node leaves. (Each node's uids were
+/// summed: 3 here.)
+async fn count_counts_each_uid_once_across_the_nodes(url: &str) {
+    let (a, b) = (node(url).await, node(url).await);
+    let mut two_a = WsClient::connect(&a.ws_url()).await;
+    let mut two_b = WsClient::connect(&b.ws_url()).await;
+    let mut one_b = WsClient::connect(&b.ws_url()).await;
+    two_a.bind("two", a.push_addr).await;
+    two_b.bind("two", b.push_addr).await;
+    one_b.bind("one", b.push_addr).await;
+    let counted =
+        |uids: usize, connections: usize| format!("\"uids\":{uids},\"connections\":{connections},");
+    for n in [&a, &b] {
+        until_reply(
+            n.push_addr,
+            "/count",
+            &counted(2, 3),
+            STEP,
+            "2 uids, 3 tabs",
+        )
+        .await;
+    }
+    let stats = PushClient::connect(b.push_addr)
+        .await
+        .request("/stats")
+        .await;
+    assert!(
+        stats.contains("\"cluster_nodes\":2,\"cluster_uids\":2,\"cluster_connections\":3}"),
+        "{stats}"
+    );
+    // The uid's tab on b closes: still online (on a), once.
+    drop(two_b);
+    for n in [&a, &b] {
+        until_reply(
+            n.push_addr,
+            "/count",
+            &counted(2, 2),
+            STEP,
+            "2 uids, 2 tabs",
+        )
+        .await;
+    }
+    // Node b leaves with its last uid: only a's.
+    b.shutdown().await.expect("b shuts down");
+    drop(one_b);
+    until_reply(a.push_addr, "/count", &counted(1, 1), STEP, "1 uid, 1 tab").await;
+    drop(two_a);
+    until_reply(a.push_addr, "/count", &counted(0, 0), STEP, "nobody").await;
+}
+
 /// Membership belongs to the uid, cluster-wide: joined through one node, used through
 /// the other, kept across a reconnect to another node inside the grace period, dropped
 /// once the grace period passes with the uid offline everywhere.
@@ -371,9 +423,10 @@ async fn uids_walk_lists_each_stable_uid_once_while_others_come_and_go(url: &str
         tabs.push(tab);
     }
     stable.insert("on-both".to_owned());
-    // Routable everywhere: a's /uids sees every stable uid (subscriptions are in).
-    let all = STABLE + 2;
-    let want = format!("\"uids\":{all},\"connections\":{all}");
+    // Routable everywhere: a's /uids sees every stable uid (subscriptions are in). A
+    // uid counts once however many nodes hold it: 41 uids, 42 connections.
+    let (uids, connections) = (STABLE + 1, STABLE + 2);
+    let want = format!("\"uids\":{uids},\"connections\":{connections}");
     until_reply(
         a.push_addr,
         "/count",
@@ -825,6 +878,7 @@ on_both!(
     concurrent_joins_from_two_nodes_never_pass_the_limits,
     group_pushes_stay_in_order_with_the_lines_around_them,
     web_msg_sender_publishes_reach_every_node,
+    count_counts_each_uid_once_across_the_nodes,
 );
 
 /// A `POST /push` body whose reply is streamed (it is longer than a chunk) while each of
@@ -913,6 +967,15 @@ async fn a_node_killed_with_sigkill_leaves_no_ghost() {
     let converged = killed.elapsed();
     assert_eq!(push.request(r#"{"uid":"k9"}"#).await, "fail\n");
     assert!(converged < Duration::from_secs(3), "took {converged:?}");
+    // /count too, once the others find it stopped beating (5 s) and take back its uids.
+    until_reply(
+        a.push_addr,
+        "/count",
+        "\"uids\":0,\"connections\":0",
+        Duration::from_secs(15),
+        "k9 uncounted once its node is found dead",
+    )
+    .await;
 }
 
 /// `rediss://` with a password: a `redis-server` that speaks only TLS, its certificate

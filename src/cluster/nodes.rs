@@ -163,15 +163,18 @@ impl Nodes for ClusterNodes {
         Answer::later(async move { here + remote.await.delivery.queued })
     }
 
+    /// Connections are the sum of every node's answer; uids are counted once each, from
+    /// the online set the nodes keep in Redis (`online.rs`). While Redis cannot tell,
+    /// the uids of the nodes that answered (this one, at least).
     fn census(&self) -> Answer<Census> {
         let (uids, connections) = self.here.registry().totals();
         let (remote, cluster) = (self.cluster.count(), self.cluster.clone());
         Answer::later(async move {
             let r = remote.await;
+            let distinct = cluster.online_uids().await;
             let groups = cluster.group_count().await.unwrap_or(0);
-            // A uid with connections on two nodes counts on each.
             Census {
-                uids: uids + r.delivery.queued,
+                uids: distinct.unwrap_or(uids + r.delivery.queued),
                 connections: connections + r.delivery.refused,
                 groups,
                 nodes: Some(1 + r.answered),
