@@ -2058,7 +2058,14 @@ async fn beat(cluster: Arc<Cluster>) {
         wait = NODE_BEAT;
         match check_epochs(&cluster).await {
             Ok(false) => {}
-            Ok(true) => cluster.lost_data(),
+            Ok(true) => {
+                // An older snapshot may still count uids that left since: this node's
+                // are taken back before they are announced again.
+                if let Err(err) = cluster.forget_node_online(&me).await {
+                    debug!(%err, "could not take back this node's online uids after a data loss");
+                }
+                cluster.lost_data()
+            }
             Err(err) => debug!(%err, "data epoch check failed; retried"),
         }
         for name in dead {
@@ -2116,6 +2123,13 @@ impl Cluster {
     /// no node can tell what it was: group memberships, kept histories, offline queues,
     /// acks, retry claims.
     fn lost_data(&self) {
+        // The cluster-wide online count went with the data: this node's uids are announced
+        // again (subscribing again changes nothing; counting them again restores them).
+        self.subscribed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+        self.mark_all();
         let tabs = self.registry.resync_remote_fed();
         warn!(
             v1_tabs_resynced = tabs,

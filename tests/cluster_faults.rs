@@ -404,6 +404,55 @@ async fn redis_restarted_empty_is_detected_and_v1_tabs_resync() {
     );
     let seeded = r#"{"uid":"s","n":1}"#;
     push_until_received(&mut push, &mut seed, seeded, STEP).await;
+    // The cluster-wide online count went with the data too, and is made again: h and s.
+    until_reply(
+        a.push_addr,
+        "/count",
+        "\"uids\":2,\"connections\":2,",
+        STEP,
+        "the online count made again",
+    )
+    .await;
+}
+
+/// Redis flushed under connected nodes (`FLUSHALL`: no connection drops, so no reconnect
+/// announces anything again): the nodes see the loss by their data epochs, and the
+/// cluster-wide online count, which went with the data, is made again from what each node
+/// holds (a uid with tabs on both nodes still counted once).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_flushed_is_detected_and_the_online_count_made_again() {
+    let redis = Redis::start().await;
+    let url = redis.url();
+    let a = Launch::new().args(&["--redis", &url]).start().await;
+    let b = Launch::new().args(&["--redis", &url]).start().await;
+    let mut tabs = Vec::new();
+    for (node, uid) in [(&a, "u1"), (&b, "u1"), (&b, "u2")] {
+        let mut tab = WsClient::connect(&node.ws_url()).await;
+        tab.bind(uid, node.push_addr).await;
+        tabs.push(tab);
+    }
+    let counted = "\"uids\":2,\"connections\":3,";
+    until_reply(a.push_addr, "/count", counted, STEP, "counted before").await;
+    let flushed = tokio::process::Command::new("redis-cli")
+        .args(redis.cli_args())
+        .arg("FLUSHALL")
+        .output()
+        .await
+        .expect("redis-cli");
+    assert_eq!(String::from_utf8_lossy(&flushed.stdout).trim(), "OK");
+    for node in [&a, &b] {
+        node.wait_log("redis lost its data", 3 * STEP).await;
+    }
+    for node in [&a, &b] {
+        until_reply(
+            node.push_addr,
+            "/count",
+            counted,
+            STEP,
+            "the count made again",
+        )
+        .await;
+    }
 }
 
 /// `--cluster-timeout-ms` bounds replies, not opening a link: a node whose Redis takes
