@@ -1024,6 +1024,18 @@ impl Daemon {
         format!("http://{addr}{path}")
     }
 
+    /// Its resident set size (`VmRSS`), in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid))
+            .expect("the daemon's /proc status");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+            .expect("VmRSS in /proc/PID/status")
+    }
+
     /// Stderr so far, as written.
     pub fn log_bytes(&self) -> Vec<u8> {
         self.log.borrow().clone()
