@@ -256,3 +256,39 @@ async fn acks_reach_the_node_that_accepted_the_push(url: &str) {
 }
 
 on_both!(acks_reach_the_node_that_accepted_the_push);
+
+/// Pipelined `ack=` waits in cluster mode run side by side, each bounded from when its
+/// line ran: five waits of 1.5 s to a tab that never acks are all answered at about
+/// 1.5 s (they were answered one wait after another: 1.5, 3, ... 7.5 s).
+async fn pipelined_ack_waits_run_side_by_side(url: &str) {
+    let a = node(url, 100).await;
+    let mut tab = V1Client::connect(a.ws_addr, "pa", None).await;
+    assert_ne!(tab.status.epoch, "0000000000000000", "redis up");
+    let mut push = PushClient::connect(a.push_addr).await;
+    let lines: String = (1..=5)
+        .map(|n| format!("/push p{n} ack=1500 {}\n", j("pa", &n.to_string())))
+        .collect();
+    let sent = std::time::Instant::now();
+    push.send_raw(lines.as_bytes()).await;
+    for n in 1..=5u64 {
+        tab.expect_msg(tab.status.seq + n, &j("pa", &n.to_string()))
+            .await;
+    }
+    for n in 1..=5 {
+        let reply = push.read_reply_within(Duration::from_secs(15)).await;
+        let at = sent.elapsed();
+        let v: serde_json::Value = serde_json::from_str(reply.trim_end()).unwrap();
+        assert_eq!(
+            (v["result"].as_str(), v["id"].as_str()),
+            (Some("not_acked"), Some(format!("p{n}").as_str())),
+            "{v}"
+        );
+        assert!(at >= Duration::from_millis(1500), "reply {n} at {at:?}");
+        assert!(
+            at < Duration::from_millis(2900),
+            "reply {n} at {at:?}: the waits ran one after another"
+        );
+    }
+}
+
+on_both!(pipelined_ack_waits_run_side_by_side);

@@ -561,6 +561,41 @@ async fn acks_acked_not_acked_and_a_tab_that_never_acks() {
     server.shutdown().await.unwrap();
 }
 
+/// Pipelined `ack=` waits run side by side, each bounded from when its line ran: five
+/// waits of 1.5 s to a tab that never acks are all answered at about 1.5 s (they were
+/// answered at 1.5, 3, 4.5, 6 and 7.5 s: each wait's clock started when the door came
+/// to its reply).
+#[tokio::test]
+async fn pipelined_ack_waits_run_side_by_side() {
+    let server = TestServer::start_with(config()).await;
+    let mut tab = V1Client::connect(server.ws_addr, "pw", None).await;
+    let mut push = PushClient::connect(server.push_addr).await;
+    let lines: String = (1..=5)
+        .map(|n| format!("/push p{n} ack=1500 {}\n", line("pw", n)))
+        .collect();
+    let sent = Instant::now();
+    push.send_raw(lines.as_bytes()).await;
+    for n in 1..=5 {
+        tab.expect_msg(n, &line("pw", n)).await;
+    }
+    for n in 1..=5 {
+        let reply = push.read_reply_within(Duration::from_secs(15)).await;
+        let at = sent.elapsed();
+        let v: serde_json::Value = serde_json::from_str(reply.trim_end()).unwrap();
+        assert_eq!(
+            (v["result"].as_str(), v["id"].as_str()),
+            (Some("not_acked"), Some(format!("p{n}").as_str())),
+            "{v}"
+        );
+        assert!(at >= Duration::from_millis(1500), "reply {n} at {at:?}");
+        assert!(
+            at < Duration::from_millis(2900),
+            "reply {n} at {at:?}: the waits ran one after another"
+        );
+    }
+    server.shutdown().await.unwrap();
+}
+
 #[tokio::test]
 async fn an_ack_wait_is_cut_to_the_maximum() {
     let server = TestServer::start_with(pushwire::Config {

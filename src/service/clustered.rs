@@ -194,7 +194,9 @@ impl Claimed {
 struct Ack {
     cluster: Arc<Cluster>,
     uid: String,
-    wait: Duration,
+    /// When the wait ends: `ack=` from when the line ran (not from when the door first
+    /// polls the reply, which it does only for the reply at the head of its queue).
+    deadline: tokio::time::Instant,
 }
 
 /// How often the accepting node looks for an ack.
@@ -208,7 +210,7 @@ impl Ack {
         Some(Ack {
             cluster: job.cluster.clone(),
             uid: job.uid.clone(),
-            wait,
+            deadline: tokio::time::Instant::now() + wait,
         })
     }
 
@@ -234,7 +236,7 @@ impl Ack {
             };
             return reply(result, pushed, options, id).with_acks(0);
         };
-        let deadline = tokio::time::Instant::now() + ack.wait;
+        let deadline = ack.deadline;
         loop {
             let tabs = ack.cluster.acks(&ack.uid, at).await;
             if tabs > 0 {

@@ -95,8 +95,12 @@ pub(super) fn push(
         };
         return ready(reply(result, pushed, &options, id).with_acks(0));
     };
+    // The wait runs from now, when the line runs, not from when the door first polls
+    // the reply: it polls only the reply at the head of the connection's queue, so
+    // pipelined waits would otherwise run one after another.
+    let deadline = tokio::time::Instant::now() + wait;
     Response::Later(Box::pin(async move {
-        let (result, acks) = match tokio::time::timeout(wait, acked).await {
+        let (result, acks) = match tokio::time::timeout_at(deadline, acked).await {
             Ok(Ok(tabs)) => (PushResult::Acked, tabs),
             _ => (PushResult::NotAcked, 0),
         };
