@@ -442,4 +442,3 @@ async fn streams_keep_no_copy_of_a_large_broadcast() {
     );
     assert_eq!(push.request("/ping").await, "pong\n");
 }
-
