@@ -351,7 +351,7 @@ impl UidLog {
             return false;
         }
         self.purge_waiters();
-        self.waiters.is_empty() && !(spare && !self.entries.is_empty())
+        self.waiters.is_empty() && (!spare || self.entries.is_empty())
     }
 
     /// A tab is gone: its acks no longer count.
@@ -680,9 +680,16 @@ mod tests {
         logs.went_offline(&uid("full1"), at(20));
         assert!(logs.evict(at(30), &sh, false, none));
         assert!(!logs.contains("full1"));
-        assert!(!logs.evict(at(30), &sh, false, none), "queued, waited, back stay");
+        assert!(
+            !logs.evict(at(30), &sh, false, none),
+            "queued, waited, back stay"
+        );
         assert_eq!(sh.uids(), 3);
-        assert_eq!(sh.total_bytes(), 2 * (1 + ENTRY_OVERHEAD), "full1's bytes given back");
+        assert_eq!(
+            sh.total_bytes(),
+            2 * (1 + ENTRY_OVERHEAD),
+            "full1's bytes given back"
+        );
     }
 
     /// Waiters registered out of order are woken by the ack that covers them, and only
