@@ -6,8 +6,8 @@
 #![allow(dead_code)]
 
 pub mod chromium;
-pub mod pusher;
 pub mod gateway_php;
+pub mod pusher;
 #[macro_use]
 pub mod redis;
 pub mod netns;
