@@ -104,6 +104,7 @@ fn ws_config(max_in: usize) -> WebSocketConfig {
 /// Not an `async fn`, here and in `proxied::upgrade`: one keeps each argument twice (as
 /// captured and as the local it is moved into), and these futures are what a connection
 /// that has not sent its request yet holds.
+#[allow(clippy::manual_async_fn)] // measured: see the comment
 pub(crate) fn connect(
     tcp: TcpStream,
     tls: Option<&Acceptor>,

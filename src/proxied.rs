@@ -50,6 +50,7 @@ pub(crate) enum Failed {
 /// Reads the request head (on `io`, from [`handshake::connect`]); for a trusted proxy's
 /// connection takes the client's places into `places` (admitted without an address); then
 /// answers 101 or an HTTP error.
+#[allow(clippy::manual_async_fn)] // measured: see the comment
 pub(crate) fn upgrade<'a>(
     mut io: Transport,
     policy: &'a Policy<'a>,

@@ -63,6 +63,7 @@ enum End {
 /// The task holds this future for the connection's life, sized by its largest state: so
 /// everything between the client's first bytes and its bind is boxed ([`open`]), allocated
 /// only once there is something to read and freed at the bind.
+#[allow(clippy::manual_async_fn)] // measured: see the comment
 pub(crate) fn serve(
     stream: TcpStream,
     ctx: Arc<State>,
