@@ -14,6 +14,8 @@
 #   -n     runs per side (default 3)        -o  where the JSON lines go (default: a temp dir)
 #   PUSHWIRE_BENCH  the bench binary (default: target/release/pushwire-bench, built if missing)
 #   PUSHWIRE_ARGS   extra daemon flags for pushwire sides
+#   PUSHWIRE_TLS_CERT, PUSHWIRE_TLS_KEY  serve wss:// (the daemon reads them itself); the
+#          bench then connects to wss://localhost:P trusting that certificate (--tls-ca)
 #
 # Example (the change in your working tree against main, 19k clients, broadcast only):
 #   git worktree add /tmp/main main && (cd /tmp/main && cargo build --release)
@@ -30,7 +32,7 @@ while getopts "n:o:" opt; do
 	case $opt in
 	n) runs=$OPTARG ;;
 	o) out=$OPTARG ;;
-	*) sed -n '2,22p' "$0" >&2; exit 2 ;;
+	*) sed -n '2,24p' "$0" >&2; exit 2 ;;
 	esac
 done
 shift $((OPTIND - 1))
@@ -45,7 +47,7 @@ while (($#)) && [[ $1 != -- ]]; do
 done
 [[ ${1:-} == -- ]] && shift
 if ((${#dirs[@]} < 1 || $# < 1)); then
-	sed -n '2,22p' "$0" >&2
+	sed -n '2,24p' "$0" >&2
 	exit 2
 fi
 for i in "${!dirs[@]}"; do
@@ -97,8 +99,12 @@ for run in $(seq "$runs"); do
 	for i in "${!dirs[@]}"; do
 		echo "bench-compare: run $run/$runs, ${labels[$i]}" >&2
 		start "${dirs[$i]}"
+		ws_args=(--ws "ws://127.0.0.1:$ws_port/")
+		if [[ -n ${PUSHWIRE_TLS_CERT:-} ]]; then
+			ws_args=(--ws "wss://localhost:$ws_port/" --tls-ca "$PUSHWIRE_TLS_CERT")
+		fi
 		# A failed check is kept (its line says ok:false) and fails the comparison below.
-		"$bench" --ws "ws://127.0.0.1:$ws_port/" --push "127.0.0.1:$push_port" --server-pid "$pid" \
+		"$bench" "${ws_args[@]}" --push "127.0.0.1:$push_port" --server-pid "$pid" \
 			--json-only --progress-ms 0 "$@" >>"$out/${labels[$i]}.jsonl" ||
 			echo "bench-compare: ${labels[$i]} run $run failed its checks" >&2
 		cleanup

@@ -118,6 +118,13 @@ pub struct Config {
     pub history_total_bytes: usize,
     /// How long a uid's history outlives its last connection.
     pub history_keep: Duration,
+    /// Uids with a history at most (single node); at the bound, offline uids' histories
+    /// are evicted to make room (`history.rs`). `0` (the command line's default) means
+    /// `max_ws_connections` + 65,536.
+    pub history_max_uids: usize,
+    /// Acks in a row that acknowledge nothing new a protocol v1 tab may send before it
+    /// is closed (1008 `ack flood`).
+    pub max_stale_acks: usize,
     /// The longest `/push ... ttl=` honoured (longer ones are cut to it).
     pub max_queue_ttl: Duration,
     /// The longest `/push ... ack=` honoured (longer ones are cut to it).
@@ -173,6 +180,8 @@ impl Default for Config {
             history_age: Duration::from_secs(300),
             history_total_bytes: 256 * 1024 * 1024,
             history_keep: Duration::from_secs(300),
+            history_max_uids: 16_384 + HISTORY_UIDS_SLACK,
+            max_stale_acks: 1024,
             max_queue_ttl: Duration::from_secs(3600),
             max_ack_wait: Duration::from_secs(30),
             dedupe_window: Some(Duration::from_secs(60)),
@@ -183,6 +192,10 @@ impl Default for Config {
 
 /// File descriptors kept back for listeners, logs and the runtime itself.
 pub const FD_RESERVE: usize = 64;
+
+/// Histories allowed by default beyond one per browser connection: room for the uids
+/// that left within `--history-keep-ms` and those a `ttl=` push queues for.
+pub const HISTORY_UIDS_SLACK: usize = 65_536;
 
 /// Smallest request-head limit hyper accepts.
 const MIN_HTTP_HEADER_BYTES: usize = 8192;
@@ -265,6 +278,10 @@ impl Config {
             ));
             self.cluster_link_timeout = MIN_CLUSTER_LINK_TIMEOUT;
         }
+        at_least_one(&mut self.max_stale_acks, "--max-stale-acks", &mut notes);
+        if self.history_max_uids == 0 {
+            self.history_max_uids = self.max_ws_connections.saturating_add(HISTORY_UIDS_SLACK);
+        }
         // Unbound connections get a quarter of the slots by default, and always leave an
         // eighth to bound ones.
         let ws = self.max_ws_connections;
@@ -333,6 +350,8 @@ impl Config {
             age: self.history_age,
             total_bytes: self.history_total_bytes,
             keep: self.history_keep,
+            max_uids: self.history_max_uids,
+            stale_acks: self.max_stale_acks,
         }
     }
 
@@ -428,6 +447,20 @@ mod tests {
         .validate();
         assert_eq!(c.cluster_link_timeout, Duration::from_secs(1));
         assert_eq!(notes, ["--cluster-link-timeout-ms 10 is raised to 1000"]);
+        // Histories: one per connection and the slack by default; stale acks at least 1.
+        let (c, _) = Config {
+            max_ws_connections: 800,
+            history_max_uids: 0,
+            max_stale_acks: 0,
+            ..Config::default()
+        }
+        .validate();
+        assert_eq!(c.history_max_uids, 800 + HISTORY_UIDS_SLACK);
+        assert_eq!(c.max_stale_acks, 1);
+        assert_eq!(
+            Config::default().history_max_uids,
+            Config::default().max_ws_connections + HISTORY_UIDS_SLACK
+        );
         // A replay must fit the connection's queue.
         let (c, notes) = Config {
             queue_depth: 10,

@@ -5,10 +5,10 @@
 //! A connection that has not sent its request yet must cost no more than an idle bound
 //! socket, because strangers can open thousands of them. tungstenite allocates its read
 //! buffers as soon as its handshake starts, before the client has sent a byte (~12 KiB per
-//! silent connection, measured). So this file waits with `peek` (which, unlike
-//! `readable()`, does not return before data arrives on a fresh socket), then reads the
-//! head into a buffer that grows only with what arrived, and starts tungstenite once the
-//! whole head is here: its buffers then live for the microseconds the 101 takes.
+//! silent connection, measured). So the connection first waits in [`connect`] with
+//! nothing but its task (the handshake's state is boxed and allocated only after that), then
+//! the head is read into a buffer that grows only with what arrived, and tungstenite starts
+//! once the whole head is here: its buffers then live for the microseconds the 101 takes.
 
 use std::io;
 use std::pin::Pin;
@@ -81,8 +81,6 @@ pub(crate) struct Policy<'a> {
     pub(crate) allowed_origins: Option<&'a [String]>,
     /// Largest message a browser may send (tungstenite's frame limit).
     pub(crate) max_in: usize,
-    /// TLS settings, on a `wss://` port.
-    pub(crate) tls: Option<&'a Acceptor>,
 }
 
 /// The tungstenite settings for the handshake (the only part tungstenite runs): small
@@ -95,15 +93,38 @@ fn ws_config(max_in: usize) -> WebSocketConfig {
         .max_frame_size(Some(max_in))
 }
 
-/// The socket requests are read from: on a `wss://` port, once the TLS handshake is done.
-/// Not bounded in time here; the caller's bind deadline covers it.
-pub(crate) async fn open(tcp: TcpStream, policy: &Policy<'_>) -> Result<Transport, HandshakeError> {
-    Ok(match policy.tls {
-        Some(acceptor) => Transport::Tls(Box::new(
-            acceptor.accept(tcp).await.map_err(HandshakeError::Tls)?,
-        )),
-        None => Transport::Plain(std::sync::Arc::new(tcp)),
-    })
+/// The socket requests are read from, once the client has sent something to act on: its
+/// first byte (peeked, so nothing is taken from the socket), and on a `wss://` port
+/// (`tls`) its whole first TLS record, then the rest of the TLS handshake. Until then a
+/// connection costs its task and its socket, nothing else: `peek` (which, unlike
+/// `readable()`, does not return before data arrives on a fresh socket) needs no buffer,
+/// and a TLS session is allocated once its ClientHello is whole. Not bounded in time here;
+/// the caller's bind deadline covers it.
+///
+/// Not an `async fn`, here and in `proxied::upgrade`: one keeps each argument twice (as
+/// captured and as the local it is moved into), and these futures are what a connection
+/// that has not sent its request yet holds.
+#[allow(clippy::manual_async_fn)] // measured: see the comment
+pub(crate) fn connect(
+    tcp: TcpStream,
+    tls: Option<&Acceptor>,
+) -> impl Future<Output = Result<Transport, HandshakeError>> + '_ {
+    async move {
+        let mut probe = [0u8; 1];
+        match tcp.peek(&mut probe).await {
+            Ok(0) | Err(_) => return Err(HandshakeError::Gone),
+            Ok(_) => {}
+        }
+        let Some(acceptor) = tls else {
+            return Ok(Transport::Plain(std::sync::Arc::new(tcp)));
+        };
+        let first = crate::tls::first_record(&tcp)
+            .await
+            .map_err(HandshakeError::Tls)?;
+        let mut tls = acceptor.start(tcp, first).map_err(HandshakeError::Tls)?;
+        tls.handshake().await.map_err(HandshakeError::Tls)?;
+        Ok(Transport::Tls(tls))
+    }
 }
 
 /// Answers the upgrade request `head` (from [`read_head`]; `pending` is what came after
@@ -184,20 +205,12 @@ pub(crate) async fn accept(
 }
 
 /// Waits for the request head and returns it (through its blank line) and any bytes after
-/// it. Nothing is allocated until the first byte is here; after that the buffer holds
-/// what arrived, at most `max` bytes.
+/// it. Called once the client sent something ([`connect`]); the buffer holds what
+/// arrived, at most `max` bytes.
 pub(crate) async fn read_head(
     tcp: &mut Transport,
     max: usize,
 ) -> Result<(Vec<u8>, Vec<u8>), HandshakeError> {
-    // (Over TLS the session already waited for the first byte the same way.)
-    if let Transport::Plain(plain) = tcp {
-        let mut probe = [0u8; 1];
-        match plain.peek(&mut probe).await {
-            Ok(0) | Err(_) => return Err(HandshakeError::Gone),
-            Ok(_) => {}
-        }
-    }
     let mut buf = Vec::new();
     loop {
         if buf.len() >= max {

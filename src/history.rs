@@ -17,7 +17,7 @@
 //! kept: the registry feeds v1 connections from the uid's channel (see `registry.rs`,
 //! `Feed`).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::hash::{BuildHasher, RandomState};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::time::{Duration, Instant};
@@ -40,6 +40,11 @@ pub struct HistoryLimits {
     pub total_bytes: usize,
     /// How long a log outlives the uid's last connection.
     pub keep: Duration,
+    /// Uids with a log, at most (see [`Logs`], "Bounded in number").
+    pub max_uids: usize,
+    /// Acks in a row that acknowledge nothing new a v1 connection may send; one more
+    /// closes it (1008 `ack flood`).
+    pub stale_acks: usize,
 }
 
 /// What one kept message costs besides its payload, for the total bound: the entry in the
@@ -55,6 +60,9 @@ pub struct HistoryShared {
     /// global lock: concurrent appends on other shards can overshoot the bound by at most
     /// one message each.
     total: AtomicUsize,
+    /// Logs over all shards. Checked, then added, like `total`: concurrent creations on
+    /// other shards can overshoot [`HistoryLimits::max_uids`] by one each.
+    uids: AtomicUsize,
     seed: u64,
     created: AtomicU64,
 }
@@ -66,6 +74,7 @@ impl HistoryShared {
         HistoryShared {
             limits,
             total: AtomicUsize::new(0),
+            uids: AtomicUsize::new(0),
             seed: RandomState::new().hash_one(std::process::id()),
             created: AtomicU64::new(0),
         }
@@ -79,6 +88,16 @@ impl HistoryShared {
     /// What every log keeps, in bytes (payload + overhead).
     pub fn total_bytes(&self) -> usize {
         self.total.load(Relaxed)
+    }
+
+    /// Uids with a log, over all shards.
+    pub fn uids(&self) -> usize {
+        self.uids.load(Relaxed)
+    }
+
+    /// True when another log may be created without evicting one.
+    pub fn has_room(&self) -> bool {
+        self.uids() < self.limits.max_uids
     }
 
     /// A fresh epoch: random-looking, and distinct for each log this process creates.
@@ -143,9 +162,22 @@ pub struct UidLog {
     hold_until: Option<Instant>,
     /// The highest sequence each opted-in tab acknowledged: (connection, seq).
     acks: Vec<(u64, Seq)>,
-    /// Pushes waiting for an ack of (at least) this sequence; told how many tabs had.
-    waiters: Vec<(Seq, oneshot::Sender<usize>)>,
+    /// Pushes waiting for an ack, by the sequence they wait for (and the order they
+    /// came in); each is told how many tabs had acked it. Ordered, so an ack wakes its
+    /// waiters without looking at the others: a wait costs O(log n), not a scan of
+    /// every earlier one (`scripts/ack-waits.py`, debug build: 20,000 waits to one uid
+    /// took 13.5 s of CPU and 40,000 took 94.5 s; now 0.53 s and 0.99 s).
+    waiters: BTreeMap<(Seq, u64), oneshot::Sender<usize>>,
+    /// Waits registered so far (the second half of a waiter's key).
+    waits: u64,
+    /// How many waiters may be registered before those whose push gave up waiting are
+    /// purged: twice what was left at the last purge, so each purge is paid for by as
+    /// many new waits (O(1) amortized) and abandoned ones never hold more than half.
+    purge_at: usize,
 }
+
+/// The least [`UidLog::purge_at`]: below it, abandoned waiters are left to the sweep.
+const PURGE_FLOOR: usize = 64;
 
 impl UidLog {
     /// An empty log with a fresh epoch.
@@ -159,7 +191,9 @@ impl UidLog {
             offline_since: None,
             hold_until: None,
             acks: Vec::new(),
-            waiters: Vec::new(),
+            waiters: BTreeMap::new(),
+            waits: 0,
+            purge_at: PURGE_FLOOR,
         }
     }
 
@@ -304,9 +338,20 @@ impl UidLog {
             .collect()
     }
 
-    /// The uid lost its last connection.
-    pub fn went_offline(&mut self, now: Instant) {
+    /// The uid lost its last connection (see [`Logs::went_offline`]).
+    fn went_offline(&mut self, now: Instant) {
         self.offline_since = Some(now);
+    }
+
+    /// Whether this log may be evicted to make room for another: offline since `since`
+    /// (not since a later disconnect), nothing in the offline queue still to deliver,
+    /// nobody waiting for an ack, and, for a `spare` one, no message kept.
+    fn evictable(&mut self, since: Instant, now: Instant, spare: bool) -> bool {
+        if self.offline_since != Some(since) || self.hold_until.is_some_and(|t| t > now) {
+            return false;
+        }
+        self.purge_waiters();
+        self.waiters.is_empty() && (!spare || self.entries.is_empty())
     }
 
     /// A tab is gone: its acks no longer count.
@@ -322,19 +367,15 @@ impl UidLog {
             Some((_, at)) => *at = seq,
             None => self.acks.push((conn, seq)),
         }
-        if self.waiters.iter().all(|(w, _)| *w > seq) {
-            return;
-        }
-        let acks = &self.acks;
-        self.waiters.retain_mut(|(w, tx)| {
-            if *w > seq {
-                return !tx.is_closed();
-            }
-            let tabs = acks.iter().filter(|(_, a)| *a >= *w).count();
+        // Every waiter for `seq` or below has an ack now; the others are not looked at.
+        while let Some(first) = self.waiters.first_entry()
+            && first.key().0 <= seq
+        {
+            let ((w, _), tx) = first.remove_entry();
+            let tabs = self.acks.iter().filter(|(_, a)| *a >= w).count();
             // A push that gave up waiting dropped its receiver: nothing to tell.
-            let _ = std::mem::replace(tx, oneshot::channel().0).send(tabs);
-            false
-        });
+            let _ = tx.send(tabs);
+        }
     }
 
     /// A push waits for an ack of `seq` (resolved at once if a tab already sent one).
@@ -343,18 +384,27 @@ impl UidLog {
         let tabs = self.acks.iter().filter(|(_, a)| *a >= seq).count();
         if tabs > 0 {
             let _ = tx.send(tabs);
-        } else {
-            self.waiters.retain(|(_, tx)| !tx.is_closed());
-            self.waiters.push((seq, tx));
+            return rx;
         }
+        if self.waiters.len() >= self.purge_at {
+            self.purge_waiters();
+        }
+        self.waits += 1;
+        self.waiters.insert((seq, self.waits), tx);
         rx
+    }
+
+    /// Drops the waiters whose push gave up waiting.
+    fn purge_waiters(&mut self) {
+        self.waiters.retain(|_, tx| !tx.is_closed());
+        self.purge_at = (2 * self.waiters.len()).max(PURGE_FLOOR);
     }
 
     /// Trims by age; true when the log should go: offline past the keep time, nothing
     /// queued still to deliver, nobody waiting for an ack.
     fn expired(&mut self, now: Instant, shared: &HistoryShared) -> bool {
         self.trim_age(now, shared);
-        self.waiters.retain(|(_, tx)| !tx.is_closed());
+        self.purge_waiters();
         let gone = self
             .offline_since
             .is_some_and(|t| now.saturating_duration_since(t) >= shared.limits.keep);
@@ -363,10 +413,33 @@ impl UidLog {
 }
 
 /// The logs of one registry shard.
+///
+/// # Bounded in number
+/// A stranger creates a log with every v1 bind of a fresh uid, and an empty one still
+/// costs ~480 bytes for `--history-keep-ms` after it leaves (30,000 binds in 4 s from one
+/// client: 30,000 logs; at that rate ~1 GiB over the keep time). So the logs over all
+/// shards are bounded ([`HistoryLimits::max_uids`]); at the bound a new one is made only
+/// by evicting one that nobody can miss much: first an offline uid's log that kept no
+/// message (a resume from it is `not_recovered` instead of `recovered` with nothing to
+/// replay), then an offline uid's log that keeps messages, the one offline longest
+/// first (a resume is `not_recovered`: the app refetches, as after an expiry). Never an
+/// online uid's log, one holding an offline queue still to deliver, or one a push waits
+/// on for an ack. With none of those, no log is made: the bind is refused (1013, retry
+/// later) and a `ttl=` push is not queued (`offline`). The candidates wait in two
+/// queues, in the order their uids went offline, checked when taken (an entry whose uid
+/// came back is skipped), so finding one is O(1) amortized.
 #[derive(Debug, Default)]
 pub struct Logs {
     map: HashMap<Uid, UidLog>,
+    /// Offline uids, in the order they went offline (and when).
+    offline: VecDeque<(Instant, Uid)>,
+    /// Those among them whose log kept no message then: evicted first.
+    spare: VecDeque<(Instant, Uid)>,
 }
+
+/// Candidate entries a shard may keep besides one per log before it drops the stale
+/// ones (O(1) amortized, like the waiters' purge).
+const CANDIDATE_SLACK: usize = 64;
 
 impl Logs {
     /// The log of `uid`, if it has one.
@@ -374,11 +447,76 @@ impl Logs {
         self.map.get_mut(uid)
     }
 
-    /// The log of `uid`, created if missing.
+    /// True if `uid` has a log.
+    pub fn contains(&self, uid: &str) -> bool {
+        self.map.contains_key(uid)
+    }
+
+    /// The log of `uid`, created if missing, whether or not [`HistoryShared::has_room`]
+    /// (the caller makes room first: see [`Logs::evict`]).
     pub fn open(&mut self, uid: &Uid, shared: &HistoryShared) -> &mut UidLog {
-        self.map
-            .entry(uid.clone())
-            .or_insert_with(|| UidLog::new(shared))
+        self.map.entry(uid.clone()).or_insert_with(|| {
+            shared.uids.fetch_add(1, Relaxed);
+            UidLog::new(shared)
+        })
+    }
+
+    /// `uid` lost its last connection: its log (if any) becomes a candidate for eviction.
+    pub fn went_offline(&mut self, uid: &Uid, now: Instant) {
+        let Some(log) = self.map.get_mut(uid) else {
+            return;
+        };
+        log.went_offline(now);
+        if log.entries.is_empty() {
+            self.spare.push_back((now, uid.clone()));
+        }
+        self.offline.push_back((now, uid.clone()));
+        if self.offline.len() > 2 * self.map.len() + CANDIDATE_SLACK {
+            self.drop_stale_candidates();
+        }
+    }
+
+    /// Forgets candidates whose uid has no log or came back since.
+    fn drop_stale_candidates(&mut self) {
+        let map = &self.map;
+        let current = |(t, uid): &(Instant, Uid)| {
+            map.get(uid)
+                .is_some_and(|log| log.offline_since == Some(*t))
+        };
+        self.offline.retain(current);
+        self.spare.retain(current);
+    }
+
+    /// Evicts one log to make room for another (see "Bounded in number"): a `spare`
+    /// one (offline, nothing kept), or else any offline one, offline longest first.
+    /// `online` says whether a uid has a connection (never evicted then). Returns true
+    /// if one went.
+    pub fn evict(
+        &mut self,
+        now: Instant,
+        shared: &HistoryShared,
+        spare: bool,
+        online: impl Fn(&str) -> bool,
+    ) -> bool {
+        let queue = if spare {
+            &mut self.spare
+        } else {
+            &mut self.offline
+        };
+        while let Some((since, uid)) = queue.pop_front() {
+            let Some(log) = self.map.get_mut(&uid) else {
+                continue;
+            };
+            log.trim_age(now, shared);
+            if online(&uid) || !log.evictable(since, now, spare) {
+                continue;
+            }
+            log.clear(shared);
+            self.map.remove(&uid);
+            shared.uids.fetch_sub(1, Relaxed);
+            return true;
+        }
+        false
     }
 
     /// Uids with a log.
@@ -407,14 +545,12 @@ impl Logs {
             log.clear(shared);
             false
         });
-        before - self.map.len()
-    }
-
-    /// Drops the log of `uid` (a kick: deliberate, like its groups).
-    pub fn remove(&mut self, uid: &str, shared: &HistoryShared) {
-        if let Some(mut log) = self.map.remove(uid) {
-            log.clear(shared);
+        let gone = before - self.map.len();
+        shared.uids.fetch_sub(gone, Relaxed);
+        if gone > 0 {
+            self.drop_stale_candidates();
         }
+        gone
     }
 }
 
@@ -429,6 +565,8 @@ mod tests {
             age: Duration::from_secs(60),
             total_bytes: total,
             keep: Duration::from_secs(60),
+            max_uids: 1000,
+            stale_acks: 16,
         })
     }
 
@@ -509,5 +647,79 @@ mod tests {
         assert_eq!(log.wait(s1).try_recv(), Ok(2), "both tabs acked 1 already");
         log.forget_conn(8);
         assert_eq!(log.wait(s2).try_recv().ok(), None);
+    }
+
+    /// Eviction order: offline logs that kept nothing first, then offline ones by the
+    /// time they went offline; never one holding an offline queue or an ack wait, one
+    /// that came back online, or one `online` says has a connection.
+    #[test]
+    fn evicted_empty_first_then_offline_longest() {
+        let sh = shared(10, 1 << 20, 1 << 20);
+        let mut logs = Logs::default();
+        let t0 = Instant::now();
+        let at = |ms| t0 + Duration::from_millis(ms);
+        let uid = |s: &str| Uid::from(s);
+        for (name, ms) in [("full1", 1), ("empty", 2), ("queued", 3), ("waited", 4)] {
+            let log = logs.open(&uid(name), &sh);
+            if name != "empty" {
+                log.append(&msg("m"), (name == "queued").then(|| at(60_000)), &sh);
+            }
+            logs.went_offline(&uid(name), at(ms));
+        }
+        let _waiting = logs.get_mut("waited").unwrap().wait(5);
+        logs.open(&uid("back"), &sh);
+        logs.went_offline(&uid("back"), at(0));
+        logs.get_mut("back").unwrap().take_queued(at(5)); // came back online
+        assert_eq!(sh.uids(), 5);
+        let none = |_: &str| false;
+        assert!(logs.evict(at(10), &sh, true, none));
+        assert!(!logs.contains("empty"), "the empty one goes first");
+        assert!(!logs.evict(at(10), &sh, true, none), "no other empty one");
+        assert!(!logs.evict(at(10), &sh, false, |u| u == "full1"));
+        // (full1's candidate entry was used up while it was online; it offlines again.)
+        logs.went_offline(&uid("full1"), at(20));
+        assert!(logs.evict(at(30), &sh, false, none));
+        assert!(!logs.contains("full1"));
+        assert!(
+            !logs.evict(at(30), &sh, false, none),
+            "queued, waited, back stay"
+        );
+        assert_eq!(sh.uids(), 3);
+        assert_eq!(
+            sh.total_bytes(),
+            2 * (1 + ENTRY_OVERHEAD),
+            "full1's bytes given back"
+        );
+    }
+
+    /// Waiters registered out of order are woken by the ack that covers them, and only
+    /// by it; abandoned ones (their push gave up) never make up more than half of what
+    /// is kept, without a scan per wait.
+    #[test]
+    fn waiters_wake_in_order_and_abandoned_ones_are_purged() {
+        let sh = shared(10, 1 << 20, 1 << 20);
+        let mut log = UidLog::new(&sh);
+        for _ in 0..10 {
+            log.append(&msg("m"), None, &sh);
+        }
+        let mut live: Vec<_> = [5, 2, 9, 2, 7].iter().map(|&s| (s, log.wait(s))).collect();
+        log.ack(1, 4);
+        for (seq, rx) in &mut live {
+            let got = rx.try_recv().ok();
+            assert_eq!(got, (*seq <= 4).then_some(1), "waiter for {seq}");
+        }
+        live.retain(|(seq, _)| *seq > 4);
+        // 100,000 waits whose pushes gave up at once: what is kept stays bounded.
+        let mut most = 0;
+        for i in 0..100_000u64 {
+            drop(log.wait(8 + i % 3));
+            most = most.max(log.waiters.len());
+        }
+        assert!(most <= 2 * PURGE_FLOOR + 3, "{most} waiters kept");
+        log.ack(2, 10);
+        for (seq, rx) in &mut live {
+            assert_eq!(rx.try_recv().ok(), Some(1), "waiter for {seq}");
+        }
+        assert!(log.waiters.is_empty());
     }
 }

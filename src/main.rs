@@ -149,6 +149,17 @@ struct Args {
     #[arg(long, env = "PUSHWIRE_HISTORY_KEEP_MS", default_value_t = 300_000)]
     history_keep_ms: u64,
 
+    /// Uids with a history at most (single node). At the bound an offline uid's history
+    /// is evicted to make room (one that kept no message first); with none, a v1 bind is
+    /// closed 1013 and a ttl= push is not queued. 0 = --max-ws-connections + 65536.
+    #[arg(long, env = "PUSHWIRE_HISTORY_MAX_UIDS", default_value_t = 0)]
+    history_max_uids: usize,
+
+    /// Acks in a row that acknowledge nothing new a protocol v1 tab may send; one more
+    /// closes it (1008 "ack flood").
+    #[arg(long, env = "PUSHWIRE_MAX_STALE_ACKS", default_value_t = 1024)]
+    max_stale_acks: usize,
+
     /// The longest offline-queue TTL a push may ask for (`/push ID ttl=MS LINE`), in ms.
     #[arg(long, env = "PUSHWIRE_MAX_QUEUE_TTL_MS", default_value_t = 3_600_000)]
     max_queue_ttl_ms: u64,
@@ -912,6 +923,8 @@ fn unvalidated_config(
         history_age: Duration::from_millis(args.history_age_ms),
         history_total_bytes: args.history_total_bytes,
         history_keep: Duration::from_millis(args.history_keep_ms),
+        history_max_uids: args.history_max_uids,
+        max_stale_acks: args.max_stale_acks,
         max_queue_ttl: Duration::from_millis(args.max_queue_ttl_ms),
         max_ack_wait: Duration::from_millis(args.max_ack_wait_ms),
         dedupe_window: (args.dedupe_window_ms > 0)

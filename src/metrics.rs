@@ -103,6 +103,9 @@ metrics! {
     Counter HistoryRefused = "history_refused", "history_refused", "Messages numbered but not kept (larger than the per-uid bound, or the total bound reached)";
     Counter Queued = "queued", "queued", "Pushes kept in an offline queue (/push ttl=)";
     Counter Acks = "acks", "acks", "Ack frames from protocol v1 tabs";
+    Counter AckFloods = "ack_floods", "ack_floods", "Protocol v1 tabs closed for sending --max-stale-acks acks in a row that acknowledged nothing new";
+    Counter HistoryEvicted = "history_evicted", "history_evicted", "Histories of offline uids dropped to make room for another (--history-max-uids)";
+    Counter HistoryFull = "history_full", "history_full", "Histories not made because every one was in use (--history-max-uids): v1 binds refused, ttl= pushes not queued";
     Counter Duplicates = "duplicates", "duplicates", "/push retries answered duplicate";
 }
 

@@ -10,7 +10,6 @@
 
 use std::net::IpAddr;
 
-use tokio::net::TcpStream;
 use tracing::debug;
 
 use crate::transport::Transport;
@@ -48,33 +47,37 @@ pub(crate) enum Failed {
     Refused(Transport, Refused),
 }
 
-/// Runs the TLS handshake (on a `wss://` port) and reads the request head; for a trusted
-/// proxy's connection takes the client's places into `places` (admitted without an
-/// address); then answers 101 or an HTTP error.
-pub(crate) async fn upgrade(
-    tcp: TcpStream,
-    policy: &Policy<'_>,
+/// Reads the request head (on `io`, from [`handshake::connect`]); for a trusted proxy's
+/// connection takes the client's places into `places` (admitted without an address); then
+/// answers 101 or an HTTP error.
+#[allow(clippy::manual_async_fn)] // measured: see the comment
+pub(crate) fn upgrade<'a>(
+    mut io: Transport,
+    policy: &'a Policy<'a>,
     proxied: Option<Proxied>,
-    trusted: &[Cidr],
-    places: &mut Admitted,
-) -> Result<Opened, Failed> {
-    let mut io = handshake::open(tcp, policy)
-        .await
-        .map_err(Failed::Handshake)?;
-    let (head, rest) = handshake::read_head(&mut io, policy.max_bytes)
-        .await
-        .map_err(Failed::Handshake)?;
-    if let Some(p) = proxied {
-        let client = forwarded::client(&head, p.peer, trusted).unwrap_or_else(|why| {
-            debug!(%why, "forwarding headers unusable: counting the proxy's own address");
-            p.peer
-        });
-        tracing::Span::current().record("client", tracing::field::display(client));
-        if let Err(why) = p.admission.admit_forwarded(client, places) {
-            return Err(Failed::Refused(io, why));
+    trusted: &'a [Cidr],
+    places: &'a mut Admitted,
+) -> impl Future<Output = Result<Opened, Failed>> + 'a {
+    // Not an `async fn` (see `handshake::connect`).
+    async move {
+        let (head, rest) = handshake::read_head(&mut io, policy.max_bytes)
+            .await
+            .map_err(Failed::Handshake)?;
+        if let Some(p) = proxied {
+            let client = forwarded::client(&head, p.peer, trusted).unwrap_or_else(|why| {
+                debug!(%why, "forwarding headers unusable: counting the proxy's own address");
+                p.peer
+            });
+            tracing::Span::current().record("client", tracing::field::display(client));
+            if let Err(why) = p.admission.admit_forwarded(client, places) {
+                return Err(Failed::Refused(io, why));
+            }
         }
+        // Boxed: its state (the upgrade's, the refusals') lives for the microseconds of
+        // the answer, and inline it would size this future, which a connection sending
+        // its request head holds all along.
+        Box::pin(handshake::accept(io, head, rest, policy))
+            .await
+            .map_err(Failed::Handshake)
     }
-    handshake::accept(io, head, rest, policy)
-        .await
-        .map_err(Failed::Handshake)
 }

@@ -20,13 +20,13 @@ use std::cell::Cell;
 use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
 use std::ops::Range;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use std::time::{Duration, Instant};
 
 use smallvec::SmallVec;
-use tracing::warn;
+use tracing::{debug, warn};
 
 use tokio::sync::oneshot;
 
@@ -135,10 +135,10 @@ pub trait RemoteHistory: Send + Sync + std::fmt::Debug {
     /// call [`Registry::deliver_to`]. Called with no lock held; must not wait.
     fn seed_bound(&self, _uid: &Uid, _conn: ConnId) {}
 
-    /// A cluster-fed v1 connection `conn` of `uid` acknowledged everything up to `at`:
-    /// record it where the node that accepted the push can see it. Called with no lock
-    /// held; must not wait.
-    fn acked(&self, _uid: &str, _conn: ConnId, _at: Position) {}
+    /// A cluster-fed v1 connection `conn` of `uid` acknowledged everything up to `at`
+    /// (more than it had): record it where the node that accepted the push can see it.
+    /// Called with no lock held; must not wait.
+    fn acked(&self, _uid: &Uid, _conn: ConnId, _at: Position) {}
 }
 
 /// Where a connection's messages come from.
@@ -185,6 +185,8 @@ struct Shared {
     presence: std::sync::OnceLock<Arc<dyn Presence>>,
     /// `None` with history off (`--history-messages 0`).
     history: Option<HistoryShared>,
+    /// Acks in a row that acknowledge nothing new a v1 connection may send.
+    max_stale_acks: usize,
     /// Set once in cluster mode with history on: histories live in Redis.
     remote: std::sync::OnceLock<Arc<dyn RemoteHistory>>,
     /// Cluster mode: Redis is up, so v1 connections get every message numbered through
@@ -239,6 +241,11 @@ pub struct Binding {
     outbox: Arc<Outbox>,
     /// Protocol v1: frames carry their sequence; acks count.
     enveloped: bool,
+    /// Protocol v1: the highest sequence this connection acknowledged. Only an ack above
+    /// it is recorded (and, in cluster mode, sent to Redis).
+    acked: AtomicU64,
+    /// Acks in a row that acknowledged nothing new (see [`Binding::text`]).
+    stale_acks: AtomicUsize,
 }
 
 impl Binding {
@@ -261,14 +268,35 @@ impl Binding {
     /// A text frame from the browser after its bind: an ack (`a SEQ`) from a v1
     /// connection counts, up to what it was sent; anything else is ignored. Returns true
     /// for an ack.
+    ///
+    /// An ack is recorded only when it raises what the connection acknowledged: so what
+    /// acks cost (a lock, a waiter woken; in cluster mode a script in Redis) is bounded by
+    /// the messages the connection was sent, however many ack frames it writes. One that
+    /// raises nothing costs a comparison, and `--max-stale-acks` of them in a row close
+    /// the connection (1008 `ack flood`): a client acks what it processed, so a run of
+    /// them is a bug or a flood, never a protocol need.
     pub fn text(&self, text: &str) -> bool {
         let Some(seq) = crate::wire::envelope::parse_ack(text).filter(|_| self.enveloped) else {
             return false;
         };
         let seq = seq.min(self.outbox.written());
+        let metrics = &self.registry.shared.metrics;
         if seq > 0 {
-            self.registry.ack(&self.uid, self.id, seq);
+            metrics.incr(Metric::Acks);
         }
+        if seq <= self.acked.load(Relaxed) {
+            let stale = self.stale_acks.fetch_add(1, Relaxed) + 1;
+            if stale > self.registry.shared.max_stale_acks
+                && self.outbox.close(CloseNotice::ACK_FLOOD)
+            {
+                metrics.incr(Metric::AckFloods);
+                warn!(uid = %escaped(&self.uid), conn = self.id.0, stale, "closing a tab: ack flood");
+            }
+            return true;
+        }
+        self.acked.store(seq, Relaxed);
+        self.stale_acks.store(0, Relaxed);
+        self.registry.ack(&self.uid, self.id, seq);
         true
     }
 
@@ -315,6 +343,7 @@ impl Registry {
                 groups: Mutex::new(Groups::new(group_limits)),
                 presence: std::sync::OnceLock::new(),
                 history: (history.messages > 0).then(|| HistoryShared::new(history)),
+                max_stale_acks: history.stale_acks,
                 remote: std::sync::OnceLock::new(),
                 remote_up: std::sync::atomic::AtomicBool::new(false),
             }),
@@ -379,8 +408,25 @@ impl Registry {
             Some((key, _)) => key.clone(),
             None => Uid::from(uid),
         };
+        let binding = Binding {
+            registry: self.clone(),
+            uid: uid.clone(),
+            id,
+            outbox: outbox.clone(),
+            enveloped: matches!(mode, Mode::V1 { .. }),
+            acked: AtomicU64::new(0),
+            stale_acks: AtomicUsize::new(0),
+        };
         if remote.is_none() && seed_remote.is_none() {
-            outbox.preload(self.first_frames(shard, &uid, mode));
+            match self.first_frames(shard, &uid, mode) {
+                Ok(frames) => outbox.preload(frames),
+                Err(refused) => {
+                    // Never registered: the connection closes with the reason at once.
+                    drop(guard);
+                    outbox.close(refused);
+                    return binding;
+                }
+            }
         }
         let mut shard = guard;
         let entry = shard.uids.entry(uid.clone()).or_default();
@@ -399,26 +445,26 @@ impl Registry {
             remote.seed_bound(&uid, id);
         }
         self.shared.metrics.incr(Metric::Binds);
-        Binding {
-            registry: self.clone(),
-            uid,
-            id,
-            outbox,
-            enveloped: matches!(mode, Mode::V1 { .. }),
-        }
+        binding
     }
 
     /// What a binding connection gets before anything live: a v1 connection its status
-    /// frame and replay (creating the uid's history), either kind the offline queue.
-    fn first_frames(&self, shard: &mut Shard, uid: &Uid, mode: Mode) -> Vec<Payload> {
+    /// frame and replay (creating the uid's history), either kind the offline queue. A
+    /// v1 connection whose history cannot be made (`--history-max-uids`) is refused.
+    fn first_frames(
+        &self,
+        shard: &mut Shard,
+        uid: &Uid,
+        mode: Mode,
+    ) -> Result<Vec<Payload>, CloseNotice> {
         let now = Instant::now();
         let (since, history) = match (mode, &self.shared.history) {
-            (Mode::Seed, None) => return Vec::new(),
+            (Mode::Seed, None) => return Ok(Vec::new()),
             (Mode::Seed, Some(_)) => {
                 let Some(log) = shard.logs.get_mut(uid) else {
-                    return Vec::new();
+                    return Ok(Vec::new());
                 };
-                return log.take_queued(now);
+                return Ok(log.take_queued(now));
             }
             (Mode::V1 { since }, None) => {
                 // History off: no numbering; the status frame all the same.
@@ -428,15 +474,59 @@ impl Registry {
                     Status::New
                 };
                 let none = Position { epoch: 0, seq: 0 };
-                return vec![status_outgoing(status, none)];
+                return Ok(vec![status_outgoing(status, none)]);
             }
             (Mode::V1 { since }, Some(history)) => (since, history),
         };
+        if !self.history_room(shard, uid, history, now) {
+            debug!(uid = %escaped(uid), "v1 bind refused: every history in use");
+            return Err(CloseNotice::HISTORY_FULL);
+        }
         let attached = shard.logs.open(uid, history).attach(since, now, history);
         let mut frames = Vec::with_capacity(1 + attached.replay.len());
         frames.push(status_outgoing(attached.status, attached.base));
         frames.extend(attached.replay);
-        frames
+        Ok(frames)
+    }
+
+    /// Whether `uid` (of the locked `shard`) has a history or may get one: below
+    /// `--history-max-uids`, or once one is evicted to make room (`history.rs`, "Bounded
+    /// in number"): a spare one (offline, nothing kept) from this shard or any other
+    /// whose lock is free, else any offline one the same way. Other shards are only
+    /// tried (`try_lock`): this one's lock is held, and waiting for another could
+    /// deadlock against a thread doing the same the other way round.
+    fn history_room(
+        &self,
+        shard: &mut Shard,
+        uid: &str,
+        history: &HistoryShared,
+        now: Instant,
+    ) -> bool {
+        if shard.logs.contains(uid) || history.has_room() {
+            return true;
+        }
+        for spare in [true, false] {
+            let Shard { uids, logs, .. } = &mut *shard;
+            if logs.evict(now, history, spare, |u| uids.contains_key(u)) {
+                self.shared.metrics.incr(Metric::HistoryEvicted);
+                return true;
+            }
+            for other in self.shared.shards.iter() {
+                let mut guard = match other.try_lock() {
+                    Ok(guard) => guard,
+                    Err(std::sync::TryLockError::Poisoned(e)) => e.into_inner(),
+                    // This shard (held here) or one busy now.
+                    Err(std::sync::TryLockError::WouldBlock) => continue,
+                };
+                let Shard { uids, logs, .. } = &mut *guard;
+                if logs.evict(now, history, spare, |u| uids.contains_key(u)) {
+                    self.shared.metrics.incr(Metric::HistoryEvicted);
+                    return true;
+                }
+            }
+        }
+        self.shared.metrics.incr(Metric::HistoryFull);
+        false
     }
 
     fn unbind(&self, uid: &str, id: ConnId) {
@@ -452,11 +542,9 @@ impl Registry {
         let last = entry.conns.is_empty();
         if let Some(log) = shard.logs.get_mut(uid) {
             log.forget_conn(id.0);
-            if last {
-                log.went_offline(Instant::now());
-            }
         }
         if last && let Some((key, _)) = shard.uids.remove_entry(uid) {
+            shard.logs.went_offline(&key, Instant::now());
             self.groups().went_offline(&key, Instant::now());
             self.presence_changed(&key);
         }
@@ -478,21 +566,28 @@ impl Registry {
     fn push_into(&self, uid: &str, msg: &Payload, queue_for: Option<Duration>, via: Via) -> Pushed {
         let mut out = Pushed::default();
         let mut guard = self.shard(uid);
-        let Shard { uids, logs, .. } = &mut *guard;
-        let entry = uids.get(uid);
         let kept;
         let mut msg = msg;
         // A shard whose uids never opted in has no logs: its pushes pay nothing more.
         if let Some(history) = &self.shared.history
-            && (queue_for.is_some() || !logs.is_empty())
+            && (queue_for.is_some() || !guard.logs.is_empty())
         {
-            let offline = entry.is_none_or(|e| e.conns.is_empty());
+            let offline = guard.uids.get(uid).is_none_or(|e| e.conns.is_empty());
+            let now = Instant::now();
+            // A history for the offline queue, if there is room for one (else the push
+            // is not queued: `offline`).
+            let queue_here = queue_for.is_some()
+                && offline
+                && !guard.logs.contains(uid)
+                && self.history_room(&mut guard, uid, history, now);
+            let logs = &mut guard.logs;
             let log = match logs.get_mut(uid) {
                 Some(log) => Some(log),
-                None if queue_for.is_some() && offline => {
-                    let log = logs.open(&Uid::from(uid), history);
-                    log.went_offline(Instant::now());
-                    Some(log)
+                None if queue_here => {
+                    let uid = Uid::from(uid);
+                    logs.open(&uid, history);
+                    logs.went_offline(&uid, now);
+                    logs.get_mut(&uid)
                 }
                 None => None,
             };
@@ -509,7 +604,7 @@ impl Registry {
                 }
             }
         }
-        if let Some(entry) = uids.get_mut(uid) {
+        if let Some(entry) = guard.uids.get_mut(uid) {
             let remote_up = self.shared.remote_up.load(Relaxed);
             for member in &mut entry.conns {
                 match member.feed {
@@ -663,7 +758,7 @@ impl Registry {
     }
 
     /// Tab `conn` of `uid` acknowledged every message up to `seq`.
-    fn ack(&self, uid: &str, conn: ConnId, seq: Seq) {
+    fn ack(&self, uid: &Uid, conn: ConnId, seq: Seq) {
         let mut shard = self.shard(uid);
         if let Some(log) = shard.logs.get_mut(uid) {
             log.ack(conn.0, seq);
@@ -678,7 +773,6 @@ impl Registry {
         if let (Some(epoch), Some(remote)) = (epoch, self.shared.remote.get()) {
             remote.acked(uid, conn, Position { epoch, seq });
         }
-        self.shared.metrics.incr(Metric::Acks);
     }
 
     /// Waits for an ack of `at` by a tab of `uid`: resolves to how many tabs had acked
@@ -709,8 +803,7 @@ impl Registry {
         let Some(history) = &self.shared.history else {
             return (0, 0);
         };
-        let uids = self.shared.shards.iter().map(|s| lock(s).logs.len()).sum();
-        (uids, history.total_bytes())
+        (history.uids(), history.total_bytes())
     }
 
     fn offer(&self, uid: &str, member: &Member, msg: &Payload, delivery: &mut Delivery, via: Via) {

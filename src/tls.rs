@@ -1,27 +1,41 @@
 //! Native TLS on the browser port (`wss://`): the certificate and key files, the rustls
 //! settings, and one TLS session on a socket.
 //!
-//! # Why rustls' own API and not tokio-rustls
+//! # Why rustls' unbuffered API
 //! The browser path is readiness-based (`frames.rs`): it writes frames straight from the
 //! payload every recipient shares with `try_write`, without waiting and resumable, and it
-//! reads with `try_read` inside a `select!` that must stay cancel-safe. tokio-rustls'
-//! `AsyncRead`/`AsyncWrite` stream would need a waker per write. rustls' connection is
-//! sans-I/O (`read_tls`/`write_tls` over any `Read`/`Write`), so [`TlsSocket`] gives the same
-//! `try_read`/`try_write`/`readable`/`writable` the bare socket has, and the rest of the
-//! path does not know which one it drives.
+//! reads with `try_read` inside a `select!` that must stay cancel-safe. rustls'
+//! [`UnbufferedServerConnection`] is sans-I/O and owns no buffer at all: the ciphertext in
+//! and out and the decrypted plaintext live in [`TlsSocket`]'s own `Vec`s, which hold bytes
+//! only while a record is arriving or leaving and are freed as soon as they are empty. So an
+//! idle session costs its keys and state, not buffers (rustls' buffered `ServerConnection`
+//! keeps a 4 KiB read buffer per session for good, and allocates it at the first byte).
+//! [`TlsSocket`] offers the same `try_read`/`try_write`/`readable`/`writable` as the bare
+//! socket, so the rest of the path does not know which one it drives.
 //!
 //! # Memory
-//! rustls is given a 64 KiB limit for plaintext waiting to be encrypted or read, and
-//! [`TlsSocket::try_write`] takes no new plaintext while ciphertext from the last write is
-//! still queued: a slow TLS reader holds at most one write's worth, like the kernel's
-//! send buffer holds for a plain one.
+//! A connection that has not sent a whole first record yet has no session: its bytes wait
+//! in a buffer that grows with what arrived (see `handshake.rs` for why silent connections
+//! must stay cheap). After the handshake a write encrypts at most one record (16 KiB of
+//! plaintext), and [`TlsSocket::try_write`] takes no new plaintext while ciphertext of the
+//! last one is still queued: a slow TLS reader holds at most one record's worth, like the
+//! kernel's send buffer holds for a plain one.
+//!
+//! # Closing
+//! A client's `close_notify` is answered with ours (RFC 8446 §6.1), and a session that ends
+//! for any other reason sends its `close_notify` before TCP closes, if the socket takes it
+//! at once (a peer that stopped reading gets a bare close).
 
-use std::io::{self, IoSlice, Read, Write};
+use std::io::{self, IoSlice};
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 
 use rustls::ServerConfig;
-use rustls::server::ServerConnection;
+use rustls::server::UnbufferedServerConnection;
+use rustls::unbuffered::{
+    AppDataRecord, ConnectionState, EncodeError, EncryptError, InsufficientSizeError,
+    UnbufferedStatus,
+};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::TcpStream;
@@ -39,8 +53,19 @@ pub struct TlsFiles {
 /// ClientHello is 0.5–2 KiB (with a post-quantum key share); 16 KiB is far above any.
 pub const MAX_HANDSHAKE_BYTES: usize = 16 * 1024;
 
-/// Plaintext rustls may hold per connection, either way.
-const BUFFER_LIMIT: usize = 64 * 1024;
+/// Plaintext encrypted per write: one full TLS record.
+const RECORD: usize = 16 * 1024;
+
+/// Room for a record's header, nonce, tag and content type (22–29 bytes with the suites
+/// rustls offers) and a key update rustls may put in front of it.
+const SEAL_OVERHEAD: usize = 256;
+
+/// Writes up to this size are encrypted into a stack buffer (the usual push), larger ones
+/// into one sized for them.
+const SMALL_WRITE: usize = 2048;
+
+/// Bytes read from the socket per `read` (a whole record and its header fit).
+const READ_CHUNK: usize = RECORD + SEAL_OVERHEAD;
 
 /// Loads `files` into rustls settings: TLS 1.2 and 1.3 with rustls' safe defaults (no
 /// client certificates), ALPN `http/1.1`. The error says which file and what is wrong.
@@ -103,53 +128,71 @@ impl Acceptor {
             .clone()
     }
 
-    /// Runs the server side of a TLS handshake on `tcp`. Nothing is allocated for the
-    /// session until the client's first byte is here (see `handshake.rs` for why silent
-    /// connections must stay cheap). Not bounded in time here: the caller's bind deadline
-    /// covers it.
-    pub(crate) async fn accept(&self, tcp: TcpStream) -> Result<TlsSocket, TlsError> {
-        let mut probe = [0u8; 1];
-        match tcp.peek(&mut probe).await {
-            Ok(0) | Err(_) => return Err(TlsError::Gone),
-            Ok(_) => {}
-        }
-        let mut conn = ServerConnection::new(self.current()).map_err(TlsError::Tls)?;
-        conn.set_buffer_limit(Some(BUFFER_LIMIT));
-        let mut socket = TlsSocket { tcp, conn };
-        let mut received = 0;
-        while socket.conn.is_handshaking() {
-            socket.flush().await.map_err(|_| TlsError::Gone)?;
-            if !socket.conn.is_handshaking() {
-                break;
-            }
-            if !socket.conn.wants_read() {
-                // Nothing to send and nothing to read: rustls is stuck (never expected).
-                return Err(TlsError::Tls(rustls::Error::General(
-                    "handshake stalled".into(),
-                )));
-            }
-            match socket.conn.read_tls(&mut Sock(&socket.tcp)) {
-                Ok(0) => return Err(TlsError::Gone),
-                Ok(n) => {
-                    received += n;
-                    if received > MAX_HANDSHAKE_BYTES {
-                        return Err(TlsError::TooLarge);
-                    }
-                    if let Err(err) = socket.conn.process_new_packets() {
-                        // Tell the client why (an alert), if the socket takes it now.
-                        let _ = socket.conn.write_tls(&mut Sock(&socket.tcp));
-                        return Err(TlsError::Tls(err));
-                    }
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    socket.tcp.readable().await.map_err(|_| TlsError::Gone)?;
-                }
-                Err(_) => return Err(TlsError::Gone),
-            }
-        }
-        socket.flush().await.map_err(|_| TlsError::Gone)?;
-        Ok(socket)
+    /// A TLS session on `tcp`, whose client sent `first` (from [`first_record`]); its
+    /// handshake is run by [`TlsSocket::handshake`]. Boxed at once: the session is large,
+    /// and the future that waits on the handshake should not be.
+    pub(crate) fn start(&self, tcp: TcpStream, first: Vec<u8>) -> Result<Box<TlsSocket>, TlsError> {
+        let conn = UnbufferedServerConnection::new(self.current()).map_err(TlsError::Tls)?;
+        Ok(Box::new(TlsSocket {
+            tcp,
+            session: Session {
+                conn,
+                incoming: first,
+                out: Vec::new(),
+                out_at: 0,
+                plain: Vec::new(),
+                plain_at: 0,
+            },
+            spent: false,
+            eof: false,
+            failed: false,
+            notified: false,
+        }))
     }
+}
+
+/// Reads a client's first TLS record (its ClientHello, normally), into a buffer that grows
+/// with what arrived: until it is whole there is no session, so a client that sent part of
+/// one costs its bytes and nothing else. Returned at once if the bytes cannot begin a TLS
+/// handshake record (rustls then answers them with its alert).
+pub(crate) async fn first_record(tcp: &TcpStream) -> Result<Vec<u8>, TlsError> {
+    let mut first = Vec::new();
+    while !first_record_here(&first) {
+        match read_some(tcp, &mut first) {
+            Ok(0) => return Err(TlsError::Gone),
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                tcp.readable().await.map_err(|_| TlsError::Gone)?;
+            }
+            Err(_) => return Err(TlsError::Gone),
+        }
+    }
+    Ok(first)
+}
+
+/// Whether the first bytes a client sent should go to rustls now: once its first record is
+/// complete, or at once if they cannot begin a TLS handshake record within
+/// [`MAX_HANDSHAKE_BYTES`] (rustls then answers them with its alert, or the handshake
+/// stops at that limit).
+fn first_record_here(buf: &[u8]) -> bool {
+    match buf {
+        [] => false,
+        [0x16, header @ ..] if header.len() < 4 => false,
+        [0x16, _, _, hi, lo, body @ ..] => {
+            let len = usize::from(u16::from_be_bytes([*hi, *lo]));
+            5 + len > MAX_HANDSHAKE_BYTES || body.len() >= len
+        }
+        _ => true,
+    }
+}
+
+/// Reads what the socket has into `buf`, without waiting. Not async, so its stack chunk
+/// never becomes part of a waiting connection's task.
+fn read_some(tcp: &TcpStream, buf: &mut Vec<u8>) -> io::Result<usize> {
+    let mut chunk = [0u8; 1024];
+    let n = tcp.try_read(&mut chunk)?;
+    buf.extend_from_slice(&chunk[..n]);
+    Ok(n)
 }
 
 /// Why a TLS handshake did not complete.
@@ -175,41 +218,310 @@ impl std::fmt::Display for TlsError {
 
 /// A TCP socket with an established TLS session: the same non-blocking calls as the bare
 /// socket, over plaintext.
-#[derive(Debug)]
 pub struct TlsSocket {
     tcp: TcpStream,
-    conn: ServerConnection,
+    session: Session,
+    /// rustls has made all it can of `session.incoming`: only new bytes from the socket
+    /// can give more plaintext.
+    spent: bool,
+    /// The client's close_notify came (answered), or TCP ended: reads return 0.
+    eof: bool,
+    /// rustls failed (and said so with an alert): no close_notify after that.
+    failed: bool,
+    /// Our close_notify is queued (or sent).
+    notified: bool,
+}
+
+impl std::fmt::Debug for TlsSocket {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsSocket")
+            .field("tcp", &self.tcp)
+            .field("eof", &self.eof)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The rustls session and the bytes that are on their way through it. Each `Vec` is
+/// empty, with nothing allocated, whenever it has nothing to hold.
+struct Session {
+    conn: UnbufferedServerConnection,
+    /// Ciphertext received and not yet consumed by rustls (part of a record, normally).
+    incoming: Vec<u8>,
+    /// Ciphertext made and not yet taken by the socket, from `out_at` on.
+    out: Vec<u8>,
+    out_at: usize,
+    /// Plaintext decrypted and not yet read, from `plain_at` on.
+    plain: Vec<u8>,
+    plain_at: usize,
+}
+
+/// What [`Session::process`] is asked for once rustls has done all it can with the input.
+enum Want<'a> {
+    /// Nothing: reading.
+    Read,
+    /// To encrypt this plaintext (at most one record).
+    Write(&'a [u8]),
+    /// To queue our close_notify.
+    CloseNotify,
+}
+
+/// Where [`Session::process`] stopped.
+enum Next {
+    /// rustls needs more input (and took the plaintext of a `Want::Write`, if the
+    /// session is past its handshake: see `Sealed`).
+    Input,
+    /// The plaintext of a `Want::Write` is encrypted: this many bytes of ciphertext are at
+    /// the start of the caller's buffer (0: it went to `out`, after what was queued).
+    Sealed(usize),
+    /// The client's close_notify: the end of its data.
+    PeerClosed,
+    /// Both close_notify alerts are sent: nothing more may be written.
+    Closed,
+}
+
+impl Session {
+    /// Runs rustls over `incoming` until it needs more input or has done what `want`
+    /// asks: what it has to send goes to `out`, decrypted plaintext to `plain`, and the
+    /// ciphertext of a `Want::Write` to `sealed` (or `out` if it does not fit).
+    fn process(&mut self, want: Want<'_>, sealed: &mut [u8]) -> Result<Next, rustls::Error> {
+        loop {
+            let UnbufferedStatus { mut discard, state } =
+                self.conn.process_tls_records(&mut self.incoming);
+            let next = match state {
+                Ok(ConnectionState::ReadTraffic(mut records)) => {
+                    while let Some(record) = records.next_record() {
+                        let AppDataRecord {
+                            discard: more,
+                            payload,
+                        } = record?;
+                        discard += more;
+                        if self.plain_at == self.plain.len() {
+                            self.plain.clear();
+                            self.plain_at = 0;
+                        }
+                        self.plain.extend_from_slice(payload);
+                    }
+                    None
+                }
+                Ok(ConnectionState::EncodeTlsData(mut data)) => {
+                    encode(&mut data, &mut self.out)?;
+                    None
+                }
+                Ok(ConnectionState::TransmitTlsData(data)) => {
+                    // Sent by the caller, in order, before anything later.
+                    data.done();
+                    None
+                }
+                Ok(ConnectionState::WriteTraffic(mut traffic)) => Some(match want {
+                    Want::Read => Next::Input,
+                    Want::Write(plain) => match traffic.encrypt(plain, sealed) {
+                        Ok(n) => Next::Sealed(n),
+                        Err(EncryptError::InsufficientSize(InsufficientSizeError {
+                            required_size,
+                        })) => {
+                            let at = self.out.len();
+                            self.out.resize(at + required_size, 0);
+                            let n = traffic
+                                .encrypt(plain, &mut self.out[at..])
+                                .map_err(|e| rustls::Error::General(e.to_string()))?;
+                            self.out.truncate(at + n);
+                            Next::Sealed(0)
+                        }
+                        Err(err) => return Err(rustls::Error::General(err.to_string())),
+                    },
+                    Want::CloseNotify => {
+                        let at = self.out.len();
+                        self.out.resize(at + SEAL_OVERHEAD, 0);
+                        match traffic.queue_close_notify(&mut self.out[at..]) {
+                            Ok(n) => self.out.truncate(at + n),
+                            Err(err) => {
+                                self.out.truncate(at);
+                                return Err(rustls::Error::General(err.to_string()));
+                            }
+                        }
+                        Next::Closed
+                    }
+                }),
+                Ok(ConnectionState::BlockedHandshake) => Some(Next::Input),
+                Ok(ConnectionState::PeerClosed) => Some(Next::PeerClosed),
+                Ok(ConnectionState::Closed) => Some(Next::Closed),
+                // Early data is off (rustls' default), so nothing else is expected.
+                Ok(other) => {
+                    return Err(rustls::Error::General(format!(
+                        "unexpected TLS state {other:?}"
+                    )));
+                }
+                Err(err) => {
+                    self.consume(discard);
+                    return Err(err);
+                }
+            };
+            self.consume(discard);
+            if let Some(next) = next {
+                return Ok(next);
+            }
+        }
+    }
+
+    /// Drops `n` processed bytes from the front of `incoming`, and its allocation once
+    /// it is empty.
+    fn consume(&mut self, n: usize) {
+        if n >= self.incoming.len() {
+            self.incoming = Vec::new();
+        } else if n > 0 {
+            self.incoming.drain(..n);
+        }
+    }
+
+    /// After an error: moves the alert rustls queued for the peer into `out`.
+    fn queue_alerts(&mut self) {
+        loop {
+            let UnbufferedStatus { state, .. } = self.conn.process_tls_records(&mut self.incoming);
+            let Ok(ConnectionState::EncodeTlsData(mut data)) = state else {
+                return;
+            };
+            if encode(&mut data, &mut self.out).is_err() {
+                return;
+            }
+        }
+    }
+
+    /// Copies decrypted plaintext into `buf`; returns how much.
+    fn take_plain(&mut self, buf: &mut [u8]) -> usize {
+        let left = &self.plain[self.plain_at..];
+        let n = left.len().min(buf.len());
+        buf[..n].copy_from_slice(&left[..n]);
+        self.plain_at += n;
+        if self.plain_at == self.plain.len() {
+            self.plain = Vec::new();
+            self.plain_at = 0;
+        }
+        n
+    }
 }
 
 impl TlsSocket {
-    /// Waits until [`TlsSocket::try_read`] may have something: plaintext rustls already
-    /// decrypted, or bytes on the socket.
+    /// Runs the server side of the handshake, at most [`MAX_HANDSHAKE_BYTES`] from the
+    /// client. Not bounded in time here: the caller's bind deadline covers it.
+    pub(crate) async fn handshake(&mut self) -> Result<(), TlsError> {
+        let mut received = self.session.incoming.len();
+        loop {
+            let next = self.session.process(Want::Read, &mut []);
+            if let Err(err) = next {
+                // Tell the client why (an alert), if the socket takes it now.
+                self.failed = true;
+                self.session.queue_alerts();
+                let _ = self.send_queued();
+                return Err(TlsError::Tls(err));
+            }
+            self.flush().await.map_err(|_| TlsError::Gone)?;
+            match next {
+                Ok(Next::Input) if !self.session.conn.is_handshaking() => break,
+                Ok(Next::Input) => {}
+                _ => return Err(TlsError::Gone),
+            }
+            self.spent = true;
+            loop {
+                match self.fill() {
+                    Ok(0) => return Err(TlsError::Gone),
+                    Ok(n) => {
+                        received += n;
+                        if received > MAX_HANDSHAKE_BYTES {
+                            return Err(TlsError::TooLarge);
+                        }
+                        break;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        self.tcp.readable().await.map_err(|_| TlsError::Gone)?;
+                    }
+                    Err(_) => return Err(TlsError::Gone),
+                }
+            }
+        }
+        // What the client sent with its Finished (its request, maybe) waits in the
+        // session's buffers for `try_read`.
+        self.spent = self.session.incoming.is_empty();
+        Ok(())
+    }
+
+    /// Waits until [`TlsSocket::try_read`] may have something: plaintext already
+    /// decrypted, ciphertext rustls has not looked at, the end, or bytes on the socket.
     pub async fn readable(&self) -> io::Result<()> {
-        if self.conn.wants_read() {
-            self.tcp.readable().await
-        } else {
+        let s = &self.session;
+        if self.eof || s.plain_at < s.plain.len() || !self.spent {
             Ok(())
+        } else {
+            self.tcp.readable().await
         }
     }
 
     /// Reads plaintext without waiting; `Ok(0)` is the end of the stream (the client's
-    /// close_notify, or TCP closed).
+    /// close_notify, answered with ours, or TCP closed).
     pub fn try_read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         loop {
-            match self.conn.reader().read(buf) {
-                Ok(n) => return Ok(n),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(0),
-                Err(e) => return Err(e),
+            let n = self.session.take_plain(buf);
+            if n > 0 || buf.is_empty() || self.eof {
+                return Ok(n);
             }
-            if self.conn.read_tls(&mut Sock(&self.tcp))? == 0 {
-                return Ok(0);
+            if self.spent {
+                if self.fill()? == 0 {
+                    self.eof = true;
+                }
+                continue;
             }
-            let state = self.conn.process_new_packets();
-            // Whatever rustls has to say (an alert, a key update) goes out when it can.
-            let _ = self.write_tls();
-            if let Err(err) = state {
-                return Err(io::Error::new(io::ErrorKind::InvalidData, err));
+            match self.session.process(Want::Read, &mut []) {
+                Ok(Next::Input | Next::Sealed(_)) => self.spent = true,
+                Ok(Next::PeerClosed) => self.peer_closed(),
+                Ok(Next::Closed) => self.eof = true,
+                Err(err) => return Err(self.fail(err)),
+            }
+            // Whatever rustls has to say (a key update, our close_notify) goes out when
+            // the socket takes it.
+            match self.send_queued() {
+                Err(e) if e.kind() != io::ErrorKind::WouldBlock => return Err(e),
+                _ => {}
+            }
+        }
+    }
+
+    /// Reads what the socket has into the session's input, without waiting; `Ok(0)` when
+    /// TCP ended.
+    fn fill(&mut self) -> io::Result<usize> {
+        let mut chunk = [0u8; READ_CHUNK];
+        let n = self.tcp.try_read(&mut chunk)?;
+        self.session.incoming.extend_from_slice(&chunk[..n]);
+        if n > 0 {
+            self.spent = false;
+        }
+        Ok(n)
+    }
+
+    /// The client's close_notify: the end of its data, answered with ours (RFC 8446
+    /// §6.1; sent with the next flush, or when the socket is dropped).
+    fn peer_closed(&mut self) {
+        self.eof = true;
+        self.close_notify();
+    }
+
+    /// Marks the session failed and sends rustls' alert if the socket takes it now.
+    fn fail(&mut self, err: rustls::Error) -> io::Error {
+        self.failed = true;
+        self.session.queue_alerts();
+        let _ = self.send_queued();
+        io::Error::new(io::ErrorKind::InvalidData, err)
+    }
+
+    /// Queues our close_notify (once, and never after an error).
+    fn close_notify(&mut self) {
+        if self.failed || self.notified {
+            return;
+        }
+        self.notified = true;
+        loop {
+            match self.session.process(Want::CloseNotify, &mut []) {
+                Ok(Next::PeerClosed) => self.eof = true,
+                Ok(_) => return,
+                Err(_) => return self.failed = true,
             }
         }
     }
@@ -220,10 +532,10 @@ impl TlsSocket {
         self.flush().await
     }
 
-    /// Sends what rustls has queued, waiting for the socket as needed.
+    /// Sends what is queued, waiting for the socket as needed.
     async fn flush(&mut self) -> io::Result<()> {
         loop {
-            match self.write_tls() {
+            match self.send_queued() {
                 Ok(()) => return Ok(()),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.tcp.writable().await?,
                 Err(e) => return Err(e),
@@ -231,65 +543,172 @@ impl TlsSocket {
         }
     }
 
-    /// Encrypts as much of `buf` as rustls takes and sends what the socket takes without
-    /// waiting. `WouldBlock` while earlier ciphertext is still queued.
+    /// Encrypts as much of `buf` as one record takes and sends what the socket takes
+    /// without waiting. `WouldBlock` while earlier ciphertext is still queued.
     pub fn try_write(&mut self, buf: &[u8]) -> io::Result<usize> {
         self.try_write_vectored(&[IoSlice::new(buf)])
     }
 
-    /// [`TlsSocket::try_write`] for several buffers (one TLS record per call, where they fit).
+    /// [`TlsSocket::try_write`] for several buffers (one TLS record for as many of them as
+    /// fit in it).
     pub fn try_write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
-        self.write_tls()?;
-        let n = self.conn.writer().write_vectored(bufs)?;
-        match self.write_tls() {
-            Ok(()) => Ok(n),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(n),
-            Err(e) => Err(e),
+        self.send_queued()?;
+        let mut parts = bufs.iter().filter(|b| !b.is_empty());
+        let Some(first) = parts.next() else {
+            return Ok(0);
+        };
+        let joined;
+        let plain: &[u8] = if first.len() >= RECORD || parts.next().is_none() {
+            &first[..first.len().min(RECORD)]
+        } else {
+            joined = gather(bufs, RECORD);
+            &joined
+        };
+        if plain.len() <= SMALL_WRITE {
+            let mut sealed = [0u8; SMALL_WRITE + SEAL_OVERHEAD];
+            let n = self.seal(plain, &mut sealed)?;
+            self.send_sealed(&sealed[..n])?;
+        } else {
+            let mut sealed = vec![0u8; plain.len() + SEAL_OVERHEAD];
+            let n = self.seal(plain, &mut sealed)?;
+            sealed.truncate(n);
+            self.send_sealed_vec(sealed)?;
+        }
+        Ok(plain.len())
+    }
+
+    /// Encrypts `plain` into `sealed` (returns the length), or after what is queued if it
+    /// does not fit (returns 0).
+    fn seal(&mut self, plain: &[u8], sealed: &mut [u8]) -> io::Result<usize> {
+        match self.session.process(Want::Write(plain), sealed) {
+            Ok(Next::Sealed(n)) => Ok(n),
+            // Never once `accept` returned: the session is past its handshake.
+            Ok(Next::Input) => Err(io::ErrorKind::NotConnected.into()),
+            Ok(Next::PeerClosed) => {
+                self.peer_closed();
+                Err(io::ErrorKind::BrokenPipe.into())
+            }
+            Ok(Next::Closed) => Err(io::ErrorKind::BrokenPipe.into()),
+            Err(err) => Err(self.fail(err)),
+        }
+    }
+
+    /// Sends freshly sealed ciphertext behind what is queued; the socket's refusal is not
+    /// an error (the bytes wait in the queue).
+    fn send_sealed(&mut self, sealed: &[u8]) -> io::Result<()> {
+        let s = &mut self.session;
+        if s.out_at < s.out.len() || sealed.is_empty() {
+            s.out.extend_from_slice(sealed);
+        } else {
+            let sent = match self.tcp.try_write(sealed) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
+                Err(e) => return Err(e),
+            };
+            if sent < sealed.len() {
+                s.out = sealed[sent..].to_vec();
+                s.out_at = 0;
+            }
+            return Ok(());
+        }
+        self.send_queued_soft()
+    }
+
+    /// [`TlsSocket::send_sealed`] for ciphertext in a buffer of its own, which becomes the
+    /// queue (no copy) if the socket does not take it all.
+    fn send_sealed_vec(&mut self, sealed: Vec<u8>) -> io::Result<()> {
+        let s = &mut self.session;
+        if s.out_at < s.out.len() {
+            s.out.extend_from_slice(&sealed);
+        } else {
+            s.out = sealed;
+            s.out_at = 0;
+        }
+        self.send_queued_soft()
+    }
+
+    /// [`TlsSocket::send_queued`], with a full socket not an error.
+    fn send_queued_soft(&mut self) -> io::Result<()> {
+        match self.send_queued() {
+            Err(e) if e.kind() != io::ErrorKind::WouldBlock => Err(e),
+            _ => Ok(()),
         }
     }
 
     /// Whether ciphertext is queued that the socket has not taken yet.
     pub fn pending_output(&self) -> bool {
-        self.conn.wants_write()
+        self.session.out_at < self.session.out.len()
     }
 
-    /// Writes queued ciphertext until none is left (`Ok`) or the socket is full
-    /// (`WouldBlock`).
-    fn write_tls(&mut self) -> io::Result<()> {
-        while self.conn.wants_write() {
-            if self.conn.write_tls(&mut Sock(&self.tcp))? == 0 {
-                return Err(io::ErrorKind::WriteZero.into());
+    /// Writes queued ciphertext until none is left (`Ok`, the queue freed) or the socket
+    /// is full (`WouldBlock`).
+    fn send_queued(&mut self) -> io::Result<()> {
+        let s = &mut self.session;
+        while s.out_at < s.out.len() {
+            match self.tcp.try_write(&s.out[s.out_at..])? {
+                0 => return Err(io::ErrorKind::WriteZero.into()),
+                n => s.out_at += n,
             }
+        }
+        if !s.out.is_empty() {
+            s.out = Vec::new();
+            s.out_at = 0;
         }
         Ok(())
     }
 
-    /// Buffers plaintext for the next flush without touching the socket (the 101 of the
+    /// Encrypts plaintext for the next flush without touching the socket (the 101 of the
     /// upgrade, written through tungstenite's `AsyncWrite`).
     pub(crate) fn buffer(&mut self, data: &[u8]) -> io::Result<usize> {
-        self.conn.writer().write(data)
+        for record in data.chunks(RECORD) {
+            self.seal(record, &mut [])?;
+        }
+        Ok(data.len())
     }
 }
 
-/// `Read`/`Write` over the non-blocking calls of a tokio socket, for rustls.
-struct Sock<'a>(&'a TcpStream);
-
-impl Read for Sock<'_> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.0.try_read(buf)
+/// Our close_notify before TCP closes, whoever ends the connection, if the socket takes
+/// it at once: the peer then knows the stream was not cut short (RFC 8446 §6.1).
+impl Drop for TlsSocket {
+    fn drop(&mut self) {
+        self.close_notify();
+        let _ = self.send_queued();
     }
 }
 
-impl Write for Sock<'_> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.0.try_write(buf)
+/// Appends a handshake record (or an alert) rustls made to `out`.
+fn encode(
+    data: &mut rustls::unbuffered::EncodeTlsData<'_, rustls::server::ServerConnectionData>,
+    out: &mut Vec<u8>,
+) -> Result<(), rustls::Error> {
+    let at = out.len();
+    let need = match data.encode(&mut []) {
+        Ok(_) => return Ok(()),
+        Err(EncodeError::InsufficientSize(InsufficientSizeError { required_size })) => {
+            required_size
+        }
+        Err(err) => return Err(rustls::Error::General(err.to_string())),
+    };
+    out.resize(at + need, 0);
+    match data.encode(&mut out[at..]) {
+        Ok(n) => {
+            out.truncate(at + n);
+            Ok(())
+        }
+        Err(err) => {
+            out.truncate(at);
+            Err(rustls::Error::General(err.to_string()))
+        }
     }
+}
 
-    fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
-        self.0.try_write_vectored(bufs)
+/// The first `max` bytes of `bufs`, in one buffer.
+fn gather(bufs: &[IoSlice<'_>], max: usize) -> Vec<u8> {
+    let total = bufs.iter().map(|b| b.len()).sum::<usize>().min(max);
+    let mut joined = Vec::with_capacity(total);
+    for part in bufs {
+        let room = total - joined.len();
+        joined.extend_from_slice(&part[..part.len().min(room)]);
     }
-
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
+    joined
 }

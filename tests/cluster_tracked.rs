@@ -9,6 +9,7 @@ use std::time::Duration;
 use common::redis::*;
 use common::v1::V1Client;
 use common::*;
+use tokio::io::AsyncWriteExt;
 use tokio::time::sleep;
 
 async fn node(url: &str, history_messages: usize) -> TestServer {
@@ -314,3 +315,151 @@ async fn an_ack_wait_for_a_uid_with_history_waits_for_a_resuming_tab(url: &str) 
 }
 
 on_both!(an_ack_wait_for_a_uid_with_history_waits_for_a_resuming_tab);
+
+/// Pipelined `ack=` waits in cluster mode run side by side, each bounded from when its
+/// line ran: five waits of 1.5 s to a tab that never acks are all answered at about
+/// 1.5 s (they were answered one wait after another: 1.5, 3, ... 7.5 s).
+async fn pipelined_ack_waits_run_side_by_side(url: &str) {
+    let a = node(url, 100).await;
+    let mut tab = V1Client::connect(a.ws_addr, "pa", None).await;
+    assert_ne!(tab.status.epoch, "0000000000000000", "redis up");
+    let mut push = PushClient::connect(a.push_addr).await;
+    let lines: String = (1..=5)
+        .map(|n| format!("/push p{n} ack=1500 {}\n", j("pa", &n.to_string())))
+        .collect();
+    let sent = std::time::Instant::now();
+    push.send_raw(lines.as_bytes()).await;
+    for n in 1..=5u64 {
+        tab.expect_msg(tab.status.seq + n, &j("pa", &n.to_string()))
+            .await;
+    }
+    for n in 1..=5 {
+        let reply = push.read_reply_within(Duration::from_secs(15)).await;
+        let at = sent.elapsed();
+        let v: serde_json::Value = serde_json::from_str(reply.trim_end()).unwrap();
+        assert_eq!(
+            (v["result"].as_str(), v["id"].as_str()),
+            (Some("not_acked"), Some(format!("p{n}").as_str())),
+            "{v}"
+        );
+        assert!(at >= Duration::from_millis(1500), "reply {n} at {at:?}");
+        assert!(
+            at < Duration::from_millis(2900),
+            "reply {n} at {at:?}: the waits ran one after another"
+        );
+    }
+}
+
+on_both!(pipelined_ack_waits_run_side_by_side);
+
+/// In cluster mode an ack costs Redis a script only when it raises what the tab
+/// acknowledged, and never more than one at a time per tab, the latest winning: 2,000
+/// rising acks written at once run far fewer scripts than acks (they ran one each), the
+/// last one recorded; then 100,000 frames acking the last again, which raise nothing,
+/// run none (they ran one each, and the node grew by hundreds of MiB holding them). The
+/// real binary, Redis's `INFO commandstats`, the node's RSS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acks_cost_redis_only_when_they_raise_and_never_pile_up() {
+    let redis = Redis::start().await;
+    let daemon = Launch::new()
+        .args(&[
+            "--redis",
+            &redis.url(),
+            "--queue-depth",
+            "4096",
+            "--history-messages",
+            "4096",
+            // The flood is absorbed here (closing it is tests/history.rs's).
+            "--max-stale-acks",
+            "1000000",
+        ])
+        .start()
+        .await;
+    let http = daemon.http_addr.expect("http door");
+    poll_until(STEP, "the node ready", || async move {
+        readyz(http).await.starts_with("HTTP/1.1 200")
+    })
+    .await;
+    let mut tab = RawWsClient::connect(daemon.ws_addr, "/?pushwire=1").await;
+    tab.send_text("fl").await;
+    let status = tab.read_frame(STEP).await.expect("a status frame");
+    let status = common::v1::parse_status(&String::from_utf8(status.1).unwrap());
+    assert_ne!(status.epoch, "0000000000000000", "redis up");
+    // Until a push is answered ok, the node may not count its own tab yet (a `fail`
+    // may still be delivered): push until ok, and start after the last one the tab got.
+    let mut push = PushClient::connect(daemon.push_addr).await;
+    let warm = j("fl", "warm");
+    push_until(&mut push, &warm, "ok\n", STEP).await;
+    let base = loop {
+        let (_, frame) = tab.read_frame(STEP).await.expect("the warm-up message");
+        let frame = String::from_utf8(frame).unwrap();
+        let (seq, payload) = frame[2..].split_once(' ').expect("m SEQ PAYLOAD");
+        if payload == warm {
+            break seq.parse::<u64>().unwrap();
+        }
+    };
+    const N: u64 = 2000;
+    let lines: String = (1..=N)
+        .map(|n| format!("{}\n", j("fl", &n.to_string())))
+        .collect();
+    push.send_raw(lines.as_bytes()).await;
+    for n in 1..=N {
+        assert_eq!(push.read_reply().await, "ok\n", "push {n}");
+    }
+    for n in 1..=N {
+        let (_, frame) = tab.read_frame(STEP).await.expect("a message");
+        let frame = String::from_utf8(frame).unwrap();
+        assert!(frame.starts_with(&format!("m {} ", base + n)), "{frame}");
+    }
+    let acks = async |push: &mut PushClient| -> u64 {
+        let stats: serde_json::Value =
+            serde_json::from_str(push.request("/stats").await.trim_end()).unwrap();
+        stats["acks"].as_u64().unwrap()
+    };
+    let recorded = async || -> String {
+        let key = redis.cli(&["--scan", "--pattern", "pw:a:*"]).await;
+        redis.cli(&["HGETALL", key.trim()]).await
+    };
+
+    // Rising acks, all in one write.
+    let before = redis.script_calls().await;
+    let rising: Vec<u8> = (base + 1..=base + N)
+        .flat_map(|n| masked_frame(0x1, format!("a {n}").as_bytes()))
+        .collect();
+    tab.tcp.write_all(&rising).await.unwrap();
+    let want = format!("{}:{}", status.epoch, base + N);
+    let deadline = tokio::time::Instant::now() + 3 * STEP;
+    while !recorded().await.contains(&want) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the last ack never recorded: {}",
+            recorded().await
+        );
+        sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(acks(&mut push).await, N);
+    let scripts = redis.script_calls().await - before;
+    eprintln!("{N} rising acks: {scripts} scripts");
+    assert!(scripts < N / 2, "{scripts} scripts for {N} rising acks");
+
+    // A flood of acks that raise nothing.
+    const FLOOD: u64 = 100_000;
+    let rss = daemon.rss_kib();
+    let before = redis.script_calls().await;
+    let flood = masked_frame(0x1, format!("a {}", base + N).as_bytes()).repeat(FLOOD as usize);
+    tab.tcp.write_all(&flood).await.unwrap();
+    poll_until(3 * STEP, "every ack read", || async {
+        acks(&mut PushClient::connect(daemon.push_addr).await).await >= N + FLOOD
+    })
+    .await;
+    sleep(Duration::from_millis(300)).await;
+    let scripts = redis.script_calls().await - before;
+    let grew = daemon.rss_kib().saturating_sub(rss);
+    eprintln!("{FLOOD} stale acks: {scripts} scripts, node RSS +{grew} KiB");
+    assert!(
+        scripts <= 3,
+        "{scripts} scripts for {FLOOD} acks that raised nothing"
+    );
+    assert!(grew < 16 * 1024, "the node grew by {grew} KiB");
+    assert!(recorded().await.contains(&want));
+}

@@ -622,6 +622,41 @@ async fn an_ack_wait_for_a_uid_with_history_waits_for_a_resuming_tab() {
     server.shutdown().await.unwrap();
 }
 
+/// Pipelined `ack=` waits run side by side, each bounded from when its line ran: five
+/// waits of 1.5 s to a tab that never acks are all answered at about 1.5 s (they were
+/// answered at 1.5, 3, 4.5, 6 and 7.5 s: each wait's clock started when the door came
+/// to its reply).
+#[tokio::test]
+async fn pipelined_ack_waits_run_side_by_side() {
+    let server = TestServer::start_with(config()).await;
+    let mut tab = V1Client::connect(server.ws_addr, "pw", None).await;
+    let mut push = PushClient::connect(server.push_addr).await;
+    let lines: String = (1..=5)
+        .map(|n| format!("/push p{n} ack=1500 {}\n", line("pw", n)))
+        .collect();
+    let sent = Instant::now();
+    push.send_raw(lines.as_bytes()).await;
+    for n in 1..=5 {
+        tab.expect_msg(n, &line("pw", n)).await;
+    }
+    for n in 1..=5 {
+        let reply = push.read_reply_within(Duration::from_secs(15)).await;
+        let at = sent.elapsed();
+        let v: serde_json::Value = serde_json::from_str(reply.trim_end()).unwrap();
+        assert_eq!(
+            (v["result"].as_str(), v["id"].as_str()),
+            (Some("not_acked"), Some(format!("p{n}").as_str())),
+            "{v}"
+        );
+        assert!(at >= Duration::from_millis(1500), "reply {n} at {at:?}");
+        assert!(
+            at < Duration::from_millis(2900),
+            "reply {n} at {at:?}: the waits ran one after another"
+        );
+    }
+    server.shutdown().await.unwrap();
+}
+
 #[tokio::test]
 async fn an_ack_wait_is_cut_to_the_maximum() {
     let server = TestServer::start_with(pushwire::Config {
@@ -793,4 +828,153 @@ async fn every_history_bound_holds() {
         "forgotten"
     );
     server.shutdown().await.unwrap();
+}
+
+/// An ack that raises nothing is dropped, and `--max-stale-acks` of them in a row close
+/// the tab (1008 `ack flood`); an ack that raises resets the count. (Every ack frame
+/// took the uid's lock and, in cluster mode, ran a script in Redis, without a bound.)
+#[tokio::test]
+async fn a_run_of_acks_that_raise_nothing_closes_the_tab() {
+    let server = TestServer::start_with(pushwire::Config {
+        max_stale_acks: 50,
+        ..config()
+    })
+    .await;
+    let mut tab = V1Client::connect(server.ws_addr, "fl", None).await;
+    let mut push = PushClient::connect(server.push_addr).await;
+    for n in 1..=2 {
+        assert_eq!(push.request(&line("fl", n)).await, "ok\n");
+        tab.expect_msg(n, &line("fl", n)).await;
+    }
+    // 50 repeats after each raise: within the limit.
+    for seq in 1..=2 {
+        for _ in 0..=50 {
+            tab.ack(seq).await;
+        }
+    }
+    stats_until(&server, r#""acks":102"#).await;
+    assert_eq!(push.request(&line("fl", 3)).await, "ok\n");
+    tab.expect_msg(3, &line("fl", 3)).await;
+    // One more that raises nothing: the 51st in a row.
+    tab.ack(2).await;
+    assert_eq!(
+        tab.next().await,
+        V1Event::Close(1008, "ack flood: acks that acknowledge nothing new".into())
+    );
+    stats_until(&server, r#""ack_floods":1"#).await;
+    server.shutdown().await.unwrap();
+}
+
+/// Histories are bounded in number (`--history-max-uids`, set here through its
+/// environment variable on the real binary): 200 strangers binding fresh uids and
+/// leaving evict each other's empty histories, never one that keeps messages, an
+/// offline queue, or an online uid's; with nothing left to evict a v1 bind is closed
+/// 1013 and a `ttl=` push is not queued; `/stats` counts all of it. (Each fresh bind
+/// left a history for `--history-keep-ms`, counted by nothing: 202 here.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn histories_are_bounded_in_number() {
+    const MAX: u64 = 20;
+    let daemon = Launch::new()
+        .env("PUSHWIRE_HISTORY_MAX_UIDS", &MAX.to_string())
+        .start()
+        .await;
+    let ws = daemon.ws_addr;
+    let mut push = PushClient::connect(daemon.push_addr).await;
+    let stats = async |push: &mut PushClient, key: &str| -> u64 {
+        let v: serde_json::Value =
+            serde_json::from_str(push.request("/stats").await.trim_end()).unwrap();
+        v[key].as_u64().unwrap_or_else(|| panic!("{key} in {v}"))
+    };
+    let offline = async |uid: &str| {
+        poll_until(STEP, &format!("{uid} offline"), || async {
+            let mut p = PushClient::connect(daemon.push_addr).await;
+            p.request(&format!("/online {uid}"))
+                .await
+                .contains("\"connections\":0")
+        })
+        .await
+    };
+    // A history that keeps messages, and an offline queue.
+    let mut kept = V1Client::connect(ws, "kept", None).await;
+    for n in 1..=2 {
+        assert_eq!(push.request(&line("kept", n)).await, "ok\n");
+        kept.expect_msg(n, &line("kept", n)).await;
+    }
+    let point = format!("{}:1", kept.status.epoch);
+    drop(kept);
+    offline("kept").await;
+    let v = cmd(
+        &mut push,
+        &format!("/push q1 ttl=60000 {}", line("queued", 1)),
+    )
+    .await;
+    assert_eq!(v["result"], "queued", "{v}");
+
+    for i in 0..200 {
+        let uid = format!("stranger{i}");
+        let tab = V1Client::connect(ws, &uid, None).await;
+        assert_eq!(tab.status.kind, "new");
+        drop(tab);
+        offline(&uid).await;
+        assert!(stats(&mut push, "history_uids").await <= MAX);
+    }
+    assert_eq!(stats(&mut push, "history_uids").await, MAX);
+    assert_eq!(stats(&mut push, "history_evicted").await, 202 - MAX);
+
+    // What mattered survived: a covered resume, and the queue.
+    let mut kept = V1Client::connect(ws, "kept", Some(&point)).await;
+    assert_eq!(kept.status.kind, "recovered");
+    kept.expect_msg(2, &line("kept", 2)).await;
+    let mut queued = V1Client::connect(ws, "queued", None).await;
+    queued.expect_msg(1, &line("queued", 1)).await;
+
+    // Online tabs take the strangers' places, until none is left to evict.
+    let mut tabs = Vec::new();
+    let refused = loop {
+        let uid = format!("online{}", tabs.len());
+        match V1Client::try_connect(ws, &uid, None).await {
+            Ok(tab) => tabs.push(tab),
+            Err(close) => break close,
+        }
+        assert!(tabs.len() as u64 <= MAX, "no bind refused");
+    };
+    assert_eq!(
+        tabs.len() as u64,
+        MAX - 2,
+        "kept and queued hold the other two"
+    );
+    assert_eq!(refused, (1013, "history full: try again later".to_owned()));
+    let v = cmd(
+        &mut push,
+        &format!("/push q2 ttl=60000 {}", line("late", 1)),
+    )
+    .await;
+    assert_eq!(v["result"], "offline", "not queued without a history: {v}");
+    assert_eq!(stats(&mut push, "history_full").await, 2);
+    assert_eq!(stats(&mut push, "history_uids").await, MAX);
+    // One leaves: its place is free again.
+    drop(tabs.pop());
+    offline(&format!("online{}", tabs.len())).await;
+    let again = V1Client::connect(ws, "again", None).await;
+    assert_eq!(again.status.kind, "new");
+    let metrics = get_metrics(&daemon).await;
+    for family in [
+        "pushwire_history_evicted_total",
+        "pushwire_history_full_total",
+    ] {
+        assert!(metrics.contains(family), "{family} in /metrics");
+    }
+}
+
+/// `GET /metrics` on the daemon's HTTP door: the body.
+async fn get_metrics(daemon: &Daemon) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = daemon.http_addr.expect("http door");
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    tcp.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut out = String::new();
+    tcp.read_to_string(&mut out).await.unwrap();
+    out
 }

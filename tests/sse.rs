@@ -7,7 +7,7 @@ mod common;
 use std::time::Duration;
 
 use common::chromium::{PageEvent, SeedPage};
-use common::{PushClient, STEP, TestServer, free_addr, poll_until};
+use common::{Daemon, PushClient, STEP, TestCert, TestServer, free_addr, poll_until};
 use pushwire::auth::Secret;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
@@ -21,9 +21,13 @@ struct Event {
     data: String,
 }
 
+/// A byte stream an event stream can run on: TCP, or TLS over it.
+trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}
+
 /// A raw HTTP client reading an event stream.
 struct SseClient {
-    reader: BufReader<TcpStream>,
+    reader: BufReader<Box<dyn Io>>,
     /// The response head, as sent.
     head: String,
 }
@@ -31,7 +35,17 @@ struct SseClient {
 impl SseClient {
     /// `GET /events?QUERY` with `Accept: text/event-stream` and `extra` header lines.
     async fn open(server: &TestServer, query: &str, extra: &str) -> SseClient {
-        let mut tcp = TcpStream::connect(server.ws_addr).await.unwrap();
+        SseClient::open_at(server.ws_addr, query, extra).await
+    }
+
+    /// [`SseClient::open`] on the browser port `addr`.
+    async fn open_at(addr: std::net::SocketAddr, query: &str, extra: &str) -> SseClient {
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        SseClient::open_on(Box::new(tcp), query, extra).await
+    }
+
+    /// [`SseClient::open`] on a connected stream.
+    async fn open_on(mut tcp: Box<dyn Io>, query: &str, extra: &str) -> SseClient {
         let req = format!(
             "GET /events?{query} HTTP/1.1\r\nHost: localhost\r\nAccept: text/event-stream\r\n{extra}\r\n"
         );
@@ -390,4 +404,78 @@ es.addEventListener('status', function (e) {{ report('/trouble', 'status ' + e.d
         !page.reports_within(Duration::from_millis(300)).await,
         "an unexpected report"
     );
+}
+
+/// Event streams share a payload as WebSocket tabs do: 128 streams sent one 1 MB
+/// `/broadcast` keep no copy of it once the next small message is out (each kept a
+/// write buffer the size of the largest batch it was ever sent: +128 MiB). The real
+/// binary's resident memory, before and after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_keep_no_copy_of_a_large_broadcast() {
+    const STREAMS: usize = 128;
+    let daemon = Daemon::start(&[]).await;
+    let mut streams = Vec::new();
+    for i in 0..STREAMS {
+        let mut es = SseClient::open_at(daemon.ws_addr, &format!("uid=big{i}"), "").await;
+        es.status_event().await;
+        streams.push(es);
+    }
+    let mut push = PushClient::connect(daemon.push_addr).await;
+    let small = |n: u64| format!(r#"{{"small":{n}}}"#);
+    let broadcast = async |push: &mut PushClient, data: &str| {
+        let reply = push.request(&format!("/broadcast {data}")).await;
+        let want = format!("\"connections\":{STREAMS}");
+        assert!(reply.contains(&want), "{reply}");
+    };
+    // Warm up: every stream has written an event, so what follows is the broadcast's.
+    broadcast(&mut push, &small(0)).await;
+    for es in &mut streams {
+        assert_eq!(es.next().await.unwrap().data, small(0));
+    }
+    let before = daemon.rss_kib();
+    let big = format!(r#"{{"pad":"{}"}}"#, "x".repeat(1_000_000));
+    broadcast(&mut push, &big).await;
+    for es in &mut streams {
+        assert!(es.next().await.unwrap().data == big, "the large event");
+    }
+    broadcast(&mut push, &small(1)).await;
+    for es in &mut streams {
+        assert_eq!(es.next().await.unwrap().data, small(1));
+    }
+    let after = daemon.rss_kib();
+    let grew = after.saturating_sub(before);
+    eprintln!("daemon RSS {before} KiB -> {after} KiB ({STREAMS} streams, one 1 MB broadcast)");
+    assert!(
+        grew < 40 * 1024,
+        "the daemon kept {grew} KiB after a 1 MB broadcast to {STREAMS} streams"
+    );
+    assert_eq!(push.request("/ping").await, "pong\n");
+}
+
+/// An event stream over the port's TLS (`wss://`'s): events of every size, up to one
+/// that takes many TLS records and many writes, arrive whole and in order.
+#[tokio::test]
+async fn an_event_stream_over_tls() {
+    let cert = TestCert::new("sse-tls");
+    let server = TestServer::start_with(pushwire::Config {
+        tls: Some(cert.files()),
+        ..pushwire::Config::default()
+    })
+    .await;
+    let tcp = TcpStream::connect(server.ws_addr).await.unwrap();
+    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+    let tls = tokio_rustls::TlsConnector::from(cert.client_config())
+        .connect(name, tcp)
+        .await
+        .expect("TLS handshake");
+    let mut es = SseClient::open_on(Box::new(tls), "uid=secure", "").await;
+    assert_eq!(es.status(), "HTTP/1.1 200 OK", "{}", es.head);
+    let (_, at) = es.status_event().await;
+    let epoch = at.split(':').next().unwrap().to_owned();
+    let mut push = PushClient::connect(server.push_addr).await;
+    for (n, size) in [(1u64, 10usize), (2, 20_000), (3, 900_000), (4, 3)] {
+        let line = format!(r#"{{"uid":"secure","n":{n},"pad":"{}"}}"#, "x".repeat(size));
+        assert_eq!(push.request(&line).await, "ok\n");
+        es.expect(&format!("{epoch}:{n}"), &line).await;
+    }
 }

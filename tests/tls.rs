@@ -187,3 +187,169 @@ async fn a_forwarded_client_over_its_cap_gets_429_over_tls() {
         "refused, but not with a 429 over TLS: {err}"
     );
 }
+
+/// A raw TLS connection to the server's browser port (tokio-rustls), trusting `cert`.
+async fn tls_connect(
+    server: &TestServer,
+    cert: &TestCert,
+) -> tokio_rustls::client::TlsStream<TcpStream> {
+    let tcp = TcpStream::connect(server.ws_addr).await.unwrap();
+    let connector = tokio_rustls::TlsConnector::from(cert.client_config());
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    timeout(STEP, connector.connect(name, tcp))
+        .await
+        .expect("TLS handshake timed out")
+        .expect("TLS handshake")
+}
+
+/// Reads to the end of the TLS stream within `d`: `Ok` with what came if it ended with
+/// the server's close_notify, the error (`UnexpectedEof`) if TCP closed without one.
+async fn read_to_close_notify(
+    tls: &mut tokio_rustls::client::TlsStream<TcpStream>,
+    d: Duration,
+) -> std::io::Result<Vec<u8>> {
+    let mut got = Vec::new();
+    match timeout(d, tls.read_to_end(&mut got)).await {
+        Ok(Ok(_)) => Ok(got),
+        Ok(Err(e)) => Err(e),
+        Err(_) => panic!("the server did not end the TLS stream within {d:?}"),
+    }
+}
+
+/// A client's close_notify is answered with the server's (RFC 8446 §6.1), not a bare TCP
+/// close: right after the handshake, and on a bound connection.
+#[tokio::test]
+async fn a_clients_close_notify_is_answered_with_ours() {
+    let cert = TestCert::new("close-notify");
+    let server = TestServer::start_with(tls_config(&cert)).await;
+
+    // Before any request: the server is reading the request head.
+    let mut tls = tls_connect(&server, &cert).await;
+    tls.shutdown().await.expect("send close_notify");
+    let end = read_to_close_notify(&mut tls, STEP).await;
+    assert!(
+        end.is_ok(),
+        "after the handshake: no close_notify from the server: {end:?}"
+    );
+
+    // Bound: the upgrade and the uid by hand, then close_notify without a close frame.
+    let mut tls = tls_connect(&server, &cert).await;
+    tls.write_all(
+        b"GET / HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8; 1];
+        timeout(STEP, tls.read_exact(&mut byte))
+            .await
+            .expect("101 timed out")
+            .expect("read the 101");
+        head.push(byte[0]);
+    }
+    assert!(head.starts_with(b"HTTP/1.1 101"), "{head:?}");
+    tls.write_all(&common::masked_frame(0x1, b"dave"))
+        .await
+        .unwrap();
+    let mut push = PushClient::connect(server.push_addr).await;
+    common::push_until(&mut push, r#"{"uid":"dave","n":1}"#, "ok\n", STEP).await;
+    tls.shutdown().await.expect("send close_notify");
+    let end = read_to_close_notify(&mut tls, STEP).await;
+    let got = end.expect("bound: no close_notify from the server");
+    // The push's frame, whole, then the end.
+    assert!(got.ends_with(br#"{"uid":"dave","n":1}"#), "bound: {got:?}");
+}
+
+/// When the server ends a connection itself (here: no uid within the bind timeout, so a
+/// close frame), its close_notify comes before TCP closes; so does an HTTP refusal's.
+#[tokio::test]
+async fn the_servers_own_close_sends_close_notify_first() {
+    let cert = TestCert::new("own-close");
+    let server = TestServer::start_with(pushwire::Config {
+        bind_timeout: Duration::from_millis(500),
+        allowed_origins: Some(vec!["https://good.example".into()]),
+        ..tls_config(&cert)
+    })
+    .await;
+
+    let mut tls = tls_connect(&server, &cert).await;
+    tls.write_all(
+        b"GET / HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    // The 101, the close frame (1008, bind timeout), then the end; the close is not
+    // answered, so the server waits its grace second first.
+    let got = read_to_close_notify(&mut tls, STEP)
+        .await
+        .expect("bind timeout: no close_notify from the server");
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.1 101"), "{text}");
+    let close = &got[got.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4..];
+    assert_eq!(close.first(), Some(&0x88), "a close frame: {close:?}");
+
+    // A refused Origin: 403 over TLS, then close_notify.
+    let mut tls = tls_connect(&server, &cert).await;
+    tls.write_all(
+        b"GET / HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+          Origin: https://evil.example\r\n\
+          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let got = read_to_close_notify(&mut tls, STEP)
+        .await
+        .expect("403: no close_notify from the server");
+    assert!(
+        String::from_utf8_lossy(&got).starts_with("HTTP/1.1 403"),
+        "{got:?}"
+    );
+}
+
+/// A `wss://` browser that never reads is evicted once its queue fills (1013), as a plain
+/// one is: the TLS path takes no new frame while one record's ciphertext still waits for
+/// the socket, so what it holds stays bounded, and pushes to the stuck browser stay prompt.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_browser_that_never_reads_is_evicted() {
+    let cert = TestCert::new("stuck");
+    let server = TestServer::start_with(pushwire::Config {
+        queue_depth: 8,
+        ..tls_config(&cert)
+    })
+    .await;
+    let mut push = PushClient::connect(server.push_addr).await;
+    let mut stuck = common::RawWssClient::connect_tls_small_rcvbuf(server.ws_addr, &cert).await;
+    stuck.send_text("stuck").await;
+    common::push_until(&mut push, r#"{"uid":"stuck"}"#, "ok\n", STEP).await;
+
+    let pad = "p".repeat(64 * 1024);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut i = 0;
+    loop {
+        assert!(Instant::now() < deadline, "never evicted after {i} pushes");
+        let line = format!(r#"{{"uid":"stuck","i":{i},"pad":"{pad}"}}"#);
+        let t0 = Instant::now();
+        let reply = push.request_within(&line, Duration::from_secs(1)).await;
+        assert!(
+            t0.elapsed() < Duration::from_millis(500),
+            "push {i} to the stuck browser took {:?}",
+            t0.elapsed()
+        );
+        match reply.as_str() {
+            "ok\n" => i += 1,
+            "fail\n" => break,
+            other => panic!("reply {other:?}"),
+        }
+    }
+    assert!(
+        i >= 8,
+        "evicted after {i} pushes, before its queue of 8 was full"
+    );
+    assert_eq!(
+        stuck.drain_until_close(STEP).await,
+        Some((1013, "send queue full".to_owned()))
+    );
+}

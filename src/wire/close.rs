@@ -26,6 +26,13 @@ impl CloseNotice {
     pub const BAD_UTF8: CloseNotice = CloseNotice::fixed(1007, "text message is not UTF-8");
     /// 1003: the first frame was binary.
     pub const BINARY_UID: CloseNotice = CloseNotice::fixed(1003, "uid must be a text frame");
+    /// 1008: a protocol v1 tab sent `--max-stale-acks` acks in a row that acknowledged
+    /// nothing new.
+    pub const ACK_FLOOD: CloseNotice =
+        CloseNotice::fixed(1008, "ack flood: acks that acknowledge nothing new");
+    /// 1013: a protocol v1 bind found every history in use (`--history-max-uids`) and
+    /// none it could evict.
+    pub const HISTORY_FULL: CloseNotice = CloseNotice::fixed(1013, "history full: try again later");
 
     pub(crate) const fn fixed(code: u16, reason: &'static str) -> Self {
         CloseNotice {

@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -508,9 +508,12 @@ impl PushClient {
 /// A browser written by hand over raw TCP: it does the upgrade and sends frames, and after
 /// that reads only when asked, so it can play a dead peer (never answers pings) or a stuck
 /// one (never reads, so its TCP buffers fill).
-pub struct RawWsClient {
-    pub tcp: TcpStream,
+pub struct RawWsClient<S = TcpStream> {
+    pub tcp: S,
 }
+
+/// A `wss://` [`RawWsClient`]: tokio-rustls over TCP.
+pub type RawWssClient = RawWsClient<tokio_rustls::client::TlsStream<TcpStream>>;
 
 impl RawWsClient {
     /// TCP connect + HTTP upgrade to `path`, reading the response head up to its blank line.
@@ -519,6 +522,7 @@ impl RawWsClient {
             .await
             .expect("raw ws connect timed out")
             .expect("raw ws connect");
+        tcp.set_nodelay(true).unwrap();
         RawWsClient::upgrade(tcp, addr, path).await
     }
 
@@ -531,11 +535,34 @@ impl RawWsClient {
             .await
             .expect("raw ws connect timed out")
             .expect("raw ws connect");
+        tcp.set_nodelay(true).unwrap();
         RawWsClient::upgrade(tcp, addr, path).await
     }
+}
 
-    async fn upgrade(mut tcp: TcpStream, addr: SocketAddr, path: &str) -> RawWsClient {
+impl RawWssClient {
+    /// [`RawWsClient::connect_small_rcvbuf`] over TLS, trusting `cert`: a `wss://` browser
+    /// that can stop reading.
+    pub async fn connect_tls_small_rcvbuf(addr: SocketAddr, cert: &TestCert) -> RawWssClient {
+        let sock = tokio::net::TcpSocket::new_v4().unwrap();
+        sock.set_recv_buffer_size(4096).unwrap();
+        let tcp = timeout(STEP, sock.connect(addr))
+            .await
+            .expect("raw wss connect timed out")
+            .expect("raw wss connect");
         tcp.set_nodelay(true).unwrap();
+        let connector = tokio_rustls::TlsConnector::from(cert.client_config());
+        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        let tls = timeout(STEP, connector.connect(name, tcp))
+            .await
+            .expect("TLS handshake timed out")
+            .expect("TLS handshake");
+        RawWsClient::upgrade(tls, addr, "/").await
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> RawWsClient<S> {
+    async fn upgrade(mut tcp: S, addr: SocketAddr, path: &str) -> RawWsClient<S> {
         let req = format!(
             "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
              Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
@@ -1022,6 +1049,18 @@ impl Daemon {
             .http_addr
             .expect("daemon started with --http-listen off");
         format!("http://{addr}{path}")
+    }
+
+    /// Its resident set size (`VmRSS`), in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid))
+            .expect("the daemon's /proc status");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+            .expect("VmRSS in /proc/PID/status")
     }
 
     /// Stderr so far, as written.

@@ -84,6 +84,35 @@ impl Redis {
     pub async fn kill(&mut self) {
         let _ = self.child.kill().await;
     }
+
+    /// `redis-cli ARGS` against it: its standard output.
+    pub async fn cli(&self, args: &[&str]) -> String {
+        let out = Command::new("redis-cli")
+            .args(self.cli_args())
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .await
+            .expect("run redis-cli");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Scripts it has run so far (`INFO commandstats`: `EVAL` and `EVALSHA` calls).
+    pub async fn script_calls(&self) -> u64 {
+        let stats = self.cli(&["INFO", "commandstats"]).await;
+        stats
+            .lines()
+            .filter(|l| l.starts_with("cmdstat_eval:") || l.starts_with("cmdstat_evalsha:"))
+            .filter_map(|l| {
+                l.split("calls=")
+                    .nth(1)?
+                    .split(',')
+                    .next()?
+                    .parse::<u64>()
+                    .ok()
+            })
+            .sum()
+    }
 }
 
 /// A TCP proxy on 127.0.0.1 to a local port that holds each new connection for `hold`

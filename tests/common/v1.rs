@@ -77,17 +77,32 @@ impl V1Client {
     /// Connects with `?pushwire=1` (and `since`), sends `uid`, reads the status frame: once it
     /// is here the tab is bound.
     pub async fn connect(ws_addr: SocketAddr, uid: &str, since: Option<&str>) -> V1Client {
+        V1Client::try_connect(ws_addr, uid, since)
+            .await
+            .unwrap_or_else(|close| panic!("expected a status frame, got a close {close:?}"))
+    }
+
+    /// Like [`V1Client::connect`], but a bind the server refuses is its close code and
+    /// reason.
+    pub async fn try_connect(
+        ws_addr: SocketAddr,
+        uid: &str,
+        since: Option<&str>,
+    ) -> Result<V1Client, (u16, String)> {
         let url = match since {
             Some(p) => format!("ws://{ws_addr}/?pushwire=1&since={p}"),
             None => format!("ws://{ws_addr}/?pushwire=1"),
         };
         let mut tab = WsClient::connect(&url).await;
         tab.send_text(uid).await;
-        let status = match timeout(STEP, tab.next_event()).await {
-            Ok(WsEvent::Text(t)) => parse_status(&t),
-            other => panic!("expected a status frame, got {other:?}"),
-        };
-        V1Client { tab, status }
+        match timeout(STEP, tab.next_event()).await {
+            Ok(WsEvent::Text(t)) => Ok(V1Client {
+                tab,
+                status: parse_status(&t),
+            }),
+            Ok(WsEvent::Close(code, reason)) => Err((code, reason)),
+            other => panic!("expected a status frame or a close, got {other:?}"),
+        }
     }
 
     /// The next frame (5 s deadline).

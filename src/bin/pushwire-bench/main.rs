@@ -196,6 +196,10 @@ pub enum Scenario {
         /// sends nothing at all).
         #[arg(long, default_value_t = 0)]
         request_bytes: usize,
+        /// On a `wss://` port instead: what of a TLS handshake each connection sends before
+        /// going silent (ignores --request-bytes).
+        #[arg(long, value_enum)]
+        tls_first: Option<TlsFirst>,
     },
     /// Server RSS per bound idle client (needs --server-pid).
     IdleMem,
@@ -247,6 +251,16 @@ pub enum Scenario {
         #[arg(required = true, num_args = 1..)]
         files: Vec<std::path::PathBuf>,
     },
+}
+
+/// What a pending TLS connection of `pending-mem` sends.
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsFirst {
+    /// The first byte of a handshake record.
+    Byte,
+    /// A whole ClientHello (a real one, from rustls); the server's answer is never read,
+    /// so its handshake waits for the client's Finished.
+    Hello,
 }
 
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]

@@ -50,7 +50,7 @@ use crate::procstat::{self, Mem, Meter};
 use crate::push::{self, Item, PipeOpts, Reply, ReplyParser, Source};
 use crate::report::{Progress, Report, pct};
 use crate::track::{self, Rng, Run, now_ns};
-use crate::{BindCheck, FanoutMode, Opts, Scenario};
+use crate::{BindCheck, FanoutMode, Opts, Scenario, TlsFirst};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -157,11 +157,19 @@ pub async fn main(o: Opts, net: &'static Net) -> Result<bool, String> {
             let r = storm(&mut ctx).await;
             ctx.emit(r);
         }
-        Scenario::PendingMem { request_bytes } => {
+        Scenario::PendingMem {
+            request_bytes,
+            tls_first,
+        } => {
             if ctx.pid().is_none() {
                 return Err("pending-mem needs --server-pid".into());
             }
-            let r = pending_mem(&mut ctx, request_bytes).await;
+            if tls_first == Some(TlsFirst::Hello) && ctx.net.tls.is_none() {
+                return Err(
+                    "pending-mem --tls-first hello needs a wss:// --ws and --tls-ca".into(),
+                );
+            }
+            let r = pending_mem(&mut ctx, request_bytes, tls_first).await;
             ctx.emit(r);
         }
         Scenario::IdleMem => {
@@ -496,7 +504,11 @@ fn rss_per(
     rep.num(keys[1], "  same, bytes", per, 0, "B");
 }
 
-pub async fn pending_mem(ctx: &mut Ctx, request_bytes: usize) -> Report {
+pub async fn pending_mem(
+    ctx: &mut Ctx,
+    request_bytes: usize,
+    tls_first: Option<TlsFirst>,
+) -> Report {
     let mut rep = Report::new("pending-mem");
     let Some(pid) = ctx.pid() else {
         rep.note("skipped: needs --server-pid");
@@ -504,20 +516,38 @@ pub async fn pending_mem(ctx: &mut Ctx, request_bytes: usize) -> Report {
     };
     let before = baseline(Some(pid));
     let head = b"GET / HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nX-Pad: ";
-    let request: Vec<u8> = head
-        .iter()
-        .copied()
-        .chain(std::iter::repeat(b'x'))
-        .take(request_bytes)
-        .collect();
+    let request: Vec<u8> = match tls_first {
+        None => head
+            .iter()
+            .copied()
+            .chain(std::iter::repeat(b'x'))
+            .take(request_bytes)
+            .collect(),
+        // A handshake record's content type: the server waits for the rest of the record.
+        Some(TlsFirst::Byte) => vec![0x16],
+        // Made per connection (each ClientHello has its own key share).
+        Some(TlsFirst::Hello) => Vec::new(),
+    };
+    let hello = (tls_first == Some(TlsFirst::Hello))
+        .then(|| {
+            ctx.net
+                .tls
+                .as_ref()
+                .map(|(c, name)| (c.config().clone(), name.clone()))
+        })
+        .flatten();
     let n = ctx.o.clients;
     let gate = Arc::new(Semaphore::new(ctx.o.connect_concurrency.max(1)));
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..n {
-        let (net, gate, request) = (ctx.net, gate.clone(), request.clone());
+        let (net, gate, request, hello) = (ctx.net, gate.clone(), request.clone(), hello.clone());
         tasks.spawn(async move {
             let _permit = gate.acquire_owned().await.ok()?;
             let mut tcp = net.tcp(net.ws_addr).await.ok()?;
+            let request = match hello {
+                Some((config, name)) => client_hello(config, name)?,
+                None => request,
+            };
             if !request.is_empty() {
                 tcp.write_all(&request).await.ok()?;
             }
@@ -531,22 +561,32 @@ pub async fn pending_mem(ctx: &mut Ctx, request_bytes: usize) -> Report {
         }
     }
     tokio::time::sleep(ctx.o.settle()).await;
-    // A connection the server closed (refused, timed out) reads as EOF at once.
+    // A connection the server closed (refused, timed out) reads as EOF (or a reset) once
+    // whatever it sent first (a TLS server's answer to a ClientHello) is read.
     let mut open = 0u64;
     for tcp in &held {
-        let mut b = [0u8; 1];
-        if matches!(tcp.try_read(&mut b), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock) {
-            open += 1;
-        }
+        let mut b = [0u8; 4096];
+        let still = loop {
+            match tcp.try_read(&mut b) {
+                Ok(0) => break false,
+                Ok(_) => {}
+                Err(e) => break e.kind() == std::io::ErrorKind::WouldBlock,
+            }
+        };
+        open += u64::from(still);
     }
     let after = procstat::mem(&pid.to_string());
     rep.int("connections", "connections attempted", n as u64);
     rep.int("held", "held open by the server", open);
-    rep.int(
-        "request_bytes",
-        "request bytes sent by each",
-        request.len() as u64,
-    );
+    match tls_first {
+        None => rep.int(
+            "request_bytes",
+            "request bytes sent by each",
+            request.len() as u64,
+        ),
+        Some(TlsFirst::Byte) => rep.text("tls_first", "TLS sent by each", "one byte"),
+        Some(TlsFirst::Hello) => rep.text("tls_first", "TLS sent by each", "a ClientHello"),
+    }
     match (before.mem, after) {
         (Some(b), Some(a)) if open > 0 => {
             let what = ["server RSS before", "server RSS while held"];
@@ -585,6 +625,19 @@ pub async fn pending_mem(ctx: &mut Ctx, request_bytes: usize) -> Report {
     }
     drop(held);
     rep.finish()
+}
+
+/// A fresh ClientHello for `name`, as a browser's first flight (no answer is ever read).
+fn client_hello(
+    config: Arc<rustls::ClientConfig>,
+    name: rustls::pki_types::ServerName<'static>,
+) -> Option<Vec<u8>> {
+    let mut conn = rustls::ClientConnection::new(config, name).ok()?;
+    let mut hello = Vec::new();
+    while conn.wants_write() {
+        conn.write_tls(&mut hello).ok()?;
+    }
+    Some(hello)
 }
 
 pub async fn idle_mem(ctx: &mut Ctx, before: Baseline) -> Report {
