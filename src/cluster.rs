@@ -33,9 +33,11 @@
 //!   counter on every primary with each beat; one that went back is logged, and v1 tabs
 //!   resync ([`check_epochs`]).
 
+mod names;
 mod nodes;
 mod online;
 
+use names::Names;
 pub use nodes::ClusterNodes;
 
 use std::collections::{BTreeSet, HashMap, HashSet};
@@ -55,6 +57,7 @@ use tokio::sync::{Notify, mpsc, oneshot};
 use tracing::{debug, info, warn};
 
 use crate::cluster_history as ch;
+use crate::config::RedisPrefix;
 use crate::groups::{GroupError, GroupLimits};
 use crate::history::HistoryLimits;
 use crate::registry::{ConnId, Delivery, Presence, Registry, RemoteHistory};
@@ -69,6 +72,8 @@ const PIPELINE_MAX: usize = 1024;
 pub struct ClusterConfig {
     /// `redis://host:port[/db]` or `rediss://` (TLS).
     pub url: String,
+    /// What every key and channel name starts with (`--redis-prefix`).
+    pub prefix: RedisPrefix,
     /// Longest a reply waits for Redis and the holders' answers; Redis not answering for
     /// this long is taken as down until it answers again ([`probe`]).
     pub timeout: Duration,
@@ -193,6 +198,8 @@ pub enum RemoteClaim {
 #[derive(Debug)]
 pub struct Cluster {
     node: String,
+    /// Every key and channel name, under `--redis-prefix`.
+    names: Names,
     /// `node` as a script argument, shared by every push's.
     node_arg: Value,
     timeout: Duration,
@@ -337,6 +344,7 @@ impl Cluster {
         let cluster = Arc::new(Cluster {
             node_arg: Value::from(node.clone()),
             node,
+            names: Names::new(&config.prefix),
             timeout: config.timeout,
             groups: config.groups,
             history: config.history,
@@ -391,7 +399,7 @@ impl Cluster {
                 task.abort();
             });
         }
-        info!(node = %cluster.node, url = %redacted(&config.url), "cluster mode");
+        info!(node = %cluster.node, url = %redacted(&config.url), prefix = %config.prefix, "cluster mode");
         Ok(cluster)
     }
 
@@ -403,7 +411,9 @@ impl Cluster {
         // (bounded: Redis may be down).
         let _ = tokio::time::timeout(self.timeout, async {
             let _ = self.forget_node_online(self.sub.id()).await;
-            self.cmd.hdel::<(), _, _>(NODES, self.sub.id()).await
+            self.cmd
+                .hdel::<(), _, _>(self.names.nodes(), self.sub.id())
+                .await
         })
         .await;
         let _ = self.sub.quit().await;
@@ -454,8 +464,8 @@ impl Cluster {
         uid: &str,
         payload: &Payload,
     ) -> impl Future<Output = Remote> + use<> {
-        let channel = uid_channel(uid);
-        let numbered = self.numbered(uid, payload, &channel, None);
+        let channel = self.names.uid_channel(uid);
+        let numbered = self.numbered(uid, payload, None);
         let gathered = self.gather_as(channel, numbered, Ask::Push, payload.as_bytes(), Late::Send);
         async move { gathered.await.0 }
     }
@@ -468,8 +478,8 @@ impl Cluster {
         payload: &Payload,
         queue_for: Option<Duration>,
     ) -> impl Future<Output = Remote> + use<> {
-        let channel = uid_channel(uid);
-        let numbered = self.numbered(uid, payload, &channel, queue_for);
+        let channel = self.names.uid_channel(uid);
+        let numbered = self.numbered(uid, payload, queue_for);
         let gathered = self.gather_as(channel, numbered, Ask::Push, payload.as_bytes(), Late::Drop);
         async move { gathered.await.0 }
     }
@@ -479,11 +489,10 @@ impl Cluster {
         &self,
         uid: &str,
         payload: &Payload,
-        channel: &str,
         queue_for: Option<Duration>,
     ) -> Option<Numbered> {
         self.history.map(|_| {
-            let (slot, keys) = ch::keys(uid, channel);
+            let (slot, keys) = self.names.history(uid);
             Numbered {
                 payload: payload.bytes(),
                 slot,
@@ -496,12 +505,12 @@ impl Cluster {
 
     /// Closes every connection of `uid` on the other nodes; `queued` is how many.
     pub fn kick(self: &Arc<Self>, uid: &str, reason: &str) -> impl Future<Output = Remote> + use<> {
-        self.ask(uid_channel(uid), Ask::Kick, reason.as_bytes())
+        self.ask(self.names.uid_channel(uid), Ask::Kick, reason.as_bytes())
     }
 
     /// Connections of `uid` on the other nodes (in `queued`).
     pub fn online(self: &Arc<Self>, uid: &str) -> impl Future<Output = Remote> + use<> {
-        self.ask(uid_channel(uid), Ask::Online, b"")
+        self.ask(self.names.uid_channel(uid), Ask::Online, b"")
     }
 
     /// `payload` to every connection on the other nodes but those of `except`: one
@@ -515,12 +524,12 @@ impl Cluster {
             .unwrap_or_else(|_| b"[]".to_vec());
         body.push(b'\n');
         body.extend_from_slice(payload.as_bytes());
-        self.ask(ALL.to_owned(), Ask::Broadcast, &body)
+        self.ask(self.names.all().to_owned(), Ask::Broadcast, &body)
     }
 
     /// The other nodes' (uids, connections), in (`queued`, `refused`).
     pub fn count(self: &Arc<Self>) -> impl Future<Output = Remote> + use<> {
-        self.ask(ALL.to_owned(), Ask::Count, b"")
+        self.ask(self.names.all().to_owned(), Ask::Count, b"")
     }
 
     /// Publishes one request on `channel` and gathers the answers of everyone who got it.
@@ -689,7 +698,7 @@ impl Cluster {
         let limit = limit.max(1);
         let local = self.local_uids(cursor as u64, limit);
         let remote = self.gather(
-            ALL.to_owned(),
+            self.names.all().to_owned(),
             Ask::Uids,
             format!("{cursor} {limit}").as_bytes(),
         );
@@ -767,8 +776,9 @@ impl Cluster {
         if !self.is_up() {
             return Err(ClusterGroupError::Unavailable);
         }
-        let mut keys = vec![GROUPS.to_owned(), GRACE.to_owned(), group_key(group)];
-        keys.extend(uids.iter().map(|u| uid_groups_key(u)));
+        let n = &self.names;
+        let mut keys = vec![n.groups().to_owned(), n.grace().to_owned(), n.group(group)];
+        keys.extend(uids.iter().map(|u| n.uid_groups(u)));
         let mut args = vec![
             group.to_owned(),
             self.groups.max_groups.to_string(),
@@ -801,8 +811,9 @@ impl Cluster {
         group: &str,
         uids: &[Uid],
     ) -> Result<(usize, usize), ClusterGroupError> {
-        let mut keys = vec![GROUPS.to_owned(), group_key(group)];
-        keys.extend(uids.iter().map(|u| uid_groups_key(u)));
+        let n = &self.names;
+        let mut keys = vec![n.groups().to_owned(), n.group(group)];
+        keys.extend(uids.iter().map(|u| n.uid_groups(u)));
         let mut args = vec![group.to_owned()];
         args.extend(uids.iter().map(|u| u.to_string()));
         let (removed, left): (i64, i64) = self
@@ -816,7 +827,7 @@ impl Cluster {
     /// The members of `group` (online or within their grace period).
     pub async fn members(&self, group: &str) -> Result<Vec<String>, ClusterGroupError> {
         self.cmd
-            .smembers(group_key(group))
+            .smembers(self.names.group(group))
             .await
             .map_err(|_| ClusterGroupError::Unavailable)
     }
@@ -824,7 +835,7 @@ impl Cluster {
     /// Groups that exist.
     pub async fn group_count(&self) -> Result<usize, ClusterGroupError> {
         self.cmd
-            .scard(GROUPS)
+            .scard(self.names.groups())
             .await
             .map_err(|_| ClusterGroupError::Unavailable)
     }
@@ -832,8 +843,13 @@ impl Cluster {
     /// Drops every membership of `uid` (kick, or its grace period ended offline),
     /// atomically.
     pub async fn forget(&self, uid: &str) -> Result<(), fred::error::Error> {
-        let keys = vec![GROUPS.to_owned(), GRACE.to_owned(), uid_groups_key(uid)];
-        let args = vec![uid.to_owned(), group_key("")];
+        let n = &self.names;
+        let keys = vec![
+            n.groups().to_owned(),
+            n.grace().to_owned(),
+            n.uid_groups(uid),
+        ];
+        let args = vec![uid.to_owned(), n.group_prefix().to_owned()];
         let _: i64 = self.cmd.eval(FORGET_SCRIPT, keys, args).await?;
         Ok(())
     }
@@ -845,7 +861,7 @@ impl Cluster {
         if !self.is_up() {
             return RemoteClaim::Down;
         }
-        let key = dedupe_key(id, line);
+        let key = self.names.retry_key(id, line);
         let ms = window.as_millis().max(1).to_string();
         let asked = tokio::time::timeout(
             self.timeout,
@@ -896,7 +912,11 @@ impl Cluster {
             .cmd
             .custom(
                 fred::cmd!("ZADD"),
-                vec![GRACE.to_owned(), deadline_ms.to_string(), uid.to_owned()],
+                vec![
+                    self.names.grace().to_owned(),
+                    deadline_ms.to_string(),
+                    uid.to_owned(),
+                ],
             )
             .await?;
         Ok(())
@@ -1043,7 +1063,7 @@ impl Cluster {
     /// Records that tab `conn` (of this node) acked `uid`'s messages up to `at`, for as
     /// long as the uid's history is kept. Best effort: a lost record is a `not_acked`.
     async fn record_ack(&self, uid: &str, conn: ConnId, at: Position) {
-        let (slot, key) = ch::acks_key(uid, &uid_channel(uid));
+        let (slot, key) = self.names.acks(uid);
         let keep = self
             .history
             .map_or(60_000, |h| h.keep.as_millis().max(1) as u64);
@@ -1069,7 +1089,7 @@ impl Cluster {
         if !self.is_up() {
             return 0;
         }
-        let (slot, key) = ch::acks_key(uid, &uid_channel(uid));
+        let (slot, key) = self.names.acks(uid);
         let args: Vec<Value> = vec![
             ch::ACKS_SCRIPT.into(),
             "1".into(),
@@ -1119,8 +1139,7 @@ impl Cluster {
             }
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
-        let channel = uid_channel(uid);
-        let (slot, keys) = ch::keys(uid, &channel);
+        let (slot, keys) = self.names.history(uid);
         let mut args: Vec<Value> = vec![ch::attach_script().into(), "3".into()];
         args.extend(keys.iter().map(|k| Value::from(k.as_str())));
         for a in [
@@ -1187,7 +1206,7 @@ impl Cluster {
             }
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
-        let (slot, [_, _, queue]) = ch::keys(uid, &uid_channel(uid));
+        let (slot, [_, _, queue]) = self.names.history(uid);
         let args: Vec<Value> = vec![
             ch::take_script().into(),
             "1".into(),
@@ -1257,7 +1276,7 @@ async fn keep_histories(cluster: Arc<Cluster>) {
         for chunk in held.chunks(PIPELINE_MAX / 2) {
             let pipeline = cluster.cmd.pipeline();
             for uid in chunk {
-                let (_, [meta, list, _queue]) = ch::keys(uid, &uid_channel(uid));
+                let (_, [meta, list, _queue]) = cluster.names.history(uid);
                 for key in [meta, list] {
                     let _: Result<(), _> = pipeline.pexpire(key, keep, None).await;
                 }
@@ -1314,7 +1333,7 @@ async fn reconcile(cluster: Arc<Cluster>) {
             // One channel per command: in a Redis Cluster the channels of one
             // SSUBSCRIBE must share a hash slot, and uids' channels do not.
             let changes = uids.iter().map(|u| {
-                let channel = uid_channel(u);
+                let channel = cluster.names.uid_channel(u);
                 let sub = &cluster.sub;
                 async move {
                     if subscribe {
@@ -1619,7 +1638,7 @@ fn script_args(cluster: &Cluster, out: &Outgoing, n: &Numbered, script: Value) -
 
 /// Handles what arrives on the subscribed channels.
 async fn listen(cluster: Arc<Cluster>) {
-    let reply_channel = reply_channel(&cluster.node);
+    let reply_channel = cluster.names.reply_channel(&cluster.node);
     let mut rx = cluster.sub.message_rx();
     let mut answers = Answers::default();
     loop {
@@ -1655,7 +1674,7 @@ async fn listen(cluster: Arc<Cluster>) {
             debug!("malformed cluster message");
             continue;
         };
-        let uid = msg.channel.strip_prefix(UID_PREFIX);
+        let uid = cluster.names.uid_of(&msg.channel);
         let mine = origin == cluster.node.as_bytes();
         if let (Ask::Numbered, Some(uid)) = (kind, uid) {
             // Numbered in Redis: every holder's v1 tabs get it from here, ours too; the
@@ -1733,7 +1752,9 @@ async fn listen(cluster: Arc<Cluster>) {
                 message.put_u8(b'\n');
                 message.put_slice(&uids_page_body(end, &uids));
                 let _ = cluster.enqueue(Outgoing {
-                    channel: reply_channel_of(origin),
+                    channel: cluster
+                        .names
+                        .reply_channel(&String::from_utf8_lossy(origin)),
                     message: message.freeze(),
                     numbered: None,
                     done: None,
@@ -1793,7 +1814,9 @@ impl Answers {
 
 fn send_answers(cluster: &Cluster, origin: &[u8], message: Bytes) {
     let _ = cluster.enqueue(Outgoing {
-        channel: reply_channel_of(origin),
+        channel: cluster
+            .names
+            .reply_channel(&String::from_utf8_lossy(origin)),
         message,
         numbered: None,
         done: None,
@@ -1814,7 +1837,7 @@ async fn sweep(cluster: Arc<Cluster>) {
             .custom(
                 fred::cmd!("ZRANGEBYSCORE"),
                 vec![
-                    GRACE.to_owned(),
+                    cluster.names.grace().to_owned(),
                     "-inf".to_owned(),
                     now_ms().to_string(),
                     "LIMIT".to_owned(),
@@ -1836,7 +1859,10 @@ async fn sweep(cluster: Arc<Cluster>) {
             let result = if here + remote.delivery.queued > 0 {
                 cluster
                     .cmd
-                    .custom::<usize, _>(fred::cmd!("ZREM"), vec![GRACE.to_owned(), uid.clone()])
+                    .custom::<usize, _>(
+                        fred::cmd!("ZREM"),
+                        vec![cluster.names.grace().to_owned(), uid.clone()],
+                    )
                     .await
                     .map(|_| ())
             } else {
@@ -1873,7 +1899,7 @@ async fn keep_connected<C: ClientLike>(
 /// Tracks whether Redis is up; re-announces every uid after a reconnect.
 async fn watch(cluster: Arc<Cluster>) {
     let mut was_up = false;
-    let reply = reply_channel(&cluster.node);
+    let reply = cluster.names.reply_channel(&cluster.node);
     // A reconnect can be quicker than this loop's look (a connection Redis closed, e.g. by
     // `reap`, is back within ~100 ms while the client still reads as connected), and the
     // client's own re-subscription does not cover shard channels: each (re)connection of
@@ -1891,7 +1917,7 @@ async fn watch(cluster: Arc<Cluster>) {
         if up && !was_up {
             // (Re)connected: our reply channel and every uid we hold.
             if cluster.sub.ssubscribe(reply.as_str()).await.is_ok()
-                && cluster.sub.ssubscribe(ALL).await.is_ok()
+                && cluster.sub.ssubscribe(cluster.names.all()).await.is_ok()
             {
                 // A (re)started Redis knows none of our uid channels: forget what we
                 // had and let `reconcile` subscribe every uid held here again. Our
@@ -1933,9 +1959,6 @@ async fn watch(cluster: Arc<Cluster>) {
 
 /// How often a node asks Redis whether it answers.
 const PROBE_EVERY: Duration = Duration::from_millis(250);
-/// The shard channels of the probes: `pw:probe:{T}`, one in a slot of each primary.
-const PROBE_PREFIX: &str = "pw:probe:";
-
 /// A hash slot of each Redis primary (the one server: slot 0), so that a key or shard
 /// channel tagged for it ([`ch::key_in_slot`]) lands on that primary.
 fn primary_slots(cluster: &Cluster) -> Vec<u16> {
@@ -1968,7 +1991,7 @@ async fn probe(cluster: Arc<Cluster>) {
         }
         let client = cluster.cmd.with_options(&once);
         let pings = primary_slots(&cluster).into_iter().map(|slot| {
-            let (client, channel) = (&client, ch::key_in_slot(PROBE_PREFIX, slot));
+            let (client, channel) = (&client, cluster.names.probe(slot));
             async move { client.spublish::<Value, _, _>(channel, "").await }
         });
         let asked = tokio::time::timeout(cluster.timeout, futures_util::future::join_all(pings));
@@ -2030,8 +2053,8 @@ fn link_tcp(timeout: Duration) -> fred::types::config::TcpConfig {
 const NODE_BEAT: Duration = Duration::from_secs(1);
 /// How long a node may go without saying so before its subscriptions are closed.
 const NODE_DEAD: Duration = Duration::from_secs(5);
-/// The live nodes' subscriber clients: name -> the Redis time (ms) past which it is dead.
-const NODES: &str = "{pw}:nodes";
+// The live nodes' subscriber clients (`Names::nodes`): name -> the Redis time (ms) past
+// which it is dead.
 
 /// Records this node's subscriber as alive until now + ARGV[2] ms (Redis's clock, so the
 /// nodes' clocks do not matter) and returns the names whose time is up. If nobody beat
@@ -2083,7 +2106,11 @@ async fn beat(cluster: Arc<Cluster>) {
         }
         let dead: Vec<String> = match cluster
             .cmd
-            .eval(BEAT_SCRIPT, vec![NODES.to_owned()], args.clone())
+            .eval(
+                BEAT_SCRIPT,
+                vec![cluster.names.nodes().to_owned()],
+                args.clone(),
+            )
             .await
         {
             Ok(dead) => dead,
@@ -2118,7 +2145,8 @@ async fn beat(cluster: Arc<Cluster>) {
                     if closed > 0 {
                         warn!(client = %name, closed, "a node stopped answering: its subscriptions are closed");
                     }
-                    let _: Result<(), _> = cluster.cmd.hdel(NODES, name.as_str()).await;
+                    let _: Result<(), _> =
+                        cluster.cmd.hdel(cluster.names.nodes(), name.as_str()).await;
                 }
                 Err(err) => {
                     debug!(%err, client = %name, "closing a dead node's subscriptions failed; retried")
@@ -2128,9 +2156,6 @@ async fn beat(cluster: Arc<Cluster>) {
     }
 }
 
-/// Each primary's data epoch: `pw:epoch:{T}`, a counter in a slot that primary serves.
-const EPOCH_PREFIX: &str = "pw:epoch:";
-
 /// Raises every primary's data epoch (`INCR`, with each beat of every node) and tells
 /// whether one came back not above what this node last got from it: then that primary
 /// lost its data (restarted without persistence, flushed, or restored from an older
@@ -2139,10 +2164,7 @@ const EPOCH_PREFIX: &str = "pw:epoch:";
 async fn check_epochs(cluster: &Cluster) -> Result<bool, fred::error::Error> {
     let mut lost = false;
     for slot in primary_slots(cluster) {
-        let now: u64 = cluster
-            .cmd
-            .incr(ch::key_in_slot(EPOCH_PREFIX, slot))
-            .await?;
+        let now: u64 = cluster.cmd.incr(cluster.names.epoch(slot)).await?;
         let mut epochs = cluster.epochs.lock().unwrap_or_else(|e| e.into_inner());
         if epochs.insert(slot, now).is_some_and(|before| now <= before) {
             lost = true;
@@ -2273,22 +2295,6 @@ redis.call('SET', KEYS[1], 'p', 'PX', ARGV[1])
 return false
 "#;
 
-/// `pw:d:` and the hex SHA-256 (first 128 bits) of the ID, a NUL and the line.
-fn dedupe_key(id: &str, line: &[u8]) -> String {
-    use sha2::Digest;
-    let mut h = sha2::Sha256::new();
-    h.update(id.as_bytes());
-    h.update([0u8]);
-    h.update(line);
-    let digest = h.finalize();
-    let mut key = String::with_capacity(5 + 32);
-    key.push_str("pw:d:");
-    for b in &digest[..16] {
-        key.push_str(&format!("{b:02x}"));
-    }
-    key
-}
-
 /// A first outcome as kept in Redis: `d` (delivered) or `q` (queued), then ` EPOCH SEQ`
 /// if it had a place in a history.
 fn first_text(f: &crate::dedupe::First) -> String {
@@ -2315,25 +2321,6 @@ fn parse_first(text: &str) -> Option<crate::dedupe::First> {
         _ => None,
     };
     Some(crate::dedupe::First { queued, at })
-}
-
-const UID_PREFIX: &str = "pw:u:";
-const GROUPS: &str = "{pw}:groups";
-const GRACE: &str = "{pw}:grace";
-/// Uid -> how many nodes hold it (`online.rs`).
-const ONLINE: &str = "{pw}:online";
-
-/// The uids node `name` (its subscriber client) is counted for in [`ONLINE`].
-fn node_uids_key(name: &str) -> String {
-    format!("{{pw}}:on:{name}")
-}
-
-fn group_key(group: &str) -> String {
-    format!("{{pw}}:g:{group}")
-}
-
-fn uid_groups_key(uid: &str) -> String {
-    format!("{{pw}}:ug:{uid}")
 }
 
 /// `/join`: KEYS groups, grace, the group's members, then each uid's groups; ARGV group,
@@ -2392,18 +2379,6 @@ fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-fn uid_channel(uid: &str) -> String {
-    format!("{UID_PREFIX}{uid}")
-}
-
-fn reply_channel(node: &str) -> String {
-    format!("pw:r:{node}")
-}
-
-fn reply_channel_of(node: &[u8]) -> String {
-    reply_channel(&String::from_utf8_lossy(node))
-}
-
 /// What a request asks of the nodes that get it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Ask {
@@ -2449,9 +2424,6 @@ impl Ask {
         })
     }
 }
-
-/// The channel every node listens on, for requests to all of them.
-const ALL: &str = "pw:all";
 
 /// `<node> <req> <kind>\n<body>`.
 fn envelope(node: &str, req: u64, kind: Ask, body: &[u8]) -> Bytes {

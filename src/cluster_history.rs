@@ -11,7 +11,8 @@
 //! in sequence order whichever node numbered them. On a Redis Cluster a script may only
 //! touch keys and shard channels of one hash slot, so the keys must land in the slot
 //! of the uid's channel: `T` is a short decimal chosen (from a table built once) to
-//! hash to exactly that slot, whatever bytes the uid holds (braces included).
+//! hash to exactly that slot, whatever bytes the uid holds (braces included). (`pw` is
+//! the default `--redis-prefix`; `cluster/names.rs` spells every name.)
 
 use std::sync::OnceLock;
 
@@ -44,32 +45,14 @@ pub fn slot_of(name: &[u8]) -> u16 {
     fred::util::redis_keyslot(name)
 }
 
-/// A uid's history keys (its hash, its list and its offline queue), in the slot of
-/// `channel`, the uid's shard channel; and that slot.
-pub fn keys(uid: &str, channel: &str) -> (u16, [String; 3]) {
-    let slot = slot_of(channel.as_bytes());
-    let tag = slot_tags()[usize::from(slot)];
-    (
-        slot,
-        [
-            format!("pw:h:{{{tag}}}:{uid}"),
-            format!("pw:l:{{{tag}}}:{uid}"),
-            format!("pw:q:{{{tag}}}:{uid}"),
-        ],
-    )
+/// The hash tag (a short decimal) that puts a key in `slot`.
+pub fn slot_tag(slot: u16) -> u32 {
+    slot_tags()[usize::from(slot) % SLOTS]
 }
 
 /// `prefix{T}`: a key in `slot` (e.g. one on each primary of a Redis Cluster).
 pub fn key_in_slot(prefix: &str, slot: u16) -> String {
-    format!("{prefix}{{{}}}", slot_tags()[usize::from(slot) % SLOTS])
-}
-
-/// A uid's acknowledgements (field: the acking connection, `NODE:CONN`; value: the
-/// `EPOCH:SEQ` it acked up to), in the slot of `channel`.
-pub fn acks_key(uid: &str, channel: &str) -> (u16, String) {
-    let slot = slot_of(channel.as_bytes());
-    let tag = slot_tags()[usize::from(slot)];
-    (slot, format!("pw:a:{{{tag}}}:{uid}"))
+    format!("{prefix}{{{}}}", slot_tag(slot))
 }
 
 /// Records one connection's ack: KEYS[1] the acks hash; ARGV: field, `EPOCH:SEQ`, TTL ms.
@@ -303,19 +286,14 @@ pub fn parse_entries(items: impl IntoIterator<Item = Vec<u8>>) -> Option<Vec<(Se
 mod tests {
     use super::*;
 
+    /// Every slot has a tag, and a key built with it lands in that slot (the uid keys of
+    /// `cluster/names.rs` rely on it; its tests check them whatever the uid).
     #[test]
-    fn keys_share_the_channel_slot_whatever_the_uid() {
-        for uid in ["u1", "a{b}c", "x}y", "{}", "{", "é", ""] {
-            let channel = format!("pw:u:{uid}");
-            let (slot, [h, l, q]) = keys(uid, &channel);
-            assert_eq!(slot, slot_of(channel.as_bytes()), "{uid:?}");
-            assert_eq!(slot_of(q.as_bytes()), slot, "{uid:?}");
-            assert_eq!(slot_of(h.as_bytes()), slot, "{uid:?}");
-            assert_eq!(slot_of(l.as_bytes()), slot, "{uid:?}");
-        }
+    fn every_slot_has_a_tag_that_hashes_to_it() {
         assert!(slot_tags().iter().all(|&t| t != u32::MAX));
         for slot in [0, 1, 5461, 16_383] {
-            assert_eq!(slot_of(key_in_slot("pw:epoch:", slot).as_bytes()), slot);
+            assert_eq!(slot_of(key_in_slot("x:epoch:", slot).as_bytes()), slot);
+            assert_eq!(slot_of(format!("{{{}}}", slot_tag(slot)).as_bytes()), slot);
         }
     }
 

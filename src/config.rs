@@ -94,6 +94,9 @@ pub struct Config {
     /// Cluster mode: the Redis URL (`redis://host:port[/db]`, `rediss://`); `None` is
     /// a single node that never touches Redis.
     pub redis: Option<String>,
+    /// Cluster mode: what every Redis key and channel name starts with, so clusters with
+    /// different prefixes share a Redis without hearing each other.
+    pub redis_prefix: RedisPrefix,
     /// Cluster mode: the longest a reply waits for Redis and the other nodes; Redis not
     /// answering for this long is taken as down until it answers again.
     pub cluster_timeout: Duration,
@@ -170,6 +173,7 @@ impl Default for Config {
             max_http_connections: 256,
             max_http_connections_per_ip: 64,
             redis: None,
+            redis_prefix: RedisPrefix::default(),
             cluster_timeout: Duration::from_millis(1000),
             cluster_link_timeout: Duration::from_millis(3000),
             cluster_publish_queue: 65_536,
@@ -387,6 +391,69 @@ impl Config {
     }
 }
 
+/// `--redis-prefix`: what every Redis key and channel name of a node starts with
+/// (`cluster/names.rs` spells them). Default `pw`, the names nodes always used.
+///
+/// # Why it is `[A-Za-z0-9_.-]{1,32}`
+/// No `{` or `}`: a brace would make (or break) a hash tag, moving the uid channels into
+/// one slot or the `{pw}` keys out of theirs. No `:`: every name is `<prefix>:` or
+/// `{<prefix>}:` and then the rest, so the prefix ends at the first `:` or `}`, and two
+/// different prefixes can never spell the same name. No spaces or control bytes: it is
+/// part of every name in `redis-cli`, logs and `MONITOR`. 32 bytes keeps names short.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RedisPrefix(String);
+
+/// The longest `--redis-prefix`, in bytes.
+pub const REDIS_PREFIX_MAX: usize = 32;
+
+impl RedisPrefix {
+    /// The prefix, or why not (the text names the rule).
+    pub fn parse(text: &str) -> Result<RedisPrefix, String> {
+        if text.is_empty() || text.len() > REDIS_PREFIX_MAX {
+            return Err(format!(
+                "a Redis prefix is 1 to {REDIS_PREFIX_MAX} characters (got {})",
+                text.len()
+            ));
+        }
+        match text
+            .chars()
+            .find(|&c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.')))
+        {
+            Some(c) => Err(format!(
+                "a Redis prefix is letters, digits, '_', '-' and '.' only (no {c:?}: braces \
+                 would change Redis Cluster hash tags, ':' would let two prefixes spell one name)"
+            )),
+            None => Ok(RedisPrefix(text.to_owned())),
+        }
+    }
+
+    /// The prefix as given.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl Default for RedisPrefix {
+    /// `pw`: the names every node used before the prefix existed.
+    fn default() -> RedisPrefix {
+        RedisPrefix("pw".to_owned())
+    }
+}
+
+impl std::fmt::Display for RedisPrefix {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::str::FromStr for RedisPrefix {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<RedisPrefix, String> {
+        RedisPrefix::parse(s)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -478,5 +545,33 @@ mod tests {
             Config::default().ws_capacity(20_000, false),
             20_000 - 1024 - 64
         );
+    }
+
+    #[test]
+    fn a_prefix_is_refused_unless_it_follows_the_rules() {
+        for good in [
+            "pw",
+            "a",
+            "prod",
+            "app-1",
+            "x.y_z",
+            &"p".repeat(REDIS_PREFIX_MAX),
+        ] {
+            assert_eq!(RedisPrefix::parse(good).unwrap().as_str(), good);
+        }
+        for bad in [
+            "",
+            "{pw}",
+            "a}b",
+            "a{b",
+            "pw:u",
+            "a b",
+            "a\nb",
+            "é",
+            "a*",
+            &"p".repeat(REDIS_PREFIX_MAX + 1),
+        ] {
+            assert!(RedisPrefix::parse(bad).is_err(), "{bad:?}");
+        }
     }
 }

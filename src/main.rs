@@ -103,6 +103,18 @@ struct Args {
     #[arg(long, env = "PUSHWIRE_REDIS")]
     redis: Option<String>,
 
+    /// Cluster mode: what every Redis key and channel name starts with (1 to 32 letters,
+    /// digits, '_', '-', '.'), so clusters with different prefixes share one Redis (or
+    /// Redis Cluster) without hearing each other. Every node of a cluster uses the same;
+    /// a reload does not change it.
+    #[arg(
+        long,
+        env = "PUSHWIRE_REDIS_PREFIX",
+        default_value = "pw",
+        value_name = "NAME"
+    )]
+    redis_prefix: pushwire::config::RedisPrefix,
+
     /// Cluster mode: the longest a reply waits for Redis and the other nodes, in ms; Redis
     /// not answering for this long is taken as down until it answers again.
     #[arg(long, env = "PUSHWIRE_CLUSTER_TIMEOUT_MS", default_value_t = 1000)]
@@ -912,6 +924,7 @@ fn unvalidated_config(
         max_http_connections: args.max_http_connections,
         max_http_connections_per_ip: args.max_http_connections_per_ip,
         redis: args.redis.clone().filter(|u| !u.is_empty()),
+        redis_prefix: args.redis_prefix.clone(),
         cluster_timeout: Duration::from_millis(args.cluster_timeout_ms),
         cluster_link_timeout: Duration::from_millis(args.cluster_link_timeout_ms),
         cluster_publish_queue: args.cluster_publish_queue,

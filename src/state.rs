@@ -62,6 +62,7 @@ impl State {
                 let cluster = Cluster::start(
                     &ClusterConfig {
                         url: url.clone(),
+                        prefix: config.redis_prefix.clone(),
                         timeout: config.cluster_timeout,
                         link_timeout: config.cluster_link_timeout,
                         publish_queue: config.cluster_publish_queue,

@@ -577,6 +577,33 @@ fn check_config_refuses_an_empty_secret_file() {
         .assert_refused(&[&["--jwt-secret-file", &not_a_file]]);
 }
 
+/// `--redis-prefix` follows its rules (`docs/cluster.md`) from the flag and from the
+/// environment; a good one is accepted.
+#[test]
+fn check_config_refuses_a_bad_redis_prefix() {
+    for bad in ["a{b}", "stg:1", "two words", ""] {
+        check_config(&[&FREE_PORTS[..], &["--redis-prefix", bad]].concat(), &[])
+            .assert_refused(&[&["--redis-prefix", "a Redis prefix is"]]);
+    }
+    let long = "p".repeat(33);
+    check_config(&FREE_PORTS, &[("PUSHWIRE_REDIS_PREFIX", &long)])
+        .assert_refused(&[&["PUSHWIRE_REDIS_PREFIX", "1 to 32"]]);
+    check_config(
+        &[
+            &FREE_PORTS[..],
+            &[
+                "--redis",
+                "redis://127.0.0.1:1/",
+                "--redis-prefix",
+                "stg-2.eu_w",
+            ],
+        ]
+        .concat(),
+        &[],
+    )
+    .assert_ok(&[]);
+}
+
 #[test]
 fn check_config_refuses_a_bad_cidr_in_push_allow() {
     check_config(

@@ -1,7 +1,8 @@
 //! The layering of `src/` (`docs/layout.md`), checked on the source itself: what a backend
 //! command means is decided in one place for both modes, so the backend doors and the
 //! service never name the registry or the cluster (they reach connections only through
-//! the service and its `nodes`), and the modules import each other without a cycle.
+//! the service and its `nodes`), the modules import each other without a cycle, and
+//! every Redis name is spelt in one place, under the node's `--redis-prefix`.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -100,6 +101,39 @@ fn the_check_sees_a_door_that_reaches_the_registry() {
     let _ = std::fs::remove_dir_all(&dir);
     assert_eq!(found.len(), 1, "{found:?}");
     assert_eq!(found[0].1, "registry");
+}
+
+/// How a Redis name spelt with the default prefix looks in code: `pw:…`, `{pw}:…`, or
+/// `{{pw}}:…` in a `format!`.
+const HARD_CODED_REDIS_NAMES: [&str; 3] = ["pw:", "{pw}", "{{pw}}"];
+
+/// Every Redis key and channel is spelt in `src/cluster/names.rs`, under the node's
+/// `--redis-prefix`: a name written anywhere else would be shared by clusters that were
+/// given different prefixes (they would hear each other's pushes on one Redis).
+#[test]
+fn redis_names_are_spelt_only_under_the_prefix() {
+    let files: Vec<PathBuf> = rust_files(&src())
+        .into_iter()
+        .filter(|f| !f.ends_with("cluster/names.rs"))
+        .collect();
+    assert!(files.len() > 30, "{files:?}");
+    assert!(src().join("cluster/names.rs").exists());
+    assert_eq!(named(&files, &HARD_CODED_REDIS_NAMES), Vec::new());
+}
+
+#[test]
+fn the_check_sees_a_hard_coded_redis_name() {
+    let dir = std::env::temp_dir().join(format!("pushwire-names-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("store.rs");
+    std::fs::write(
+        &file,
+        "// `pw:u:<uid>` in a comment is fine.\nfn k(u: &str) -> String { format!(\"{{pw}}:x:{u}\") }\n",
+    )
+    .unwrap();
+    let found = named(&[file], &HARD_CODED_REDIS_NAMES);
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(found.len(), 2, "{found:?}");
 }
 
 /// The top-level module a file belongs to (`service/push.rs` → `service`).

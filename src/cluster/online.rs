@@ -15,7 +15,7 @@
 
 use fred::interfaces::{ClientLike, HashesInterface, LuaInterface};
 
-use super::{Cluster, ONLINE, node_uids_key};
+use super::Cluster;
 
 /// Uids per script call at most, so no call holds Redis for long.
 pub(super) const ONLINE_BATCH: usize = 512;
@@ -53,7 +53,10 @@ impl Cluster {
         uids: impl IntoIterator<Item = &'a str>,
         came: bool,
     ) -> Result<(), fred::error::Error> {
-        let keys = vec![ONLINE.to_owned(), node_uids_key(self.sub.id())];
+        let keys = vec![
+            self.names.online().to_owned(),
+            self.names.node_uids(self.sub.id()),
+        ];
         let mut args = vec![if came { "+" } else { "-" }.to_owned()];
         args.extend(uids.into_iter().map(str::to_owned));
         if args.len() > 1 {
@@ -66,7 +69,7 @@ impl Cluster {
     /// it left, was reaped, or is this node reconnecting and about to announce its uids
     /// again.
     pub(super) async fn forget_node_online(&self, name: &str) -> Result<(), fred::error::Error> {
-        let keys = vec![ONLINE.to_owned(), node_uids_key(name)];
+        let keys = vec![self.names.online().to_owned(), self.names.node_uids(name)];
         loop {
             let taken: i64 = self
                 .cmd
@@ -84,7 +87,9 @@ impl Cluster {
 
     /// Distinct uids online on any node (`None` if Redis cannot tell).
     pub async fn online_uids(&self) -> Option<usize> {
-        let asked = tokio::time::timeout(self.timeout, self.cmd.hlen::<usize, _>(ONLINE)).await;
+        let asked =
+            tokio::time::timeout(self.timeout, self.cmd.hlen::<usize, _>(self.names.online()))
+                .await;
         match asked {
             Ok(Ok(n)) => Some(n),
             _ => None,
