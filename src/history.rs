@@ -12,7 +12,7 @@
 //! never both, never neither, without any dedupe on the hot path.
 //!
 //! # In cluster mode
-//! With `--redis`, a uid's history lives in Redis instead (`cluster_history.rs`: a hash
+//! With `--redis`, a uid's history lives in Redis instead (`cluster/history/scripts.rs`: a hash
 //! and a list per uid, numbered and published by one Lua script), and no [`UidLog`] is
 //! kept: the registry feeds v1 connections from the uid's channel (see `registry.rs`,
 //! `Feed`).

@@ -29,7 +29,7 @@
 //! - [`metrics`]: one table of counters → `/stats` and Prometheus; [`dedupe`]: accepted
 //!   `/push`es remembered for idempotent retries.
 //! - [`cluster`]: cluster mode on Redis (routed delivery, truthful cluster-wide replies);
-//!   `cluster_history`: protocol v1 history in Redis (its keys, its Lua scripts).
+//!   (`cluster/history/scripts.rs`: protocol v1 history in Redis, its keys and Lua scripts).
 //! - [`auth`] (signed uids), [`access`] (allow-lists, per-address caps, the budget of
 //!   connections not bound yet, secrets): who may connect and how much they may hold;
 //!   [`forwarded`]: the client a trusted proxy names in its forwarding headers.
@@ -46,7 +46,6 @@ pub mod access;
 mod assets;
 pub mod auth;
 pub mod cluster;
-mod cluster_history;
 pub mod config;
 pub mod control;
 pub mod dedupe;

@@ -8,7 +8,7 @@
 //! - shard channels: `pw:u:<uid>` (a uid's holders), `pw:r:<node>` (a node's answers),
 //!   `pw:all` (every node), `pw:probe:{T}` (a probe per primary);
 //! - per-uid keys in the slot of the uid's channel (`{T}` is chosen to hash there, see
-//!   `cluster_history.rs`): `pw:h:{T}:<uid>`, `pw:l:{T}:<uid>`, `pw:q:{T}:<uid>` (history,
+//!   `cluster/history/scripts.rs`): `pw:h:{T}:<uid>`, `pw:l:{T}:<uid>`, `pw:q:{T}:<uid>` (history,
 //!   list, offline queue), `pw:a:{T}:<uid>` (acks);
 //! - `pw:d:<hash>` (a `/push` retry key), `pw:epoch:{T}` (a primary's data epoch);
 //! - in one hash slot, the `{pw}` hash tag, so a script may touch several of them in a
@@ -17,7 +17,7 @@
 //!
 //! The prefix's rules (and why) are on [`RedisPrefix`].
 
-use crate::cluster_history as ch;
+use super::history::scripts as ch;
 use crate::config::RedisPrefix;
 
 /// The names of one node's keys and channels, built once from its prefix.

@@ -255,7 +255,7 @@ impl Nodes for ClusterNodes {
     }
 
     /// The tabs that acknowledge may be on any node, so each records its ack in Redis
-    /// (`cluster_history::acks_key`) and this node looks there until one has, or `until`.
+    /// (`Names::acks`) and this node looks there until one has, or `until`.
     fn acked(&self, uid: &str, at: Position, until: tokio::time::Instant) -> Answer<usize> {
         let (cluster, uid) = (self.cluster.clone(), uid.to_owned());
         Answer::later(async move {
