@@ -10,10 +10,11 @@
 //!   `sse`: the same binding as Server-Sent Events, for networks that block WebSockets.
 //! - [`frames`]: WebSocket framing after the upgrade, on a [`transport::Transport`]: the
 //!   bare socket or a [`tls`] session (`wss://`), with the same non-blocking calls.
-//! - `push`: the backend door (TCP/Unix): access, lines in, replies out in order.
-//! - `http`: the HTTP door (`POST /push`, web-msg-sender's API, `/metrics`, health), its
-//!   accept-time gate; `http_body`: its replies, `/push`'s streamed as they are read;
-//!   `http_io`: its socket (a write that stalls fails, a close that lingers).
+//! - `doors`: the backend doors, which reach connections only through the service:
+//!   `push`, the TCP/Unix port (access, lines in, replies out in order); `http`, the HTTP
+//!   door (`POST /push`, `/metrics`, health) and its accept-time gate, with `http_body`
+//!   (its replies, `/push`'s streamed as they are read), `http_io` (its socket: a write
+//!   that stalls fails, a close that lingers) and `web_msg_sender` (web-msg-sender's API).
 //! - [`service`]: one request in, one typed reply out, for every door.
 //! - [`reload`]: what a SIGHUP applies to the [`state`], decided from the reload env file
 //!   ([`envfile`]: its grammar) laid over the settings in force.
@@ -49,6 +50,7 @@ pub mod cluster;
 pub mod config;
 pub mod control;
 pub mod dedupe;
+mod doors;
 pub mod envfile;
 mod fanout;
 pub mod forwarded;
@@ -56,15 +58,11 @@ pub mod frames;
 pub mod groups;
 mod handshake;
 pub mod history;
-mod http;
-mod http_body;
-mod http_io;
 pub mod logsafe;
 pub mod metrics;
 pub mod nodes;
 pub mod outbox;
 mod proxied;
-mod push;
 pub mod registry;
 pub mod reload;
 pub mod reloadable;

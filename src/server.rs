@@ -16,10 +16,11 @@ use tracing::{Instrument, debug, debug_span, info, warn};
 
 use crate::access::{Admission, Peer};
 use crate::config::Config;
+use crate::doors::{http, push};
 use crate::metrics::Metric;
 use crate::proxied::Proxied;
 use crate::state::State;
-use crate::{http, push, ws};
+use crate::ws;
 
 /// The sockets pushwire serves, bound by the caller (tests use port 0).
 #[derive(Debug)]

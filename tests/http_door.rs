@@ -1,4 +1,4 @@
-//! The HTTP door (`src/http.rs`) over real sockets against the real server in-process,
+//! The HTTP door (`src/doors/http.rs`) over real sockets against the real server in-process,
 //! with Debian's curl as the client (a raw TCP client where curl cannot misbehave the
 //! way a test needs): `POST /push` against what the TCP push port answers for the same
 //! bytes, web-msg-sender's `/?type=publish` against PHP's own `htmlspecialchars`, every
