@@ -299,7 +299,7 @@ impl WsClient {
 
     /// Next Text frame before `until`, skipping probes' Ping/Pong; None at the deadline.
     /// Panics on Close, Binary, error or end of stream.
-    async fn next_text_until(&mut self, until: Instant) -> Option<String> {
+    pub async fn next_text_until(&mut self, until: Instant) -> Option<String> {
         loop {
             let msg = match tokio::time::timeout_at(until, self.ws.next()).await {
                 Err(_) => return None,

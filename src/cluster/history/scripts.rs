@@ -95,8 +95,10 @@ end
 
 /// The push script, after [`TRIM`]. KEYS: hash, list, queue. ARGV: channel, node,
 /// request number, payload, now (ms), max messages, max bytes, max age (ms), queue TTL
-/// (ms, 0: none), an epoch for a history created now. A queued push (`ttl=`) creates the
-/// uid's history if missing; if no node hears the uid's channel it also goes to the
+/// (ms, 0: none), an epoch for a history created now. A queued push (`ttl=`) to a uid no
+/// node holds (nobody hears its channel) creates its history if missing, as a single node
+/// does for a uid without connections (one held only by seed tabs gets the message
+/// unnumbered); if no node hears the uid's channel it also goes to the
 /// queue list (`SEQ UNTIL_MS\nPAYLOAD`, as long as the history at most) and every key
 /// lives at least the TTL. A uid without a history gets the message unnumbered (`0 0`); one with a history numbers it, keeps
 /// it (unless it alone is over the bytes bound: then nothing older is kept either) and
@@ -106,7 +108,7 @@ const PUSH: &str = r#"
 local head = ARGV[2] .. ' ' .. ARGV[3] .. ' h\n'
 local qttl = tonumber(ARGV[9])
 local epoch = redis.call('HGET', KEYS[1], 'e')
-if not epoch and qttl > 0 then
+if not epoch and qttl > 0 and redis.call('PUBSUB', 'SHARDNUMSUB', ARGV[1])[2] == 0 then
   redis.call('HSET', KEYS[1], 'e', ARGV[10])
   redis.call('PEXPIRE', KEYS[1], qttl)
   epoch = ARGV[10]
