@@ -2496,7 +2496,7 @@ fn parse_uids_page(b: &[u8]) -> Option<(u64, Vec<String>)> {
 }
 
 /// A random node id, 16 hex digits.
-fn node_id() -> String {
+pub(crate) fn node_id() -> String {
     use std::hash::{BuildHasher, Hasher};
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
     h.write_u128(

@@ -178,6 +178,8 @@ pub async fn serve_state(
         "browser connections still open",
     )
     .await;
+    // Last: what the steps above emitted (closes) still goes out, within the deadline.
+    ctx.events.close(deadline).await;
     if let Some(cluster) = &ctx.cluster {
         cluster.stop().await;
     }

@@ -9,6 +9,7 @@ use tokio_util::sync::CancellationToken;
 use crate::cluster::{Cluster, ClusterConfig};
 use crate::config::Config;
 use crate::dedupe::Dedupe;
+use crate::events::Hub;
 use crate::metrics::{Gauges, Metric, Metrics};
 use crate::registry::Registry;
 use crate::reloadable::{Change, Reloadable};
@@ -36,6 +37,8 @@ pub struct State {
     reloadable: RwLock<Arc<Reloadable>>,
     /// Accepted `/push`es remembered for idempotent retries.
     pub dedupe: Arc<Dedupe>,
+    /// Events for the backend: webhook receivers and `/events` readers.
+    pub events: Arc<Hub>,
 }
 
 impl State {
@@ -73,6 +76,17 @@ impl State {
             None => None,
         };
         let dedupe = Arc::new(Dedupe::new(config.dedupe_window, config.dedupe_max_entries));
+        // Events name the node as the cluster does, so a receiver can tell them apart.
+        let node = cluster
+            .as_ref()
+            .map_or_else(crate::cluster::node_id, |c| c.node().to_owned());
+        let events = Hub::new(
+            &config.events,
+            config.events_secret.clone(),
+            node.into(),
+            metrics.clone(),
+        )
+        .map_err(std::io::Error::other)?;
         Ok(Arc::new(State {
             registry,
             metrics,
@@ -83,6 +97,7 @@ impl State {
             reloadable: RwLock::new(Arc::new(Reloadable::from_config(&config))),
             config,
             dedupe,
+            events: Arc::new(events),
         }))
     }
 
@@ -100,6 +115,7 @@ impl State {
     /// TLS on or off needs a restart: the port's scheme would change under the browsers).
     /// Returns what changed, for the log.
     pub fn reload(&self, next: Reloadable, tls: Option<&TlsFiles>) -> Result<Vec<Change>, String> {
+        self.events.check_secret(next.events_secret.as_ref())?;
         let mut changed = match (&self.tls, tls) {
             (Some(acceptor), Some(files)) => {
                 acceptor.reload(files)?;
@@ -111,6 +127,8 @@ impl State {
         };
         let mut current = self.reloadable.write().unwrap_or_else(|e| e.into_inner());
         changed.extend(current.changes(&next));
+        // Checked above, so it takes it.
+        let _ = self.events.set_secret(next.events_secret.clone());
         *current = Arc::new(next);
         Ok(changed)
     }
@@ -135,6 +153,7 @@ impl Gauges for State {
             Metric::OpenFds => open_fds(),
             Metric::HistoryUids => self.registry.history_totals().0 as u64,
             Metric::HistoryBytes => self.registry.history_totals().1 as u64,
+            Metric::EventsQueued => self.events.queued() as u64,
             Metric::FdLimit => {
                 rlimit::getrlimit(rlimit::Resource::NOFILE).map_or(0, |(soft, _)| soft)
             }
