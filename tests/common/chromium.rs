@@ -437,6 +437,15 @@ impl Devtools {
             "width": width, "height": height, "deviceScaleFactor": scale, "mobile": mobile
         });
         self.call("Emulation.setDeviceMetricsOverride", metrics).await;
+        // Two frames, so the page is painted at its new size before the capture.
+        self.call(
+            "Runtime.evaluate",
+            serde_json::json!({
+                "expression": "new Promise(r => requestAnimationFrame(() => requestAnimationFrame(r)))",
+                "awaitPromise": true
+            }),
+        )
+        .await;
         let shot = self
             .call("Page.captureScreenshot", serde_json::json!({"format": "png"}))
             .await;
