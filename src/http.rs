@@ -692,7 +692,11 @@ mod tests {
         assert_eq!(credential(b"Basic OnA=").as_deref(), Some(&b"p"[..]));
         assert_eq!(credential(b"Bearer t").as_deref(), Some(&b"t"[..]));
         assert_eq!(credential(b"Basic !!!"), None);
-        assert_eq!(credential(b"Basic bm9jb2xvbg=="), None, "no colon: not Basic");
+        assert_eq!(
+            credential(b"Basic bm9jb2xvbg=="),
+            None,
+            "no colon: not Basic"
+        );
         assert_eq!(credential(b"Digest x"), None);
     }
 }

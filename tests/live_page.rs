@@ -67,14 +67,21 @@ async fn the_live_page_follows_the_server() {
     let mut tab = WsClient::connect(&server.ws_url()).await;
     tab.bind("alice", server.push_addr).await;
     page.wait_true(
-        &format!("{} === '1' && {} === '1'", text("connections"), text("uids")),
+        &format!(
+            "{} === '1' && {} === '1'",
+            text("connections"),
+            text("uids")
+        ),
         Duration::from_secs(5),
     )
     .await;
     // Pushes per second: some go out, the rate shows them.
     let mut push = PushClient::connect(server.push_addr).await;
     for i in 0..20 {
-        assert_eq!(push.request(&format!(r#"{{"uid":"alice","n":{i}}}"#)).await, "ok\n");
+        assert_eq!(
+            push.request(&format!(r#"{{"uid":"alice","n":{i}}}"#)).await,
+            "ok\n"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     page.wait_true(
@@ -93,9 +100,14 @@ async fn the_live_page_follows_the_server() {
         Duration::from_secs(10),
     )
     .await;
-    let receivers = page.eval("document.getElementById('receivers').textContent").await;
+    let receivers = page
+        .eval("document.getElementById('receivers').textContent")
+        .await;
     let receivers = receivers.as_str().unwrap();
-    assert!(receivers.contains(&format!("http://{dead}/hooks/pushwire")), "{receivers}");
+    assert!(
+        receivers.contains(&format!("http://{dead}/hooks/pushwire")),
+        "{receivers}"
+    );
     assert!(receivers.contains("cannot connect"), "{receivers}");
     // A second tab of another uid, then the first one leaves.
     let mut bob = WsClient::connect(&server.ws_url()).await;
@@ -104,7 +116,11 @@ async fn the_live_page_follows_the_server() {
         .await;
     tab.close().await;
     page.wait_true(
-        &format!("{} === '1' && {} === '1'", text("uids"), text("connections")),
+        &format!(
+            "{} === '1' && {} === '1'",
+            text("uids"),
+            text("connections")
+        ),
         Duration::from_secs(5),
     )
     .await;
@@ -153,21 +169,43 @@ async fn the_live_page_answers_under_the_metrics_rules() {
     }
     // /metrics keeps its Bearer challenge.
     let (_, head, _) = get(addr, "/metrics", "").await;
-    assert!(head.to_ascii_lowercase().contains("www-authenticate: bearer"), "{head}");
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("www-authenticate: bearer"),
+        "{head}"
+    );
     // "ops:ops-s3cret"
     let basic = "Authorization: Basic b3BzOm9wcy1zM2NyZXQ=\r\n";
     let (status, head, body) = get(addr, "/status", basic).await;
     assert_eq!(status, 200);
     let lower = head.to_ascii_lowercase();
-    assert!(lower.contains("content-type: text/html; charset=utf-8"), "{head}");
-    assert!(lower.contains("content-security-policy: default-src 'none'; script-src 'sha256-"), "{head}");
+    assert!(
+        lower.contains("content-type: text/html; charset=utf-8"),
+        "{head}"
+    );
+    assert!(
+        lower.contains("content-security-policy: default-src 'none'; script-src 'sha256-"),
+        "{head}"
+    );
     assert!(lower.contains("cache-control: no-store"), "{head}");
     assert!(body.contains("<title>pushwire status</title>"));
-    let (status, head, body) = get(addr, "/status.json", "Authorization: Bearer ops-s3cret\r\n").await;
+    let (status, head, body) =
+        get(addr, "/status.json", "Authorization: Bearer ops-s3cret\r\n").await;
     assert_eq!(status, 200);
-    assert!(head.to_ascii_lowercase().contains("content-type: application/json"), "{head}");
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("content-type: application/json"),
+        "{head}"
+    );
     let v: Value = serde_json::from_str(&body).unwrap();
-    for key in ["connections", "uids", "pushes_ok", "refused_push", "events_queued", "uptime_secs"] {
+    for key in [
+        "connections",
+        "uids",
+        "pushes_ok",
+        "refused_push",
+        "events_queued",
+        "uptime_secs",
+    ] {
         assert!(v["stats"][key].is_u64(), "{key}: {v}");
     }
     assert!(v["version"].as_str().unwrap().contains("(git "));
@@ -176,7 +214,7 @@ async fn the_live_page_answers_under_the_metrics_rules() {
     assert_eq!(v["events"]["receivers"], serde_json::json!([]));
     // The refusals above were counted as push-access refusals.
     assert!(v["stats"]["refused_push"].as_u64().unwrap() >= 4, "{v}");
-    let (status, head, _) = get(addr, "/status", &format!("{basic}")).await;
+    let (status, head, _) = get(addr, "/status", basic).await;
     assert_eq!(status, 200, "{head}");
     // Other methods: 405 with Allow.
     let mut tcp = TcpStream::connect(addr).await.unwrap();
@@ -188,5 +226,8 @@ async fn the_live_page_answers_under_the_metrics_rules() {
     let mut answer = String::new();
     tcp.read_to_string(&mut answer).await.unwrap();
     assert!(answer.starts_with("HTTP/1.1 405"), "{answer}");
-    assert!(answer.to_ascii_lowercase().contains("allow: get, head"), "{answer}");
+    assert!(
+        answer.to_ascii_lowercase().contains("allow: get, head"),
+        "{answer}"
+    );
 }

@@ -128,7 +128,11 @@ async fn wait_recorded(file: &str, n: usize) -> Vec<Value> {
         if got.len() >= n {
             return got;
         }
-        assert!(Instant::now() < deadline, "{} of {n} recorded: {got:?}", got.len());
+        assert!(
+            Instant::now() < deadline,
+            "{} of {n} recorded: {got:?}",
+            got.len()
+        );
         sleep(Duration::from_millis(20)).await;
     }
 }
@@ -152,7 +156,12 @@ async fn the_php_receiver_takes_real_deliveries_and_refuses_forgeries() {
 
     let (hub, metrics) = hub_to(&php.url(), SECRET, |_| {});
     let conn: Arc<str> = "node-php-7".into();
-    hub.publish(What::Online { uid: "alice".into() }, hub.next_seq());
+    hub.publish(
+        What::Online {
+            uid: "alice".into(),
+        },
+        hub.next_seq(),
+    );
     hub.publish(What::Connect { conn: conn.clone() }, 1);
     hub.publish(
         What::Bind {
@@ -161,7 +170,12 @@ async fn the_php_receiver_takes_real_deliveries_and_refuses_forgeries() {
         },
         2,
     );
-    hub.publish(What::GroupOccupied { group: "room 1".into() }, hub.next_seq());
+    hub.publish(
+        What::GroupOccupied {
+            group: "room 1".into(),
+        },
+        hub.next_seq(),
+    );
     hub.publish(
         What::Close {
             conn,
@@ -172,12 +186,24 @@ async fn the_php_receiver_takes_real_deliveries_and_refuses_forgeries() {
         },
         3,
     );
-    hub.publish(What::Offline { uid: "alice".into() }, hub.next_seq());
+    hub.publish(
+        What::Offline {
+            uid: "alice".into(),
+        },
+        hub.next_seq(),
+    );
     let got = wait_recorded(&record, 6).await;
     let types: Vec<&str> = got.iter().map(|e| e["type"].as_str().unwrap()).collect();
     assert_eq!(
         types,
-        ["online", "connect", "bind", "group_occupied", "close", "offline"]
+        [
+            "online",
+            "connect",
+            "bind",
+            "group_occupied",
+            "close",
+            "offline"
+        ]
     );
     assert_eq!(got[4]["reason"], "bye ✓");
     assert_eq!(got[3]["group"], "room 1");
@@ -185,7 +211,12 @@ async fn the_php_receiver_takes_real_deliveries_and_refuses_forgeries() {
 
     // Signed with another secret: refused, counted, not sent again.
     let (forger, forged) = hub_to(&php.url(), "not-the-secret", |_| {});
-    forger.publish(What::Online { uid: "mallory".into() }, forger.next_seq());
+    forger.publish(
+        What::Online {
+            uid: "mallory".into(),
+        },
+        forger.next_seq(),
+    );
     poll_until(STEP, "the forged delivery to be refused", || async {
         forged.value(Metric::EventsDroppedRefused) == 1
     })
@@ -203,10 +234,18 @@ async fn the_php_receiver_takes_real_deliveries_and_refuses_forgeries() {
     let good = signature::sign(&secret, t, body);
     let tampered = String::from_utf8_lossy(body).replace("eve", "evil");
     let (status, why) = php.post(&t.to_string(), &good, tampered.as_bytes()).await;
-    assert_eq!((status, why.trim()), (401, "bad signature"), "tampered body");
+    assert_eq!(
+        (status, why.trim()),
+        (401, "bad signature"),
+        "tampered body"
+    );
     let stale = t - 301;
     let (status, why) = php
-        .post(&stale.to_string(), &signature::sign(&secret, stale, body), body)
+        .post(
+            &stale.to_string(),
+            &signature::sign(&secret, stale, body),
+            body,
+        )
         .await;
     assert_eq!(status, 401);
     assert!(why.contains("stale timestamp"), "{why}");
@@ -216,9 +255,16 @@ async fn the_php_receiver_takes_real_deliveries_and_refuses_forgeries() {
     assert_eq!(status, 401, "{why}");
     let not_a_delivery = br#"{"event":"online"}"#;
     let (status, why) = php
-        .post(&t.to_string(), &signature::sign(&secret, t, not_a_delivery), not_a_delivery)
+        .post(
+            &t.to_string(),
+            &signature::sign(&secret, t, not_a_delivery),
+            not_a_delivery,
+        )
         .await;
-    assert_eq!((status, why.trim()), (400, r#"the body is not {"events":[...]}"#));
+    assert_eq!(
+        (status, why.trim()),
+        (400, r#"the body is not {"events":[...]}"#)
+    );
     // The genuine one, by hand too, is taken.
     let (status, _) = php.post(&t.to_string(), &good, body).await;
     assert_eq!(status, 204);
@@ -234,10 +280,7 @@ async fn the_php_receiver_takes_real_deliveries_and_refuses_forgeries() {
     .await;
     assert_eq!(metrics.value(Metric::EventsRetried), 1);
     let all = recorded(&record);
-    let uids: Vec<&str> = all
-        .iter()
-        .filter_map(|e| e["uid"].as_str())
-        .collect();
+    let uids: Vec<&str> = all.iter().filter_map(|e| e["uid"].as_str()).collect();
     assert!(!uids.contains(&"mallory"), "{uids:?}");
 }
 
@@ -301,12 +344,23 @@ async fn the_gatewayworker_chat_room_rewritten_runs_on_pushwire() {
         (&joined["type"], &joined["roomId"], &joined["userName"]),
         (&json!("join"), &json!("r1"), &json!("Alice"))
     );
-    say("bob", 3, json!({"type":"join","roomId":"r1","userName":"Bob"}));
+    say(
+        "bob",
+        3,
+        json!({"type":"join","roomId":"r1","userName":"Bob"}),
+    );
     for ws in [&mut alice, &mut bob] {
         let j: Value = serde_json::from_str(&ws.recv_text().await).unwrap();
-        assert_eq!((&j["type"], &j["userName"]), (&json!("join"), &json!("Bob")));
+        assert_eq!(
+            (&j["type"], &j["userName"]),
+            (&json!("join"), &json!("Bob"))
+        );
     }
-    say("alice", 4, json!({"type":"say","roomId":"r1","content":"hi ✓"}));
+    say(
+        "alice",
+        4,
+        json!({"type":"say","roomId":"r1","content":"hi ✓"}),
+    );
     for ws in [&mut alice, &mut bob] {
         let j: Value = serde_json::from_str(&ws.recv_text().await).unwrap();
         assert_eq!((&j["type"], &j["content"]), (&json!("say"), &json!("hi ✓")));

@@ -352,10 +352,7 @@ async fn page_target(port: u16) -> Option<String> {
     };
     let body = timeout(Duration::from_secs(5), read).await.ok()??;
     let targets: serde_json::Value = serde_json::from_str(&body).ok()?;
-    targets
-        .as_array()?
-        .iter()
-        .find(|t| t["type"] == "page")?["webSocketDebuggerUrl"]
+    targets.as_array()?.iter().find(|t| t["type"] == "page")?["webSocketDebuggerUrl"]
         .as_str()
         .map(str::to_owned)
 }
@@ -374,7 +371,9 @@ impl Devtools {
         let id = self.next;
         let request = serde_json::json!({"id": id, "method": method, "params": params});
         self.ws
-            .send(tokio_tungstenite::tungstenite::Message::text(request.to_string()))
+            .send(tokio_tungstenite::tungstenite::Message::text(
+                request.to_string(),
+            ))
             .await
             .unwrap_or_else(|e| panic!("devtools send {method}: {e}"));
         loop {
@@ -427,7 +426,8 @@ impl Devtools {
         let metrics = serde_json::json!({
             "width": width, "height": 800, "deviceScaleFactor": scale, "mobile": mobile
         });
-        self.call("Emulation.setDeviceMetricsOverride", metrics).await;
+        self.call("Emulation.setDeviceMetricsOverride", metrics)
+            .await;
         let height = self
             .eval("Math.ceil(document.documentElement.scrollHeight)")
             .await
@@ -436,7 +436,8 @@ impl Devtools {
         let metrics = serde_json::json!({
             "width": width, "height": height, "deviceScaleFactor": scale, "mobile": mobile
         });
-        self.call("Emulation.setDeviceMetricsOverride", metrics).await;
+        self.call("Emulation.setDeviceMetricsOverride", metrics)
+            .await;
         // Two frames, so the page is painted at its new size before the capture.
         self.call(
             "Runtime.evaluate",
@@ -447,7 +448,10 @@ impl Devtools {
         )
         .await;
         let shot = self
-            .call("Page.captureScreenshot", serde_json::json!({"format": "png"}))
+            .call(
+                "Page.captureScreenshot",
+                serde_json::json!({"format": "png"}),
+            )
             .await;
         use base64::Engine;
         base64::engine::general_purpose::STANDARD

@@ -108,7 +108,13 @@ fn measure(n: u64, rate: u64) -> Result<Report, String> {
         2,
         "s",
     );
-    r.num("baseline_wall_s", "wall time, no listener", base_wall.as_secs_f64(), 2, "s");
+    r.num(
+        "baseline_wall_s",
+        "wall time, no listener",
+        base_wall.as_secs_f64(),
+        2,
+        "s",
+    );
     if taken != n {
         eprintln!("events-webhook: the receiver took {taken} of {n} events");
         r.ok = false;
