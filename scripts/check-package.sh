@@ -104,6 +104,9 @@ check_file /usr/bin/pushwire 755 root
 check_file "$unit" 644 root
 check_file "$env_file" 600 root
 check_file /usr/share/pushwire/Pushwire.php 644 root
+check_file /usr/share/pushwire/Webhook.php 644 root
+check_file /usr/share/pushwire/examples/Events.php 644 root
+check_file /usr/share/pushwire/examples/webhook.php 644 root
 check_file /usr/share/pushwire/pushwire.js 644 root
 check_file /usr/share/doc/pushwire/examples/nginx-pushwire.conf 644 root
 check_file /usr/share/doc/pushwire/README.md 644 root
@@ -117,8 +120,10 @@ echo "ok  $env_file is a conffile"
 cmp -s systemd/pushwire.env "$env_file" || die "$env_file differs from systemd/pushwire.env"
 cmp -s deploy/debian/pushwire.service "$unit" || die "$unit differs from deploy/debian/pushwire.service"
 if command -v php >/dev/null 2>&1; then
-	php -l /usr/share/pushwire/Pushwire.php >/dev/null || die "php -l /usr/share/pushwire/Pushwire.php failed"
-	echo "ok  php -l /usr/share/pushwire/Pushwire.php"
+	for f in /usr/share/pushwire/Pushwire.php /usr/share/pushwire/Webhook.php /usr/share/pushwire/examples/*.php; do
+		php -l "$f" >/dev/null || die "php -l $f failed"
+		echo "ok  php -l $f"
+	done
 fi
 # Neither enabled nor started by the install.
 [[ ! -e /etc/systemd/system/multi-user.target.wants/pushwire.service ]] ||

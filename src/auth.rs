@@ -57,6 +57,16 @@ impl Secret {
         crate::access::constant_time_eq(&self.0, candidate)
     }
 
+    /// HMAC-SHA256 of `parts`, one after the other, under this secret (webhook
+    /// signatures).
+    pub fn hmac_sha256(&self, parts: &[&[u8]]) -> [u8; 32] {
+        let mut mac = self.mac(&[]);
+        for part in parts {
+            mac.update(part);
+        }
+        mac.finalize().into_bytes().into()
+    }
+
     fn mac(&self, data: &[u8]) -> Hmac<Sha256> {
         // HMAC accepts keys of any length, so this cannot fail.
         let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(&self.0)

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use crate::access::Cidr;
 use crate::auth::Secret;
+use crate::events::EventsConfig;
 use crate::groups::GroupLimits;
 use crate::history::HistoryLimits;
 use crate::outbox::QueueLimits;
@@ -136,6 +137,10 @@ pub struct Config {
     pub dedupe_window: Option<Duration>,
     /// How many accepted `/push`es are remembered at most.
     pub dedupe_max_entries: usize,
+    /// Events for the backend: webhook receivers, their bounds, the `/events` ring.
+    pub events: EventsConfig,
+    /// The secret webhook deliveries are signed with (required with receivers).
+    pub events_secret: Option<Secret>,
 }
 
 impl Default for Config {
@@ -190,6 +195,8 @@ impl Default for Config {
             max_ack_wait: Duration::from_secs(30),
             dedupe_window: Some(Duration::from_secs(60)),
             dedupe_max_entries: 100_000,
+            events: EventsConfig::default(),
+            events_secret: None,
         }
     }
 }
@@ -285,6 +292,25 @@ impl Config {
         at_least_one(&mut self.max_stale_acks, "--max-stale-acks", &mut notes);
         if self.history_max_uids == 0 {
             self.history_max_uids = self.max_ws_connections.saturating_add(HISTORY_UIDS_SLACK);
+        }
+        at_least_one(&mut self.events.queue, "--events-queue", &mut notes);
+        at_least_one(
+            &mut self.events.delivery.batch_events,
+            "--events-batch",
+            &mut notes,
+        );
+        at_least_one(
+            &mut self.events.stream_buffer,
+            "--events-stream-buffer",
+            &mut notes,
+        );
+        if self.events.delivery.timeout.is_zero() {
+            notes.push("--events-timeout-ms 0 is raised to 1".to_owned());
+            self.events.delivery.timeout = Duration::from_millis(1);
+        }
+        if self.events.delivery.attempts == 0 {
+            notes.push("--events-attempts 0 is raised to 1".to_owned());
+            self.events.delivery.attempts = 1;
         }
         // Unbound connections get a quarter of the slots by default, and always leave an
         // eighth to bound ones.

@@ -27,6 +27,9 @@
 //! - [`wire`]: bytes ↔ types, no I/O: line framing, push lines, the command grammar,
 //!   close notices, the shared [`wire::Payload`], the Pusher Channels protocol
 //!   ([`wire::pusher`]).
+//! - [`events`]: events for the backend (online/offline, connects, closes, browser
+//!   messages) as signed webhooks and the `/events` stream; `status_page`: the operators'
+//!   live page (`GET /status`).
 //! - [`metrics`]: one table of counters → `/stats` and Prometheus; [`dedupe`]: accepted
 //!   `/push`es remembered for idempotent retries.
 //! - [`cluster`]: cluster mode on Redis (routed delivery, truthful cluster-wide replies);
@@ -52,6 +55,7 @@ pub mod control;
 pub mod dedupe;
 mod doors;
 pub mod envfile;
+pub mod events;
 mod fanout;
 pub mod forwarded;
 pub mod frames;
@@ -70,6 +74,7 @@ mod server;
 pub mod service;
 mod sse;
 pub mod state;
+mod status_page;
 pub mod tls;
 pub mod transport;
 mod urlencoded;

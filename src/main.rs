@@ -353,6 +353,54 @@ struct Args {
     #[arg(long, env = "PUSHWIRE_MAX_GROUP_BYTES", default_value_t = 256)]
     max_group_bytes: usize,
 
+    /// Send events (online/offline, connect/bind/close, groups; docs/events.md) to this
+    /// webhook URL (http:// or https://), batched and signed with --events-secret.
+    /// `URL#types=online,offline` picks the kinds: `*` (the default) is all but
+    /// `message`, which comes only when named. Repeat the flag; the variable takes several
+    /// URLs separated by spaces.
+    #[arg(long, env = "PUSHWIRE_EVENTS_URL", value_parser = parse_event_urls)]
+    events_url: Vec<EventUrls>,
+
+    /// File holding the secret that signs webhook deliveries (HMAC-SHA256; needed with
+    /// --events-url). Re-read on SIGHUP.
+    #[arg(long, env = "PUSHWIRE_EVENTS_SECRET_FILE")]
+    events_secret_file: Option<PathBuf>,
+
+    /// The events secret itself (prefer the env var or --events-secret-file).
+    #[arg(
+        long,
+        env = "PUSHWIRE_EVENTS_SECRET",
+        hide_env_values = true,
+        conflicts_with = "events_secret_file"
+    )]
+    events_secret: Option<String>,
+
+    /// Events that may wait for one webhook receiver; more are dropped (counted, logged).
+    #[arg(long, env = "PUSHWIRE_EVENTS_QUEUE", default_value_t = 10_000)]
+    events_queue: usize,
+
+    /// Most events in one webhook POST.
+    #[arg(long, env = "PUSHWIRE_EVENTS_BATCH", default_value_t = 100)]
+    events_batch: usize,
+
+    /// Most bytes of one webhook POST's body (a larger event goes alone).
+    #[arg(long, env = "PUSHWIRE_EVENTS_BATCH_BYTES", default_value_t = 256 * 1024)]
+    events_batch_bytes: usize,
+
+    /// How long one webhook attempt may take (connect, TLS, request, answer), in ms.
+    #[arg(long, env = "PUSHWIRE_EVENTS_TIMEOUT_MS", default_value_t = 5_000)]
+    events_timeout_ms: u64,
+
+    /// Attempts per webhook batch (retried after errors, timeouts, 5xx, 408, 429), the
+    /// first included; then it is dropped.
+    #[arg(long, env = "PUSHWIRE_EVENTS_ATTEMPTS", default_value_t = 12)]
+    events_attempts: u32,
+
+    /// How far (in events) a backend reading /events may fall behind before it is cut
+    /// (rounded up to a power of two).
+    #[arg(long, env = "PUSHWIRE_EVENTS_STREAM_BUFFER", default_value_t = 4096)]
+    events_stream_buffer: usize,
+
     /// Log format; the filter comes from RUST_LOG (default `info`).
     #[arg(long, env = "PUSHWIRE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Human)]
     log_format: LogFormat,
@@ -763,6 +811,10 @@ fn sources(args: &Args) -> Sources {
             args.push_secret_file.as_deref(),
             args.push_secret.as_deref(),
         ),
+        events_secret: SecretSource::given(
+            args.events_secret_file.as_deref(),
+            args.events_secret.as_deref(),
+        ),
         allowed_origins: args.allowed_origins.clone().and_then(|o| o.0),
         push_allow: args.push_allow.clone().and_then(|a| a.0),
         trusted_proxies: args.trusted_proxies.0.clone(),
@@ -786,6 +838,14 @@ fn tls_files(args: &Args) -> Result<Option<pushwire::tls::TlsFiles>, String> {
     Ok(sources(args)
         .tls()?
         .map(|(cert, key)| pushwire::tls::TlsFiles { cert, key }))
+}
+
+/// One `--events-url` value: one or more listeners.
+#[derive(Debug, Clone)]
+struct EventUrls(Vec<pushwire::events::Listener>);
+
+fn parse_event_urls(s: &str) -> Result<EventUrls, String> {
+    pushwire::events::Listener::parse_all(&[s]).map(EventUrls)
 }
 
 /// `--allowed-origins` (`None`: any).
@@ -828,10 +888,12 @@ fn config_from(args: &Args) -> std::io::Result<pushwire::Config> {
     let given = sources(args);
     let jwt_secret = given.jwt_secret.read().map_err(std::io::Error::other)?;
     let push_secret = given.push_secret.read().map_err(std::io::Error::other)?;
+    let events_secret = given.events_secret.read().map_err(std::io::Error::other)?;
     if jwt_secret.is_none() {
         info!("no JWT secret: the first frame is trusted as the uid");
     }
-    let config = unvalidated_config(args, jwt_secret, push_secret, nofile);
+    let mut config = unvalidated_config(args, jwt_secret, push_secret, nofile);
+    config.events_secret = events_secret;
     if let Some((requested, capacity)) = ws_overcommit(args, &config, nofile) {
         warn!(
             requested,
@@ -943,6 +1005,19 @@ fn unvalidated_config(
         dedupe_window: (args.dedupe_window_ms > 0)
             .then(|| Duration::from_millis(args.dedupe_window_ms)),
         dedupe_max_entries: args.dedupe_max_entries,
+        events: pushwire::events::EventsConfig {
+            listeners: args.events_url.iter().flat_map(|u| u.0.clone()).collect(),
+            queue: args.events_queue,
+            delivery: pushwire::events::Delivery {
+                batch_events: args.events_batch,
+                batch_bytes: args.events_batch_bytes,
+                timeout: Duration::from_millis(args.events_timeout_ms),
+                attempts: args.events_attempts,
+            },
+            stream_buffer: args.events_stream_buffer,
+        },
+        // Read by the caller with the other secrets.
+        events_secret: None,
     };
     let capacity = config.ws_capacity(nofile, matches!(args.http_listen, Listen::On(_)));
     config.max_ws_connections = args.max_ws_connections.unwrap_or(capacity);
@@ -1111,13 +1186,24 @@ mod check_config {
             args.push_secret_file.as_deref(),
             &args.push_secret,
         );
+        let events = secret_of(
+            "events-secret-file",
+            args.events_secret_file.as_deref(),
+            &args.events_secret,
+        );
         let secrets_known = jwt.is_ok() && push.is_ok();
-        let config = unvalidated_config(
+        let mut config = unvalidated_config(
             args,
             jwt.unwrap_or_default(),
             push.unwrap_or_default(),
             nofile,
         );
+        if let Ok(secret) = events {
+            config.events_secret = secret;
+            if let Err(e) = config.events.check(config.events_secret.as_ref()) {
+                problems.push(format!("{}: {e}", label("events-url")));
+            }
+        }
         if let Some((requested, capacity)) = ws_overcommit(args, &config, nofile) {
             warnings.push(format!(
                 "{} {requested} exceeds what the open-files limit ({nofile}) allows: {capacity}",

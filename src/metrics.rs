@@ -107,6 +107,16 @@ metrics! {
     Counter HistoryEvicted = "history_evicted", "history_evicted", "Histories of offline uids dropped to make room for another (--history-max-uids)";
     Counter HistoryFull = "history_full", "history_full", "Histories not made because every one was in use (--history-max-uids): v1 binds refused, ttl= pushes not queued";
     Counter Duplicates = "duplicates", "duplicates", "/push retries answered duplicate";
+    Counter Events = "events", "events", "Events that happened while someone listened (webhooks, /events)";
+    Counter EventsSent = "events_sent", "events_sent", "Events a webhook receiver took (2xx), summed over receivers";
+    Counter EventsRetried = "events_retried", "events_retried", "Events sent again to a webhook receiver after a failed attempt";
+    Counter EventsDroppedFull = "events_dropped_queue_full", "events_dropped" ["reason" = "queue_full"], "Events lost for a webhook receiver, by reason";
+    Counter EventsDroppedRefused = "events_dropped_refused", "events_dropped" ["reason" = "refused"], "Events lost for a webhook receiver, by reason";
+    Counter EventsDroppedAttempts = "events_dropped_attempts", "events_dropped" ["reason" = "attempts"], "Events lost for a webhook receiver, by reason";
+    Counter EventsDroppedShutdown = "events_dropped_shutdown", "events_dropped" ["reason" = "shutdown"], "Events lost for a webhook receiver, by reason";
+    Read EventsQueued = "events_queued", "events_queued", "Events waiting for webhook receivers (all queues)";
+    Gauge EventStreams = "event_streams", "event_streams", "Backend connections reading /events";
+    Counter EventStreamsCut = "event_streams_cut", "event_streams_cut", "/events readers cut: a whole ring behind, or their socket stuck";
 }
 
 /// What the read gauges are, asked for when `/stats` or `/metrics` is read.

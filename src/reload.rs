@@ -32,6 +32,8 @@ pub enum Setting {
     JwtSecret,
     /// `PUSHWIRE_PUSH_SECRET` or `PUSHWIRE_PUSH_SECRET_FILE`.
     PushSecret,
+    /// `PUSHWIRE_EVENTS_SECRET` or `PUSHWIRE_EVENTS_SECRET_FILE`.
+    EventsSecret,
     /// `PUSHWIRE_ALLOWED_ORIGINS`.
     AllowedOrigins,
     /// `PUSHWIRE_PUSH_ALLOW`.
@@ -48,7 +50,9 @@ impl Setting {
     /// What the file writes to remove it, if anything may.
     fn removal(self) -> Option<&'static str> {
         match self {
-            Setting::JwtSecret | Setting::PushSecret => Some("`none` to remove the secret"),
+            Setting::JwtSecret | Setting::PushSecret | Setting::EventsSecret => {
+                Some("`none` to remove the secret")
+            }
             Setting::AllowedOrigins | Setting::PushAllow => Some("`any` to let everyone in"),
             Setting::TrustedProxies => Some("`none` to trust no proxy"),
             Setting::TlsCert | Setting::TlsKey => None,
@@ -57,11 +61,13 @@ impl Setting {
 }
 
 /// The variables a reload reads, and the setting each names.
-pub const VARIABLES: [(&str, Setting); 9] = [
+pub const VARIABLES: [(&str, Setting); 11] = [
     ("PUSHWIRE_JWT_SECRET", Setting::JwtSecret),
     ("PUSHWIRE_JWT_SECRET_FILE", Setting::JwtSecret),
     ("PUSHWIRE_PUSH_SECRET", Setting::PushSecret),
     ("PUSHWIRE_PUSH_SECRET_FILE", Setting::PushSecret),
+    ("PUSHWIRE_EVENTS_SECRET", Setting::EventsSecret),
+    ("PUSHWIRE_EVENTS_SECRET_FILE", Setting::EventsSecret),
     ("PUSHWIRE_ALLOWED_ORIGINS", Setting::AllowedOrigins),
     ("PUSHWIRE_PUSH_ALLOW", Setting::PushAllow),
     ("PUSHWIRE_TRUSTED_PROXIES", Setting::TrustedProxies),
@@ -152,6 +158,8 @@ pub struct Sources {
     pub jwt_secret: SecretSource,
     /// `--push-secret(-file)`.
     pub push_secret: SecretSource,
+    /// `--events-secret(-file)`.
+    pub events_secret: SecretSource,
     /// `--allowed-origins` (`None`: any).
     pub allowed_origins: Option<Vec<String>>,
     /// `--push-allow` (`None`: anyone).
@@ -230,6 +238,11 @@ impl Sources {
                 "PUSHWIRE_PUSH_SECRET_FILE",
                 &mut next.push_secret,
             ),
+            (
+                "PUSHWIRE_EVENTS_SECRET",
+                "PUSHWIRE_EVENTS_SECRET_FILE",
+                &mut next.events_secret,
+            ),
         ] {
             *slot = match (get(literal), get(file)) {
                 (Some(a), Some(b)) => {
@@ -278,6 +291,10 @@ impl Sources {
             allowed_origins: self.allowed_origins.clone(),
             push_allow: self.push_allow.clone(),
             trusted_proxies: self.trusted_proxies.clone(),
+            events_secret: self
+                .events_secret
+                .read()
+                .map_err(|e| format!("events secret: {e}"))?,
         })
     }
 
@@ -396,11 +413,13 @@ mod tests {
     use super::*;
     use crate::envfile::parse;
 
-    const KNOWN: [&str; 11] = [
+    const KNOWN: [&str; 13] = [
         "PUSHWIRE_JWT_SECRET",
         "PUSHWIRE_JWT_SECRET_FILE",
         "PUSHWIRE_PUSH_SECRET",
         "PUSHWIRE_PUSH_SECRET_FILE",
+        "PUSHWIRE_EVENTS_SECRET",
+        "PUSHWIRE_EVENTS_SECRET_FILE",
         "PUSHWIRE_ALLOWED_ORIGINS",
         "PUSHWIRE_PUSH_ALLOW",
         "PUSHWIRE_TRUSTED_PROXIES",
@@ -415,6 +434,7 @@ mod tests {
         Sources {
             jwt_secret: SecretSource::File("/run/credentials/pushwire.service/jwt".into()),
             push_secret: SecretSource::Literal(Secret::new("push")),
+            events_secret: SecretSource::Off,
             allowed_origins: Some(vec!["https://a.example".into()]),
             push_allow: Some(parse_cidrs("10.0.0.0/8").unwrap()),
             trusted_proxies: parse_cidrs("127.0.0.0/8").unwrap(),

@@ -1,5 +1,5 @@
-//! The settings a reload (SIGHUP) may change while every connection stays up: the JWT
-//! and push secrets, the Origin and push allow-lists, the trusted proxies. (The TLS
+//! The settings a reload (SIGHUP) may change while every connection stays up: the JWT,
+//! push and events secrets, the Origin and push allow-lists, the trusted proxies. (The TLS
 //! certificate is reloaded by `tls::Acceptor`.)
 //!
 //! Each is read where it decides something (a handshake, a bind, a backend's `/auth`,
@@ -23,6 +23,8 @@ pub struct Reloadable {
     pub push_allow: Option<Vec<Cidr>>,
     /// [`Config::trusted_proxies`].
     pub trusted_proxies: Vec<Cidr>,
+    /// [`Config::events_secret`].
+    pub events_secret: Option<Secret>,
 }
 
 impl Reloadable {
@@ -34,6 +36,7 @@ impl Reloadable {
             allowed_origins: config.allowed_origins.clone(),
             push_allow: config.push_allow.clone(),
             trusted_proxies: config.trusted_proxies.clone(),
+            events_secret: config.events_secret.clone(),
         }
     }
 
@@ -51,6 +54,10 @@ impl Reloadable {
         [
             ("jwt secret", secret(&self.jwt_secret, &next.jwt_secret)),
             ("push secret", secret(&self.push_secret, &next.push_secret)),
+            (
+                "events secret",
+                secret(&self.events_secret, &next.events_secret),
+            ),
             (
                 "allowed origins",
                 allow_list(&self.allowed_origins, &next.allowed_origins, origin),
@@ -180,6 +187,7 @@ mod tests {
             allowed_origins: Some(vec!["https://a.example".into()]),
             push_allow: Some(parse_cidrs("10.0.0.0/8").unwrap()),
             trusted_proxies: parse_cidrs("127.0.0.0/8").unwrap(),
+            events_secret: Some(Secret::new("e")),
         };
         f(&mut r);
         r
@@ -207,6 +215,10 @@ mod tests {
         assert_eq!(
             changes(|r| r.push_secret = Some(Secret::new("p"))),
             ["push secret set"]
+        );
+        assert_eq!(
+            changes(|r| r.events_secret = Some(Secret::new("f"))),
+            ["events secret rotated"]
         );
         assert_eq!(
             changes(|r| r.allowed_origins = None),

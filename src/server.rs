@@ -179,6 +179,8 @@ pub async fn serve_state(
         "browser connections still open",
     )
     .await;
+    // Last: what the steps above emitted (closes) still goes out, within the deadline.
+    ctx.events.close(deadline).await;
     ctx.nodes.stop().resolve().await;
     info!("shutdown complete");
     Ok(())

@@ -10,6 +10,7 @@ use tokio_util::sync::CancellationToken;
 use crate::cluster::{Cluster, ClusterConfig, ClusterNodes};
 use crate::config::Config;
 use crate::dedupe::Dedupe;
+use crate::events::Hub;
 use crate::metrics::{Gauges, Metric, Metrics};
 use crate::nodes::{Here, Nodes};
 use crate::registry::Registry;
@@ -37,6 +38,8 @@ pub struct State {
     pub tls: Option<Acceptor>,
     /// Secrets and allow-lists as of the last reload; read with [`State::settings`].
     reloadable: RwLock<Arc<Reloadable>>,
+    /// Events for the backend: webhook receivers and `/events` readers.
+    pub events: Arc<Hub>,
 }
 
 impl State {
@@ -57,7 +60,8 @@ impl State {
         );
         let dedupe = Dedupe::new(config.dedupe_window, config.dedupe_max_entries);
         let here = Here::new(registry.clone(), dedupe);
-        let nodes: Box<dyn Nodes> = match &config.redis {
+        // Events name the node as the cluster does, so a receiver can tell them apart.
+        let (nodes, node): (Box<dyn Nodes>, String) = match &config.redis {
             Some(url) => {
                 let cluster = Cluster::start(
                     &ClusterConfig {
@@ -76,10 +80,18 @@ impl State {
                 let window = config
                     .dedupe_window
                     .filter(|_| config.dedupe_max_entries > 0);
-                Box::new(ClusterNodes::new(here, cluster, window))
+                let node = cluster.node().to_owned();
+                (Box::new(ClusterNodes::new(here, cluster, window)), node)
             }
-            None => Box::new(here),
+            None => (Box::new(here), crate::cluster::node_id()),
         };
+        let events = Hub::new(
+            &config.events,
+            config.events_secret.clone(),
+            node.into(),
+            metrics.clone(),
+        )
+        .map_err(std::io::Error::other)?;
         Ok(Arc::new(State {
             nodes,
             registry,
@@ -89,6 +101,7 @@ impl State {
             tls,
             reloadable: RwLock::new(Arc::new(Reloadable::from_config(&config))),
             config,
+            events: Arc::new(events),
         }))
     }
 
@@ -106,6 +119,7 @@ impl State {
     /// TLS on or off needs a restart: the port's scheme would change under the browsers).
     /// Returns what changed, for the log.
     pub fn reload(&self, next: Reloadable, tls: Option<&TlsFiles>) -> Result<Vec<Change>, String> {
+        self.events.check_secret(next.events_secret.as_ref())?;
         let mut changed = match (&self.tls, tls) {
             (Some(acceptor), Some(files)) => {
                 acceptor.reload(files)?;
@@ -117,6 +131,8 @@ impl State {
         };
         let mut current = self.reloadable.write().unwrap_or_else(|e| e.into_inner());
         changed.extend(current.changes(&next));
+        // Checked above, so it takes it.
+        let _ = self.events.set_secret(next.events_secret.clone());
         *current = Arc::new(next);
         Ok(changed)
     }
@@ -141,6 +157,7 @@ impl Gauges for State {
             Metric::OpenFds => open_fds(),
             Metric::HistoryUids => self.registry.history_totals().0 as u64,
             Metric::HistoryBytes => self.registry.history_totals().1 as u64,
+            Metric::EventsQueued => self.events.queued() as u64,
             Metric::FdLimit => {
                 rlimit::getrlimit(rlimit::Resource::NOFILE).map_or(0, |(soft, _)| soft)
             }

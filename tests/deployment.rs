@@ -140,6 +140,7 @@ fn the_packaged_unit_is_the_installed_one_for_usr_bin() {
         "[\"target/release/pushwire\", \"usr/bin/\", \"755\"]",
         "[\"systemd/pushwire.env\", \"etc/pushwire/pushwire.env\", \"600\"]",
         "[\"clients/php/Pushwire.php\", \"usr/share/pushwire/\", \"644\"]",
+        "[\"clients/php/Webhook.php\", \"usr/share/pushwire/\", \"644\"]",
     ] {
         assert!(
             manifest.contains(needle),

@@ -233,7 +233,7 @@ pub(super) async fn report_errors((mut cmd, mut sub): (LinkErrors, LinkErrors)) 
 }
 
 /// A random node id, 16 hex digits.
-pub(super) fn node_id() -> String {
+pub(crate) fn node_id() -> String {
     use std::hash::{BuildHasher, Hasher};
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
     h.write_u128(

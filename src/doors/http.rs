@@ -1,11 +1,12 @@
 //! The HTTP door for backends and operators (hyper): `POST /push` takes push-port lines and
 //! answers with exactly the reply lines the TCP port would give; `/?type=publish` speaks
-//! web-msg-sender's API; `/metrics` is Prometheus text; `/healthz` and `/readyz` are for
-//! load balancers and systemd.
+//! web-msg-sender's API; `/metrics` is Prometheus text; `/status` is the operators' live
+//! page (`status_page.rs`); `/healthz` and `/readyz` are for load balancers and systemd.
 //!
 //! Access is the push port's: `--push-allow` decides by source address (at accept, and
 //! again per request, as a reload may narrow it), and with a push secret every request
-//! but the health checks needs `Authorization: Bearer SECRET`. Everything a client
+//! but the health checks needs `Authorization: Bearer SECRET` (or the secret as HTTP
+//! Basic's password, any user name: what a browser asks for on `/status`). Everything a client
 //! controls is bounded (connections in all and per address, header bytes, body bytes,
 //! request time, reply time); each refusal is a status code with a one-line reason.
 
@@ -215,17 +216,23 @@ async fn route(req: Request<Incoming>, peer: Peer, ctx: &Arc<State>) -> HttpRepl
         let given = req
             .headers()
             .get(AUTHORIZATION)
-            .and_then(|v| bearer(v.as_bytes()));
+            .and_then(|v| credential(v.as_bytes()));
         let refusal = match given {
-            Some(token) if secret.matches(token) => None,
+            Some(token) if secret.matches(&token) => None,
             Some(_) => Some("bad secret"),
             None => Some("authentication required: send Authorization: Bearer SECRET"),
         };
         if let Some(why) = refusal {
             ctx.metrics.incr(Metric::RefusedPush);
             let mut resp = text(StatusCode::UNAUTHORIZED, why);
+            // A browser opening the live page asks its user for Basic credentials.
+            let scheme = if path.starts_with("/status") {
+                "Basic realm=\"pushwire\", charset=\"UTF-8\""
+            } else {
+                "Bearer"
+            };
             resp.headers_mut()
-                .insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+                .insert(WWW_AUTHENTICATE, HeaderValue::from_static(scheme));
             return resp;
         }
     }
@@ -235,6 +242,8 @@ async fn route(req: Request<Incoming>, peer: Peer, ctx: &Arc<State>) -> HttpRepl
             Err(refusal) => refusal,
         },
         (Method::GET | Method::HEAD, "/metrics") => metrics(ctx),
+        (Method::GET | Method::HEAD, "/status") => whole(crate::status_page::page()),
+        (Method::GET | Method::HEAD, "/status.json") => whole(crate::status_page::json(ctx)),
         (method, "/") if method == Method::GET || method == Method::POST => {
             let query = req.uri().query().map(str::to_owned);
             let form = if method == Method::POST {
@@ -265,10 +274,33 @@ async fn route(req: Request<Incoming>, peer: Peer, ctx: &Arc<State>) -> HttpRepl
 fn allowed_methods(path: &str) -> Option<&'static str> {
     match path {
         "/push" => Some("POST"),
-        "/metrics" | "/healthz" | "/readyz" => Some("GET, HEAD"),
+        "/metrics" | "/healthz" | "/readyz" | "/status" | "/status.json" => Some("GET, HEAD"),
         "/" => Some("GET, POST"),
         _ => None,
     }
+}
+
+/// A reply made whole elsewhere (`status_page.rs`), as the door's body.
+fn whole(reply: hyper::Response<Bytes>) -> HttpReply {
+    reply.map(Body::whole)
+}
+
+/// The secret an `Authorization` header gives: Bearer's token, or Basic's password (any
+/// user name: RFC 7617, `user:password` in base64).
+fn credential(value: &[u8]) -> Option<std::borrow::Cow<'_, [u8]>> {
+    if let Some(token) = bearer(value) {
+        return Some(token.into());
+    }
+    let (scheme, rest) = value.split_at_checked(5)?;
+    if !scheme.eq_ignore_ascii_case(b"basic") || rest.first() != Some(&b' ') {
+        return None;
+    }
+    use base64::Engine;
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(rest.trim_ascii())
+        .ok()?;
+    let colon = decoded.iter().position(|&b| b == b':')?;
+    Some(decoded[colon + 1..].to_vec().into())
 }
 
 /// The token of `Authorization: Bearer TOKEN`; the scheme is case-insensitive (RFC 9110
@@ -379,5 +411,20 @@ mod tests {
         assert_eq!(bearer(b"Bearer "), None);
         assert_eq!(bearer(b"Bearerabc"), None);
         assert_eq!(bearer(b"Basic abc"), None);
+        // "ops:s3cret", "x:a:b" (the password holds a colon), ":p" (no user name).
+        assert_eq!(
+            credential(b"Basic b3BzOnMzY3JldA==").as_deref(),
+            Some(&b"s3cret"[..])
+        );
+        assert_eq!(credential(b"basic eDphOmI=").as_deref(), Some(&b"a:b"[..]));
+        assert_eq!(credential(b"Basic OnA=").as_deref(), Some(&b"p"[..]));
+        assert_eq!(credential(b"Bearer t").as_deref(), Some(&b"t"[..]));
+        assert_eq!(credential(b"Basic !!!"), None);
+        assert_eq!(
+            credential(b"Basic bm9jb2xvbg=="),
+            None,
+            "no colon: not Basic"
+        );
+        assert_eq!(credential(b"Digest x"), None);
     }
 }

@@ -5,6 +5,9 @@
 //! [`Replies`]. On a single node every reply is ready at once, so all replies for what one
 //! `read` brought in are written with one `write` (pipelined backends pay one syscall per
 //! batch, not per line).
+//!
+//! `/events [TYPES]` turns the connection into a stream of events once every earlier
+//! line is answered (`events::stream`); lines after it are not run.
 
 use std::io;
 use std::sync::Arc;
@@ -69,13 +72,25 @@ where
     let mut out = BytesMut::new();
     let mut replies = Replies::default();
     let mut closing = false;
+    let mut events = None;
     loop {
         while !closing
+            && events.is_none()
             && replies.len() < MAX_QUEUED_REPLIES
             && let Some(frame) = framer.next_frame(&mut buf)
         {
             let first = framer.too_long_first_byte();
-            closing |= answer(&frame, first, &mut auth, &ctx, peer, &mut replies, &mut out);
+            match answer(&frame, first, &mut auth, &ctx, peer, &mut replies, &mut out) {
+                After::Read => {}
+                After::Close => closing = true,
+                After::Stream(sub) => events = Some(sub),
+            }
+        }
+        if let Some(sub) = events {
+            drain(&mut replies, &mut out, &ctx).await;
+            write_replies(&mut stream, &out, idle_timeout, peer).await?;
+            stream_events(&mut stream, sub, &ctx, peer).await;
+            return linger_close(stream, REFUSAL_LINGER).await;
         }
         if !out.is_empty() {
             write_replies(&mut stream, &out, idle_timeout, peer).await?;
@@ -111,12 +126,22 @@ where
         if n == 0 {
             // Half-close: answer the unterminated tail, if any, then close our side.
             // (A refusal is answered too: the peer is done sending, so nothing to linger for.)
+            let mut events = None;
             if let Some(frame) = framer.finish(&mut buf) {
                 let first = framer.too_long_first_byte();
-                answer(&frame, first, &mut auth, &ctx, peer, &mut replies, &mut out);
+                if let After::Stream(sub) =
+                    answer(&frame, first, &mut auth, &ctx, peer, &mut replies, &mut out)
+                {
+                    events = Some(sub);
+                }
             }
             drain(&mut replies, &mut out, &ctx).await;
             write_replies(&mut stream, &out, idle_timeout, peer).await?;
+            if let Some(sub) = events {
+                // `printf '/events' | nc -N`: the reader closed its side, it still reads.
+                stream_events(&mut stream, sub, &ctx, peer).await;
+                return Ok(());
+            }
             break;
         }
         quiet_since = Instant::now();
@@ -124,8 +149,31 @@ where
     stream.shutdown().await
 }
 
-/// Answers one line after the access check (its response goes to `replies`); true if
-/// the connection closes after it (a refused `/auth`, or no `/auth` where one is required).
+/// How long one write of an event stream may take when there is no idle timeout.
+const STREAM_WRITE_LIMIT: Duration = Duration::from_secs(60);
+
+/// The rest of the connection's life as an `/events` stream; a write may take up to the
+/// idle timeout.
+async fn stream_events<S>(stream: &mut S, sub: crate::events::Subscription, ctx: &State, peer: Peer)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let limit = ctx.config.push_idle_timeout.unwrap_or(STREAM_WRITE_LIMIT);
+    let end = crate::events::stream::serve(stream, sub, &ctx.push_stop, limit).await;
+    debug!(%peer, ?end, "event stream ended");
+}
+
+/// What the door does after a line.
+enum After {
+    /// Reads the next one.
+    Read,
+    /// Closes: a refused `/auth`, or no `/auth` where one is required.
+    Close,
+    /// Becomes an event stream (`/events`), subscribed as of this line.
+    Stream(crate::events::Subscription),
+}
+
+/// Answers one line after the access check (its response goes to `replies`).
 fn answer(
     frame: &Frame,
     too_long_first: Option<u8>,
@@ -134,17 +182,28 @@ fn answer(
     peer: Peer,
     replies: &mut Replies,
     out: &mut BytesMut,
-) -> bool {
-    let (reply, close) = match auth.check(frame, ctx, peer) {
+) -> After {
+    let (reply, after) = match auth.check(frame, ctx, peer) {
         Step::Proceed => {
-            replies.run(ctx, frame, too_long_first, out);
-            return false;
+            let asked = match frame {
+                Frame::Line(line) => crate::events::stream::request(line),
+                Frame::TooLong => None,
+            };
+            match asked {
+                // Subscribed now: what happens while earlier replies drain is not missed.
+                Some(Ok(kinds)) => return After::Stream(ctx.events.subscribe(kinds)),
+                Some(Err(why)) => (Reply::error(why), After::Read),
+                None => {
+                    replies.run(ctx, frame, too_long_first, out);
+                    return After::Read;
+                }
+            }
         }
-        Step::Answered(reply) => (reply, false),
-        Step::Close(reply) => (reply, true),
+        Step::Answered(reply) => (reply, After::Read),
+        Step::Close(reply) => (reply, After::Close),
     };
     replies.push(Response::Now(reply), out);
-    close
+    after
 }
 
 /// Waits (within the shutdown timeout) for every queued reply, encoding them into `out`.

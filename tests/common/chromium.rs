@@ -285,6 +285,181 @@ impl Drop for Browser {
     }
 }
 
+impl Browser {
+    /// Like [`Browser::launch`], with the DevTools protocol on a port Chromium picks
+    /// ([`Browser::devtools`] connects to it).
+    pub fn launch_debuggable(url: &str, args: &[String]) -> Browser {
+        let mut all = vec!["--remote-debugging-port=0".to_owned()];
+        all.extend(args.iter().cloned());
+        Browser::launch(url, &all)
+    }
+
+    /// The DevTools protocol of the first page (15 s to come up).
+    pub async fn devtools(&mut self) -> Devtools {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        let port_file = self.dir.join("profile/DevToolsActivePort");
+        loop {
+            self.assert_running();
+            let port = std::fs::read_to_string(&port_file)
+                .ok()
+                .and_then(|s| s.lines().next().and_then(|p| p.trim().parse::<u16>().ok()));
+            if let Some(port) = port
+                && let Some(url) = page_target(port).await
+            {
+                let (ws, _) = tokio_tungstenite::connect_async(url.as_str())
+                    .await
+                    .unwrap_or_else(|e| panic!("devtools {url}: {e}"));
+                return Devtools { ws, next: 0 };
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no DevTools page within 15 s; chromium log ends:\n{}",
+                self.log_tail()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+/// The `webSocketDebuggerUrl` of the first `page` target DevTools lists.
+async fn page_target(port: u16) -> Option<String> {
+    let mut tcp = TcpStream::connect(("127.0.0.1", port)).await.ok()?;
+    // The URLs it lists name the host this request names.
+    let request = format!("GET /json/list HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n");
+    tcp.write_all(request.as_bytes()).await.ok()?;
+    // DevTools keeps the connection open: read the head, then Content-Length bytes.
+    let mut answer = Vec::new();
+    let read = async {
+        loop {
+            let mut chunk = [0u8; 4096];
+            let n = tcp.read(&mut chunk).await.ok()?;
+            if n == 0 {
+                return None;
+            }
+            answer.extend_from_slice(&chunk[..n]);
+            let text = String::from_utf8_lossy(&answer);
+            if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                let length = head
+                    .lines()
+                    .filter_map(|l| l.split_once(':'))
+                    .find(|(k, _)| k.trim().eq_ignore_ascii_case("content-length"))
+                    .and_then(|(_, v)| v.trim().parse::<usize>().ok())?;
+                if body.len() >= length {
+                    return Some(body.to_owned());
+                }
+            }
+        }
+    };
+    let body = timeout(Duration::from_secs(5), read).await.ok()??;
+    let targets: serde_json::Value = serde_json::from_str(&body).ok()?;
+    targets.as_array()?.iter().find(|t| t["type"] == "page")?["webSocketDebuggerUrl"]
+        .as_str()
+        .map(str::to_owned)
+}
+
+/// One page's DevTools protocol session: evaluate script, take screenshots.
+pub struct Devtools {
+    ws: tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<TcpStream>>,
+    next: u64,
+}
+
+impl Devtools {
+    /// Calls `method` and returns its `result` (events that arrive meanwhile are skipped).
+    pub async fn call(&mut self, method: &str, params: serde_json::Value) -> serde_json::Value {
+        use futures_util::{SinkExt, StreamExt};
+        self.next += 1;
+        let id = self.next;
+        let request = serde_json::json!({"id": id, "method": method, "params": params});
+        self.ws
+            .send(tokio_tungstenite::tungstenite::Message::text(
+                request.to_string(),
+            ))
+            .await
+            .unwrap_or_else(|e| panic!("devtools send {method}: {e}"));
+        loop {
+            let msg = timeout(Duration::from_secs(10), self.ws.next())
+                .await
+                .unwrap_or_else(|_| panic!("devtools {method}: no answer in 10 s"))
+                .unwrap_or_else(|| panic!("devtools {method}: closed"))
+                .unwrap_or_else(|e| panic!("devtools {method}: {e}"));
+            let Ok(text) = msg.to_text() else {
+                continue;
+            };
+            let v: serde_json::Value = serde_json::from_str(text).unwrap_or_default();
+            if v["id"] == id {
+                assert!(v.get("error").is_none(), "devtools {method}: {v}");
+                return v["result"].clone();
+            }
+        }
+    }
+
+    /// The value of a JavaScript expression in the page.
+    pub async fn eval(&mut self, expression: &str) -> serde_json::Value {
+        let r = self
+            .call(
+                "Runtime.evaluate",
+                serde_json::json!({"expression": expression, "returnByValue": true}),
+            )
+            .await;
+        r["result"]["value"].clone()
+    }
+
+    /// Polls `expression` until it is `true` (within `within`).
+    pub async fn wait_true(&mut self, expression: &str, within: Duration) {
+        let deadline = Instant::now() + within;
+        loop {
+            if self.eval(expression).await == serde_json::Value::Bool(true) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{expression} not true within {within:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// A PNG of the page as shown, `width` CSS pixels wide (`mobile`: a phone's viewport
+    /// and scale), the whole page's height.
+    pub async fn screenshot(&mut self, width: u32, mobile: bool) -> Vec<u8> {
+        let scale = if mobile { 2 } else { 1 };
+        let metrics = serde_json::json!({
+            "width": width, "height": 800, "deviceScaleFactor": scale, "mobile": mobile
+        });
+        self.call("Emulation.setDeviceMetricsOverride", metrics)
+            .await;
+        let height = self
+            .eval("Math.ceil(document.documentElement.scrollHeight)")
+            .await
+            .as_u64()
+            .unwrap_or(800);
+        let metrics = serde_json::json!({
+            "width": width, "height": height, "deviceScaleFactor": scale, "mobile": mobile
+        });
+        self.call("Emulation.setDeviceMetricsOverride", metrics)
+            .await;
+        // Two frames, so the page is painted at its new size before the capture.
+        self.call(
+            "Runtime.evaluate",
+            serde_json::json!({
+                "expression": "new Promise(r => requestAnimationFrame(() => requestAnimationFrame(r)))",
+                "awaitPromise": true
+            }),
+        )
+        .await;
+        let shot = self
+            .call(
+                "Page.captureScreenshot",
+                serde_json::json!({"format": "png"}),
+            )
+            .await;
+        use base64::Engine;
+        base64::engine::general_purpose::STANDARD
+            .decode(shot["data"].as_str().expect("screenshot data"))
+            .expect("screenshot base64")
+    }
+}
+
 /// Chromium showing the seed page, plus what the test needs to watch it.
 pub struct SeedPage {
     pub browser: Browser,

@@ -112,6 +112,33 @@ impl TestServer {
     /// The generic constructor: binds every listener `addrs` names and serves them with
     /// `pushwire::serve`.
     pub async fn start_at(config: pushwire::Config, addrs: Addrs) -> TestServer {
+        TestServer::serving(addrs, |listeners, shutdown| {
+            tokio::spawn(pushwire::serve(config, listeners, shutdown))
+        })
+        .await
+    }
+
+    /// Like [`TestServer::start_at`] with the HTTP door, with the state made here and
+    /// handed back, for tests that drive the server through the library too (the events
+    /// hub) or look inside it.
+    pub async fn start_with_state(
+        config: pushwire::Config,
+    ) -> (TestServer, std::sync::Arc<pushwire::state::State>) {
+        let (config, _) = config.validate();
+        let state = pushwire::state::State::new(config).expect("server state");
+        let server = TestServer::serving(Addrs::ephemeral().with_http(), {
+            let state = state.clone();
+            |listeners, shutdown| tokio::spawn(pushwire::serve_state(state, listeners, shutdown))
+        })
+        .await;
+        (server, state)
+    }
+
+    /// Binds every listener `addrs` names and starts `serve` on them.
+    async fn serving(
+        addrs: Addrs,
+        serve: impl FnOnce(pushwire::Listeners, CancellationToken) -> JoinHandle<std::io::Result<()>>,
+    ) -> TestServer {
         let bind = |addr: SocketAddr, what: &'static str| async move {
             TcpListener::bind(addr)
                 .await
@@ -133,7 +160,7 @@ impl TestServer {
             http,
         };
         let shutdown = CancellationToken::new();
-        let handle = tokio::spawn(pushwire::serve(config, listeners, shutdown.clone()));
+        let handle = serve(listeners, shutdown.clone());
         TestServer {
             ws_addr,
             push_addr,

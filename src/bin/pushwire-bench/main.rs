@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! pushwire-bench --ws ws://127.0.0.1:1234 --push 127.0.0.1:5678 [--server-pid PID] \
-//!     <storm|throughput|churn|latency|fanout|idle-mem|pending-mem|all|floor> [options]
+//!     <storm|throughput|churn|latency|fanout|idle-mem|pending-mem|all|floor|events-webhook> [options]
 //! ```
 //!
 //! Every scenario checks what it measures: each push answered `ok` must reach its client
@@ -14,6 +14,7 @@
 mod client;
 mod cluster;
 mod compare;
+mod events;
 mod floor;
 mod procstat;
 mod push;
@@ -243,6 +244,20 @@ pub enum Scenario {
         #[arg(long)]
         payload_bytes: usize,
     },
+    /// No server: what one event costs when a webhook receiver is attached (encoding,
+    /// queue, batch, signature, POST), measured in this process on pushwire's events hub
+    /// with the receiver in a child process (ignores --ws/--push).
+    EventsWebhook {
+        /// Events per pass [default: 100000; smoke 10000].
+        #[arg(long)]
+        events: Option<u64>,
+        /// Events per second [default: 20000].
+        #[arg(long)]
+        rate: Option<u64>,
+    },
+    /// The events-webhook scenario's receiver (internal).
+    #[command(hide = true)]
+    EventsReceiver,
     /// No run: reads earlier runs' JSON lines, one file per side (e.g. before.jsonl
     /// after.jsonl), and prints each figure's median per side and its ratio to the first
     /// side. Exits 1 if any run in them failed its checks. See scripts/bench-compare.sh.
@@ -356,6 +371,10 @@ fn main() {
             std::process::exit(cluster::run(&o, nodes, *push_via))
         }
         Scenario::Floor => std::process::exit(floor::run(&o)),
+        Scenario::EventsWebhook { events, rate } => {
+            std::process::exit(events::run(&o, *events, *rate))
+        }
+        Scenario::EventsReceiver => std::process::exit(events::receiver()),
         Scenario::FloorSender { .. } => std::process::exit(floor::sender(&o)),
         _ => {}
     }

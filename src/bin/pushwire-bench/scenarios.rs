@@ -214,7 +214,9 @@ pub async fn main(o: Opts, net: &'static Net) -> Result<bool, String> {
         Scenario::Compare { .. }
         | Scenario::Floor
         | Scenario::FloorSender { .. }
-        | Scenario::ClusterFanout { .. } => {
+        | Scenario::ClusterFanout { .. }
+        | Scenario::EventsWebhook { .. }
+        | Scenario::EventsReceiver => {
             return Err("this scenario runs without a server".into());
         }
         Scenario::All => {
