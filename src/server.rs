@@ -178,7 +178,11 @@ pub async fn serve_state(
         "browser connections still open",
     )
     .await;
-    // Last: what the steps above emitted (closes) still goes out, within the deadline.
+    // Last: what the steps above emitted (closes, and the offlines they make) still goes
+    // out, within the deadline.
+    if let Some(presence) = &ctx.presence_events {
+        presence.flush();
+    }
     ctx.events.close(deadline).await;
     if let Some(cluster) = &ctx.cluster {
         cluster.stop().await;

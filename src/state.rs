@@ -9,7 +9,7 @@ use tokio_util::sync::CancellationToken;
 use crate::cluster::{Cluster, ClusterConfig};
 use crate::config::Config;
 use crate::dedupe::Dedupe;
-use crate::events::Hub;
+use crate::events::{Debounce, Hub};
 use crate::metrics::{Gauges, Metric, Metrics};
 use crate::registry::Registry;
 use crate::reloadable::{Change, Reloadable};
@@ -39,6 +39,8 @@ pub struct State {
     pub dedupe: Arc<Dedupe>,
     /// Events for the backend: webhook receivers and `/events` readers.
     pub events: Arc<Hub>,
+    /// A single node's `online`/`offline` (cluster mode settles them in Redis).
+    pub presence_events: Option<Arc<Debounce>>,
 }
 
 impl State {
@@ -87,6 +89,16 @@ impl State {
             metrics.clone(),
         )
         .map_err(std::io::Error::other)?;
+        let events = Arc::new(events);
+        let presence_events = match &cluster {
+            Some(_) => None,
+            None => {
+                let debounce = Debounce::new(events.clone(), config.events.debounce);
+                registry.set_events(events.clone(), debounce.clone());
+                tokio::spawn(debounce.clone().run());
+                Some(debounce)
+            }
+        };
         Ok(Arc::new(State {
             registry,
             metrics,
@@ -97,7 +109,8 @@ impl State {
             reloadable: RwLock::new(Arc::new(Reloadable::from_config(&config))),
             config,
             dedupe,
-            events: Arc::new(events),
+            events,
+            presence_events,
         }))
     }
 
