@@ -317,6 +317,11 @@ impl Binding {
     pub fn uid_shared(&self) -> Uid {
         self.uid.clone()
     }
+
+    /// The uid this connection bound, as the registry keeps it.
+    pub fn uid_ref(&self) -> &Uid {
+        &self.uid
+    }
 }
 
 impl Drop for Binding {

@@ -106,8 +106,9 @@ pub(crate) fn serve(
         let end = session(&mut ws, &binding, &ctx, &mut events).await;
         let half_written = binding.outbox().detach();
         // Leave the map before the (possibly slow) closing handshake, so pushes fail at once.
+        let bound = binding.uid_shared();
         drop(binding);
-        closed(events, &end, &ctx);
+        closed(events, Some(bound), &end, &ctx);
         debug!(uid = %crate::logsafe::escaped(&uid), ?end, "closed");
         if let Some((msg, sent)) = half_written
             && closes_with_frame(&end)
@@ -197,7 +198,7 @@ async fn open(
     match identified.and_then(|uid| mode.map(|m| (uid, m)).map_err(End::Closed)) {
         Ok((uid, mode)) => Opening::Bound(ws, uid, mode, events),
         Err(end) => {
-            closed(events, &end, ctx);
+            closed(events, None, &end, ctx);
             if let End::Closed(notice) = &end
                 && *notice != CloseNotice::BIND_TIMEOUT
             {
@@ -212,7 +213,7 @@ async fn open(
 
 /// The `close` event of a connection that ended so: the code the browser sees (1005 for
 /// its close frame without one, 1006 where no close frame is exchanged), and why.
-fn closed(events: ConnEvents, end: &End, ctx: &State) {
+fn closed(events: ConnEvents, uid: Option<crate::wire::Uid>, end: &End, ctx: &State) {
     let (code, reason) = match end {
         End::PeerClosed(code) => (code.unwrap_or(1005), None),
         End::PeerError(_) => (1006, Some("connection lost")),
@@ -224,7 +225,7 @@ fn closed(events: ConnEvents, end: &End, ctx: &State) {
             Some(&*CloseNotice::SHUTDOWN.reason),
         ),
     };
-    events.closed(&ctx.events, code, reason);
+    events.closed(&ctx.events, uid, code, reason);
 }
 
 /// Whether [`finish`] writes a frame for `end`.
@@ -424,7 +425,7 @@ async fn session(ws: &mut Ws, binding: &Binding, ctx: &State, events: &mut ConnE
                     Ok(Incoming::Close(code)) => return End::PeerClosed(code),
                     Ok(Incoming::Text(t)) if binding.text(&t) => {}
                     Ok(Incoming::Text(t)) => {
-                        if let Err(notice) = events.message(&ctx.events, &t) {
+                        if let Err(notice) = events.message(&ctx.events, binding.uid_ref(), &t) {
                             info!(code = notice.code, reason = %notice.reason, "closing a tab: message events over their bound");
                             return End::Closed(notice);
                         }
@@ -575,7 +576,8 @@ mod tests {
     /// short-lived (the upgrade and the uid, an event stream, a refusal, a stuck write, the
     /// closing handshake) is boxed and this stays near the bound session's own size:
     /// 1,336 bytes in a test build of 2026-12-07 (1,704 on 2026-12-01, with the arguments
-    /// kept twice and the upgrade's and the uid's states inline).
+    /// kept twice and the upgrade's and the uid's states inline); 1,432 with the
+    /// connection's events (`events::ConnEvents`, 32 bytes, and the session's message path).
     #[test]
     fn serve_future_stays_small() {
         let bytes = future_size(super::serve);

@@ -56,13 +56,13 @@ pub fn message_rate(per_second: u32) -> CloseNotice {
 
 /// One connection's events, numbered 1, 2, 3... from `connect`. The number counts every
 /// event of the connection whether or not someone listened to it, so the same event has
-/// the same `seq` for every listener.
+/// the same `seq` for every listener. Every browser connection's task holds one (32
+/// bytes: the uid is the binding's, passed in).
 #[derive(Debug)]
 pub struct ConnEvents {
     /// The connection's number on this node (`conn` is `NODE-N`).
     n: u64,
     seq: u32,
-    uid: Option<Uid>,
     /// Message tokens left, and when they were last topped up (a token bucket).
     tokens: f32,
     topped: Option<Instant>,
@@ -74,7 +74,6 @@ impl ConnEvents {
         let mut c = ConnEvents {
             n: hub.next_conn(),
             seq: 0,
-            uid: None,
             tokens: 0.0,
             topped: None,
         };
@@ -84,23 +83,19 @@ impl ConnEvents {
 
     /// It bound `uid`: `bind`.
     pub fn bound(&mut self, hub: &Hub, uid: &Uid) {
-        self.uid = Some(uid.clone());
         self.emit(hub, Kind::Bind, |conn| What::Bind {
             conn,
             uid: uid.clone(),
         });
     }
 
-    /// A text frame from the bound browser: a `message` event if someone wants them,
-    /// within the size and rate bounds; over them the connection is refused with the
-    /// returned notice. Nobody listening: ignored, as it always was.
-    pub fn message(&mut self, hub: &Hub, text: &str) -> Result<(), CloseNotice> {
+    /// A text frame from the browser bound to `uid`: a `message` event if someone wants
+    /// them, within the size and rate bounds; over them the connection is refused with
+    /// the returned notice. Nobody listening: ignored, as it always was.
+    pub fn message(&mut self, hub: &Hub, uid: &Uid, text: &str) -> Result<(), CloseNotice> {
         if !hub.wants(Kind::Message) {
             return Ok(());
         }
-        let Some(uid) = self.uid.clone() else {
-            return Ok(());
-        };
         let limits = hub.message_limits;
         if text.len() > limits.max_bytes {
             hub.metrics().incr(Metric::EventsMessagesRefused);
@@ -112,7 +107,11 @@ impl ConnEvents {
         }
         hub.metrics().incr(Metric::EventsMessages);
         let data: Arc<str> = text.into();
-        self.emit(hub, Kind::Message, |conn| What::Message { conn, uid, data });
+        self.emit(hub, Kind::Message, |conn| What::Message {
+            conn,
+            uid: uid.clone(),
+            data,
+        });
         Ok(())
     }
 
@@ -133,9 +132,8 @@ impl ConnEvents {
         }
     }
 
-    /// It ended with `code` (and `reason`): `close`.
-    pub fn closed(mut self, hub: &Hub, code: u16, reason: Option<&str>) {
-        let uid = self.uid.take();
+    /// It ended with `code` (and `reason`), bound to `uid` or not: `close`.
+    pub fn closed(mut self, hub: &Hub, uid: Option<Uid>, code: u16, reason: Option<&str>) {
         self.emit(hub, Kind::Close, |conn| What::Close {
             conn,
             uid,
@@ -284,7 +282,6 @@ mod tests {
         let mut c = ConnEvents {
             n: 1,
             seq: 0,
-            uid: None,
             tokens: 0.0,
             topped: None,
         };
