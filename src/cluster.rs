@@ -409,6 +409,11 @@ impl Cluster {
         &self.node
     }
 
+    /// The command connection, for `cluster_presence.rs` (events' presence in Redis).
+    pub(crate) fn redis(&self) -> &Client {
+        &self.cmd
+    }
+
     /// True while both Redis connections are up and Redis answers.
     pub fn is_up(&self) -> bool {
         self.up.load(Relaxed) && self.answering.load(Relaxed)

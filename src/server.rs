@@ -183,6 +183,9 @@ pub async fn serve_state(
     if let Some(presence) = &ctx.presence_events {
         presence.flush();
     }
+    if let Some(presence) = &ctx.cluster_events {
+        presence.leave(deadline).await;
+    }
     ctx.events.close(deadline).await;
     if let Some(cluster) = &ctx.cluster {
         cluster.stop().await;

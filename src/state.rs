@@ -7,6 +7,7 @@ use std::sync::{Arc, RwLock};
 use tokio_util::sync::CancellationToken;
 
 use crate::cluster::{Cluster, ClusterConfig};
+use crate::cluster_presence::ClusterPresence;
 use crate::config::Config;
 use crate::dedupe::Dedupe;
 use crate::events::{Debounce, Hub};
@@ -41,6 +42,8 @@ pub struct State {
     pub events: Arc<Hub>,
     /// A single node's `online`/`offline` (cluster mode settles them in Redis).
     pub presence_events: Option<Arc<Debounce>>,
+    /// Cluster mode with receivers: `online`/`offline` settled across the nodes.
+    pub cluster_events: Option<Arc<ClusterPresence>>,
 }
 
 impl State {
@@ -90,13 +93,16 @@ impl State {
         )
         .map_err(std::io::Error::other)?;
         let events = Arc::new(events);
-        let presence_events = match &cluster {
-            Some(_) => None,
+        let (presence_events, cluster_events) = match &cluster {
+            Some(cluster) => (
+                None,
+                ClusterPresence::start(&events, cluster, &registry, config.events.debounce),
+            ),
             None => {
                 let debounce = Debounce::new(events.clone(), config.events.debounce);
                 registry.set_events(events.clone(), debounce.clone());
                 tokio::spawn(debounce.clone().run());
-                Some(debounce)
+                (Some(debounce), None)
             }
         };
         Ok(Arc::new(State {
@@ -111,6 +117,7 @@ impl State {
             dedupe,
             events,
             presence_events,
+            cluster_events,
         }))
     }
 

@@ -35,7 +35,7 @@ use tracing::warn;
 
 pub use event::{Clock, Encoded, Event, Kind, What};
 pub use filter::{Kinds, Listener, Target};
-pub use sources::{ConnEvents, Debounce, MessageLimits, UidSink};
+pub use sources::{ConnEvents, ConnSink, Debounce, MessageLimits, UidSink};
 pub use stream::Subscription;
 pub use webhook::{Delivery, Health};
 
@@ -119,6 +119,8 @@ pub struct Hub {
     next_conn: AtomicU64,
     /// What a browser may send as `message` events.
     pub message_limits: MessageLimits,
+    /// Cluster mode: told each connection's life (see [`ConnSink`]).
+    conn_sink: OnceLock<Arc<dyn ConnSink>>,
 }
 
 impl Hub {
@@ -181,6 +183,7 @@ impl Hub {
             tasks: Mutex::new(tasks),
             next_conn: AtomicU64::new(1),
             message_limits: config.message,
+            conn_sink: OnceLock::new(),
         })
     }
 
@@ -192,6 +195,16 @@ impl Hub {
     /// A sequence number from this node's [`Clock`] (for uid and group events).
     pub fn next_seq(&self) -> u64 {
         self.clock.next()
+    }
+
+    /// Installs the connection hook (once; later calls are ignored).
+    pub fn set_conn_sink(&self, sink: Arc<dyn ConnSink>) {
+        let _ = self.conn_sink.set(sink);
+    }
+
+    /// The connection hook, in cluster mode with receivers.
+    pub fn conn_sink(&self) -> Option<&Arc<dyn ConnSink>> {
+        self.conn_sink.get()
     }
 
     /// A number for a new connection of this node.

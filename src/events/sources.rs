@@ -28,6 +28,18 @@ pub trait UidSink: Send + Sync + std::fmt::Debug {
     fn left(&self, uid: &Uid);
 }
 
+/// Told a connection's number when it opens, binds and closes: cluster mode keeps the
+/// node's connections in Redis so that, should the node die, another tells their
+/// `close` (`cluster_presence.rs`). Called from the connection's task; must not wait.
+pub trait ConnSink: Send + Sync + std::fmt::Debug {
+    /// Connection `n` of this node was accepted.
+    fn opened(&self, n: u64);
+    /// It bound `uid`.
+    fn bound(&self, n: u64, uid: &Uid);
+    /// It ended.
+    fn closed(&self, n: u64);
+}
+
 /// Bounds on what a browser may send as `message` events (docs/events.md, "Messages from
 /// browsers"): applied while someone listens for `message`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -77,12 +89,18 @@ impl ConnEvents {
             tokens: 0.0,
             topped: None,
         };
+        if let Some(sink) = hub.conn_sink() {
+            sink.opened(c.n);
+        }
         c.emit(hub, Kind::Connect, |conn| What::Connect { conn });
         c
     }
 
     /// It bound `uid`: `bind`.
     pub fn bound(&mut self, hub: &Hub, uid: &Uid) {
+        if let Some(sink) = hub.conn_sink() {
+            sink.bound(self.n, uid);
+        }
         self.emit(hub, Kind::Bind, |conn| What::Bind {
             conn,
             uid: uid.clone(),
@@ -134,6 +152,9 @@ impl ConnEvents {
 
     /// It ended with `code` (and `reason`), bound to `uid` or not: `close`.
     pub fn closed(mut self, hub: &Hub, uid: Option<Uid>, code: u16, reason: Option<&str>) {
+        if let Some(sink) = hub.conn_sink() {
+            sink.closed(self.n);
+        }
         self.emit(hub, Kind::Close, |conn| What::Close {
             conn,
             uid,
