@@ -1,11 +1,9 @@
-//! Events for the backend (docs/events.md), phase A: the webhook sender against real
-//! receivers over real sockets (HTTP and HTTPS, answering, failing, hanging), driven
-//! through the library's `events::Hub` as the daemon's sources will drive it; the
-//! `/events` stream on a running server's push port; the flags and the reload rules of
-//! the events secret with the real binary.
-//!
-//! Nothing in the daemon emits events yet (the sources come with the engine seam, issue
-//! 21): the tests publish through `State::events`, the call the sources will make.
+//! Events for the backend (docs/events.md), their delivery: the webhook sender against
+//! real receivers over real sockets (HTTP and HTTPS, answering, failing, hanging), driven
+//! through the library's `events::Hub` as the daemon's sources drive it; the `/events`
+//! stream on a running server's push port; the flags and the reload rules of the events
+//! secret with the real binary. The sources (a tab's life, groups, a cluster's presence)
+//! are in `event_sources.rs` and `cluster_events.rs`.
 mod common;
 
 use std::sync::Arc;
