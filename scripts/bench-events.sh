@@ -5,24 +5,23 @@
 # medians and their ratio. The receiver is pushwire-bench's own (`events-receiver`: a
 # hyper server answering 204), a separate process, so its CPU is not the server's.
 #
-# Usage: scripts/bench-events.sh [-n RUNS] [DIR] -- SCENARIO [bench args...]
-#   DIR   where the pushwire binary is (default target/release)
+# Usage: scripts/bench-events.sh [-n RUNS] [-d DIR] -- SCENARIO [bench args...]
+#   -d    where the pushwire binary is (default target/release)
 # Examples (docs/benchmarks.md, "Events"):
 #   scripts/bench-events.sh -n 5 -- throughput --clients 1000 --pushes 200000
 #   scripts/bench-events.sh -n 5 -- storm --clients 5000
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-runs=3
-while getopts "n:" opt; do
+runs=3 dir=target/release
+while getopts "n:d:" opt; do
 	case $opt in
 	n) runs=$OPTARG ;;
+	d) dir=$OPTARG ;;
 	*) sed -n '2,13p' "$0" >&2; exit 2 ;;
 	esac
 done
 shift $((OPTIND - 1))
-dir=target/release
-if (($#)) && [[ $1 != -- ]]; then dir=$1; shift; fi
 [[ ${1:-} == -- ]] && shift
 (($#)) || { sed -n '2,13p' "$0" >&2; exit 2; }
 bin=$(realpath "$dir/pushwire")
