@@ -80,8 +80,9 @@ pub(crate) async fn serve(req: Request, ctx: Arc<State>, places: Admitted) {
             return;
         }
     };
-    let binding = ctx.registry.bind_as(&uid, Mode::V1 { since });
+    // `connect` before the bind, whose `online` comes between them as for a tab.
     let mut events = crate::events::ConnEvents::open(&ctx.events);
+    let binding = ctx.registry.bind_as(&uid, Mode::V1 { since });
     events.bound(&ctx.events, &binding.uid_shared());
     drop(places.pending);
     debug!(uid = %crate::logsafe::escaped(binding.uid()), "event stream bound");

@@ -283,3 +283,48 @@ async fn groups_made_and_emptied() {
     );
     assert!(events[0]["seq"].as_u64() < events[1]["seq"].as_u64());
 }
+
+/// An event stream (SSE) is a connection like a tab: `connect` and `bind` when it opens,
+/// `close` (1001, `client closed`: it has no close frame) when the browser goes.
+#[tokio::test]
+async fn an_event_stream_has_the_same_life() {
+    let rx = Receiver::start(|_| Answer::Status(204)).await;
+    let (server, state) =
+        TestServer::start_with_state(config(&rx.url("/hook"), Duration::from_millis(200))).await;
+    let mut sse = BufReader::new(TcpStream::connect(server.ws_addr).await.unwrap());
+    sse.get_mut()
+        .write_all(
+            b"GET /events?uid=sam HTTP/1.1\r\nHost: localhost\r\nAccept: text/event-stream\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    let mut head = String::new();
+    while !head.contains("retry:") {
+        let mut line = String::new();
+        let n = timeout(STEP, sse.read_line(&mut line))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(n > 0, "{head}");
+        head.push_str(&line);
+    }
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    drop(sse);
+    let events = rx.wait_taken(5, STEP).await;
+    let types: Vec<&str> = events.iter().map(|e| e["type"].as_str().unwrap()).collect();
+    assert_eq!(
+        types,
+        ["connect", "online", "bind", "close", "offline"],
+        "{events:#?}"
+    );
+    assert_eq!(events[3]["code"], 1001);
+    assert_eq!(events[3]["reason"], "client closed");
+    assert_eq!(events[3]["uid"], "sam");
+    assert_eq!(events[3]["seq"], 3);
+    assert!(
+        events[0]["conn"]
+            .as_str()
+            .unwrap()
+            .starts_with(state.events.node())
+    );
+}
