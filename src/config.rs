@@ -312,6 +312,15 @@ impl Config {
             notes.push("--events-attempts 0 is raised to 1".to_owned());
             self.events.delivery.attempts = 1;
         }
+        at_least_one(
+            &mut self.events.message.max_bytes,
+            "--events-message-bytes",
+            &mut notes,
+        );
+        if self.events.message.per_second == 0 {
+            notes.push("--events-message-rate 0 is raised to 1".to_owned());
+            self.events.message.per_second = 1;
+        }
         // Unbound connections get a quarter of the slots by default, and always leave an
         // eighth to bound ones.
         let ws = self.max_ws_connections;

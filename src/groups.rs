@@ -10,6 +10,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::events::{Hub, What};
 use crate::wire::Uid;
 
 /// A group name, shared between the name index and each member's list.
@@ -52,6 +53,8 @@ pub struct Groups {
     by_uid: HashMap<Uid, Membership>,
     /// Offline transitions in time order: (when, uid). Stale entries are skipped.
     expiring: VecDeque<(Instant, Uid)>,
+    /// Told when a group is made or emptied (`group_occupied`/`group_vacated`).
+    events: Option<Arc<Hub>>,
 }
 
 #[derive(Debug, Default)]
@@ -69,6 +72,24 @@ impl Groups {
             by_name: HashMap::new(),
             by_uid: HashMap::new(),
             expiring: VecDeque::new(),
+            events: None,
+        }
+    }
+
+    /// From now on a group made or emptied is an event of `hub`'s.
+    pub fn set_events(&mut self, hub: Arc<Hub>) {
+        self.events = Some(hub);
+    }
+
+    /// `group_occupied` or `group_vacated`, under this lock: a group's events are numbered
+    /// in the order it filled and emptied.
+    fn tell(&self, what: impl FnOnce() -> What) {
+        if let Some(hub) = &self.events {
+            let what = what();
+            if hub.wants(what.kind()) {
+                let seq = hub.next_seq();
+                hub.publish(what, seq);
+            }
         }
     }
 
@@ -101,6 +122,11 @@ impl Groups {
             Some((name, _)) => name.clone(),
             None => GroupName::from(group),
         };
+        if existing.is_none() && !new.is_empty() {
+            self.tell(|| What::GroupOccupied {
+                group: name.clone(),
+            });
+        }
         let set = self.by_name.entry(name.clone()).or_default();
         for uid in &new {
             set.insert((*uid).clone());
@@ -143,6 +169,9 @@ impl Groups {
         }
         if set.is_empty() {
             self.by_name.remove(group);
+            self.tell(|| What::GroupVacated {
+                group: group.into(),
+            });
         }
         if let Some(m) = self.by_uid.get_mut(uid) {
             m.groups.retain(|g| g.as_ref() != group);
@@ -163,6 +192,9 @@ impl Groups {
                 set.remove(uid);
                 if set.is_empty() {
                     self.by_name.remove(group);
+                    self.tell(|| What::GroupVacated {
+                        group: group.clone(),
+                    });
                 }
             }
         }

@@ -33,7 +33,9 @@
 //! - [`metrics`]: one table of counters → `/stats` and Prometheus; [`dedupe`]: accepted
 //!   `/push`es remembered for idempotent retries.
 //! - [`cluster`]: cluster mode on Redis (routed delivery, truthful cluster-wide replies);
-//!   (`cluster/history/scripts.rs`: protocol v1 history in Redis, its keys and Lua scripts).
+//!   (`cluster/history/scripts.rs`: protocol v1 history in Redis, its keys and Lua scripts);
+//!   `cluster_presence`: events' `online`/`offline` once across the nodes, and a dead
+//!   node's closes.
 //! - [`auth`] (signed uids), [`access`] (allow-lists, per-address caps, the budget of
 //!   connections not bound yet, secrets): who may connect and how much they may hold;
 //!   [`forwarded`]: the client a trusted proxy names in its forwarding headers.
@@ -50,6 +52,7 @@ pub mod access;
 mod assets;
 pub mod auth;
 pub mod cluster;
+pub mod cluster_presence;
 pub mod config;
 pub mod control;
 pub mod dedupe;

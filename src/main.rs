@@ -401,6 +401,21 @@ struct Args {
     #[arg(long, env = "PUSHWIRE_EVENTS_STREAM_BUFFER", default_value_t = 4096)]
     events_stream_buffer: usize,
 
+    /// How long a uid's last connection must stay gone before it is `offline`, in ms: a
+    /// tab reload (or a hop to another node) within it is neither offline nor online.
+    #[arg(long, env = "PUSHWIRE_EVENTS_DEBOUNCE_MS", default_value_t = 5_000)]
+    events_debounce_ms: u64,
+
+    /// Largest browser frame taken as a `message` event, in bytes; a larger one closes
+    /// the connection (1009) while someone listens for messages.
+    #[arg(long, env = "PUSHWIRE_EVENTS_MESSAGE_BYTES", default_value_t = 4096)]
+    events_message_bytes: usize,
+
+    /// Browser frames per second per connection taken as `message` events (a burst of as
+    /// many); faster closes the connection (1008) while someone listens for messages.
+    #[arg(long, env = "PUSHWIRE_EVENTS_MESSAGE_RATE", default_value_t = 10)]
+    events_message_rate: u32,
+
     /// Log format; the filter comes from RUST_LOG (default `info`).
     #[arg(long, env = "PUSHWIRE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Human)]
     log_format: LogFormat,
@@ -1015,6 +1030,11 @@ fn unvalidated_config(
                 attempts: args.events_attempts,
             },
             stream_buffer: args.events_stream_buffer,
+            debounce: Duration::from_millis(args.events_debounce_ms),
+            message: pushwire::events::MessageLimits {
+                max_bytes: args.events_message_bytes,
+                per_second: args.events_message_rate,
+            },
         },
         // Read by the caller with the other secrets.
         events_secret: None,

@@ -117,6 +117,8 @@ metrics! {
     Read EventsQueued = "events_queued", "events_queued", "Events waiting for webhook receivers (all queues)";
     Gauge EventStreams = "event_streams", "event_streams", "Backend connections reading /events";
     Counter EventStreamsCut = "event_streams_cut", "event_streams_cut", "/events readers cut: a whole ring behind, or their socket stuck";
+    Counter EventsMessages = "events_messages", "events_messages", "Browser frames taken as message events";
+    Counter EventsMessagesRefused = "events_messages_refused", "events_messages_refused", "Browsers closed for sending message events over --events-message-bytes or --events-message-rate";
 }
 
 /// What the read gauges are, asked for when `/stats` or `/metrics` is read.

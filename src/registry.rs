@@ -30,6 +30,7 @@ use tracing::{debug, warn};
 
 use tokio::sync::oneshot;
 
+use crate::events::{Hub, UidSink};
 use crate::fanout::{Helpers, Part};
 use crate::groups::{GroupError, GroupLimits, Groups};
 use crate::history::{HistoryLimits, HistoryShared, Kept, Logs};
@@ -196,6 +197,8 @@ struct Shared {
     fanout_threads: usize,
     /// The threads that take all parts but the first.
     helpers: std::sync::OnceLock<Helpers>,
+    /// Told a uid's first and last connection here: `online`/`offline` events.
+    uid_sink: std::sync::OnceLock<Arc<dyn UidSink>>,
 }
 
 #[derive(Debug, Default)]
@@ -309,6 +312,16 @@ impl Binding {
     pub fn uid(&self) -> &str {
         &self.uid
     }
+
+    /// The uid this connection bound, shared.
+    pub fn uid_shared(&self) -> Uid {
+        self.uid.clone()
+    }
+
+    /// The uid this connection bound, as the registry keeps it.
+    pub fn uid_ref(&self) -> &Uid {
+        &self.uid
+    }
 }
 
 impl Drop for Binding {
@@ -346,6 +359,7 @@ impl Registry {
                 max_stale_acks: history.stale_acks,
                 remote: std::sync::OnceLock::new(),
                 remote_up: std::sync::atomic::AtomicBool::new(false),
+                uid_sink: std::sync::OnceLock::new(),
             }),
         }
     }
@@ -353,6 +367,14 @@ impl Registry {
     /// Installs the presence hook (once; later calls are ignored).
     pub fn set_presence(&self, hook: Arc<dyn Presence>) {
         let _ = self.shared.presence.set(hook);
+    }
+
+    /// Events: groups made and emptied go to `hub`, uids' first and last connections to
+    /// `uids` (once; later calls are ignored).
+    pub fn set_events(&self, hub: Arc<Hub>, uids: Arc<dyn UidSink>) {
+        if self.shared.uid_sink.set(uids).is_ok() {
+            self.groups().set_events(hub);
+        }
     }
 
     /// Installs the remote history (cluster mode with history on; once). From then on v1
@@ -435,6 +457,9 @@ impl Registry {
             // Under the shard lock, so online/offline transitions reach groups in order.
             self.groups().came_online(&uid);
             self.presence_changed(&uid);
+            if let Some(sink) = self.shared.uid_sink.get() {
+                sink.came(&uid);
+            }
         }
         shard.connections += 1;
         drop(shard);
@@ -547,6 +572,9 @@ impl Registry {
             shard.logs.went_offline(&key, Instant::now());
             self.groups().went_offline(&key, Instant::now());
             self.presence_changed(&key);
+            if let Some(sink) = self.shared.uid_sink.get() {
+                sink.left(&key);
+            }
         }
         shard.connections -= 1;
     }

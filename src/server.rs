@@ -179,7 +179,14 @@ pub async fn serve_state(
         "browser connections still open",
     )
     .await;
-    // Last: what the steps above emitted (closes) still goes out, within the deadline.
+    // Last: what the steps above emitted (closes, and the offlines they make) still goes
+    // out, within the deadline.
+    if let Some(presence) = &ctx.presence_events {
+        presence.flush();
+    }
+    if let Some(presence) = &ctx.cluster_events {
+        presence.leave(deadline).await;
+    }
     ctx.events.close(deadline).await;
     ctx.nodes.stop().resolve().await;
     info!("shutdown complete");

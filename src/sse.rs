@@ -80,7 +80,10 @@ pub(crate) async fn serve(req: Request, ctx: Arc<State>, places: Admitted) {
             return;
         }
     };
+    // `connect` before the bind, whose `online` comes between them as for a tab.
+    let mut events = crate::events::ConnEvents::open(&ctx.events);
     let binding = ctx.registry.bind_as(&uid, Mode::V1 { since });
+    events.bound(&ctx.events, &binding.uid_shared());
     drop(places.pending);
     debug!(uid = %crate::logsafe::escaped(binding.uid()), "event stream bound");
     let head = format!(
@@ -89,9 +92,19 @@ pub(crate) async fn serve(req: Request, ctx: Arc<State>, places: Admitted) {
     );
     let stall = ctx.config.ping_interval + ctx.config.pong_timeout;
     if write_raw(&mut io, head.as_bytes(), stall).await.is_err() {
-        return;
+        let uid = Some(binding.uid_shared());
+        drop(binding);
+        return events.closed(&ctx.events, uid, 1006, Some("write failed or stalled"));
     }
     let end = stream(&mut io, &binding, &ctx).await;
+    let bound = Some(binding.uid_shared());
+    drop(binding);
+    // No close frame on an event stream: 1001 for the ends that say goodbye, 1006 else.
+    let code = match end {
+        "shutdown" | "client closed" => 1001,
+        _ => 1006,
+    };
+    events.closed(&ctx.events, bound, code, Some(end));
     debug!(uid = %crate::logsafe::escaped(&uid), end, "event stream closed");
 }
 

@@ -8,9 +8,10 @@ use std::sync::{Arc, RwLock};
 use tokio_util::sync::CancellationToken;
 
 use crate::cluster::{Cluster, ClusterConfig, ClusterNodes};
+use crate::cluster_presence::ClusterPresence;
 use crate::config::Config;
 use crate::dedupe::Dedupe;
-use crate::events::Hub;
+use crate::events::{Debounce, Hub};
 use crate::metrics::{Gauges, Metric, Metrics};
 use crate::nodes::{Here, Nodes};
 use crate::registry::Registry;
@@ -40,6 +41,10 @@ pub struct State {
     reloadable: RwLock<Arc<Reloadable>>,
     /// Events for the backend: webhook receivers and `/events` readers.
     pub events: Arc<Hub>,
+    /// A single node's `online`/`offline` (cluster mode settles them in Redis).
+    pub presence_events: Option<Arc<Debounce>>,
+    /// Cluster mode with receivers: `online`/`offline` settled across the nodes.
+    pub cluster_events: Option<Arc<ClusterPresence>>,
 }
 
 impl State {
@@ -61,7 +66,8 @@ impl State {
         let dedupe = Dedupe::new(config.dedupe_window, config.dedupe_max_entries);
         let here = Here::new(registry.clone(), dedupe);
         // Events name the node as the cluster does, so a receiver can tell them apart.
-        let (nodes, node): (Box<dyn Nodes>, String) = match &config.redis {
+        let (nodes, node, cluster): (Box<dyn Nodes>, String, Option<Arc<Cluster>>) =
+            match &config.redis {
             Some(url) => {
                 let cluster = Cluster::start(
                     &ClusterConfig {
@@ -81,9 +87,10 @@ impl State {
                     .dedupe_window
                     .filter(|_| config.dedupe_max_entries > 0);
                 let node = cluster.node().to_owned();
-                (Box::new(ClusterNodes::new(here, cluster, window)), node)
+                let link = cluster.clone();
+                (Box::new(ClusterNodes::new(here, cluster, window)), node, Some(link))
             }
-            None => (Box::new(here), crate::cluster::node_id()),
+            None => (Box::new(here), crate::cluster::node_id(), None),
         };
         let events = Hub::new(
             &config.events,
@@ -92,6 +99,19 @@ impl State {
             metrics.clone(),
         )
         .map_err(std::io::Error::other)?;
+        let events = Arc::new(events);
+        let (presence_events, cluster_events) = match &cluster {
+            Some(cluster) => (
+                None,
+                ClusterPresence::start(&events, cluster, &registry, config.events.debounce),
+            ),
+            None => {
+                let debounce = Debounce::new(events.clone(), config.events.debounce);
+                registry.set_events(events.clone(), debounce.clone());
+                tokio::spawn(debounce.clone().run());
+                (Some(debounce), None)
+            }
+        };
         Ok(Arc::new(State {
             nodes,
             registry,
@@ -101,7 +121,9 @@ impl State {
             tls,
             reloadable: RwLock::new(Arc::new(Reloadable::from_config(&config))),
             config,
-            events: Arc::new(events),
+            events,
+            presence_events,
+            cluster_events,
         }))
     }
 

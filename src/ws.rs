@@ -9,6 +9,7 @@ use tokio::time::{Instant, sleep, timeout, timeout_at};
 use tracing::{debug, info, trace, warn};
 
 use crate::access::{Admitted, Refused};
+use crate::events::ConnEvents;
 use crate::frames::{
     CLOSE, FrameError, FrameReader, Incoming, PING, PONG, Progress, close_frame, control_frame,
     try_write, write_raw,
@@ -85,8 +86,8 @@ pub(crate) fn serve(
             () = ctx.ws_stop.cancelled() => return,
         };
         let opened = open(io, &ctx, &mut places, proxied, deadline);
-        let (mut ws, uid, mode) = match Box::pin(opened).await {
-            Opening::Bound(ws, uid, mode) => (ws, uid, mode),
+        let (mut ws, uid, mode, mut events) = match Box::pin(opened).await {
+            Opening::Bound(ws, uid, mode, events) => (ws, uid, mode, events),
             // Boxed: a WebSocket connection's task must not keep room for an event stream.
             Opening::EventStream(request) => {
                 return Box::pin(crate::sse::serve(request, ctx, places)).await;
@@ -95,16 +96,19 @@ pub(crate) fn serve(
         };
 
         let binding = ctx.registry.bind_as(&uid, mode);
+        events.bound(&ctx.events, &binding.uid_shared());
         ws.enveloped = binding.enveloped();
         if let Transport::Plain(tcp) = &ws.tcp {
             binding.outbox().attach(tcp.clone(), ws.enveloped);
         }
         drop(places.pending);
         debug!(uid = %crate::logsafe::escaped(binding.uid()), "bound");
-        let end = session(&mut ws, &binding, &ctx).await;
+        let end = session(&mut ws, &binding, &ctx, &mut events).await;
         let half_written = binding.outbox().detach();
         // Leave the map before the (possibly slow) closing handshake, so pushes fail at once.
+        let bound = binding.uid_shared();
         drop(binding);
+        closed(events, Some(bound), &end, &ctx);
         debug!(uid = %crate::logsafe::escaped(&uid), ?end, "closed");
         if let Some((msg, sent)) = half_written
             && closes_with_frame(&end)
@@ -125,8 +129,8 @@ pub(crate) fn serve(
 
 /// What a connection became by its bind deadline.
 enum Opening {
-    /// A WebSocket, with its uid and protocol mode.
-    Bound(Ws, String, Mode),
+    /// A WebSocket, with its uid, protocol mode, and events.
+    Bound(Ws, String, Mode, ConnEvents),
     /// An event stream (`sse.rs` binds it).
     EventStream(crate::sse::Request),
     /// Refused, failed, timed out or shut down: answered (or not) as it should be.
@@ -183,6 +187,7 @@ async fn open(
         enveloped: false,
     };
     let mode = Mode::from_query(upgraded.query.as_deref());
+    let events = ConnEvents::open(&ctx.events);
     let identified = tokio::select! {
         r = timeout_at(deadline, Box::pin(identify(&mut ws, upgraded.query_token, ctx))) => match r {
             Ok(result) => result,
@@ -191,8 +196,9 @@ async fn open(
         () = ctx.ws_stop.cancelled() => Err(End::Shutdown),
     };
     match identified.and_then(|uid| mode.map(|m| (uid, m)).map_err(End::Closed)) {
-        Ok((uid, mode)) => Opening::Bound(ws, uid, mode),
+        Ok((uid, mode)) => Opening::Bound(ws, uid, mode, events),
         Err(end) => {
+            closed(events, None, &end, ctx);
             if let End::Closed(notice) = &end
                 && *notice != CloseNotice::BIND_TIMEOUT
             {
@@ -203,6 +209,23 @@ async fn open(
             Opening::Ended
         }
     }
+}
+
+/// The `close` event of a connection that ended so: the code the browser sees (1005 for
+/// its close frame without one, 1006 where no close frame is exchanged), and why.
+fn closed(events: ConnEvents, uid: Option<crate::wire::Uid>, end: &End, ctx: &State) {
+    let (code, reason) = match end {
+        End::PeerClosed(code) => (code.unwrap_or(1005), None),
+        End::PeerError(_) => (1006, Some("connection lost")),
+        End::PongTimeout => (1006, Some("no pong")),
+        End::WriteStalled => (1006, Some("write stalled")),
+        End::Closed(notice) => (notice.code, Some(&*notice.reason)),
+        End::Shutdown => (
+            CloseNotice::SHUTDOWN.code,
+            Some(&*CloseNotice::SHUTDOWN.reason),
+        ),
+    };
+    events.closed(&ctx.events, uid, code, reason);
 }
 
 /// Whether [`finish`] writes a frame for `end`.
@@ -350,7 +373,7 @@ fn refusal(err: &FrameError) -> Option<CloseNotice> {
 }
 
 /// The bound connection's loop. Returns why it ended; the caller closes.
-async fn session(ws: &mut Ws, binding: &Binding, ctx: &State) -> End {
+async fn session(ws: &mut Ws, binding: &Binding, ctx: &State, events: &mut ConnEvents) -> End {
     let outbox = binding.outbox();
     let cfg = &ctx.config;
     let metrics = &ctx.metrics;
@@ -401,7 +424,12 @@ async fn session(ws: &mut Ws, binding: &Binding, ctx: &State) -> End {
                 match frame {
                     Ok(Incoming::Close(code)) => return End::PeerClosed(code),
                     Ok(Incoming::Text(t)) if binding.text(&t) => {}
-                    Ok(Incoming::Text(t)) => trace!(len = t.len(), "ignoring text message"),
+                    Ok(Incoming::Text(t)) => {
+                        if let Err(notice) = events.message(&ctx.events, binding.uid_ref(), &t) {
+                            info!(code = notice.code, reason = %notice.reason, "closing a tab: message events over their bound");
+                            return End::Closed(notice);
+                        }
+                    }
                     Ok(Incoming::Binary(len)) => trace!(len, "ignoring binary message"),
                     Ok(Incoming::Pong) => {}
                     Ok(Incoming::Ping(payload)) => {
@@ -548,7 +576,8 @@ mod tests {
     /// short-lived (the upgrade and the uid, an event stream, a refusal, a stuck write, the
     /// closing handshake) is boxed and this stays near the bound session's own size:
     /// 1,336 bytes in a test build of 2026-12-07 (1,704 on 2026-12-01, with the arguments
-    /// kept twice and the upgrade's and the uid's states inline).
+    /// kept twice and the upgrade's and the uid's states inline); 1,432 with the
+    /// connection's events (`events::ConnEvents`, 32 bytes, and the session's message path).
     #[test]
     fn serve_future_stays_small() {
         let bytes = future_size(super::serve);

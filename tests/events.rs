@@ -1,220 +1,24 @@
-//! Events for the backend (docs/events.md), phase A: the webhook sender against real
-//! receivers over real sockets (HTTP and HTTPS, answering, failing, hanging), driven
-//! through the library's `events::Hub` as the daemon's sources will drive it; the
-//! `/events` stream on a running server's push port; the flags and the reload rules of
-//! the events secret with the real binary.
-//!
-//! Nothing in the daemon emits events yet (the sources come with the engine seam, issue
-//! 21): the tests publish through `State::events`, the call the sources will make.
+//! Events for the backend (docs/events.md), their delivery: the webhook sender against
+//! real receivers over real sockets (HTTP and HTTPS, answering, failing, hanging), driven
+//! through the library's `events::Hub` as the daemon's sources drive it; the `/events`
+//! stream on a running server's push port; the flags and the reload rules of the events
+//! secret with the real binary. The sources (a tab's life, groups, a cluster's presence)
+//! are in `event_sources.rs` and `cluster_events.rs`.
 mod common;
 
-use std::convert::Infallible;
-use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use bytes::Bytes;
+use common::webhook::*;
 use common::*;
-use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
-use hyper::{Request, Response};
-use hyper_util::rt::TokioIo;
 use pushwire::auth::Secret;
 use pushwire::events::{EventsConfig, Hub, Listener, What, signature};
 use pushwire::metrics::{Metric, Metrics};
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio::time::{Instant, sleep, timeout};
-
-const SECRET: &str = "webhook-s3cret";
-
-// ---------------------------------------------------------------------------------------
-// A webhook receiver
-
-/// How the receiver answers its `n`th request (from 0).
-#[derive(Debug, Clone, Copy)]
-enum Answer {
-    Status(u16),
-    /// 429 with `Retry-After: SECS`.
-    SlowDown(u64),
-    /// Never answers.
-    Hang,
-}
-
-/// One request as the receiver got it.
-#[derive(Debug, Clone)]
-struct Got {
-    at: Instant,
-    timestamp: String,
-    signature: String,
-    delivery: String,
-    content_type: String,
-    body: Bytes,
-    answered: u16,
-}
-
-/// A webhook receiver on 127.0.0.1 (HTTP, or HTTPS with `tls`), answering as `script`
-/// says and recording every request.
-struct Receiver {
-    addr: SocketAddr,
-    got: Arc<Mutex<Vec<Got>>>,
-    conns: Arc<AtomicUsize>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Receiver {
-    async fn start(script: impl Fn(usize) -> Answer + Send + Sync + 'static) -> Receiver {
-        Receiver::start_tls(None, script).await
-    }
-
-    async fn start_tls(
-        tls: Option<Arc<rustls::ServerConfig>>,
-        script: impl Fn(usize) -> Answer + Send + Sync + 'static,
-    ) -> Receiver {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let got: Arc<Mutex<Vec<Got>>> = Arc::default();
-        let conns = Arc::new(AtomicUsize::new(0));
-        let requests = Arc::new(AtomicUsize::new(0));
-        let script = Arc::new(script);
-        let task = tokio::spawn({
-            let (got, conns) = (got.clone(), conns.clone());
-            async move {
-                loop {
-                    let Ok((tcp, _)) = listener.accept().await else {
-                        continue;
-                    };
-                    conns.fetch_add(1, Ordering::SeqCst);
-                    let (got, requests, script, tls) =
-                        (got.clone(), requests.clone(), script.clone(), tls.clone());
-                    tokio::spawn(async move {
-                        let service = hyper::service::service_fn(move |req: Request<Incoming>| {
-                            let (got, requests, script) =
-                                (got.clone(), requests.clone(), script.clone());
-                            async move {
-                                let n = requests.fetch_add(1, Ordering::SeqCst);
-                                let answer = script(n);
-                                let header = |name: &str| {
-                                    req.headers()
-                                        .get(name)
-                                        .and_then(|v| v.to_str().ok())
-                                        .unwrap_or("")
-                                        .to_owned()
-                                };
-                                let mut g = Got {
-                                    at: Instant::now(),
-                                    timestamp: header(signature::TIMESTAMP),
-                                    signature: header(signature::SIGNATURE),
-                                    delivery: header(signature::DELIVERY),
-                                    content_type: header("content-type"),
-                                    body: Bytes::new(),
-                                    answered: 0,
-                                };
-                                g.body = req.into_body().collect().await.unwrap().to_bytes();
-                                let (status, retry) = match answer {
-                                    Answer::Status(s) => (s, None),
-                                    Answer::SlowDown(secs) => (429, Some(secs)),
-                                    Answer::Hang => {
-                                        g.answered = 0;
-                                        got.lock().unwrap().push(g);
-                                        std::future::pending::<()>().await;
-                                        unreachable!()
-                                    }
-                                };
-                                g.answered = status;
-                                got.lock().unwrap().push(g);
-                                let mut resp = Response::new(Full::new(Bytes::from_static(b"")));
-                                *resp.status_mut() = hyper::StatusCode::from_u16(status).unwrap();
-                                if let Some(secs) = retry {
-                                    resp.headers_mut()
-                                        .insert("retry-after", secs.to_string().parse().unwrap());
-                                }
-                                Ok::<_, Infallible>(resp)
-                            }
-                        });
-                        let http = hyper::server::conn::http1::Builder::new();
-                        match tls {
-                            None => {
-                                let _ = http.serve_connection(TokioIo::new(tcp), service).await;
-                            }
-                            Some(config) => {
-                                let acceptor = tokio_rustls::TlsAcceptor::from(config);
-                                if let Ok(tls) = acceptor.accept(tcp).await {
-                                    let _ = http.serve_connection(TokioIo::new(tls), service).await;
-                                }
-                            }
-                        }
-                    });
-                }
-            }
-        });
-        Receiver {
-            addr,
-            got,
-            conns,
-            task,
-        }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
-    }
-
-    fn got(&self) -> Vec<Got> {
-        self.got.lock().unwrap().clone()
-    }
-
-    /// The events of every delivery answered 2xx, in order, each delivery's signature
-    /// checked.
-    fn taken(&self) -> Vec<Value> {
-        let secret = Secret::new(SECRET);
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_secs();
-        let mut out = Vec::new();
-        for g in self.got() {
-            assert_eq!(
-                signature::verify(&secret, &g.timestamp, &g.signature, &g.body, now, 300),
-                Ok(()),
-                "delivery {} signed",
-                g.delivery
-            );
-            assert_eq!(g.content_type, "application/json");
-            if (200..300).contains(&g.answered) {
-                let body: Value = serde_json::from_slice(&g.body).unwrap();
-                out.extend(body["events"].as_array().unwrap().iter().cloned());
-            }
-        }
-        out
-    }
-
-    /// Waits until the receiver has taken `n` events.
-    async fn wait_taken(&self, n: usize, within: Duration) -> Vec<Value> {
-        let deadline = Instant::now() + within;
-        loop {
-            let taken = self.taken();
-            if taken.len() >= n {
-                return taken;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{} of {n} events taken within {within:?}: {:?}",
-                taken.len(),
-                self.got().iter().map(|g| g.answered).collect::<Vec<_>>()
-            );
-            sleep(Duration::from_millis(20)).await;
-        }
-    }
-}
-
-impl Drop for Receiver {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
 
 /// A hub sending to `urls`, tuned by `tune`.
 fn start_hub(

@@ -287,8 +287,7 @@ async fn the_php_receiver_takes_real_deliveries_and_refuses_forgeries() {
 /// The GatewayWorker chat room rewritten (clients/php/examples): a running pushwire sends
 /// the browsers' `message` events to examples/webhook.php under `php -S`, whose Events
 /// joins the sender to the room and says to the room over the push port; the browsers get
-/// it. (The daemon does not emit browser messages yet: the test publishes them where the
-/// daemon will, on its events hub.)
+/// it. The browsers send their messages themselves, as frames after their uid.
 #[tokio::test]
 async fn the_gatewayworker_chat_room_rewritten_runs_on_pushwire() {
     let mut config = pushwire::Config::default();
@@ -323,32 +322,19 @@ async fn the_gatewayworker_chat_room_rewritten_runs_on_pushwire() {
     alice.bind("alice", server.push_addr).await;
     let mut bob = WsClient::connect(&server.ws_url()).await;
     bob.bind("bob", server.push_addr).await;
-    let say = |uid: &str, n: u64, data: Value| {
-        state.events.publish(
-            What::Message {
-                conn: format!("c-{uid}").into(),
-                uid: uid.into(),
-                data: data.to_string().into(),
-            },
-            n,
-        );
-    };
     // A userId in the message is not believed: the sender is the bound uid.
-    say(
-        "alice",
-        3,
-        json!({"type":"join","roomId":"r1","userId":"mallory","userName":"Alice"}),
-    );
+    alice
+        .send_text(
+            &json!({"type":"join","roomId":"r1","userId":"mallory","userName":"Alice"}).to_string(),
+        )
+        .await;
     let joined: Value = serde_json::from_str(&alice.recv_text().await).unwrap();
     assert_eq!(
         (&joined["type"], &joined["roomId"], &joined["userName"]),
         (&json!("join"), &json!("r1"), &json!("Alice"))
     );
-    say(
-        "bob",
-        3,
-        json!({"type":"join","roomId":"r1","userName":"Bob"}),
-    );
+    bob.send_text(&json!({"type":"join","roomId":"r1","userName":"Bob"}).to_string())
+        .await;
     for ws in [&mut alice, &mut bob] {
         let j: Value = serde_json::from_str(&ws.recv_text().await).unwrap();
         assert_eq!(
@@ -356,11 +342,9 @@ async fn the_gatewayworker_chat_room_rewritten_runs_on_pushwire() {
             (&json!("join"), &json!("Bob"))
         );
     }
-    say(
-        "alice",
-        4,
-        json!({"type":"say","roomId":"r1","content":"hi ✓"}),
-    );
+    alice
+        .send_text(&json!({"type":"say","roomId":"r1","content":"hi ✓"}).to_string())
+        .await;
     for ws in [&mut alice, &mut bob] {
         let j: Value = serde_json::from_str(&ws.recv_text().await).unwrap();
         assert_eq!((&j["type"], &j["content"]), (&json!("say"), &json!("hi ✓")));
@@ -376,4 +360,5 @@ async fn the_gatewayworker_chat_room_rewritten_runs_on_pushwire() {
     uids.sort_unstable();
     assert_eq!(uids, ["alice", "bob"], "{members}");
     assert_eq!(state.metrics.value(Metric::EventsDroppedRefused), 0);
+    assert_eq!(state.metrics.value(Metric::EventsMessages), 3);
 }

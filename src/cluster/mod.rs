@@ -307,6 +307,16 @@ impl Cluster {
         &self.node
     }
 
+    /// The command connection, for `cluster_presence.rs` (events' presence in Redis).
+    pub(crate) fn redis(&self) -> &Client {
+        &self.cmd
+    }
+
+    /// `{<prefix>}:ev:`: where `cluster_presence.rs` keeps events' presence.
+    pub(crate) fn events_base(&self) -> String {
+        self.names.events_base()
+    }
+
     /// True while both Redis connections are up and Redis answers.
     pub fn is_up(&self) -> bool {
         self.up.load(Relaxed) && self.answering.load(Relaxed)

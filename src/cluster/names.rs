@@ -66,6 +66,11 @@ impl Names {
         }
     }
 
+    /// `{<p>}:ev:`, the start of events' presence keys (`cluster_presence.rs`; one slot).
+    pub fn events_base(&self) -> String {
+        format!("{}ev:", self.tagged)
+    }
+
     /// A uid's shard channel: every node holding a connection of it listens there.
     pub fn uid_channel(&self, uid: &str) -> String {
         let mut s = String::with_capacity(self.uid_prefix.len() + uid.len());

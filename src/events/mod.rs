@@ -18,9 +18,11 @@ pub mod client;
 pub mod event;
 pub mod filter;
 pub mod signature;
+pub mod sources;
 pub mod stream;
 pub mod webhook;
 
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::Duration;
 
@@ -33,6 +35,7 @@ use tracing::warn;
 
 pub use event::{Clock, Encoded, Event, Kind, What};
 pub use filter::{Kinds, Listener, Target};
+pub use sources::{ConnEvents, ConnSink, Debounce, MessageLimits, UidSink};
 pub use stream::Subscription;
 pub use webhook::{Delivery, Health};
 
@@ -53,6 +56,12 @@ pub struct EventsConfig {
     /// `--events-stream-buffer`: how far (in events) an `/events` reader may fall behind
     /// before it is cut.
     pub stream_buffer: usize,
+    /// `--events-debounce-ms`: how long a uid's last connection must stay gone before it
+    /// is `offline` (a tab reload within it is neither offline nor online).
+    pub debounce: Duration,
+    /// `--events-message-bytes`, `--events-message-rate`: what a browser may send as
+    /// `message` events.
+    pub message: MessageLimits,
 }
 
 impl Default for EventsConfig {
@@ -67,6 +76,11 @@ impl Default for EventsConfig {
                 attempts: 12,
             },
             stream_buffer: 4096,
+            debounce: Duration::from_secs(5),
+            message: MessageLimits {
+                max_bytes: 4096,
+                per_second: 10,
+            },
         }
     }
 }
@@ -101,6 +115,12 @@ pub struct Hub {
     ring_size: usize,
     shared: Arc<Shared>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
+    /// Numbers this node's connections for their `conn` (`NODE-N`).
+    next_conn: AtomicU64,
+    /// What a browser may send as `message` events.
+    pub message_limits: MessageLimits,
+    /// Cluster mode: told each connection's life (see [`ConnSink`]).
+    conn_sink: OnceLock<Arc<dyn ConnSink>>,
 }
 
 impl Hub {
@@ -161,6 +181,9 @@ impl Hub {
             ring_size: config.stream_buffer.max(1),
             shared,
             tasks: Mutex::new(tasks),
+            next_conn: AtomicU64::new(1),
+            message_limits: config.message,
+            conn_sink: OnceLock::new(),
         })
     }
 
@@ -174,10 +197,38 @@ impl Hub {
         self.clock.next()
     }
 
+    /// Installs the connection hook (once; later calls are ignored).
+    pub fn set_conn_sink(&self, sink: Arc<dyn ConnSink>) {
+        let _ = self.conn_sink.set(sink);
+    }
+
+    /// The connection hook, in cluster mode with receivers.
+    pub fn conn_sink(&self) -> Option<&Arc<dyn ConnSink>> {
+        self.conn_sink.get()
+    }
+
+    /// A number for a new connection of this node.
+    pub fn next_conn(&self) -> u64 {
+        self.next_conn
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The counters events are counted in.
+    pub fn metrics(&self) -> &Metrics {
+        &self.shared.metrics
+    }
+
     /// Whether anyone listens for `kind` now (a receiver, or an `/events` reader): an
     /// emitter may skip building an event nobody gets (a browser's message above all).
+    /// Two atomic loads: the receivers' kinds are fixed, and `/events` readers are
+    /// counted in `event_streams`.
     pub fn wants(&self, kind: Kind) -> bool {
-        self.wanted.contains(kind) || self.ring.get().is_some_and(|r| r.receiver_count() > 0)
+        self.wanted.contains(kind) || self.shared.metrics.value(Metric::EventStreams) > 0
+    }
+
+    /// Whether some webhook receiver of this node wants `kind` (fixed at start).
+    pub fn receivers_want(&self, kind: Kind) -> bool {
+        self.wanted.contains(kind)
     }
 
     /// Stamps `what` with this node and the time, encodes it once, and offers it to every

@@ -14,6 +14,7 @@ pub mod netns;
 #[allow(unused_imports)]
 pub use redis::{Redis, free_port, readyz, spawn_redis, wait_listening};
 pub mod v1;
+pub mod webhook;
 
 use std::net::SocketAddr;
 use std::process::Stdio;

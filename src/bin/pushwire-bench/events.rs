@@ -1,8 +1,8 @@
 //! `events-webhook`: what one event costs the daemon's side when a webhook receiver is
 //! attached (docs/events.md): encoding, the queue, batching, signing, the HTTP POST.
 //!
-//! The daemon emits no events yet (their sources come with issue 23's phase B), so this
-//! drives the library's `events::Hub` in this process, exactly as the sources will, on one
+//! This drives the library's `events::Hub` in this process, exactly as the daemon's
+//! sources do, on one
 //! current-thread runtime: every cycle the publishing and the sending cost is spent on
 //! this process's threads. The receiver is a child process (`events-receiver`, hidden),
 //! a hyper server that answers 204 and counts the events it took, so its CPU is not ours.

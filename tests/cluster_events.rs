@@ -1,0 +1,187 @@
+//! Events in cluster mode (docs/events.md, "In a cluster"): three real daemons on one
+//! standalone `redis-server`, all sending to one webhook receiver. A uid's tabs moving
+//! between the nodes give one `online` and, when the last is gone, one `offline`, in
+//! order, whichever node tells them; a node killed with -9 still yields the `close` of
+//! its connections and the `offline` of its uids, within the documented bound.
+
+#[macro_use]
+mod common;
+use common::redis::*;
+use common::webhook::*;
+use common::*;
+
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio::time::{Instant, sleep};
+
+const DEBOUNCE_MS: u64 = 800;
+
+/// A node on `redis` sending online, offline and close to `rx`.
+async fn node(redis: &Redis, rx: &Receiver) -> Daemon {
+    let url = rx.url("/hook#types=online,offline,close");
+    let debounce = DEBOUNCE_MS.to_string();
+    Launch::new()
+        .args(&[
+            "--redis",
+            &redis.url(),
+            "--events-url",
+            &url,
+            "--events-secret",
+            SECRET,
+            "--events-debounce-ms",
+            &debounce,
+        ])
+        .start()
+        .await
+}
+
+/// The uid events of `uid` the receiver took, as `(type, seq, node)`.
+fn presence_of(rx: &Receiver, uid: &str) -> Vec<(String, u64, String)> {
+    rx.taken()
+        .iter()
+        .filter(|e| e["uid"] == uid && (e["type"] == "online" || e["type"] == "offline"))
+        .map(|e| {
+            (
+                e["type"].as_str().unwrap().to_owned(),
+                e["seq"].as_u64().unwrap(),
+                e["node"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+/// Waits until `uid` has `n` presence events; then a while longer, to see no more come.
+async fn presence_settles(
+    rx: &Receiver,
+    uid: &str,
+    n: usize,
+    within: Duration,
+) -> Vec<(String, u64, String)> {
+    let deadline = Instant::now() + within;
+    while presence_of(rx, uid).len() < n {
+        assert!(
+            Instant::now() < deadline,
+            "{uid}: {:?} within {within:?}",
+            presence_of(rx, uid)
+        );
+        sleep(Duration::from_millis(50)).await;
+    }
+    sleep(Duration::from_millis(DEBOUNCE_MS * 2)).await;
+    presence_of(rx, uid)
+}
+
+/// Binds a tab of `uid` on `d`.
+async fn tab(d: &Daemon, uid: &str) -> WsClient {
+    let mut t = WsClient::connect(&d.ws_url()).await;
+    t.bind(uid, d.push_addr).await;
+    t
+}
+
+/// Tabs of one user hop over three nodes: opened on A, then B (A's closed), then C (B's
+/// closed), then the last closes and, after a gap shorter than the debounce, one opens on
+/// A again and closes. One `online`, one `offline`, in seq order, once each, from
+/// whichever nodes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_uids_tabs_moving_between_three_nodes_are_one_online_and_one_offline() {
+    let redis = Redis::start().await;
+    let rx = Receiver::start(|_| Answer::Status(204)).await;
+    let (a, b, c) = (
+        node(&redis, &rx).await,
+        node(&redis, &rx).await,
+        node(&redis, &rx).await,
+    );
+
+    let t1 = tab(&a, "mover").await;
+    let online = presence_settles(&rx, "mover", 1, STEP).await;
+    assert_eq!(online[0].0, "online");
+    let t2 = tab(&b, "mover").await;
+    t1.close().await;
+    let t3 = tab(&c, "mover").await;
+    t2.close().await;
+    // Every tab gone for less than the debounce, then back on another node.
+    t3.close().await;
+    sleep(Duration::from_millis(DEBOUNCE_MS / 4)).await;
+    let t4 = tab(&a, "mover").await;
+    sleep(Duration::from_millis(DEBOUNCE_MS * 2)).await;
+    assert_eq!(
+        presence_of(&rx, "mover").len(),
+        1,
+        "{:?}",
+        presence_of(&rx, "mover")
+    );
+    t4.close().await;
+    let events = presence_settles(&rx, "mover", 2, STEP).await;
+    let kinds: Vec<&str> = events.iter().map(|e| e.0.as_str()).collect();
+    assert_eq!(kinds, ["online", "offline"], "{events:?}");
+    assert!(events[0].1 < events[1].1, "in seq order: {events:?}");
+    // Four closes, told by the nodes that held the tabs.
+    let closes = rx
+        .taken()
+        .iter()
+        .filter(|e| e["type"] == "close" && e["uid"] == "mover")
+        .count();
+    assert_eq!(closes, 4);
+}
+
+/// A node killed with -9 says nothing; the survivors reap it: the `close` of its tab
+/// (1006, `node lost`, the seq above any it had) and the `offline` of the uid it alone
+/// held, within 5 s (dead) + 1 s (a beat) + the debounce; a uid also held elsewhere stays
+/// online. Once each, though two nodes survive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_killed_with_sigkill_still_yields_its_closes_and_offlines() {
+    let redis = Redis::start().await;
+    let rx = Receiver::start(|_| Answer::Status(204)).await;
+    let (a, _b, mut c) = (
+        node(&redis, &rx).await,
+        node(&redis, &rx).await,
+        node(&redis, &rx).await,
+    );
+    let _on_a = tab(&a, "both").await;
+    let _on_c = tab(&c, "both").await;
+    let _alone = tab(&c, "k9").await;
+    presence_settles(&rx, "k9", 1, STEP).await;
+    presence_settles(&rx, "both", 1, STEP).await;
+    // C's connections are in Redis once it has synced them: a moment.
+    sleep(Duration::from_millis(500)).await;
+
+    c.kill9();
+    let killed = Instant::now();
+    let bound =
+        Duration::from_secs(6) + Duration::from_millis(DEBOUNCE_MS) + Duration::from_secs(1);
+    let k9 = presence_settles(&rx, "k9", 2, bound + STEP).await;
+    let took = killed.elapsed() - Duration::from_millis(DEBOUNCE_MS * 2);
+    assert_eq!(k9.len(), 2, "{k9:?}");
+    assert_eq!(k9[1].0, "offline");
+    assert!(k9[0].1 < k9[1].1);
+    assert_ne!(k9[1].2, c_node(&rx), "told by a survivor");
+    assert!(
+        took < bound + Duration::from_secs(2),
+        "offline after {took:?}"
+    );
+    let reaped: Vec<Value> = rx
+        .taken()
+        .into_iter()
+        .filter(|e| e["type"] == "close" && e["reason"] == "node lost")
+        .collect();
+    assert_eq!(reaped.len(), 2, "C's two tabs, once each: {reaped:#?}");
+    for e in &reaped {
+        assert_eq!(e["code"], 1006);
+        assert_eq!(e["seq"], 1u64 << 32);
+        assert!(
+            e["conn"]
+                .as_str()
+                .unwrap()
+                .starts_with(&format!("{}-", c_node(&rx)))
+        );
+    }
+    let mut uids: Vec<&str> = reaped.iter().map(|e| e["uid"].as_str().unwrap()).collect();
+    uids.sort_unstable();
+    assert_eq!(uids, ["both", "k9"]);
+    assert_eq!(presence_of(&rx, "both").len(), 1, "still online on A");
+}
+
+/// C's node id: k9's `online` could only be told by C, its one node.
+fn c_node(rx: &Receiver) -> String {
+    presence_of(rx, "k9")[0].2.clone()
+}
