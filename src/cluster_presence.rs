@@ -45,7 +45,7 @@ const PIPELINE: usize = 256;
 pub const REAPED_SEQ: u64 = 1 << 32;
 
 /// The Redis keys of events' presence. Every name is made here (the Lua of [`REAP`] makes
-/// a uid's from [`Key::Base`] the same way as [`Key::Uid`]). All share the `{pw}` hash
+/// a uid's from [`Key::Base`] the same way as [`Key::Uid`]). All share the prefix's hash
 /// tag: each script's keys are in one slot of a Redis Cluster.
 #[derive(Debug, Clone, Copy)]
 enum Key<'a> {
@@ -400,7 +400,10 @@ impl ClusterPresence {
             DEAD_AFTER.as_millis().to_string(),
             (2 * BEAT_EVERY).as_millis().to_string(),
         ];
-        let out: Vec<Value> = self.redis().eval(BEAT, vec![self.key(Key::Alive)], args).await?;
+        let out: Vec<Value> = self
+            .redis()
+            .eval(BEAT, vec![self.key(Key::Alive)], args)
+            .await?;
         let known = out.first().and_then(Value::as_i64) == Some(1);
         let was_beaten = self.beaten.swap(true, std::sync::atomic::Ordering::AcqRel);
         if !known && was_beaten {
@@ -481,7 +484,11 @@ impl ClusterPresence {
             )
             .await?;
         for uid in due {
-            let keys = vec![self.key(Key::Uid(&uid)), self.key(Key::Leaving), self.key(Key::Seqs)];
+            let keys = vec![
+                self.key(Key::Uid(&uid)),
+                self.key(Key::Leaving),
+                self.key(Key::Seqs),
+            ];
             let seq: Option<String> = self.redis().eval(SETTLE, keys, vec![uid.clone()]).await?;
             if let Some(seq) = seq.and_then(|s| s.parse().ok()) {
                 self.hub.publish(What::Offline { uid: uid.into() }, seq);
@@ -561,7 +568,11 @@ mod tests {
             Key::Conns("n"),
             Key::Held("n"),
         ] {
-            assert!(key("{x}:ev:", k).starts_with("{x}:ev:"), "{}", key("{x}:ev:", k));
+            assert!(
+                key("{x}:ev:", k).starts_with("{x}:ev:"),
+                "{}",
+                key("{x}:ev:", k)
+            );
         }
         assert_eq!(
             format!("{}u:{}", key("{x}:ev:", Key::Base), "alice"),

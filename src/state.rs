@@ -68,30 +68,34 @@ impl State {
         // Events name the node as the cluster does, so a receiver can tell them apart.
         let (nodes, node, cluster): (Box<dyn Nodes>, String, Option<Arc<Cluster>>) =
             match &config.redis {
-            Some(url) => {
-                let cluster = Cluster::start(
-                    &ClusterConfig {
-                        url: url.clone(),
-                        prefix: config.redis_prefix.clone(),
-                        timeout: config.cluster_timeout,
-                        link_timeout: config.cluster_link_timeout,
-                        publish_queue: config.cluster_publish_queue,
-                        message_buffer: config.cluster_message_buffer,
-                        groups: config.group_limits(),
-                        history: Some(config.history_limits()).filter(|h| h.messages > 0),
-                    },
-                    &registry,
-                )
-                .map_err(std::io::Error::other)?;
-                let window = config
-                    .dedupe_window
-                    .filter(|_| config.dedupe_max_entries > 0);
-                let node = cluster.node().to_owned();
-                let link = cluster.clone();
-                (Box::new(ClusterNodes::new(here, cluster, window)), node, Some(link))
-            }
-            None => (Box::new(here), crate::cluster::node_id(), None),
-        };
+                Some(url) => {
+                    let cluster = Cluster::start(
+                        &ClusterConfig {
+                            url: url.clone(),
+                            prefix: config.redis_prefix.clone(),
+                            timeout: config.cluster_timeout,
+                            link_timeout: config.cluster_link_timeout,
+                            publish_queue: config.cluster_publish_queue,
+                            message_buffer: config.cluster_message_buffer,
+                            groups: config.group_limits(),
+                            history: Some(config.history_limits()).filter(|h| h.messages > 0),
+                        },
+                        &registry,
+                    )
+                    .map_err(std::io::Error::other)?;
+                    let window = config
+                        .dedupe_window
+                        .filter(|_| config.dedupe_max_entries > 0);
+                    let node = cluster.node().to_owned();
+                    let link = cluster.clone();
+                    (
+                        Box::new(ClusterNodes::new(here, cluster, window)),
+                        node,
+                        Some(link),
+                    )
+                }
+                None => (Box::new(here), crate::cluster::node_id(), None),
+            };
         let events = Hub::new(
             &config.events,
             config.events_secret.clone(),
