@@ -150,11 +150,11 @@ fn normal(reply: &str) -> serde_json::Value {
             uids.sort_by_key(|u| u.to_string());
         }
         // A `/uids` cursor is opaque, and mode-specific (a registry shard, a hash
-        // position): only whether there is a next page is compared.
-        if let Some(next) = o.get_mut("next")
-            && !next.is_null()
-        {
-            *next = "NEXT".into();
+        // position), and so is the walk's order: of a page that is not the last, only
+        // its size and that there is a next page are compared.
+        if o.get("next").is_some_and(|n| !n.is_null()) {
+            o.insert("next".into(), "NEXT".into());
+            o.insert("uids".into(), "PART".into());
         }
     }
     v
