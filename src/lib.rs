@@ -45,6 +45,7 @@
 pub mod access;
 mod assets;
 pub mod auth;
+pub mod channels;
 pub mod cluster;
 mod cluster_history;
 pub mod config;
@@ -66,6 +67,7 @@ pub mod nodes;
 pub mod outbox;
 mod proxied;
 mod push;
+mod pusher;
 pub mod registry;
 pub mod reload;
 pub mod reloadable;

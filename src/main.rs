@@ -103,6 +103,30 @@ struct Args {
     #[arg(long, env = "PUSHWIRE_REDIS")]
     redis: Option<String>,
 
+    /// The Pusher apps (JSON: `{"apps":[{"id","key","secret",...}]}`, docs/pusher.md):
+    /// serves pusher-js and Laravel Echo at `/app/{key}` on the browser port and the
+    /// Pusher HTTP API at `/apps/{id}/...` on the HTTP door.
+    #[arg(long, env = "PUSHWIRE_PUSHER_APPS")]
+    pusher_apps: Option<PathBuf>,
+
+    /// Pusher: the activity timeout told to clients (they ping after this much silence
+    /// from the server) and the client silence after which the daemon pings, in ms.
+    #[arg(
+        long,
+        env = "PUSHWIRE_PUSHER_ACTIVITY_TIMEOUT_MS",
+        default_value_t = 120_000
+    )]
+    pusher_activity_timeout_ms: u64,
+
+    /// Pusher: how long a client pinged by the daemon has to answer before it is closed
+    /// with 4201, in ms.
+    #[arg(
+        long,
+        env = "PUSHWIRE_PUSHER_PONG_TIMEOUT_MS",
+        default_value_t = 30_000
+    )]
+    pusher_pong_timeout_ms: u64,
+
     /// Cluster mode: the longest a reply waits for Redis and the other nodes, in ms; Redis
     /// not answering for this long is taken as down until it answers again.
     #[arg(long, env = "PUSHWIRE_CLUSTER_TIMEOUT_MS", default_value_t = 1000)]
@@ -808,7 +832,8 @@ fn config_from(args: &Args) -> std::io::Result<pushwire::Config> {
     if jwt_secret.is_none() {
         info!("no JWT secret: the first frame is trusted as the uid");
     }
-    let config = unvalidated_config(args, jwt_secret, push_secret, nofile);
+    let mut config = unvalidated_config(args, jwt_secret, push_secret, nofile);
+    config.pusher_apps = pusher_apps(args).map_err(std::io::Error::other)?;
     if let Some((requested, capacity)) = ws_overcommit(args, &config, nofile) {
         warn!(
             requested,
@@ -837,6 +862,22 @@ fn config_from(args: &Args) -> std::io::Result<pushwire::Config> {
         "connection capacity"
     );
     Ok(config)
+}
+
+/// The apps of `--pusher-apps`, read and checked whole.
+fn pusher_apps(args: &Args) -> Result<Option<std::sync::Arc<pushwire::channels::Apps>>, String> {
+    let Some(path) = &args.pusher_apps else {
+        return Ok(None);
+    };
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("--pusher-apps {}: {e}", path.display()))?;
+    let apps = pushwire::channels::Apps::parse(&text)
+        .map_err(|e| format!("--pusher-apps {}: {e}", path.display()))?;
+    info!(
+        apps = apps.len(),
+        "Pusher apps served at /app/{{key}} and /apps/{{id}}/"
+    );
+    Ok(Some(std::sync::Arc::new(apps)))
 }
 
 /// Raises the soft open-files limit to the hard one (each socket is one descriptor) and
@@ -917,6 +958,9 @@ fn unvalidated_config(
         dedupe_window: (args.dedupe_window_ms > 0)
             .then(|| Duration::from_millis(args.dedupe_window_ms)),
         dedupe_max_entries: args.dedupe_max_entries,
+        pusher_apps: None,
+        pusher_activity_timeout: Duration::from_millis(args.pusher_activity_timeout_ms),
+        pusher_pong_timeout: Duration::from_millis(args.pusher_pong_timeout_ms),
     };
     let capacity = config.ws_capacity(nofile, matches!(args.http_listen, Listen::On(_)));
     config.max_ws_connections = args.max_ws_connections.unwrap_or(capacity);

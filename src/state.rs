@@ -7,6 +7,7 @@ use std::sync::{Arc, RwLock};
 
 use tokio_util::sync::CancellationToken;
 
+use crate::channels::Index;
 use crate::cluster::{Cluster, ClusterConfig, ClusterNodes};
 use crate::config::Config;
 use crate::dedupe::Dedupe;
@@ -56,7 +57,13 @@ impl State {
             metrics.clone(),
         );
         let dedupe = Dedupe::new(config.dedupe_window, config.dedupe_max_entries);
-        let here = Here::new(registry.clone(), dedupe);
+        let channels = Index::new(config.queue_limits(), Index::random_node());
+        let here = Here::new(registry.clone(), dedupe).with_channels(channels);
+        if config.pusher_apps.is_some() && config.redis.is_some() {
+            return Err(std::io::Error::other(
+                "--pusher-apps does not work with --redis yet: Pusher channels are one node's (docs/pusher.md)",
+            ));
+        }
         let nodes: Box<dyn Nodes> = match &config.redis {
             Some(url) => {
                 let cluster = Cluster::start(

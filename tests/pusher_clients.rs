@@ -25,8 +25,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use common::chromium::{PageEvent, SeedPage, Site};
 use common::pusher::{
-    APP, ApiRecorder, Recorded, echo_page, node_sdk, ok, python_sdk, vendor_files,
+    APP, ApiRecorder, PusherWs, QUIET, Recorded, decode, echo_page, node_sdk, ok, pusher_config,
+    python_sdk, vendor_files,
 };
+use common::{TestServer, WsClient};
 use futures_util::{SinkExt, StreamExt};
 use pushwire::wire::pusher::api::{self, ApiAuthError, Request};
 use pushwire::wire::pusher::outbound::{self, SubscriptionErrorType, WebhookEvent};
@@ -763,4 +765,199 @@ async fn pusher_js_and_echo_speak_our_frames() {
         !page.reports_within(Duration::from_millis(200)).await,
         "no more reports"
     );
+}
+
+// ---------------------------------------------------------------------------------------
+// Phase B: the daemon's door (`/app/{key}`) and HTTP API, with raw clients first
+// ---------------------------------------------------------------------------------------
+
+fn presence_data(user: &str, name: &str) -> String {
+    json!({"user_id": user, "user_info": {"name": name}}).to_string()
+}
+
+/// The door's protocol over a raw WebSocket: subscriptions of every kind with their
+/// signatures, presence per user (a second tab adds no member), client events only from
+/// members and only where enabled, ping/pong, signin and `#server-to-user-`, and every
+/// refusal with its code.
+#[tokio::test]
+async fn the_door_speaks_pusher_to_a_raw_client() {
+    let server = TestServer::start_with(pusher_config()).await;
+    let addr = server.ws_addr;
+    let keys = APP.keys();
+
+    // Refusals before anything: unknown key 4001, protocol missing 4008, wrong 4007.
+    for (path, code) in [
+        (format!("/app/nope?protocol=7"), 4001),
+        (format!("/app/{}", APP.key), 4008),
+        (format!("/app/{}?protocol=6", APP.key), 4007),
+        (format!("/app/{}?protocol=x", APP.key), 4006),
+    ] {
+        let mut ws = WsClient::connect(&server.ws_url_path(&path)).await;
+        let err = decode(&ws.recv_text().await);
+        assert_eq!(
+            (err["event"].as_str(), err["data"]["code"].as_u64()),
+            (Some("pusher:error"), Some(code)),
+            "{path}: {err}"
+        );
+        assert_eq!(u64::from(ws.expect_close().await.0), code, "{path}");
+    }
+
+    let mut a = PusherWs::connect(addr, APP.key).await;
+    assert!(SocketId::parse(&a.socket_id).is_some(), "{}", a.socket_id);
+    // Public, private (bad then good signature), encrypted, cache (miss).
+    let ok = a.subscribe("orders", None, None).await;
+    assert_eq!(
+        ok["event"], "pusher_internal:subscription_succeeded",
+        "{ok}"
+    );
+    let other = Keys::new(APP.key, b"another secret");
+    let bad = a.subscribe("private-orders.5", Some(&other), None).await;
+    assert_eq!(bad["event"], "pusher:subscription_error", "{bad}");
+    assert_eq!(bad["data"]["status"], 401, "{bad}");
+    let none = a.subscribe("private-orders.5", None, None).await;
+    assert_eq!(none["data"]["type"], "AuthError", "{none}");
+    let ok = a.subscribe("private-orders.5", Some(&keys), None).await;
+    assert_eq!(
+        ok["event"], "pusher_internal:subscription_succeeded",
+        "{ok}"
+    );
+    let ok = a.subscribe("private-encrypted-x", Some(&keys), None).await;
+    assert_eq!(
+        ok["event"], "pusher_internal:subscription_succeeded",
+        "{ok}"
+    );
+    a.subscribe("cache-news", None, None).await;
+    a.expect("pusher:cache_miss", Some("cache-news")).await;
+
+    // Presence: ann twice (two tabs), bob once.
+    let ann = presence_data("7", "Ann");
+    let bob = presence_data("8", "Bob");
+    let here = a.subscribe("presence-room", Some(&keys), Some(&ann)).await;
+    assert_eq!(here["data"]["presence"]["ids"], json!(["7"]), "{here}");
+    let mut b = PusherWs::connect(addr, APP.key).await;
+    let here = b.subscribe("presence-room", Some(&keys), Some(&bob)).await;
+    assert_eq!(here["data"]["presence"]["count"], 2, "{here}");
+    let added = a
+        .expect("pusher_internal:member_added", Some("presence-room"))
+        .await;
+    assert_eq!(
+        added["data"],
+        json!({"user_id": "8", "user_info": {"name": "Bob"}})
+    );
+    let mut a2 = PusherWs::connect(addr, APP.key).await;
+    let here = a2.subscribe("presence-room", Some(&keys), Some(&ann)).await;
+    assert_eq!(here["data"]["presence"]["count"], 2, "{here}");
+    // A signature for another socket is refused.
+    let mut c = PusherWs::connect(addr, APP.key).await;
+    let stolen = json!({"event": "pusher:subscribe", "data": {"channel": "presence-room",
+        "auth": keys.channel_auth(&a.socket_id, "presence-room", Some(&ann)), "channel_data": ann}});
+    c.send(stolen).await;
+    c.expect("pusher:subscription_error", Some("presence-room"))
+        .await;
+
+    // Client events: relayed to the others with the sender's user_id, never back.
+    a.send(json!({"event": "client-typing", "channel": "presence-room", "data": {"x": 1}}))
+        .await;
+    for peer in [&mut b, &mut a2] {
+        let got = peer.expect("client-typing", Some("presence-room")).await;
+        assert_eq!(
+            (&got["data"], &got["user_id"]),
+            (&json!({"x": 1}), &json!("7"))
+        );
+    }
+    // Not on a public channel, not from a non-member.
+    a.send(json!({"event": "client-x", "channel": "orders", "data": {}}))
+        .await;
+    let err = a.expect("pusher:error", None).await;
+    assert_eq!(err["data"]["code"], 4301, "{err}");
+    c.send(json!({"event": "client-x", "channel": "presence-room", "data": {}}))
+        .await;
+    let err = c.expect("pusher:error", None).await;
+    assert_eq!(err["data"]["code"], 4301, "{err}");
+    // At most 5 a second (this app's rate): the sixth is refused, the connection stays.
+    for i in 0..6 {
+        b.send(json!({"event": "client-n", "channel": "presence-room", "data": i}))
+            .await;
+    }
+    let refused = b.expect("pusher:error", None).await;
+    assert_eq!(refused["data"]["code"], 4301, "{refused}");
+    for i in 0..5 {
+        let got = a.expect("client-n", None).await;
+        assert_eq!(got["data"], i);
+    }
+
+    // A tab of ann leaves: no member_removed; her last one does.
+    a2.ws.close().await;
+    b.ws.expect_silence(Duration::from_millis(300)).await;
+    a.send(json!({"event": "pusher:unsubscribe", "data": {"channel": "presence-room"}}))
+        .await;
+    let removed = b
+        .expect("pusher_internal:member_removed", Some("presence-room"))
+        .await;
+    assert_eq!(removed["data"], json!({"user_id": "7"}));
+
+    // ping/pong.
+    a.send(json!({"event": "pusher:ping", "data": {}})).await;
+    a.expect("pusher:pong", None).await;
+    // A frame that is not an event: pusher:error, the connection stays.
+    a.ws.send_text("not json").await;
+    a.expect("pusher:error", None).await;
+
+    // Signin, then #server-to-user-{id}; someone else's is refused.
+    let user_data = json!({"id": "42", "name": "Ann"}).to_string();
+    let auth = keys.signin_auth(&a.socket_id, &user_data);
+    a.send(json!({"event": "pusher:signin", "data": {"auth": auth, "user_data": user_data}}))
+        .await;
+    a.expect("pusher:signin_success", None).await;
+    let ok = a.subscribe("#server-to-user-42", None, None).await;
+    assert_eq!(
+        ok["event"], "pusher_internal:subscription_succeeded",
+        "{ok}"
+    );
+    let no = b.subscribe("#server-to-user-42", None, None).await;
+    assert_eq!(no["event"], "pusher:subscription_error", "{no}");
+    // A bad signin closes with 4009.
+    let forged = keys.signin_auth("1.1", &user_data);
+    b.send(json!({"event": "pusher:signin", "data": {"auth": forged, "user_data": user_data}}))
+        .await;
+    b.expect("pusher:error", None).await;
+    assert_eq!(b.ws.expect_close().await.0, 4009);
+
+    // The quiet app: client events off.
+    let mut q = PusherWs::connect(addr, QUIET.key).await;
+    q.subscribe("private-q", Some(&QUIET.keys()), None).await;
+    q.send(json!({"event": "client-x", "channel": "private-q", "data": {}}))
+        .await;
+    let err = q.expect("pusher:error", None).await;
+    assert_eq!(err["data"]["code"], 4301, "{err}");
+    assert!(
+        err["data"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("not enabled"),
+        "{err}"
+    );
+}
+
+/// A client silent for the activity timeout is pinged, and closed with 4201 if it does
+/// not answer; one that answers stays.
+#[tokio::test]
+async fn a_silent_client_is_pinged_then_closed_with_4201() {
+    let config = pushwire::Config {
+        pusher_activity_timeout: Duration::from_secs(1),
+        pusher_pong_timeout: Duration::from_secs(1),
+        ..pusher_config()
+    };
+    let server = TestServer::start_with(config).await;
+    let mut answers = PusherWs::connect(server.ws_addr, APP.key).await;
+    let mut silent = PusherWs::connect(server.ws_addr, APP.key).await;
+    answers.expect("pusher:ping", None).await;
+    answers
+        .send(json!({"event": "pusher:pong", "data": {}}))
+        .await;
+    silent.expect("pusher:ping", None).await;
+    let (code, _) = silent.ws.expect_close().await;
+    assert_eq!(code, 4201);
+    // The one that answered is pinged again, not closed.
+    answers.expect("pusher:ping", None).await;
 }

@@ -278,4 +278,10 @@ impl Nodes for ClusterNodes {
         let cluster = self.cluster.clone();
         Answer::later(async move { cluster.stop().await })
     }
+
+    fn channels(&self) -> &dyn crate::nodes::Channels {
+        // This node's only: the Pusher door refuses to start in cluster mode until
+        // channels are routed through Redis (docs/pusher.md).
+        self.here.channels()
+    }
 }
