@@ -25,8 +25,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use common::chromium::{PageEvent, SeedPage, Site};
 use common::pusher::{
-    APP, ApiRecorder, PusherWs, QUIET, Recorded, decode, echo_page, node_sdk, ok, pusher_config,
-    python_sdk, vendor_files,
+    APP, ApiRecorder, PusherWs, QUIET, Recorded, decode, echo_page, http, node_sdk, now_secs, ok,
+    pusher_config, python_sdk, signed, vendor_files,
 };
 use common::{TestServer, WsClient};
 use futures_util::{SinkExt, StreamExt};
@@ -960,4 +960,262 @@ async fn a_silent_client_is_pinged_then_closed_with_4201() {
     assert_eq!(code, 4201);
     // The one that answered is pinged again, not closed.
     answers.expect("pusher:ping", None).await;
+}
+
+/// Two raw Pusher connections on `server`: ann (user 7 on presence-room, private-orders,
+/// signed in as 42 and on `#server-to-user-42`) and bob (user 8 on presence-room).
+async fn ann_and_bob(server: &TestServer) -> (PusherWs, PusherWs) {
+    let keys = APP.keys();
+    let mut ann = PusherWs::connect(server.ws_addr, APP.key).await;
+    let mut bob = PusherWs::connect(server.ws_addr, APP.key).await;
+    ann.subscribe("private-orders", Some(&keys), None).await;
+    ann.subscribe(
+        "presence-room",
+        Some(&keys),
+        Some(&presence_data("7", "Ann")),
+    )
+    .await;
+    bob.subscribe(
+        "presence-room",
+        Some(&keys),
+        Some(&presence_data("8", "Bob")),
+    )
+    .await;
+    ann.expect("pusher_internal:member_added", Some("presence-room"))
+        .await;
+    let user_data = json!({"id": "42"}).to_string();
+    let auth = keys.signin_auth(&ann.socket_id, &user_data);
+    ann.send(json!({"event": "pusher:signin", "data": {"auth": auth, "user_data": user_data}}))
+        .await;
+    ann.expect("pusher:signin_success", None).await;
+    ann.subscribe("#server-to-user-42", None, None).await;
+    (ann, bob)
+}
+
+/// The Node SDK (`pusher` on npm) calls every endpoint of the daemon's HTTP API.
+#[tokio::test]
+async fn node_sdk_calls_every_endpoint() {
+    let server = TestServer::start_http(pusher_config()).await;
+    let (mut ann, mut bob) = ann_and_bob(&server).await;
+    let port = server.http_addr.unwrap().port();
+    let call = |op: Value| {
+        let mut req = op;
+        req["app"] = APP.json();
+        req["port"] = json!(port);
+        async move { ok(node_sdk(&req).await) }
+    };
+
+    // trigger to two channels with info; ann's socket left out.
+    let r = call(
+        json!({"op": "trigger", "channels": ["private-orders", "presence-room"],
+        "event": "OrderShipped", "data": {"id": 5},
+        "params": {"socket_id": ann.socket_id, "info": "subscription_count"}}),
+    )
+    .await;
+    assert_eq!(r["status"], 200, "{r}");
+    let info: Value = serde_json::from_str(r["body"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        info,
+        json!({"channels": {"private-orders": {"subscription_count": 1},
+                            "presence-room": {"subscription_count": 2}}})
+    );
+    let got = bob.expect("OrderShipped", Some("presence-room")).await;
+    assert_eq!(got["data"], json!({"id": 5}));
+    ann.ws.expect_silence(Duration::from_millis(200)).await;
+
+    // trigger_batch: both reach ann, in order.
+    let r = call(json!({"op": "trigger_batch", "batch": [
+        {"channel": "private-orders", "name": "a", "data": "1"},
+        {"channel": "presence-room", "name": "b", "data": "2"}]}))
+    .await;
+    assert_eq!(r["status"], 200, "{r}");
+    ann.expect("a", Some("private-orders")).await;
+    ann.expect("b", Some("presence-room")).await;
+    bob.expect("b", Some("presence-room")).await;
+
+    // The channel queries.
+    let get = |path: &str, params: Value| json!({"op": "get", "path": path, "params": params});
+    let r = call(get(
+        "/channels",
+        json!({"filter_by_prefix": "presence-", "info": "user_count"}),
+    ))
+    .await;
+    assert_eq!(r["status"], 200, "{r}");
+    assert_eq!(
+        serde_json::from_str::<Value>(r["body"].as_str().unwrap()).unwrap(),
+        json!({"channels": {"presence-room": {"user_count": 2}}})
+    );
+    let r = call(get("/channels", json!({}))).await;
+    let all: Value = serde_json::from_str(r["body"].as_str().unwrap()).unwrap();
+    let names: BTreeSet<&str> = all["channels"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(|k| k.as_str())
+        .collect();
+    assert_eq!(
+        names,
+        BTreeSet::from(["#server-to-user-42", "presence-room", "private-orders"])
+    );
+    let r = call(get(
+        "/channels/presence-room",
+        json!({"info": "user_count,subscription_count"}),
+    ))
+    .await;
+    assert_eq!(
+        serde_json::from_str::<Value>(r["body"].as_str().unwrap()).unwrap(),
+        json!({"occupied": true, "user_count": 2, "subscription_count": 2})
+    );
+    let r = call(get("/channels/nobody-here", json!({}))).await;
+    assert_eq!(r["body"], r#"{"occupied":false}"#);
+    let r = call(get("/channels/presence-room/users", json!({}))).await;
+    assert_eq!(
+        serde_json::from_str::<Value>(r["body"].as_str().unwrap()).unwrap(),
+        json!({"users": [{"id": "7"}, {"id": "8"}]})
+    );
+    // user_count on a channel that is not presence: 400, which the SDK raises.
+    let r = node_sdk(
+        &json!({"op": "get", "app": APP.json(), "port": port, "path": "/channels/private-orders",
+        "params": {"info": "user_count"}}),
+    )
+    .await;
+    assert!(r["ok"] == false || r["result"]["status"] == 400, "{r}");
+
+    // sendToUser reaches #server-to-user-42; terminate closes ann with 4009 and her
+    // member leaves.
+    let r =
+        call(json!({"op": "send_to_user", "user_id": "42", "event": "hi", "data": {"x": 1}})).await;
+    assert_eq!(r["status"], 200, "{r}");
+    ann.expect("hi", Some("#server-to-user-42")).await;
+    let r = call(json!({"op": "terminate", "user_id": "42"})).await;
+    assert_eq!(r["status"], 200, "{r}");
+    assert_eq!(ann.ws.expect_close().await.0, 4009);
+    let removed = bob
+        .expect("pusher_internal:member_removed", Some("presence-room"))
+        .await;
+    assert_eq!(removed["data"]["user_id"], "7");
+}
+
+/// The Python SDK (`pusher` on PyPI) calls every endpoint, its terminate path without
+/// `/apps/{id}` included.
+#[tokio::test]
+async fn python_sdk_calls_every_endpoint() {
+    let server = TestServer::start_http(pusher_config()).await;
+    let (mut ann, mut bob) = ann_and_bob(&server).await;
+    let port = server.http_addr.unwrap().port();
+    let call = |op: Value| {
+        let mut req = op;
+        req["app"] = APP.json();
+        req["port"] = json!(port);
+        async move { ok(python_sdk(&req).await) }
+    };
+    let r = call(
+        json!({"op": "trigger", "channels": ["presence-room"], "event": "e",
+        "data": {"n": 1}, "socket_id": bob.socket_id}),
+    )
+    .await;
+    assert_eq!(r, json!({}));
+    ann.expect("e", Some("presence-room")).await;
+    bob.ws.expect_silence(Duration::from_millis(200)).await;
+    let r = call(json!({"op": "trigger_batch", "batch": [
+        {"channel": "private-orders", "name": "a", "data": "1"}]}))
+    .await;
+    assert_eq!(r, json!({}));
+    ann.expect("a", Some("private-orders")).await;
+    let r = call(
+        json!({"op": "channels_info", "prefix_filter": "presence-", "attributes": ["user_count"]}),
+    )
+    .await;
+    assert_eq!(r, json!({"channels": {"presence-room": {"user_count": 2}}}));
+    let r = call(json!({"op": "channel_info", "channel": "presence-room",
+        "attributes": ["user_count", "subscription_count"]}))
+    .await;
+    assert_eq!(
+        r,
+        json!({"occupied": true, "user_count": 2, "subscription_count": 2})
+    );
+    let r = call(json!({"op": "users_info", "channel": "presence-room"})).await;
+    assert_eq!(r, json!({"users": [{"id": "7"}, {"id": "8"}]}));
+    let r = call(json!({"op": "send_to_user", "user_id": "42", "event": "hi", "data": "x"})).await;
+    assert_eq!(r, json!({}));
+    ann.expect("hi", Some("#server-to-user-42")).await;
+    let r = call(json!({"op": "terminate", "user_id": "42"})).await;
+    assert_eq!(r, json!({}));
+    assert_eq!(ann.ws.expect_close().await.0, 4009);
+    bob.expect("pusher_internal:member_removed", Some("presence-room"))
+        .await;
+}
+
+/// Every check of the API: the signature, a stale or future `auth_timestamp`, the body's
+/// MD5, and the limits, each refused with its status and nothing delivered.
+#[tokio::test]
+async fn the_api_refuses_what_it_must() {
+    let server = TestServer::start_http(pusher_config()).await;
+    let http_addr = server.http_addr.unwrap();
+    let mut ann = PusherWs::connect(server.ws_addr, APP.key).await;
+    ann.subscribe("orders", None, None).await;
+    let path = format!("/apps/{}/events", APP.id);
+    let body = json!({"name": "e", "channels": ["orders"], "data": "x"}).to_string();
+    let post = |target: String, body: String| async move {
+        http(http_addr, "POST", &target, body.as_bytes()).await
+    };
+    let now = now_secs();
+    // 601 s either way: refused, saying why; 590 s: accepted (it is the clock alone).
+    for ts in [now - 601, now + 601] {
+        let (status, text) = post(
+            signed(&APP, "POST", &path, &[], body.as_bytes(), ts),
+            body.clone(),
+        )
+        .await;
+        assert_eq!(status, 401, "{text}");
+        assert!(text.contains("auth_timestamp"), "{text}");
+    }
+    ann.ws.expect_silence(Duration::from_millis(100)).await;
+    let (status, text) = post(
+        signed(&APP, "POST", &path, &[], body.as_bytes(), now - 590),
+        body.clone(),
+    )
+    .await;
+    assert_eq!((status, text.as_str()), (200, "{}"));
+    ann.expect("e", Some("orders")).await;
+    // Another app's secret, another body, no body_md5, unknown app, wrong method.
+    let target = signed(&QUIET, "POST", &path, &[], body.as_bytes(), now);
+    assert_eq!(post(target, body.clone()).await.0, 401);
+    let target = signed(&APP, "POST", &path, &[], body.as_bytes(), now);
+    assert_eq!(post(target.clone(), body.replace('x', "y")).await.0, 401);
+    let target = signed(&APP, "POST", &path, &[], b"", now);
+    assert_eq!(post(target, body.clone()).await.0, 401);
+    let target = signed(&APP, "POST", "/apps/999/events", &[], body.as_bytes(), now);
+    assert_eq!(post(target, body.clone()).await.0, 404);
+    let get = signed(&APP, "GET", &path, &[], b"", now);
+    assert_eq!(http(http_addr, "GET", &get, b"").await.0, 405);
+    // The limits: 101 channels, 10 KiB + 1 of data, a batch over the app's size (2).
+    let many: Vec<String> = (0..101).map(|i| format!("c{i}")).collect();
+    let big = json!({"name": "e", "channels": many, "data": "x"}).to_string();
+    let (status, text) = post(signed(&APP, "POST", &path, &[], big.as_bytes(), now), big).await;
+    assert_eq!(status, 413, "{text}");
+    let big = json!({"name": "e", "channels": ["orders"], "data": "x".repeat(10_241)}).to_string();
+    let (status, text) = post(signed(&APP, "POST", &path, &[], big.as_bytes(), now), big).await;
+    assert_eq!(status, 413, "{text}");
+    let batch_path = format!("/apps/{}/batch_events", QUIET.id);
+    let batch = json!({"batch": [{"channel": "a", "name": "e", "data": "1"},
+        {"channel": "a", "name": "e", "data": "2"}, {"channel": "a", "name": "e", "data": "3"}]})
+    .to_string();
+    let (status, text) = post(
+        signed(&QUIET, "POST", &batch_path, &[], batch.as_bytes(), now),
+        batch,
+    )
+    .await;
+    assert_eq!(status, 413, "{text}");
+    // A bad channel name and a bad socket_id: 400.
+    for bad in [
+        json!({"name": "e", "channels": ["no spaces"], "data": "x"}),
+        json!({"name": "e", "channels": ["orders"], "data": "x", "socket_id": "1.2.3"}),
+        json!({"name": "", "channels": ["orders"], "data": "x"}),
+    ] {
+        let b = bad.to_string();
+        let (status, text) = post(signed(&APP, "POST", &path, &[], b.as_bytes(), now), b).await;
+        assert_eq!(status, 400, "{bad}: {text}");
+    }
+    ann.ws.expect_silence(Duration::from_millis(200)).await;
 }

@@ -271,7 +271,8 @@ impl Index {
             .push(conn.clone());
     }
 
-    /// Closes every connection signed in as `user` with `refusal`; answers how many.
+    /// Closes every connection signed in as `user` with `refusal`'s code and reason;
+    /// answers how many.
     pub fn terminate(&self, app: &str, user: &str, refusal: &Refusal) -> usize {
         let conns = {
             let users = self.inner.users.lock().unwrap_or_else(|e| e.into_inner());
@@ -280,14 +281,12 @@ impl Index {
                 .cloned()
                 .unwrap_or_default()
         };
+        // The close frame carries the code and reason (a queued `pusher:error` would be
+        // dropped with the queue: a terminated connection gets nothing more).
         let notice: CloseNotice = refusal.close_notice();
-        let error = Payload::from(outbound::error(refusal));
         conns
             .iter()
-            .filter(|c| {
-                let _ = c.outbox.offer(&error);
-                c.outbox.close(notice.clone())
-            })
+            .filter(|c| c.outbox.close(notice.clone()))
             .count()
     }
 

@@ -332,3 +332,60 @@ pub fn decode(text: &str) -> Value {
     }
     v
 }
+
+/// One HTTP request over a raw socket (`Connection: close`): the status and the body.
+pub async fn http(
+    addr: std::net::SocketAddr,
+    method: &str,
+    target: &str,
+    body: &[u8],
+) -> (u16, String) {
+    use tokio::io::AsyncReadExt;
+    let mut tcp = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("connect http");
+    let head = format!(
+        "{method} {target} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    tcp.write_all(head.as_bytes()).await.expect("write head");
+    tcp.write_all(body).await.expect("write body");
+    let mut out = Vec::new();
+    timeout(Duration::from_secs(10), tcp.read_to_end(&mut out))
+        .await
+        .expect("answer within 10 s")
+        .expect("read answer");
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("not an HTTP answer: {text:?}"));
+    let body = text
+        .split_once("\r\n\r\n")
+        .map_or("", |(_, b)| b)
+        .to_owned();
+    (status, body)
+}
+
+/// A request signed for `app` at `timestamp` (seconds), as the SDKs sign: `target` for
+/// [`http`].
+pub fn signed(
+    app: &App,
+    method: &str,
+    path: &str,
+    extra: &[(&str, &str)],
+    body: &[u8],
+    timestamp: u64,
+) -> String {
+    let query = app.keys().sign_api(method, path, extra, body, timestamp);
+    format!("{path}?{query}")
+}
+
+/// Seconds since the epoch now.
+pub fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
