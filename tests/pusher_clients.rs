@@ -1219,3 +1219,134 @@ async fn the_api_refuses_what_it_must() {
     }
     ann.ws.expect_silence(Duration::from_millis(200)).await;
 }
+
+// ---------------------------------------------------------------------------------------
+// Phase B: pusher-js and Laravel Echo in Chromium against the daemon
+// ---------------------------------------------------------------------------------------
+
+/// The app's `/broadcasting/auth?user=N` as a Laravel app's would answer it, signing with
+/// the Node SDK: presence channels as user N (7 is Ann, 8 is Bob); `private-denied` is
+/// signed with another secret, so the daemon refuses it.
+fn auth_endpoint_for_users() -> common::chromium::Handler {
+    Arc::new(|target: String, body: String| {
+        Box::pin(async move {
+            let field = |text: &str, name: &str| {
+                text.split(['&', '?'])
+                    .filter_map(|p| p.split_once('='))
+                    .find(|(k, _)| *k == name)
+                    .map(|(_, v)| v.replace("%2C", ",").replace("%23", "#"))
+                    .unwrap_or_default()
+            };
+            let user = field(&target, "user");
+            let (socket_id, channel) = (field(&body, "socket_id"), field(&body, "channel_name"));
+            let mut app = APP.json();
+            if channel == "private-denied" {
+                app["secret"] = json!("not the app's secret");
+            }
+            let mut req = json!({"app": app, "op": "authorize_channel",
+                                 "socket_id": socket_id, "channel": channel});
+            if channel.starts_with("presence-") {
+                let name = if user == "7" { "Ann" } else { "Bob" };
+                req["data"] = json!({"user_id": user.parse::<u64>().unwrap_or(0), "user_info": {"name": name}});
+            }
+            (200, ok(node_sdk(&req).await).to_string())
+        })
+    })
+}
+
+/// Three Pusher connections in one page (each a "tab" to the protocol): Ann twice, Bob
+/// once. Ann's first tab listens on a public and a private channel, is refused a badly
+/// signed one, and joins `presence-room.1`; Bob joins; Ann's second tab joins (no
+/// `joining` anywhere); Bob whispers to both of Ann's tabs; Ann's second tab disconnects
+/// (no `leaving`), then her first leaves (`leaving` Ann, once).
+fn daemon_page_script(ws_port: u16) -> String {
+    format!(
+        r#"
+function echoFor(user) {{
+  return new Echo.default({{
+    broadcaster: 'reverb', key: '{key}', wsHost: '127.0.0.1', wsPort: {ws_port}, wssPort: {ws_port},
+    forceTLS: false, enabledTransports: ['ws'], authEndpoint: '/broadcasting/auth?user=' + user,
+  }});
+}}
+function names(users) {{ return users.map(function (u) {{ return u.name; }}).sort().join(','); }}
+function say(text) {{ report('/alert', text); }}
+var ann1 = echoFor(7), ann2, bob;
+ann1.channel('orders').subscribed(function () {{ say('ann1 on orders'); }})
+  .listen('OrderShipped', function (e) {{ say('ann1 public ' + e.id); }});
+ann1.private('orders.5').subscribed(function () {{ say('ann1 on orders.5'); }})
+  .listen('OrderShipped', function (e) {{ say('ann1 private ' + e.id); }});
+ann1.private('denied').error(function (e) {{ say('ann1 denied ' + e.type + ' ' + e.status); }});
+ann1.join('room.1')
+  .here(function (us) {{ say('ann1 here ' + names(us)); startBob(); }})
+  .joining(function (u) {{ say('ann1 joining ' + u.name); }})
+  .leaving(function (u) {{ say('ann1 leaving ' + u.name); }})
+  .listenForWhisper('typing', function (e) {{ say('ann1 whisper ' + e.from); }});
+function startBob() {{
+  bob = echoFor(8);
+  bob.join('room.1')
+    .here(function (us) {{ say('bob here ' + names(us)); startAnn2(); }})
+    .joining(function (u) {{ say('bob joining ' + u.name); }})
+    .leaving(function (u) {{ say('bob leaving ' + u.name); }});
+}}
+function startAnn2() {{
+  ann2 = echoFor(7);
+  ann2.join('room.1')
+    .here(function (us) {{ say('ann2 here ' + names(us)); bob.join('room.1').whisper('typing', {{ from: 'Bob' }}); }})
+    .joining(function (u) {{ say('ann2 joining ' + u.name); }})
+    .listenForWhisper('typing', function (e) {{
+      say('ann2 whisper ' + e.from);
+      ann2.disconnect();
+      setTimeout(function () {{ ann1.leave('room.1'); }}, 500);
+    }});
+}}
+"#,
+        key = APP.key
+    )
+}
+
+/// pusher-js 8.6.0 and Laravel Echo 2.5.0 in headless Chromium against the daemon: public,
+/// private (with an auth endpoint the test serves) and presence channels with two users
+/// and two tabs of one user, client events, a refused subscription, and events the Node
+/// SDK publishes through the HTTP API.
+#[tokio::test]
+async fn echo_in_chromium_against_the_daemon() {
+    let server = TestServer::start_http(pusher_config()).await;
+    let http_port = server.http_addr.unwrap().port();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let site = Site {
+        files: vendor_files(),
+        handler: Some(auth_endpoint_for_users()),
+    };
+    let script = daemon_page_script(server.ws_addr.port());
+    let mut page = SeedPage::launch_site(listener, echo_page(&script), site, &[]);
+    expect_alerts(
+        &mut page,
+        &[
+            "ann1 on orders",
+            "ann1 on orders.5",
+            "ann1 denied AuthError 401",
+            "ann1 here Ann",
+            "bob here Ann,Bob",
+            "ann1 joining Bob",
+            "ann2 here Ann,Bob",
+            "ann1 whisper Bob",
+            "ann2 whisper Bob",
+            "bob leaving Ann",
+        ],
+    )
+    .await;
+    // Events from the backend, through the HTTP API.
+    let trigger = |channel: &str| {
+        json!({"op": "trigger", "app": APP.json(), "port": http_port, "channels": [channel],
+               "event": r"App\Events\OrderShipped", "data": {"id": 5}})
+    };
+    for channel in ["orders", "private-orders.5"] {
+        let r = ok(node_sdk(&trigger(channel)).await);
+        assert_eq!(r["status"], 200, "{r}");
+    }
+    expect_alerts(&mut page, &["ann1 public 5", "ann1 private 5"]).await;
+    assert!(
+        !page.reports_within(Duration::from_millis(500)).await,
+        "no more reports (a second joining or leaving for Ann's second tab)"
+    );
+}
