@@ -564,7 +564,12 @@ async fn serve(args: Args, pinned: Vec<Setting>) -> std::io::Result<()> {
     ));
     sd_notify("READY=1");
     let mut reloader = reloader(&args, pinned);
-    signals.until_stop(|| reloader.reload(&ctx)).await;
+    signals
+        .until_stop(|| {
+            reloader.reload(&ctx);
+            reload_pusher_apps(&args, &ctx);
+        })
+        .await;
     sd_notify("STOPPING=1");
     shutdown.cancel();
     let result = server.await.map_err(std::io::Error::other)?;
@@ -878,6 +883,23 @@ fn pusher_apps(args: &Args) -> Result<Option<std::sync::Arc<pushwire::channels::
         "Pusher apps served at /app/{{key}} and /apps/{{id}}/"
     );
     Ok(Some(std::sync::Arc::new(apps)))
+}
+
+/// SIGHUP: reads `--pusher-apps` again, whole; a file that cannot be read or is wrong
+/// changes nothing. Connections keep the app they connected with; new ones, and every API
+/// call, use the new apps.
+fn reload_pusher_apps(args: &Args, ctx: &pushwire::state::State) {
+    if args.pusher_apps.is_none() {
+        return;
+    }
+    match pusher_apps(args).and_then(|apps| {
+        let apps = apps.ok_or("no --pusher-apps")?;
+        ctx.reload_pusher_apps(std::sync::Arc::unwrap_or_clone(apps))
+    }) {
+        Ok(changes) if changes.is_empty() => info!("Pusher apps reloaded: nothing changed"),
+        Ok(changes) => warn!(changed = %changes.join(", "), "Pusher apps reloaded"),
+        Err(err) => warn!(error = %err, "Pusher apps reload failed; the apps in use stay"),
+    }
 }
 
 /// Raises the soft open-files limit to the hard one (each socket is one descriptor) and

@@ -7,7 +7,7 @@ use std::sync::{Arc, RwLock};
 
 use tokio_util::sync::CancellationToken;
 
-use crate::channels::Index;
+use crate::channels::{Apps, Index};
 use crate::cluster::{Cluster, ClusterConfig, ClusterNodes};
 use crate::config::Config;
 use crate::dedupe::Dedupe;
@@ -38,6 +38,9 @@ pub struct State {
     pub tls: Option<Acceptor>,
     /// Secrets and allow-lists as of the last reload; read with [`State::settings`].
     reloadable: RwLock<Arc<Reloadable>>,
+    /// The Pusher apps as of the last reload (`--pusher-apps`); read with
+    /// [`State::pusher_apps`].
+    pusher_apps: RwLock<Option<Arc<Apps>>>,
 }
 
 impl State {
@@ -94,6 +97,7 @@ impl State {
             ws_stop: CancellationToken::new(),
             tls,
             reloadable: RwLock::new(Arc::new(Reloadable::from_config(&config))),
+            pusher_apps: RwLock::new(config.pusher_apps.clone()),
             config,
         }))
     }
@@ -125,6 +129,26 @@ impl State {
         changed.extend(current.changes(&next));
         *current = Arc::new(next);
         Ok(changed)
+    }
+
+    /// The Pusher apps in force now (`None`: no Pusher door).
+    pub fn pusher_apps(&self) -> Option<Arc<Apps>> {
+        self.pusher_apps
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Replaces the Pusher apps (a reload read and checked the file whole); a daemon
+    /// started without `--pusher-apps` keeps no door. Returns what changed, for the log.
+    pub fn reload_pusher_apps(&self, next: Apps) -> Result<Vec<String>, String> {
+        let mut current = self.pusher_apps.write().unwrap_or_else(|e| e.into_inner());
+        let Some(old) = current.as_ref() else {
+            return Err("started without --pusher-apps: restart to serve Pusher apps".into());
+        };
+        let changes = old.changes(&next);
+        *current = Some(Arc::new(next));
+        Ok(changes)
     }
 
     /// `/stats`, in the table's order.

@@ -28,7 +28,7 @@ use common::pusher::{
     APP, ApiRecorder, PusherWs, QUIET, Recorded, decode, echo_page, http, node_sdk, now_secs, ok,
     pusher_config, python_sdk, signed, vendor_files,
 };
-use common::{TestServer, WsClient};
+use common::{STEP, TestServer, WsClient, poll_until};
 use futures_util::{SinkExt, StreamExt};
 use pushwire::wire::pusher::api::{self, ApiAuthError, Request};
 use pushwire::wire::pusher::outbound::{self, SubscriptionErrorType, WebhookEvent};
@@ -1349,4 +1349,86 @@ async fn echo_in_chromium_against_the_daemon() {
         !page.reports_within(Duration::from_millis(500)).await,
         "no more reports (a second joining or leaving for Ann's second tab)"
     );
+}
+
+/// SIGHUP reads `--pusher-apps` again, whole: an app added serves new connections, a
+/// rotated secret signs from then on, and a broken file changes nothing. The daemon is
+/// the real binary; a file with no apps, or one refused at start, stops it with the reason.
+#[tokio::test]
+async fn a_reload_swaps_the_apps_and_a_bad_file_changes_nothing() {
+    let dir = common::Scratch::new("pusher-reload");
+    let one = json!({"apps": [{"id": APP.id, "key": APP.key, "secret": APP.secret}]}).to_string();
+    let path = dir.file("apps.json", &one);
+    let (status, log) = common::Launch::new()
+        .args(&["--pusher-apps", &dir.file("bad.json", r#"{"apps":[]}"#)])
+        .run_to_exit(Duration::from_secs(10))
+        .await;
+    assert!(!status.success() && log.contains("no apps"), "{log}");
+    let daemon = common::Launch::new()
+        .args(&["--pusher-apps", &path])
+        .start()
+        .await;
+    let outcomes = |log: &str| {
+        log.lines()
+            .filter(|l| l.contains("Pusher apps reload"))
+            .count()
+    };
+
+    let quiet_url = format!("ws://{}/app/{}?protocol=7", daemon.ws_addr, QUIET.key);
+    let mut refused = WsClient::connect(&quiet_url).await;
+    refused.recv_text().await;
+    assert_eq!(refused.expect_close().await.0, 4001);
+    let mut before = PusherWs::connect(daemon.ws_addr, APP.key).await;
+
+    // Add QUIET, rotate APP's secret.
+    let rotated = "pushwire-rotated-secret";
+    std::fs::write(
+        &path,
+        json!({"apps": [
+        {"id": APP.id, "key": APP.key, "secret": rotated},
+        {"id": QUIET.id, "key": QUIET.key, "secret": QUIET.secret}]})
+        .to_string(),
+    )
+    .unwrap();
+    daemon.signal("HUP").await;
+    let line = daemon.wait_line("Pusher apps reload", STEP).await;
+    assert!(
+        line.contains("app 1201 secret rotated") && line.contains("app 1202 added"),
+        "{line}"
+    );
+    assert!(!line.contains(rotated), "a secret in the log: {line}");
+    PusherWs::connect(daemon.ws_addr, QUIET.key).await;
+    let mut after = PusherWs::connect(daemon.ws_addr, APP.key).await;
+    let new_keys = Keys::new(APP.key, rotated.as_bytes());
+    let old = after.subscribe("private-x", Some(&APP.keys()), None).await;
+    assert_eq!(old["event"], "pusher:subscription_error", "{old}");
+    let new = after.subscribe("private-x", Some(&new_keys), None).await;
+    assert_eq!(
+        new["event"], "pusher_internal:subscription_succeeded",
+        "{new}"
+    );
+    // A connection from before stays.
+    before
+        .send(json!({"event": "pusher:ping", "data": {}}))
+        .await;
+    before.expect("pusher:pong", None).await;
+
+    // A broken file: refused, the apps in use stay.
+    std::fs::write(
+        &path,
+        r#"{"apps": [{"id": "1201", "key": "k", "secret": "short"}]}"#,
+    )
+    .unwrap();
+    daemon.signal("HUP").await;
+    poll_until(STEP, "the second reload outcome", || {
+        let n = outcomes(&daemon.log());
+        async move { n >= 2 }
+    })
+    .await;
+    assert!(
+        daemon.log().contains("Pusher apps reload failed"),
+        "{}",
+        daemon.log()
+    );
+    PusherWs::connect(daemon.ws_addr, QUIET.key).await;
 }

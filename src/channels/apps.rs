@@ -162,6 +162,41 @@ impl Apps {
         self.by_id.get(id)
     }
 
+    /// What differs in `next`, app by app, for the reload's log line (ids and the kind
+    /// of change, never a secret).
+    pub fn changes(&self, next: &Apps) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut ids: Vec<&str> = self
+            .by_id
+            .keys()
+            .chain(next.by_id.keys())
+            .map(|k| &**k)
+            .collect();
+        ids.sort_unstable();
+        ids.dedup();
+        for id in ids {
+            match (self.by_id(id), next.by_id(id)) {
+                (Some(_), None) => out.push(format!("app {id} removed")),
+                (None, Some(_)) => out.push(format!("app {id} added")),
+                (Some(a), Some(b)) => {
+                    if a.keys.key() != b.keys.key() {
+                        out.push(format!("app {id} key changed"));
+                    }
+                    // Compared by what they sign: the secrets are never held side by side.
+                    if a.keys.sign_hex(&[b"compare"]) != b.keys.sign_hex(&[b"compare"]) {
+                        out.push(format!("app {id} secret rotated"));
+                    }
+                    if a.client_events != b.client_events {
+                        let on = if b.client_events { "on" } else { "off" };
+                        out.push(format!("app {id} client events {on}"));
+                    }
+                }
+                (None, None) => {}
+            }
+        }
+        out
+    }
+
     /// How many apps.
     pub fn len(&self) -> usize {
         self.by_id.len()

@@ -98,7 +98,7 @@ pub(crate) async fn answer(
     body: &[u8],
     ctx: &State,
 ) -> Reply {
-    let Some(apps) = &ctx.config.pusher_apps else {
+    let Some(apps) = ctx.pusher_apps() else {
         return fail(404, "not found");
     };
     let Some((id, route)) = route(path) else {

@@ -111,11 +111,7 @@ pub(crate) async fn serve(
 fn admit(path: &str, query: Option<&str>, ctx: &State) -> Result<Arc<App>, Refusal> {
     let key = codes::app_key(path).ok_or(Refusal::of(Code::PathNotFound))?;
     codes::check_protocol(query).map_err(Refusal::of)?;
-    let apps = ctx
-        .config
-        .pusher_apps
-        .as_ref()
-        .ok_or(Refusal::of(Code::AppNotFound))?;
+    let apps = ctx.pusher_apps().ok_or(Refusal::of(Code::AppNotFound))?;
     apps.by_key(key)
         .cloned()
         .ok_or(Refusal::of(Code::AppNotFound))
