@@ -35,6 +35,7 @@
 
 mod nodes;
 mod online;
+mod pusher;
 
 pub use nodes::ClusterNodes;
 

@@ -1154,13 +1154,6 @@ mod check_config {
         let secrets_known = jwt.is_ok() && push.is_ok();
         if let Err(e) = super::pusher_apps(args) {
             problems.push(e);
-        } else if args.pusher_apps.is_some() && args.redis.as_deref().is_some_and(|r| !r.is_empty())
-        {
-            problems.push(format!(
-                "{} does not work with {} yet (docs/pusher.md)",
-                label("pusher-apps"),
-                label("redis")
-            ));
         }
         let config = unvalidated_config(
             args,

@@ -62,11 +62,7 @@ impl State {
         let dedupe = Dedupe::new(config.dedupe_window, config.dedupe_max_entries);
         let channels = Index::new(config.queue_limits(), Index::random_node());
         let here = Here::new(registry.clone(), dedupe).with_channels(channels);
-        if config.pusher_apps.is_some() && config.redis.is_some() {
-            return Err(std::io::Error::other(
-                "--pusher-apps does not work with --redis yet: Pusher channels are one node's (docs/pusher.md)",
-            ));
-        }
+
         let nodes: Box<dyn Nodes> = match &config.redis {
             Some(url) => {
                 let cluster = Cluster::start(
@@ -85,7 +81,11 @@ impl State {
                 let window = config
                     .dedupe_window
                     .filter(|_| config.dedupe_max_entries > 0);
-                Box::new(ClusterNodes::new(here, cluster, window))
+                let nodes = ClusterNodes::new(here, cluster, window);
+                match config.pusher_apps {
+                    Some(_) => Box::new(nodes.with_pusher()),
+                    None => Box::new(nodes),
+                }
             }
             None => Box::new(here),
         };

@@ -1432,3 +1432,244 @@ async fn a_reload_swaps_the_apps_and_a_bad_file_changes_nothing() {
     );
     PusherWs::connect(daemon.ws_addr, QUIET.key).await;
 }
+
+// ---------------------------------------------------------------------------------------
+// Phase B: cluster mode on Redis
+// ---------------------------------------------------------------------------------------
+
+/// An in-process node on `redis_url` serving the test apps, once its Redis link is up.
+async fn pusher_node(redis_url: &str) -> TestServer {
+    let server = TestServer::start_http(pushwire::Config {
+        redis: Some(redis_url.to_owned()),
+        cluster_timeout: Duration::from_millis(2000),
+        ..pusher_config()
+    })
+    .await;
+    let http_addr = server.http_addr.unwrap();
+    poll_until(STEP, "the node ready (its Redis link up)", || async move {
+        common::redis::readyz(http_addr)
+            .await
+            .starts_with("HTTP/1.1 200")
+    })
+    .await;
+    server
+}
+
+/// A signed GET of the API on `node`: the JSON answer.
+async fn api_get(node: &TestServer, path: &str, extra: &[(&str, &str)]) -> Value {
+    let path = format!("/apps/{}{path}", APP.id);
+    let target = signed(&APP, "GET", &path, extra, b"", now_secs());
+    let (status, body) = http(node.http_addr.unwrap(), "GET", &target, b"").await;
+    assert_eq!(status, 200, "{path}: {body}");
+    serde_json::from_str(&body).unwrap()
+}
+
+/// A signed POST of an event to the API on `node`.
+async fn api_event(node: &TestServer, event: Value) {
+    let path = format!("/apps/{}/events", APP.id);
+    let body = event.to_string();
+    let target = signed(&APP, "POST", &path, &[], body.as_bytes(), now_secs());
+    let (status, text) = http(node.http_addr.unwrap(), "POST", &target, body.as_bytes()).await;
+    assert_eq!(status, 200, "{text}");
+}
+
+/// Three nodes on one Redis: events published on any node reach every subscriber;
+/// presence is per user across the nodes (Ann's tabs on two nodes are one member, Bob on
+/// a third sees her join once and leave once, when her last tab goes); every node's API
+/// answers the same counts; client events and cache channels cross nodes; terminating a
+/// user closes its connection wherever it is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_share_channels_and_exact_presence() {
+    let redis = common::redis::Redis::start().await;
+    let url = redis.url();
+    let (a, b, c) = (
+        pusher_node(&url).await,
+        pusher_node(&url).await,
+        pusher_node(&url).await,
+    );
+    let keys = APP.keys();
+    let ann_data = presence_data("7", "Ann");
+    let mut ann = PusherWs::connect(a.ws_addr, APP.key).await;
+    let here = ann
+        .subscribe("presence-room", Some(&keys), Some(&ann_data))
+        .await;
+    assert_eq!(here["data"]["presence"]["ids"], json!(["7"]), "{here}");
+    let mut bob = PusherWs::connect(c.ws_addr, APP.key).await;
+    let here = bob
+        .subscribe(
+            "presence-room",
+            Some(&keys),
+            Some(&presence_data("8", "Bob")),
+        )
+        .await;
+    assert_eq!(here["data"]["presence"]["count"], 2, "{here}");
+    let added = ann
+        .expect("pusher_internal:member_added", Some("presence-room"))
+        .await;
+    assert_eq!(added["data"]["user_id"], "8");
+    let mut ann2 = PusherWs::connect(b.ws_addr, APP.key).await;
+    let here = ann2
+        .subscribe("presence-room", Some(&keys), Some(&ann_data))
+        .await;
+    let mut ids: Vec<String> =
+        serde_json::from_value(here["data"]["presence"]["ids"].clone()).unwrap();
+    ids.sort();
+    assert_eq!(ids, ["7", "8"], "{here}");
+    bob.ws.expect_silence(Duration::from_millis(300)).await;
+    ann.ws.expect_silence(Duration::from_millis(100)).await;
+
+    // The same counts from every node's API.
+    for node in [&a, &b, &c] {
+        let info = api_get(
+            node,
+            "/channels/presence-room",
+            &[("info", "user_count,subscription_count")],
+        )
+        .await;
+        assert_eq!(
+            info,
+            json!({"occupied": true, "user_count": 2, "subscription_count": 3})
+        );
+        let users = api_get(node, "/channels/presence-room/users", &[]).await;
+        assert_eq!(users, json!({"users": [{"id": "7"}, {"id": "8"}]}));
+        let list = api_get(
+            node,
+            "/channels",
+            &[("filter_by_prefix", "presence-"), ("info", "user_count")],
+        )
+        .await;
+        assert_eq!(
+            list,
+            json!({"channels": {"presence-room": {"user_count": 2}}})
+        );
+    }
+
+    // An event on node b reaches all three nodes' subscribers, but the one left out.
+    api_event(&b, json!({"name": "e", "channels": ["presence-room"], "data": "1", "socket_id": ann.socket_id})).await;
+    ann2.expect("e", Some("presence-room")).await;
+    bob.expect("e", Some("presence-room")).await;
+    ann.ws.expect_silence(Duration::from_millis(300)).await;
+    // A client event from c reaches a and b with Bob's user_id.
+    bob.send(json!({"event": "client-hi", "channel": "presence-room", "data": {"v": 1}}))
+        .await;
+    for tab in [&mut ann, &mut ann2] {
+        let got = tab.expect("client-hi", Some("presence-room")).await;
+        assert_eq!(got["user_id"], "8", "{got}");
+    }
+
+    // A cache channel's last event, published on a with nobody there, is replayed on c.
+    api_event(
+        &a,
+        json!({"name": "last", "channel": "cache-news", "data": "v1"}),
+    )
+    .await;
+    let mut late = PusherWs::connect(c.ws_addr, APP.key).await;
+    late.subscribe("cache-news", None, None).await;
+    let got = late.expect("last", Some("cache-news")).await;
+    assert_eq!(got["data"], "v1");
+
+    // Ann's tab on a goes: she is still a member (her tab on b). Then the one on b goes.
+    ann.ws.close().await;
+    bob.ws.expect_silence(Duration::from_millis(500)).await;
+    let users = api_get(&c, "/channels/presence-room/users", &[]).await;
+    assert_eq!(users, json!({"users": [{"id": "7"}, {"id": "8"}]}));
+    ann2.ws.close().await;
+    let removed = bob
+        .expect("pusher_internal:member_removed", Some("presence-room"))
+        .await;
+    assert_eq!(removed["data"]["user_id"], "7");
+    let users = api_get(&a, "/channels/presence-room/users", &[]).await;
+    assert_eq!(users, json!({"users": [{"id": "8"}]}));
+
+    // Terminate on a closes a user signed in on b.
+    let mut signed_in = PusherWs::connect(b.ws_addr, APP.key).await;
+    let user_data = json!({"id": "99"}).to_string();
+    let auth = keys.signin_auth(&signed_in.socket_id, &user_data);
+    signed_in
+        .send(json!({"event": "pusher:signin", "data": {"auth": auth, "user_data": user_data}}))
+        .await;
+    signed_in.expect("pusher:signin_success", None).await;
+    let path = format!("/apps/{}/users/99/terminate_connections", APP.id);
+    let target = signed(&APP, "POST", &path, &[], b"", now_secs());
+    assert_eq!(
+        http(a.http_addr.unwrap(), "POST", &target, b"").await.0,
+        200
+    );
+    assert_eq!(signed_in.ws.expect_close().await.0, 4009);
+}
+
+/// Two real daemons on one Redis; the one holding Ann is killed with SIGKILL. Bob, on
+/// the other, gets `member_removed` for her within the documented bound (the alive key's
+/// 3 s, plus a beat, plus a sweep: under 6 s), and the API no longer lists her.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_killed_with_sigkill_loses_its_members_within_the_bound() {
+    let redis = common::redis::Redis::start().await;
+    let url = redis.url();
+    let dir = common::Scratch::new("pusher-kill9");
+    let apps = dir.file("apps.json", &common::pusher::apps_json());
+    let args = ["--redis", url.as_str(), "--pusher-apps", apps.as_str()];
+    let a = common::Launch::new()
+        .args(&args)
+        .http_listen("127.0.0.1:0")
+        .start()
+        .await;
+    let mut b = common::Launch::new()
+        .args(&args)
+        .http_listen("127.0.0.1:0")
+        .start()
+        .await;
+    let keys = APP.keys();
+    for node in [&a, &b] {
+        let http_addr = node.http_addr.unwrap();
+        poll_until(Duration::from_secs(10), "the node linked", || async move {
+            common::redis::readyz(http_addr)
+                .await
+                .starts_with("HTTP/1.1 200")
+        })
+        .await;
+    }
+    let mut bob = PusherWs::connect(a.ws_addr, APP.key).await;
+    let mut ann = PusherWs::connect(b.ws_addr, APP.key).await;
+    bob.subscribe(
+        "presence-room",
+        Some(&keys),
+        Some(&presence_data("8", "Bob")),
+    )
+    .await;
+    let here = ann
+        .subscribe(
+            "presence-room",
+            Some(&keys),
+            Some(&presence_data("7", "Ann")),
+        )
+        .await;
+    assert_eq!(here["data"]["presence"]["count"], 2, "{here}");
+    bob.expect("pusher_internal:member_added", Some("presence-room"))
+        .await;
+
+    b.kill9();
+    let killed = Instant::now();
+    let removed = timeout(Duration::from_secs(10), async {
+        loop {
+            match timeout(Duration::from_millis(200), bob.ws.next_event()).await {
+                Ok(common::WsEvent::Text(t)) => return decode(&t),
+                Ok(other) => panic!("{other:?}"),
+                Err(_) => {}
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("no member_removed within 10 s; log of a:\n{}", a.log()));
+    let took = killed.elapsed();
+    assert_eq!(
+        removed["event"], "pusher_internal:member_removed",
+        "{removed}"
+    );
+    assert_eq!(removed["data"]["user_id"], "7");
+    eprintln!("member_removed {took:?} after SIGKILL");
+    assert!(took < Duration::from_secs(6), "took {took:?}");
+    let path = format!("/apps/{}/channels/presence-room/users", APP.id);
+    let target = signed(&APP, "GET", &path, &[], b"", now_secs());
+    let (status, body) = http(a.http_addr.unwrap(), "GET", &target, b"").await;
+    assert_eq!((status, body.as_str()), (200, r#"{"users":[{"id":"8"}]}"#));
+}

@@ -16,7 +16,7 @@ pub mod apps;
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hash, Hasher};
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -116,6 +116,10 @@ pub struct Subscribed {
 /// What an unsubscription did.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Left {
+    /// The connection held the channel (otherwise nothing changed).
+    pub held: bool,
+    /// Presence: the user the connection was a member as.
+    pub user: Option<Arc<str>>,
     /// The channel has no subscriber left on this node.
     pub vacated: bool,
     /// Presence: the user's last connection left (`member_removed` went to the others).
@@ -129,6 +133,8 @@ pub enum SubscribeError {
     MembersFull(usize),
     /// `user_info` over the app's limit.
     UserInfoTooLarge(usize),
+    /// Cluster mode: Redis could not record it.
+    Unavailable,
 }
 
 impl std::fmt::Display for SubscribeError {
@@ -138,6 +144,7 @@ impl std::fmt::Display for SubscribeError {
                 write!(f, "presence channel full (max {n} members)")
             }
             SubscribeError::UserInfoTooLarge(n) => write!(f, "user_info larger than {n} bytes"),
+            SubscribeError::Unavailable => f.write_str("cluster unavailable (redis unreachable)"),
         }
     }
 }
@@ -169,6 +176,18 @@ struct Inner {
     node: u64,
     next: AtomicU64,
     limits: QueueLimits,
+    /// Cluster mode: presence members and cache entries are kept in Redis, so this index
+    /// only delivers (member events arrive as events from the cluster).
+    shared: AtomicBool,
+}
+
+/// What a cluster knows of a channel when a connection subscribes to it (cluster mode).
+#[derive(Debug, Clone, Default)]
+pub struct Shared {
+    /// Presence: every member on every node, `(user_id, user_info)`.
+    pub roster: Vec<(String, String)>,
+    /// A cache channel's last event, if still kept.
+    pub cached: Option<Payload>,
 }
 
 impl Index {
@@ -184,8 +203,25 @@ impl Index {
                 node,
                 next: AtomicU64::new(1),
                 limits,
+                shared: AtomicBool::new(false),
             }),
         }
+    }
+
+    /// Cluster mode: presence and cache are the cluster's ([`Shared`]); this index stops
+    /// making member events and caching events itself.
+    pub fn share(&self) {
+        self.inner.shared.store(true, Relaxed);
+    }
+
+    /// Whether [`Index::share`] was called.
+    pub fn is_shared(&self) -> bool {
+        self.inner.shared.load(Relaxed)
+    }
+
+    /// This index's node number (the high half of its `socket_id`s).
+    pub fn node(&self) -> u64 {
+        self.inner.node
     }
 
     /// A random node number for a single node (no two processes likely to share one).
@@ -302,6 +338,18 @@ impl Index {
         channel: &Channel,
         member: Option<&Member>,
     ) -> Result<Subscribed, SubscribeError> {
+        self.subscribe_with(conn, channel, member, None)
+    }
+
+    /// [`Index::subscribe`]; with `shared` (cluster mode), the members listed and the
+    /// cached event are the cluster's, and no member event is made here.
+    pub fn subscribe_with(
+        &self,
+        conn: &Arc<Conn>,
+        channel: &Channel,
+        member: Option<&Member>,
+        shared: Option<Shared>,
+    ) -> Result<Subscribed, SubscribeError> {
         let app = &conn.app;
         if let Some(m) = member
             && m.user_info.len() > app.max_user_info_bytes
@@ -322,6 +370,15 @@ impl Index {
             if let (Some(m), Some(u)) = (member, &user) {
                 match chan.members.get_mut(u) {
                     Some(p) => p.conns += 1,
+                    None if shared.is_some() => {
+                        chan.members.insert(
+                            u.clone(),
+                            Present {
+                                conns: 1,
+                                info: Arc::from(m.user_info.as_str()),
+                            },
+                        );
+                    }
                     None => {
                         if chan.members.len() >= app.max_presence_members {
                             if chan.removable(now) {
@@ -358,7 +415,12 @@ impl Index {
                 },
             );
         }
-        let succeeded = if member.is_some() {
+        let succeeded = if let (Some(_), Some(sh)) = (member, &shared) {
+            outbound::presence_succeeded(
+                channel.name(),
+                sh.roster.iter().map(|(u, i)| (u.as_str(), i.as_str())),
+            )
+        } else if member.is_some() {
             outbound::presence_succeeded(
                 channel.name(),
                 chan.members.iter().map(|(u, p)| (&**u, &*p.info)),
@@ -368,11 +430,19 @@ impl Index {
         };
         conn.send(succeeded);
         if channel.kind().cache {
-            match &chan.cached {
-                Some((frame, until)) if *until > now => {
-                    let _ = conn.outbox.offer(frame);
+            let cached = match &shared {
+                Some(sh) => sh.cached.clone(),
+                None => chan
+                    .cached
+                    .as_ref()
+                    .filter(|(_, until)| *until > now)
+                    .map(|(frame, _)| frame.clone()),
+            };
+            match cached {
+                Some(frame) => {
+                    let _ = conn.outbox.offer(&frame);
                 }
-                _ => conn.send(outbound::cache_miss(channel.name())),
+                None => conn.send(outbound::cache_miss(channel.name())),
             }
         }
         Ok(Subscribed { occupied, added })
@@ -391,6 +461,8 @@ impl Index {
             return Left::default();
         };
         let mut left = Left {
+            held: true,
+            user: sub.user.clone(),
             vacated: chan.subs.is_empty(),
             removed: None,
         };
@@ -400,9 +472,11 @@ impl Index {
             p.conns -= 1;
             if p.conns == 0 {
                 chan.members.remove(&user);
-                let frame = Payload::from(outbound::member_removed(channel.name(), &user));
-                for s in chan.subs.values() {
-                    let _ = s.conn.outbox.offer_through(&frame);
+                if !self.is_shared() {
+                    let frame = Payload::from(outbound::member_removed(channel.name(), &user));
+                    for s in chan.subs.values() {
+                        let _ = s.conn.outbox.offer_through(&frame);
+                    }
                 }
                 left.removed = Some(user);
             }
@@ -426,7 +500,7 @@ impl Index {
         let now = Instant::now();
         let mut shard = self.shard(app, channel.name());
         let key = (app.clone(), channel.shared_name().clone());
-        if channel.kind().cache {
+        if channel.kind().cache && !self.is_shared() {
             let chan = shard.chans.entry(key).or_default();
             chan.cached = Some((frame.clone(), now + CACHE_TTL));
             return offer_all(chan, frame, except);
@@ -481,6 +555,25 @@ impl Index {
             .unwrap_or_default();
         users.sort();
         users
+    }
+
+    /// Closes every connection holding a channel with `notice`; answers how many (cluster
+    /// mode: this node's presence was taken away while it was cut off, so its pages
+    /// reconnect and announce themselves again).
+    pub fn close_all(&self, notice: &CloseNotice) -> usize {
+        let mut conns: HashMap<u64, Arc<Conn>> = HashMap::new();
+        for shard in self.inner.shards.iter() {
+            let shard = shard.lock().unwrap_or_else(|e| e.into_inner());
+            for chan in shard.chans.values() {
+                for (id, s) in &chan.subs {
+                    conns.entry(*id).or_insert_with(|| s.conn.clone());
+                }
+            }
+        }
+        conns
+            .values()
+            .filter(|c| c.outbox.close(notice.clone()))
+            .count()
     }
 
     /// Drops cache entries past their time on channels nobody holds; answers how many.

@@ -326,7 +326,11 @@ impl Session<'_> {
                     },
                 );
             }
-            Err(e @ (SubscribeError::MembersFull(_) | SubscribeError::UserInfoTooLarge(_))) => {
+            Err(
+                e @ (SubscribeError::MembersFull(_)
+                | SubscribeError::UserInfoTooLarge(_)
+                | SubscribeError::Unavailable),
+            ) => {
                 self.subscription_error(name, SubscriptionErrorType::LimitReached, &e.to_string());
             }
         }
