@@ -787,7 +787,7 @@ async fn the_door_speaks_pusher_to_a_raw_client() {
 
     // Refusals before anything: unknown key 4001, protocol missing 4008, wrong 4007.
     for (path, code) in [
-        (format!("/app/nope?protocol=7"), 4001),
+        ("/app/nope?protocol=7".to_owned(), 4001),
         (format!("/app/{}", APP.key), 4008),
         (format!("/app/{}?protocol=6", APP.key), 4007),
         (format!("/app/{}?protocol=x", APP.key), 4006),

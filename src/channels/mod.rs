@@ -224,11 +224,12 @@ impl Index {
         self.inner.node
     }
 
-    /// A random node number for a single node (no two processes likely to share one).
+    /// A random node number (two nodes of a cluster sharing one are as likely as two
+    /// random 50-bit numbers meeting); below 2^53, so a page's JavaScript could even read
+    /// it as a number.
     pub fn random_node() -> u64 {
-        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-        std::process::id().hash(&mut h);
-        h.finish() % 1_000_000_000
+        let hasher = std::collections::hash_map::RandomState::new();
+        hasher.hash_one(std::process::id()) % 1_000_000_000_000_000
     }
 
     fn shard(&self, app: &str, channel: &str) -> MutexGuard<'_, Shard> {
