@@ -1,5 +1,8 @@
 //! The browser side: handshake, uid bind, then one `select!` loop per socket that writes the
-//! outbox, reads (and ignores) frames, pings, and watches for shutdown.
+//! outbox, reads (and ignores) frames, pings, and watches for shutdown. A request for
+//! `/app/{key}` with Pusher apps configured is a Pusher connection instead ([`pusher`]).
+
+mod pusher;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,13 +28,13 @@ use crate::wire::{CloseNotice, Payload};
 
 /// A browser socket after the upgrade: the socket (plain or TLS) and its frame reader.
 /// (tungstenite does the HTTP upgrade only; see `frames.rs` for why.)
-pub(crate) struct Ws {
-    pub(crate) tcp: Transport,
-    pub(crate) reader: FrameReader,
+struct Ws {
+    tcp: Transport,
+    reader: FrameReader,
     /// Largest message the browser may send.
-    pub(crate) max_in: usize,
+    max_in: usize,
     /// Protocol v1: frames carry a prefix (`docs/protocol.md`).
-    pub(crate) enveloped: bool,
+    enveloped: bool,
 }
 
 impl Ws {
@@ -41,12 +44,12 @@ impl Ws {
 }
 
 /// How long a close frame may take to leave; the peer may be the reason we are closing.
-pub(crate) const CLOSE_GRACE: Duration = Duration::from_secs(1);
+const CLOSE_GRACE: Duration = Duration::from_secs(1);
 
 /// Why a connection ended, bound or not; logged once at debug, and it decides how the
 /// connection is closed ([`finish`]).
 #[derive(Debug)]
-pub(crate) enum End {
+enum End {
     PeerClosed(Option<u16>),
     PeerError(FrameError),
     PongTimeout,
@@ -102,7 +105,7 @@ pub(crate) async fn serve(
     };
     if ctx.config.pusher_apps.is_some() && upgraded.path.starts_with("/app/") {
         // Boxed, as the event stream: a Pusher connection's state is its own.
-        let door = crate::pusher::serve(ws, upgraded.path, upgraded.query, ctx, places);
+        let door = pusher::serve(ws, upgraded.path, upgraded.query, ctx, places);
         return Box::pin(door).await;
     }
     // Moved out of `upgraded` now, so no part of it stays in the task after the bind.
@@ -287,7 +290,7 @@ async fn first_text(ws: &mut Ws, max: usize) -> Result<String, End> {
 }
 
 /// The close notice for a frame error the peer can still hear about.
-pub(crate) fn refusal(err: &FrameError) -> Option<CloseNotice> {
+fn refusal(err: &FrameError) -> Option<CloseNotice> {
     match err {
         FrameError::Protocol(why) => Some(CloseNotice {
             code: 1002,
@@ -407,7 +410,7 @@ async fn write_control(
 /// Writes a batch of text frames, the first from byte `sent` of it on (a push wrote the
 /// rest itself). The common case (the socket takes it all at once) costs one `writev`
 /// and nothing else: no timer, no allocation for a future.
-pub(crate) async fn deliver(
+async fn deliver(
     ws: &mut Ws,
     batch: &[Payload],
     sent: usize,
@@ -455,11 +458,7 @@ async fn write_guarded(
 }
 
 /// Writes the rest of `batch`, waiting for the socket as needed.
-pub(crate) async fn write_all(
-    ws: &mut Ws,
-    batch: &[Payload],
-    at: &mut Progress,
-) -> std::io::Result<()> {
+async fn write_all(ws: &mut Ws, batch: &[Payload], at: &mut Progress) -> std::io::Result<()> {
     while !try_write(&mut ws.tcp, batch, ws.enveloped, at)? {
         ws.tcp.writable().await?;
     }
@@ -470,7 +469,7 @@ pub(crate) async fn write_all(
 /// most [`CLOSE_GRACE`] in all, discarding what it still sends: closing a socket with
 /// unread input makes the kernel send a reset, which can destroy our close frame before
 /// the peer reads it (it would see 1006, not our code).
-pub(crate) async fn close(ws: &mut Ws, notice: &CloseNotice) {
+async fn close(ws: &mut Ws, notice: &CloseNotice) {
     let deadline = Instant::now() + CLOSE_GRACE;
     let frame = close_frame(notice.code, &notice.reason);
     if write_raw(&mut ws.tcp, &frame, CLOSE_GRACE).await.is_err() || ws.reader.peer_closed() {

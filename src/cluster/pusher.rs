@@ -587,7 +587,7 @@ impl Channels for Arc<ClusterChannels> {
         channel: &Channel,
         frame: &Payload,
         except: Option<SocketId>,
-    ) -> Answer<usize> {
+    ) -> Answer<Result<usize, NodesError>> {
         let (me, app, channel, frame) = (self.clone(), app.clone(), channel.clone(), frame.clone());
         Answer::barrier(async move {
             if channel.kind().cache {
@@ -602,11 +602,7 @@ impl Channels for Arc<ClusterChannels> {
                     ))
                     .await;
             }
-            Answer::Now(
-                me.fan_out(&app, &channel, &frame, except)
-                    .await
-                    .unwrap_or(0),
-            )
+            Answer::Now(me.fan_out(&app, &channel, &frame, except).await)
         })
     }
 

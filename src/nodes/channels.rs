@@ -29,14 +29,15 @@ pub trait Channels: Send + Sync + std::fmt::Debug {
     /// Takes `conn` off `channel`.
     fn unsubscribe(&self, conn: &Arc<Conn>, channel: &Channel) -> Answer<Left>;
     /// Offers `frame` to every subscriber of `app`'s `channel` but `except`; answers
-    /// how many connections took it (on the nodes that answered).
+    /// how many of this node's connections took it, or that the other nodes could not be
+    /// told (this node's got it).
     fn publish(
         &self,
         app: &Arc<str>,
         channel: &Channel,
         frame: &Payload,
         except: Option<SocketId>,
-    ) -> Answer<usize>;
+    ) -> Answer<Result<usize, NodesError>>;
     /// A channel's counts.
     fn info(&self, app: &str, channel: &str) -> Answer<Result<ChannelInfo, NodesError>>;
     /// Occupied channels of `app` starting with `prefix`, sorted by name.
@@ -75,8 +76,8 @@ impl Channels for Index {
         channel: &Channel,
         frame: &Payload,
         except: Option<SocketId>,
-    ) -> Answer<usize> {
-        Answer::Now(Index::publish(self, app, channel, frame, except))
+    ) -> Answer<Result<usize, NodesError>> {
+        Answer::Now(Ok(Index::publish(self, app, channel, frame, except)))
     }
 
     fn info(&self, app: &str, channel: &str) -> Answer<Result<ChannelInfo, NodesError>> {

@@ -296,10 +296,10 @@ async fn events(app: &Arc<App>, events: Vec<Event<'_>>, batch: bool, ctx: &State
     for ev in &checked {
         for ch in &ev.channels {
             let frame = Payload::from(outbound::event(&ev.name, ch.name(), &ev.data));
-            channels
-                .publish(&app.id, ch, &frame, ev.except)
-                .resolve()
-                .await;
+            let published = channels.publish(&app.id, ch, &frame, ev.except);
+            if let Err(e) = published.resolve().await {
+                return fail(503, format!("{e}: delivered on this node only"));
+            }
         }
     }
     if !checked.iter().any(|c| c.info.any()) {

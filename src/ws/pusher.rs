@@ -1,4 +1,5 @@
-//! One Pusher connection at `/app/{key}` (protocol 7), from the 101 to its close:
+//! One Pusher connection at `/app/{key}` (protocol 7; `--pusher-apps`), from the 101 to
+//! its close, on the browser port's socket handling (`ws.rs`, whose writer it shares):
 //! `pusher:connection_established`, then one loop that writes its outbox, reads its
 //! frames (subscribe, unsubscribe, ping, signin, client events) and pings it after a
 //! silence. Every refusal is the protocol's: `pusher:subscription_error` or
@@ -10,6 +11,7 @@ use std::sync::Arc;
 use tokio::time::{Instant, sleep, timeout};
 use tracing::debug;
 
+use super::{CLOSE_GRACE, End, Ws};
 use crate::access::Admitted;
 use crate::channels::{App, Conn, SubscribeError};
 use crate::frames::{FrameError, Incoming, PONG, Progress, control_frame, write_raw};
@@ -19,7 +21,6 @@ use crate::wire::pusher::codes::{self, Code};
 use crate::wire::pusher::inbound::{self, ClientEvent, Inbound, Signin, Subscribe};
 use crate::wire::pusher::outbound::{self, SubscriptionErrorType};
 use crate::wire::pusher::{Access, Channel, Refusal, sign};
-use crate::ws::{self, CLOSE_GRACE, End, Ws};
 
 /// A subscription as the connection keeps it: the channel, and on a presence channel the
 /// user it is a member as (a client event there carries it).
@@ -84,16 +85,16 @@ pub(crate) async fn serve(
             frame: 0,
             offset: sent,
         };
-        let rest = ws::write_all(&mut ws, std::slice::from_ref(&msg), &mut at);
+        let rest = super::write_all(&mut ws, std::slice::from_ref(&msg), &mut at);
         if !matches!(Box::pin(timeout(CLOSE_GRACE, rest)).await, Ok(Ok(()))) {
             return;
         }
     }
     match end {
-        End::Closed(notice) => Box::pin(ws::close(&mut ws, &notice)).await,
+        End::Closed(notice) => Box::pin(super::close(&mut ws, &notice)).await,
         End::Shutdown => {
             let notice = Refusal::with(Code::Reconnect, "server restarting").close_notice();
-            Box::pin(ws::close(&mut ws, &notice)).await;
+            Box::pin(super::close(&mut ws, &notice)).await;
         }
         End::PeerClosed(code) => {
             let payload = code.map(u16::to_be_bytes);
@@ -123,9 +124,9 @@ async fn refuse(ws: &mut Ws, refusal: &Refusal) {
     let frame = outbound::error(refusal);
     let mut at = Progress::default();
     let payload = crate::wire::Payload::from(frame);
-    let write = ws::write_all(ws, std::slice::from_ref(&payload), &mut at);
+    let write = super::write_all(ws, std::slice::from_ref(&payload), &mut at);
     if matches!(Box::pin(timeout(CLOSE_GRACE, write)).await, Ok(Ok(()))) {
-        Box::pin(ws::close(ws, &refusal.close_notice())).await;
+        Box::pin(super::close(ws, &refusal.close_notice())).await;
     }
 }
 
@@ -150,7 +151,7 @@ impl Session<'_> {
                         Err(notice) => return End::Closed(notice),
                     };
                     let mut at = Progress { frame: 0, offset: sent };
-                    let write = ws::write_all(ws, &batch, &mut at);
+                    let write = super::write_all(ws, &batch, &mut at);
                     return match Box::pin(timeout(cfg.shutdown_timeout, write)).await {
                         Ok(Ok(())) => End::Shutdown,
                         Ok(Err(err)) => End::PeerError(FrameError::Io(err)),
@@ -162,7 +163,7 @@ impl Session<'_> {
                         Ok(sent) => sent,
                         Err(notice) => return End::Closed(notice),
                     };
-                    if let Err(end) = ws::deliver(ws, &batch, sent, outbox, ctx).await {
+                    if let Err(end) = super::deliver(ws, &batch, sent, outbox, ctx).await {
                         return end;
                     }
                     batch.clear();
@@ -176,7 +177,7 @@ impl Session<'_> {
                             if let Err(refusal) = Box::pin(self.frame(&text)).await {
                                 // Its `pusher:error` (queued) goes out before the close.
                                 if let Ok(sent) = outbox.claim(&mut batch)
-                                    && let Err(end) = ws::deliver(ws, &batch, sent, outbox, ctx).await
+                                    && let Err(end) = super::deliver(ws, &batch, sent, outbox, ctx).await
                                 {
                                     return end;
                                 }
@@ -196,7 +197,7 @@ impl Session<'_> {
                                 Err(notice) => return End::Closed(notice),
                             };
                             if !batch.is_empty() {
-                                if let Err(end) = ws::deliver(ws, &batch, sent, outbox, ctx).await {
+                                if let Err(end) = super::deliver(ws, &batch, sent, outbox, ctx).await {
                                     return end;
                                 }
                                 batch.clear();
@@ -206,7 +207,7 @@ impl Session<'_> {
                                 return End::PeerError(FrameError::Io(err));
                             }
                         }
-                        Err(err) => match ws::refusal(&err) {
+                        Err(err) => match super::refusal(&err) {
                             Some(notice) => return End::Closed(notice),
                             None => return End::PeerError(err),
                         },
@@ -396,10 +397,11 @@ impl Session<'_> {
         let frame = outbound::client_event(&ev.event, &ev.channel, ev.data, held.user.as_deref());
         let channels = self.ctx.nodes.channels();
         let frame = crate::wire::Payload::from(frame);
-        channels
-            .publish(&app.id, &held.channel, &frame, Some(self.conn.socket_id))
-            .resolve()
-            .await;
+        let published = channels.publish(&app.id, &held.channel, &frame, Some(self.conn.socket_id));
+        if let Err(e) = published.resolve().await {
+            let why = format!("{e}: the event reached this node's subscribers only");
+            self.error(Refusal::with(Code::ClientEventRejected, why));
+        }
     }
 
     fn take_token(&mut self) -> bool {
