@@ -1481,7 +1481,19 @@ async fn api_event(node: &TestServer, event: Value) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_nodes_share_channels_and_exact_presence() {
     let redis = common::redis::Redis::start().await;
-    let url = redis.url();
+    three_nodes(&redis.url()).await;
+}
+
+/// The same on a three-master Redis Cluster: each channel's keys in one slot, events
+/// heard by every node whichever master its subscriber is on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_share_channels_and_exact_presence_on_a_redis_cluster() {
+    let cluster = common::redis::RedisCluster::start().await;
+    three_nodes(&cluster.url()).await;
+}
+
+async fn three_nodes(url: &str) {
+    let url = url.to_owned();
     let (a, b, c) = (
         pusher_node(&url).await,
         pusher_node(&url).await,
