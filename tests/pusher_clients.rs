@@ -937,6 +937,25 @@ async fn the_door_speaks_pusher_to_a_raw_client() {
             .contains("not enabled"),
         "{err}"
     );
+    // Its connection limit (3): the fourth is refused with 4100 (pusher-js backs off and
+    // comes back), and a place freed is taken again.
+    let _q2 = PusherWs::connect(addr, QUIET.key).await;
+    let _q3 = PusherWs::connect(addr, QUIET.key).await;
+    let url = format!("ws://{addr}/app/{}?protocol=7", QUIET.key);
+    let mut fourth = WsClient::connect(&url).await;
+    let err = decode(&fourth.recv_text().await);
+    assert_eq!(err["data"]["code"], 4100, "{err}");
+    assert_eq!(fourth.expect_close().await.0, 4100);
+    q.ws.close().await;
+    poll_until(STEP, "a freed place taken", || {
+        let url = url.clone();
+        async move {
+            let mut ws = WsClient::connect(&url).await;
+            let first = decode(&ws.recv_text().await);
+            first["event"] == "pusher:connection_established"
+        }
+    })
+    .await;
 }
 
 /// A client silent for the activity timeout is pinged, and closed with 4201 if it does

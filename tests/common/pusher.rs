@@ -243,13 +243,14 @@ pub const QUIET: App = App {
     secret: "pushwire-quiet-secret",
 };
 
-/// `--pusher-apps` for [`APP`] (client events on) and [`QUIET`] (off, batches of 2).
+/// `--pusher-apps` for [`APP`] (client events on) and [`QUIET`] (off, batches of 2, three
+/// connections).
 pub fn apps_json() -> String {
     json!({"apps": [
         {"id": APP.id, "key": APP.key, "secret": APP.secret, "client_events": true,
          "client_event_rate": 5},
         {"id": QUIET.id, "key": QUIET.key, "secret": QUIET.secret, "max_batch_events": 2,
-         "max_presence_members": 2},
+         "max_presence_members": 2, "max_connections": 3},
     ]})
     .to_string()
 }
