@@ -1704,3 +1704,42 @@ async fn a_node_killed_with_sigkill_loses_its_members_within_the_bound() {
     let (status, body) = http(a.http_addr.unwrap(), "GET", &target, b"").await;
     assert_eq!((status, body.as_str()), (200, r#"{"users":[{"id":"8"}]}"#));
 }
+
+/// A node that stops (SIGTERM's path) takes its members with it: Bob, on the other node,
+/// gets `member_removed` for Ann within a few seconds, whether her connection's own
+/// unsubscribe reached Redis or the node's alive key went with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_stops_takes_its_members_with_it() {
+    let redis = common::redis::Redis::start().await;
+    let (a, b) = (
+        pusher_node(&redis.url()).await,
+        pusher_node(&redis.url()).await,
+    );
+    let keys = APP.keys();
+    let mut bob = PusherWs::connect(a.ws_addr, APP.key).await;
+    bob.subscribe(
+        "presence-room",
+        Some(&keys),
+        Some(&presence_data("8", "Bob")),
+    )
+    .await;
+    let mut ann = PusherWs::connect(b.ws_addr, APP.key).await;
+    ann.subscribe(
+        "presence-room",
+        Some(&keys),
+        Some(&presence_data("7", "Ann")),
+    )
+    .await;
+    bob.expect("pusher_internal:member_added", Some("presence-room"))
+        .await;
+    let stopping = tokio::spawn(b.shutdown());
+    // Ann's page is told to reconnect at once (4200).
+    assert_eq!(ann.ws.expect_close().await.0, 4200);
+    let removed = bob
+        .expect("pusher_internal:member_removed", Some("presence-room"))
+        .await;
+    assert_eq!(removed["data"]["user_id"], "7");
+    stopping.await.unwrap().unwrap();
+    let users = api_get(&a, "/channels/presence-room/users", &[]).await;
+    assert_eq!(users, json!({"users": [{"id": "8"}]}));
+}
