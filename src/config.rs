@@ -141,6 +141,14 @@ pub struct Config {
     pub events: EventsConfig,
     /// The secret webhook deliveries are signed with (required with receivers).
     pub events_secret: Option<Secret>,
+    /// The Pusher apps served at `/app/{key}` and `/apps/{id}/…` (`--pusher-apps`);
+    /// `None`: no Pusher door.
+    pub pusher_apps: Option<std::sync::Arc<crate::channels::Apps>>,
+    /// Pusher: the `activity_timeout` told to clients, and the silence after which the
+    /// daemon pings a client itself.
+    pub pusher_activity_timeout: Duration,
+    /// Pusher: how long a pinged client has to answer before it is closed with 4201.
+    pub pusher_pong_timeout: Duration,
 }
 
 impl Default for Config {
@@ -197,6 +205,9 @@ impl Default for Config {
             dedupe_max_entries: 100_000,
             events: EventsConfig::default(),
             events_secret: None,
+            pusher_apps: None,
+            pusher_activity_timeout: Duration::from_secs(120),
+            pusher_pong_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -232,6 +243,18 @@ impl Config {
     /// `max_pending_handshakes == 0` means "a quarter of `max_ws_connections`".
     pub fn validate(mut self) -> (Config, Vec<String>) {
         let mut notes = Vec::new();
+        for (v, name) in [
+            (
+                &mut self.pusher_activity_timeout,
+                "--pusher-activity-timeout-ms",
+            ),
+            (&mut self.pusher_pong_timeout, "--pusher-pong-timeout-ms"),
+        ] {
+            if *v < Duration::from_secs(1) {
+                notes.push(format!("{name} below 1000 is raised to 1000"));
+                *v = Duration::from_secs(1);
+            }
+        }
         let at_least_one = |v: &mut usize, name: &str, notes: &mut Vec<String>| {
             if *v == 0 {
                 notes.push(format!("{name} 0 is raised to 1"));

@@ -33,6 +33,8 @@ pub(crate) struct Upgraded {
     pub(crate) query_token: Option<String>,
     /// The URL's whole query string (protocol v1's `pushwire=1&since=`).
     pub(crate) query: Option<String>,
+    /// The URL's path (`/app/{key}` is the Pusher door's).
+    pub(crate) path: String,
 }
 
 /// What a browser port's request opened.
@@ -155,6 +157,7 @@ pub(crate) async fn accept(
     }
     let mut query_token = None;
     let mut query = None;
+    let mut path = String::new();
     let origins = policy.allowed_origins;
     // The callback's signature (and its large error type) is tungstenite's.
     #[allow(clippy::result_large_err)]
@@ -167,6 +170,7 @@ pub(crate) async fn accept(
         }
         query_token = req.uri().query().and_then(token_param);
         query = req.uri().query().map(str::to_owned);
+        path = req.uri().path().to_owned();
         Ok(resp)
     };
     let stream = Prefixed {
@@ -193,6 +197,7 @@ pub(crate) async fn accept(
             pending,
             query_token,
             query,
+            path,
         })),
         Err(WsError::Http(resp)) if resp.status() == StatusCode::FORBIDDEN => {
             Err(HandshakeError::Refused("origin not allowed".into()))

@@ -6,19 +6,23 @@
 //!   arrive), then tungstenite's 101; plain-HTTP refusals; `assets`: `GET /pushwire.js`.
 //! - `proxied`: the upgrade; for a trusted proxy, the forwarded client's per-address
 //!   places between the request head and the 101.
-//! - `ws`: browser connection: uid bind, then one write/read/ping loop per socket;
-//!   `sse`: the same binding as Server-Sent Events, for networks that block WebSockets.
+//! - `ws`: browser connection: uid bind, then one write/read/ping loop per socket (a
+//!   Pusher connection at `/app/{key}`: `ws/pusher.rs`); `sse`: the same binding as
+//!   Server-Sent Events, for networks that block WebSockets.
 //! - [`frames`]: WebSocket framing after the upgrade, on a [`transport::Transport`]: the
 //!   bare socket or a [`tls`] session (`wss://`), with the same non-blocking calls.
 //! - `doors`: the backend doors, which reach connections only through the service:
 //!   `push`, the TCP/Unix port (access, lines in, replies out in order); `http`, the HTTP
 //!   door (`POST /push`, `/metrics`, health) and its accept-time gate, with `http_body`
 //!   (its replies, `/push`'s streamed as they are read), `http_io` (its socket: a write
-//!   that stalls fails, a close that lingers) and `web_msg_sender` (web-msg-sender's API).
+//!   that stalls fails, a close that lingers) and `web_msg_sender` (web-msg-sender's API);
+//!   `pusher`: the Pusher HTTP API (`/apps/{id}/…`).
 //! - [`service`]: one request in, one typed reply out, for every door.
 //! - [`reload`]: what a SIGHUP applies to the [`state`], decided from the reload env file
 //!   ([`envfile`]: its grammar) laid over the settings in force.
 //! - [`state`]: the shared handle (config, registry, metrics, stop tokens).
+//! - [`channels`]: Pusher channels on this node (subscribers, presence members, cache,
+//!   signed-in users) and the apps; kept apart from the registry's uids and groups.
 //! - [`registry`]: uid → connections (fan-out happens here); [`groups`]: membership
 //!   owned by uids, with an offline grace period; [`history`]: per-uid sequence numbers,
 //!   kept messages, the offline queue and acks (protocol v1); [`outbox`]: each
@@ -51,6 +55,7 @@
 pub mod access;
 mod assets;
 pub mod auth;
+pub mod channels;
 pub mod cluster;
 pub mod cluster_presence;
 pub mod config;
@@ -70,6 +75,7 @@ pub mod metrics;
 pub mod nodes;
 pub mod outbox;
 mod proxied;
+mod pusher;
 pub mod registry;
 pub mod reload;
 pub mod reloadable;

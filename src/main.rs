@@ -115,6 +115,30 @@ struct Args {
     )]
     redis_prefix: pushwire::config::RedisPrefix,
 
+    /// The Pusher apps (JSON: `{"apps":[{"id","key","secret",...}]}`, docs/pusher.md):
+    /// serves pusher-js and Laravel Echo at `/app/{key}` on the browser port and the
+    /// Pusher HTTP API at `/apps/{id}/...` on the HTTP door.
+    #[arg(long, env = "PUSHWIRE_PUSHER_APPS")]
+    pusher_apps: Option<PathBuf>,
+
+    /// Pusher: the activity timeout told to clients (they ping after this much silence
+    /// from the server) and the client silence after which the daemon pings, in ms.
+    #[arg(
+        long,
+        env = "PUSHWIRE_PUSHER_ACTIVITY_TIMEOUT_MS",
+        default_value_t = 120_000
+    )]
+    pusher_activity_timeout_ms: u64,
+
+    /// Pusher: how long a client pinged by the daemon has to answer before it is closed
+    /// with 4201, in ms.
+    #[arg(
+        long,
+        env = "PUSHWIRE_PUSHER_PONG_TIMEOUT_MS",
+        default_value_t = 30_000
+    )]
+    pusher_pong_timeout_ms: u64,
+
     /// Cluster mode: the longest a reply waits for Redis and the other nodes, in ms; Redis
     /// not answering for this long is taken as down until it answers again.
     #[arg(long, env = "PUSHWIRE_CLUSTER_TIMEOUT_MS", default_value_t = 1000)]
@@ -626,7 +650,12 @@ async fn serve(args: Args, pinned: Vec<Setting>) -> std::io::Result<()> {
     ));
     sd_notify("READY=1");
     let mut reloader = reloader(&args, pinned);
-    signals.until_stop(|| reloader.reload(&ctx)).await;
+    signals
+        .until_stop(|| {
+            reloader.reload(&ctx);
+            reload_pusher_apps(&args, &ctx);
+        })
+        .await;
     sd_notify("STOPPING=1");
     shutdown.cancel();
     let result = server.await.map_err(std::io::Error::other)?;
@@ -909,6 +938,7 @@ fn config_from(args: &Args) -> std::io::Result<pushwire::Config> {
     }
     let mut config = unvalidated_config(args, jwt_secret, push_secret, nofile);
     config.events_secret = events_secret;
+    config.pusher_apps = pusher_apps(args).map_err(std::io::Error::other)?;
     if let Some((requested, capacity)) = ws_overcommit(args, &config, nofile) {
         warn!(
             requested,
@@ -937,6 +967,39 @@ fn config_from(args: &Args) -> std::io::Result<pushwire::Config> {
         "connection capacity"
     );
     Ok(config)
+}
+
+/// The apps of `--pusher-apps`, read and checked whole.
+fn pusher_apps(args: &Args) -> Result<Option<std::sync::Arc<pushwire::channels::Apps>>, String> {
+    let Some(path) = &args.pusher_apps else {
+        return Ok(None);
+    };
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("--pusher-apps {}: {e}", path.display()))?;
+    let apps = pushwire::channels::Apps::parse(&text)
+        .map_err(|e| format!("--pusher-apps {}: {e}", path.display()))?;
+    info!(
+        apps = apps.len(),
+        "Pusher apps served at /app/{{key}} and /apps/{{id}}/"
+    );
+    Ok(Some(std::sync::Arc::new(apps)))
+}
+
+/// SIGHUP: reads `--pusher-apps` again, whole; a file that cannot be read or is wrong
+/// changes nothing. Connections keep the app they connected with; new ones, and every API
+/// call, use the new apps.
+fn reload_pusher_apps(args: &Args, ctx: &pushwire::state::State) {
+    if args.pusher_apps.is_none() {
+        return;
+    }
+    match pusher_apps(args).and_then(|apps| {
+        let apps = apps.ok_or("no --pusher-apps")?;
+        ctx.reload_pusher_apps(std::sync::Arc::unwrap_or_clone(apps))
+    }) {
+        Ok(changes) if changes.is_empty() => info!("Pusher apps reloaded: nothing changed"),
+        Ok(changes) => warn!(changed = %changes.join(", "), "Pusher apps reloaded"),
+        Err(err) => warn!(error = %err, "Pusher apps reload failed; the apps in use stay"),
+    }
 }
 
 /// Raises the soft open-files limit to the hard one (each socket is one descriptor) and
@@ -1038,6 +1101,9 @@ fn unvalidated_config(
         },
         // Read by the caller with the other secrets.
         events_secret: None,
+        pusher_apps: None,
+        pusher_activity_timeout: Duration::from_millis(args.pusher_activity_timeout_ms),
+        pusher_pong_timeout: Duration::from_millis(args.pusher_pong_timeout_ms),
     };
     let capacity = config.ws_capacity(nofile, matches!(args.http_listen, Listen::On(_)));
     config.max_ws_connections = args.max_ws_connections.unwrap_or(capacity);
@@ -1212,6 +1278,9 @@ mod check_config {
             &args.events_secret,
         );
         let secrets_known = jwt.is_ok() && push.is_ok();
+        if let Err(e) = super::pusher_apps(args) {
+            problems.push(e);
+        }
         let mut config = unvalidated_config(
             args,
             jwt.unwrap_or_default(),

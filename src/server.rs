@@ -212,9 +212,15 @@ async fn sweep_groups(ctx: Arc<State>, stop: CancellationToken) {
     let every = (shortest / 4).clamp(Duration::from_millis(10), Duration::from_secs(1));
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Pusher cache channels nobody holds, past their time: once a minute is enough.
+    let mut channels_swept = tokio::time::Instant::now();
     loop {
         tokio::select! {
             _ = tick.tick() => {
+                if ctx.config.pusher_apps.is_some() && channels_swept.elapsed() >= Duration::from_secs(60) {
+                    channels_swept = tokio::time::Instant::now();
+                    ctx.nodes.channels().index().sweep(channels_swept);
+                }
                 let dropped = ctx.registry.expire_groups(std::time::Instant::now());
                 if dropped > 0 {
                     debug!(uids = dropped, "group memberships expired after the grace period");

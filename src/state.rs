@@ -7,6 +7,7 @@ use std::sync::{Arc, RwLock};
 
 use tokio_util::sync::CancellationToken;
 
+use crate::channels::{Apps, Index};
 use crate::cluster::{Cluster, ClusterConfig, ClusterNodes};
 use crate::cluster_presence::ClusterPresence;
 use crate::config::Config;
@@ -45,6 +46,9 @@ pub struct State {
     pub presence_events: Option<Arc<Debounce>>,
     /// Cluster mode with receivers: `online`/`offline` settled across the nodes.
     pub cluster_events: Option<Arc<ClusterPresence>>,
+    /// The Pusher apps as of the last reload (`--pusher-apps`); read with
+    /// [`State::pusher_apps`].
+    pusher_apps: RwLock<Option<Arc<Apps>>>,
 }
 
 impl State {
@@ -64,7 +68,8 @@ impl State {
             metrics.clone(),
         );
         let dedupe = Dedupe::new(config.dedupe_window, config.dedupe_max_entries);
-        let here = Here::new(registry.clone(), dedupe);
+        let channels = Index::new(config.queue_limits(), Index::random_node());
+        let here = Here::new(registry.clone(), dedupe).with_channels(channels);
         // Events name the node as the cluster does, so a receiver can tell them apart.
         let (nodes, node, cluster): (Box<dyn Nodes>, String, Option<Arc<Cluster>>) =
             match &config.redis {
@@ -88,11 +93,12 @@ impl State {
                         .filter(|_| config.dedupe_max_entries > 0);
                     let node = cluster.node().to_owned();
                     let link = cluster.clone();
-                    (
-                        Box::new(ClusterNodes::new(here, cluster, window)),
-                        node,
-                        Some(link),
-                    )
+                    let nodes = ClusterNodes::new(here, cluster, window);
+                    let nodes: Box<dyn Nodes> = match config.pusher_apps {
+                        Some(_) => Box::new(nodes.with_pusher()),
+                        None => Box::new(nodes),
+                    };
+                    (nodes, node, Some(link))
                 }
                 None => (Box::new(here), crate::cluster::node_id(), None),
             };
@@ -124,6 +130,7 @@ impl State {
             ws_stop: CancellationToken::new(),
             tls,
             reloadable: RwLock::new(Arc::new(Reloadable::from_config(&config))),
+            pusher_apps: RwLock::new(config.pusher_apps.clone()),
             config,
             events,
             presence_events,
@@ -161,6 +168,26 @@ impl State {
         let _ = self.events.set_secret(next.events_secret.clone());
         *current = Arc::new(next);
         Ok(changed)
+    }
+
+    /// The Pusher apps in force now (`None`: no Pusher door).
+    pub fn pusher_apps(&self) -> Option<Arc<Apps>> {
+        self.pusher_apps
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Replaces the Pusher apps (a reload read and checked the file whole); a daemon
+    /// started without `--pusher-apps` keeps no door. Returns what changed, for the log.
+    pub fn reload_pusher_apps(&self, next: Apps) -> Result<Vec<String>, String> {
+        let mut current = self.pusher_apps.write().unwrap_or_else(|e| e.into_inner());
+        let Some(old) = current.as_ref() else {
+            return Err("started without --pusher-apps: restart to serve Pusher apps".into());
+        };
+        let changes = old.changes(&next);
+        *current = Some(Arc::new(next));
+        Ok(changes)
     }
 
     /// `/stats`, in the table's order.

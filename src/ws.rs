@@ -1,5 +1,8 @@
 //! The browser side: handshake, uid bind, then one `select!` loop per socket that writes the
-//! outbox, reads (and ignores) frames, pings, and watches for shutdown.
+//! outbox, reads (and ignores) frames, pings, and watches for shutdown. A request for
+//! `/app/{key}` with Pusher apps configured is a Pusher connection instead ([`pusher`]).
+
+mod pusher;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -92,6 +95,10 @@ pub(crate) fn serve(
             Opening::EventStream(request) => {
                 return Box::pin(crate::sse::serve(request, ctx, places)).await;
             }
+            // Boxed, as the event stream: a Pusher connection's state is its own.
+            Opening::Pusher(ws, path, query) => {
+                return Box::pin(pusher::serve(ws, path, query, ctx, places)).await;
+            }
             Opening::Ended => return,
         };
 
@@ -133,6 +140,8 @@ enum Opening {
     Bound(Ws, String, Mode, ConnEvents),
     /// An event stream (`sse.rs` binds it).
     EventStream(crate::sse::Request),
+    /// A Pusher connection at `/app/{key}` (`ws/pusher.rs`), with its path and query.
+    Pusher(Ws, String, Option<String>),
     /// Refused, failed, timed out or shut down: answered (or not) as it should be.
     Ended,
 }
@@ -186,6 +195,9 @@ async fn open(
         max_in: ctx.config.max_in(),
         enveloped: false,
     };
+    if ctx.config.pusher_apps.is_some() && upgraded.path.starts_with("/app/") {
+        return Opening::Pusher(ws, upgraded.path, upgraded.query);
+    }
     let mode = Mode::from_query(upgraded.query.as_deref());
     let events = ConnEvents::open(&ctx.events);
     let identified = tokio::select! {

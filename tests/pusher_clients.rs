@@ -25,8 +25,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use common::chromium::{PageEvent, SeedPage, Site};
 use common::pusher::{
-    APP, ApiRecorder, Recorded, echo_page, node_sdk, ok, python_sdk, vendor_files,
+    APP, ApiRecorder, PusherWs, QUIET, Recorded, decode, echo_page, http, node_sdk, now_secs, ok,
+    pusher_config, python_sdk, signed, vendor_files,
 };
+use common::{STEP, TestServer, WsClient, poll_until};
 use futures_util::{SinkExt, StreamExt};
 use pushwire::wire::pusher::api::{self, ApiAuthError, Request};
 use pushwire::wire::pusher::outbound::{self, SubscriptionErrorType, WebhookEvent};
@@ -763,4 +765,981 @@ async fn pusher_js_and_echo_speak_our_frames() {
         !page.reports_within(Duration::from_millis(200)).await,
         "no more reports"
     );
+}
+
+// ---------------------------------------------------------------------------------------
+// Phase B: the daemon's door (`/app/{key}`) and HTTP API, with raw clients first
+// ---------------------------------------------------------------------------------------
+
+fn presence_data(user: &str, name: &str) -> String {
+    json!({"user_id": user, "user_info": {"name": name}}).to_string()
+}
+
+/// The door's protocol over a raw WebSocket: subscriptions of every kind with their
+/// signatures, presence per user (a second tab adds no member), client events only from
+/// members and only where enabled, ping/pong, signin and `#server-to-user-`, and every
+/// refusal with its code.
+#[tokio::test]
+async fn the_door_speaks_pusher_to_a_raw_client() {
+    let server = TestServer::start_with(pusher_config()).await;
+    let addr = server.ws_addr;
+    let keys = APP.keys();
+
+    // Refusals before anything: unknown key 4001, protocol missing 4008, wrong 4007.
+    for (path, code) in [
+        ("/app/nope?protocol=7".to_owned(), 4001),
+        (format!("/app/{}", APP.key), 4008),
+        (format!("/app/{}?protocol=6", APP.key), 4007),
+        (format!("/app/{}?protocol=x", APP.key), 4006),
+    ] {
+        let mut ws = WsClient::connect(&server.ws_url_path(&path)).await;
+        let err = decode(&ws.recv_text().await);
+        assert_eq!(
+            (err["event"].as_str(), err["data"]["code"].as_u64()),
+            (Some("pusher:error"), Some(code)),
+            "{path}: {err}"
+        );
+        assert_eq!(u64::from(ws.expect_close().await.0), code, "{path}");
+    }
+
+    let mut a = PusherWs::connect(addr, APP.key).await;
+    assert!(SocketId::parse(&a.socket_id).is_some(), "{}", a.socket_id);
+    // Public, private (bad then good signature), encrypted, cache (miss).
+    let ok = a.subscribe("orders", None, None).await;
+    assert_eq!(
+        ok["event"], "pusher_internal:subscription_succeeded",
+        "{ok}"
+    );
+    let other = Keys::new(APP.key, b"another secret");
+    let bad = a.subscribe("private-orders.5", Some(&other), None).await;
+    assert_eq!(bad["event"], "pusher:subscription_error", "{bad}");
+    assert_eq!(bad["data"]["status"], 401, "{bad}");
+    let none = a.subscribe("private-orders.5", None, None).await;
+    assert_eq!(none["data"]["type"], "AuthError", "{none}");
+    let ok = a.subscribe("private-orders.5", Some(&keys), None).await;
+    assert_eq!(
+        ok["event"], "pusher_internal:subscription_succeeded",
+        "{ok}"
+    );
+    let ok = a.subscribe("private-encrypted-x", Some(&keys), None).await;
+    assert_eq!(
+        ok["event"], "pusher_internal:subscription_succeeded",
+        "{ok}"
+    );
+    a.subscribe("cache-news", None, None).await;
+    a.expect("pusher:cache_miss", Some("cache-news")).await;
+
+    // Presence: ann twice (two tabs), bob once.
+    let ann = presence_data("7", "Ann");
+    let bob = presence_data("8", "Bob");
+    let here = a.subscribe("presence-room", Some(&keys), Some(&ann)).await;
+    assert_eq!(here["data"]["presence"]["ids"], json!(["7"]), "{here}");
+    let mut b = PusherWs::connect(addr, APP.key).await;
+    let here = b.subscribe("presence-room", Some(&keys), Some(&bob)).await;
+    assert_eq!(here["data"]["presence"]["count"], 2, "{here}");
+    let added = a
+        .expect("pusher_internal:member_added", Some("presence-room"))
+        .await;
+    assert_eq!(
+        added["data"],
+        json!({"user_id": "8", "user_info": {"name": "Bob"}})
+    );
+    let mut a2 = PusherWs::connect(addr, APP.key).await;
+    let here = a2.subscribe("presence-room", Some(&keys), Some(&ann)).await;
+    assert_eq!(here["data"]["presence"]["count"], 2, "{here}");
+    // A signature for another socket is refused.
+    let mut c = PusherWs::connect(addr, APP.key).await;
+    let stolen = json!({"event": "pusher:subscribe", "data": {"channel": "presence-room",
+        "auth": keys.channel_auth(&a.socket_id, "presence-room", Some(&ann)), "channel_data": ann}});
+    c.send(stolen).await;
+    c.expect("pusher:subscription_error", Some("presence-room"))
+        .await;
+
+    // Client events: relayed to the others with the sender's user_id, never back.
+    a.send(json!({"event": "client-typing", "channel": "presence-room", "data": {"x": 1}}))
+        .await;
+    for peer in [&mut b, &mut a2] {
+        let got = peer.expect("client-typing", Some("presence-room")).await;
+        assert_eq!(
+            (&got["data"], &got["user_id"]),
+            (&json!({"x": 1}), &json!("7"))
+        );
+    }
+    // Not on a public channel, not from a non-member.
+    a.send(json!({"event": "client-x", "channel": "orders", "data": {}}))
+        .await;
+    let err = a.expect("pusher:error", None).await;
+    assert_eq!(err["data"]["code"], 4301, "{err}");
+    c.send(json!({"event": "client-x", "channel": "presence-room", "data": {}}))
+        .await;
+    let err = c.expect("pusher:error", None).await;
+    assert_eq!(err["data"]["code"], 4301, "{err}");
+    // At most 5 a second (this app's rate): the sixth is refused, the connection stays.
+    for i in 0..6 {
+        b.send(json!({"event": "client-n", "channel": "presence-room", "data": i}))
+            .await;
+    }
+    let refused = b.expect("pusher:error", None).await;
+    assert_eq!(refused["data"]["code"], 4301, "{refused}");
+    for i in 0..5 {
+        let got = a.expect("client-n", None).await;
+        assert_eq!(got["data"], i);
+    }
+
+    // A tab of ann leaves: no member_removed; her last one does.
+    a2.ws.close().await;
+    b.ws.expect_silence(Duration::from_millis(300)).await;
+    a.send(json!({"event": "pusher:unsubscribe", "data": {"channel": "presence-room"}}))
+        .await;
+    let removed = b
+        .expect("pusher_internal:member_removed", Some("presence-room"))
+        .await;
+    assert_eq!(removed["data"], json!({"user_id": "7"}));
+
+    // ping/pong.
+    a.send(json!({"event": "pusher:ping", "data": {}})).await;
+    a.expect("pusher:pong", None).await;
+    // A frame that is not an event: pusher:error, the connection stays.
+    a.ws.send_text("not json").await;
+    a.expect("pusher:error", None).await;
+
+    // Signin, then #server-to-user-{id}; someone else's is refused.
+    let user_data = json!({"id": "42", "name": "Ann"}).to_string();
+    let auth = keys.signin_auth(&a.socket_id, &user_data);
+    a.send(json!({"event": "pusher:signin", "data": {"auth": auth, "user_data": user_data}}))
+        .await;
+    a.expect("pusher:signin_success", None).await;
+    let ok = a.subscribe("#server-to-user-42", None, None).await;
+    assert_eq!(
+        ok["event"], "pusher_internal:subscription_succeeded",
+        "{ok}"
+    );
+    let no = b.subscribe("#server-to-user-42", None, None).await;
+    assert_eq!(no["event"], "pusher:subscription_error", "{no}");
+    // A bad signin closes with 4009.
+    let forged = keys.signin_auth("1.1", &user_data);
+    b.send(json!({"event": "pusher:signin", "data": {"auth": forged, "user_data": user_data}}))
+        .await;
+    b.expect("pusher:error", None).await;
+    assert_eq!(b.ws.expect_close().await.0, 4009);
+
+    // The quiet app: client events off.
+    let mut q = PusherWs::connect(addr, QUIET.key).await;
+    q.subscribe("private-q", Some(&QUIET.keys()), None).await;
+    q.send(json!({"event": "client-x", "channel": "private-q", "data": {}}))
+        .await;
+    let err = q.expect("pusher:error", None).await;
+    assert_eq!(err["data"]["code"], 4301, "{err}");
+    assert!(
+        err["data"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("not enabled"),
+        "{err}"
+    );
+    // Its connection limit (3): the fourth is refused with 4100 (pusher-js backs off and
+    // comes back), and a place freed is taken again.
+    let _q2 = PusherWs::connect(addr, QUIET.key).await;
+    let _q3 = PusherWs::connect(addr, QUIET.key).await;
+    let url = format!("ws://{addr}/app/{}?protocol=7", QUIET.key);
+    let mut fourth = WsClient::connect(&url).await;
+    let err = decode(&fourth.recv_text().await);
+    assert_eq!(err["data"]["code"], 4100, "{err}");
+    assert_eq!(fourth.expect_close().await.0, 4100);
+    q.ws.close().await;
+    poll_until(STEP, "a freed place taken", || {
+        let url = url.clone();
+        async move {
+            let mut ws = WsClient::connect(&url).await;
+            let first = decode(&ws.recv_text().await);
+            first["event"] == "pusher:connection_established"
+        }
+    })
+    .await;
+}
+
+/// A client silent for the activity timeout is pinged, and closed with 4201 if it does
+/// not answer; one that answers stays.
+#[tokio::test]
+async fn a_silent_client_is_pinged_then_closed_with_4201() {
+    let config = pushwire::Config {
+        pusher_activity_timeout: Duration::from_secs(1),
+        pusher_pong_timeout: Duration::from_secs(1),
+        ..pusher_config()
+    };
+    let server = TestServer::start_with(config).await;
+    let mut answers = PusherWs::connect(server.ws_addr, APP.key).await;
+    let mut silent = PusherWs::connect(server.ws_addr, APP.key).await;
+    answers.expect("pusher:ping", None).await;
+    answers
+        .send(json!({"event": "pusher:pong", "data": {}}))
+        .await;
+    silent.expect("pusher:ping", None).await;
+    let (code, _) = silent.ws.expect_close().await;
+    assert_eq!(code, 4201);
+    // The one that answered is pinged again, not closed.
+    answers.expect("pusher:ping", None).await;
+}
+
+/// Two raw Pusher connections on `server`: ann (user 7 on presence-room, private-orders,
+/// signed in as 42 and on `#server-to-user-42`) and bob (user 8 on presence-room).
+async fn ann_and_bob(server: &TestServer) -> (PusherWs, PusherWs) {
+    let keys = APP.keys();
+    let mut ann = PusherWs::connect(server.ws_addr, APP.key).await;
+    let mut bob = PusherWs::connect(server.ws_addr, APP.key).await;
+    ann.subscribe("private-orders", Some(&keys), None).await;
+    ann.subscribe(
+        "presence-room",
+        Some(&keys),
+        Some(&presence_data("7", "Ann")),
+    )
+    .await;
+    bob.subscribe(
+        "presence-room",
+        Some(&keys),
+        Some(&presence_data("8", "Bob")),
+    )
+    .await;
+    ann.expect("pusher_internal:member_added", Some("presence-room"))
+        .await;
+    let user_data = json!({"id": "42"}).to_string();
+    let auth = keys.signin_auth(&ann.socket_id, &user_data);
+    ann.send(json!({"event": "pusher:signin", "data": {"auth": auth, "user_data": user_data}}))
+        .await;
+    ann.expect("pusher:signin_success", None).await;
+    ann.subscribe("#server-to-user-42", None, None).await;
+    (ann, bob)
+}
+
+/// The Node SDK (`pusher` on npm) calls every endpoint of the daemon's HTTP API.
+#[tokio::test]
+async fn node_sdk_calls_every_endpoint() {
+    let server = TestServer::start_http(pusher_config()).await;
+    let (mut ann, mut bob) = ann_and_bob(&server).await;
+    let port = server.http_addr.unwrap().port();
+    let call = |op: Value| {
+        let mut req = op;
+        req["app"] = APP.json();
+        req["port"] = json!(port);
+        async move { ok(node_sdk(&req).await) }
+    };
+
+    // trigger to two channels with info; ann's socket left out.
+    let r = call(
+        json!({"op": "trigger", "channels": ["private-orders", "presence-room"],
+        "event": "OrderShipped", "data": {"id": 5},
+        "params": {"socket_id": ann.socket_id, "info": "subscription_count"}}),
+    )
+    .await;
+    assert_eq!(r["status"], 200, "{r}");
+    let info: Value = serde_json::from_str(r["body"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        info,
+        json!({"channels": {"private-orders": {"subscription_count": 1},
+                            "presence-room": {"subscription_count": 2}}})
+    );
+    let got = bob.expect("OrderShipped", Some("presence-room")).await;
+    assert_eq!(got["data"], json!({"id": 5}));
+    ann.ws.expect_silence(Duration::from_millis(200)).await;
+
+    // trigger_batch: both reach ann, in order.
+    let r = call(json!({"op": "trigger_batch", "batch": [
+        {"channel": "private-orders", "name": "a", "data": "1"},
+        {"channel": "presence-room", "name": "b", "data": "2"}]}))
+    .await;
+    assert_eq!(r["status"], 200, "{r}");
+    ann.expect("a", Some("private-orders")).await;
+    ann.expect("b", Some("presence-room")).await;
+    bob.expect("b", Some("presence-room")).await;
+
+    // The channel queries.
+    let get = |path: &str, params: Value| json!({"op": "get", "path": path, "params": params});
+    let r = call(get(
+        "/channels",
+        json!({"filter_by_prefix": "presence-", "info": "user_count"}),
+    ))
+    .await;
+    assert_eq!(r["status"], 200, "{r}");
+    assert_eq!(
+        serde_json::from_str::<Value>(r["body"].as_str().unwrap()).unwrap(),
+        json!({"channels": {"presence-room": {"user_count": 2}}})
+    );
+    let r = call(get("/channels", json!({}))).await;
+    let all: Value = serde_json::from_str(r["body"].as_str().unwrap()).unwrap();
+    let names: BTreeSet<&str> = all["channels"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(|k| k.as_str())
+        .collect();
+    assert_eq!(
+        names,
+        BTreeSet::from(["#server-to-user-42", "presence-room", "private-orders"])
+    );
+    let r = call(get(
+        "/channels/presence-room",
+        json!({"info": "user_count,subscription_count"}),
+    ))
+    .await;
+    assert_eq!(
+        serde_json::from_str::<Value>(r["body"].as_str().unwrap()).unwrap(),
+        json!({"occupied": true, "user_count": 2, "subscription_count": 2})
+    );
+    let r = call(get("/channels/nobody-here", json!({}))).await;
+    assert_eq!(r["body"], r#"{"occupied":false}"#);
+    let r = call(get("/channels/presence-room/users", json!({}))).await;
+    assert_eq!(
+        serde_json::from_str::<Value>(r["body"].as_str().unwrap()).unwrap(),
+        json!({"users": [{"id": "7"}, {"id": "8"}]})
+    );
+    // user_count on a channel that is not presence: 400, which the SDK raises.
+    let r = node_sdk(
+        &json!({"op": "get", "app": APP.json(), "port": port, "path": "/channels/private-orders",
+        "params": {"info": "user_count"}}),
+    )
+    .await;
+    assert!(r["ok"] == false || r["result"]["status"] == 400, "{r}");
+
+    // sendToUser reaches #server-to-user-42; terminate closes ann with 4009 and her
+    // member leaves.
+    let r =
+        call(json!({"op": "send_to_user", "user_id": "42", "event": "hi", "data": {"x": 1}})).await;
+    assert_eq!(r["status"], 200, "{r}");
+    ann.expect("hi", Some("#server-to-user-42")).await;
+    let r = call(json!({"op": "terminate", "user_id": "42"})).await;
+    assert_eq!(r["status"], 200, "{r}");
+    assert_eq!(ann.ws.expect_close().await.0, 4009);
+    let removed = bob
+        .expect("pusher_internal:member_removed", Some("presence-room"))
+        .await;
+    assert_eq!(removed["data"]["user_id"], "7");
+}
+
+/// The Python SDK (`pusher` on PyPI) calls every endpoint, its terminate path without
+/// `/apps/{id}` included.
+#[tokio::test]
+async fn python_sdk_calls_every_endpoint() {
+    let server = TestServer::start_http(pusher_config()).await;
+    let (mut ann, mut bob) = ann_and_bob(&server).await;
+    let port = server.http_addr.unwrap().port();
+    let call = |op: Value| {
+        let mut req = op;
+        req["app"] = APP.json();
+        req["port"] = json!(port);
+        async move { ok(python_sdk(&req).await) }
+    };
+    let r = call(
+        json!({"op": "trigger", "channels": ["presence-room"], "event": "e",
+        "data": {"n": 1}, "socket_id": bob.socket_id}),
+    )
+    .await;
+    assert_eq!(r, json!({}));
+    ann.expect("e", Some("presence-room")).await;
+    bob.ws.expect_silence(Duration::from_millis(200)).await;
+    let r = call(json!({"op": "trigger_batch", "batch": [
+        {"channel": "private-orders", "name": "a", "data": "1"}]}))
+    .await;
+    assert_eq!(r, json!({}));
+    ann.expect("a", Some("private-orders")).await;
+    let r = call(
+        json!({"op": "channels_info", "prefix_filter": "presence-", "attributes": ["user_count"]}),
+    )
+    .await;
+    assert_eq!(r, json!({"channels": {"presence-room": {"user_count": 2}}}));
+    let r = call(json!({"op": "channel_info", "channel": "presence-room",
+        "attributes": ["user_count", "subscription_count"]}))
+    .await;
+    assert_eq!(
+        r,
+        json!({"occupied": true, "user_count": 2, "subscription_count": 2})
+    );
+    let r = call(json!({"op": "users_info", "channel": "presence-room"})).await;
+    assert_eq!(r, json!({"users": [{"id": "7"}, {"id": "8"}]}));
+    let r = call(json!({"op": "send_to_user", "user_id": "42", "event": "hi", "data": "x"})).await;
+    assert_eq!(r, json!({}));
+    ann.expect("hi", Some("#server-to-user-42")).await;
+    let r = call(json!({"op": "terminate", "user_id": "42"})).await;
+    assert_eq!(r, json!({}));
+    assert_eq!(ann.ws.expect_close().await.0, 4009);
+    bob.expect("pusher_internal:member_removed", Some("presence-room"))
+        .await;
+}
+
+/// Every check of the API: the signature, a stale or future `auth_timestamp`, the body's
+/// MD5, and the limits, each refused with its status and nothing delivered.
+#[tokio::test]
+async fn the_api_refuses_what_it_must() {
+    let server = TestServer::start_http(pusher_config()).await;
+    let http_addr = server.http_addr.unwrap();
+    let mut ann = PusherWs::connect(server.ws_addr, APP.key).await;
+    ann.subscribe("orders", None, None).await;
+    let path = format!("/apps/{}/events", APP.id);
+    let body = json!({"name": "e", "channels": ["orders"], "data": "x"}).to_string();
+    let post = |target: String, body: String| async move {
+        http(http_addr, "POST", &target, body.as_bytes()).await
+    };
+    let now = now_secs();
+    // 601 s either way: refused, saying why; 590 s: accepted (it is the clock alone).
+    for ts in [now - 601, now + 601] {
+        let (status, text) = post(
+            signed(&APP, "POST", &path, &[], body.as_bytes(), ts),
+            body.clone(),
+        )
+        .await;
+        assert_eq!(status, 401, "{text}");
+        assert!(text.contains("auth_timestamp"), "{text}");
+    }
+    ann.ws.expect_silence(Duration::from_millis(100)).await;
+    let (status, text) = post(
+        signed(&APP, "POST", &path, &[], body.as_bytes(), now - 590),
+        body.clone(),
+    )
+    .await;
+    assert_eq!((status, text.as_str()), (200, "{}"));
+    ann.expect("e", Some("orders")).await;
+    // Another app's secret, another body, no body_md5, unknown app, wrong method.
+    let target = signed(&QUIET, "POST", &path, &[], body.as_bytes(), now);
+    assert_eq!(post(target, body.clone()).await.0, 401);
+    let target = signed(&APP, "POST", &path, &[], body.as_bytes(), now);
+    assert_eq!(post(target.clone(), body.replace('x', "y")).await.0, 401);
+    let target = signed(&APP, "POST", &path, &[], b"", now);
+    assert_eq!(post(target, body.clone()).await.0, 401);
+    let target = signed(&APP, "POST", "/apps/999/events", &[], body.as_bytes(), now);
+    assert_eq!(post(target, body.clone()).await.0, 404);
+    let get = signed(&APP, "GET", &path, &[], b"", now);
+    assert_eq!(http(http_addr, "GET", &get, b"").await.0, 405);
+    // The limits: 101 channels, 10 KiB + 1 of data, a batch over the app's size (2).
+    let many: Vec<String> = (0..101).map(|i| format!("c{i}")).collect();
+    let big = json!({"name": "e", "channels": many, "data": "x"}).to_string();
+    let (status, text) = post(signed(&APP, "POST", &path, &[], big.as_bytes(), now), big).await;
+    assert_eq!(status, 413, "{text}");
+    let big = json!({"name": "e", "channels": ["orders"], "data": "x".repeat(10_241)}).to_string();
+    let (status, text) = post(signed(&APP, "POST", &path, &[], big.as_bytes(), now), big).await;
+    assert_eq!(status, 413, "{text}");
+    let batch_path = format!("/apps/{}/batch_events", QUIET.id);
+    let batch = json!({"batch": [{"channel": "a", "name": "e", "data": "1"},
+        {"channel": "a", "name": "e", "data": "2"}, {"channel": "a", "name": "e", "data": "3"}]})
+    .to_string();
+    let (status, text) = post(
+        signed(&QUIET, "POST", &batch_path, &[], batch.as_bytes(), now),
+        batch,
+    )
+    .await;
+    assert_eq!(status, 413, "{text}");
+    // A bad channel name and a bad socket_id: 400.
+    for bad in [
+        json!({"name": "e", "channels": ["no spaces"], "data": "x"}),
+        json!({"name": "e", "channels": ["orders"], "data": "x", "socket_id": "1.2.3"}),
+        json!({"name": "", "channels": ["orders"], "data": "x"}),
+    ] {
+        let b = bad.to_string();
+        let (status, text) = post(signed(&APP, "POST", &path, &[], b.as_bytes(), now), b).await;
+        assert_eq!(status, 400, "{bad}: {text}");
+    }
+    ann.ws.expect_silence(Duration::from_millis(200)).await;
+}
+
+// ---------------------------------------------------------------------------------------
+// Phase B: pusher-js and Laravel Echo in Chromium against the daemon
+// ---------------------------------------------------------------------------------------
+
+/// The app's `/broadcasting/auth?user=N` as a Laravel app's would answer it, signing with
+/// the Node SDK: presence channels as user N (7 is Ann, 8 is Bob); `private-denied` is
+/// signed with another secret, so the daemon refuses it.
+fn auth_endpoint_for_users() -> common::chromium::Handler {
+    Arc::new(|target: String, body: String| {
+        Box::pin(async move {
+            let field = |text: &str, name: &str| {
+                text.split(['&', '?'])
+                    .filter_map(|p| p.split_once('='))
+                    .find(|(k, _)| *k == name)
+                    .map(|(_, v)| v.replace("%2C", ",").replace("%23", "#"))
+                    .unwrap_or_default()
+            };
+            let user = field(&target, "user");
+            let (socket_id, channel) = (field(&body, "socket_id"), field(&body, "channel_name"));
+            let mut app = APP.json();
+            if channel == "private-denied" {
+                app["secret"] = json!("not the app's secret");
+            }
+            let mut req = json!({"app": app, "op": "authorize_channel",
+                                 "socket_id": socket_id, "channel": channel});
+            if channel.starts_with("presence-") {
+                let name = if user == "7" { "Ann" } else { "Bob" };
+                req["data"] = json!({"user_id": user.parse::<u64>().unwrap_or(0), "user_info": {"name": name}});
+            }
+            (200, ok(node_sdk(&req).await).to_string())
+        })
+    })
+}
+
+/// Three Pusher connections in one page (each a "tab" to the protocol): Ann twice, Bob
+/// once. Ann's first tab listens on a public and a private channel, is refused a badly
+/// signed one, and joins `presence-room.1`; Bob joins; Ann's second tab joins (no
+/// `joining` anywhere); Bob whispers to both of Ann's tabs; Ann's second tab disconnects
+/// (no `leaving`), then her first leaves (`leaving` Ann, once).
+fn daemon_page_script(ws_port: u16) -> String {
+    format!(
+        r#"
+function echoFor(user) {{
+  return new Echo.default({{
+    broadcaster: 'reverb', key: '{key}', wsHost: '127.0.0.1', wsPort: {ws_port}, wssPort: {ws_port},
+    forceTLS: false, enabledTransports: ['ws'], authEndpoint: '/broadcasting/auth?user=' + user,
+  }});
+}}
+function names(users) {{ return users.map(function (u) {{ return u.name; }}).sort().join(','); }}
+function say(text) {{ report('/alert', text); }}
+var ann1 = echoFor(7), ann2, bob;
+ann1.channel('orders').subscribed(function () {{ say('ann1 on orders'); }})
+  .listen('OrderShipped', function (e) {{ say('ann1 public ' + e.id); }});
+ann1.private('orders.5').subscribed(function () {{ say('ann1 on orders.5'); }})
+  .listen('OrderShipped', function (e) {{ say('ann1 private ' + e.id); }});
+ann1.private('denied').error(function (e) {{ say('ann1 denied ' + e.type + ' ' + e.status); }});
+ann1.join('room.1')
+  .here(function (us) {{ say('ann1 here ' + names(us)); startBob(); }})
+  .joining(function (u) {{ say('ann1 joining ' + u.name); }})
+  .leaving(function (u) {{ say('ann1 leaving ' + u.name); }})
+  .listenForWhisper('typing', function (e) {{ say('ann1 whisper ' + e.from); }});
+function startBob() {{
+  bob = echoFor(8);
+  bob.join('room.1')
+    .here(function (us) {{ say('bob here ' + names(us)); startAnn2(); }})
+    .joining(function (u) {{ say('bob joining ' + u.name); }})
+    .leaving(function (u) {{ say('bob leaving ' + u.name); }});
+}}
+function startAnn2() {{
+  ann2 = echoFor(7);
+  ann2.join('room.1')
+    .here(function (us) {{ say('ann2 here ' + names(us)); bob.join('room.1').whisper('typing', {{ from: 'Bob' }}); }})
+    .joining(function (u) {{ say('ann2 joining ' + u.name); }})
+    .listenForWhisper('typing', function (e) {{
+      say('ann2 whisper ' + e.from);
+      ann2.disconnect();
+      setTimeout(function () {{ ann1.leave('room.1'); }}, 500);
+    }});
+}}
+"#,
+        key = APP.key
+    )
+}
+
+/// pusher-js 8.6.0 and Laravel Echo 2.5.0 in headless Chromium against the daemon: public,
+/// private (with an auth endpoint the test serves) and presence channels with two users
+/// and two tabs of one user, client events, a refused subscription, and events the Node
+/// SDK publishes through the HTTP API.
+#[tokio::test]
+async fn echo_in_chromium_against_the_daemon() {
+    let server = TestServer::start_http(pusher_config()).await;
+    let http_port = server.http_addr.unwrap().port();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let site = Site {
+        files: vendor_files(),
+        handler: Some(auth_endpoint_for_users()),
+    };
+    let script = daemon_page_script(server.ws_addr.port());
+    let mut page = SeedPage::launch_site(listener, echo_page(&script), site, &[]);
+    expect_alerts(
+        &mut page,
+        &[
+            "ann1 on orders",
+            "ann1 on orders.5",
+            "ann1 denied AuthError 401",
+            "ann1 here Ann",
+            "bob here Ann,Bob",
+            "ann1 joining Bob",
+            "ann2 here Ann,Bob",
+            "ann1 whisper Bob",
+            "ann2 whisper Bob",
+            "bob leaving Ann",
+        ],
+    )
+    .await;
+    // Events from the backend, through the HTTP API.
+    let trigger = |channel: &str| {
+        json!({"op": "trigger", "app": APP.json(), "port": http_port, "channels": [channel],
+               "event": r"App\Events\OrderShipped", "data": {"id": 5}})
+    };
+    for channel in ["orders", "private-orders.5"] {
+        let r = ok(node_sdk(&trigger(channel)).await);
+        assert_eq!(r["status"], 200, "{r}");
+    }
+    expect_alerts(&mut page, &["ann1 public 5", "ann1 private 5"]).await;
+    assert!(
+        !page.reports_within(Duration::from_millis(500)).await,
+        "no more reports (a second joining or leaving for Ann's second tab)"
+    );
+}
+
+/// SIGHUP reads `--pusher-apps` again, whole: an app added serves new connections, a
+/// rotated secret signs from then on, and a broken file changes nothing. The daemon is
+/// the real binary; a file with no apps, or one refused at start, stops it with the reason.
+#[tokio::test]
+async fn a_reload_swaps_the_apps_and_a_bad_file_changes_nothing() {
+    let dir = common::Scratch::new("pusher-reload");
+    let one = json!({"apps": [{"id": APP.id, "key": APP.key, "secret": APP.secret}]}).to_string();
+    let path = dir.file("apps.json", &one);
+    let (status, log) = common::Launch::new()
+        .args(&["--pusher-apps", &dir.file("bad.json", r#"{"apps":[]}"#)])
+        .run_to_exit(Duration::from_secs(10))
+        .await;
+    assert!(!status.success() && log.contains("no apps"), "{log}");
+    let daemon = common::Launch::new()
+        .args(&["--pusher-apps", &path])
+        .start()
+        .await;
+    let outcomes = |log: &str| {
+        log.lines()
+            .filter(|l| l.contains("Pusher apps reload"))
+            .count()
+    };
+
+    let quiet_url = format!("ws://{}/app/{}?protocol=7", daemon.ws_addr, QUIET.key);
+    let mut refused = WsClient::connect(&quiet_url).await;
+    refused.recv_text().await;
+    assert_eq!(refused.expect_close().await.0, 4001);
+    let mut before = PusherWs::connect(daemon.ws_addr, APP.key).await;
+
+    // Add QUIET, rotate APP's secret.
+    let rotated = "pushwire-rotated-secret";
+    std::fs::write(
+        &path,
+        json!({"apps": [
+        {"id": APP.id, "key": APP.key, "secret": rotated},
+        {"id": QUIET.id, "key": QUIET.key, "secret": QUIET.secret}]})
+        .to_string(),
+    )
+    .unwrap();
+    daemon.signal("HUP").await;
+    let line = daemon.wait_line("Pusher apps reload", STEP).await;
+    assert!(
+        line.contains("app 1201 secret rotated") && line.contains("app 1202 added"),
+        "{line}"
+    );
+    assert!(!line.contains(rotated), "a secret in the log: {line}");
+    PusherWs::connect(daemon.ws_addr, QUIET.key).await;
+    let mut after = PusherWs::connect(daemon.ws_addr, APP.key).await;
+    let new_keys = Keys::new(APP.key, rotated.as_bytes());
+    let old = after.subscribe("private-x", Some(&APP.keys()), None).await;
+    assert_eq!(old["event"], "pusher:subscription_error", "{old}");
+    let new = after.subscribe("private-x", Some(&new_keys), None).await;
+    assert_eq!(
+        new["event"], "pusher_internal:subscription_succeeded",
+        "{new}"
+    );
+    // A connection from before stays.
+    before
+        .send(json!({"event": "pusher:ping", "data": {}}))
+        .await;
+    before.expect("pusher:pong", None).await;
+
+    // A broken file: refused, the apps in use stay.
+    std::fs::write(
+        &path,
+        r#"{"apps": [{"id": "1201", "key": "k", "secret": "short"}]}"#,
+    )
+    .unwrap();
+    daemon.signal("HUP").await;
+    poll_until(STEP, "the second reload outcome", || {
+        let n = outcomes(&daemon.log());
+        async move { n >= 2 }
+    })
+    .await;
+    assert!(
+        daemon.log().contains("Pusher apps reload failed"),
+        "{}",
+        daemon.log()
+    );
+    PusherWs::connect(daemon.ws_addr, QUIET.key).await;
+}
+
+// ---------------------------------------------------------------------------------------
+// Phase B: cluster mode on Redis
+// ---------------------------------------------------------------------------------------
+
+/// An in-process node on `redis_url` serving the test apps, once its Redis link is up.
+async fn pusher_node(redis_url: &str) -> TestServer {
+    let server = TestServer::start_http(pushwire::Config {
+        redis: Some(redis_url.to_owned()),
+        cluster_timeout: Duration::from_millis(2000),
+        ..pusher_config()
+    })
+    .await;
+    let http_addr = server.http_addr.unwrap();
+    poll_until(STEP, "the node ready (its Redis link up)", || async move {
+        common::redis::readyz(http_addr)
+            .await
+            .starts_with("HTTP/1.1 200")
+    })
+    .await;
+    server
+}
+
+/// A signed GET of the API on `node`: the JSON answer.
+async fn api_get(node: &TestServer, path: &str, extra: &[(&str, &str)]) -> Value {
+    let path = format!("/apps/{}{path}", APP.id);
+    let target = signed(&APP, "GET", &path, extra, b"", now_secs());
+    let (status, body) = http(node.http_addr.unwrap(), "GET", &target, b"").await;
+    assert_eq!(status, 200, "{path}: {body}");
+    serde_json::from_str(&body).unwrap()
+}
+
+/// A signed POST of an event to the API on `node`.
+async fn api_event(node: &TestServer, event: Value) {
+    let path = format!("/apps/{}/events", APP.id);
+    let body = event.to_string();
+    let target = signed(&APP, "POST", &path, &[], body.as_bytes(), now_secs());
+    let (status, text) = http(node.http_addr.unwrap(), "POST", &target, body.as_bytes()).await;
+    assert_eq!(status, 200, "{text}");
+}
+
+/// Three nodes on one Redis: events published on any node reach every subscriber;
+/// presence is per user across the nodes (Ann's tabs on two nodes are one member, Bob on
+/// a third sees her join once and leave once, when her last tab goes); every node's API
+/// answers the same counts; client events and cache channels cross nodes; terminating a
+/// user closes its connection wherever it is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_share_channels_and_exact_presence() {
+    let redis = common::redis::Redis::start().await;
+    three_nodes(&redis.url()).await;
+}
+
+/// The same on a three-master Redis Cluster: each channel's keys in one slot, events
+/// heard by every node whichever master its subscriber is on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_share_channels_and_exact_presence_on_a_redis_cluster() {
+    let cluster = common::redis::RedisCluster::start().await;
+    three_nodes(&cluster.url()).await;
+}
+
+async fn three_nodes(url: &str) {
+    let url = url.to_owned();
+    let (a, b, c) = (
+        pusher_node(&url).await,
+        pusher_node(&url).await,
+        pusher_node(&url).await,
+    );
+    let keys = APP.keys();
+    let ann_data = presence_data("7", "Ann");
+    let mut ann = PusherWs::connect(a.ws_addr, APP.key).await;
+    let here = ann
+        .subscribe("presence-room", Some(&keys), Some(&ann_data))
+        .await;
+    assert_eq!(here["data"]["presence"]["ids"], json!(["7"]), "{here}");
+    let mut bob = PusherWs::connect(c.ws_addr, APP.key).await;
+    let here = bob
+        .subscribe(
+            "presence-room",
+            Some(&keys),
+            Some(&presence_data("8", "Bob")),
+        )
+        .await;
+    assert_eq!(here["data"]["presence"]["count"], 2, "{here}");
+    let added = ann
+        .expect("pusher_internal:member_added", Some("presence-room"))
+        .await;
+    assert_eq!(added["data"]["user_id"], "8");
+    let mut ann2 = PusherWs::connect(b.ws_addr, APP.key).await;
+    let here = ann2
+        .subscribe("presence-room", Some(&keys), Some(&ann_data))
+        .await;
+    let mut ids: Vec<String> =
+        serde_json::from_value(here["data"]["presence"]["ids"].clone()).unwrap();
+    ids.sort();
+    assert_eq!(ids, ["7", "8"], "{here}");
+    bob.ws.expect_silence(Duration::from_millis(300)).await;
+    ann.ws.expect_silence(Duration::from_millis(100)).await;
+
+    // The same counts from every node's API.
+    for node in [&a, &b, &c] {
+        let info = api_get(
+            node,
+            "/channels/presence-room",
+            &[("info", "user_count,subscription_count")],
+        )
+        .await;
+        assert_eq!(
+            info,
+            json!({"occupied": true, "user_count": 2, "subscription_count": 3})
+        );
+        let users = api_get(node, "/channels/presence-room/users", &[]).await;
+        assert_eq!(users, json!({"users": [{"id": "7"}, {"id": "8"}]}));
+        let list = api_get(
+            node,
+            "/channels",
+            &[("filter_by_prefix", "presence-"), ("info", "user_count")],
+        )
+        .await;
+        assert_eq!(
+            list,
+            json!({"channels": {"presence-room": {"user_count": 2}}})
+        );
+    }
+
+    // An event on node b reaches all three nodes' subscribers, but the one left out.
+    api_event(&b, json!({"name": "e", "channels": ["presence-room"], "data": "1", "socket_id": ann.socket_id})).await;
+    ann2.expect("e", Some("presence-room")).await;
+    bob.expect("e", Some("presence-room")).await;
+    ann.ws.expect_silence(Duration::from_millis(300)).await;
+    // A client event from c reaches a and b with Bob's user_id.
+    bob.send(json!({"event": "client-hi", "channel": "presence-room", "data": {"v": 1}}))
+        .await;
+    for tab in [&mut ann, &mut ann2] {
+        let got = tab.expect("client-hi", Some("presence-room")).await;
+        assert_eq!(got["user_id"], "8", "{got}");
+    }
+
+    // A cache channel's last event, published on a with nobody there, is replayed on c.
+    api_event(
+        &a,
+        json!({"name": "last", "channel": "cache-news", "data": "v1"}),
+    )
+    .await;
+    let mut late = PusherWs::connect(c.ws_addr, APP.key).await;
+    late.subscribe("cache-news", None, None).await;
+    let got = late.expect("last", Some("cache-news")).await;
+    assert_eq!(got["data"], "v1");
+
+    // Ann's tab on a goes: she is still a member (her tab on b). Then the one on b goes.
+    ann.ws.close().await;
+    bob.ws.expect_silence(Duration::from_millis(500)).await;
+    let users = api_get(&c, "/channels/presence-room/users", &[]).await;
+    assert_eq!(users, json!({"users": [{"id": "7"}, {"id": "8"}]}));
+    ann2.ws.close().await;
+    let removed = bob
+        .expect("pusher_internal:member_removed", Some("presence-room"))
+        .await;
+    assert_eq!(removed["data"]["user_id"], "7");
+    let users = api_get(&a, "/channels/presence-room/users", &[]).await;
+    assert_eq!(users, json!({"users": [{"id": "8"}]}));
+
+    // Terminate on a closes a user signed in on b.
+    let mut signed_in = PusherWs::connect(b.ws_addr, APP.key).await;
+    let user_data = json!({"id": "99"}).to_string();
+    let auth = keys.signin_auth(&signed_in.socket_id, &user_data);
+    signed_in
+        .send(json!({"event": "pusher:signin", "data": {"auth": auth, "user_data": user_data}}))
+        .await;
+    signed_in.expect("pusher:signin_success", None).await;
+    let path = format!("/apps/{}/users/99/terminate_connections", APP.id);
+    let target = signed(&APP, "POST", &path, &[], b"", now_secs());
+    assert_eq!(
+        http(a.http_addr.unwrap(), "POST", &target, b"").await.0,
+        200
+    );
+    assert_eq!(signed_in.ws.expect_close().await.0, 4009);
+}
+
+/// Two real daemons on one Redis; the one holding Ann is killed with SIGKILL. Bob, on
+/// the other, gets `member_removed` for her within the documented bound (the alive key's
+/// 3 s, plus a beat, plus a sweep: under 6 s), and the API no longer lists her.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_killed_with_sigkill_loses_its_members_within_the_bound() {
+    let redis = common::redis::Redis::start().await;
+    let url = redis.url();
+    let dir = common::Scratch::new("pusher-kill9");
+    let apps = dir.file("apps.json", &common::pusher::apps_json());
+    let args = ["--redis", url.as_str(), "--pusher-apps", apps.as_str()];
+    let a = common::Launch::new()
+        .args(&args)
+        .http_listen("127.0.0.1:0")
+        .start()
+        .await;
+    let mut b = common::Launch::new()
+        .args(&args)
+        .http_listen("127.0.0.1:0")
+        .start()
+        .await;
+    let keys = APP.keys();
+    for node in [&a, &b] {
+        let http_addr = node.http_addr.unwrap();
+        poll_until(Duration::from_secs(10), "the node linked", || async move {
+            common::redis::readyz(http_addr)
+                .await
+                .starts_with("HTTP/1.1 200")
+        })
+        .await;
+    }
+    let mut bob = PusherWs::connect(a.ws_addr, APP.key).await;
+    let mut ann = PusherWs::connect(b.ws_addr, APP.key).await;
+    bob.subscribe(
+        "presence-room",
+        Some(&keys),
+        Some(&presence_data("8", "Bob")),
+    )
+    .await;
+    let here = ann
+        .subscribe(
+            "presence-room",
+            Some(&keys),
+            Some(&presence_data("7", "Ann")),
+        )
+        .await;
+    assert_eq!(here["data"]["presence"]["count"], 2, "{here}");
+    bob.expect("pusher_internal:member_added", Some("presence-room"))
+        .await;
+
+    b.kill9();
+    let killed = Instant::now();
+    let removed = timeout(Duration::from_secs(10), async {
+        loop {
+            match timeout(Duration::from_millis(200), bob.ws.next_event()).await {
+                Ok(common::WsEvent::Text(t)) => return decode(&t),
+                Ok(other) => panic!("{other:?}"),
+                Err(_) => {}
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("no member_removed within 10 s; log of a:\n{}", a.log()));
+    let took = killed.elapsed();
+    assert_eq!(
+        removed["event"], "pusher_internal:member_removed",
+        "{removed}"
+    );
+    assert_eq!(removed["data"]["user_id"], "7");
+    eprintln!("member_removed {took:?} after SIGKILL");
+    assert!(took < Duration::from_secs(6), "took {took:?}");
+    let path = format!("/apps/{}/channels/presence-room/users", APP.id);
+    let target = signed(&APP, "GET", &path, &[], b"", now_secs());
+    let (status, body) = http(a.http_addr.unwrap(), "GET", &target, b"").await;
+    assert_eq!((status, body.as_str()), (200, r#"{"users":[{"id":"8"}]}"#));
+}
+
+/// A node that stops (SIGTERM's path) takes its members with it: Bob, on the other node,
+/// gets `member_removed` for Ann within a few seconds, whether her connection's own
+/// unsubscribe reached Redis or the node's alive key went with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_stops_takes_its_members_with_it() {
+    let redis = common::redis::Redis::start().await;
+    let (a, b) = (
+        pusher_node(&redis.url()).await,
+        pusher_node(&redis.url()).await,
+    );
+    let keys = APP.keys();
+    let mut bob = PusherWs::connect(a.ws_addr, APP.key).await;
+    bob.subscribe(
+        "presence-room",
+        Some(&keys),
+        Some(&presence_data("8", "Bob")),
+    )
+    .await;
+    let mut ann = PusherWs::connect(b.ws_addr, APP.key).await;
+    ann.subscribe(
+        "presence-room",
+        Some(&keys),
+        Some(&presence_data("7", "Ann")),
+    )
+    .await;
+    bob.expect("pusher_internal:member_added", Some("presence-room"))
+        .await;
+    let stopping = tokio::spawn(b.shutdown());
+    // Ann's page is told to reconnect at once (4200).
+    assert_eq!(ann.ws.expect_close().await.0, 4200);
+    let removed = bob
+        .expect("pusher_internal:member_removed", Some("presence-room"))
+        .await;
+    assert_eq!(removed["data"]["user_id"], "7");
+    stopping.await.unwrap().unwrap();
+    let users = api_get(&a, "/channels/presence-room/users", &[]).await;
+    assert_eq!(users, json!({"users": [{"id": "8"}]}));
 }

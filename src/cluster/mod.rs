@@ -67,6 +67,7 @@ mod names;
 mod nodes;
 mod online;
 mod publisher;
+mod pusher;
 mod subscriptions;
 mod uids;
 

@@ -5,6 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::pusher::ClusterChannels;
 use super::{Cluster, ClusterGroupError, RemoteClaim, UidsError};
 use crate::nodes::{
     Answer, Census, Changed, Claim, First, Here, How, Nodes, NodesError, Page, Reached, Ticket, To,
@@ -20,6 +21,8 @@ pub struct ClusterNodes {
     cluster: Arc<Cluster>,
     /// `--dedupe-window-ms`; `None` with retries not remembered.
     window: Option<Duration>,
+    /// Pusher channels over every node, once [`ClusterNodes::with_pusher`] started them.
+    pusher: Option<Arc<ClusterChannels>>,
 }
 
 /// How often the accepting node looks for an ack in Redis.
@@ -33,7 +36,17 @@ impl ClusterNodes {
             here,
             cluster,
             window,
+            pusher: None,
         }
+    }
+
+    /// The same, with Pusher channels shared through Redis (`--pusher-apps`): a
+    /// subscriber of its own and a beat every second, which a cluster without Pusher apps
+    /// does without.
+    pub fn with_pusher(self) -> ClusterNodes {
+        let index = self.here.channels().index().clone();
+        let pusher = Some(ClusterChannels::start(self.cluster.clone(), index));
+        ClusterNodes { pusher, ..self }
     }
 }
 
@@ -271,11 +284,20 @@ impl Nodes for ClusterNodes {
     }
 
     fn trouble(&self) -> Option<&'static str> {
-        self.cluster.trouble()
+        let pusher = self.pusher.as_ref().and_then(|p| p.trouble());
+        self.cluster.trouble().or(pusher)
     }
 
     fn stop(&self) -> Answer<()> {
         let cluster = self.cluster.clone();
         Answer::later(async move { cluster.stop().await })
+    }
+
+    fn channels(&self) -> &dyn crate::nodes::Channels {
+        match &self.pusher {
+            Some(pusher) => pusher,
+            // No Pusher apps: no door calls this.
+            None => self.here.channels(),
+        }
     }
 }

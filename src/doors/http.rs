@@ -212,6 +212,10 @@ async fn route(req: Request<Incoming>, peer: Peer, ctx: &Arc<State>) -> HttpRepl
         }
         _ => {}
     }
+    if ctx.config.pusher_apps.is_some() && crate::pusher::api::wants(path) {
+        // Signed with the app's secret instead of the push secret (docs/pusher.md).
+        return pusher_api(req, ctx).await;
+    }
     if let Some(secret) = &settings.push_secret {
         let given = req
             .headers()
@@ -267,6 +271,26 @@ async fn route(req: Request<Incoming>, peer: Peer, ctx: &Arc<State>) -> HttpRepl
             None => text(StatusCode::NOT_FOUND, "not found"),
         },
     }
+}
+
+/// The Pusher HTTP API (`pusher/api.rs`): the body read within the door's limits, then
+/// answered there.
+async fn pusher_api(req: Request<Incoming>, ctx: &State) -> HttpReply {
+    let method = req.method().as_str().to_owned();
+    let path = req.uri().path().to_owned();
+    let query = req.uri().query().unwrap_or("").to_owned();
+    let body = match body(req, ctx).await {
+        Ok(body) => body,
+        Err(refusal) => return refusal,
+    };
+    let reply = crate::pusher::api::answer(&method, &path, &query, &body, ctx).await;
+    let status = StatusCode::from_u16(reply.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let mut resp = bare(status, &reply.body);
+    if reply.json {
+        resp.headers_mut()
+            .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    }
+    resp
 }
 
 /// The methods a known path takes (for 405's `Allow`), `None` for an unknown path.

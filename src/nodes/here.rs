@@ -4,9 +4,11 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use super::Channels;
 use super::{
     Answer, Census, Changed, Claim, First, How, Nodes, NodesError, Page, Reached, Ticket, To,
 };
+use crate::channels::Index;
 use crate::dedupe::{self, Dedupe};
 use crate::registry::{Pushed, Registry};
 use crate::wire::envelope::Position;
@@ -18,6 +20,8 @@ pub struct Here {
     registry: Registry,
     /// Accepted `/push`es remembered for idempotent retries.
     dedupe: Arc<Dedupe>,
+    /// Pusher channels on this node.
+    channels: Index,
 }
 
 impl Here {
@@ -26,7 +30,20 @@ impl Here {
         Here {
             registry,
             dedupe: Arc::new(dedupe),
+            channels: Index::new(
+                crate::outbox::QueueLimits {
+                    depth: 1024,
+                    bytes: 1 << 20,
+                },
+                Index::random_node(),
+            ),
         }
+    }
+
+    /// The same, with `channels` as its Pusher channels (their queue limits, its node
+    /// number in `socket_id`s).
+    pub fn with_channels(self, channels: Index) -> Here {
+        Here { channels, ..self }
     }
 
     /// The registry this node's connections are in.
@@ -163,6 +180,10 @@ impl Nodes for Here {
 
     fn stop(&self) -> Answer<()> {
         Answer::Now(())
+    }
+
+    fn channels(&self) -> &dyn Channels {
+        &self.channels
     }
 }
 

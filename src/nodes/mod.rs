@@ -14,11 +14,13 @@
 //! across nodes (a default meaning "this node" would be silently wrong in a cluster).
 
 mod answer;
+mod channels;
 mod here;
 
 use std::time::Duration;
 
 pub use answer::{Answer, Pending};
+pub use channels::Channels;
 pub use here::Here;
 
 pub use crate::dedupe::First;
@@ -60,6 +62,10 @@ pub trait Nodes: Send + Sync + std::fmt::Debug {
     fn trouble(&self) -> Option<&'static str>;
     /// Leaves the other nodes (at shutdown, after the doors drained).
     fn stop(&self) -> Answer<()>;
+
+    // Pusher channels (issue 24).
+    /// The Pusher channels of every node (`nodes/channels.rs`).
+    fn channels(&self) -> &dyn Channels;
 }
 
 /// Who a delivery is for: one value, so a new kind of target is a variant, not a method.

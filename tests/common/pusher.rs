@@ -231,3 +231,162 @@ async fn read_request(tcp: &mut tokio::net::TcpStream) -> Option<Recorded> {
         body: r.body,
     })
 }
+
+// ---------------------------------------------------------------------------------------
+// The daemon's Pusher door, for tests that drive it
+// ---------------------------------------------------------------------------------------
+
+/// A second app: client events off, a small batch limit.
+pub const QUIET: App = App {
+    id: "1202",
+    key: "pushwire-quiet-key",
+    secret: "pushwire-quiet-secret",
+};
+
+/// `--pusher-apps` for [`APP`] (client events on) and [`QUIET`] (off, batches of 2, three
+/// connections).
+pub fn apps_json() -> String {
+    json!({"apps": [
+        {"id": APP.id, "key": APP.key, "secret": APP.secret, "client_events": true,
+         "client_event_rate": 5},
+        {"id": QUIET.id, "key": QUIET.key, "secret": QUIET.secret, "max_batch_events": 2,
+         "max_presence_members": 2, "max_connections": 3},
+    ]})
+    .to_string()
+}
+
+/// A config serving [`apps_json`].
+pub fn pusher_config() -> pushwire::Config {
+    pushwire::Config {
+        pusher_apps: Some(std::sync::Arc::new(
+            pushwire::channels::Apps::parse(&apps_json()).unwrap(),
+        )),
+        ..pushwire::Config::default()
+    }
+}
+
+/// A Pusher connection as a raw WebSocket client (no pusher-js): frames as JSON values,
+/// `data` decoded when it is a JSON string.
+pub struct PusherWs {
+    pub ws: super::WsClient,
+    pub socket_id: String,
+}
+
+impl PusherWs {
+    /// Connects to `ws://addr/app/{key}?protocol=7` and reads the handshake.
+    pub async fn connect(addr: std::net::SocketAddr, key: &str) -> PusherWs {
+        let url = format!("ws://{addr}/app/{key}?protocol=7&client=js&version=8.6.0");
+        let mut ws = super::WsClient::connect(&url).await;
+        let first = decode(&ws.recv_text().await);
+        assert_eq!(first["event"], "pusher:connection_established", "{first}");
+        let socket_id = first["data"]["socket_id"].as_str().unwrap().to_owned();
+        PusherWs { ws, socket_id }
+    }
+
+    pub async fn send(&mut self, frame: Value) {
+        self.ws.send_text(&frame.to_string()).await;
+    }
+
+    /// The next frame.
+    pub async fn next(&mut self) -> Value {
+        decode(&self.ws.recv_text().await)
+    }
+
+    /// The next frame, which must be `event` (on `channel`, if given).
+    pub async fn expect(&mut self, event: &str, channel: Option<&str>) -> Value {
+        let f = self.next().await;
+        assert_eq!(f["event"], event, "{f}");
+        if let Some(c) = channel {
+            assert_eq!(f["channel"], c, "{f}");
+        }
+        f
+    }
+
+    /// Subscribes to `channel` with the app's signature (`keys`), as `channel_data` on a
+    /// presence channel, and returns the answer frame.
+    pub async fn subscribe(
+        &mut self,
+        channel: &str,
+        keys: Option<&pushwire::wire::pusher::Keys>,
+        channel_data: Option<&str>,
+    ) -> Value {
+        let mut data = json!({"channel": channel});
+        if let Some(k) = keys {
+            data["auth"] = json!(k.channel_auth(&self.socket_id, channel, channel_data));
+        }
+        if let Some(d) = channel_data {
+            data["channel_data"] = json!(d);
+        }
+        self.send(json!({"event": "pusher:subscribe", "data": data}))
+            .await;
+        self.next().await
+    }
+}
+
+/// A server frame with its `data` decoded (the protocol sends it as a JSON string).
+pub fn decode(text: &str) -> Value {
+    let mut v: Value = serde_json::from_str(text).unwrap_or_else(|e| panic!("{text}: {e}"));
+    if let Some(s) = v["data"].as_str()
+        && let Ok(inner) = serde_json::from_str::<Value>(s)
+    {
+        v["data"] = inner;
+    }
+    v
+}
+
+/// One HTTP request over a raw socket (`Connection: close`): the status and the body.
+pub async fn http(
+    addr: std::net::SocketAddr,
+    method: &str,
+    target: &str,
+    body: &[u8],
+) -> (u16, String) {
+    use tokio::io::AsyncReadExt;
+    let mut tcp = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("connect http");
+    let head = format!(
+        "{method} {target} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    tcp.write_all(head.as_bytes()).await.expect("write head");
+    tcp.write_all(body).await.expect("write body");
+    let mut out = Vec::new();
+    timeout(Duration::from_secs(10), tcp.read_to_end(&mut out))
+        .await
+        .expect("answer within 10 s")
+        .expect("read answer");
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("not an HTTP answer: {text:?}"));
+    let body = text
+        .split_once("\r\n\r\n")
+        .map_or("", |(_, b)| b)
+        .to_owned();
+    (status, body)
+}
+
+/// A request signed for `app` at `timestamp` (seconds), as the SDKs sign: `target` for
+/// [`http`].
+pub fn signed(
+    app: &App,
+    method: &str,
+    path: &str,
+    extra: &[(&str, &str)],
+    body: &[u8],
+    timestamp: u64,
+) -> String {
+    let query = app.keys().sign_api(method, path, extra, body, timestamp);
+    format!("{path}?{query}")
+}
+
+/// Seconds since the epoch now.
+pub fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}

@@ -1,0 +1,102 @@
+//! Pusher channels across nodes ([`Channels`], reached with [`super::Nodes::channels`]):
+//! a subscription, a publish, and the HTTP API's questions. A single node answers from
+//! its [`Index`] at once; a cluster also has to ask Redis (presence is per user across
+//! every node), so every operation answers an [`Answer`].
+//!
+//! Added beside the uid operations rather than as a `To::Channel`: a Pusher channel has
+//! its own subscribers (connections, not uids), its own members and its own cache, so
+//! none of the uid operations' answers (`Reached`, `Census`) would mean anything for it.
+
+use std::sync::Arc;
+
+use super::{Answer, NodesError};
+use crate::channels::{ChannelInfo, Conn, Index, Left, SubscribeError, Subscribed};
+use crate::wire::Payload;
+use crate::wire::pusher::{Channel, Member, Refusal, SocketId};
+
+/// Pusher channels on every node that may hold a subscriber.
+pub trait Channels: Send + Sync + std::fmt::Debug {
+    /// The connections of this node (a Pusher connection is always this node's).
+    fn index(&self) -> &Index;
+    /// Subscribes `conn` (signature checked) to `channel`, as `member` on a presence
+    /// channel; see [`Index::subscribe`] for what it queues.
+    fn subscribe(
+        &self,
+        conn: &Arc<Conn>,
+        channel: &Channel,
+        member: Option<&Member>,
+    ) -> Answer<Result<Subscribed, SubscribeError>>;
+    /// Takes `conn` off `channel`.
+    fn unsubscribe(&self, conn: &Arc<Conn>, channel: &Channel) -> Answer<Left>;
+    /// Offers `frame` to every subscriber of `app`'s `channel` but `except`; answers
+    /// how many of this node's connections took it, or that the other nodes could not be
+    /// told (this node's got it).
+    fn publish(
+        &self,
+        app: &Arc<str>,
+        channel: &Channel,
+        frame: &Payload,
+        except: Option<SocketId>,
+    ) -> Answer<Result<usize, NodesError>>;
+    /// A channel's counts.
+    fn info(&self, app: &str, channel: &str) -> Answer<Result<ChannelInfo, NodesError>>;
+    /// Occupied channels of `app` starting with `prefix`, sorted by name.
+    fn list(
+        &self,
+        app: &str,
+        prefix: &str,
+    ) -> Answer<Result<Vec<(String, ChannelInfo)>, NodesError>>;
+    /// A presence channel's user ids, sorted.
+    fn users(&self, app: &str, channel: &str) -> Answer<Result<Vec<String>, NodesError>>;
+    /// Closes the connections signed in as `user` with `refusal`; answers how many.
+    fn terminate(&self, app: &str, user: &str, refusal: &Refusal) -> Answer<usize>;
+}
+
+impl Channels for Index {
+    fn index(&self) -> &Index {
+        self
+    }
+
+    fn subscribe(
+        &self,
+        conn: &Arc<Conn>,
+        channel: &Channel,
+        member: Option<&Member>,
+    ) -> Answer<Result<Subscribed, SubscribeError>> {
+        Answer::Now(Index::subscribe(self, conn, channel, member))
+    }
+
+    fn unsubscribe(&self, conn: &Arc<Conn>, channel: &Channel) -> Answer<Left> {
+        Answer::Now(Index::unsubscribe(self, conn, channel))
+    }
+
+    fn publish(
+        &self,
+        app: &Arc<str>,
+        channel: &Channel,
+        frame: &Payload,
+        except: Option<SocketId>,
+    ) -> Answer<Result<usize, NodesError>> {
+        Answer::Now(Ok(Index::publish(self, app, channel, frame, except)))
+    }
+
+    fn info(&self, app: &str, channel: &str) -> Answer<Result<ChannelInfo, NodesError>> {
+        Answer::Now(Ok(Index::info(self, app, channel)))
+    }
+
+    fn list(
+        &self,
+        app: &str,
+        prefix: &str,
+    ) -> Answer<Result<Vec<(String, ChannelInfo)>, NodesError>> {
+        Answer::Now(Ok(Index::list(self, app, prefix)))
+    }
+
+    fn users(&self, app: &str, channel: &str) -> Answer<Result<Vec<String>, NodesError>> {
+        Answer::Now(Ok(Index::users(self, app, channel)))
+    }
+
+    fn terminate(&self, app: &str, user: &str, refusal: &Refusal) -> Answer<usize> {
+        Answer::Now(Index::terminate(self, app, user, refusal))
+    }
+}
