@@ -313,6 +313,11 @@ impl Cluster {
         &self.cmd
     }
 
+    /// `<prefix>:p`: what Pusher channels' keys and channel start with (`pusher.rs`).
+    pub(crate) fn pusher_base(&self) -> String {
+        self.names.pusher_base()
+    }
+
     /// `{<prefix>}:ev:`: where `cluster_presence.rs` keeps events' presence.
     pub(crate) fn events_base(&self) -> String {
         self.names.events_base()

@@ -66,6 +66,12 @@ impl Names {
         }
     }
 
+    /// `<p>:p`, the start of Pusher channels' hash tags and events channel (`pusher.rs`):
+    /// `:` is not allowed in a prefix, so no other prefix spells these.
+    pub fn pusher_base(&self) -> String {
+        format!("{}p", self.plain)
+    }
+
     /// `{<p>}:ev:`, the start of events' presence keys (`cluster_presence.rs`; one slot).
     pub fn events_base(&self) -> String {
         format!("{}ev:", self.tagged)

@@ -2,16 +2,16 @@
 //! to its own connections, Redis keeps what must be the same on every node.
 //!
 //! # In Redis (every key from [`key`])
-//! Per channel, in one hash slot `{pwp:APP:CHANNEL}`, so one script changes them together:
+//! Per channel, in one hash slot `{<prefix>:p:APP:CHANNEL}` (`pw:p` by default), so one script changes them together:
 //! `subs` (node → its subscriptions), `conns` (`user\0node` → that user's connections on
 //! that node), `ucount` (user → connections on every node), `members` (user → user_info),
-//! `cache` (a cache channel's last event, 30 minutes). Per app, `{pwp:APP}:chans`
-//! (channel → nodes holding it) for the channel list; per node, `{pwp:node:N}:chans` (the
-//! channels it touched) and `{pwp}:alive:N`, refreshed every second with a 3 s expiry.
+//! `cache` (a cache channel's last event, 30 minutes). Per app, `{…:APP}:chans`
+//! (channel → nodes holding it) for the channel list; per node, `{…:node:N}:chans` (the
+//! channels it touched) and `{…}:alive:N`, refreshed every second with a 3 s expiry.
 //!
 //! # Delivery
 //! An event (from the HTTP API, a client event, a member event) is delivered here at once
-//! and published once on `pwp:events`, which every node hears and delivers to its own
+//! and published once on `<prefix>:p:events`, which every node hears and delivers to its own
 //! subscribers: every event reaches every node, as Reverb's Redis scaling does, so no
 //! routing state can be stale. Events from one origin keep their order.
 //!
@@ -55,15 +55,16 @@ pub const DEAD_AFTER: Duration = Duration::from_secs(3);
 /// channel name can be it).
 const TERMINATE: &str = "#terminate";
 
-/// The pub/sub channel every node hears Pusher events on.
-fn events_channel() -> String {
-    "pwp:events".to_owned()
+/// The pub/sub channel every node hears Pusher events on (`base`: `<prefix>:p`, from the
+/// cluster's names, so `--redis-prefix` keeps clusters apart here too).
+fn events_channel(base: &str) -> String {
+    format!("{base}:events")
 }
 
 /// Every Redis key of Pusher channels, built here and only here: `part` under the hash
 /// tag of `scope` (`["APP", "CHANNEL"]`, `["APP"]`, `["node", N]` or `[]`).
-pub fn key(scope: &[&str], part: &str) -> String {
-    let mut tag = String::from("pwp");
+pub fn key(base: &str, scope: &[&str], part: &str) -> String {
+    let mut tag = String::from(base);
     for s in scope {
         tag.push(':');
         tag.push_str(s);
@@ -72,10 +73,10 @@ pub fn key(scope: &[&str], part: &str) -> String {
 }
 
 /// The five keys of a channel, in the scripts' order.
-fn channel_keys(app: &str, channel: &str) -> Vec<String> {
+fn channel_keys(base: &str, app: &str, channel: &str) -> Vec<String> {
     ["subs", "conns", "ucount", "members", "cache"]
         .iter()
-        .map(|p| key(&[app, channel], p))
+        .map(|p| key(base, &[app, channel], p))
         .collect()
 }
 
@@ -154,7 +155,9 @@ pub struct ClusterChannels {
     cluster: Arc<Cluster>,
     /// This node's name in Redis (its index's node number).
     node: String,
-    /// It is in `{pwp}:nodes` with an alive key: only then may it count anything in
+    /// `<prefix>:p`: what every Pusher key's hash tag and the events channel start with.
+    base: String,
+    /// It is in `{…}:nodes` with an alive key: only then may it count anything in
     /// Redis, or a death before its first beat would leave its counts forever.
     registered: std::sync::atomic::AtomicBool,
     /// Its subscriber is subscribed to the events channel: until then events from the
@@ -170,6 +173,7 @@ impl ClusterChannels {
         let node = index.node().to_string();
         let me = Arc::new(ClusterChannels {
             index,
+            base: cluster.pusher_base(),
             cluster,
             node,
             registered: std::sync::atomic::AtomicBool::new(false),
@@ -206,12 +210,12 @@ impl ClusterChannels {
     /// returns whether its key was still there.
     async fn beat(&self) -> Result<bool, NodesError> {
         let cmd = &self.cluster.cmd;
-        let alive = key(&[], &format!("alive:{}", self.node));
+        let alive = key(&self.base, &[], &format!("alive:{}", self.node));
         let ms = DEAD_AFTER.as_millis() as i64;
         let before: Option<String> = self
             .bounded(cmd.set(alive, "1", Some(Expiration::PX(ms)), None, true))
             .await?;
-        self.bounded(cmd.sadd::<i64, _, _>(key(&[], "nodes"), &self.node))
+        self.bounded(cmd.sadd::<i64, _, _>(key(&self.base, &[], "nodes"), &self.node))
             .await?;
         self.registered
             .store(true, std::sync::atomic::Ordering::Relaxed);
@@ -236,7 +240,7 @@ impl ClusterChannels {
         }
         msg.extend_from_slice(frame.as_bytes());
         let cmd = &self.cluster.cmd;
-        self.bounded(cmd.publish::<i64, _, _>(events_channel(), msg))
+        self.bounded(cmd.publish::<i64, _, _>(events_channel(&self.base), msg))
             .await?;
         Ok(here)
     }
@@ -245,9 +249,9 @@ impl ClusterChannels {
     /// record follow.
     async fn occupancy(&self, app: &str, channel: &str, occupied: bool) -> Result<(), NodesError> {
         let cmd = &self.cluster.cmd;
-        let chans = key(&[app], "chans");
+        let chans = key(&self.base, &[app], "chans");
         if occupied {
-            let mine = key(&["node", &self.node], "chans");
+            let mine = key(&self.base, &["node", &self.node], "chans");
             self.bounded(cmd.sadd::<i64, _, _>(mine, format!("{app}\x1f{channel}")))
                 .await?;
             self.bounded(cmd.hincrby::<i64, _, _>(chans, channel, 1))
@@ -270,7 +274,7 @@ impl ClusterChannels {
         member: Option<Member>,
     ) -> Result<Subscribed, SubscribeError> {
         let app = conn.app.clone();
-        let keys = channel_keys(&app.id, channel.name());
+        let keys = channel_keys(&self.base, &app.id, channel.name());
         let (user, info) = member
             .as_ref()
             .map_or(("", "null"), |m| (m.user_id.as_str(), m.user_info.as_str()));
@@ -343,7 +347,7 @@ impl ClusterChannels {
         let left = self.index.unsubscribe(&conn, &channel);
         let app = conn.app.clone();
         let user = left.user.clone();
-        let keys: Vec<String> = channel_keys(&app.id, channel.name())
+        let keys: Vec<String> = channel_keys(&self.base, &app.id, channel.name())
             .into_iter()
             .take(4)
             .collect();
@@ -375,7 +379,7 @@ impl ClusterChannels {
     /// channels are no longer listed for it.
     async fn reap(&self, dead: &str) -> Result<(), NodesError> {
         let cmd = &self.cluster.cmd;
-        let lock = key(&[], &format!("reaping:{dead}"));
+        let lock = key(&self.base, &[], &format!("reaping:{dead}"));
         let won: Option<String> = self
             .bounded(cmd.set(
                 lock,
@@ -388,17 +392,17 @@ impl ClusterChannels {
         if won.is_none() {
             return Ok(());
         }
-        let theirs = key(&["node", dead], "chans");
+        let theirs = key(&self.base, &["node", dead], "chans");
         let chans: Vec<String> = self.bounded(cmd.smembers(theirs.clone())).await?;
         for entry in &chans {
             let Some((app, name)) = entry.split_once('\x1f') else {
                 continue;
             };
-            let keys: Vec<String> = channel_keys(app, name).into_iter().take(4).collect();
+            let keys: Vec<String> = channel_keys(&self.base, app, name).into_iter().take(4).collect();
             let gone: Vec<String> = self
                 .bounded(cmd.eval(DROP_NODE_SCRIPT, keys, vec![dead.to_owned()]))
                 .await?;
-            let counts = key(&[app], "chans");
+            let counts = key(&self.base, &[app], "chans");
             let n = self
                 .bounded(cmd.hincrby::<i64, _, _>(counts.clone(), name, -1))
                 .await?;
@@ -413,7 +417,7 @@ impl ClusterChannels {
             }
         }
         self.bounded(cmd.del::<i64, _>(theirs)).await?;
-        self.bounded(cmd.srem::<i64, _, _>(key(&[], "nodes"), dead))
+        self.bounded(cmd.srem::<i64, _, _>(key(&self.base, &[], "nodes"), dead))
             .await?;
         if !chans.is_empty() {
             warn!(
@@ -436,7 +440,7 @@ async fn hear(me: Arc<ClusterChannels>, sub: SubscriberClient) {
         stop.clone(),
     ));
     loop {
-        if sub.is_connected() && sub.subscribe(events_channel()).await.is_ok() {
+        if sub.is_connected() && sub.subscribe(events_channel(&me.base)).await.is_ok() {
             // From now on fred subscribes again after each reconnect.
             drop(sub.manage_subscriptions());
             me.hearing.store(true, std::sync::atomic::Ordering::Relaxed);
@@ -506,7 +510,7 @@ async fn hear(me: Arc<ClusterChannels>, sub: SubscriberClient) {
 /// node's Pusher connections if its own key had expired (it was cut off and reaped).
 async fn live(me: Arc<ClusterChannels>) {
     let stop = me.cluster.stop.clone();
-    let nodes = key(&[], "nodes");
+    let nodes = key(&me.base, &[], "nodes");
     // The first beat as soon as the link is up, then one per [`BEAT`].
     let mut wait = Duration::from_millis(50);
     loop {
@@ -514,7 +518,7 @@ async fn live(me: Arc<ClusterChannels>) {
             () = tokio::time::sleep(wait) => {}
             () = stop.cancelled() => {
                 let cmd = &me.cluster.cmd;
-                let alive = key(&[], &format!("alive:{}", me.node));
+                let alive = key(&me.base, &[], &format!("alive:{}", me.node));
                 let _ = tokio::time::timeout(me.cluster.timeout, async {
                     let _: Result<i64, _> = cmd.del(alive).await;
                 })
@@ -546,7 +550,7 @@ async fn live(me: Arc<ClusterChannels>) {
         };
         for node in all.iter().filter(|n| **n != me.node) {
             let there: Result<i64, _> = me
-                .bounded(cmd.exists(key(&[], &format!("alive:{node}"))))
+                .bounded(cmd.exists(key(&me.base, &[], &format!("alive:{node}"))))
                 .await;
             if there == Ok(0)
                 && let Err(e) = me.reap(node).await
@@ -591,7 +595,7 @@ impl Channels for Arc<ClusterChannels> {
         let (me, app, channel, frame) = (self.clone(), app.clone(), channel.clone(), frame.clone());
         Answer::barrier(async move {
             if channel.kind().cache {
-                let cache = key(&[&app, channel.name()], "cache");
+                let cache = key(&me.base, &[&app, channel.name()], "cache");
                 let _ = me
                     .bounded(me.cluster.cmd.set::<(), _, _>(
                         cache,
@@ -609,8 +613,8 @@ impl Channels for Arc<ClusterChannels> {
     fn info(&self, app: &str, channel: &str) -> Answer<Result<ChannelInfo, NodesError>> {
         let me = self.clone();
         let keys = vec![
-            key(&[app, channel], "subs"),
-            key(&[app, channel], "members"),
+            key(&me.base, &[app, channel], "subs"),
+            key(&me.base, &[app, channel], "members"),
         ];
         Answer::barrier(async move {
             let r: Result<Vec<i64>, _> = me
@@ -632,7 +636,7 @@ impl Channels for Arc<ClusterChannels> {
         Answer::barrier(async move {
             let r = async {
                 let all: std::collections::HashMap<String, i64> = me
-                    .bounded(me.cluster.cmd.hgetall(key(&[&app], "chans")))
+                    .bounded(me.cluster.cmd.hgetall(key(&me.base, &[&app], "chans")))
                     .await?;
                 let mut names: Vec<String> = all
                     .into_iter()
@@ -655,7 +659,7 @@ impl Channels for Arc<ClusterChannels> {
 
     fn users(&self, app: &str, channel: &str) -> Answer<Result<Vec<String>, NodesError>> {
         let me = self.clone();
-        let members = key(&[app, channel], "members");
+        let members = key(&me.base, &[app, channel], "members");
         Answer::barrier(async move {
             let r: Result<Vec<String>, _> = me.bounded(me.cluster.cmd.hkeys(members)).await;
             Answer::Now(r.map(|mut u| {
@@ -675,7 +679,7 @@ impl Channels for Arc<ClusterChannels> {
         );
         Answer::barrier(async move {
             let _ = me
-                .bounded(me.cluster.cmd.publish::<i64, _, _>(events_channel(), msg))
+                .bounded(me.cluster.cmd.publish::<i64, _, _>(events_channel(&me.base), msg))
                 .await;
             Answer::Now(here)
         })
