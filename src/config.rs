@@ -126,6 +126,50 @@ pub struct Config {
     pub dedupe_window: Option<Duration>,
     /// How many accepted `/push`es are remembered at most.
     pub dedupe_max_entries: usize,
+    /// The GatewayClient door and its greeted browser listener (`docs/gateway.md`);
+    /// `None`: off.
+    pub gateway: Option<GatewayConfig>,
+}
+
+/// The GatewayClient door (issue 22): GatewayWorker's Register and gateway endpoints, and
+/// the browser listener that greets each connection with its `client_id`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GatewayConfig {
+    /// The address the Register hands out and every `client_id` carries: GatewayClient
+    /// connects to it (`--gateway-advertise`).
+    pub advertise: std::net::SocketAddrV4,
+    /// GatewayClient's `$secretKey` (`--gateway-secret`, else `--push-secret`); `None`:
+    /// no secret.
+    pub secret: Option<String>,
+    /// The first frame of a greeted connection; `{client_id}` is replaced by its id.
+    pub greeting: String,
+    /// How long a greeted connection may stay unclaimed (no `bindUid`, `joinGroup` or
+    /// session) before it is closed.
+    pub claim_timeout: Duration,
+    /// Longest frame a GatewayClient may send, header included.
+    pub max_frame_bytes: usize,
+    /// GatewayClient connections (gateway and Register endpoints together) held at once.
+    pub max_connections: usize,
+    /// A connection's session, serialized.
+    pub max_session_bytes: usize,
+}
+
+impl GatewayConfig {
+    /// The default greeting: the GatewayWorker demo's `onConnect` message.
+    pub const GREETING: &'static str = r#"{"type":"init","client_id":"{client_id}"}"#;
+
+    /// A door advertising `advertise`, with every other setting at its default.
+    pub fn new(advertise: std::net::SocketAddrV4) -> GatewayConfig {
+        GatewayConfig {
+            advertise,
+            secret: None,
+            greeting: GatewayConfig::GREETING.to_owned(),
+            claim_timeout: Duration::from_secs(60),
+            max_frame_bytes: 1024 * 1024 + 64 * 1024,
+            max_connections: 256,
+            max_session_bytes: 64 * 1024,
+        }
+    }
 }
 
 impl Default for Config {
@@ -177,6 +221,7 @@ impl Default for Config {
             max_ack_wait: Duration::from_secs(30),
             dedupe_window: Some(Duration::from_secs(60)),
             dedupe_max_entries: 100_000,
+            gateway: None,
         }
     }
 }

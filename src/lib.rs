@@ -14,10 +14,14 @@
 //! - `http`: the HTTP door (`POST /push`, web-msg-sender's API, `/metrics`, health), its
 //!   accept-time gate; `http_body`: its replies, `/push`'s streamed as they are read;
 //!   `http_io`: its socket (a write that stalls fails, a close that lingers).
+//! - `doors`: backend doors speaking another system's wire (`doors::gateway`:
+//!   GatewayWorker's GatewayClient), through [`nodes`] only.
 //! - [`service`]: one request in, one typed reply out, for every door.
 //! - [`reload`]: what a SIGHUP applies to the [`state`], decided from the reload env file
 //!   ([`envfile`]: its grammar) laid over the settings in force.
 //! - [`state`]: the shared handle (config, registry, metrics, stop tokens).
+//! - [`addressed`]: the greeted connections a backend addresses one by one (GatewayWorker's
+//!   `client_id`): their numbers, the uid each is bound to, per-connection groups, sessions.
 //! - [`registry`]: uid → connections (fan-out happens here); [`groups`]: membership
 //!   owned by uids, with an offline grace period; [`history`]: per-uid sequence numbers,
 //!   kept messages, the offline queue and acks (protocol v1); [`outbox`]: each
@@ -43,6 +47,7 @@
 #![warn(missing_docs)]
 
 pub mod access;
+pub mod addressed;
 mod assets;
 pub mod auth;
 pub mod cluster;
@@ -50,6 +55,7 @@ mod cluster_history;
 pub mod config;
 pub mod control;
 pub mod dedupe;
+mod doors;
 pub mod envfile;
 mod fanout;
 pub mod forwarded;
@@ -80,4 +86,4 @@ pub mod wire;
 mod ws;
 
 pub use config::Config;
-pub use server::{Listeners, run, serve, serve_state};
+pub use server::{GatewayListeners, Listeners, run, serve, serve_state};

@@ -7,6 +7,7 @@ use std::sync::{Arc, RwLock};
 
 use tokio_util::sync::CancellationToken;
 
+use crate::addressed::{Addressed, AddressedLimits};
 use crate::cluster::{Cluster, ClusterConfig, ClusterNodes};
 use crate::config::Config;
 use crate::dedupe::Dedupe;
@@ -33,6 +34,10 @@ pub struct State {
     /// Every node that may hold a connection: this one alone, or the cluster (`--redis`).
     /// Backend commands go through it; browser doors and gauges use `registry`.
     pub nodes: Box<dyn Nodes>,
+    /// The greeted connections (`--gateway-ws-listen`) a backend addresses by number;
+    /// `None` with the gateway door off. The greeted listener adds to it; backends reach
+    /// it through `nodes`.
+    pub addressed: Option<Addressed>,
     /// TLS settings of the browser port (`wss://`), swapped by a reload.
     pub tls: Option<Acceptor>,
     /// Secrets and allow-lists as of the last reload; read with [`State::settings`].
@@ -56,7 +61,23 @@ impl State {
             metrics.clone(),
         );
         let dedupe = Dedupe::new(config.dedupe_window, config.dedupe_max_entries);
-        let here = Here::new(registry.clone(), dedupe);
+        let mut here = Here::new(registry.clone(), dedupe);
+        let addressed = config.gateway.as_ref().map(|g| {
+            Addressed::new(
+                registry.clone(),
+                metrics.clone(),
+                config.queue_limits(),
+                AddressedLimits {
+                    max_groups: config.max_groups,
+                    max_members: config.max_group_members,
+                    session_bytes: g.max_session_bytes,
+                    session: crate::wire::php::Limits::default(),
+                },
+            )
+        });
+        if let Some(a) = &addressed {
+            here = here.with_addressed(a.clone());
+        }
         let nodes: Box<dyn Nodes> = match &config.redis {
             Some(url) => {
                 let cluster = Cluster::start(
@@ -80,6 +101,7 @@ impl State {
             None => Box::new(here),
         };
         Ok(Arc::new(State {
+            addressed,
             nodes,
             registry,
             metrics,

@@ -23,6 +23,8 @@ use crate::transport::Transport;
 use crate::wire::envelope::Mode;
 use crate::wire::{CloseNotice, Payload};
 
+mod greeted;
+
 /// A browser socket after the upgrade: the socket (plain or TLS) and its frame reader.
 /// (tungstenite does the HTTP upgrade only; see `frames.rs` for why.)
 struct Ws {
@@ -64,6 +66,7 @@ pub(crate) async fn serve(
     ctx: Arc<State>,
     mut places: Admitted,
     proxied: Option<Proxied>,
+    greeted: bool,
 ) {
     let deadline = Instant::now() + ctx.config.bind_timeout;
     let settings = ctx.settings();
@@ -100,6 +103,10 @@ pub(crate) async fn serve(
         max_in: ctx.config.max_in(),
         enveloped: false,
     };
+    if greeted {
+        // Boxed: the greeted mode's state is not every connection's.
+        return Box::pin(greeted::serve(ws, ctx, places)).await;
+    }
     // Moved out of `upgraded` now, so no part of it stays in the task after the bind.
     let mode = Mode::from_query({ upgraded.query }.as_deref());
     let identified = tokio::select! {
@@ -298,7 +305,6 @@ fn refusal(err: &FrameError) -> Option<CloseNotice> {
 async fn session(ws: &mut Ws, binding: &Binding, ctx: &State) -> End {
     let outbox = binding.outbox();
     let cfg = &ctx.config;
-    let metrics = &ctx.metrics;
     let mut batch = Vec::new();
     let timer = sleep(cfg.ping_interval);
     tokio::pin!(timer);
@@ -310,22 +316,7 @@ async fn session(ws: &mut Ws, binding: &Binding, ctx: &State) -> End {
     loop {
         tokio::select! {
             biased;
-            () = &mut stop => {
-                // Deliver what was already accepted before saying goodbye.
-                let sent = match outbox.try_recv(&mut batch) {
-                    Ok(sent) => sent.unwrap_or(0),
-                    Err(notice) => return End::Closed(notice),
-                };
-                let mut at = Progress { frame: 0, offset: sent };
-                let write = write_all(ws, &batch, &mut at);
-                let drained = Box::pin(timeout(cfg.shutdown_timeout, write)).await;
-                metrics.frames_written(batch[..at.frame].iter().map(|m| (m.len(), m.received())));
-                return match drained {
-                    Ok(Ok(())) => End::Shutdown,
-                    Ok(Err(err)) => End::PeerError(FrameError::Io(err)),
-                    Err(_) => End::WriteStalled,
-                };
-            }
+            () = &mut stop => return Box::pin(drain_for_shutdown(ws, outbox, &mut batch, ctx)).await,
             r = outbox.recv(&mut batch) => {
                 let sent = match r {
                     Ok(sent) => sent,
@@ -377,13 +368,58 @@ async fn session(ws: &mut Ws, binding: &Binding, ctx: &State) -> End {
     }
 }
 
+/// At shutdown: delivers what was already accepted before saying goodbye.
+async fn drain_for_shutdown(
+    ws: &mut Ws,
+    outbox: &Outbox,
+    batch: &mut Vec<Payload>,
+    ctx: &State,
+) -> End {
+    let sent = match outbox.try_recv(batch) {
+        Ok(sent) => sent.unwrap_or(0),
+        Err(notice) => return End::Closed(notice),
+    };
+    let mut at = Progress {
+        frame: 0,
+        offset: sent,
+    };
+    let write = write_all(ws, batch, &mut at);
+    let drained = timeout(ctx.config.shutdown_timeout, write).await;
+    let written = batch[..at.frame].iter().map(|m| (m.len(), m.received()));
+    ctx.metrics.frames_written(written);
+    match drained {
+        Ok(Ok(())) => End::Shutdown,
+        Ok(Err(err)) => End::PeerError(FrameError::Io(err)),
+        Err(_) => End::WriteStalled,
+    }
+}
+
+/// A connection's queue and what books its writes: a uid binding, or a greeted
+/// connection (`ws/greeted.rs`).
+trait Drained {
+    /// The queue its writer drains.
+    fn outbox(&self) -> &Outbox;
+    /// Books a batch just written, and empties it.
+    fn written(&self, batch: &mut Vec<Payload>);
+}
+
+impl Drained for Binding {
+    fn outbox(&self) -> &Outbox {
+        Binding::outbox(self)
+    }
+
+    fn written(&self, batch: &mut Vec<Payload>) {
+        Binding::written(self, batch);
+    }
+}
+
 /// Writes a control frame of our own (ping, pong): the socket is taken from pushes first,
 /// and what they queued goes out before it, so no frame is cut in two.
 async fn write_control(
     ws: &mut Ws,
     frame: &[u8],
     batch: &mut Vec<Payload>,
-    binding: &Binding,
+    binding: &impl Drained,
     ctx: &State,
 ) -> Result<(), End> {
     let outbox = binding.outbox();
@@ -484,7 +520,7 @@ async fn close(ws: &mut Ws, notice: &CloseNotice) {
 #[cfg(test)]
 mod tests {
     /// The size of the future `f` returns, without calling it.
-    fn future_size<A, B, C, D, F: Future>(_: impl FnOnce(A, B, C, D) -> F) -> usize {
+    fn future_size<A, B, C, D, E, F: Future>(_: impl FnOnce(A, B, C, D, E) -> F) -> usize {
         size_of::<F>()
     }
 

@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use super::{Cluster, ClusterGroupError, RemoteClaim, UidsError};
 use crate::nodes::{
-    Answer, Census, Changed, Claim, First, Here, How, Nodes, NodesError, Page, Reached, Ticket, To,
+    Answer, Census, Changed, Claim, ConnAnswer, ConnOp, First, Here, How, Nodes, NodesError, Page,
+    Reached, Ticket, To,
 };
 use crate::registry::Registry;
 use crate::wire::envelope::Position;
@@ -277,5 +278,9 @@ impl Nodes for ClusterNodes {
     fn stop(&self) -> Answer<()> {
         let cluster = self.cluster.clone();
         Answer::later(async move { cluster.stop().await })
+    }
+
+    fn conns(&self, op: ConnOp) -> Answer<ConnAnswer> {
+        Answer::Now(self.here.conns_here(&op))
     }
 }

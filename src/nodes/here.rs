@@ -5,8 +5,10 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::{
-    Answer, Census, Changed, Claim, First, How, Nodes, NodesError, Page, Reached, Ticket, To,
+    Answer, Census, Changed, Claim, ConnAnswer, ConnOp, First, How, Nodes, NodesError, Page,
+    Reached, Ticket, To,
 };
+use crate::addressed::Addressed;
 use crate::dedupe::{self, Dedupe};
 use crate::registry::{Pushed, Registry};
 use crate::wire::envelope::Position;
@@ -18,6 +20,9 @@ pub struct Here {
     registry: Registry,
     /// Accepted `/push`es remembered for idempotent retries.
     dedupe: Arc<Dedupe>,
+    /// The greeted connections a backend addresses by number (the gateway door); `None`
+    /// without one.
+    addressed: Option<Addressed>,
 }
 
 impl Here {
@@ -26,6 +31,26 @@ impl Here {
         Here {
             registry,
             dedupe: Arc::new(dedupe),
+            addressed: None,
+        }
+    }
+
+    /// With `addressed` as this node's greeted connections (the gateway door is on).
+    pub fn with_addressed(mut self, addressed: Addressed) -> Here {
+        self.addressed = Some(addressed);
+        self
+    }
+
+    /// This node's greeted connections, if the gateway door is on.
+    pub fn addressed(&self) -> Option<&Addressed> {
+        self.addressed.as_ref()
+    }
+
+    /// `op` on this node's greeted connections.
+    pub fn conns_here(&self, op: &ConnOp) -> ConnAnswer {
+        match &self.addressed {
+            Some(a) => a.run(op),
+            None => ConnAnswer::nothing(op),
         }
     }
 
@@ -163,6 +188,10 @@ impl Nodes for Here {
 
     fn stop(&self) -> Answer<()> {
         Answer::Now(())
+    }
+
+    fn conns(&self, op: ConnOp) -> Answer<ConnAnswer> {
+        Answer::Now(self.conns_here(&op))
     }
 }
 

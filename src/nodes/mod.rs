@@ -21,6 +21,8 @@ use std::time::Duration;
 pub use answer::{Answer, Pending};
 pub use here::Here;
 
+pub use crate::addressed::{ConnAnswer, ConnOp};
+
 pub use crate::dedupe::First;
 use crate::groups::GroupError;
 pub use crate::registry::Delivery;
@@ -60,6 +62,11 @@ pub trait Nodes: Send + Sync + std::fmt::Debug {
     fn trouble(&self) -> Option<&'static str>;
     /// Leaves the other nodes (at shutdown, after the doors drained).
     fn stop(&self) -> Answer<()>;
+
+    /// GatewayWorker's per-connection addressing (the gateway door, `addressed.rs`): `op`
+    /// on the greeted connection(s) it names, on whichever node holds them; a query
+    /// answers for every node.
+    fn conns(&self, op: ConnOp) -> Answer<ConnAnswer>;
 }
 
 /// Who a delivery is for: one value, so a new kind of target is a variant, not a method.

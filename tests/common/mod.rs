@@ -131,6 +131,7 @@ impl TestServer {
             push,
             push_unix: None,
             http,
+            gateway: None,
         };
         let shutdown = CancellationToken::new();
         let handle = tokio::spawn(pushwire::serve(config, listeners, shutdown.clone()));
