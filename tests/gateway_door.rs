@@ -462,3 +462,97 @@ async fn the_push_ports_allow_list_applies() {
         );
     }
 }
+
+/// Seed 001's page (GatewayWorker's "ajax bind" demo) with only its address changed; the
+/// demo posts the client_id with jQuery's `$.post`, here with `fetch` (no jQuery in the
+/// test page).
+fn seed001_script(greeted: SocketAddr) -> String {
+    format!(
+        r#"
+ws = new WebSocket("ws://{greeted}");
+ws.onmessage = function(e) {{
+    var data = JSON.parse(e.data);
+    var type = data.type || '';
+    switch (type) {{
+        case 'init':
+            fetch('/bind', {{ method: 'POST', headers: {{ 'Content-Type': 'application/x-www-form-urlencoded' }}, body: 'client_id=' + data.client_id }});
+            break;
+        default:
+            alert(e.data);
+    }}
+}};
+"#
+    )
+}
+
+/// Runs seed 001's ThinkPHP controller (`tests/php/seed001_controller.php`) with php-cli.
+async fn controller(args: &[&str]) {
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/php/seed001_controller.php");
+    let out = timeout(
+        STEP * 2,
+        tokio::process::Command::new("php")
+            .arg(script)
+            .args(args)
+            .output(),
+    )
+    .await
+    .expect("controller within its time")
+    .expect("php runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.ends_with("done\n"),
+        "controller {args:?}: {stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test]
+async fn the_seed_001_page_is_greeted_bound_by_the_controller_and_pushed_to() {
+    use common::chromium::{Handler, SeedPage, Site};
+    let door = Door::start(&[]).await;
+    let register = door.register.to_string();
+    let (bound_tx, mut bound) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let handler: Handler = {
+        let register = register.clone();
+        std::sync::Arc::new(move |target: String, body: String| {
+            let (register, bound_tx) = (register.clone(), bound_tx.clone());
+            Box::pin(async move {
+                assert_eq!(target, "/bind");
+                let id = body
+                    .strip_prefix("client_id=")
+                    .unwrap_or_default()
+                    .to_owned();
+                // ChatRoom::bind with the logged-in user 42 of room 7.
+                controller(&["bind", &register, &id, "42", "7"]).await;
+                let _ = bound_tx.send(id);
+                (200, r#"{"code":0}"#.to_owned())
+            })
+        })
+    };
+    let http = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let site = Site {
+        files: Vec::new(),
+        handler: Some(handler),
+    };
+    let html = common::chromium::page_html(&seed001_script(door.greeted));
+    let mut page = SeedPage::launch_site(http, html, site, &[]);
+    let id = timeout(Duration::from_secs(20), bound.recv())
+        .await
+        .unwrap_or_else(|_| {
+            panic!(
+                "the page never posted its client_id:\n{}",
+                page.browser.log_tail()
+            )
+        })
+        .unwrap();
+    assert_eq!(id.len(), 20, "{id}");
+    controller(&["sendMessage", &register, "42"]).await;
+    page.expect_alert(r#"{"type":"say","msg":"Hello ThinkPHP5"}"#)
+        .await;
+    controller(&["sendGroup", &register, "7"]).await;
+    page.expect_alert(r#"{"type":"say","msg":"Hello group"}"#)
+        .await;
+    // Bound: the claim deadline does not apply, and the page heard nothing else.
+    assert!(!page.reports_within(QUIET).await);
+}
