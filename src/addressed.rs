@@ -430,11 +430,12 @@ impl Addressed {
     }
 
     /// Numbers this node's connections `base + 1 ..= base + span - 1` (cluster mode gives
-    /// each node its own range). Call before the first [`Addressed::open`].
+    /// each node its own range; a span under 2 numbers none, so [`Addressed::open`]
+    /// refuses until a range is given).
     pub fn number_from(&self, base: u32, span: u32) {
         let mut t = self.lock();
         t.base = base;
-        t.span = span.max(2);
+        t.span = span;
         t.next = 1;
     }
 

@@ -33,9 +33,11 @@
 //!   counter on every primary with each beat; one that went back is logged, and v1 tabs
 //!   resync ([`check_epochs`]).
 
+mod addressed;
 mod nodes;
 mod online;
 
+pub use addressed::AddressedLink;
 pub use nodes::ClusterNodes;
 
 use std::collections::{BTreeSet, HashMap, HashSet};

@@ -8,7 +8,7 @@ use std::sync::{Arc, RwLock};
 use tokio_util::sync::CancellationToken;
 
 use crate::addressed::{Addressed, AddressedLimits};
-use crate::cluster::{Cluster, ClusterConfig, ClusterNodes};
+use crate::cluster::{AddressedLink, Cluster, ClusterConfig, ClusterNodes};
 use crate::config::Config;
 use crate::dedupe::Dedupe;
 use crate::metrics::{Gauges, Metric, Metrics};
@@ -96,7 +96,13 @@ impl State {
                 let window = config
                     .dedupe_window
                     .filter(|_| config.dedupe_max_entries > 0);
-                Box::new(ClusterNodes::new(here, cluster, window))
+                let nodes = ClusterNodes::new(here, cluster.clone(), window);
+                match &addressed {
+                    Some(a) => {
+                        Box::new(nodes.with_addressed(AddressedLink::start(&cluster, a.clone())))
+                    }
+                    None => Box::new(nodes),
+                }
             }
             None => Box::new(here),
         };

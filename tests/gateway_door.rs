@@ -11,8 +11,8 @@ mod common;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use common::gateway_php::GatewayPhp;
-use common::{Daemon, Launch, STEP, WsClient, WsEvent};
+use common::gateway_php::{Door, eventually};
+use common::{STEP, WsClient, WsEvent};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -21,82 +21,9 @@ use tokio::time::timeout;
 /// Long enough for a message that is wrongly on its way to arrive.
 const QUIET: Duration = Duration::from_millis(300);
 
-/// The daemon with its GatewayClient door, and the door's addresses.
-struct Door {
-    daemon: Daemon,
-    register: SocketAddr,
-    gateway: SocketAddr,
-    greeted: SocketAddr,
-}
-
-impl Door {
-    async fn start(extra: &[&str]) -> Door {
-        let mut args = vec![
-            "--gateway-listen",
-            "127.0.0.1:0",
-            "--gateway-register-listen",
-            "127.0.0.1:0",
-            "--gateway-ws-listen",
-            "127.0.0.1:0",
-        ];
-        args.extend_from_slice(extra);
-        let daemon = Launch::new().args(&args).rust_log("info").start().await;
-        let line = daemon.wait_line("GatewayClient door open", STEP).await;
-        let field = |name: &str| -> SocketAddr {
-            let key = format!("{name}=");
-            line.split_whitespace()
-                .find_map(|w| w.strip_prefix(key.as_str()))
-                .unwrap_or_else(|| panic!("no {name} in {line:?}"))
-                .parse()
-                .unwrap()
-        };
-        Door {
-            register: field("register"),
-            gateway: field("gateway"),
-            greeted: field("greeted_ws"),
-            daemon,
-        }
-    }
-
-    /// A page on the greeted listener, and the client_id it was greeted with.
-    async fn page(&self) -> (WsClient, String) {
-        let mut ws = WsClient::connect(&format!("ws://{}/", self.greeted)).await;
-        let greeting: Value = serde_json::from_str(&ws.recv_text().await).unwrap();
-        assert_eq!(greeting["type"], "init", "{greeting}");
-        let id = greeting["client_id"].as_str().unwrap().to_owned();
-        assert_eq!(
-            greeting,
-            json!({"type": "init", "client_id": id}),
-            "exactly the demo's"
-        );
-        (ws, id)
-    }
-
-    async fn php(&self) -> GatewayPhp {
-        GatewayPhp::start(self.register.to_string()).await
-    }
-}
-
 /// What `ws` receives until it is quiet for [`QUIET`].
 async fn got(ws: &mut WsClient) -> Vec<String> {
     ws.texts_until_silence(QUIET).await
-}
-
-/// Polls a query until it answers `want`: a void call (a send, a bind) on the persistent
-/// connection runs independently of a query on its own connection, as on GatewayWorker.
-async fn eventually(php: &mut GatewayPhp, method: &str, args: Value, want: Value) {
-    let deadline = tokio::time::Instant::now() + STEP;
-    loop {
-        let got = php.call(method, args.clone()).await.value;
-        if got == want {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{method}({args}) answered {got}, not {want}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 fn ids<const N: usize>(list: [&String; N]) -> Value {

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{Cluster, ClusterGroupError, RemoteClaim, UidsError};
+use super::{AddressedLink, Cluster, ClusterGroupError, RemoteClaim, UidsError};
 use crate::nodes::{
     Answer, Census, Changed, Claim, ConnAnswer, ConnOp, First, Here, How, Nodes, NodesError, Page,
     Reached, Ticket, To,
@@ -21,6 +21,9 @@ pub struct ClusterNodes {
     cluster: Arc<Cluster>,
     /// `--dedupe-window-ms`; `None` with retries not remembered.
     window: Option<Duration>,
+    /// The gateway door's addressed connections across nodes (`addressed.rs`); `None`
+    /// without the door.
+    addressed: Option<AddressedLink>,
 }
 
 /// How often the accepting node looks for an ack in Redis.
@@ -34,7 +37,14 @@ impl ClusterNodes {
             here,
             cluster,
             window,
+            addressed: None,
         }
+    }
+
+    /// With the gateway door's addressed connections reached through `link`.
+    pub fn with_addressed(mut self, link: AddressedLink) -> ClusterNodes {
+        self.addressed = Some(link);
+        self
     }
 }
 
@@ -281,6 +291,9 @@ impl Nodes for ClusterNodes {
     }
 
     fn conns(&self, op: ConnOp) -> Answer<ConnAnswer> {
-        Answer::Now(self.here.conns_here(&op))
+        match &self.addressed {
+            Some(link) => link.run(op),
+            None => Answer::Now(self.here.conns_here(&op)),
+        }
     }
 }
