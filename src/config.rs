@@ -129,6 +129,33 @@ pub struct Config {
     /// The GatewayClient door and its greeted browser listener (`docs/gateway.md`);
     /// `None`: off.
     pub gateway: Option<GatewayConfig>,
+    /// The Redis-queue door (`--redis-queue`); `None`: off.
+    pub redis_queue: Option<QueueConfig>,
+}
+
+/// The Redis-queue door (seed 000's push centre): elements an app `LPUSH`es onto Redis
+/// lists, taken in order, each run once (`docs/redis-queue.md`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueConfig {
+    /// The Redis holding the lists (`--redis-queue-url`, default `--redis`).
+    pub url: String,
+    /// Each list, and the list its replies go to (if asked for).
+    pub queues: Vec<Queue>,
+    /// Longest element taken; a longer one is refused (logged, answered `error`).
+    pub max_bytes: usize,
+    /// Elements taken per second at most, over all lists.
+    pub rate: u32,
+    /// Replies kept on a reply list at most (older ones are trimmed).
+    pub max_replies: usize,
+}
+
+/// One `--redis-queue KEY[=REPLIES]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Queue {
+    /// The list the app pushes onto.
+    pub key: String,
+    /// The list each element's reply line is pushed onto, in order.
+    pub replies: Option<String>,
 }
 
 /// The GatewayClient door (issue 22): GatewayWorker's Register and gateway endpoints, and
@@ -222,6 +249,7 @@ impl Default for Config {
             dedupe_window: Some(Duration::from_secs(60)),
             dedupe_max_entries: 100_000,
             gateway: None,
+            redis_queue: None,
         }
     }
 }

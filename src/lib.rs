@@ -15,7 +15,8 @@
 //!   accept-time gate; `http_body`: its replies, `/push`'s streamed as they are read;
 //!   `http_io`: its socket (a write that stalls fails, a close that lingers).
 //! - `doors`: backend doors speaking another system's wire (`doors::gateway`:
-//!   GatewayWorker's GatewayClient), through [`nodes`] only.
+//!   GatewayWorker's GatewayClient; `doors::redis_queue`: elements apps `LPUSH` onto Redis
+//!   lists), through [`nodes`] and [`service`] only; `lease`: a Redis key one holder keeps.
 //! - [`service`]: one request in, one typed reply out, for every door.
 //! - [`reload`]: what a SIGHUP applies to the [`state`], decided from the reload env file
 //!   ([`envfile`]: its grammar) laid over the settings in force.
@@ -66,6 +67,7 @@ pub mod history;
 mod http;
 mod http_body;
 mod http_io;
+mod lease;
 pub mod logsafe;
 pub mod metrics;
 pub mod nodes;

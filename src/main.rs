@@ -10,7 +10,7 @@ use clap::parser::ValueSource;
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 use pushwire::access::Cidr;
 use pushwire::auth::Secret;
-use pushwire::config::GatewayConfig;
+use pushwire::config::{GatewayConfig, Queue, QueueConfig};
 use pushwire::reload::{Reloader, SecretSource, Setting, Sources};
 use tokio::net::{TcpListener, TcpSocket, UnixListener};
 use tokio::signal::unix::{Signal, SignalKind, signal};
@@ -337,6 +337,76 @@ struct Args {
 
     #[command(flatten)]
     gateway: GatewayArgs,
+
+    #[command(flatten)]
+    queue: QueueArgs,
+}
+
+/// The Redis-queue door (docs/redis-queue.md): off unless --redis-queue is given.
+#[derive(Debug, Clone, clap::Args)]
+struct QueueArgs {
+    /// Redis-queue door: a Redis list apps LPUSH onto (seed 000's push centre), taken in
+    /// order, each element run once: a push line runs as one, anything else goes to every
+    /// page as it is. `KEY=REPLIES` also pushes each element's reply line onto REPLIES.
+    /// Repeatable (comma-separated in the env var).
+    #[arg(long, env = "PUSHWIRE_REDIS_QUEUE", value_delimiter = ',')]
+    redis_queue: Vec<String>,
+
+    /// Redis-queue door: the Redis holding the lists [default: --redis].
+    #[arg(long, env = "PUSHWIRE_REDIS_QUEUE_URL", hide_env_values = true)]
+    redis_queue_url: Option<String>,
+
+    /// Redis-queue door: longest element taken; longer ones are refused (logged).
+    #[arg(long, env = "PUSHWIRE_REDIS_QUEUE_MAX_BYTES", default_value_t = 1024 * 1024)]
+    redis_queue_max_bytes: usize,
+
+    /// Redis-queue door: elements taken per second at most, over all lists.
+    #[arg(long, env = "PUSHWIRE_REDIS_QUEUE_RATE", default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..))]
+    redis_queue_rate: u32,
+
+    /// Redis-queue door: replies kept on a reply list at most (older ones are trimmed).
+    #[arg(
+        long,
+        env = "PUSHWIRE_REDIS_QUEUE_MAX_REPLIES",
+        default_value_t = 10_000
+    )]
+    redis_queue_max_replies: usize,
+}
+
+impl QueueArgs {
+    /// The door's settings, if it is on; `redis` is the cluster's URL.
+    fn config(&self, redis: Option<&str>) -> Result<Option<QueueConfig>, String> {
+        if self.redis_queue.is_empty() {
+            return Ok(None);
+        }
+        let Some(url) = self.redis_queue_url.as_deref().or(redis) else {
+            return Err("--redis-queue needs a Redis: set --redis-queue-url (or --redis)".into());
+        };
+        let queues = self
+            .redis_queue
+            .iter()
+            .map(|q| {
+                let (key, replies) = match q.split_once('=') {
+                    Some((k, r)) => (k, Some(r.to_owned())),
+                    None => (q.as_str(), None),
+                };
+                if key.is_empty() || replies.as_deref() == Some("") {
+                    return Err(format!("--redis-queue {q:?}: KEY or KEY=REPLIES"));
+                }
+                Ok(Queue {
+                    key: key.to_owned(),
+                    replies,
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Some(QueueConfig {
+            url: url.to_owned(),
+            queues,
+            max_bytes: self.redis_queue_max_bytes.max(1),
+            rate: self.redis_queue_rate,
+            max_replies: self.redis_queue_max_replies.max(1),
+        }))
+    }
 }
 
 /// The GatewayClient door (docs/gateway.md): off unless --gateway-listen is given.
@@ -959,6 +1029,10 @@ fn config_from(args: &Args) -> std::io::Result<pushwire::Config> {
         .gateway
         .config(push_plain.as_deref())
         .map_err(std::io::Error::other)?;
+    config.redis_queue = args
+        .queue
+        .config(config.redis.as_deref())
+        .map_err(std::io::Error::other)?;
     if let Some((requested, capacity)) = ws_overcommit(args, &config, nofile) {
         warn!(
             requested,
@@ -1068,6 +1142,7 @@ fn unvalidated_config(
             .then(|| Duration::from_millis(args.dedupe_window_ms)),
         dedupe_max_entries: args.dedupe_max_entries,
         gateway: None,
+        redis_queue: None,
     };
     let capacity = config.ws_capacity(nofile, matches!(args.http_listen, Listen::On(_)));
     config.max_ws_connections = args.max_ws_connections.unwrap_or(capacity);

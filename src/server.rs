@@ -225,6 +225,9 @@ pub async fn serve_state(
         )));
     }
 
+    // Elements apps LPUSH onto Redis lists: backend work, drained with the push port.
+    crate::doors::redis_queue::start(&ctx, &push_tasks);
+
     let sweeper = tokio::spawn(sweep_groups(ctx.clone(), shutdown.clone()));
 
     shutdown.cancelled().await;

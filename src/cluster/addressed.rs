@@ -26,7 +26,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use fred::clients::{Client, SubscriberClient};
-use fred::interfaces::{ClientLike, EventInterface, LuaInterface, PubsubInterface};
+use fred::interfaces::{ClientLike, EventInterface, PubsubInterface};
 use fred::types::Value;
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
@@ -34,6 +34,7 @@ use tracing::{debug, info, warn};
 
 use super::Cluster;
 use crate::addressed::{Addressed, ConnAnswer, ConnOp};
+use crate::lease::hold;
 use crate::nodes::Answer;
 
 /// Bits of a connection number below the node's tag.
@@ -58,18 +59,6 @@ fn all_channel() -> String {
 fn answer_channel(node: &str) -> String {
     format!("{{pw}}:gw:r:{node}")
 }
-
-/// Takes the key for this node, or renews it if it is this node's; 1 if held after.
-const TAG_SCRIPT: &str = r#"
-local v = redis.call('GET', KEYS[1])
-if v == ARGV[1] then
-  redis.call('PEXPIRE', KEYS[1], ARGV[2])
-  return 1
-end
-if v then return 0 end
-redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-return 1
-"#;
 
 /// An ask on the wire.
 #[derive(Debug, Serialize, Deserialize)]
@@ -255,18 +244,10 @@ impl AddressedLink {
         let _ = inner.sub.init().await;
         let mut held: Option<u32> = None;
         loop {
-            let ttl = TAG_TTL.as_millis() as u64;
             match held {
                 Some(tag) => {
-                    let kept: Result<i64, _> = inner
-                        .cmd
-                        .eval(
-                            TAG_SCRIPT,
-                            vec![tag_key(tag)],
-                            vec![inner.node.clone(), ttl.to_string()],
-                        )
-                        .await;
-                    if matches!(kept, Ok(0)) {
+                    let kept = hold(&inner.cmd, tag_key(tag), &inner.node, TAG_TTL).await;
+                    if matches!(kept, Ok(false)) {
                         warn!(
                             tag,
                             "gateway: this node's number tag was taken; claiming another"
@@ -277,22 +258,14 @@ impl AddressedLink {
                 }
                 None => {
                     for tag in 1..TAGS {
-                        let got: Result<i64, _> = inner
-                            .cmd
-                            .eval(
-                                TAG_SCRIPT,
-                                vec![tag_key(tag)],
-                                vec![inner.node.clone(), ttl.to_string()],
-                            )
-                            .await;
-                        match got {
-                            Ok(1) => {
+                        match hold(&inner.cmd, tag_key(tag), &inner.node, TAG_TTL).await {
+                            Ok(true) => {
                                 inner.here.number_from(tag << TAG_SHIFT, 1 << TAG_SHIFT);
                                 info!(tag, "gateway: greeted connections numbered from tag");
                                 held = Some(tag);
                                 break;
                             }
-                            Ok(_) => continue,
+                            Ok(false) => continue,
                             Err(e) => {
                                 debug!(error = %e, "gateway: cannot claim a number tag yet");
                                 break;

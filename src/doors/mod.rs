@@ -2,3 +2,4 @@
 //! ([`crate::nodes`]) only: never the registry or the cluster (`tests/layout.rs`).
 
 pub(crate) mod gateway;
+pub(crate) mod redis_queue;
