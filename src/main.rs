@@ -1335,6 +1335,26 @@ mod check_config {
             }
         }
 
+        let push_plain = config
+            .push_secret
+            .as_ref()
+            .map(|s| String::from_utf8_lossy(s.reveal()).into_owned());
+        if let Err(e) = args.gateway.config(push_plain.as_deref()) {
+            problems.push(e);
+        }
+        match args.queue.config(config.redis.as_deref()) {
+            Err(e) => problems.push(e),
+            Ok(Some(q)) => {
+                if let Err(e) = redis_url(&q.url) {
+                    problems.push(format!(
+                        "{} {}: {e}",
+                        label("redis-queue-url"),
+                        redacted(&q.url)
+                    ));
+                }
+            }
+            Ok(None) => {}
+        }
         if let Some(url) = &config.redis
             && let Err(e) = redis_url(url)
         {

@@ -483,3 +483,37 @@ async fn the_seed_001_page_is_greeted_bound_by_the_controller_and_pushed_to() {
     // Bound: the claim deadline does not apply, and the page heard nothing else.
     assert!(!page.reports_within(QUIET).await);
 }
+
+#[tokio::test]
+async fn a_door_without_an_address_to_advertise_or_with_an_unsendable_secret_does_not_start() {
+    use common::Launch;
+    for (args, why) in [
+        (
+            &["--gateway-listen", "0.0.0.0:0"][..],
+            "--gateway-advertise",
+        ),
+        (
+            &[
+                "--gateway-listen",
+                "127.0.0.1:0",
+                "--gateway-secret",
+                "a\"b",
+            ][..],
+            "GatewayClient cannot send",
+        ),
+        (&["--redis-queue", "mc"][..], "--redis-queue needs a Redis"),
+    ] {
+        let (status, log) = Launch::new().args(args).run_to_exit(STEP).await;
+        assert!(!status.success(), "{args:?} started");
+        assert!(log.contains(why), "{args:?}: {log}");
+        let mut check = common::pushwire_command();
+        check.arg("check-config").arg("--no-bind").args(args);
+        let out = check.output().await.unwrap();
+        assert!(!out.status.success(), "check-config {args:?} passed");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains(why),
+            "check-config {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
