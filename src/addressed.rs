@@ -495,6 +495,7 @@ impl Addressed {
             SendAll { except, msg } => {
                 let msg = Payload::from(msg.clone());
                 let t = self.lock();
+                let except: BTreeSet<u32> = except.iter().copied().collect();
                 let targets = t.conns.iter().filter(|(n, _)| !except.contains(n));
                 ConnAnswer::Done(self.offer_all(targets.map(|(n, c)| (*n, c)), &msg))
             }
@@ -510,7 +511,10 @@ impl Addressed {
                     .filter_map(|g| t.groups.get(g.as_str()))
                     .flatten()
                     .copied()
-                    .filter(|n| !except.contains(n))
+                    .collect();
+                let members: BTreeSet<u32> = members
+                    .difference(&except.iter().copied().collect())
+                    .copied()
                     .collect();
                 let targets = members
                     .into_iter()
@@ -655,11 +659,10 @@ impl Addressed {
                             }
                         }
                         if !scope.uids.is_empty() {
+                            let uids: std::collections::HashSet<&str> =
+                                scope.uids.iter().map(String::as_str).collect();
                             for (n, c) in &t.conns {
-                                if c.binding
-                                    .as_ref()
-                                    .is_some_and(|b| scope.uids.iter().any(|u| u == b.uid()))
-                                {
+                                if c.binding.as_ref().is_some_and(|b| uids.contains(b.uid())) {
                                     set.insert(*n);
                                 }
                             }
