@@ -143,9 +143,11 @@ impl AddressedLink {
             waiting: Mutex::new(HashMap::new()),
         }));
         let stop = cluster.stop.clone();
+        // Made now, so no message is missed between subscribing and listening.
+        let rx = link.0.sub.message_rx();
         for task in [
             tokio::spawn(link.clone().keep_tag()),
-            tokio::spawn(link.clone().listen()),
+            tokio::spawn(link.clone().listen(rx)),
         ] {
             let stop = stop.clone();
             tokio::spawn(async move {
@@ -241,7 +243,19 @@ impl AddressedLink {
     /// or a long cut) is claimed again, logged.
     async fn keep_tag(self) {
         let inner = &*self.0;
+        drop(inner.sub.manage_subscriptions());
         let _ = inner.sub.init().await;
+        // Subscribed before numbering: a page greeted here must be one every other
+        // node's ask reaches (an ask published before would not count this node).
+        let (all, mine) = (all_channel(), answer_channel(&inner.node));
+        loop {
+            if inner.sub.ssubscribe(mine.as_str()).await.is_ok()
+                && inner.sub.ssubscribe(all.as_str()).await.is_ok()
+            {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
         let mut held: Option<u32> = None;
         loop {
             match held {
@@ -283,20 +297,9 @@ impl AddressedLink {
     }
 
     /// Serves the other nodes' asks and gathers the answers to this node's.
-    async fn listen(self) {
+    async fn listen(self, mut rx: tokio::sync::broadcast::Receiver<fred::types::Message>) {
         let inner = &*self.0;
-        let mut rx = inner.sub.message_rx();
-        drop(inner.sub.manage_subscriptions());
-        let _ = inner.sub.init().await;
-        let (all, mine) = (all_channel(), answer_channel(&inner.node));
-        loop {
-            if inner.sub.ssubscribe(mine.as_str()).await.is_ok()
-                && inner.sub.ssubscribe(all.as_str()).await.is_ok()
-            {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        let mine = answer_channel(&inner.node);
         loop {
             let msg = match rx.recv().await {
                 Ok(msg) => msg,
