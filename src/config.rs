@@ -149,6 +149,77 @@ pub struct Config {
     pub pusher_activity_timeout: Duration,
     /// Pusher: how long a pinged client has to answer before it is closed with 4201.
     pub pusher_pong_timeout: Duration,
+    /// The GatewayClient door and its greeted browser listener (`docs/gateway.md`);
+    /// `None`: off.
+    pub gateway: Option<GatewayConfig>,
+    /// The Redis-queue door (`--redis-queue`); `None`: off.
+    pub redis_queue: Option<QueueConfig>,
+}
+
+/// The Redis-queue door (seed 000's push centre): elements an app `LPUSH`es onto Redis
+/// lists, taken in order, each run once (`docs/redis-queue.md`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueConfig {
+    /// The Redis holding the lists (`--redis-queue-url`, default `--redis`).
+    pub url: String,
+    /// Each list, and the list its replies go to (if asked for).
+    pub queues: Vec<Queue>,
+    /// Longest element taken; a longer one is refused (logged, answered `error`).
+    pub max_bytes: usize,
+    /// Elements taken per second at most, over all lists.
+    pub rate: u32,
+    /// Replies kept on a reply list at most (older ones are trimmed).
+    pub max_replies: usize,
+}
+
+/// One `--redis-queue KEY[=REPLIES]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Queue {
+    /// The list the app pushes onto.
+    pub key: String,
+    /// The list each element's reply line is pushed onto, in order.
+    pub replies: Option<String>,
+}
+
+/// The GatewayClient door (issue 22): GatewayWorker's Register and gateway endpoints, and
+/// the browser listener that greets each connection with its `client_id`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GatewayConfig {
+    /// The address the Register hands out and every `client_id` carries: GatewayClient
+    /// connects to it (`--gateway-advertise`).
+    pub advertise: std::net::SocketAddrV4,
+    /// GatewayClient's `$secretKey` (`--gateway-secret`, else `--push-secret`); `None`:
+    /// no secret.
+    pub secret: Option<String>,
+    /// The first frame of a greeted connection; `{client_id}` is replaced by its id.
+    pub greeting: String,
+    /// How long a greeted connection may stay unclaimed (no `bindUid`, `joinGroup` or
+    /// session) before it is closed.
+    pub claim_timeout: Duration,
+    /// Longest frame a GatewayClient may send, header included.
+    pub max_frame_bytes: usize,
+    /// GatewayClient connections (gateway and Register endpoints together) held at once.
+    pub max_connections: usize,
+    /// A connection's session, serialized.
+    pub max_session_bytes: usize,
+}
+
+impl GatewayConfig {
+    /// The default greeting: the GatewayWorker demo's `onConnect` message.
+    pub const GREETING: &'static str = r#"{"type":"init","client_id":"{client_id}"}"#;
+
+    /// A door advertising `advertise`, with every other setting at its default.
+    pub fn new(advertise: std::net::SocketAddrV4) -> GatewayConfig {
+        GatewayConfig {
+            advertise,
+            secret: None,
+            greeting: GatewayConfig::GREETING.to_owned(),
+            claim_timeout: Duration::from_secs(60),
+            max_frame_bytes: 1024 * 1024 + 64 * 1024,
+            max_connections: 256,
+            max_session_bytes: 64 * 1024,
+        }
+    }
 }
 
 impl Default for Config {
@@ -208,6 +279,8 @@ impl Default for Config {
             pusher_apps: None,
             pusher_activity_timeout: Duration::from_secs(120),
             pusher_pong_timeout: Duration::from_secs(30),
+            gateway: None,
+            redis_queue: None,
         }
     }
 }

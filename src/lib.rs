@@ -17,12 +17,16 @@
 //!   (its replies, `/push`'s streamed as they are read), `http_io` (its socket: a write
 //!   that stalls fails, a close that lingers) and `web_msg_sender` (web-msg-sender's API);
 //!   `pusher`: the Pusher HTTP API (`/apps/{id}/…`).
+//!   `doors::gateway` speaks GatewayWorker's GatewayClient, `doors::redis_queue` takes the
+//!   elements apps `LPUSH` onto Redis lists; `lease`: a Redis key one holder keeps.
 //! - [`service`]: one request in, one typed reply out, for every door.
 //! - [`reload`]: what a SIGHUP applies to the [`state`], decided from the reload env file
 //!   ([`envfile`]: its grammar) laid over the settings in force.
 //! - [`state`]: the shared handle (config, registry, metrics, stop tokens).
 //! - [`channels`]: Pusher channels on this node (subscribers, presence members, cache,
 //!   signed-in users) and the apps; kept apart from the registry's uids and groups.
+//! - [`addressed`]: the greeted connections a backend addresses one by one (GatewayWorker's
+//!   `client_id`): their numbers, the uid each is bound to, per-connection groups, sessions.
 //! - [`registry`]: uid → connections (fan-out happens here); [`groups`]: membership
 //!   owned by uids, with an offline grace period; [`history`]: per-uid sequence numbers,
 //!   kept messages, the offline queue and acks (protocol v1); [`outbox`]: each
@@ -53,6 +57,7 @@
 #![warn(missing_docs)]
 
 pub mod access;
+pub mod addressed;
 mod assets;
 pub mod auth;
 pub mod channels;
@@ -70,6 +75,7 @@ pub mod frames;
 pub mod groups;
 mod handshake;
 pub mod history;
+mod lease;
 pub mod logsafe;
 pub mod metrics;
 pub mod nodes;
@@ -91,4 +97,4 @@ pub mod wire;
 mod ws;
 
 pub use config::Config;
-pub use server::{Listeners, run, serve, serve_state};
+pub use server::{GatewayListeners, Listeners, run, serve, serve_state};

@@ -1,7 +1,7 @@
 //! The `pushwire` binary: parse flags, set up logging and limits, bind, run, exit.
 
 use std::ffi::OsString;
-use std::net::SocketAddr;
+use std::net::{SocketAddr, SocketAddrV4};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
@@ -10,6 +10,7 @@ use clap::parser::ValueSource;
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 use pushwire::access::Cidr;
 use pushwire::auth::Secret;
+use pushwire::config::{GatewayConfig, Queue, QueueConfig};
 use pushwire::reload::{Reloader, SecretSource, Setting, Sources};
 use tokio::net::{TcpListener, TcpSocket, UnixListener};
 use tokio::signal::unix::{Signal, SignalKind, signal};
@@ -443,6 +444,183 @@ struct Args {
     /// Log format; the filter comes from RUST_LOG (default `info`).
     #[arg(long, env = "PUSHWIRE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Human)]
     log_format: LogFormat,
+
+    #[command(flatten)]
+    gateway: GatewayArgs,
+
+    #[command(flatten)]
+    queue: QueueArgs,
+}
+
+/// The Redis-queue door (docs/redis-queue.md): off unless --redis-queue is given.
+#[derive(Debug, Clone, clap::Args)]
+struct QueueArgs {
+    /// Redis-queue door: a Redis list apps LPUSH onto (seed 000's push centre), taken in
+    /// order, each element run once: a push line runs as one, anything else goes to every
+    /// page as it is. `KEY=REPLIES` also pushes each element's reply line onto REPLIES.
+    /// Repeatable (comma-separated in the env var).
+    #[arg(long, env = "PUSHWIRE_REDIS_QUEUE", value_delimiter = ',')]
+    redis_queue: Vec<String>,
+
+    /// Redis-queue door: the Redis holding the lists [default: --redis].
+    #[arg(long, env = "PUSHWIRE_REDIS_QUEUE_URL", hide_env_values = true)]
+    redis_queue_url: Option<String>,
+
+    /// Redis-queue door: longest element taken; longer ones are refused (logged).
+    #[arg(long, env = "PUSHWIRE_REDIS_QUEUE_MAX_BYTES", default_value_t = 1024 * 1024)]
+    redis_queue_max_bytes: usize,
+
+    /// Redis-queue door: elements taken per second at most, over all lists.
+    #[arg(long, env = "PUSHWIRE_REDIS_QUEUE_RATE", default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..))]
+    redis_queue_rate: u32,
+
+    /// Redis-queue door: replies kept on a reply list at most (older ones are trimmed).
+    #[arg(
+        long,
+        env = "PUSHWIRE_REDIS_QUEUE_MAX_REPLIES",
+        default_value_t = 10_000
+    )]
+    redis_queue_max_replies: usize,
+}
+
+impl QueueArgs {
+    /// The door's settings, if it is on; `redis` is the cluster's URL.
+    fn config(&self, redis: Option<&str>) -> Result<Option<QueueConfig>, String> {
+        if self.redis_queue.is_empty() {
+            return Ok(None);
+        }
+        let Some(url) = self.redis_queue_url.as_deref().or(redis) else {
+            return Err("--redis-queue needs a Redis: set --redis-queue-url (or --redis)".into());
+        };
+        let queues = self
+            .redis_queue
+            .iter()
+            .map(|q| {
+                let (key, replies) = match q.split_once('=') {
+                    Some((k, r)) => (k, Some(r.to_owned())),
+                    None => (q.as_str(), None),
+                };
+                if key.is_empty() || replies.as_deref() == Some("") {
+                    return Err(format!("--redis-queue {q:?}: KEY or KEY=REPLIES"));
+                }
+                Ok(Queue {
+                    key: key.to_owned(),
+                    replies,
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Some(QueueConfig {
+            url: url.to_owned(),
+            queues,
+            max_bytes: self.redis_queue_max_bytes.max(1),
+            rate: self.redis_queue_rate,
+            max_replies: self.redis_queue_max_replies.max(1),
+        }))
+    }
+}
+
+/// The GatewayClient door (docs/gateway.md): off unless --gateway-listen is given.
+#[derive(Debug, Clone, clap::Args)]
+struct GatewayArgs {
+    /// GatewayClient door: address of the gateway endpoint GatewayClient sends its
+    /// commands to, or `off`. Turns the door on; loopback by default, with the push port's
+    /// allow-list.
+    #[arg(long, env = "PUSHWIRE_GATEWAY_LISTEN", default_value = "off", value_parser = parse_listen)]
+    gateway_listen: Listen,
+
+    /// GatewayClient door: the Register address (the app's `Gateway::$registerAddress`).
+    #[arg(
+        long,
+        env = "PUSHWIRE_GATEWAY_REGISTER_LISTEN",
+        default_value = "127.0.0.1:1238"
+    )]
+    gateway_register_listen: SocketAddr,
+
+    /// GatewayClient door: address of a browser listener whose connections are greeted
+    /// with their client_id and wait for a backend's bindUid (GatewayWorker's pages), or
+    /// `off`.
+    #[arg(long, env = "PUSHWIRE_GATEWAY_WS_LISTEN", default_value = "off", value_parser = parse_listen)]
+    gateway_ws_listen: Listen,
+
+    /// GatewayClient door: the IPv4 ip:port the Register hands out and every client_id
+    /// carries, which GatewayClient connects to [default: --gateway-listen, if it names
+    /// an IPv4 address other than 0.0.0.0].
+    #[arg(long, env = "PUSHWIRE_GATEWAY_ADVERTISE")]
+    gateway_advertise: Option<SocketAddrV4>,
+
+    /// GatewayClient door: the apps' `Gateway::$secretKey` (no `"` or `\`, which
+    /// GatewayClient cannot send) [default: --push-secret; `none`: no secret].
+    #[arg(long, env = "PUSHWIRE_GATEWAY_SECRET", hide_env_values = true)]
+    gateway_secret: Option<String>,
+
+    /// GatewayClient door: the first frame of a greeted connection; `{client_id}` is
+    /// replaced by its client_id.
+    #[arg(long, env = "PUSHWIRE_GATEWAY_GREETING", default_value = pushwire::config::GatewayConfig::GREETING)]
+    gateway_greeting: String,
+
+    /// GatewayClient door: how long a greeted connection may wait for a backend's
+    /// bindUid, joinGroup or setSession before it is closed (1008), in ms.
+    #[arg(
+        long,
+        env = "PUSHWIRE_GATEWAY_CLAIM_TIMEOUT_MS",
+        default_value_t = 60_000
+    )]
+    gateway_claim_timeout_ms: u64,
+
+    /// GatewayClient door: longest frame a GatewayClient may send, header included;
+    /// longer ones close that connection.
+    #[arg(long, env = "PUSHWIRE_GATEWAY_MAX_FRAME_BYTES", default_value_t = 1024 * 1024 + 64 * 1024)]
+    gateway_max_frame_bytes: usize,
+
+    /// GatewayClient door: GatewayClient connections (Register and gateway endpoints)
+    /// held at once; more wait in the backlog.
+    #[arg(long, env = "PUSHWIRE_GATEWAY_MAX_CONNECTIONS", default_value_t = 256)]
+    gateway_max_connections: usize,
+
+    /// GatewayClient door: longest session (setSession, updateSession) one greeted
+    /// connection may keep, serialized.
+    #[arg(long, env = "PUSHWIRE_GATEWAY_MAX_SESSION_BYTES", default_value_t = 64 * 1024)]
+    gateway_max_session_bytes: usize,
+}
+
+impl GatewayArgs {
+    /// The door's settings, if it is on; `push_secret` is the fallback secret.
+    fn config(&self, push_secret: Option<&str>) -> Result<Option<GatewayConfig>, String> {
+        let Listen::On(listen) = self.gateway_listen else {
+            return Ok(None);
+        };
+        let advertise = match (self.gateway_advertise, listen) {
+            (Some(a), _) => a,
+            (None, SocketAddr::V4(v4)) if !v4.ip().is_unspecified() => v4,
+            (None, _) => {
+                return Err(format!(
+                    "--gateway-listen {listen} names no address GatewayClient can connect to: set --gateway-advertise IP:PORT"
+                ));
+            }
+        };
+        let secret = match self.gateway_secret.as_deref() {
+            Some("none") => None,
+            Some(s) => Some(s.to_owned()),
+            None => push_secret.map(str::to_owned),
+        };
+        if let Some(s) = &secret
+            && s.contains(['"', '\\'])
+        {
+            return Err(
+                "the gateway secret holds a \" or \\, which GatewayClient cannot send: set --gateway-secret"
+                    .into(),
+            );
+        }
+        Ok(Some(GatewayConfig {
+            advertise,
+            secret,
+            greeting: self.gateway_greeting.clone(),
+            claim_timeout: Duration::from_millis(self.gateway_claim_timeout_ms),
+            max_frame_bytes: self.gateway_max_frame_bytes,
+            max_connections: self.gateway_max_connections.max(1),
+            max_session_bytes: self.gateway_max_session_bytes,
+        }))
+    }
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -608,7 +786,19 @@ async fn serve(args: Args, pinned: Vec<Setting>) -> std::io::Result<()> {
     // says it listens is a reload.
     let mut signals = Signals::install()?;
     // Made first, so unreadable TLS files stop the start before anything listens.
-    let ctx = pushwire::state::State::new(config_from(&args)?)?;
+    let mut config = config_from(&args)?;
+    // Bound before the state is made: an advertised port 0 is the port it got.
+    let gateway_listener = match (&mut config.gateway, args.gateway.gateway_listen) {
+        (Some(gw), Listen::On(addr)) => {
+            let l = listen(addr, args.listen_backlog)?;
+            if gw.advertise.port() == 0 {
+                gw.advertise.set_port(l.local_addr()?.port());
+            }
+            Some(l)
+        }
+        _ => None,
+    };
+    let ctx = pushwire::state::State::new(config)?;
     let config = &ctx.config;
     let ws = listen(args.ws_listen, args.listen_backlog)?;
     let push = listen(args.push_listen, args.listen_backlog)?;
@@ -619,6 +809,28 @@ async fn serve(args: Args, pinned: Vec<Setting>) -> std::io::Result<()> {
     let http = match args.http_listen {
         Listen::On(addr) => Some(listen(addr, args.listen_backlog)?),
         Listen::Off => None,
+    };
+    let gateway = match (&config.gateway, gateway_listener) {
+        (Some(gw), Some(gateway)) => {
+            let g = pushwire::GatewayListeners {
+                register: listen(args.gateway.gateway_register_listen, args.listen_backlog)?,
+                gateway,
+                ws: match args.gateway.gateway_ws_listen {
+                    Listen::On(addr) => Some(listen(addr, args.listen_backlog)?),
+                    Listen::Off => None,
+                },
+            };
+            info!(
+                register = %g.register.local_addr()?,
+                gateway = %g.gateway.local_addr()?,
+                greeted_ws = %g.ws.as_ref().map(|l| l.local_addr()).transpose()?.map_or_else(|| "off".to_owned(), |a| a.to_string()),
+                advertise = %gw.advertise,
+                secret = gw.secret.is_some(),
+                "GatewayClient door open"
+            );
+            Some(g)
+        }
+        _ => None,
     };
     for (door, addr) in exposed_doors(&args, config) {
         warn!(%addr, "{door} is not on loopback: anyone who can reach it can push to any user");
@@ -642,6 +854,7 @@ async fn serve(args: Args, pinned: Vec<Setting>) -> std::io::Result<()> {
         push,
         push_unix,
         http,
+        gateway,
     };
     let server = tokio::spawn(pushwire::serve_state(
         ctx.clone(),
@@ -936,9 +1149,20 @@ fn config_from(args: &Args) -> std::io::Result<pushwire::Config> {
     if jwt_secret.is_none() {
         info!("no JWT secret: the first frame is trusted as the uid");
     }
+    let push_plain = push_secret
+        .as_ref()
+        .map(|s| String::from_utf8_lossy(s.reveal()).into_owned());
     let mut config = unvalidated_config(args, jwt_secret, push_secret, nofile);
     config.events_secret = events_secret;
     config.pusher_apps = pusher_apps(args).map_err(std::io::Error::other)?;
+    config.gateway = args
+        .gateway
+        .config(push_plain.as_deref())
+        .map_err(std::io::Error::other)?;
+    config.redis_queue = args
+        .queue
+        .config(config.redis.as_deref())
+        .map_err(std::io::Error::other)?;
     if let Some((requested, capacity)) = ws_overcommit(args, &config, nofile) {
         warn!(
             requested,
@@ -1104,6 +1328,8 @@ fn unvalidated_config(
         pusher_apps: None,
         pusher_activity_timeout: Duration::from_millis(args.pusher_activity_timeout_ms),
         pusher_pong_timeout: Duration::from_millis(args.pusher_pong_timeout_ms),
+        gateway: None,
+        redis_queue: None,
     };
     let capacity = config.ws_capacity(nofile, matches!(args.http_listen, Listen::On(_)));
     config.max_ws_connections = args.max_ws_connections.unwrap_or(capacity);
@@ -1310,6 +1536,26 @@ mod check_config {
             }
         }
 
+        let push_plain = config
+            .push_secret
+            .as_ref()
+            .map(|s| String::from_utf8_lossy(s.reveal()).into_owned());
+        if let Err(e) = args.gateway.config(push_plain.as_deref()) {
+            problems.push(e);
+        }
+        match args.queue.config(config.redis.as_deref()) {
+            Err(e) => problems.push(e),
+            Ok(Some(q)) => {
+                if let Err(e) = redis_url(&q.url) {
+                    problems.push(format!(
+                        "{} {}: {e}",
+                        label("redis-queue-url"),
+                        redacted(&q.url)
+                    ));
+                }
+            }
+            Ok(None) => {}
+        }
         if let Some(url) = &config.redis
             && let Err(e) = redis_url(url)
         {
@@ -1367,6 +1613,16 @@ mod check_config {
             ("ws-listen", Some(args.ws_listen)),
             ("push-listen", Some(args.push_listen)),
             ("http-listen", http_addr(args.http_listen)),
+            ("gateway-listen", http_addr(args.gateway.gateway_listen)),
+            (
+                "gateway-register-listen",
+                http_addr(args.gateway.gateway_listen)
+                    .map(|_| args.gateway.gateway_register_listen),
+            ),
+            (
+                "gateway-ws-listen",
+                http_addr(args.gateway.gateway_ws_listen),
+            ),
         ] {
             let Some(addr) = addr else { continue };
             match listen(addr, args.listen_backlog) {

@@ -406,8 +406,18 @@ impl Registry {
     /// push falls between them: its first frames are queued (a v1 connection's status
     /// frame and replay; the offline queue for either kind), then it joins live delivery.
     pub fn bind_as(&self, uid: &str, mode: Mode) -> Binding {
+        self.bind_outbox(uid, mode, Arc::new(Outbox::new(self.shared.limits)))
+    }
+
+    /// Registers a connection whose queue already exists (a greeted connection a backend
+    /// binds, `addressed.rs`) for `uid` the seed's way: it may be bound, unbound and bound
+    /// again to another uid while its writer drains the same queue.
+    pub fn bind_shared(&self, uid: &str, outbox: Arc<Outbox>) -> Binding {
+        self.bind_outbox(uid, Mode::Seed, outbox)
+    }
+
+    fn bind_outbox(&self, uid: &str, mode: Mode, outbox: Arc<Outbox>) -> Binding {
         let id = ConnId(self.shared.next_id.fetch_add(1, Relaxed));
-        let outbox = Arc::new(Outbox::new(self.shared.limits));
         let remote = match mode {
             Mode::V1 { since } => self.shared.remote.get().map(|r| (r, since)),
             Mode::Seed => None,

@@ -33,6 +33,19 @@ pub struct Listeners {
     pub push_unix: Option<UnixListener>,
     /// Backends and operators over HTTP (`POST /push`, `/metrics`, health checks).
     pub http: Option<TcpListener>,
+    /// The GatewayClient door and its greeted browsers (`Config::gateway` must be set).
+    pub gateway: Option<GatewayListeners>,
+}
+
+/// The GatewayClient door's sockets (`docs/gateway.md`).
+#[derive(Debug)]
+pub struct GatewayListeners {
+    /// GatewayClient's `$registerAddress`: discovery.
+    pub register: TcpListener,
+    /// The gateway endpoint the Register names: GatewayClient's commands.
+    pub gateway: TcpListener,
+    /// Browsers greeted with their `client_id` (GatewayWorker's pages).
+    pub ws: Option<TcpListener>,
 }
 
 /// Serves browsers on `ws` and backends on `push` until `shutdown` is cancelled, then
@@ -48,6 +61,7 @@ pub async fn run(
         push,
         push_unix: None,
         http: None,
+        gateway: None,
     };
     serve(config, listeners, shutdown).await
 }
@@ -77,6 +91,7 @@ pub async fn serve_state(
         push,
         push_unix,
         http,
+        gateway,
     } = listeners;
     let ws_tasks = TaskTracker::new();
     let push_tasks = TaskTracker::new();
@@ -101,26 +116,41 @@ pub async fn serve_state(
         );
     });
     let ws_limit = Arc::new(Semaphore::new(ctx.config.max_ws_connections));
+    let (gateway, greeted_ws) = match gateway {
+        Some(g) => (Some((g.register, g.gateway)), g.ws),
+        None => (None, None),
+    };
+    if let Some(greeted_ws) = greeted_ws {
+        // Greeted browsers share the browser port's limits and budgets.
+        let full = full_warning(&ctx, Metric::LimitWs, |_| {
+            warn!(
+                kind = "gateway-ws",
+                "connection limit reached; new peers wait in the backlog"
+            );
+        });
+        accepts.push(tokio::spawn(accept_loop(
+            greeted_ws,
+            listener("gateway-ws", ws_limit.clone(), &ws_tasks, full),
+            {
+                let h = WsHandler {
+                    ctx: ctx.clone(),
+                    admission: admission.clone(),
+                    greeted: true,
+                };
+                move |stream, peer| h.handle(stream, peer)
+            },
+        )));
+    }
     accepts.push(tokio::spawn(accept_loop(
         ws,
         listener("ws", ws_limit, &ws_tasks, ws_full),
         {
-            let ctx = ctx.clone();
-            move |stream, peer| {
-                ctx.metrics.incr(Metric::WsAccepted);
-                let ctx = ctx.clone();
-                // A trusted proxy's address is counted for none of its clients: each
-                // client's places are taken once its request head names it.
-                let trusted = &ctx.settings().trusted_proxies;
-                let proxied = Proxied::new(peer.ip(), trusted, &admission);
-                let admitted = admission.admit(peer.ip().filter(|_| proxied.is_none()));
-                // The future itself, not an `async move` block around it: such a block
-                // would also keep its captures (~200 bytes) for the connection's life.
-                match admitted {
-                    Ok(places) => Either::Left(ws::serve(stream, ctx, places, proxied)),
-                    Err(why) => Either::Right(async move { ws::refuse(stream, why, &ctx).await }),
-                }
-            }
+            let h = WsHandler {
+                ctx: ctx.clone(),
+                admission,
+                greeted: false,
+            };
+            move |stream, peer| h.handle(stream, peer)
         },
     )));
     // One limit for backends on both sockets.
@@ -155,6 +185,49 @@ pub async fn serve_state(
             move |stream, peer| door.accept(stream, peer),
         )));
     }
+
+    if let Some((register, gateway)) = gateway {
+        // GatewayClient's connections are backend connections: they drain with the push
+        // port. One limit for both endpoints.
+        let limit = Arc::new(Semaphore::new(
+            ctx.config.gateway.as_ref().map_or(1, |g| g.max_connections),
+        ));
+        let full = || {
+            full_warning(&ctx, Metric::LimitPush, |_| {
+                warn!(
+                    kind = "gateway",
+                    "gateway door connection limit (--gateway-max-connections) reached; new peers wait in the backlog"
+                );
+            })
+        };
+        let handler = |ctx: Arc<State>| {
+            move |stream, peer| -> BoxedTask {
+                Box::pin(crate::doors::gateway::serve(stream, peer, ctx.clone()))
+            }
+        };
+        let register_handler = |ctx: Arc<State>| {
+            move |stream, peer| -> BoxedTask {
+                Box::pin(crate::doors::gateway::register::serve(
+                    stream,
+                    peer,
+                    ctx.clone(),
+                ))
+            }
+        };
+        accepts.push(tokio::spawn(accept_loop(
+            register,
+            listener("gateway-register", limit.clone(), &push_tasks, full()),
+            register_handler(ctx.clone()),
+        )));
+        accepts.push(tokio::spawn(accept_loop(
+            gateway,
+            listener("gateway", limit, &push_tasks, full()),
+            handler(ctx.clone()),
+        )));
+    }
+
+    // Elements apps LPUSH onto Redis lists: backend work, drained with the push port.
+    crate::doors::redis_queue::start(&ctx, &push_tasks);
 
     let sweeper = tokio::spawn(sweep_groups(ctx.clone(), shutdown.clone()));
 
@@ -228,6 +301,39 @@ async fn sweep_groups(ctx: Arc<State>, stop: CancellationToken) {
                 ctx.registry.expire_history(std::time::Instant::now());
             }
             () = stop.cancelled() => return,
+        }
+    }
+}
+
+/// Starts browser connections: greeted with their `client_id` (the gateway door's
+/// pages), or bound by their first frame.
+struct WsHandler {
+    ctx: Arc<State>,
+    admission: Admission,
+    greeted: bool,
+}
+
+impl WsHandler {
+    fn handle(
+        &self,
+        stream: TcpStream,
+        peer: Peer,
+    ) -> Either<impl Future<Output = ()> + use<>, impl Future<Output = ()> + use<>> {
+        let ctx = &self.ctx;
+        ctx.metrics.incr(Metric::WsAccepted);
+        let ctx = ctx.clone();
+        // A trusted proxy's address is counted for none of its clients: each
+        // client's places are taken once its request head names it.
+        let trusted = &ctx.settings().trusted_proxies;
+        let proxied = Proxied::new(peer.ip(), trusted, &self.admission);
+        let admitted = self
+            .admission
+            .admit(peer.ip().filter(|_| proxied.is_none()));
+        // The future itself, not an `async move` block around it: such a block
+        // would also keep its captures (~200 bytes) for the connection's life.
+        match admitted {
+            Ok(places) => Either::Left(ws::serve(stream, ctx, places, proxied, self.greeted)),
+            Err(why) => Either::Right(async move { ws::refuse(stream, why, &ctx).await }),
         }
     }
 }

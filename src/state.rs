@@ -7,8 +7,9 @@ use std::sync::{Arc, RwLock};
 
 use tokio_util::sync::CancellationToken;
 
+use crate::addressed::{Addressed, AddressedLimits};
 use crate::channels::{Apps, Index};
-use crate::cluster::{Cluster, ClusterConfig, ClusterNodes};
+use crate::cluster::{AddressedLink, Cluster, ClusterConfig, ClusterNodes};
 use crate::cluster_presence::ClusterPresence;
 use crate::config::Config;
 use crate::dedupe::Dedupe;
@@ -36,6 +37,10 @@ pub struct State {
     /// Every node that may hold a connection: this one alone, or the cluster (`--redis`).
     /// Backend commands go through it; browser doors and gauges use `registry`.
     pub nodes: Box<dyn Nodes>,
+    /// The greeted connections (`--gateway-ws-listen`) a backend addresses by number;
+    /// `None` with the gateway door off. The greeted listener adds to it; backends reach
+    /// it through `nodes`.
+    pub addressed: Option<Addressed>,
     /// TLS settings of the browser port (`wss://`), swapped by a reload.
     pub tls: Option<Acceptor>,
     /// Secrets and allow-lists as of the last reload; read with [`State::settings`].
@@ -69,7 +74,23 @@ impl State {
         );
         let dedupe = Dedupe::new(config.dedupe_window, config.dedupe_max_entries);
         let channels = Index::new(config.queue_limits(), Index::random_node());
-        let here = Here::new(registry.clone(), dedupe).with_channels(channels);
+        let mut here = Here::new(registry.clone(), dedupe).with_channels(channels);
+        let addressed = config.gateway.as_ref().map(|g| {
+            Addressed::new(
+                registry.clone(),
+                metrics.clone(),
+                config.queue_limits(),
+                AddressedLimits {
+                    max_groups: config.max_groups,
+                    max_members: config.max_group_members,
+                    session_bytes: g.max_session_bytes,
+                    session: crate::wire::php::Limits::default(),
+                },
+            )
+        });
+        if let Some(a) = &addressed {
+            here = here.with_addressed(a.clone());
+        }
         // Events name the node as the cluster does, so a receiver can tell them apart.
         let (nodes, node, cluster): (Box<dyn Nodes>, String, Option<Arc<Cluster>>) =
             match &config.redis {
@@ -93,7 +114,11 @@ impl State {
                         .filter(|_| config.dedupe_max_entries > 0);
                     let node = cluster.node().to_owned();
                     let link = cluster.clone();
-                    let nodes = ClusterNodes::new(here, cluster, window);
+                    let nodes = ClusterNodes::new(here, cluster.clone(), window);
+                    let nodes = match &addressed {
+                        Some(a) => nodes.with_addressed(AddressedLink::start(&cluster, a.clone())),
+                        None => nodes,
+                    };
                     let nodes: Box<dyn Nodes> = match config.pusher_apps {
                         Some(_) => Box::new(nodes.with_pusher()),
                         None => Box::new(nodes),
@@ -123,6 +148,7 @@ impl State {
             }
         };
         Ok(Arc::new(State {
+            addressed,
             nodes,
             registry,
             metrics,

@@ -27,6 +27,8 @@ use crate::transport::Transport;
 use crate::wire::envelope::Mode;
 use crate::wire::{CloseNotice, Payload};
 
+mod greeted;
+
 /// A browser socket after the upgrade: the socket (plain or TLS) and its frame reader.
 /// (tungstenite does the HTTP upgrade only; see `frames.rs` for why.)
 struct Ws {
@@ -73,6 +75,7 @@ pub(crate) fn serve(
     ctx: Arc<State>,
     mut places: Admitted,
     proxied: Option<Proxied>,
+    greeted: bool,
 ) -> impl Future<Output = ()> + Send {
     // Not an `async fn`: that moves each argument into a local of its own and keeps both
     // (~200 bytes in every connection's task); a block uses what it captured in place.
@@ -88,7 +91,7 @@ pub(crate) fn serve(
             },
             () = ctx.ws_stop.cancelled() => return,
         };
-        let opened = open(io, &ctx, &mut places, proxied, deadline);
+        let opened = open(io, &ctx, &mut places, proxied, deadline, greeted);
         let (mut ws, uid, mode, mut events) = match Box::pin(opened).await {
             Opening::Bound(ws, uid, mode, events) => (ws, uid, mode, events),
             // Boxed: a WebSocket connection's task must not keep room for an event stream.
@@ -99,6 +102,8 @@ pub(crate) fn serve(
             Opening::Pusher(ws, path, query) => {
                 return Box::pin(pusher::serve(ws, path, query, ctx, places)).await;
             }
+            // Boxed: the greeted mode's state is not every connection's.
+            Opening::Greeted(ws) => return Box::pin(greeted::serve(ws, ctx, places)).await,
             Opening::Ended => return,
         };
 
@@ -142,6 +147,8 @@ enum Opening {
     EventStream(crate::sse::Request),
     /// A Pusher connection at `/app/{key}` (`ws/pusher.rs`), with its path and query.
     Pusher(Ws, String, Option<String>),
+    /// A WebSocket on a greeted listener (`--gateway-ws-listen`): it waits to be bound.
+    Greeted(Ws),
     /// Refused, failed, timed out or shut down: answered (or not) as it should be.
     Ended,
 }
@@ -154,6 +161,7 @@ async fn open(
     places: &mut Admitted,
     proxied: Option<Proxied>,
     deadline: Instant,
+    greeted: bool,
 ) -> Opening {
     let settings = ctx.settings();
     let policy = Policy {
@@ -197,6 +205,9 @@ async fn open(
     };
     if ctx.config.pusher_apps.is_some() && upgraded.path.starts_with("/app/") {
         return Opening::Pusher(ws, upgraded.path, upgraded.query);
+    }
+    if greeted {
+        return Opening::Greeted(ws);
     }
     let mode = Mode::from_query(upgraded.query.as_deref());
     let events = ConnEvents::open(&ctx.events);
@@ -388,7 +399,6 @@ fn refusal(err: &FrameError) -> Option<CloseNotice> {
 async fn session(ws: &mut Ws, binding: &Binding, ctx: &State, events: &mut ConnEvents) -> End {
     let outbox = binding.outbox();
     let cfg = &ctx.config;
-    let metrics = &ctx.metrics;
     let mut batch = Vec::new();
     let timer = sleep(cfg.ping_interval);
     tokio::pin!(timer);
@@ -400,22 +410,7 @@ async fn session(ws: &mut Ws, binding: &Binding, ctx: &State, events: &mut ConnE
     loop {
         tokio::select! {
             biased;
-            () = &mut stop => {
-                // Deliver what was already accepted before saying goodbye.
-                let sent = match outbox.try_recv(&mut batch) {
-                    Ok(sent) => sent.unwrap_or(0),
-                    Err(notice) => return End::Closed(notice),
-                };
-                let mut at = Progress { frame: 0, offset: sent };
-                let write = write_all(ws, &batch, &mut at);
-                let drained = Box::pin(timeout(cfg.shutdown_timeout, write)).await;
-                metrics.frames_written(batch[..at.frame].iter().map(|m| (m.len(), m.received())));
-                return match drained {
-                    Ok(Ok(())) => End::Shutdown,
-                    Ok(Err(err)) => End::PeerError(FrameError::Io(err)),
-                    Err(_) => End::WriteStalled,
-                };
-            }
+            () = &mut stop => return Box::pin(drain_for_shutdown(ws, outbox, &mut batch, ctx)).await,
             r = outbox.recv(&mut batch) => {
                 let sent = match r {
                     Ok(sent) => sent,
@@ -472,13 +467,58 @@ async fn session(ws: &mut Ws, binding: &Binding, ctx: &State, events: &mut ConnE
     }
 }
 
+/// At shutdown: delivers what was already accepted before saying goodbye.
+async fn drain_for_shutdown(
+    ws: &mut Ws,
+    outbox: &Outbox,
+    batch: &mut Vec<Payload>,
+    ctx: &State,
+) -> End {
+    let sent = match outbox.try_recv(batch) {
+        Ok(sent) => sent.unwrap_or(0),
+        Err(notice) => return End::Closed(notice),
+    };
+    let mut at = Progress {
+        frame: 0,
+        offset: sent,
+    };
+    let write = write_all(ws, batch, &mut at);
+    let drained = timeout(ctx.config.shutdown_timeout, write).await;
+    let written = batch[..at.frame].iter().map(|m| (m.len(), m.received()));
+    ctx.metrics.frames_written(written);
+    match drained {
+        Ok(Ok(())) => End::Shutdown,
+        Ok(Err(err)) => End::PeerError(FrameError::Io(err)),
+        Err(_) => End::WriteStalled,
+    }
+}
+
+/// A connection's queue and what books its writes: a uid binding, or a greeted
+/// connection (`ws/greeted.rs`).
+trait Drained {
+    /// The queue its writer drains.
+    fn outbox(&self) -> &Outbox;
+    /// Books a batch just written, and empties it.
+    fn written(&self, batch: &mut Vec<Payload>);
+}
+
+impl Drained for Binding {
+    fn outbox(&self) -> &Outbox {
+        Binding::outbox(self)
+    }
+
+    fn written(&self, batch: &mut Vec<Payload>) {
+        Binding::written(self, batch);
+    }
+}
+
 /// Writes a control frame of our own (ping, pong): the socket is taken from pushes first,
 /// and what they queued goes out before it, so no frame is cut in two.
 async fn write_control(
     ws: &mut Ws,
     frame: &[u8],
     batch: &mut Vec<Payload>,
-    binding: &Binding,
+    binding: &impl Drained,
     ctx: &State,
 ) -> Result<(), End> {
     let outbox = binding.outbox();
@@ -579,7 +619,7 @@ async fn close(ws: &mut Ws, notice: &CloseNotice) {
 #[cfg(test)]
 mod tests {
     /// The size of the future `f` returns, without calling it.
-    fn future_size<A, B, C, D, F: Future>(_: impl FnOnce(A, B, C, D) -> F) -> usize {
+    fn future_size<A, B, C, D, E, F: Future>(_: impl FnOnce(A, B, C, D, E) -> F) -> usize {
         size_of::<F>()
     }
 

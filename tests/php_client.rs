@@ -633,6 +633,7 @@ async fn unix_socket_with_a_persistent_connection() {
         push,
         push_unix: Some(tokio::net::UnixListener::bind(&sock).unwrap()),
         http: None,
+        gateway: None,
     };
     let shutdown = tokio_util::sync::CancellationToken::new();
     let server = tokio::spawn(pushwire::serve(

@@ -437,6 +437,7 @@ async fn seed_php_backend_over_the_unix_socket() {
         push,
         push_unix: Some(tokio::net::UnixListener::bind(&sock).unwrap()),
         http: None,
+        gateway: None,
     };
     let shutdown = tokio_util::sync::CancellationToken::new();
     let server = tokio::spawn(pushwire::serve(

@@ -983,6 +983,7 @@ impl UnixServer {
             push,
             push_unix: Some(unix),
             http: None,
+            gateway: None,
         };
         tokio::spawn(pushwire::serve(config, listeners, shutdown.clone()));
         UnixServer {

@@ -55,6 +55,7 @@
 //! - `liveness.rs`: node beats, reaping a node cut off, noticing Redis lost its data.
 
 mod acks;
+mod addressed;
 mod asks;
 mod claims;
 mod envelope;
@@ -71,6 +72,7 @@ mod pusher;
 mod subscriptions;
 mod uids;
 
+pub use addressed::AddressedLink;
 pub use asks::Remote;
 pub use claims::RemoteClaim;
 pub use groups::ClusterGroupError;

@@ -72,6 +72,12 @@ impl Names {
         format!("{}p", self.plain)
     }
 
+    /// `{<p>}:gw:`, the start of the gateway door's keys and channels across nodes
+    /// (`addressed.rs`; one slot).
+    pub fn gateway_base(&self) -> String {
+        format!("{}gw:", self.tagged)
+    }
+
     /// `{<p>}:ev:`, the start of events' presence keys (`cluster_presence.rs`; one slot).
     pub fn events_base(&self) -> String {
         format!("{}ev:", self.tagged)

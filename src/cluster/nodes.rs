@@ -6,9 +6,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::pusher::ClusterChannels;
-use super::{Cluster, ClusterGroupError, RemoteClaim, UidsError};
+use super::{AddressedLink, Cluster, ClusterGroupError, RemoteClaim, UidsError};
 use crate::nodes::{
-    Answer, Census, Changed, Claim, First, Here, How, Nodes, NodesError, Page, Reached, Ticket, To,
+    Answer, Census, Changed, Claim, ConnAnswer, ConnOp, First, Here, How, Nodes, NodesError, Page,
+    Reached, Ticket, To,
 };
 use crate::registry::Registry;
 use crate::wire::envelope::Position;
@@ -23,6 +24,9 @@ pub struct ClusterNodes {
     window: Option<Duration>,
     /// Pusher channels over every node, once [`ClusterNodes::with_pusher`] started them.
     pusher: Option<Arc<ClusterChannels>>,
+    /// The gateway door's addressed connections across nodes (`addressed.rs`); `None`
+    /// without the door.
+    addressed: Option<AddressedLink>,
 }
 
 /// How often the accepting node looks for an ack in Redis.
@@ -37,6 +41,7 @@ impl ClusterNodes {
             cluster,
             window,
             pusher: None,
+            addressed: None,
         }
     }
 
@@ -47,6 +52,12 @@ impl ClusterNodes {
         let index = self.here.channels().index().clone();
         let pusher = Some(ClusterChannels::start(self.cluster.clone(), index));
         ClusterNodes { pusher, ..self }
+    }
+
+    /// With the gateway door's addressed connections reached through `link`.
+    pub fn with_addressed(mut self, link: AddressedLink) -> ClusterNodes {
+        self.addressed = Some(link);
+        self
     }
 }
 
@@ -298,6 +309,13 @@ impl Nodes for ClusterNodes {
             Some(pusher) => pusher,
             // No Pusher apps: no door calls this.
             None => self.here.channels(),
+        }
+    }
+
+    fn conns(&self, op: ConnOp) -> Answer<ConnAnswer> {
+        match &self.addressed {
+            Some(link) => link.run(op),
+            None => Answer::Now(self.here.conns_here(&op)),
         }
     }
 }

@@ -398,7 +398,10 @@ impl ClusterChannels {
             let Some((app, name)) = entry.split_once('\x1f') else {
                 continue;
             };
-            let keys: Vec<String> = channel_keys(&self.base, app, name).into_iter().take(4).collect();
+            let keys: Vec<String> = channel_keys(&self.base, app, name)
+                .into_iter()
+                .take(4)
+                .collect();
             let gone: Vec<String> = self
                 .bounded(cmd.eval(DROP_NODE_SCRIPT, keys, vec![dead.to_owned()]))
                 .await?;
@@ -679,7 +682,11 @@ impl Channels for Arc<ClusterChannels> {
         );
         Answer::barrier(async move {
             let _ = me
-                .bounded(me.cluster.cmd.publish::<i64, _, _>(events_channel(&me.base), msg))
+                .bounded(
+                    me.cluster
+                        .cmd
+                        .publish::<i64, _, _>(events_channel(&me.base), msg),
+                )
                 .await;
             Answer::Now(here)
         })

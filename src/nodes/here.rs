@@ -6,8 +6,10 @@ use std::time::Instant;
 
 use super::Channels;
 use super::{
-    Answer, Census, Changed, Claim, First, How, Nodes, NodesError, Page, Reached, Ticket, To,
+    Answer, Census, Changed, Claim, ConnAnswer, ConnOp, First, How, Nodes, NodesError, Page,
+    Reached, Ticket, To,
 };
+use crate::addressed::Addressed;
 use crate::channels::Index;
 use crate::dedupe::{self, Dedupe};
 use crate::registry::{Pushed, Registry};
@@ -22,6 +24,9 @@ pub struct Here {
     dedupe: Arc<Dedupe>,
     /// Pusher channels on this node.
     channels: Index,
+    /// The greeted connections a backend addresses by number (the gateway door); `None`
+    /// without one.
+    addressed: Option<Addressed>,
 }
 
 impl Here {
@@ -37,6 +42,26 @@ impl Here {
                 },
                 Index::random_node(),
             ),
+            addressed: None,
+        }
+    }
+
+    /// With `addressed` as this node's greeted connections (the gateway door is on).
+    pub fn with_addressed(mut self, addressed: Addressed) -> Here {
+        self.addressed = Some(addressed);
+        self
+    }
+
+    /// This node's greeted connections, if the gateway door is on.
+    pub fn addressed(&self) -> Option<&Addressed> {
+        self.addressed.as_ref()
+    }
+
+    /// `op` on this node's greeted connections.
+    pub fn conns_here(&self, op: &ConnOp) -> ConnAnswer {
+        match &self.addressed {
+            Some(a) => a.run(op),
+            None => ConnAnswer::nothing(op),
         }
     }
 
@@ -184,6 +209,10 @@ impl Nodes for Here {
 
     fn channels(&self) -> &dyn Channels {
         &self.channels
+    }
+
+    fn conns(&self, op: ConnOp) -> Answer<ConnAnswer> {
+        Answer::Now(self.conns_here(&op))
     }
 }
 

@@ -23,6 +23,8 @@ pub use answer::{Answer, Pending};
 pub use channels::Channels;
 pub use here::Here;
 
+pub use crate::addressed::{ConnAnswer, ConnOp};
+
 pub use crate::dedupe::First;
 use crate::groups::GroupError;
 pub use crate::registry::Delivery;
@@ -66,6 +68,11 @@ pub trait Nodes: Send + Sync + std::fmt::Debug {
     // Pusher channels (issue 24).
     /// The Pusher channels of every node (`nodes/channels.rs`).
     fn channels(&self) -> &dyn Channels;
+
+    /// GatewayWorker's per-connection addressing (the gateway door, `addressed.rs`): `op`
+    /// on the greeted connection(s) it names, on whichever node holds them; a query
+    /// answers for every node.
+    fn conns(&self, op: ConnOp) -> Answer<ConnAnswer>;
 }
 
 /// Who a delivery is for: one value, so a new kind of target is a variant, not a method.

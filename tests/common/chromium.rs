@@ -32,7 +32,7 @@ pub enum PageEvent {
 /// `alert` is replaced by a POST of its argument to this same origin (no CORS involved), so
 /// the bytes the test sees are exactly the string the page got. `var ws` of the seed is a
 /// global, which lets a later script report a close for diagnostics.
-fn page_html(script: &str) -> String {
+pub fn page_html(script: &str) -> String {
     format!(
         r#"<!doctype html>
 <html><head><meta charset="utf-8"><title>pushwire seed page</title>

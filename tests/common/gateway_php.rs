@@ -13,7 +13,9 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 use tokio::time::timeout;
 
-use super::STEP;
+use std::net::SocketAddr;
+
+use super::{Daemon, Launch, STEP, WsClient, WsEvent};
 
 /// What one call returned.
 #[derive(Debug)]
@@ -108,5 +110,89 @@ impl GatewayPhp {
             (Some(class), Some(message)) => (class.to_owned(), message.to_owned()),
             _ => panic!("Gateway::{method}({args}) returned {a} instead of throwing"),
         }
+    }
+}
+
+/// The daemon with its GatewayClient door, and the door's addresses.
+pub struct Door {
+    pub daemon: Daemon,
+    pub register: SocketAddr,
+    pub gateway: SocketAddr,
+    pub greeted: SocketAddr,
+}
+
+impl Door {
+    pub async fn start(extra: &[&str]) -> Door {
+        let mut args = vec![
+            "--gateway-listen",
+            "127.0.0.1:0",
+            "--gateway-register-listen",
+            "127.0.0.1:0",
+            "--gateway-ws-listen",
+            "127.0.0.1:0",
+        ];
+        args.extend_from_slice(extra);
+        let daemon = Launch::new().args(&args).rust_log("info").start().await;
+        let line = daemon.wait_line("GatewayClient door open", STEP).await;
+        let field = |name: &str| -> SocketAddr {
+            let key = format!("{name}=");
+            line.split_whitespace()
+                .find_map(|w| w.strip_prefix(key.as_str()))
+                .unwrap_or_else(|| panic!("no {name} in {line:?}"))
+                .parse()
+                .unwrap()
+        };
+        Door {
+            register: field("register"),
+            gateway: field("gateway"),
+            greeted: field("greeted_ws"),
+            daemon,
+        }
+    }
+
+    /// A page on the greeted listener, and the client_id it was greeted with.
+    pub async fn page(&self) -> (WsClient, String) {
+        let deadline = tokio::time::Instant::now() + STEP * 2;
+        let (ws, text) = loop {
+            let mut ws = WsClient::connect(&format!("ws://{}/", self.greeted)).await;
+            match ws.next_event().await {
+                WsEvent::Text(t) => break (ws, t),
+                // Cluster mode: no connection number before the node holds its tag.
+                WsEvent::Close(1013, _) if tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
+                other => panic!("greeted page got {other:?}"),
+            }
+        };
+        let greeting: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(greeting["type"], "init", "{greeting}");
+        let id = greeting["client_id"].as_str().unwrap().to_owned();
+        assert_eq!(
+            greeting,
+            json!({"type": "init", "client_id": id}),
+            "exactly the demo's"
+        );
+        (ws, id)
+    }
+
+    pub async fn php(&self) -> GatewayPhp {
+        GatewayPhp::start(self.register.to_string()).await
+    }
+}
+
+/// Polls a query until it answers `want`: a void call (a send, a bind) on the persistent
+/// connection runs independently of a query on its own connection, as on GatewayWorker.
+pub async fn eventually(php: &mut GatewayPhp, method: &str, args: Value, want: Value) {
+    let deadline = tokio::time::Instant::now() + STEP;
+    loop {
+        let got = php.call(method, args.clone()).await.value;
+        if got == want {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{method}({args}) answered {got}, not {want}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
 }

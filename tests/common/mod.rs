@@ -159,6 +159,7 @@ impl TestServer {
             push,
             push_unix: None,
             http,
+            gateway: None,
         };
         let shutdown = CancellationToken::new();
         let handle = serve(listeners, shutdown.clone());

@@ -1,0 +1,113 @@
+//! The GatewayClient door in cluster mode (issue 22), two real daemons on Redis (standalone
+//! and Redis Cluster): the Register of node A names A alone, and A answers for every node,
+//! so a `client_id` of a page on node B, as A's queries list it (with A's address), works
+//! through A; queries count both nodes' pages; sendToUid reaches tabs on both nodes.
+//!
+//! These tests never skip: php-cli and redis-server are required (`scripts/test.sh`).
+#[macro_use]
+mod common;
+
+use std::time::Duration;
+
+use common::WsClient;
+use common::gateway_php::{Door, eventually};
+use common::redis::*;
+use serde_json::json;
+
+/// Long enough for a message that is wrongly on its way to arrive.
+const QUIET: Duration = Duration::from_millis(300);
+
+/// `id` with its address replaced by `door`'s: the id as `door`'s queries list it.
+fn as_listed_by(door: &Door, id: &str) -> String {
+    let Door { gateway, .. } = door;
+    let std::net::SocketAddr::V4(addr) = gateway else {
+        panic!("an IPv4 gateway")
+    };
+    let ip = u32::from(*addr.ip());
+    format!("{ip:08x}{:04x}{}", addr.port(), &id[12..])
+}
+
+async fn a_client_id_on_b_works_through_as_register(url: &str) {
+    let a = Door::start(&["--redis", url]).await;
+    let b = Door::start(&["--redis", url]).await;
+    let (mut pa, id_a) = a.page().await;
+    let (mut pb, id_b) = b.page().await;
+    assert_ne!(
+        &id_a[12..],
+        &id_b[12..],
+        "connection numbers are unique cluster-wide"
+    );
+    // A seed page on node B, bound by its first frame.
+    let mut seed = WsClient::connect(&b.daemon.ws_url()).await;
+    seed.bind("u", b.daemon.push_addr).await;
+
+    let mut php = a.php().await;
+    // A lists both pages, with its own address.
+    let (la, lb) = (as_listed_by(&a, &id_a), as_listed_by(&a, &id_b));
+    assert_eq!(la, id_a);
+    let all = php.call("getAllClientIdList", json!([])).await.value;
+    assert_eq!(all, json!({la.clone(): la.clone(), lb.clone(): lb.clone()}));
+    // B's page, bound and grouped through A.
+    php.call("bindUid", json!([la, "u"])).await;
+    php.call("bindUid", json!([lb, "u"])).await;
+    php.call("joinGroup", json!([la, "g"])).await;
+    php.call("joinGroup", json!([lb, "g"])).await;
+    assert_eq!(php.call("isOnline", json!([lb])).await.value, 1);
+    // (A bind is void: its effect is waited for, as any GatewayClient caller would.)
+    eventually(&mut php, "getUidByClientId", json!([lb]), json!("u")).await;
+    eventually(&mut php, "getClientIdCountByGroup", json!(["g"]), json!(2)).await;
+    assert_eq!(
+        php.call("getClientIdByUid", json!(["u"])).await.value,
+        json!([la, lb])
+    );
+    assert_eq!(php.call("isUidOnline", json!(["u"])).await.value, 1);
+    assert_eq!(php.call("getAllClientIdCount", json!([])).await.value, 2);
+    assert_eq!(
+        php.call("getClientIdCountByGroup", json!(["g"]))
+            .await
+            .value,
+        2
+    );
+    assert_eq!(
+        php.call("getAllUidList", json!([])).await.value,
+        json!({"u": "u"})
+    );
+    assert_eq!(
+        php.call("getAllGroupIdList", json!([])).await.value,
+        json!({"g": "g"})
+    );
+    // Through B's Register the same answers (any node answers for all).
+    let mut via_b = b.php().await;
+    assert_eq!(
+        via_b
+            .call("getClientIdCountByGroup", json!(["g"]))
+            .await
+            .value,
+        2
+    );
+
+    // Sends through A reach both nodes.
+    php.call("sendToUid", json!(["u", "to u"])).await;
+    for page in [&mut pa, &mut pb, &mut seed] {
+        assert_eq!(page.recv_text().await, "to u");
+    }
+    php.call("sendToGroup", json!(["g", "to g", [la]])).await;
+    assert_eq!(pb.recv_text().await, "to g");
+    php.call("sendToAll", json!(["to all"])).await;
+    assert_eq!(pa.recv_text().await, "to all");
+    assert_eq!(pb.recv_text().await, "to all");
+    php.call("sendToClient", json!([lb, "to b"])).await;
+    assert_eq!(pb.recv_text().await, "to b");
+    pa.expect_silence(QUIET).await;
+    seed.expect_silence(QUIET).await;
+
+    // Sessions and closing, through A.
+    php.call("setSession", json!([lb, {"k": "v"}])).await;
+    eventually(&mut php, "getSession", json!([lb]), json!({"k": "v"})).await;
+    php.call("closeClient", json!([lb, "bye"])).await;
+    assert_eq!(pb.recv_text().await, "bye");
+    assert_eq!(pb.expect_close().await.0, 4001);
+    drop(pa);
+}
+
+on_both!(a_client_id_on_b_works_through_as_register);
