@@ -1577,7 +1577,16 @@ async fn three_nodes(url: &str) {
 
     // An event on node b reaches all three nodes' subscribers, but the one left out.
     api_event(&b, json!({"name": "e", "channels": ["presence-room"], "data": "1", "socket_id": ann.socket_id})).await;
-    ann2.expect("e", Some("presence-room")).await;
+    // ann2 joined while Bob's member_added may still have been on its way to node b (it
+    // is published after the script that adds him, which ann2's list already saw): that
+    // one repeat, for a member ann2's list has, is the documented race (docs/pusher.md);
+    // anything else is not.
+    let mut got = ann2.next().await;
+    if got["event"] == "pusher_internal:member_added" && got["data"]["user_id"] == "8" {
+        got = ann2.next().await;
+    }
+    assert_eq!(got["event"], "e", "{got}");
+    assert_eq!(got["channel"], "presence-room", "{got}");
     bob.expect("e", Some("presence-room")).await;
     ann.ws.expect_silence(Duration::from_millis(300)).await;
     // A client event from c reaches a and b with Bob's user_id.
