@@ -380,12 +380,19 @@ async fn the_push_ports_allow_list_applies() {
     let mut php = door.php().await;
     php.throws("getAllClientIdCount", json!([])).await;
     php.throws("isOnline", json!([id])).await;
-    let log = door.daemon.log();
+    // The refusals are logged as they happen, maybe just after the client saw its close.
     for endpoint in ["endpoint=\"Register\"", "endpoint=\"gateway\""] {
+        let logged = door
+            .daemon
+            .wait_for_log(Duration::from_secs(5), |log| {
+                log.lines()
+                    .any(|l| l.contains("address not allowed") && l.contains(endpoint))
+            })
+            .await;
         assert!(
-            log.lines()
-                .any(|l| l.contains("address not allowed") && l.contains(endpoint)),
-            "{endpoint} refusal logged:\n{log}"
+            logged.is_ok(),
+            "{endpoint} refusal logged:\n{}",
+            door.daemon.log()
         );
     }
 }

@@ -1129,7 +1129,7 @@ impl Daemon {
     }
 
     /// Waits until `done(stderr so far)`; the log, or why not.
-    async fn wait_for_log(
+    pub async fn wait_for_log(
         &self,
         d: Duration,
         done: impl Fn(&str) -> bool,
