@@ -1,7 +1,7 @@
 //! Pusher channels on this node: which connections hold which channel of which app, the
 //! presence members (users, not tabs), each cache channel's last event, and the users
 //! signed in (`pusher:signin`). The Pusher door (`pusher/`) and the HTTP API reach it
-//! through [`crate::nodes::Channels`]; a frame for a channel is formatted once and offered
+//! through `nodes::Channels` (the seam above this module); a frame for a channel is formatted once and offered
 //! to each subscriber's [`Outbox`], as the registry offers a push.
 //!
 //! Kept apart from the registry's uids and groups on purpose: a Pusher connection is not
