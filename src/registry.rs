@@ -377,12 +377,19 @@ impl Registry {
         }
     }
 
-    /// Installs the remote history (cluster mode with history on; once). From then on v1
-    /// connections are fed through it, and no local history is kept.
+    /// Installs the remote history (cluster mode; once). From then on a v1 connection's
+    /// status frame waits for it ([`RemoteHistory::resume`]: once the cluster can route
+    /// to the tab, so a push sent the moment the browser is told it is bound reaches it
+    /// through any node); with history on, v1 connections are fed through it and no
+    /// local history is kept. With history off they are fed here once resumed.
     pub fn set_remote_history(&self, remote: Arc<dyn RemoteHistory>) {
-        if self.shared.history.is_some() {
-            let _ = self.shared.remote.set(remote);
-        }
+        let _ = self.shared.remote.set(remote);
+    }
+
+    /// Cluster mode with history on: Redis numbers v1 messages (else this node feeds
+    /// them, unnumbered, as a single node without history does).
+    fn remote_numbers(&self) -> bool {
+        self.shared.history.is_some() && self.shared.remote.get().is_some()
     }
 
     /// Cluster mode: whether Redis numbers v1 messages now.
@@ -423,8 +430,8 @@ impl Registry {
             Mode::Seed => None,
         };
         let seed_remote = match mode {
-            Mode::Seed => self.shared.remote.get(),
-            Mode::V1 { .. } => None,
+            Mode::Seed if self.shared.history.is_some() => self.shared.remote.get(),
+            _ => None,
         };
         let member = Member {
             id,
@@ -643,7 +650,7 @@ impl Registry {
             }
         }
         if let Some(entry) = guard.uids.get_mut(uid) {
-            let remote_up = self.shared.remote_up.load(Relaxed);
+            let remote_up = self.shared.remote_up.load(Relaxed) && self.remote_numbers();
             for member in &mut entry.conns {
                 match member.feed {
                     Feed::Local => self.offer(uid, member, msg, &mut out.delivery, via),
@@ -754,9 +761,14 @@ impl Registry {
         // (Each replayed payload carries its number: see `cluster.rs`.)
         frames.extend(replay.into_iter().map(|(_, msg)| msg));
         member.outbox.preload(frames);
-        member.feed = Feed::Live {
-            epoch: base.epoch,
-            last,
+        member.feed = if self.remote_numbers() {
+            Feed::Live {
+                epoch: base.epoch,
+                last,
+            }
+        } else {
+            // History off: fed here, unnumbered, like a seed tab.
+            Feed::Local
         };
         let mut ignored = Delivery::default();
         for (at, msg) in held {

@@ -277,3 +277,47 @@ async fn without_redis_v1_binds_complete_unnumbered() {
     assert_eq!(push.request(&line("down", "n", 1)).await, "ok\n");
     assert_eq!(tab.next().await, V1Event::Broadcast(line("down", "n", 1)));
 }
+
+/// A backend that pushes the moment its browser is told it is bound (the v1 status
+/// frame) gets `ok`, whichever node it pushes through: the holder's own, or another.
+/// 150 binds in a row, history on and off, of 30 uids that move between the nodes (so a
+/// bind lands while its node's routing is being set up, or torn down after the last
+/// tab). With history off the status frame was sent at bind, before the node heard the
+/// uid's channel: a push through the other node answered `fail` (7 to 22 of 150).
+async fn a_push_right_after_a_v1_bind_is_ok(url: &str) {
+    for history in [100, 0] {
+        first_pushes(url, history).await;
+    }
+}
+
+async fn first_pushes(url: &str, history: usize) {
+    let (a, b) = (node(url, history).await, node(url, history).await);
+    let mut via_a = PushClient::connect(a.push_addr).await;
+    let mut via_b = PushClient::connect(b.push_addr).await;
+    let mut failed = Vec::new();
+    for i in 0..150u64 {
+        let uid = format!("first{}", i % 30);
+        let holder = if i % 2 == 0 { &a } else { &b };
+        let mut tab = V1Client::connect(holder.ws_addr, &uid, None).await;
+        let (push, via) = if i % 4 < 2 {
+            (&mut via_a, "a")
+        } else {
+            (&mut via_b, "b")
+        };
+        let reply = push.request(&line(&uid, via, 1)).await;
+        if reply != "ok\n" {
+            failed.push((history, i, via, reply));
+            continue;
+        }
+        if history > 0 {
+            let base = tab.status.seq;
+            tab.expect_msg(base + 1, &line(&uid, via, 1)).await;
+        } else {
+            assert_eq!(tab.next().await, V1Event::Broadcast(line(&uid, via, 1)));
+        }
+        tab.tab.close().await;
+    }
+    assert!(failed.is_empty(), "first pushes not ok: {failed:?}");
+}
+
+on_both!(a_push_right_after_a_v1_bind_is_ok);

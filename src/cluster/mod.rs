@@ -251,9 +251,9 @@ impl Cluster {
             acking: Mutex::default(),
         });
         registry.set_presence(Arc::new(Hook(Arc::downgrade(&cluster))));
-        if cluster.history.is_some() {
-            registry.set_remote_history(Arc::new(Hook(Arc::downgrade(&cluster))));
-        }
+        // History on or off: a v1 tab's status frame waits until the cluster can route
+        // to it (`history::attach`).
+        registry.set_remote_history(Arc::new(Hook(Arc::downgrade(&cluster))));
         // Before connecting, so the first failure is heard too.
         let errors = (cluster.cmd.error_rx(), cluster.sub.error_rx());
         drop(cluster.sub.manage_subscriptions());

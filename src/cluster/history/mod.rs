@@ -74,9 +74,10 @@ impl Cluster {
             Vec::new(),
             0,
         );
-        let Some(limits) = self.history else {
-            return unknown;
-        };
+        // The status frame tells the browser it is bound, and its backend may push at
+        // once through any node: so it waits (bounded) until this node hears the uid's
+        // channel, history on or off (off, a frame sent at bind lost the pushes made
+        // through other nodes in the few ms before the `SSUBSCRIBE` was in).
         let deadline = tokio::time::Instant::now() + self.timeout;
         while !self.hears(uid) {
             if tokio::time::Instant::now() >= deadline {
@@ -84,6 +85,9 @@ impl Cluster {
             }
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
+        let Some(limits) = self.history else {
+            return unknown;
+        };
         let (slot, keys) = self.names.history(uid);
         let mut args: Vec<Value> = vec![ch::attach_script().into(), "3".into()];
         args.extend(keys.iter().map(|k| Value::from(k.as_str())));
