@@ -136,10 +136,37 @@ pub trait RemoteHistory: Send + Sync + std::fmt::Debug {
     /// call [`Registry::deliver_to`]. Called with no lock held; must not wait.
     fn seed_bound(&self, _uid: &Uid, _conn: ConnId) {}
 
+    /// Cluster mode with history on: a v1 tab of `uid` binds here, so its history (made in
+    /// Redis if missing) is counted against `--history-max-uids`, room made if needed.
+    /// Called under the uid's shard lock: must only take locks of its own, never wait.
+    fn admit(&self, _uid: &Uid) -> Admitted {
+        Admitted::Counted
+    }
+
+    /// Cluster mode with history on: the last connection of `uid` here left (its history
+    /// is still counted for `--history-keep-ms`). Under the uid's shard lock, as `admit`.
+    fn left(&self, _uid: &Uid) {}
+
+    /// Histories counted now (`/stats` `history_uids`).
+    fn counted(&self) -> usize {
+        0
+    }
+
     /// A cluster-fed v1 connection `conn` of `uid` acknowledged everything up to `at`
     /// (more than it had): record it where the node that accepted the push can see it.
     /// Called with no lock held; must not wait.
     fn acked(&self, _uid: &Uid, _conn: ConnId, _at: Position) {}
+}
+
+/// What [`RemoteHistory::admit`] decided about a v1 bind's history.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admitted {
+    /// Counted already, or there was room.
+    Counted,
+    /// Counted, by forgetting an offline uid's history (`history_evicted`).
+    MadeRoom,
+    /// Every history counted is in use: the bind is refused (1013, `history_full`).
+    Full,
 }
 
 /// Where a connection's messages come from.
@@ -467,6 +494,21 @@ impl Registry {
                 }
             }
         }
+        if let Some((remote, _)) = remote
+            && self.remote_numbers()
+        {
+            match remote.admit(&uid) {
+                Admitted::Counted => {}
+                Admitted::MadeRoom => self.shared.metrics.incr(Metric::HistoryEvicted),
+                Admitted::Full => {
+                    drop(guard);
+                    debug!(uid = %escaped(&uid), "v1 bind refused: every history in use");
+                    self.shared.metrics.incr(Metric::HistoryFull);
+                    outbox.close(CloseNotice::HISTORY_FULL);
+                    return binding;
+                }
+            }
+        }
         let mut shard = guard;
         let entry = shard.uids.entry(uid.clone()).or_default();
         entry.conns.push(member);
@@ -586,6 +628,9 @@ impl Registry {
             log.forget_conn(id.0);
         }
         if last && let Some((key, _)) = shard.uids.remove_entry(uid) {
+            if let Some(remote) = self.shared.remote.get() {
+                remote.left(&key);
+            }
             shard.logs.went_offline(&key, Instant::now());
             self.groups().went_offline(&key, Instant::now());
             self.presence_changed(&key);
@@ -853,6 +898,10 @@ impl Registry {
         let Some(history) = &self.shared.history else {
             return (0, 0);
         };
+        if let Some(remote) = self.shared.remote.get() {
+            // Cluster mode: kept in Redis; this node counts those it answers for.
+            return (remote.counted(), 0);
+        }
         (history.uids(), history.total_bytes())
     }
 

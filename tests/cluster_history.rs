@@ -321,3 +321,101 @@ async fn first_pushes(url: &str, history: usize) {
 }
 
 on_both!(a_push_right_after_a_v1_bind_is_ok);
+
+/// A node of `url` keeping at most `max` histories (`--history-max-uids`).
+async fn bounded_node(url: &str, max: usize) -> TestServer {
+    let server = TestServer::start_http(pushwire::Config {
+        redis: Some(url.to_owned()),
+        cluster_timeout: Duration::from_millis(2000),
+        history_messages: 100,
+        history_max_uids: max,
+        ..pushwire::Config::default()
+    })
+    .await;
+    let http = server.http_addr.expect("http door");
+    poll_until(STEP, "the node ready", || async move {
+        readyz(http).await.starts_with("HTTP/1.1 200")
+    })
+    .await;
+    server
+}
+
+async fn stat(push: &mut PushClient, name: &str) -> u64 {
+    let v: serde_json::Value =
+        serde_json::from_str(push.request("/stats").await.trim_end()).expect("stats json");
+    v[name]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no {name} in {v}"))
+}
+
+/// `--history-max-uids` holds in cluster mode: strangers binding fresh uids with protocol
+/// v1 (each made a history in Redis, kept `--history-keep-ms`) leave at most the bound
+/// in Redis, a history that kept a message outlives the flood (spare ones go first), and
+/// with every counted history in use the next bind is refused with 1013, as on a single
+/// node. Before, 400 binds left 400 histories in Redis, none counted.
+async fn histories_made_by_binds_are_bounded(url: &str, histories: impl AsyncFn() -> usize) {
+    const MAX: usize = 40;
+    let a = bounded_node(url, MAX).await;
+    let mut push = PushClient::connect(a.push_addr).await;
+    let mut keeper = V1Client::connect(a.ws_addr, "keeper", None).await;
+    assert_eq!(push.request(&line("keeper", "a", 1)).await, "ok\n");
+    let seq = keeper.status.seq + 1;
+    keeper.expect_msg(seq, &line("keeper", "a", 1)).await;
+    let point = format!("{}:{seq}", keeper.status.epoch);
+    keeper.tab.close().await;
+
+    for i in 0..400 {
+        let stranger = V1Client::connect(a.ws_addr, &format!("s{i}"), None).await;
+        stranger.tab.close().await;
+    }
+    poll_until(STEP, "at most the bound of histories in Redis", || async {
+        histories().await <= MAX
+    })
+    .await;
+    assert!(stat(&mut push, "history_uids").await <= MAX as u64);
+    let evicted = stat(&mut push, "history_evicted").await;
+    assert!(evicted >= (400 - MAX) as u64, "evicted {evicted}");
+    let back = V1Client::connect(a.ws_addr, "keeper", Some(&point)).await;
+    assert_eq!(back.status.kind, "recovered", "{:?}", back.status);
+
+    // Every counted history in use (the keeper and MAX - 1 held tabs): refused.
+    let mut held = Vec::new();
+    for i in 0..MAX - 1 {
+        held.push(V1Client::connect(a.ws_addr, &format!("h{i}"), None).await);
+    }
+    let refused = V1Client::try_connect(a.ws_addr, "one-more", None).await;
+    assert_eq!(
+        refused.err(),
+        Some((1013, "history full: try again later".to_owned()))
+    );
+    assert!(stat(&mut push, "history_full").await >= 1);
+    // A uid already counted still binds (a second tab), and one that leaves makes room.
+    let second = V1Client::connect(a.ws_addr, "h0", None).await;
+    assert_eq!(second.status.epoch, held[0].status.epoch);
+    drop(back);
+    poll_until(STEP, "room once the keeper left", || async {
+        match V1Client::try_connect(a.ws_addr, "one-more", None).await {
+            Ok(_) => true,
+            Err((1013, _)) => false,
+            Err(other) => panic!("{other:?}"),
+        }
+    })
+    .await;
+    assert!(histories().await <= MAX);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn histories_made_by_binds_are_bounded_standalone() {
+    let redis = Redis::start().await;
+    histories_made_by_binds_are_bounded(&redis.url(), async || redis.count_keys("pw:h:*").await)
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn histories_made_by_binds_are_bounded_redis_cluster() {
+    let cluster = RedisCluster::start().await;
+    histories_made_by_binds_are_bounded(&cluster.url(), async || {
+        cluster.count_keys("pw:h:*").await
+    })
+    .await;
+}

@@ -68,7 +68,11 @@ pub(super) async fn listen(cluster: Arc<Cluster>) {
                     // The number travels in the payload (`m SEQ` when it is written).
                     Ok(p) => {
                         let p = match at {
-                            Some(at) => p.into_numbered(at.seq),
+                            Some(at) => {
+                                // Its history keeps something: not a spare one.
+                                cluster.lock_ledger().kept(uid);
+                                p.into_numbered(at.seq)
+                            }
                             None => p,
                         };
                         cluster.registry.deliver_numbered(uid, at, &p, !mine)

@@ -49,7 +49,7 @@
 //! - `groups.rs`: groups in Redis, and the grace sweeper.
 //! - `claims.rs`: the cluster-wide `/push` retry key.
 //! - `history/`: protocol v1 history in Redis (`scripts.rs`: its keys' slots, Lua and
-//!   parsing, no I/O).
+//!   parsing, no I/O; `ledger.rs`: the histories this node counts, `--history-max-uids`).
 //! - `acks.rs`: end-to-end acks recorded in Redis, and counted.
 //! - `link.rs`: the two Redis clients kept connected, and whether Redis answers.
 //! - `liveness.rs`: node beats, reaping a node cut off, noticing Redis lost its data.
@@ -175,6 +175,9 @@ pub struct Cluster {
     epochs: Mutex<HashMap<u16, u64>>,
     /// Ends the background tasks ([`Cluster::stop`]).
     stop: tokio_util::sync::CancellationToken,
+    /// `--history-max-uids` here: the histories this node made or keeps alive
+    /// (`history/ledger.rs`).
+    ledger: Mutex<history::Ledger>,
     /// Connections with an ack record in flight, and the latest ack each sent since
     /// (sent when the record in flight is done): see `acks.rs`.
     acking: Mutex<HashMap<ConnId, Option<(Uid, Position)>>>,
@@ -249,6 +252,10 @@ impl Cluster {
             epochs: Mutex::default(),
             stop: tokio_util::sync::CancellationToken::new(),
             acking: Mutex::default(),
+            ledger: Mutex::new(history::Ledger::new(
+                config.history.map_or(1, |h| h.max_uids),
+                config.history.map_or(Duration::ZERO, |h| h.keep),
+            )),
         });
         registry.set_presence(Arc::new(Hook(Arc::downgrade(&cluster))));
         // History on or off: a v1 tab's status frame waits until the cluster can route

@@ -97,6 +97,11 @@ impl Redis {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// How many keys match `pattern` (`KEYS`: for tests only).
+    pub async fn count_keys(&self, pattern: &str) -> usize {
+        self.cli(&["KEYS", pattern]).await.lines().count()
+    }
+
     /// Scripts it has run so far (`INFO commandstats`: `EVAL` and `EVALSHA` calls).
     pub async fn script_calls(&self) -> u64 {
         let stats = self.cli(&["INFO", "commandstats"]).await;
@@ -232,6 +237,15 @@ impl RedisCluster {
         let mut args = self.tls_args();
         args.extend(["-p".into(), self.port().to_string()]);
         args
+    }
+
+    /// How many keys match `pattern` over every master (`KEYS`: for tests only).
+    pub async fn count_keys(&self, pattern: &str) -> usize {
+        let mut n = 0;
+        for node in &self.nodes {
+            n += node.count_keys(pattern).await;
+        }
+        n
     }
 
     /// The shard channels each master holds subscriptions to (`PUBSUB SHARDCHANNELS`).

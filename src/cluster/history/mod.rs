@@ -2,12 +2,15 @@
 //! offline queue taken, histories kept alive while a node holds their uid. The keys,
 //! scripts and parsing are in `scripts`.
 
+mod ledger;
 pub mod scripts;
+
+pub(super) use ledger::Ledger;
 
 use super::publisher::{PIPELINE_MAX, script_command};
 use super::{Cluster, Hook, now_ms};
 use crate::registry::ConnId;
-use crate::registry::RemoteHistory;
+use crate::registry::{Admitted, RemoteHistory};
 use crate::wire::Payload;
 use crate::wire::Uid;
 use crate::wire::envelope::Position;
@@ -16,9 +19,11 @@ use crate::wire::envelope::Status;
 use bytes::Bytes;
 use fred::interfaces::{ClientLike, KeysInterface};
 use fred::types::Value;
+use ledger::Admit;
 use scripts as ch;
 use std::sync::Arc;
 use std::time::Duration;
+use std::time::Instant;
 use tracing::debug;
 
 impl RemoteHistory for Hook {
@@ -44,6 +49,31 @@ impl RemoteHistory for Hook {
                 }
             });
         }
+    }
+
+    fn admit(&self, uid: &Uid) -> Admitted {
+        let Some(cluster) = self.0.upgrade() else {
+            return Admitted::Counted;
+        };
+        let admitted = cluster.lock_ledger().admit(uid, Instant::now());
+        match admitted {
+            Admit::Yes => Admitted::Counted,
+            Admit::Full => Admitted::Full,
+            Admit::Evicted(evicted) => {
+                tokio::spawn(async move { cluster.evict(&evicted).await });
+                Admitted::MadeRoom
+            }
+        }
+    }
+
+    fn left(&self, uid: &Uid) {
+        if let Some(cluster) = self.0.upgrade() {
+            cluster.lock_ledger().left(uid, Instant::now());
+        }
+    }
+
+    fn counted(&self) -> usize {
+        self.0.upgrade().map_or(0, |c| c.lock_ledger().len())
     }
 
     fn acked(&self, uid: &Uid, conn: ConnId, at: Position) {
@@ -120,6 +150,9 @@ impl Cluster {
         let Some(found) = found else {
             return unknown;
         };
+        if found.head.seq > 0 {
+            self.lock_ledger().kept(uid);
+        }
         let head = found.head;
         let covered =
             since.filter(|p| p.epoch == head.epoch && p.seq >= found.floor && p.seq <= head.seq);
@@ -139,6 +172,39 @@ impl Cluster {
         };
         let after = found.after.into_iter().filter(|(seq, _)| *seq > from.seq);
         (Status::Recovered, from, numbered_payloads(after), head.seq)
+    }
+
+    pub(super) fn lock_ledger(&self) -> std::sync::MutexGuard<'_, Ledger> {
+        self.ledger.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Deletes the history of `uid`, which this node forgot to make room for another
+    /// (`ledger.rs`), unless a node holds the uid now (then it is that node's to count).
+    /// Best effort, bounded: one Redis does not run is left to expire by itself.
+    async fn evict(&self, uid: &Uid) {
+        let (slot, [h, l, q]) = self.names.history(uid);
+        let (_, acks) = self.names.acks(uid);
+        let args: Vec<Value> = vec![
+            ch::EVICT_SCRIPT.into(),
+            "4".into(),
+            h.into(),
+            l.into(),
+            q.into(),
+            acks.into(),
+            self.names.uid_channel(uid).into(),
+        ];
+        let deleted = tokio::time::timeout(
+            self.timeout,
+            self.cmd
+                .custom::<Value, _>(script_command("EVAL", slot), args),
+        )
+        .await;
+        if !matches!(deleted, Ok(Ok(_))) {
+            debug!(
+                ?deleted,
+                "history eviction not confirmed; it expires by itself"
+            );
+        }
     }
 
     /// A seed tab of `uid` bound here: once this node hears the uid's channel (so later

@@ -73,6 +73,13 @@ end
 return n
 "#;
 
+/// Deletes a uid's history (KEYS: hash, list, queue, acks) unless a node hears its
+/// channel (ARGV[1]): one that holds the uid counts it. Returns the keys deleted, or -1.
+pub const EVICT_SCRIPT: &str = r#"
+if redis.call('PUBSUB', 'SHARDNUMSUB', ARGV[1])[2] ~= 0 then return -1 end
+return redis.call('DEL', KEYS[1], KEYS[2], KEYS[3], KEYS[4])
+"#;
+
 /// Drops messages from the front of the list while over the count or bytes bound, or
 /// older than the age bound; records the new floor and bytes.
 const TRIM: &str = r#"
