@@ -119,6 +119,11 @@ metrics! {
     Counter EventStreamsCut = "event_streams_cut", "event_streams_cut", "/events readers cut: a whole ring behind, or their socket stuck";
     Counter EventsMessages = "events_messages", "events_messages", "Browser frames taken as message events";
     Counter EventsMessagesRefused = "events_messages_refused", "events_messages_refused", "Browsers closed for sending message events over --events-message-bytes or --events-message-rate";
+    Gauge RedisReady = "redis_ready", "redis_ready", "1 while this node's Redis link is up and Redis answers within --cluster-timeout-ms (cluster mode; always 0 on a single node)";
+    Counter RedisTimeouts = "redis_timeouts", "redis_timeouts", "Probes, publish batches and /push retry claims Redis left unanswered for --cluster-timeout-ms";
+    Counter RedisUnreachable = "redis_unreachable", "redis_episodes" ["reason" = "unreachable"], "Times this node began serving its own connections only, by why: Redis unreachable (a link lost) or not answering";
+    Counter RedisNotAnswering = "redis_not_answering", "redis_episodes" ["reason" = "not_answering"], "Times this node began serving its own connections only, by why: Redis unreachable (a link lost) or not answering";
+    Counter RedisLinksReplaced = "redis_links_replaced", "redis_links_replaced", "Connections to a Redis server opened again after the first (a lost link replaced)";
 }
 
 /// What the read gauges are, asked for when `/stats` or `/metrics` is read.
@@ -171,6 +176,11 @@ impl Metrics {
     /// Adds `n`.
     pub fn add(&self, m: Metric, n: u64) {
         self.values[m as usize].fetch_add(n, Relaxed);
+    }
+
+    /// Sets a stored gauge.
+    pub fn set(&self, m: Metric, n: u64) {
+        self.values[m as usize].store(n, Relaxed);
     }
 
     /// Takes `n` off a stored gauge.

@@ -404,6 +404,11 @@ impl Registry {
         }
     }
 
+    /// The daemon's counters (cluster mode counts its Redis link's trouble there).
+    pub fn metrics(&self) -> &Metrics {
+        &self.shared.metrics
+    }
+
     /// Installs the remote history (cluster mode; once). From then on a v1 connection's
     /// status frame waits for it ([`RemoteHistory::resume`]: once the cluster can route
     /// to the tab, so a push sent the moment the browser is told it is bound reaches it

@@ -487,3 +487,103 @@ async fn a_reply_timeout_shorter_than_opening_a_link_still_links() {
     let mut push = PushClient::connect(b.push_addr).await;
     push_until_received(&mut push, &mut tab, r#"{"uid":"t","n":1}"#, STEP).await;
 }
+
+/// `GET /metrics` of `http`, checked by `promtool check metrics` (it must say nothing):
+/// the body.
+async fn scrape(http: std::net::SocketAddr) -> String {
+    let response = http_get(http, "/metrics").await;
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .expect("a body");
+    let mut cmd = tokio::process::Command::new("promtool");
+    cmd.args(["check", "metrics"]);
+    let out = run_program(&mut cmd, body.as_bytes(), Duration::from_secs(20)).await;
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success() && said.trim().is_empty(),
+        "promtool: {said}\n{body}"
+    );
+    body
+}
+
+/// The value of the sample `name` (with its labels) in a scrape.
+fn sample(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no sample {name} in\n{text}"))
+}
+
+/// An operator sees Redis trouble in `/metrics`: `pushwire_redis_ready` is 1 while the
+/// link is up and Redis answers, and 0 during a `CLIENT PAUSE` (one `not_answering`
+/// episode, its unanswered probes counted in `pushwire_redis_timeouts_total`), 1 again
+/// after it; connections Redis closed (`CLIENT KILL`) and fred opened again count in
+/// `pushwire_redis_links_replaced_total`. Nothing counted while all is well.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_trouble_is_counted_in_metrics() {
+    const SLEEP: Duration = Duration::from_secs(3);
+    let redis = Redis::start().await;
+    let a = Launch::new().args(&["--redis", &redis.url()]).start().await;
+    let http = a.http_addr.expect("http door");
+    poll_until(STEP, "the node ready", || async move {
+        readyz(http).await.starts_with("HTTP/1.1 200")
+    })
+    .await;
+    let ready = "pushwire_redis_ready";
+    let timeouts = "pushwire_redis_timeouts_total";
+    let not_answering = "pushwire_redis_episodes_total{reason=\"not_answering\"}";
+    let unreachable = "pushwire_redis_episodes_total{reason=\"unreachable\"}";
+    let replaced = "pushwire_redis_links_replaced_total";
+    let before = scrape(http).await;
+    for (name, value) in [
+        (ready, 1.0),
+        (timeouts, 0.0),
+        (not_answering, 0.0),
+        (unreachable, 0.0),
+        (replaced, 0.0),
+    ] {
+        assert_eq!(sample(&before, name), value, "{name} before");
+    }
+
+    let paused = redis
+        .cli(&["CLIENT", "PAUSE", &SLEEP.as_millis().to_string()])
+        .await;
+    assert_eq!(paused.trim(), "OK");
+    let asleep = Instant::now();
+    poll_until(
+        SLEEP,
+        "redis_ready 0 while Redis is paused",
+        || async move { sample(&scrape(http).await, ready) == 0.0 },
+    )
+    .await;
+    let seen = asleep.elapsed();
+    let during = scrape(http).await;
+    assert!(sample(&during, timeouts) >= 1.0, "{during}");
+    assert_eq!(sample(&during, not_answering), 1.0, "{during}");
+    poll_until(STEP, "redis_ready 1 once Redis answers", || async move {
+        sample(&scrape(http).await, ready) == 1.0
+    })
+    .await;
+    // One episode, however many probes went unanswered in it.
+    assert_eq!(sample(&scrape(http).await, not_answering), 1.0);
+    eprintln!("redis_ready 0 after {seen:?} of CLIENT PAUSE");
+
+    for kind in ["normal", "pubsub"] {
+        let killed = redis.cli(&["CLIENT", "KILL", "TYPE", kind]).await;
+        assert!(killed.trim().parse::<u64>().is_ok(), "{killed}");
+    }
+    poll_until(
+        STEP,
+        "the killed links replaced and counted",
+        || async move {
+            let text = scrape(http).await;
+            sample(&text, replaced) >= 1.0 && sample(&text, ready) == 1.0
+        },
+    )
+    .await;
+}

@@ -40,14 +40,14 @@ impl Cluster {
             Ok(Ok(Some(first))) => RemoteClaim::Duplicate(parse_first(&first)),
             Ok(Err(err)) => {
                 if *err.kind() == fred::error::ErrorKind::Timeout {
-                    self.not_answering("a retry claim");
+                    self.timed_out("a retry claim");
                 }
                 debug!(%err, "retry claim failed: this node's memory decides");
                 RemoteClaim::Down
             }
             // Not answered in time: the push itself must not wait a second timeout.
             Err(_) => {
-                self.not_answering("a retry claim");
+                self.timed_out("a retry claim");
                 RemoteClaim::Down
             }
         }

@@ -3,6 +3,7 @@
 
 use super::Cluster;
 use super::history::scripts as ch;
+use crate::metrics::Metric;
 use fred::interfaces::{
     ClientLike, ClusterInterface, EventInterface, LuaInterface, PubsubInterface,
 };
@@ -82,6 +83,7 @@ pub(super) async fn watch(cluster: Arc<Cluster>) {
                 continue;
             }
         } else if !up && was_up {
+            cluster.registry.metrics().incr(Metric::RedisUnreachable);
             warn!("redis unreachable: serving local connections only");
         }
         if up && !was_up && cluster.history.is_some() {
@@ -91,6 +93,8 @@ pub(super) async fn watch(cluster: Arc<Cluster>) {
         }
         cluster.up.store(up, Relaxed);
         cluster.registry.set_remote_up(cluster.is_up());
+        let ready = u64::from(cluster.is_up());
+        cluster.registry.metrics().set(Metric::RedisReady, ready);
         was_up = up;
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
@@ -143,19 +147,29 @@ pub(super) async fn probe(cluster: Arc<Cluster>) {
                         .is_err_and(|e| *e.kind() == fred::error::ErrorKind::Timeout)
                 });
                 if timed_out {
-                    cluster.not_answering("a probe");
+                    cluster.timed_out("a probe");
                 }
             }
-            Err(_) => cluster.not_answering("a probe"),
+            Err(_) => cluster.timed_out("a probe"),
         }
     }
 }
 impl Cluster {
+    /// Redis left `what` (a probe, a publish batch) unanswered for `--cluster-timeout-ms`:
+    /// counted (`redis_timeouts`), and Redis counts as not answering.
+    pub(super) fn timed_out(&self, what: &str) {
+        self.registry.metrics().incr(Metric::RedisTimeouts);
+        self.not_answering(what);
+    }
+
     /// Redis left `what` unanswered for `--cluster-timeout-ms`: it counts as down until it
-    /// answers a probe (logged once per episode).
+    /// answers a probe (logged and counted once per episode).
     pub(super) fn not_answering(&self, what: &str) {
         if self.answering.swap(false, Relaxed) {
             self.registry.set_remote_up(false);
+            let metrics = self.registry.metrics();
+            metrics.incr(Metric::RedisNotAnswering);
+            metrics.set(Metric::RedisReady, 0);
             warn!(
                 unanswered = what,
                 "redis not answering within --cluster-timeout-ms: serving local connections only"
@@ -185,6 +199,41 @@ pub(super) fn link_tcp(timeout: Duration) -> fred::types::config::TcpConfig {
         keepalive: Some(keepalive),
         user_timeout: Some(timeout),
         ..Default::default()
+    }
+}
+
+/// Counts the connections to Redis opened again after the first to the same server, on
+/// either link (`redis_links_replaced`): fred tells every connection it opens, the first
+/// ones included. The receivers are taken before the clients connect.
+pub(super) async fn count_replaced(
+    cluster: Arc<Cluster>,
+    (mut cmd, mut sub): (
+        tokio::sync::broadcast::Receiver<fred::types::config::Server>,
+        tokio::sync::broadcast::Receiver<fred::types::config::Server>,
+    ),
+) {
+    use tokio::sync::broadcast::error::RecvError;
+    let mut seen = std::collections::HashSet::new();
+    loop {
+        let (got, link) = tokio::select! {
+            got = cmd.recv() => (got, "commands"),
+            got = sub.recv() => (got, "subscriptions"),
+        };
+        let server = match got {
+            Ok(server) => server,
+            Err(RecvError::Lagged(n)) => {
+                // Missed ones were all openings after the first (the first come one by one).
+                cluster
+                    .registry
+                    .metrics()
+                    .add(Metric::RedisLinksReplaced, n);
+                continue;
+            }
+            Err(RecvError::Closed) => return,
+        };
+        if !seen.insert((link, server.to_string())) {
+            cluster.registry.metrics().incr(Metric::RedisLinksReplaced);
+        }
     }
 }
 

@@ -102,7 +102,7 @@ use asks::Waiting;
 use groups::sweep;
 use history::keep_histories;
 pub(crate) use link::node_id;
-use link::{keep_connected, link_tcp, probe, redacted, report_errors, watch};
+use link::{count_replaced, keep_connected, link_tcp, probe, redacted, report_errors, watch};
 use listener::listen;
 use liveness::beat;
 use publisher::{Outgoing, publisher};
@@ -263,6 +263,7 @@ impl Cluster {
         registry.set_remote_history(Arc::new(Hook(Arc::downgrade(&cluster))));
         // Before connecting, so the first failure is heard too.
         let errors = (cluster.cmd.error_rx(), cluster.sub.error_rx());
+        let opened = (cluster.cmd.reconnect_rx(), cluster.sub.reconnect_rx());
         drop(cluster.sub.manage_subscriptions());
         for task in [
             tokio::spawn(keep_connected(
@@ -282,6 +283,7 @@ impl Cluster {
             tokio::spawn(sweep(cluster.clone())),
             tokio::spawn(keep_histories(cluster.clone())),
             tokio::spawn(report_errors(errors)),
+            tokio::spawn(count_replaced(cluster.clone(), opened)),
             tokio::spawn(beat(cluster.clone())),
             tokio::spawn(probe(cluster.clone())),
         ] {

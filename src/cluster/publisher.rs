@@ -170,7 +170,7 @@ pub(super) async fn publisher(cluster: Arc<Cluster>, mut queue: mpsc::Receiver<O
             r.as_ref()
                 .is_err_and(|e| *e.kind() == fred::error::ErrorKind::Timeout)
         }) {
-            cluster.not_answering("a publish");
+            cluster.timed_out("a publish");
         }
         // Fewer answers than publishes: fred failed the whole pipeline with one error.
         let whole = (results.len() != batch.len()).then(|| match results.as_slice() {
