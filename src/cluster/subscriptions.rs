@@ -42,6 +42,20 @@ impl Presence for Hook {
     }
 }
 impl Cluster {
+    /// True while this node is (or may be about to be) subscribed to `uid`'s channel: in,
+    /// or a change of it pending.
+    pub(super) fn subscribed_or_pending(&self, uid: &Uid) -> bool {
+        self.dirty
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(uid)
+            || self
+                .subscribed
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .contains(&(uid_hash(uid), uid.clone()))
+    }
+
     /// True once this node's subscription to `uid`'s channel is in, with no change of
     /// it pending (a pending one could be an unsubscribe decided before the bind).
     pub(super) fn hears(&self, uid: &Uid) -> bool {

@@ -182,6 +182,17 @@ impl Cluster {
     /// (`ledger.rs`), unless a node holds the uid now (then it is that node's to count).
     /// Best effort, bounded: one Redis does not run is left to expire by itself.
     async fn evict(&self, uid: &Uid) {
+        // The script spares a uid whose channel has a subscriber, and this node may still
+        // be one: its last tab left a moment ago (a stranger binding and closing in a
+        // loop at the bound evicts the uid it just left) and the `SUNSUBSCRIBE` is not in
+        // yet. Wait for it (bounded), unless the uid is back here (counted again).
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        while self.subscribed_or_pending(uid) && tokio::time::Instant::now() < deadline {
+            if self.registry.connections_of(uid) > 0 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
         let (slot, [h, l, q]) = self.names.history(uid);
         let (_, acks) = self.names.acks(uid);
         let args: Vec<Value> = vec![
