@@ -139,8 +139,8 @@ pub trait RemoteHistory: Send + Sync + std::fmt::Debug {
     /// Cluster mode with history on: a v1 tab of `uid` binds here, so its history (made in
     /// Redis if missing) is counted against `--history-max-uids`, room made if needed.
     /// Called under the uid's shard lock: must only take locks of its own, never wait.
-    fn admit(&self, _uid: &Uid) -> Admitted {
-        Admitted::Counted
+    fn admit(&self, _uid: &Uid) -> HistoryRoom {
+        HistoryRoom::Counted
     }
 
     /// Cluster mode with history on: the last connection of `uid` here left (its history
@@ -160,7 +160,7 @@ pub trait RemoteHistory: Send + Sync + std::fmt::Debug {
 
 /// What [`RemoteHistory::admit`] decided about a v1 bind's history.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Admitted {
+pub enum HistoryRoom {
     /// Counted already, or there was room.
     Counted,
     /// Counted, by forgetting an offline uid's history (`history_evicted`).
@@ -503,9 +503,9 @@ impl Registry {
             && self.remote_numbers()
         {
             match remote.admit(&uid) {
-                Admitted::Counted => {}
-                Admitted::MadeRoom => self.shared.metrics.incr(Metric::HistoryEvicted),
-                Admitted::Full => {
+                HistoryRoom::Counted => {}
+                HistoryRoom::MadeRoom => self.shared.metrics.incr(Metric::HistoryEvicted),
+                HistoryRoom::Full => {
                     drop(guard);
                     debug!(uid = %escaped(&uid), "v1 bind refused: every history in use");
                     self.shared.metrics.incr(Metric::HistoryFull);

@@ -10,7 +10,7 @@ pub(super) use ledger::Ledger;
 use super::publisher::{PIPELINE_MAX, script_command};
 use super::{Cluster, Hook, now_ms};
 use crate::registry::ConnId;
-use crate::registry::{Admitted, RemoteHistory};
+use crate::registry::{HistoryRoom, RemoteHistory};
 use crate::wire::Payload;
 use crate::wire::Uid;
 use crate::wire::envelope::Position;
@@ -51,17 +51,17 @@ impl RemoteHistory for Hook {
         }
     }
 
-    fn admit(&self, uid: &Uid) -> Admitted {
+    fn admit(&self, uid: &Uid) -> HistoryRoom {
         let Some(cluster) = self.0.upgrade() else {
-            return Admitted::Counted;
+            return HistoryRoom::Counted;
         };
         let admitted = cluster.lock_ledger().admit(uid, Instant::now());
         match admitted {
-            Admit::Yes => Admitted::Counted,
-            Admit::Full => Admitted::Full,
+            Admit::Yes => HistoryRoom::Counted,
+            Admit::Full => HistoryRoom::Full,
             Admit::Evicted(evicted) => {
                 tokio::spawn(async move { cluster.evict(&evicted).await });
-                Admitted::MadeRoom
+                HistoryRoom::MadeRoom
             }
         }
     }
