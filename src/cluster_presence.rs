@@ -63,6 +63,9 @@ enum Key<'a> {
     Conns(&'a str),
     /// A node's uids: a set.
     Held(&'a str),
+    /// Set (for a day) when a node is reaped, so that node, beating again, tells being
+    /// reaped from Redis having lost its data (both leave it unknown).
+    Reaped(&'a str),
 }
 
 /// `base`: `{<prefix>}:ev:` (`--redis-prefix`, from the cluster's names).
@@ -75,6 +78,7 @@ fn key(base: &str, k: Key<'_>) -> String {
         Key::Alive => format!("{base}alive"),
         Key::Conns(node) => format!("{base}c:{node}"),
         Key::Held(node) => format!("{base}h:{node}"),
+        Key::Reaped(node) => format!("{base}r:{node}"),
     }
 }
 
@@ -124,15 +128,16 @@ redis.call('HDEL', KEYS[3], ARGV[1])
 return string.format('%.0f', seq)
 "#;
 
-/// This node is alive until now + ARGV[2] ms. KEYS: alive; ARGV: node, dead ms, away ms.
-/// Returns whether it was known (0 after being reaped, or at its first beat), then the
+/// This node is alive until now + ARGV[2] ms. KEYS: alive, its reaped mark; ARGV: node,
+/// dead ms, away ms. Returns whether it was known (0 after being reaped, at its first
+/// beat, or after Redis lost its data), whether it was reaped (the mark, taken), then the
 /// nodes past their deadline. If nobody beat for ARGV[3] ms Redis itself was away: every
 /// node gets a fresh deadline and none is reported.
 const BEAT: &str = r#"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local last = tonumber(redis.call('HGET', KEYS[1], '') or now)
-local out = {redis.call('HEXISTS', KEYS[1], ARGV[1])}
+local out = {redis.call('HEXISTS', KEYS[1], ARGV[1]), redis.call('DEL', KEYS[2])}
 local entries = redis.call('HGETALL', KEYS[1])
 for i = 1, #entries, 2 do
   local name, deadline = entries[i], tonumber(entries[i + 1])
@@ -149,10 +154,11 @@ return out
 "#;
 
 /// Reaps node ARGV[1] (once: the caller whose HDEL took it). KEYS: alive, its conns, its
-/// uids, leaving; ARGV: node, key base, debounce ms. Its uids left by no other node start
+/// uids, leaving, its reaped mark; ARGV: node, key base, debounce ms. Its uids left by no other node start
 /// their debounce; returns its connections (number, uid, ...), or nil if another reaped it.
 const REAP: &str = r#"
 if redis.call('HDEL', KEYS[1], ARGV[1]) == 0 then return false end
+redis.call('SET', KEYS[5], 1, 'PX', 86400000)
 local conns = redis.call('HGETALL', KEYS[2])
 redis.call('DEL', KEYS[2])
 local uids = redis.call('SMEMBERS', KEYS[3])
@@ -182,6 +188,9 @@ pub struct ClusterPresence {
     dirty: Mutex<HashSet<Uid>>,
     /// Uids this node has told Redis it holds.
     held: Mutex<HashSet<Uid>>,
+    /// Uids to tell Redis again without an `online` (Redis lost what it was told, and
+    /// nobody was told they went offline): see [`ClusterPresence::tell_all_again`].
+    quiet: Mutex<HashSet<Uid>>,
     /// This node's connections (with `close` wanted), and those changed since the sync.
     conns: Mutex<Conns>,
     wake: Notify,
@@ -228,6 +237,7 @@ impl ClusterPresence {
             debounce,
             dirty: Mutex::default(),
             held: Mutex::default(),
+            quiet: Mutex::default(),
             conns: Mutex::default(),
             wake: Notify::new(),
             beaten: std::sync::atomic::AtomicBool::new(false),
@@ -295,11 +305,17 @@ impl ClusterPresence {
     /// told. Returns false if Redis failed (nothing is marked done then).
     async fn sync_uids(&self, dirty: &[Uid]) -> bool {
         let mut changes = Vec::new();
+        // Told again quietly although gone from here since: then left, at the next sync.
+        let mut again = Vec::new();
         {
             let held = lock(&self.held);
+            let quiet = lock(&self.quiet);
             for uid in dirty {
                 let here = self.registry.connections_of(uid) > 0;
-                if here != held.contains(uid) {
+                if quiet.contains(uid) && !here {
+                    changes.push((uid.clone(), true));
+                    again.push(uid.clone());
+                } else if here != held.contains(uid) {
                     changes.push((uid.clone(), here));
                 }
             }
@@ -333,7 +349,8 @@ impl ClusterPresence {
                         let mut held = lock(&self.held);
                         if *came {
                             held.insert(uid.clone());
-                            if let Some(seq) = seq_of(&value) {
+                            let quiet = lock(&self.quiet).remove(uid);
+                            if let Some(seq) = seq_of(&value).filter(|_| !quiet) {
                                 self.hub.publish(What::Online { uid: uid.clone() }, seq);
                             }
                         } else {
@@ -346,6 +363,10 @@ impl ClusterPresence {
                     }
                 }
             }
+        }
+        if !again.is_empty() {
+            lock(&self.dirty).extend(again);
+            self.wake.notify_one();
         }
         true
     }
@@ -400,31 +421,47 @@ impl ClusterPresence {
             DEAD_AFTER.as_millis().to_string(),
             (2 * BEAT_EVERY).as_millis().to_string(),
         ];
-        let out: Vec<Value> = self
-            .redis()
-            .eval(BEAT, vec![self.key(Key::Alive)], args)
-            .await?;
+        let keys = vec![self.key(Key::Alive), self.key(Key::Reaped(&self.node))];
+        let out: Vec<Value> = self.redis().eval(BEAT, keys, args).await?;
         let known = out.first().and_then(Value::as_i64) == Some(1);
+        let reaped = out.get(1).and_then(Value::as_i64) == Some(1);
         let was_beaten = self.beaten.swap(true, std::sync::atomic::Ordering::AcqRel);
-        if !known && was_beaten {
+        if !known && was_beaten && reaped {
             warn!(
                 "this node was reaped as dead (no beat for its deadline): telling Redis again what it holds"
             );
-            self.tell_all_again();
+            self.tell_all_again(false);
+        } else if !known && was_beaten {
+            warn!(
+                "events' presence gone from Redis (it lost its data): telling Redis again what this node holds, with no second online"
+            );
+            self.tell_all_again(true);
         }
         self.wake.notify_one();
-        for dead in out.iter().skip(1).filter_map(Value::as_string) {
+        for dead in out.iter().skip(2).filter_map(Value::as_string) {
             self.reap(&dead).await?;
         }
         Ok(())
     }
 
     /// After being reaped: every uid and connection here is written again (the uids'
-    /// `online` again too: the reaper said they went offline).
-    fn tell_all_again(&self) {
-        lock(&self.held).clear();
+    /// `online` again too: the reaper said they went offline). With `quiet` (Redis lost
+    /// its data: nobody was told anything), without an `online`, and a uid told before
+    /// but gone since is told again, then left, so its `offline` still comes (a uid in its
+    /// debounce anywhere when the data went, or whose `LEFT` ran between the loss and this
+    /// beat, gets none: documented).
+    fn tell_all_again(&self, quiet: bool) {
+        let told: Vec<Uid> = lock(&self.held).drain().collect();
         let (uids, _) = self.registry.uids_page(0, usize::MAX);
-        lock(&self.dirty).extend(uids);
+        if quiet {
+            let mut q = lock(&self.quiet);
+            q.extend(told.iter().cloned());
+            q.extend(uids.iter().cloned());
+        }
+        let mut dirty = lock(&self.dirty);
+        dirty.extend(uids);
+        dirty.extend(told);
+        drop(dirty);
         let mut c = lock(&self.conns);
         let live: Vec<u64> = c.live.keys().copied().collect();
         c.changed.extend(live);
@@ -437,6 +474,7 @@ impl ClusterPresence {
             self.key(Key::Conns(dead)),
             self.key(Key::Held(dead)),
             self.key(Key::Leaving),
+            self.key(Key::Reaped(dead)),
         ];
         let args = vec![
             dead.to_owned(),
@@ -567,6 +605,7 @@ mod tests {
             Key::Alive,
             Key::Conns("n"),
             Key::Held("n"),
+            Key::Reaped("n"),
         ] {
             assert!(
                 key("{x}:ev:", k).starts_with("{x}:ev:"),

@@ -185,3 +185,42 @@ async fn a_node_killed_with_sigkill_still_yields_its_closes_and_offlines() {
 fn c_node(rx: &Receiver) -> String {
     presence_of(rx, "k9")[0].2.clone()
 }
+
+/// Redis that lost its data (here `FLUSHALL`) under two nodes with users online: each
+/// node tells Redis again what it holds, silently. Nobody went offline, so no second
+/// `online`; the node does not call itself reaped; and a user who then leaves gets
+/// exactly one `offline`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_that_lost_its_data_gives_no_second_online() {
+    let redis = Redis::start().await;
+    let rx = Receiver::start(|_| Answer::Status(204)).await;
+    let (a, b) = (node(&redis, &rx).await, node(&redis, &rx).await);
+    let on_a = tab(&a, "stay").await;
+    let on_b = tab(&b, "stay").await;
+    let lone = tab(&b, "lone").await;
+    presence_settles(&rx, "stay", 1, STEP).await;
+    presence_settles(&rx, "lone", 1, STEP).await;
+    let flushed = redis.cli(&["FLUSHALL"]).await;
+    assert_eq!(flushed.trim(), "OK");
+    for d in [&a, &b] {
+        d.wait_log("redis lost its data", 3 * STEP).await;
+    }
+    // A few beats, for any node that would tell its uids again.
+    sleep(Duration::from_secs(3)).await;
+    for uid in ["stay", "lone"] {
+        let events = presence_of(&rx, uid);
+        assert_eq!(events.len(), 1, "{uid}: {events:?}");
+    }
+    for d in [&a, &b] {
+        assert!(!d.log().contains("reaped as dead"), "{}", d.log());
+    }
+    lone.close().await;
+    let events = presence_settles(&rx, "lone", 2, STEP).await;
+    let kinds: Vec<&str> = events.iter().map(|e| e.0.as_str()).collect();
+    assert_eq!(kinds, ["online", "offline"], "{events:?}");
+    // One tab of `stay` left: still online, nothing told.
+    on_a.close().await;
+    sleep(Duration::from_millis(DEBOUNCE_MS * 2)).await;
+    assert_eq!(presence_of(&rx, "stay").len(), 1);
+    drop(on_b);
+}
