@@ -410,10 +410,11 @@ impl Registry {
     }
 
     /// Registers a connection whose queue already exists (a greeted connection a backend
-    /// binds, `addressed.rs`) for `uid` the seed's way: it may be bound, unbound and bound
-    /// again to another uid while its writer drains the same queue.
-    pub fn bind_shared(&self, uid: &str, outbox: Arc<Outbox>) -> Binding {
-        self.bind_outbox(uid, Mode::Seed, outbox)
+    /// binds, `addressed.rs`) for `uid` speaking `mode`: it may be bound, unbound and bound
+    /// again to another uid while its writer drains the same queue. A v1 connection gets
+    /// its status frame and replay queued behind what the queue holds, as at any bind.
+    pub fn bind_shared(&self, uid: &str, outbox: Arc<Outbox>, mode: Mode) -> Binding {
+        self.bind_outbox(uid, mode, outbox)
     }
 
     fn bind_outbox(&self, uid: &str, mode: Mode, outbox: Arc<Outbox>) -> Binding {

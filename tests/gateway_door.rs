@@ -524,3 +524,75 @@ async fn a_door_without_an_address_to_advertise_or_with_an_unsendable_secret_doe
         );
     }
 }
+
+/// A greeted page on the `?pushwire=1` URL, and the client_id its `b` greeting carries.
+async fn v1_page(door: &Door, query: &str) -> (WsClient, String) {
+    let mut ws = WsClient::connect(&format!("ws://{}/?pushwire=1{query}", door.greeted)).await;
+    let text = ws.recv_text().await;
+    let greeting: Value = serde_json::from_str(
+        text.strip_prefix("b ")
+            .unwrap_or_else(|| panic!("an unnumbered frame: {text}")),
+    )
+    .unwrap();
+    let id = greeting["client_id"].as_str().unwrap().to_owned();
+    assert_eq!(greeting, json!({"type": "init", "client_id": id}));
+    (ws, id)
+}
+
+/// Protocol v1 on greeted pages (docs/gateway.md, "Protocol v1 on greeted pages"): from
+/// its bind the page gets its uid's status frame and numbered messages, resumes after a
+/// reload, and its acks count; what goes to the connection itself stays unnumbered.
+#[tokio::test]
+async fn a_greeted_page_that_opts_into_v1_gets_numbered_frames_resume_and_acks() {
+    let door = Door::start(&[]).await;
+    let (mut page, id) = v1_page(&door, "").await;
+    let mut php = door.php().await;
+    php.set("persistentConnection", true).await;
+    php.call("bindUid", json!([id, "v"])).await;
+    let status = page.recv_text().await;
+    let at = status
+        .strip_prefix("s new ")
+        .unwrap_or_else(|| panic!("a status frame at the bind: {status}"));
+    let epoch = at.strip_suffix(":0").unwrap().to_owned();
+    php.call("sendToUid", json!(["v", "one"])).await;
+    php.call("sendToClient", json!([id, "to the connection"]))
+        .await;
+    php.call("sendToUid", json!(["v", "two"])).await;
+    assert_eq!(
+        got(&mut page).await,
+        ["m 1 one", "b to the connection", "m 2 two"]
+    );
+
+    // A reload: the page comes back with where it was; what it missed is replayed.
+    page.close().await;
+    php.call("sendToUid", json!(["v", "three"])).await;
+    let (mut page, id) = v1_page(&door, &format!("&since={epoch}:2")).await;
+    page.expect_silence(QUIET).await;
+    php.call("bindUid", json!([id, "v"])).await;
+    assert_eq!(
+        got(&mut page).await,
+        [format!("s recovered {epoch}:2"), "m 3 three".to_owned()]
+    );
+
+    // Its ack answers a push that waits for one.
+    let mut push = common::PushClient::connect(door.daemon.push_addr).await;
+    push.send_raw(b"/push k1 ack=5000 {\"uid\":\"v\",\"n\":4}\n")
+        .await;
+    assert_eq!(page.recv_text().await, r#"m 4 {"uid":"v","n":4}"#);
+    page.send_text("a 4").await;
+    let reply: Value = serde_json::from_str(&push.read_reply().await).unwrap();
+    assert_eq!(reply["result"], "acked", "{reply}");
+
+    // A seed page on the same listener is untouched, and a bad version is refused.
+    let (mut seed, sid) = door.page().await;
+    php.call("bindUid", json!([sid, "v"])).await;
+    php.call("sendToUid", json!(["v", "five"])).await;
+    assert_eq!(got(&mut seed).await, ["five"]);
+    assert_eq!(got(&mut page).await, ["m 5 five"]);
+    let mut bad = WsClient::connect(&format!("ws://{}/?pushwire=2", door.greeted)).await;
+    let (code, reason) = bad.expect_close().await;
+    assert_eq!(
+        (code, reason.as_str()),
+        (1008, "unsupported protocol version")
+    );
+}
