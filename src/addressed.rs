@@ -511,11 +511,17 @@ impl Addressed {
                 ConnAnswer::Done(self.offer_all(targets, &msg))
             }
             SendAll { except, msg } => {
+                // Every page of the node, as on GatewayWorker every client of the
+                // gateway: the greeted ones but `except`, then those bound on the
+                // browser port (no client_id, so none is excluded).
                 let msg = Payload::from(msg.clone());
                 let t = self.lock();
                 let except: BTreeSet<u32> = except.iter().copied().collect();
                 let targets = t.conns.iter().filter(|(n, _)| !except.contains(n));
-                ConnAnswer::Done(self.offer_all(targets.map(|(n, c)| (*n, c)), &msg))
+                let greeted = self.offer_all(targets.map(|(n, c)| (*n, c)), &msg);
+                drop(t);
+                let others = self.0.registry.broadcast_own(&msg);
+                ConnAnswer::Done(greeted + others.queued)
             }
             SendGroups {
                 groups,

@@ -96,6 +96,8 @@ async fn a_client_id_on_b_works_through_as_register(url: &str) {
     php.call("sendToAll", json!(["to all"])).await;
     assert_eq!(pa.recv_text().await, "to all");
     assert_eq!(pb.recv_text().await, "to all");
+    // Every page of every node, the browser port's too (docs/gateway.md).
+    assert_eq!(seed.recv_text().await, "to all");
     php.call("sendToClient", json!([lb, "to b"])).await;
     assert_eq!(pb.recv_text().await, "to b");
     pa.expect_silence(QUIET).await;
