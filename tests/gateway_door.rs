@@ -598,3 +598,88 @@ async fn a_greeted_page_that_opts_into_v1_gets_numbered_frames_resume_and_acks()
         (1008, "unsupported protocol version")
     );
 }
+
+/// Writes `text` to the reload env file, sends SIGHUP, and returns the reload's outcome
+/// line (the `n`th since start).
+async fn reload_with(door: &Door, env: &str, text: &str, n: usize) -> String {
+    std::fs::write(env, text).unwrap();
+    door.daemon.signal("HUP").await;
+    let outcome = |l: &&str| l.contains("reloaded") || l.contains("reload failed");
+    let logged = door
+        .daemon
+        .wait_for_log(STEP, |log| log.lines().filter(outcome).count() >= n)
+        .await;
+    assert!(logged.is_ok(), "reload #{n}:\n{}", door.daemon.log());
+    let log = door.daemon.log();
+    log.lines().filter(outcome).nth(n - 1).unwrap().to_owned()
+}
+
+/// `isOnline(id)` with `secret` (none: no `$secretKey`): `Some(answer)`, or `None` when
+/// the door refuses the call.
+async fn online_with(door: &Door, secret: Option<&str>, id: &str) -> Option<Value> {
+    let mut php = door.php().await;
+    if let Some(secret) = secret {
+        php.set("secretKey", secret).await;
+    }
+    let called = php.call_or_throw("isOnline", json!([id])).await;
+    called.map(|c| c.value)
+}
+
+/// `--gateway-secret` reloads as the other secrets do (docs/deployment.md, "Reload"): it
+/// follows the push secret until the file names it; a missing line keeps it, `none`
+/// removes it, a secret GatewayClient cannot send refuses the reload; each change is a
+/// WARN naming it.
+#[tokio::test]
+async fn the_gateway_secret_reloads_under_the_rules_of_the_other_secrets() {
+    let dir = common::Scratch::new("gateway-reload");
+    let env = dir.file("reload.env", "# nothing yet\n");
+    let door = Door::start(&["--reload-env-file", &env]).await;
+    let (_page, id) = door.page().await;
+    let on = Some(json!(1));
+    assert_eq!(
+        online_with(&door, None, &id).await,
+        on,
+        "no secret at start"
+    );
+
+    // The push secret set: the gateway's default follows it (no door left open).
+    let line = reload_with(&door, &env, "PUSHWIRE_PUSH_SECRET=p1\n", 1).await;
+    assert!(
+        line.contains("WARN") && line.contains("gateway secret set"),
+        "{line}"
+    );
+    assert_eq!(online_with(&door, None, &id).await, None);
+    assert_eq!(online_with(&door, Some("p1"), &id).await, on);
+
+    // Named: its own from now on; a file without the line keeps it.
+    let line = reload_with(&door, &env, "PUSHWIRE_GATEWAY_SECRET=g1\n", 2).await;
+    assert!(line.contains("gateway secret rotated"), "{line}");
+    assert_eq!(online_with(&door, Some("p1"), &id).await, None);
+    assert_eq!(online_with(&door, Some("g1"), &id).await, on);
+    let line = reload_with(&door, &env, "PUSHWIRE_PUSH_SECRET=p2\n", 3).await;
+    assert!(!line.contains("gateway secret"), "{line}");
+    assert_eq!(online_with(&door, Some("g1"), &id).await, on);
+
+    // A secret GatewayClient cannot send (from a file: the env file refuses `"` itself).
+    let bad = dir.file("bad-secret", "a\"b\n");
+    let text = format!("PUSHWIRE_GATEWAY_SECRET_FILE={bad}\n");
+    let line = reload_with(&door, &env, &text, 4).await;
+    assert!(
+        line.contains("reload failed") && line.contains("gateway secret"),
+        "{line}"
+    );
+    assert_eq!(online_with(&door, Some("g1"), &id).await, on);
+    let good = dir.file("secret", "g2\n");
+    let text = format!("PUSHWIRE_GATEWAY_SECRET_FILE={good}\n");
+    let line = reload_with(&door, &env, &text, 5).await;
+    assert!(line.contains("gateway secret rotated"), "{line}");
+    assert_eq!(online_with(&door, Some("g2"), &id).await, on);
+
+    // Removed only by `none`, loudly.
+    let line = reload_with(&door, &env, "PUSHWIRE_GATEWAY_SECRET=none\n", 6).await;
+    assert!(
+        line.contains("WARN") && line.contains("gateway secret removed"),
+        "{line}"
+    );
+    assert_eq!(online_with(&door, None, &id).await, on);
+}
