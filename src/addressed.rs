@@ -566,6 +566,9 @@ impl Addressed {
                 if c.binding.as_ref().is_some_and(|b| b.uid() == uid) {
                     return ConnAnswer::Done(1);
                 }
+                // Acks count up to what was written of this uid's messages only (a page
+                // bound before, to another uid, was written that one's numbers).
+                c.outbox.reset_written();
                 let new = self.0.registry.bind_shared(uid, c.outbox.clone(), c.mode);
                 let old = c.binding.replace(new);
                 c.signal.update(|s| s.claimed = true);
