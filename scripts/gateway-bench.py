@@ -13,12 +13,21 @@ round sends N pushes of a 40-byte message each way:
   gateway1  N/10 sendToUid calls the library's default way: a new connection per call,
             each written and closed (Register discovery not counted: it is cached);
   push      N lines {"uid":"u",...} pipelined on one push-port connection, N replies read.
+  queue     N/20 plain elements LPUSHed (pipelined, 100 per LPUSH) onto a list the
+            Redis-queue door consumes (`--redis-queue mc`, seed 000's push centre): each
+            goes to every page (one here);
+  queueline N/20 push lines {"uid":"u",...} LPUSHed the same way: each runs as a push.
+The queue ways need `redis-server` on the PATH (started on a free port, no persistence);
+without it they are skipped. The door takes one element at a time (a BLMOVE, the send,
+then its removal from the processing list: docs/redis-queue.md), so its rate is bounded
+by Redis round trips; the figure is the daemon's CPU only, not Redis's.
 It prints the daemon's CPU (utime+stime from /proc) per push in microseconds, per round
 and the median per way. The page's reads are checked: every push arrives.
 """
 import json
 import os
 import re
+import shutil
 import socket
 import statistics
 import struct
@@ -145,15 +154,72 @@ def via_push(push, n):
     s.close()
 
 
+def resp(*args):
+    """One Redis command in RESP."""
+    out = [b"*%d\r\n" % len(args)]
+    for a in args:
+        a = a if isinstance(a, bytes) else str(a).encode()
+        out.append(b"$%d\r\n%s\r\n" % (len(a), a))
+    return b"".join(out)
+
+
+def lpush_all(port, element, n):
+    """LPUSHes n copies of element onto `mc`, 100 per command, pipelined; reads the replies."""
+    s = socket.create_connection(("127.0.0.1", port))
+    f = s.makefile("rb")
+    sent = 0
+    while sent < n:
+        k = min(100, n - sent)
+        s.sendall(resp(b"LPUSH", b"mc", *([element] * k)))
+        sent += k
+        line = f.readline()
+        if not line.startswith(b":"):
+            raise SystemExit(f"LPUSH answered {line!r}")
+    s.close()
+
+
+def via_queue(redis_port, n):
+    lpush_all(redis_port, MSG, n)
+
+
+def via_queue_line(redis_port, n):
+    lpush_all(redis_port, b'{"uid":"u","type":"say","msg":"Hello ThinkPHP5 0"}', n)
+
+
+def start_redis():
+    """A redis-server on a free port, or None if there is none to run."""
+    if not shutil.which("redis-server"):
+        return None, None
+    port = free_port()
+    proc = subprocess.Popen(
+        ["redis-server", "--port", str(port), "--save", "", "--appendonly", "no"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    for _ in range(200):
+        try:
+            socket.create_connection(("127.0.0.1", port)).close()
+            return proc, port
+        except OSError:
+            time.sleep(0.02)
+    proc.kill()
+    raise SystemExit("redis-server did not start")
+
+
 def main():
     binary = sys.argv[1]
     n = int(sys.argv[2]) if len(sys.argv) > 2 else 20000
     rounds = int(sys.argv[3]) if len(sys.argv) > 3 else 3
     ws, push, gw, reg, gws = (free_port() for _ in range(5))
+    redis, redis_port = start_redis()
+    queue = []
+    if redis_port:
+        queue = ["--redis-queue-url", f"redis://127.0.0.1:{redis_port}/", "--redis-queue", "mc",
+                 "--redis-queue-rate", "1000000"]
     daemon = subprocess.Popen(
         [binary, "--ws-listen", f"127.0.0.1:{ws}", "--push-listen", f"127.0.0.1:{push}",
          "--http-listen", "off", "--gateway-listen", f"127.0.0.1:{gw}",
-         "--gateway-register-listen", f"127.0.0.1:{reg}", "--gateway-ws-listen", f"127.0.0.1:{gws}"],
+         "--gateway-register-listen", f"127.0.0.1:{reg}", "--gateway-ws-listen", f"127.0.0.1:{gws}",
+         *queue],
         stderr=subprocess.PIPE, text=True,
     )
     try:
@@ -164,21 +230,30 @@ def main():
         page = Page(ws, "u")
         time.sleep(0.3)
         got = 0
-        results = {"gateway": [], "gateway1": [], "push": []}
         ways = [("gateway", via_gateway, gw, n), ("gateway1", via_gateway_per_call, gw, n // 10),
                 ("push", via_push, push, n)]
+        if redis_port:
+            ways += [("queue", via_queue, redis_port, n // 20),
+                     ("queueline", via_queue_line, redis_port, n // 20)]
+        else:
+            print("no redis-server: the queue ways are skipped", flush=True)
+        results = {name: [] for name, *_ in ways}
         for r in range(rounds):
             for name, way, port, count in ways:
-                before = cpu(daemon.pid)
+                before, began = cpu(daemon.pid), time.time()
                 way(port, count)
                 got += count
-                page.wait(got)
-                used = cpu(daemon.pid) - before
+                # A queue is drained one element at a time, at Redis round trips' pace.
+                page.wait(got, within=600 if name.startswith("queue") else 60)
+                used, took = cpu(daemon.pid) - before, time.time() - began
                 results[name].append(used / count * 1e6)
-                print(f"round {r + 1} {name:8} {count:6} pushes  {used * 1e6 / count:7.2f} us CPU/push", flush=True)
+                print(f"round {r + 1} {name:9} {count:6} pushes  {used * 1e6 / count:7.2f} us CPU/push"
+                      f"  {count / took:9.0f} /s", flush=True)
         print(json.dumps({k: round(statistics.median(v), 2) for k, v in results.items()}))
     finally:
         daemon.kill()
+        if redis:
+            redis.kill()
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ use tracing::warn;
 use crate::metrics::{Metric, Metrics};
 use crate::outbox::{Offer, Outbox, QueueLimits};
 use crate::registry::{Binding, Registry};
+use crate::wire::envelope::Mode;
 use crate::wire::php;
 use crate::wire::{CloseNotice, Payload};
 
@@ -369,6 +370,9 @@ struct Table {
 struct Conn {
     outbox: Arc<Outbox>,
     signal: Arc<Signal>,
+    /// How the page speaks (`?pushwire=1` on its URL): a bind gives a v1 page its status
+    /// frame, replay and numbered messages.
+    mode: Mode,
     binding: Option<Binding>,
     groups: BTreeSet<Box<str>>,
     session: Option<Vec<u8>>,
@@ -403,6 +407,19 @@ impl Drop for Held {
         };
         // The binding (a registry shard lock) is dropped outside the table's lock.
         drop(gone);
+    }
+}
+
+impl Held {
+    /// A text frame from the page: a v1 page's ack (`a SEQ`) counts for the uid it is
+    /// bound to now, as on the browser listener; anything else is ignored. Returns true
+    /// for an ack.
+    pub fn text(&self, text: &str) -> bool {
+        let t = self.table.lock();
+        t.conns
+            .get(&self.number)
+            .and_then(|c| c.binding.as_ref())
+            .is_some_and(|b| b.text(text))
     }
 }
 
@@ -445,9 +462,9 @@ impl Addressed {
         conn > t.base && u64::from(conn) < u64::from(t.base) + u64::from(t.span)
     }
 
-    /// A new connection, with `first` queued (its greeting). `None` when every number of
-    /// the range is taken.
-    pub fn open(&self, first: impl FnOnce(u32) -> Payload) -> Option<Held> {
+    /// A new connection speaking `mode`, with `first` queued (its greeting). `None` when
+    /// every number of the range is taken.
+    pub fn open(&self, mode: Mode, first: impl FnOnce(u32) -> Payload) -> Option<Held> {
         let outbox = Arc::new(Outbox::new(self.0.queue));
         let signal = Arc::new(Signal::default());
         let mut t = self.lock();
@@ -458,6 +475,7 @@ impl Addressed {
             Conn {
                 outbox: outbox.clone(),
                 signal: signal.clone(),
+                mode,
                 binding: None,
                 groups: BTreeSet::new(),
                 session: None,
@@ -493,11 +511,17 @@ impl Addressed {
                 ConnAnswer::Done(self.offer_all(targets, &msg))
             }
             SendAll { except, msg } => {
+                // Every page of the node, as on GatewayWorker every client of the
+                // gateway: the greeted ones but `except`, then those bound on the
+                // browser port (no client_id, so none is excluded).
                 let msg = Payload::from(msg.clone());
                 let t = self.lock();
                 let except: BTreeSet<u32> = except.iter().copied().collect();
                 let targets = t.conns.iter().filter(|(n, _)| !except.contains(n));
-                ConnAnswer::Done(self.offer_all(targets.map(|(n, c)| (*n, c)), &msg))
+                let greeted = self.offer_all(targets.map(|(n, c)| (*n, c)), &msg);
+                drop(t);
+                let others = self.0.registry.broadcast_own(&msg);
+                ConnAnswer::Done(greeted + others.queued)
             }
             SendGroups {
                 groups,
@@ -542,7 +566,10 @@ impl Addressed {
                 if c.binding.as_ref().is_some_and(|b| b.uid() == uid) {
                     return ConnAnswer::Done(1);
                 }
-                let new = self.0.registry.bind_shared(uid, c.outbox.clone());
+                // Acks count up to what was written of this uid's messages only (a page
+                // bound before, to another uid, was written that one's numbers).
+                c.outbox.reset_written();
+                let new = self.0.registry.bind_shared(uid, c.outbox.clone(), c.mode);
                 let old = c.binding.replace(new);
                 c.signal.update(|s| s.claimed = true);
                 drop(t);
@@ -862,7 +889,7 @@ mod tests {
     #[test]
     fn binding_shares_the_outbox_and_the_last_bind_wins() {
         let (registry, a) = table();
-        let one = a.open(greet).unwrap();
+        let one = a.open(Mode::Seed, greet).unwrap();
         assert_eq!(one.number, 1);
         assert_eq!(
             a.run(&ConnOp::Bind {
@@ -891,9 +918,9 @@ mod tests {
     fn groups_are_per_connection_and_bounded() {
         let (_, a) = table();
         let (x, y, z) = (
-            a.open(greet).unwrap(),
-            a.open(greet).unwrap(),
-            a.open(greet).unwrap(),
+            a.open(Mode::Seed, greet).unwrap(),
+            a.open(Mode::Seed, greet).unwrap(),
+            a.open(Mode::Seed, greet).unwrap(),
         );
         let join = |c: &Held, g: &str| {
             a.run(&ConnOp::Join {
@@ -944,7 +971,7 @@ mod tests {
     #[test]
     fn sessions_merge_as_php_does() {
         let (_, a) = table();
-        let c = a.open(greet).unwrap();
+        let c = a.open(Mode::Seed, greet).unwrap();
         let n = c.number;
         a.run(&ConnOp::SetSession {
             conn: n,

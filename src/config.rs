@@ -208,6 +208,22 @@ impl GatewayConfig {
     /// The default greeting: the GatewayWorker demo's `onConnect` message.
     pub const GREETING: &'static str = r#"{"type":"init","client_id":"{client_id}"}"#;
 
+    /// A `$secretKey` GatewayClient can send: UTF-8 without `"` or `\`, which it pastes
+    /// into its Register line unescaped. Checked at start and at every reload.
+    pub fn check_secret(secret: Option<&Secret>) -> Result<(), String> {
+        let Some(secret) = secret else {
+            return Ok(());
+        };
+        match std::str::from_utf8(secret.reveal()) {
+            Ok(s) if !s.contains(['"', '\\']) => Ok(()),
+            _ => Err(
+                "the gateway secret is not UTF-8 or holds a \" or \\, which GatewayClient \
+                      cannot send: set the gateway secret"
+                    .into(),
+            ),
+        }
+    }
+
     /// A door advertising `advertise`, with every other setting at its default.
     pub fn new(advertise: std::net::SocketAddrV4) -> GatewayConfig {
         GatewayConfig {

@@ -553,6 +553,15 @@ struct GatewayArgs {
     #[arg(long, env = "PUSHWIRE_GATEWAY_SECRET", hide_env_values = true)]
     gateway_secret: Option<String>,
 
+    /// GatewayClient door: a file holding the apps' `$secretKey` (a trailing newline
+    /// ignored), read at start and at every reload; `none`: no secret.
+    #[arg(
+        long,
+        env = "PUSHWIRE_GATEWAY_SECRET_FILE",
+        conflicts_with = "gateway_secret"
+    )]
+    gateway_secret_file: Option<PathBuf>,
+
     /// GatewayClient door: the first frame of a greeted connection; `{client_id}` is
     /// replaced by its client_id.
     #[arg(long, env = "PUSHWIRE_GATEWAY_GREETING", default_value = pushwire::config::GatewayConfig::GREETING)]
@@ -584,6 +593,17 @@ struct GatewayArgs {
 }
 
 impl GatewayArgs {
+    /// Where the gateway secret comes from; `None`: not given, so the push secret's.
+    fn source(&self) -> Option<SecretSource> {
+        if self.gateway_secret.is_none() && self.gateway_secret_file.is_none() {
+            return None;
+        }
+        Some(SecretSource::given(
+            self.gateway_secret_file.as_deref(),
+            self.gateway_secret.as_deref(),
+        ))
+    }
+
     /// The door's settings, if it is on; `push_secret` is the fallback secret.
     fn config(&self, push_secret: Option<&str>) -> Result<Option<GatewayConfig>, String> {
         let Listen::On(listen) = self.gateway_listen else {
@@ -598,19 +618,12 @@ impl GatewayArgs {
                 ));
             }
         };
-        let secret = match self.gateway_secret.as_deref() {
-            Some("none") => None,
-            Some(s) => Some(s.to_owned()),
-            None => push_secret.map(str::to_owned),
+        let secret = match self.source() {
+            Some(source) => source.read().map_err(|e| format!("gateway secret: {e}"))?,
+            None => push_secret.map(|s| pushwire::auth::Secret::new(s.as_bytes())),
         };
-        if let Some(s) = &secret
-            && s.contains(['"', '\\'])
-        {
-            return Err(
-                "the gateway secret holds a \" or \\, which GatewayClient cannot send: set --gateway-secret"
-                    .into(),
-            );
-        }
+        pushwire::config::GatewayConfig::check_secret(secret.as_ref())?;
+        let secret = secret.map(|s| String::from_utf8_lossy(s.reveal()).into_owned());
         Ok(Some(GatewayConfig {
             advertise,
             secret,
@@ -1072,6 +1085,7 @@ fn sources(args: &Args) -> Sources {
             args.events_secret_file.as_deref(),
             args.events_secret.as_deref(),
         ),
+        gateway_secret: args.gateway.source(),
         allowed_origins: args.allowed_origins.clone().and_then(|o| o.0),
         push_allow: args.push_allow.clone().and_then(|a| a.0),
         trusted_proxies: args.trusted_proxies.0.clone(),

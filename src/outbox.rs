@@ -295,6 +295,12 @@ impl Outbox {
         self.written.load(Relaxed)
     }
 
+    /// Forgets what was written: a greeted page rebound to another uid (protocol v1) is
+    /// believed only as far as that uid's messages go.
+    pub fn reset_written(&self) {
+        self.written.store(0, Relaxed);
+    }
+
     /// Resolves once the connection is marked for closing.
     pub async fn closed(&self) -> CloseNotice {
         loop {

@@ -47,6 +47,17 @@ const SHARDS: usize = 64;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct ConnId(u64);
 
+/// The bit a [`ConnId`] carries when the connection's queue was made by someone else
+/// ([`Registry::bind_shared`], a greeted page): [`Registry::broadcast_own`] leaves it
+/// out, since its owner reaches it already. A bit of the id, not a field of every member.
+const SHARED_QUEUE: u64 = 1 << 63;
+
+impl ConnId {
+    fn shared_queue(self) -> bool {
+        self.0 & SHARED_QUEUE != 0
+    }
+}
+
 impl std::fmt::Display for ConnId {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         self.0.fmt(f)
@@ -445,18 +456,19 @@ impl Registry {
     /// push falls between them: its first frames are queued (a v1 connection's status
     /// frame and replay; the offline queue for either kind), then it joins live delivery.
     pub fn bind_as(&self, uid: &str, mode: Mode) -> Binding {
-        self.bind_outbox(uid, mode, Arc::new(Outbox::new(self.shared.limits)))
+        self.bind_outbox(uid, mode, Arc::new(Outbox::new(self.shared.limits)), 0)
     }
 
     /// Registers a connection whose queue already exists (a greeted connection a backend
-    /// binds, `addressed.rs`) for `uid` the seed's way: it may be bound, unbound and bound
-    /// again to another uid while its writer drains the same queue.
-    pub fn bind_shared(&self, uid: &str, outbox: Arc<Outbox>) -> Binding {
-        self.bind_outbox(uid, Mode::Seed, outbox)
+    /// binds, `addressed.rs`) for `uid` speaking `mode`: it may be bound, unbound and bound
+    /// again to another uid while its writer drains the same queue. A v1 connection gets
+    /// its status frame and replay queued behind what the queue holds, as at any bind.
+    pub fn bind_shared(&self, uid: &str, outbox: Arc<Outbox>, mode: Mode) -> Binding {
+        self.bind_outbox(uid, mode, outbox, SHARED_QUEUE)
     }
 
-    fn bind_outbox(&self, uid: &str, mode: Mode, outbox: Arc<Outbox>) -> Binding {
-        let id = ConnId(self.shared.next_id.fetch_add(1, Relaxed));
+    fn bind_outbox(&self, uid: &str, mode: Mode, outbox: Arc<Outbox>, bits: u64) -> Binding {
+        let id = ConnId(self.shared.next_id.fetch_add(1, Relaxed) | bits);
         let remote = match mode {
             Mode::V1 { since } => self.shared.remote.get().map(|r| (r, since)),
             Mode::Seed => None,
@@ -939,17 +951,29 @@ impl Registry {
     /// Offers `msg` to every bound connection, one shard at a time, except those of the
     /// uids in `except`.
     pub fn broadcast(&self, msg: &Payload, except: &[Uid]) -> Delivery {
+        self.broadcast_to(msg, except, false)
+    }
+
+    /// Offers `msg` to every bound connection whose queue the registry made: not to those
+    /// bound with [`Registry::bind_shared`] (greeted pages), which their owner reaches
+    /// itself (GatewayClient's `sendToAll`, `addressed.rs`).
+    pub fn broadcast_own(&self, msg: &Payload) -> Delivery {
+        self.broadcast_to(msg, &[], true)
+    }
+
+    fn broadcast_to(&self, msg: &Payload, except: &[Uid], own_only: bool) -> Delivery {
         let n = self.shared.shards.len();
         let parts = self.fanout_parts(self.totals().1);
         if parts == 1 {
-            return self.broadcast_shards(0..n, msg, except);
+            return self.broadcast_shards(0..n, msg, except, own_only);
         }
         let except: Arc<[Uid]> = except.into();
         let parts = (0..parts)
             .map(|i| -> Part<Delivery> {
                 let (this, msg, except) = (self.clone(), msg.clone(), except.clone());
                 Box::new(move || {
-                    this.broadcast_shards(i * n / parts..(i + 1) * n / parts, &msg, &except)
+                    let range = i * n / parts..(i + 1) * n / parts;
+                    this.broadcast_shards(range, &msg, &except, own_only)
                 })
             })
             .collect();
@@ -959,8 +983,14 @@ impl Registry {
             .fold(Delivery::default(), |a, b| a + b)
     }
 
-    /// [`Registry::broadcast`] over the shards in `range`.
-    fn broadcast_shards(&self, range: Range<usize>, msg: &Payload, except: &[Uid]) -> Delivery {
+    /// [`Registry::broadcast_to`] over the shards in `range`.
+    fn broadcast_shards(
+        &self,
+        range: Range<usize>,
+        msg: &Payload,
+        except: &[Uid],
+        own_only: bool,
+    ) -> Delivery {
         self.part(msg, |via| {
             let mut delivery = Delivery::default();
             for shard in &self.shared.shards[range] {
@@ -970,6 +1000,9 @@ impl Registry {
                         continue;
                     }
                     for member in &mut entry.conns {
+                        if own_only && member.id.shared_queue() {
+                            continue;
+                        }
                         match member.feed {
                             Feed::Local => self.offer(uid, member, msg, &mut delivery, via),
                             // A tab still resuming gets it after its status frame.

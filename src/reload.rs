@@ -34,6 +34,8 @@ pub enum Setting {
     PushSecret,
     /// `PUSHWIRE_EVENTS_SECRET` or `PUSHWIRE_EVENTS_SECRET_FILE`.
     EventsSecret,
+    /// `PUSHWIRE_GATEWAY_SECRET` or `PUSHWIRE_GATEWAY_SECRET_FILE`.
+    GatewaySecret,
     /// `PUSHWIRE_ALLOWED_ORIGINS`.
     AllowedOrigins,
     /// `PUSHWIRE_PUSH_ALLOW`.
@@ -50,9 +52,10 @@ impl Setting {
     /// What the file writes to remove it, if anything may.
     fn removal(self) -> Option<&'static str> {
         match self {
-            Setting::JwtSecret | Setting::PushSecret | Setting::EventsSecret => {
-                Some("`none` to remove the secret")
-            }
+            Setting::JwtSecret
+            | Setting::PushSecret
+            | Setting::EventsSecret
+            | Setting::GatewaySecret => Some("`none` to remove the secret"),
             Setting::AllowedOrigins | Setting::PushAllow => Some("`any` to let everyone in"),
             Setting::TrustedProxies => Some("`none` to trust no proxy"),
             Setting::TlsCert | Setting::TlsKey => None,
@@ -61,13 +64,15 @@ impl Setting {
 }
 
 /// The variables a reload reads, and the setting each names.
-pub const VARIABLES: [(&str, Setting); 11] = [
+pub const VARIABLES: [(&str, Setting); 13] = [
     ("PUSHWIRE_JWT_SECRET", Setting::JwtSecret),
     ("PUSHWIRE_JWT_SECRET_FILE", Setting::JwtSecret),
     ("PUSHWIRE_PUSH_SECRET", Setting::PushSecret),
     ("PUSHWIRE_PUSH_SECRET_FILE", Setting::PushSecret),
     ("PUSHWIRE_EVENTS_SECRET", Setting::EventsSecret),
     ("PUSHWIRE_EVENTS_SECRET_FILE", Setting::EventsSecret),
+    ("PUSHWIRE_GATEWAY_SECRET", Setting::GatewaySecret),
+    ("PUSHWIRE_GATEWAY_SECRET_FILE", Setting::GatewaySecret),
     ("PUSHWIRE_ALLOWED_ORIGINS", Setting::AllowedOrigins),
     ("PUSHWIRE_PUSH_ALLOW", Setting::PushAllow),
     ("PUSHWIRE_TRUSTED_PROXIES", Setting::TrustedProxies),
@@ -160,6 +165,9 @@ pub struct Sources {
     pub push_secret: SecretSource,
     /// `--events-secret(-file)`.
     pub events_secret: SecretSource,
+    /// `--gateway-secret(-file)`; `None`: neither was given, so GatewayClient's
+    /// `$secretKey` is the push secret in force (it follows the push secret's reloads).
+    pub gateway_secret: Option<SecretSource>,
     /// `--allowed-origins` (`None`: any).
     pub allowed_origins: Option<Vec<String>>,
     /// `--push-allow` (`None`: anyone).
@@ -256,6 +264,25 @@ impl Sources {
                 (None, None) => continue,
             };
         }
+        match (
+            get("PUSHWIRE_GATEWAY_SECRET"),
+            get("PUSHWIRE_GATEWAY_SECRET_FILE"),
+        ) {
+            (Some(a), Some(b)) => {
+                return Err(format!(
+                    "lines {} and {}: PUSHWIRE_GATEWAY_SECRET and PUSHWIRE_GATEWAY_SECRET_FILE \
+                     both set: name one",
+                    a.line, b.line
+                ));
+            }
+            (Some(e), None) => {
+                next.gateway_secret = Some(SecretSource::given(None, Some(&e.value)));
+            }
+            (None, Some(e)) => {
+                next.gateway_secret = Some(SecretSource::given(Some(Path::new(&e.value)), None));
+            }
+            (None, None) => {}
+        }
         if let Some(e) = get("PUSHWIRE_ALLOWED_ORIGINS") {
             next.allowed_origins = parse_origins(&e.value);
         }
@@ -279,15 +306,20 @@ impl Sources {
 
     /// The values in force with these sources: the secret files are read now.
     pub fn resolve(&self) -> Result<Reloadable, String> {
+        let push_secret = self
+            .push_secret
+            .read()
+            .map_err(|e| format!("push secret: {e}"))?;
         Ok(Reloadable {
             jwt_secret: self
                 .jwt_secret
                 .read()
                 .map_err(|e| format!("JWT secret: {e}"))?,
-            push_secret: self
-                .push_secret
-                .read()
-                .map_err(|e| format!("push secret: {e}"))?,
+            gateway_secret: match &self.gateway_secret {
+                Some(source) => source.read().map_err(|e| format!("gateway secret: {e}"))?,
+                None => push_secret.clone(),
+            },
+            push_secret,
             allowed_origins: self.allowed_origins.clone(),
             push_allow: self.push_allow.clone(),
             trusted_proxies: self.trusted_proxies.clone(),
@@ -413,7 +445,9 @@ mod tests {
     use super::*;
     use crate::envfile::parse;
 
-    const KNOWN: [&str; 13] = [
+    const KNOWN: [&str; 15] = [
+        "PUSHWIRE_GATEWAY_SECRET",
+        "PUSHWIRE_GATEWAY_SECRET_FILE",
         "PUSHWIRE_JWT_SECRET",
         "PUSHWIRE_JWT_SECRET_FILE",
         "PUSHWIRE_PUSH_SECRET",
@@ -435,6 +469,7 @@ mod tests {
             jwt_secret: SecretSource::File("/run/credentials/pushwire.service/jwt".into()),
             push_secret: SecretSource::Literal(Secret::new("push")),
             events_secret: SecretSource::Off,
+            gateway_secret: None,
             allowed_origins: Some(vec!["https://a.example".into()]),
             push_allow: Some(parse_cidrs("10.0.0.0/8").unwrap()),
             trusted_proxies: parse_cidrs("127.0.0.0/8").unwrap(),
@@ -625,5 +660,36 @@ mod tests {
         assert!(parse_push_allow("none").is_err());
         assert!(parse_trusted_proxies("None").unwrap().is_empty());
         assert!(parse_trusted_proxies("any").is_err());
+    }
+
+    /// GatewayClient's `$secretKey` defaults to the push secret and follows its reloads;
+    /// once the file names it, it is its own: a missing line keeps it, `none` removes it.
+    #[test]
+    fn the_gateway_secret_follows_the_push_secret_until_it_is_named() {
+        let mut started = started();
+        started.jwt_secret = SecretSource::Off;
+        let over = |from: &Sources, text: &str| {
+            let file = parse(text.as_bytes()).unwrap();
+            from.overlay(&file, &KNOWN, &[]).unwrap().sources
+        };
+        let gateway = |s: &Sources| {
+            let secret = s.resolve().unwrap().gateway_secret;
+            secret.map(|x| String::from_utf8_lossy(x.reveal()).into_owned())
+        };
+        assert_eq!(gateway(&started).as_deref(), Some("push"));
+        let rotated = over(&started, "PUSHWIRE_PUSH_SECRET=p2\n");
+        assert_eq!(gateway(&rotated).as_deref(), Some("p2"));
+        let named = over(&rotated, "PUSHWIRE_GATEWAY_SECRET=g1\n");
+        assert_eq!(gateway(&named).as_deref(), Some("g1"));
+        let kept = over(&named, "PUSHWIRE_PUSH_SECRET=p3\n");
+        assert_eq!(gateway(&kept).as_deref(), Some("g1"));
+        let removed = over(&kept, "PUSHWIRE_GATEWAY_SECRET=none\n");
+        assert_eq!(gateway(&removed), None);
+        let file = parse(b"PUSHWIRE_GATEWAY_SECRET=a\nPUSHWIRE_GATEWAY_SECRET_FILE=/x\n").unwrap();
+        let both = started.overlay(&file, &KNOWN, &[]).unwrap_err();
+        assert!(both.contains("both set"), "{both}");
+        let file = parse(b"PUSHWIRE_GATEWAY_SECRET=\n").unwrap();
+        let empty = started.overlay(&file, &KNOWN, &[]).unwrap_err();
+        assert!(empty.contains("`none` to remove the secret"), "{empty}");
     }
 }

@@ -1,5 +1,5 @@
 //! The settings a reload (SIGHUP) may change while every connection stays up: the JWT,
-//! push and events secrets, the Origin and push allow-lists, the trusted proxies. (The TLS
+//! push, events and gateway secrets, the Origin and push allow-lists, the trusted proxies. (The TLS
 //! certificate is reloaded by `tls::Acceptor`.)
 //!
 //! Each is read where it decides something (a handshake, a bind, a backend's `/auth`,
@@ -25,6 +25,8 @@ pub struct Reloadable {
     pub trusted_proxies: Vec<Cidr>,
     /// [`Config::events_secret`].
     pub events_secret: Option<Secret>,
+    /// GatewayClient's `$secretKey` ([`crate::config::GatewayConfig::secret`]).
+    pub gateway_secret: Option<Secret>,
 }
 
 impl Reloadable {
@@ -37,6 +39,11 @@ impl Reloadable {
             push_allow: config.push_allow.clone(),
             trusted_proxies: config.trusted_proxies.clone(),
             events_secret: config.events_secret.clone(),
+            gateway_secret: config
+                .gateway
+                .as_ref()
+                .and_then(|g| g.secret.as_ref())
+                .map(|s| Secret::new(s.as_bytes())),
         }
     }
 
@@ -57,6 +64,10 @@ impl Reloadable {
             (
                 "events secret",
                 secret(&self.events_secret, &next.events_secret),
+            ),
+            (
+                "gateway secret",
+                secret(&self.gateway_secret, &next.gateway_secret),
             ),
             (
                 "allowed origins",
@@ -188,6 +199,7 @@ mod tests {
             push_allow: Some(parse_cidrs("10.0.0.0/8").unwrap()),
             trusted_proxies: parse_cidrs("127.0.0.0/8").unwrap(),
             events_secret: Some(Secret::new("e")),
+            gateway_secret: None,
         };
         f(&mut r);
         r

@@ -179,6 +179,9 @@ impl State {
     /// Returns what changed, for the log.
     pub fn reload(&self, next: Reloadable, tls: Option<&TlsFiles>) -> Result<Vec<Change>, String> {
         self.events.check_secret(next.events_secret.as_ref())?;
+        if self.config.gateway.is_some() {
+            crate::config::GatewayConfig::check_secret(next.gateway_secret.as_ref())?;
+        }
         let mut changed = match (&self.tls, tls) {
             (Some(acceptor), Some(files)) => {
                 acceptor.reload(files)?;

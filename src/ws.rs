@@ -103,7 +103,9 @@ pub(crate) fn serve(
                 return Box::pin(pusher::serve(ws, path, query, ctx, places)).await;
             }
             // Boxed: the greeted mode's state is not every connection's.
-            Opening::Greeted(ws) => return Box::pin(greeted::serve(ws, ctx, places)).await,
+            Opening::Greeted(ws, mode) => {
+                return Box::pin(greeted::serve(ws, mode, ctx, places)).await;
+            }
             Opening::Ended => return,
         };
 
@@ -147,8 +149,9 @@ enum Opening {
     EventStream(crate::sse::Request),
     /// A Pusher connection at `/app/{key}` (`ws/pusher.rs`), with its path and query.
     Pusher(Ws, String, Option<String>),
-    /// A WebSocket on a greeted listener (`--gateway-ws-listen`): it waits to be bound.
-    Greeted(Ws),
+    /// A WebSocket on a greeted listener (`--gateway-ws-listen`): it waits to be bound,
+    /// speaking the protocol its URL asks for (`?pushwire=1`).
+    Greeted(Ws, Mode),
     /// Refused, failed, timed out or shut down: answered (or not) as it should be.
     Ended,
 }
@@ -206,10 +209,17 @@ async fn open(
     if ctx.config.pusher_apps.is_some() && upgraded.path.starts_with("/app/") {
         return Opening::Pusher(ws, upgraded.path, upgraded.query);
     }
-    if greeted {
-        return Opening::Greeted(ws);
-    }
     let mode = Mode::from_query(upgraded.query.as_deref());
+    if greeted {
+        return match mode {
+            Ok(mode) => Opening::Greeted(ws, mode),
+            Err(notice) => {
+                info!(code = notice.code, reason = ?notice.reason, "greeted page refused");
+                finish(&mut ws, End::Closed(notice)).await;
+                Opening::Ended
+            }
+        };
+    }
     let events = ConnEvents::open(&ctx.events);
     let identified = tokio::select! {
         r = timeout_at(deadline, Box::pin(identify(&mut ws, upgraded.query_token, ctx))) => match r {

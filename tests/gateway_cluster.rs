@@ -96,6 +96,8 @@ async fn a_client_id_on_b_works_through_as_register(url: &str) {
     php.call("sendToAll", json!(["to all"])).await;
     assert_eq!(pa.recv_text().await, "to all");
     assert_eq!(pb.recv_text().await, "to all");
+    // Every page of every node, the browser port's too (docs/gateway.md).
+    assert_eq!(seed.recv_text().await, "to all");
     php.call("sendToClient", json!([lb, "to b"])).await;
     assert_eq!(pb.recv_text().await, "to b");
     pa.expect_silence(QUIET).await;
@@ -110,4 +112,57 @@ async fn a_client_id_on_b_works_through_as_register(url: &str) {
     drop(pa);
 }
 
-on_both!(a_client_id_on_b_works_through_as_register);
+/// Protocol v1 on a greeted page in cluster mode (histories in Redis): a page on B bound
+/// through A's Register gets its uid's status frame, then what A sends its uid numbered,
+/// and resumes on A after a reload with nothing missed.
+async fn a_v1_greeted_page_on_b_gets_numbered_messages_through_a(url: &str) {
+    let a = Door::start(&["--redis", url]).await;
+    let b = Door::start(&["--redis", url]).await;
+    let v1_page = |door: &Door, query: String| {
+        let url = format!("ws://{}/?pushwire=1{query}", door.greeted);
+        async move {
+            let deadline = tokio::time::Instant::now() + common::STEP * 2;
+            loop {
+                let mut ws = WsClient::connect(&url).await;
+                match ws.next_event().await {
+                    common::WsEvent::Text(t) => {
+                        let greeting: serde_json::Value =
+                            serde_json::from_str(t.strip_prefix("b ").unwrap()).unwrap();
+                        let id = greeting["client_id"].as_str().unwrap().to_owned();
+                        break (ws, id);
+                    }
+                    // No connection number before the node holds its tag.
+                    common::WsEvent::Close(1013, _) if tokio::time::Instant::now() < deadline => {
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                    other => panic!("greeted page got {other:?}"),
+                }
+            }
+        }
+    };
+    let (mut page, id) = v1_page(&b, String::new()).await;
+    let mut php = a.php().await;
+    php.set("persistentConnection", true).await;
+    php.call("bindUid", json!([as_listed_by(&a, &id), "v"]))
+        .await;
+    let status = page.recv_text().await;
+    let epoch = status
+        .strip_prefix("s new ")
+        .and_then(|at| at.strip_suffix(":0"))
+        .unwrap_or_else(|| panic!("a status frame at the bind: {status}"))
+        .to_owned();
+    php.call("sendToUid", json!(["v", "one"])).await;
+    assert_eq!(page.recv_text().await, "m 1 one");
+    page.close().await;
+    php.call("sendToUid", json!(["v", "two"])).await;
+    let (mut page, id) = v1_page(&a, format!("&since={epoch}:1")).await;
+    php.call("bindUid", json!([id, "v"])).await;
+    assert_eq!(page.recv_text().await, format!("s recovered {epoch}:1"));
+    assert_eq!(page.recv_text().await, "m 2 two");
+    page.expect_silence(QUIET).await;
+}
+
+on_both!(
+    a_client_id_on_b_works_through_as_register,
+    a_v1_greeted_page_on_b_gets_numbered_messages_through_a
+);

@@ -82,7 +82,9 @@ async fn every_gatewayclient_call_works_against_the_daemon() {
     assert_eq!(got(&mut p1).await, ["m6"]);
     assert_eq!(got(&mut p2).await, ["m6", "m8"]);
     assert_eq!(got(&mut p3).await, ["m6", "m7", "m8", "m9"]);
-    seed.expect_silence(QUIET).await;
+    // sendToAll reaches every page, as every client of a gateway: the seed page too, but
+    // for a client_id list (it has none); an exclusion list names greeted pages only.
+    assert_eq!(got(&mut seed).await, ["m6", "m8"]);
 
     // Queries.
     let v = |c: common::gateway_php::Called| c.value;
@@ -523,4 +525,161 @@ async fn a_door_without_an_address_to_advertise_or_with_an_unsendable_secret_doe
             String::from_utf8_lossy(&out.stderr)
         );
     }
+}
+
+/// A greeted page on the `?pushwire=1` URL, and the client_id its `b` greeting carries.
+async fn v1_page(door: &Door, query: &str) -> (WsClient, String) {
+    let mut ws = WsClient::connect(&format!("ws://{}/?pushwire=1{query}", door.greeted)).await;
+    let text = ws.recv_text().await;
+    let greeting: Value = serde_json::from_str(
+        text.strip_prefix("b ")
+            .unwrap_or_else(|| panic!("an unnumbered frame: {text}")),
+    )
+    .unwrap();
+    let id = greeting["client_id"].as_str().unwrap().to_owned();
+    assert_eq!(greeting, json!({"type": "init", "client_id": id}));
+    (ws, id)
+}
+
+/// Protocol v1 on greeted pages (docs/gateway.md, "Protocol v1 on greeted pages"): from
+/// its bind the page gets its uid's status frame and numbered messages, resumes after a
+/// reload, and its acks count; what goes to the connection itself stays unnumbered.
+#[tokio::test]
+async fn a_greeted_page_that_opts_into_v1_gets_numbered_frames_resume_and_acks() {
+    let door = Door::start(&[]).await;
+    let (mut page, id) = v1_page(&door, "").await;
+    let mut php = door.php().await;
+    php.set("persistentConnection", true).await;
+    php.call("bindUid", json!([id, "v"])).await;
+    let status = page.recv_text().await;
+    let at = status
+        .strip_prefix("s new ")
+        .unwrap_or_else(|| panic!("a status frame at the bind: {status}"));
+    let epoch = at.strip_suffix(":0").unwrap().to_owned();
+    php.call("sendToUid", json!(["v", "one"])).await;
+    php.call("sendToClient", json!([id, "to the connection"]))
+        .await;
+    php.call("sendToUid", json!(["v", "two"])).await;
+    assert_eq!(
+        got(&mut page).await,
+        ["m 1 one", "b to the connection", "m 2 two"]
+    );
+
+    // A reload: the page comes back with where it was; what it missed is replayed.
+    page.close().await;
+    php.call("sendToUid", json!(["v", "three"])).await;
+    let (mut page, id) = v1_page(&door, &format!("&since={epoch}:2")).await;
+    page.expect_silence(QUIET).await;
+    php.call("bindUid", json!([id, "v"])).await;
+    assert_eq!(
+        got(&mut page).await,
+        [format!("s recovered {epoch}:2"), "m 3 three".to_owned()]
+    );
+
+    // Its ack answers a push that waits for one.
+    let mut push = common::PushClient::connect(door.daemon.push_addr).await;
+    push.send_raw(b"/push k1 ack=5000 {\"uid\":\"v\",\"n\":4}\n")
+        .await;
+    assert_eq!(page.recv_text().await, r#"m 4 {"uid":"v","n":4}"#);
+    page.send_text("a 4").await;
+    let reply: Value = serde_json::from_str(&push.read_reply().await).unwrap();
+    assert_eq!(reply["result"], "acked", "{reply}");
+
+    // A seed page on the same listener is untouched, and a bad version is refused.
+    let (mut seed, sid) = door.page().await;
+    php.call("bindUid", json!([sid, "v"])).await;
+    php.call("sendToUid", json!(["v", "five"])).await;
+    assert_eq!(got(&mut seed).await, ["five"]);
+    assert_eq!(got(&mut page).await, ["m 5 five"]);
+    let mut bad = WsClient::connect(&format!("ws://{}/?pushwire=2", door.greeted)).await;
+    let (code, reason) = bad.expect_close().await;
+    assert_eq!(
+        (code, reason.as_str()),
+        (1008, "unsupported protocol version")
+    );
+}
+
+/// Writes `text` to the reload env file, sends SIGHUP, and returns the reload's outcome
+/// line (the `n`th since start).
+async fn reload_with(door: &Door, env: &str, text: &str, n: usize) -> String {
+    std::fs::write(env, text).unwrap();
+    door.daemon.signal("HUP").await;
+    let outcome = |l: &&str| l.contains("reloaded") || l.contains("reload failed");
+    let logged = door
+        .daemon
+        .wait_for_log(STEP, |log| log.lines().filter(outcome).count() >= n)
+        .await;
+    assert!(logged.is_ok(), "reload #{n}:\n{}", door.daemon.log());
+    let log = door.daemon.log();
+    log.lines().filter(outcome).nth(n - 1).unwrap().to_owned()
+}
+
+/// `isOnline(id)` with `secret` (none: no `$secretKey`): `Some(answer)`, or `None` when
+/// the door refuses the call.
+async fn online_with(door: &Door, secret: Option<&str>, id: &str) -> Option<Value> {
+    let mut php = door.php().await;
+    if let Some(secret) = secret {
+        php.set("secretKey", secret).await;
+    }
+    let called = php.call_or_throw("isOnline", json!([id])).await;
+    called.map(|c| c.value)
+}
+
+/// `--gateway-secret` reloads as the other secrets do (docs/deployment.md, "Reload"): it
+/// follows the push secret until the file names it; a missing line keeps it, `none`
+/// removes it, a secret GatewayClient cannot send refuses the reload; each change is a
+/// WARN naming it.
+#[tokio::test]
+async fn the_gateway_secret_reloads_under_the_rules_of_the_other_secrets() {
+    let dir = common::Scratch::new("gateway-reload");
+    let env = dir.file("reload.env", "# nothing yet\n");
+    let door = Door::start(&["--reload-env-file", &env]).await;
+    let (_page, id) = door.page().await;
+    let on = Some(json!(1));
+    assert_eq!(
+        online_with(&door, None, &id).await,
+        on,
+        "no secret at start"
+    );
+
+    // The push secret set: the gateway's default follows it (no door left open).
+    let line = reload_with(&door, &env, "PUSHWIRE_PUSH_SECRET=p1\n", 1).await;
+    assert!(
+        line.contains("WARN") && line.contains("gateway secret set"),
+        "{line}"
+    );
+    assert_eq!(online_with(&door, None, &id).await, None);
+    assert_eq!(online_with(&door, Some("p1"), &id).await, on);
+
+    // Named: its own from now on; a file without the line keeps it.
+    let line = reload_with(&door, &env, "PUSHWIRE_GATEWAY_SECRET=g1\n", 2).await;
+    assert!(line.contains("gateway secret rotated"), "{line}");
+    assert_eq!(online_with(&door, Some("p1"), &id).await, None);
+    assert_eq!(online_with(&door, Some("g1"), &id).await, on);
+    let line = reload_with(&door, &env, "PUSHWIRE_PUSH_SECRET=p2\n", 3).await;
+    assert!(!line.contains("gateway secret"), "{line}");
+    assert_eq!(online_with(&door, Some("g1"), &id).await, on);
+
+    // A secret GatewayClient cannot send (from a file: the env file refuses `"` itself).
+    let bad = dir.file("bad-secret", "a\"b\n");
+    let text = format!("PUSHWIRE_GATEWAY_SECRET_FILE={bad}\n");
+    let line = reload_with(&door, &env, &text, 4).await;
+    assert!(
+        line.contains("reload failed") && line.contains("gateway secret"),
+        "{line}"
+    );
+    assert_eq!(online_with(&door, Some("g1"), &id).await, on);
+    let good = dir.file("secret", "g2\n");
+    let text = format!("PUSHWIRE_GATEWAY_SECRET_FILE={good}\n");
+    let line = reload_with(&door, &env, &text, 5).await;
+    assert!(line.contains("gateway secret rotated"), "{line}");
+    assert_eq!(online_with(&door, Some("g2"), &id).await, on);
+
+    // Removed only by `none`, loudly.
+    let line = reload_with(&door, &env, "PUSHWIRE_GATEWAY_SECRET=none\n", 6).await;
+    assert!(
+        line.contains("WARN") && line.contains("gateway secret removed"),
+        "{line}"
+    );
+    assert_eq!(online_with(&door, None, &id).await, on);
 }

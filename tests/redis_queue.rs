@@ -10,16 +10,22 @@ mod common;
 
 use std::time::Duration;
 
-use common::redis::Redis;
+use common::redis::{Redis, RedisCluster};
 use common::{Daemon, Launch, STEP, WsClient, poll_until};
 use tokio::process::Command;
 
 /// `php tests/php/lpush.php PORT KEY ELEMENTS...`
 async fn lpush(redis: &Redis, key: &str, elements: &[&str]) {
+    lpush_to(&redis.port.to_string(), key, elements).await;
+}
+
+/// `php tests/php/lpush.php TARGET KEY ELEMENTS...`: TARGET a port, or a Redis Cluster's
+/// seed list (php-redis's `RedisCluster`).
+async fn lpush_to(target: &str, key: &str, elements: &[&str]) {
     let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/php/lpush.php");
     let out = Command::new("php")
         .arg(script)
-        .arg(redis.port.to_string())
+        .arg(target)
         .arg(key)
         .args(elements)
         .output()
@@ -228,4 +234,82 @@ async fn no_element_is_lost_across_a_kill_9(url: &str, redis: &Redis) {
 async fn no_element_is_lost_across_a_kill_9_on_standalone_redis() {
     let redis = Redis::start().await;
     no_element_is_lost_across_a_kill_9(&redis.url(), &redis).await;
+}
+
+/// On a three-master Redis Cluster: three lists whose slots are on three different
+/// masters (`redis-cli --cluster create` gives them 0-5460, 5461-10922, 10923-16383),
+/// each consumed by one of two nodes (its lease), php-cli's `RedisCluster` `LPUSH`ing to
+/// them: every page on either node gets every element once, each list's in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lpushed_elements_reach_every_page_once_in_order_on_a_redis_cluster() {
+    let cluster = RedisCluster::start().await;
+    let lists = [("orders", 105), ("mc", 8627), ("chat", 14028)];
+    for (key, slot) in lists {
+        let got = Command::new("redis-cli")
+            .args(cluster.cli_args())
+            .args(["CLUSTER", "KEYSLOT", key])
+            .output()
+            .await
+            .expect("redis-cli runs");
+        assert_eq!(
+            String::from_utf8_lossy(&got.stdout).trim(),
+            slot.to_string()
+        );
+    }
+    let url = cluster.url();
+    let args = [
+        "--redis",
+        &url,
+        "--redis-queue",
+        "orders",
+        "--redis-queue",
+        "mc",
+        "--redis-queue",
+        "chat",
+    ];
+    let a = Launch::new().args(&args).start().await;
+    let b = Launch::new().args(&args).start().await;
+    // Each list has its consumer before anything is pushed (else the first elements
+    // would wait out a lease, which is fine but slow).
+    for key in ["orders", "mc", "chat"] {
+        poll_until(STEP * 2, "a consumer for each list", || async {
+            let line = format!("list={key} consuming=true");
+            a.log().contains(&line) || b.log().contains(&line)
+        })
+        .await;
+    }
+    let mut pages = [
+        page(&a, "pa").await,
+        page(&b, "pb").await,
+        page(&b, "pb2").await,
+    ];
+    let per_list = 30;
+    let mut want = Vec::new();
+    for (key, _) in lists {
+        let elements: Vec<String> = (0..per_list).map(|i| format!("{key}-{i:02}")).collect();
+        let refs: Vec<&str> = elements.iter().map(String::as_str).collect();
+        lpush_to(&cluster.seeds(), key, &refs).await;
+        want.push(elements);
+    }
+    for page in &mut pages {
+        let mut got = Vec::new();
+        while got.len() < lists.len() * per_list {
+            match tokio::time::timeout(STEP, page.recv_text()).await {
+                Ok(t) => got.push(t),
+                Err(_) => panic!("a page got {} elements: {got:?}", got.len()),
+            }
+        }
+        page.expect_silence(Duration::from_millis(300)).await;
+        for ((key, _), want) in lists.iter().zip(&want) {
+            let of_list: Vec<&String> = got
+                .iter()
+                .filter(|t| t.starts_with(&format!("{key}-")))
+                .collect();
+            assert_eq!(
+                of_list,
+                want.iter().collect::<Vec<_>>(),
+                "{key}: once, in order"
+            );
+        }
+    }
 }

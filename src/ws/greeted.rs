@@ -3,7 +3,12 @@
 //! waits unbound until a backend claims it through the gateway door (`bindUid`,
 //! `joinGroup`, a session), within `--gateway-claim-timeout-ms`, and from then on gets
 //! what is sent to its uid, its groups, or itself. What it sends is ignored (there is no
-//! BusinessWorker to hand it to), but for pings and its close.
+//! BusinessWorker to hand it to), but for pings, its close, and a v1 page's acks.
+//!
+//! A page whose URL opts into protocol v1 (`?pushwire=1[&since=EPOCH:SEQ]`) gets every
+//! frame tagged: the greeting and whatever is sent to the connection itself, its groups or
+//! everyone as `b …` (live only), and from each bind on the uid's status frame, replay and
+//! numbered `m SEQ …` messages, which it may acknowledge (`docs/gateway.md`).
 
 use std::sync::Arc;
 
@@ -16,6 +21,7 @@ use crate::addressed::Held;
 use crate::frames::{Incoming, PING, PONG, control_frame};
 use crate::outbox::Outbox;
 use crate::state::State;
+use crate::wire::envelope::Mode;
 use crate::wire::gateway::ClientId;
 use crate::wire::{CloseNotice, Payload};
 
@@ -36,7 +42,7 @@ impl Drained for Held {
 }
 
 /// Serves a greeted connection after its upgrade.
-pub(super) async fn serve(mut ws: Ws, ctx: Arc<State>, places: Admitted) {
+pub(super) async fn serve(mut ws: Ws, mode: Mode, ctx: Arc<State>, places: Admitted) {
     let (Some(table), Some(gw)) = (ctx.addressed.as_ref(), ctx.config.gateway.as_ref()) else {
         return finish(&mut ws, End::Shutdown).await;
     };
@@ -44,7 +50,8 @@ pub(super) async fn serve(mut ws: Ws, ctx: Arc<State>, places: Admitted) {
         connection: _slot,
         pending,
     } = places;
-    let opened = table.open(|n| {
+    ws.enveloped = matches!(mode, Mode::V1 { .. });
+    let opened = table.open(mode, |n| {
         let id = ClientId {
             gateway: gw.advertise,
             connection: n,
@@ -97,7 +104,7 @@ async fn session(
                 if let Err(end) = deliver(ws, &batch, sent, outbox, ctx).await {
                     return end;
                 }
-                book(&mut batch, ctx);
+                book(&mut batch, ws.enveloped, outbox, ctx);
             }
             () = held.signal.changed() => {
                 let now = held.signal.now();
@@ -122,7 +129,11 @@ async fn session(
                 }
                 match frame {
                     Ok(Incoming::Close(code)) => return End::PeerClosed(code),
-                    Ok(Incoming::Text(t)) => trace!(len = t.len(), "ignoring text message"),
+                    Ok(Incoming::Text(t)) => {
+                        if !(ws.enveloped && held.text(&t)) {
+                            trace!(len = t.len(), "ignoring text message");
+                        }
+                    }
                     Ok(Incoming::Binary(len)) => trace!(len, "ignoring binary message"),
                     Ok(Incoming::Pong) => {}
                     Ok(Incoming::Ping(payload)) => {
@@ -152,10 +163,14 @@ async fn session(
     }
 }
 
-/// Counts a written batch in the frame metrics, and empties it.
-fn book(batch: &mut Vec<Payload>, ctx: &State) {
+/// Counts a written batch in the frame metrics and (protocol v1) how far acks are
+/// believed, and empties it.
+fn book(batch: &mut Vec<Payload>, enveloped: bool, outbox: &Outbox, ctx: &State) {
     ctx.metrics
         .frames_written(batch.iter().map(|m| (m.len(), m.received())));
+    if enveloped {
+        outbox.note_written(batch);
+    }
     batch.clear();
 }
 
@@ -177,7 +192,7 @@ async fn close_after(
         if let Err(end) = deliver(ws, batch, sent, outbox, ctx).await {
             return end;
         }
-        book(batch, ctx);
+        book(batch, ws.enveloped, outbox, ctx);
     }
     End::Closed(notice)
 }

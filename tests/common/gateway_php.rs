@@ -92,13 +92,19 @@ impl GatewayPhp {
         if a.get("exception").is_some() {
             panic!("Gateway::{method}({args}) threw: {a}");
         }
-        Called {
-            value: a["value"].clone(),
-            serialized: STANDARD
-                .decode(a["serialized"].as_str().unwrap_or_default())
-                .unwrap(),
-            output: a["output"].as_str().unwrap_or_default().to_owned(),
+        self_called(&a)
+    }
+
+    /// `Gateway::method(...args)`: `None` if it threw.
+    #[allow(dead_code)]
+    pub async fn call_or_throw(&mut self, method: &str, args: Value) -> Option<Called> {
+        let a = self
+            .op(json!({"op": "call", "method": method, "args": args.clone()}))
+            .await;
+        if a.get("exception").is_some() {
+            return None;
         }
+        Some(self_called(&a))
     }
 
     /// `Gateway::method(...args)` must throw: `(class, message)`.
@@ -110,6 +116,17 @@ impl GatewayPhp {
             (Some(class), Some(message)) => (class.to_owned(), message.to_owned()),
             _ => panic!("Gateway::{method}({args}) returned {a} instead of throwing"),
         }
+    }
+}
+
+/// A call's answer as the PHP side reported it.
+fn self_called(a: &Value) -> Called {
+    Called {
+        value: a["value"].clone(),
+        serialized: STANDARD
+            .decode(a["serialized"].as_str().unwrap_or_default())
+            .unwrap(),
+        output: a["output"].as_str().unwrap_or_default().to_owned(),
     }
 }
 

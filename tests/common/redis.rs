@@ -355,6 +355,16 @@ impl RedisCluster {
         self.nodes[0].port
     }
 
+    /// `127.0.0.1:P1,127.0.0.1:P2,127.0.0.1:P3`: the masters, as a client's seed list.
+    pub fn seeds(&self) -> String {
+        let addrs: Vec<String> = self
+            .nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port))
+            .collect();
+        addrs.join(",")
+    }
+
     pub fn url(&self) -> String {
         let port = |i: usize| self.nodes[i].port;
         RedisCluster::url_of([port(0), port(1), port(2)], self.tls.is_some())

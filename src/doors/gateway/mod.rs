@@ -5,7 +5,7 @@
 //! reference.
 //!
 //! Access is the push port's: the allow-list (`--push-allow`) at accept, and GatewayClient's
-//! `$secretKey` (`--gateway-secret`) as the first frame of every connection.
+//! `$secretKey` (`--gateway-secret`, reloadable) as the first frame of every connection.
 //! A frame that cannot be read (a length under its header, over `--gateway-max-frame-bytes`,
 //! `ext_data` past its end) closes that connection only, with a log line; a frame that reads
 //! but is refused (a BusinessWorker command, a list over `--max-list-uids`, a message that is
@@ -24,6 +24,7 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use crate::access::{Peer, allowed, constant_time_eq};
+use crate::auth::Secret;
 use crate::metrics::Metric;
 use crate::state::State;
 use crate::wire::gateway::request::{self, Limits, Request};
@@ -46,9 +47,9 @@ fn admitted(peer: Peer, ctx: &State, endpoint: &str) -> bool {
 /// GatewayWorker's rule: with a secret, the given one must be it; without one, none may be
 /// given (a client sending a secret to a door that has none is misconfigured, and
 /// GatewayWorker closes it too).
-fn secret_matches(ours: Option<&str>, given: Option<&str>) -> bool {
+fn secret_matches(ours: Option<&Secret>, given: Option<&str>) -> bool {
     match (ours, given) {
-        (Some(ours), Some(given)) => constant_time_eq(ours.as_bytes(), given.as_bytes()),
+        (Some(ours), Some(given)) => constant_time_eq(ours.reveal(), given.as_bytes()),
         (Some(_), None) => false,
         (None, given) => given.is_none_or(str::is_empty),
     }
@@ -65,7 +66,9 @@ pub(crate) async fn serve(mut stream: TcpStream, peer: Peer, ctx: Arc<State>) {
         return;
     }
     let limits = Limits::from(ctx.config.command_limits());
-    let mut authed = gw.secret.is_none();
+    // The secret in force when the connection came (a reload applies to the next ones).
+    let secret = ctx.settings().gateway_secret.clone();
+    let mut authed = secret.is_none();
     let mut buf = BytesMut::new();
     let idle = ctx.config.push_idle_timeout;
     loop {
@@ -81,7 +84,7 @@ pub(crate) async fn serve(mut stream: TcpStream, peer: Peer, ctx: Arc<State>) {
             };
             let request = request::parse(&frame, &limits);
             if let Ok(Request::Auth { secret_key }) = &request {
-                if secret_matches(gw.secret.as_deref(), secret_key.as_deref()) {
+                if secret_matches(secret.as_ref(), secret_key.as_deref()) {
                     authed = true;
                     continue;
                 }

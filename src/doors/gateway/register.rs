@@ -58,7 +58,8 @@ pub(crate) async fn serve(mut stream: TcpStream, peer: Peer, ctx: Arc<State>) {
         let line = line.strip_suffix(b"\r").unwrap_or(line);
         match parse_line(line) {
             Ok(Event::WorkerConnect { secret_key }) => {
-                if !super::secret_matches(gw.secret.as_deref(), secret_key.as_deref()) {
+                let secret = ctx.settings().gateway_secret.clone();
+                if !super::secret_matches(secret.as_ref(), secret_key.as_deref()) {
                     // GatewayWorker's Register closes without a word; the log says why.
                     warn!(%peer, "Register refused: wrong secret_key");
                     ctx.metrics.incr(Metric::RefusedPush);
