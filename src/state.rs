@@ -136,10 +136,13 @@ impl State {
         .map_err(std::io::Error::other)?;
         let events = Arc::new(events);
         let (presence_events, cluster_events) = match &cluster {
-            Some(cluster) => (
-                None,
-                ClusterPresence::start(&events, cluster, &registry, config.events.debounce),
-            ),
+            Some(cluster) => {
+                cluster.set_events(events.clone());
+                (
+                    None,
+                    ClusterPresence::start(&events, cluster, &registry, config.events.debounce),
+                )
+            }
             None => {
                 let debounce = Debounce::new(events.clone(), config.events.debounce);
                 registry.set_events(events.clone(), debounce.clone());

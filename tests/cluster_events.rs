@@ -185,3 +185,133 @@ async fn a_node_killed_with_sigkill_still_yields_its_closes_and_offlines() {
 fn c_node(rx: &Receiver) -> String {
     presence_of(rx, "k9")[0].2.clone()
 }
+
+/// A node on `redis` sending group events to `rx`, with a short group grace period.
+async fn group_node(redis: &Redis, rx: &Receiver) -> Daemon {
+    let url = rx.url("/hook#types=group_occupied,group_vacated");
+    Launch::new()
+        .args(&[
+            "--redis",
+            &redis.url(),
+            "--events-url",
+            &url,
+            "--events-secret",
+            SECRET,
+            "--group-grace-ms",
+            "600",
+        ])
+        .start()
+        .await
+}
+
+/// The group events of `group` the receiver took, as `(type, seq, node)`, in seq order.
+fn group_events(rx: &Receiver, group: &str) -> Vec<(String, u64, String)> {
+    let mut events: Vec<_> = rx
+        .taken()
+        .iter()
+        .filter(|e| e["group"] == group)
+        .map(|e| {
+            (
+                e["type"].as_str().unwrap().to_owned(),
+                e["seq"].as_u64().unwrap(),
+                e["node"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    events.sort_by_key(|e| e.1);
+    events
+}
+
+/// Waits until `group` has `n` events, then a while longer to see no more come.
+async fn groups_settle(rx: &Receiver, group: &str, n: usize) -> Vec<(String, u64, String)> {
+    let deadline = Instant::now() + STEP;
+    while group_events(rx, group).len() < n {
+        assert!(
+            Instant::now() < deadline,
+            "{group}: {:?}",
+            group_events(rx, group)
+        );
+        sleep(Duration::from_millis(50)).await;
+    }
+    sleep(Duration::from_millis(1000)).await;
+    group_events(rx, group)
+}
+
+/// Groups live in Redis in cluster mode: the node whose script made a group tells its
+/// `group_occupied`, the one whose script emptied it its `group_vacated`, once each
+/// however many nodes join and leave it, even three joining at the same instant; and a
+/// grace period ending (swept by every node) or a kick empties it once too. Each event's
+/// seq is above the one before, whichever node told it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn groups_are_occupied_and_vacated_once_across_three_nodes() {
+    let redis = Redis::start().await;
+    let rx = Receiver::start(|_| Answer::Status(204)).await;
+    let nodes = [
+        group_node(&redis, &rx).await,
+        group_node(&redis, &rx).await,
+        group_node(&redis, &rx).await,
+    ];
+    let mut push = Vec::new();
+    for d in &nodes {
+        push.push(PushClient::connect(d.push_addr).await);
+    }
+    let _tabs = [tab(&nodes[0], "u1").await, tab(&nodes[1], "u2").await];
+
+    // Made on A, joined on B, left on C (still occupied), emptied on A.
+    assert!(push[0].request("/join room u1").await.contains("\"ok\":true"));
+    assert!(push[1].request("/join room u2").await.contains("\"ok\":true"));
+    assert!(push[2].request("/leave room u1").await.contains("\"ok\":true"));
+    assert!(push[0].request("/leave room u2").await.contains("\"ok\":true"));
+    let room = groups_settle(&rx, "room", 2).await;
+    let kinds: Vec<&str> = room.iter().map(|e| e.0.as_str()).collect();
+    assert_eq!(kinds, ["group_occupied", "group_vacated"], "{room:?}");
+    assert_ne!(room[0].2, "", "told by a node");
+
+    // Three nodes make the same group at once: one occupied; three leave at once: one
+    // vacated.
+    let [a, b, c] = push.as_mut_slice() else {
+        unreachable!()
+    };
+    let (ra, rb, rc) = tokio::join!(
+        a.request("/join race u1"),
+        b.request("/join race u2"),
+        c.request("/join race u3"),
+    );
+    for r in [ra, rb, rc] {
+        assert!(r.contains("\"ok\":true"), "{r}");
+    }
+    let (ra, rb, rc) = tokio::join!(
+        a.request("/leave race u1"),
+        b.request("/leave race u2"),
+        c.request("/leave race u3"),
+    );
+    for r in [ra, rb, rc] {
+        assert!(r.contains("\"ok\":true"), "{r}");
+    }
+    let race = groups_settle(&rx, "race", 2).await;
+    let kinds: Vec<&str> = race.iter().map(|e| e.0.as_str()).collect();
+    assert_eq!(kinds, ["group_occupied", "group_vacated"], "{race:?}");
+
+    // A uid with no connection anywhere: its grace period ends and every node's sweeper
+    // may find it due; the group it alone was in is vacated once.
+    assert!(push[1].request("/join lonely ghost").await.contains("\"ok\":true"));
+    let lonely = groups_settle(&rx, "lonely", 2).await;
+    let kinds: Vec<&str> = lonely.iter().map(|e| e.0.as_str()).collect();
+    assert_eq!(kinds, ["group_occupied", "group_vacated"], "{lonely:?}");
+
+    // A kick drops a uid's groups at once: the one it alone held is vacated.
+    assert!(push[2].request("/join kicked u2").await.contains("\"ok\":true"));
+    assert!(push[0].request("/kick u2").await.contains("\"ok\":true"));
+    let kicked = groups_settle(&rx, "kicked", 2).await;
+    let kinds: Vec<&str> = kicked.iter().map(|e| e.0.as_str()).collect();
+    assert_eq!(kinds, ["group_occupied", "group_vacated"], "{kicked:?}");
+
+    // Every group event, whichever node told it, in one increasing order of seq that is
+    // the order they happened.
+    let all: Vec<u64> = ["room", "race", "lonely", "kicked"]
+        .iter()
+        .flat_map(|g| group_events(&rx, g))
+        .map(|e| e.1)
+        .collect();
+    assert!(all.windows(2).all(|w| w[0] < w[1]), "{all:?}");
+}

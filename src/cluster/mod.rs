@@ -93,6 +93,7 @@ use tokio::sync::{Notify, mpsc};
 use tracing::info;
 
 use crate::config::RedisPrefix;
+use crate::events::Hub;
 use crate::groups::GroupLimits;
 use crate::history::HistoryLimits;
 use crate::registry::{ConnId, Registry};
@@ -178,6 +179,9 @@ pub struct Cluster {
     /// Connections with an ack record in flight, and the latest ack each sent since
     /// (sent when the record in flight is done): see `acks.rs`.
     acking: Mutex<HashMap<ConnId, Option<(Uid, Position)>>>,
+    /// Where group events go (`group_occupied`/`group_vacated`): the node's events, set
+    /// once at start ([`Cluster::set_events`]).
+    events: std::sync::OnceLock<Arc<Hub>>,
 }
 
 /// Why cluster mode could not start.
@@ -249,6 +253,7 @@ impl Cluster {
             epochs: Mutex::default(),
             stop: tokio_util::sync::CancellationToken::new(),
             acking: Mutex::default(),
+            events: std::sync::OnceLock::new(),
         });
         registry.set_presence(Arc::new(Hook(Arc::downgrade(&cluster))));
         if cluster.history.is_some() {
@@ -308,6 +313,12 @@ impl Cluster {
     /// This node's id.
     pub fn node(&self) -> &str {
         &self.node
+    }
+
+    /// From now on a group made or emptied by this node's scripts is an event of `hub`'s
+    /// (once; later calls are ignored).
+    pub fn set_events(&self, hub: Arc<Hub>) {
+        let _ = self.events.set(hub);
     }
 
     /// The command connection, for `cluster_presence.rs` (events' presence in Redis).

@@ -83,6 +83,13 @@ impl Names {
         format!("{}ev:", self.tagged)
     }
 
+    /// `{<p>}:ev:gseq`, the last `seq` of a group event (`group_occupied`/`group_vacated`)
+    /// anywhere in the cluster: one number for every group, so the group scripts number
+    /// their events in the order Redis ran them (in the groups' slot).
+    pub fn group_seq(&self) -> String {
+        format!("{}ev:gseq", self.tagged)
+    }
+
     /// A uid's shard channel: every node holding a connection of it listens there.
     pub fn uid_channel(&self, uid: &str) -> String {
         let mut s = String::with_capacity(self.uid_prefix.len() + uid.len());
