@@ -315,3 +315,95 @@ async fn groups_are_occupied_and_vacated_once_across_three_nodes() {
         .collect();
     assert!(all.windows(2).all(|w| w[0] < w[1]), "{all:?}");
 }
+
+/// A node on `redis` without receivers of its own (`--events-url` given to another).
+async fn bare_node(redis: &Redis) -> Daemon {
+    let debounce = DEBOUNCE_MS.to_string();
+    Launch::new()
+        .args(&["--redis", &redis.url(), "--events-debounce-ms", &debounce])
+        .rust_log("info")
+        .start()
+        .await
+}
+
+/// Only node A was given `--events-url`; B and C were not (a rolling change, or a
+/// mistake). A says so (WARN, and on its live page); B and C still take part once they
+/// see A's receivers: a uid held only on B and C is one `online` (decided on B, relayed
+/// through Redis to A) and one `offline`; a group made through C's push port is told; and
+/// C killed with -9 still yields its tab's `close` and its uid's `offline`, told by A.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_without_receivers_still_count_and_relay_to_one_with_them() {
+    let redis = Redis::start().await;
+    let rx = Receiver::start(|_| Answer::Status(204)).await;
+    let url = rx.url("/hook#types=online,offline,close,group_occupied");
+    let debounce = DEBOUNCE_MS.to_string();
+    let a = Launch::new()
+        .args(&[
+            "--redis",
+            &redis.url(),
+            "--events-url",
+            &url,
+            "--events-secret",
+            SECRET,
+            "--events-debounce-ms",
+            &debounce,
+        ])
+        .start()
+        .await;
+    let b = bare_node(&redis).await;
+    let mut c = bare_node(&redis).await;
+    for d in [&b, &c] {
+        d.wait_line("takes part in cluster presence", STEP).await;
+    }
+    a.wait_line("other --events-url receivers than this one", STEP)
+        .await;
+    let differ = common::redis::http_get(a.http_addr.unwrap(), "/status.json").await;
+    let differ: Value =
+        serde_json::from_str(differ.split_once("\r\n\r\n").unwrap().1).unwrap();
+    assert_eq!(
+        differ["cluster"]["receivers_differ"].as_array().unwrap().len(),
+        2,
+        "{differ:#}"
+    );
+
+    // A uid on B, then C (B's tab closed), then gone.
+    let t1 = tab(&b, "relayed").await;
+    let online = presence_settles(&rx, "relayed", 1, STEP).await;
+    assert_eq!(online[0].0, "online");
+    let t2 = tab(&c, "relayed").await;
+    t1.close().await;
+    sleep(Duration::from_millis(DEBOUNCE_MS * 2)).await;
+    assert_eq!(presence_of(&rx, "relayed").len(), 1, "a move is no offline");
+    t2.close().await;
+    let events = presence_settles(&rx, "relayed", 2, STEP).await;
+    let kinds: Vec<&str> = events.iter().map(|e| e.0.as_str()).collect();
+    assert_eq!(kinds, ["online", "offline"], "{events:?}");
+    assert!(events[0].1 < events[1].1);
+    assert_ne!(events[0].2, events[1].2, "online decided on B, offline told by A");
+
+    // A group made through C's push port.
+    let mut push = PushClient::connect(c.push_addr).await;
+    assert!(push.request("/join relayed-room x").await.contains("\"ok\":true"));
+    rx.wait_taken(1, STEP).await;
+    let deadline = Instant::now() + STEP;
+    while !rx.taken().iter().any(|e| e["group"] == "relayed-room") {
+        assert!(Instant::now() < deadline, "{:#?}", rx.taken());
+        sleep(Duration::from_millis(50)).await;
+    }
+
+    // C dies holding a tab: A reaps it.
+    let _k = tab(&c, "k9-bare").await;
+    presence_settles(&rx, "k9-bare", 1, STEP).await;
+    sleep(Duration::from_millis(500)).await;
+    c.kill9();
+    let bound =
+        Duration::from_secs(6) + Duration::from_millis(DEBOUNCE_MS) + Duration::from_secs(1);
+    let k9 = presence_settles(&rx, "k9-bare", 2, bound + STEP).await;
+    assert_eq!(k9[1].0, "offline", "{k9:?}");
+    let reaped = rx
+        .taken()
+        .into_iter()
+        .filter(|e| e["type"] == "close" && e["reason"] == "node lost" && e["uid"] == "k9-bare")
+        .count();
+    assert_eq!(reaped, 1);
+}

@@ -61,7 +61,7 @@ impl Cluster {
         if let Ok(seq) = seq.parse() {
             self.tell_group(What::GroupOccupied {
                 group: group.into(),
-            }, seq);
+            }, seq).await;
         }
         match added {
             -1 => Err(ClusterGroupError::Limit(GroupError::TooManyGroups(
@@ -94,7 +94,7 @@ impl Cluster {
         if let Ok(seq) = seq.parse() {
             self.tell_group(What::GroupVacated {
                 group: group.into(),
-            }, seq);
+            }, seq).await;
         }
         Ok((removed.max(0) as usize, left.max(0) as usize))
     }
@@ -132,7 +132,7 @@ impl Cluster {
             if let Ok(seq) = pair[1].parse() {
                 self.tell_group(What::GroupVacated {
                     group: pair[0].as_str().into(),
-                }, seq);
+                }, seq).await;
             }
         }
         Ok(())
@@ -141,10 +141,17 @@ impl Cluster {
     /// Tells a group's `group_occupied`/`group_vacated`, decided by the script that made
     /// or emptied it: exactly one node runs that script, so exactly one node tells it,
     /// numbered by Redis (`group_seq_lua`) in the order the scripts ran.
-    fn tell_group(&self, what: What, seq: u64) {
-        if let Some(hub) = self.events.get() {
-            hub.publish(what, seq);
+    /// A node without receivers relays it to one with receivers (`relay.rs`).
+    async fn tell_group(&self, what: What, seq: u64) {
+        let Some(hub) = self.events.get() else {
+            return;
+        };
+        if !hub.has_receivers()
+            && let Err(err) = self.relay(&what, seq).await
+        {
+            debug!(%err, "relaying a group event failed: lost");
         }
+        hub.publish(what, seq);
     }
 
     /// Starts (or restarts) `uid`'s grace period, ending at `deadline_ms`.

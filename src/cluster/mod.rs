@@ -47,6 +47,7 @@
 //! - `online.rs`: the distinct uids online cluster-wide (`/count`).
 //! - `uids.rs`: the cluster-wide `/uids` walk.
 //! - `groups.rs`: groups in Redis, and the grace sweeper.
+//! - `relay.rs`: events decided by a node without receivers, for one that has some.
 //! - `claims.rs`: the cluster-wide `/push` retry key.
 //! - `history/`: protocol v1 history in Redis (`scripts.rs`: its keys' slots, Lua and
 //!   parsing, no I/O).
@@ -69,6 +70,7 @@ mod nodes;
 mod online;
 mod publisher;
 mod pusher;
+mod relay;
 mod subscriptions;
 mod uids;
 
@@ -324,6 +326,11 @@ impl Cluster {
     /// The command connection, for `cluster_presence.rs` (events' presence in Redis).
     pub(crate) fn redis(&self) -> &Client {
         &self.cmd
+    }
+
+    /// The keys of the nodes' figures for the live page (`node_figures.rs`).
+    pub(crate) fn figures_keys(&self) -> [String; 2] {
+        self.names.figures()
     }
 
     /// `<prefix>:p`: what Pusher channels' keys and channel start with (`pusher.rs`).

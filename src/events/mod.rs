@@ -234,13 +234,19 @@ impl Hub {
     /// Stamps `what` with this node and the time, encodes it once, and offers it to every
     /// listener that wants it. Never waits: a full queue drops (see [`webhook`]).
     pub fn publish(&self, what: What, seq: u64) {
+        self.publish_from(what, seq, self.node.clone());
+    }
+
+    /// [`Hub::publish`] of an event another node decided and relayed here (it names
+    /// `node`).
+    pub fn publish_from(&self, what: What, seq: u64, node: Arc<str>) {
         let kind = what.kind();
         if !self.wants(kind) {
             return;
         }
         let event = Event {
             what,
-            node: self.node.clone(),
+            node,
             time_ms: event::unix_millis(),
             seq,
         };
@@ -285,6 +291,37 @@ impl Hub {
             );
         }
         Ok(())
+    }
+
+    /// Whether this node has webhook receivers (`--events-url`).
+    pub fn has_receivers(&self) -> bool {
+        !self.webhooks.is_empty()
+    }
+
+    /// A short digest of this node's receivers and their kinds ("" with none), so nodes
+    /// can tell whether they were all given the same `--events-url`s without showing
+    /// each other the URLs (a query may hold a token).
+    pub fn fingerprint(&self) -> String {
+        use sha2::{Digest, Sha256};
+        use std::fmt::Write;
+        if self.webhooks.is_empty() {
+            return String::new();
+        }
+        let mut lines: Vec<String> = self
+            .webhooks
+            .iter()
+            .map(|h| {
+                let t = &h.target;
+                let scheme = if t.tls { "https" } else { "http" };
+                format!("{scheme}://{}{}#{}", t.authority, t.path, h.kinds.names())
+            })
+            .collect();
+        lines.sort_unstable();
+        let digest = Sha256::digest(lines.join("\n").as_bytes());
+        digest[..8].iter().fold(String::new(), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
     }
 
     /// Events waiting in every receiver's queue.
