@@ -50,6 +50,9 @@ pub struct EventsConfig {
     pub listeners: Vec<Listener>,
     /// `--events-queue`: events that may wait for one receiver; more are dropped.
     pub queue: usize,
+    /// `--events-queue-bytes`: bytes of event JSON that may wait for one receiver; more
+    /// are dropped.
+    pub queue_bytes: usize,
     /// `--events-batch`, `--events-batch-bytes`, `--events-timeout-ms`,
     /// `--events-attempts`.
     pub delivery: Delivery,
@@ -68,7 +71,11 @@ impl Default for EventsConfig {
     fn default() -> Self {
         EventsConfig {
             listeners: Vec::new(),
-            queue: 10_000,
+            // A node's mass disconnect (a restart) is one `close` per connection at once,
+            // then an `offline` per uid a debounce later: room for both on a node of
+            // 50,000 connections, at about 250 bytes each (docs/events.md).
+            queue: 100_000,
+            queue_bytes: 32 * 1024 * 1024,
             delivery: Delivery {
                 batch_events: 100,
                 batch_bytes: 256 * 1024,
@@ -164,7 +171,7 @@ impl Hub {
             let (hook, task) = Webhook::start(
                 l.target.clone(),
                 l.kinds,
-                config.queue,
+                (config.queue, config.queue_bytes),
                 tls.clone(),
                 shared.clone(),
             )?;
@@ -342,6 +349,8 @@ impl Hub {
                     types: h.kinds.iter().map(Kind::name).collect(),
                     queued: h.queued(),
                     capacity: h.capacity,
+                    queued_bytes: h.queued_bytes(),
+                    capacity_bytes: h.capacity_bytes,
                     sent: f.sent.load(Relaxed),
                     dropped: f.dropped.load(Relaxed),
                     retried: f.retried.load(Relaxed),
@@ -385,6 +394,10 @@ pub struct ReceiverStatus {
     pub queued: usize,
     /// Most that may wait.
     pub capacity: usize,
+    /// Bytes of event JSON waiting.
+    pub queued_bytes: usize,
+    /// Most bytes that may wait.
+    pub capacity_bytes: usize,
     /// Events it took.
     pub sent: u64,
     /// Events lost for it.
