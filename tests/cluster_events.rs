@@ -1,5 +1,6 @@
 //! Events in cluster mode (docs/events.md, "In a cluster"): three real daemons on one
-//! standalone `redis-server`, all sending to one webhook receiver. A uid's tabs moving
+//! `redis-server`, standalone and Redis Cluster (every script's keys in one slot, the
+//! reaper's too), sending to one webhook receiver. A uid's tabs moving
 //! between the nodes give one `online` and, when the last is gone, one `offline`, in
 //! order, whichever node tells them; a node killed with -9 still yields the `close` of
 //! its connections and the `offline` of its uids, within the documented bound.
@@ -18,13 +19,13 @@ use tokio::time::{Instant, sleep};
 const DEBOUNCE_MS: u64 = 800;
 
 /// A node on `redis` sending online, offline and close to `rx`.
-async fn node(redis: &Redis, rx: &Receiver) -> Daemon {
+async fn node(redis: &str, rx: &Receiver) -> Daemon {
     let url = rx.url("/hook#types=online,offline,close");
     let debounce = DEBOUNCE_MS.to_string();
     Launch::new()
         .args(&[
             "--redis",
-            &redis.url(),
+            redis,
             "--events-url",
             &url,
             "--events-secret",
@@ -82,14 +83,12 @@ async fn tab(d: &Daemon, uid: &str) -> WsClient {
 /// closed), then the last closes and, after a gap shorter than the debounce, one opens on
 /// A again and closes. One `online`, one `offline`, in seq order, once each, from
 /// whichever nodes.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_uids_tabs_moving_between_three_nodes_are_one_online_and_one_offline() {
-    let redis = Redis::start().await;
+async fn a_uids_tabs_moving_between_three_nodes_are_one_online_and_one_offline(redis: &str) {
     let rx = Receiver::start(|_| Answer::Status(204)).await;
     let (a, b, c) = (
-        node(&redis, &rx).await,
-        node(&redis, &rx).await,
-        node(&redis, &rx).await,
+        node(redis, &rx).await,
+        node(redis, &rx).await,
+        node(redis, &rx).await,
     );
 
     let t1 = tab(&a, "mover").await;
@@ -128,14 +127,12 @@ async fn a_uids_tabs_moving_between_three_nodes_are_one_online_and_one_offline()
 /// (1006, `node lost`, the seq above any it had) and the `offline` of the uid it alone
 /// held, within 5 s (dead) + 1 s (a beat) + the debounce; a uid also held elsewhere stays
 /// online. Once each, though two nodes survive.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_node_killed_with_sigkill_still_yields_its_closes_and_offlines() {
-    let redis = Redis::start().await;
+async fn a_node_killed_with_sigkill_still_yields_its_closes_and_offlines(redis: &str) {
     let rx = Receiver::start(|_| Answer::Status(204)).await;
     let (a, _b, mut c) = (
-        node(&redis, &rx).await,
-        node(&redis, &rx).await,
-        node(&redis, &rx).await,
+        node(redis, &rx).await,
+        node(redis, &rx).await,
+        node(redis, &rx).await,
     );
     let _on_a = tab(&a, "both").await;
     let _on_c = tab(&c, "both").await;
@@ -187,12 +184,12 @@ fn c_node(rx: &Receiver) -> String {
 }
 
 /// A node on `redis` sending group events to `rx`, with a short group grace period.
-async fn group_node(redis: &Redis, rx: &Receiver) -> Daemon {
+async fn group_node(redis: &str, rx: &Receiver) -> Daemon {
     let url = rx.url("/hook#types=group_occupied,group_vacated");
     Launch::new()
         .args(&[
             "--redis",
-            &redis.url(),
+            redis,
             "--events-url",
             &url,
             "--events-secret",
@@ -242,14 +239,12 @@ async fn groups_settle(rx: &Receiver, group: &str, n: usize) -> Vec<(String, u64
 /// however many nodes join and leave it, even three joining at the same instant; and a
 /// grace period ending (swept by every node) or a kick empties it once too. Each event's
 /// seq is above the one before, whichever node told it.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn groups_are_occupied_and_vacated_once_across_three_nodes() {
-    let redis = Redis::start().await;
+async fn groups_are_occupied_and_vacated_once_across_three_nodes(redis: &str) {
     let rx = Receiver::start(|_| Answer::Status(204)).await;
     let nodes = [
-        group_node(&redis, &rx).await,
-        group_node(&redis, &rx).await,
-        group_node(&redis, &rx).await,
+        group_node(redis, &rx).await,
+        group_node(redis, &rx).await,
+        group_node(redis, &rx).await,
     ];
     let mut push = Vec::new();
     for d in &nodes {
@@ -317,10 +312,10 @@ async fn groups_are_occupied_and_vacated_once_across_three_nodes() {
 }
 
 /// A node on `redis` without receivers of its own (`--events-url` given to another).
-async fn bare_node(redis: &Redis) -> Daemon {
+async fn bare_node(redis: &str) -> Daemon {
     let debounce = DEBOUNCE_MS.to_string();
     Launch::new()
-        .args(&["--redis", &redis.url(), "--events-debounce-ms", &debounce])
+        .args(&["--redis", redis, "--events-debounce-ms", &debounce])
         .rust_log("info")
         .start()
         .await
@@ -331,16 +326,14 @@ async fn bare_node(redis: &Redis) -> Daemon {
 /// see A's receivers: a uid held only on B and C is one `online` (decided on B, relayed
 /// through Redis to A) and one `offline`; a group made through C's push port is told; and
 /// C killed with -9 still yields its tab's `close` and its uid's `offline`, told by A.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn nodes_without_receivers_still_count_and_relay_to_one_with_them() {
-    let redis = Redis::start().await;
+async fn nodes_without_receivers_still_count_and_relay_to_one_with_them(redis: &str) {
     let rx = Receiver::start(|_| Answer::Status(204)).await;
     let url = rx.url("/hook#types=online,offline,close,group_occupied");
     let debounce = DEBOUNCE_MS.to_string();
     let a = Launch::new()
         .args(&[
             "--redis",
-            &redis.url(),
+            redis,
             "--events-url",
             &url,
             "--events-secret",
@@ -350,8 +343,8 @@ async fn nodes_without_receivers_still_count_and_relay_to_one_with_them() {
         ])
         .start()
         .await;
-    let b = bare_node(&redis).await;
-    let mut c = bare_node(&redis).await;
+    let b = bare_node(redis).await;
+    let mut c = bare_node(redis).await;
     for d in [&b, &c] {
         d.wait_line("takes part in cluster presence", STEP).await;
     }
@@ -407,3 +400,10 @@ async fn nodes_without_receivers_still_count_and_relay_to_one_with_them() {
         .count();
     assert_eq!(reaped, 1);
 }
+
+on_both!(
+    a_uids_tabs_moving_between_three_nodes_are_one_online_and_one_offline,
+    a_node_killed_with_sigkill_still_yields_its_closes_and_offlines,
+    groups_are_occupied_and_vacated_once_across_three_nodes,
+    nodes_without_receivers_still_count_and_relay_to_one_with_them,
+);
