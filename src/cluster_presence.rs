@@ -29,8 +29,8 @@ use std::time::Duration;
 use fred::clients::Client;
 use fred::interfaces::{ClientLike, HashesInterface, LuaInterface};
 use fred::types::Value;
-use tokio::sync::Notify;
 use std::sync::atomic::{AtomicBool, Ordering};
+use tokio::sync::Notify;
 use tracing::{debug, info, warn};
 
 use crate::cluster::Cluster;

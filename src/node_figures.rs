@@ -273,7 +273,9 @@ impl NodeFigures {
         let node = self.cluster.node().to_owned();
         let redis = self.cluster.redis();
         let gone = async {
-            let _: Result<i64, _> = redis.custom(fred::cmd!("HDEL"), vec![rows, node.clone()]).await;
+            let _: Result<i64, _> = redis
+                .custom(fred::cmd!("HDEL"), vec![rows, node.clone()])
+                .await;
             let _: Result<i64, _> = redis.custom(fred::cmd!("ZREM"), vec![at, node]).await;
         };
         if tokio::time::timeout_at(deadline, gone).await.is_err() {

@@ -253,10 +253,30 @@ async fn groups_are_occupied_and_vacated_once_across_three_nodes(redis: &str) {
     let _tabs = [tab(&nodes[0], "u1").await, tab(&nodes[1], "u2").await];
 
     // Made on A, joined on B, left on C (still occupied), emptied on A.
-    assert!(push[0].request("/join room u1").await.contains("\"ok\":true"));
-    assert!(push[1].request("/join room u2").await.contains("\"ok\":true"));
-    assert!(push[2].request("/leave room u1").await.contains("\"ok\":true"));
-    assert!(push[0].request("/leave room u2").await.contains("\"ok\":true"));
+    assert!(
+        push[0]
+            .request("/join room u1")
+            .await
+            .contains("\"ok\":true")
+    );
+    assert!(
+        push[1]
+            .request("/join room u2")
+            .await
+            .contains("\"ok\":true")
+    );
+    assert!(
+        push[2]
+            .request("/leave room u1")
+            .await
+            .contains("\"ok\":true")
+    );
+    assert!(
+        push[0]
+            .request("/leave room u2")
+            .await
+            .contains("\"ok\":true")
+    );
     let room = groups_settle(&rx, "room", 2).await;
     let kinds: Vec<&str> = room.iter().map(|e| e.0.as_str()).collect();
     assert_eq!(kinds, ["group_occupied", "group_vacated"], "{room:?}");
@@ -289,13 +309,23 @@ async fn groups_are_occupied_and_vacated_once_across_three_nodes(redis: &str) {
 
     // A uid with no connection anywhere: its grace period ends and every node's sweeper
     // may find it due; the group it alone was in is vacated once.
-    assert!(push[1].request("/join lonely ghost").await.contains("\"ok\":true"));
+    assert!(
+        push[1]
+            .request("/join lonely ghost")
+            .await
+            .contains("\"ok\":true")
+    );
     let lonely = groups_settle(&rx, "lonely", 2).await;
     let kinds: Vec<&str> = lonely.iter().map(|e| e.0.as_str()).collect();
     assert_eq!(kinds, ["group_occupied", "group_vacated"], "{lonely:?}");
 
     // A kick drops a uid's groups at once: the one it alone held is vacated.
-    assert!(push[2].request("/join kicked u2").await.contains("\"ok\":true"));
+    assert!(
+        push[2]
+            .request("/join kicked u2")
+            .await
+            .contains("\"ok\":true")
+    );
     assert!(push[0].request("/kick u2").await.contains("\"ok\":true"));
     let kicked = groups_settle(&rx, "kicked", 2).await;
     let kinds: Vec<&str> = kicked.iter().map(|e| e.0.as_str()).collect();
@@ -351,10 +381,12 @@ async fn nodes_without_receivers_still_count_and_relay_to_one_with_them(redis: &
     a.wait_line("other --events-url receivers than this one", STEP)
         .await;
     let differ = common::redis::http_get(a.http_addr.unwrap(), "/status.json").await;
-    let differ: Value =
-        serde_json::from_str(differ.split_once("\r\n\r\n").unwrap().1).unwrap();
+    let differ: Value = serde_json::from_str(differ.split_once("\r\n\r\n").unwrap().1).unwrap();
     assert_eq!(
-        differ["cluster"]["receivers_differ"].as_array().unwrap().len(),
+        differ["cluster"]["receivers_differ"]
+            .as_array()
+            .unwrap()
+            .len(),
         2,
         "{differ:#}"
     );
@@ -372,11 +404,18 @@ async fn nodes_without_receivers_still_count_and_relay_to_one_with_them(redis: &
     let kinds: Vec<&str> = events.iter().map(|e| e.0.as_str()).collect();
     assert_eq!(kinds, ["online", "offline"], "{events:?}");
     assert!(events[0].1 < events[1].1);
-    assert_ne!(events[0].2, events[1].2, "online decided on B, offline told by A");
+    assert_ne!(
+        events[0].2, events[1].2,
+        "online decided on B, offline told by A"
+    );
 
     // A group made through C's push port.
     let mut push = PushClient::connect(c.push_addr).await;
-    assert!(push.request("/join relayed-room x").await.contains("\"ok\":true"));
+    assert!(
+        push.request("/join relayed-room x")
+            .await
+            .contains("\"ok\":true")
+    );
     rx.wait_taken(1, STEP).await;
     let deadline = Instant::now() + STEP;
     while !rx.taken().iter().any(|e| e["group"] == "relayed-room") {

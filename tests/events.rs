@@ -76,10 +76,13 @@ async fn webhooks_arrive_signed_batched_in_order_over_one_connection() {
         let uid: Arc<str> = format!("u{i}").into();
         let seq = hub.next_seq();
         hub.publish(What::Online { uid: uid.clone() }, seq);
-        hub.publish(What::Connect {
-            conn: conn.clone(),
-            client_id: None,
-        }, 1);
+        hub.publish(
+            What::Connect {
+                conn: conn.clone(),
+                client_id: None,
+            },
+            1,
+        );
         hub.publish(
             What::Bind {
                 conn: conn.clone(),
@@ -485,10 +488,13 @@ async fn the_events_stream_follows_a_filter() {
     );
     assert_eq!(state.metrics.value(Metric::EventStreams), 1);
     online(&state.events, "alice");
-    state.events.publish(What::Connect {
+    state.events.publish(
+        What::Connect {
             conn: "c1".into(),
             client_id: None,
-        }, 1);
+        },
+        1,
+    );
     state.events.publish(
         What::Close {
             conn: "c1".into(),

@@ -538,7 +538,13 @@ async fn a_greeted_pages_events_carry_its_client_id() {
     let (mut page, id) = door.page().await;
     let mut php = door.php().await;
     php.call("bindUid", json!([id, "greeted-u"])).await;
-    eventually(&mut php, "getUidByClientId", json!([id]), json!("greeted-u")).await;
+    eventually(
+        &mut php,
+        "getUidByClientId",
+        json!([id]),
+        json!("greeted-u"),
+    )
+    .await;
     php.call("closeClient", json!([id])).await;
     let (code, _) = page.expect_close().await;
     assert_eq!(code, 4001);

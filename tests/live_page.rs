@@ -279,7 +279,11 @@ async fn each_nodes_row_shows_and_moves_in_cluster_mode() {
         row_of(s, &b_node).is_some() && row_of(s, &a_node).is_some()
     })
     .await;
-    assert_eq!(s["cluster"]["nodes"][0]["node"], a_node.as_str(), "its own first");
+    assert_eq!(
+        s["cluster"]["nodes"][0]["node"],
+        a_node.as_str(),
+        "its own first"
+    );
     let b_row = row_of(&s, &b_node).unwrap();
     assert_eq!(b_row["connections"], 0);
     assert_eq!(b_row["redis"], "up");

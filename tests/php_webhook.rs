@@ -162,10 +162,13 @@ async fn the_php_receiver_takes_real_deliveries_and_refuses_forgeries() {
         },
         hub.next_seq(),
     );
-    hub.publish(What::Connect {
+    hub.publish(
+        What::Connect {
             conn: conn.clone(),
             client_id: None,
-        }, 1);
+        },
+        1,
+    );
     hub.publish(
         What::Bind {
             conn: conn.clone(),

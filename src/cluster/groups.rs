@@ -59,9 +59,13 @@ impl Cluster {
                 ClusterGroupError::Unavailable
             })?;
         if let Ok(seq) = seq.parse() {
-            self.tell_group(What::GroupOccupied {
-                group: group.into(),
-            }, seq).await;
+            self.tell_group(
+                What::GroupOccupied {
+                    group: group.into(),
+                },
+                seq,
+            )
+            .await;
         }
         match added {
             -1 => Err(ClusterGroupError::Limit(GroupError::TooManyGroups(
@@ -92,9 +96,13 @@ impl Cluster {
             .await
             .map_err(|_| ClusterGroupError::Unavailable)?;
         if let Ok(seq) = seq.parse() {
-            self.tell_group(What::GroupVacated {
-                group: group.into(),
-            }, seq).await;
+            self.tell_group(
+                What::GroupVacated {
+                    group: group.into(),
+                },
+                seq,
+            )
+            .await;
         }
         Ok((removed.max(0) as usize, left.max(0) as usize))
     }
@@ -130,9 +138,13 @@ impl Cluster {
         let vacated: Vec<String> = self.cmd.eval(FORGET_SCRIPT, keys, args).await?;
         for pair in vacated.chunks_exact(2) {
             if let Ok(seq) = pair[1].parse() {
-                self.tell_group(What::GroupVacated {
-                    group: pair[0].as_str().into(),
-                }, seq).await;
+                self.tell_group(
+                    What::GroupVacated {
+                        group: pair[0].as_str().into(),
+                    },
+                    seq,
+                )
+                .await;
             }
         }
         Ok(())
@@ -249,7 +261,9 @@ end
 /// (distinct). Returns {added, members, seq}, seq the `group_occupied` event's when this
 /// made the group (else ""); or {-1, 0, ""} (too many groups), {-2, 0, ""} (group full),
 /// changing nothing.
-const JOIN_SCRIPT: &str = concat!(group_seq_lua!(), r#"
+const JOIN_SCRIPT: &str = concat!(
+    group_seq_lua!(),
+    r#"
 local current = redis.call('SCARD', KEYS[3])
 if current == 0 and redis.call('SISMEMBER', KEYS[1], ARGV[1]) == 0
     and redis.call('SCARD', KEYS[1]) >= tonumber(ARGV[2]) then
@@ -269,12 +283,15 @@ if #ARGV >= 5 then redis.call('SADD', KEYS[1], ARGV[1]) end
 local seq = ''
 if current == 0 and new > 0 then seq = group_seq() end
 return {new, current + new, seq}
-"#);
+"#
+);
 
 /// `/leave`: KEYS groups, the group's members, then each uid's groups, then the group
 /// seq; ARGV group, then the uids. Returns {removed, members left, seq}, seq the
 /// `group_vacated` event's when this emptied the group (else ""); an emptied group is gone.
-const LEAVE_SCRIPT: &str = concat!(group_seq_lua!(), r#"
+const LEAVE_SCRIPT: &str = concat!(
+    group_seq_lua!(),
+    r#"
 local removed = 0
 for i = 2, #ARGV do
   removed = removed + redis.call('SREM', KEYS[2], ARGV[i])
@@ -285,13 +302,16 @@ if left == 0 then redis.call('SREM', KEYS[1], ARGV[1]) end
 local seq = ''
 if left == 0 and removed > 0 then seq = group_seq() end
 return {removed, left, seq}
-"#);
+"#
+);
 
 /// Drops a uid from every group: KEYS groups, grace, the uid's groups, the group seq;
 /// ARGV uid, the prefix of a group's members key. The members keys are named by the uid's
 /// groups, so they are not in KEYS; they share the `{pw}` hash slot, which a Redis Cluster
 /// allows. Returns the groups this emptied, each followed by its `group_vacated` seq.
-const FORGET_SCRIPT: &str = concat!(group_seq_lua!(), r#"
+const FORGET_SCRIPT: &str = concat!(
+    group_seq_lua!(),
+    r#"
 local vacated = {}
 for _, g in ipairs(redis.call('SMEMBERS', KEYS[3])) do
   local key = ARGV[2] .. g
@@ -307,4 +327,5 @@ end
 redis.call('DEL', KEYS[3])
 redis.call('ZREM', KEYS[2], ARGV[1])
 return vacated
-"#);
+"#
+);

@@ -102,9 +102,7 @@ mod tests {
     #[test]
     fn a_line_gives_back_its_event() {
         for what in [
-            What::Online {
-                uid: "a\tb".into(),
-            },
+            What::Online { uid: "a\tb".into() },
             What::GroupVacated {
                 group: "room 1".into(),
             },
@@ -112,11 +110,7 @@ mod tests {
             let l = line(&what, 17, "n1").unwrap();
             let (back, seq, node) = parse(&l).unwrap();
             assert_eq!((seq, &*node), (17, "n1"));
-            assert_eq!(
-                line(&back, seq, &node).unwrap(),
-                l,
-                "the same event"
-            );
+            assert_eq!(line(&back, seq, &node).unwrap(), l, "the same event");
         }
         assert!(line(&What::Offline { uid: "u".into() }, 1, "n").is_none());
         assert!(parse("nonsense").is_none());
