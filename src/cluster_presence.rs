@@ -200,9 +200,13 @@ pub struct ClusterPresence {
     active: AtomicBool,
 }
 
+/// A connection's uid (once bound) and `client_id` (a greeted page's).
+type LiveConn = (Option<Uid>, Option<Arc<str>>);
+
 #[derive(Debug, Default)]
 struct Conns {
-    live: HashMap<u64, Option<Uid>>,
+    /// Each connection's uid once bound, and its `client_id` if it has one.
+    live: HashMap<u64, LiveConn>,
     changed: HashSet<u64>,
 }
 
@@ -308,7 +312,7 @@ impl ClusterPresence {
                 continue;
             }
             let dirty: Vec<Uid> = lock(&self.dirty).drain().collect();
-            let conns: Vec<(u64, Option<Option<Uid>>)> = {
+            let conns: Vec<(u64, Option<LiveConn>)> = {
                 let mut c = lock(&self.conns);
                 let changed: Vec<u64> = c.changed.drain().collect();
                 changed
@@ -396,17 +400,26 @@ impl ClusterPresence {
     }
 
     /// This node's connections as they are now, for [`REAP`].
-    async fn sync_conns(&self, conns: &[(u64, Option<Option<Uid>>)]) -> bool {
+    /// (Field `N` holds connection N's uid, "" before its bind; `N#` its `client_id`.)
+    async fn sync_conns(&self, conns: &[(u64, Option<LiveConn>)]) -> bool {
         let ckey = self.key(Key::Conns(&self.node));
         for chunk in conns.chunks(PIPELINE) {
             let pipeline = self.redis().pipeline();
             for (n, state) in chunk {
                 let _: Result<(), _> = match state {
-                    Some(uid) => {
-                        let uid = uid.as_deref().unwrap_or("").to_owned();
-                        pipeline.hset(&ckey, (n.to_string(), uid)).await
+                    Some((uid, id)) => {
+                        let mut fields =
+                            vec![(n.to_string(), uid.as_deref().unwrap_or("").to_owned())];
+                        if let Some(id) = id {
+                            fields.push((format!("{n}#"), id.to_string()));
+                        }
+                        pipeline.hset(&ckey, fields).await
                     }
-                    None => pipeline.hdel(&ckey, n.to_string()).await,
+                    None => {
+                        pipeline
+                            .hdel(&ckey, vec![n.to_string(), format!("{n}#")])
+                            .await
+                    }
                 };
             }
             let results: Vec<Result<Value, fred::error::Error>> = pipeline.try_all().await;
@@ -511,20 +524,31 @@ impl ClusterPresence {
         let Some(conns) = conns else {
             return Ok(()); // Another node reaped it.
         };
-        warn!(node = %dead, connections = conns.len() / 2, "a node stopped beating: its connections are told closed, its uids leaving");
+        // `N` → uid, `N#` → client_id (see [`ClusterPresence::sync_conns`]).
+        let mut ids: HashMap<&str, &str> = HashMap::new();
+        let mut uids = Vec::new();
+        for pair in conns.chunks_exact(2) {
+            match pair[0].strip_suffix('#') {
+                Some(n) => {
+                    ids.insert(n, &pair[1]);
+                }
+                None => uids.push((&pair[0], &pair[1])),
+            }
+        }
+        warn!(node = %dead, connections = uids.len(), "a node stopped beating: its connections are told closed, its uids leaving");
         if dead == self.node {
             return Ok(()); // Our own leaving: their closes were told as they closed.
         }
-        for pair in conns.chunks_exact(2) {
-            let uid = Some(&pair[1])
+        for (n, uid) in uids {
+            let uid = Some(uid)
                 .filter(|u| !u.is_empty())
                 .map(|u| Uid::from(u.as_str()));
             let what = What::Close {
-                conn: format!("{dead}-{}", pair[0]).into(),
+                conn: format!("{dead}-{n}").into(),
                 uid,
                 code: 1006,
                 reason: Some("node lost".into()),
-                client_id: None,
+                client_id: ids.get(n.as_str()).map(|id| Arc::from(*id)),
             };
             self.tell(what, REAPED_SEQ).await;
         }
@@ -595,9 +619,9 @@ impl UidSink for ClusterPresence {
 }
 
 impl ConnSink for ClusterPresence {
-    fn opened(&self, n: u64) {
+    fn opened(&self, n: u64, client_id: Option<&Arc<str>>) {
         let mut c = lock(&self.conns);
-        c.live.insert(n, None);
+        c.live.insert(n, (None, client_id.cloned()));
         if !self.is_active() {
             return; // Kept for when it is: [`ClusterPresence::activate`].
         }
@@ -608,7 +632,8 @@ impl ConnSink for ClusterPresence {
 
     fn bound(&self, n: u64, uid: &Uid) {
         let mut c = lock(&self.conns);
-        c.live.insert(n, Some(uid.clone()));
+        let id = c.live.get(&n).and_then(|(_, id)| id.clone());
+        c.live.insert(n, (Some(uid.clone()), id));
         if !self.is_active() {
             return;
         }

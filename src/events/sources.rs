@@ -32,8 +32,9 @@ pub trait UidSink: Send + Sync + std::fmt::Debug {
 /// node's connections in Redis so that, should the node die, another tells their
 /// `close` (`cluster_presence.rs`). Called from the connection's task; must not wait.
 pub trait ConnSink: Send + Sync + std::fmt::Debug {
-    /// Connection `n` of this node was accepted.
-    fn opened(&self, n: u64);
+    /// Connection `n` of this node was accepted (named `client_id` by the GatewayClient
+    /// door, for a greeted page).
+    fn opened(&self, n: u64, client_id: Option<&Arc<str>>);
     /// It bound `uid`.
     fn bound(&self, n: u64, uid: &Uid);
     /// It ended.
@@ -98,7 +99,7 @@ impl ConnEvents {
             topped: None,
         };
         if let Some(sink) = hub.conn_sink() {
-            sink.opened(c.n);
+            sink.opened(c.n, client_id);
         }
         c.emit(hub, Kind::Connect, |conn| What::Connect {
             conn,
