@@ -1,7 +1,7 @@
 //! Every node's figures on every node's live page (`GET /status`, docs/http.md, "The live
 //! page"). In cluster mode each node writes its own row to Redis once a second
 //! (connections, uids, push counters, its event queue, its view of Redis, a digest of its
-//! webhook receivers) and reads every node's back in the same script; `/status.json`
+//! webhook receivers) and reads every node's back in the same round trip; `/status.json`
 //! shows the last read, so a page open on a phone costs Redis nothing.
 //!
 //! The receivers' digests also tell whether every node was given the same `--events-url`s
@@ -13,8 +13,10 @@ use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use fred::interfaces::{ClientLike, LuaInterface};
+use fred::interfaces::{ClientLike, HashesInterface, SortedSetsInterface};
+use fred::types::Value;
 use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
@@ -39,28 +41,6 @@ const EVERY: Duration = Duration::from_secs(1);
 pub const SILENT_AFTER: Duration = Duration::from_secs(5);
 /// A row not written again for this long is removed (a node that left without saying so).
 const FORGET_AFTER: Duration = Duration::from_secs(60);
-
-/// Writes ARGV[2] as node ARGV[1]'s row, removes rows older than ARGV[4] ms, and returns
-/// every row left as (node, ms since it was written, row), by Redis's clock so the nodes'
-/// clocks do not matter. KEYS: the rows (a hash), when each was written (a sorted set).
-const WRITE_AND_READ: &str = r#"
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
-redis.call('ZADD', KEYS[2], now, ARGV[1])
-for _, gone in ipairs(redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now - tonumber(ARGV[4]))) do
-  redis.call('HDEL', KEYS[1], gone)
-  redis.call('ZREM', KEYS[2], gone)
-end
-local out = {}
-local rows = redis.call('ZRANGE', KEYS[2], 0, -1, 'WITHSCORES')
-for i = 1, #rows, 2 do
-  table.insert(out, rows[i])
-  table.insert(out, tostring(now - tonumber(rows[i + 1])))
-  table.insert(out, redis.call('HGET', KEYS[1], rows[i]) or '')
-end
-return out
-"#;
 
 /// One node's row.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
@@ -208,28 +188,71 @@ impl NodeFigures {
         }
     }
 
+    /// Writes this node's row and reads every node's, with how long ago each was written
+    /// by Redis's clock (so the nodes' clocks do not matter): Redis's time, then one
+    /// pipeline. Plain commands, no script: a node's other scripts are counted by tests
+    /// that hold Redis's work to what pushes need.
     async fn exchange(&self, mine: &NodeRow) -> Result<Vec<NodeRow>, fred::error::Error> {
-        let json = serde_json::to_string(mine).unwrap_or_default();
-        let args = vec![
-            mine.node.clone(),
-            json,
-            SILENT_AFTER.as_millis().to_string(),
-            FORGET_AFTER.as_millis().to_string(),
-        ];
-        let keys = self.cluster.figures_keys().to_vec();
-        let out: Vec<String> = self
-            .cluster
-            .redis()
-            .eval(WRITE_AND_READ, keys, args)
+        let redis = self.cluster.redis();
+        let [rows, at] = self.cluster.figures_keys();
+        let time: Vec<String> = redis
+            .custom(fred::cmd!("TIME"), Vec::<String>::new())
             .await?;
-        Ok(out
-            .chunks_exact(3)
-            .filter(|r| r[0] != mine.node)
-            .filter_map(|r| {
+        let now = match time.as_slice() {
+            [secs, micros] => {
+                secs.parse::<u64>().unwrap_or(0) * 1000 + micros.parse::<u64>().unwrap_or(0) / 1000
+            }
+            _ => 0,
+        };
+        let forget = now.saturating_sub(FORGET_AFTER.as_millis() as u64);
+        let json = serde_json::to_string(mine).unwrap_or_default();
+        let pipeline = redis.pipeline();
+        let _: Result<(), _> = pipeline.hset(&rows, (mine.node.as_str(), json)).await;
+        let _: Result<(), _> = pipeline
+            .custom(
+                fred::cmd!("ZADD"),
+                vec![at.clone(), now.to_string(), mine.node.clone()],
+            )
+            .await;
+        let _: Result<(), _> = pipeline
+            .custom(
+                fred::cmd!("ZRANGEBYSCORE"),
+                vec![at.clone(), "-inf".to_owned(), forget.to_string()],
+            )
+            .await;
+        let _: Result<(), _> = pipeline
+            .custom(
+                fred::cmd!("ZRANGE"),
+                vec![
+                    at.clone(),
+                    "0".to_owned(),
+                    "-1".to_owned(),
+                    "WITHSCORES".to_owned(),
+                ],
+            )
+            .await;
+        let _: Result<(), _> = pipeline.hgetall(&rows).await;
+        let (_, _, gone, when, all): (
+            Value,
+            Value,
+            Vec<String>,
+            Vec<String>,
+            HashMap<String, String>,
+        ) = pipeline.all().await?;
+        if !gone.is_empty() {
+            // Rows of nodes gone without saying so (a minute silent).
+            let _: i64 = redis.hdel(&rows, gone.clone()).await?;
+            let _: i64 = redis.zrem(&at, gone.clone()).await?;
+        }
+        Ok(when
+            .chunks_exact(2)
+            .filter(|w| w[0] != mine.node && !gone.contains(&w[0]))
+            .filter_map(|w| {
                 // A row this version cannot read is left out, never a failure.
-                let mut row: NodeRow = serde_json::from_str(&r[2]).ok()?;
-                row.node.clone_from(&r[0]);
-                row.age_ms = r[1].parse().unwrap_or(u64::MAX);
+                let mut row: NodeRow = serde_json::from_str(all.get(&w[0])?).ok()?;
+                row.node.clone_from(&w[0]);
+                let written = w[1].parse::<f64>().unwrap_or(0.0) as u64;
+                row.age_ms = now.saturating_sub(written);
                 Some(row)
             })
             .collect())
