@@ -22,7 +22,7 @@ use crate::outbox::{Offer, Outbox, QueueLimits};
 use crate::registry::{Binding, Registry};
 use crate::wire::envelope::Mode;
 use crate::wire::php;
-use crate::wire::{CloseNotice, Payload};
+use crate::wire::{CloseNotice, Payload, Uid};
 
 /// What the table may hold.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -323,6 +323,9 @@ pub struct SignalState {
     pub claimed: bool,
     /// `closeClient`: write what is queued, then this message (if any), then close.
     pub closing: Option<(Option<Payload>, CloseNotice)>,
+    /// The uid it is bound to now (`bindUid`, `unbindUid`): its `bind` and `close`
+    /// events name it.
+    pub uid: Option<Uid>,
 }
 
 impl Signal {
@@ -570,15 +573,22 @@ impl Addressed {
                 // bound before, to another uid, was written that one's numbers).
                 c.outbox.reset_written();
                 let new = self.0.registry.bind_shared(uid, c.outbox.clone(), c.mode);
+                let bound = new.uid_shared();
                 let old = c.binding.replace(new);
-                c.signal.update(|s| s.claimed = true);
+                c.signal.update(|s| {
+                    s.claimed = true;
+                    s.uid = Some(bound);
+                });
                 drop(t);
                 drop(old);
                 ConnAnswer::Done(1)
             }
             Unbind { conn } => {
                 let mut t = self.lock();
-                let old = t.conns.get_mut(conn).and_then(|c| c.binding.take());
+                let old = t.conns.get_mut(conn).and_then(|c| {
+                    c.signal.update(|s| s.uid = None);
+                    c.binding.take()
+                });
                 drop(t);
                 ConnAnswer::Done(usize::from(old.is_some()))
             }

@@ -15,8 +15,12 @@
 //! that sees it ([`REAP`]): the `close` of each of its connections (code 1006, reason
 //! `node lost`) and its uids into the debounce as if their tabs had closed.
 //!
-//! Nothing here runs without `--events-url`: a node with no receivers takes no part (give
-//! every node the same receivers).
+//! A node with receivers takes part from the start. A node without takes part once it
+//! sees another node with receivers (`node_figures.rs`): its uids count, the `online`s
+//! it decides go through a relay in Redis to one node with receivers
+//! ([`Cluster::relay`]), and offlines are settled and dead nodes reaped only by nodes with
+//! receivers, which tell them. Give every node the same receivers all the same: a node
+//! tells its own connections' `connect`/`bind`/`close`/`message` to its own receivers.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -25,8 +29,9 @@ use std::time::Duration;
 use fred::clients::Client;
 use fred::interfaces::{ClientLike, HashesInterface, LuaInterface};
 use fred::types::Value;
+use std::sync::atomic::{AtomicBool, Ordering};
 use tokio::sync::Notify;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use crate::cluster::Cluster;
 use crate::events::{ConnSink, Hub, Kind, UidSink, What};
@@ -199,11 +204,18 @@ pub struct ClusterPresence {
     beaten: std::sync::atomic::AtomicBool,
     /// Cancelled when the node leaves: the tasks end.
     stop: tokio_util::sync::CancellationToken,
+    /// Taking part: this node has receivers for presence, or another node has receivers
+    /// ([`ClusterPresence::activate`]). Until then nothing is written to Redis.
+    active: AtomicBool,
 }
+
+/// A connection's uid (once bound) and `client_id` (a greeted page's).
+type LiveConn = (Option<Uid>, Option<Arc<str>>);
 
 #[derive(Debug, Default)]
 struct Conns {
-    live: HashMap<u64, Option<Uid>>,
+    /// Each connection's uid once bound, and its `client_id` if it has one.
+    live: HashMap<u64, LiveConn>,
     changed: HashSet<u64>,
 }
 
@@ -216,19 +228,20 @@ impl ClusterPresence {
         key(&self.base, k)
     }
 
-    /// Starts this node's part (its sync and sweep tasks); `None` when `hub` has no
-    /// receiver that wants `online`, `offline` or `close`.
+    /// Starts this node's part (its sync and sweep tasks). It is active at once when
+    /// `hub` has a receiver that wants `online`, `offline` or `close`; otherwise it waits,
+    /// costing a map entry per connection, until [`ClusterPresence::activate`] (another
+    /// node has receivers: `node_figures.rs`).
     pub fn start(
         hub: &Arc<Hub>,
         cluster: &Arc<Cluster>,
         registry: &Registry,
         debounce: Duration,
-    ) -> Option<Arc<ClusterPresence>> {
+    ) -> Arc<ClusterPresence> {
         let wanted = [Kind::Online, Kind::Offline, Kind::Close];
-        if !wanted.iter().any(|k| hub.receivers_want(*k)) {
-            return None;
-        }
+        let active = wanted.iter().any(|k| hub.receivers_want(*k));
         let p = Arc::new(ClusterPresence {
+            active: AtomicBool::new(active),
             hub: hub.clone(),
             cluster: cluster.clone(),
             registry: registry.clone(),
@@ -244,7 +257,9 @@ impl ClusterPresence {
             stop: tokio_util::sync::CancellationToken::new(),
         });
         registry.set_events(hub.clone(), p.clone());
-        if hub.receivers_want(Kind::Close) {
+        // A node without receivers does not know what the others' want: it keeps its
+        // connections for a reaper's `close` in case.
+        if hub.receivers_want(Kind::Close) || !hub.has_receivers() {
             hub.set_conn_sink(p.clone());
         }
         for task in [
@@ -257,7 +272,34 @@ impl ClusterPresence {
                 task.abort();
             });
         }
-        Some(p)
+        p
+    }
+
+    /// Another node has receivers: this one takes part from now on (once), telling Redis
+    /// every uid and connection it holds; the `online`s it decides go to them through the
+    /// relay (see [`ClusterPresence::tell`]).
+    pub fn activate(&self) {
+        if self.active.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        info!("another node has --events-url receivers: this node takes part in cluster presence");
+        self.tell_all_again(false);
+        self.wake.notify_one();
+    }
+
+    fn is_active(&self) -> bool {
+        self.active.load(Ordering::Acquire)
+    }
+
+    /// Tells an event this node decided: to its own listeners, and, on a node without
+    /// receivers, to the relay that a node with receivers takes it from (exactly one).
+    async fn tell(&self, what: What, seq: u64) {
+        if !self.hub.has_receivers()
+            && let Err(err) = self.cluster.relay(&what, seq).await
+        {
+            debug!(%err, "relaying an event failed: lost");
+        }
+        self.hub.publish(what, seq);
     }
 
     fn redis(&self) -> &Client {
@@ -265,6 +307,9 @@ impl ClusterPresence {
     }
 
     fn mark(&self, uid: &Uid) {
+        if !self.is_active() {
+            return;
+        }
         lock(&self.dirty).insert(uid.clone());
         self.wake.notify_one();
     }
@@ -277,7 +322,7 @@ impl ClusterPresence {
                 continue;
             }
             let dirty: Vec<Uid> = lock(&self.dirty).drain().collect();
-            let conns: Vec<(u64, Option<Option<Uid>>)> = {
+            let conns: Vec<(u64, Option<LiveConn>)> = {
                 let mut c = lock(&self.conns);
                 let changed: Vec<u64> = c.changed.drain().collect();
                 changed
@@ -346,15 +391,19 @@ impl ClusterPresence {
             for ((uid, came), result) in chunk.iter().zip(results) {
                 match result {
                     Ok(value) => {
-                        let mut held = lock(&self.held);
-                        if *came {
-                            held.insert(uid.clone());
-                            let quiet = lock(&self.quiet).remove(uid);
-                            if let Some(seq) = seq_of(&value).filter(|_| !quiet) {
-                                self.hub.publish(What::Online { uid: uid.clone() }, seq);
+                        let online = {
+                            let mut held = lock(&self.held);
+                            if *came {
+                                held.insert(uid.clone());
+                                let quiet = lock(&self.quiet).remove(uid);
+                                seq_of(&value).filter(|_| !quiet)
+                            } else {
+                                held.remove(uid);
+                                None
                             }
-                        } else {
-                            held.remove(uid);
+                        };
+                        if let Some(seq) = online {
+                            self.tell(What::Online { uid: uid.clone() }, seq).await;
                         }
                     }
                     Err(err) => {
@@ -372,17 +421,26 @@ impl ClusterPresence {
     }
 
     /// This node's connections as they are now, for [`REAP`].
-    async fn sync_conns(&self, conns: &[(u64, Option<Option<Uid>>)]) -> bool {
+    /// (Field `N` holds connection N's uid, "" before its bind; `N#` its `client_id`.)
+    async fn sync_conns(&self, conns: &[(u64, Option<LiveConn>)]) -> bool {
         let ckey = self.key(Key::Conns(&self.node));
         for chunk in conns.chunks(PIPELINE) {
             let pipeline = self.redis().pipeline();
             for (n, state) in chunk {
                 let _: Result<(), _> = match state {
-                    Some(uid) => {
-                        let uid = uid.as_deref().unwrap_or("").to_owned();
-                        pipeline.hset(&ckey, (n.to_string(), uid)).await
+                    Some((uid, id)) => {
+                        let mut fields =
+                            vec![(n.to_string(), uid.as_deref().unwrap_or("").to_owned())];
+                        if let Some(id) = id {
+                            fields.push((format!("{n}#"), id.to_string()));
+                        }
+                        pipeline.hset(&ckey, fields).await
                     }
-                    None => pipeline.hdel(&ckey, n.to_string()).await,
+                    None => {
+                        pipeline
+                            .hdel(&ckey, vec![n.to_string(), format!("{n}#")])
+                            .await
+                    }
                 };
             }
             let results: Vec<Result<Value, fred::error::Error>> = pipeline.try_all().await;
@@ -400,15 +458,22 @@ impl ClusterPresence {
         let tick = (self.debounce / 4).clamp(Duration::from_millis(50), BEAT_EVERY);
         let mut next_beat = tokio::time::Instant::now();
         loop {
-            if self.cluster.is_up() {
+            if self.cluster.is_up() && self.is_active() {
                 if tokio::time::Instant::now() >= next_beat {
                     match self.beat().await {
                         Ok(()) => next_beat += BEAT_EVERY,
                         Err(err) => debug!(%err, "presence beat failed; retried"),
                     }
                 }
-                if let Err(err) = self.settle_due().await {
-                    debug!(%err, "offline settling failed; retried");
+                // Offlines are settled, and relayed events taken, by nodes with receivers
+                // to tell them to.
+                if self.hub.has_receivers() {
+                    if let Err(err) = self.settle_due().await {
+                        debug!(%err, "offline settling failed; retried");
+                    }
+                    if let Err(err) = self.take_relayed().await {
+                        debug!(%err, "taking relayed events failed; retried");
+                    }
                 }
             }
             tokio::time::sleep(tick).await;
@@ -438,6 +503,9 @@ impl ClusterPresence {
             self.tell_all_again(true);
         }
         self.wake.notify_one();
+        if !self.hub.has_receivers() {
+            return Ok(()); // A node with receivers reaps, to tell them the closes.
+        }
         for dead in out.iter().skip(2).filter_map(Value::as_string) {
             self.reap(&dead).await?;
         }
@@ -467,6 +535,15 @@ impl ClusterPresence {
         c.changed.extend(live);
     }
 
+    /// Publishes what nodes without receivers relayed (`Cluster::relay`), a batch at a
+    /// time; each is taken by one node.
+    async fn take_relayed(&self) -> Result<(), fred::error::Error> {
+        for (what, seq, node) in self.cluster.take_relayed(PIPELINE).await? {
+            self.hub.publish_from(what, seq, node);
+        }
+        Ok(())
+    }
+
     /// Reaps `dead`, telling its connections' `close` if this node took it.
     async fn reap(&self, dead: &str) -> Result<(), fred::error::Error> {
         let keys = vec![
@@ -485,22 +562,33 @@ impl ClusterPresence {
         let Some(conns) = conns else {
             return Ok(()); // Another node reaped it.
         };
-        warn!(node = %dead, connections = conns.len() / 2, "a node stopped beating: its connections are told closed, its uids leaving");
+        // `N` → uid, `N#` → client_id (see [`ClusterPresence::sync_conns`]).
+        let mut ids: HashMap<&str, &str> = HashMap::new();
+        let mut uids = Vec::new();
+        for pair in conns.chunks_exact(2) {
+            match pair[0].strip_suffix('#') {
+                Some(n) => {
+                    ids.insert(n, &pair[1]);
+                }
+                None => uids.push((&pair[0], &pair[1])),
+            }
+        }
+        warn!(node = %dead, connections = uids.len(), "a node stopped beating: its connections are told closed, its uids leaving");
         if dead == self.node {
             return Ok(()); // Our own leaving: their closes were told as they closed.
         }
-        for pair in conns.chunks_exact(2) {
-            let uid = Some(&pair[1])
+        for (n, uid) in uids {
+            let uid = Some(uid)
                 .filter(|u| !u.is_empty())
                 .map(|u| Uid::from(u.as_str()));
             let what = What::Close {
-                conn: format!("{dead}-{}", pair[0]).into(),
+                conn: format!("{dead}-{n}").into(),
                 uid,
                 code: 1006,
                 reason: Some("node lost".into()),
-                client_id: None,
+                client_id: ids.get(n.as_str()).map(|id| Arc::from(*id)),
             };
-            self.hub.publish(what, REAPED_SEQ);
+            self.tell(what, REAPED_SEQ).await;
         }
         Ok(())
     }
@@ -529,7 +617,7 @@ impl ClusterPresence {
             ];
             let seq: Option<String> = self.redis().eval(SETTLE, keys, vec![uid.clone()]).await?;
             if let Some(seq) = seq.and_then(|s| s.parse().ok()) {
-                self.hub.publish(What::Offline { uid: uid.into() }, seq);
+                self.tell(What::Offline { uid: uid.into() }, seq).await;
             }
         }
         Ok(())
@@ -540,6 +628,9 @@ impl ClusterPresence {
     /// reaped [`DEAD_AFTER`] later. Bounded by `deadline`.
     pub async fn leave(&self, deadline: tokio::time::Instant) {
         self.stop.cancel();
+        if !self.is_active() {
+            return; // Nothing of this node's is in Redis.
+        }
         // Reaping itself does what the closes' syncs would (and they may still run: each
         // finds its part done).
         match tokio::time::timeout_at(deadline, self.reap(&self.node)).await {
@@ -566,9 +657,12 @@ impl UidSink for ClusterPresence {
 }
 
 impl ConnSink for ClusterPresence {
-    fn opened(&self, n: u64) {
+    fn opened(&self, n: u64, client_id: Option<&Arc<str>>) {
         let mut c = lock(&self.conns);
-        c.live.insert(n, None);
+        c.live.insert(n, (None, client_id.cloned()));
+        if !self.is_active() {
+            return; // Kept for when it is: [`ClusterPresence::activate`].
+        }
         c.changed.insert(n);
         drop(c);
         self.wake.notify_one();
@@ -576,7 +670,11 @@ impl ConnSink for ClusterPresence {
 
     fn bound(&self, n: u64, uid: &Uid) {
         let mut c = lock(&self.conns);
-        c.live.insert(n, Some(uid.clone()));
+        let id = c.live.get(&n).and_then(|(_, id)| id.clone());
+        c.live.insert(n, (Some(uid.clone()), id));
+        if !self.is_active() {
+            return;
+        }
         c.changed.insert(n);
         drop(c);
         self.wake.notify_one();
@@ -585,6 +683,9 @@ impl ConnSink for ClusterPresence {
     fn closed(&self, n: u64) {
         let mut c = lock(&self.conns);
         c.live.remove(&n);
+        if !self.is_active() {
+            return;
+        }
         c.changed.insert(n);
         drop(c);
         self.wake.notify_one();

@@ -43,7 +43,7 @@
 //! - [`cluster`]: cluster mode on Redis (routed delivery, truthful cluster-wide replies);
 //!   (`cluster/history/scripts.rs`: protocol v1 history in Redis, its keys and Lua scripts);
 //!   `cluster_presence`: events' `online`/`offline` once across the nodes, and a dead
-//!   node's closes.
+//!   node's closes; [`node_figures`]: each node's row on the live page, through Redis.
 //! - [`auth`] (signed uids), [`access`] (allow-lists, per-address caps, the budget of
 //!   connections not bound yet, secrets): who may connect and how much they may hold;
 //!   [`forwarded`]: the client a trusted proxy names in its forwarding headers.
@@ -78,6 +78,7 @@ pub mod history;
 mod lease;
 pub mod logsafe;
 pub mod metrics;
+pub mod node_figures;
 pub mod nodes;
 pub mod outbox;
 mod proxied;

@@ -401,8 +401,14 @@ struct Args {
     events_secret: Option<String>,
 
     /// Events that may wait for one webhook receiver; more are dropped (counted, logged).
-    #[arg(long, env = "PUSHWIRE_EVENTS_QUEUE", default_value_t = 10_000)]
+    /// Room for a mass disconnect: a close per connection at once, an offline per uid.
+    #[arg(long, env = "PUSHWIRE_EVENTS_QUEUE", default_value_t = 100_000)]
     events_queue: usize,
+
+    /// Bytes of event JSON that may wait for one webhook receiver (events of browsers'
+    /// messages are large); more are dropped (counted, logged).
+    #[arg(long, env = "PUSHWIRE_EVENTS_QUEUE_BYTES", default_value_t = 32 * 1024 * 1024)]
+    events_queue_bytes: usize,
 
     /// Most events in one webhook POST.
     #[arg(long, env = "PUSHWIRE_EVENTS_BATCH", default_value_t = 100)]
@@ -1324,6 +1330,7 @@ fn unvalidated_config(
         events: pushwire::events::EventsConfig {
             listeners: args.events_url.iter().flat_map(|u| u.0.clone()).collect(),
             queue: args.events_queue,
+            queue_bytes: args.events_queue_bytes,
             delivery: pushwire::events::Delivery {
                 batch_events: args.events_batch,
                 batch_bytes: args.events_batch_bytes,

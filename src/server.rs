@@ -260,6 +260,9 @@ pub async fn serve_state(
     if let Some(presence) = &ctx.cluster_events {
         presence.leave(deadline).await;
     }
+    if let Some(figures) = &ctx.figures {
+        figures.leave(deadline).await;
+    }
     ctx.events.close(deadline).await;
     ctx.nodes.stop().resolve().await;
     info!("shutdown complete");

@@ -15,6 +15,7 @@ use crate::config::Config;
 use crate::dedupe::Dedupe;
 use crate::events::{Debounce, Hub};
 use crate::metrics::{Gauges, Metric, Metrics};
+use crate::node_figures::NodeFigures;
 use crate::nodes::{Here, Nodes};
 use crate::registry::Registry;
 use crate::reloadable::{Change, Reloadable};
@@ -51,6 +52,8 @@ pub struct State {
     pub presence_events: Option<Arc<Debounce>>,
     /// Cluster mode with receivers: `online`/`offline` settled across the nodes.
     pub cluster_events: Option<Arc<ClusterPresence>>,
+    /// Cluster mode: every node's row on the live page (`node_figures.rs`).
+    pub figures: Option<Arc<NodeFigures>>,
     /// The Pusher apps as of the last reload (`--pusher-apps`); read with
     /// [`State::pusher_apps`].
     pusher_apps: RwLock<Option<Arc<Apps>>>,
@@ -135,16 +138,25 @@ impl State {
         )
         .map_err(std::io::Error::other)?;
         let events = Arc::new(events);
-        let (presence_events, cluster_events) = match &cluster {
-            Some(cluster) => (
-                None,
-                ClusterPresence::start(&events, cluster, &registry, config.events.debounce),
-            ),
+        let (presence_events, cluster_events, figures) = match &cluster {
+            Some(cluster) => {
+                cluster.set_events(events.clone());
+                let presence =
+                    ClusterPresence::start(&events, cluster, &registry, config.events.debounce);
+                let figures = NodeFigures::start(
+                    cluster,
+                    &registry,
+                    &metrics,
+                    &events,
+                    Some(presence.clone()),
+                );
+                (None, Some(presence), Some(figures))
+            }
             None => {
                 let debounce = Debounce::new(events.clone(), config.events.debounce);
                 registry.set_events(events.clone(), debounce.clone());
                 tokio::spawn(debounce.clone().run());
-                (Some(debounce), None)
+                (Some(debounce), None, None)
             }
         };
         Ok(Arc::new(State {
@@ -161,6 +173,7 @@ impl State {
             events,
             presence_events,
             cluster_events,
+            figures,
         }))
     }
 

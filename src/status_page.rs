@@ -1,7 +1,8 @@
 //! The operators' live page on the HTTP door: `GET /status` is one static HTML file
 //! (`src/status_page.html`, compiled in: no framework, no CDN, works offline) whose few
 //! lines of JS fetch `GET /status.json` every second and draw it: what `pushwire status`
-//! prints, rates, refusals by reason, the Redis link, the event receivers.
+//! prints, rates, refusals by reason, the Redis link, the event receivers, and in cluster
+//! mode a row per node (`node_figures.rs`).
 //!
 //! Both answer under the `/metrics` rules (the push allow-list, the push secret); the
 //! HTTP door routes them here.
@@ -18,6 +19,7 @@ use sha2::{Digest, Sha256};
 
 use crate::events::ReceiverStatus;
 use crate::metrics::Metric;
+use crate::node_figures::NodeRow;
 use crate::state::State;
 
 /// The page, as in the repository.
@@ -78,9 +80,15 @@ pub(crate) fn json(state: &State) -> Reply {
             node: state.events.node(),
             // `up`, or what `/readyz` says is wrong.
             redis: state.nodes.trouble().unwrap_or("up"),
-            // Issue 23, phase B: each node's connections and uids, from the cluster's
-            // census through the engine seam (issue 21). `null` until then.
-            nodes: None,
+            // Every node's row as this node last read them from Redis (once a second):
+            // `node_figures.rs`. Its own first.
+            nodes: state.figures.as_ref().map(|f| f.rows()),
+            // Nodes given other `--events-url`s than this one (docs/events.md).
+            receivers_differ: state
+                .figures
+                .as_ref()
+                .map(|f| f.differing())
+                .unwrap_or_default(),
         }),
         events: Events {
             receivers: state.events.receivers(),
@@ -127,7 +135,8 @@ impl Serialize for Stats {
 struct Cluster<'a> {
     node: &'a str,
     redis: &'static str,
-    nodes: Option<Vec<()>>,
+    nodes: Option<Vec<NodeRow>>,
+    receivers_differ: Vec<String>,
 }
 
 #[derive(Serialize)]

@@ -247,6 +247,17 @@ async fn open(
 /// The `close` event of a connection that ended so: the code the browser sees (1005 for
 /// its close frame without one, 1006 where no close frame is exchanged), and why.
 fn closed(events: ConnEvents, uid: Option<crate::wire::Uid>, end: &End, ctx: &State) {
+    closed_as(events, uid, end, ctx, None);
+}
+
+/// [`closed`] of a connection the GatewayClient door named `client_id`.
+fn closed_as(
+    events: ConnEvents,
+    uid: Option<crate::wire::Uid>,
+    end: &End,
+    ctx: &State,
+    client_id: Option<&Arc<str>>,
+) {
     let (code, reason) = match end {
         End::PeerClosed(code) => (code.unwrap_or(1005), None),
         End::PeerError(_) => (1006, Some("connection lost")),
@@ -258,7 +269,7 @@ fn closed(events: ConnEvents, uid: Option<crate::wire::Uid>, end: &End, ctx: &St
             Some(&*CloseNotice::SHUTDOWN.reason),
         ),
     };
-    events.closed(&ctx.events, uid, code, reason);
+    events.closed_as(&ctx.events, uid, code, reason, client_id);
 }
 
 /// Whether [`finish`] writes a frame for `end`.

@@ -76,11 +76,18 @@ async fn webhooks_arrive_signed_batched_in_order_over_one_connection() {
         let uid: Arc<str> = format!("u{i}").into();
         let seq = hub.next_seq();
         hub.publish(What::Online { uid: uid.clone() }, seq);
-        hub.publish(What::Connect { conn: conn.clone() }, 1);
+        hub.publish(
+            What::Connect {
+                conn: conn.clone(),
+                client_id: None,
+            },
+            1,
+        );
         hub.publish(
             What::Bind {
                 conn: conn.clone(),
                 uid: uid.clone(),
+                client_id: None,
             },
             2,
         );
@@ -296,6 +303,98 @@ async fn a_hanging_receiver_fills_its_queue_and_costs_the_publisher_nothing() {
     assert!(rx.conns.load(Ordering::SeqCst) >= 2);
 }
 
+/// A node of 20,000 tabs restarting: a `close` per tab at once, then an `offline` per uid
+/// a debounce later, while the receiver is slow (here: it hangs). The default queue
+/// (100,000 events, 32 MiB) takes all 40,000: none is dropped. What they hold is printed
+/// (`-- --nocapture`): the bytes of their JSON, as `/status.json` shows them, and the
+/// process's resident memory before and after (this test binary, other tests running).
+#[tokio::test]
+async fn a_mass_disconnect_fits_the_default_queue() {
+    let rx = Receiver::start(|_| Answer::Hang).await;
+    let (hub, metrics) = start_hub(&[rx.url("/")], |_| {}, None);
+    assert_eq!(hub.receivers()[0].capacity, 100_000, "the default");
+    online(&hub, "first");
+    let deadline = Instant::now() + STEP;
+    while rx.got().is_empty() {
+        assert!(Instant::now() < deadline, "no request");
+        sleep(Duration::from_millis(10)).await;
+    }
+    let rss = || {
+        std::fs::read_to_string("/proc/self/status")
+            .unwrap()
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:").map(|v| v.trim().to_owned()))
+            .unwrap()
+    };
+    let before = rss();
+    const TABS: u64 = 20_000;
+    for n in 0..TABS {
+        hub.publish(
+            What::Close {
+                conn: format!("c676de012cf256d3-{n}").into(),
+                uid: Some(format!("user-{n}").into()),
+                code: 1001,
+                reason: Some("going away".into()),
+                client_id: None,
+            },
+            3,
+        );
+    }
+    for n in 0..TABS {
+        offline(&hub, &format!("user-{n}"));
+    }
+    let r = &hub.receivers()[0];
+    assert_eq!(metrics.value(Metric::EventsDroppedFull), 0, "{r:?}");
+    assert_eq!(r.queued, 2 * TABS as usize);
+    assert!(r.queued_bytes < r.capacity_bytes, "{r:?}");
+    println!(
+        "{} events queued: {} bytes of JSON ({} a event); VmRSS {before} before, {} after",
+        r.queued,
+        r.queued_bytes,
+        r.queued_bytes / r.queued,
+        rss()
+    );
+}
+
+fn offline(hub: &Hub, uid: &str) {
+    hub.publish(What::Offline { uid: uid.into() }, hub.next_seq());
+}
+
+/// The queue is bounded in bytes too: browsers' `message` events are up to 4 KiB each, so
+/// 1,000 of them do not fit in 1 MiB; what does not is dropped at once and counted, and
+/// what waits stays within the bound.
+#[tokio::test]
+async fn the_queue_is_bounded_in_bytes() {
+    let rx = Receiver::start(|_| Answer::Hang).await;
+    let (hub, metrics) = start_hub(
+        &[rx.url("/#types=*,message")],
+        |c| c.queue_bytes = 1024 * 1024,
+        None,
+    );
+    online(&hub, "first");
+    let deadline = Instant::now() + STEP;
+    while rx.got().is_empty() {
+        assert!(Instant::now() < deadline, "no request");
+        sleep(Duration::from_millis(10)).await;
+    }
+    let data: Arc<str> = "x".repeat(4000).into();
+    for n in 0..1000 {
+        hub.publish(
+            What::Message {
+                conn: "c-1".into(),
+                uid: "u".into(),
+                data: data.clone(),
+            },
+            n,
+        );
+    }
+    let r = &hub.receivers()[0];
+    let dropped = metrics.value(Metric::EventsDroppedFull) as usize;
+    assert!(r.queued_bytes <= 1024 * 1024, "{r:?}");
+    assert!((250..=262).contains(&r.queued), "{r:?}");
+    assert_eq!(r.queued + dropped, 1000, "{r:?}");
+}
+
 /// `https://` receivers: a certificate the sender trusts is used as such, one it does not
 /// trust is refused (nothing delivered, the reason shown).
 #[tokio::test]
@@ -389,7 +488,13 @@ async fn the_events_stream_follows_a_filter() {
     );
     assert_eq!(state.metrics.value(Metric::EventStreams), 1);
     online(&state.events, "alice");
-    state.events.publish(What::Connect { conn: "c1".into() }, 1);
+    state.events.publish(
+        What::Connect {
+            conn: "c1".into(),
+            client_id: None,
+        },
+        1,
+    );
     state.events.publish(
         What::Close {
             conn: "c1".into(),

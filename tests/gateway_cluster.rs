@@ -162,7 +162,51 @@ async fn a_v1_greeted_page_on_b_gets_numbered_messages_through_a(url: &str) {
     page.expect_silence(QUIET).await;
 }
 
+/// A greeted page on a node killed with -9: the survivor that reaps the node tells the
+/// page's `close` (1006, `node lost`) with its uid and the `client_id` it was greeted with
+/// (docs/events.md, "In a cluster").
+async fn a_killed_nodes_greeted_page_is_closed_with_its_client_id(url: &str) {
+    use common::webhook::{Answer, Receiver, SECRET};
+    let rx = Receiver::start(|_| Answer::Status(204)).await;
+    let hook = rx.url("/hook#types=bind,close");
+    let args = [
+        "--redis",
+        url,
+        "--events-url",
+        &hook,
+        "--events-secret",
+        SECRET,
+    ];
+    let _a = Door::start(&args).await;
+    let mut b = Door::start(&args).await;
+    let (_page, id) = b.page().await;
+    let mut php = b.php().await;
+    php.call("bindUid", json!([id, "gk9"])).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while !rx.taken().iter().any(|e| e["type"] == "bind") {
+        assert!(tokio::time::Instant::now() < deadline, "{:#?}", rx.taken());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // B's connections are in Redis once it has beaten and synced them: a moment.
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    b.daemon.kill9();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(12);
+    let reaped = loop {
+        let taken = rx.taken();
+        if let Some(e) = taken.iter().find(|e| e["reason"] == "node lost") {
+            break e.clone();
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{taken:#?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(reaped["type"], "close");
+    assert_eq!(reaped["code"], 1006);
+    assert_eq!(reaped["uid"], "gk9");
+    assert_eq!(reaped["client_id"], id.as_str(), "{reaped}");
+}
+
 on_both!(
     a_client_id_on_b_works_through_as_register,
-    a_v1_greeted_page_on_b_gets_numbered_messages_through_a
+    a_v1_greeted_page_on_b_gets_numbered_messages_through_a,
+    a_killed_nodes_greeted_page_is_closed_with_its_client_id,
 );

@@ -683,3 +683,63 @@ async fn the_gateway_secret_reloads_under_the_rules_of_the_other_secrets() {
     );
     assert_eq!(online_with(&door, None, &id).await, on);
 }
+
+/// A greeted page's `connect`, `bind` (when the backend's `bindUid` arrives) and `close`
+/// events carry the `client_id` it was greeted with (docs/events.md), so a backend that
+/// addresses pages by `client_id` (GatewayWorker's `onConnect($client_id)`) can match them;
+/// a page on the ordinary listener has none.
+#[tokio::test]
+async fn a_greeted_pages_events_carry_its_client_id() {
+    use common::webhook::{Answer, Receiver, SECRET};
+    let rx = Receiver::start(|_| Answer::Status(204)).await;
+    let url = rx.url("/hook#types=connect,bind,close");
+    let door = Door::start(&["--events-url", &url, "--events-secret", SECRET]).await;
+    let (mut page, id) = door.page().await;
+    let mut php = door.php().await;
+    php.call("bindUid", json!([id, "greeted-u"])).await;
+    eventually(
+        &mut php,
+        "getUidByClientId",
+        json!([id]),
+        json!("greeted-u"),
+    )
+    .await;
+    php.call("closeClient", json!([id])).await;
+    let (code, _) = page.expect_close().await;
+    assert_eq!(code, 4001);
+    let events = rx.wait_taken(3, STEP).await;
+    let shape: Vec<(&str, u64, Option<&str>, Option<&str>)> = events
+        .iter()
+        .map(|e| {
+            (
+                e["type"].as_str().unwrap(),
+                e["seq"].as_u64().unwrap(),
+                e["uid"].as_str(),
+                e["client_id"].as_str(),
+            )
+        })
+        .collect();
+    let id = Some(id.as_str());
+    assert_eq!(
+        shape,
+        [
+            ("connect", 1, None, id),
+            ("bind", 2, Some("greeted-u"), id),
+            ("close", 3, Some("greeted-u"), id),
+        ],
+        "{events:#?}"
+    );
+    assert_eq!(events[2]["code"], 4001);
+    let conn = &events[0]["conn"];
+    assert!(events.iter().all(|e| &e["conn"] == conn), "{events:#?}");
+
+    // A page bound on the ordinary listener: no client_id.
+    let mut plain = WsClient::connect(&door.daemon.ws_url()).await;
+    plain.bind("plain-u", door.daemon.push_addr).await;
+    plain.close().await;
+    let events = rx.wait_taken(6, STEP).await;
+    assert!(
+        events[3..].iter().all(|e| e.get("client_id").is_none()),
+        "{events:#?}"
+    );
+}

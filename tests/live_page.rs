@@ -231,3 +231,102 @@ async fn the_live_page_answers_under_the_metrics_rules() {
         "{answer}"
     );
 }
+
+/// `/status.json` of node A on a cluster: the body's JSON.
+async fn status_of(d: &Daemon) -> Value {
+    let answer = common::redis::http_get(d.http_addr.unwrap(), "/status.json").await;
+    let body = answer.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {answer}"))
+}
+
+/// The row of `node` in `status`, if any.
+fn row_of<'a>(status: &'a Value, node: &str) -> Option<&'a Value> {
+    status["cluster"]["nodes"]
+        .as_array()?
+        .iter()
+        .find(|r| r["node"] == node)
+}
+
+/// Polls A's `/status.json` until `ok` holds for it (5 s).
+async fn status_until(a: &Daemon, what: &str, ok: impl Fn(&Value) -> bool) -> Value {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let s = status_of(a).await;
+        if ok(&s) {
+            return s;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what}: {:#}",
+            s["cluster"]
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// In cluster mode each node's page shows a row per node (what each writes to Redis once
+/// a second): a second node's row appears on the first's page, its numbers move when a
+/// tab connects to it and pushes go out through it, its Redis link is shown, and it is
+/// gone once it shuts down. The page draws the rows (headless Chromium).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_nodes_row_shows_and_moves_in_cluster_mode() {
+    let redis = common::redis::Redis::start().await;
+    let a = Launch::new().args(&["--redis", &redis.url()]).start().await;
+    let b = Launch::new().args(&["--redis", &redis.url()]).start().await;
+    let a_node = status_of(&a).await["node"].as_str().unwrap().to_owned();
+    let b_node = status_of(&b).await["node"].as_str().unwrap().to_owned();
+    let s = status_until(&a, "both rows", |s| {
+        row_of(s, &b_node).is_some() && row_of(s, &a_node).is_some()
+    })
+    .await;
+    assert_eq!(
+        s["cluster"]["nodes"][0]["node"],
+        a_node.as_str(),
+        "its own first"
+    );
+    let b_row = row_of(&s, &b_node).unwrap();
+    assert_eq!(b_row["connections"], 0);
+    assert_eq!(b_row["redis"], "up");
+    assert!(b_row["age_ms"].as_u64().unwrap() < 5000, "{b_row}");
+
+    let mut browser = Browser::launch_debuggable(&a.http_url("/status"), &[]);
+    let mut page = browser.devtools().await;
+    page.wait_true(
+        "document.querySelectorAll('#nodes tbody tr').length === 2 && !document.getElementById('nodes').hidden",
+        Duration::from_secs(10),
+    )
+    .await;
+
+    let mut tab = WsClient::connect(&b.ws_url()).await;
+    tab.bind("on-b", b.push_addr).await;
+    let mut push = PushClient::connect(b.push_addr).await;
+    for i in 0..10 {
+        assert_eq!(
+            push.request(&format!(r#"{{"uid":"on-b","n":{i}}}"#)).await,
+            "ok\n"
+        );
+    }
+    let s = status_until(&a, "B's tab and pushes", |s| {
+        row_of(s, &b_node).is_some_and(|r| {
+            r["connections"] == 1 && r["uids"] == 1 && r["pushes_ok"].as_u64() >= Some(10)
+        })
+    })
+    .await;
+    assert_eq!(row_of(&s, &a_node).unwrap()["connections"], 0);
+    // B's row on A's page: not this node, one connection, one uid, Redis up, live.
+    page.wait_true(
+        &format!(
+            "(function () {{ var t = document.querySelectorAll('#nodes tr[data-node=\"{b_node}\"] td'); \
+             return t.length === 7 && t[0].textContent.indexOf('(this one)') < 0 && \
+             t[1].textContent === '1' && t[2].textContent === '1' && t[5].textContent === 'up' && \
+             t[6].textContent === 'live'; }})()"
+        ),
+        Duration::from_secs(5),
+    )
+    .await;
+
+    // B leaves: its row goes at once.
+    b.sigterm().await;
+    status_until(&a, "B's row gone", |s| row_of(s, &b_node).is_none()).await;
+    drop(tab);
+}

@@ -162,11 +162,18 @@ async fn the_php_receiver_takes_real_deliveries_and_refuses_forgeries() {
         },
         hub.next_seq(),
     );
-    hub.publish(What::Connect { conn: conn.clone() }, 1);
+    hub.publish(
+        What::Connect {
+            conn: conn.clone(),
+            client_id: None,
+        },
+        1,
+    );
     hub.publish(
         What::Bind {
             conn: conn.clone(),
             uid: "alice".into(),
+            client_id: None,
         },
         2,
     );

@@ -47,6 +47,7 @@
 //! - `online.rs`: the distinct uids online cluster-wide (`/count`).
 //! - `uids.rs`: the cluster-wide `/uids` walk.
 //! - `groups.rs`: groups in Redis, and the grace sweeper.
+//! - `relay.rs`: events decided by a node without receivers, for one that has some.
 //! - `claims.rs`: the cluster-wide `/push` retry key.
 //! - `history/`: protocol v1 history in Redis (`scripts.rs`: its keys' slots, Lua and
 //!   parsing, no I/O; `ledger.rs`: the histories this node counts, `--history-max-uids`).
@@ -69,6 +70,7 @@ mod nodes;
 mod online;
 mod publisher;
 mod pusher;
+mod relay;
 mod subscriptions;
 mod uids;
 
@@ -93,6 +95,7 @@ use tokio::sync::{Notify, mpsc};
 use tracing::info;
 
 use crate::config::RedisPrefix;
+use crate::events::Hub;
 use crate::groups::GroupLimits;
 use crate::history::HistoryLimits;
 use crate::registry::{ConnId, Registry};
@@ -181,6 +184,9 @@ pub struct Cluster {
     /// Connections with an ack record in flight, and the latest ack each sent since
     /// (sent when the record in flight is done): see `acks.rs`.
     acking: Mutex<HashMap<ConnId, Option<(Uid, Position)>>>,
+    /// Where group events go (`group_occupied`/`group_vacated`): the node's events, set
+    /// once at start ([`Cluster::set_events`]).
+    events: std::sync::OnceLock<Arc<Hub>>,
 }
 
 /// Why cluster mode could not start.
@@ -256,6 +262,7 @@ impl Cluster {
                 config.history.map_or(1, |h| h.max_uids),
                 config.history.map_or(Duration::ZERO, |h| h.keep),
             )),
+            events: std::sync::OnceLock::new(),
         });
         registry.set_presence(Arc::new(Hook(Arc::downgrade(&cluster))));
         // History on or off: a v1 tab's status frame waits until the cluster can route
@@ -319,9 +326,20 @@ impl Cluster {
         &self.node
     }
 
+    /// From now on a group made or emptied by this node's scripts is an event of `hub`'s
+    /// (once; later calls are ignored).
+    pub fn set_events(&self, hub: Arc<Hub>) {
+        let _ = self.events.set(hub);
+    }
+
     /// The command connection, for `cluster_presence.rs` (events' presence in Redis).
     pub(crate) fn redis(&self) -> &Client {
         &self.cmd
+    }
+
+    /// The keys of the nodes' figures for the live page (`node_figures.rs`).
+    pub(crate) fn figures_keys(&self) -> [String; 2] {
+        self.names.figures()
     }
 
     /// `<prefix>:p`: what Pusher channels' keys and channel start with (`pusher.rs`).

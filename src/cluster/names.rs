@@ -83,6 +83,28 @@ impl Names {
         format!("{}ev:", self.tagged)
     }
 
+    /// `{<p>}:figs` (node → its figures, JSON) and `{<p>}:figs:at` (node → when it last
+    /// wrote them, Redis's clock): each node's row on the live page (`node_figures.rs`).
+    pub fn figures(&self) -> [String; 2] {
+        [
+            format!("{}figs", self.tagged),
+            format!("{}figs:at", self.tagged),
+        ]
+    }
+
+    /// `{<p>}:ev:relay`, events decided by nodes without receivers, for a node with
+    /// receivers to take (`relay.rs`).
+    pub fn relay(&self) -> String {
+        format!("{}ev:relay", self.tagged)
+    }
+
+    /// `{<p>}:ev:gseq`, the last `seq` of a group event (`group_occupied`/`group_vacated`)
+    /// anywhere in the cluster: one number for every group, so the group scripts number
+    /// their events in the order Redis ran them (in the groups' slot).
+    pub fn group_seq(&self) -> String {
+        format!("{}ev:gseq", self.tagged)
+    }
+
     /// A uid's shard channel: every node holding a connection of it listens there.
     pub fn uid_channel(&self, uid: &str) -> String {
         let mut s = String::with_capacity(self.uid_prefix.len() + uid.len());

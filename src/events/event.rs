@@ -86,6 +86,8 @@ pub enum What {
     Connect {
         /// The connection.
         conn: Arc<str>,
+        /// Its `client_id`, where the GatewayClient door gave it one (a greeted page).
+        client_id: Option<Arc<str>>,
     },
     /// See [`Kind::Bind`].
     Bind {
@@ -93,6 +95,8 @@ pub enum What {
         conn: Arc<str>,
         /// The uid it bound.
         uid: Uid,
+        /// Its `client_id`, where the GatewayClient door gave it one (a greeted page).
+        client_id: Option<Arc<str>>,
     },
     /// See [`Kind::Close`].
     Close {
@@ -205,8 +209,18 @@ impl Event {
         };
         match &self.what {
             What::Online { uid } | What::Offline { uid } => w.uid = Some(uid),
-            What::Connect { conn } => w.conn = Some(conn),
-            What::Bind { conn, uid } => (w.conn, w.uid) = (Some(&**conn), Some(&**uid)),
+            What::Connect { conn, client_id } => {
+                w.conn = Some(conn);
+                w.client_id = client_id.as_deref();
+            }
+            What::Bind {
+                conn,
+                uid,
+                client_id,
+            } => {
+                (w.conn, w.uid) = (Some(&**conn), Some(&**uid));
+                w.client_id = client_id.as_deref();
+            }
             What::Close {
                 conn,
                 uid,
@@ -322,7 +336,8 @@ mod tests {
         assert_eq!(
             event(
                 What::Connect {
-                    conn: "n1-4".into()
+                    conn: "n1-4".into(),
+                    client_id: None,
                 },
                 1
             ),

@@ -50,6 +50,9 @@ pub struct EventsConfig {
     pub listeners: Vec<Listener>,
     /// `--events-queue`: events that may wait for one receiver; more are dropped.
     pub queue: usize,
+    /// `--events-queue-bytes`: bytes of event JSON that may wait for one receiver; more
+    /// are dropped.
+    pub queue_bytes: usize,
     /// `--events-batch`, `--events-batch-bytes`, `--events-timeout-ms`,
     /// `--events-attempts`.
     pub delivery: Delivery,
@@ -68,7 +71,11 @@ impl Default for EventsConfig {
     fn default() -> Self {
         EventsConfig {
             listeners: Vec::new(),
-            queue: 10_000,
+            // A node's mass disconnect (a restart) is one `close` per connection at once,
+            // then an `offline` per uid a debounce later: room for both on a node of
+            // 50,000 connections, at about 250 bytes each (docs/events.md).
+            queue: 100_000,
+            queue_bytes: 32 * 1024 * 1024,
             delivery: Delivery {
                 batch_events: 100,
                 batch_bytes: 256 * 1024,
@@ -164,7 +171,7 @@ impl Hub {
             let (hook, task) = Webhook::start(
                 l.target.clone(),
                 l.kinds,
-                config.queue,
+                (config.queue, config.queue_bytes),
                 tls.clone(),
                 shared.clone(),
             )?;
@@ -234,13 +241,19 @@ impl Hub {
     /// Stamps `what` with this node and the time, encodes it once, and offers it to every
     /// listener that wants it. Never waits: a full queue drops (see [`webhook`]).
     pub fn publish(&self, what: What, seq: u64) {
+        self.publish_from(what, seq, self.node.clone());
+    }
+
+    /// [`Hub::publish`] of an event another node decided and relayed here (it names
+    /// `node`).
+    pub fn publish_from(&self, what: What, seq: u64, node: Arc<str>) {
         let kind = what.kind();
         if !self.wants(kind) {
             return;
         }
         let event = Event {
             what,
-            node: self.node.clone(),
+            node,
             time_ms: event::unix_millis(),
             seq,
         };
@@ -287,6 +300,37 @@ impl Hub {
         Ok(())
     }
 
+    /// Whether this node has webhook receivers (`--events-url`).
+    pub fn has_receivers(&self) -> bool {
+        !self.webhooks.is_empty()
+    }
+
+    /// A short digest of this node's receivers and their kinds ("" with none), so nodes
+    /// can tell whether they were all given the same `--events-url`s without showing
+    /// each other the URLs (a query may hold a token).
+    pub fn fingerprint(&self) -> String {
+        use sha2::{Digest, Sha256};
+        use std::fmt::Write;
+        if self.webhooks.is_empty() {
+            return String::new();
+        }
+        let mut lines: Vec<String> = self
+            .webhooks
+            .iter()
+            .map(|h| {
+                let t = &h.target;
+                let scheme = if t.tls { "https" } else { "http" };
+                format!("{scheme}://{}{}#{}", t.authority, t.path, h.kinds.names())
+            })
+            .collect();
+        lines.sort_unstable();
+        let digest = Sha256::digest(lines.join("\n").as_bytes());
+        digest[..8].iter().fold(String::new(), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
+    }
+
     /// Events waiting in every receiver's queue.
     pub fn queued(&self) -> usize {
         self.webhooks.iter().map(Webhook::queued).sum()
@@ -305,6 +349,8 @@ impl Hub {
                     types: h.kinds.iter().map(Kind::name).collect(),
                     queued: h.queued(),
                     capacity: h.capacity,
+                    queued_bytes: h.queued_bytes(),
+                    capacity_bytes: h.capacity_bytes,
                     sent: f.sent.load(Relaxed),
                     dropped: f.dropped.load(Relaxed),
                     retried: f.retried.load(Relaxed),
@@ -348,6 +394,10 @@ pub struct ReceiverStatus {
     pub queued: usize,
     /// Most that may wait.
     pub capacity: usize,
+    /// Bytes of event JSON waiting.
+    pub queued_bytes: usize,
+    /// Most bytes that may wait.
+    pub capacity_bytes: usize,
     /// Events it took.
     pub sent: u64,
     /// Events lost for it.

@@ -32,8 +32,9 @@ pub trait UidSink: Send + Sync + std::fmt::Debug {
 /// node's connections in Redis so that, should the node die, another tells their
 /// `close` (`cluster_presence.rs`). Called from the connection's task; must not wait.
 pub trait ConnSink: Send + Sync + std::fmt::Debug {
-    /// Connection `n` of this node was accepted.
-    fn opened(&self, n: u64);
+    /// Connection `n` of this node was accepted (named `client_id` by the GatewayClient
+    /// door, for a greeted page).
+    fn opened(&self, n: u64, client_id: Option<&Arc<str>>);
     /// It bound `uid`.
     fn bound(&self, n: u64, uid: &Uid);
     /// It ended.
@@ -83,6 +84,14 @@ pub struct ConnEvents {
 impl ConnEvents {
     /// A connection was accepted (upgraded): `connect`.
     pub fn open(hub: &Hub) -> ConnEvents {
+        ConnEvents::open_as(hub, None)
+    }
+
+    /// [`ConnEvents::open`] for a connection the GatewayClient door named `client_id` (a
+    /// greeted page); its events carry it. The connection's task keeps the id and passes
+    /// it to [`ConnEvents::bound_as`] and [`ConnEvents::closed_as`] (most connections have
+    /// none, so it is not kept here).
+    pub fn open_as(hub: &Hub, client_id: Option<&Arc<str>>) -> ConnEvents {
         let mut c = ConnEvents {
             n: hub.next_conn(),
             seq: 0,
@@ -90,20 +99,29 @@ impl ConnEvents {
             topped: None,
         };
         if let Some(sink) = hub.conn_sink() {
-            sink.opened(c.n);
+            sink.opened(c.n, client_id);
         }
-        c.emit(hub, Kind::Connect, |conn| What::Connect { conn });
+        c.emit(hub, Kind::Connect, |conn| What::Connect {
+            conn,
+            client_id: client_id.cloned(),
+        });
         c
     }
 
     /// It bound `uid`: `bind`.
     pub fn bound(&mut self, hub: &Hub, uid: &Uid) {
+        self.bound_as(hub, uid, None);
+    }
+
+    /// [`ConnEvents::bound`] of a connection named `client_id`.
+    pub fn bound_as(&mut self, hub: &Hub, uid: &Uid, client_id: Option<&Arc<str>>) {
         if let Some(sink) = hub.conn_sink() {
             sink.bound(self.n, uid);
         }
         self.emit(hub, Kind::Bind, |conn| What::Bind {
             conn,
             uid: uid.clone(),
+            client_id: client_id.cloned(),
         });
     }
 
@@ -151,7 +169,19 @@ impl ConnEvents {
     }
 
     /// It ended with `code` (and `reason`), bound to `uid` or not: `close`.
-    pub fn closed(mut self, hub: &Hub, uid: Option<Uid>, code: u16, reason: Option<&str>) {
+    pub fn closed(self, hub: &Hub, uid: Option<Uid>, code: u16, reason: Option<&str>) {
+        self.closed_as(hub, uid, code, reason, None);
+    }
+
+    /// [`ConnEvents::closed`] of a connection named `client_id`.
+    pub fn closed_as(
+        mut self,
+        hub: &Hub,
+        uid: Option<Uid>,
+        code: u16,
+        reason: Option<&str>,
+        client_id: Option<&Arc<str>>,
+    ) {
         if let Some(sink) = hub.conn_sink() {
             sink.closed(self.n);
         }
@@ -160,7 +190,7 @@ impl ConnEvents {
             uid,
             code,
             reason: reason.filter(|r| !r.is_empty()).map(Arc::from),
-            client_id: None,
+            client_id: client_id.cloned(),
         });
     }
 

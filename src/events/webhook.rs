@@ -4,7 +4,10 @@
 //!
 //! # The queue's policy
 //! The producer side is [`Webhook::offer`], a `try_send`: it runs where the event happens
-//! (a bind, a close), which must never wait on a network. When the queue is full the new
+//! (a bind, a close), which must never wait on a network. The queue is bounded twice: by
+//! events (`--events-queue`, 100,000: a node's mass disconnect is one `close` per
+//! connection at once) and by the bytes of their JSON (`--events-queue-bytes`, 32 MiB:
+//! `message` events are up to `--events-message-bytes` each). When either is full the new
 //! event is dropped, counted (`events_dropped{reason="queue_full"}`) and logged at most
 //! once a minute per receiver. Dropping the newest rather than the oldest keeps what was
 //! queued in order; the receiver sees a gap in a subject's `seq`.
@@ -17,7 +20,7 @@
 //! bytes would be refused again. One batch is out at a time, so a receiver gets its
 //! batches in order, and each attempt is signed with its own timestamp.
 
-use std::sync::atomic::{AtomicU8, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -154,6 +157,10 @@ pub(crate) struct Webhook {
     pub kinds: Kinds,
     pub figures: Arc<Figures>,
     pub capacity: usize,
+    /// Most bytes of event JSON that may wait.
+    pub capacity_bytes: usize,
+    /// Bytes of event JSON waiting now (the task takes them off as it takes events).
+    bytes: Arc<AtomicUsize>,
     tx: mpsc::Sender<Encoded>,
 }
 
@@ -162,17 +169,21 @@ impl Webhook {
     pub(crate) fn start(
         target: Target,
         kinds: Kinds,
-        capacity: usize,
+        (capacity, capacity_bytes): (usize, usize),
         tls: Option<Arc<rustls::ClientConfig>>,
         shared: Arc<Shared>,
     ) -> Result<(Webhook, tokio::task::JoinHandle<()>), String> {
         let client = Client::new(target.clone(), tls)?;
         let capacity = capacity.max(1);
+        // tokio's channel allocates its slots in blocks as they fill: a large bound costs
+        // nothing until events wait.
         let (tx, rx) = mpsc::channel(capacity);
+        let bytes = Arc::new(AtomicUsize::new(0));
         let figures = Arc::new(Figures::default());
         let task = tokio::spawn(
             Sender {
                 rx,
+                bytes: bytes.clone(),
                 client,
                 shown: target.shown(),
                 shared,
@@ -190,6 +201,8 @@ impl Webhook {
                 kinds,
                 figures,
                 capacity,
+                capacity_bytes: capacity_bytes.max(1),
+                bytes,
                 tx,
             },
             task,
@@ -201,10 +214,21 @@ impl Webhook {
         if !self.kinds.contains(event.kind) {
             return;
         }
-        let reason = match self.tx.try_send(event.clone()) {
-            Ok(()) => return,
-            Err(TrySendError::Full(_)) => Metric::EventsDroppedFull,
-            Err(TrySendError::Closed(_)) => Metric::EventsDroppedShutdown,
+        let len = event.json.len();
+        let reason = if self.bytes.fetch_add(len, Relaxed) + len > self.capacity_bytes {
+            self.bytes.fetch_sub(len, Relaxed);
+            Metric::EventsDroppedFull
+        } else {
+            match self.tx.try_send(event.clone()) {
+                Ok(()) => return,
+                Err(e) => {
+                    self.bytes.fetch_sub(len, Relaxed);
+                    match e {
+                        TrySendError::Full(_) => Metric::EventsDroppedFull,
+                        TrySendError::Closed(_) => Metric::EventsDroppedShutdown,
+                    }
+                }
+            }
         };
         metrics.incr(reason);
         let f = &self.figures;
@@ -223,7 +247,7 @@ impl Webhook {
                 dropped,
                 queue = self.capacity,
                 "event queue full: events dropped (the receiver is slower than the events; \
-                 raise --events-queue or speed it up)"
+                 raise --events-queue / --events-queue-bytes or speed it up)"
             );
         }
     }
@@ -232,11 +256,18 @@ impl Webhook {
     pub(crate) fn queued(&self) -> usize {
         self.capacity - self.tx.capacity()
     }
+
+    /// Bytes of event JSON waiting in the queue.
+    pub(crate) fn queued_bytes(&self) -> usize {
+        self.bytes.load(Relaxed)
+    }
 }
 
 /// One receiver's task.
 struct Sender {
     rx: mpsc::Receiver<Encoded>,
+    /// The queue's bytes ([`Webhook::queued_bytes`]): each event taken off is taken off it.
+    bytes: Arc<AtomicUsize>,
     client: Client,
     shown: String,
     shared: Arc<Shared>,
@@ -265,7 +296,8 @@ impl Sender {
                     biased;
                     event = self.rx.recv() => event,
                     () = self.shared.draining.cancelled() => self.rx.try_recv().ok(),
-                },
+                }
+                .inspect(|e| self.took(e)),
             };
             let Some(first) = first else {
                 break;
@@ -282,13 +314,19 @@ impl Sender {
         }
         // What is left when the deadline stopped us.
         let mut left = usize::from(self.held.take().is_some());
-        while self.rx.try_recv().is_ok() {
+        while let Ok(e) = self.rx.try_recv() {
+            self.took(&e);
             left += 1;
         }
         if left > 0 {
             self.count_dropped(Metric::EventsDroppedShutdown, left);
             warn!(url = %self.shown, left, "events not delivered at shutdown");
         }
+    }
+
+    /// `event` left the queue.
+    fn took(&self, event: &Encoded) {
+        self.bytes.fetch_sub(event.json.len(), Relaxed);
     }
 
     /// `{"events":[...]}` of `first` and what else is queued, within the batch bounds.
@@ -302,6 +340,7 @@ impl Sender {
             let Ok(event) = self.rx.try_recv() else {
                 break;
             };
+            self.took(&event);
             if body.len() + 1 + event.json.len() + 2 > d.batch_bytes {
                 self.held = Some(event);
                 break;
@@ -467,6 +506,7 @@ mod tests {
         let target = Target::parse("http://127.0.0.1:9/").unwrap();
         let s = Sender {
             rx,
+            bytes: Arc::new(AtomicUsize::new(usize::MAX / 2)),
             client: Client::new(target, None).unwrap(),
             shown: String::new(),
             shared: Arc::new(Shared {

@@ -15,9 +15,13 @@ use std::sync::Arc;
 use tokio::time::{Instant, sleep, sleep_until};
 use tracing::{debug, trace};
 
-use super::{Drained, End, Ws, deliver, drain_for_shutdown, finish, refusal, write_control};
+use super::{
+    Drained, End, Ws, closed, closed_as, deliver, drain_for_shutdown, finish, refusal,
+    write_control,
+};
 use crate::access::Admitted;
-use crate::addressed::Held;
+use crate::addressed::{Held, SignalState};
+use crate::events::ConnEvents;
 use crate::frames::{Incoming, PING, PONG, control_frame};
 use crate::outbox::Outbox;
 use crate::state::State;
@@ -59,13 +63,37 @@ pub(super) async fn serve(mut ws: Ws, mode: Mode, ctx: Arc<State>, places: Admit
         Payload::from(gw.greeting.replace("{client_id}", &id.to_string()))
     });
     let Some(held) = opened else {
-        return finish(&mut ws, End::Closed(NO_NUMBER)).await;
+        let end = End::Closed(NO_NUMBER);
+        closed(ConnEvents::open(&ctx.events), None, &end, &ctx);
+        return finish(&mut ws, end).await;
     };
+    // Its events carry its `client_id`, as the greeting gave it.
+    let client_id: Arc<str> = ClientId {
+        gateway: gw.advertise,
+        connection: held.number,
+    }
+    .to_string()
+    .into();
+    let mut events = ConnEvents::open_as(&ctx.events, Some(&client_id));
     debug!(conn = held.number, "greeted");
-    let end = session(&mut ws, &held, Some(pending), &ctx).await;
+    let mut bound = None;
+    // A backend bound it (or bound it to another uid): `bind`.
+    let mut told = |now: &SignalState| {
+        if let Some(uid) = &now.uid
+            && bound.as_ref() != Some(uid)
+        {
+            events.bound_as(&ctx.events, uid, Some(&client_id));
+        }
+        bound.clone_from(&now.uid);
+    };
+    let end = session(&mut ws, &held, Some(pending), &ctx, &mut told).await;
+    // A bind the loop had no turn to see before it ended is told before the close.
+    told(&held.signal.now());
     let number = held.number;
+    let uid = bound;
     // Out of the table before the (possibly slow) closing handshake.
     drop(held);
+    closed_as(events, uid, &end, &ctx, Some(&client_id));
     debug!(conn = number, ?end, "closed");
     finish(&mut ws, end).await;
 }
@@ -77,6 +105,7 @@ async fn session(
     held: &Held,
     mut pending: Option<crate::access::Pending>,
     ctx: &State,
+    told: &mut (dyn FnMut(&SignalState) + Send),
 ) -> End {
     let outbox = &*held.outbox;
     let cfg = &ctx.config;
@@ -108,6 +137,7 @@ async fn session(
             }
             () = held.signal.changed() => {
                 let now = held.signal.now();
+                told(&now);
                 if now.claimed {
                     // No stranger now: its place in the unbound budget goes back.
                     pending = None;

@@ -156,6 +156,7 @@ async fn pass(url: Option<&str>, n: u64, rate: u64) -> Result<(u64, Duration), S
                 What::Bind {
                     conn: conn.clone(),
                     uid,
+                    client_id: None,
                 },
                 sent,
             );
