@@ -99,8 +99,8 @@ pub(crate) fn serve(
                 return Box::pin(crate::sse::serve(request, ctx, places)).await;
             }
             // Boxed, as the event stream: a Pusher connection's state is its own.
-            Opening::Pusher(ws, path, query) => {
-                return Box::pin(pusher::serve(ws, path, query, ctx, places)).await;
+            Opening::Pusher(ws, path, query, origin) => {
+                return Box::pin(pusher::serve(ws, path, query, origin, ctx, places)).await;
             }
             // Boxed: the greeted mode's state is not every connection's.
             Opening::Greeted(ws) => return Box::pin(greeted::serve(ws, ctx, places)).await,
@@ -146,7 +146,7 @@ enum Opening {
     /// An event stream (`sse.rs` binds it).
     EventStream(crate::sse::Request),
     /// A Pusher connection at `/app/{key}` (`ws/pusher.rs`), with its path and query.
-    Pusher(Ws, String, Option<String>),
+    Pusher(Ws, String, Option<String>, Option<String>),
     /// A WebSocket on a greeted listener (`--gateway-ws-listen`): it waits to be bound.
     Greeted(Ws),
     /// Refused, failed, timed out or shut down: answered (or not) as it should be.
@@ -204,7 +204,7 @@ async fn open(
         enveloped: false,
     };
     if ctx.config.pusher_apps.is_some() && upgraded.path.starts_with("/app/") {
-        return Opening::Pusher(ws, upgraded.path, upgraded.query);
+        return Opening::Pusher(ws, upgraded.path, upgraded.query, upgraded.origin);
     }
     if greeted {
         return Opening::Greeted(ws);

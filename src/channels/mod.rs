@@ -17,13 +17,14 @@ pub mod apps;
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hash, Hasher};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
 use tokio::time::Instant;
 
 pub use apps::{App, Apps};
 
+use crate::events::PusherHooks;
 use crate::outbox::{Offer, Outbox, QueueLimits};
 use crate::wire::pusher::codes::Code;
 use crate::wire::pusher::outbound;
@@ -111,6 +112,8 @@ pub struct Subscribed {
     /// Presence: this user had no connection on the channel before (`member_added`
     /// went to the others).
     pub added: bool,
+    /// A cache channel with nothing cached: `pusher:cache_miss` went to the connection.
+    pub cache_miss: bool,
 }
 
 /// What an unsubscription did.
@@ -179,6 +182,9 @@ struct Inner {
     /// Cluster mode: presence members and cache entries are kept in Redis, so this index
     /// only delivers (member events arrive as events from the cluster).
     shared: AtomicBool,
+    /// The apps' webhook receivers, told what the channels' owner decides (one node:
+    /// `nodes::channels`; a cluster: its scripts).
+    hooks: OnceLock<Arc<PusherHooks>>,
 }
 
 /// What a cluster knows of a channel when a connection subscribes to it (cluster mode).
@@ -204,6 +210,7 @@ impl Index {
                 next: AtomicU64::new(1),
                 limits,
                 shared: AtomicBool::new(false),
+                hooks: OnceLock::new(),
             }),
         }
     }
@@ -212,6 +219,16 @@ impl Index {
     /// making member events and caching events itself.
     pub fn share(&self) {
         self.inner.shared.store(true, Relaxed);
+    }
+
+    /// Gives the apps' webhook receivers (once; later calls are ignored).
+    pub fn set_hooks(&self, hooks: Arc<PusherHooks>) {
+        let _ = self.inner.hooks.set(hooks);
+    }
+
+    /// The apps' webhook receivers, if the daemon serves Pusher apps.
+    pub fn hooks(&self) -> Option<&Arc<PusherHooks>> {
+        self.inner.hooks.get()
     }
 
     /// Whether [`Index::share`] was called.
@@ -430,6 +447,7 @@ impl Index {
             outbound::subscription_succeeded(channel.name())
         };
         conn.send(succeeded);
+        let mut cache_miss = false;
         if channel.kind().cache {
             let cached = match &shared {
                 Some(sh) => sh.cached.clone(),
@@ -443,10 +461,17 @@ impl Index {
                 Some(frame) => {
                     let _ = conn.outbox.offer(&frame);
                 }
-                None => conn.send(outbound::cache_miss(channel.name())),
+                None => {
+                    conn.send(outbound::cache_miss(channel.name()));
+                    cache_miss = true;
+                }
             }
         }
-        Ok(Subscribed { occupied, added })
+        Ok(Subscribed {
+            occupied,
+            added,
+            cache_miss,
+        })
     }
 
     /// Takes `conn` off `channel`; `member_removed` goes to the others when it was the

@@ -40,7 +40,7 @@ use super::Cluster;
 use crate::channels::{
     CACHE_TTL, ChannelInfo, Conn, Index, Left, Shared, SubscribeError, Subscribed,
 };
-use crate::nodes::{Answer, Channels, NodesError};
+use crate::nodes::{Answer, Channels, NodesError, left_hooks, subscribed_hooks};
 use crate::wire::Payload;
 use crate::wire::pusher::codes::Code;
 use crate::wire::pusher::outbound;
@@ -82,7 +82,7 @@ fn channel_keys(base: &str, app: &str, channel: &str) -> Vec<String> {
 
 /// KEYS: subs, conns, ucount, members, cache. ARGV: node, user ('' if not presence),
 /// user_info, max members. Returns {added (1/0, -1: full), members flat..., cache or
-/// false}.
+/// false, occupied (1: the channel had no subscription on any node)}.
 const SUB_SCRIPT: &str = r#"
 local node, user = ARGV[1], ARGV[2]
 local added = 0
@@ -96,33 +96,43 @@ if user ~= '' then
     added = 1
   end
 end
+local occupied = 0
+if redis.call('HLEN', KEYS[1]) == 0 then occupied = 1 end
 redis.call('HINCRBY', KEYS[1], node, 1)
 local members = {}
 if user ~= '' then members = redis.call('HGETALL', KEYS[4]) end
-return {added, members, redis.call('GET', KEYS[5])}
+return {added, members, redis.call('GET', KEYS[5]), occupied}
 "#;
 
-/// KEYS: subs, conns, ucount, members. ARGV: node, user (''). Returns 1 if the user's
-/// last connection anywhere left.
+/// KEYS: subs, conns, ucount, members. ARGV: node, user (''). Returns {removed (1 if
+/// the user's last connection anywhere left), vacated (1 if the channel's last
+/// subscription anywhere left)}. What a reaper already took back (this node was taken
+/// for dead while cut off) is not taken twice: nothing is counted, nothing told.
 const UNSUB_SCRIPT: &str = r#"
 local node, user = ARGV[1], ARGV[2]
+if redis.call('HEXISTS', KEYS[1], node) == 0 then return {0, 0} end
 if redis.call('HINCRBY', KEYS[1], node, -1) <= 0 then redis.call('HDEL', KEYS[1], node) end
-if user == '' then return 0 end
+local vacated = 0
+if redis.call('HLEN', KEYS[1]) == 0 then vacated = 1 end
+if user == '' then return {0, vacated} end
 local field = user .. '\0' .. node
+if redis.call('HEXISTS', KEYS[2], field) == 0 then return {0, vacated} end
 if redis.call('HINCRBY', KEYS[2], field, -1) <= 0 then redis.call('HDEL', KEYS[2], field) end
 if redis.call('HINCRBY', KEYS[3], user, -1) <= 0 then
   redis.call('HDEL', KEYS[3], user)
   redis.call('HDEL', KEYS[4], user)
-  return 1
+  return {1, vacated}
 end
-return 0
+return {0, vacated}
 "#;
 
 /// KEYS: subs, conns, ucount, members. ARGV: a dead node. Takes back its counts; returns
-/// the users that left with it. Running it twice takes nothing the second time.
+/// {the users that left with it, vacated (1 if it held the channel's last
+/// subscriptions)}. Running it twice takes nothing the second time.
 const DROP_NODE_SCRIPT: &str = r#"
 local node = ARGV[1]
-redis.call('HDEL', KEYS[1], node)
+local vacated = 0
+if redis.call('HDEL', KEYS[1], node) == 1 and redis.call('HLEN', KEYS[1]) == 0 then vacated = 1 end
 local suffix = '\0' .. node
 local gone = {}
 local all = redis.call('HGETALL', KEYS[2])
@@ -138,7 +148,7 @@ for i = 1, #all, 2 do
     end
   end
 end
-return gone
+return {gone, vacated}
 "#;
 
 /// KEYS: subs, members. Returns {subscriptions, users}.
@@ -318,6 +328,7 @@ impl ClusterChannels {
             .next()
             .and_then(|v| v.into_string())
             .map(Payload::from);
+        let occupied = parts.next().and_then(|v| v.as_i64()) == Some(1);
         let shared = Shared { roster, cached };
         let done = self
             .index
@@ -337,10 +348,17 @@ impl ClusterChannels {
                     .await;
             }
         }
-        done.map(|s| Subscribed {
+        // What the script decided, once for the cluster, is what the hooks are told.
+        let done = done.map(|s| Subscribed {
             added: added == 1,
+            occupied,
             ..s
-        })
+        });
+        if let Ok(s) = &done {
+            let user = member.as_ref().map(|m| m.user_id.as_str());
+            subscribed_hooks(&self.index, &app.id, channel.name(), s, user);
+        }
+        done
     }
 
     async fn unsubscribe_async(self: Arc<Self>, conn: Arc<Conn>, channel: Channel) -> Left {
@@ -356,23 +374,36 @@ impl ClusterChannels {
         if !left.held {
             return left;
         }
-        match self
-            .bounded(cmd.eval::<i64, _, _, _>(UNSUB_SCRIPT, keys, args))
+        let (removed, vacated) = match self
+            .bounded(cmd.eval::<Vec<i64>, _, _, _>(UNSUB_SCRIPT, keys, args))
             .await
         {
-            Ok(1) => {
-                if let Some(u) = &user {
-                    let frame = Payload::from(outbound::member_removed(channel.name(), u));
-                    let _ = self.fan_out(&app.id, &channel, &frame, None).await;
-                }
+            Ok(v) => (v.first() == Some(&1), v.get(1) == Some(&1)),
+            Err(_) => {
+                debug!("pusher unsubscribe not recorded in redis");
+                (false, false)
             }
-            Ok(_) => {}
-            Err(_) => debug!("pusher unsubscribe not recorded in redis"),
+        };
+        let removed = user.filter(|_| removed);
+        if let Some(u) = &removed {
+            let frame = Payload::from(outbound::member_removed(channel.name(), u));
+            let _ = self.fan_out(&app.id, &channel, &frame, None).await;
         }
         if left.vacated {
             let _ = self.occupancy(&app.id, channel.name(), false).await;
         }
-        left
+        left_hooks(
+            &self.index,
+            &app.id,
+            channel.name(),
+            removed.as_deref(),
+            vacated,
+        );
+        Left {
+            removed,
+            vacated,
+            ..left
+        }
     }
 
     /// Takes back what node `dead` held, once: its members leave (announced) and its
@@ -402,9 +433,20 @@ impl ClusterChannels {
                 .into_iter()
                 .take(4)
                 .collect();
-            let gone: Vec<String> = self
+            let answer: Value = self
                 .bounded(cmd.eval(DROP_NODE_SCRIPT, keys, vec![dead.to_owned()]))
                 .await?;
+            let mut parts = answer.into_array().into_iter();
+            let gone: Vec<String> = parts
+                .next()
+                .map(|v| {
+                    v.into_array()
+                        .into_iter()
+                        .filter_map(|s| s.into_string())
+                        .collect()
+                })
+                .unwrap_or_default();
+            let vacated = parts.next().and_then(|v| v.as_i64()) == Some(1);
             let counts = key(&self.base, &[app], "chans");
             let n = self
                 .bounded(cmd.hincrby::<i64, _, _>(counts.clone(), name, -1))
@@ -412,9 +454,15 @@ impl ClusterChannels {
             if n <= 0 {
                 self.bounded(cmd.hdel::<i64, _, _>(counts, name)).await?;
             }
+            // The dead node cannot tell its departures: the one reaper does, once, as
+            // soon as the script decided them (before anything below may fail).
+            for user in &gone {
+                left_hooks(&self.index, app, name, Some(user), false);
+            }
+            left_hooks(&self.index, app, name, None, vacated);
             if let Ok(channel) = Channel::parse(name) {
-                for user in gone {
-                    let frame = Payload::from(outbound::member_removed(name, &user));
+                for user in &gone {
+                    let frame = Payload::from(outbound::member_removed(name, user));
                     self.fan_out(app, &channel, &frame, None).await?;
                 }
             }

@@ -12,7 +12,41 @@ use std::sync::Arc;
 use super::{Answer, NodesError};
 use crate::channels::{ChannelInfo, Conn, Index, Left, SubscribeError, Subscribed};
 use crate::wire::Payload;
+use crate::wire::pusher::outbound::WebhookEvent;
 use crate::wire::pusher::{Channel, Member, Refusal, SocketId};
+
+/// The webhook events of a subscription, in Pusher's order: the channel occupied, then
+/// the member added, then a cache miss. `occupied` and `added` must be what the owner of
+/// the channels' state decided (this node alone, or the cluster's script), so each is
+/// told once.
+pub fn subscribed_hooks(index: &Index, app: &str, channel: &str, s: &Subscribed, user: Option<&str>) {
+    let Some(hooks) = index.hooks() else {
+        return;
+    };
+    if s.occupied {
+        hooks.emit(app, &WebhookEvent::ChannelOccupied { channel });
+    }
+    if let (true, Some(user_id)) = (s.added, user) {
+        hooks.emit(app, &WebhookEvent::MemberAdded { channel, user_id });
+    }
+    if s.cache_miss {
+        hooks.emit(app, &WebhookEvent::CacheMiss { channel });
+    }
+}
+
+/// The webhook events of a departure: the member removed (`removed`), then the channel
+/// vacated (`vacated`); decided as for [`subscribed_hooks`].
+pub fn left_hooks(index: &Index, app: &str, channel: &str, removed: Option<&str>, vacated: bool) {
+    let Some(hooks) = index.hooks() else {
+        return;
+    };
+    if let Some(user_id) = removed {
+        hooks.emit(app, &WebhookEvent::MemberRemoved { channel, user_id });
+    }
+    if vacated {
+        hooks.emit(app, &WebhookEvent::ChannelVacated { channel });
+    }
+}
 
 /// Pusher channels on every node that may hold a subscriber.
 pub trait Channels: Send + Sync + std::fmt::Debug {
@@ -63,11 +97,19 @@ impl Channels for Index {
         channel: &Channel,
         member: Option<&Member>,
     ) -> Answer<Result<Subscribed, SubscribeError>> {
-        Answer::Now(Index::subscribe(self, conn, channel, member))
+        let done = Index::subscribe(self, conn, channel, member);
+        if let Ok(s) = &done {
+            let user = member.map(|m| m.user_id.as_str());
+            subscribed_hooks(self, &conn.app.id, channel.name(), s, user);
+        }
+        Answer::Now(done)
     }
 
     fn unsubscribe(&self, conn: &Arc<Conn>, channel: &Channel) -> Answer<Left> {
-        Answer::Now(Index::unsubscribe(self, conn, channel))
+        let left = Index::unsubscribe(self, conn, channel);
+        let removed = left.removed.as_deref();
+        left_hooks(self, &conn.app.id, channel.name(), removed, left.vacated);
+        Answer::Now(left)
     }
 
     fn publish(
