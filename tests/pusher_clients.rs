@@ -2052,3 +2052,79 @@ async fn two_nodes_tell_each_webhook_once() {
         assert_eq!(ok(python_sdk(&req).await), true, "python: {body}");
     }
 }
+
+/// The test apps with [`APP`]'s `subscription_count` on and its webhooks to `hooks`.
+fn counting_config(hooks: &[(String, &[&str])]) -> pushwire::Config {
+    let mut apps: Value = serde_json::from_str(&apps_with_hooks(hooks)).unwrap();
+    apps["apps"][0]["subscription_count"] = json!(true);
+    pushwire::Config {
+        pusher_apps: Some(Arc::new(
+            pushwire::channels::Apps::parse(&apps.to_string()).unwrap(),
+        )),
+        ..pusher_config()
+    }
+}
+
+/// The next `pusher_internal:subscription_count` on `channel` (other frames skipped):
+/// its count.
+async fn next_count(ws: &mut PusherWs, channel: &str) -> u64 {
+    timeout(Duration::from_secs(5), async {
+        loop {
+            let f = ws.next().await;
+            if f["event"] == "pusher_internal:subscription_count" && f["channel"] == channel {
+                return f["data"]["subscription_count"].as_u64().unwrap();
+            }
+        }
+    })
+    .await
+    .expect("a subscription count within 5 s")
+}
+
+/// An app with `subscription_count` on: its channels' subscribers are told the count when
+/// it changes (within a second, coalesced), presence channels are not, and receivers
+/// naming `subscription_count` get it as Pusher's webhook; on two nodes the count is the
+/// cluster's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscription_counts_are_told_when_the_app_wants_them() {
+    use common::webhook::{Answer, Receiver};
+    let receiver = Receiver::start(|_| Answer::Status(200)).await;
+    let hooks = [(receiver.url("/counts"), &["subscription_count"][..])];
+    let keys = APP.keys();
+    // One node.
+    let server = TestServer::start_with(counting_config(&hooks)).await;
+    let mut a = PusherWs::connect(server.ws_addr, APP.key).await;
+    let mut b = PusherWs::connect(server.ws_addr, APP.key).await;
+    a.subscribe("counted", None, None).await;
+    assert_eq!(next_count(&mut a, "counted").await, 1);
+    b.subscribe("counted", None, None).await;
+    assert_eq!(next_count(&mut a, "counted").await, 2);
+    assert_eq!(next_count(&mut b, "counted").await, 2);
+    b.subscribe("presence-room", Some(&keys), Some(&presence_data("8", "Bob")))
+        .await;
+    b.ws.close().await;
+    assert_eq!(next_count(&mut a, "counted").await, 1);
+    let told = pusher_wait(&receiver, 3).await;
+    assert_eq!(
+        told,
+        [1, 2, 1]
+            .iter()
+            .map(|n| json!({"name": "subscription_count", "channel": "counted", "subscription_count": n}))
+            .collect::<Vec<_>>(),
+        "presence channels are not counted"
+    );
+    // Two nodes: the count is every node's subscriptions.
+    let redis = common::redis::Redis::start().await;
+    let (n1, n2) = (
+        pusher_node_with(&redis.url(), counting_config(&[])).await,
+        pusher_node_with(&redis.url(), counting_config(&[])).await,
+    );
+    let mut c = PusherWs::connect(n1.ws_addr, APP.key).await;
+    let mut d = PusherWs::connect(n2.ws_addr, APP.key).await;
+    c.subscribe("counted", None, None).await;
+    assert_eq!(next_count(&mut c, "counted").await, 1);
+    d.subscribe("counted", None, None).await;
+    assert_eq!(next_count(&mut c, "counted").await, 2);
+    assert_eq!(next_count(&mut d, "counted").await, 2);
+    d.ws.close().await;
+    assert_eq!(next_count(&mut c, "counted").await, 1);
+}

@@ -32,6 +32,10 @@ pub struct App {
     pub client_events: bool,
     /// Client events one connection may send per second (a token bucket of this size).
     pub client_event_rate: u32,
+    /// Subscribers of its channels (presence ones aside) are told the channel's
+    /// subscription count when it changes (`pusher_internal:subscription_count`), as
+    /// the Pusher dashboard's setting of that name does; off unless the file says so.
+    pub subscription_count: bool,
     /// Connections the app may hold on this node; more are closed with 4100.
     pub max_connections: usize,
     /// Channels one connection may subscribe to at once.
@@ -82,6 +86,8 @@ struct AppFile {
     #[serde(default)]
     client_events: bool,
     client_event_rate: Option<u32>,
+    #[serde(default)]
+    subscription_count: bool,
     max_connections: Option<usize>,
     max_channels_per_connection: Option<usize>,
     max_presence_members: Option<usize>,
@@ -177,6 +183,7 @@ impl Apps {
                 id: Arc::from(a.id.as_str()),
                 keys: Keys::new(&a.key, a.secret.as_bytes()),
                 client_events: a.client_events,
+                subscription_count: a.subscription_count,
                 client_event_rate: positive(
                     a.client_event_rate.map(|r| r as usize),
                     10,
@@ -250,6 +257,10 @@ impl Apps {
                     // Compared by what they sign: the secrets are never held side by side.
                     if a.keys.sign_hex(&[b"compare"]) != b.keys.sign_hex(&[b"compare"]) {
                         out.push(format!("app {id} secret rotated"));
+                    }
+                    if a.subscription_count != b.subscription_count {
+                        let on = if b.subscription_count { "on" } else { "off" };
+                        out.push(format!("app {id} subscription counts {on}"));
                     }
                     if a.webhooks != b.webhooks {
                         out.push(format!("app {id} webhooks changed"));

@@ -14,7 +14,7 @@
 
 pub mod apps;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasher, Hash, Hasher};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
@@ -185,6 +185,9 @@ struct Inner {
     /// The apps' webhook receivers, told what the channels' owner decides (one node:
     /// `nodes::channels`; a cluster: its scripts).
     hooks: OnceLock<Arc<PusherHooks>>,
+    /// Channels of apps with `subscription_count` whose count changed here since the
+    /// last [`Index::take_counted`] (at most one entry per channel).
+    counted: Mutex<HashSet<Key>>,
 }
 
 /// What a cluster knows of a channel when a connection subscribes to it (cluster mode).
@@ -211,6 +214,7 @@ impl Index {
                 limits,
                 shared: AtomicBool::new(false),
                 hooks: OnceLock::new(),
+                counted: Mutex::default(),
             }),
         }
     }
@@ -229,6 +233,33 @@ impl Index {
     /// The apps' webhook receivers, if the daemon serves Pusher apps.
     pub fn hooks(&self) -> Option<&Arc<PusherHooks>> {
         self.inner.hooks.get()
+    }
+
+    /// Notes that `channel`'s count changed, when its app wants counts told and the
+    /// channel is not presence (whose members tell more).
+    fn count_changed(&self, app: &App, channel: &Channel) {
+        if app.subscription_count && channel.kind().access != crate::wire::pusher::Access::Presence
+        {
+            let mut counted = self.inner.counted.lock().unwrap_or_else(|e| e.into_inner());
+            counted.insert((app.id.clone(), channel.shared_name().clone()));
+        }
+    }
+
+    /// The channels whose count changed since the last call (see
+    /// `nodes::Channels::tell_counts`).
+    pub fn take_counted(&self) -> Vec<(Arc<str>, Arc<str>)> {
+        let mut counted = self.inner.counted.lock().unwrap_or_else(|e| e.into_inner());
+        counted.drain().collect()
+    }
+
+    /// Offers `frame` to every subscriber of `channel` on this node, without keeping it
+    /// as a cache channel's last event (a count is no event of the app's).
+    pub fn offer(&self, app: &Arc<str>, channel: &str, frame: &Payload) -> usize {
+        let shard = self.shard(app, channel);
+        shard
+            .chans
+            .get(&(app.clone(), Arc::from(channel)))
+            .map_or(0, |chan| offer_all(chan, frame, None))
     }
 
     /// Whether [`Index::share`] was called.
@@ -432,6 +463,7 @@ impl Index {
                     user,
                 },
             );
+            self.count_changed(app, channel);
         }
         let succeeded = if let (Some(_), Some(sh)) = (member, &shared) {
             outbound::presence_succeeded(
@@ -486,6 +518,7 @@ impl Index {
         let Some(sub) = chan.subs.remove(&conn.socket_id.low) else {
             return Left::default();
         };
+        self.count_changed(app, channel);
         let mut left = Left {
             held: true,
             user: sub.user.clone(),

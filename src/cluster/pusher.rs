@@ -40,7 +40,7 @@ use super::Cluster;
 use crate::channels::{
     CACHE_TTL, ChannelInfo, Conn, Index, Left, Shared, SubscribeError, Subscribed,
 };
-use crate::nodes::{Answer, Channels, NodesError, left_hooks, subscribed_hooks};
+use crate::nodes::{Answer, Channels, NodesError, count_hook, left_hooks, subscribed_hooks};
 use crate::wire::Payload;
 use crate::wire::pusher::codes::Code;
 use crate::wire::pusher::outbound;
@@ -717,6 +717,30 @@ impl Channels for Arc<ClusterChannels> {
                 u.sort();
                 u
             }))
+        })
+    }
+
+    fn tell_counts(&self) -> Answer<()> {
+        let counted = self.index.take_counted();
+        if counted.is_empty() {
+            return Answer::Now(());
+        }
+        let me = self.clone();
+        Answer::barrier(async move {
+            for (app, name) in counted {
+                // The count every node's subscribers make, read after this node's change.
+                let Ok(info) = me.info(&app, &name).resolve().await else {
+                    continue;
+                };
+                let Ok(channel) = Channel::parse(&name) else {
+                    continue;
+                };
+                let count = info.subscriptions;
+                let frame = Payload::from(outbound::subscription_count(&name, count as u64));
+                let _ = me.fan_out(&app, &channel, &frame, None).await;
+                count_hook(&me.index, &app, &name, count);
+            }
+            Answer::Now(())
         })
     }
 

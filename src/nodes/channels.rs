@@ -12,7 +12,7 @@ use std::sync::Arc;
 use super::{Answer, NodesError};
 use crate::channels::{ChannelInfo, Conn, Index, Left, SubscribeError, Subscribed};
 use crate::wire::Payload;
-use crate::wire::pusher::outbound::WebhookEvent;
+use crate::wire::pusher::outbound::{self, WebhookEvent};
 use crate::wire::pusher::{Channel, Member, Refusal, SocketId};
 
 /// The webhook events of a subscription, in Pusher's order: the channel occupied, then
@@ -84,6 +84,24 @@ pub trait Channels: Send + Sync + std::fmt::Debug {
     fn users(&self, app: &str, channel: &str) -> Answer<Result<Vec<String>, NodesError>>;
     /// Closes the connections signed in as `user` with `refusal`; answers how many.
     fn terminate(&self, app: &str, user: &str, refusal: &Refusal) -> Answer<usize>;
+    /// Tells the subscribers of each channel whose count changed on this node since the
+    /// last call its count now (`pusher_internal:subscription_count`, every node's
+    /// subscribers in a cluster), and the app's `subscription_count` receivers. Called
+    /// once a [`COUNT_EVERY`]: what changes in between is told once, coalesced.
+    fn tell_counts(&self) -> Answer<()>;
+}
+
+/// How often subscription counts are told at most, per channel and node: a channel of
+/// N subscribers costs N frames per tell, so a crowd joining costs N frames a second,
+/// not N per join.
+pub const COUNT_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Tells `count` for `channel`'s count to the app's `subscription_count` receivers.
+pub fn count_hook(index: &Index, app: &str, channel: &str, count: usize) {
+    if let Some(hooks) = index.hooks() {
+        let count = count as u64;
+        hooks.emit(app, &WebhookEvent::SubscriptionCount { channel, count });
+    }
 }
 
 impl Channels for Index {
@@ -140,5 +158,15 @@ impl Channels for Index {
 
     fn terminate(&self, app: &str, user: &str, refusal: &Refusal) -> Answer<usize> {
         Answer::Now(Index::terminate(self, app, user, refusal))
+    }
+
+    fn tell_counts(&self) -> Answer<()> {
+        for (app, channel) in self.take_counted() {
+            let count = Index::info(self, &app, &channel).subscriptions;
+            let frame = Payload::from(outbound::subscription_count(&channel, count as u64));
+            self.offer(&app, &channel, &frame);
+            count_hook(self, &app, &channel, count);
+        }
+        Answer::Now(())
     }
 }
