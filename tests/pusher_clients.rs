@@ -2128,3 +2128,78 @@ async fn subscription_counts_are_told_when_the_app_wants_them() {
     d.ws.close().await;
     assert_eq!(next_count(&mut c, "counted").await, 1);
 }
+
+/// A Pusher connection to `addr` whose handshake says `Origin: origin`: the first frame.
+async fn connect_from(addr: std::net::SocketAddr, origin: &str) -> (WsClient, Value) {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let url = format!("ws://{addr}/app/{}?protocol=7&client=js&version=8.6.0", APP.key);
+    let mut req = url.into_client_request().unwrap();
+    req.headers_mut()
+        .insert("origin", origin.parse().unwrap());
+    let (ws, _) = timeout(Duration::from_secs(5), tokio_tungstenite::connect_async(req))
+        .await
+        .unwrap()
+        .unwrap();
+    let mut ws = WsClient { ws };
+    let first = decode(&ws.recv_text().await);
+    (ws, first)
+}
+
+/// Per-app settings: a page whose `Origin` is not in the app's `allowed_origins` is
+/// refused with 4009 (`pusher:error`, then the close; pusher-js does not come back),
+/// a listed one (in any case) and a client without `Origin` are served; the app's
+/// `max_connections` holds on the node (4100); a client event over the app's
+/// `max_event_bytes` is refused with 4301 and the connection stays.
+#[tokio::test]
+async fn per_app_origins_connections_and_event_sizes() {
+    let mut apps: Value = serde_json::from_str(&common::pusher::apps_json()).unwrap();
+    apps["apps"][0]["allowed_origins"] = json!(["https://app.example.com"]);
+    apps["apps"][0]["max_connections"] = json!(2);
+    apps["apps"][0]["max_event_bytes"] = json!(64);
+    let server = TestServer::start_with(pushwire::Config {
+        pusher_apps: Some(Arc::new(
+            pushwire::channels::Apps::parse(&apps.to_string()).unwrap(),
+        )),
+        ..pusher_config()
+    })
+    .await;
+    let (mut evil, first) = connect_from(server.ws_addr, "https://evil.example").await;
+    assert_eq!(first["event"], "pusher:error", "{first}");
+    assert_eq!(first["data"]["code"], 4009, "{first}");
+    assert_eq!(evil.expect_close().await.0, 4009);
+    let (mut listed, first) = connect_from(server.ws_addr, "HTTPS://App.Example.com").await;
+    assert_eq!(first["event"], "pusher:connection_established", "{first}");
+    let socket_id = first["data"]["socket_id"].as_str().unwrap().to_owned();
+    let mut plain = PusherWs::connect(server.ws_addr, APP.key).await;
+    // Two connections of the app on this node: the third is over.
+    let (mut third, first) = connect_from(server.ws_addr, "https://app.example.com").await;
+    assert_eq!(first["data"]["code"], 4100, "{first}");
+    assert_eq!(third.expect_close().await.0, 4100);
+
+    let keys = APP.keys();
+    let auth = keys.channel_auth(&socket_id, "private-chat", None);
+    listed
+        .send_text(&json!({"event": "pusher:subscribe", "data": {"channel": "private-chat", "auth": auth}}).to_string())
+        .await;
+    assert_eq!(
+        decode(&listed.recv_text().await)["event"],
+        "pusher_internal:subscription_succeeded"
+    );
+    plain.subscribe("private-chat", Some(&keys), None).await;
+    let big = "x".repeat(70);
+    listed
+        .send_text(&json!({"event": "client-big", "channel": "private-chat", "data": big}).to_string())
+        .await;
+    let err = decode(&listed.recv_text().await);
+    assert_eq!(err["event"], "pusher:error", "{err}");
+    assert_eq!(err["data"]["code"], 4301, "{err}");
+    assert!(
+        err["data"]["message"].as_str().unwrap().contains("64 bytes"),
+        "{err}"
+    );
+    listed
+        .send_text(&json!({"event": "client-small", "channel": "private-chat", "data": "hi"}).to_string())
+        .await;
+    let got = plain.expect("client-small", Some("private-chat")).await;
+    assert_eq!(got["data"], "hi");
+}
