@@ -1864,7 +1864,11 @@ fn hook_lines(events: &[Value]) -> Vec<String> {
 }
 
 fn hook_line(e: &Value) -> String {
-    let mut line = format!("{} {}", e["name"].as_str().unwrap(), e["channel"].as_str().unwrap());
+    let mut line = format!(
+        "{} {}",
+        e["name"].as_str().unwrap(),
+        e["channel"].as_str().unwrap()
+    );
     if let Some(u) = e["user_id"].as_str() {
         line.push(' ');
         line.push_str(u);
@@ -1899,17 +1903,31 @@ async fn webhooks_reach_the_app_in_pushers_format_and_signature() {
     let mut ann = PusherWs::connect(server.ws_addr, APP.key).await;
     let mut ann_tab = PusherWs::connect(server.ws_addr, APP.key).await;
     let mut bob = PusherWs::connect(server.ws_addr, APP.key).await;
-    ann.subscribe("presence-room", Some(&keys), Some(&presence_data("7", "Ann")))
-        .await;
+    ann.subscribe(
+        "presence-room",
+        Some(&keys),
+        Some(&presence_data("7", "Ann")),
+    )
+    .await;
     ann_tab
-        .subscribe("presence-room", Some(&keys), Some(&presence_data("7", "Ann")))
+        .subscribe(
+            "presence-room",
+            Some(&keys),
+            Some(&presence_data("7", "Ann")),
+        )
         .await;
-    bob.subscribe("presence-room", Some(&keys), Some(&presence_data("8", "Bob")))
-        .await;
+    bob.subscribe(
+        "presence-room",
+        Some(&keys),
+        Some(&presence_data("8", "Bob")),
+    )
+    .await;
     ann.expect("pusher_internal:member_added", Some("presence-room"))
         .await;
-    ann.send(json!({"event": "client-typing", "channel": "presence-room", "data": {"name": "Ann"}}))
-        .await;
+    ann.send(
+        json!({"event": "client-typing", "channel": "presence-room", "data": {"name": "Ann"}}),
+    )
+    .await;
     bob.expect("client-typing", Some("presence-room")).await;
     bob.subscribe("cache-prices", None, None).await;
     bob.expect("pusher:cache_miss", Some("cache-prices")).await;
@@ -1957,14 +1975,23 @@ async fn webhooks_reach_the_app_in_pushers_format_and_signature() {
         &json!({"name": "client_event", "channel": "presence-room", "event": "client-typing",
                 "data": r#"{"name":"Ann"}"#, "socket_id": ann_id, "user_id": "7"})
     );
-    let added: Vec<&Value> = events.iter().filter(|e| e["name"] == "member_added").collect();
-    assert_eq!(added[0], &json!({"name": "member_added", "channel": "presence-room", "user_id": "7"}));
+    let added: Vec<&Value> = events
+        .iter()
+        .filter(|e| e["name"] == "member_added")
+        .collect();
+    assert_eq!(
+        added[0],
+        &json!({"name": "member_added", "channel": "presence-room", "user_id": "7"})
+    );
     let _ = bob_id;
     // The filtered receiver got its kind only.
     let only = pusher_wait(&vacated, 2).await;
     assert_eq!(
         hook_lines(&only),
-        ["channel_vacated cache-prices", "channel_vacated presence-room"]
+        [
+            "channel_vacated cache-prices",
+            "channel_vacated presence-room"
+        ]
     );
     // Each delivery, as sent, passes both SDKs' validators.
     for g in all.got().iter().chain(vacated.got().iter()) {
@@ -2000,13 +2027,25 @@ async fn two_nodes_tell_each_webhook_once() {
     let mut ann_b = PusherWs::connect(b.ws_addr, APP.key).await;
     let mut bob_b = PusherWs::connect(b.ws_addr, APP.key).await;
     ann_a
-        .subscribe("presence-room", Some(&keys), Some(&presence_data("7", "Ann")))
+        .subscribe(
+            "presence-room",
+            Some(&keys),
+            Some(&presence_data("7", "Ann")),
+        )
         .await;
     ann_b
-        .subscribe("presence-room", Some(&keys), Some(&presence_data("7", "Ann")))
+        .subscribe(
+            "presence-room",
+            Some(&keys),
+            Some(&presence_data("7", "Ann")),
+        )
         .await;
     bob_b
-        .subscribe("presence-room", Some(&keys), Some(&presence_data("8", "Bob")))
+        .subscribe(
+            "presence-room",
+            Some(&keys),
+            Some(&presence_data("8", "Bob")),
+        )
         .await;
     ann_a
         .expect("pusher_internal:member_added", Some("presence-room"))
@@ -2016,10 +2055,9 @@ async fn two_nodes_tell_each_webhook_once() {
         let node = if i % 2 == 0 { &a } else { &b };
         crowd.push(PusherWs::connect(node.ws_addr, APP.key).await);
     }
-    let joined = futures_util::future::join_all(
-        crowd.iter_mut().map(|c| c.subscribe("race", None, None)),
-    )
-    .await;
+    let joined =
+        futures_util::future::join_all(crowd.iter_mut().map(|c| c.subscribe("race", None, None)))
+            .await;
     for j in &joined {
         assert_eq!(j["event"], "pusher_internal:subscription_succeeded", "{j}");
     }
@@ -2044,7 +2082,10 @@ async fn two_nodes_tell_each_webhook_once() {
         ],
         "{events:#?}"
     );
-    assert_eq!(hook_names(&events, "race"), ["channel_occupied", "channel_vacated"]);
+    assert_eq!(
+        hook_names(&events, "race"),
+        ["channel_occupied", "channel_vacated"]
+    );
     for g in receiver.got() {
         let body = String::from_utf8(g.body.to_vec()).unwrap();
         let req = json!({"app": APP.json(), "op": "webhook_valid", "key": g.pusher_key,
@@ -2099,8 +2140,12 @@ async fn subscription_counts_are_told_when_the_app_wants_them() {
     b.subscribe("counted", None, None).await;
     assert_eq!(next_count(&mut a, "counted").await, 2);
     assert_eq!(next_count(&mut b, "counted").await, 2);
-    b.subscribe("presence-room", Some(&keys), Some(&presence_data("8", "Bob")))
-        .await;
+    b.subscribe(
+        "presence-room",
+        Some(&keys),
+        Some(&presence_data("8", "Bob")),
+    )
+    .await;
     b.ws.close().await;
     assert_eq!(next_count(&mut a, "counted").await, 1);
     let told = pusher_wait(&receiver, 3).await;
@@ -2132,14 +2177,19 @@ async fn subscription_counts_are_told_when_the_app_wants_them() {
 /// A Pusher connection to `addr` whose handshake says `Origin: origin`: the first frame.
 async fn connect_from(addr: std::net::SocketAddr, origin: &str) -> (WsClient, Value) {
     use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-    let url = format!("ws://{addr}/app/{}?protocol=7&client=js&version=8.6.0", APP.key);
+    let url = format!(
+        "ws://{addr}/app/{}?protocol=7&client=js&version=8.6.0",
+        APP.key
+    );
     let mut req = url.into_client_request().unwrap();
-    req.headers_mut()
-        .insert("origin", origin.parse().unwrap());
-    let (ws, _) = timeout(Duration::from_secs(5), tokio_tungstenite::connect_async(req))
-        .await
-        .unwrap()
-        .unwrap();
+    req.headers_mut().insert("origin", origin.parse().unwrap());
+    let (ws, _) = timeout(
+        Duration::from_secs(5),
+        tokio_tungstenite::connect_async(req),
+    )
+    .await
+    .unwrap()
+    .unwrap();
     let mut ws = WsClient { ws };
     let first = decode(&ws.recv_text().await);
     (ws, first)
@@ -2188,17 +2238,24 @@ async fn per_app_origins_connections_and_event_sizes() {
     plain.subscribe("private-chat", Some(&keys), None).await;
     let big = "x".repeat(70);
     listed
-        .send_text(&json!({"event": "client-big", "channel": "private-chat", "data": big}).to_string())
+        .send_text(
+            &json!({"event": "client-big", "channel": "private-chat", "data": big}).to_string(),
+        )
         .await;
     let err = decode(&listed.recv_text().await);
     assert_eq!(err["event"], "pusher:error", "{err}");
     assert_eq!(err["data"]["code"], 4301, "{err}");
     assert!(
-        err["data"]["message"].as_str().unwrap().contains("64 bytes"),
+        err["data"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("64 bytes"),
         "{err}"
     );
     listed
-        .send_text(&json!({"event": "client-small", "channel": "private-chat", "data": "hi"}).to_string())
+        .send_text(
+            &json!({"event": "client-small", "channel": "private-chat", "data": "hi"}).to_string(),
+        )
         .await;
     let got = plain.expect("client-small", Some("private-chat")).await;
     assert_eq!(got["data"], "hi");

@@ -164,7 +164,10 @@ impl Apps {
             for w in &a.webhooks {
                 let hook = PusherHook::parse(&w.url, w.event_types.as_deref())
                     .map_err(|e| format!("app {} webhook: {e}", a.id))?;
-                if webhooks.iter().any(|h: &PusherHook| h.target == hook.target) {
+                if webhooks
+                    .iter()
+                    .any(|h: &PusherHook| h.target == hook.target)
+                {
                     return Err(format!(
                         "app {}: webhook {} named twice",
                         a.id,
@@ -316,7 +319,9 @@ fn origins(app: &str, list: &[String]) -> Result<Vec<String>, String> {
     for o in list {
         let ok = o.len() <= 256
             && (o.starts_with("http://") || o.starts_with("https://"))
-            && !o.split_once("://").is_some_and(|(_, rest)| rest.is_empty() || rest.contains('/'))
+            && !o
+                .split_once("://")
+                .is_some_and(|(_, rest)| rest.is_empty() || rest.contains('/'))
             && o.bytes().all(|b| b.is_ascii_graphic());
         if !ok {
             return Err(format!(

@@ -30,12 +30,12 @@ use tracing::{debug, info, warn};
 
 use super::client::{Answer, Client};
 use super::event::{Encoded, unix_millis};
-use crate::wire::pusher::Keys;
 use super::filter::{Kinds, Target};
 use super::signature;
 use crate::auth::Secret;
 use crate::logsafe::escaped;
 use crate::metrics::{Metric, Metrics};
+use crate::wire::pusher::Keys;
 
 /// First pause before a retry; it doubles per attempt up to [`MAX_BACKOFF`], and each pause
 /// is drawn between half of it and all of it (so receivers that failed together are not hit
@@ -594,7 +594,10 @@ mod tests {
         );
         let first = s.rx.try_recv().unwrap();
         let (list, n) = s.batch(first);
-        assert_eq!((&s.body(&list)[..], n), (&b"{\"events\":[{\"d\":4}]}"[..], 1));
+        assert_eq!(
+            (&s.body(&list)[..], n),
+            (&b"{\"events\":[{\"d\":4}]}"[..], 1)
+        );
         // By bytes: with the second event it would be 57 bytes, above 55, so it waits for
         // the next batch.
         let (mut s, tx) = sender(100, 55);

@@ -19,7 +19,13 @@ use crate::wire::pusher::{Channel, Member, Refusal, SocketId};
 /// the member added, then a cache miss. `occupied` and `added` must be what the owner of
 /// the channels' state decided (this node alone, or the cluster's script), so each is
 /// told once.
-pub fn subscribed_hooks(index: &Index, app: &str, channel: &str, s: &Subscribed, user: Option<&str>) {
+pub fn subscribed_hooks(
+    index: &Index,
+    app: &str,
+    channel: &str,
+    s: &Subscribed,
+    user: Option<&str>,
+) {
     let Some(hooks) = index.hooks() else {
         return;
     };
