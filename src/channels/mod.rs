@@ -73,6 +73,9 @@ struct Sub {
     conn: Arc<Conn>,
     /// Presence: the user this connection is a member as.
     user: Option<Arc<str>>,
+    /// Cluster mode, presence: the channel's member version its member list was read
+    /// at; a member event of that version or below is already in it.
+    ver: u64,
 }
 
 /// A presence member: how many of its connections hold the channel, and its info.
@@ -197,6 +200,10 @@ pub struct Shared {
     pub roster: Vec<(String, String)>,
     /// A cache channel's last event, if still kept.
     pub cached: Option<Payload>,
+    /// Presence: the member version the roster was read at (each member added or
+    /// removed anywhere makes the next one), so a member event the roster already has
+    /// is not sent again ([`Index::publish_member`]).
+    pub version: u64,
 }
 
 impl Index {
@@ -461,6 +468,7 @@ impl Index {
                 Sub {
                     conn: conn.clone(),
                     user,
+                    ver: shared.as_ref().map_or(0, |sh| sh.version),
                 },
             );
             self.count_changed(app, channel);
@@ -568,6 +576,38 @@ impl Index {
             Some(chan) => offer_all(chan, frame, except),
             None => 0,
         }
+    }
+
+    /// Offers a member event of version `ver` (cluster mode) to the subscribers of
+    /// `channel` but `except` whose member list was read before it: one read at `ver` or
+    /// later already has the change. (Without it, a connection subscribing on another
+    /// node between the script that adds a member and the arrival of its `member_added`
+    /// would list the member and then be told it joined.)
+    pub fn publish_member(
+        &self,
+        app: &Arc<str>,
+        channel: &Channel,
+        frame: &Payload,
+        except: Option<SocketId>,
+        ver: u64,
+    ) -> usize {
+        let shard = self.shard(app, channel.name());
+        let Some(chan) = shard
+            .chans
+            .get(&(app.clone(), channel.shared_name().clone()))
+        else {
+            return 0;
+        };
+        chan.subs
+            .values()
+            .filter(|s| s.ver < ver && Some(s.conn.socket_id) != except)
+            .filter(|s| {
+                matches!(
+                    s.conn.outbox.offer_through(frame),
+                    Offer::Queued | Offer::Written
+                )
+            })
+            .count()
     }
 
     /// Whether `conn` holds `channel` (a client event is relayed only from a member).
