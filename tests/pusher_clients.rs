@@ -2305,3 +2305,38 @@ async fn a_member_event_a_member_list_already_has_is_not_told_again() {
         .await;
     assert_eq!(got["data"]["user_id"], "9", "{got}");
 }
+
+/// A reload of the apps file moves an app's webhooks: the new receiver gets what happens
+/// from then on, the old one nothing more.
+#[tokio::test]
+async fn a_reload_moves_the_webhooks() {
+    use common::webhook::{Answer, Receiver};
+    let old = Receiver::start(|_| Answer::Status(200)).await;
+    let new = Receiver::start(|_| Answer::Status(200)).await;
+    let kinds = &["channel_occupied"][..];
+    let (server, state) =
+        TestServer::start_with_state(config_with_hooks(&[(old.url("/old"), kinds)])).await;
+    let mut a = PusherWs::connect(server.ws_addr, APP.key).await;
+    a.subscribe("before", None, None).await;
+    assert_eq!(
+        hook_lines(&pusher_wait(&old, 1).await),
+        ["channel_occupied before"]
+    );
+    let next =
+        pushwire::channels::Apps::parse(&apps_with_hooks(&[(new.url("/new"), kinds)])).unwrap();
+    let changed = state.reload_pusher_apps(next).unwrap();
+    assert!(
+        changed.contains(&"app 1201 webhooks changed".to_owned()),
+        "{changed:?}"
+    );
+    a.subscribe("after", None, None).await;
+    assert_eq!(
+        hook_lines(&pusher_wait(&new, 1).await),
+        ["channel_occupied after"]
+    );
+    assert_eq!(
+        pusher_taken(&old).len(),
+        1,
+        "the old receiver gets nothing more"
+    );
+}
