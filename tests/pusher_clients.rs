@@ -2261,7 +2261,8 @@ async fn per_app_origins_connections_and_event_sizes() {
 /// already has it (the window between the script that adds a member and its event's
 /// arrival: seen on a Redis Cluster) is not given to that connection; one newer than its
 /// list is. Replayed deterministically by publishing the late event on the nodes'
-/// channel, as the node that added Bob published it.
+/// channel, as the node that added Bob published it. And a presence subscription sent
+/// again by a connection that holds it counts nothing twice.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_member_event_a_member_list_already_has_is_not_told_again() {
     let redis = common::redis::Redis::start().await;
@@ -2304,6 +2305,32 @@ async fn a_member_event_a_member_list_already_has_is_not_told_again() {
         .expect("pusher_internal:member_added", Some("presence-room"))
         .await;
     assert_eq!(got["data"]["user_id"], "9", "{got}");
+    let got = bob
+        .expect("pusher_internal:member_added", Some("presence-room"))
+        .await;
+    assert_eq!(
+        got["data"]["user_id"], "9",
+        "Bob's list is older too: {got}"
+    );
+    // Subscribing again to what it holds is answered again and counts nothing: when Ann
+    // leaves once, she is gone.
+    let again = ann
+        .subscribe(
+            "presence-room",
+            Some(&keys),
+            Some(&presence_data("7", "Ann")),
+        )
+        .await;
+    assert_eq!(
+        again["event"], "pusher_internal:subscription_succeeded",
+        "{again}"
+    );
+    bob.ws.expect_silence(Duration::from_millis(300)).await;
+    ann.ws.close().await;
+    let removed = bob
+        .expect("pusher_internal:member_removed", Some("presence-room"))
+        .await;
+    assert_eq!(removed["data"]["user_id"], "7");
 }
 
 /// A reload of the apps file moves an app's webhooks: the new receiver gets what happens

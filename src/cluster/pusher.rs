@@ -80,6 +80,15 @@ fn channel_keys(base: &str, app: &str, channel: &str) -> Vec<String> {
         .collect()
 }
 
+/// A subscription the connection already holds, answered again: the same answer as
+/// [`SUB_SCRIPT`] without counting anything (counting it twice would leave a member
+/// behind when the connection leaves once).
+const AGAIN_SCRIPT: &str = r#"
+local members = {}
+if ARGV[2] ~= '' then members = redis.call('HGETALL', KEYS[4]) end
+return {0, members, redis.call('GET', KEYS[5]), 0, tonumber(redis.call('GET', KEYS[6]) or '0')}
+"#;
+
 /// KEYS: subs, conns, ucount, members, cache, ver. ARGV: node, user ('' if not
 /// presence), user_info, max members. Returns {added (1/0, -1: full), members flat...,
 /// cache or false, occupied (1: the channel had no subscription on any node), the member
@@ -329,8 +338,10 @@ impl ClusterChannels {
             self.beat().await.map_err(|_| SubscribeError::Unavailable)?;
         }
         let cmd = &self.cluster.cmd;
+        let again = self.index.holds(&conn, channel.name());
+        let script = if again { AGAIN_SCRIPT } else { SUB_SCRIPT };
         let answer: Value = self
-            .bounded(cmd.eval(SUB_SCRIPT, keys, args))
+            .bounded(cmd.eval(script, keys, args))
             .await
             .map_err(|_| SubscribeError::Unavailable)?;
         let mut parts = answer.into_array().into_iter();
