@@ -35,6 +35,9 @@ pub(crate) struct Upgraded {
     pub(crate) query: Option<String>,
     /// The URL's path (`/app/{key}` is the Pusher door's).
     pub(crate) path: String,
+    /// The request's `Origin`, if it names one as text (the Pusher door checks it
+    /// against the app's `allowed_origins`).
+    pub(crate) origin: Option<String>,
 }
 
 /// What a browser port's request opened.
@@ -158,6 +161,7 @@ pub(crate) async fn accept(
     let mut query_token = None;
     let mut query = None;
     let mut path = String::new();
+    let mut origin_seen = None;
     let origins = policy.allowed_origins;
     // The callback's signature (and its large error type) is tungstenite's.
     #[allow(clippy::result_large_err)]
@@ -171,6 +175,11 @@ pub(crate) async fn accept(
         query_token = req.uri().query().and_then(token_param);
         query = req.uri().query().map(str::to_owned);
         path = req.uri().path().to_owned();
+        origin_seen = req
+            .headers()
+            .get("origin")
+            .and_then(|o| o.to_str().ok())
+            .map(str::to_owned);
         Ok(resp)
     };
     let stream = Prefixed {
@@ -198,6 +207,7 @@ pub(crate) async fn accept(
             query_token,
             query,
             path,
+            origin: origin_seen,
         })),
         Err(WsError::Http(resp)) if resp.status() == StatusCode::FORBIDDEN => {
             Err(HandshakeError::Refused("origin not allowed".into()))

@@ -230,6 +230,9 @@ pub async fn serve_state(
     crate::doors::redis_queue::start(&ctx, &push_tasks);
 
     let sweeper = tokio::spawn(sweep_groups(ctx.clone(), shutdown.clone()));
+    if ctx.config.pusher_apps.is_some() {
+        tokio::spawn(tell_counts(ctx.clone(), shutdown.clone()));
+    }
 
     shutdown.cancelled().await;
     let _ = sweeper.await;
@@ -303,6 +306,19 @@ async fn sweep_groups(ctx: Arc<State>, stop: CancellationToken) {
                 }
                 ctx.registry.expire_history(std::time::Instant::now());
             }
+            () = stop.cancelled() => return,
+        }
+    }
+}
+
+/// Tells the Pusher channels' subscription counts that changed, once a
+/// [`crate::nodes::COUNT_EVERY`] (for apps with `subscription_count`).
+async fn tell_counts(ctx: Arc<State>, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(crate::nodes::COUNT_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => ctx.nodes.channels().tell_counts().resolve().await,
             () = stop.cancelled() => return,
         }
     }

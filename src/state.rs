@@ -13,7 +13,7 @@ use crate::cluster::{AddressedLink, Cluster, ClusterConfig, ClusterNodes};
 use crate::cluster_presence::ClusterPresence;
 use crate::config::Config;
 use crate::dedupe::Dedupe;
-use crate::events::{Debounce, Hub};
+use crate::events::{Debounce, Hub, PusherHooks};
 use crate::metrics::{Gauges, Metric, Metrics};
 use crate::node_figures::NodeFigures;
 use crate::nodes::{Here, Nodes};
@@ -77,6 +77,18 @@ impl State {
         );
         let dedupe = Dedupe::new(config.dedupe_window, config.dedupe_max_entries);
         let channels = Index::new(config.queue_limits(), Index::random_node());
+        // The Pusher apps' webhooks (their own receivers, on the events' sender).
+        let pusher_hooks = match &config.pusher_apps {
+            Some(apps) => {
+                let hooks = Arc::new(PusherHooks::new(&config.events, metrics.clone()));
+                hooks
+                    .set(&apps.hook_specs())
+                    .map_err(std::io::Error::other)?;
+                channels.set_hooks(hooks.clone());
+                Some(hooks)
+            }
+            None => None,
+        };
         let mut here = Here::new(registry.clone(), dedupe).with_channels(channels);
         let addressed = config.gateway.as_ref().map(|g| {
             Addressed::new(
@@ -138,6 +150,9 @@ impl State {
         )
         .map_err(std::io::Error::other)?;
         let events = Arc::new(events);
+        if let Some(hooks) = pusher_hooks {
+            events.set_pusher(hooks);
+        }
         let (presence_events, cluster_events, figures) = match &cluster {
             Some(cluster) => {
                 cluster.set_events(events.clone());
@@ -220,13 +235,18 @@ impl State {
             .clone()
     }
 
-    /// Replaces the Pusher apps (a reload read and checked the file whole); a daemon
-    /// started without `--pusher-apps` keeps no door. Returns what changed, for the log.
+    /// Replaces the Pusher apps (a reload read and checked the file whole) and their
+    /// webhook receivers; a daemon started without `--pusher-apps` keeps no door. Nothing
+    /// changes if a receiver cannot be set up. Returns what changed, for the log. Runs
+    /// inside the runtime (new receivers are tasks).
     pub fn reload_pusher_apps(&self, next: Apps) -> Result<Vec<String>, String> {
         let mut current = self.pusher_apps.write().unwrap_or_else(|e| e.into_inner());
         let Some(old) = current.as_ref() else {
             return Err("started without --pusher-apps: restart to serve Pusher apps".into());
         };
+        if let Some(hooks) = self.nodes.channels().index().hooks() {
+            hooks.set(&next.hook_specs())?;
+        }
         let changes = old.changes(&next);
         *current = Some(Arc::new(next));
         Ok(changes)

@@ -99,8 +99,8 @@ pub(crate) fn serve(
                 return Box::pin(crate::sse::serve(request, ctx, places)).await;
             }
             // Boxed, as the event stream: a Pusher connection's state is its own.
-            Opening::Pusher(ws, path, query) => {
-                return Box::pin(pusher::serve(ws, path, query, ctx, places)).await;
+            Opening::Pusher(ws, path, query, origin) => {
+                return Box::pin(pusher::serve(ws, path, query, origin, ctx, places)).await;
             }
             // Boxed: the greeted mode's state is not every connection's.
             Opening::Greeted(ws, mode) => {
@@ -148,7 +148,7 @@ enum Opening {
     /// An event stream (`sse.rs` binds it).
     EventStream(crate::sse::Request),
     /// A Pusher connection at `/app/{key}` (`ws/pusher.rs`), with its path and query.
-    Pusher(Ws, String, Option<String>),
+    Pusher(Ws, String, Option<String>, Option<String>),
     /// A WebSocket on a greeted listener (`--gateway-ws-listen`): it waits to be bound,
     /// speaking the protocol its URL asks for (`?pushwire=1`).
     Greeted(Ws, Mode),
@@ -207,7 +207,7 @@ async fn open(
         enveloped: false,
     };
     if ctx.config.pusher_apps.is_some() && upgraded.path.starts_with("/app/") {
-        return Opening::Pusher(ws, upgraded.path, upgraded.query);
+        return Opening::Pusher(ws, upgraded.path, upgraded.query, upgraded.origin);
     }
     let mode = Mode::from_query(upgraded.query.as_deref());
     if greeted {

@@ -12,7 +12,12 @@ use std::sync::Arc;
 
 use serde::Deserialize;
 
+use crate::events::pusher::{MAX_APP_WEBHOOKS, MAX_PUSHER_WEBHOOKS};
+use crate::events::{AppHooksSpec, PusherHook};
 use crate::wire::pusher::Keys;
+
+/// Most origins one app may list.
+pub const MAX_APP_ORIGINS: usize = 64;
 
 /// One app: its keys and limits. The defaults are Pusher's and Laravel's
 /// (docs/pusher.md, "Limits").
@@ -27,6 +32,10 @@ pub struct App {
     pub client_events: bool,
     /// Client events one connection may send per second (a token bucket of this size).
     pub client_event_rate: u32,
+    /// Subscribers of its channels (presence ones aside) are told the channel's
+    /// subscription count when it changes (`pusher_internal:subscription_count`), as
+    /// the Pusher dashboard's setting of that name does; off unless the file says so.
+    pub subscription_count: bool,
     /// Connections the app may hold on this node; more are closed with 4100.
     pub max_connections: usize,
     /// Channels one connection may subscribe to at once.
@@ -41,6 +50,30 @@ pub struct App {
     pub max_event_channels: usize,
     /// Events one `batch_events` call may carry (Pusher's limit: 10).
     pub max_batch_events: usize,
+    /// The `Origin`s whose pages may connect (compared without case); `None`: any. A
+    /// connection whose handshake names another is closed with 4009.
+    pub allowed_origins: Option<Vec<String>>,
+    /// Where its webhooks go, in Pusher's format (`webhooks`).
+    pub webhooks: Vec<PusherHook>,
+}
+
+impl App {
+    /// Whether a page from `origin` may connect (a handshake without `Origin` is no
+    /// browser's, and origins are a browser's defence: it may).
+    pub fn origin_allowed(&self, origin: Option<&str>) -> bool {
+        match (&self.allowed_origins, origin) {
+            (None, _) | (_, None) => true,
+            (Some(list), Some(o)) => list.iter().any(|a| a.eq_ignore_ascii_case(o)),
+        }
+    }
+}
+
+/// The file's form of a webhook receiver (Soketi's shape).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WebhookFile {
+    url: String,
+    event_types: Option<Vec<String>>,
 }
 
 /// The file's form of an app.
@@ -53,6 +86,8 @@ struct AppFile {
     #[serde(default)]
     client_events: bool,
     client_event_rate: Option<u32>,
+    #[serde(default)]
+    subscription_count: bool,
     max_connections: Option<usize>,
     max_channels_per_connection: Option<usize>,
     max_presence_members: Option<usize>,
@@ -60,6 +95,9 @@ struct AppFile {
     max_event_bytes: Option<usize>,
     max_event_channels: Option<usize>,
     max_batch_events: Option<usize>,
+    allowed_origins: Option<Vec<String>>,
+    #[serde(default)]
+    webhooks: Vec<WebhookFile>,
 }
 
 #[derive(Deserialize)]
@@ -83,6 +121,7 @@ impl Apps {
     pub fn parse(text: &str) -> Result<Apps, String> {
         let file: AppsFile = serde_json::from_str(text).map_err(|e| e.to_string())?;
         let mut apps = Apps::default();
+        let mut hooks = 0;
         for a in file.apps {
             let id_ok = !a.id.is_empty()
                 && a.id.len() <= 64
@@ -110,10 +149,44 @@ impl Apps {
                 Some(n) => Ok(n),
                 None => Ok(default),
             };
+            let allowed_origins = match &a.allowed_origins {
+                None => None,
+                Some(list) => Some(origins(&a.id, list)?),
+            };
+            if a.webhooks.len() > MAX_APP_WEBHOOKS {
+                return Err(format!(
+                    "app {}: {} webhooks, at most {MAX_APP_WEBHOOKS}",
+                    a.id,
+                    a.webhooks.len()
+                ));
+            }
+            let mut webhooks = Vec::new();
+            for w in &a.webhooks {
+                let hook = PusherHook::parse(&w.url, w.event_types.as_deref())
+                    .map_err(|e| format!("app {} webhook: {e}", a.id))?;
+                if webhooks
+                    .iter()
+                    .any(|h: &PusherHook| h.target == hook.target)
+                {
+                    return Err(format!(
+                        "app {}: webhook {} named twice",
+                        a.id,
+                        hook.target.shown()
+                    ));
+                }
+                webhooks.push(hook);
+            }
+            hooks += webhooks.len();
+            if hooks > MAX_PUSHER_WEBHOOKS {
+                return Err(format!(
+                    "more than {MAX_PUSHER_WEBHOOKS} webhooks in the apps file"
+                ));
+            }
             let app = Arc::new(App {
                 id: Arc::from(a.id.as_str()),
                 keys: Keys::new(&a.key, a.secret.as_bytes()),
                 client_events: a.client_events,
+                subscription_count: a.subscription_count,
                 client_event_rate: positive(
                     a.client_event_rate.map(|r| r as usize),
                     10,
@@ -134,6 +207,8 @@ impl Apps {
                 max_event_bytes: positive(a.max_event_bytes, 10_240, "max_event_bytes")?,
                 max_event_channels: positive(a.max_event_channels, 100, "max_event_channels")?,
                 max_batch_events: positive(a.max_batch_events, 10, "max_batch_events")?,
+                allowed_origins,
+                webhooks,
             });
             if apps
                 .by_id
@@ -186,6 +261,16 @@ impl Apps {
                     if a.keys.sign_hex(&[b"compare"]) != b.keys.sign_hex(&[b"compare"]) {
                         out.push(format!("app {id} secret rotated"));
                     }
+                    if a.subscription_count != b.subscription_count {
+                        let on = if b.subscription_count { "on" } else { "off" };
+                        out.push(format!("app {id} subscription counts {on}"));
+                    }
+                    if a.webhooks != b.webhooks {
+                        out.push(format!("app {id} webhooks changed"));
+                    }
+                    if a.allowed_origins != b.allowed_origins {
+                        out.push(format!("app {id} allowed origins changed"));
+                    }
                     if a.client_events != b.client_events {
                         let on = if b.client_events { "on" } else { "off" };
                         out.push(format!("app {id} client events {on}"));
@@ -194,6 +279,21 @@ impl Apps {
                 (None, None) => {}
             }
         }
+        out
+    }
+
+    /// Every app's id, keys and webhook receivers, for [`crate::events::PusherHooks`].
+    pub fn hook_specs(&self) -> Vec<AppHooksSpec> {
+        let mut out: Vec<AppHooksSpec> = self
+            .by_id
+            .values()
+            .map(|a| AppHooksSpec {
+                id: a.id.clone(),
+                keys: a.keys.clone(),
+                hooks: a.webhooks.clone(),
+            })
+            .collect();
+        out.sort_by(|a, b| a.id.cmp(&b.id));
         out
     }
 
@@ -206,6 +306,30 @@ impl Apps {
     pub fn is_empty(&self) -> bool {
         self.by_id.is_empty()
     }
+}
+
+/// An app's `allowed_origins`: 1 to [`MAX_APP_ORIGINS`] origins such as
+/// `https://app.example.com` (scheme, host, port if any; no path, no spaces).
+fn origins(app: &str, list: &[String]) -> Result<Vec<String>, String> {
+    if list.is_empty() || list.len() > MAX_APP_ORIGINS {
+        return Err(format!(
+            "app {app}: allowed_origins must list 1 to {MAX_APP_ORIGINS} origins (leave it out to allow any)"
+        ));
+    }
+    for o in list {
+        let ok = o.len() <= 256
+            && (o.starts_with("http://") || o.starts_with("https://"))
+            && !o
+                .split_once("://")
+                .is_some_and(|(_, rest)| rest.is_empty() || rest.contains('/'))
+            && o.bytes().all(|b| b.is_ascii_graphic());
+        if !ok {
+            return Err(format!(
+                "app {app}: origin {o:?} is not scheme://host[:port] (e.g. https://app.example.com)"
+            ));
+        }
+    }
+    Ok(list.to_vec())
 }
 
 #[cfg(test)]
@@ -222,6 +346,28 @@ mod tests {
         assert!(!apps.by_id("2").unwrap().client_events);
         assert_eq!(apps.by_id("2").unwrap().max_batch_events, 3);
         assert_eq!(apps.by_id("1").unwrap().max_event_channels, 100);
+        let one = apps.by_id("1").unwrap();
+        assert!(one.origin_allowed(Some("https://anywhere")) && one.webhooks.is_empty());
+        let with = Apps::parse(
+            r#"{"apps":[{"id":"1","key":"k1","secret":"0123456789abcdef",
+                "allowed_origins":["https://app.example.com"],
+                "webhooks":[{"url":"http://127.0.0.1:9/hook","event_types":["channel_occupied"]}]}]}"#,
+        )
+        .unwrap();
+        let one = with.by_id("1").unwrap();
+        assert!(one.origin_allowed(Some("HTTPS://app.example.com")));
+        assert!(!one.origin_allowed(Some("https://evil.example")));
+        assert!(one.origin_allowed(None));
+        assert_eq!(one.webhooks[0].kinds.names(), vec!["channel_occupied"]);
+        assert_eq!(
+            apps.changes(&with),
+            vec![
+                "app 1 webhooks changed",
+                "app 1 allowed origins changed",
+                "app 1 client events off",
+                "app 2 removed"
+            ]
+        );
         for bad in [
             r#"{"apps":[]}"#,
             r#"{"apps":[{"id":"1","key":"k1","secret":"short"}]}"#,
@@ -231,6 +377,14 @@ mod tests {
             r#"{"apps":[{"id":"1","key":"k1","secret":"0123456789abcdef","clientevents":true}]}"#,
             r#"{"apps":[{"id":"1","key":"k1","secret":"0123456789abcdef"},{"id":"1","key":"k2","secret":"0123456789abcdef"}]}"#,
             r#"{"apps":[{"id":"1","key":"k1","secret":"0123456789abcdef"},{"id":"2","key":"k1","secret":"0123456789abcdef"}]}"#,
+            r#"{"apps":[{"id":"1","key":"k1","secret":"0123456789abcdef","allowed_origins":[]}]}"#,
+            r#"{"apps":[{"id":"1","key":"k1","secret":"0123456789abcdef","allowed_origins":["app.example.com"]}]}"#,
+            r#"{"apps":[{"id":"1","key":"k1","secret":"0123456789abcdef","allowed_origins":["https://a/b"]}]}"#,
+            r#"{"apps":[{"id":"1","key":"k1","secret":"0123456789abcdef","webhooks":[{"url":"ftp://h/"}]}]}"#,
+            r#"{"apps":[{"id":"1","key":"k1","secret":"0123456789abcdef","webhooks":[{"url":"http://h/","event_types":["nope"]}]}]}"#,
+            r#"{"apps":[{"id":"1","key":"k1","secret":"0123456789abcdef","webhooks":[{"url":"http://h/"},{"url":"http://h/"}]}]}"#,
+            r#"{"apps":[{"id":"1","key":"k1","secret":"0123456789abcdef","webhooks":[{"url":"http://h/","events":[]}]}]}"#,
+            r#"{"apps":[{"id":"1","key":"k1","secret":"0123456789abcdef","webhooks":[{"url":"http://h/1"},{"url":"http://h/2"},{"url":"http://h/3"},{"url":"http://h/4"},{"url":"http://h/5"}]}]}"#,
         ] {
             assert!(Apps::parse(bad).is_err(), "{bad}");
         }

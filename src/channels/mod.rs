@@ -14,16 +14,17 @@
 
 pub mod apps;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasher, Hash, Hasher};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
 use tokio::time::Instant;
 
 pub use apps::{App, Apps};
 
+use crate::events::PusherHooks;
 use crate::outbox::{Offer, Outbox, QueueLimits};
 use crate::wire::pusher::codes::Code;
 use crate::wire::pusher::outbound;
@@ -72,6 +73,9 @@ struct Sub {
     conn: Arc<Conn>,
     /// Presence: the user this connection is a member as.
     user: Option<Arc<str>>,
+    /// Cluster mode, presence: the channel's member version its member list was read
+    /// at; a member event of that version or below is already in it.
+    ver: u64,
 }
 
 /// A presence member: how many of its connections hold the channel, and its info.
@@ -111,6 +115,8 @@ pub struct Subscribed {
     /// Presence: this user had no connection on the channel before (`member_added`
     /// went to the others).
     pub added: bool,
+    /// A cache channel with nothing cached: `pusher:cache_miss` went to the connection.
+    pub cache_miss: bool,
 }
 
 /// What an unsubscription did.
@@ -179,6 +185,12 @@ struct Inner {
     /// Cluster mode: presence members and cache entries are kept in Redis, so this index
     /// only delivers (member events arrive as events from the cluster).
     shared: AtomicBool,
+    /// The apps' webhook receivers, told what the channels' owner decides (one node:
+    /// `nodes::channels`; a cluster: its scripts).
+    hooks: OnceLock<Arc<PusherHooks>>,
+    /// Channels of apps with `subscription_count` whose count changed here since the
+    /// last [`Index::take_counted`] (at most one entry per channel).
+    counted: Mutex<HashSet<Key>>,
 }
 
 /// What a cluster knows of a channel when a connection subscribes to it (cluster mode).
@@ -188,6 +200,10 @@ pub struct Shared {
     pub roster: Vec<(String, String)>,
     /// A cache channel's last event, if still kept.
     pub cached: Option<Payload>,
+    /// Presence: the member version the roster was read at (each member added or
+    /// removed anywhere makes the next one), so a member event the roster already has
+    /// is not sent again ([`Index::publish_member`]).
+    pub version: u64,
 }
 
 impl Index {
@@ -204,6 +220,8 @@ impl Index {
                 next: AtomicU64::new(1),
                 limits,
                 shared: AtomicBool::new(false),
+                hooks: OnceLock::new(),
+                counted: Mutex::default(),
             }),
         }
     }
@@ -212,6 +230,43 @@ impl Index {
     /// making member events and caching events itself.
     pub fn share(&self) {
         self.inner.shared.store(true, Relaxed);
+    }
+
+    /// Gives the apps' webhook receivers (once; later calls are ignored).
+    pub fn set_hooks(&self, hooks: Arc<PusherHooks>) {
+        let _ = self.inner.hooks.set(hooks);
+    }
+
+    /// The apps' webhook receivers, if the daemon serves Pusher apps.
+    pub fn hooks(&self) -> Option<&Arc<PusherHooks>> {
+        self.inner.hooks.get()
+    }
+
+    /// Notes that `channel`'s count changed, when its app wants counts told and the
+    /// channel is not presence (whose members tell more).
+    fn count_changed(&self, app: &App, channel: &Channel) {
+        if app.subscription_count && channel.kind().access != crate::wire::pusher::Access::Presence
+        {
+            let mut counted = self.inner.counted.lock().unwrap_or_else(|e| e.into_inner());
+            counted.insert((app.id.clone(), channel.shared_name().clone()));
+        }
+    }
+
+    /// The channels whose count changed since the last call (see
+    /// `nodes::Channels::tell_counts`).
+    pub fn take_counted(&self) -> Vec<(Arc<str>, Arc<str>)> {
+        let mut counted = self.inner.counted.lock().unwrap_or_else(|e| e.into_inner());
+        counted.drain().collect()
+    }
+
+    /// Offers `frame` to every subscriber of `channel` on this node, without keeping it
+    /// as a cache channel's last event (a count is no event of the app's).
+    pub fn offer(&self, app: &Arc<str>, channel: &str, frame: &Payload) -> usize {
+        let shard = self.shard(app, channel);
+        shard
+            .chans
+            .get(&(app.clone(), Arc::from(channel)))
+            .map_or(0, |chan| offer_all(chan, frame, None))
     }
 
     /// Whether [`Index::share`] was called.
@@ -413,8 +468,10 @@ impl Index {
                 Sub {
                     conn: conn.clone(),
                     user,
+                    ver: shared.as_ref().map_or(0, |sh| sh.version),
                 },
             );
+            self.count_changed(app, channel);
         }
         let succeeded = if let (Some(_), Some(sh)) = (member, &shared) {
             outbound::presence_succeeded(
@@ -430,6 +487,7 @@ impl Index {
             outbound::subscription_succeeded(channel.name())
         };
         conn.send(succeeded);
+        let mut cache_miss = false;
         if channel.kind().cache {
             let cached = match &shared {
                 Some(sh) => sh.cached.clone(),
@@ -443,10 +501,17 @@ impl Index {
                 Some(frame) => {
                     let _ = conn.outbox.offer(&frame);
                 }
-                None => conn.send(outbound::cache_miss(channel.name())),
+                None => {
+                    conn.send(outbound::cache_miss(channel.name()));
+                    cache_miss = true;
+                }
             }
         }
-        Ok(Subscribed { occupied, added })
+        Ok(Subscribed {
+            occupied,
+            added,
+            cache_miss,
+        })
     }
 
     /// Takes `conn` off `channel`; `member_removed` goes to the others when it was the
@@ -461,6 +526,7 @@ impl Index {
         let Some(sub) = chan.subs.remove(&conn.socket_id.low) else {
             return Left::default();
         };
+        self.count_changed(app, channel);
         let mut left = Left {
             held: true,
             user: sub.user.clone(),
@@ -510,6 +576,38 @@ impl Index {
             Some(chan) => offer_all(chan, frame, except),
             None => 0,
         }
+    }
+
+    /// Offers a member event of version `ver` (cluster mode) to the subscribers of
+    /// `channel` but `except` whose member list was read before it: one read at `ver` or
+    /// later already has the change. (Without it, a connection subscribing on another
+    /// node between the script that adds a member and the arrival of its `member_added`
+    /// would list the member and then be told it joined.)
+    pub fn publish_member(
+        &self,
+        app: &Arc<str>,
+        channel: &Channel,
+        frame: &Payload,
+        except: Option<SocketId>,
+        ver: u64,
+    ) -> usize {
+        let shard = self.shard(app, channel.name());
+        let Some(chan) = shard
+            .chans
+            .get(&(app.clone(), channel.shared_name().clone()))
+        else {
+            return 0;
+        };
+        chan.subs
+            .values()
+            .filter(|s| s.ver < ver && Some(s.conn.socket_id) != except)
+            .filter(|s| {
+                matches!(
+                    s.conn.outbox.offer_through(frame),
+                    Offer::Queued | Offer::Written
+                )
+            })
+            .count()
     }
 
     /// Whether `conn` holds `channel` (a client event is relayed only from a member).

@@ -40,7 +40,7 @@ use super::Cluster;
 use crate::channels::{
     CACHE_TTL, ChannelInfo, Conn, Index, Left, Shared, SubscribeError, Subscribed,
 };
-use crate::nodes::{Answer, Channels, NodesError};
+use crate::nodes::{Answer, Channels, NodesError, count_hook, left_hooks, subscribed_hooks};
 use crate::wire::Payload;
 use crate::wire::pusher::codes::Code;
 use crate::wire::pusher::outbound;
@@ -72,17 +72,27 @@ pub fn key(base: &str, scope: &[&str], part: &str) -> String {
     format!("{{{tag}}}:{part}")
 }
 
-/// The five keys of a channel, in the scripts' order.
+/// The six keys of a channel, in the scripts' order (`ver`: the member version).
 fn channel_keys(base: &str, app: &str, channel: &str) -> Vec<String> {
-    ["subs", "conns", "ucount", "members", "cache"]
+    ["subs", "conns", "ucount", "members", "cache", "ver"]
         .iter()
         .map(|p| key(base, &[app, channel], p))
         .collect()
 }
 
-/// KEYS: subs, conns, ucount, members, cache. ARGV: node, user ('' if not presence),
-/// user_info, max members. Returns {added (1/0, -1: full), members flat..., cache or
-/// false}.
+/// A subscription the connection already holds, answered again: the same answer as
+/// [`SUB_SCRIPT`] without counting anything (counting it twice would leave a member
+/// behind when the connection leaves once).
+const AGAIN_SCRIPT: &str = r#"
+local members = {}
+if ARGV[2] ~= '' then members = redis.call('HGETALL', KEYS[4]) end
+return {0, members, redis.call('GET', KEYS[5]), 0, tonumber(redis.call('GET', KEYS[6]) or '0')}
+"#;
+
+/// KEYS: subs, conns, ucount, members, cache, ver. ARGV: node, user ('' if not
+/// presence), user_info, max members. Returns {added (1/0, -1: full), members flat...,
+/// cache or false, occupied (1: the channel had no subscription on any node), the member
+/// version the members were read at (a member added makes a new one: its event's)}.
 const SUB_SCRIPT: &str = r#"
 local node, user = ARGV[1], ARGV[2]
 local added = 0
@@ -93,38 +103,53 @@ if user ~= '' then
   redis.call('HINCRBY', KEYS[2], user .. '\0' .. node, 1)
   if redis.call('HINCRBY', KEYS[3], user, 1) == 1 then
     redis.call('HSET', KEYS[4], user, ARGV[3])
+    redis.call('INCR', KEYS[6])
     added = 1
   end
+  redis.call('PEXPIRE', KEYS[6], 86400000)
 end
+local occupied = 0
+if redis.call('HLEN', KEYS[1]) == 0 then occupied = 1 end
 redis.call('HINCRBY', KEYS[1], node, 1)
 local members = {}
 if user ~= '' then members = redis.call('HGETALL', KEYS[4]) end
-return {added, members, redis.call('GET', KEYS[5])}
+return {added, members, redis.call('GET', KEYS[5]), occupied, tonumber(redis.call('GET', KEYS[6]) or '0')}
 "#;
 
-/// KEYS: subs, conns, ucount, members. ARGV: node, user (''). Returns 1 if the user's
-/// last connection anywhere left.
+/// KEYS: subs, conns, ucount, members, cache, ver. ARGV: node, user (''). Returns
+/// {removed (1 if the user's last connection anywhere left), vacated (1 if the channel's
+/// last subscription anywhere left), the removal's member version}. What a reaper already took back (this node was taken
+/// for dead while cut off) is not taken twice: nothing is counted, nothing told.
 const UNSUB_SCRIPT: &str = r#"
 local node, user = ARGV[1], ARGV[2]
+if redis.call('HEXISTS', KEYS[1], node) == 0 then return {0, 0, 0} end
 if redis.call('HINCRBY', KEYS[1], node, -1) <= 0 then redis.call('HDEL', KEYS[1], node) end
-if user == '' then return 0 end
+local vacated = 0
+if redis.call('HLEN', KEYS[1]) == 0 then vacated = 1 end
+if user == '' then return {0, vacated, 0} end
 local field = user .. '\0' .. node
+if redis.call('HEXISTS', KEYS[2], field) == 0 then return {0, vacated, 0} end
 if redis.call('HINCRBY', KEYS[2], field, -1) <= 0 then redis.call('HDEL', KEYS[2], field) end
 if redis.call('HINCRBY', KEYS[3], user, -1) <= 0 then
   redis.call('HDEL', KEYS[3], user)
   redis.call('HDEL', KEYS[4], user)
-  return 1
+  local ver = redis.call('INCR', KEYS[6])
+  redis.call('PEXPIRE', KEYS[6], 86400000)
+  return {1, vacated, ver}
 end
-return 0
+return {0, vacated, 0}
 "#;
 
-/// KEYS: subs, conns, ucount, members. ARGV: a dead node. Takes back its counts; returns
-/// the users that left with it. Running it twice takes nothing the second time.
+/// KEYS: subs, conns, ucount, members, cache, ver. ARGV: a dead node. Takes back its
+/// counts; returns {the users that left with it, vacated (1 if it held the channel's last
+/// subscriptions), each removal's member version}. Running it twice takes nothing the
+/// second time.
 const DROP_NODE_SCRIPT: &str = r#"
 local node = ARGV[1]
-redis.call('HDEL', KEYS[1], node)
+local vacated = 0
+if redis.call('HDEL', KEYS[1], node) == 1 and redis.call('HLEN', KEYS[1]) == 0 then vacated = 1 end
 local suffix = '\0' .. node
-local gone = {}
+local gone, vers = {}, {}
 local all = redis.call('HGETALL', KEYS[2])
 for i = 1, #all, 2 do
   local field, n = all[i], tonumber(all[i + 1])
@@ -135,10 +160,12 @@ for i = 1, #all, 2 do
       redis.call('HDEL', KEYS[3], user)
       redis.call('HDEL', KEYS[4], user)
       table.insert(gone, user)
+      table.insert(vers, redis.call('INCR', KEYS[6]))
+      redis.call('PEXPIRE', KEYS[6], 86400000)
     end
   end
 end
-return gone
+return {gone, vacated, vers}
 "#;
 
 /// KEYS: subs, members. Returns {subscriptions, users}.
@@ -230,11 +257,31 @@ impl ClusterChannels {
         frame: &Payload,
         except: Option<SocketId>,
     ) -> Result<usize, NodesError> {
+        self.fan_out_versioned(app, channel, frame, except, None)
+            .await
+    }
+
+    /// [`Self::fan_out`] of a member event of version `ver`: each node gives it only to
+    /// the connections whose member list was read before it ([`Index::publish_member`]).
+    async fn fan_out_versioned(
+        &self,
+        app: &str,
+        channel: &Channel,
+        frame: &Payload,
+        except: Option<SocketId>,
+        ver: Option<u64>,
+    ) -> Result<usize, NodesError> {
         let app_id: Arc<str> = Arc::from(app);
-        let here = self.index.publish(&app_id, channel, frame, except);
+        let here = match ver {
+            Some(v) => self
+                .index
+                .publish_member(&app_id, channel, frame, except, v),
+            None => self.index.publish(&app_id, channel, frame, except),
+        };
         let except = except.map_or(String::from("-"), |s| s.to_string());
+        let ver = ver.map_or(String::from("-"), |v| v.to_string());
         let mut msg = Vec::with_capacity(frame.len() + 64);
-        for part in [&self.node, app, channel.name(), &except] {
+        for part in [&self.node, app, channel.name(), &except, &ver] {
             msg.extend_from_slice(part.as_bytes());
             msg.push(0x1f);
         }
@@ -291,8 +338,10 @@ impl ClusterChannels {
             self.beat().await.map_err(|_| SubscribeError::Unavailable)?;
         }
         let cmd = &self.cluster.cmd;
+        let again = self.index.holds(&conn, channel.name());
+        let script = if again { AGAIN_SCRIPT } else { SUB_SCRIPT };
         let answer: Value = self
-            .bounded(cmd.eval(SUB_SCRIPT, keys, args))
+            .bounded(cmd.eval(script, keys, args))
             .await
             .map_err(|_| SubscribeError::Unavailable)?;
         let mut parts = answer.into_array().into_iter();
@@ -318,7 +367,13 @@ impl ClusterChannels {
             .next()
             .and_then(|v| v.into_string())
             .map(Payload::from);
-        let shared = Shared { roster, cached };
+        let occupied = parts.next().and_then(|v| v.as_i64()) == Some(1);
+        let version = parts.next().and_then(|v| v.as_u64()).unwrap_or(0);
+        let shared = Shared {
+            roster,
+            cached,
+            version,
+        };
         let done = self
             .index
             .subscribe_with(&conn, &channel, member.as_ref(), Some(shared));
@@ -332,47 +387,77 @@ impl ClusterChannels {
                     &m.user_id,
                     &m.user_info,
                 ));
+                // The script's version is this addition's (read after its INCR).
                 let _ = self
-                    .fan_out(&app.id, &channel, &frame, Some(conn.socket_id))
+                    .fan_out_versioned(
+                        &app.id,
+                        &channel,
+                        &frame,
+                        Some(conn.socket_id),
+                        Some(version),
+                    )
                     .await;
             }
         }
-        done.map(|s| Subscribed {
+        // What the script decided, once for the cluster, is what the hooks are told.
+        let done = done.map(|s| Subscribed {
             added: added == 1,
+            occupied,
             ..s
-        })
+        });
+        if let Ok(s) = &done {
+            let user = member.as_ref().map(|m| m.user_id.as_str());
+            subscribed_hooks(&self.index, &app.id, channel.name(), s, user);
+        }
+        done
     }
 
     async fn unsubscribe_async(self: Arc<Self>, conn: Arc<Conn>, channel: Channel) -> Left {
         let left = self.index.unsubscribe(&conn, &channel);
         let app = conn.app.clone();
         let user = left.user.clone();
-        let keys: Vec<String> = channel_keys(&self.base, &app.id, channel.name())
-            .into_iter()
-            .take(4)
-            .collect();
+        let keys = channel_keys(&self.base, &app.id, channel.name());
         let args = vec![self.node.clone(), user.as_deref().unwrap_or("").to_owned()];
         let cmd = &self.cluster.cmd;
         if !left.held {
             return left;
         }
-        match self
-            .bounded(cmd.eval::<i64, _, _, _>(UNSUB_SCRIPT, keys, args))
+        let (removed, vacated, ver) = match self
+            .bounded(cmd.eval::<Vec<i64>, _, _, _>(UNSUB_SCRIPT, keys, args))
             .await
         {
-            Ok(1) => {
-                if let Some(u) = &user {
-                    let frame = Payload::from(outbound::member_removed(channel.name(), u));
-                    let _ = self.fan_out(&app.id, &channel, &frame, None).await;
-                }
+            Ok(v) => (
+                v.first() == Some(&1),
+                v.get(1) == Some(&1),
+                v.get(2).copied().unwrap_or(0).max(0) as u64,
+            ),
+            Err(_) => {
+                debug!("pusher unsubscribe not recorded in redis");
+                (false, false, 0)
             }
-            Ok(_) => {}
-            Err(_) => debug!("pusher unsubscribe not recorded in redis"),
+        };
+        let removed = user.filter(|_| removed);
+        if let Some(u) = &removed {
+            let frame = Payload::from(outbound::member_removed(channel.name(), u));
+            let _ = self
+                .fan_out_versioned(&app.id, &channel, &frame, None, Some(ver))
+                .await;
         }
         if left.vacated {
             let _ = self.occupancy(&app.id, channel.name(), false).await;
         }
-        left
+        left_hooks(
+            &self.index,
+            &app.id,
+            channel.name(),
+            removed.as_deref(),
+            vacated,
+        );
+        Left {
+            removed,
+            vacated,
+            ..left
+        }
     }
 
     /// Takes back what node `dead` held, once: its members leave (announced) and its
@@ -398,13 +483,30 @@ impl ClusterChannels {
             let Some((app, name)) = entry.split_once('\x1f') else {
                 continue;
             };
-            let keys: Vec<String> = channel_keys(&self.base, app, name)
-                .into_iter()
-                .take(4)
-                .collect();
-            let gone: Vec<String> = self
+            let keys = channel_keys(&self.base, app, name);
+            let answer: Value = self
                 .bounded(cmd.eval(DROP_NODE_SCRIPT, keys, vec![dead.to_owned()]))
                 .await?;
+            let mut parts = answer.into_array().into_iter();
+            let gone: Vec<String> = parts
+                .next()
+                .map(|v| {
+                    v.into_array()
+                        .into_iter()
+                        .filter_map(|s| s.into_string())
+                        .collect()
+                })
+                .unwrap_or_default();
+            let vacated = parts.next().and_then(|v| v.as_i64()) == Some(1);
+            let vers: Vec<u64> = parts
+                .next()
+                .map(|v| {
+                    v.into_array()
+                        .into_iter()
+                        .filter_map(|n| n.as_u64())
+                        .collect()
+                })
+                .unwrap_or_default();
             let counts = key(&self.base, &[app], "chans");
             let n = self
                 .bounded(cmd.hincrby::<i64, _, _>(counts.clone(), name, -1))
@@ -412,10 +514,18 @@ impl ClusterChannels {
             if n <= 0 {
                 self.bounded(cmd.hdel::<i64, _, _>(counts, name)).await?;
             }
+            // The dead node cannot tell its departures: the one reaper does, once, as
+            // soon as the script decided them (before anything below may fail).
+            for user in &gone {
+                left_hooks(&self.index, app, name, Some(user), false);
+            }
+            left_hooks(&self.index, app, name, None, vacated);
             if let Ok(channel) = Channel::parse(name) {
-                for user in gone {
-                    let frame = Payload::from(outbound::member_removed(name, &user));
-                    self.fan_out(app, &channel, &frame, None).await?;
+                for (i, user) in gone.iter().enumerate() {
+                    let frame = Payload::from(outbound::member_removed(name, user));
+                    let ver = vers.get(i).copied();
+                    self.fan_out_versioned(app, &channel, &frame, None, ver)
+                        .await?;
                 }
             }
         }
@@ -497,6 +607,12 @@ async fn hear(me: Arc<ClusterChannels>, sub: SubscriberClient) {
                 .terminate(&app, &except, &Refusal::with(Code::Unauthorized, why));
             continue;
         }
+        // An event's rest is `VER\x1fFRAME` (VER `-`, or a member event's version).
+        let Some(at) = frame.iter().position(|b| *b == 0x1f) else {
+            continue;
+        };
+        let (ver, frame) = (&frame[..at], &frame[at + 1..]);
+        let ver: Option<u64> = std::str::from_utf8(ver).ok().and_then(|v| v.parse().ok());
         let Ok(channel) = Channel::parse(&name) else {
             continue;
         };
@@ -504,8 +620,11 @@ async fn hear(me: Arc<ClusterChannels>, sub: SubscriberClient) {
             continue;
         };
         let except = SocketId::parse(&except);
-        me.index
-            .publish(&Arc::from(app.as_str()), &channel, &frame, except);
+        let app: Arc<str> = Arc::from(app.as_str());
+        match ver {
+            Some(v) => me.index.publish_member(&app, &channel, &frame, except, v),
+            None => me.index.publish(&app, &channel, &frame, except),
+        };
     }
 }
 
@@ -669,6 +788,30 @@ impl Channels for Arc<ClusterChannels> {
                 u.sort();
                 u
             }))
+        })
+    }
+
+    fn tell_counts(&self) -> Answer<()> {
+        let counted = self.index.take_counted();
+        if counted.is_empty() {
+            return Answer::Now(());
+        }
+        let me = self.clone();
+        Answer::barrier(async move {
+            for (app, name) in counted {
+                // The count every node's subscribers make, read after this node's change.
+                let Ok(info) = me.info(&app, &name).resolve().await else {
+                    continue;
+                };
+                let Ok(channel) = Channel::parse(&name) else {
+                    continue;
+                };
+                let count = info.subscriptions;
+                let frame = Payload::from(outbound::subscription_count(&name, count as u64));
+                let _ = me.fan_out(&app, &channel, &frame, None).await;
+                count_hook(&me.index, &app, &name, count);
+            }
+            Answer::Now(())
         })
     }
 

@@ -12,11 +12,13 @@
 //! - [`filter`]: which kinds a listener wants, `--events-url URL#types=...`;
 //! - [`webhook`]: the queue and task per receiver; [`client`] its HTTP connection;
 //!   [`signature`]: the signature headers;
-//! - [`stream`]: `/events` on the push port.
+//! - [`stream`]: `/events` on the push port;
+//! - [`pusher`]: the Pusher apps' webhooks, in Pusher's format, over the same sender.
 
 pub mod client;
 pub mod event;
 pub mod filter;
+pub mod pusher;
 pub mod signature;
 pub mod sources;
 pub mod stream;
@@ -35,6 +37,7 @@ use tracing::warn;
 
 pub use event::{Clock, Encoded, Event, Kind, What};
 pub use filter::{Kinds, Listener, Target};
+pub use pusher::{AppHooksSpec, PusherHook, PusherHooks, PusherKinds};
 pub use sources::{ConnEvents, ConnSink, Debounce, MessageLimits, UidSink};
 pub use stream::Subscription;
 pub use webhook::{Delivery, Health};
@@ -128,6 +131,8 @@ pub struct Hub {
     pub message_limits: MessageLimits,
     /// Cluster mode: told each connection's life (see [`ConnSink`]).
     conn_sink: OnceLock<Arc<dyn ConnSink>>,
+    /// The Pusher apps' receivers (`--pusher-apps`), drained and shown with these.
+    pusher: OnceLock<Arc<PusherHooks>>,
 }
 
 impl Hub {
@@ -174,6 +179,7 @@ impl Hub {
                 (config.queue, config.queue_bytes),
                 tls.clone(),
                 shared.clone(),
+                webhook::Style::Pushwire,
             )?;
             wanted = wanted.union(l.kinds);
             webhooks.push(hook);
@@ -191,6 +197,7 @@ impl Hub {
             next_conn: AtomicU64::new(1),
             message_limits: config.message,
             conn_sink: OnceLock::new(),
+            pusher: OnceLock::new(),
         })
     }
 
@@ -207,6 +214,11 @@ impl Hub {
     /// Installs the connection hook (once; later calls are ignored).
     pub fn set_conn_sink(&self, sink: Arc<dyn ConnSink>) {
         let _ = self.conn_sink.set(sink);
+    }
+
+    /// Adds the Pusher apps' receivers to what this hub shows and drains (once).
+    pub fn set_pusher(&self, hooks: Arc<PusherHooks>) {
+        let _ = self.pusher.set(hooks);
     }
 
     /// The connection hook, in cluster mode with receivers.
@@ -333,40 +345,38 @@ impl Hub {
 
     /// Events waiting in every receiver's queue.
     pub fn queued(&self) -> usize {
-        self.webhooks.iter().map(Webhook::queued).sum()
+        let pusher = self.pusher.get().map_or(0, |p| p.queued());
+        self.webhooks.iter().map(Webhook::queued).sum::<usize>() + pusher
     }
 
-    /// Each receiver's state, for `/status`.
+    /// Each receiver's state, for `/status` (the Pusher apps' after `--events-url`'s).
     pub fn receivers(&self) -> Vec<ReceiverStatus> {
-        use std::sync::atomic::Ordering::Relaxed;
-        self.webhooks
+        let mut out: Vec<ReceiverStatus> = self
+            .webhooks
             .iter()
-            .map(|h| {
-                let f = &h.figures;
-                let last_ok = f.last_ok_ms.load(Relaxed);
-                ReceiverStatus {
-                    url: h.target.shown(),
-                    types: h.kinds.iter().map(Kind::name).collect(),
-                    queued: h.queued(),
-                    capacity: h.capacity,
-                    queued_bytes: h.queued_bytes(),
-                    capacity_bytes: h.capacity_bytes,
-                    sent: f.sent.load(Relaxed),
-                    dropped: f.dropped.load(Relaxed),
-                    retried: f.retried.load(Relaxed),
-                    state: f.health().name(),
-                    last_error: f.last_error(),
-                    last_ok_ms: (last_ok > 0).then_some(last_ok),
-                }
-            })
-            .collect()
+            .map(|h| h.status(h.kinds.iter().map(Kind::name).collect()))
+            .collect();
+        if let Some(p) = self.pusher.get() {
+            out.extend(p.receivers());
+        }
+        out
     }
 
     /// At shutdown: the receivers get what is queued until `deadline`; what is left then
     /// is dropped, counted and logged.
     pub async fn close(&self, deadline: Instant) {
         self.shared.draining.cancel();
+        let pusher = self.pusher.get().cloned();
+        let pusher = async move {
+            if let Some(p) = pusher {
+                p.close(deadline).await;
+            }
+        };
         let tasks = std::mem::take(&mut *self.tasks.lock().unwrap_or_else(|e| e.into_inner()));
+        let ((), ()) = tokio::join!(pusher, self.close_own(deadline, tasks));
+    }
+
+    async fn close_own(&self, deadline: Instant, tasks: Vec<JoinHandle<()>>) {
         if tasks.is_empty() {
             return;
         }

@@ -38,6 +38,7 @@ use super::signature;
 use crate::auth::Secret;
 use crate::logsafe::escaped;
 use crate::metrics::{Metric, Metrics};
+use crate::wire::pusher::Keys;
 
 /// First pause before a retry; it doubles per attempt up to [`MAX_BACKOFF`], and each pause
 /// is drawn between half of it and all of it (so receivers that failed together are not hit
@@ -150,6 +151,19 @@ pub(crate) struct Shared {
     pub stop: CancellationToken,
 }
 
+/// How a receiver's deliveries are framed and signed.
+#[derive(Debug, Clone)]
+pub(crate) enum Style {
+    /// pushwire's own: `{"events":[…]}`, `X-Pushwire-*` headers signed with the events
+    /// secret (docs/events.md).
+    Pushwire,
+    /// Pusher's: `{"time_ms":…,"events":[…]}` with `X-Pusher-Key` and
+    /// `X-Pusher-Signature` (hex HMAC-SHA256 of the body with the app's secret), what the
+    /// Pusher server SDKs' webhook validators check (docs/pusher.md). The keys are the
+    /// app's as of the last reload.
+    Pusher(Arc<RwLock<Keys>>),
+}
+
 /// The hub's side of one receiver.
 #[derive(Debug)]
 pub(crate) struct Webhook {
@@ -161,7 +175,7 @@ pub(crate) struct Webhook {
     pub capacity_bytes: usize,
     /// Bytes of event JSON waiting now (the task takes them off as it takes events).
     bytes: Arc<AtomicUsize>,
-    tx: mpsc::Sender<Encoded>,
+    tx: mpsc::Sender<Bytes>,
 }
 
 impl Webhook {
@@ -172,14 +186,15 @@ impl Webhook {
         (capacity, capacity_bytes): (usize, usize),
         tls: Option<Arc<rustls::ClientConfig>>,
         shared: Arc<Shared>,
+        style: Style,
     ) -> Result<(Webhook, tokio::task::JoinHandle<()>), String> {
         let client = Client::new(target.clone(), tls)?;
         let capacity = capacity.max(1);
         // tokio's channel allocates its slots in blocks as they fill: a large bound costs
         // nothing until events wait.
         let (tx, rx) = mpsc::channel(capacity);
-        let bytes = Arc::new(AtomicUsize::new(0));
         let figures = Arc::new(Figures::default());
+        let bytes = Arc::new(AtomicUsize::new(0));
         let task = tokio::spawn(
             Sender {
                 rx,
@@ -187,6 +202,7 @@ impl Webhook {
                 client,
                 shown: target.shown(),
                 shared,
+                style,
                 figures: figures.clone(),
                 held: None,
                 batches: 0,
@@ -214,12 +230,17 @@ impl Webhook {
         if !self.kinds.contains(event.kind) {
             return;
         }
-        let len = event.json.len();
+        self.queue(event.json.clone(), metrics);
+    }
+
+    /// Queues one event's JSON object (the caller filtered it); never waits.
+    pub(crate) fn queue(&self, json: Bytes, metrics: &Metrics) {
+        let len = json.len();
         let reason = if self.bytes.fetch_add(len, Relaxed) + len > self.capacity_bytes {
             self.bytes.fetch_sub(len, Relaxed);
             Metric::EventsDroppedFull
         } else {
-            match self.tx.try_send(event.clone()) {
+            match self.tx.try_send(json) {
                 Ok(()) => return,
                 Err(e) => {
                     self.bytes.fetch_sub(len, Relaxed);
@@ -261,19 +282,40 @@ impl Webhook {
     pub(crate) fn queued_bytes(&self) -> usize {
         self.bytes.load(Relaxed)
     }
+
+    /// Its state for `/status`, as getting `types`.
+    pub(crate) fn status(&self, types: Vec<&'static str>) -> super::ReceiverStatus {
+        let f = &self.figures;
+        let last_ok = f.last_ok_ms.load(Relaxed);
+        super::ReceiverStatus {
+            url: self.target.shown(),
+            types,
+            queued: self.queued(),
+            capacity: self.capacity,
+            queued_bytes: self.queued_bytes(),
+            capacity_bytes: self.capacity_bytes,
+            sent: f.sent.load(Relaxed),
+            dropped: f.dropped.load(Relaxed),
+            retried: f.retried.load(Relaxed),
+            state: f.health().name(),
+            last_error: f.last_error(),
+            last_ok_ms: (last_ok > 0).then_some(last_ok),
+        }
+    }
 }
 
 /// One receiver's task.
 struct Sender {
-    rx: mpsc::Receiver<Encoded>,
+    rx: mpsc::Receiver<Bytes>,
     /// The queue's bytes ([`Webhook::queued_bytes`]): each event taken off is taken off it.
     bytes: Arc<AtomicUsize>,
     client: Client,
     shown: String,
     shared: Arc<Shared>,
+    style: Style,
     figures: Arc<Figures>,
     /// An event that did not fit in the last batch: the first of the next.
-    held: Option<Encoded>,
+    held: Option<Bytes>,
     batches: u64,
     rng: u64,
     /// When delivery trouble was last logged (ms since the epoch).
@@ -325,41 +367,60 @@ impl Sender {
     }
 
     /// `event` left the queue.
-    fn took(&self, event: &Encoded) {
-        self.bytes.fetch_sub(event.json.len(), Relaxed);
+    fn took(&self, event: &Bytes) {
+        self.bytes.fetch_sub(event.len(), Relaxed);
     }
 
-    /// `{"events":[...]}` of `first` and what else is queued, within the batch bounds.
-    fn batch(&mut self, first: Encoded) -> (Bytes, usize) {
+    /// The `[...]` array of `first` and what else is queued, within the batch bounds
+    /// (the body around it is made per attempt: [`Sender::body`]).
+    fn batch(&mut self, first: Bytes) -> (Bytes, usize) {
         let d = &self.shared.delivery;
-        let mut body = Vec::with_capacity(first.json.len() + 16);
-        body.extend_from_slice(b"{\"events\":[");
-        body.extend_from_slice(&first.json);
+        // What the body adds around the array, at most (`{"time_ms":…,"events":…}`).
+        const FRAME: usize = 40;
+        let mut list = Vec::with_capacity(first.len() + 2);
+        list.push(b'[');
+        list.extend_from_slice(&first);
         let mut n = 1;
         while n < d.batch_events {
             let Ok(event) = self.rx.try_recv() else {
                 break;
             };
             self.took(&event);
-            if body.len() + 1 + event.json.len() + 2 > d.batch_bytes {
+            if FRAME + list.len() + 1 + event.len() + 1 > d.batch_bytes {
                 self.held = Some(event);
                 break;
             }
-            body.push(b',');
-            body.extend_from_slice(&event.json);
+            list.push(b',');
+            list.extend_from_slice(&event);
             n += 1;
         }
-        body.extend_from_slice(b"]}");
-        (Bytes::from(body), n)
+        list.push(b']');
+        (Bytes::from(list), n)
+    }
+
+    /// One attempt's body around the batch's `list`: pushwire's `{"events":…}`, or
+    /// Pusher's `{"time_ms":…,"events":…}` stamped now (pusher-http-python refuses a
+    /// `time_ms` five minutes old, so a retry is stamped again).
+    fn body(&self, list: &[u8]) -> Bytes {
+        let head = match &self.style {
+            Style::Pushwire => "{\"events\":".to_owned(),
+            Style::Pusher(_) => format!("{{\"time_ms\":{},\"events\":", unix_millis()),
+        };
+        let mut body = Vec::with_capacity(head.len() + list.len() + 1);
+        body.extend_from_slice(head.as_bytes());
+        body.extend_from_slice(list);
+        body.push(b'}');
+        Bytes::from(body)
     }
 
     /// Sends one batch until it is taken, refused, out of attempts, or the deadline.
-    async fn deliver(&mut self, body: Bytes, n: usize) -> Outcome {
+    async fn deliver(&mut self, list: Bytes, n: usize) -> Outcome {
         self.batches += 1;
         let id = format!("{}-{}", self.shared.node, self.batches);
         let attempts = self.shared.delivery.attempts.max(1);
         let mut why = String::new();
         for attempt in 1..=attempts {
+            let body = self.body(&list);
             let Some(headers) = self.headers(&id, &body) else {
                 self.trouble(Health::Failing, "no events secret: not sent".to_owned());
                 return Outcome::Dropped(Metric::EventsDroppedRefused);
@@ -420,6 +481,14 @@ impl Sender {
     /// The signature headers for this attempt; `None` without a secret (never sent
     /// unsigned).
     fn headers(&self, id: &str, body: &[u8]) -> Option<Vec<(&'static str, HeaderValue)>> {
+        let value = |s: String| HeaderValue::from_str(&s).ok();
+        if let Style::Pusher(keys) = &self.style {
+            let keys = keys.read().unwrap_or_else(|e| e.into_inner()).clone();
+            return Some(vec![
+                ("x-pusher-key", value(keys.key().to_owned())?),
+                ("x-pusher-signature", value(keys.webhook_signature(body))?),
+            ]);
+        }
         let secret = self
             .shared
             .secret
@@ -427,7 +496,6 @@ impl Sender {
             .unwrap_or_else(|e| e.into_inner())
             .clone()?;
         let now = unix_millis() / 1000;
-        let value = |s: String| HeaderValue::from_str(&s).ok();
         Some(vec![
             (signature::TIMESTAMP, value(now.to_string())?),
             (
@@ -499,9 +567,8 @@ fn seed() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::events::event::Kind;
 
-    fn sender(batch_events: usize, batch_bytes: usize) -> (Sender, mpsc::Sender<Encoded>) {
+    fn sender(batch_events: usize, batch_bytes: usize) -> (Sender, mpsc::Sender<Bytes>) {
         let (tx, rx) = mpsc::channel(16);
         let target = Target::parse("http://127.0.0.1:9/").unwrap();
         let s = Sender {
@@ -522,6 +589,7 @@ mod tests {
                 draining: CancellationToken::new(),
                 stop: CancellationToken::new(),
             }),
+            style: Style::Pushwire,
             figures: Arc::default(),
             held: None,
             batches: 0,
@@ -531,11 +599,8 @@ mod tests {
         (s, tx)
     }
 
-    fn ev(json: &str) -> Encoded {
-        Encoded {
-            kind: Kind::Online,
-            json: Bytes::from(json.to_owned()),
-        }
+    fn ev(json: &str) -> Bytes {
+        Bytes::from(json.to_owned())
     }
 
     #[test]
@@ -557,32 +622,58 @@ mod tests {
 
     #[test]
     fn batches_are_bounded_by_count_and_bytes() {
-        let (mut s, tx) = sender(3, 40);
+        let (mut s, tx) = sender(3, 80);
         for json in ["{\"a\":1}", "{\"b\":2}", "{\"c\":3}", "{\"d\":4}"] {
             tx.try_send(ev(json)).unwrap();
         }
         let first = s.rx.try_recv().unwrap();
-        let (body, n) = s.batch(first);
-        // 3 events of 7 bytes: 11 + 7 + 1 + 7 + 1 + 7 + 2 = 36 bytes, within 40.
+        let (list, n) = s.batch(first);
+        // 3 events of 7 bytes: 40 (the most the body adds) + 1 + 7 + 1 + 7 + 1 + 7 + 1 =
+        // 65 bytes, within 80.
         assert_eq!(
-            (&body[..], n),
+            (&s.body(&list)[..], n),
             (&b"{\"events\":[{\"a\":1},{\"b\":2},{\"c\":3}]}"[..], 3)
         );
         let first = s.rx.try_recv().unwrap();
-        let (body, n) = s.batch(first);
-        assert_eq!((&body[..], n), (&b"{\"events\":[{\"d\":4}]}"[..], 1));
-        // By bytes: with the second event the body would be 28 bytes, above 25, so it
-        // waits for the next batch.
-        let (mut s, tx) = sender(100, 25);
+        let (list, n) = s.batch(first);
+        assert_eq!(
+            (&s.body(&list)[..], n),
+            (&b"{\"events\":[{\"d\":4}]}"[..], 1)
+        );
+        // By bytes: with the second event it would be 57 bytes, above 55, so it waits for
+        // the next batch.
+        let (mut s, tx) = sender(100, 55);
         tx.try_send(ev("{\"e\":5}")).unwrap();
         tx.try_send(ev("{\"f\":6}")).unwrap();
         let first = s.rx.try_recv().unwrap();
         assert_eq!(s.batch(first).1, 1);
         let held = s.held.take().expect("held for the next batch");
-        assert_eq!(&held.json[..], b"{\"f\":6}");
+        assert_eq!(&held[..], b"{\"f\":6}");
         // An event larger than the bound still goes, alone.
-        let (body, n) = s.batch(ev(&format!("{{\"x\":\"{}\"}}", "y".repeat(100))));
+        let (list, n) = s.batch(ev(&format!("{{\"x\":\"{}\"}}", "y".repeat(100))));
         assert_eq!(n, 1);
-        assert!(body.len() > 100);
+        assert!(list.len() > 100);
+    }
+
+    /// Pusher's body is stamped per attempt and signed with the app's keys, as the
+    /// SDKs' validators check it.
+    #[test]
+    fn pusher_style_bodies_and_headers() {
+        let (mut s, _tx) = sender(3, 1000);
+        let keys = Keys::new("k", b"0123456789abcdef");
+        s.style = Style::Pusher(Arc::new(RwLock::new(keys.clone())));
+        let (list, _) = s.batch(ev("{\"name\":\"channel_occupied\",\"channel\":\"c\"}"));
+        let body = s.body(&list);
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        let t = v["time_ms"].as_u64().unwrap();
+        assert!(t.abs_diff(unix_millis()) < 5_000, "{v}");
+        assert_eq!(v["events"][0]["name"], "channel_occupied");
+        let headers = s.headers("id", &body).unwrap();
+        assert_eq!(headers[0], ("x-pusher-key", HeaderValue::from_static("k")));
+        assert_eq!(headers[1].0, "x-pusher-signature");
+        assert_eq!(
+            headers[1].1.to_str().unwrap(),
+            keys.webhook_signature(&body)
+        );
     }
 }

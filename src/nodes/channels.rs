@@ -12,7 +12,47 @@ use std::sync::Arc;
 use super::{Answer, NodesError};
 use crate::channels::{ChannelInfo, Conn, Index, Left, SubscribeError, Subscribed};
 use crate::wire::Payload;
+use crate::wire::pusher::outbound::{self, WebhookEvent};
 use crate::wire::pusher::{Channel, Member, Refusal, SocketId};
+
+/// The webhook events of a subscription, in Pusher's order: the channel occupied, then
+/// the member added, then a cache miss. `occupied` and `added` must be what the owner of
+/// the channels' state decided (this node alone, or the cluster's script), so each is
+/// told once.
+pub fn subscribed_hooks(
+    index: &Index,
+    app: &str,
+    channel: &str,
+    s: &Subscribed,
+    user: Option<&str>,
+) {
+    let Some(hooks) = index.hooks() else {
+        return;
+    };
+    if s.occupied {
+        hooks.emit(app, &WebhookEvent::ChannelOccupied { channel });
+    }
+    if let (true, Some(user_id)) = (s.added, user) {
+        hooks.emit(app, &WebhookEvent::MemberAdded { channel, user_id });
+    }
+    if s.cache_miss {
+        hooks.emit(app, &WebhookEvent::CacheMiss { channel });
+    }
+}
+
+/// The webhook events of a departure: the member removed (`removed`), then the channel
+/// vacated (`vacated`); decided as for [`subscribed_hooks`].
+pub fn left_hooks(index: &Index, app: &str, channel: &str, removed: Option<&str>, vacated: bool) {
+    let Some(hooks) = index.hooks() else {
+        return;
+    };
+    if let Some(user_id) = removed {
+        hooks.emit(app, &WebhookEvent::MemberRemoved { channel, user_id });
+    }
+    if vacated {
+        hooks.emit(app, &WebhookEvent::ChannelVacated { channel });
+    }
+}
 
 /// Pusher channels on every node that may hold a subscriber.
 pub trait Channels: Send + Sync + std::fmt::Debug {
@@ -50,6 +90,24 @@ pub trait Channels: Send + Sync + std::fmt::Debug {
     fn users(&self, app: &str, channel: &str) -> Answer<Result<Vec<String>, NodesError>>;
     /// Closes the connections signed in as `user` with `refusal`; answers how many.
     fn terminate(&self, app: &str, user: &str, refusal: &Refusal) -> Answer<usize>;
+    /// Tells the subscribers of each channel whose count changed on this node since the
+    /// last call its count now (`pusher_internal:subscription_count`, every node's
+    /// subscribers in a cluster), and the app's `subscription_count` receivers. Called
+    /// once a [`COUNT_EVERY`]: what changes in between is told once, coalesced.
+    fn tell_counts(&self) -> Answer<()>;
+}
+
+/// How often subscription counts are told at most, per channel and node: a channel of
+/// N subscribers costs N frames per tell, so a crowd joining costs N frames a second,
+/// not N per join.
+pub const COUNT_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Tells `count` for `channel`'s count to the app's `subscription_count` receivers.
+pub fn count_hook(index: &Index, app: &str, channel: &str, count: usize) {
+    if let Some(hooks) = index.hooks() {
+        let count = count as u64;
+        hooks.emit(app, &WebhookEvent::SubscriptionCount { channel, count });
+    }
 }
 
 impl Channels for Index {
@@ -63,11 +121,19 @@ impl Channels for Index {
         channel: &Channel,
         member: Option<&Member>,
     ) -> Answer<Result<Subscribed, SubscribeError>> {
-        Answer::Now(Index::subscribe(self, conn, channel, member))
+        let done = Index::subscribe(self, conn, channel, member);
+        if let Ok(s) = &done {
+            let user = member.map(|m| m.user_id.as_str());
+            subscribed_hooks(self, &conn.app.id, channel.name(), s, user);
+        }
+        Answer::Now(done)
     }
 
     fn unsubscribe(&self, conn: &Arc<Conn>, channel: &Channel) -> Answer<Left> {
-        Answer::Now(Index::unsubscribe(self, conn, channel))
+        let left = Index::unsubscribe(self, conn, channel);
+        let removed = left.removed.as_deref();
+        left_hooks(self, &conn.app.id, channel.name(), removed, left.vacated);
+        Answer::Now(left)
     }
 
     fn publish(
@@ -98,5 +164,15 @@ impl Channels for Index {
 
     fn terminate(&self, app: &str, user: &str, refusal: &Refusal) -> Answer<usize> {
         Answer::Now(Index::terminate(self, app, user, refusal))
+    }
+
+    fn tell_counts(&self) -> Answer<()> {
+        for (app, channel) in self.take_counted() {
+            let count = Index::info(self, &app, &channel).subscriptions;
+            let frame = Payload::from(outbound::subscription_count(&channel, count as u64));
+            self.offer(&app, &channel, &frame);
+            count_hook(self, &app, &channel, count);
+        }
+        Answer::Now(())
     }
 }

@@ -20,7 +20,7 @@ mod here;
 use std::time::Duration;
 
 pub use answer::{Answer, Pending};
-pub use channels::Channels;
+pub use channels::{COUNT_EVERY, Channels, count_hook, left_hooks, subscribed_hooks};
 pub use here::Here;
 
 pub use crate::addressed::{ConnAnswer, ConnOp};

@@ -19,7 +19,7 @@ use crate::state::State;
 use crate::transport::Transport;
 use crate::wire::pusher::codes::{self, Code};
 use crate::wire::pusher::inbound::{self, ClientEvent, Inbound, Signin, Subscribe};
-use crate::wire::pusher::outbound::{self, SubscriptionErrorType};
+use crate::wire::pusher::outbound::{self, SubscriptionErrorType, WebhookEvent};
 use crate::wire::pusher::{Access, Channel, Refusal, sign};
 
 /// A subscription as the connection keeps it: the channel, and on a presence channel the
@@ -44,10 +44,11 @@ pub(crate) async fn serve(
     mut ws: Ws,
     path: String,
     query: Option<String>,
+    origin: Option<String>,
     ctx: Arc<State>,
     places: Admitted,
 ) {
-    let app = match admit(&path, query.as_deref(), &ctx) {
+    let app = match admit(&path, query.as_deref(), origin.as_deref(), &ctx) {
         Ok(app) => app,
         Err(refusal) => return refuse(&mut ws, &refusal).await,
     };
@@ -108,14 +109,29 @@ pub(crate) async fn serve(
     }
 }
 
-/// The app the connection URL names, or the protocol's refusal.
-fn admit(path: &str, query: Option<&str>, ctx: &State) -> Result<Arc<App>, Refusal> {
+/// The app the connection URL names, if the page's `Origin` may use it; or the
+/// protocol's refusal (4009 for an origin outside the app's `allowed_origins`).
+fn admit(
+    path: &str,
+    query: Option<&str>,
+    origin: Option<&str>,
+    ctx: &State,
+) -> Result<Arc<App>, Refusal> {
     let key = codes::app_key(path).ok_or(Refusal::of(Code::PathNotFound))?;
     codes::check_protocol(query).map_err(Refusal::of)?;
     let apps = ctx.pusher_apps().ok_or(Refusal::of(Code::AppNotFound))?;
-    apps.by_key(key)
+    let app = apps
+        .by_key(key)
         .cloned()
-        .ok_or(Refusal::of(Code::AppNotFound))
+        .ok_or(Refusal::of(Code::AppNotFound))?;
+    if !app.origin_allowed(origin) {
+        ctx.metrics.incr(crate::metrics::Metric::RefusedOrigin);
+        return Err(Refusal::with(
+            Code::Unauthorized,
+            "origin not allowed for this app",
+        ));
+    }
+    Ok(app)
 }
 
 /// `pusher:error` and the close frame with the same code, before any subscription.
@@ -396,6 +412,24 @@ impl Session<'_> {
         };
         let frame = outbound::client_event(&ev.event, &ev.channel, ev.data, held.user.as_deref());
         let channels = self.ctx.nodes.channels();
+        if let Some(hooks) = channels.index().hooks()
+            && hooks.wants(&app.id, "client_event")
+        {
+            // Pusher's `data` is a string: the client's string as it is, other JSON as
+            // its text.
+            let raw = ev.data.map_or("null", |d| d.get());
+            let text = serde_json::from_str::<String>(raw).ok();
+            hooks.emit(
+                &app.id,
+                &WebhookEvent::ClientEvent {
+                    channel: &ev.channel,
+                    event: &ev.event,
+                    data: text.as_deref().unwrap_or(raw),
+                    socket_id: self.conn.socket_id,
+                    user_id: held.user.as_deref(),
+                },
+            );
+        }
         let frame = crate::wire::Payload::from(frame);
         let published = channels.publish(&app.id, &held.channel, &frame, Some(self.conn.socket_id));
         if let Err(e) = published.resolve().await {

@@ -39,6 +39,9 @@ pub struct Got {
     pub signature: String,
     pub delivery: String,
     pub content_type: String,
+    /// Pusher's headers (the Pusher apps' webhooks).
+    pub pusher_key: String,
+    pub pusher_signature: String,
     pub body: Bytes,
     pub answered: u16,
 }
@@ -97,6 +100,8 @@ impl Receiver {
                                     signature: header(signature::SIGNATURE),
                                     delivery: header(signature::DELIVERY),
                                     content_type: header("content-type"),
+                                    pusher_key: header("x-pusher-key"),
+                                    pusher_signature: header("x-pusher-signature"),
                                     body: Bytes::new(),
                                     answered: 0,
                                 };

@@ -274,30 +274,46 @@ pub enum WebhookEvent<'a> {
         /// The channel.
         channel: &'a str,
     },
+    /// The channel's subscriptions changed (cluster-wide): how many there are now.
+    SubscriptionCount {
+        /// The channel.
+        channel: &'a str,
+        /// Connections subscribed now.
+        count: u64,
+    },
 }
 
-/// A webhook body: `{"time_ms":…,"events":[…]}`. Sign it with
-/// [`super::Keys::webhook_signature`] and send both `X-Pusher-Key` and
-/// `X-Pusher-Signature` (pusher-http-python refuses a `time_ms` more than 5 minutes old).
-pub fn webhook_body(time_ms: u64, events: &[WebhookEvent<'_>]) -> String {
-    let mut out = format!("{{\"time_ms\":{time_ms},\"events\":[");
-    for (i, e) in events.iter().enumerate() {
-        if i > 0 {
-            out.push(',');
+impl WebhookEvent<'_> {
+    /// Its `name` (and the name a webhook's `event_types` filter uses).
+    pub fn name(&self) -> &'static str {
+        match self {
+            WebhookEvent::ChannelOccupied { .. } => "channel_occupied",
+            WebhookEvent::ChannelVacated { .. } => "channel_vacated",
+            WebhookEvent::MemberAdded { .. } => "member_added",
+            WebhookEvent::MemberRemoved { .. } => "member_removed",
+            WebhookEvent::ClientEvent { .. } => "client_event",
+            WebhookEvent::CacheMiss { .. } => "cache_miss",
+            WebhookEvent::SubscriptionCount { .. } => "subscription_count",
         }
-        let (name, channel) = match e {
-            WebhookEvent::ChannelOccupied { channel } => ("channel_occupied", channel),
-            WebhookEvent::ChannelVacated { channel } => ("channel_vacated", channel),
-            WebhookEvent::MemberAdded { channel, .. } => ("member_added", channel),
-            WebhookEvent::MemberRemoved { channel, .. } => ("member_removed", channel),
-            WebhookEvent::ClientEvent { channel, .. } => ("client_event", channel),
-            WebhookEvent::CacheMiss { channel } => ("cache_miss", channel),
+    }
+
+    /// One event of a webhook body: `{"name":…,"channel":…,…}`.
+    pub fn to_json(&self) -> String {
+        let (name, channel) = match self {
+            WebhookEvent::ChannelOccupied { channel }
+            | WebhookEvent::ChannelVacated { channel }
+            | WebhookEvent::MemberAdded { channel, .. }
+            | WebhookEvent::MemberRemoved { channel, .. }
+            | WebhookEvent::ClientEvent { channel, .. }
+            | WebhookEvent::CacheMiss { channel }
+            | WebhookEvent::SubscriptionCount { channel, .. } => (self.name(), channel),
         };
+        let mut out = String::with_capacity(48 + channel.len());
         out.push_str("{\"name\":\"");
         out.push_str(name);
         out.push_str("\",\"channel\":");
         json_str(&mut out, channel);
-        match e {
+        match self {
             WebhookEvent::MemberAdded { user_id, .. }
             | WebhookEvent::MemberRemoved { user_id, .. } => {
                 out.push_str(",\"user_id\":");
@@ -320,9 +336,26 @@ pub fn webhook_body(time_ms: u64, events: &[WebhookEvent<'_>]) -> String {
                     json_str(&mut out, u);
                 }
             }
+            WebhookEvent::SubscriptionCount { count, .. } => {
+                out.push_str(&format!(",\"subscription_count\":{count}"));
+            }
             _ => {}
         }
         out.push('}');
+        out
+    }
+}
+
+/// A webhook body: `{"time_ms":…,"events":[…]}`. Sign it with
+/// [`super::Keys::webhook_signature`] and send both `X-Pusher-Key` and
+/// `X-Pusher-Signature` (pusher-http-python refuses a `time_ms` more than 5 minutes old).
+pub fn webhook_body(time_ms: u64, events: &[WebhookEvent<'_>]) -> String {
+    let mut out = format!("{{\"time_ms\":{time_ms},\"events\":[");
+    for (i, e) in events.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str(&e.to_json());
     }
     out.push_str("]}");
     out
@@ -469,6 +502,10 @@ mod tests {
                     user_id: None,
                 },
                 WebhookEvent::CacheMiss { channel: "cache-x" },
+                WebhookEvent::SubscriptionCount {
+                    channel: "c",
+                    count: 3,
+                },
             ],
         );
         let v: Value = serde_json::from_str(&body).unwrap();
@@ -480,7 +517,8 @@ mod tests {
                 {"name":"member_added","channel":"presence-r","user_id":"1"},
                 {"name":"member_removed","channel":"presence-r","user_id":"1"},
                 {"name":"client_event","channel":"private-r","event":"client-t","data":"{\"a\":\"\\\"\"}","socket_id":"1.2"},
-                {"name":"cache_miss","channel":"cache-x"}
+                {"name":"cache_miss","channel":"cache-x"},
+                {"name":"subscription_count","channel":"c","subscription_count":3}
             ]})
         );
     }
