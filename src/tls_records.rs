@@ -96,7 +96,10 @@ impl Direction {
         let seq = self.seq;
         self.seq = seq.checked_add(1)?;
         let mut nonce = self.iv;
-        for (n, s) in nonce[aead::NONCE_LEN - 8..].iter_mut().zip(seq.to_be_bytes()) {
+        for (n, s) in nonce[aead::NONCE_LEN - 8..]
+            .iter_mut()
+            .zip(seq.to_be_bytes())
+        {
             *n ^= s;
         }
         Some(Nonce::assume_unique_for_key(nonce))
@@ -153,7 +156,11 @@ impl Records {
     /// Seals application data in place: `record[HEADER..HEADER + len]` holds the
     /// plaintext, and `record` has [`OVERHEAD`] bytes of room more. Returns the record's
     /// length.
-    pub(crate) fn seal_data(&mut self, record: &mut [u8], len: usize) -> Result<usize, rustls::Error> {
+    pub(crate) fn seal_data(
+        &mut self,
+        record: &mut [u8],
+        len: usize,
+    ) -> Result<usize, rustls::Error> {
         if self.tx.seq >= self.tx_limit {
             // Ends with our close_notify (see the module doc).
             self.alert = Some(AlertDescription::CloseNotify);
@@ -183,12 +190,20 @@ impl Records {
 
     /// An alert record, after which nothing more is sealed: close_notify at level warning,
     /// as every TLS stack sends it, any other fatal.
-    fn seal_alert(&mut self, alert: AlertDescription, out: &mut Vec<u8>) -> Result<(), rustls::Error> {
+    fn seal_alert(
+        &mut self,
+        alert: AlertDescription,
+        out: &mut Vec<u8>,
+    ) -> Result<(), rustls::Error> {
         if self.closed {
             return Ok(());
         }
         self.closed = true;
-        let level = if alert == AlertDescription::CloseNotify { 1 } else { 2 };
+        let level = if alert == AlertDescription::CloseNotify {
+            1
+        } else {
+            2
+        };
         let at = out.len();
         out.resize(at + 2 + OVERHEAD, 0);
         out[at + HEADER] = level;
@@ -266,10 +281,7 @@ impl Records {
 
     /// Opens the record at the front of `buf` in place: `None` if it is not whole yet,
     /// else its length and what it held.
-    fn open_one(
-        &mut self,
-        buf: &mut [u8],
-    ) -> Result<Option<(usize, Inner)>, (Option<AlertDescription>, rustls::Error)> {
+    fn open_one(&mut self, buf: &mut [u8]) -> Result<Option<(usize, Inner)>, Refused> {
         let Some(header) = buf.get(..HEADER) else {
             return Ok(None);
         };
@@ -277,7 +289,9 @@ impl Records {
         // After the handshake every record is protected application data (RFC 8446 §5):
         // a change_cipher_spec or a plaintext alert is no longer allowed.
         if header[0] != APPLICATION_DATA {
-            return Err(unexpected("a TLS record of an unprotected type after the handshake"));
+            return Err(unexpected(
+                "a TLS record of an unprotected type after the handshake",
+            ));
         }
         if len > MAX_CIPHER {
             return Err((
@@ -286,7 +300,10 @@ impl Records {
             ));
         }
         if len < TAG + 1 {
-            return Err((Some(AlertDescription::DecodeError), rustls::Error::DecryptError));
+            return Err((
+                Some(AlertDescription::DecodeError),
+                rustls::Error::DecryptError,
+            ));
         }
         let Some(record) = buf.get_mut(..HEADER + len) else {
             return Ok(None);
@@ -300,7 +317,12 @@ impl Records {
             .rx
             .key()
             .open_in_place(nonce, Aad::from(&*header), body)
-            .map_err(|_| (Some(AlertDescription::BadRecordMac), rustls::Error::DecryptError))?;
+            .map_err(|_| {
+                (
+                    Some(AlertDescription::BadRecordMac),
+                    rustls::Error::DecryptError,
+                )
+            })?;
         // TLSInnerPlaintext: content, its type, zero padding (RFC 8446 §5.4).
         let Some(end) = inner.iter().rposition(|&b| b != 0) else {
             return Err(unexpected("a TLS record without a content type"));
@@ -349,7 +371,10 @@ enum Inner {
     KeyUpdate,
 }
 
-fn unexpected(why: &str) -> (Option<AlertDescription>, rustls::Error) {
+/// Why a record was refused: the alert to answer with (if any), and the error.
+type Refused = (Option<AlertDescription>, rustls::Error);
+
+fn unexpected(why: &str) -> Refused {
     (
         Some(AlertDescription::UnexpectedMessage),
         rustls::Error::General(why.into()),
@@ -399,15 +424,24 @@ mod tests {
         wire.extend(seal(&mut server, b"world"));
         let mut plain = Vec::new();
         let mut incoming = wire[..7].to_vec();
-        assert!(matches!(client.open(&mut incoming, &mut plain), Ok(Opened::Input)));
+        assert!(matches!(
+            client.open(&mut incoming, &mut plain),
+            Ok(Opened::Input)
+        ));
         assert!(plain.is_empty());
         incoming.extend_from_slice(&wire[7..]);
-        assert!(matches!(client.open(&mut incoming, &mut plain), Ok(Opened::Input)));
+        assert!(matches!(
+            client.open(&mut incoming, &mut plain),
+            Ok(Opened::Input)
+        ));
         assert_eq!(plain, b"helloworld");
         assert!(incoming.is_empty());
         let mut out = Vec::new();
         server.close_notify(&mut out).unwrap();
-        assert!(matches!(client.open(&mut out, &mut plain), Ok(Opened::PeerClosed)));
+        assert!(matches!(
+            client.open(&mut out, &mut plain),
+            Ok(Opened::PeerClosed)
+        ));
     }
 
     #[test]

@@ -1277,7 +1277,10 @@ impl TestCert {
 
     /// A rustls client that trusts this certificate only.
     pub fn client_config(&self) -> std::sync::Arc<rustls::ClientConfig> {
-        self.client_config_with(rustls::crypto::ring::default_provider(), rustls::DEFAULT_VERSIONS)
+        self.client_config_with(
+            rustls::crypto::ring::default_provider(),
+            rustls::DEFAULT_VERSIONS,
+        )
     }
 
     /// [`TestCert::client_config`] offering only `provider`'s cipher suites and `versions`.
