@@ -14,8 +14,9 @@
 //! # What this side does not do
 //! Key updates (RFC 8446 §4.6.3): a client's KeyUpdate ends the connection with our
 //! close_notify, and so does reaching the cipher suite's confidentiality limit on what we
-//! send (2^24 records for AES-GCM) instead of updating our key. Browsers do not update
-//! keys on their own, and the client sends little on a push connection; a push stream
+//! send (2^24 records for AES-GCM) instead of updating our key. A client updates its
+//! keys when it has sent a great deal (browsers are not known to do it otherwise), and a
+//! client sends little on a push connection; a push stream
 //! that reaches 16 million frames reconnects. TLS 1.2 sessions (rare: every browser
 //! speaks 1.3) stay on rustls for their life.
 

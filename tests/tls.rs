@@ -401,7 +401,7 @@ async fn every_tls_version_and_cipher_suite_carries_frames_both_ways() {
 
 /// A client's TLS 1.3 KeyUpdate ends its connection with our close_notify: past the
 /// handshake pushwire keeps only the traffic keys, not the secrets a key update derives
-/// new ones from (`src/tls_records.rs`). Browsers do not update keys on their own.
+/// new ones from (`src/tls_records.rs`).
 #[tokio::test]
 async fn a_clients_key_update_ends_the_connection_with_close_notify() {
     let cert = TestCert::new("key-update");
