@@ -92,6 +92,7 @@ mod sse;
 pub mod state;
 mod status_page;
 pub mod tls;
+mod tls_records;
 pub mod transport;
 mod urlencoded;
 pub mod wire;

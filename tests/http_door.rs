@@ -1407,3 +1407,65 @@ async fn every_stats_key_equals_its_prometheus_sample() {
     want.extend(Metric::ALL.iter().map(|m| m.def().stats));
     assert_eq!(keys, want);
 }
+
+/// A body that arrives in pieces is gathered whole before its lines run, lines cut across
+/// the pieces included: a chunked body whose chunks come apart, and a `Content-Length`
+/// body whose end comes in a later packet, get exactly the TCP port's replies for the
+/// same bytes, on one keep-alive connection.
+#[tokio::test]
+async fn a_body_in_pieces_answers_as_one() {
+    let server = TestServer::start_http(config()).await;
+    let mut tab = browser(&server, "u1").await;
+    let body = b"{\"uid\":\"u1\",\"n\":1}\n{\"uid\":\"nobody\"}\n{\"uid\":\"u1\",\"n\":2}\n";
+    let frames = ["{\"uid\":\"u1\",\"n\":1}", "{\"uid\":\"u1\",\"n\":2}"];
+    let want = tcp_replies(server.push_addr, body).await;
+    assert_eq!(want, b"ok\nfail\nok\n");
+    for frame in frames {
+        assert_eq!(tab.recv_text().await, frame, "over TCP");
+    }
+
+    let mut c = RawHttp::connect(server.http_addr.unwrap()).await;
+    c.send(b"POST /push HTTP/1.1\r\nHost: pushwire\r\nTransfer-Encoding: chunked\r\n\r\n")
+        .await;
+    for piece in [&body[..10], &body[10..30], &body[30..]] {
+        c.send(format!("{:x}\r\n", piece.len()).as_bytes()).await;
+        c.send(piece).await;
+        c.send(b"\r\n").await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    c.send(b"0\r\n\r\n").await;
+    let r = c
+        .response(STEP)
+        .await
+        .expect("a response to the chunked body");
+    assert_eq!(
+        (r.status, r.body.as_slice()),
+        (200, want.as_slice()),
+        "chunked"
+    );
+    for frame in frames {
+        assert_eq!(tab.recv_text().await, frame, "chunked");
+    }
+
+    let head = format!(
+        "POST /push HTTP/1.1\r\nHost: pushwire\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    c.send(head.as_bytes()).await;
+    c.send(&body[..25]).await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    c.send(&body[25..]).await;
+    let r = c
+        .response(STEP)
+        .await
+        .expect("a response to the split body");
+    assert_eq!(
+        (r.status, r.body.as_slice()),
+        (200, want.as_slice()),
+        "split"
+    );
+    for frame in frames {
+        assert_eq!(tab.recv_text().await, frame, "split");
+    }
+    tab.expect_silence(QUIET).await;
+}

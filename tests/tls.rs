@@ -353,3 +353,91 @@ async fn a_tls_browser_that_never_reads_is_evicted() {
         Some((1013, "send queue full".to_owned()))
     );
 }
+
+/// Every TLS 1.3 cipher suite rustls offers, and TLS 1.2, carries frames both ways: the
+/// uid the browser sends, and pushes of one record, of a large record and of several
+/// (TLS 1.3 records are sealed and opened by pushwire itself once the handshake is over,
+/// TLS 1.2 ones by rustls).
+#[tokio::test]
+async fn every_tls_version_and_cipher_suite_carries_frames_both_ways() {
+    use rustls::crypto::ring::{cipher_suite, default_provider};
+    let cert = TestCert::new("suites");
+    let server = TestServer::start_with(tls_config(&cert)).await;
+    let mut push = PushClient::connect(server.push_addr).await;
+    let tls13 = [
+        cipher_suite::TLS13_AES_128_GCM_SHA256,
+        cipher_suite::TLS13_AES_256_GCM_SHA384,
+        cipher_suite::TLS13_CHACHA20_POLY1305_SHA256,
+    ];
+    let mut clients: Vec<(String, std::sync::Arc<rustls::ClientConfig>)> = tls13
+        .into_iter()
+        .map(|suite| {
+            let provider = rustls::crypto::CryptoProvider {
+                cipher_suites: vec![suite],
+                ..default_provider()
+            };
+            let config = cert.client_config_with(provider, &[&rustls::version::TLS13]);
+            (format!("{:?}", suite.suite()), config)
+        })
+        .collect();
+    clients.push((
+        "TLS 1.2".into(),
+        cert.client_config_with(default_provider(), &[&rustls::version::TLS12]),
+    ));
+    for (i, (name, config)) in clients.into_iter().enumerate() {
+        let mut browser = WsClient::try_connect_tls(server.wss_url().as_str(), config)
+            .await
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        let uid = format!("suite{i}");
+        browser.bind(&uid, server.push_addr).await;
+        for size in [10usize, 4000, 40_000] {
+            let line = format!(r#"{{"uid":"{uid}","pad":"{}"}}"#, "x".repeat(size));
+            assert_eq!(push.request(&line).await, "ok\n", "{name}: push of {size}");
+            assert_eq!(browser.recv_text().await, line, "{name}: frame of {size}");
+        }
+        browser.close().await;
+    }
+}
+
+/// A client's TLS 1.3 KeyUpdate ends its connection with our close_notify: past the
+/// handshake pushwire keeps only the traffic keys, not the secrets a key update derives
+/// new ones from (`src/tls_records.rs`).
+#[tokio::test]
+async fn a_clients_key_update_ends_the_connection_with_close_notify() {
+    let cert = TestCert::new("key-update");
+    let server = TestServer::start_with(tls_config(&cert)).await;
+    let mut tls = tls_connect(&server, &cert).await;
+    tls.write_all(
+        b"GET / HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8; 1];
+        timeout(STEP, tls.read_exact(&mut byte))
+            .await
+            .expect("101 timed out")
+            .expect("read the 101");
+        head.push(byte[0]);
+    }
+    assert!(head.starts_with(b"HTTP/1.1 101"), "{head:?}");
+    tls.write_all(&common::masked_frame(0x1, b"erin"))
+        .await
+        .unwrap();
+    let mut push = PushClient::connect(server.push_addr).await;
+    common::push_until(&mut push, r#"{"uid":"erin","n":1}"#, "ok\n", STEP).await;
+
+    tls.get_mut()
+        .1
+        .refresh_traffic_keys()
+        .expect("queue a KeyUpdate");
+    tls.flush().await.expect("send the KeyUpdate");
+    let got = read_to_close_notify(&mut tls, STEP)
+        .await
+        .expect("no close_notify after the client's KeyUpdate");
+    assert!(got.ends_with(br#"{"uid":"erin","n":1}"#), "{got:?}");
+    // The connection is gone: the uid is no longer bound.
+    common::push_until(&mut push, r#"{"uid":"erin","n":2}"#, "fail\n", STEP).await;
+}

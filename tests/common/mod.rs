@@ -1277,13 +1277,24 @@ impl TestCert {
 
     /// A rustls client that trusts this certificate only.
     pub fn client_config(&self) -> std::sync::Arc<rustls::ClientConfig> {
+        self.client_config_with(
+            rustls::crypto::ring::default_provider(),
+            rustls::DEFAULT_VERSIONS,
+        )
+    }
+
+    /// [`TestCert::client_config`] offering only `provider`'s cipher suites and `versions`.
+    pub fn client_config_with(
+        &self,
+        provider: rustls::crypto::CryptoProvider,
+        versions: &[&'static rustls::SupportedProtocolVersion],
+    ) -> std::sync::Arc<rustls::ClientConfig> {
         let mut roots = rustls::RootCertStore::empty();
         roots
             .add(self.cert_der.clone())
             .expect("trust the test cert");
-        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
-        let config = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
+        let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(provider))
+            .with_protocol_versions(versions)
             .expect("TLS versions")
             .with_root_certificates(roots)
             .with_no_client_auth();
