@@ -235,6 +235,10 @@ async fn group_node(redis: &str, rx: &Receiver) -> Daemon {
             SECRET,
             "--group-grace-ms",
             "600",
+            // What is checked is once-only, not speed: a loaded machine (the whole suite on
+            // 2 cores) once made a `/join` wait past the default 1 s and answer fail.
+            "--cluster-timeout-ms",
+            "5000",
         ])
         .start()
         .await
