@@ -25,7 +25,7 @@
 #      PUSH_VIA (0): the node (0 = A, 1 = B, 2 = C) the cluster fan-outs are pushed to;
 #      THREADS (1): bench worker threads reading the fan-out, the same for the floor and
 #      for pushwire (the readers' scheduling changes what the sender pays per wake-up).
-# Needs target/release/{pushwire,pushwire-bench} (cargo build --release) and redis-server.
+# Needs target/release/{pushwire,pushwire-bench} (cargo build --release --workspace) and redis-server.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/listening.sh

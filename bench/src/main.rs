@@ -9,20 +9,29 @@
 //! exactly once and byte-exact, no unexpected `fail`, no unexpected close. Any violation is
 //! printed to stderr and the process exits 1. Results go to stdout as a table per scenario
 //! plus one JSON line per scenario (`--json-only` keeps just the JSON). Progress goes to
-//! stderr. See `--help` and `docs` at the top of `scenarios.rs` for what each scenario times.
+//! stderr. See `--help`, and the docs at the top of `scenarios/mod.rs` for what each
+//! scenario times.
+//!
+//! # Layout
+//! `main.rs` parses the options and runs one scenario; `scenarios/` has one file per
+//! scenario (`mod.rs`: the shared context and the dispatch). Below them: `client.rs` (the
+//! WebSocket clients and their source addresses), `push.rs` (pipelined backend
+//! connections), `wsread.rs` (the lean frame reader), `track.rs` (the delivery ledger every
+//! check uses), `procstat.rs` (CPU and memory from /proc), `report.rs` (tables and JSON
+//! lines) and `compare.rs` (medians and ratios of earlier runs).
+
+#![forbid(unsafe_code)]
 
 mod client;
-mod cluster;
 mod compare;
-mod events;
-mod floor;
 mod procstat;
 mod push;
 mod report;
-mod resume;
 mod scenarios;
 mod track;
 mod wsread;
+
+use scenarios::{cluster_fanout, events_webhook, floor};
 
 use clap::{Parser, Subcommand, ValueEnum};
 use std::net::SocketAddr;
@@ -368,13 +377,13 @@ fn main() {
     }
     match &o.scenario {
         Scenario::ClusterFanout { nodes, push_via } => {
-            std::process::exit(cluster::run(&o, nodes, *push_via))
+            std::process::exit(cluster_fanout::run(&o, nodes, *push_via))
         }
         Scenario::Floor => std::process::exit(floor::run(&o)),
         Scenario::EventsWebhook { events, rate } => {
-            std::process::exit(events::run(&o, *events, *rate))
+            std::process::exit(events_webhook::run(&o, *events, *rate))
         }
-        Scenario::EventsReceiver => std::process::exit(events::receiver()),
+        Scenario::EventsReceiver => std::process::exit(events_webhook::receiver()),
         Scenario::FloorSender { .. } => std::process::exit(floor::sender(&o)),
         _ => {}
     }

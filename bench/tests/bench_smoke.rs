@@ -7,7 +7,7 @@ mod common;
 use std::process::Stdio;
 use std::time::Duration;
 
-use common::{free_port, wait_listening};
+use common::{BENCH, bin_dir, daemon_bin, free_port, script, wait_listening};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
 
@@ -15,7 +15,7 @@ use tokio::process::Command;
 /// (the process, its WebSocket port, its push port, its pid). Its log keeps being drained.
 async fn daemon(args: &[&str], wait_for: &[&str]) -> (tokio::process::Child, u16, u16, u32) {
     let (ws, push) = (free_port(), free_port());
-    let mut daemon = Command::new(env!("CARGO_BIN_EXE_pushwire"))
+    let mut daemon = Command::new(daemon_bin())
         .args(["--ws-listen", &format!("127.0.0.1:{ws}")])
         .args(["--push-listen", &format!("127.0.0.1:{push}")])
         .args(args)
@@ -67,7 +67,7 @@ async fn every_scenario_passes_its_own_checks_at_500_clients() {
     let (_daemon, ws, push, pid) = daemon(&["--http-listen", "127.0.0.1:0"], &["listening"]).await;
 
     let stdout = stdout_of(
-        Command::new(env!("CARGO_BIN_EXE_pushwire-bench"))
+        Command::new(BENCH)
             .args(["--ws", &format!("ws://127.0.0.1:{ws}/")])
             .args(["--push", &format!("127.0.0.1:{push}")])
             .args(["--server-pid", &pid.to_string()])
@@ -116,7 +116,7 @@ async fn every_scenario_passes_its_own_checks_at_500_clients() {
     ] {
         let name = scenario[0];
         let stdout = stdout_of(
-            Command::new(env!("CARGO_BIN_EXE_pushwire-bench"))
+            Command::new(BENCH)
                 .args(["--ws", &format!("ws://127.0.0.1:{ws}/")])
                 .args(["--push", &format!("127.0.0.1:{push}")])
                 .args(["--server-pid", &pid.to_string(), "--json-only"])
@@ -142,30 +142,24 @@ async fn every_scenario_passes_its_own_checks_at_500_clients() {
 /// under two labels), alternating fresh daemons, and the median/ratio table at the end.
 #[test]
 fn bench_compare_alternates_two_servers_and_prints_ratios() {
-    let bin_dir = std::path::Path::new(env!("CARGO_BIN_EXE_pushwire"))
-        .parent()
-        .expect("binary directory")
-        .display()
-        .to_string();
+    daemon_bin();
+    let bin_dir = bin_dir().display().to_string();
     let out_dir = std::env::temp_dir().join(format!("bench-compare-{}", std::process::id()));
-    let out = std::process::Command::new(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/scripts/bench-compare.sh"
-    ))
-    .args(["-n", "2", "-o", &out_dir.display().to_string()])
-    .args([format!("before={bin_dir}"), format!("after={bin_dir}")])
-    .args([
-        "--",
-        "fanout",
-        "--fanout-mode",
-        "per-uid",
-        "--clients",
-        "50",
-    ])
-    .args(["--rounds", "2", "--settle-ms", "0"])
-    .env("PUSHWIRE_BENCH", env!("CARGO_BIN_EXE_pushwire-bench"))
-    .output()
-    .expect("run scripts/bench-compare.sh");
+    let out = std::process::Command::new(script("bench-compare.sh"))
+        .args(["-n", "2", "-o", &out_dir.display().to_string()])
+        .args([format!("before={bin_dir}"), format!("after={bin_dir}")])
+        .args([
+            "--",
+            "fanout",
+            "--fanout-mode",
+            "per-uid",
+            "--clients",
+            "50",
+        ])
+        .args(["--rounds", "2", "--settle-ms", "0"])
+        .env("PUSHWIRE_BENCH", BENCH)
+        .output()
+        .expect("run scripts/bench-compare.sh");
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{}\n{stdout}\n{stderr}", out.status);
@@ -241,12 +235,7 @@ async fn cluster_scenarios_pass_their_checks_across_three_nodes() {
         daemons.push(node);
     }
     let bench = |args: Vec<String>| async move {
-        let stdout = stdout_of(
-            Command::new(env!("CARGO_BIN_EXE_pushwire-bench")).args(&args),
-            120,
-            "pushwire-bench",
-        )
-        .await;
+        let stdout = stdout_of(Command::new(BENCH).args(&args), 120, "pushwire-bench").await;
         let reports: Vec<serde_json::Value> = stdout
             .lines()
             .filter(|l| l.starts_with('{'))
@@ -328,7 +317,7 @@ async fn cluster_scenarios_pass_their_checks_across_three_nodes() {
 async fn floor_scenarios_pass_their_checks() {
     for senders in ["1", "3"] {
         let stdout = stdout_of(
-            Command::new(env!("CARGO_BIN_EXE_pushwire-bench"))
+            Command::new(BENCH)
                 .args(["--json-only", "--threads", "1", "--floor-senders", senders])
                 .args(["floor", "--clients", "200", "--rounds", "2"]),
             120,
@@ -357,16 +346,12 @@ async fn floor_scenarios_pass_their_checks() {
 /// `PUSH_VIA` reach the load tool, and the summary pairs each run with its round's floor.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bench_cluster_script_runs_and_pairs_ratios_per_round() {
-    let bin = std::path::Path::new(env!("CARGO_BIN_EXE_pushwire-bench"))
-        .parent()
-        .expect("binary directory");
+    daemon_bin();
+    let bin = bin_dir();
     let out_dir = std::env::temp_dir().join(format!("bench-cluster-smoke-{}", std::process::id()));
     let stdout = stdout_of(
         Command::new("bash")
-            .arg(concat!(
-                env!("CARGO_MANIFEST_DIR"),
-                "/scripts/bench-cluster.sh"
-            ))
+            .arg(script("bench-cluster.sh"))
             .arg("fanout")
             .env("BIN", bin)
             .env("OUT", &out_dir)
