@@ -31,7 +31,7 @@ mod scenarios;
 mod track;
 mod wsread;
 
-use scenarios::{cluster_fanout, events_webhook, floor};
+use scenarios::{cluster_count, cluster_fanout, events_webhook, floor};
 
 use clap::{Parser, Subcommand, ValueEnum};
 use std::net::SocketAddr;
@@ -232,6 +232,24 @@ pub enum Scenario {
         #[arg(long, default_value_t = 0)]
         push_via: usize,
     },
+    /// Cluster mode: what one `/count` costs each node and Redis (its distinct uids are
+    /// counted in Redis), with --clients browsers held on each node in a child process of
+    /// its own; `/count`s one at a time through one node (ignores --ws/--push).
+    ClusterCount {
+        /// One node: `WS_URL,PUSH_ADDR,PID` (repeat per node).
+        #[arg(long = "node", required = true, num_args = 1)]
+        nodes: Vec<String>,
+        /// Which node (0-based, in `--node` order) is asked.
+        #[arg(long, default_value_t = 0)]
+        ask_via: usize,
+        /// `/count` calls [default: 2000; smoke 100].
+        #[arg(long)]
+        counts: Option<u64>,
+        /// The Redis linking the nodes, HOST:PORT: adds its memory per uid online
+        /// (`INFO memory` before and after the uids came online).
+        #[arg(long)]
+        redis: Option<String>,
+    },
     /// A cluster-fanout child: binds --clients browsers to --ws, then checks the deliveries
     /// the parent announces on stdin (internal).
     #[command(hide = true)]
@@ -378,6 +396,20 @@ fn main() {
     match &o.scenario {
         Scenario::ClusterFanout { nodes, push_via } => {
             std::process::exit(cluster_fanout::run(&o, nodes, *push_via))
+        }
+        Scenario::ClusterCount {
+            nodes,
+            ask_via,
+            counts,
+            redis,
+        } => {
+            let args = cluster_count::Args {
+                nodes,
+                ask_via: *ask_via,
+                counts: *counts,
+                redis: redis.as_deref(),
+            };
+            std::process::exit(cluster_count::run(&o, &args))
         }
         Scenario::Floor => std::process::exit(floor::run(&o)),
         Scenario::EventsWebhook { events, rate } => {

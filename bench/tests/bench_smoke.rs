@@ -207,7 +207,9 @@ fn bench_compare_alternates_two_servers_and_prints_ratios() {
 /// The cluster scenarios at a tiny scale: a real redis-server and three real nodes; the
 /// `cluster-fanout` parent spreads its clients over one child process per node and checks
 /// every delivery of a per-uid fan-out, a broadcast and a group push through the first
-/// node; a cross-node `throughput` run reports Redis's CPU per push. No timing assertions.
+/// node; `cluster-count` checks every `/count` is exact and reports what one costs each
+/// node and Redis; a cross-node `throughput` run reports Redis's CPU per push. No timing
+/// assertions.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cluster_scenarios_pass_their_checks_across_three_nodes() {
     let rport = free_port();
@@ -278,6 +280,58 @@ async fn cluster_scenarios_pass_their_checks_across_three_nodes() {
         }
         assert!(r["redis_cpu_us_per_frame"].as_f64().is_some(), "{r}");
     }
+
+    // `/count` through node 1, a call at a time: every answer exact (the tool checks), and
+    // what a call costs each node and Redis reported, as is Redis's memory per uid online.
+    let mut args: Vec<String> = ["--redis-pid", &redis_pid.to_string(), "--json-only"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    args.extend(
+        [
+            "cluster-count",
+            "--clients",
+            "100",
+            "--counts",
+            "50",
+            "--ask-via",
+            "1",
+            "--redis",
+            &format!("127.0.0.1:{rport}"),
+        ]
+        .map(String::from),
+    );
+    for node in &nodes {
+        args.extend(["--node".to_owned(), node.clone()]);
+    }
+    let reports = bench(args).await;
+    let [count] = &reports[..] else {
+        panic!("one cluster-count report: {reports:?}");
+    };
+    assert_eq!(count["scenario"], "cluster-count", "{count}");
+    assert_eq!(
+        (
+            &count["uids_online"],
+            &count["counts"],
+            &count["asked_node"]
+        ),
+        (&300.into(), &50.into(), &1.into()),
+        "{count}"
+    );
+    for key in [
+        "node0_cpu_us_per_count",
+        "node1_cpu_us_per_count",
+        "node2_cpu_us_per_count",
+        "redis_cpu_us_per_count",
+        "redis_cpu_us_per_uid_online",
+        "redis_bytes_per_uid_online",
+    ] {
+        assert!(count[key].as_f64().is_some(), "no {key}: {count}");
+    }
+    assert!(
+        count["count_ms"]["p50_ms"].as_f64().unwrap_or(0.0) > 0.0,
+        "{count}"
+    );
 
     // Browsers on node 1, pushes through node 0: routed through Redis.
     let (_, ws1, _, pid1) = &daemons[1];

@@ -47,6 +47,7 @@
 
 mod ack;
 mod churn;
+pub mod cluster_count;
 pub mod cluster_fanout;
 pub mod events_webhook;
 mod fanout;
@@ -233,6 +234,7 @@ pub async fn main(o: Opts, net: &'static Net) -> Result<bool, String> {
         | Scenario::Floor
         | Scenario::FloorSender { .. }
         | Scenario::ClusterFanout { .. }
+        | Scenario::ClusterCount { .. }
         | Scenario::EventsWebhook { .. }
         | Scenario::EventsReceiver => {
             return Err("this scenario runs without a server".into());
