@@ -91,6 +91,10 @@ pub struct Opts {
     /// [default: enough for at most 500 clients per address, at least 32; max 250].
     #[arg(long, global = true)]
     pub source_addrs: Option<u32>,
+    /// Source addresses come from 127.B.0.0/16 (cluster-fanout gives holder K the block
+    /// K+1, so N nodes' browsers come from N blocks of 127.0.0.0/8).
+    #[arg(long, global = true, default_value_t = 0)]
+    pub source_block: u8,
     /// How the storm knows every client is bound: a probe push to each uid answered `ok`
     /// (each client then has received one message), or the server's `/count` command
     /// (no message at all: the idle-mem figure is then for never-used sockets).
@@ -363,7 +367,7 @@ impl Opts {
 }
 
 /// `ws://host:port/path` → (host:port) resolved.
-fn ws_target(url: &str) -> Result<SocketAddr, String> {
+pub(crate) fn ws_target(url: &str) -> Result<SocketAddr, String> {
     let rest = url
         .strip_prefix("ws://")
         .or_else(|| url.strip_prefix("wss://"))
@@ -481,6 +485,7 @@ fn setup_and_run(o: Opts) -> Result<i32, String> {
         o.ws_read_buffer.max(64),
     );
     net.tls = tls_client(&o)?;
+    net.block = o.source_block;
     let net: &'static client::Net = Box::leak(Box::new(net));
     let ok = rt.block_on(scenarios::main(o, net))?;
     let errors = track::error_count();

@@ -450,3 +450,80 @@ async fn bench_cluster_script_runs_and_pairs_ratios_per_round() {
     assert!(ratio > 0.0, "{paired}");
     let _ = std::fs::remove_dir_all(out_dir);
 }
+
+/// The 10-node scenario at a small size (issue 25 runs it at 10 x 19,000): ten real nodes
+/// on one redis-server, `cluster-fanout` with one holder child per node, each child's
+/// browsers from a block of 127.0.0.0/8 of its own (127.K.0.x); every delivery of the
+/// per-uid fan-out, the broadcast and the group push through node 0 checked, and each
+/// node's CPU per frame reported.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_nodes_each_hold_their_browsers_in_a_child_of_their_own() {
+    let rport = free_port();
+    let mut redis = Command::new("redis-server")
+        .args(["--port", &rport.to_string(), "--bind", "127.0.0.1"])
+        .args(["--save", "", "--appendonly", "no"])
+        .stdout(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start redis-server (scripts/test.sh installs it)");
+    let redis_pid = redis.id().expect("redis pid");
+    wait_listening(rport).await;
+    let url = format!("redis://127.0.0.1:{rport}/");
+    let mut daemons = Vec::new();
+    let mut args: Vec<String> = ["--redis-pid", &redis_pid.to_string(), "--json-only"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    args.extend(["cluster-fanout", "--clients", "50", "--rounds", "1"].map(String::from));
+    for _ in 0..10 {
+        let node = daemon(
+            &["--http-listen", "off", "--redis", &url],
+            &["listening", "redis connected"],
+        )
+        .await;
+        let at = format!("ws://127.0.0.1:{}/,127.0.0.1:{},{}", node.1, node.2, node.3);
+        args.extend(["--node".to_owned(), at]);
+        daemons.push(node);
+    }
+    let out = tokio::time::timeout(
+        Duration::from_secs(120),
+        Command::new(BENCH).args(&args).kill_on_drop(true).output(),
+    )
+    .await
+    .expect("cluster-fanout over 10 nodes within 120 s")
+    .expect("run pushwire-bench");
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{}\n{stdout}\n{stderr}", out.status);
+    // A block that cannot be bound falls back to the kernel's choice, with a warning.
+    assert!(!stderr.contains("cannot bind source address"), "{stderr}");
+    let reports: Vec<serde_json::Value> = stdout
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).expect("JSON report line"))
+        .collect();
+    assert_eq!(reports.len(), 3, "{stdout}");
+    for r in &reports {
+        assert_eq!(
+            (r["ok"].as_bool(), r["errors"].as_u64()),
+            (Some(true), Some(0)),
+            "{r}"
+        );
+        assert_eq!(
+            (r["nodes"].as_u64(), r["clients"].as_u64()),
+            (Some(10), Some(500)),
+            "{r}"
+        );
+        for k in 0..10 {
+            assert!(
+                r[format!("node{k}_cpu_us_per_frame")].as_f64().is_some(),
+                "{r}"
+            );
+        }
+        // Each holder saw its sockets come from its own block (the tool checks 127.K+1).
+        assert_eq!(r["source_blocks"], 10, "{r}");
+    }
+    let _ = redis.kill().await;
+}

@@ -44,7 +44,13 @@ pub async fn holder(ctx: &mut Ctx) {
         return;
     };
     let n = fleet.len();
-    println!("@ready {}", fleet.alive.load(Ordering::Acquire));
+    // How many are bound, and from which blocks of 127.0.0.0/8 their sockets came.
+    let blocks: Vec<String> = ctx.net.blocks().iter().map(u8::to_string).collect();
+    println!(
+        "@ready {} {}",
+        fleet.alive.load(Ordering::Acquire),
+        blocks.join(",")
+    );
     let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
     while let Ok(Some(line)) = lines.next_line().await {
         let mut words = line.split_whitespace();
@@ -150,6 +156,9 @@ fn spawn_holder(
     if let Some(s) = o.source_addrs {
         cmd.args(["--source-addrs", &s.to_string()]);
     }
+    // Each node's browsers from a block of 127.0.0.0/8 of their own (127.K+1.0.2..).
+    let block = u8::try_from(k + 1).map_err(|_| format!("{k} nodes: at most 254"))?;
+    cmd.args(["--source-block", &block.to_string()]);
     cmd.args(["holder", "--tag", tag])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -203,6 +212,8 @@ pub(super) struct Bound {
     pub bound: u64,
     /// Each node's CPU and Redis's while that node's clients connected and bound.
     pub usage: Vec<crate::procstat::Usage>,
+    /// Distinct blocks of 127.0.0.0/8 the holders' sockets came from (one per node).
+    pub source_blocks: usize,
 }
 
 /// Starts one holder per node, one node at a time (a connect storm per node, not three
@@ -218,6 +229,7 @@ pub(super) fn bind_all(
     let mut holders = Vec::new();
     let mut usage = Vec::new();
     let mut bound = 0u64;
+    let mut blocks = std::collections::BTreeSet::new();
     let storm_wait = Duration::from_millis(o.storm_timeout_ms + 30_000);
     for (k, node) in nodes.iter().enumerate() {
         eprintln!("{scenario}: binding {n} clients to node {k} ({})", node.ws);
@@ -225,7 +237,19 @@ pub(super) fn bind_all(
         holders.push(spawn_holder(o, k, node, &format!("{tag}n{k}"), tx.clone())?);
         let ready = await_all(&said, k..k + 1, "@ready", storm_wait)?;
         usage.push(meter.stop());
-        let alive: u64 = ready[0].parse().unwrap_or(0);
+        let mut said_ready = ready[0].split(' ');
+        let alive: u64 = said_ready.next().unwrap_or("").parse().unwrap_or(0);
+        // Its browsers came from the block of 127.0.0.0/8 it was given (127.K+1.x.x).
+        let from = said_ready.next().unwrap_or("");
+        let spread = o.source_addrs() > 0
+            && crate::ws_target(&node.ws).is_ok_and(|a| a.ip().is_loopback() && a.is_ipv4());
+        if spread && from != (k + 1).to_string() {
+            track::error(format!(
+                "node {k}: its browsers came from 127.{from}.x.x, not 127.{}.x.x",
+                k + 1
+            ));
+        }
+        blocks.insert(from.to_owned());
         if alive != n as u64 {
             track::error(format!("node {k}: {alive} of {n} clients bound"));
         }
@@ -236,6 +260,7 @@ pub(super) fn bind_all(
         said,
         bound,
         usage,
+        source_blocks: blocks.len(),
     })
 }
 
@@ -330,6 +355,7 @@ fn parent(o: &Opts, nodes: &[String], push_via: usize) -> Result<Vec<Report>, St
         mut holders,
         said,
         bound,
+        source_blocks,
         ..
     } = bind_all(o, &nodes, &tag, "cluster-fanout")?;
     let conn = TcpStream::connect(origin.push).map_err(|e| format!("push connection: {e}"))?;
@@ -486,6 +512,11 @@ fn parent(o: &Opts, nodes: &[String], push_via: usize) -> Result<Vec<Report>, St
         }
         report(&mut rep, &rounds, k_nodes, n);
         rep.int("origin_node", "node the pushes went to", push_via as u64);
+        rep.int(
+            "source_blocks",
+            "blocks of 127.0.0.0/8 the browsers came from",
+            source_blocks as u64,
+        );
         reports.push(rep.finish());
     }
     quit(holders)?;
