@@ -10,11 +10,16 @@
 #               CLIENTS browsers, and cluster-fanout: CLIENTS browsers on each of A, B, C
 #               (3 x CLIENTS; one bench child process per node), pushed through A: per-uid,
 #               /broadcast, /group; each node's CPU per delivered frame
+#   count       (only when named) cluster-count: COUNT_CLIENTS browsers on each of A, B, C,
+#               then COUNTS `/count`s one at a time through A, each checked exact: each
+#               node's and Redis's CPU per /count, the round trip, Redis's CPU and memory
+#               per uid online; once per size in COUNT_CLIENTS
 # Every run's JSON line (tagged with its round) goes to OUT/runs.jsonl; at the end, each
 # figure's median per (what, scenario), the per-node ratios to the floors' medians, and
 # the paired ratios (each run to the floor of its own round) are printed.
 #
-# Usage: scripts/bench-cluster.sh [latency] [throughput] [fanout]   (default: all three)
+# Usage: scripts/bench-cluster.sh [latency] [throughput] [fanout] [count]
+#        (default: latency throughput fanout)
 # Env: ROUNDS (3), CLIENTS (19000), LAT_CLIENTS (2000), RATE (2000), DURATION_MS (3000),
 #      PUSHES (40000), FANOUT_ROUNDS (3), OUT (a new temporary directory),
 #      BIN (target/release): where pushwire and pushwire-bench are;
@@ -23,9 +28,11 @@
 #      reply then counts only what was confirmed in time, and the bench's check fails);
 #      FANOUT_MODE (all; or per-uid, broadcast, group): which cluster fan-outs run;
 #      PUSH_VIA (0): the node (0 = A, 1 = B, 2 = C) the cluster fan-outs are pushed to;
+#      COUNT_CLIENTS ("334 6334 19000": about 1k, 19k and 57k uids online on the three
+#      nodes), COUNTS (2000): the count part's sizes and calls per run;
 #      THREADS (1): bench worker threads reading the fan-out, the same for the floor and
 #      for pushwire (the readers' scheduling changes what the sender pays per wake-up).
-# Needs target/release/{pushwire,pushwire-bench} (cargo build --release) and redis-server.
+# Needs target/release/{pushwire,pushwire-bench} (cargo build --release --workspace) and redis-server.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/listening.sh
@@ -33,6 +40,7 @@ parts=${*:-latency throughput fanout}
 ROUNDS=${ROUNDS:-3} CLIENTS=${CLIENTS:-19000} LAT_CLIENTS=${LAT_CLIENTS:-2000}
 RATE=${RATE:-2000} DURATION_MS=${DURATION_MS:-3000} PUSHES=${PUSHES:-40000}
 FANOUT_ROUNDS=${FANOUT_ROUNDS:-3} FANOUT_MODE=${FANOUT_MODE:-all} PUSH_VIA=${PUSH_VIA:-0} THREADS=${THREADS:-1} CLUSTER_TIMEOUT_MS=${CLUSTER_TIMEOUT_MS:-1000}
+COUNT_CLIENTS=${COUNT_CLIENTS:-334 6334 19000} COUNTS=${COUNTS:-2000}
 OUT=${OUT:-$(mktemp -d)}
 mkdir -p "$OUT"
 runs=$OUT/runs.jsonl
@@ -100,6 +108,14 @@ for round in $(seq "$ROUNDS"); do
 				--node "$(ws $a_ws),127.0.0.1:$a_push,$a_pid" --node "$(ws $b_ws),127.0.0.1:$b_push,$b_pid" \
 				--node "$(ws $c_ws),127.0.0.1:$c_push,$c_pid"
 			;;
+		count)
+			for per_node in $COUNT_CLIENTS; do
+				bench "count-3x$per_node" --threads "$THREADS" --redis-pid $rpid \
+					cluster-count --clients "$per_node" --counts "$COUNTS" --redis "127.0.0.1:$rport" \
+					--node "$(ws $a_ws),127.0.0.1:$a_push,$a_pid" --node "$(ws $b_ws),127.0.0.1:$b_push,$b_pid" \
+					--node "$(ws $c_ws),127.0.0.1:$c_push,$c_pid"
+			done
+			;;
 		*) echo "bench-cluster: unknown part $part" >&2 && exit 2 ;;
 		esac
 	done
@@ -112,7 +128,10 @@ runs = [json.loads(l) for l in open(sys.argv[1])]
 failed = [r for r in runs if not r.get('ok')]
 keys = ['p50_ms', 'p99_ms', 'pushes_per_s', 'server_cpu_us_per_push_hires', 'redis_cpu_us_per_push',
         'last_delivery_ms', 'server_cpu_us_per_frame', 'node0_cpu_us_per_frame', 'node1_cpu_us_per_frame',
-        'node2_cpu_us_per_frame', 'node_cpu_us_per_frame_max', 'redis_cpu_us_per_frame', 'floor_cpu_us_per_frame']
+        'node2_cpu_us_per_frame', 'node_cpu_us_per_frame_max', 'redis_cpu_us_per_frame', 'floor_cpu_us_per_frame',
+        'uids_online', 'count_ms.p50_ms', 'count_ms.p99_ms', 'node0_cpu_us_per_count', 'node1_cpu_us_per_count',
+        'node2_cpu_us_per_count', 'nodes_cpu_us_per_count', 'redis_cpu_us_per_count',
+        'redis_cpu_us_per_uid_online', 'redis_bytes_per_uid_online']
 by = defaultdict(lambda: defaultdict(list))
 for r in runs:
     flat = dict(r)

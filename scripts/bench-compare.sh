@@ -19,7 +19,7 @@
 #
 # Example (the change in your working tree against main, 19k clients, broadcast only):
 #   git worktree add /tmp/main main && (cd /tmp/main && cargo build --release)
-#   cargo build --release
+#   cargo build --release --workspace
 #   scripts/bench-compare.sh main=/tmp/main/target/release new=target/release -- \
 #       fanout --fanout-mode broadcast --clients 19000 --rounds 5
 set -euo pipefail
@@ -61,7 +61,7 @@ done
 
 bench=${PUSHWIRE_BENCH:-target/release/pushwire-bench}
 if [[ -z ${PUSHWIRE_BENCH:-} ]]; then
-	cargo build --release --bin pushwire-bench >&2
+	cargo build --release -p pushwire-bench >&2
 fi
 [[ -n $out ]] || out=$(mktemp -d)
 mkdir -p "$out"

@@ -28,7 +28,7 @@ bin=$(realpath "$dir/pushwire")
 [[ -x $bin ]] || { echo "bench-events: no pushwire binary in $dir" >&2; exit 2; }
 bench=${PUSHWIRE_BENCH:-target/release/pushwire-bench}
 if [[ -z ${PUSHWIRE_BENCH:-} ]]; then
-	cargo build --release --bin pushwire-bench >&2
+	cargo build --release -p pushwire-bench >&2
 fi
 
 tmp=$(mktemp -d)

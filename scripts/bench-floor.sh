@@ -29,7 +29,7 @@ done
 shift $((OPTIND - 1))
 (($#)) || { sed -n '2,14p' "$0" >&2; exit 2; }
 bench=${PUSHWIRE_BENCH:-target/release/pushwire-bench}
-[[ -x $bench ]] || cargo build --release --bin pushwire-bench
+[[ -x $bench ]] || cargo build --release -p pushwire-bench
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 

@@ -80,6 +80,11 @@ deb="$(cargo deb | tail -n 1)"
 [[ -f $deb ]] || die "cargo deb did not print the package it built (got '$deb')"
 version="$(dpkg-deb -f "$deb" Version)"
 echo "built $deb ($version)"
+# The daemon alone: the load tool (bench/, a workspace member of its own) is never shipped.
+programs="$(dpkg-deb -c "$deb" | awk '{print $NF}' | grep -E '^\./usr/s?bin/.' || true)"
+[[ $programs == ./usr/bin/pushwire ]] || die "the package's programs are not just /usr/bin/pushwire: $programs"
+! dpkg-deb -c "$deb" | grep -q 'pushwire-bench' || die "the package holds the load tool"
+echo "ok  one program in the package: /usr/bin/pushwire"
 
 cleanup() {
 	if is_installed; then

@@ -20,7 +20,7 @@ clients=${2:-2000}
 bin_dir=${PUSHWIRE_BIN_DIR:-target/release}
 max_growth=${SOAK_MAX_GROWTH_KIB:-16384}
 if [[ -z ${PUSHWIRE_BIN_DIR:-} ]]; then
-	cargo build --release --bins >&2
+	cargo build --release --workspace --bins >&2
 fi
 
 log=$(mktemp)

@@ -2,7 +2,8 @@
 # The project's test command: make sure the real clients the tests drive exist
 # (php with its curl and redis extensions, OpenBSD nc, chromium, curl, Prometheus's
 # promtool, nginx and openssl, iproute2, Autobahn|Testsuite's wstest, the Pusher clients:
-# pusher-js, Laravel Echo and the Node and Python server SDKs), then run every cargo test.
+# pusher-js, Laravel Echo and the Node and Python server SDKs), then run every cargo test
+# of the workspace: the daemon's and the load tool's (bench/, whose smoke tests run both binaries).
 #
 # Usage: scripts/test.sh [extra cargo test args...]
 #   e.g. scripts/test.sh chromium -- --nocapture   (a name filter, applied to every target)
@@ -95,4 +96,4 @@ scripts/autobahn.sh >/dev/null || die "cannot install Autobahn|Testsuite (script
 scripts/pusher-clients.sh || die "cannot install the Pusher clients (scripts/pusher-clients.sh)"
 
 # --no-fail-fast: one failing target must not hide the results of the others.
-exec cargo test --all-targets --no-fail-fast "$@"
+exec cargo test --workspace --all-targets --no-fail-fast "$@"

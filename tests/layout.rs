@@ -11,7 +11,7 @@ fn src() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("src")
 }
 
-/// Every `.rs` file under `dir` (the load tool's `src/bin/` left out).
+/// Every `.rs` file under `dir`.
 fn rust_files(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
     let mut dirs = vec![dir.to_path_buf()];
@@ -19,9 +19,7 @@ fn rust_files(dir: &Path) -> Vec<PathBuf> {
         for entry in std::fs::read_dir(&d).expect("read src") {
             let path = entry.expect("dir entry").path();
             if path.is_dir() {
-                if path.file_name().is_some_and(|n| n != "bin") {
-                    dirs.push(path);
-                }
+                dirs.push(path);
             } else if path.extension().is_some_and(|e| e == "rs") {
                 out.push(path);
             }
@@ -225,4 +223,47 @@ fn modules_import_each_other_without_a_cycle() {
         cycle.iter().any(|m| m == "nodes") && cycle.iter().any(|m| m == "service"),
         "{cycle:?}"
     );
+}
+
+/// The load tool is a workspace member of its own (`bench/`): the daemon's package has
+/// one program, the daemon (`src/main.rs`, no `src/bin/`), and builds none of the
+/// tool's code; the tool forbids `unsafe` and keeps a file per scenario, none over
+/// ~1,000 lines.
+#[test]
+fn the_load_tool_is_a_workspace_member_of_its_own() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    assert!(!src().join("bin").exists(), "src/bin/ is back");
+    let manifest = std::fs::read_to_string(root.join("Cargo.toml")).expect("Cargo.toml");
+    assert!(
+        !manifest.contains("[[bin]]"),
+        "a second program in the daemon's package"
+    );
+    assert!(
+        manifest.contains(r#"members = [".", "bench"]"#),
+        "{manifest}"
+    );
+    let bench = root.join("bench");
+    let own = std::fs::read_to_string(bench.join("Cargo.toml")).expect("bench/Cargo.toml");
+    assert!(own.contains(r#"name = "pushwire-bench""#), "{own}");
+    let main = std::fs::read_to_string(bench.join("src/main.rs")).expect("bench/src/main.rs");
+    assert!(main.contains("#![forbid(unsafe_code)]"));
+    let files = rust_files(&bench.join("src"));
+    let scenarios = rust_files(&bench.join("src/scenarios"));
+    for scenario in ["storm", "fanout", "throughput", "cluster_fanout", "floor"] {
+        assert!(
+            scenarios
+                .iter()
+                .any(|f| f.ends_with(format!("{scenario}.rs"))),
+            "no scenarios/{scenario}.rs in {scenarios:?}"
+        );
+    }
+    let long: Vec<(String, usize)> = files
+        .iter()
+        .map(|f| {
+            let lines = std::fs::read_to_string(f).expect("read").lines().count();
+            (f.display().to_string(), lines)
+        })
+        .filter(|(_, lines)| *lines > 1_000)
+        .collect();
+    assert_eq!(long, Vec::new(), "files over 1,000 lines");
 }

@@ -3,17 +3,16 @@
 //! connections, groups) drains to empty, and that memory returns near its first-round
 //! level; the long run and its figures are in docs/benchmarks.md.
 
-use std::path::Path;
+mod common;
+
 use std::process::Command;
 
 #[test]
 fn short_soak_keeps_the_ledger_and_drains_the_registry() {
-    let bin_dir = Path::new(env!("CARGO_BIN_EXE_pushwire"))
-        .parent()
-        .expect("binary directory");
-    let out = Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/soak.sh"))
+    common::daemon_bin();
+    let out = Command::new(common::script("soak.sh"))
         .args(["10", "300"])
-        .env("PUSHWIRE_BIN_DIR", bin_dir)
+        .env("PUSHWIRE_BIN_DIR", common::bin_dir())
         .output()
         .expect("run scripts/soak.sh");
     let stdout = String::from_utf8_lossy(&out.stdout);

@@ -26,8 +26,14 @@ pub struct Net {
     pub ws_url: String,
     pub ws_addr: SocketAddr,
     pub push_addr: SocketAddr,
-    /// Number of 127.0.0.X source addresses (X = 2, 3, …) to rotate over; 0 = let the kernel pick.
+    /// Number of 127.B.0.X source addresses (X = 2, 3, …) to rotate over; 0 = let the kernel pick.
     pub spread: u32,
+    /// B of the source addresses (`--source-block`): processes that hold sockets at once
+    /// (cluster-fanout's holders) each get a block of 127.0.0.0/8 of their own.
+    pub block: u8,
+    /// The second octets of the IPv4 source addresses connections really got (a bit
+    /// each): what a holder tells the cluster-fanout parent.
+    pub seen_blocks: [AtomicU64; 4],
     /// Set when binding a 127.0.0.X source failed (no such local address here).
     spread_off: AtomicBool,
     pub ws_read_buffer: usize,
@@ -52,6 +58,8 @@ impl Net {
             ws_addr,
             push_addr,
             spread: spread.min(250),
+            block: 0,
+            seen_blocks: Default::default(),
             spread_off: AtomicBool::new(false),
             ws_read_buffer,
             next_src: AtomicU64::new(0),
@@ -71,7 +79,7 @@ impl Net {
         }
         let k = self.next_src.fetch_add(1, Ordering::Relaxed) % u64::from(self.spread);
         Some(SocketAddr::new(
-            IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2 + k as u8)),
+            IpAddr::V4(Ipv4Addr::new(127, self.block, 0, 2 + k as u8)),
             0,
         ))
     }
@@ -99,7 +107,20 @@ impl Net {
         }
         let s = sock.connect(target).await?;
         s.set_nodelay(true)?;
+        if let Ok(SocketAddr::V4(local)) = s.local_addr() {
+            let b = local.ip().octets()[1];
+            self.seen_blocks[usize::from(b / 64)].fetch_or(1 << (b % 64), Ordering::Relaxed);
+        }
         Ok(s)
+    }
+
+    /// The second octets of the source addresses seen so far, ascending.
+    pub fn blocks(&self) -> Vec<u8> {
+        (0..=255u8)
+            .filter(|&b| {
+                self.seen_blocks[usize::from(b / 64)].load(Ordering::Relaxed) & (1 << (b % 64)) != 0
+            })
+            .collect()
     }
 
     fn ws_config(&self) -> WebSocketConfig {

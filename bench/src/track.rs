@@ -12,7 +12,7 @@
 //! duplicates are still caught afterwards because runs are never forgotten.
 
 use std::io::Write as _;
-use std::sync::atomic::{AtomicPtr, AtomicU8, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -50,8 +50,16 @@ pub struct Run {
 }
 
 static NEXT_SEQ: AtomicU64 = AtomicU64::new(1);
-static CURRENT: AtomicPtr<Run> = AtomicPtr::new(std::ptr::null_mut());
 static ALL_RUNS: Mutex<Vec<&'static Run>> = Mutex::new(Vec::new());
+
+/// The first runs by their index in `ALL_RUNS`, so a receiver finds the current run (every
+/// frame it checks) with two atomic loads and no lock. A process starts a few runs per
+/// scenario round; past this many, frames are looked up under the lock instead.
+const INDEXED_RUNS: usize = 4096;
+static INDEXED: [OnceLock<&'static Run>; INDEXED_RUNS] = [const { OnceLock::new() }; INDEXED_RUNS];
+/// The current run's index in `INDEXED`, or `NO_RUN`.
+static CURRENT: AtomicUsize = AtomicUsize::new(NO_RUN);
+const NO_RUN: usize = usize::MAX;
 
 fn atomics<T, F: Fn() -> T>(n: usize, f: F) -> Box<[T]> {
     (0..n).map(|_| f()).collect()
@@ -100,8 +108,14 @@ impl Run {
             oks: AtomicU64::new(0),
             fails: AtomicU64::new(0),
         }));
-        lock_runs().push(run);
-        CURRENT.store(run as *const Run as *mut Run, Ordering::Release);
+        let mut runs = lock_runs();
+        let index = runs.len();
+        runs.push(run);
+        let current = match INDEXED.get(index) {
+            Some(slot) if slot.set(run).is_ok() => index,
+            _ => NO_RUN,
+        };
+        CURRENT.store(current, Ordering::Release);
         run
     }
 
@@ -272,17 +286,15 @@ fn lock_runs() -> std::sync::MutexGuard<'static, Vec<&'static Run>> {
 
 /// No run is current any more (frames are then looked up among the finished runs).
 pub fn clear_current() {
-    CURRENT.store(std::ptr::null_mut(), Ordering::Release);
+    CURRENT.store(NO_RUN, Ordering::Release);
 }
 
 fn find_run(seq: u64) -> Option<&'static Run> {
-    let p = CURRENT.load(Ordering::Acquire);
-    if !p.is_null() {
-        // SAFETY: CURRENT only ever holds pointers to leaked (never freed) runs.
-        let run: &'static Run = unsafe { &*p };
-        if run.covers(seq) {
-            return Some(run);
-        }
+    let current = INDEXED.get(CURRENT.load(Ordering::Acquire));
+    if let Some(&run) = current.and_then(OnceLock::get)
+        && run.covers(seq)
+    {
+        return Some(run);
     }
     lock_runs().iter().copied().find(|r| r.covers(seq))
 }

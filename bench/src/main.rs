@@ -9,20 +9,29 @@
 //! exactly once and byte-exact, no unexpected `fail`, no unexpected close. Any violation is
 //! printed to stderr and the process exits 1. Results go to stdout as a table per scenario
 //! plus one JSON line per scenario (`--json-only` keeps just the JSON). Progress goes to
-//! stderr. See `--help` and `docs` at the top of `scenarios.rs` for what each scenario times.
+//! stderr. See `--help`, and the docs at the top of `scenarios/mod.rs` for what each
+//! scenario times.
+//!
+//! # Layout
+//! `main.rs` parses the options and runs one scenario; `scenarios/` has one file per
+//! scenario (`mod.rs`: the shared context and the dispatch). Below them: `client.rs` (the
+//! WebSocket clients and their source addresses), `push.rs` (pipelined backend
+//! connections), `wsread.rs` (the lean frame reader), `track.rs` (the delivery ledger every
+//! check uses), `procstat.rs` (CPU and memory from /proc), `report.rs` (tables and JSON
+//! lines) and `compare.rs` (medians and ratios of earlier runs).
+
+#![forbid(unsafe_code)]
 
 mod client;
-mod cluster;
 mod compare;
-mod events;
-mod floor;
 mod procstat;
 mod push;
 mod report;
-mod resume;
 mod scenarios;
 mod track;
 mod wsread;
+
+use scenarios::{cluster_count, cluster_fanout, events_webhook, floor};
 
 use clap::{Parser, Subcommand, ValueEnum};
 use std::net::SocketAddr;
@@ -82,6 +91,10 @@ pub struct Opts {
     /// [default: enough for at most 500 clients per address, at least 32; max 250].
     #[arg(long, global = true)]
     pub source_addrs: Option<u32>,
+    /// Source addresses come from 127.B.0.0/16 (cluster-fanout gives holder K the block
+    /// K+1, so N nodes' browsers come from N blocks of 127.0.0.0/8).
+    #[arg(long, global = true, default_value_t = 0)]
+    pub source_block: u8,
     /// How the storm knows every client is bound: a probe push to each uid answered `ok`
     /// (each client then has received one message), or the server's `/count` command
     /// (no message at all: the idle-mem figure is then for never-used sockets).
@@ -223,6 +236,24 @@ pub enum Scenario {
         #[arg(long, default_value_t = 0)]
         push_via: usize,
     },
+    /// Cluster mode: what one `/count` costs each node and Redis (its distinct uids are
+    /// counted in Redis), with --clients browsers held on each node in a child process of
+    /// its own; `/count`s one at a time through one node (ignores --ws/--push).
+    ClusterCount {
+        /// One node: `WS_URL,PUSH_ADDR,PID` (repeat per node).
+        #[arg(long = "node", required = true, num_args = 1)]
+        nodes: Vec<String>,
+        /// Which node (0-based, in `--node` order) is asked.
+        #[arg(long, default_value_t = 0)]
+        ask_via: usize,
+        /// `/count` calls [default: 2000; smoke 100].
+        #[arg(long)]
+        counts: Option<u64>,
+        /// The Redis linking the nodes, HOST:PORT: adds its memory per uid online
+        /// (`INFO memory` before and after the uids came online).
+        #[arg(long)]
+        redis: Option<String>,
+    },
     /// A cluster-fanout child: binds --clients browsers to --ws, then checks the deliveries
     /// the parent announces on stdin (internal).
     #[command(hide = true)]
@@ -336,7 +367,7 @@ impl Opts {
 }
 
 /// `ws://host:port/path` → (host:port) resolved.
-fn ws_target(url: &str) -> Result<SocketAddr, String> {
+pub(crate) fn ws_target(url: &str) -> Result<SocketAddr, String> {
     let rest = url
         .strip_prefix("ws://")
         .or_else(|| url.strip_prefix("wss://"))
@@ -368,13 +399,27 @@ fn main() {
     }
     match &o.scenario {
         Scenario::ClusterFanout { nodes, push_via } => {
-            std::process::exit(cluster::run(&o, nodes, *push_via))
+            std::process::exit(cluster_fanout::run(&o, nodes, *push_via))
+        }
+        Scenario::ClusterCount {
+            nodes,
+            ask_via,
+            counts,
+            redis,
+        } => {
+            let args = cluster_count::Args {
+                nodes,
+                ask_via: *ask_via,
+                counts: *counts,
+                redis: redis.as_deref(),
+            };
+            std::process::exit(cluster_count::run(&o, &args))
         }
         Scenario::Floor => std::process::exit(floor::run(&o)),
         Scenario::EventsWebhook { events, rate } => {
-            std::process::exit(events::run(&o, *events, *rate))
+            std::process::exit(events_webhook::run(&o, *events, *rate))
         }
-        Scenario::EventsReceiver => std::process::exit(events::receiver()),
+        Scenario::EventsReceiver => std::process::exit(events_webhook::receiver()),
         Scenario::FloorSender { .. } => std::process::exit(floor::sender(&o)),
         _ => {}
     }
@@ -440,6 +485,7 @@ fn setup_and_run(o: Opts) -> Result<i32, String> {
         o.ws_read_buffer.max(64),
     );
     net.tls = tls_client(&o)?;
+    net.block = o.source_block;
     let net: &'static client::Net = Box::leak(Box::new(net));
     let ok = rt.block_on(scenarios::main(o, net))?;
     let errors = track::error_count();

@@ -7,7 +7,7 @@ mod common;
 use std::process::Stdio;
 use std::time::Duration;
 
-use common::{free_port, wait_listening};
+use common::{BENCH, bin_dir, daemon_bin, free_port, script, wait_listening};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
 
@@ -15,7 +15,7 @@ use tokio::process::Command;
 /// (the process, its WebSocket port, its push port, its pid). Its log keeps being drained.
 async fn daemon(args: &[&str], wait_for: &[&str]) -> (tokio::process::Child, u16, u16, u32) {
     let (ws, push) = (free_port(), free_port());
-    let mut daemon = Command::new(env!("CARGO_BIN_EXE_pushwire"))
+    let mut daemon = Command::new(daemon_bin())
         .args(["--ws-listen", &format!("127.0.0.1:{ws}")])
         .args(["--push-listen", &format!("127.0.0.1:{push}")])
         .args(args)
@@ -67,7 +67,7 @@ async fn every_scenario_passes_its_own_checks_at_500_clients() {
     let (_daemon, ws, push, pid) = daemon(&["--http-listen", "127.0.0.1:0"], &["listening"]).await;
 
     let stdout = stdout_of(
-        Command::new(env!("CARGO_BIN_EXE_pushwire-bench"))
+        Command::new(BENCH)
             .args(["--ws", &format!("ws://127.0.0.1:{ws}/")])
             .args(["--push", &format!("127.0.0.1:{push}")])
             .args(["--server-pid", &pid.to_string()])
@@ -116,7 +116,7 @@ async fn every_scenario_passes_its_own_checks_at_500_clients() {
     ] {
         let name = scenario[0];
         let stdout = stdout_of(
-            Command::new(env!("CARGO_BIN_EXE_pushwire-bench"))
+            Command::new(BENCH)
                 .args(["--ws", &format!("ws://127.0.0.1:{ws}/")])
                 .args(["--push", &format!("127.0.0.1:{push}")])
                 .args(["--server-pid", &pid.to_string(), "--json-only"])
@@ -142,30 +142,24 @@ async fn every_scenario_passes_its_own_checks_at_500_clients() {
 /// under two labels), alternating fresh daemons, and the median/ratio table at the end.
 #[test]
 fn bench_compare_alternates_two_servers_and_prints_ratios() {
-    let bin_dir = std::path::Path::new(env!("CARGO_BIN_EXE_pushwire"))
-        .parent()
-        .expect("binary directory")
-        .display()
-        .to_string();
+    daemon_bin();
+    let bin_dir = bin_dir().display().to_string();
     let out_dir = std::env::temp_dir().join(format!("bench-compare-{}", std::process::id()));
-    let out = std::process::Command::new(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/scripts/bench-compare.sh"
-    ))
-    .args(["-n", "2", "-o", &out_dir.display().to_string()])
-    .args([format!("before={bin_dir}"), format!("after={bin_dir}")])
-    .args([
-        "--",
-        "fanout",
-        "--fanout-mode",
-        "per-uid",
-        "--clients",
-        "50",
-    ])
-    .args(["--rounds", "2", "--settle-ms", "0"])
-    .env("PUSHWIRE_BENCH", env!("CARGO_BIN_EXE_pushwire-bench"))
-    .output()
-    .expect("run scripts/bench-compare.sh");
+    let out = std::process::Command::new(script("bench-compare.sh"))
+        .args(["-n", "2", "-o", &out_dir.display().to_string()])
+        .args([format!("before={bin_dir}"), format!("after={bin_dir}")])
+        .args([
+            "--",
+            "fanout",
+            "--fanout-mode",
+            "per-uid",
+            "--clients",
+            "50",
+        ])
+        .args(["--rounds", "2", "--settle-ms", "0"])
+        .env("PUSHWIRE_BENCH", BENCH)
+        .output()
+        .expect("run scripts/bench-compare.sh");
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{}\n{stdout}\n{stderr}", out.status);
@@ -213,7 +207,9 @@ fn bench_compare_alternates_two_servers_and_prints_ratios() {
 /// The cluster scenarios at a tiny scale: a real redis-server and three real nodes; the
 /// `cluster-fanout` parent spreads its clients over one child process per node and checks
 /// every delivery of a per-uid fan-out, a broadcast and a group push through the first
-/// node; a cross-node `throughput` run reports Redis's CPU per push. No timing assertions.
+/// node; `cluster-count` checks every `/count` is exact and reports what one costs each
+/// node and Redis; a cross-node `throughput` run reports Redis's CPU per push. No timing
+/// assertions.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cluster_scenarios_pass_their_checks_across_three_nodes() {
     let rport = free_port();
@@ -241,12 +237,7 @@ async fn cluster_scenarios_pass_their_checks_across_three_nodes() {
         daemons.push(node);
     }
     let bench = |args: Vec<String>| async move {
-        let stdout = stdout_of(
-            Command::new(env!("CARGO_BIN_EXE_pushwire-bench")).args(&args),
-            120,
-            "pushwire-bench",
-        )
-        .await;
+        let stdout = stdout_of(Command::new(BENCH).args(&args), 120, "pushwire-bench").await;
         let reports: Vec<serde_json::Value> = stdout
             .lines()
             .filter(|l| l.starts_with('{'))
@@ -290,6 +281,58 @@ async fn cluster_scenarios_pass_their_checks_across_three_nodes() {
         assert!(r["redis_cpu_us_per_frame"].as_f64().is_some(), "{r}");
     }
 
+    // `/count` through node 1, a call at a time: every answer exact (the tool checks), and
+    // what a call costs each node and Redis reported, as is Redis's memory per uid online.
+    let mut args: Vec<String> = ["--redis-pid", &redis_pid.to_string(), "--json-only"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    args.extend(
+        [
+            "cluster-count",
+            "--clients",
+            "100",
+            "--counts",
+            "50",
+            "--ask-via",
+            "1",
+            "--redis",
+            &format!("127.0.0.1:{rport}"),
+        ]
+        .map(String::from),
+    );
+    for node in &nodes {
+        args.extend(["--node".to_owned(), node.clone()]);
+    }
+    let reports = bench(args).await;
+    let [count] = &reports[..] else {
+        panic!("one cluster-count report: {reports:?}");
+    };
+    assert_eq!(count["scenario"], "cluster-count", "{count}");
+    assert_eq!(
+        (
+            &count["uids_online"],
+            &count["counts"],
+            &count["asked_node"]
+        ),
+        (&300.into(), &50.into(), &1.into()),
+        "{count}"
+    );
+    for key in [
+        "node0_cpu_us_per_count",
+        "node1_cpu_us_per_count",
+        "node2_cpu_us_per_count",
+        "redis_cpu_us_per_count",
+        "redis_cpu_us_per_uid_online",
+        "redis_bytes_per_uid_online",
+    ] {
+        assert!(count[key].as_f64().is_some(), "no {key}: {count}");
+    }
+    assert!(
+        count["count_ms"]["p50_ms"].as_f64().unwrap_or(0.0) > 0.0,
+        "{count}"
+    );
+
     // Browsers on node 1, pushes through node 0: routed through Redis.
     let (_, ws1, _, pid1) = &daemons[1];
     let (_, _, push0, _) = &daemons[0];
@@ -328,7 +371,7 @@ async fn cluster_scenarios_pass_their_checks_across_three_nodes() {
 async fn floor_scenarios_pass_their_checks() {
     for senders in ["1", "3"] {
         let stdout = stdout_of(
-            Command::new(env!("CARGO_BIN_EXE_pushwire-bench"))
+            Command::new(BENCH)
                 .args(["--json-only", "--threads", "1", "--floor-senders", senders])
                 .args(["floor", "--clients", "200", "--rounds", "2"]),
             120,
@@ -357,16 +400,12 @@ async fn floor_scenarios_pass_their_checks() {
 /// `PUSH_VIA` reach the load tool, and the summary pairs each run with its round's floor.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bench_cluster_script_runs_and_pairs_ratios_per_round() {
-    let bin = std::path::Path::new(env!("CARGO_BIN_EXE_pushwire-bench"))
-        .parent()
-        .expect("binary directory");
+    daemon_bin();
+    let bin = bin_dir();
     let out_dir = std::env::temp_dir().join(format!("bench-cluster-smoke-{}", std::process::id()));
     let stdout = stdout_of(
         Command::new("bash")
-            .arg(concat!(
-                env!("CARGO_MANIFEST_DIR"),
-                "/scripts/bench-cluster.sh"
-            ))
+            .arg(script("bench-cluster.sh"))
             .arg("fanout")
             .env("BIN", bin)
             .env("OUT", &out_dir)
@@ -410,4 +449,81 @@ async fn bench_cluster_script_runs_and_pairs_ratios_per_round() {
         .unwrap_or_else(|| panic!("no ratio in {paired:?}"));
     assert!(ratio > 0.0, "{paired}");
     let _ = std::fs::remove_dir_all(out_dir);
+}
+
+/// The 10-node scenario at a small size (issue 25 runs it at 10 x 19,000): ten real nodes
+/// on one redis-server, `cluster-fanout` with one holder child per node, each child's
+/// browsers from a block of 127.0.0.0/8 of its own (127.K.0.x); every delivery of the
+/// per-uid fan-out, the broadcast and the group push through node 0 checked, and each
+/// node's CPU per frame reported.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_nodes_each_hold_their_browsers_in_a_child_of_their_own() {
+    let rport = free_port();
+    let mut redis = Command::new("redis-server")
+        .args(["--port", &rport.to_string(), "--bind", "127.0.0.1"])
+        .args(["--save", "", "--appendonly", "no"])
+        .stdout(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start redis-server (scripts/test.sh installs it)");
+    let redis_pid = redis.id().expect("redis pid");
+    wait_listening(rport).await;
+    let url = format!("redis://127.0.0.1:{rport}/");
+    let mut daemons = Vec::new();
+    let mut args: Vec<String> = ["--redis-pid", &redis_pid.to_string(), "--json-only"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    args.extend(["cluster-fanout", "--clients", "50", "--rounds", "1"].map(String::from));
+    for _ in 0..10 {
+        let node = daemon(
+            &["--http-listen", "off", "--redis", &url],
+            &["listening", "redis connected"],
+        )
+        .await;
+        let at = format!("ws://127.0.0.1:{}/,127.0.0.1:{},{}", node.1, node.2, node.3);
+        args.extend(["--node".to_owned(), at]);
+        daemons.push(node);
+    }
+    let out = tokio::time::timeout(
+        Duration::from_secs(120),
+        Command::new(BENCH).args(&args).kill_on_drop(true).output(),
+    )
+    .await
+    .expect("cluster-fanout over 10 nodes within 120 s")
+    .expect("run pushwire-bench");
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{}\n{stdout}\n{stderr}", out.status);
+    // A block that cannot be bound falls back to the kernel's choice, with a warning.
+    assert!(!stderr.contains("cannot bind source address"), "{stderr}");
+    let reports: Vec<serde_json::Value> = stdout
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).expect("JSON report line"))
+        .collect();
+    assert_eq!(reports.len(), 3, "{stdout}");
+    for r in &reports {
+        assert_eq!(
+            (r["ok"].as_bool(), r["errors"].as_u64()),
+            (Some(true), Some(0)),
+            "{r}"
+        );
+        assert_eq!(
+            (r["nodes"].as_u64(), r["clients"].as_u64()),
+            (Some(10), Some(500)),
+            "{r}"
+        );
+        for k in 0..10 {
+            assert!(
+                r[format!("node{k}_cpu_us_per_frame")].as_f64().is_some(),
+                "{r}"
+            );
+        }
+        // Each holder saw its sockets come from its own block (the tool checks 127.K+1).
+        assert_eq!(r["source_blocks"], 10, "{r}");
+    }
+    let _ = redis.kill().await;
 }

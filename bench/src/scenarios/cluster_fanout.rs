@@ -28,7 +28,7 @@ use std::time::Duration;
 /// Sequence numbers of the parent's runs start here (children's own runs count from 1).
 const SEQ0: u64 = 1 << 40;
 
-fn wall_ns() -> u64 {
+pub(super) fn wall_ns() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as u64)
@@ -44,7 +44,13 @@ pub async fn holder(ctx: &mut Ctx) {
         return;
     };
     let n = fleet.len();
-    println!("@ready {}", fleet.alive.load(Ordering::Acquire));
+    // How many are bound, and from which blocks of 127.0.0.0/8 their sockets came.
+    let blocks: Vec<String> = ctx.net.blocks().iter().map(u8::to_string).collect();
+    println!(
+        "@ready {} {}",
+        fleet.alive.load(Ordering::Acquire),
+        blocks.join(",")
+    );
     let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
     while let Ok(Some(line)) = lines.next_line().await {
         let mut words = line.split_whitespace();
@@ -94,13 +100,13 @@ pub async fn holder(ctx: &mut Ctx) {
 
 // ---- parent ---------------------------------------------------------------------------------
 
-struct Node {
-    ws: String,
-    push: SocketAddr,
-    pid: u32,
+pub(super) struct Node {
+    pub ws: String,
+    pub push: SocketAddr,
+    pub pid: u32,
 }
 
-fn parse_node(s: &str) -> Result<Node, String> {
+pub(super) fn parse_node(s: &str) -> Result<Node, String> {
     let mut parts = s.split(',');
     let (Some(ws), Some(push), Some(pid), None) =
         (parts.next(), parts.next(), parts.next(), parts.next())
@@ -118,13 +124,13 @@ fn parse_node(s: &str) -> Result<Node, String> {
     })
 }
 
-struct Holder {
+pub(super) struct Holder {
     child: Child,
     stdin: ChildStdin,
 }
 
 /// What a child said (`@...` lines only), by child index.
-type Said = mpsc::Receiver<(usize, String)>;
+pub(super) type Said = mpsc::Receiver<(usize, String)>;
 
 fn spawn_holder(
     o: &Opts,
@@ -150,6 +156,9 @@ fn spawn_holder(
     if let Some(s) = o.source_addrs {
         cmd.args(["--source-addrs", &s.to_string()]);
     }
+    // Each node's browsers from a block of 127.0.0.0/8 of their own (127.K+1.0.2..).
+    let block = u8::try_from(k + 1).map_err(|_| format!("{k} nodes: at most 254"))?;
+    cmd.args(["--source-block", &block.to_string()]);
     cmd.args(["holder", "--tag", tag])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -172,7 +181,7 @@ fn spawn_holder(
 
 /// Waits for one `@word ...` line from each child in `from`; returns their rest, in
 /// that order.
-fn await_all(
+pub(super) fn await_all(
     said: &Said,
     from: std::ops::Range<usize>,
     word: &str,
@@ -195,7 +204,81 @@ fn await_all(
     Ok(got.into_iter().flatten().collect())
 }
 
-fn tell(holders: &mut [Holder], line: &str) -> Result<(), String> {
+/// The holders of every node, once each has bound its clients.
+pub(super) struct Bound {
+    pub holders: Vec<Holder>,
+    pub said: Said,
+    /// Clients bound on all nodes.
+    pub bound: u64,
+    /// Each node's CPU and Redis's while that node's clients connected and bound.
+    pub usage: Vec<crate::procstat::Usage>,
+    /// Distinct blocks of 127.0.0.0/8 the holders' sockets came from (one per node).
+    pub source_blocks: usize,
+}
+
+/// Starts one holder per node, one node at a time (a connect storm per node, not three
+/// at once on a shared box), each binding `--clients` uids `<tag>n<k>.<i>`.
+pub(super) fn bind_all(
+    o: &Opts,
+    nodes: &[Node],
+    tag: &str,
+    scenario: &str,
+) -> Result<Bound, String> {
+    let n = o.clients;
+    let (tx, said) = mpsc::channel();
+    let mut holders = Vec::new();
+    let mut usage = Vec::new();
+    let mut bound = 0u64;
+    let mut blocks = std::collections::BTreeSet::new();
+    let storm_wait = Duration::from_millis(o.storm_timeout_ms + 30_000);
+    for (k, node) in nodes.iter().enumerate() {
+        eprintln!("{scenario}: binding {n} clients to node {k} ({})", node.ws);
+        let meter = Meter::start(Some(node.pid));
+        holders.push(spawn_holder(o, k, node, &format!("{tag}n{k}"), tx.clone())?);
+        let ready = await_all(&said, k..k + 1, "@ready", storm_wait)?;
+        usage.push(meter.stop());
+        let mut said_ready = ready[0].split(' ');
+        let alive: u64 = said_ready.next().unwrap_or("").parse().unwrap_or(0);
+        // Its browsers came from the block of 127.0.0.0/8 it was given (127.K+1.x.x).
+        let from = said_ready.next().unwrap_or("");
+        let spread = o.source_addrs() > 0
+            && crate::ws_target(&node.ws).is_ok_and(|a| a.ip().is_loopback() && a.is_ipv4());
+        if spread && from != (k + 1).to_string() {
+            track::error(format!(
+                "node {k}: its browsers came from 127.{from}.x.x, not 127.{}.x.x",
+                k + 1
+            ));
+        }
+        blocks.insert(from.to_owned());
+        if alive != n as u64 {
+            track::error(format!("node {k}: {alive} of {n} clients bound"));
+        }
+        bound += alive;
+    }
+    Ok(Bound {
+        holders,
+        said,
+        bound,
+        usage,
+        source_blocks: blocks.len(),
+    })
+}
+
+/// Tells every holder to quit, and waits for each to exit.
+pub(super) fn quit(mut holders: Vec<Holder>) -> Result<(), String> {
+    tell(&mut holders, "quit")?;
+    for (k, mut h) in holders.into_iter().enumerate() {
+        drop(h.stdin);
+        match h.child.wait() {
+            Ok(st) if st.success() => {}
+            Ok(st) => track::error(format!("holder {k} exited with {st}")),
+            Err(e) => track::error(format!("holder {k}: {e}")),
+        }
+    }
+    Ok(())
+}
+
+pub(super) fn tell(holders: &mut [Holder], line: &str) -> Result<(), String> {
     for h in holders.iter_mut() {
         writeln!(h.stdin, "{line}").map_err(|e| format!("telling a holder: {e}"))?;
         h.stdin
@@ -206,7 +289,7 @@ fn tell(holders: &mut [Holder], line: &str) -> Result<(), String> {
 }
 
 /// Reads one reply line.
-fn reply_line(rd: &mut BufReader<TcpStream>) -> Result<String, String> {
+pub(super) fn reply_line(rd: &mut BufReader<TcpStream>) -> Result<String, String> {
     let mut line = String::new();
     match rd.read_line(&mut line) {
         Ok(0) => Err("push connection closed".into()),
@@ -224,14 +307,19 @@ struct Round {
     redis_ms: Option<f64>,
 }
 
-fn median(v: &mut [f64]) -> f64 {
+pub(super) fn median(v: &mut [f64]) -> f64 {
     v.sort_by(f64::total_cmp);
     v.get(v.len() / 2).copied().unwrap_or(0.0)
 }
 
 pub fn run(o: &Opts, nodes: &[String], push_via: usize) -> i32 {
     track::now_ns();
-    match parent(o, nodes, push_via) {
+    exit_code(o, parent(o, nodes, push_via))
+}
+
+/// Prints a parent's reports; the process's exit code (0: every check passed).
+pub(super) fn exit_code(o: &Opts, reports: Result<Vec<Report>, String>) -> i32 {
+    match reports {
         Ok(reports) => {
             let mut ok = true;
             for r in reports {
@@ -263,25 +351,13 @@ fn parent(o: &Opts, nodes: &[String], push_via: usize) -> Result<Vec<Report>, St
         .ok_or_else(|| format!("--push-via {push_via}: there are {} nodes", nodes.len()))?;
     let (n, k_nodes) = (o.clients, nodes.len());
     let tag = format!("c{:x}", wall_ns() % 0xffff_ffff);
-    let (tx, said) = mpsc::channel();
-    let mut holders = Vec::new();
-    let mut bound = 0u64;
-    // One node at a time: a connect storm per node, not three at once on a shared box.
-    let storm_wait = Duration::from_millis(o.storm_timeout_ms + 30_000);
-    for (k, node) in nodes.iter().enumerate() {
-        eprintln!(
-            "cluster-fanout: binding {n} clients to node {k} ({})",
-            node.ws
-        );
-        holders.push(spawn_holder(o, k, node, &format!("{tag}n{k}"), tx.clone())?);
-        let ready = await_all(&said, k..k + 1, "@ready", storm_wait)?;
-        let alive: u64 = ready[0].parse().unwrap_or(0);
-        if alive != n as u64 {
-            track::error(format!("node {k}: {alive} of {n} clients bound"));
-        }
-        bound += alive;
-    }
-    drop(tx);
+    let Bound {
+        mut holders,
+        said,
+        bound,
+        source_blocks,
+        ..
+    } = bind_all(o, &nodes, &tag, "cluster-fanout")?;
     let conn = TcpStream::connect(origin.push).map_err(|e| format!("push connection: {e}"))?;
     let _ = conn.set_nodelay(true);
     let mut wr = conn
@@ -436,17 +512,14 @@ fn parent(o: &Opts, nodes: &[String], push_via: usize) -> Result<Vec<Report>, St
         }
         report(&mut rep, &rounds, k_nodes, n);
         rep.int("origin_node", "node the pushes went to", push_via as u64);
+        rep.int(
+            "source_blocks",
+            "blocks of 127.0.0.0/8 the browsers came from",
+            source_blocks as u64,
+        );
         reports.push(rep.finish());
     }
-    tell(&mut holders, "quit")?;
-    for (k, mut h) in holders.into_iter().enumerate() {
-        drop(h.stdin);
-        match h.child.wait() {
-            Ok(st) if st.success() => {}
-            Ok(st) => track::error(format!("holder {k} exited with {st}")),
-            Err(e) => track::error(format!("holder {k}: {e}")),
-        }
-    }
+    quit(holders)?;
     Ok(reports)
 }
 
