@@ -420,7 +420,12 @@ pub(super) fn script_command(name: &'static str, slot: u16) -> fred::types::Cust
 /// `cluster/history/scripts.rs`, `PUSH`). Numbers go as integers, and `script` and the
 /// node are shared values, so only the keys, the channel and the epoch are allocated per
 /// push, and the limits go once per call.
-fn script_args(cluster: &Cluster, batch: &[Outgoing], pushes: &[usize], script: Value) -> Vec<Value> {
+fn script_args(
+    cluster: &Cluster,
+    batch: &[Outgoing],
+    pushes: &[usize],
+    script: Value,
+) -> Vec<Value> {
     let limits = cluster.history.unwrap_or(HistoryLimits {
         messages: 0,
         bytes: 0,
@@ -433,11 +438,15 @@ fn script_args(cluster: &Cluster, batch: &[Outgoing], pushes: &[usize], script: 
     let int = |v: u64| Value::Integer(i64::try_from(v).unwrap_or(i64::MAX));
     let mut args = Vec::with_capacity(7 + pushes.len() * (3 + ch::PUSH_ARGS));
     args.push(script);
-    args.push(Value::Integer(i64::try_from(pushes.len() * 3).unwrap_or(i64::MAX)));
+    args.push(Value::Integer(
+        i64::try_from(pushes.len() * 3).unwrap_or(i64::MAX),
+    ));
     let numbered = || {
-        pushes
-            .iter()
-            .filter_map(|&i| batch.get(i).and_then(|out| Some((out, out.numbered.as_ref()?))))
+        pushes.iter().filter_map(|&i| {
+            batch
+                .get(i)
+                .and_then(|out| Some((out, out.numbered.as_ref()?)))
+        })
     };
     for (_, n) in numbered() {
         args.extend(n.keys.iter().map(|k| Value::from(k.as_str())));
@@ -593,4 +602,3 @@ mod tests {
         );
     }
 }
-
