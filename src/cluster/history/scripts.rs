@@ -62,6 +62,13 @@ redis.call('PEXPIRE', KEYS[1], ARGV[3])
 return 1
 "#;
 
+/// Sets every key's TTL to ARGV[1] ms: the histories a node holds, kept alive in one
+/// call per batch of uids where `PEXPIRE` would be one command per key.
+pub const KEEP_SCRIPT: &str = r#"
+for _, key in ipairs(KEYS) do redis.call('PEXPIRE', key, ARGV[1]) end
+return #KEYS
+"#;
+
 /// How many connections acked at least ARGV[2] of epoch ARGV[1] (hex): KEYS[1] the acks
 /// hash.
 pub const ACKS_SCRIPT: &str = r#"
