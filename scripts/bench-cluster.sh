@@ -31,7 +31,10 @@
 #      COUNT_CLIENTS ("334 6334 19000": about 1k, 19k and 57k uids online on the three
 #      nodes), COUNTS (2000): the count part's sizes and calls per run;
 #      THREADS (1): bench worker threads reading the fan-out, the same for the floor and
-#      for pushwire (the readers' scheduling changes what the sender pays per wake-up).
+#      for pushwire (the readers' scheduling changes what the sender pays per wake-up);
+#      NODE_FLAGS (none): more flags for A, B and C (e.g. `--history-messages 0`: history off);
+#      BENCH_FLAGS (none): more global flags for the bench (e.g. `--v1`: v1 browsers, so
+#      every uid has a history in Redis and each push is numbered and kept).
 # Needs target/release/{pushwire,pushwire-bench} (cargo build --release --workspace) and redis-server.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -66,15 +69,17 @@ start() { # $1 name, $2... extra flags; sets ${name}_pid, _ws, _push
 	printf -v "${1}_ws" %s "$ws_port"
 	printf -v "${1}_push" %s "$push_port"
 }
-for n in a b c; do start $n --redis "redis://127.0.0.1:$rport/" --cluster-timeout-ms "$CLUSTER_TIMEOUT_MS"; done
-start s
+read -ra node_flags <<<"${NODE_FLAGS:-}"
+read -ra bench_flags <<<"${BENCH_FLAGS:-}"
+for n in a b c; do start $n --redis "redis://127.0.0.1:$rport/" --cluster-timeout-ms "$CLUSTER_TIMEOUT_MS" "${node_flags[@]}"; done
+start s "${node_flags[@]}"
 sleep 1
 # bench LABEL ARGS...: one run, its JSON lines tagged with what=LABEL.
 bench() {
 	local label=$1
 	shift
 	echo "bench-cluster: $label: $*" >&2
-	$bin/pushwire-bench --json-only --progress-ms 0 "$@" |
+	$bin/pushwire-bench --json-only --progress-ms 0 "${bench_flags[@]}" "$@" |
 		python3 -c "
 import json,sys
 for l in sys.stdin:

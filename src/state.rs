@@ -205,10 +205,18 @@ impl State {
     /// changes. `tls` must be `Some` exactly when the port already serves TLS (turning
     /// TLS on or off needs a restart: the port's scheme would change under the browsers).
     /// Returns what changed, for the log.
-    pub fn reload(&self, next: Reloadable, tls: Option<&TlsFiles>) -> Result<Vec<Change>, String> {
+    pub fn reload(
+        &self,
+        mut next: Reloadable,
+        tls: Option<&TlsFiles>,
+    ) -> Result<Vec<Change>, String> {
         self.events.check_secret(next.events_secret.as_ref())?;
         if self.config.gateway.is_some() {
             crate::config::GatewayConfig::check_secret(next.gateway_secret.as_ref())?;
+        } else {
+            // No gateway door: no gateway secret is in force (as at start), so a reload
+            // that resolves one (the push secret it would follow) changes nothing.
+            next.gateway_secret = None;
         }
         let mut changed = match (&self.tls, tls) {
             (Some(acceptor), Some(files)) => {

@@ -430,3 +430,51 @@ async fn histories_made_by_binds_are_bounded_redis_cluster() {
     })
     .await;
 }
+
+/// The histories of uids a node holds outlive `--history-keep-ms`: the node refreshes
+/// their TTL (on a single Redis in one script call per batch of keys).
+async fn held_histories_outlive_the_keep_time(url: &str, keys: impl AsyncFn(&str) -> usize) {
+    let node = TestServer::start_http(pushwire::Config {
+        redis: Some(url.to_owned()),
+        cluster_timeout: Duration::from_millis(2000),
+        history_messages: 100,
+        history_keep: Duration::from_millis(600),
+        ..pushwire::Config::default()
+    })
+    .await;
+    let http = node.http_addr.expect("http door");
+    poll_until(STEP, "the node ready", || async move {
+        readyz(http).await.starts_with("HTTP/1.1 200")
+    })
+    .await;
+    let mut push = PushClient::connect(node.push_addr).await;
+    let mut tabs = Vec::new();
+    for i in 0..3u64 {
+        let uid = format!("keep{i}");
+        let mut tab = V1Client::connect(node.ws_addr, &uid, None).await;
+        assert_eq!(push.request(&line(&uid, "a", i)).await, "ok\n");
+        tab.expect_msg(1, &line(&uid, "a", i)).await;
+        tabs.push(tab);
+    }
+    // Four times the keep time: without the refresh every key would be gone.
+    sleep(Duration::from_millis(2400)).await;
+    assert_eq!(keys("pw:h:*").await, 3, "history hashes still there");
+    assert_eq!(keys("pw:l:*").await, 3, "history lists still there");
+    drop(tabs);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn held_histories_outlive_the_keep_time_standalone() {
+    let redis = Redis::start().await;
+    held_histories_outlive_the_keep_time(&redis.url(), async |p: &str| redis.count_keys(p).await)
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn held_histories_outlive_the_keep_time_redis_cluster() {
+    let cluster = RedisCluster::start().await;
+    held_histories_outlive_the_keep_time(&cluster.url(), async |p: &str| {
+        cluster.count_keys(p).await
+    })
+    .await;
+}

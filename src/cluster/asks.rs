@@ -237,6 +237,7 @@ impl Cluster {
                 numbered,
                 done: Some(count_tx),
                 waits: (late == Late::Drop).then_some(req),
+                joins: false,
             })
         };
         let this = self.clone();

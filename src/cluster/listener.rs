@@ -147,6 +147,7 @@ pub(super) async fn listen(cluster: Arc<Cluster>) {
                     numbered: None,
                     done: None,
                     waits: None,
+                    joins: false,
                 });
                 continue;
             }
@@ -206,6 +207,7 @@ fn send_answers(cluster: &Cluster, origin: &[u8], message: Bytes) {
         numbered: None,
         done: None,
         waits: None,
+        joins: true,
     });
 }
 

@@ -3,11 +3,13 @@
 //! tells the replies waiting on it.
 
 use super::asks::{Published, Unanswered, Waiting};
+use super::envelope::ANSWER_SEP;
 use super::history::scripts as ch;
 use super::link::ERROR_REPEAT;
 use super::{Cluster, now_ms};
 use crate::history::HistoryLimits;
 use crate::wire::envelope::Position;
+use bytes::BufMut;
 use bytes::Bytes;
 use fred::interfaces::{ClientLike, PubsubInterface};
 use fred::types::Value;
@@ -33,6 +35,9 @@ pub(super) struct Outgoing {
     /// `None`: nobody waits (a holder's answers), or a fan-out member, sent whenever it
     /// can be.
     pub(super) waits: Option<u64>,
+    /// A batch of answers without bodies (`listener::Answers`): joined in one publish
+    /// with the others to the same origin found in the same pipeline.
+    pub(super) joins: bool,
 }
 
 /// A push to run through the numbering script.
@@ -125,20 +130,22 @@ pub(super) async fn publisher(cluster: Arc<Cluster>, mut queue: mpsc::Receiver<O
             None => ("EVAL", Value::from_static_str(ch::push_script())),
         };
         let pipeline = fred::clients::Pipeline::from(cluster.cmd.with_options(&once));
+        let commands = commands(&batch, cluster.cmd.is_clustered());
         let mut queued = true;
-        for out in &batch {
-            let r: Result<(), _> = match &out.numbered {
-                Some(n) => {
+        for command in &commands {
+            let r: Result<(), _> = match command {
+                Command::Script { slot, pushes } => {
                     pipeline
                         .custom(
-                            script_command(name, n.slot),
-                            script_args(&cluster, out, n, script.clone()),
+                            script_command(name, *slot),
+                            script_args(&cluster, &batch, pushes, script.clone()),
                         )
                         .await
                 }
-                None => {
+                Command::Plain(parts) => {
+                    let out = &batch[parts[0]];
                     pipeline
-                        .spublish(out.channel.as_str(), out.message.clone())
+                        .spublish(out.channel.as_str(), joined(&batch, parts))
                         .await
                 }
             };
@@ -152,18 +159,20 @@ pub(super) async fn publisher(cluster: Arc<Cluster>, mut queue: mpsc::Receiver<O
         };
         // A shard without the script ran none of them: run those again, in order, with
         // the script's text (which loads it there).
-        for (i, out) in batch.iter().enumerate() {
-            let (Some(n), Some(Err(err))) = (&out.numbered, results.get(i)) else {
+        for (i, command) in commands.iter().enumerate() {
+            let (Command::Script { slot, pushes }, Some(Err(err))) = (command, results.get(i))
+            else {
                 continue;
             };
             if !err.details().contains("NOSCRIPT") {
                 continue;
             }
-            let args = script_args(&cluster, out, n, Value::from_static_str(ch::push_script()));
+            let text = Value::from_static_str(ch::push_script());
+            let args = script_args(&cluster, &batch, pushes, text);
             results[i] = cluster
                 .cmd
                 .with_options(&once)
-                .custom(script_command("EVAL", n.slot), args)
+                .custom(script_command("EVAL", *slot), args)
                 .await;
         }
         if results.iter().any(|r| {
@@ -172,38 +181,158 @@ pub(super) async fn publisher(cluster: Arc<Cluster>, mut queue: mpsc::Receiver<O
         }) {
             cluster.timed_out("a publish");
         }
-        // Fewer answers than publishes: fred failed the whole pipeline with one error.
-        let whole = (results.len() != batch.len()).then(|| match results.as_slice() {
+        // Fewer answers than commands: fred failed the whole pipeline with one error.
+        let whole = (results.len() != commands.len()).then(|| match results.as_slice() {
             _ if !queued => Unanswered::NotSent,
             [Err(err)] => not_sent(err),
             _ => Unanswered::InDoubt,
         });
-        for (i, out) in batch.drain(..).enumerate() {
-            let n = match (whole, results.get(i)) {
-                (Some(why), _) => Err(why),
-                (None, Some(Ok(Value::Array(items)))) if out.numbered.is_some() => {
-                    parse_pushed(items).ok_or(Unanswered::InDoubt)
-                }
-                (None, Some(Ok(v))) if out.numbered.is_none() => v
-                    .as_i64()
-                    .map(|receivers| Published {
-                        receivers,
-                        ..Published::default()
-                    })
-                    .ok_or(Unanswered::InDoubt),
-                (None, Some(Err(err))) => {
-                    if out.numbered.is_some() {
-                        debug!(%err, "numbering script failed");
-                    }
-                    Err(not_sent(err))
-                }
-                _ => Err(Unanswered::InDoubt),
+        let mut answers: Vec<Option<Result<Published, Unanswered>>> =
+            (0..batch.len()).map(|_| None).collect();
+        for (c, command) in commands.iter().enumerate() {
+            let result = match whole {
+                Some(why) => Err(why),
+                None => results.get(c).ok_or(Unanswered::InDoubt),
             };
+            match command {
+                Command::Plain(parts) => {
+                    for &i in parts {
+                        answers[i] = Some(published(result, None));
+                    }
+                }
+                Command::Script { pushes, .. } => {
+                    for (k, &i) in pushes.iter().enumerate() {
+                        answers[i] = Some(published(result, Some(k)));
+                    }
+                }
+            }
+        }
+        for (out, answer) in batch.drain(..).zip(answers) {
             if let Some(done) = out.done {
-                let _ = done.send(n);
+                let _ = done.send(answer.unwrap_or(Err(Unanswered::InDoubt)));
             }
         }
     }
+}
+
+/// What one publish's command answered: a plain publish's receiver count (`push`:
+/// `None`), or the `push`-th push's part of a script call's answer.
+fn published(
+    result: Result<&Result<Value, fred::error::Error>, Unanswered>,
+    push: Option<usize>,
+) -> Result<Published, Unanswered> {
+    match (result?, push) {
+        (Ok(Value::Array(items)), Some(k)) => items
+            .get(k.saturating_mul(ch::PUSH_ANSWER)..)
+            .and_then(parse_pushed)
+            .ok_or(Unanswered::InDoubt),
+        (Ok(v), None) => v
+            .as_i64()
+            .map(|receivers| Published {
+                receivers,
+                ..Published::default()
+            })
+            .ok_or(Unanswered::InDoubt),
+        (Err(err), push) => {
+            if push.is_some() {
+                debug!(%err, "numbering script failed");
+            }
+            Err(not_sent(err))
+        }
+        _ => Err(Unanswered::InDoubt),
+    }
+}
+
+/// Numbered pushes run in one script call at most (its keys and arguments grow with it).
+pub(super) const SCRIPT_MAX: usize = 64;
+
+/// One command of a publish pipeline.
+#[derive(Debug, PartialEq, Eq)]
+enum Command {
+    /// A plain publish of the batch's publish at this index, or of the answer batches
+    /// at these indices joined (see [`joined`]).
+    Plain(Vec<usize>),
+    /// The numbering script for these pushes of the batch, in order, all of one hash
+    /// slot.
+    Script { slot: u16, pushes: Vec<usize> },
+}
+
+/// Bytes of answers joined in one publish at most (a holder's batches to one origin).
+pub(super) const JOIN_MAX: usize = 32 * 1024;
+
+/// The commands that send `batch`: each plain publish alone, but the answer batches to
+/// one origin joined in one publish (up to [`JOIN_MAX`] bytes), and the numbered pushes
+/// between two plain publishes in one script call per hash slot (one for them all on a
+/// single Redis, whose scripts may touch any key), [`SCRIPT_MAX`] at most per call.
+/// A uid's pushes keep their order: they share a slot, so they go in one call in batch
+/// order, or in calls sent one after another on the same connection; and a plain
+/// publish (a kick, a history-less push) is never moved across a numbered one. Answers
+/// are not ordered with anything (the origin matches each to its request), so they are
+/// joined wherever they fall.
+fn commands(batch: &[Outgoing], clustered: bool) -> Vec<Command> {
+    let mut commands = Vec::new();
+    // The script calls of the numbered pushes since the last plain publish, by slot.
+    let mut run: Vec<Command> = Vec::new();
+    // Where in `commands` the joined answers are, and their bytes so far.
+    let mut joins: Vec<(usize, usize)> = Vec::new();
+    for (i, out) in batch.iter().enumerate() {
+        let Some(n) = &out.numbered else {
+            if out.joins {
+                let open = joins.iter_mut().find(|(at, bytes)| {
+                    matches!(&commands[*at], Command::Plain(parts)
+                        if batch[parts[0]].channel == out.channel
+                            && *bytes + 1 + out.message.len() <= JOIN_MAX)
+                });
+                if let Some((at, bytes)) = open {
+                    *bytes += 1 + out.message.len();
+                    if let Command::Plain(parts) = &mut commands[*at] {
+                        parts.push(i);
+                    }
+                    continue;
+                }
+                joins.retain(|(at, _)| {
+                    !matches!(&commands[*at], Command::Plain(parts) if batch[parts[0]].channel == out.channel)
+                });
+                joins.push((commands.len(), out.message.len()));
+                commands.push(Command::Plain(vec![i]));
+                continue;
+            }
+            commands.append(&mut run);
+            commands.push(Command::Plain(vec![i]));
+            continue;
+        };
+        let slot = if clustered { n.slot } else { 0 };
+        let open = run.iter_mut().rev().find_map(|c| match c {
+            Command::Script { slot: s, pushes } if *s == slot => Some(pushes),
+            _ => None,
+        });
+        match open {
+            Some(pushes) if pushes.len() < SCRIPT_MAX => pushes.push(i),
+            _ => run.push(Command::Script {
+                slot,
+                pushes: vec![i],
+            }),
+        }
+    }
+    commands.append(&mut run);
+    commands
+}
+
+/// The message of a plain publish: one publish's, or answer batches joined by
+/// [`ANSWER_SEP`] (the origin reads a batch of batches as one batch).
+fn joined(batch: &[Outgoing], parts: &[usize]) -> Bytes {
+    if let [one] = parts {
+        return batch[*one].message.clone();
+    }
+    let len = parts.iter().map(|&i| batch[i].message.len() + 1).sum();
+    let mut message = bytes::BytesMut::with_capacity(len);
+    for (k, &i) in parts.iter().enumerate() {
+        if k > 0 {
+            message.put_u8(ANSWER_SEP);
+        }
+        message.put_slice(&batch[i].message);
+    }
+    message.freeze()
 }
 
 /// Keeps in `batch` the publishes still to be sent, each marked as handed to the Redis
@@ -287,11 +416,16 @@ pub(super) fn script_command(name: &'static str, slot: u16) -> fred::types::Cust
     fred::types::CustomCommand::new_static(name, fred::types::ClusterHash::Custom(slot), false)
 }
 
-/// The numbering script's arguments for one push (see `cluster/history/scripts.rs`). Numbers go
-/// as integers and constants as static strings, and `script` and the node are shared
-/// values, so only the keys, the channel and the epoch are allocated per push: at a
-/// `/group` of 57k members this runs 57k times on the origin.
-fn script_args(cluster: &Cluster, out: &Outgoing, n: &Numbered, script: Value) -> Vec<Value> {
+/// The numbering script's arguments for `pushes` of `batch` (see
+/// `cluster/history/scripts.rs`, `PUSH`). Numbers go as integers, and `script` and the
+/// node are shared values, so only the keys, the channel and the epoch are allocated per
+/// push, and the limits go once per call.
+fn script_args(
+    cluster: &Cluster,
+    batch: &[Outgoing],
+    pushes: &[usize],
+    script: Value,
+) -> Vec<Value> {
     let limits = cluster.history.unwrap_or(HistoryLimits {
         messages: 0,
         bytes: 0,
@@ -302,23 +436,38 @@ fn script_args(cluster: &Cluster, out: &Outgoing, n: &Numbered, script: Value) -
         stale_acks: 0,
     });
     let int = |v: u64| Value::Integer(i64::try_from(v).unwrap_or(i64::MAX));
-    vec![
-        script,
-        Value::from_static_str("3"),
-        n.keys[0].as_str().into(),
-        n.keys[1].as_str().into(),
-        n.keys[2].as_str().into(),
-        out.channel.as_str().into(),
+    let mut args = Vec::with_capacity(7 + pushes.len() * (3 + ch::PUSH_ARGS));
+    args.push(script);
+    args.push(Value::Integer(
+        i64::try_from(pushes.len() * 3).unwrap_or(i64::MAX),
+    ));
+    let numbered = || {
+        pushes.iter().filter_map(|&i| {
+            batch
+                .get(i)
+                .and_then(|out| Some((out, out.numbered.as_ref()?)))
+        })
+    };
+    for (_, n) in numbered() {
+        args.extend(n.keys.iter().map(|k| Value::from(k.as_str())));
+    }
+    args.extend([
         cluster.node_arg.clone(),
-        int(n.req),
-        Value::Bytes(out.message.clone()),
         int(now_ms()),
         int(limits.messages as u64),
         int(limits.bytes as u64),
         int(limits.age.as_millis() as u64),
-        int(n.queue_ttl),
-        ch::epoch_text(ch::new_epoch()).into(),
-    ]
+    ]);
+    for (out, n) in numbered() {
+        args.extend([
+            out.channel.as_str().into(),
+            int(n.req),
+            Value::Bytes(out.message.clone()),
+            int(n.queue_ttl),
+            ch::epoch_text(ch::new_epoch()).into(),
+        ]);
+    }
+    args
 }
 
 #[cfg(test)]
@@ -339,6 +488,7 @@ mod tests {
                 numbered: None,
                 done: Some(done),
                 waits,
+                joins: false,
             };
             (out, answer)
         };
@@ -362,6 +512,7 @@ mod tests {
             numbered: None,
             done: None,
             waits: None,
+            joins: true,
         };
         let mut batch = vec![refused, member, answer];
         refuse_pushes(&mut batch);
@@ -369,5 +520,85 @@ mod tests {
         assert_eq!(kept, ["answer"]);
         assert!(matches!(refused_answer.await, Ok(Err(Unanswered::NotSent))));
         assert!(matches!(member_answer.await, Ok(Err(Unanswered::NotSent))));
+    }
+    /// How a batch becomes commands: numbered pushes share one script call per slot
+    /// (one in all on a single Redis), in batch order, never moved across a plain
+    /// publish; answer batches to one origin are joined wherever they fall, within
+    /// their byte bound; a full call starts another.
+    #[test]
+    fn numbered_pushes_share_a_call_per_slot_and_answers_join() {
+        let numbered = |slot| Outgoing {
+            channel: format!("u{slot}"),
+            message: Bytes::from_static(b"x"),
+            numbered: Some(Numbered {
+                payload: Bytes::from_static(b"x"),
+                slot,
+                keys: Default::default(),
+                req: 0,
+                queue_ttl: 0,
+            }),
+            done: None,
+            waits: None,
+            joins: false,
+        };
+        let plain = |channel: &str, message: &'static [u8], joins| Outgoing {
+            channel: channel.to_owned(),
+            message: Bytes::from_static(message),
+            numbered: None,
+            done: None,
+            waits: None,
+            joins,
+        };
+        let batch = vec![
+            numbered(1),                  // 0
+            plain("r:a", b"1 1 0", true), // 1
+            numbered(2),                  // 2
+            numbered(1),                  // 3
+            plain("u1", b"kick", false),  // 4
+            numbered(1),                  // 5
+            plain("r:b", b"2 0 0", true), // 6
+            plain("r:a", b"3 1 0", true), // 7
+        ];
+        let script = |slot, pushes: &[usize]| Command::Script {
+            slot,
+            pushes: pushes.to_vec(),
+        };
+        assert_eq!(
+            commands(&batch, true),
+            vec![
+                Command::Plain(vec![1, 7]),
+                script(1, &[0, 3]),
+                script(2, &[2]),
+                Command::Plain(vec![4]),
+                Command::Plain(vec![6]),
+                script(1, &[5]),
+            ]
+        );
+        assert_eq!(
+            commands(&batch, false),
+            vec![
+                Command::Plain(vec![1, 7]),
+                script(0, &[0, 2, 3]),
+                Command::Plain(vec![4]),
+                Command::Plain(vec![6]),
+                script(0, &[5]),
+            ]
+        );
+        assert_eq!(joined(&batch, &[1, 7]), Bytes::from_static(b"1 1 0;3 1 0"));
+        assert_eq!(
+            super::super::envelope::parse_answers(&joined(&batch, &[1, 7])).len(),
+            2
+        );
+        // Bounds: SCRIPT_MAX pushes per call, JOIN_MAX bytes per joined publish.
+        let many: Vec<_> = (0..SCRIPT_MAX + 1).map(|_| numbered(3)).collect();
+        let calls = commands(&many, true);
+        assert_eq!(calls.len(), 2);
+        assert!(matches!(&calls[1], Command::Script { pushes, .. } if pushes == &[SCRIPT_MAX]));
+        static BIG: [u8; JOIN_MAX / 2 - 1] = [b'1'; JOIN_MAX / 2 - 1];
+        let big: Vec<_> = (0..3).map(|_| plain("r:a", &BIG, true)).collect();
+        assert_eq!(
+            commands(&big, false),
+            vec![Command::Plain(vec![0, 1]), Command::Plain(vec![2])]
+        );
     }
 }

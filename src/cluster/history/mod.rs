@@ -280,13 +280,32 @@ pub(super) async fn keep_histories(cluster: Arc<Cluster>) {
             .iter()
             .map(|(_, u)| u.clone())
             .collect();
+        // On a single Redis one script call per chunk sets every key's TTL (a command
+        // per key cost this node and Redis one command per held uid and key every
+        // round: 38,000 per 10 s at 19,000 uids); on a Redis Cluster, whose scripts
+        // touch one slot each, a command per key.
+        let batched = !cluster.cmd.is_clustered();
         for chunk in held.chunks(PIPELINE_MAX / 2) {
             let pipeline = cluster.cmd.pipeline();
+            let mut keys: Vec<Value> = Vec::new();
             for uid in chunk {
                 let (_, [meta, list, _queue]) = cluster.names.history(uid);
                 for key in [meta, list] {
-                    let _: Result<(), _> = pipeline.pexpire(key, keep, None).await;
+                    if batched {
+                        keys.push(key.into());
+                    } else {
+                        let _: Result<(), _> = pipeline.pexpire(key, keep, None).await;
+                    }
                 }
+            }
+            if batched {
+                let n = i64::try_from(keys.len()).unwrap_or(i64::MAX);
+                let mut args = Vec::with_capacity(keys.len() + 3);
+                args.push(Value::from_static_str(ch::KEEP_SCRIPT));
+                args.push(Value::Integer(n));
+                args.append(&mut keys);
+                args.push(Value::Integer(keep));
+                let _: Result<Value, _> = pipeline.custom(script_command("EVAL", 0), args).await;
             }
             let _: Vec<Result<Value, _>> = pipeline.try_all().await;
         }

@@ -62,6 +62,13 @@ redis.call('PEXPIRE', KEYS[1], ARGV[3])
 return 1
 "#;
 
+/// Sets every key's TTL to ARGV[1] ms: the histories a node holds, kept alive in one
+/// call per batch of uids where `PEXPIRE` would be one command per key.
+pub const KEEP_SCRIPT: &str = r#"
+for _, key in ipairs(KEYS) do redis.call('PEXPIRE', key, ARGV[1]) end
+return #KEYS
+"#;
+
 /// How many connections acked at least ARGV[2] of epoch ARGV[1] (hex): KEYS[1] the acks
 /// hash.
 pub const ACKS_SCRIPT: &str = r#"
@@ -100,52 +107,75 @@ local function trim(meta, list, max, maxbytes, oldest, bytes)
 end
 "#;
 
-/// The push script, after [`TRIM`]. KEYS: hash, list, queue. ARGV: channel, node,
-/// request number, payload, now (ms), max messages, max bytes, max age (ms), queue TTL
-/// (ms, 0: none), an epoch for a history created now. A queued push (`ttl=`) to a uid no
-/// node holds (nobody hears its channel) creates its history if missing, as a single node
-/// does for a uid without connections (one held only by seed tabs gets the message
-/// unnumbered); if no node hears the uid's channel it also goes to the
-/// queue list (`SEQ UNTIL_MS\nPAYLOAD`, as long as the history at most) and every key
-/// lives at least the TTL. A uid without a history gets the message unnumbered (`0 0`); one with a history numbers it, keeps
-/// it (unless it alone is over the bytes bound: then nothing older is kept either) and
-/// trims. Either way it is published as `NODE REQ h\nEPOCH SEQ\nPAYLOAD`. Returns
-/// {subscribers that got it, its sequence or 0, the epoch or '', queued 0/1}.
+/// The push script, after [`TRIM`]: any number of pushes in one call (a publish
+/// batch's numbered pushes of one hash slot), each as one call of `push`, in order.
+/// KEYS: per push its hash, list, queue. ARGV: node, now (ms), max messages, max bytes,
+/// max age (ms), then per push [`PUSH_ARGS`]: channel, request number, payload, queue
+/// TTL (ms, 0: none), an epoch for a history created now. Returns per push, flat:
+/// subscribers that got it, its sequence or 0, the epoch or '', queued 0/1.
+///
+/// One push: a queued push (`ttl=`) to a uid no node holds (nobody hears its channel)
+/// creates its history if missing, as a single node does for a uid without connections
+/// (one held only by seed tabs gets the message unnumbered); if no node hears the uid's
+/// channel it also goes to the queue list (`SEQ UNTIL_MS\nPAYLOAD`, as long as the
+/// history at most) and every key lives at least the TTL. A uid without a history gets
+/// the message unnumbered (`0 0`); one with a history numbers it, keeps it (unless it
+/// alone is over the bytes bound: then nothing older is kept either) and trims. Either
+/// way it is published as `NODE REQ h\nEPOCH SEQ\nPAYLOAD`.
 const PUSH: &str = r#"
-local head = ARGV[2] .. ' ' .. ARGV[3] .. ' h\n'
-local qttl = tonumber(ARGV[9])
-local epoch = redis.call('HGET', KEYS[1], 'e')
-if not epoch and qttl > 0 and redis.call('PUBSUB', 'SHARDNUMSUB', ARGV[1])[2] == 0 then
-  redis.call('HSET', KEYS[1], 'e', ARGV[10])
-  redis.call('PEXPIRE', KEYS[1], qttl)
-  epoch = ARGV[10]
+local node, now_text, max, maxbytes = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
+local now, maxage = tonumber(ARGV[2]), tonumber(ARGV[5])
+local function push(hash, list, queue, channel, req, payload, qttl, new_epoch)
+  local head = node .. ' ' .. req .. ' h\n'
+  local epoch = redis.call('HGET', hash, 'e')
+  if not epoch and qttl > 0 and redis.call('PUBSUB', 'SHARDNUMSUB', channel)[2] == 0 then
+    redis.call('HSET', hash, 'e', new_epoch)
+    redis.call('PEXPIRE', hash, qttl)
+    epoch = new_epoch
+  end
+  if not epoch then
+    return redis.call('SPUBLISH', channel, head .. '0 0\n' .. payload), 0, '', 0
+  end
+  local seq = redis.call('HINCRBY', hash, 's', 1)
+  local len = #payload
+  if len > maxbytes then
+    redis.call('DEL', list)
+    redis.call('HSET', hash, 'f', seq, 'b', 0)
+  else
+    redis.call('RPUSH', list, seq .. ' ' .. now_text .. '\n' .. payload)
+    local bytes = redis.call('HINCRBY', hash, 'b', len)
+    trim(hash, list, max, maxbytes, now - maxage, bytes)
+    local ttl = redis.call('PTTL', hash)
+    if ttl > 0 then redis.call('PEXPIRE', list, ttl) end
+  end
+  local n = redis.call('SPUBLISH', channel, head .. epoch .. ' ' .. seq .. '\n' .. payload)
+  if n > 0 or qttl <= 0 then return n, seq, epoch, 0 end
+  redis.call('RPUSH', queue, seq .. ' ' .. (now + qttl) .. '\n' .. payload)
+  redis.call('LTRIM', queue, -max, -1)
+  for _, key in ipairs({hash, list, queue}) do
+    local t = redis.call('PTTL', key)
+    if t == -1 or (t >= 0 and t < qttl) then redis.call('PEXPIRE', key, qttl) end
+  end
+  return n, seq, epoch, 1
 end
-if not epoch then
-  return {redis.call('SPUBLISH', ARGV[1], head .. '0 0\n' .. ARGV[4]), 0, '', 0}
+local out = {}
+for i = 0, #KEYS / 3 - 1 do
+  local k, a = i * 3, 5 + i * 5
+  local n, seq, epoch, queued = push(KEYS[k + 1], KEYS[k + 2], KEYS[k + 3], ARGV[a + 1],
+    ARGV[a + 2], ARGV[a + 3], tonumber(ARGV[a + 4]), ARGV[a + 5])
+  out[#out + 1] = n
+  out[#out + 1] = seq
+  out[#out + 1] = epoch
+  out[#out + 1] = queued
 end
-local seq = redis.call('HINCRBY', KEYS[1], 's', 1)
-local len = #ARGV[4]
-if len > tonumber(ARGV[7]) then
-  redis.call('DEL', KEYS[2])
-  redis.call('HSET', KEYS[1], 'f', seq, 'b', 0)
-else
-  redis.call('RPUSH', KEYS[2], seq .. ' ' .. ARGV[5] .. '\n' .. ARGV[4])
-  local bytes = redis.call('HINCRBY', KEYS[1], 'b', len)
-  trim(KEYS[1], KEYS[2], tonumber(ARGV[6]), tonumber(ARGV[7]),
-       tonumber(ARGV[5]) - tonumber(ARGV[8]), bytes)
-  local ttl = redis.call('PTTL', KEYS[1])
-  if ttl > 0 then redis.call('PEXPIRE', KEYS[2], ttl) end
-end
-local n = redis.call('SPUBLISH', ARGV[1], head .. epoch .. ' ' .. seq .. '\n' .. ARGV[4])
-if n > 0 or qttl <= 0 then return {n, seq, epoch, 0} end
-redis.call('RPUSH', KEYS[3], seq .. ' ' .. (tonumber(ARGV[5]) + qttl) .. '\n' .. ARGV[4])
-redis.call('LTRIM', KEYS[3], -tonumber(ARGV[6]), -1)
-for i = 1, 3 do
-  local t = redis.call('PTTL', KEYS[i])
-  if t == -1 or (t >= 0 and t < qttl) then redis.call('PEXPIRE', KEYS[i], qttl) end
-end
-return {n, seq, epoch, 1}
+return out
 "#;
+
+/// The push script's arguments per push, after its five shared ones (see [`PUSH`]).
+pub const PUSH_ARGS: usize = 5;
+
+/// The push script's answer values per push.
+pub const PUSH_ANSWER: usize = 4;
 
 /// The attach script, after [`TRIM`] and [`TAKE`]. KEYS: hash, list, queue. ARGV: an epoch for a history
 /// created now, keep (ms), now (ms), max age (ms), max messages, max bytes, the resume
