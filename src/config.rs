@@ -1,7 +1,7 @@
 //! Runtime limits and timings, the library's view of the command line.
 //!
-//! `main.rs` turns clap arguments into a [`Config`]; tests build one directly, so the
-//! library never sees clap and every knob has one default, here.
+//! The binary (`cli/settings.rs`) turns clap arguments into a [`Config`]; tests build one
+//! directly, so the library never sees clap and every knob has one default, here.
 
 use std::time::Duration;
 

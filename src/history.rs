@@ -14,7 +14,7 @@
 //! # In cluster mode
 //! With `--redis`, a uid's history lives in Redis instead (`cluster/history/scripts.rs`: a hash
 //! and a list per uid, numbered and published by one Lua script), and no [`UidLog`] is
-//! kept: the registry feeds v1 connections from the uid's channel (see `registry.rs`,
+//! kept: the registry feeds v1 connections from the uid's channel (see `registry/mod.rs`,
 //! `Feed`).
 
 use std::collections::{BTreeMap, HashMap, VecDeque};

@@ -19,7 +19,6 @@
 use std::cell::Cell;
 use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
-use std::ops::Range;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -31,7 +30,7 @@ use tracing::{debug, warn};
 use tokio::sync::oneshot;
 
 use crate::events::{Hub, UidSink};
-use crate::fanout::{Helpers, Part};
+use crate::fanout::Helpers;
 use crate::groups::{GroupError, GroupLimits, Groups};
 use crate::history::{HistoryLimits, HistoryShared, Kept, Logs};
 use crate::logsafe::escaped;
@@ -39,6 +38,13 @@ use crate::metrics::{Metric, Metrics};
 use crate::outbox::{Offer, Outbox, QueueLimits};
 use crate::wire::envelope::{Mode, Position, Seq, Status, status_frame};
 use crate::wire::{CloseNotice, Payload, Uid};
+
+mod broadcast;
+mod delivery;
+mod hooks;
+
+pub use delivery::{Delivery, Fanout, Pushed};
+pub use hooks::{HistoryRoom, Presence, RemoteHistory};
 
 /// Enough shards that two cores rarely meet on one lock; each is a small `HashMap`.
 const SHARDS: usize = 64;
@@ -64,53 +70,6 @@ impl std::fmt::Display for ConnId {
     }
 }
 
-/// How many of a uid's connections took a message.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Delivery {
-    /// Connections that queued it.
-    pub queued: usize,
-    /// Connections that refused it (queue full, or already closing).
-    pub refused: usize,
-}
-
-impl std::ops::Add for Delivery {
-    type Output = Delivery;
-
-    fn add(self, other: Delivery) -> Delivery {
-        Delivery {
-            queued: self.queued + other.queued,
-            refused: self.refused + other.refused,
-        }
-    }
-}
-
-impl Delivery {
-    /// The seed's `ok`: at least one live connection took the message.
-    pub fn ok(self) -> bool {
-        self.queued > 0
-    }
-}
-
-/// What one push to a uid did, history included.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Pushed {
-    /// Live connections.
-    pub delivery: Delivery,
-    /// Its place in the uid's history, if the uid has one.
-    pub at: Option<Position>,
-    /// Kept in the offline queue (nobody was connected and a TTL was asked for).
-    pub queued: bool,
-}
-
-/// What one message to several uids did.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Fanout {
-    /// Uids with at least one connection that took it.
-    pub reached: usize,
-    /// Connections over all those uids.
-    pub delivery: Delivery,
-}
-
 /// How an offer reaches an idle connection (see `outbox.rs`, "Writing through").
 #[derive(Debug, Clone, Copy)]
 enum Via<'a> {
@@ -126,59 +85,6 @@ enum Via<'a> {
 /// has workers (one per core by default), run on `fanout.rs`'s helper threads: written
 /// through, the sends are the fan-out's own work.
 const PARALLEL_FANOUT: usize = 2048;
-
-/// Told when a uid gets its first connection here or loses its last (cluster mode
-/// subscribes to a uid's channel exactly while this node holds it). Called under the
-/// uid's shard lock, so it must only take locks of its own and never wait.
-pub trait Presence: Send + Sync + std::fmt::Debug {
-    /// `uid` came online here or went offline here.
-    fn changed(&self, uid: &Uid);
-}
-
-/// Cluster mode with history on: a uid's history lives in Redis, so a v1 connection's
-/// status frame and replay come from there (`cluster.rs`), read after the connection is
-/// registered; until then its live messages wait in the registry (see `Feed`).
-pub trait RemoteHistory: Send + Sync + std::fmt::Debug {
-    /// A v1 connection `conn` of `uid` bound here, resuming from `since`: read its
-    /// history, then call [`Registry::resumed`]. Called with no lock held; must not wait.
-    fn resume(&self, uid: &Uid, conn: ConnId, since: Option<Position>);
-
-    /// A seed connection `conn` of `uid` bound here: take the uid's offline queue, then
-    /// call [`Registry::deliver_to`]. Called with no lock held; must not wait.
-    fn seed_bound(&self, _uid: &Uid, _conn: ConnId) {}
-
-    /// Cluster mode with history on: a v1 tab of `uid` binds here, so its history (made in
-    /// Redis if missing) is counted against `--history-max-uids`, room made if needed.
-    /// Called under the uid's shard lock: must only take locks of its own, never wait.
-    fn admit(&self, _uid: &Uid) -> HistoryRoom {
-        HistoryRoom::Counted
-    }
-
-    /// Cluster mode with history on: the last connection of `uid` here left (its history
-    /// is still counted for `--history-keep-ms`). Under the uid's shard lock, as `admit`.
-    fn left(&self, _uid: &Uid) {}
-
-    /// Histories counted now (`/stats` `history_uids`).
-    fn counted(&self) -> usize {
-        0
-    }
-
-    /// A cluster-fed v1 connection `conn` of `uid` acknowledged everything up to `at`
-    /// (more than it had): record it where the node that accepted the push can see it.
-    /// Called with no lock held; must not wait.
-    fn acked(&self, _uid: &Uid, _conn: ConnId, _at: Position) {}
-}
-
-/// What [`RemoteHistory::admit`] decided about a v1 bind's history.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum HistoryRoom {
-    /// Counted already, or there was room.
-    Counted,
-    /// Counted, by forgetting an offline uid's history (`history_evicted`).
-    MadeRoom,
-    /// Every history counted is in use: the bind is refused (1013, `history_full`).
-    Full,
-}
 
 /// Where a connection's messages come from.
 #[derive(Debug)]
@@ -946,152 +852,6 @@ impl Registry {
                 );
             }
         }
-    }
-
-    /// Offers `msg` to every bound connection, one shard at a time, except those of the
-    /// uids in `except`.
-    pub fn broadcast(&self, msg: &Payload, except: &[Uid]) -> Delivery {
-        self.broadcast_to(msg, except, false)
-    }
-
-    /// Offers `msg` to every bound connection whose queue the registry made: not to those
-    /// bound with [`Registry::bind_shared`] (greeted pages), which their owner reaches
-    /// itself (GatewayClient's `sendToAll`, `addressed.rs`).
-    pub fn broadcast_own(&self, msg: &Payload) -> Delivery {
-        self.broadcast_to(msg, &[], true)
-    }
-
-    fn broadcast_to(&self, msg: &Payload, except: &[Uid], own_only: bool) -> Delivery {
-        let n = self.shared.shards.len();
-        let parts = self.fanout_parts(self.totals().1);
-        if parts == 1 {
-            return self.broadcast_shards(0..n, msg, except, own_only);
-        }
-        let except: Arc<[Uid]> = except.into();
-        let parts = (0..parts)
-            .map(|i| -> Part<Delivery> {
-                let (this, msg, except) = (self.clone(), msg.clone(), except.clone());
-                Box::new(move || {
-                    let range = i * n / parts..(i + 1) * n / parts;
-                    this.broadcast_shards(range, &msg, &except, own_only)
-                })
-            })
-            .collect();
-        let done = self.helpers().run(parts);
-        done.into_iter()
-            .flatten()
-            .fold(Delivery::default(), |a, b| a + b)
-    }
-
-    /// [`Registry::broadcast_to`] over the shards in `range`.
-    fn broadcast_shards(
-        &self,
-        range: Range<usize>,
-        msg: &Payload,
-        except: &[Uid],
-        own_only: bool,
-    ) -> Delivery {
-        self.part(msg, |via| {
-            let mut delivery = Delivery::default();
-            for shard in &self.shared.shards[range] {
-                let mut shard = lock(shard);
-                for (uid, entry) in &mut shard.uids {
-                    if !except.is_empty() && except.contains(uid) {
-                        continue;
-                    }
-                    for member in &mut entry.conns {
-                        if own_only && member.id.shared_queue() {
-                            continue;
-                        }
-                        match member.feed {
-                            Feed::Local => self.offer(uid, member, msg, &mut delivery, via),
-                            // A tab still resuming gets it after its status frame.
-                            _ => self.feed_v1(uid, member, None, msg, &mut delivery, via),
-                        }
-                    }
-                }
-            }
-            delivery
-        })
-    }
-
-    /// Offers `msg` to every connection of each of `uids`.
-    pub fn push_many(&self, uids: &[Uid], msg: &Payload) -> Fanout {
-        let parts = self.fanout_parts(uids.len());
-        if parts == 1 {
-            return self.push_each(uids, msg);
-        }
-        let n = uids.len();
-        let parts = (0..parts)
-            .map(|i| -> Part<Fanout> {
-                let (this, msg) = (self.clone(), msg.clone());
-                let uids = uids[i * n / parts..(i + 1) * n / parts].to_vec();
-                Box::new(move || this.push_each(&uids, &msg))
-            })
-            .collect();
-        let done = self.helpers().run(parts);
-        done.into_iter()
-            .flatten()
-            .fold(Fanout::default(), |a, b| Fanout {
-                reached: a.reached + b.reached,
-                delivery: a.delivery + b.delivery,
-            })
-    }
-
-    /// [`Registry::push_many`] on this thread.
-    fn push_each(&self, uids: &[Uid], msg: &Payload) -> Fanout {
-        self.part(msg, |via| {
-            let mut out = Fanout::default();
-            for uid in uids {
-                let d = self.push_into(uid, msg, None, via).delivery;
-                out.reached += usize::from(d.ok());
-                out.delivery = out.delivery + d;
-            }
-            out
-        })
-    }
-
-    /// How many parts a fan-out to about `recipients` connections is cut into.
-    fn fanout_parts(&self, recipients: usize) -> usize {
-        if recipients < PARALLEL_FANOUT {
-            1
-        } else {
-            self.shared.fanout_threads
-        }
-    }
-
-    /// The fan-out helper threads, started at the first large fan-out.
-    fn helpers(&self) -> &Helpers {
-        self.shared
-            .helpers
-            .get_or_init(|| Helpers::start(self.shared.fanout_threads.saturating_sub(1)))
-    }
-
-    /// Runs one part of a fan-out, writing through, and records the frames it wrote (one
-    /// update of the shared counters per part, not per frame).
-    fn part<R>(&self, msg: &Payload, f: impl FnOnce(Via) -> R) -> R {
-        let written = Cell::new(0);
-        let out = f(Via::Through(&written));
-        self.shared.metrics.frames_written_alike(msg, written.get());
-        out
-    }
-
-    /// Offers `msg` to every connection of every member of `group` (the member list is
-    /// cloned out first, so no group lock is held while offering).
-    /// `None` if the group does not exist; otherwise (members, fan-out).
-    /// Members in `except` are skipped (still counted among the members).
-    pub fn push_group(
-        &self,
-        group: &str,
-        msg: &Payload,
-        except: &[Uid],
-    ) -> Option<(usize, Fanout)> {
-        let mut members = self.groups().members(group)?;
-        let count = members.len();
-        if !except.is_empty() {
-            members.retain(|m| !except.contains(m));
-        }
-        Some((count, self.push_many(&members, msg)))
     }
 
     /// Adds uids to `group`. Returns (newly added, members after).
