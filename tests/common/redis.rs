@@ -189,12 +189,19 @@ pub struct RedisCluster {
 
 impl RedisCluster {
     pub async fn start() -> RedisCluster {
-        RedisCluster::launch(None, [free_port(), free_port(), free_port()]).await
+        loop {
+            let ports = [free_port(), free_port(), free_port()];
+            if let Some(cluster) = RedisCluster::launch(None, ports).await {
+                return cluster;
+            }
+        }
     }
 
     /// One on these three ports (e.g. ones a node was told to use before they served).
     pub async fn start_on(ports: [u16; 3]) -> RedisCluster {
-        RedisCluster::launch(None, ports).await
+        RedisCluster::launch(None, ports)
+            .await
+            .unwrap_or_else(|| panic!("a Redis Cluster master could not listen on {ports:?}"))
     }
 
     /// `redis-cluster://` (`rediss-cluster://` with `tls`) for masters on `ports`.
@@ -211,7 +218,12 @@ impl RedisCluster {
     /// The same over TLS only (`--port 0`, the cluster bus too), every master serving
     /// `cert`; its URL is `rediss-cluster://`.
     pub async fn start_tls(cert: &super::TestCert) -> RedisCluster {
-        RedisCluster::launch(Some(cert), [free_port(), free_port(), free_port()]).await
+        loop {
+            let ports = [free_port(), free_port(), free_port()];
+            if let Some(cluster) = RedisCluster::launch(Some(cert), ports).await {
+                return cluster;
+            }
+        }
     }
 
     /// `redis-cli`, with what it needs to reach a TLS master.
@@ -264,7 +276,10 @@ impl RedisCluster {
         all
     }
 
-    async fn launch(tls: Option<&super::TestCert>, ports: [u16; 3]) -> RedisCluster {
+    /// Three masters on `ports`, made a cluster; `None` if one exited before it listened
+    /// (a port [`free_port`] handed out, or its bus port + 10000, was taken meanwhile by
+    /// another test: the caller tries other ports).
+    async fn launch(tls: Option<&super::TestCert>, ports: [u16; 3]) -> Option<RedisCluster> {
         let dir = std::env::temp_dir().join(format!(
             "pushwire-rc-{}-{}",
             std::process::id(),
@@ -306,8 +321,17 @@ impl RedisCluster {
             let child = spawn_redis(listen, &node_dir, &flags);
             nodes.push(Redis { child, port });
         }
-        for n in &nodes {
-            wait_listening(n.port).await;
+        let mut up = true;
+        for n in &mut nodes {
+            if !listening_or_exited(&mut n.child, n.port).await {
+                up = false;
+                break;
+            }
+        }
+        if !up {
+            drop(nodes);
+            let _ = std::fs::remove_dir_all(&dir);
+            return None;
         }
         let cluster = RedisCluster {
             nodes,
@@ -347,7 +371,7 @@ impl RedisCluster {
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        cluster
+        Some(cluster)
     }
 
     /// The first master's port.
@@ -424,6 +448,28 @@ async fn serving(child: &mut Child, port: u16) -> bool {
             .find_map(|l| l.strip_prefix("process_id:"))
             .and_then(|p| p.trim().parse::<u32>().ok());
         if answering.is_some() && answering == pid {
+            return true;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "redis-server did not listen on {port}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Waits until `child` accepts connections on 127.0.0.1:`port` (true) or has exited
+/// (false: it could not bind); 15 s at most, as [`wait_listening`].
+async fn listening_or_exited(child: &mut Child, port: u16) -> bool {
+    let deadline = Instant::now() + 3 * STEP;
+    loop {
+        if let Ok(Some(_)) = child.try_wait() {
+            return false;
+        }
+        if tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+        {
             return true;
         }
         assert!(
