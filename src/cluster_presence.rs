@@ -10,7 +10,7 @@
 //! nothing either). Each script numbers the uid's event from Redis's clock, above the
 //! uid's last, so the order holds across nodes.
 //!
-//! A node killed with -9 says nothing: every node beats ([`BEAT`]) every
+//! A node killed with -9 says nothing: every node beats ([`beat_once`]) every
 //! [`BEAT_EVERY`], and one that missed [`DEAD_AFTER`] is reaped by the first survivor
 //! that sees it ([`REAP`]): the `close` of each of its connections (code 1006, reason
 //! `node lost`) and its uids into the debounce as if their tabs had closed.
@@ -34,6 +34,7 @@ use tokio::sync::Notify;
 use tracing::{debug, info, warn};
 
 use crate::cluster::Cluster;
+use crate::cluster::{Beat, beat_once};
 use crate::events::{ConnSink, Hub, Kind, UidSink, What};
 use crate::registry::Registry;
 use crate::wire::Uid;
@@ -131,31 +132,6 @@ local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local seq = math.max(tonumber(redis.call('HGET', KEYS[3], ARGV[1]) or 0) + 1, now)
 redis.call('HDEL', KEYS[3], ARGV[1])
 return string.format('%.0f', seq)
-"#;
-
-/// This node is alive until now + ARGV[2] ms. KEYS: alive, its reaped mark; ARGV: node,
-/// dead ms, away ms. Returns whether it was known (0 after being reaped, at its first
-/// beat, or after Redis lost its data), whether it was reaped (the mark, taken), then the
-/// nodes past their deadline. If nobody beat for ARGV[3] ms Redis itself was away: every
-/// node gets a fresh deadline and none is reported.
-const BEAT: &str = r#"
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local last = tonumber(redis.call('HGET', KEYS[1], '') or now)
-local out = {redis.call('HEXISTS', KEYS[1], ARGV[1]), redis.call('DEL', KEYS[2])}
-local entries = redis.call('HGETALL', KEYS[1])
-for i = 1, #entries, 2 do
-  local name, deadline = entries[i], tonumber(entries[i + 1])
-  if name ~= '' and name ~= ARGV[1] then
-    if now - last > tonumber(ARGV[3]) then
-      redis.call('HSET', KEYS[1], name, now + tonumber(ARGV[2]))
-    elseif deadline < now then
-      table.insert(out, name)
-    end
-  end
-end
-redis.call('HSET', KEYS[1], ARGV[1], now + tonumber(ARGV[2]), '', now)
-return out
 "#;
 
 /// Reaps node ARGV[1] (once: the caller whose HDEL took it). KEYS: alive, its conns, its
@@ -481,15 +457,19 @@ impl ClusterPresence {
     }
 
     async fn beat(&self) -> Result<(), fred::error::Error> {
-        let args = vec![
-            self.node.clone(),
-            DEAD_AFTER.as_millis().to_string(),
-            (2 * BEAT_EVERY).as_millis().to_string(),
-        ];
-        let keys = vec![self.key(Key::Alive), self.key(Key::Reaped(&self.node))];
-        let out: Vec<Value> = self.redis().eval(BEAT, keys, args).await?;
-        let known = out.first().and_then(Value::as_i64) == Some(1);
-        let reaped = out.get(1).and_then(Value::as_i64) == Some(1);
+        let Beat {
+            known,
+            reaped,
+            dead,
+        } = beat_once(
+            self.redis(),
+            self.key(Key::Alive),
+            Some(self.key(Key::Reaped(&self.node))),
+            &self.node,
+            DEAD_AFTER,
+            2 * BEAT_EVERY,
+        )
+        .await?;
         let was_beaten = self.beaten.swap(true, std::sync::atomic::Ordering::AcqRel);
         if !known && was_beaten && reaped {
             warn!(
@@ -506,7 +486,7 @@ impl ClusterPresence {
         if !self.hub.has_receivers() {
             return Ok(()); // A node with receivers reaps, to tell them the closes.
         }
-        for dead in out.iter().skip(2).filter_map(Value::as_string) {
+        for dead in dead {
             self.reap(&dead).await?;
         }
         Ok(())

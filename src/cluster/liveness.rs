@@ -6,6 +6,7 @@ use super::link::primary_slots;
 use fred::interfaces::{
     ClientLike, ClusterInterface, HashesInterface, KeysInterface, LuaInterface,
 };
+use fred::types::Value;
 use std::sync::Arc;
 use std::time::Duration;
 use tracing::debug;
@@ -17,15 +18,18 @@ const NODE_BEAT: Duration = Duration::from_secs(1);
 /// How long a node may go without saying so before its subscriptions are closed.
 const NODE_DEAD: Duration = Duration::from_secs(5);
 
-/// Records this node's subscriber as alive until now + ARGV[2] ms (Redis's clock, so the
-/// nodes' clocks do not matter) and returns the names whose time is up. If nobody beat
-/// for over ARGV[3] ms, Redis itself was away (paused, restarted from a snapshot): then
-/// every node gets a fresh deadline and none is reported.
+/// Records node ARGV[1] as alive until now + ARGV[2] ms (Redis's clock, so the nodes'
+/// clocks do not matter) in the deadlines hash KEYS[1]; with KEYS[2], takes (deletes) that
+/// node's "reaped" mark. Returns whether the node was in the hash before, whether the mark
+/// was there, then the names whose time is up. If nobody beat for over ARGV[3] ms, Redis
+/// itself was away (paused, restarted from a snapshot): then every node gets a fresh
+/// deadline and none is reported.
 const BEAT_SCRIPT: &str = r#"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local last = tonumber(redis.call('HGET', KEYS[1], '') or now)
-local dead = {}
+local out = {redis.call('HEXISTS', KEYS[1], ARGV[1]), 0}
+if KEYS[2] then out[2] = redis.call('DEL', KEYS[2]) end
 local entries = redis.call('HGETALL', KEYS[1])
 for i = 1, #entries, 2 do
   local name, deadline = entries[i], tonumber(entries[i + 1])
@@ -33,13 +37,53 @@ for i = 1, #entries, 2 do
     if now - last > tonumber(ARGV[3]) then
       redis.call('HSET', KEYS[1], name, now + tonumber(ARGV[2]))
     elseif deadline < now then
-      table.insert(dead, name)
+      table.insert(out, name)
     end
   end
 end
 redis.call('HSET', KEYS[1], ARGV[1], now + tonumber(ARGV[2]), '', now)
-return dead
+return out
 "#;
+
+/// What one beat found.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Beat {
+    /// This node was in the deadlines hash before the beat: false at its first beat, after
+    /// it was reaped, or after Redis lost its data.
+    pub known: bool,
+    /// This node's reaped mark was there (and is now taken).
+    pub reaped: bool,
+    /// The other nodes past their deadline.
+    pub dead: Vec<String>,
+}
+
+/// One heartbeat, shared by every user of node liveness (the subscriber links here, the
+/// events' presence in `cluster_presence`), so a change to how a node is judged dead is
+/// made once. `alive` is the deadlines hash, `mark` the node's reaped mark if its user
+/// keeps one (same hash slot as `alive`); `dead_after` the deadline given, `away` how
+/// long without any beat means Redis itself was away.
+pub async fn beat_once(
+    redis: &impl LuaInterface,
+    alive: String,
+    mark: Option<String>,
+    node: &str,
+    dead_after: Duration,
+    away: Duration,
+) -> Result<Beat, fred::error::Error> {
+    let mut keys = vec![alive];
+    keys.extend(mark);
+    let args = vec![
+        node.to_owned(),
+        dead_after.as_millis().to_string(),
+        away.as_millis().to_string(),
+    ];
+    let out: Vec<Value> = redis.eval(BEAT_SCRIPT, keys, args).await?;
+    Ok(Beat {
+        known: out.first().and_then(Value::as_i64) == Some(1),
+        reaped: out.get(1).and_then(Value::as_i64) == Some(1),
+        dead: out.iter().skip(2).filter_map(Value::as_string).collect(),
+    })
+}
 
 /// Says every second that this node is alive, and closes the subscriber connections of
 /// nodes that stopped saying so. A node cut off without its TCP connections closing (a
@@ -51,11 +95,6 @@ return dead
 /// reconnects and subscribes again.
 pub(super) async fn beat(cluster: Arc<Cluster>) {
     let me = cluster.sub.id().to_owned();
-    let args = vec![
-        me.clone(),
-        NODE_DEAD.as_millis().to_string(),
-        (2 * NODE_BEAT).as_millis().to_string(),
-    ];
     // The first beat as soon as the link is up: a node is unknown to the others until
     // it has beaten once.
     let mut wait = Duration::ZERO;
@@ -65,16 +104,9 @@ pub(super) async fn beat(cluster: Arc<Cluster>) {
         if !cluster.is_up() {
             continue;
         }
-        let dead: Vec<String> = match cluster
-            .cmd
-            .eval(
-                BEAT_SCRIPT,
-                vec![cluster.names.nodes().to_owned()],
-                args.clone(),
-            )
-            .await
-        {
-            Ok(dead) => dead,
+        let nodes = cluster.names.nodes().to_owned();
+        let dead = match beat_once(&cluster.cmd, nodes, None, &me, NODE_DEAD, 2 * NODE_BEAT).await {
+            Ok(beat) => beat.dead,
             Err(err) => {
                 debug!(%err, "node beat failed; retried");
                 continue;

@@ -108,6 +108,7 @@ pub(crate) use link::node_id;
 use link::{count_replaced, keep_connected, link_tcp, probe, redacted, report_errors, watch};
 use listener::listen;
 use liveness::beat;
+pub use liveness::{Beat, beat_once};
 use publisher::{Outgoing, publisher};
 use subscriptions::reconcile;
 

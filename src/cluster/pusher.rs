@@ -7,7 +7,8 @@
 //! that node), `ucount` (user → connections on every node), `members` (user → user_info),
 //! `cache` (a cache channel's last event, 30 minutes). Per app, `{…:APP}:chans`
 //! (channel → nodes holding it) for the channel list; per node, `{…:node:N}:chans` (the
-//! channels it touched) and `{…}:alive:N`, refreshed every second with a 3 s expiry.
+//! channels it touched) and `{…}:alive` (node → its deadline, Redis's clock), beaten every
+//! second with a 3 s deadline by the one node heartbeat ([`beat_once`]).
 //!
 //! # Delivery
 //! An event (from the HTTP API, a client event, a member event) is delivered here at once
@@ -19,7 +20,7 @@
 //! A member is a user with a connection on any node: the subscribe and unsubscribe
 //! scripts count per user, so `member_added` goes out for the user's first connection
 //! anywhere and `member_removed` for its last, and the member list is read in the same
-//! script. A node killed with -9 stops refreshing its alive key: within
+//! script. A node killed with -9 stops beating: within
 //! [`DEAD_AFTER`] + [`BEAT`] another node takes its counts back (one script per channel,
 //! idempotent, under a lock) and publishes the `member_removed` events. A node whose key
 //! expired while it was cut off closes its Pusher connections with 4200: pusher-js
@@ -36,7 +37,7 @@ use fred::interfaces::{
 use fred::types::{Expiration, SetOptions, Value};
 use tracing::{debug, warn};
 
-use super::Cluster;
+use super::{Beat, Cluster, beat_once};
 use crate::channels::{
     CACHE_TTL, ChannelInfo, Conn, Index, Left, Shared, SubscribeError, Subscribed,
 };
@@ -234,19 +235,22 @@ impl ClusterChannels {
     }
 
     /// Says this node is alive (and known to the others) until [`DEAD_AFTER`] from now;
-    /// returns whether its key was still there.
-    async fn beat(&self) -> Result<bool, NodesError> {
-        let cmd = &self.cluster.cmd;
-        let alive = key(&self.base, &[], &format!("alive:{}", self.node));
-        let ms = DEAD_AFTER.as_millis() as i64;
-        let before: Option<String> = self
-            .bounded(cmd.set(alive, "1", Some(Expiration::PX(ms)), None, true))
-            .await?;
-        self.bounded(cmd.sadd::<i64, _, _>(key(&self.base, &[], "nodes"), &self.node))
-            .await?;
+    /// returns whether it was still known (not reaped, Redis did not lose it) and the
+    /// other nodes past their deadline.
+    async fn beat(&self) -> Result<(bool, Vec<String>), NodesError> {
+        let alive = key(&self.base, &[], "alive");
+        let beat = beat_once(
+            &self.cluster.cmd,
+            alive,
+            None,
+            &self.node,
+            DEAD_AFTER,
+            2 * BEAT,
+        );
+        let Beat { known, dead, .. } = self.bounded(beat).await?;
         self.registered
             .store(true, std::sync::atomic::Ordering::Relaxed);
-        Ok(before.is_some())
+        Ok((known, dead))
     }
 
     /// Delivers `frame` here and publishes it to the other nodes.
@@ -530,7 +534,7 @@ impl ClusterChannels {
             }
         }
         self.bounded(cmd.del::<i64, _>(theirs)).await?;
-        self.bounded(cmd.srem::<i64, _, _>(key(&self.base, &[], "nodes"), dead))
+        self.bounded(cmd.hdel::<i64, _, _>(key(&self.base, &[], "alive"), dead))
             .await?;
         if !chans.is_empty() {
             warn!(
@@ -632,17 +636,18 @@ async fn hear(me: Arc<ClusterChannels>, sub: SubscriberClient) {
 /// node's Pusher connections if its own key had expired (it was cut off and reaped).
 async fn live(me: Arc<ClusterChannels>) {
     let stop = me.cluster.stop.clone();
-    let nodes = key(&me.base, &[], "nodes");
+    let alive = key(&me.base, &[], "alive");
     // The first beat as soon as the link is up, then one per [`BEAT`].
     let mut wait = Duration::from_millis(50);
     loop {
         tokio::select! {
             () = tokio::time::sleep(wait) => {}
             () = stop.cancelled() => {
+                // A deadline in the past, not no entry: the next node to beat reaps this
+                // one's members at once (an entry removed would never be reaped).
                 let cmd = &me.cluster.cmd;
-                let alive = key(&me.base, &[], &format!("alive:{}", me.node));
                 let _ = tokio::time::timeout(me.cluster.timeout, async {
-                    let _: Result<i64, _> = cmd.del(alive).await;
+                    let _: Result<i64, _> = cmd.hset(alive.clone(), (me.node.as_str(), 0)).await;
                 })
                 .await;
                 return;
@@ -654,7 +659,7 @@ async fn live(me: Arc<ClusterChannels>) {
         }
         wait = BEAT;
         let was_registered = me.registered.load(std::sync::atomic::Ordering::Relaxed);
-        let Ok(was_alive) = me.beat().await else {
+        let Ok((was_alive, dead)) = me.beat().await else {
             continue;
         };
         if was_registered && !was_alive {
@@ -666,17 +671,8 @@ async fn live(me: Arc<ClusterChannels>) {
                 "this node was cut off from Redis long enough to be taken for dead: its Pusher connections reconnect"
             );
         }
-        let cmd = &me.cluster.cmd;
-        let Ok(all): Result<Vec<String>, _> = me.bounded(cmd.smembers(nodes.clone())).await else {
-            continue;
-        };
-        for node in all.iter().filter(|n| **n != me.node) {
-            let there: Result<i64, _> = me
-                .bounded(cmd.exists(key(&me.base, &[], &format!("alive:{node}"))))
-                .await;
-            if there == Ok(0)
-                && let Err(e) = me.reap(node).await
-            {
+        for node in &dead {
+            if let Err(e) = me.reap(node).await {
                 debug!(%e, node, "reaping a dead node's Pusher members failed; retried");
             }
         }
