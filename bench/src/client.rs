@@ -201,10 +201,9 @@ pub async fn handshake(net: &Net, url: &str) -> Result<WebSocketStream<Conn>, St
                 .map_err(|e| format!("TLS handshake: {e}"))?,
         )),
     };
-    let (ws, _resp) =
-        tokio_tungstenite::client_async_with_config(url, conn, Some(net.ws_config()))
-            .await
-            .map_err(|e| format!("websocket handshake: {e}"))?;
+    let (ws, _resp) = tokio_tungstenite::client_async_with_config(url, conn, Some(net.ws_config()))
+        .await
+        .map_err(|e| format!("websocket handshake: {e}"))?;
     Ok(ws)
 }
 

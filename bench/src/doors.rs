@@ -57,8 +57,10 @@ impl DoorCfg {
                     serde_json::Value::from(data.as_ref())
                 );
                 let path = format!("/apps/{}/events", self.pusher_id);
-                let keys =
-                    pushwire::wire::pusher::Keys::new(&self.pusher_key, self.pusher_secret.as_bytes());
+                let keys = pushwire::wire::pusher::Keys::new(
+                    &self.pusher_key,
+                    self.pusher_secret.as_bytes(),
+                );
                 let now = std::time::SystemTime::now()
                     .duration_since(std::time::UNIX_EPOCH)
                     .unwrap_or_default()
@@ -105,11 +107,14 @@ async fn connect(net: &Net, cfg: &DoorCfg, channel: &str) -> Result<Conn, String
             let mut ws = handshake(net, &url).await?;
             match ws.next().await {
                 Some(Ok(Message::Text(t))) if t.contains("\"pusher:connection_established\"") => {}
-                Some(Ok(m)) => return Err(format!("first frame is not connection_established: {m:?}")),
+                Some(Ok(m)) => {
+                    return Err(format!("first frame is not connection_established: {m:?}"));
+                }
                 Some(Err(e)) => return Err(format!("reading connection_established: {e}")),
                 None => return Err("closed before connection_established".into()),
             }
-            let sub = serde_json::json!({"event": "pusher:subscribe", "data": {"channel": channel}});
+            let sub =
+                serde_json::json!({"event": "pusher:subscribe", "data": {"channel": channel}});
             ws.send(Message::text(sub.to_string()))
                 .await
                 .map_err(|e| format!("sending pusher:subscribe: {e}"))?;
@@ -144,7 +149,9 @@ pub async fn client(
         }
         Err(_) => {
             fleet.failed.fetch_add(1, Ordering::AcqRel);
-            track::error(format!("client {uid}: connect+handshake+subscribe took over 30 s"));
+            track::error(format!(
+                "client {uid}: connect+handshake+subscribe took over 30 s"
+            ));
             return;
         }
     };
@@ -184,7 +191,10 @@ fn pusher_frame(t: &str, fleet: &Fleet, cfg: &DoorCfg, i: usize) -> bool {
         "pusher:ping" => return true,
         EVENT => {
             let Some(data) = str_of("data") else {
-                track::error(format!("client {uid}: event without a data string: {:?}", excerpt(t)));
+                track::error(format!(
+                    "client {uid}: event without a data string: {:?}",
+                    excerpt(t)
+                ));
                 return false;
             };
             let want = format!(
@@ -202,7 +212,10 @@ fn pusher_frame(t: &str, fleet: &Fleet, cfg: &DoorCfg, i: usize) -> bool {
             }
             track::on_frame(uid, i, data);
         }
-        _ => track::error(format!("client {uid}: unexpected Pusher frame {:?}", excerpt(t))),
+        _ => track::error(format!(
+            "client {uid}: unexpected Pusher frame {:?}",
+            excerpt(t)
+        )),
     }
     false
 }
@@ -254,8 +267,8 @@ async fn receive(mut s: Conn, fleet: &Fleet, cfg: &DoorCfg, i: usize) -> String 
 }
 
 /// nchan: publishes probes until every connected client has received one (then it is
-/// subscribed), or `stop`. Shared channel: one probe at a time while any connected client
-/// is not ready. Own channels: one probe to each connected client not ready, again after
+/// subscribed), or `stop`. Shared channel: once every client has connected, one probe
+/// every 50 ms while any is not ready. Own channels: one probe to each connected client not ready, again after
 /// 200 ms without it. Returns the probes published.
 pub async fn nchan_prober(
     net: &'static Net,
@@ -277,11 +290,18 @@ pub async fn nchan_prober(
         let now = now_ns();
         let mut buf = Vec::new();
         let mut count = 0;
-        let waiting =
-            |i: usize| fleet.up[i].load(Ordering::Acquire) && !fleet.ready[i].load(Ordering::Acquire);
+        let waiting = |i: usize| {
+            fleet.up[i].load(Ordering::Acquire) && !fleet.ready[i].load(Ordering::Acquire)
+        };
         match &cfg.shared {
             Some(ch) => {
-                if (0..n).any(waiting) {
+                // Each probe reaches every subscriber: only once every client has
+                // connected (or failed), then every 50 ms while one has not received any.
+                let settled = fleet.connected.load(Ordering::Acquire)
+                    + fleet.failed.load(Ordering::Acquire)
+                    >= n;
+                if settled && now.saturating_sub(last[0]) > 50_000_000 && (0..n).any(waiting) {
+                    last[0] = now;
                     k += 1;
                     cfg.publish_request(&mut buf, ch, format!("{PROBE}{k}}}").as_bytes());
                     count = 1;
@@ -292,7 +312,11 @@ pub async fn nchan_prober(
                     if waiting(i) && now.saturating_sub(*at) > 200_000_000 {
                         *at = now;
                         k += 1;
-                        cfg.publish_request(&mut buf, &fleet.uids[i], format!("{PROBE}{k}}}").as_bytes());
+                        cfg.publish_request(
+                            &mut buf,
+                            &fleet.uids[i],
+                            format!("{PROBE}{k}}}").as_bytes(),
+                        );
                         count += 1;
                     }
                 }

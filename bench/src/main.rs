@@ -3,6 +3,7 @@
 //! ```text
 //! pushwire-bench --ws ws://127.0.0.1:1234 --push 127.0.0.1:5678 [--server-pid PID] \
 //!     <storm|throughput|churn|latency|fanout|idle-mem|pending-mem|all|floor|events-webhook> [options]
+//! pushwire-bench --door pusher|nchan|own --ws ws://HOST:PORT [--http HOST:PORT] channel-fanout
 //! ```
 //!
 //! Every scenario checks what it measures: each push answered `ok` must reach its client
@@ -15,7 +16,8 @@
 //! # Layout
 //! `main.rs` parses the options and runs one scenario; `scenarios/` has one file per
 //! scenario (`mod.rs`: the shared context and the dispatch). Below them: `client.rs` (the
-//! WebSocket clients and their source addresses), `push.rs` (pipelined backend
+//! WebSocket clients and their source addresses), `doors.rs` (Pusher and nchan
+//! subscribers), `http.rs` (publishers over HTTP keep-alive), `push.rs` (pipelined backend
 //! connections), `wsread.rs` (the lean frame reader), `track.rs` (the delivery ledger every
 //! check uses), `procstat.rs` (CPU and memory from /proc), `report.rs` (tables and JSON
 //! lines) and `compare.rs` (medians and ratios of earlier runs).
@@ -101,7 +103,12 @@ pub struct Opts {
     #[arg(long, global = true, default_value = "bench")]
     pub pusher_id: String,
     /// `--door pusher`: the app's secret (signs every API call).
-    #[arg(long, global = true, env = "PUSHWIRE_BENCH_PUSHER_SECRET", default_value = "bench-secret-0123456789")]
+    #[arg(
+        long,
+        global = true,
+        env = "PUSHWIRE_BENCH_PUSHER_SECRET",
+        default_value = "bench-secret-0123456789"
+    )]
     pub pusher_secret: String,
     /// channel-fanout: every client subscribes to one shared channel (one publish reaches
     /// all), or each to a channel of its own (one publish per client).

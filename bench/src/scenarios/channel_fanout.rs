@@ -93,12 +93,15 @@ pub async fn channel_fanout(ctx: &mut Ctx) -> Result<(), String> {
 
 fn door_cfg(ctx: &Ctx, shared: &str) -> Result<DoorCfg, String> {
     let o = &ctx.o;
-    let rest = o
-        .ws
-        .strip_prefix("ws://")
-        .or_else(|| o.ws.strip_prefix("wss://"))
-        .ok_or("--ws must be a ws:// or wss:// URL")?;
-    let scheme = if o.ws.starts_with("wss://") { "wss" } else { "ws" };
+    let rest =
+        o.ws.strip_prefix("ws://")
+            .or_else(|| o.ws.strip_prefix("wss://"))
+            .ok_or("--ws must be a ws:// or wss:// URL")?;
+    let scheme = if o.ws.starts_with("wss://") {
+        "wss"
+    } else {
+        "ws"
+    };
     let hostport = rest.split('/').next().unwrap_or(rest);
     let http_host = o.http.clone().unwrap_or_else(|| match o.door {
         Door::Nchan => hostport.to_string(),
@@ -161,9 +164,8 @@ async fn door_storm(ctx: &mut Ctx, cfg: &'static DoorCfg) -> Report {
     let t0 = now_ns();
     let stop: &'static AtomicBool = Box::leak(Box::new(AtomicBool::new(false)));
     let probes: &'static AtomicU64 = Box::leak(Box::new(AtomicU64::new(0)));
-    let prober = (cfg.door == Door::Nchan).then(|| {
-        tokio::spawn(doors::nchan_prober(ctx.net, fleet, cfg, stop, probes))
-    });
+    let prober = (cfg.door == Door::Nchan)
+        .then(|| tokio::spawn(doors::nchan_prober(ctx.net, fleet, cfg, stop, probes)));
     let _p = ctx.progress("subscribe", move || {
         format!(
             "connected {}/{n}, subscribed {}, failed {}, probes {}",
@@ -324,13 +326,17 @@ async fn shared_rounds(
         let t0 = now_ns();
         let answer: Result<(), String> = async {
             if let Some(c) = own.as_mut() {
-                c.1.write_all(&req).await.map_err(|e| format!("write: {e}"))?;
+                c.1.write_all(&req)
+                    .await
+                    .map_err(|e| format!("write: {e}"))?;
                 let v = command_reply(&mut c.0).await?;
                 if field(&v, "reached") != expected {
                     return Err(format!("reply {v} but {expected} clients are subscribed"));
                 }
             } else if let Some(c) = http.as_mut() {
-                c.1.write_all(&req).await.map_err(|e| format!("write: {e}"))?;
+                c.1.write_all(&req)
+                    .await
+                    .map_err(|e| format!("write: {e}"))?;
                 let (status, body) = crate::http::read_response(&mut c.0).await?;
                 if cfg.publish_status(status) != Some(true) {
                     return Err(format!(
@@ -408,11 +414,7 @@ async fn per_uid_rounds(ctx: &mut Ctx, cfg: &'static DoorCfg) -> Report {
         });
         let meter = Meter::start(pid);
         let t0 = now_ns();
-        let write = async {
-            wr.write_all(&req)
-                .await
-                .map_err(|e| format!("write: {e}"))
-        };
+        let write = async { wr.write_all(&req).await.map_err(|e| format!("write: {e}")) };
         let read = async {
             for i in 0..n {
                 let (status, body) = crate::http::read_response(&mut rd).await?;
