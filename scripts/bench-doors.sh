@@ -79,7 +79,7 @@ trap 'cleanup; rm -rf "$work"' EXIT
 # A fresh pushwire on free ports, the HTTP door and the Pusher app on; the push and HTTP
 # connection budgets small so the open-files limit leaves room for the browsers.
 start_pushwire() {
-	log=$work/pushwire.log
+	log=$(mktemp -p "$work" pushwire.XXXXXX.log) # a new file: the last run's says "listening" too
 	NO_COLOR=1 "$bin/pushwire" --ws-listen 127.0.0.1:0 --push-listen 127.0.0.1:0 \
 		--http-listen 127.0.0.1:0 --pusher-apps "$work/apps.json" \
 		--max-push-connections 64 --max-http-connections 16 --max-http-connections-per-ip 8 \
