@@ -3,7 +3,8 @@
 # log line (pushwire's, or the Node peer's in the same words) says which.
 
 # listening_ports LOG WHO: waits up to 10 s for that line in LOG, then sets ws_port and
-# push_port; on failure prints LOG and exits 1.
+# push_port (and http_port, the HTTP door's, empty if it is off); on failure prints LOG
+# and exits 1.
 listening_ports() {
 	local log=$1 who=$2
 	for _ in $(seq 100); do
@@ -12,6 +13,7 @@ listening_ports() {
 	done
 	ws_port=$(sed -n 's/.*listening ws=127\.0\.0\.1:\([0-9]*\).*/\1/p' "$log" | head -1)
 	push_port=$(sed -n 's/.*listening.* push=127\.0\.0\.1:\([0-9]*\).*/\1/p' "$log" | head -1)
+	http_port=$(sed -n 's/.*listening.* http=127\.0\.0\.1:\([0-9]*\).*/\1/p' "$log" | head -1)
 	if [[ -z $ws_port || -z $push_port ]]; then
 		cat "$log" >&2
 		echo "$who: the server did not start (no ports in its log)" >&2

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The project's test command: make sure the real clients the tests drive exist
 # (php with its curl and redis extensions, OpenBSD nc, chromium, curl, Prometheus's
-# promtool, nginx and openssl, iproute2, Autobahn|Testsuite's wstest, the Pusher clients:
+# promtool, nginx with its nchan module and openssl, iproute2, Autobahn|Testsuite's wstest, the Pusher clients:
 # pusher-js, Laravel Echo and the Node and Python server SDKs), then run every cargo test
 # of the workspace: the daemon's and the load tool's (bench/, whose smoke tests run both binaries).
 #
@@ -48,6 +48,9 @@ missing_packages() {
 	# starts a system nginx on port 80; the tests never talk to it.
 	command -v nginx >/dev/null 2>&1 || [[ -x /usr/sbin/nginx ]] || echo nginx
 	command -v openssl >/dev/null 2>&1 || echo openssl
+	# bench/tests/bench_doors.rs compares the load tool's doors with nchan, nginx's pub/sub
+	# module (scripts/peers/nchan.sh runs it as this user, on a free port).
+	[[ -f /usr/lib/nginx/modules/ngx_nchan_module.so ]] || echo libnginx-mod-nchan
 	# The Pusher clients (scripts/pusher-clients.sh): npm packages and a Python venv.
 	command -v node >/dev/null 2>&1 || echo nodejs
 	command -v npm >/dev/null 2>&1 || echo npm

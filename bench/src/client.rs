@@ -43,7 +43,7 @@ pub struct Net {
 }
 
 /// A client's socket: plain TCP, or TLS over it (`wss://`).
-type Conn = Either<TcpStream, Box<TlsStream<TcpStream>>>;
+pub type Conn = Either<TcpStream, Box<TlsStream<TcpStream>>>;
 
 impl Net {
     pub fn new(
@@ -146,6 +146,12 @@ pub struct Fleet {
     pub ready_ns: Box<[AtomicU64]>,
     /// Per client: connected and not (yet) dropped.
     pub up: Box<[AtomicBool]>,
+    /// Per client (Pusher and nchan doors): subscribed, as the server confirmed it
+    /// (`subscription_succeeded`, or a probe published to the channel received).
+    pub ready: Box<[AtomicBool]>,
+    pub ready_count: AtomicUsize,
+    /// Bench-clock time the last client became ready.
+    pub last_ready_ns: AtomicU64,
     pub closing: AtomicBool,
 }
 
@@ -160,6 +166,9 @@ impl Fleet {
             took_ns: (0..n).map(|_| AtomicU64::new(0)).collect(),
             ready_ns: (0..n).map(|_| AtomicU64::new(0)).collect(),
             up: (0..n).map(|_| AtomicBool::new(false)).collect(),
+            ready: (0..n).map(|_| AtomicBool::new(false)).collect(),
+            ready_count: AtomicUsize::new(0),
+            last_ready_ns: AtomicU64::new(0),
             closing: AtomicBool::new(false),
         }
     }
@@ -167,6 +176,35 @@ impl Fleet {
     pub fn len(&self) -> usize {
         self.uids.len()
     }
+
+    /// Marks client `i` subscribed (once).
+    pub fn set_ready(&self, i: usize) {
+        if !self.ready[i].swap(true, Ordering::AcqRel) {
+            self.last_ready_ns.fetch_max(now_ns(), Ordering::AcqRel);
+            self.ready_count.fetch_add(1, Ordering::AcqRel);
+        }
+    }
+}
+
+/// TCP (and TLS for `wss://`) then the WebSocket handshake to `url`.
+pub async fn handshake(net: &Net, url: &str) -> Result<WebSocketStream<Conn>, String> {
+    let tcp = net
+        .tcp(net.ws_addr)
+        .await
+        .map_err(|e| format!("connect: {e}"))?;
+    let conn = match &net.tls {
+        None => Either::Left(tcp),
+        Some((connector, name)) => Either::Right(Box::new(
+            connector
+                .connect(name.clone(), tcp)
+                .await
+                .map_err(|e| format!("TLS handshake: {e}"))?,
+        )),
+    };
+    let (ws, _resp) = tokio_tungstenite::client_async_with_config(url, conn, Some(net.ws_config()))
+        .await
+        .map_err(|e| format!("websocket handshake: {e}"))?;
+    Ok(ws)
 }
 
 async fn connect_ws(net: &Net, uid: &str) -> Result<WebSocketStream<Conn>, String> {
@@ -311,6 +349,6 @@ fn unwrap_v1(text: &str) -> Option<&str> {
     Some(text.strip_prefix("b ").unwrap_or(text))
 }
 
-fn key(rng: &mut track::Rng) -> [u8; 4] {
+pub fn key(rng: &mut track::Rng) -> [u8; 4] {
     (rng.next_u64() as u32).to_ne_bytes()
 }

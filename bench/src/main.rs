@@ -3,6 +3,7 @@
 //! ```text
 //! pushwire-bench --ws ws://127.0.0.1:1234 --push 127.0.0.1:5678 [--server-pid PID] \
 //!     <storm|throughput|churn|latency|fanout|idle-mem|pending-mem|all|floor|events-webhook> [options]
+//! pushwire-bench --door pusher|nchan|own --ws ws://HOST:PORT [--http HOST:PORT] channel-fanout
 //! ```
 //!
 //! Every scenario checks what it measures: each push answered `ok` must reach its client
@@ -15,7 +16,8 @@
 //! # Layout
 //! `main.rs` parses the options and runs one scenario; `scenarios/` has one file per
 //! scenario (`mod.rs`: the shared context and the dispatch). Below them: `client.rs` (the
-//! WebSocket clients and their source addresses), `push.rs` (pipelined backend
+//! WebSocket clients and their source addresses), `doors.rs` (Pusher and nchan
+//! subscribers), `http.rs` (publishers over HTTP keep-alive), `push.rs` (pipelined backend
 //! connections), `wsread.rs` (the lean frame reader), `track.rs` (the delivery ledger every
 //! check uses), `procstat.rs` (CPU and memory from /proc), `report.rs` (tables and JSON
 //! lines) and `compare.rs` (medians and ratios of earlier runs).
@@ -24,6 +26,8 @@
 
 mod client;
 mod compare;
+mod doors;
+mod http;
 mod procstat;
 mod push;
 mod report;
@@ -76,6 +80,41 @@ pub struct Opts {
     /// PID of the server process: enables server CPU per push and RSS figures.
     #[arg(long, global = true, env = "PUSHWIRE_BENCH_SERVER_PID")]
     pub server_pid: Option<u32>,
+    /// The server's CPU and memory include its child processes (nginx's workers under the
+    /// master `--server-pid` names: nchan). On by default with `--door nchan`.
+    #[arg(long, global = true)]
+    pub server_children: bool,
+    /// Which door of the server the clients and publishers use: `own` (pushwire's protocol:
+    /// uid frames, push lines to --push), `pusher` (the Pusher Channels door: `/app/{key}`
+    /// on --ws, signed `POST /apps/{id}/events` to --http) or `nchan` (an nginx with nchan:
+    /// subscribers at `/sub/{channel}` on --ws, `POST /pub/{channel}` to --http). The
+    /// doors work with `channel-fanout` (docs/benchmarks.md).
+    #[arg(long, global = true, value_enum, default_value_t = Door::Own)]
+    pub door: Door,
+    /// `--door pusher|nchan`: the HTTP address publishes go to, host:port (pushwire's HTTP
+    /// door; nchan's publisher location) [default: nchan: --ws's host:port; pusher:
+    /// 127.0.0.1:2121].
+    #[arg(long, global = true)]
+    pub http: Option<String>,
+    /// `--door pusher`: the app's key (`/app/{key}`, `auth_key`).
+    #[arg(long, global = true, default_value = "bench-key")]
+    pub pusher_key: String,
+    /// `--door pusher`: the app's id (`/apps/{id}/events`).
+    #[arg(long, global = true, default_value = "bench")]
+    pub pusher_id: String,
+    /// `--door pusher`: the app's secret (signs every API call).
+    #[arg(
+        long,
+        global = true,
+        env = "PUSHWIRE_BENCH_PUSHER_SECRET",
+        default_value = "bench-secret-0123456789"
+    )]
+    pub pusher_secret: String,
+    /// channel-fanout: every client subscribes to one shared channel (one publish reaches
+    /// all), or each to a channel of its own (one publish per client).
+    #[arg(long, global = true, value_enum, default_value_t = ChannelMode::Shared)]
+    pub channel_mode: ChannelMode,
+
     /// PID of the redis-server linking the nodes (cluster mode): adds Redis's CPU per push
     /// (schedstat of /proc/PID) to every scenario's figures.
     #[arg(long, global = true, env = "PUSHWIRE_BENCH_REDIS_PID")]
@@ -217,6 +256,11 @@ pub enum Scenario {
     },
     /// Server RSS per bound idle client (needs --server-pid).
     IdleMem,
+    /// With any `--door`: every client subscribes (to one shared channel, or with
+    /// `--channel-mode per-uid` to its own), the server's RSS per idle subscribed
+    /// connection, then `--rounds` rounds of publishing (one publish to the shared channel,
+    /// or one per client's channel): time to the last delivery and server CPU per delivery.
+    ChannelFanout,
     /// Every scenario in sequence with one set of clients.
     All,
     /// No server: a child process writes one broadcast-sized frame to each of --clients
@@ -307,6 +351,35 @@ pub enum TlsFirst {
     /// A whole ClientHello (a real one, from rustls); the server's answer is never read,
     /// so its handshake waits for the client's Finished.
     Hello,
+}
+
+/// Which of the server's doors the bench uses (`--door`).
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Door {
+    /// pushwire's own protocol: a uid frame, push lines on the TCP push port.
+    Own,
+    /// The Pusher Channels door: `pusher:subscribe`, signed HTTP API events.
+    Pusher,
+    /// nchan (nginx): subscribers addressed by URL, publishers POST the body.
+    Nchan,
+}
+
+impl Door {
+    pub fn name(self) -> &'static str {
+        match self {
+            Door::Own => "own",
+            Door::Pusher => "pusher",
+            Door::Nchan => "nchan",
+        }
+    }
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChannelMode {
+    /// One channel every client subscribes to (own door: a group every uid joined).
+    Shared,
+    /// One channel per client (own door: its uid).
+    PerUid,
 }
 
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
@@ -436,7 +509,24 @@ fn main() {
 
 fn setup_and_run(o: Opts) -> Result<i32, String> {
     let ws_addr = ws_target(&o.ws)?;
-    let push_addr = resolve(&o.push)?;
+    // The other doors publish over HTTP: their "push" address is the HTTP one.
+    let push_addr = match o.door {
+        Door::Own => resolve(&o.push)?,
+        Door::Pusher => resolve(o.http.as_deref().unwrap_or("127.0.0.1:2121"))?,
+        Door::Nchan => match o.http.as_deref() {
+            Some(h) => resolve(h)?,
+            None => ws_addr,
+        },
+    };
+    if o.door != Door::Own && o.scenario != Scenario::ChannelFanout {
+        return Err(format!(
+            "--door {} works with channel-fanout only",
+            o.door.name()
+        ));
+    }
+    if o.server_children || o.door == Door::Nchan {
+        procstat::set_children(true);
+    }
     if o.clients == 0 {
         return Err("--clients must be at least 1".into());
     }

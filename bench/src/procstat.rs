@@ -5,7 +5,84 @@
 //! `sum_exec_runtime` over /proc/PID/task/*/schedstat (ns, live threads only) is reported next
 //! to it as a high-resolution cross-check.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
+
+/// `--server-children` (or `--door nchan`): the server is a process and its children
+/// (nginx's master and workers), whose CPU and memory are summed.
+static CHILDREN: AtomicBool = AtomicBool::new(false);
+
+pub fn set_children(on: bool) {
+    CHILDREN.store(on, Ordering::Relaxed);
+}
+
+/// The server's processes: `pid`, and with `set_children(true)` its children (read from
+/// /proc/PID/task/*/children, else by scanning /proc for the parent pid).
+pub fn tree(pid: &str) -> Vec<String> {
+    let mut out = vec![pid.to_string()];
+    if !CHILDREN.load(Ordering::Relaxed) || pid == "self" {
+        return out;
+    }
+    let mut found = false;
+    if let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) {
+        for t in dir.flatten() {
+            if let Ok(c) = std::fs::read_to_string(t.path().join("children")) {
+                found = true;
+                out.extend(c.split_whitespace().map(str::to_string));
+            }
+        }
+    }
+    if !found && let Ok(dir) = std::fs::read_dir("/proc") {
+        for e in dir.flatten() {
+            let Ok(name) = e.file_name().into_string() else {
+                continue;
+            };
+            if !name.bytes().all(|b| b.is_ascii_digit()) {
+                continue;
+            }
+            let ppid = read(&format!("/proc/{name}/stat")).and_then(|s| {
+                let rest = s.get(s.rfind(')')? + 1..)?.to_string();
+                rest.split_whitespace().nth(1).map(str::to_string)
+            });
+            if ppid.as_deref() == Some(pid) {
+                out.push(name);
+            }
+        }
+    }
+    out
+}
+
+/// utime + stime of the server's processes ([`tree`]), in clock ticks.
+pub fn tree_cpu_ticks(pid: &str) -> Option<u64> {
+    let v: Vec<u64> = tree(pid).iter().filter_map(|p| cpu_ticks(p)).collect();
+    (!v.is_empty()).then(|| v.iter().sum())
+}
+
+/// On-CPU nanoseconds of the server's processes' live threads.
+pub fn tree_sched_ns(pid: &str) -> Option<u64> {
+    let v: Vec<u64> = tree(pid).iter().filter_map(|p| sched_ns(p)).collect();
+    (!v.is_empty()).then(|| v.iter().sum())
+}
+
+/// Memory of the server's processes, summed (RSS counts pages shared between them, such
+/// as nginx's shared memory, once per process; PSS splits them).
+pub fn server_mem(pid: u32) -> Option<Mem> {
+    let mut total = Mem::default();
+    let mut any = false;
+    for p in tree(&pid.to_string()) {
+        if let Some(m) = mem(&p) {
+            any = true;
+            total.rss_kib += m.rss_kib;
+            total.rss_anon_kib += m.rss_anon_kib;
+            total.pss_kib = match (total.pss_kib, m.pss_kib) {
+                (Some(a), Some(b)) => Some(a + b),
+                (None, b) if total.rss_kib == m.rss_kib => b,
+                _ => None,
+            };
+        }
+    }
+    any.then_some(total)
+}
 
 /// USER_HZ: Linux reports /proc CPU times in 1/100 s on every mainstream architecture.
 const TICKS_PER_SEC: u64 = 100;
@@ -52,6 +129,8 @@ pub fn sched_ns(pid: &str) -> Option<u64> {
 pub struct Mem {
     pub rss_kib: u64,
     pub rss_anon_kib: u64,
+    /// Proportional set size (/proc/PID/smaps_rollup), when readable.
+    pub pss_kib: Option<u64>,
 }
 
 pub fn mem(pid: &str) -> Option<Mem> {
@@ -62,9 +141,16 @@ pub fn mem(pid: &str) -> Option<Mem> {
             .and_then(|v| v.split_whitespace().next())
             .and_then(|v| v.parse().ok())
     };
+    let pss_kib = read(&format!("/proc/{pid}/smaps_rollup")).and_then(|r| {
+        r.lines()
+            .find_map(|l| l.strip_prefix("Pss:"))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+    });
     Some(Mem {
         rss_kib: field("VmRSS:")?,
         rss_anon_kib: field("RssAnon:").unwrap_or(0),
+        pss_kib,
     })
 }
 
@@ -213,8 +299,8 @@ impl Meter {
 fn snap(pid: Option<&str>) -> Snap {
     Snap {
         at: Instant::now(),
-        srv_ticks: pid.and_then(cpu_ticks),
-        srv_ns: pid.and_then(sched_ns),
+        srv_ticks: pid.and_then(tree_cpu_ticks),
+        srv_ns: pid.and_then(tree_sched_ns),
         self_ticks: cpu_ticks("self"),
         self_ns: sched_ns("self"),
         sys_ticks: system_busy_ticks(),

@@ -178,7 +178,7 @@ impl Report {
 
     /// Current server RSS, if the pid is known.
     pub fn server_rss(&mut self, server_pid: Option<u32>) {
-        if let Some(m) = server_pid.and_then(|p| procstat::mem(&p.to_string())) {
+        if let Some(m) = server_pid.and_then(procstat::server_mem) {
             self.int("server_rss_kib", "server RSS (VmRSS)", m.rss_kib);
         }
     }

@@ -30,7 +30,7 @@ pub async fn fanout(ctx: &mut Ctx) {
 
 /// What the fan-out rounds collected.
 #[derive(Default)]
-struct Rounds {
+pub(super) struct Rounds {
     last_delivery: Vec<u64>,
     last_reply: Vec<u64>,
     deliveries: Vec<u64>,
@@ -40,7 +40,7 @@ struct Rounds {
 
 impl Rounds {
     /// Records one round whose first byte was written at `t0`.
-    fn add(&mut self, run: &Run, t0: u64, last_reply: u64, u: &procstat::Usage) {
+    pub(super) fn add(&mut self, run: &Run, t0: u64, last_reply: u64, u: &procstat::Usage) {
         self.last_delivery
             .push(run.last_recv_ns().saturating_sub(t0));
         self.last_reply.push(last_reply.saturating_sub(t0));
@@ -67,7 +67,7 @@ impl Rounds {
     }
 
     /// `pushes`: push lines written (per-uid: one per client; broadcast/group: one per round).
-    fn report(mut self, rep: &mut Report, pushes: u64, pid: Option<u32>) {
+    pub(super) fn report(mut self, rep: &mut Report, pushes: u64, pid: Option<u32>) {
         let mut sorted = self.last_delivery.clone();
         sorted.sort_unstable();
         if !sorted.is_empty() {
@@ -140,7 +140,7 @@ impl Rounds {
 }
 
 /// One line per uid, all written at once on one push connection.
-async fn fanout_per_uid(ctx: &mut Ctx) -> Report {
+pub(super) async fn fanout_per_uid(ctx: &mut Ctx) -> Report {
     let mut rep = Report::new("fanout");
     let Some(fleet) = ctx.fleet().await else {
         return rep.finish();

@@ -17,7 +17,7 @@ pub async fn idle_mem(ctx: &mut Ctx, before: Baseline) -> Report {
     };
     tokio::time::sleep(ctx.o.settle()).await;
     let n = fleet.alive.load(Ordering::Acquire) as u64;
-    let after = procstat::mem(&pid.to_string());
+    let after = procstat::server_mem(pid);
     let tcp_after = procstat::tcp_mem_pages();
     let slab_after = procstat::slab_kib();
     rep.int("clients", "bound idle clients", n);
@@ -39,6 +39,15 @@ pub async fn idle_mem(ctx: &mut Ctx, before: Baseline) -> Report {
                 n,
             );
             let anon = (a.rss_anon_kib as f64 - b.rss_anon_kib as f64) / n as f64;
+            if let (Some(bp), Some(ap)) = (b.pss_kib, a.pss_kib) {
+                rep.num(
+                    "pss_per_conn_kib",
+                    "  PSS per connection (pages shared by processes split)",
+                    (ap as f64 - bp as f64) / n as f64,
+                    2,
+                    "KiB",
+                );
+            }
             rep.num(
                 "rss_anon_per_conn_kib",
                 "  of which anonymous (heap)",

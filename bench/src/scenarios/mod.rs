@@ -40,12 +40,17 @@
 //! * **churn** — `--churn-workers` workers; each push on a new TCP connection: connect, write the
 //!   line, read the reply, close. Server CPU per push and per-operation time.
 //!
+//! * **channel-fanout** — the same through any `--door` (own, pusher, nchan): subscribe,
+//!   idle RSS per subscribed connection, then one publish to a shared channel (or one per
+//!   client's channel) per round; see `channel_fanout.rs`.
+//!
 //! Server CPU is utime+stime of /proc/PID/stat (10 ms ticks) over the measured phase, with the
 //! schedstat sum (ns) next to it; the bench's own CPU is shown too, since both share the box,
 //! and so are ksoftirqd's CPU and everybody else's (a measurement disturbed by other load
 //! says so in a note).
 
 mod ack;
+mod channel_fanout;
 mod churn;
 pub mod cluster_count;
 pub mod cluster_fanout;
@@ -138,7 +143,7 @@ pub struct Baseline {
 
 fn baseline(pid: Option<u32>) -> Baseline {
     Baseline {
-        mem: pid.and_then(|p| procstat::mem(&p.to_string())),
+        mem: pid.and_then(procstat::server_mem),
         tcp_pages: procstat::tcp_mem_pages(),
         slab_kib: procstat::slab_kib(),
     }
@@ -203,6 +208,9 @@ pub async fn main(o: Opts, net: &'static Net) -> Result<bool, String> {
         }
         Scenario::Fanout => {
             fanout(&mut ctx).await;
+        }
+        Scenario::ChannelFanout => {
+            channel_fanout::channel_fanout(&mut ctx).await?;
         }
         Scenario::Latency => {
             let r = latency(&mut ctx).await;

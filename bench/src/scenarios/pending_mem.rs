@@ -80,7 +80,7 @@ pub async fn pending_mem(
         };
         open += u64::from(still);
     }
-    let after = procstat::mem(&pid.to_string());
+    let after = procstat::server_mem(pid);
     rep.int("connections", "connections attempted", n as u64);
     rep.int("held", "held open by the server", open);
     match tls_first {
