@@ -7,8 +7,8 @@
 //!
 //! Writing sends the server's text frames straight from the payload all recipients share
 //! (no per-connection copy), without waiting, resumable after a partial write: from the
-//! connection's task, or from the push itself writing through to an idle plain socket
-//! (the [`Socket`] impl; see `outbox.rs`).
+//! connection's task, or from the push itself writing through to an idle socket, plain or
+//! TLS 1.3 (the [`Socket`] impls; see `outbox.rs`).
 //!
 //! Reading is cancel-safe (partial input lives in [`FrameReader`], never in the future),
 //! so it can sit in a `select!` beside the outbox and the ping timer.
@@ -385,6 +385,43 @@ impl Socket for TcpStream {
     }
 }
 
+/// The sending half of a TLS 1.3 connection, for a push writing through: the same frame,
+/// from the same code, sealed with the same key and record sequence as its task would
+/// (`tls.rs`, "Writing through"). Once the whole frame is sealed but part of its last
+/// record still waits for the socket, the frame counts as written in full (its length is
+/// returned): the task sends that ciphertext first, and starts on the next frame.
+impl Socket for crate::tls::Wire {
+    fn try_send(&self, msg: &Payload, enveloped: bool, sent: usize) -> io::Result<Option<usize>> {
+        let mut at = Progress {
+            frame: 0,
+            offset: sent,
+        };
+        let batch = std::slice::from_ref(msg);
+        let done = self
+            .through(|sink| try_write(sink, batch, enveloped, &mut at))
+            .unwrap_or(Ok(false))?;
+        Ok((!done).then(|| {
+            if at.frame > 0 {
+                frame_len(msg, enveloped)
+            } else {
+                at.offset
+            }
+        }))
+    }
+}
+
+impl Sink for crate::tls::Through<'_> {
+    fn try_write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        crate::tls::Through::try_write_vectored(self, &[IoSlice::new(buf)])
+    }
+    fn try_write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        crate::tls::Through::try_write_vectored(self, bufs)
+    }
+    fn pending_output(&self) -> bool {
+        crate::tls::Through::pending_output(self)
+    }
+}
+
 /// How far a batch has been written: the next frame, and bytes of it already sent.
 #[derive(Debug, Default)]
 pub struct Progress {
@@ -410,6 +447,16 @@ pub fn try_write<S: Sink>(
 ) -> io::Result<bool> {
     // On the stack: this runs once per wake of every recipient, so no heap allocation.
     let mut heads = [(FrameHeader::EMPTY, Prefix::NONE); IOV_BATCH];
+    // Frames already out in full: over TLS a push writing through may have sealed a whole
+    // frame whose ciphertext still waits in the session's queue.
+    while let Some(item) = batch.get(at.frame) {
+        let len = frame_len(item, enveloped);
+        if at.offset < len {
+            break;
+        }
+        at.offset -= len;
+        at.frame += 1;
+    }
     while at.frame < batch.len() {
         if let Some(done) = try_send_small(stream, batch, enveloped, at)? {
             if !done {
@@ -457,6 +504,12 @@ pub fn try_write<S: Sink>(
     }
     // Over TLS the last bytes may still be queued as ciphertext: not done until they left.
     Ok(!stream.pending_output())
+}
+
+/// The length of `msg`'s frame, header and prefix included.
+fn frame_len(msg: &Payload, enveloped: bool) -> usize {
+    let (header, prefix) = frame_head(msg, enveloped);
+    header.as_bytes().len() + prefix.as_bytes().len() + msg.len()
 }
 
 /// The header and prefix of `msg`'s frame.

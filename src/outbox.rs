@@ -14,8 +14,10 @@
 //!
 //! # Writing through
 //! A fan-out (broadcast, a group, a list of uids) does not wake each recipient's task:
-//! [`Outbox::offer_through`] writes the frame to an idle plain-TCP socket itself, without
-//! waiting, under this queue's lock. A wake-up costs more than the `send()` it leads to
+//! [`Outbox::offer_through`] writes the frame to an idle socket itself, without waiting,
+//! under this queue's lock: a plain one, or a TLS 1.3 session's sending half, which seals
+//! the frame into records with the key and sequence the task also uses (`tls.rs`,
+//! "Writing through"). A wake-up costs more than the `send()` it leads to
 //! (tokio's scheduling, the task's `select!`, two more lock round trips), and a fan-out
 //! pays it once per recipient; writing through makes the fan-out loop the kernel's send
 //! loop (`docs/benchmarks.md`, "Writing through"). A push to one uid still queues
@@ -26,8 +28,11 @@
 //! The rule that keeps frames whole and in order: an offer writes only while the queue is
 //! empty and the writer task holds nothing (it is not `busy`); whatever the socket does not
 //! take at once (all of it, or the rest of a frame) is queued, and the task finishes it,
-//! from the byte where the offer stopped. TLS sessions and event streams attach no socket
-//! and always go through the task.
+//! from the byte where the offer stopped. Over TLS, "the byte where it stopped" is in the
+//! plaintext: a frame sealed whole counts as written in full even while part of its last
+//! record waits in the session's own queue, which the task sends before anything else.
+//! TLS 1.2 sessions (rustls seals their records) and event streams attach no socket and
+//! always go through the task.
 
 use std::collections::VecDeque;
 use std::fmt::Debug;
@@ -112,7 +117,8 @@ impl Outbox {
         }
     }
 
-    /// Lets offers write through to `socket` (a plain TCP connection once bound).
+    /// Lets offers write through to `socket` (a plain TCP connection, or a TLS 1.3
+    /// session's sending half, once bound).
     pub fn attach(&self, socket: Arc<dyn Socket>, enveloped: bool) {
         let mut st = self.lock();
         st.socket = Some(socket);

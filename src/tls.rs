@@ -32,7 +32,7 @@
 
 use std::io::{self, IoSlice};
 use std::path::PathBuf;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 use rustls::server::UnbufferedServerConnection;
 use rustls::unbuffered::{
@@ -44,7 +44,7 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::TcpStream;
 
-use crate::tls_records::{self, Opened, Records};
+use crate::tls_records::{self, Opened, Opener, Sealer};
 
 /// Where the certificate chain and the private key are (PEM files).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -142,12 +142,17 @@ impl Acceptor {
     pub(crate) fn start(&self, tcp: TcpStream, first: Vec<u8>) -> Result<Box<TlsSocket>, TlsError> {
         let conn = UnbufferedServerConnection::new(self.current()).map_err(TlsError::Tls)?;
         Ok(Box::new(TlsSocket {
-            tcp,
+            wire: Arc::new(Wire {
+                tcp,
+                tx: Mutex::new(Tx {
+                    sealer: None,
+                    out: Vec::new(),
+                    out_at: 0,
+                }),
+            }),
             session: Session {
                 conn: Engine::Rustls(Box::new(conn)),
                 incoming: first,
-                out: Vec::new(),
-                out_at: 0,
                 plain: Vec::new(),
                 plain_at: 0,
             },
@@ -227,7 +232,9 @@ impl std::fmt::Display for TlsError {
 /// A TCP socket with an established TLS session: the same non-blocking calls as the bare
 /// socket, over plaintext.
 pub struct TlsSocket {
-    tcp: TcpStream,
+    /// The socket and the sending half, shared with the connection's outbox once it is
+    /// bound (see [`Wire`]).
+    wire: Arc<Wire>,
     session: Session,
     /// rustls has made all it can of `session.incoming`: only new bytes from the socket
     /// can give more plaintext.
@@ -243,32 +250,70 @@ pub struct TlsSocket {
 impl std::fmt::Debug for TlsSocket {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TlsSocket")
-            .field("tcp", &self.tcp)
+            .field("tcp", &self.wire.tcp)
             .field("eof", &self.eof)
             .finish_non_exhaustive()
     }
 }
 
-/// The rustls session and the bytes that are on their way through it. Each `Vec` is
-/// empty, with nothing allocated, whenever it has nothing to hold.
+/// The socket of a TLS connection and everything that writes to it: the ciphertext queue,
+/// and past a TLS 1.3 handshake the sending key and record sequence ([`Sealer`]).
+///
+/// # Writing through
+/// A plain socket is written by a fan-out itself when its connection is idle (`outbox.rs`,
+/// "Writing through"); so is a TLS 1.3 one, through this: the fan-out seals the frame into
+/// records with the same key and sequence as the task and sends them. `tx` is the one
+/// place both take them from, so every record gets the next sequence number and lands on
+/// the socket in that order: whoever seals a record also sends it, or queues what the
+/// socket did not take in `out`, and nobody seals more while `out` holds anything (the
+/// next writer sends the queue first). Who may write a frame at all is the outbox's rule
+/// (one writer at a time, frames whole and in order); this lock only orders records, and
+/// covers the task's own records too (its close_notify, an alert) that it seals while
+/// reading. It is a std mutex, held for a few non-blocking `send()`s and never across an
+/// `.await`.
+pub(crate) struct Wire {
+    tcp: TcpStream,
+    tx: Mutex<Tx>,
+}
+
+impl std::fmt::Debug for Wire {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Wire")
+            .field("tcp", &self.tcp)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The sending side of a TLS session.
+struct Tx {
+    /// Past a TLS 1.3 handshake: the key and sequence records are sealed with (before
+    /// that, and for a TLS 1.2 session's life, rustls seals them).
+    sealer: Option<Sealer>,
+    /// Ciphertext made and not yet taken by the socket, from `out_at` on; empty, with
+    /// nothing allocated, whenever it has nothing to hold.
+    out: Vec<u8>,
+    out_at: usize,
+}
+
+/// The rustls session (or past a TLS 1.3 handshake, the receiving key) and the bytes that
+/// are on their way in. Each `Vec` is empty, with nothing allocated, whenever it has
+/// nothing to hold.
 struct Session {
     conn: Engine,
     /// Ciphertext received and not yet consumed by rustls (part of a record, normally).
     incoming: Vec<u8>,
-    /// Ciphertext made and not yet taken by the socket, from `out_at` on.
-    out: Vec<u8>,
-    out_at: usize,
     /// Plaintext decrypted and not yet read, from `plain_at` on.
     plain: Vec<u8>,
     plain_at: usize,
 }
 
 /// Who protects the records: rustls through the handshake (and for the life of a TLS 1.2
-/// session), then for TLS 1.3 only the keys it negotiated (`tls_records.rs`).
+/// session), then for TLS 1.3 only the keys it negotiated (`tls_records.rs`; the sending
+/// key is in [`Tx`]).
 enum Engine {
     /// Boxed: 1.1 KiB, held only until the handshake ends on TLS 1.3.
     Rustls(Box<UnbufferedServerConnection>),
-    Records(Records),
+    Records(Opener),
     /// Between the two: the hand-over failed.
     Gone,
 }
@@ -299,12 +344,17 @@ enum Next {
 
 impl Session {
     /// Runs rustls over `incoming` until it needs more input or has done what `want`
-    /// asks: what it has to send goes to `out`, decrypted plaintext to `plain`, and the
-    /// ciphertext of a `Want::Write` to `sealed` (or `out` if it does not fit).
-    fn process(&mut self, want: Want<'_>, sealed: &mut [u8]) -> Result<Next, rustls::Error> {
+    /// asks: what it has to send goes to `tx.out`, decrypted plaintext to `plain`, and the
+    /// ciphertext of a `Want::Write` to `sealed` (or `tx.out` if it does not fit).
+    fn process(
+        &mut self,
+        want: Want<'_>,
+        sealed: &mut [u8],
+        tx: &mut Tx,
+    ) -> Result<Next, rustls::Error> {
         match self.conn {
-            Engine::Rustls(_) => self.process_rustls(want, sealed),
-            Engine::Records(_) => self.process_records(want, sealed),
+            Engine::Rustls(_) => self.process_rustls(want, sealed, &mut tx.out),
+            Engine::Records(_) => self.process_records(want, sealed, tx),
             Engine::Gone => Err(rustls::Error::General("TLS session lost".into())),
         }
     }
@@ -314,8 +364,9 @@ impl Session {
         &mut self,
         want: Want<'_>,
         sealed: &mut [u8],
+        tx: &mut Tx,
     ) -> Result<Next, rustls::Error> {
-        let Engine::Records(records) = &mut self.conn else {
+        let (Engine::Records(opener), Some(sealer)) = (&mut self.conn, &mut tx.sealer) else {
             return Err(rustls::Error::General("TLS session lost".into()));
         };
         match want {
@@ -324,45 +375,47 @@ impl Session {
                     self.plain.clear();
                     self.plain_at = 0;
                 }
-                Ok(match records.open(&mut self.incoming, &mut self.plain)? {
+                Ok(match opener.open(&mut self.incoming, &mut self.plain)? {
                     Opened::Input => Next::Input,
                     // A key update is not followed: the session ends as if the client had
                     // closed it, with our close_notify (see `tls_records.rs`).
                     Opened::PeerClosed | Opened::KeyUpdate => Next::PeerClosed,
                 })
             }
-            Want::Write(_) if records.closed() => Ok(Next::Closed),
+            Want::Write(_) if sealer.closed() => Ok(Next::Closed),
             Want::Write(plain) => {
                 let len = plain.len();
                 let need = len + tls_records::OVERHEAD;
                 if let Some(record) = sealed.get_mut(..need) {
                     record[tls_records::HEADER..][..len].copy_from_slice(plain);
-                    return records.seal_data(record, len).map(Next::Sealed);
+                    return sealer.seal_data(record, len).map(Next::Sealed);
                 }
-                let at = self.out.len();
-                self.out.resize(at + need, 0);
-                self.out[at + tls_records::HEADER..][..len].copy_from_slice(plain);
-                match records.seal_data(&mut self.out[at..], len) {
+                let out = &mut tx.out;
+                let at = out.len();
+                out.resize(at + need, 0);
+                out[at + tls_records::HEADER..][..len].copy_from_slice(plain);
+                match sealer.seal_data(&mut out[at..], len) {
                     Ok(n) => {
-                        self.out.truncate(at + n);
+                        out.truncate(at + n);
                         Ok(Next::Sealed(0))
                     }
                     Err(err) => {
-                        self.out.truncate(at);
+                        out.truncate(at);
                         Err(err)
                     }
                 }
             }
             Want::CloseNotify => {
-                records.close_notify(&mut self.out)?;
+                sealer.close_notify(&mut tx.out)?;
                 Ok(Next::Closed)
             }
         }
     }
 
-    /// Hands a TLS 1.3 session's records over from rustls to [`Records`] once its
-    /// handshake is done and everything rustls had to send is sent; TLS 1.2 stays.
-    fn hand_over(&mut self) -> Result<(), rustls::Error> {
+    /// Hands a TLS 1.3 session's records over from rustls to [`Sealer`] and [`Opener`]
+    /// once its handshake is done and everything rustls had to send is sent; TLS 1.2
+    /// stays.
+    fn hand_over(&mut self, tx: &mut Tx) -> Result<(), rustls::Error> {
         let Engine::Rustls(conn) = &self.conn else {
             return Ok(());
         };
@@ -374,7 +427,9 @@ impl Session {
             return Ok(());
         };
         let (secrets, _keys_only) = (*conn).dangerous_into_kernel_connection()?;
-        self.conn = Engine::Records(Records::new(secrets, limit)?);
+        let (sealer, opener) = tls_records::split(secrets, limit)?;
+        tx.sealer = Some(sealer);
+        self.conn = Engine::Records(opener);
         Ok(())
     }
 
@@ -387,7 +442,12 @@ impl Session {
     }
 
     /// [`Session::process`] with rustls protecting the records.
-    fn process_rustls(&mut self, want: Want<'_>, sealed: &mut [u8]) -> Result<Next, rustls::Error> {
+    fn process_rustls(
+        &mut self,
+        want: Want<'_>,
+        sealed: &mut [u8],
+        out: &mut Vec<u8>,
+    ) -> Result<Next, rustls::Error> {
         loop {
             let Engine::Rustls(conn) = &mut self.conn else {
                 return Err(rustls::Error::General("TLS session lost".into()));
@@ -411,7 +471,7 @@ impl Session {
                     None
                 }
                 Ok(ConnectionState::EncodeTlsData(mut data)) => {
-                    encode(&mut data, &mut self.out)?;
+                    encode(&mut data, out)?;
                     None
                 }
                 Ok(ConnectionState::TransmitTlsData(data)) => {
@@ -426,23 +486,23 @@ impl Session {
                         Err(EncryptError::InsufficientSize(InsufficientSizeError {
                             required_size,
                         })) => {
-                            let at = self.out.len();
-                            self.out.resize(at + required_size, 0);
+                            let at = out.len();
+                            out.resize(at + required_size, 0);
                             let n = traffic
-                                .encrypt(plain, &mut self.out[at..])
+                                .encrypt(plain, &mut out[at..])
                                 .map_err(|e| rustls::Error::General(e.to_string()))?;
-                            self.out.truncate(at + n);
+                            out.truncate(at + n);
                             Next::Sealed(0)
                         }
                         Err(err) => return Err(rustls::Error::General(err.to_string())),
                     },
                     Want::CloseNotify => {
-                        let at = self.out.len();
-                        self.out.resize(at + SEAL_OVERHEAD, 0);
-                        match traffic.queue_close_notify(&mut self.out[at..]) {
-                            Ok(n) => self.out.truncate(at + n),
+                        let at = out.len();
+                        out.resize(at + SEAL_OVERHEAD, 0);
+                        match traffic.queue_close_notify(&mut out[at..]) {
+                            Ok(n) => out.truncate(at + n),
                             Err(err) => {
-                                self.out.truncate(at);
+                                out.truncate(at);
                                 return Err(rustls::Error::General(err.to_string()));
                             }
                         }
@@ -480,19 +540,25 @@ impl Session {
         }
     }
 
-    /// After an error: moves the alert rustls queued for the peer into `out`.
-    fn queue_alerts(&mut self) {
+    /// After an error: moves the alert rustls (or the opener) has for the peer into
+    /// `tx.out`.
+    fn queue_alerts(&mut self, tx: &mut Tx) {
         loop {
             let conn = match &mut self.conn {
                 Engine::Rustls(conn) => conn,
-                Engine::Records(records) => return records.queue_alert(&mut self.out),
+                Engine::Records(opener) => {
+                    if let Some(sealer) = &mut tx.sealer {
+                        sealer.queue_alert(opener.take_alert(), &mut tx.out);
+                    }
+                    return;
+                }
                 Engine::Gone => return,
             };
             let UnbufferedStatus { state, .. } = conn.process_tls_records(&mut self.incoming);
             let Ok(ConnectionState::EncodeTlsData(mut data)) = state else {
                 return;
             };
-            if encode(&mut data, &mut self.out).is_err() {
+            if encode(&mut data, &mut tx.out).is_err() {
                 return;
             }
         }
@@ -512,17 +578,194 @@ impl Session {
     }
 }
 
+impl Wire {
+    fn lock(&self) -> MutexGuard<'_, Tx> {
+        // Every update under this lock leaves `Tx` whole (a record sealed and queued, or
+        // not), so a poisoned lock is still safe to use.
+        self.tx.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// For a push writing through (`frames.rs`): runs `write` with the sending half, whose
+    /// writes go to the kernel directly (see [`Through`]). `None` if this session cannot be
+    /// written through (TLS 1.2: rustls seals its records, in the task).
+    pub(crate) fn through<T>(&self, write: impl FnOnce(&mut Through<'_>) -> T) -> Option<T> {
+        let mut tx = self.lock();
+        tx.sealer.as_ref()?;
+        let mut through = Through {
+            tcp: socket2::SockRef::from(&self.tcp),
+            tx: &mut tx,
+        };
+        Some(write(&mut through))
+    }
+}
+
+/// The sending half of a TLS 1.3 session as a push writing through sees it: records sealed
+/// with the session's key and sent with `send()`, without tokio's readiness bookkeeping
+/// (as a plain socket is written through, `frames.rs`). A full socket only leaves the
+/// rest of a record in the queue: the connection's task then finds it there, sends it
+/// with its own (tokio) writes, and waits for the socket in the usual way.
+pub(crate) struct Through<'a> {
+    tcp: socket2::SockRef<'a>,
+    tx: &'a mut Tx,
+}
+
+impl Through<'_> {
+    /// [`TlsSocket::try_write_vectored`] for a push writing through.
+    pub(crate) fn try_write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        let tcp = &self.tcp;
+        self.tx.write_record(&mut |b: &[u8]| tcp.send(b), bufs)
+    }
+
+    /// Whether ciphertext waits in the queue.
+    pub(crate) fn pending_output(&self) -> bool {
+        self.tx.pending()
+    }
+}
+
+impl Tx {
+    fn pending(&self) -> bool {
+        self.out_at < self.out.len()
+    }
+
+    /// Writes queued ciphertext with `send` until none is left (`Ok`, the queue freed)
+    /// or the socket is full (`WouldBlock`).
+    fn send_queued(&mut self, send: &mut impl FnMut(&[u8]) -> io::Result<usize>) -> io::Result<()> {
+        while self.out_at < self.out.len() {
+            match send(&self.out[self.out_at..])? {
+                0 => return Err(io::ErrorKind::WriteZero.into()),
+                n => self.out_at += n,
+            }
+        }
+        if !self.out.is_empty() {
+            self.out = Vec::new();
+            self.out_at = 0;
+        }
+        Ok(())
+    }
+
+    /// [`Tx::send_queued`], with a full socket not an error.
+    fn send_queued_soft(
+        &mut self,
+        send: &mut impl FnMut(&[u8]) -> io::Result<usize>,
+    ) -> io::Result<()> {
+        match self.send_queued(send) {
+            Err(e) if e.kind() != io::ErrorKind::WouldBlock => Err(e),
+            _ => Ok(()),
+        }
+    }
+
+    /// Past a TLS 1.3 handshake: sends what is queued (`WouldBlock` if the socket does not
+    /// take it all), then seals as much of `bufs` as one record takes, copied once into it,
+    /// and sends it; what the socket does not take is queued. Returns the plaintext taken.
+    fn write_record(
+        &mut self,
+        send: &mut impl FnMut(&[u8]) -> io::Result<usize>,
+        bufs: &[IoSlice<'_>],
+    ) -> io::Result<usize> {
+        self.send_queued(send)?;
+        let len = bufs.iter().map(|b| b.len()).sum::<usize>().min(RECORD);
+        if len == 0 {
+            return Ok(0);
+        }
+        if len <= SMALL_WRITE {
+            let mut record = [0u8; SMALL_WRITE + tls_records::OVERHEAD];
+            let n = self.seal_record(bufs, &mut record, len, send)?;
+            self.send_sealed(&record[..n], send)?;
+        } else {
+            let mut record = vec![0u8; len + tls_records::OVERHEAD];
+            let n = self.seal_record(bufs, &mut record, len, send)?;
+            record.truncate(n);
+            self.send_sealed_vec(record, send)?;
+        }
+        Ok(len)
+    }
+
+    /// Gathers the first `len` bytes of `bufs` into `record` and seals them there. An
+    /// error ends the session: its alert (our close_notify, at the confidentiality limit)
+    /// is queued and sent if the socket takes it.
+    fn seal_record(
+        &mut self,
+        bufs: &[IoSlice<'_>],
+        record: &mut [u8],
+        len: usize,
+        send: &mut impl FnMut(&[u8]) -> io::Result<usize>,
+    ) -> io::Result<usize> {
+        let mut at = tls_records::HEADER;
+        for part in bufs {
+            let take = part.len().min(tls_records::HEADER + len - at);
+            record[at..at + take].copy_from_slice(&part[..take]);
+            at += take;
+        }
+        let Some(sealer) = &mut self.sealer else {
+            return Err(io::ErrorKind::NotConnected.into());
+        };
+        if sealer.closed() {
+            return Err(io::ErrorKind::BrokenPipe.into());
+        }
+        match sealer.seal_data(record, len) {
+            Ok(n) => Ok(n),
+            Err(err) => {
+                sealer.queue_alert(None, &mut self.out);
+                let _ = self.send_queued(send);
+                Err(io::Error::new(io::ErrorKind::InvalidData, err))
+            }
+        }
+    }
+
+    /// Sends freshly sealed ciphertext behind what is queued; the socket's refusal is not
+    /// an error (the bytes wait in the queue).
+    fn send_sealed(
+        &mut self,
+        sealed: &[u8],
+        send: &mut impl FnMut(&[u8]) -> io::Result<usize>,
+    ) -> io::Result<()> {
+        if self.out_at < self.out.len() || sealed.is_empty() {
+            self.out.extend_from_slice(sealed);
+        } else {
+            let sent = match send(sealed) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
+                Err(e) => return Err(e),
+            };
+            if sent < sealed.len() {
+                self.out = sealed[sent..].to_vec();
+                self.out_at = 0;
+            }
+            return Ok(());
+        }
+        self.send_queued_soft(send)
+    }
+
+    /// [`Tx::send_sealed`] for ciphertext in a buffer of its own, which becomes the queue
+    /// (no copy) if the socket does not take it all.
+    fn send_sealed_vec(
+        &mut self,
+        sealed: Vec<u8>,
+        send: &mut impl FnMut(&[u8]) -> io::Result<usize>,
+    ) -> io::Result<()> {
+        if self.out_at < self.out.len() {
+            self.out.extend_from_slice(&sealed);
+        } else {
+            self.out = sealed;
+            self.out_at = 0;
+        }
+        self.send_queued_soft(send)
+    }
+}
+
 impl TlsSocket {
     /// Runs the server side of the handshake, at most [`MAX_HANDSHAKE_BYTES`] from the
     /// client. Not bounded in time here: the caller's bind deadline covers it.
     pub(crate) async fn handshake(&mut self) -> Result<(), TlsError> {
         let mut received = self.session.incoming.len();
         loop {
-            let next = self.session.process(Want::Read, &mut []);
+            let next = self
+                .session
+                .process(Want::Read, &mut [], &mut self.wire.lock());
             if let Err(err) = next {
                 // Tell the client why (an alert), if the socket takes it now.
                 self.failed = true;
-                self.session.queue_alerts();
+                self.session.queue_alerts(&mut self.wire.lock());
                 let _ = self.send_queued();
                 return Err(TlsError::Tls(err));
             }
@@ -544,13 +787,14 @@ impl TlsSocket {
                         break;
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                        self.tcp.readable().await.map_err(|_| TlsError::Gone)?;
+                        self.wire.tcp.readable().await.map_err(|_| TlsError::Gone)?;
                     }
                     Err(_) => return Err(TlsError::Gone),
                 }
             }
         }
-        if let Err(err) = self.session.hand_over() {
+        let handed = self.session.hand_over(&mut self.wire.lock());
+        if let Err(err) = handed {
             self.failed = true;
             return Err(TlsError::Tls(err));
         }
@@ -560,6 +804,12 @@ impl TlsSocket {
         Ok(())
     }
 
+    /// The sending half, for pushes to write through (`outbox.rs`), if this session can be
+    /// (TLS 1.3, past its handshake; a TLS 1.2 session's records are rustls', in the task).
+    pub(crate) fn through(&self) -> Option<Arc<Wire>> {
+        matches!(self.session.conn, Engine::Records(_)).then(|| self.wire.clone())
+    }
+
     /// Waits until [`TlsSocket::try_read`] may have something: plaintext already
     /// decrypted, ciphertext rustls has not looked at, the end, or bytes on the socket.
     pub async fn readable(&self) -> io::Result<()> {
@@ -567,7 +817,7 @@ impl TlsSocket {
         if self.eof || s.plain_at < s.plain.len() || !self.spent {
             Ok(())
         } else {
-            self.tcp.readable().await
+            self.wire.tcp.readable().await
         }
     }
 
@@ -585,7 +835,10 @@ impl TlsSocket {
                 }
                 continue;
             }
-            match self.session.process(Want::Read, &mut []) {
+            let next = self
+                .session
+                .process(Want::Read, &mut [], &mut self.wire.lock());
+            match next {
                 Ok(Next::Input | Next::Sealed(_)) => self.spent = true,
                 Ok(Next::PeerClosed) => self.peer_closed(),
                 Ok(Next::Closed) => self.eof = true,
@@ -604,7 +857,7 @@ impl TlsSocket {
     /// TCP ended.
     fn fill(&mut self) -> io::Result<usize> {
         let mut chunk = [0u8; READ_CHUNK];
-        let n = self.tcp.try_read(&mut chunk)?;
+        let n = self.wire.tcp.try_read(&mut chunk)?;
         self.session.incoming.extend_from_slice(&chunk[..n]);
         if n > 0 {
             self.spent = false;
@@ -622,7 +875,7 @@ impl TlsSocket {
     /// Marks the session failed and sends rustls' alert if the socket takes it now.
     fn fail(&mut self, err: rustls::Error) -> io::Error {
         self.failed = true;
-        self.session.queue_alerts();
+        self.session.queue_alerts(&mut self.wire.lock());
         let _ = self.send_queued();
         io::Error::new(io::ErrorKind::InvalidData, err)
     }
@@ -634,7 +887,10 @@ impl TlsSocket {
         }
         self.notified = true;
         loop {
-            match self.session.process(Want::CloseNotify, &mut []) {
+            let next = self
+                .session
+                .process(Want::CloseNotify, &mut [], &mut self.wire.lock());
+            match next {
                 Ok(Next::PeerClosed) => self.eof = true,
                 Ok(_) => return,
                 Err(_) => return self.failed = true,
@@ -653,7 +909,7 @@ impl TlsSocket {
         loop {
             match self.send_queued() {
                 Ok(()) => return Ok(()),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.tcp.writable().await?,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.wire.tcp.writable().await?,
                 Err(e) => return Err(e),
             }
         }
@@ -668,10 +924,15 @@ impl TlsSocket {
     /// [`TlsSocket::try_write`] for several buffers (one TLS record for as many of them as
     /// fit in it).
     pub fn try_write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
-        self.send_queued()?;
-        if matches!(self.session.conn, Engine::Records(_)) {
-            return self.write_record(bufs);
+        let wire = &*self.wire;
+        let mut tx = wire.lock();
+        if tx.sealer.is_some() {
+            // Past a TLS 1.3 handshake: the buffers are copied once, into the record they
+            // are sealed in.
+            return tx.write_record(&mut |b: &[u8]| wire.tcp.try_write(b), bufs);
         }
+        drop(tx);
+        self.send_queued()?;
         let mut parts = bufs.iter().filter(|b| !b.is_empty());
         let Some(first) = parts.next() else {
             return Ok(0);
@@ -691,60 +952,20 @@ impl TlsSocket {
             let mut sealed = vec![0u8; plain.len() + SEAL_OVERHEAD];
             let n = self.seal(plain, &mut sealed)?;
             sealed.truncate(n);
-            self.send_sealed_vec(sealed)?;
+            let wire = &*self.wire;
+            wire.lock()
+                .send_sealed_vec(sealed, &mut |b: &[u8]| wire.tcp.try_write(b))?;
         }
         Ok(plain.len())
-    }
-
-    /// [`TlsSocket::try_write_vectored`] past a TLS 1.3 handshake: the buffers are copied
-    /// once, into the record they are sealed in.
-    fn write_record(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
-        let len = bufs.iter().map(|b| b.len()).sum::<usize>().min(RECORD);
-        if len == 0 {
-            return Ok(0);
-        }
-        if len <= SMALL_WRITE {
-            let mut record = [0u8; SMALL_WRITE + tls_records::OVERHEAD];
-            let n = self.seal_record(bufs, &mut record, len)?;
-            self.send_sealed(&record[..n])?;
-        } else {
-            let mut record = vec![0u8; len + tls_records::OVERHEAD];
-            let n = self.seal_record(bufs, &mut record, len)?;
-            record.truncate(n);
-            self.send_sealed_vec(record)?;
-        }
-        Ok(len)
-    }
-
-    /// Gathers the first `len` bytes of `bufs` into `record` and seals them there.
-    fn seal_record(
-        &mut self,
-        bufs: &[IoSlice<'_>],
-        record: &mut [u8],
-        len: usize,
-    ) -> io::Result<usize> {
-        let mut at = tls_records::HEADER;
-        for part in bufs {
-            let take = part.len().min(tls_records::HEADER + len - at);
-            record[at..at + take].copy_from_slice(&part[..take]);
-            at += take;
-        }
-        let Engine::Records(records) = &mut self.session.conn else {
-            return Err(io::ErrorKind::NotConnected.into());
-        };
-        if records.closed() {
-            return Err(io::ErrorKind::BrokenPipe.into());
-        }
-        match records.seal_data(record, len) {
-            Ok(n) => Ok(n),
-            Err(err) => Err(self.fail(err)),
-        }
     }
 
     /// Encrypts `plain` into `sealed` (returns the length), or after what is queued if it
     /// does not fit (returns 0).
     fn seal(&mut self, plain: &[u8], sealed: &mut [u8]) -> io::Result<usize> {
-        match self.session.process(Want::Write(plain), sealed) {
+        let next = self
+            .session
+            .process(Want::Write(plain), sealed, &mut self.wire.lock());
+        match next {
             Ok(Next::Sealed(n)) => Ok(n),
             // Never once `accept` returned: the session is past its handshake.
             Ok(Next::Input) => Err(io::ErrorKind::NotConnected.into()),
@@ -757,68 +978,24 @@ impl TlsSocket {
         }
     }
 
-    /// Sends freshly sealed ciphertext behind what is queued; the socket's refusal is not
-    /// an error (the bytes wait in the queue).
+    /// Sends freshly sealed ciphertext behind what is queued (see [`Tx::send_sealed`]).
     fn send_sealed(&mut self, sealed: &[u8]) -> io::Result<()> {
-        let s = &mut self.session;
-        if s.out_at < s.out.len() || sealed.is_empty() {
-            s.out.extend_from_slice(sealed);
-        } else {
-            let sent = match self.tcp.try_write(sealed) {
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
-                Err(e) => return Err(e),
-            };
-            if sent < sealed.len() {
-                s.out = sealed[sent..].to_vec();
-                s.out_at = 0;
-            }
-            return Ok(());
-        }
-        self.send_queued_soft()
-    }
-
-    /// [`TlsSocket::send_sealed`] for ciphertext in a buffer of its own, which becomes the
-    /// queue (no copy) if the socket does not take it all.
-    fn send_sealed_vec(&mut self, sealed: Vec<u8>) -> io::Result<()> {
-        let s = &mut self.session;
-        if s.out_at < s.out.len() {
-            s.out.extend_from_slice(&sealed);
-        } else {
-            s.out = sealed;
-            s.out_at = 0;
-        }
-        self.send_queued_soft()
-    }
-
-    /// [`TlsSocket::send_queued`], with a full socket not an error.
-    fn send_queued_soft(&mut self) -> io::Result<()> {
-        match self.send_queued() {
-            Err(e) if e.kind() != io::ErrorKind::WouldBlock => Err(e),
-            _ => Ok(()),
-        }
+        let wire = &*self.wire;
+        wire.lock()
+            .send_sealed(sealed, &mut |b: &[u8]| wire.tcp.try_write(b))
     }
 
     /// Whether ciphertext is queued that the socket has not taken yet.
     pub fn pending_output(&self) -> bool {
-        self.session.out_at < self.session.out.len()
+        self.wire.lock().pending()
     }
 
     /// Writes queued ciphertext until none is left (`Ok`, the queue freed) or the socket
     /// is full (`WouldBlock`).
     fn send_queued(&mut self) -> io::Result<()> {
-        let s = &mut self.session;
-        while s.out_at < s.out.len() {
-            match self.tcp.try_write(&s.out[s.out_at..])? {
-                0 => return Err(io::ErrorKind::WriteZero.into()),
-                n => s.out_at += n,
-            }
-        }
-        if !s.out.is_empty() {
-            s.out = Vec::new();
-            s.out_at = 0;
-        }
-        Ok(())
+        let wire = &*self.wire;
+        wire.lock()
+            .send_queued(&mut |b: &[u8]| wire.tcp.try_write(b))
     }
 
     /// Encrypts plaintext for the next flush without touching the socket (the 101 of the

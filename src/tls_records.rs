@@ -115,21 +115,28 @@ impl Drop for Direction {
     }
 }
 
-/// Both directions of a TLS 1.3 session past its handshake.
-pub(crate) struct Records {
+/// The sending half of a TLS 1.3 session past its handshake: what a writer needs, the
+/// connection's task or a fan-out writing through (`tls.rs`, "Writing through").
+pub(crate) struct Sealer {
     tx: Direction,
-    rx: Direction,
     /// Records we may send in all before the key must change (the suite's confidentiality
     /// limit, less one for the close_notify).
     tx_limit: u64,
-    empty_in_a_row: u8,
-    /// The alert to send after an error, if the error has one.
+    /// The alert to send after an error of our own, if the error has one.
     alert: Option<AlertDescription>,
-    /// Our close_notify is sealed: nothing more may be.
+    /// Our close_notify (or a fatal alert) is sealed: nothing more may be.
     closed: bool,
 }
 
-/// What [`Records::open`] found.
+/// The receiving half: opens the client's records.
+pub(crate) struct Opener {
+    rx: Direction,
+    empty_in_a_row: u8,
+    /// The alert to send after an error in what the client sent, if the error has one.
+    alert: Option<AlertDescription>,
+}
+
+/// What [`Opener::open`] found.
 pub(crate) enum Opened {
     /// Every whole record is read; more input is needed.
     Input,
@@ -140,20 +147,28 @@ pub(crate) enum Opened {
     KeyUpdate,
 }
 
-impl Records {
-    /// Takes over the keys of a session that has finished its handshake; `limit` is the
-    /// suite's confidentiality limit.
-    pub(crate) fn new(secrets: ExtractedSecrets, limit: u64) -> Result<Records, rustls::Error> {
-        Ok(Records {
+/// Takes over the keys of a session that has finished its handshake; `limit` is the
+/// suite's confidentiality limit.
+pub(crate) fn split(
+    secrets: ExtractedSecrets,
+    limit: u64,
+) -> Result<(Sealer, Opener), rustls::Error> {
+    Ok((
+        Sealer {
             tx: Direction::new(secrets.tx)?,
-            rx: Direction::new(secrets.rx)?,
             tx_limit: limit.saturating_sub(1),
-            empty_in_a_row: 0,
             alert: None,
             closed: false,
-        })
-    }
+        },
+        Opener {
+            rx: Direction::new(secrets.rx)?,
+            empty_in_a_row: 0,
+            alert: None,
+        },
+    ))
+}
 
+impl Sealer {
     /// Seals application data in place: `record[HEADER..HEADER + len]` holds the
     /// plaintext, and `record` has [`OVERHEAD`] bytes of room more. Returns the record's
     /// length.
@@ -182,9 +197,10 @@ impl Records {
         self.seal_alert(AlertDescription::CloseNotify, out)
     }
 
-    /// After an error: the alert it calls for, appended to `out` (nothing if none).
-    pub(crate) fn queue_alert(&mut self, out: &mut Vec<u8>) {
-        if let Some(alert) = self.alert.take() {
+    /// After an error: the alert it calls for (`alert`, from the [`Opener`], or our own),
+    /// appended to `out` (nothing if none).
+    pub(crate) fn queue_alert(&mut self, alert: Option<AlertDescription>, out: &mut Vec<u8>) {
+        if let Some(alert) = alert.or_else(|| self.alert.take()) {
             let _ = self.seal_alert(alert, out);
         }
     }
@@ -241,10 +257,18 @@ impl Records {
         tag.copy_from_slice(sealed.as_ref());
         Ok(total)
     }
+}
+
+impl Opener {
+    /// After an error in [`Opener::open`]: the alert to answer with, if any (sealed by
+    /// [`Sealer::queue_alert`]).
+    pub(crate) fn take_alert(&mut self) -> Option<AlertDescription> {
+        self.alert.take()
+    }
 
     /// Opens every whole record at the front of `incoming` (consumed), appending their
     /// application data to `plain`. On an error the alert to send is kept for
-    /// [`Records::queue_alert`].
+    /// [`Opener::take_alert`].
     pub(crate) fn open(
         &mut self,
         incoming: &mut Vec<u8>,
@@ -391,15 +415,15 @@ mod tests {
     use super::*;
     use rustls::crypto::cipher::{AeadKey, Iv};
 
-    fn pair() -> (Records, Records) {
+    /// The server's sending half and the client's receiving half of one session.
+    fn pair() -> (Sealer, Opener) {
         let secrets = |a: u8, b: u8| ExtractedSecrets {
             tx: (0, secret(a)),
             rx: (0, secret(b)),
         };
-        (
-            Records::new(secrets(1, 2), 1 << 24).unwrap(),
-            Records::new(secrets(2, 1), 1 << 24).unwrap(),
-        )
+        let (server, _) = split(secrets(1, 2), 1 << 24).unwrap();
+        let (_, client) = split(secrets(2, 1), 1 << 24).unwrap();
+        (server, client)
     }
 
     fn secret(k: u8) -> ConnectionTrafficSecrets {
@@ -409,7 +433,7 @@ mod tests {
         }
     }
 
-    fn seal(r: &mut Records, data: &[u8]) -> Vec<u8> {
+    fn seal(r: &mut Sealer, data: &[u8]) -> Vec<u8> {
         let mut record = vec![0; data.len() + OVERHEAD];
         record[HEADER..HEADER + data.len()].copy_from_slice(data);
         let n = r.seal_data(&mut record, data.len()).unwrap();

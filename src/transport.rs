@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use tokio::net::TcpStream;
 
+use crate::outbox::Socket;
 use crate::tls::TlsSocket;
 
 /// A browser's socket, plain or TLS.
@@ -16,7 +17,8 @@ pub enum Transport {
     /// `outbox.rs`, "Writing through").
     Plain(Arc<TcpStream>),
     /// `wss://`. Boxed: a TLS session is a few hundred bytes, a plain socket a pointer's
-    /// worth, and most deployments serve one kind.
+    /// worth, and most deployments serve one kind. Past a TLS 1.3 handshake its sending
+    /// half is shared too, for pushes to write through ([`Transport::through`]).
     Tls(Box<TlsSocket>),
 }
 
@@ -59,6 +61,16 @@ impl Transport {
         match self {
             Transport::Plain(tcp) => tcp.try_write_vectored(bufs),
             Transport::Tls(tls) => tls.try_write_vectored(bufs),
+        }
+    }
+
+    /// What pushes may write through to once the connection is bound (`outbox.rs`,
+    /// "Writing through"): the plain socket, or a TLS 1.3 session's sending half. `None`
+    /// for a TLS 1.2 session, whose records rustls seals in the task.
+    pub fn through(&self) -> Option<Arc<dyn Socket>> {
+        match self {
+            Transport::Plain(tcp) => Some(tcp.clone()),
+            Transport::Tls(tls) => tls.through().map(|wire| wire as Arc<dyn Socket>),
         }
     }
 

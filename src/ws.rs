@@ -112,8 +112,8 @@ pub(crate) fn serve(
         let binding = ctx.registry.bind_as(&uid, mode);
         events.bound(&ctx.events, &binding.uid_shared());
         ws.enveloped = binding.enveloped();
-        if let Transport::Plain(tcp) = &ws.tcp {
-            binding.outbox().attach(tcp.clone(), ws.enveloped);
+        if let Some(socket) = ws.tcp.through() {
+            binding.outbox().attach(socket, ws.enveloped);
         }
         drop(places.pending);
         debug!(uid = %crate::logsafe::escaped(binding.uid()), "bound");

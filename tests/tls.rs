@@ -444,3 +444,81 @@ async fn a_clients_key_update_ends_the_connection_with_close_notify() {
     // The connection is gone: the uid is no longer bound.
     common::push_until(&mut push, r#"{"uid":"erin","n":2}"#, "fail\n", STEP).await;
 }
+
+/// Frames a fan-out writes through (`/broadcast`: sealed and sent by the push itself,
+/// `outbox.rs` "Writing through") and frames queued for the connection's task (a line per
+/// uid) share one TLS record sequence: interleaved and pipelined, of sizes from one record
+/// to several, to a browser with a small receive buffer that reads slowly (so a fan-out
+/// leaves records half-sent for the task to finish, and the task holds the socket while
+/// fan-outs queue), every frame arrives whole and in the order its line was accepted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fanout_and_queued_frames_interleave_in_order_over_tls() {
+    let cert = TestCert::new("interleave");
+    let server = TestServer::start_with(pushwire::Config {
+        queue_depth: 1000,
+        queue_bytes: 64 << 20,
+        ..tls_config(&cert)
+    })
+    .await;
+    let mut push = PushClient::connect(server.push_addr).await;
+    let mut browser = common::RawWssClient::connect_tls_small_rcvbuf(server.ws_addr, &cert).await;
+    browser.send_text("mix").await;
+    let probe = r#"{"uid":"mix","probe":1}"#;
+    common::push_until(&mut push, probe, "ok\n", STEP).await;
+
+    let sizes = [10usize, 3000, 20_000, 70_000, 500, 16_400];
+    let mut lines = Vec::new();
+    let mut expected = vec![probe.to_owned()];
+    for i in 0..60 {
+        let pad = "b".repeat(sizes[i % sizes.len()]);
+        let all = format!(r#"{{"all":{i},"pad":"{pad}"}}"#);
+        lines.push(format!("/broadcast {all}"));
+        expected.push(all);
+        let pad = "u".repeat(sizes[(i + 3) % sizes.len()]);
+        let one = format!(r#"{{"uid":"mix","one":{i},"pad":"{pad}"}}"#);
+        lines.push(one.clone());
+        expected.push(one);
+    }
+    let want = expected.len();
+    let reader = tokio::spawn(async move {
+        let mut got = Vec::new();
+        while got.len() < want {
+            let (op, payload) = browser
+                .read_frame(Duration::from_secs(20))
+                .await
+                .expect("connection ended early");
+            assert_eq!(op, 0x1, "frame {} is not text", got.len());
+            got.push(String::from_utf8(payload).expect("UTF-8"));
+            if got.len() % 3 == 0 {
+                // Read slowly: the socket fills, and writes stop mid-record.
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        }
+        got
+    });
+    push.send_raw(format!("{}\n", lines.join("\n")).as_bytes())
+        .await;
+    for (i, line) in lines.iter().enumerate() {
+        let reply = push.read_reply().await;
+        if line.starts_with("/broadcast") {
+            assert!(reply.contains(r#""connections":1"#), "line {i}: {reply}");
+        } else {
+            assert_eq!(reply, "ok\n", "line {i}");
+        }
+    }
+    let got = timeout(Duration::from_secs(30), reader)
+        .await
+        .expect("frames timed out")
+        .expect("reader");
+    assert_eq!(got.len(), expected.len());
+    for (i, (got, want)) in got.iter().zip(&expected).enumerate() {
+        assert!(
+            got == want,
+            "frame {i}: {} bytes ({:?}…), wanted {} ({:?}…)",
+            got.len(),
+            &got[..got.len().min(24)],
+            want.len(),
+            &want[..want.len().min(24)]
+        );
+    }
+}

@@ -16,7 +16,6 @@ use crate::access::Admitted;
 use crate::channels::{App, Conn, SubscribeError};
 use crate::frames::{FrameError, Incoming, PONG, Progress, control_frame, write_raw};
 use crate::state::State;
-use crate::transport::Transport;
 use crate::wire::pusher::codes::{self, Code};
 use crate::wire::pusher::inbound::{self, ClientEvent, Inbound, Signin, Subscribe};
 use crate::wire::pusher::outbound::{self, SubscriptionErrorType, WebhookEvent};
@@ -61,8 +60,8 @@ pub(crate) async fn serve(
         conn.socket_id,
         u32::try_from(activity).unwrap_or(u32::MAX),
     ));
-    if let Transport::Plain(tcp) = &ws.tcp {
-        conn.outbox().attach(tcp.clone(), false);
+    if let Some(socket) = ws.tcp.through() {
+        conn.outbox().attach(socket, false);
     }
     drop(places.pending);
     debug!(socket_id = %conn.socket_id, app = %app.id, "pusher connection");
