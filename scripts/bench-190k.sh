@@ -20,8 +20,9 @@
 #      FANOUT_ROUNDS (3), FANOUT_MODE (all; or per-uid, broadcast, group), PUSH_VIA (0),
 #      THREADS (1: bench worker threads per child, for the floor and the holders alike),
 #      CLUSTER_TIMEOUT_MS (10000: a /group of 190k members outlasts the default 1 s on 2
-#      cores; every member still gets it but the reply would count fewer), DRAIN_MS (120000:
-#      how long a holder waits for its frames), FLOOR (1; 0 skips both floors),
+#      cores; every member still gets it but the reply would count fewer), DRAIN_MS (60000:
+#      how long a holder waits for its frames), the nodes' --max-group-members is NODES x
+#      CLIENTS (its default, 100,000, is below 190k), FLOOR (1; 0 skips both floors),
 #      NODE_FLAGS, BENCH_FLAGS (more flags for the nodes / the bench), OUT (a new temporary
 #      directory), BIN (target/release).
 # Needs target/release/{pushwire,pushwire-bench}, redis-server and redis-cli, and an open-files
@@ -31,7 +32,7 @@ cd "$(dirname "$0")/.."
 source scripts/listening.sh
 NODES=${NODES:-10} CLIENTS=${CLIENTS:-19000} REDIS=${REDIS:-single} ROUNDS=${ROUNDS:-1}
 FANOUT_ROUNDS=${FANOUT_ROUNDS:-3} FANOUT_MODE=${FANOUT_MODE:-all} PUSH_VIA=${PUSH_VIA:-0}
-THREADS=${THREADS:-1} CLUSTER_TIMEOUT_MS=${CLUSTER_TIMEOUT_MS:-10000} DRAIN_MS=${DRAIN_MS:-120000}
+THREADS=${THREADS:-1} CLUSTER_TIMEOUT_MS=${CLUSTER_TIMEOUT_MS:-10000} DRAIN_MS=${DRAIN_MS:-60000}
 FLOOR=${FLOOR:-1}
 OUT=${OUT:-$(mktemp -d)}
 mkdir -p "$OUT"
@@ -51,8 +52,17 @@ while True:
     except OSError: pass'
 }
 pids=()
-logs=()
-trap 'kill "${pids[@]}" 2>/dev/null || true; rm -f "${logs[@]}"' EXIT
+# Whatever ends the script ends what it started: the nodes first (a node whose Redis is
+# gone waits for it while shutting down), then Redis.
+node_pids=()
+stop_all() {
+	kill "${node_pids[@]}" 2>/dev/null || true
+	for p in "${node_pids[@]}"; do
+		while kill -0 "$p" 2>/dev/null; do sleep 0.1; done
+	done
+	kill "${pids[@]}" 2>/dev/null || true
+}
+trap stop_all EXIT
 # Redis: rpids (every master's PID), raddrs (HOST:PORT each), url (the nodes' --redis).
 rpids=() raddrs=()
 redis_up() { # $1 port
@@ -88,13 +98,12 @@ cluster)
 esac
 read -ra node_flags <<<"${NODE_FLAGS:-}"
 read -ra bench_flags <<<"${BENCH_FLAGS:-}"
-node_args=() node_pids=()
+node_args=()
 for k in $(seq 0 $((NODES - 1))); do
-	log=$(mktemp)
-	logs+=("$log")
+	log=$OUT/node-$k.log # kept: WARN lines at this size are findings
 	PUSHWIRE_HTTP_LISTEN=off NO_COLOR=1 $bin/pushwire --ws-listen 127.0.0.1:0 --push-listen 127.0.0.1:0 \
 		--max-push-connections 64 --redis "$url" --cluster-timeout-ms "$CLUSTER_TIMEOUT_MS" \
-		"${node_flags[@]}" >/dev/null 2>"$log" &
+		--max-group-members $((NODES * CLIENTS)) "${node_flags[@]}" >/dev/null 2>"$log" &
 	pids+=($!) node_pids+=($!)
 	listening_ports "$log" "node $k"
 	node_args+=(--node "ws://127.0.0.1:$ws_port/,127.0.0.1:$push_port,${node_pids[k]}")
@@ -107,7 +116,9 @@ redis_pid_list=$(
 redis_flags=()
 for a in "${raddrs[@]}"; do redis_flags+=(--redis "$a"); done
 echo "bench-190k: $NODES nodes x $CLIENTS browsers, Redis $REDIS (${raddrs[*]}), out $OUT" >&2
-bench() { # LABEL ARGS...: one run, its JSON lines tagged with what=LABEL and the round
+failed=0
+bench() { # LABEL ARGS...: one run, its JSON lines tagged with what=LABEL and the round; a
+	# run that fails its checks is marked in them (ok: false) and the rest still runs
 	local label=$1
 	shift
 	echo "bench-190k: $(date -u +%T) $label (load $(cut -d' ' -f1-3 /proc/loadavg))" >&2
@@ -117,7 +128,7 @@ import json,sys
 for l in sys.stdin:
     if l.startswith('{'):
         d=json.loads(l); d['what']='$label'; d['round']=$round; d['redis_mode']='$REDIS'; print(json.dumps(d))
-" >>"$runs"
+" >>"$runs" || failed=1
 }
 for round in $(seq "$ROUNDS"); do
 	if ((FLOOR)); then
@@ -128,6 +139,7 @@ for round in $(seq "$ROUNDS"); do
 		--drain-timeout-ms "$DRAIN_MS" cluster-fanout --push-via "$PUSH_VIA" --clients "$CLIENTS" \
 		--rounds "$FANOUT_ROUNDS" "${redis_flags[@]}" "${node_args[@]}"
 done
+((failed)) && echo "bench-190k: a run failed its checks (see above)" >&2
 echo "bench-190k: $(date -u +%T) done (load $(cut -d' ' -f1-3 /proc/loadavg)); runs in $runs" >&2
 python3 - "$runs" "$NODES" <<'EOF'
 import json, statistics, sys
@@ -142,13 +154,15 @@ for r in runs:
 for r in runs:
     if r['scenario'] == 'cluster-bind':
         print(f"\n== round {r['round']} cluster-bind: {r['clients']} browsers on {r['nodes']} nodes")
-        print('node  connect_ms  cpu_us/client  rss_B/conn  rss_MiB')
+        print('node  connect_ms  cpu_us/client  rss_B/conn  rss_MiB  idle_cpu_ms/s')
         for k in range(nodes):
             g = lambda key: r.get(f'node{k}_{key}')
             print(f"{k:4}  {g('connect_ms') or 0:10.0f}  {g('cpu_us_per_client_bound') or 0:13.1f}  "
-                  f"{g('rss_bytes_per_conn') or 0:10.0f}  {(g('rss_kib') or 0) / 1024:7.1f}")
+                  f"{g('rss_bytes_per_conn') or 0:10.0f}  {(g('rss_kib') or 0) / 1024:7.1f}  "
+                  f"{g('idle_cpu_ms_per_s') or 0:13.2f}")
         for key in ['connect_ms_median', 'connect_ms_max', 'rss_bytes_per_conn_median', 'slab_bytes_per_conn',
-                    'redis_cpu_us_per_uid_online', 'redis_bytes_per_uid_online', 'redis_used_memory_after']:
+                    'redis_cpu_us_per_uid_online', 'redis_bytes_per_uid_online', 'redis_used_memory_after',
+                    'redis_idle_cpu_ms_per_s']:
             if key in r:
                 print(f'  {key:30} {r[key]}')
 for r in runs:

@@ -379,7 +379,20 @@ fn parent(
     let mem_after = super::cluster_count::redis_used_memory_sum(redis)?;
     let slab = slab_before.zip(crate::procstat::slab_kib());
     let mem = mem_before.zip(mem_after);
-    let mut reports = vec![bind_report(bind_rep, &nodes, &b, &redis_usage, mem, slab)];
+    // What the nodes and Redis spend holding every browser with nothing pushed (beats,
+    // timers, pings): the base under each fan-out round's CPU.
+    let idle_meters: Vec<Meter> = nodes.iter().map(|nd| Meter::start(Some(nd.pid))).collect();
+    std::thread::sleep(Duration::from_secs(5));
+    let idle: Vec<_> = idle_meters.iter().map(Meter::stop).collect();
+    let mut reports = vec![bind_report(
+        bind_rep,
+        &nodes,
+        &b,
+        &redis_usage,
+        mem,
+        slab,
+        &idle,
+    )];
     let Bound {
         mut holders,
         said,
@@ -561,6 +574,7 @@ fn bind_report(
     redis: &crate::procstat::Usage,
     mem: Option<(u64, u64)>,
     slab_kib: Option<(u64, u64)>,
+    idle: &[crate::procstat::Usage],
 ) -> Report {
     let per_node = b.bound / nodes.len().max(1) as u64;
     rep.int("nodes", "nodes", nodes.len() as u64);
@@ -589,6 +603,17 @@ fn bind_report(
                 v,
                 1,
                 "µs",
+            );
+        }
+        if let Some(u) = idle.get(k)
+            && let Some(ms) = u.server_ms_hires.or(u.server_ms)
+        {
+            rep.num(
+                &format!("node{k}_idle_cpu_ms_per_s"),
+                &format!("node {k}: CPU holding its clients idle, per second"),
+                ms / u.wall_s.max(1e-3),
+                2,
+                "ms/s",
             );
         }
         let after = crate::procstat::mem(&node.pid.to_string()).map(|m| m.rss_kib);
@@ -660,6 +685,17 @@ fn bind_report(
             (after as f64 - before as f64) * 1024.0 / b.bound as f64,
             0,
             "B",
+        );
+    }
+    if let Some(u) = idle.first()
+        && let Some(ms) = u.redis_ms
+    {
+        rep.num(
+            "redis_idle_cpu_ms_per_s",
+            "Redis CPU with every client bound and idle, per second",
+            ms / u.wall_s.max(1e-3),
+            2,
+            "ms/s",
         );
     }
     if let Some(ms) = redis.redis_ms.filter(|_| b.bound > 0) {
