@@ -9,7 +9,8 @@
 #   N-nodes      cluster-fanout: one bench child per node (its browsers from 127.K+1.0.0/16),
 #                bound one node at a time (cluster-bind: each node's connect time, its CPU per
 #                client and idle RSS per connection; Redis's CPU and used_memory per uid
-#                online, all masters summed), then per-uid (one line per uid, 190k lines on one
+#                online, all masters summed; node and Redis CPU in two idle 5 s windows,
+#                right after the storms and 10 s later), then per-uid (one line per uid, 190k lines on one
 #                connection to node PUSH_VIA), /broadcast and /group (FANOUT_MODE): last
 #                delivery on any node, each node's CPU per frame it delivered, Redis's CPU
 # Every run's JSON line (tagged with its round) goes to OUT/runs.jsonl; at the end a table
@@ -154,15 +155,15 @@ for r in runs:
 for r in runs:
     if r['scenario'] == 'cluster-bind':
         print(f"\n== round {r['round']} cluster-bind: {r['clients']} browsers on {r['nodes']} nodes")
-        print('node  connect_ms  cpu_us/client  rss_B/conn  rss_MiB  idle_cpu_ms/s')
+        print('node  connect_ms  cpu_us/client  rss_B/conn  rss_MiB  idle_cpu_ms/s  steady_ms/s')
         for k in range(nodes):
             g = lambda key: r.get(f'node{k}_{key}')
             print(f"{k:4}  {g('connect_ms') or 0:10.0f}  {g('cpu_us_per_client_bound') or 0:13.1f}  "
                   f"{g('rss_bytes_per_conn') or 0:10.0f}  {(g('rss_kib') or 0) / 1024:7.1f}  "
-                  f"{g('idle_cpu_ms_per_s') or 0:13.2f}")
+                  f"{g('idle_cpu_ms_per_s') or 0:13.2f}  {g('steady_cpu_ms_per_s') or 0:11.2f}")
         for key in ['connect_ms_median', 'connect_ms_max', 'rss_bytes_per_conn_median', 'slab_bytes_per_conn',
                     'redis_cpu_us_per_uid_online', 'redis_bytes_per_uid_online', 'redis_used_memory_after',
-                    'redis_idle_cpu_ms_per_s']:
+                    'redis_idle_cpu_ms_per_s', 'redis_steady_cpu_ms_per_s']:
             if key in r:
                 print(f'  {key:30} {r[key]}')
 for r in runs:

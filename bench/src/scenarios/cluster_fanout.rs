@@ -379,11 +379,17 @@ fn parent(
     let mem_after = super::cluster_count::redis_used_memory_sum(redis)?;
     let slab = slab_before.zip(crate::procstat::slab_kib());
     let mem = mem_before.zip(mem_after);
-    // What the nodes and Redis spend holding every browser with nothing pushed (beats,
-    // timers, pings): the base under each fan-out round's CPU.
-    let idle_meters: Vec<Meter> = nodes.iter().map(|nd| Meter::start(Some(nd.pid))).collect();
-    std::thread::sleep(Duration::from_secs(5));
-    let idle: Vec<_> = idle_meters.iter().map(Meter::stop).collect();
+    // What the nodes and Redis spend holding every browser with nothing pushed, in two
+    // windows of 5 s: right after the storms (their aftermath: the last node's
+    // subscriptions and online-set batches) and 10 s later (beats, ping sweeps).
+    let window = || {
+        let meters: Vec<Meter> = nodes.iter().map(|nd| Meter::start(Some(nd.pid))).collect();
+        std::thread::sleep(Duration::from_secs(5));
+        meters.iter().map(Meter::stop).collect::<Vec<_>>()
+    };
+    let early = window();
+    std::thread::sleep(Duration::from_secs(10));
+    let idle = [early, window()];
     let mut reports = vec![bind_report(
         bind_rep,
         &nodes,
@@ -574,7 +580,7 @@ fn bind_report(
     redis: &crate::procstat::Usage,
     mem: Option<(u64, u64)>,
     slab_kib: Option<(u64, u64)>,
-    idle: &[crate::procstat::Usage],
+    idle: &[Vec<crate::procstat::Usage>; 2],
 ) -> Report {
     let per_node = b.bound / nodes.len().max(1) as u64;
     rep.int("nodes", "nodes", nodes.len() as u64);
@@ -605,16 +611,21 @@ fn bind_report(
                 "µs",
             );
         }
-        if let Some(u) = idle.get(k)
-            && let Some(ms) = u.server_ms_hires.or(u.server_ms)
-        {
-            rep.num(
-                &format!("node{k}_idle_cpu_ms_per_s"),
-                &format!("node {k}: CPU holding its clients idle, per second"),
-                ms / u.wall_s.max(1e-3),
-                2,
-                "ms/s",
-            );
+        for (key, when, w) in [
+            ("idle_cpu_ms_per_s", "right after the storms", &idle[0]),
+            ("steady_cpu_ms_per_s", "15 s later", &idle[1]),
+        ] {
+            if let Some(u) = w.get(k)
+                && let Some(ms) = u.server_ms_hires.or(u.server_ms)
+            {
+                rep.num(
+                    &format!("node{k}_{key}"),
+                    &format!("node {k}: CPU holding its clients idle, {when}, per second"),
+                    ms / u.wall_s.max(1e-3),
+                    2,
+                    "ms/s",
+                );
+            }
         }
         let after = crate::procstat::mem(&node.pid.to_string()).map(|m| m.rss_kib);
         if let (Some(Some(before)), Some(after)) = (b.rss_before_kib.get(k), after)
@@ -687,16 +698,25 @@ fn bind_report(
             "B",
         );
     }
-    if let Some(u) = idle.first()
-        && let Some(ms) = u.redis_ms
-    {
-        rep.num(
+    for (key, when, w) in [
+        (
             "redis_idle_cpu_ms_per_s",
-            "Redis CPU with every client bound and idle, per second",
-            ms / u.wall_s.max(1e-3),
-            2,
-            "ms/s",
-        );
+            "right after the storms",
+            &idle[0],
+        ),
+        ("redis_steady_cpu_ms_per_s", "15 s later", &idle[1]),
+    ] {
+        if let Some(u) = w.first()
+            && let Some(ms) = u.redis_ms
+        {
+            rep.num(
+                key,
+                &format!("Redis CPU, every client bound and idle, {when}, per second"),
+                ms / u.wall_s.max(1e-3),
+                2,
+                "ms/s",
+            );
+        }
     }
     if let Some(ms) = redis.redis_ms.filter(|_| b.bound > 0) {
         rep.num(
