@@ -116,9 +116,15 @@ pub struct Opts {
     pub channel_mode: ChannelMode,
 
     /// PID of the redis-server linking the nodes (cluster mode): adds Redis's CPU per push
-    /// (schedstat of /proc/PID) to every scenario's figures.
-    #[arg(long, global = true, env = "PUSHWIRE_BENCH_REDIS_PID")]
-    pub redis_pid: Option<u32>,
+    /// (schedstat of /proc/PID) to every scenario's figures. A Redis Cluster: every master's
+    /// PID (repeat, or comma-separated), their CPU summed.
+    #[arg(
+        long,
+        global = true,
+        env = "PUSHWIRE_BENCH_REDIS_PID",
+        value_delimiter = ','
+    )]
+    pub redis_pid: Vec<u32>,
 
     /// Number of WebSocket clients (one uid each).
     #[arg(long, global = true, default_value_t = 1000)]
@@ -279,6 +285,11 @@ pub enum Scenario {
         /// tells what the origin pays apart from what the first-bound node pays.
         #[arg(long, default_value_t = 0)]
         push_via: usize,
+        /// The Redis linking the nodes, HOST:PORT (a Redis Cluster: each master, repeat):
+        /// adds its `used_memory` (summed) per uid online, before and after every node's
+        /// browsers came online.
+        #[arg(long, num_args = 1)]
+        redis: Vec<String>,
     },
     /// Cluster mode: what one `/count` costs each node and Redis (its distinct uids are
     /// counted in Redis), with --clients browsers held on each node in a child process of
@@ -294,9 +305,10 @@ pub enum Scenario {
         #[arg(long)]
         counts: Option<u64>,
         /// The Redis linking the nodes, HOST:PORT: adds its memory per uid online
-        /// (`INFO memory` before and after the uids came online).
-        #[arg(long)]
-        redis: Option<String>,
+        /// (`INFO memory` before and after the uids came online). A Redis Cluster: each
+        /// master (repeat), their `used_memory` summed.
+        #[arg(long, num_args = 1)]
+        redis: Vec<String>,
     },
     /// A cluster-fanout child: binds --clients browsers to --ws, then checks the deliveries
     /// the parent announces on stdin (internal).
@@ -467,13 +479,13 @@ fn main() {
         });
         std::process::exit(code);
     }
-    if let Some(pid) = o.redis_pid {
-        procstat::set_redis_pid(pid);
-    }
+    procstat::set_redis_pids(&o.redis_pid);
     match &o.scenario {
-        Scenario::ClusterFanout { nodes, push_via } => {
-            std::process::exit(cluster_fanout::run(&o, nodes, *push_via))
-        }
+        Scenario::ClusterFanout {
+            nodes,
+            push_via,
+            redis,
+        } => std::process::exit(cluster_fanout::run(&o, nodes, *push_via, redis)),
         Scenario::ClusterCount {
             nodes,
             ask_via,
@@ -484,7 +496,7 @@ fn main() {
                 nodes,
                 ask_via: *ask_via,
                 counts: *counts,
-                redis: redis.as_deref(),
+                redis,
             };
             std::process::exit(cluster_count::run(&o, &args))
         }

@@ -214,11 +214,18 @@ pub fn ksoftirqd_ticks() -> Option<u64> {
     Some(pids.iter().filter_map(|p| cpu_ticks(p)).sum())
 }
 
-static REDIS_PID: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+static REDIS_PIDS: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
 
-/// Every measured phase also reads this redis-server's CPU (`--redis-pid`).
-pub fn set_redis_pid(pid: u32) {
-    let _ = REDIS_PID.set(pid.to_string());
+/// Every measured phase also reads these redis-servers' CPU (`--redis-pid`, one per
+/// master of a Redis Cluster: their sum).
+pub fn set_redis_pids(pids: &[u32]) {
+    let _ = REDIS_PIDS.set(pids.iter().map(u32::to_string).collect());
+}
+
+/// The redis-servers' CPU, summed (ns); `None` without `--redis-pid` or if one is gone.
+fn redis_sched_ns() -> Option<u64> {
+    let pids = REDIS_PIDS.get().filter(|p| !p.is_empty())?;
+    pids.iter().map(|p| sched_ns(p)).sum()
 }
 
 /// Whether /proc/PID exists.
@@ -305,6 +312,6 @@ fn snap(pid: Option<&str>) -> Snap {
         self_ns: sched_ns("self"),
         sys_ticks: system_busy_ticks(),
         softirqd_ticks: ksoftirqd_ticks(),
-        redis_ns: REDIS_PID.get().and_then(|p| sched_ns(p)),
+        redis_ns: redis_sched_ns(),
     }
 }

@@ -254,10 +254,28 @@ async fn cluster_scenarios_pass_their_checks_across_three_nodes() {
         .map(|s| s.to_string())
         .collect();
     args.extend(["cluster-fanout", "--clients", "100", "--rounds", "1"].map(String::from));
+    args.extend(["--redis".to_owned(), format!("127.0.0.1:{rport}")]);
     for node in &nodes {
         args.extend(["--node".to_owned(), node.clone()]);
     }
-    let reports = bench(args).await;
+    let mut reports = bench(args).await;
+    // First what binding cost: each node's connect storm and idle RSS per connection,
+    // Redis's CPU and memory per uid online.
+    let bind = reports.remove(0);
+    assert_eq!(bind["scenario"], "cluster-bind", "{bind}");
+    assert_eq!(bind["clients"], 300, "{bind}");
+    for k in 0..3 {
+        for key in [
+            "connect_ms",
+            "cpu_us_per_client_bound",
+            "rss_bytes_per_conn",
+        ] {
+            assert!(bind[format!("node{k}_{key}")].as_f64().is_some(), "{bind}");
+        }
+    }
+    for key in ["redis_cpu_us_per_uid_online", "redis_bytes_per_uid_online"] {
+        assert!(bind[key].as_f64().is_some_and(|v| v > 0.0), "{bind}");
+    }
     let names: Vec<&str> = reports
         .iter()
         .filter_map(|r| r["scenario"].as_str())
@@ -425,7 +443,10 @@ async fn bench_cluster_script_runs_and_pairs_ratios_per_round() {
         .lines()
         .map(|l| serde_json::from_str(l).expect("a JSON run"))
         .collect();
-    let cluster: Vec<&serde_json::Value> = runs.iter().filter(|r| r["what"] == "3-nodes").collect();
+    let cluster: Vec<&serde_json::Value> = runs
+        .iter()
+        .filter(|r| r["what"] == "3-nodes" && r["scenario"] != "cluster-bind")
+        .collect();
     assert_eq!(cluster.len(), 2, "one broadcast report per round: {runs:?}");
     for (r, round) in cluster.iter().zip([1, 2]) {
         assert_eq!(r["scenario"], "cluster-fanout-broadcast", "{r}");
@@ -504,8 +525,16 @@ async fn ten_nodes_each_hold_their_browsers_in_a_child_of_their_own() {
         .filter(|l| l.starts_with('{'))
         .map(|l| serde_json::from_str(l).expect("JSON report line"))
         .collect();
-    assert_eq!(reports.len(), 3, "{stdout}");
-    for r in &reports {
+    assert_eq!(reports.len(), 4, "{stdout}");
+    assert_eq!(reports[0]["scenario"], "cluster-bind", "{stdout}");
+    for k in 0..10 {
+        assert!(
+            reports[0][format!("node{k}_connect_ms")].as_f64().is_some(),
+            "{}",
+            reports[0]
+        );
+    }
+    for r in &reports[1..] {
         assert_eq!(
             (r["ok"].as_bool(), r["errors"].as_u64()),
             (Some(true), Some(0)),
@@ -526,4 +555,63 @@ async fn ten_nodes_each_hold_their_browsers_in_a_child_of_their_own() {
         assert_eq!(r["source_blocks"], 10, "{r}");
     }
     let _ = redis.kill().await;
+}
+
+/// `scripts/bench-190k.sh` end to end at a tiny size on a three-master Redis Cluster it
+/// makes itself: the bind figures (connect time, idle RSS per connection per node, Redis's
+/// CPU and memory per uid online summed over the masters) and every fan-out's per-node CPU
+/// per frame against the floors of its round are printed, and every run's checks pass.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_190k_script_runs_on_a_redis_cluster() {
+    daemon_bin();
+    let out_dir = std::env::temp_dir().join(format!("bench-190k-smoke-{}", std::process::id()));
+    let stdout = stdout_of(
+        Command::new("bash")
+            .arg(script("bench-190k.sh"))
+            .env("BIN", bin_dir())
+            .env("OUT", &out_dir)
+            .envs([
+                ("NODES", "3"),
+                ("CLIENTS", "50"),
+                ("REDIS", "cluster"),
+                ("FANOUT_ROUNDS", "1"),
+            ]),
+        180,
+        "scripts/bench-190k.sh",
+    )
+    .await;
+    let runs = std::fs::read_to_string(out_dir.join("runs.jsonl")).expect("runs.jsonl");
+    let runs: Vec<serde_json::Value> = runs
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON run"))
+        .collect();
+    let bind = runs
+        .iter()
+        .find(|r| r["scenario"] == "cluster-bind")
+        .unwrap_or_else(|| panic!("no cluster-bind run in {runs:?}"));
+    assert_eq!(bind["clients"], 150, "{bind}");
+    for key in ["redis_cpu_us_per_uid_online", "redis_bytes_per_uid_online"] {
+        assert!(bind[key].as_f64().is_some_and(|v| v > 0.0), "{bind}");
+    }
+    assert!(
+        stdout.contains("cluster-bind: 150 browsers on 3 nodes"),
+        "{stdout}"
+    );
+    for scenario in [
+        "cluster-fanout",
+        "cluster-fanout-broadcast",
+        "cluster-fanout-group",
+    ] {
+        let r = runs
+            .iter()
+            .find(|r| r["scenario"] == scenario)
+            .unwrap_or_else(|| panic!("no {scenario} run in {runs:?}"));
+        assert!(r["redis_cpu_us_per_frame"].as_f64().is_some(), "{r}");
+        assert!(
+            stdout.contains(&format!("round 1 {scenario}: last delivery")),
+            "{stdout}"
+        );
+    }
+    assert!(stdout.contains("/   floor-3"), "{stdout}");
+    let _ = std::fs::remove_dir_all(out_dir);
 }

@@ -31,12 +31,25 @@ pub struct Args<'a> {
     pub nodes: &'a [String],
     pub ask_via: usize,
     pub counts: Option<u64>,
-    pub redis: Option<&'a str>,
+    pub redis: &'a [String],
 }
 
 pub fn run(o: &Opts, args: &Args) -> i32 {
     track::now_ns();
     exit_code(o, parent(o, args).map(|r| vec![r]))
+}
+
+/// The `used_memory` of every Redis in `addrs` (each master of a Redis Cluster), summed;
+/// `None` if `addrs` is empty.
+pub(super) fn redis_used_memory_sum(addrs: &[String]) -> Result<Option<u64>, String> {
+    if addrs.is_empty() {
+        return Ok(None);
+    }
+    let mut sum = 0;
+    for a in addrs {
+        sum += redis_used_memory(a)?;
+    }
+    Ok(Some(sum))
 }
 
 /// Redis's `used_memory` (bytes), from `INFO memory` on a connection of its own.
@@ -113,7 +126,7 @@ fn parent(o: &Opts, args: &Args) -> Result<Report, String> {
         std::thread::sleep(Duration::from_millis(100));
         before = count(&mut conn)?;
     }
-    let mem_before = args.redis.map(redis_used_memory).transpose()?;
+    let mem_before = redis_used_memory_sum(args.redis)?;
     let (n, k_nodes) = (o.clients, nodes.len());
     let tag = format!("k{:x}", wall_ns() % 0xffff_ffff);
     let Bound {
@@ -137,7 +150,7 @@ fn parent(o: &Opts, args: &Args) -> Result<Report, String> {
         ));
     }
 
-    let mem_after = args.redis.map(redis_used_memory).transpose()?;
+    let mem_after = redis_used_memory_sum(args.redis)?;
 
     let meters: Vec<Meter> = nodes.iter().map(|nd| Meter::start(Some(nd.pid))).collect();
     let t0 = Instant::now();

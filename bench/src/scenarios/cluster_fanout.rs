@@ -214,6 +214,10 @@ pub(super) struct Bound {
     pub usage: Vec<crate::procstat::Usage>,
     /// Distinct blocks of 127.0.0.0/8 the holders' sockets came from (one per node).
     pub source_blocks: usize,
+    /// Each node's connect storm: from starting its holder to every client bound, ms.
+    pub connect_ms: Vec<f64>,
+    /// Each node's RSS (KiB) just before its holder started.
+    pub rss_before_kib: Vec<Option<u64>>,
 }
 
 /// Starts one holder per node, one node at a time (a connect storm per node, not three
@@ -230,13 +234,17 @@ pub(super) fn bind_all(
     let mut usage = Vec::new();
     let mut bound = 0u64;
     let mut blocks = std::collections::BTreeSet::new();
+    let (mut connect_ms, mut rss_before_kib) = (Vec::new(), Vec::new());
     let storm_wait = Duration::from_millis(o.storm_timeout_ms + 30_000);
     for (k, node) in nodes.iter().enumerate() {
         eprintln!("{scenario}: binding {n} clients to node {k} ({})", node.ws);
+        rss_before_kib.push(crate::procstat::mem(&node.pid.to_string()).map(|m| m.rss_kib));
         let meter = Meter::start(Some(node.pid));
         holders.push(spawn_holder(o, k, node, &format!("{tag}n{k}"), tx.clone())?);
         let ready = await_all(&said, k..k + 1, "@ready", storm_wait)?;
-        usage.push(meter.stop());
+        let u = meter.stop();
+        connect_ms.push(u.wall_s * 1000.0);
+        usage.push(u);
         let mut said_ready = ready[0].split(' ');
         let alive: u64 = said_ready.next().unwrap_or("").parse().unwrap_or(0);
         // Its browsers came from the block of 127.0.0.0/8 it was given (127.K+1.x.x).
@@ -261,6 +269,8 @@ pub(super) fn bind_all(
         bound,
         usage,
         source_blocks: blocks.len(),
+        connect_ms,
+        rss_before_kib,
     })
 }
 
@@ -312,9 +322,9 @@ pub(super) fn median(v: &mut [f64]) -> f64 {
     v.get(v.len() / 2).copied().unwrap_or(0.0)
 }
 
-pub fn run(o: &Opts, nodes: &[String], push_via: usize) -> i32 {
+pub fn run(o: &Opts, nodes: &[String], push_via: usize, redis: &[String]) -> i32 {
     track::now_ns();
-    exit_code(o, parent(o, nodes, push_via))
+    exit_code(o, parent(o, nodes, push_via, redis))
 }
 
 /// Prints a parent's reports; the process's exit code (0: every check passed).
@@ -341,7 +351,12 @@ pub(super) fn exit_code(o: &Opts, reports: Result<Vec<Report>, String>) -> i32 {
     }
 }
 
-fn parent(o: &Opts, nodes: &[String], push_via: usize) -> Result<Vec<Report>, String> {
+fn parent(
+    o: &Opts,
+    nodes: &[String],
+    push_via: usize,
+    redis: &[String],
+) -> Result<Vec<Report>, String> {
     let nodes: Vec<Node> = nodes
         .iter()
         .map(|s| parse_node(s))
@@ -351,13 +366,46 @@ fn parent(o: &Opts, nodes: &[String], push_via: usize) -> Result<Vec<Report>, St
         .ok_or_else(|| format!("--push-via {push_via}: there are {} nodes", nodes.len()))?;
     let (n, k_nodes) = (o.clients, nodes.len());
     let tag = format!("c{:x}", wall_ns() % 0xffff_ffff);
+    let mem_before = super::cluster_count::redis_used_memory_sum(redis)?;
+    let redis_meter = Meter::start(None);
+    let slab_before = crate::procstat::slab_kib();
+    // Made first so that a client not bound fails this report too.
+    let bind_rep = Report::new("cluster-bind");
+    let b = bind_all(o, &nodes, &tag, "cluster-fanout")?;
+    // Settle: the last node's uids reach the online set in batches, and its RSS is read
+    // once its storm's buffers are gone.
+    std::thread::sleep(Duration::from_secs(2));
+    let redis_usage = redis_meter.stop();
+    let mem_after = super::cluster_count::redis_used_memory_sum(redis)?;
+    let slab = slab_before.zip(crate::procstat::slab_kib());
+    let mem = mem_before.zip(mem_after);
+    // What the nodes and Redis spend holding every browser with nothing pushed, in two
+    // windows of 5 s: right after the storms (their aftermath: the last node's
+    // subscriptions and online-set batches) and 10 s later (beats, ping sweeps).
+    let window = || {
+        let meters: Vec<Meter> = nodes.iter().map(|nd| Meter::start(Some(nd.pid))).collect();
+        std::thread::sleep(Duration::from_secs(5));
+        meters.iter().map(Meter::stop).collect::<Vec<_>>()
+    };
+    let early = window();
+    std::thread::sleep(Duration::from_secs(10));
+    let idle = [early, window()];
+    let mut reports = vec![bind_report(
+        bind_rep,
+        &nodes,
+        &b,
+        &redis_usage,
+        mem,
+        slab,
+        &idle,
+    )];
     let Bound {
         mut holders,
         said,
         bound,
         source_blocks,
         ..
-    } = bind_all(o, &nodes, &tag, "cluster-fanout")?;
+    } = b;
     let conn = TcpStream::connect(origin.push).map_err(|e| format!("push connection: {e}"))?;
     let _ = conn.set_nodelay(true);
     let mut wr = conn
@@ -372,7 +420,6 @@ fn parent(o: &Opts, nodes: &[String], push_via: usize) -> Result<Vec<Report>, St
         FanoutMode::Group => &[FanoutMode::Group],
     };
     let uid = |k: usize, i: usize| format!("{tag}n{k}.{i}");
-    let mut reports = Vec::new();
     let mut seq = SEQ0;
     for &mode in modes {
         let name = match mode {
@@ -521,6 +568,185 @@ fn parent(o: &Opts, nodes: &[String], push_via: usize) -> Result<Vec<Report>, St
     }
     quit(holders)?;
     Ok(reports)
+}
+
+/// The `cluster-bind` report: each node's connect storm (time, its CPU per client) and idle
+/// RSS per connection once every node's browsers are bound; Redis's CPU and `used_memory`
+/// per uid that came online (all nodes' storms and a 2 s settle).
+fn bind_report(
+    mut rep: Report,
+    nodes: &[Node],
+    b: &Bound,
+    redis: &crate::procstat::Usage,
+    mem: Option<(u64, u64)>,
+    slab_kib: Option<(u64, u64)>,
+    idle: &[Vec<crate::procstat::Usage>; 2],
+) -> Report {
+    let per_node = b.bound / nodes.len().max(1) as u64;
+    rep.int("nodes", "nodes", nodes.len() as u64);
+    rep.int("clients", "clients bound (all nodes)", b.bound);
+    let (mut connect, mut rss, mut cpu) = (Vec::new(), Vec::new(), Vec::new());
+    for (k, node) in nodes.iter().enumerate() {
+        let ms = b.connect_ms.get(k).copied().unwrap_or(0.0);
+        connect.push(ms);
+        rep.num(
+            &format!("node{k}_connect_ms"),
+            &format!("node {k}: connect storm, every client bound"),
+            ms,
+            0,
+            "ms",
+        );
+        let cpu_ms = b
+            .usage
+            .get(k)
+            .and_then(|u| u.server_ms_hires.or(u.server_ms));
+        if let Some(c) = cpu_ms.filter(|_| per_node > 0) {
+            let v = c * 1000.0 / per_node as f64;
+            cpu.push(v);
+            rep.num(
+                &format!("node{k}_cpu_us_per_client_bound"),
+                &format!("node {k}: CPU per client connected and bound"),
+                v,
+                1,
+                "µs",
+            );
+        }
+        for (key, when, w) in [
+            ("idle_cpu_ms_per_s", "right after the storms", &idle[0]),
+            ("steady_cpu_ms_per_s", "15 s later", &idle[1]),
+        ] {
+            if let Some(u) = w.get(k)
+                && let Some(ms) = u.server_ms_hires.or(u.server_ms)
+            {
+                rep.num(
+                    &format!("node{k}_{key}"),
+                    &format!("node {k}: CPU holding its clients idle, {when}, per second"),
+                    ms / u.wall_s.max(1e-3),
+                    2,
+                    "ms/s",
+                );
+            }
+        }
+        let after = crate::procstat::mem(&node.pid.to_string()).map(|m| m.rss_kib);
+        if let (Some(Some(before)), Some(after)) = (b.rss_before_kib.get(k), after)
+            && per_node > 0
+        {
+            let v = (after as f64 - *before as f64) * 1024.0 / per_node as f64;
+            rss.push(v);
+            rep.num(
+                &format!("node{k}_rss_bytes_per_conn"),
+                &format!("node {k}: idle RSS per connection (after - before its storm)"),
+                v,
+                0,
+                "B",
+            );
+            rep.int(
+                &format!("node{k}_rss_kib"),
+                &format!("node {k}: RSS holding its clients"),
+                after,
+            );
+        }
+    }
+    for (key, label, v, prec, unit) in [
+        (
+            "connect_ms",
+            "connect storm per node",
+            &mut connect,
+            0,
+            "ms",
+        ),
+        (
+            "rss_bytes_per_conn",
+            "idle RSS per connection",
+            &mut rss,
+            0,
+            "B",
+        ),
+        (
+            "cpu_us_per_client_bound",
+            "node CPU per client bound",
+            &mut cpu,
+            1,
+            "µs",
+        ),
+    ] {
+        if v.is_empty() {
+            continue;
+        }
+        let max = v.iter().copied().fold(f64::MIN, f64::max);
+        rep.num(
+            &format!("{key}_median"),
+            &format!("{label} (median of nodes)"),
+            median(v),
+            prec,
+            unit,
+        );
+        rep.num(
+            &format!("{key}_max"),
+            &format!("{label} (worst node)"),
+            max,
+            prec,
+            unit,
+        );
+    }
+    if let Some((before, after)) = slab_kib.filter(|_| b.bound > 0) {
+        rep.num(
+            "slab_bytes_per_conn",
+            "kernel slab per connection, both ends (system-wide Slab: delta)",
+            (after as f64 - before as f64) * 1024.0 / b.bound as f64,
+            0,
+            "B",
+        );
+    }
+    for (key, when, w) in [
+        (
+            "redis_idle_cpu_ms_per_s",
+            "right after the storms",
+            &idle[0],
+        ),
+        ("redis_steady_cpu_ms_per_s", "15 s later", &idle[1]),
+    ] {
+        if let Some(u) = w.first()
+            && let Some(ms) = u.redis_ms
+        {
+            rep.num(
+                key,
+                &format!("Redis CPU, every client bound and idle, {when}, per second"),
+                ms / u.wall_s.max(1e-3),
+                2,
+                "ms/s",
+            );
+        }
+    }
+    if let Some(ms) = redis.redis_ms.filter(|_| b.bound > 0) {
+        rep.num(
+            "redis_cpu_us_per_uid_online",
+            "Redis CPU per uid coming online (subscribe + online set)",
+            ms * 1000.0 / b.bound as f64,
+            2,
+            "µs",
+        );
+    }
+    if let Some((before, after)) = mem.filter(|_| b.bound > 0) {
+        rep.int(
+            "redis_used_memory_before",
+            "Redis used_memory before (bytes)",
+            before,
+        );
+        rep.int(
+            "redis_used_memory_after",
+            "Redis used_memory, all bound (bytes)",
+            after,
+        );
+        rep.num(
+            "redis_bytes_per_uid_online",
+            "Redis used_memory per uid online (subscription + online set)",
+            (after as f64 - before as f64) / b.bound as f64,
+            0,
+            "B",
+        );
+    }
+    rep.finish()
 }
 
 fn report(rep: &mut Report, rounds: &[Round], k_nodes: usize, n: usize) {
