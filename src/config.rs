@@ -276,7 +276,7 @@ impl Default for Config {
             redis_prefix: RedisPrefix::default(),
             cluster_timeout: Duration::from_millis(1000),
             cluster_link_timeout: Duration::from_millis(3000),
-            cluster_publish_queue: 65_536,
+            cluster_publish_queue: 262_144,
             cluster_message_buffer: 16_384,
             tls: None,
             history_messages: 100,
@@ -386,6 +386,14 @@ impl Config {
             "--cluster-publish-queue",
             &mut notes,
         );
+        // A /group queues a publish per member: a full group past the queue would reach
+        // the members past it on this node only (the reply says so, `reached` < members).
+        if self.redis.is_some() && self.cluster_publish_queue < self.max_group_members {
+            notes.push(format!(
+                "--cluster-publish-queue ({}) is below --max-group-members ({}): a /group to a larger group reaches the members past the queue on this node only",
+                self.cluster_publish_queue, self.max_group_members
+            ));
+        }
         at_least_one(
             &mut self.cluster_message_buffer,
             "--cluster-message-buffer",
@@ -654,6 +662,24 @@ mod tests {
         .validate();
         assert_eq!((c.cluster_publish_queue, c.cluster_message_buffer), (1, 1));
         assert_eq!(notes.len(), 2, "{notes:?}");
+        // In cluster mode a queue smaller than the largest group is said (the defaults
+        // fit one full group).
+        let clustered = Config {
+            redis: Some("redis://127.0.0.1:6379".into()),
+            ..Config::default()
+        };
+        assert!(clustered.clone().validate().1.is_empty());
+        let (_, notes) = Config {
+            cluster_publish_queue: 1000,
+            max_group_members: 1001,
+            ..clustered
+        }
+        .validate();
+        assert_eq!(notes.len(), 1, "{notes:?}");
+        assert!(
+            notes[0].contains("--cluster-publish-queue (1000)"),
+            "{notes:?}"
+        );
         let (c, notes) = Config {
             cluster_link_timeout: Duration::from_millis(10),
             ..Config::default()

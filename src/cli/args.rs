@@ -145,8 +145,13 @@ pub struct Args {
     pub cluster_link_timeout_ms: u64,
 
     /// Cluster mode: publishes that may wait to be sent to Redis; past it a push is
-    /// answered from local delivery alone (`/push`: `unavailable`).
-    #[arg(long, env = "PUSHWIRE_CLUSTER_PUBLISH_QUEUE", default_value_t = 65_536)]
+    /// answered from local delivery alone (`/push`: `unavailable`). A `/group` queues one
+    /// publish per member, so this is above --max-group-members by default.
+    #[arg(
+        long,
+        env = "PUSHWIRE_CLUSTER_PUBLISH_QUEUE",
+        default_value_t = 262_144
+    )]
     pub cluster_publish_queue: usize,
 
     /// Cluster mode: messages from Redis that may wait for this node to handle them; past
