@@ -131,6 +131,9 @@ impl Net {
     }
 }
 
+/// How long a client may take to connect, shake hands and bind (or subscribe).
+pub const CONNECT_LIMIT: Duration = Duration::from_secs(30);
+
 /// The set of bound WebSocket clients, one uid each.
 pub struct Fleet {
     pub uids: Box<[String]>,
@@ -156,6 +159,51 @@ pub struct Fleet {
 }
 
 impl Fleet {
+    /// Client `i` tried to connect from `start` for at most [`CONNECT_LIMIT`] (`steps`:
+    /// what that covered): counted failed (an error) or up, and then its connection.
+    pub fn connected<T>(
+        &self,
+        i: usize,
+        start: u64,
+        res: Result<Result<T, String>, tokio::time::error::Elapsed>,
+        steps: &str,
+    ) -> Option<T> {
+        let uid = &self.uids[i];
+        let conn = match res {
+            Ok(Ok(c)) => c,
+            Ok(Err(e)) => {
+                self.failed.fetch_add(1, Ordering::AcqRel);
+                track::error(format!("client {uid}: {e}"));
+                return None;
+            }
+            Err(_) => {
+                self.failed.fetch_add(1, Ordering::AcqRel);
+                track::error(format!(
+                    "client {uid}: {steps} took over {} s",
+                    CONNECT_LIMIT.as_secs()
+                ));
+                return None;
+            }
+        };
+        let end = now_ns();
+        self.ready_ns[i].store(end, Ordering::Release);
+        self.took_ns[i].store(end - start, Ordering::Release);
+        self.up[i].store(true, Ordering::Release);
+        self.alive.fetch_add(1, Ordering::AcqRel);
+        self.connected.fetch_add(1, Ordering::AcqRel);
+        Some(conn)
+    }
+
+    /// Client `i`'s connection ended (`why`): an error unless the bench is closing.
+    pub fn ended(&self, i: usize, why: &str) {
+        self.up[i].store(false, Ordering::Release);
+        self.alive.fetch_sub(1, Ordering::AcqRel);
+        if !self.closing.load(Ordering::Acquire) {
+            self.dropped.fetch_add(1, Ordering::AcqRel);
+            track::error(format!("client {}: {why}", self.uids[i]));
+        }
+    }
+
     pub fn new(n: usize, tag: &str) -> Fleet {
         Fleet {
             uids: (0..n).map(|i| format!("{tag}.{i}")).collect(),
@@ -246,29 +294,11 @@ pub async fn client(
 ) {
     let start = now_ns();
     let uid = &fleet.uids[i];
-    let res = tokio::time::timeout(Duration::from_secs(30), connect_ws(net, uid)).await;
+    let res = tokio::time::timeout(CONNECT_LIMIT, connect_ws(net, uid)).await;
     drop(permit);
-    let ws = match res {
-        Ok(Ok(ws)) => ws,
-        Ok(Err(e)) => {
-            fleet.failed.fetch_add(1, Ordering::AcqRel);
-            track::error(format!("client {uid}: {e}"));
-            return;
-        }
-        Err(_) => {
-            fleet.failed.fetch_add(1, Ordering::AcqRel);
-            track::error(format!(
-                "client {uid}: connect+handshake+uid took over 30 s"
-            ));
-            return;
-        }
+    let Some(ws) = fleet.connected(i, start, res, "connect+handshake+uid") else {
+        return;
     };
-    let end = now_ns();
-    fleet.ready_ns[i].store(end, Ordering::Release);
-    fleet.took_ns[i].store(end - start, Ordering::Release);
-    fleet.up[i].store(true, Ordering::Release);
-    fleet.alive.fetch_add(1, Ordering::AcqRel);
-    fleet.connected.fetch_add(1, Ordering::AcqRel);
     let _ = probe.send(Item {
         seq: probe_seq,
         uid: i as u32,
@@ -278,12 +308,7 @@ pub async fn client(
     // From here on only server frames are read, by the lean reader (the handshake left
     // nothing buffered: the server sends nothing before it has the uid).
     let why = receive(ws.into_inner(), uid, i, net.ws_url.contains("pushwire=1")).await;
-    fleet.up[i].store(false, Ordering::Release);
-    fleet.alive.fetch_sub(1, Ordering::AcqRel);
-    if !fleet.closing.load(Ordering::Acquire) {
-        fleet.dropped.fetch_add(1, Ordering::AcqRel);
-        track::error(format!("client {uid}: {why}"));
-    }
+    fleet.ended(i, &why);
 }
 
 /// Reads server frames until the connection ends; returns why it ended. `v1`: frames may

@@ -9,7 +9,7 @@
 //! payload checked.
 
 use crate::Door;
-use crate::client::{Conn, Fleet, Net, handshake, key};
+use crate::client::{CONNECT_LIMIT, Conn, Fleet, Net, handshake, key};
 use crate::http;
 use crate::track::{self, now_ns};
 use crate::wsread::{FrameReader, masked_frame};
@@ -136,38 +136,14 @@ pub async fn client(
     permit: OwnedSemaphorePermit,
 ) {
     let start = now_ns();
-    let uid = &fleet.uids[i];
     let channel = cfg.channel(fleet, i);
-    let res = tokio::time::timeout(Duration::from_secs(30), connect(net, cfg, channel)).await;
+    let res = tokio::time::timeout(CONNECT_LIMIT, connect(net, cfg, channel)).await;
     drop(permit);
-    let conn = match res {
-        Ok(Ok(c)) => c,
-        Ok(Err(e)) => {
-            fleet.failed.fetch_add(1, Ordering::AcqRel);
-            track::error(format!("client {uid}: {e}"));
-            return;
-        }
-        Err(_) => {
-            fleet.failed.fetch_add(1, Ordering::AcqRel);
-            track::error(format!(
-                "client {uid}: connect+handshake+subscribe took over 30 s"
-            ));
-            return;
-        }
+    let Some(conn) = fleet.connected(i, start, res, "connect+handshake+subscribe") else {
+        return;
     };
-    let end = now_ns();
-    fleet.ready_ns[i].store(end, Ordering::Release);
-    fleet.took_ns[i].store(end - start, Ordering::Release);
-    fleet.up[i].store(true, Ordering::Release);
-    fleet.alive.fetch_add(1, Ordering::AcqRel);
-    fleet.connected.fetch_add(1, Ordering::AcqRel);
     let why = receive(conn, fleet, cfg, i).await;
-    fleet.up[i].store(false, Ordering::Release);
-    fleet.alive.fetch_sub(1, Ordering::AcqRel);
-    if !fleet.closing.load(Ordering::Acquire) {
-        fleet.dropped.fetch_add(1, Ordering::AcqRel);
-        track::error(format!("client {uid}: {why}"));
-    }
+    fleet.ended(i, &why);
 }
 
 fn excerpt(s: &str) -> String {

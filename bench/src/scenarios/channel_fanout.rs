@@ -353,17 +353,8 @@ async fn shared_rounds(
             track::error(format!("{name}: {e}"));
             break;
         }
-        let drained = run.drain(ctx.o.drain_timeout()).await;
-        let u = meter.stop();
-        track::clear_current();
-        if !drained {
-            track::error(format!(
-                "{name} round {}: frames missing after the drain timeout",
-                round + 1
-            ));
-        }
-        run.check(false);
-        acc.add(run, t0, t_reply, &u);
+        acc.end_round(name, round, run, meter, ctx.o.drain_timeout(), t0, t_reply)
+            .await;
     }
     acc.report(&mut rep, 0, pid);
     rep.finish()
@@ -440,17 +431,16 @@ async fn per_uid_rounds(ctx: &mut Ctx, cfg: &'static DoorCfg) -> Report {
                 break;
             }
         };
-        let drained = run.drain(ctx.o.drain_timeout()).await;
-        let u = meter.stop();
-        track::clear_current();
-        if !drained {
-            track::error(format!(
-                "{name} round {}: frames missing after the drain timeout",
-                round + 1
-            ));
-        }
-        run.check(false);
-        acc.add(run, t0, last_reply, &u);
+        acc.end_round(
+            name,
+            round,
+            run,
+            meter,
+            ctx.o.drain_timeout(),
+            t0,
+            last_reply,
+        )
+        .await;
     }
     acc.report(&mut rep, n as u64 * u64::from(rounds), pid);
     rep.finish()

@@ -66,6 +66,33 @@ impl Rounds {
         add(&mut self.usage.softirqd_ms, u.softirqd_ms);
     }
 
+    /// Ends round `round` (from 0) of scenario `name`: waits up to `drain` for its
+    /// frames, stops the meter, checks every delivery and records the round, first byte
+    /// written at `t0`. Frames still missing after the drain are an error.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) async fn end_round(
+        &mut self,
+        name: &str,
+        round: u32,
+        run: &Run,
+        meter: Meter,
+        drain: Duration,
+        t0: u64,
+        last_reply: u64,
+    ) {
+        let drained = run.drain(drain).await;
+        let u = meter.stop();
+        track::clear_current();
+        if !drained {
+            track::error(format!(
+                "{name} round {}: frames missing after the drain timeout",
+                round + 1
+            ));
+        }
+        run.check(false);
+        self.add(run, t0, last_reply, &u);
+    }
+
     /// `pushes`: push lines written (per-uid: one per client; broadcast/group: one per round).
     pub(super) fn report(mut self, rep: &mut Report, pushes: u64, pid: Option<u32>) {
         let mut sorted = self.last_delivery.clone();
@@ -194,17 +221,16 @@ pub(super) async fn fanout_per_uid(ctx: &mut Ctx) -> Report {
             },
         )
         .await;
-        let drained = run.drain(ctx.o.drain_timeout()).await;
-        let u = meter.stop();
-        track::clear_current();
-        if !drained {
-            track::error(format!(
-                "fanout round {}: frames missing after the drain timeout",
-                round + 1
-            ));
-        }
-        run.check(false);
-        acc.add(run, st.first_write_ns, st.last_reply_ns, &u);
+        acc.end_round(
+            "fanout",
+            round,
+            run,
+            meter,
+            ctx.o.drain_timeout(),
+            st.first_write_ns,
+            st.last_reply_ns,
+        )
+        .await;
     }
     acc.report(&mut rep, n as u64 * u64::from(rounds), pid);
     rep.finish()
@@ -330,17 +356,8 @@ async fn fanout_command(ctx: &mut Ctx, group: bool) -> Report {
                 break;
             }
         }
-        let drained = run.drain(ctx.o.drain_timeout()).await;
-        let u = meter.stop();
-        track::clear_current();
-        if !drained {
-            track::error(format!(
-                "{name} round {}: frames missing after the drain timeout",
-                round + 1
-            ));
-        }
-        run.check(false);
-        acc.add(run, t0, t_reply, &u);
+        acc.end_round(name, round, run, meter, ctx.o.drain_timeout(), t0, t_reply)
+            .await;
     }
     acc.report(&mut rep, 0, pid);
     rep.finish()
