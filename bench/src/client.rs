@@ -7,7 +7,7 @@ use futures_util::SinkExt;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
 use tokio_rustls::TlsConnector;
@@ -318,14 +318,8 @@ async fn receive(mut s: Conn, uid: &str, i: usize, v1: bool) -> String {
     let mut pongs = Vec::new();
     let mut rng = track::Rng::new(i as u64 + 1);
     loop {
-        let spare = r.buf.capacity() - r.buf.len();
-        if spare < 256 || spare < r.need {
-            r.buf.reserve(r.need.max(1024));
-        }
-        match s.read_buf(&mut r.buf).await {
-            Ok(0) => return "connection ended".into(),
-            Ok(_) => {}
-            Err(e) => return format!("read error: {e}"),
+        if let Err(why) = r.read_from(&mut s).await {
+            return why;
         }
         let mut ack = None;
         let on_text = |t: &str| {

@@ -16,7 +16,7 @@ use crate::wsread::{FrameReader, masked_frame};
 use futures_util::{SinkExt, StreamExt};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncWriteExt, BufReader};
 use tokio::sync::OwnedSemaphorePermit;
 use tokio_tungstenite::tungstenite::Message;
 
@@ -202,14 +202,8 @@ async fn receive(mut s: Conn, fleet: &Fleet, cfg: &DoorCfg, i: usize) -> String 
     let mut pongs = Vec::new();
     let mut rng = track::Rng::new(i as u64 + 1);
     loop {
-        let spare = r.buf.capacity() - r.buf.len();
-        if spare < 256 || spare < r.need {
-            r.buf.reserve(r.need.max(1024));
-        }
-        match s.read_buf(&mut r.buf).await {
-            Ok(0) => return "connection ended".into(),
-            Ok(_) => {}
-            Err(e) => return format!("read error: {e}"),
+        if let Err(why) = r.read_from(&mut s).await {
+            return why;
         }
         let mut pusher_pong = false;
         let on_text = |t: &str| match cfg.door {

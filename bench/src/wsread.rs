@@ -20,6 +20,24 @@ pub struct FrameReader {
 pub type CloseDesc = String;
 
 impl FrameReader {
+    /// Reads what `s` has into the buffer, grown for the frame in progress; `Err`: why
+    /// the connection ended.
+    pub async fn read_from<S: tokio::io::AsyncRead + Unpin>(
+        &mut self,
+        s: &mut S,
+    ) -> Result<(), String> {
+        use tokio::io::AsyncReadExt;
+        let spare = self.buf.capacity() - self.buf.len();
+        if spare < 256 || spare < self.need {
+            self.buf.reserve(self.need.max(1024));
+        }
+        match s.read_buf(&mut self.buf).await {
+            Ok(0) => Err("connection ended".into()),
+            Ok(_) => Ok(()),
+            Err(e) => Err(format!("read error: {e}")),
+        }
+    }
+
     /// Handles every complete frame in the buffer: text frames go to `on_text`, ping payloads
     /// are pushed to `pongs`. Returns `Ok(Some(_))` once a close frame was read.
     pub fn process(
