@@ -463,6 +463,54 @@ async fn held_histories_outlive_the_keep_time(url: &str, keys: impl AsyncFn(&str
     drop(tabs);
 }
 
+/// A history's keep time counts from when its last node lets the uid go, not from the
+/// node's last refresh (every keep / 3): right after the tab leaves, both keys live the
+/// whole `--history-keep-ms` again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_released_history_lives_the_whole_keep_time() {
+    let redis = Redis::start().await;
+    let keep = Duration::from_secs(60);
+    let node = TestServer::start_http(pushwire::Config {
+        redis: Some(redis.url()),
+        history_messages: 100,
+        history_keep: keep,
+        ..pushwire::Config::default()
+    })
+    .await;
+    let http = node.http_addr.expect("http door");
+    poll_until(STEP, "the node ready", || async move {
+        readyz(http).await.starts_with("HTTP/1.1 200")
+    })
+    .await;
+    let mut push = PushClient::connect(node.push_addr).await;
+    let mut tab = V1Client::connect(node.ws_addr, "rel", None).await;
+    assert_eq!(push.request(&line("rel", "a", 0)).await, "ok\n");
+    tab.expect_msg(1, &line("rel", "a", 0)).await;
+    let pttl = async |pattern: &str| -> i64 {
+        let key = redis.cli(&["--scan", "--pattern", pattern]).await;
+        let key = key.trim();
+        assert!(!key.is_empty(), "no key {pattern}");
+        redis
+            .cli(&["PTTL", key])
+            .await
+            .trim()
+            .parse()
+            .expect("PTTL")
+    };
+    // Held, and not refreshed since the push (a refresh comes every 20 s).
+    sleep(Duration::from_secs(4)).await;
+    let held = pttl("pw:h:*").await;
+    assert!(held < 57_000, "PTTL {held} while held");
+    drop(tab);
+    let whole = keep.as_millis() as i64 - 1_500;
+    poll_until(
+        Duration::from_secs(3),
+        "the keep time reset at release",
+        || async { pttl("pw:h:*").await > whole && pttl("pw:l:*").await > whole },
+    )
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn held_histories_outlive_the_keep_time_standalone() {
     let redis = Redis::start().await;

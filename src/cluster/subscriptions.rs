@@ -147,6 +147,10 @@ pub(super) async fn reconcile(cluster: Arc<Cluster>) {
             }
             match result {
                 Ok(()) => {
+                    if !subscribe {
+                        // The keep time counts from here, not from the last refresh.
+                        super::history::keep_alive(&cluster, &uids).await;
+                    }
                     let mut s = cluster.subscribed.lock().unwrap_or_else(|e| e.into_inner());
                     for uid in uids {
                         let entry = (uid_hash(&uid), uid);
