@@ -256,26 +256,7 @@ pub async fn handshake(net: &Net, url: &str) -> Result<WebSocketStream<Conn>, St
 }
 
 async fn connect_ws(net: &Net, uid: &str) -> Result<WebSocketStream<Conn>, String> {
-    let tcp = net
-        .tcp(net.ws_addr)
-        .await
-        .map_err(|e| format!("connect: {e}"))?;
-    let conn = match &net.tls {
-        None => Either::Left(tcp),
-        Some((connector, name)) => Either::Right(Box::new(
-            connector
-                .connect(name.clone(), tcp)
-                .await
-                .map_err(|e| format!("TLS handshake: {e}"))?,
-        )),
-    };
-    let (mut ws, _resp) = tokio_tungstenite::client_async_with_config(
-        net.ws_url.as_str(),
-        conn,
-        Some(net.ws_config()),
-    )
-    .await
-    .map_err(|e| format!("websocket handshake: {e}"))?;
+    let mut ws = handshake(net, net.ws_url.as_str()).await?;
     ws.send(Message::text(uid))
         .await
         .map_err(|e| format!("sending uid: {e}"))?;
